@@ -1,0 +1,236 @@
+//! Test and bench helpers: real `redis-server` processes on free ports (each in its own temp
+//! dir, killed on drop) and child processes of our own binaries. No test depends on a Redis
+//! someone else started.
+//!
+//! # Layout
+//! - [`RedisServer`]: a private redis-server; restartable, pausable (SIGSTOP) for outage tests.
+//! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
+//! - [`free_port`], [`bin_path`], [`wait_until`].
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// Poll `f` until it returns true or `deadline` passes; returns whether it became true.
+pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private redis-server process.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra config directives, e.g. `["rename-command", "EVALSHA", "\"\""]` lines.
+    pub fn start_with(extra_config: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            extra: extra_config.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("redis.conf");
+        let mut text = format!(
+            "port {}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\nprotected-mode yes\nloglevel warning\n",
+            self.port,
+            self.dir.path().display()
+        );
+        for line in &self.extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text).expect("write redis.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it: apt-get install -y redis-server")
+            });
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            "redis-server on port {port} did not answer PING"
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (SIGKILL) — an outage.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port (data is gone: no persistence in tests).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+        }
+    }
+
+    /// SIGSTOP: the server accepts connections but never answers (a stalled Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Run a command with redis-cli and return its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.stop();
+    }
+}
+
+/// A bare-bones RESP PING, so the helper needs no Redis client crate.
+fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+}
+
+/// Path of one of the workspace's binaries (built by `cargo build --workspace --bins`,
+/// which `scripts/test.sh` and `cargo test --workspace` do).
+pub fn bin_path(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "binary {} not found; build it first: cargo build --workspace --bins",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop; stdout+stderr go to a file readable with [`Child::output`].
+pub struct Child {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Child {
+    pub fn spawn(program: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("out.log");
+        let f = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Self { child: Some(child), log, _dir: dir }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL. Returns the exit status.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.child.as_mut()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,53 @@
+//! Settings every binary shares, with the same names everywhere (clap + env).
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::crypto::MasterKey;
+
+/// Redis connection and key layout.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis://host:port/db or rediss:// for TLS).
+    #[arg(long = "redis-url", env = "TV_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "TV_PREFIX", default_value = "tv")]
+    pub prefix: String,
+    /// Budget for one Redis operation; past it the request answers 503 redis_unavailable.
+    #[arg(long = "redis-timeout-ms", env = "TV_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// Connections in the Redis pool (each is multiplexed).
+    #[arg(long = "redis-pool-size", env = "TV_REDIS_POOL_SIZE", default_value_t = 16)]
+    pub redis_pool_size: usize,
+}
+
+impl RedisArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+}
+
+/// The master key for secrets at rest.
+#[derive(Clone, Args)]
+pub struct MasterKeyArgs {
+    /// AES-256 master key, base64 of 32 bytes (generate: `openssl rand -base64 32`).
+    #[arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+}
+
+impl std::fmt::Debug for MasterKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyArgs").field("master_key", &"[redacted]").finish()
+    }
+}
+
+impl MasterKeyArgs {
+    pub fn load(&self) -> Result<MasterKey, String> {
+        let text = self.master_key.as_deref().ok_or_else(|| {
+            "TV_MASTER_KEY is not set; generate one with `openssl rand -base64 32`".to_string()
+        })?;
+        MasterKey::from_base64(text)
+    }
+}

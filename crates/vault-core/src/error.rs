@@ -1,0 +1,102 @@
+//! The one error type of the request path. Each variant has a stable machine code that the API
+//! puts in problem+json `code`; messages never carry secrets.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum VaultError {
+    #[error("pool not found")]
+    PoolNotFound,
+    #[error("token not found")]
+    TokenNotFound,
+    #[error("the lease has ended (expired, released or revoked)")]
+    LeaseGone,
+    #[error("the pool is frozen: no new leases")]
+    PoolFrozen,
+    #[error("no token is eligible right now")]
+    PoolExhausted {
+        /// When something can become eligible, if anything can.
+        retry_after_ms: Option<u64>,
+    },
+    #[error("this Idempotency-Key was used for a lease that has ended")]
+    IdempotencyConflict,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TokenExpiring(String),
+    #[error("{0}")]
+    QuotaExhausted(String),
+    #[error("Redis is unavailable: {0}")]
+    RedisUnavailable(String),
+    #[error("Redis refuses Lua scripts ({0}); tokenvault needs EVALSHA and SCRIPT LOAD and never falls back to non-atomic commands")]
+    ScriptsUnavailable(String),
+    #[error("cannot decrypt a stored secret: {0}")]
+    Crypto(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl VaultError {
+    /// The stable code clients switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PoolNotFound => "pool_not_found",
+            Self::TokenNotFound => "token_not_found",
+            Self::LeaseGone => "lease_gone",
+            Self::PoolFrozen => "pool_frozen",
+            Self::PoolExhausted { .. } => "pool_exhausted",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::Conflict(_) => "conflict",
+            Self::Invalid(_) => "invalid_request",
+            Self::TokenExpiring(_) => "token_expiring",
+            Self::QuotaExhausted(_) => "quota_exhausted",
+            Self::RedisUnavailable(_) => "redis_unavailable",
+            Self::ScriptsUnavailable(_) => "scripts_unavailable",
+            Self::Crypto(_) => "crypto_error",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Map a script's `{"err": code, "detail": ...}` answer.
+    pub(crate) fn from_script(code: &str, v: &serde_json::Value) -> Self {
+        let detail = v.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        match code {
+            "pool_not_found" => Self::PoolNotFound,
+            "token_not_found" => Self::TokenNotFound,
+            "lease_gone" => Self::LeaseGone,
+            "pool_frozen" => Self::PoolFrozen,
+            "pool_exhausted" => Self::PoolExhausted {
+                retry_after_ms: v.get("retry_after_ms").and_then(|r| r.as_f64()).map(|r| r as u64),
+            },
+            "idempotency_conflict" => Self::IdempotencyConflict,
+            "conflict" => Self::Conflict(detail),
+            "invalid_request" => Self::Invalid(detail),
+            "token_expiring" => Self::TokenExpiring(detail),
+            "quota_exhausted" => Self::QuotaExhausted(detail),
+            other => Self::Internal(format!("script answered unknown error code {other}")),
+        }
+    }
+
+    /// Classify a Redis client error: a refused script is not an outage, a Lua bug is ours.
+    pub(crate) fn from_redis(e: &redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let text = e.to_string();
+        match e.kind() {
+            ErrorKind::Server(ServerErrorKind::NoPerm) => Self::ScriptsUnavailable(text),
+            ErrorKind::Server(ServerErrorKind::NoScript) => Self::ScriptsUnavailable(text),
+            ErrorKind::Server(ServerErrorKind::ResponseError)
+                if text.contains("unknown command") =>
+            {
+                Self::ScriptsUnavailable(text)
+            }
+            ErrorKind::Server(ServerErrorKind::ResponseError)
+                if text.contains("user_script") || text.contains("script") =>
+            {
+                Self::Internal(text)
+            }
+            _ => Self::RedisUnavailable(text),
+        }
+    }
+}

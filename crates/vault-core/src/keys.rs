@@ -1,0 +1,107 @@
+//! The Redis key schema, built in one place. Lua scripts receive the fixed per-pool keys through
+//! `KEYS` (see `lua/prelude.lua`) plus the pool's prefix, from which they derive per-token and
+//! per-lease keys; the `{pool}` hash tag keeps every key of a pool in one cluster slot.
+
+/// Key builder for one deployment prefix (`TV_PREFIX`, default `tv`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `tv:pools`: the set of pool names (its own slot; never touched by a pool script).
+    pub fn pools(&self) -> String {
+        format!("{}:pools", self.prefix)
+    }
+
+    pub fn pool(&self, pool: &str) -> PoolKeys {
+        PoolKeys { base: format!("{}:{{{}}}:", self.prefix, pool) }
+    }
+}
+
+/// The keys of one pool, all sharing the hash tag `{pool}`.
+#[derive(Debug, Clone)]
+pub struct PoolKeys {
+    base: String,
+}
+
+impl PoolKeys {
+    /// `tv:{pool}:` — every key of the pool starts with it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+    fn k(&self, suffix: &str) -> String {
+        format!("{}{}", self.base, suffix)
+    }
+    pub fn cfg(&self) -> String {
+        self.k("cfg")
+    }
+    pub fn ready(&self) -> String {
+        self.k("ready")
+    }
+    pub fn cool(&self) -> String {
+        self.k("cool")
+    }
+    pub fn leases(&self) -> String {
+        self.k("leases")
+    }
+    pub fn exp(&self) -> String {
+        self.k("exp")
+    }
+    pub fn ids(&self) -> String {
+        self.k("ids")
+    }
+    pub fn jobs(&self) -> String {
+        self.k("jobs")
+    }
+    pub fn stats(&self) -> String {
+        self.k("stats")
+    }
+    pub fn token(&self, id: &str) -> String {
+        self.k(&format!("t:{id}"))
+    }
+    pub fn lease(&self, lease_id: &str) -> String {
+        self.k(&format!("l:{lease_id}"))
+    }
+    /// The set of tokens currently in a view state (`active`, `leased`, `cooling`, ...).
+    pub fn view(&self, state: &str) -> String {
+        self.k(&format!("v:{state}"))
+    }
+
+    /// `KEYS` for every script, in the order `lua/prelude.lua` names them.
+    pub fn script_keys(&self) -> [String; 8] {
+        [
+            self.cfg(),
+            self.ready(),
+            self.cool(),
+            self.leases(),
+            self.exp(),
+            self.ids(),
+            self.jobs(),
+            self.base.clone(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_keys_share_one_hash_tag() {
+        let k = Keys::new("tv").pool("scrape.a");
+        assert_eq!(k.cfg(), "tv:{scrape.a}:cfg");
+        assert_eq!(k.token("x1"), "tv:{scrape.a}:t:x1");
+        for key in k.script_keys() {
+            assert!(key.starts_with("tv:{scrape.a}:"), "{key}");
+        }
+    }
+}

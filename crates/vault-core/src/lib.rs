@@ -1,0 +1,26 @@
+//! vault-core: everything about tokenvault that is not HTTP or a process.
+//!
+//! # Layout
+//! - [`keys`]: the one Redis key builder (`tv:{pool}:...`, hash tag kept for Redis Cluster).
+//! - [`scripts`]: the Lua scripts in `lua/`, embedded at build time, one per atomic transition.
+//! - [`store`]: typed operations, one Rust function per script, plus plain reads.
+//! - [`model`]: pool config, deposits, leases, reports, token metadata, validation.
+//! - [`crypto`]: AES-256-GCM for secrets at rest, fingerprints, the redacting [`crypto::Secret`].
+//! - [`error`]: [`VaultError`], the one error type of the request path.
+//! - [`config`]: the settings every binary shares (`TV_REDIS_URL`, `TV_PREFIX`, ...).
+//! - [`time`]: RFC 3339 / unix-ms conversions (the clock itself is Redis `TIME`).
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod keys;
+pub mod model;
+pub mod scripts;
+pub mod store;
+pub mod time;
+
+pub use error::VaultError;
+pub use store::Store;
+
+/// Result type of the request path.
+pub type Result<T, E = VaultError> = std::result::Result<T, E>;

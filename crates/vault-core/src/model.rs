@@ -1,0 +1,673 @@
+//! Domain types: what the API accepts (with validation), what the store keeps, what it answers.
+//! Request types use `deny_unknown_fields` so a typo is a 400, not a silently ignored field.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Secret;
+use crate::error::VaultError;
+use crate::time::{rfc3339, rfc3339_opt, TimeInput};
+
+const MAX_QUOTA: u64 = 1_000_000_000_000;
+const MAX_WINDOW_S: u64 = 31 * 86_400;
+const MAX_LEASE_TTL_S: u64 = 7 * 86_400;
+/// Largest secret accepted (JWTs with many claims fit easily).
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+/// Most tokens in one deposit request.
+pub const MAX_DEPOSIT: usize = 1000;
+
+fn invalid(msg: impl Into<String>) -> VaultError {
+    VaultError::Invalid(msg.into())
+}
+
+/// `[A-Za-z0-9_.-]{1,max}`: pool names, token ids. Anything else could break key parsing or logs.
+pub fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+pub fn check_pool_name(name: &str) -> Result<(), VaultError> {
+    if valid_name(name, 64) {
+        Ok(())
+    } else {
+        Err(invalid("pool names are 1-64 characters of A-Z a-z 0-9 _ . -"))
+    }
+}
+
+pub fn check_token_id(id: &str) -> Result<(), VaultError> {
+    if valid_name(id, 128) {
+        Ok(())
+    } else {
+        Err(invalid("token ids are 1-128 characters of A-Z a-z 0-9 _ . -"))
+    }
+}
+
+/// Free-form identifiers chosen by clients (worker names, sessions, idempotency keys):
+/// printable ASCII without spaces, bounded.
+pub fn check_label(what: &str, s: &str, max: usize) -> Result<(), VaultError> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!("{what} must be 1-{max} printable ASCII characters")));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Least recently leased first: spreads load over every token.
+    #[default]
+    Lru,
+    /// Fill the oldest token to its concurrency limit before using the next.
+    Pack,
+}
+
+/// `PUT /v1/pools/{pool}` body. Every field optional; absent means the default (PUT replaces).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfigInput {
+    pub quota_limit: Option<u64>,
+    pub quota_window_s: Option<u64>,
+    pub quota_reserve: Option<u64>,
+    pub max_leases_per_token: Option<u32>,
+    pub lease_ttl_s: Option<u64>,
+    pub max_lease_ttl_s: Option<u64>,
+    pub min_token_ttl_s: Option<u64>,
+    pub strategy: Option<Strategy>,
+    pub quarantine_after_strikes: Option<u32>,
+    pub session_ttl_s: Option<u64>,
+    pub refresh: Option<serde_json::Value>,
+}
+
+/// A pool's effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolConfig {
+    pub quota_limit: Option<u64>,
+    pub quota_window_s: u64,
+    pub quota_reserve: u64,
+    pub max_leases_per_token: u32,
+    pub lease_ttl_s: u64,
+    pub max_lease_ttl_s: u64,
+    /// `None` = `lease_ttl_s + 30`.
+    #[serde(skip)]
+    pub min_token_ttl_override: Option<u64>,
+    pub strategy: Strategy,
+    pub quarantine_after_strikes: u32,
+    pub session_ttl_s: u64,
+    pub refresh: Option<serde_json::Value>,
+}
+
+fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
+    if v < lo || v > hi {
+        return Err(invalid(format!("{name} must be between {lo} and {hi}, got {v}")));
+    }
+    Ok(v)
+}
+
+impl PoolConfigInput {
+    pub fn validate(self) -> Result<PoolConfig, VaultError> {
+        let quota_limit = self.quota_limit.map(|l| in_range("quota_limit", l, 1, MAX_QUOTA)).transpose()?;
+        let quota_reserve = self.quota_reserve.unwrap_or(0);
+        if let Some(l) = quota_limit {
+            if quota_reserve >= l {
+                return Err(invalid(format!(
+                    "quota_reserve ({quota_reserve}) must be below quota_limit ({l})"
+                )));
+            }
+        }
+        in_range("quota_reserve", quota_reserve, 0, MAX_QUOTA)?;
+        let max_lease_ttl_s = in_range("max_lease_ttl_s", self.max_lease_ttl_s.unwrap_or(3600), 1, MAX_LEASE_TTL_S)?;
+        let lease_ttl_s = in_range("lease_ttl_s", self.lease_ttl_s.unwrap_or(60), 1, max_lease_ttl_s)?;
+        let min_token_ttl_override = self
+            .min_token_ttl_s
+            .map(|v| in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S))
+            .transpose()?;
+        if let Some(r) = &self.refresh {
+            if !r.is_object() {
+                return Err(invalid("refresh must be an object"));
+            }
+        }
+        Ok(PoolConfig {
+            quota_limit,
+            quota_window_s: in_range("quota_window_s", self.quota_window_s.unwrap_or(3600), 1, MAX_WINDOW_S)?,
+            quota_reserve,
+            max_leases_per_token: in_range(
+                "max_leases_per_token",
+                self.max_leases_per_token.unwrap_or(1).into(),
+                1,
+                10_000,
+            )? as u32,
+            lease_ttl_s,
+            max_lease_ttl_s,
+            min_token_ttl_override,
+            strategy: self.strategy.unwrap_or_default(),
+            quarantine_after_strikes: in_range(
+                "quarantine_after_strikes",
+                self.quarantine_after_strikes.unwrap_or(3).into(),
+                1,
+                1000,
+            )? as u32,
+            session_ttl_s: in_range("session_ttl_s", self.session_ttl_s.unwrap_or(600), 1, 86_400)?,
+            refresh: self.refresh,
+        })
+    }
+}
+
+impl PoolConfig {
+    pub fn min_token_ttl_s(&self) -> u64 {
+        self.min_token_ttl_override.unwrap_or(self.lease_ttl_s + 30)
+    }
+
+    /// The hash fields stored in `tv:{pool}:cfg` (read by the scripts).
+    pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        BTreeMap::from([
+            ("quota_limit", opt(self.quota_limit)),
+            ("quota_window_s", self.quota_window_s.to_string()),
+            ("quota_reserve", self.quota_reserve.to_string()),
+            ("max_leases_per_token", self.max_leases_per_token.to_string()),
+            ("lease_ttl_s", self.lease_ttl_s.to_string()),
+            ("max_lease_ttl_s", self.max_lease_ttl_s.to_string()),
+            ("min_token_ttl_s", opt(self.min_token_ttl_override)),
+            ("strategy", match self.strategy {
+                Strategy::Lru => "lru".into(),
+                Strategy::Pack => "pack".into(),
+            }),
+            ("quarantine_after_strikes", self.quarantine_after_strikes.to_string()),
+            ("session_ttl_s", self.session_ttl_s.to_string()),
+            ("refresh", self.refresh.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+        ])
+    }
+
+    pub fn from_fields(f: &HashMap<String, String>) -> Self {
+        let num = |k: &str, d: u64| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let opt = |k: &str| f.get(k).and_then(|v| v.parse().ok());
+        PoolConfig {
+            quota_limit: opt("quota_limit"),
+            quota_window_s: num("quota_window_s", 3600),
+            quota_reserve: num("quota_reserve", 0),
+            max_leases_per_token: num("max_leases_per_token", 1) as u32,
+            lease_ttl_s: num("lease_ttl_s", 60),
+            max_lease_ttl_s: num("max_lease_ttl_s", 3600),
+            min_token_ttl_override: opt("min_token_ttl_s"),
+            strategy: if f.get("strategy").map(String::as_str) == Some("pack") {
+                Strategy::Pack
+            } else {
+                Strategy::Lru
+            },
+            quarantine_after_strikes: num("quarantine_after_strikes", 3) as u32,
+            session_ttl_s: num("session_ttl_s", 600),
+            refresh: f.get("refresh").and_then(|r| serde_json::from_str(r).ok()),
+        }
+    }
+}
+
+/// A pool as `GET /v1/pools/{pool}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: PoolConfig,
+    pub min_token_ttl_s: u64,
+    pub frozen: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<BTreeMap<String, u64>>,
+}
+
+/// Where a token came from and how it must be used (sticky identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub proxy: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshKind {
+    Oauth2RefreshToken,
+    Oauth2ClientCredentials,
+    External,
+    #[default]
+    None,
+}
+
+impl RefreshKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Oauth2RefreshToken => "oauth2_refresh_token",
+            Self::Oauth2ClientCredentials => "oauth2_client_credentials",
+            Self::External => "external",
+            Self::None => "none",
+        }
+    }
+}
+
+/// How a token is refreshed. `refresh_token` and `client_secret` are secrets: sealed at rest,
+/// never answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshInput {
+    pub kind: RefreshKind,
+    pub token_url: Option<String>,
+    pub refresh_token: Option<Secret>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub scope: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+/// The public part of a refresh method (what metadata shows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshPublic {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl RefreshInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        let url_ok = |u: &Option<String>| {
+            u.as_deref().is_some_and(|u| {
+                (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
+            })
+        };
+        match self.kind {
+            RefreshKind::Oauth2RefreshToken => {
+                if !url_ok(&self.token_url) || self.refresh_token.is_none() {
+                    return Err(invalid("refresh kind oauth2_refresh_token needs token_url (http/https) and refresh_token"));
+                }
+            }
+            RefreshKind::Oauth2ClientCredentials => {
+                if !url_ok(&self.token_url) || self.client_id.is_none() || self.client_secret.is_none() {
+                    return Err(invalid("refresh kind oauth2_client_credentials needs token_url (http/https), client_id and client_secret"));
+                }
+            }
+            RefreshKind::External | RefreshKind::None => {}
+        }
+        Ok(())
+    }
+
+    pub fn public(&self) -> RefreshPublic {
+        RefreshPublic {
+            kind: self.kind.as_str().into(),
+            token_url: self.token_url.clone(),
+            client_id: self.client_id.clone(),
+            scope: self.scope.clone(),
+        }
+    }
+
+    /// The secret part, as JSON to seal (None when there is nothing secret).
+    pub fn secret_json(&self) -> Option<Secret> {
+        if self.refresh_token.is_none() && self.client_secret.is_none() {
+            return None;
+        }
+        let v = serde_json::json!({
+            "refresh_token": self.refresh_token.as_ref().map(|s| s.expose()),
+            "client_secret": self.client_secret.as_ref().map(|s| s.expose()),
+        });
+        Some(Secret::new(v.to_string()))
+    }
+}
+
+/// One token in a deposit request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInput {
+    pub secret: Secret,
+    pub id: Option<String>,
+    pub expires_at: Option<TimeInput>,
+    pub quota_limit: Option<u64>,
+    pub binding: Option<Binding>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub refresh: Option<RefreshInput>,
+}
+
+impl TokenInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        let s = self.secret.expose();
+        if s.is_empty() || s.len() > MAX_SECRET_BYTES {
+            return Err(invalid(format!("secret must be 1-{MAX_SECRET_BYTES} bytes")));
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return Err(invalid("secret must not contain control characters"));
+        }
+        if let Some(id) = &self.id {
+            check_token_id(id)?;
+        }
+        if let Some(l) = self.quota_limit {
+            in_range("quota_limit", l, 1, MAX_QUOTA)?;
+        }
+        if let Some(b) = &self.binding {
+            for (name, v) in [("binding.proxy", &b.proxy), ("binding.fingerprint", &b.fingerprint)] {
+                if v.as_ref().is_some_and(|v| v.len() > 1024) {
+                    return Err(invalid(format!("{name} is longer than 1024 bytes")));
+                }
+            }
+        }
+        if let Some(labels) = &self.labels {
+            if labels.len() > 32 || labels.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256) {
+                return Err(invalid("labels: at most 32, keys 1-64 bytes, values up to 256 bytes"));
+            }
+        }
+        if let Some(r) = &self.refresh {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// How the worker's call went, reported on release/rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    #[default]
+    Ok,
+    Unauthorized,
+    RateLimited,
+    Forbidden,
+    Suspect,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::Forbidden => "forbidden",
+            Self::Suspect => "suspect",
+        }
+    }
+}
+
+/// Release / rotate body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub used: Option<u64>,
+    #[serde(default)]
+    pub outcome: Outcome,
+    pub retry_after_s: Option<f64>,
+    pub remaining: Option<u64>,
+    pub reset_at: Option<TimeInput>,
+    pub detail: Option<String>,
+}
+
+impl Report {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(r) = self.retry_after_s {
+            if !(0.0..=MAX_WINDOW_S as f64).contains(&r) {
+                return Err(invalid("retry_after_s must be between 0 and 2678400"));
+            }
+        }
+        if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
+            return Err(invalid("detail is longer than 1024 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Acquire body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireInput {
+    pub worker: Option<String>,
+    pub units: Option<u64>,
+    pub ttl_s: Option<u64>,
+    pub min_token_ttl_s: Option<u64>,
+    pub session: Option<String>,
+    pub wait_ms: Option<u64>,
+}
+
+/// Longest a lease request may wait for a token.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+impl AcquireInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(w) = &self.worker {
+            check_label("worker", w, 128)?;
+        }
+        if let Some(s) = &self.session {
+            check_label("session", s, 128)?;
+        }
+        if let Some(u) = self.units {
+            in_range("units", u, 1, 1_000_000)?;
+        }
+        if let Some(t) = self.ttl_s {
+            in_range("ttl_s", t, 1, MAX_LEASE_TTL_S)?;
+        }
+        if let Some(t) = self.min_token_ttl_s {
+            in_range("min_token_ttl_s", t, 0, MAX_WINDOW_S)?;
+        }
+        if let Some(w) = self.wait_ms {
+            in_range("wait_ms", w, 0, MAX_WAIT_MS)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renew body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewInput {
+    pub ttl_s: Option<u64>,
+    pub units: Option<u64>,
+}
+
+impl RenewInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(t) = self.ttl_s {
+            in_range("ttl_s", t, 1, MAX_LEASE_TTL_S)?;
+        }
+        if let Some(u) = self.units {
+            in_range("units", u, 1, 1_000_000)?;
+        }
+        Ok(())
+    }
+}
+
+/// A lease as a script answers it (secret still sealed).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaseGrant {
+    pub lease_id: String,
+    pub token_id: String,
+    pub worker: String,
+    pub units: u64,
+    pub granted_at: i64,
+    pub deadline: i64,
+    pub ttl_ms: i64,
+    pub secret_ct: String,
+    pub key_id: String,
+    pub expires_at: i64,
+    pub proxy: String,
+    pub binding_fp: String,
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl LeaseGrant {
+    pub fn binding(&self) -> Binding {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Binding { proxy: opt(&self.proxy), fingerprint: opt(&self.binding_fp) }
+    }
+}
+
+/// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenMeta {
+    pub id: String,
+    pub state: String,
+    pub expires_at: Option<String>,
+    pub quota: QuotaView,
+    pub leases: u64,
+    pub binding: Binding,
+    pub labels: BTreeMap<String, String>,
+    pub fingerprint: String,
+    pub strikes: u64,
+    pub last_error: Option<String>,
+    pub created_at: Option<String>,
+    pub last_leased_at: Option<String>,
+    pub cooling_until: Option<String>,
+    pub sunset_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub refresh: RefreshPublic,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaView {
+    pub used: u64,
+    pub reserved: u64,
+    pub limit: Option<u64>,
+    pub window_resets_at: Option<String>,
+}
+
+impl TokenMeta {
+    /// Build from the token hash and the pool config (for the effective quota limit).
+    pub fn from_fields(f: &HashMap<String, String>, cfg: &PoolConfig, now_ms: i64) -> Self {
+        let s = |k: &str| f.get(k).cloned().unwrap_or_default();
+        let n = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
+        let opt_s = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+        let cool = n("cool_until");
+        let win_end = n("win_end");
+        let window_live = win_end > now_ms;
+        TokenMeta {
+            id: s("id"),
+            state: s("view"),
+            expires_at: rfc3339_opt(n("expires_at")),
+            quota: QuotaView {
+                used: if window_live || win_end == 0 { n("used").max(0) as u64 } else { 0 },
+                reserved: n("reserved").max(0) as u64,
+                limit: f
+                    .get("quota_limit")
+                    .and_then(|v| v.parse().ok())
+                    .or(cfg.quota_limit),
+                window_resets_at: window_live.then(|| rfc3339(win_end)),
+            },
+            leases: n("leases").max(0) as u64,
+            binding: Binding { proxy: opt_s("proxy"), fingerprint: opt_s("binding_fp") },
+            labels: f.get("labels").and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
+            fingerprint: s("fingerprint"),
+            strikes: n("strikes").max(0) as u64,
+            last_error: opt_s("last_error"),
+            created_at: rfc3339_opt(n("created_at")),
+            last_leased_at: rfc3339_opt(n("last_leased_at")),
+            cooling_until: (cool > now_ms).then(|| rfc3339(cool)),
+            sunset_at: rfc3339_opt(n("sunset_at")),
+            revoked_at: rfc3339_opt(n("revoked_at")),
+            refresh: f
+                .get("refresh_pub")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_else(|| RefreshPublic { kind: "none".into(), ..Default::default() }),
+            key_id: s("key_id"),
+        }
+    }
+}
+
+/// Every view state a token can be in, as counted by status.
+pub const VIEW_STATES: [&str; 8] =
+    ["active", "leased", "cooling", "refreshing", "quarantined", "deprecated", "revoked", "expired"];
+
+/// `GET /v1/pools/{pool}/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub pool: String,
+    pub tokens: BTreeMap<String, u64>,
+    pub leases_active: u64,
+    pub avg_ttl_remaining_s: Option<f64>,
+    pub utilization: f64,
+    pub refresh_success_rate: Option<f64>,
+    pub quota_used_ratio: Option<f64>,
+    pub frozen: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_config_defaults_and_bounds() {
+        let c = PoolConfigInput::default().validate().unwrap();
+        assert_eq!((c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token), (60, 90, 1));
+        let bad = |j: &str| serde_json::from_str::<PoolConfigInput>(j).map_err(|e| e.to_string()).and_then(|i| i.validate().map_err(|e| e.to_string()));
+        assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
+        assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
+        assert!(bad(r#"{"max_leases_per_token":0}"#).is_err());
+        assert!(bad(r#"{"quota_limit":-1}"#).is_err());
+        assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
+        assert!(bad(r#"{"strategy":"random"}"#).is_err());
+        let c2 = PoolConfig::from_fields(&c.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_pool_name("scrape.prod-1_a").is_ok());
+        for bad in ["", "a b", "x}y", "{p}", "a:b", &"x".repeat(65), "ü"] {
+            assert!(check_pool_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_needs_its_fields() {
+        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#).unwrap();
+        assert!(r.validate().is_err());
+        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
+        assert!(r.validate().is_ok());
+        assert!(!format!("{r:?}").contains("\"rt\""));
+    }
+}
+
+impl TokenInput {
+    /// Validate and seal for the deposit script: secret and refresh credentials encrypted with
+    /// the pool and token id as associated data; a JWT without `expires_at` takes its `exp`.
+    pub fn seal(&self, cipher: &crate::crypto::Cipher, pool: &str) -> Result<crate::store::SealedToken, VaultError> {
+        self.validate()?;
+        let id = self.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let expires_at = match self.expires_at {
+            Some(t) => t.0,
+            None => crate::crypto::jwt_exp_ms(&self.secret)
+                .map_err(|e| invalid(format!("token {id}: {e}; pass expires_at explicitly or fix the secret")))?
+                .unwrap_or(0),
+        };
+        let sealed = cipher.seal_secret(pool, &id, &self.secret);
+        let binding = self.binding.clone().unwrap_or_default();
+        let (refresh_kind, refresh_ct, refresh_pub) = match &self.refresh {
+            Some(r) => (
+                r.kind.as_str().to_string(),
+                r.secret_json()
+                    .map(|s| cipher.seal_secret(pool, &format!("{id}/refresh"), &s).data)
+                    .unwrap_or_default(),
+                serde_json::to_string(&r.public()).expect("refresh settings serialize"),
+            ),
+            None => ("none".into(), String::new(), String::new()),
+        };
+        Ok(crate::store::SealedToken {
+            fingerprint: self.secret.fingerprint(),
+            secret_ct: sealed.data,
+            key_id: sealed.key_id,
+            expires_at,
+            quota_limit: self.quota_limit.map(|l| l.to_string()).unwrap_or_default(),
+            proxy: binding.proxy.unwrap_or_default(),
+            binding_fp: binding.fingerprint.unwrap_or_default(),
+            labels: serde_json::to_string(&self.labels.clone().unwrap_or_default()).expect("labels serialize"),
+            refresh_kind,
+            refresh_ct,
+            refresh_pub,
+            id,
+        })
+    }
+}

@@ -1,0 +1,576 @@
+//! Typed store operations: one function per Lua script (each an atomic transition) plus plain
+//! reads. Every call is bounded by the configured Redis timeout, so an unreachable or stalled
+//! Redis becomes [`VaultError::RedisUnavailable`] instead of a hung request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use deadpool_redis::{Config as PoolCfg, Connection, Pool, PoolConfig as DpConfig, Runtime, Timeouts};
+use redis::Script;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::RedisArgs;
+use crate::error::VaultError;
+use crate::keys::Keys;
+use crate::model::{LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VIEW_STATES};
+use crate::scripts;
+use crate::Result;
+
+/// Readiness probe: proves EVALSHA works on this connection (ACLs can forbid it at run time).
+static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new("return 'ok'"));
+
+/// A token ready for the deposit script: secret and refresh credentials already sealed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SealedToken {
+    pub id: String,
+    pub secret_ct: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    /// Unix ms, 0 = never expires.
+    pub expires_at: i64,
+    /// Empty = the pool's limit.
+    pub quota_limit: String,
+    pub proxy: String,
+    pub binding_fp: String,
+    /// JSON text.
+    pub labels: String,
+    pub refresh_kind: String,
+    pub refresh_ct: String,
+    /// JSON text of the public refresh settings.
+    pub refresh_pub: String,
+}
+
+/// What an acquire asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireArgs {
+    pub lease_id: String,
+    pub worker: String,
+    pub units: u64,
+    pub ttl_ms: Option<u64>,
+    pub min_ttl_ms: Option<u64>,
+    pub session: String,
+    pub idempotency_key: String,
+}
+
+/// The token a release or rotate gave back, and its state afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub token_id: String,
+    pub state: String,
+}
+
+/// A lease that some transition ended (revoke, freeze, reap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedLease {
+    pub lease_id: String,
+    pub token_id: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+    timeout: Duration,
+    /// Tests pin "now" here; `None` means every script reads Redis `TIME`.
+    clock: Option<Arc<AtomicI64>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("prefix", &self.keys.prefix()).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// Lua's cjson writes an empty table as `{}`; treat that as an empty list.
+fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
+    v.get(field).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn str_of(v: &Value, field: &str) -> String {
+    v.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn ended_leases(v: &Value, field: &str) -> Vec<EndedLease> {
+    list(v, field)
+        .iter()
+        .map(|e| EndedLease { lease_id: str_of(e, "lease_id"), token_id: str_of(e, "token_id") })
+        .collect()
+}
+
+fn opt_arg<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn report_args(r: &Report) -> Vec<String> {
+    vec![
+        opt_arg(r.used),
+        r.outcome.as_str().to_string(),
+        opt_arg(r.retry_after_s.map(|s| (s * 1000.0).round() as i64)),
+        opt_arg(r.remaining),
+        opt_arg(r.reset_at.map(|t| t.0)),
+    ]
+}
+
+impl Store {
+    /// Build the connection pool. Connections are made lazily; call [`Store::load_scripts`]
+    /// at start-up to fail fast.
+    pub fn connect(args: &RedisArgs) -> Result<Self> {
+        let mut cfg = PoolCfg::from_url(args.redis_url.clone());
+        let mut pc = DpConfig::new(args.redis_pool_size.max(1));
+        pc.timeouts = Timeouts {
+            wait: Some(args.timeout()),
+            create: Some(args.timeout()),
+            recycle: Some(args.timeout()),
+        };
+        cfg.pool = Some(pc);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}")))?;
+        Ok(Self { pool, keys: Keys::new(args.prefix.clone()), timeout: args.timeout(), clock: None })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Pin the scripts' clock to `clock` (unix ms) — tests only.
+    pub fn with_clock(mut self, clock: Arc<AtomicI64>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn now_arg(&self) -> String {
+        self.clock.as_ref().map(|c| c.load(Ordering::SeqCst).to_string()).unwrap_or_default()
+    }
+
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(VaultError::RedisUnavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn conn(&self) -> Result<Connection> {
+        self.pool.get().await.map_err(|e| VaultError::RedisUnavailable(e.to_string()))
+    }
+
+    /// A plain command (reads, the pool-name set).
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            cmd.query_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+        })
+        .await
+    }
+
+    async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            p.query_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+        })
+        .await
+    }
+
+    /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
+    async fn eval(&self, script: &Script, pool: &str, args: &[String]) -> Result<Value> {
+        let v = self.eval_raw(script, pool, args).await?;
+        if let Some(code) = v.get("err").and_then(Value::as_str) {
+            return Err(VaultError::from_script(code, &v));
+        }
+        Ok(v)
+    }
+
+    /// Run one transition script and return its JSON answer as is.
+    async fn eval_raw(&self, script: &Script, pool: &str, args: &[String]) -> Result<Value> {
+        let keys = self.keys.pool(pool).script_keys();
+        let now = self.now_arg();
+        let raw: String = self
+            .timed(async {
+                let mut inv = script.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(&now);
+                for a in args {
+                    inv.arg(a);
+                }
+                let mut c = self.conn().await?;
+                inv.invoke_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+            })
+            .await?;
+        serde_json::from_str(&raw).map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
+    }
+
+    /// Load every script (SCRIPT LOAD). Fails closed when Redis refuses scripting.
+    pub async fn load_scripts(&self) -> Result<()> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            for (file, script) in scripts::all() {
+                script.load_async(&mut *c).await.map_err(|e| match VaultError::from_redis(&e) {
+                    VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
+                    _ => VaultError::ScriptsUnavailable(format!("loading {file}: {e}")),
+                })?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Readiness: Redis answers, scripts are loaded (reloaded if Redis lost them) and EVALSHA
+    /// is allowed.
+    pub async fn check_ready(&self) -> Result<()> {
+        let shas: Vec<String> = scripts::all().iter().map(|(_, s)| s.get_hash().to_string()).collect();
+        let loaded: Vec<bool> = self.cmd(redis::cmd("SCRIPT").arg("EXISTS").arg(&shas).clone()).await?;
+        if loaded.iter().any(|l| !l) {
+            self.load_scripts().await?;
+        }
+        let _: String = self
+            .timed(async {
+                let mut c = self.conn().await?;
+                PROBE.invoke_async(&mut *c).await.map_err(|e| match VaultError::from_redis(&e) {
+                    VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
+                    _ => VaultError::ScriptsUnavailable(e.to_string()),
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    // ---- pools -------------------------------------------------------------------------
+
+    /// Create or replace a pool's config. Returns true when it was created.
+    pub async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
+        let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
+        let v = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
+        // The name set is a separate slot; the cfg hash is the truth, this is the index.
+        self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone()).await?;
+        Ok(v.get("created").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    pub async fn pool_get(&self, name: &str) -> Result<PoolView> {
+        let f: HashMap<String, String> = self.cmd(redis::cmd("HGETALL").arg(self.keys.pool(name).cfg()).clone()).await?;
+        if f.is_empty() {
+            return Err(VaultError::PoolNotFound);
+        }
+        let config = PoolConfig::from_fields(&f);
+        Ok(PoolView {
+            name: name.to_string(),
+            min_token_ttl_s: config.min_token_ttl_s(),
+            config,
+            frozen: f.get("frozen").map(String::as_str) == Some("1"),
+            frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
+            tokens: None,
+        })
+    }
+
+    pub async fn pool_config(&self, name: &str) -> Result<PoolConfig> {
+        Ok(self.pool_get(name).await?.config)
+    }
+
+    /// Every pool name, sorted.
+    pub async fn pool_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(self.keys.pools()).clone()).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Token counts by view state.
+    pub async fn token_counts(&self, name: &str) -> Result<BTreeMap<String, u64>> {
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        for s in VIEW_STATES {
+            p.cmd("SCARD").arg(pk.view(s));
+        }
+        let counts: Vec<u64> = self.pipe(p).await?;
+        Ok(VIEW_STATES.iter().map(|s| s.to_string()).zip(counts).collect())
+    }
+
+    pub async fn pool_list(&self) -> Result<Vec<PoolView>> {
+        let mut out = Vec::new();
+        for name in self.pool_names().await? {
+            match self.pool_get(&name).await {
+                Ok(mut view) => {
+                    view.tokens = Some(self.token_counts(&name).await?);
+                    out.push(view);
+                }
+                // Deleted between the two reads.
+                Err(VaultError::PoolNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
+    pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
+        let v = self.eval(&scripts::POOL_DELETE, name, &[if force { "1" } else { "0" }.into()]).await?;
+        self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(name).clone()).await?;
+        Ok(v.get("deleted").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    pub async fn pool_status(&self, name: &str) -> Result<PoolStatus> {
+        let view = self.pool_get(name).await?;
+        let tokens = self.token_counts(name).await?;
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        p.cmd("ZCARD").arg(pk.leases());
+        p.cmd("ZCARD").arg(pk.exp());
+        p.cmd("HGETALL").arg(pk.stats());
+        p.cmd("TIME");
+        p.cmd("SRANDMEMBER").arg(pk.ids()).arg(1000);
+        let (leases, exp_n, stats, time, sample): (u64, u64, HashMap<String, i64>, (i64, i64), Vec<String>) =
+            self.pipe(p).await?;
+        let now_ms = match &self.clock {
+            Some(c) => c.load(Ordering::SeqCst),
+            None => time.0 * 1000 + time.1 / 1000,
+        };
+        let avg_ttl_remaining_s = (exp_n > 0).then(|| {
+            let sum = *stats.get("exp_sum_s").unwrap_or(&0) as f64;
+            (sum / exp_n as f64 - now_ms as f64 / 1000.0).max(0.0)
+        });
+        let leasable: u64 = ["active", "leased", "cooling", "deprecated"].iter().map(|s| tokens[*s]).sum();
+        let capacity = leasable * view.config.max_leases_per_token as u64;
+        let utilization = if capacity == 0 { 0.0 } else { leases as f64 / capacity as f64 };
+        let ok = *stats.get("refresh_ok").unwrap_or(&0) as f64;
+        let failed = *stats.get("refresh_fail").unwrap_or(&0) as f64;
+        let refresh_success_rate = (ok + failed > 0.0).then(|| ok / (ok + failed));
+        let quota_used_ratio = self.quota_ratio(name, &view.config, &sample, now_ms).await?;
+        Ok(PoolStatus {
+            pool: name.to_string(),
+            tokens,
+            leases_active: leases,
+            avg_ttl_remaining_s,
+            utilization,
+            refresh_success_rate,
+            quota_used_ratio,
+            frozen: view.frozen,
+        })
+    }
+
+    /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a
+    /// random sample of 1,000 above that (status must not walk a 100k-token pool).
+    async fn quota_ratio(&self, name: &str, cfg: &PoolConfig, ids: &[String], now_ms: i64) -> Result<Option<f64>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        for id in ids {
+            p.cmd("HMGET").arg(pk.token(id)).arg(&["state", "used", "reserved", "quota_limit", "win_end"]);
+        }
+        let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+        let (mut used, mut limit) = (0f64, 0f64);
+        for r in rows {
+            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            if !matches!(get(0).as_str(), "active" | "deprecated") {
+                continue;
+            }
+            let Some(lim) = get(3).parse::<f64>().ok().or(cfg.quota_limit.map(|l| l as f64)) else {
+                continue;
+            };
+            let win_end: f64 = get(4).parse().unwrap_or(0.0);
+            let u: f64 = if win_end > 0.0 && win_end <= now_ms as f64 { 0.0 } else { get(1).parse().unwrap_or(0.0) };
+            used += u + get(2).parse::<f64>().unwrap_or(0.0);
+            limit += lim;
+        }
+        Ok((limit > 0.0).then(|| (used / limit).min(1.0)))
+    }
+
+    pub async fn freeze(&self, pool: &str, revoke_leases: bool, reason: &str) -> Result<Vec<EndedLease>> {
+        let v = self
+            .eval(&scripts::FREEZE, pool, &[if revoke_leases { "1" } else { "0" }.into(), reason.into()])
+            .await?;
+        Ok(ended_leases(&v, "leases_ended"))
+    }
+
+    pub async fn unfreeze(&self, pool: &str) -> Result<()> {
+        self.eval(&scripts::UNFREEZE, pool, &[]).await.map(drop)
+    }
+
+    // ---- tokens ------------------------------------------------------------------------
+
+    pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Vec<String>> {
+        let v = self
+            .eval(&scripts::DEPOSIT, pool, &[serde_json::to_string(tokens).expect("tokens serialize")])
+            .await?;
+        Ok(list(&v, "ids").iter().filter_map(|i| i.as_str().map(String::from)).collect())
+    }
+
+    /// The raw token hash (sealed secret included): for vault-api's own use, never answered.
+    pub async fn token_fields(&self, pool: &str, id: &str) -> Result<HashMap<String, String>> {
+        let f: HashMap<String, String> = self.cmd(redis::cmd("HGETALL").arg(self.keys.pool(pool).token(id)).clone()).await?;
+        if f.is_empty() {
+            self.pool_get(pool).await?;
+            return Err(VaultError::TokenNotFound);
+        }
+        Ok(f)
+    }
+
+    async fn now_ms(&self) -> Result<i64> {
+        if let Some(c) = &self.clock {
+            return Ok(c.load(Ordering::SeqCst));
+        }
+        let (s, us): (i64, i64) = self.cmd(redis::cmd("TIME")).await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
+    pub async fn token_get(&self, pool: &str, id: &str) -> Result<TokenMeta> {
+        let cfg = self.pool_config(pool).await?;
+        let f = self.token_fields(pool, id).await?;
+        Ok(TokenMeta::from_fields(&f, &cfg, self.now_ms().await?))
+    }
+
+    /// One page of token metadata, optionally only tokens in view state `state`.
+    /// Returns the page and the cursor of the next one (None at the end).
+    pub async fn token_list(
+        &self,
+        pool: &str,
+        state: Option<&str>,
+        limit: usize,
+        cursor: u64,
+    ) -> Result<(Vec<TokenMeta>, Option<u64>)> {
+        let cfg = self.pool_config(pool).await?;
+        let pk = self.keys.pool(pool);
+        let set = match state {
+            Some(s) => pk.view(s),
+            None => pk.ids(),
+        };
+        let mut ids: Vec<String> = Vec::new();
+        let mut cur = cursor;
+        // SSCAN's COUNT is a hint: keep scanning until the page is full or the set is done.
+        loop {
+            let (next, batch): (u64, Vec<String>) =
+                self.cmd(redis::cmd("SSCAN").arg(&set).arg(cur).arg("COUNT").arg(limit).clone()).await?;
+            ids.extend(batch);
+            cur = next;
+            if cur == 0 || ids.len() >= limit {
+                break;
+            }
+        }
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.cmd("HGETALL").arg(pk.token(id));
+        }
+        let rows: Vec<HashMap<String, String>> = if ids.is_empty() { vec![] } else { self.pipe(p).await? };
+        let now = self.now_ms().await?;
+        let mut metas: Vec<TokenMeta> =
+            rows.iter().filter(|f| !f.is_empty()).map(|f| TokenMeta::from_fields(f, &cfg, now)).collect();
+        metas.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((metas, (cur != 0).then_some(cur)))
+    }
+
+    pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
+        let v = self.eval(&scripts::TOKEN_DELETE, pool, &[id.into()]).await?;
+        Ok(list(&v, "leases_ended").iter().filter_map(|l| l.as_str().map(String::from)).collect())
+    }
+
+    /// Revoke at once; returns the leases that ended (empty when it was already revoked).
+    pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
+        let v = self.eval(&scripts::REVOKE, pool, &[id.into(), reason.into()]).await?;
+        Ok(list(&v, "leases_ended").iter().filter_map(|l| l.as_str().map(String::from)).collect())
+    }
+
+    pub async fn restore(&self, pool: &str, id: &str) -> Result<String> {
+        let v = self.eval(&scripts::RESTORE, pool, &[id.into()]).await?;
+        Ok(str_of(&v, "state"))
+    }
+
+    pub async fn deprecate(&self, pool: &str, id: &str, sunset_ms: Option<i64>) -> Result<String> {
+        let v = self.eval(&scripts::DEPRECATE, pool, &[id.into(), opt_arg(sunset_ms)]).await?;
+        Ok(str_of(&v, "state"))
+    }
+
+    pub async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
+        let v = self.eval(&scripts::REFRESH_ENQUEUE, pool, &[id.into()]).await?;
+        Ok(str_of(&v, "state"))
+    }
+
+    // ---- leases ------------------------------------------------------------------------
+
+    fn grant(v: &Value) -> Result<LeaseGrant> {
+        let lease = v.get("lease").cloned().unwrap_or(Value::Null);
+        serde_json::from_value(lease).map_err(|e| VaultError::Internal(format!("lease answer: {e}")))
+    }
+
+    pub async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
+        let v = self
+            .eval(
+                &scripts::ACQUIRE,
+                pool,
+                &[
+                    a.lease_id.clone(),
+                    a.worker.clone(),
+                    a.units.max(1).to_string(),
+                    opt_arg(a.ttl_ms),
+                    opt_arg(a.min_ttl_ms),
+                    a.session.clone(),
+                    a.idempotency_key.clone(),
+                ],
+            )
+            .await?;
+        Self::grant(&v)
+    }
+
+    pub async fn renew(&self, pool: &str, lease_id: &str, ttl_ms: Option<u64>, units: Option<u64>) -> Result<LeaseGrant> {
+        let v = self.eval(&scripts::RENEW, pool, &[lease_id.into(), opt_arg(ttl_ms), opt_arg(units)]).await?;
+        Self::grant(&v)
+    }
+
+    pub async fn release(&self, pool: &str, lease_id: &str, report: &Report) -> Result<Released> {
+        let mut args = vec![lease_id.to_string()];
+        args.extend(report_args(report));
+        let v = self.eval(&scripts::RELEASE, pool, &args).await?;
+        Ok(Released { token_id: str_of(&v, "token_id"), state: str_of(&v, "state") })
+    }
+
+    /// Release `lease_id` with `report` and lease another token in one step. When no other
+    /// token is eligible the release still happened and the answer is `PoolExhausted`.
+    pub async fn rotate(&self, pool: &str, lease_id: &str, report: &Report, new_lease_id: &str) -> Result<(Released, Result<LeaseGrant>)> {
+        let mut args = vec![lease_id.to_string()];
+        args.extend(report_args(report));
+        args.push(new_lease_id.to_string());
+        let v = self.eval_raw(&scripts::ROTATE, pool, &args).await?;
+        let Some(rel) = v.get("released").cloned() else {
+            // The release itself failed (lease gone, bad report): nothing changed.
+            let code = v.get("err").and_then(Value::as_str).unwrap_or("internal");
+            return Err(VaultError::from_script(code, &v));
+        };
+        let released = Released { token_id: str_of(&rel, "token_id"), state: str_of(&rel, "state") };
+        let lease = match v.get("err").and_then(Value::as_str) {
+            Some(code) => Err(VaultError::from_script(code, &v)),
+            None => Self::grant(&v),
+        };
+        Ok((released, lease))
+    }
+
+    // ---- janitor sweeps ----------------------------------------------------------------
+
+    pub async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
+        let v = self.eval(&scripts::REAP_LEASES, pool, &[max.to_string()]).await?;
+        Ok(ended_leases(&v, "reaped"))
+    }
+
+    pub async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
+        let v = self.eval(&scripts::RETURN_COOLED, pool, &[max.to_string()]).await?;
+        Ok(v.get("returned").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    pub async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
+        let v = self.eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()]).await?;
+        Ok(v.get("moved").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Revoke deprecated tokens past their sunset; returns the token ids.
+    pub async fn sunset_tokens(&self, pool: &str, max: usize) -> Result<Vec<String>> {
+        let v = self.eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()]).await?;
+        Ok(list(&v, "revoked").iter().map(|r| str_of(r, "token_id")).collect())
+    }
+}
+

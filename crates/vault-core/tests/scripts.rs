@@ -1,0 +1,435 @@
+//! Edge cases of every transition script, through the typed store API, against a real
+//! redis-server started for this test binary. The scripts' clock is pinned, so window resets,
+//! TTL edges and cooldowns are exact.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use testkit::RedisServer;
+use vault_core::config::RedisArgs;
+use vault_core::crypto::{Cipher, MasterKey};
+use vault_core::model::{Outcome, PoolConfigInput, Report, TokenInput};
+use vault_core::store::AcquireArgs;
+use vault_core::{Store, VaultError};
+
+const T0: i64 = 1_800_000_000_000;
+
+struct Env {
+    redis: RedisServer,
+    store: Store,
+    clock: Arc<AtomicI64>,
+    cipher: Cipher,
+    pool: String,
+}
+
+impl Env {
+    async fn new(cfg: serde_json::Value) -> Self {
+        let redis = RedisServer::start();
+        let args = RedisArgs {
+            redis_url: redis.url(),
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            redis_timeout_ms: 2000,
+            redis_pool_size: 4,
+        };
+        let clock = Arc::new(AtomicI64::new(T0));
+        let store = Store::connect(&args).unwrap().with_clock(clock.clone());
+        store.load_scripts().await.unwrap();
+        let cfg: PoolConfigInput = serde_json::from_value(cfg).unwrap();
+        store.pool_upsert("p", &cfg.validate().unwrap()).await.unwrap();
+        Env { redis, store, clock, cipher: Cipher::new(&MasterKey::generate()), pool: "p".into() }
+    }
+
+    fn advance(&self, ms: i64) {
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    async fn deposit(&self, tokens: serde_json::Value) -> Vec<String> {
+        let inputs: Vec<TokenInput> = serde_json::from_value(tokens).unwrap();
+        let sealed: Vec<_> = inputs.iter().map(|t| t.seal(&self.cipher, &self.pool).unwrap()).collect();
+        self.store.deposit(&self.pool, &sealed).await.unwrap()
+    }
+
+    async fn lease(&self, units: u64) -> Result<vault_core::model::LeaseGrant, VaultError> {
+        self.lease_with(AcquireArgs { units, ..Default::default() }).await
+    }
+
+    async fn lease_with(&self, mut a: AcquireArgs) -> Result<vault_core::model::LeaseGrant, VaultError> {
+        a.lease_id = uuid::Uuid::new_v4().to_string();
+        a.units = a.units.max(1);
+        self.store.acquire(&self.pool, &a).await
+    }
+
+    async fn release(&self, lease: &str, used: Option<u64>, outcome: Outcome) -> Result<String, VaultError> {
+        let r = Report { used, outcome, ..Default::default() };
+        self.store.release(&self.pool, lease, &r).await.map(|r| r.state)
+    }
+
+    async fn meta(&self, id: &str) -> vault_core::model::TokenMeta {
+        self.store.token_get(&self.pool, id).await.unwrap()
+    }
+}
+
+fn exhausted(r: Result<vault_core::model::LeaseGrant, VaultError>) -> Option<u64> {
+    match r {
+        Err(VaultError::PoolExhausted { retry_after_ms }) => retry_after_ms,
+        other => panic!("expected pool_exhausted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn quota_stops_exactly_at_limit_minus_reserve_and_release_returns_units() {
+    let e = Env::new(json!({"quota_limit": 10, "quota_reserve": 2, "max_leases_per_token": 100})).await;
+    let ids = e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    assert_eq!(ids, ["a"]);
+    // 8 units may be in use (10 - 2): 3 + 5 fit exactly.
+    let l1 = e.lease(3).await.unwrap();
+    let l2 = e.lease(5).await.unwrap();
+    let retry = exhausted(e.lease(1).await).expect("retry hint");
+    // The earliest event that frees units is a lease deadline (60 s), before the window reset.
+    assert_eq!(retry, 60_000);
+    assert_eq!(e.meta("a").await.state, "leased");
+    // Releasing 5 reserved units with 1 used gives 4 back.
+    e.release(&l2.lease_id, Some(1), Outcome::Ok).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!((m.quota.used, m.quota.reserved), (1, 3));
+    let l3 = e.lease(4).await.unwrap();
+    exhausted(e.lease(1).await);
+    // used > units is refused and changes nothing.
+    let err = e.release(&l3.lease_id, Some(5), Outcome::Ok).await.unwrap_err();
+    assert!(matches!(err, VaultError::Invalid(_)), "{err:?}");
+    assert_eq!(e.meta("a").await.quota.reserved, 7);
+    e.release(&l3.lease_id, None, Outcome::Ok).await.unwrap();
+    e.release(&l1.lease_id, Some(0), Outcome::Ok).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!((m.quota.used, m.quota.reserved, m.leases), (5, 0, 0));
+    assert_eq!(m.state, "active");
+}
+
+#[tokio::test]
+async fn window_reset_brings_an_exhausted_token_back() {
+    let e = Env::new(json!({"quota_limit": 2, "quota_window_s": 10, "max_leases_per_token": 5})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    let l = e.lease(2).await.unwrap();
+    e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
+    assert_eq!(e.meta("a").await.state, "cooling");
+    assert_eq!(exhausted(e.lease(1).await), Some(10_000));
+    e.advance(9_999);
+    assert_eq!(e.store.return_cooled("p", 100).await.unwrap(), 0);
+    exhausted(e.lease(1).await);
+    e.advance(1);
+    assert_eq!(e.store.return_cooled("p", 100).await.unwrap(), 1);
+    let m = e.meta("a").await;
+    assert_eq!((m.state.as_str(), m.quota.used), ("active", 0));
+    e.lease(2).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrency_limit_per_token() {
+    let e = Env::new(json!({"max_leases_per_token": 2})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    let mut per_token = std::collections::HashMap::<String, u32>::new();
+    let mut leases = vec![];
+    for _ in 0..4 {
+        let l = e.lease(1).await.unwrap();
+        *per_token.entry(l.token_id.clone()).or_default() += 1;
+        leases.push(l);
+    }
+    assert_eq!(per_token["a"], 2);
+    assert_eq!(per_token["b"], 2);
+    // Every token at its limit: the hint is the earliest lease deadline (60 s default TTL).
+    assert_eq!(exhausted(e.lease(1).await), Some(60_000));
+    e.release(&leases[0].lease_id, None, Outcome::Ok).await.unwrap();
+    assert_eq!(e.lease(1).await.unwrap().token_id, leases[0].token_id);
+}
+
+#[tokio::test]
+async fn ttl_edge_and_moving_out_of_rotation() {
+    // min_token_ttl_s defaults to lease_ttl_s + 30 = 90 s.
+    let e = Env::new(json!({})).await;
+    e.deposit(json!([
+        {"secret": "s1", "id": "exact", "expires_at": T0 + 90_000},
+        {"secret": "s2", "id": "short", "expires_at": T0 + 89_999},
+        {"secret": "s3", "id": "refr", "expires_at": T0 + 89_999, "refresh": {"kind": "external"}},
+    ]))
+    .await;
+    assert_eq!(e.meta("short").await.state, "expired");
+    assert_eq!(e.meta("refr").await.state, "refreshing");
+    let l = e.lease(1).await.unwrap();
+    assert_eq!(l.token_id, "exact", "exactly min_token_ttl_s left is still leasable");
+    e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
+    e.advance(1);
+    exhausted(e.lease(1).await);
+    assert_eq!(e.meta("exact").await.state, "expired");
+    // A per-request min_token_ttl_s larger than what is left skips the token without moving it.
+    let e2 = Env::new(json!({})).await;
+    e2.deposit(json!([{"secret": "s1", "id": "x", "expires_at": T0 + 200_000}])).await;
+    exhausted(e2.lease_with(AcquireArgs { min_ttl_ms: Some(300_000), ..Default::default() }).await);
+    assert_eq!(e2.meta("x").await.state, "active");
+    // The janitor's sweep does the same without a lease request.
+    e2.advance(110_001);
+    assert_eq!(e2.store.expire_tokens("p", 100).await.unwrap(), 1);
+    assert_eq!(e2.meta("x").await.state, "expired");
+}
+
+#[tokio::test]
+async fn jwt_exp_is_taken_and_malformed_jwt_refused() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let e = Env::new(json!({})).await;
+    let exp_s = (T0 + 3_600_000) / 1000;
+    let jwt = format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(&format!(r#"{{"exp":{exp_s}}}"#)));
+    e.deposit(json!([{"secret": jwt, "id": "j"}])).await;
+    assert_eq!(e.meta("j").await.expires_at.unwrap(), vault_core::time::rfc3339(exp_s * 1000));
+    let bad: TokenInput =
+        serde_json::from_value(json!({"secret": format!("{}.@@@.sig", b64(r#"{"alg":"RS256"}"#))})).unwrap();
+    assert!(matches!(bad.seal(&e.cipher, "p"), Err(VaultError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn strikes_quarantine_and_restore() {
+    let e = Env::new(json!({"quarantine_after_strikes": 2})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    let l = e.lease(1).await.unwrap();
+    assert_eq!(e.release(&l.lease_id, None, Outcome::Forbidden).await.unwrap(), "active");
+    let l = e.lease(1).await.unwrap();
+    // An ok in between clears the strikes: only consecutive strikes count.
+    e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
+    assert_eq!(e.meta("a").await.strikes, 0);
+    let l = e.lease(1).await.unwrap();
+    e.release(&l.lease_id, None, Outcome::Suspect).await.unwrap();
+    let l = e.lease(1).await.unwrap();
+    assert_eq!(e.release(&l.lease_id, None, Outcome::Forbidden).await.unwrap(), "quarantined");
+    exhausted(e.lease(1).await);
+    assert_eq!(e.store.restore("p", "a").await.unwrap(), "active");
+    assert_eq!(e.meta("a").await.strikes, 0);
+    e.lease(1).await.unwrap();
+    assert!(matches!(e.store.restore("p", "a").await, Err(VaultError::Conflict(_))));
+}
+
+/// LRU hands out each token in turn; take leases until we hold `id`.
+async fn pick(e: &Env, id: &str) -> vault_core::model::LeaseGrant {
+    loop {
+        let l = e.lease(1).await.unwrap();
+        if l.token_id == id {
+            return l;
+        }
+        e.release(&l.lease_id, Some(0), Outcome::Ok).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
+    let e = Env::new(json!({"quota_limit": 100, "max_leases_per_token": 3})).await;
+    e.deposit(json!([
+        {"secret": "s1", "id": "a"},
+        {"secret": "s2", "id": "b", "refresh": {"kind": "external"}},
+        {"secret": "s3", "id": "c"},
+    ]))
+    .await;
+    let la = pick(&e, "a").await;
+    let r = Report { outcome: Outcome::RateLimited, retry_after_s: Some(30.0), ..Default::default() };
+    e.store.release("p", &la.lease_id, &r).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!(m.state, "cooling");
+    assert_eq!(m.cooling_until.unwrap(), vault_core::time::rfc3339(T0 + 30_000));
+    let lb = pick(&e, "b").await;
+    assert_eq!(e.release(&lb.lease_id, None, Outcome::Unauthorized).await.unwrap(), "refreshing");
+    let lc = pick(&e, "c").await;
+    assert_eq!(e.release(&lc.lease_id, None, Outcome::Unauthorized).await.unwrap(), "expired");
+    e.advance(30_000);
+    assert_eq!(e.store.return_cooled("p", 10).await.unwrap(), 1);
+    // The target says 7 remain until reset: the vault trusts it over its estimate.
+    let la = pick(&e, "a").await;
+    let r = Report { remaining: Some(7), reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)), ..Default::default() };
+    e.store.release("p", &la.lease_id, &r).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!(m.quota.used, 93);
+    assert_eq!(m.quota.window_resets_at.unwrap(), vault_core::time::rfc3339(T0 + 500_000));
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_lease() {
+    let e = Env::new(json!({"max_leases_per_token": 5})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    let a = AcquireArgs { idempotency_key: "req-1".into(), ..Default::default() };
+    let l1 = e.lease_with(a.clone()).await.unwrap();
+    let l2 = e.lease_with(a.clone()).await.unwrap();
+    assert_eq!(l1.lease_id, l2.lease_id);
+    assert!(l2.replayed && !l1.replayed);
+    assert_eq!(e.meta("a").await.leases, 1);
+    e.release(&l1.lease_id, None, Outcome::Ok).await.unwrap();
+    // The record ends with its lease.
+    let l3 = e.lease_with(a).await.unwrap();
+    assert_ne!(l3.lease_id, l1.lease_id);
+}
+
+#[tokio::test]
+async fn revoke_ends_leases_and_takes_the_token_out() {
+    let e = Env::new(json!({"max_leases_per_token": 2})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    let l1 = e.lease(1).await.unwrap();
+    let ended = e.store.revoke("p", &l1.token_id, "leaked").await.unwrap();
+    assert_eq!(ended, vec![l1.lease_id.clone()]);
+    assert!(matches!(e.store.renew("p", &l1.lease_id, None, None).await, Err(VaultError::LeaseGone)));
+    assert!(matches!(e.release(&l1.lease_id, None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+    for _ in 0..2 {
+        assert_ne!(e.lease(1).await.unwrap().token_id, l1.token_id);
+    }
+    assert_eq!(e.meta(&l1.token_id).await.state, "revoked");
+    assert!(e.store.revoke("p", &l1.token_id, "again").await.unwrap().is_empty(), "idempotent");
+    assert!(matches!(e.store.revoke("p", "nope", "x").await, Err(VaultError::TokenNotFound)));
+}
+
+#[tokio::test]
+async fn freeze_blocks_leases_and_can_end_them() {
+    let e = Env::new(json!({})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    let l1 = e.lease(1).await.unwrap();
+    assert!(e.store.freeze("p", false, "drill").await.unwrap().is_empty());
+    assert!(matches!(e.lease(1).await, Err(VaultError::PoolFrozen)));
+    e.store.renew("p", &l1.lease_id, None, None).await.unwrap();
+    let ended = e.store.freeze("p", true, "breach").await.unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].lease_id, l1.lease_id);
+    assert!(matches!(e.store.renew("p", &l1.lease_id, None, None).await, Err(VaultError::LeaseGone)));
+    e.store.unfreeze("p").await.unwrap();
+    e.lease(1).await.unwrap();
+}
+
+#[tokio::test]
+async fn sticky_session_keeps_its_token_while_eligible() {
+    let e = Env::new(json!({"max_leases_per_token": 3})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a", "binding": {"proxy": "socks5://10.0.0.7:1080", "fingerprint": "chrome-120"}}, {"secret": "s2", "id": "b"}])).await;
+    let s = |sess: &str| AcquireArgs { session: sess.into(), ..Default::default() };
+    let first = e.lease_with(s("user-42")).await.unwrap();
+    for _ in 0..2 {
+        let l = e.lease_with(s("user-42")).await.unwrap();
+        assert_eq!(l.token_id, first.token_id);
+        assert_eq!(l.binding(), first.binding());
+    }
+    // At its concurrency limit the session moves to the other token.
+    let moved = e.lease_with(s("user-42")).await.unwrap();
+    assert_ne!(moved.token_id, first.token_id);
+    let again = e.lease_with(s("user-42")).await.unwrap();
+    assert_eq!(again.token_id, moved.token_id);
+    let bound = if first.token_id == "a" { &first } else { &moved };
+    assert_eq!(bound.binding().proxy.as_deref(), Some("socks5://10.0.0.7:1080"));
+}
+
+#[tokio::test]
+async fn reaper_counts_dead_leases_as_used() {
+    let e = Env::new(json!({"quota_limit": 10, "lease_ttl_s": 5})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    let l = e.lease(4).await.unwrap();
+    assert_eq!(l.deadline, T0 + 5_000);
+    e.advance(4_999);
+    assert!(e.store.reap_leases("p", 100).await.unwrap().is_empty());
+    e.advance(1);
+    let reaped = e.store.reap_leases("p", 100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    let m = e.meta("a").await;
+    assert_eq!((m.quota.used, m.quota.reserved, m.leases, m.state.as_str()), (4, 0, 0, "active"));
+    assert!(matches!(e.release(&l.lease_id, None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+}
+
+#[tokio::test]
+async fn renew_extends_and_checks_token_life_and_quota() {
+    let e = Env::new(json!({"quota_limit": 5, "lease_ttl_s": 10, "max_lease_ttl_s": 100})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 300_000}])).await;
+    let l = e.lease(2).await.unwrap();
+    e.advance(5_000);
+    let r = e.store.renew("p", &l.lease_id, Some(20_000), None).await.unwrap();
+    assert_eq!(r.deadline, T0 + 25_000);
+    assert!(matches!(e.store.renew("p", &l.lease_id, Some(101_000), None).await, Err(VaultError::Invalid(_))));
+    assert!(matches!(e.store.renew("p", &l.lease_id, None, Some(6)).await, Err(VaultError::QuotaExhausted(_))));
+    assert_eq!(e.store.renew("p", &l.lease_id, None, Some(5)).await.unwrap().units, 5);
+    e.advance(250_000);
+    assert!(matches!(e.store.renew("p", &l.lease_id, Some(60_000), None).await, Err(VaultError::TokenExpiring(_))));
+}
+
+#[tokio::test]
+async fn rotate_hands_out_a_different_token() {
+    let e = Env::new(json!({"max_leases_per_token": 5})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a", "refresh": {"kind": "external"}}, {"secret": "s2", "id": "b"}])).await;
+    let l = e.lease(1).await.unwrap();
+    let r = Report { outcome: Outcome::Unauthorized, ..Default::default() };
+    let (released, new) = e.store.rotate("p", &l.lease_id, &r, "new-lease").await.unwrap();
+    let new = new.unwrap();
+    assert_eq!(released.token_id, l.token_id);
+    assert_ne!(new.token_id, l.token_id);
+    assert_eq!(new.lease_id, "new-lease");
+    // Rotating the last healthy token: released, but nothing else to give.
+    let r = Report { outcome: Outcome::Ok, ..Default::default() };
+    let (_, none) = e.store.rotate("p", "new-lease", &r, "third").await.unwrap();
+    assert!(matches!(none, Err(VaultError::PoolExhausted { .. })));
+    assert!(matches!(e.release("new-lease", None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+}
+
+#[tokio::test]
+async fn strategies_and_deprecation_order_the_choice() {
+    let e = Env::new(json!({"strategy": "pack", "max_leases_per_token": 2})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    let got: Vec<String> = [e.lease(1).await, e.lease(1).await, e.lease(1).await]
+        .into_iter()
+        .map(|l| l.unwrap().token_id)
+        .collect();
+    assert_eq!(got, ["a", "a", "b"], "pack fills the first token first");
+
+    let e = Env::new(json!({"max_leases_per_token": 10})).await;
+    e.deposit(json!([{"secret": "s1", "id": "old"}, {"secret": "s2", "id": "new"}])).await;
+    e.store.deprecate("p", "old", Some(T0 + 60_000)).await.unwrap();
+    for _ in 0..3 {
+        let l = e.lease(1).await.unwrap();
+        assert_eq!(l.token_id, "new", "deprecated is never preferred");
+    }
+    e.store.revoke("p", "new", "x").await.unwrap();
+    assert_eq!(e.lease(1).await.unwrap().token_id, "old", "but still leasable when nothing else is");
+    e.advance(60_000);
+    assert_eq!(e.store.sunset_tokens("p", 10).await.unwrap(), ["old"]);
+    assert_eq!(e.meta("old").await.state, "revoked");
+}
+
+#[tokio::test]
+async fn pool_delete_needs_force_and_removes_every_key() {
+    let e = Env::new(json!({})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    e.lease(1).await.unwrap();
+    assert!(matches!(e.store.pool_delete("p", false).await, Err(VaultError::Conflict(_))));
+    assert_eq!(e.store.pool_delete("p", true).await.unwrap(), 1);
+    assert_eq!(e.redis.cli(&["DBSIZE"]).trim(), "0");
+    assert!(matches!(e.lease(1).await, Err(VaultError::PoolNotFound)));
+}
+
+#[tokio::test]
+async fn ten_thousand_cycles_leave_no_keys_behind() {
+    let e = Env::new(json!({"max_leases_per_token": 1000, "session_ttl_s": 1})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    let baseline: u64 = e.redis.cli(&["DBSIZE"]).trim().parse().unwrap();
+    for i in 0..10_000u64 {
+        let a = AcquireArgs {
+            idempotency_key: format!("k{i}"),
+            session: if i % 10 == 0 { format!("s{}", i % 7) } else { String::new() },
+            ..Default::default()
+        };
+        let l = e.lease_with(a).await.unwrap();
+        match i % 3 {
+            0 => drop(e.release(&l.lease_id, Some(0), Outcome::Ok).await.unwrap()),
+            1 => {
+                let r = Report { outcome: Outcome::Ok, ..Default::default() };
+                let (_, n) = e.store.rotate("p", &l.lease_id, &r, &format!("r{i}")).await.unwrap();
+                e.release(&n.unwrap().lease_id, None, Outcome::Ok).await.unwrap();
+            }
+            _ => {
+                // Left to die: the reaper ends it.
+                e.advance(61_000);
+                assert_eq!(e.store.reap_leases("p", 100).await.unwrap().len(), 1);
+            }
+        }
+    }
+    // Sessions expire by themselves (1 s TTL, real Redis clock).
+    let settled = testkit::wait_until(std::time::Duration::from_secs(5), || {
+        e.redis.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap() == baseline
+    });
+    assert!(settled, "keys: {} vs baseline {baseline}", e.redis.cli(&["DBSIZE"]));
+}

@@ -1,0 +1,42 @@
+-- deposit.lua: add tokens to a pool (all or nothing).
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] JSON array of tokens, each {id, secret_ct, key_id, fingerprint,
+--   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy, binding_fp, labels (JSON text),
+--   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted.
+-- Returns {"ids":[...]} | {"err":"pool_not_found"|"conflict"|"invalid_request"}.
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local toks = cjson.decode(ARGV[2])
+local reserve = num(c.quota_reserve, 0)
+for _, d in ipairs(toks) do
+  if redis.call('EXISTS', tkey(d.id)) == 1 then
+    return fail('conflict', { detail = 'token ' .. d.id .. ' already exists in this pool' })
+  end
+  if d.expires_at > 0 and d.expires_at <= NOW then
+    return fail('invalid_request', { detail = 'token ' .. d.id .. ' has already expired' })
+  end
+  if d.quota_limit ~= '' and tonumber(d.quota_limit) <= reserve then
+    return fail('invalid_request', { detail = 'token ' .. d.id .. ': quota_limit must exceed the pool\'s quota_reserve (' .. reserve .. ')' })
+  end
+end
+local ids = {}
+for _, d in ipairs(toks) do
+  local seq = redis.call('INCR', K.base .. 'seq')
+  redis.call('HSET', tkey(d.id), 'id', d.id, 'state', 'active', 'seq', seq,
+    'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
+    'expires_at', d.expires_at, 'quota_limit', d.quota_limit, 'proxy', d.proxy,
+    'binding_fp', d.binding_fp, 'labels', d.labels, 'refresh_kind', d.refresh_kind,
+    'refresh_ct', d.refresh_ct, 'refresh_pub', d.refresh_pub,
+    'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,
+    'last_error', '', 'created_at', NOW, 'last_leased_at', 0, 'generation', 1)
+  redis.call('SADD', K.ids, d.id)
+  local t = hgetall(tkey(d.id))
+  if too_short_lived(t, c) then
+    out_of_rotation(d.id, t, c)
+  else
+    exp_add(d.id, t)
+    reconcile(d.id, t, c)
+  end
+  ids[#ids + 1] = d.id
+end
+return reply({ ids = ids })

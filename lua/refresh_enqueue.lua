@@ -1,0 +1,17 @@
+-- refresh_enqueue.lua: take a token out of rotation and enqueue a refresh job for it now.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] token id.
+-- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
+-- A token already queued keeps its place (a token is enqueued at most once at a time).
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local id = ARGV[2]
+local t = hgetall(tkey(id))
+if t == nil then return fail('token_not_found') end
+if not refreshable(t) then return fail('conflict', { detail = 'the token has no refresh method' }) end
+if t.state == 'revoked' then return fail('conflict', { detail = 'the token is revoked' }) end
+exp_del(id, t)
+put(id, t, 'state', 'refreshing')
+redis.call('ZADD', K.jobs, 'NX', NOW, id)
+reconcile(id, t, c)
+return reply({ state = t.view })

@@ -1,0 +1,40 @@
+-- renew.lua: extend a live lease, optionally changing its reserved units.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] lease id; ARGV[3] ttl ms ("" = the lease's own ttl);
+-- ARGV[4] units ("" = unchanged).
+-- Returns {"lease":{...}} | {"err":"pool_not_found"|"lease_gone"|"invalid_request"|
+--   "token_expiring"|"quota_exhausted"}.
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local lid = ARGV[2]
+local l = hgetall(lkey(lid))
+if l == nil then return fail('lease_gone') end
+local t = hgetall(tkey(l.token))
+if t == nil or not in_rotation(t) then return fail('lease_gone') end
+local ttl_ms = tonumber(ARGV[3]) or num(l.ttl_ms, num(c.lease_ttl_s, 60) * 1000)
+if ttl_ms > num(c.max_lease_ttl_s, 3600) * 1000 then
+  return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
+end
+local deadline = NOW + ttl_ms
+local at = num(t.expires_at, 0)
+if at > 0 and at < deadline then
+  return fail('token_expiring', { detail = 'the token expires before the renewed lease would end' })
+end
+local old_units = num(l.units, 1)
+local units = tonumber(ARGV[4]) or old_units
+roll_window(l.token, t)
+if units > old_units then
+  local room = headroom(t, c)
+  if room ~= nil and room < units - old_units then
+    return fail('quota_exhausted', { detail = 'the token has ' .. math.max(room, 0) .. ' more units in this window' })
+  end
+end
+put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) + units - old_units))
+l.units = tostring(units)
+l.deadline = tostring(deadline)
+l.ttl_ms = tostring(ttl_ms)
+redis.call('HSET', lkey(lid), 'units', l.units, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms)
+redis.call('ZADD', K.leases, deadline, lid)
+if l.idem ~= nil and l.idem ~= '' then redis.call('PEXPIRE', K.base .. 'idem:' .. l.idem, ttl_ms) end
+reconcile(l.token, t, c)
+return reply({ lease = lease_view(lid, l, t) })

@@ -1,0 +1,17 @@
+-- return_cooled.lua: put tokens whose cooldown (429 or exhausted window) ended back in rotation.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
+-- Returns {"returned":n}.
+local c = load_cfg()
+if c == nil then return reply({ returned = 0 }) end
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.cool, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local t = hgetall(tkey(id))
+  if t == nil then
+    redis.call('ZREM', K.cool, id)
+  else
+    reconcile(id, t, c)
+    if redis.call('ZSCORE', K.cool, id) == false then n = n + 1 end
+  end
+end
+return reply({ returned = n })

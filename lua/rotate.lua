@@ -1,0 +1,18 @@
+-- rotate.lua: release a lease with its report and lease a different token in the same step
+-- (the 401-mid-job path: the worker retries at once with a healthy token).
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] old lease id; ARGV[3..7] report as in release.lua;
+-- ARGV[8] new lease id.
+-- Returns {"lease":{...},"released":{"token_id","state"}} | {"err":...} as acquire/release.
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local err, l, t = do_release(c, ARGV[2], report_args(3))
+if err then return err end
+local res = do_acquire(c, {
+  lease_id = ARGV[8], worker = l.worker or '', units = num(l.units, 1),
+  ttl_ms = num(l.ttl_ms, num(c.lease_ttl_s, 60) * 1000), min_ttl_ms = min_ttl_ms(c),
+  session = '', idem = '', exclude = l.token,
+})
+local out = cjson.decode(res)
+out.released = { token_id = l.token, state = t and t.view or 'deleted' }
+return cjson.encode(out)

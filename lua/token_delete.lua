@@ -1,0 +1,18 @@
+-- token_delete.lua: remove a token and everything that refers to it; its live leases end.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] token id.
+-- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
+if redis.call('EXISTS', K.cfg) == 0 then return fail('pool_not_found') end
+local id = ARGV[2]
+local t = hgetall(tkey(id))
+if t == nil then return fail('token_not_found') end
+local ended = end_token_leases(id)
+exp_del(id, t)
+redis.call('ZREM', K.ready, id)
+redis.call('ZREM', K.cool, id)
+redis.call('ZREM', K.jobs, id)
+redis.call('ZREM', K.base .. 'sunset', id)
+if t.view ~= nil then redis.call('SREM', vkey(t.view), id) end
+redis.call('SREM', K.ids, id)
+redis.call('DEL', tkey(id))
+return reply({ leases_ended = ended })

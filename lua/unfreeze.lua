@@ -1,0 +1,8 @@
+-- unfreeze.lua: lift the pool's kill switch.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or "".
+-- Returns {"frozen":false} | {"err":"pool_not_found"}.
+if redis.call('EXISTS', K.cfg) == 0 then return fail('pool_not_found') end
+redis.call('HSET', K.cfg, 'frozen', '0')
+redis.call('HDEL', K.cfg, 'frozen_reason', 'frozen_at')
+return reply({ frozen = false })
