@@ -1,1 +1,240 @@
-fn main() {}
+//! `tokenvault`: the all-in-one development binary.
+//!
+//! `tokenvault dev` starts a private redis-server (unless `TV_REDIS_URL` is set), runs the API
+//! and the janitor in one process, seeds a demo pool and prints how to lease from it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use vault_api::ApiConfig;
+use vault_core::config::{MasterKeyArgs, RedisArgs};
+use vault_core::crypto::MasterKey;
+use vault_core::model::{PoolConfigInput, TokenInput};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenvault",
+    version,
+    about = "Distributed, Redis-backed coordinator for pools of API credentials"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run everything in one process for development: Redis (private), API, janitor, demo pool.
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Address the API listens on.
+    #[arg(
+        long = "listen-addr",
+        env = "TV_LISTEN_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen_addr: SocketAddr,
+    /// Use this Redis instead of starting a private one.
+    #[arg(long = "redis-url", env = "TV_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Key prefix.
+    #[arg(long, env = "TV_PREFIX", default_value = "tv")]
+    prefix: String,
+    /// Master key (base64, 32 bytes); a fresh one is generated for the session when absent.
+    #[arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// Do not create the demo pool.
+    #[arg(long)]
+    no_seed: bool,
+}
+
+/// A redis-server child, stopped when dropped.
+struct PrivateRedis {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_private_redis() -> anyhow::Result<(PrivateRedis, String)> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "redis-server is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`, \
+             macOS: `brew install redis`) or point TV_REDIS_URL at a running Redis"
+        ),
+        Err(e) => return Err(e).context("cannot start redis-server"),
+    };
+    let redis = PrivateRedis { child, _dir: dir };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("redis-server did not start listening on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((redis, format!("redis://127.0.0.1:{port}")))
+}
+
+async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
+    let store = &state.store;
+    if store.pool_get("demo").await.is_ok() {
+        return Ok(());
+    }
+    let cfg: PoolConfigInput = serde_json::from_value(serde_json::json!({
+        "quota_limit": 1000, "quota_reserve": 10, "max_leases_per_token": 2, "lease_ttl_s": 60
+    }))?;
+    store.pool_upsert("demo", &cfg.validate()?).await?;
+    let tokens: Vec<TokenInput> = (1..=5)
+        .map(|i| {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("demo-{i}"),
+                "secret": format!("demo-secret-{i}-{}", rand::random::<u32>()),
+                "binding": {"proxy": format!("socks5://127.0.0.1:{}", 1080 + i), "fingerprint": "chrome-120-linux"},
+                "labels": {"account": format!("acct-{i}")}
+            }))
+            .expect("demo token")
+        })
+        .collect();
+    let sealed = tokens
+        .iter()
+        .map(|t| t.seal(&state.cipher, "demo"))
+        .collect::<Result<Vec<_>, _>>()?;
+    store.deposit("demo", &sealed).await?;
+    Ok(())
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let (private_redis, redis_url) = match args.redis_url {
+        Some(u) => (None, u),
+        None => {
+            let (r, u) = start_private_redis()?;
+            (Some(r), u)
+        }
+    };
+    let master_key = match args.master_key {
+        Some(k) => k,
+        None => MasterKey::generate().to_base64(),
+    };
+    let cfg = ApiConfig {
+        listen_addr: args.listen_addr,
+        redis: RedisArgs {
+            redis_url: redis_url.clone(),
+            prefix: args.prefix,
+            redis_timeout_ms: 2000,
+            redis_pool_size: 16,
+        },
+        master_key: MasterKeyArgs {
+            master_key: Some(master_key),
+        },
+        shutdown_grace_s: 10,
+        log_format: "text".into(),
+    };
+    let state = vault_api::server::prepare(&cfg).await?;
+    state
+        .store
+        .check_ready()
+        .await
+        .context("Redis is not usable")?;
+    if !args.no_seed {
+        seed(&state).await.context("seeding the demo pool")?;
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set TV_LISTEN_ADDR to another address)",
+                cfg.listen_addr
+            )
+        })?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("tokenvault dev is running");
+    println!("  API:    {base}");
+    println!(
+        "  Redis:  {redis_url}{}",
+        if private_redis.is_some() {
+            " (private, discarded on exit)"
+        } else {
+            ""
+        }
+    );
+    println!("  Pool:   demo (5 fake tokens, quota 1000/h, 2 leases per token)\n");
+    println!("Lease a token, then release it:");
+    println!("  curl -s -X POST {base}/v1/pools/demo/leases -H 'content-type: application/json' -d '{{\"worker\":\"me\"}}'");
+    println!("  curl -s -X POST {base}/v1/pools/demo/leases/<lease_id>/release -H 'content-type: application/json' -d '{{\"outcome\":\"ok\"}}'");
+    println!("  curl -s {base}/v1/pools/demo/status\n");
+    println!("Ctrl-C stops everything.");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut janitor_stop = stop_rx.clone();
+    let janitor = tokio::spawn(janitor::run(
+        state.store.clone(),
+        Duration::from_secs(1),
+        500,
+        async move {
+            let _ = janitor_stop.changed().await;
+        },
+    ));
+    let mut api_stop = stop_rx;
+    let api = tokio::spawn(vault_api::server::serve(
+        state,
+        listener,
+        async move {
+            let _ = api_stop.changed().await;
+        },
+        Duration::from_secs(cfg.shutdown_grace_s),
+    ));
+    vault_core::config::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = janitor.await;
+    api.await??;
+    drop(private_redis);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    vault_core::config::init_tracing(&std::env::var("TV_LOG_FORMAT").unwrap_or_default());
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Dev(a) => dev(a).await,
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenvault: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

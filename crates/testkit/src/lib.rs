@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `f` until it returns true or `deadline` passes; returns whether it became true.
@@ -76,7 +80,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); install it: apt-get install -y redis-server")
+                panic!(
+                    "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
+                )
             });
         self.child = Some(child);
         let port = self.port;
@@ -106,7 +112,10 @@ impl RedisServer {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
         }
     }
 
@@ -140,7 +149,9 @@ impl Drop for RedisServer {
 
 /// A bare-bones RESP PING, so the helper needs no Redis client crate.
 fn redis_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     if s.write_all(b"PING\r\n").is_err() {
         return false;
@@ -180,12 +191,21 @@ impl Child {
         let log = dir.path().join("out.log");
         let f = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(program);
-        cmd.args(args).stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        Self { child: Some(child), log, _dir: dir }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Self {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -203,13 +223,18 @@ impl Child {
 
     /// The exit status if it has exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM, then wait up to `grace` before SIGKILL. Returns the exit status.
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let c = self.child.as_mut()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let end = Instant::now() + grace;
         while Instant::now() < end {
             if let Ok(Some(st)) = c.try_wait() {

@@ -1,1 +1,20 @@
+//! vault-api: the REST server workers and operators talk to. Stateless: every decision is a Lua
+//! script in Redis, so any number of replicas serve the same pools.
+//!
+//! # Layout
+//! - [`config`]: `ApiConfig`, the binary's settings (clap + env).
+//! - [`app`]: `AppState` and [`app::router`], the whole HTTP surface (also used by tests).
+//! - [`routes`]: one module per API section (pools, tokens, leases, health).
+//! - [`error`]: `ApiError`, problem+json for every failure.
+//! - [`extract`]: path/query/body extractors that reject in the same format.
+//! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
 
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod server;
+
+pub use app::{router, AppState};
+pub use config::ApiConfig;

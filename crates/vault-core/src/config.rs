@@ -10,16 +10,28 @@ use crate::crypto::MasterKey;
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL (redis://host:port/db or rediss:// for TLS).
-    #[arg(long = "redis-url", env = "TV_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long = "redis-url",
+        env = "TV_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Prefix of every Redis key.
     #[arg(long, env = "TV_PREFIX", default_value = "tv")]
     pub prefix: String,
     /// Budget for one Redis operation; past it the request answers 503 redis_unavailable.
-    #[arg(long = "redis-timeout-ms", env = "TV_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "TV_REDIS_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     pub redis_timeout_ms: u64,
     /// Connections in the Redis pool (each is multiplexed).
-    #[arg(long = "redis-pool-size", env = "TV_REDIS_POOL_SIZE", default_value_t = 16)]
+    #[arg(
+        long = "redis-pool-size",
+        env = "TV_REDIS_POOL_SIZE",
+        default_value_t = 16
+    )]
     pub redis_pool_size: usize,
 }
 
@@ -39,7 +51,9 @@ pub struct MasterKeyArgs {
 
 impl std::fmt::Debug for MasterKeyArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKeyArgs").field("master_key", &"[redacted]").finish()
+        f.debug_struct("MasterKeyArgs")
+            .field("master_key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -50,4 +64,34 @@ impl MasterKeyArgs {
         })?;
         MasterKey::from_base64(text)
     }
+}
+
+/// Install the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON lines.
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on SIGTERM or ctrl-c: every binary's graceful-shutdown trigger.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

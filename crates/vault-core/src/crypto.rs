@@ -59,11 +59,15 @@ impl std::fmt::Debug for MasterKey {
 
 impl MasterKey {
     pub fn from_base64(text: &str) -> Result<Self, String> {
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|_| "TV_MASTER_KEY is not valid base64 (generate one with `openssl rand -base64 32`)".to_string())?;
+        let bytes = STANDARD.decode(text.trim()).map_err(|_| {
+            "TV_MASTER_KEY is not valid base64 (generate one with `openssl rand -base64 32`)"
+                .to_string()
+        })?;
         let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            format!("TV_MASTER_KEY must be 32 bytes of base64, got {} bytes", b.len())
+            format!(
+                "TV_MASTER_KEY must be 32 bytes of base64, got {} bytes",
+                b.len()
+            )
         })?;
         Ok(Self::from_bytes(key))
     }
@@ -98,7 +102,9 @@ pub struct Cipher {
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cipher").field("current", &self.current).finish()
+        f.debug_struct("Cipher")
+            .field("current", &self.current)
+            .finish()
     }
 }
 
@@ -117,7 +123,10 @@ impl Cipher {
     pub fn new(key: &MasterKey) -> Self {
         let mut keys = HashMap::new();
         keys.insert(key.id.clone(), Aes256Gcm::new(&key.key.into()));
-        Self { current: key.id.clone(), keys }
+        Self {
+            current: key.id.clone(),
+            keys,
+        }
     }
 
     pub fn current_key_id(&self) -> &str {
@@ -129,11 +138,20 @@ impl Cipher {
         rand::thread_rng().fill_bytes(&mut nonce);
         let cipher = &self.keys[&self.current];
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad(pool, id) })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad(pool, id),
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut data = nonce.to_vec();
         data.extend_from_slice(&ct);
-        Sealed { key_id: self.current.clone(), data: STANDARD.encode(data) }
+        Sealed {
+            key_id: self.current.clone(),
+            data: STANDARD.encode(data),
+        }
     }
 
     pub fn open(&self, pool: &str, id: &str, sealed: &Sealed) -> Result<Vec<u8>, VaultError> {
@@ -143,16 +161,26 @@ impl Cipher {
                 sealed.key_id
             ))
         })?;
-        let raw = STANDARD
-            .decode(&sealed.data)
-            .map_err(|_| VaultError::Crypto(format!("token {id}: stored ciphertext is not base64")))?;
+        let raw = STANDARD.decode(&sealed.data).map_err(|_| {
+            VaultError::Crypto(format!("token {id}: stored ciphertext is not base64"))
+        })?;
         if raw.len() < 12 + 16 {
-            return Err(VaultError::Crypto(format!("token {id}: stored ciphertext is truncated")));
+            return Err(VaultError::Crypto(format!(
+                "token {id}: stored ciphertext is truncated"
+            )));
         }
         let (nonce, ct) = raw.split_at(12);
         cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad(pool, id) })
-            .map_err(|_| VaultError::Crypto(format!("token {id}: ciphertext does not authenticate")))
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: &aad(pool, id),
+                },
+            )
+            .map_err(|_| {
+                VaultError::Crypto(format!("token {id}: ciphertext does not authenticate"))
+            })
     }
 
     pub fn seal_secret(&self, pool: &str, id: &str, secret: &Secret) -> Sealed {
@@ -215,7 +243,10 @@ mod tests {
         let sealed = c.seal_secret("p", "t1", &s);
         assert!(!sealed.data.contains("hunter2"));
         assert_eq!(c.open_secret("p", "t1", &sealed).unwrap(), s);
-        assert!(c.open_secret("p", "t2", &sealed).is_err(), "ciphertext moved to another token");
+        assert!(
+            c.open_secret("p", "t2", &sealed).is_err(),
+            "ciphertext moved to another token"
+        );
         let other = Cipher::new(&MasterKey::generate());
         let err = other.open_secret("p", "t1", &sealed).unwrap_err();
         assert!(err.to_string().contains("master key"), "{err}");
@@ -230,7 +261,10 @@ mod tests {
 
     #[test]
     fn jwt_exp_is_read() {
-        assert_eq!(jwt_exp_ms(&jwt(r#"{"exp":1700000000}"#)).unwrap(), Some(1_700_000_000_000));
+        assert_eq!(
+            jwt_exp_ms(&jwt(r#"{"exp":1700000000}"#)).unwrap(),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(jwt_exp_ms(&jwt(r#"{"sub":"x"}"#)).unwrap(), None);
         assert_eq!(jwt_exp_ms(&Secret::new("plain-api-key")).unwrap(), None);
         assert!(jwt_exp_ms(&jwt("not json")).is_err());
@@ -239,8 +273,12 @@ mod tests {
 
     #[test]
     fn master_key_errors_say_how_to_fix() {
-        assert!(MasterKey::from_base64("!!").unwrap_err().contains("openssl"));
-        assert!(MasterKey::from_base64("AAAA").unwrap_err().contains("32 bytes"));
+        assert!(MasterKey::from_base64("!!")
+            .unwrap_err()
+            .contains("openssl"));
+        assert!(MasterKey::from_base64("AAAA")
+            .unwrap_err()
+            .contains("32 bytes"));
         let k = MasterKey::generate();
         assert_eq!(MasterKey::from_base64(&k.to_base64()).unwrap().id(), k.id());
     }

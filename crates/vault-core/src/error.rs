@@ -61,14 +61,21 @@ impl VaultError {
 
     /// Map a script's `{"err": code, "detail": ...}` answer.
     pub(crate) fn from_script(code: &str, v: &serde_json::Value) -> Self {
-        let detail = v.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        let detail = v
+            .get("detail")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .to_string();
         match code {
             "pool_not_found" => Self::PoolNotFound,
             "token_not_found" => Self::TokenNotFound,
             "lease_gone" => Self::LeaseGone,
             "pool_frozen" => Self::PoolFrozen,
             "pool_exhausted" => Self::PoolExhausted {
-                retry_after_ms: v.get("retry_after_ms").and_then(|r| r.as_f64()).map(|r| r as u64),
+                retry_after_ms: v
+                    .get("retry_after_ms")
+                    .and_then(|r| r.as_f64())
+                    .map(|r| r as u64),
             },
             "idempotency_conflict" => Self::IdempotencyConflict,
             "conflict" => Self::Conflict(detail),

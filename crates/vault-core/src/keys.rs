@@ -10,7 +10,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -23,7 +25,9 @@ impl Keys {
     }
 
     pub fn pool(&self, pool: &str) -> PoolKeys {
-        PoolKeys { base: format!("{}:{{{}}}:", self.prefix, pool) }
+        PoolKeys {
+            base: format!("{}:{{{}}}:", self.prefix, pool),
+        }
     }
 }
 

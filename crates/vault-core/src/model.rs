@@ -25,14 +25,17 @@ fn invalid(msg: impl Into<String>) -> VaultError {
 pub fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 pub fn check_pool_name(name: &str) -> Result<(), VaultError> {
     if valid_name(name, 64) {
         Ok(())
     } else {
-        Err(invalid("pool names are 1-64 characters of A-Z a-z 0-9 _ . -"))
+        Err(invalid(
+            "pool names are 1-64 characters of A-Z a-z 0-9 _ . -",
+        ))
     }
 }
 
@@ -40,7 +43,9 @@ pub fn check_token_id(id: &str) -> Result<(), VaultError> {
     if valid_name(id, 128) {
         Ok(())
     } else {
-        Err(invalid("token ids are 1-128 characters of A-Z a-z 0-9 _ . -"))
+        Err(invalid(
+            "token ids are 1-128 characters of A-Z a-z 0-9 _ . -",
+        ))
     }
 }
 
@@ -48,7 +53,9 @@ pub fn check_token_id(id: &str) -> Result<(), VaultError> {
 /// printable ASCII without spaces, bounded.
 pub fn check_label(what: &str, s: &str, max: usize) -> Result<(), VaultError> {
     if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(format!("{what} must be 1-{max} printable ASCII characters")));
+        return Err(invalid(format!(
+            "{what} must be 1-{max} printable ASCII characters"
+        )));
     }
     Ok(())
 }
@@ -100,14 +107,19 @@ pub struct PoolConfig {
 
 fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
     if v < lo || v > hi {
-        return Err(invalid(format!("{name} must be between {lo} and {hi}, got {v}")));
+        return Err(invalid(format!(
+            "{name} must be between {lo} and {hi}, got {v}"
+        )));
     }
     Ok(v)
 }
 
 impl PoolConfigInput {
     pub fn validate(self) -> Result<PoolConfig, VaultError> {
-        let quota_limit = self.quota_limit.map(|l| in_range("quota_limit", l, 1, MAX_QUOTA)).transpose()?;
+        let quota_limit = self
+            .quota_limit
+            .map(|l| in_range("quota_limit", l, 1, MAX_QUOTA))
+            .transpose()?;
         let quota_reserve = self.quota_reserve.unwrap_or(0);
         if let Some(l) = quota_limit {
             if quota_reserve >= l {
@@ -117,8 +129,18 @@ impl PoolConfigInput {
             }
         }
         in_range("quota_reserve", quota_reserve, 0, MAX_QUOTA)?;
-        let max_lease_ttl_s = in_range("max_lease_ttl_s", self.max_lease_ttl_s.unwrap_or(3600), 1, MAX_LEASE_TTL_S)?;
-        let lease_ttl_s = in_range("lease_ttl_s", self.lease_ttl_s.unwrap_or(60), 1, max_lease_ttl_s)?;
+        let max_lease_ttl_s = in_range(
+            "max_lease_ttl_s",
+            self.max_lease_ttl_s.unwrap_or(3600),
+            1,
+            MAX_LEASE_TTL_S,
+        )?;
+        let lease_ttl_s = in_range(
+            "lease_ttl_s",
+            self.lease_ttl_s.unwrap_or(60),
+            1,
+            max_lease_ttl_s,
+        )?;
         let min_token_ttl_override = self
             .min_token_ttl_s
             .map(|v| in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S))
@@ -130,7 +152,12 @@ impl PoolConfigInput {
         }
         Ok(PoolConfig {
             quota_limit,
-            quota_window_s: in_range("quota_window_s", self.quota_window_s.unwrap_or(3600), 1, MAX_WINDOW_S)?,
+            quota_window_s: in_range(
+                "quota_window_s",
+                self.quota_window_s.unwrap_or(3600),
+                1,
+                MAX_WINDOW_S,
+            )?,
             quota_reserve,
             max_leases_per_token: in_range(
                 "max_leases_per_token",
@@ -148,7 +175,12 @@ impl PoolConfigInput {
                 1,
                 1000,
             )? as u32,
-            session_ttl_s: in_range("session_ttl_s", self.session_ttl_s.unwrap_or(600), 1, 86_400)?,
+            session_ttl_s: in_range(
+                "session_ttl_s",
+                self.session_ttl_s.unwrap_or(600),
+                1,
+                86_400,
+            )?,
             refresh: self.refresh,
         })
     }
@@ -166,17 +198,32 @@ impl PoolConfig {
             ("quota_limit", opt(self.quota_limit)),
             ("quota_window_s", self.quota_window_s.to_string()),
             ("quota_reserve", self.quota_reserve.to_string()),
-            ("max_leases_per_token", self.max_leases_per_token.to_string()),
+            (
+                "max_leases_per_token",
+                self.max_leases_per_token.to_string(),
+            ),
             ("lease_ttl_s", self.lease_ttl_s.to_string()),
             ("max_lease_ttl_s", self.max_lease_ttl_s.to_string()),
             ("min_token_ttl_s", opt(self.min_token_ttl_override)),
-            ("strategy", match self.strategy {
-                Strategy::Lru => "lru".into(),
-                Strategy::Pack => "pack".into(),
-            }),
-            ("quarantine_after_strikes", self.quarantine_after_strikes.to_string()),
+            (
+                "strategy",
+                match self.strategy {
+                    Strategy::Lru => "lru".into(),
+                    Strategy::Pack => "pack".into(),
+                },
+            ),
+            (
+                "quarantine_after_strikes",
+                self.quarantine_after_strikes.to_string(),
+            ),
             ("session_ttl_s", self.session_ttl_s.to_string()),
-            ("refresh", self.refresh.as_ref().map(|r| r.to_string()).unwrap_or_default()),
+            (
+                "refresh",
+                self.refresh
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+            ),
         ])
     }
 
@@ -291,7 +338,10 @@ impl RefreshInput {
                 }
             }
             RefreshKind::Oauth2ClientCredentials => {
-                if !url_ok(&self.token_url) || self.client_id.is_none() || self.client_secret.is_none() {
+                if !url_ok(&self.token_url)
+                    || self.client_id.is_none()
+                    || self.client_secret.is_none()
+                {
                     return Err(invalid("refresh kind oauth2_client_credentials needs token_url (http/https), client_id and client_secret"));
                 }
             }
@@ -339,7 +389,9 @@ impl TokenInput {
     pub fn validate(&self) -> Result<(), VaultError> {
         let s = self.secret.expose();
         if s.is_empty() || s.len() > MAX_SECRET_BYTES {
-            return Err(invalid(format!("secret must be 1-{MAX_SECRET_BYTES} bytes")));
+            return Err(invalid(format!(
+                "secret must be 1-{MAX_SECRET_BYTES} bytes"
+            )));
         }
         if s.chars().any(|c| c.is_control()) {
             return Err(invalid("secret must not contain control characters"));
@@ -351,15 +403,24 @@ impl TokenInput {
             in_range("quota_limit", l, 1, MAX_QUOTA)?;
         }
         if let Some(b) = &self.binding {
-            for (name, v) in [("binding.proxy", &b.proxy), ("binding.fingerprint", &b.fingerprint)] {
+            for (name, v) in [
+                ("binding.proxy", &b.proxy),
+                ("binding.fingerprint", &b.fingerprint),
+            ] {
                 if v.as_ref().is_some_and(|v| v.len() > 1024) {
                     return Err(invalid(format!("{name} is longer than 1024 bytes")));
                 }
             }
         }
         if let Some(labels) = &self.labels {
-            if labels.len() > 32 || labels.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256) {
-                return Err(invalid("labels: at most 32, keys 1-64 bytes, values up to 256 bytes"));
+            if labels.len() > 32
+                || labels
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+            {
+                return Err(invalid(
+                    "labels: at most 32, keys 1-64 bytes, values up to 256 bytes",
+                ));
             }
         }
         if let Some(r) = &self.refresh {
@@ -501,7 +562,10 @@ pub struct LeaseGrant {
 impl LeaseGrant {
     pub fn binding(&self) -> Binding {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Binding { proxy: opt(&self.proxy), fingerprint: opt(&self.binding_fp) }
+        Binding {
+            proxy: opt(&self.proxy),
+            fingerprint: opt(&self.binding_fp),
+        }
     }
 }
 
@@ -549,7 +613,11 @@ impl TokenMeta {
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),
             quota: QuotaView {
-                used: if window_live || win_end == 0 { n("used").max(0) as u64 } else { 0 },
+                used: if window_live || win_end == 0 {
+                    n("used").max(0) as u64
+                } else {
+                    0
+                },
                 reserved: n("reserved").max(0) as u64,
                 limit: f
                     .get("quota_limit")
@@ -558,8 +626,14 @@ impl TokenMeta {
                 window_resets_at: window_live.then(|| rfc3339(win_end)),
             },
             leases: n("leases").max(0) as u64,
-            binding: Binding { proxy: opt_s("proxy"), fingerprint: opt_s("binding_fp") },
-            labels: f.get("labels").and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
+            binding: Binding {
+                proxy: opt_s("proxy"),
+                fingerprint: opt_s("binding_fp"),
+            },
+            labels: f
+                .get("labels")
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default(),
             fingerprint: s("fingerprint"),
             strikes: n("strikes").max(0) as u64,
             last_error: opt_s("last_error"),
@@ -571,15 +645,26 @@ impl TokenMeta {
             refresh: f
                 .get("refresh_pub")
                 .and_then(|r| serde_json::from_str(r).ok())
-                .unwrap_or_else(|| RefreshPublic { kind: "none".into(), ..Default::default() }),
+                .unwrap_or_else(|| RefreshPublic {
+                    kind: "none".into(),
+                    ..Default::default()
+                }),
             key_id: s("key_id"),
         }
     }
 }
 
 /// Every view state a token can be in, as counted by status.
-pub const VIEW_STATES: [&str; 8] =
-    ["active", "leased", "cooling", "refreshing", "quarantined", "deprecated", "revoked", "expired"];
+pub const VIEW_STATES: [&str; 8] = [
+    "active",
+    "leased",
+    "cooling",
+    "refreshing",
+    "quarantined",
+    "deprecated",
+    "revoked",
+    "expired",
+];
 
 /// `GET /v1/pools/{pool}/status`.
 #[derive(Debug, Clone, Serialize)]
@@ -601,15 +686,27 @@ mod tests {
     #[test]
     fn pool_config_defaults_and_bounds() {
         let c = PoolConfigInput::default().validate().unwrap();
-        assert_eq!((c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token), (60, 90, 1));
-        let bad = |j: &str| serde_json::from_str::<PoolConfigInput>(j).map_err(|e| e.to_string()).and_then(|i| i.validate().map_err(|e| e.to_string()));
+        assert_eq!(
+            (c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token),
+            (60, 90, 1)
+        );
+        let bad = |j: &str| {
+            serde_json::from_str::<PoolConfigInput>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.validate().map_err(|e| e.to_string()))
+        };
         assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
         assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
         assert!(bad(r#"{"max_leases_per_token":0}"#).is_err());
         assert!(bad(r#"{"quota_limit":-1}"#).is_err());
         assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
         assert!(bad(r#"{"strategy":"random"}"#).is_err());
-        let c2 = PoolConfig::from_fields(&c.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        let c2 = PoolConfig::from_fields(
+            &c.to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
         assert_eq!(c, c2);
     }
 
@@ -623,7 +720,10 @@ mod tests {
 
     #[test]
     fn refresh_needs_its_fields() {
-        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#).unwrap();
+        let r: RefreshInput = serde_json::from_str(
+            r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#,
+        )
+        .unwrap();
         assert!(r.validate().is_err());
         let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
         assert!(r.validate().is_ok());
@@ -634,13 +734,24 @@ mod tests {
 impl TokenInput {
     /// Validate and seal for the deposit script: secret and refresh credentials encrypted with
     /// the pool and token id as associated data; a JWT without `expires_at` takes its `exp`.
-    pub fn seal(&self, cipher: &crate::crypto::Cipher, pool: &str) -> Result<crate::store::SealedToken, VaultError> {
+    pub fn seal(
+        &self,
+        cipher: &crate::crypto::Cipher,
+        pool: &str,
+    ) -> Result<crate::store::SealedToken, VaultError> {
         self.validate()?;
-        let id = self.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let expires_at = match self.expires_at {
             Some(t) => t.0,
             None => crate::crypto::jwt_exp_ms(&self.secret)
-                .map_err(|e| invalid(format!("token {id}: {e}; pass expires_at explicitly or fix the secret")))?
+                .map_err(|e| {
+                    invalid(format!(
+                        "token {id}: {e}; pass expires_at explicitly or fix the secret"
+                    ))
+                })?
                 .unwrap_or(0),
         };
         let sealed = cipher.seal_secret(pool, &id, &self.secret);
@@ -663,7 +774,8 @@ impl TokenInput {
             quota_limit: self.quota_limit.map(|l| l.to_string()).unwrap_or_default(),
             proxy: binding.proxy.unwrap_or_default(),
             binding_fp: binding.fingerprint.unwrap_or_default(),
-            labels: serde_json::to_string(&self.labels.clone().unwrap_or_default()).expect("labels serialize"),
+            labels: serde_json::to_string(&self.labels.clone().unwrap_or_default())
+                .expect("labels serialize"),
             refresh_kind,
             refresh_ct,
             refresh_pub,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use deadpool_redis::{Config as PoolCfg, Connection, Pool, PoolConfig as DpConfig, Runtime, Timeouts};
+use deadpool_redis::{
+    Config as PoolCfg, Connection, Pool, PoolConfig as DpConfig, Runtime, Timeouts,
+};
 use redis::Script;
 use serde::Serialize;
 use serde_json::Value;
@@ -81,23 +83,35 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("prefix", &self.keys.prefix()).field("timeout", &self.timeout).finish()
+        f.debug_struct("Store")
+            .field("prefix", &self.keys.prefix())
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 /// Lua's cjson writes an empty table as `{}`; treat that as an empty list.
 fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
-    v.get(field).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn str_of(v: &Value, field: &str) -> String {
-    v.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
+    v.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn ended_leases(v: &Value, field: &str) -> Vec<EndedLease> {
     list(v, field)
         .iter()
-        .map(|e| EndedLease { lease_id: str_of(e, "lease_id"), token_id: str_of(e, "token_id") })
+        .map(|e| EndedLease {
+            lease_id: str_of(e, "lease_id"),
+            token_id: str_of(e, "token_id"),
+        })
         .collect()
 }
 
@@ -127,10 +141,15 @@ impl Store {
             recycle: Some(args.timeout()),
         };
         cfg.pool = Some(pc);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}")))?;
-        Ok(Self { pool, keys: Keys::new(args.prefix.clone()), timeout: args.timeout(), clock: None })
+        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
+            VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"))
+        })?;
+        Ok(Self {
+            pool,
+            keys: Keys::new(args.prefix.clone()),
+            timeout: args.timeout(),
+            clock: None,
+        })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -144,7 +163,10 @@ impl Store {
     }
 
     fn now_arg(&self) -> String {
-        self.clock.as_ref().map(|c| c.load(Ordering::SeqCst).to_string()).unwrap_or_default()
+        self.clock
+            .as_ref()
+            .map(|c| c.load(Ordering::SeqCst).to_string())
+            .unwrap_or_default()
     }
 
     async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
@@ -158,14 +180,19 @@ impl Store {
     }
 
     async fn conn(&self) -> Result<Connection> {
-        self.pool.get().await.map_err(|e| VaultError::RedisUnavailable(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| VaultError::RedisUnavailable(e.to_string()))
     }
 
     /// A plain command (reads, the pool-name set).
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
-            cmd.query_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+            cmd.query_async(&mut *c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))
         })
         .await
     }
@@ -173,7 +200,9 @@ impl Store {
     async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
-            p.query_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+            p.query_async(&mut *c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))
         })
         .await
     }
@@ -202,10 +231,13 @@ impl Store {
                     inv.arg(a);
                 }
                 let mut c = self.conn().await?;
-                inv.invoke_async(&mut *c).await.map_err(|e| VaultError::from_redis(&e))
+                inv.invoke_async(&mut *c)
+                    .await
+                    .map_err(|e| VaultError::from_redis(&e))
             })
             .await?;
-        serde_json::from_str(&raw).map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
+        serde_json::from_str(&raw)
+            .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
     }
 
     /// Load every script (SCRIPT LOAD). Fails closed when Redis refuses scripting.
@@ -213,10 +245,13 @@ impl Store {
         self.timed(async {
             let mut c = self.conn().await?;
             for (file, script) in scripts::all() {
-                script.load_async(&mut *c).await.map_err(|e| match VaultError::from_redis(&e) {
-                    VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
-                    _ => VaultError::ScriptsUnavailable(format!("loading {file}: {e}")),
-                })?;
+                script
+                    .load_async(&mut *c)
+                    .await
+                    .map_err(|e| match VaultError::from_redis(&e) {
+                        VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
+                        _ => VaultError::ScriptsUnavailable(format!("loading {file}: {e}")),
+                    })?;
             }
             Ok(())
         })
@@ -226,18 +261,26 @@ impl Store {
     /// Readiness: Redis answers, scripts are loaded (reloaded if Redis lost them) and EVALSHA
     /// is allowed.
     pub async fn check_ready(&self) -> Result<()> {
-        let shas: Vec<String> = scripts::all().iter().map(|(_, s)| s.get_hash().to_string()).collect();
-        let loaded: Vec<bool> = self.cmd(redis::cmd("SCRIPT").arg("EXISTS").arg(&shas).clone()).await?;
+        let shas: Vec<String> = scripts::all()
+            .iter()
+            .map(|(_, s)| s.get_hash().to_string())
+            .collect();
+        let loaded: Vec<bool> = self
+            .cmd(redis::cmd("SCRIPT").arg("EXISTS").arg(&shas).clone())
+            .await?;
         if loaded.iter().any(|l| !l) {
             self.load_scripts().await?;
         }
         let _: String = self
             .timed(async {
                 let mut c = self.conn().await?;
-                PROBE.invoke_async(&mut *c).await.map_err(|e| match VaultError::from_redis(&e) {
-                    VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
-                    _ => VaultError::ScriptsUnavailable(e.to_string()),
-                })
+                PROBE
+                    .invoke_async(&mut *c)
+                    .await
+                    .map_err(|e| match VaultError::from_redis(&e) {
+                        VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
+                        _ => VaultError::ScriptsUnavailable(e.to_string()),
+                    })
             })
             .await?;
         Ok(())
@@ -250,12 +293,19 @@ impl Store {
         let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
         let v = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
         // The name set is a separate slot; the cfg hash is the truth, this is the index.
-        self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone()).await?;
+        self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone())
+            .await?;
         Ok(v.get("created").and_then(Value::as_bool).unwrap_or(false))
     }
 
     pub async fn pool_get(&self, name: &str) -> Result<PoolView> {
-        let f: HashMap<String, String> = self.cmd(redis::cmd("HGETALL").arg(self.keys.pool(name).cfg()).clone()).await?;
+        let f: HashMap<String, String> = self
+            .cmd(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.pool(name).cfg())
+                    .clone(),
+            )
+            .await?;
         if f.is_empty() {
             return Err(VaultError::PoolNotFound);
         }
@@ -276,7 +326,9 @@ impl Store {
 
     /// Every pool name, sorted.
     pub async fn pool_names(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self.cmd(redis::cmd("SMEMBERS").arg(self.keys.pools()).clone()).await?;
+        let mut names: Vec<String> = self
+            .cmd(redis::cmd("SMEMBERS").arg(self.keys.pools()).clone())
+            .await?;
         names.sort();
         Ok(names)
     }
@@ -289,7 +341,11 @@ impl Store {
             p.cmd("SCARD").arg(pk.view(s));
         }
         let counts: Vec<u64> = self.pipe(p).await?;
-        Ok(VIEW_STATES.iter().map(|s| s.to_string()).zip(counts).collect())
+        Ok(VIEW_STATES
+            .iter()
+            .map(|s| s.to_string())
+            .zip(counts)
+            .collect())
     }
 
     pub async fn pool_list(&self) -> Result<Vec<PoolView>> {
@@ -310,8 +366,15 @@ impl Store {
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
     pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
-        let v = self.eval(&scripts::POOL_DELETE, name, &[if force { "1" } else { "0" }.into()]).await?;
-        self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(name).clone()).await?;
+        let v = self
+            .eval(
+                &scripts::POOL_DELETE,
+                name,
+                &[if force { "1" } else { "0" }.into()],
+            )
+            .await?;
+        self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(name).clone())
+            .await?;
         Ok(v.get("deleted").and_then(Value::as_u64).unwrap_or(0))
     }
 
@@ -325,8 +388,13 @@ impl Store {
         p.cmd("HGETALL").arg(pk.stats());
         p.cmd("TIME");
         p.cmd("SRANDMEMBER").arg(pk.ids()).arg(1000);
-        let (leases, exp_n, stats, time, sample): (u64, u64, HashMap<String, i64>, (i64, i64), Vec<String>) =
-            self.pipe(p).await?;
+        let (leases, exp_n, stats, time, sample): (
+            u64,
+            u64,
+            HashMap<String, i64>,
+            (i64, i64),
+            Vec<String>,
+        ) = self.pipe(p).await?;
         let now_ms = match &self.clock {
             Some(c) => c.load(Ordering::SeqCst),
             None => time.0 * 1000 + time.1 / 1000,
@@ -335,13 +403,22 @@ impl Store {
             let sum = *stats.get("exp_sum_s").unwrap_or(&0) as f64;
             (sum / exp_n as f64 - now_ms as f64 / 1000.0).max(0.0)
         });
-        let leasable: u64 = ["active", "leased", "cooling", "deprecated"].iter().map(|s| tokens[*s]).sum();
+        let leasable: u64 = ["active", "leased", "cooling", "deprecated"]
+            .iter()
+            .map(|s| tokens[*s])
+            .sum();
         let capacity = leasable * view.config.max_leases_per_token as u64;
-        let utilization = if capacity == 0 { 0.0 } else { leases as f64 / capacity as f64 };
+        let utilization = if capacity == 0 {
+            0.0
+        } else {
+            leases as f64 / capacity as f64
+        };
         let ok = *stats.get("refresh_ok").unwrap_or(&0) as f64;
         let failed = *stats.get("refresh_fail").unwrap_or(&0) as f64;
         let refresh_success_rate = (ok + failed > 0.0).then(|| ok / (ok + failed));
-        let quota_used_ratio = self.quota_ratio(name, &view.config, &sample, now_ms).await?;
+        let quota_used_ratio = self
+            .quota_ratio(name, &view.config, &sample, now_ms)
+            .await?;
         Ok(PoolStatus {
             pool: name.to_string(),
             tokens,
@@ -356,14 +433,26 @@ impl Store {
 
     /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a
     /// random sample of 1,000 above that (status must not walk a 100k-token pool).
-    async fn quota_ratio(&self, name: &str, cfg: &PoolConfig, ids: &[String], now_ms: i64) -> Result<Option<f64>> {
+    async fn quota_ratio(
+        &self,
+        name: &str,
+        cfg: &PoolConfig,
+        ids: &[String],
+        now_ms: i64,
+    ) -> Result<Option<f64>> {
         if ids.is_empty() {
             return Ok(None);
         }
         let pk = self.keys.pool(name);
         let mut p = redis::pipe();
         for id in ids {
-            p.cmd("HMGET").arg(pk.token(id)).arg(&["state", "used", "reserved", "quota_limit", "win_end"]);
+            p.cmd("HMGET").arg(pk.token(id)).arg(&[
+                "state",
+                "used",
+                "reserved",
+                "quota_limit",
+                "win_end",
+            ]);
         }
         let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
         let (mut used, mut limit) = (0f64, 0f64);
@@ -372,20 +461,37 @@ impl Store {
             if !matches!(get(0).as_str(), "active" | "deprecated") {
                 continue;
             }
-            let Some(lim) = get(3).parse::<f64>().ok().or(cfg.quota_limit.map(|l| l as f64)) else {
+            let Some(lim) = get(3)
+                .parse::<f64>()
+                .ok()
+                .or(cfg.quota_limit.map(|l| l as f64))
+            else {
                 continue;
             };
             let win_end: f64 = get(4).parse().unwrap_or(0.0);
-            let u: f64 = if win_end > 0.0 && win_end <= now_ms as f64 { 0.0 } else { get(1).parse().unwrap_or(0.0) };
+            let u: f64 = if win_end > 0.0 && win_end <= now_ms as f64 {
+                0.0
+            } else {
+                get(1).parse().unwrap_or(0.0)
+            };
             used += u + get(2).parse::<f64>().unwrap_or(0.0);
             limit += lim;
         }
         Ok((limit > 0.0).then(|| (used / limit).min(1.0)))
     }
 
-    pub async fn freeze(&self, pool: &str, revoke_leases: bool, reason: &str) -> Result<Vec<EndedLease>> {
+    pub async fn freeze(
+        &self,
+        pool: &str,
+        revoke_leases: bool,
+        reason: &str,
+    ) -> Result<Vec<EndedLease>> {
         let v = self
-            .eval(&scripts::FREEZE, pool, &[if revoke_leases { "1" } else { "0" }.into(), reason.into()])
+            .eval(
+                &scripts::FREEZE,
+                pool,
+                &[if revoke_leases { "1" } else { "0" }.into(), reason.into()],
+            )
             .await?;
         Ok(ended_leases(&v, "leases_ended"))
     }
@@ -398,14 +504,27 @@ impl Store {
 
     pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Vec<String>> {
         let v = self
-            .eval(&scripts::DEPOSIT, pool, &[serde_json::to_string(tokens).expect("tokens serialize")])
+            .eval(
+                &scripts::DEPOSIT,
+                pool,
+                &[serde_json::to_string(tokens).expect("tokens serialize")],
+            )
             .await?;
-        Ok(list(&v, "ids").iter().filter_map(|i| i.as_str().map(String::from)).collect())
+        Ok(list(&v, "ids")
+            .iter()
+            .filter_map(|i| i.as_str().map(String::from))
+            .collect())
     }
 
     /// The raw token hash (sealed secret included): for vault-api's own use, never answered.
     pub async fn token_fields(&self, pool: &str, id: &str) -> Result<HashMap<String, String>> {
-        let f: HashMap<String, String> = self.cmd(redis::cmd("HGETALL").arg(self.keys.pool(pool).token(id)).clone()).await?;
+        let f: HashMap<String, String> = self
+            .cmd(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.pool(pool).token(id))
+                    .clone(),
+            )
+            .await?;
         if f.is_empty() {
             self.pool_get(pool).await?;
             return Err(VaultError::TokenNotFound);
@@ -446,8 +565,16 @@ impl Store {
         let mut cur = cursor;
         // SSCAN's COUNT is a hint: keep scanning until the page is full or the set is done.
         loop {
-            let (next, batch): (u64, Vec<String>) =
-                self.cmd(redis::cmd("SSCAN").arg(&set).arg(cur).arg("COUNT").arg(limit).clone()).await?;
+            let (next, batch): (u64, Vec<String>) = self
+                .cmd(
+                    redis::cmd("SSCAN")
+                        .arg(&set)
+                        .arg(cur)
+                        .arg("COUNT")
+                        .arg(limit)
+                        .clone(),
+                )
+                .await?;
             ids.extend(batch);
             cur = next;
             if cur == 0 || ids.len() >= limit {
@@ -458,23 +585,40 @@ impl Store {
         for id in &ids {
             p.cmd("HGETALL").arg(pk.token(id));
         }
-        let rows: Vec<HashMap<String, String>> = if ids.is_empty() { vec![] } else { self.pipe(p).await? };
+        let rows: Vec<HashMap<String, String>> = if ids.is_empty() {
+            vec![]
+        } else {
+            self.pipe(p).await?
+        };
         let now = self.now_ms().await?;
-        let mut metas: Vec<TokenMeta> =
-            rows.iter().filter(|f| !f.is_empty()).map(|f| TokenMeta::from_fields(f, &cfg, now)).collect();
+        let mut metas: Vec<TokenMeta> = rows
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| TokenMeta::from_fields(f, &cfg, now))
+            .collect();
         metas.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((metas, (cur != 0).then_some(cur)))
     }
 
     pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
-        let v = self.eval(&scripts::TOKEN_DELETE, pool, &[id.into()]).await?;
-        Ok(list(&v, "leases_ended").iter().filter_map(|l| l.as_str().map(String::from)).collect())
+        let v = self
+            .eval(&scripts::TOKEN_DELETE, pool, &[id.into()])
+            .await?;
+        Ok(list(&v, "leases_ended")
+            .iter()
+            .filter_map(|l| l.as_str().map(String::from))
+            .collect())
     }
 
     /// Revoke at once; returns the leases that ended (empty when it was already revoked).
     pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
-        let v = self.eval(&scripts::REVOKE, pool, &[id.into(), reason.into()]).await?;
-        Ok(list(&v, "leases_ended").iter().filter_map(|l| l.as_str().map(String::from)).collect())
+        let v = self
+            .eval(&scripts::REVOKE, pool, &[id.into(), reason.into()])
+            .await?;
+        Ok(list(&v, "leases_ended")
+            .iter()
+            .filter_map(|l| l.as_str().map(String::from))
+            .collect())
     }
 
     pub async fn restore(&self, pool: &str, id: &str) -> Result<String> {
@@ -483,12 +627,16 @@ impl Store {
     }
 
     pub async fn deprecate(&self, pool: &str, id: &str, sunset_ms: Option<i64>) -> Result<String> {
-        let v = self.eval(&scripts::DEPRECATE, pool, &[id.into(), opt_arg(sunset_ms)]).await?;
+        let v = self
+            .eval(&scripts::DEPRECATE, pool, &[id.into(), opt_arg(sunset_ms)])
+            .await?;
         Ok(str_of(&v, "state"))
     }
 
     pub async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
-        let v = self.eval(&scripts::REFRESH_ENQUEUE, pool, &[id.into()]).await?;
+        let v = self
+            .eval(&scripts::REFRESH_ENQUEUE, pool, &[id.into()])
+            .await?;
         Ok(str_of(&v, "state"))
     }
 
@@ -496,7 +644,8 @@ impl Store {
 
     fn grant(v: &Value) -> Result<LeaseGrant> {
         let lease = v.get("lease").cloned().unwrap_or(Value::Null);
-        serde_json::from_value(lease).map_err(|e| VaultError::Internal(format!("lease answer: {e}")))
+        serde_json::from_value(lease)
+            .map_err(|e| VaultError::Internal(format!("lease answer: {e}")))
     }
 
     pub async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
@@ -518,8 +667,20 @@ impl Store {
         Self::grant(&v)
     }
 
-    pub async fn renew(&self, pool: &str, lease_id: &str, ttl_ms: Option<u64>, units: Option<u64>) -> Result<LeaseGrant> {
-        let v = self.eval(&scripts::RENEW, pool, &[lease_id.into(), opt_arg(ttl_ms), opt_arg(units)]).await?;
+    pub async fn renew(
+        &self,
+        pool: &str,
+        lease_id: &str,
+        ttl_ms: Option<u64>,
+        units: Option<u64>,
+    ) -> Result<LeaseGrant> {
+        let v = self
+            .eval(
+                &scripts::RENEW,
+                pool,
+                &[lease_id.into(), opt_arg(ttl_ms), opt_arg(units)],
+            )
+            .await?;
         Self::grant(&v)
     }
 
@@ -527,12 +688,21 @@ impl Store {
         let mut args = vec![lease_id.to_string()];
         args.extend(report_args(report));
         let v = self.eval(&scripts::RELEASE, pool, &args).await?;
-        Ok(Released { token_id: str_of(&v, "token_id"), state: str_of(&v, "state") })
+        Ok(Released {
+            token_id: str_of(&v, "token_id"),
+            state: str_of(&v, "state"),
+        })
     }
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
     /// token is eligible the release still happened and the answer is `PoolExhausted`.
-    pub async fn rotate(&self, pool: &str, lease_id: &str, report: &Report, new_lease_id: &str) -> Result<(Released, Result<LeaseGrant>)> {
+    pub async fn rotate(
+        &self,
+        pool: &str,
+        lease_id: &str,
+        report: &Report,
+        new_lease_id: &str,
+    ) -> Result<(Released, Result<LeaseGrant>)> {
         let mut args = vec![lease_id.to_string()];
         args.extend(report_args(report));
         args.push(new_lease_id.to_string());
@@ -542,7 +712,10 @@ impl Store {
             let code = v.get("err").and_then(Value::as_str).unwrap_or("internal");
             return Err(VaultError::from_script(code, &v));
         };
-        let released = Released { token_id: str_of(&rel, "token_id"), state: str_of(&rel, "state") };
+        let released = Released {
+            token_id: str_of(&rel, "token_id"),
+            state: str_of(&rel, "state"),
+        };
         let lease = match v.get("err").and_then(Value::as_str) {
             Some(code) => Err(VaultError::from_script(code, &v)),
             None => Self::grant(&v),
@@ -553,24 +726,34 @@ impl Store {
     // ---- janitor sweeps ----------------------------------------------------------------
 
     pub async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
-        let v = self.eval(&scripts::REAP_LEASES, pool, &[max.to_string()]).await?;
+        let v = self
+            .eval(&scripts::REAP_LEASES, pool, &[max.to_string()])
+            .await?;
         Ok(ended_leases(&v, "reaped"))
     }
 
     pub async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
-        let v = self.eval(&scripts::RETURN_COOLED, pool, &[max.to_string()]).await?;
+        let v = self
+            .eval(&scripts::RETURN_COOLED, pool, &[max.to_string()])
+            .await?;
         Ok(v.get("returned").and_then(Value::as_u64).unwrap_or(0))
     }
 
     pub async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
-        let v = self.eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()]).await?;
+        let v = self
+            .eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()])
+            .await?;
         Ok(v.get("moved").and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.
     pub async fn sunset_tokens(&self, pool: &str, max: usize) -> Result<Vec<String>> {
-        let v = self.eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()]).await?;
-        Ok(list(&v, "revoked").iter().map(|r| str_of(r, "token_id")).collect())
+        let v = self
+            .eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()])
+            .await?;
+        Ok(list(&v, "revoked")
+            .iter()
+            .map(|r| str_of(r, "token_id"))
+            .collect())
     }
 }
-

@@ -36,8 +36,17 @@ impl Env {
         let store = Store::connect(&args).unwrap().with_clock(clock.clone());
         store.load_scripts().await.unwrap();
         let cfg: PoolConfigInput = serde_json::from_value(cfg).unwrap();
-        store.pool_upsert("p", &cfg.validate().unwrap()).await.unwrap();
-        Env { redis, store, clock, cipher: Cipher::new(&MasterKey::generate()), pool: "p".into() }
+        store
+            .pool_upsert("p", &cfg.validate().unwrap())
+            .await
+            .unwrap();
+        Env {
+            redis,
+            store,
+            clock,
+            cipher: Cipher::new(&MasterKey::generate()),
+            pool: "p".into(),
+        }
     }
 
     fn advance(&self, ms: i64) {
@@ -46,23 +55,45 @@ impl Env {
 
     async fn deposit(&self, tokens: serde_json::Value) -> Vec<String> {
         let inputs: Vec<TokenInput> = serde_json::from_value(tokens).unwrap();
-        let sealed: Vec<_> = inputs.iter().map(|t| t.seal(&self.cipher, &self.pool).unwrap()).collect();
+        let sealed: Vec<_> = inputs
+            .iter()
+            .map(|t| t.seal(&self.cipher, &self.pool).unwrap())
+            .collect();
         self.store.deposit(&self.pool, &sealed).await.unwrap()
     }
 
     async fn lease(&self, units: u64) -> Result<vault_core::model::LeaseGrant, VaultError> {
-        self.lease_with(AcquireArgs { units, ..Default::default() }).await
+        self.lease_with(AcquireArgs {
+            units,
+            ..Default::default()
+        })
+        .await
     }
 
-    async fn lease_with(&self, mut a: AcquireArgs) -> Result<vault_core::model::LeaseGrant, VaultError> {
+    async fn lease_with(
+        &self,
+        mut a: AcquireArgs,
+    ) -> Result<vault_core::model::LeaseGrant, VaultError> {
         a.lease_id = uuid::Uuid::new_v4().to_string();
         a.units = a.units.max(1);
         self.store.acquire(&self.pool, &a).await
     }
 
-    async fn release(&self, lease: &str, used: Option<u64>, outcome: Outcome) -> Result<String, VaultError> {
-        let r = Report { used, outcome, ..Default::default() };
-        self.store.release(&self.pool, lease, &r).await.map(|r| r.state)
+    async fn release(
+        &self,
+        lease: &str,
+        used: Option<u64>,
+        outcome: Outcome,
+    ) -> Result<String, VaultError> {
+        let r = Report {
+            used,
+            outcome,
+            ..Default::default()
+        };
+        self.store
+            .release(&self.pool, lease, &r)
+            .await
+            .map(|r| r.state)
     }
 
     async fn meta(&self, id: &str) -> vault_core::model::TokenMeta {
@@ -79,7 +110,8 @@ fn exhausted(r: Result<vault_core::model::LeaseGrant, VaultError>) -> Option<u64
 
 #[tokio::test]
 async fn quota_stops_exactly_at_limit_minus_reserve_and_release_returns_units() {
-    let e = Env::new(json!({"quota_limit": 10, "quota_reserve": 2, "max_leases_per_token": 100})).await;
+    let e =
+        Env::new(json!({"quota_limit": 10, "quota_reserve": 2, "max_leases_per_token": 100})).await;
     let ids = e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
     assert_eq!(ids, ["a"]);
     // 8 units may be in use (10 - 2): 3 + 5 fit exactly.
@@ -96,7 +128,10 @@ async fn quota_stops_exactly_at_limit_minus_reserve_and_release_returns_units() 
     let l3 = e.lease(4).await.unwrap();
     exhausted(e.lease(1).await);
     // used > units is refused and changes nothing.
-    let err = e.release(&l3.lease_id, Some(5), Outcome::Ok).await.unwrap_err();
+    let err = e
+        .release(&l3.lease_id, Some(5), Outcome::Ok)
+        .await
+        .unwrap_err();
     assert!(matches!(err, VaultError::Invalid(_)), "{err:?}");
     assert_eq!(e.meta("a").await.quota.reserved, 7);
     e.release(&l3.lease_id, None, Outcome::Ok).await.unwrap();
@@ -108,7 +143,8 @@ async fn quota_stops_exactly_at_limit_minus_reserve_and_release_returns_units() 
 
 #[tokio::test]
 async fn window_reset_brings_an_exhausted_token_back() {
-    let e = Env::new(json!({"quota_limit": 2, "quota_window_s": 10, "max_leases_per_token": 5})).await;
+    let e =
+        Env::new(json!({"quota_limit": 2, "quota_window_s": 10, "max_leases_per_token": 5})).await;
     e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
     let l = e.lease(2).await.unwrap();
     e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
@@ -127,7 +163,8 @@ async fn window_reset_brings_an_exhausted_token_back() {
 #[tokio::test]
 async fn concurrency_limit_per_token() {
     let e = Env::new(json!({"max_leases_per_token": 2})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}]))
+        .await;
     let mut per_token = std::collections::HashMap::<String, u32>::new();
     let mut leases = vec![];
     for _ in 0..4 {
@@ -139,7 +176,9 @@ async fn concurrency_limit_per_token() {
     assert_eq!(per_token["b"], 2);
     // Every token at its limit: the hint is the earliest lease deadline (60 s default TTL).
     assert_eq!(exhausted(e.lease(1).await), Some(60_000));
-    e.release(&leases[0].lease_id, None, Outcome::Ok).await.unwrap();
+    e.release(&leases[0].lease_id, None, Outcome::Ok)
+        .await
+        .unwrap();
     assert_eq!(e.lease(1).await.unwrap().token_id, leases[0].token_id);
 }
 
@@ -156,15 +195,25 @@ async fn ttl_edge_and_moving_out_of_rotation() {
     assert_eq!(e.meta("short").await.state, "expired");
     assert_eq!(e.meta("refr").await.state, "refreshing");
     let l = e.lease(1).await.unwrap();
-    assert_eq!(l.token_id, "exact", "exactly min_token_ttl_s left is still leasable");
+    assert_eq!(
+        l.token_id, "exact",
+        "exactly min_token_ttl_s left is still leasable"
+    );
     e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
     e.advance(1);
     exhausted(e.lease(1).await);
     assert_eq!(e.meta("exact").await.state, "expired");
     // A per-request min_token_ttl_s larger than what is left skips the token without moving it.
     let e2 = Env::new(json!({})).await;
-    e2.deposit(json!([{"secret": "s1", "id": "x", "expires_at": T0 + 200_000}])).await;
-    exhausted(e2.lease_with(AcquireArgs { min_ttl_ms: Some(300_000), ..Default::default() }).await);
+    e2.deposit(json!([{"secret": "s1", "id": "x", "expires_at": T0 + 200_000}]))
+        .await;
+    exhausted(
+        e2.lease_with(AcquireArgs {
+            min_ttl_ms: Some(300_000),
+            ..Default::default()
+        })
+        .await,
+    );
     assert_eq!(e2.meta("x").await.state, "active");
     // The janitor's sweep does the same without a lease request.
     e2.advance(110_001);
@@ -178,12 +227,23 @@ async fn jwt_exp_is_taken_and_malformed_jwt_refused() {
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let e = Env::new(json!({})).await;
     let exp_s = (T0 + 3_600_000) / 1000;
-    let jwt = format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(&format!(r#"{{"exp":{exp_s}}}"#)));
+    let jwt = format!(
+        "{}.{}.sig",
+        b64(r#"{"alg":"RS256"}"#),
+        b64(&format!(r#"{{"exp":{exp_s}}}"#))
+    );
     e.deposit(json!([{"secret": jwt, "id": "j"}])).await;
-    assert_eq!(e.meta("j").await.expires_at.unwrap(), vault_core::time::rfc3339(exp_s * 1000));
+    assert_eq!(
+        e.meta("j").await.expires_at.unwrap(),
+        vault_core::time::rfc3339(exp_s * 1000)
+    );
     let bad: TokenInput =
-        serde_json::from_value(json!({"secret": format!("{}.@@@.sig", b64(r#"{"alg":"RS256"}"#))})).unwrap();
-    assert!(matches!(bad.seal(&e.cipher, "p"), Err(VaultError::Invalid(_))));
+        serde_json::from_value(json!({"secret": format!("{}.@@@.sig", b64(r#"{"alg":"RS256"}"#))}))
+            .unwrap();
+    assert!(matches!(
+        bad.seal(&e.cipher, "p"),
+        Err(VaultError::Invalid(_))
+    ));
 }
 
 #[tokio::test]
@@ -191,20 +251,35 @@ async fn strikes_quarantine_and_restore() {
     let e = Env::new(json!({"quarantine_after_strikes": 2})).await;
     e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
     let l = e.lease(1).await.unwrap();
-    assert_eq!(e.release(&l.lease_id, None, Outcome::Forbidden).await.unwrap(), "active");
+    assert_eq!(
+        e.release(&l.lease_id, None, Outcome::Forbidden)
+            .await
+            .unwrap(),
+        "active"
+    );
     let l = e.lease(1).await.unwrap();
     // An ok in between clears the strikes: only consecutive strikes count.
     e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
     assert_eq!(e.meta("a").await.strikes, 0);
     let l = e.lease(1).await.unwrap();
-    e.release(&l.lease_id, None, Outcome::Suspect).await.unwrap();
+    e.release(&l.lease_id, None, Outcome::Suspect)
+        .await
+        .unwrap();
     let l = e.lease(1).await.unwrap();
-    assert_eq!(e.release(&l.lease_id, None, Outcome::Forbidden).await.unwrap(), "quarantined");
+    assert_eq!(
+        e.release(&l.lease_id, None, Outcome::Forbidden)
+            .await
+            .unwrap(),
+        "quarantined"
+    );
     exhausted(e.lease(1).await);
     assert_eq!(e.store.restore("p", "a").await.unwrap(), "active");
     assert_eq!(e.meta("a").await.strikes, 0);
     e.lease(1).await.unwrap();
-    assert!(matches!(e.store.restore("p", "a").await, Err(VaultError::Conflict(_))));
+    assert!(matches!(
+        e.store.restore("p", "a").await,
+        Err(VaultError::Conflict(_))
+    ));
 }
 
 /// LRU hands out each token in turn; take leases until we hold `id`.
@@ -228,31 +303,58 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
     ]))
     .await;
     let la = pick(&e, "a").await;
-    let r = Report { outcome: Outcome::RateLimited, retry_after_s: Some(30.0), ..Default::default() };
+    let r = Report {
+        outcome: Outcome::RateLimited,
+        retry_after_s: Some(30.0),
+        ..Default::default()
+    };
     e.store.release("p", &la.lease_id, &r).await.unwrap();
     let m = e.meta("a").await;
     assert_eq!(m.state, "cooling");
-    assert_eq!(m.cooling_until.unwrap(), vault_core::time::rfc3339(T0 + 30_000));
+    assert_eq!(
+        m.cooling_until.unwrap(),
+        vault_core::time::rfc3339(T0 + 30_000)
+    );
     let lb = pick(&e, "b").await;
-    assert_eq!(e.release(&lb.lease_id, None, Outcome::Unauthorized).await.unwrap(), "refreshing");
+    assert_eq!(
+        e.release(&lb.lease_id, None, Outcome::Unauthorized)
+            .await
+            .unwrap(),
+        "refreshing"
+    );
     let lc = pick(&e, "c").await;
-    assert_eq!(e.release(&lc.lease_id, None, Outcome::Unauthorized).await.unwrap(), "expired");
+    assert_eq!(
+        e.release(&lc.lease_id, None, Outcome::Unauthorized)
+            .await
+            .unwrap(),
+        "expired"
+    );
     e.advance(30_000);
     assert_eq!(e.store.return_cooled("p", 10).await.unwrap(), 1);
     // The target says 7 remain until reset: the vault trusts it over its estimate.
     let la = pick(&e, "a").await;
-    let r = Report { remaining: Some(7), reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)), ..Default::default() };
+    let r = Report {
+        remaining: Some(7),
+        reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)),
+        ..Default::default()
+    };
     e.store.release("p", &la.lease_id, &r).await.unwrap();
     let m = e.meta("a").await;
     assert_eq!(m.quota.used, 93);
-    assert_eq!(m.quota.window_resets_at.unwrap(), vault_core::time::rfc3339(T0 + 500_000));
+    assert_eq!(
+        m.quota.window_resets_at.unwrap(),
+        vault_core::time::rfc3339(T0 + 500_000)
+    );
 }
 
 #[tokio::test]
 async fn idempotency_key_returns_the_same_lease() {
     let e = Env::new(json!({"max_leases_per_token": 5})).await;
     e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
-    let a = AcquireArgs { idempotency_key: "req-1".into(), ..Default::default() };
+    let a = AcquireArgs {
+        idempotency_key: "req-1".into(),
+        ..Default::default()
+    };
     let l1 = e.lease_with(a.clone()).await.unwrap();
     let l2 = e.lease_with(a.clone()).await.unwrap();
     assert_eq!(l1.lease_id, l2.lease_id);
@@ -267,32 +369,58 @@ async fn idempotency_key_returns_the_same_lease() {
 #[tokio::test]
 async fn revoke_ends_leases_and_takes_the_token_out() {
     let e = Env::new(json!({"max_leases_per_token": 2})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}]))
+        .await;
     let l1 = e.lease(1).await.unwrap();
     let ended = e.store.revoke("p", &l1.token_id, "leaked").await.unwrap();
     assert_eq!(ended, vec![l1.lease_id.clone()]);
-    assert!(matches!(e.store.renew("p", &l1.lease_id, None, None).await, Err(VaultError::LeaseGone)));
-    assert!(matches!(e.release(&l1.lease_id, None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+    assert!(matches!(
+        e.store.renew("p", &l1.lease_id, None, None).await,
+        Err(VaultError::LeaseGone)
+    ));
+    assert!(matches!(
+        e.release(&l1.lease_id, None, Outcome::Ok).await,
+        Err(VaultError::LeaseGone)
+    ));
     for _ in 0..2 {
         assert_ne!(e.lease(1).await.unwrap().token_id, l1.token_id);
     }
     assert_eq!(e.meta(&l1.token_id).await.state, "revoked");
-    assert!(e.store.revoke("p", &l1.token_id, "again").await.unwrap().is_empty(), "idempotent");
-    assert!(matches!(e.store.revoke("p", "nope", "x").await, Err(VaultError::TokenNotFound)));
+    assert!(
+        e.store
+            .revoke("p", &l1.token_id, "again")
+            .await
+            .unwrap()
+            .is_empty(),
+        "idempotent"
+    );
+    assert!(matches!(
+        e.store.revoke("p", "nope", "x").await,
+        Err(VaultError::TokenNotFound)
+    ));
 }
 
 #[tokio::test]
 async fn freeze_blocks_leases_and_can_end_them() {
     let e = Env::new(json!({})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}]))
+        .await;
     let l1 = e.lease(1).await.unwrap();
-    assert!(e.store.freeze("p", false, "drill").await.unwrap().is_empty());
+    assert!(e
+        .store
+        .freeze("p", false, "drill")
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(e.lease(1).await, Err(VaultError::PoolFrozen)));
     e.store.renew("p", &l1.lease_id, None, None).await.unwrap();
     let ended = e.store.freeze("p", true, "breach").await.unwrap();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].lease_id, l1.lease_id);
-    assert!(matches!(e.store.renew("p", &l1.lease_id, None, None).await, Err(VaultError::LeaseGone)));
+    assert!(matches!(
+        e.store.renew("p", &l1.lease_id, None, None).await,
+        Err(VaultError::LeaseGone)
+    ));
     e.store.unfreeze("p").await.unwrap();
     e.lease(1).await.unwrap();
 }
@@ -301,7 +429,10 @@ async fn freeze_blocks_leases_and_can_end_them() {
 async fn sticky_session_keeps_its_token_while_eligible() {
     let e = Env::new(json!({"max_leases_per_token": 3})).await;
     e.deposit(json!([{"secret": "s1", "id": "a", "binding": {"proxy": "socks5://10.0.0.7:1080", "fingerprint": "chrome-120"}}, {"secret": "s2", "id": "b"}])).await;
-    let s = |sess: &str| AcquireArgs { session: sess.into(), ..Default::default() };
+    let s = |sess: &str| AcquireArgs {
+        session: sess.into(),
+        ..Default::default()
+    };
     let first = e.lease_with(s("user-42")).await.unwrap();
     for _ in 0..2 {
         let l = e.lease_with(s("user-42")).await.unwrap();
@@ -313,8 +444,15 @@ async fn sticky_session_keeps_its_token_while_eligible() {
     assert_ne!(moved.token_id, first.token_id);
     let again = e.lease_with(s("user-42")).await.unwrap();
     assert_eq!(again.token_id, moved.token_id);
-    let bound = if first.token_id == "a" { &first } else { &moved };
-    assert_eq!(bound.binding().proxy.as_deref(), Some("socks5://10.0.0.7:1080"));
+    let bound = if first.token_id == "a" {
+        &first
+    } else {
+        &moved
+    };
+    assert_eq!(
+        bound.binding().proxy.as_deref(),
+        Some("socks5://10.0.0.7:1080")
+    );
 }
 
 #[tokio::test]
@@ -329,23 +467,50 @@ async fn reaper_counts_dead_leases_as_used() {
     let reaped = e.store.reap_leases("p", 100).await.unwrap();
     assert_eq!(reaped.len(), 1);
     let m = e.meta("a").await;
-    assert_eq!((m.quota.used, m.quota.reserved, m.leases, m.state.as_str()), (4, 0, 0, "active"));
-    assert!(matches!(e.release(&l.lease_id, None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+    assert_eq!(
+        (m.quota.used, m.quota.reserved, m.leases, m.state.as_str()),
+        (4, 0, 0, "active")
+    );
+    assert!(matches!(
+        e.release(&l.lease_id, None, Outcome::Ok).await,
+        Err(VaultError::LeaseGone)
+    ));
 }
 
 #[tokio::test]
 async fn renew_extends_and_checks_token_life_and_quota() {
     let e = Env::new(json!({"quota_limit": 5, "lease_ttl_s": 10, "max_lease_ttl_s": 100})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 300_000}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 300_000}]))
+        .await;
     let l = e.lease(2).await.unwrap();
     e.advance(5_000);
-    let r = e.store.renew("p", &l.lease_id, Some(20_000), None).await.unwrap();
+    let r = e
+        .store
+        .renew("p", &l.lease_id, Some(20_000), None)
+        .await
+        .unwrap();
     assert_eq!(r.deadline, T0 + 25_000);
-    assert!(matches!(e.store.renew("p", &l.lease_id, Some(101_000), None).await, Err(VaultError::Invalid(_))));
-    assert!(matches!(e.store.renew("p", &l.lease_id, None, Some(6)).await, Err(VaultError::QuotaExhausted(_))));
-    assert_eq!(e.store.renew("p", &l.lease_id, None, Some(5)).await.unwrap().units, 5);
+    assert!(matches!(
+        e.store.renew("p", &l.lease_id, Some(101_000), None).await,
+        Err(VaultError::Invalid(_))
+    ));
+    assert!(matches!(
+        e.store.renew("p", &l.lease_id, None, Some(6)).await,
+        Err(VaultError::QuotaExhausted(_))
+    ));
+    assert_eq!(
+        e.store
+            .renew("p", &l.lease_id, None, Some(5))
+            .await
+            .unwrap()
+            .units,
+        5
+    );
     e.advance(250_000);
-    assert!(matches!(e.store.renew("p", &l.lease_id, Some(60_000), None).await, Err(VaultError::TokenExpiring(_))));
+    assert!(matches!(
+        e.store.renew("p", &l.lease_id, Some(60_000), None).await,
+        Err(VaultError::TokenExpiring(_))
+    ));
 }
 
 #[tokio::test]
@@ -353,23 +518,37 @@ async fn rotate_hands_out_a_different_token() {
     let e = Env::new(json!({"max_leases_per_token": 5})).await;
     e.deposit(json!([{"secret": "s1", "id": "a", "refresh": {"kind": "external"}}, {"secret": "s2", "id": "b"}])).await;
     let l = e.lease(1).await.unwrap();
-    let r = Report { outcome: Outcome::Unauthorized, ..Default::default() };
-    let (released, new) = e.store.rotate("p", &l.lease_id, &r, "new-lease").await.unwrap();
+    let r = Report {
+        outcome: Outcome::Unauthorized,
+        ..Default::default()
+    };
+    let (released, new) = e
+        .store
+        .rotate("p", &l.lease_id, &r, "new-lease")
+        .await
+        .unwrap();
     let new = new.unwrap();
     assert_eq!(released.token_id, l.token_id);
     assert_ne!(new.token_id, l.token_id);
     assert_eq!(new.lease_id, "new-lease");
     // Rotating the last healthy token: released, but nothing else to give.
-    let r = Report { outcome: Outcome::Ok, ..Default::default() };
+    let r = Report {
+        outcome: Outcome::Ok,
+        ..Default::default()
+    };
     let (_, none) = e.store.rotate("p", "new-lease", &r, "third").await.unwrap();
     assert!(matches!(none, Err(VaultError::PoolExhausted { .. })));
-    assert!(matches!(e.release("new-lease", None, Outcome::Ok).await, Err(VaultError::LeaseGone)));
+    assert!(matches!(
+        e.release("new-lease", None, Outcome::Ok).await,
+        Err(VaultError::LeaseGone)
+    ));
 }
 
 #[tokio::test]
 async fn strategies_and_deprecation_order_the_choice() {
     let e = Env::new(json!({"strategy": "pack", "max_leases_per_token": 2})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}]))
+        .await;
     let got: Vec<String> = [e.lease(1).await, e.lease(1).await, e.lease(1).await]
         .into_iter()
         .map(|l| l.unwrap().token_id)
@@ -377,14 +556,22 @@ async fn strategies_and_deprecation_order_the_choice() {
     assert_eq!(got, ["a", "a", "b"], "pack fills the first token first");
 
     let e = Env::new(json!({"max_leases_per_token": 10})).await;
-    e.deposit(json!([{"secret": "s1", "id": "old"}, {"secret": "s2", "id": "new"}])).await;
-    e.store.deprecate("p", "old", Some(T0 + 60_000)).await.unwrap();
+    e.deposit(json!([{"secret": "s1", "id": "old"}, {"secret": "s2", "id": "new"}]))
+        .await;
+    e.store
+        .deprecate("p", "old", Some(T0 + 60_000))
+        .await
+        .unwrap();
     for _ in 0..3 {
         let l = e.lease(1).await.unwrap();
         assert_eq!(l.token_id, "new", "deprecated is never preferred");
     }
     e.store.revoke("p", "new", "x").await.unwrap();
-    assert_eq!(e.lease(1).await.unwrap().token_id, "old", "but still leasable when nothing else is");
+    assert_eq!(
+        e.lease(1).await.unwrap().token_id,
+        "old",
+        "but still leasable when nothing else is"
+    );
     e.advance(60_000);
     assert_eq!(e.store.sunset_tokens("p", 10).await.unwrap(), ["old"]);
     assert_eq!(e.meta("old").await.state, "revoked");
@@ -395,7 +582,10 @@ async fn pool_delete_needs_force_and_removes_every_key() {
     let e = Env::new(json!({})).await;
     e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
     e.lease(1).await.unwrap();
-    assert!(matches!(e.store.pool_delete("p", false).await, Err(VaultError::Conflict(_))));
+    assert!(matches!(
+        e.store.pool_delete("p", false).await,
+        Err(VaultError::Conflict(_))
+    ));
     assert_eq!(e.store.pool_delete("p", true).await.unwrap(), 1);
     assert_eq!(e.redis.cli(&["DBSIZE"]).trim(), "0");
     assert!(matches!(e.lease(1).await, Err(VaultError::PoolNotFound)));
@@ -404,21 +594,35 @@ async fn pool_delete_needs_force_and_removes_every_key() {
 #[tokio::test]
 async fn ten_thousand_cycles_leave_no_keys_behind() {
     let e = Env::new(json!({"max_leases_per_token": 1000, "session_ttl_s": 1})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b"}]))
+        .await;
     let baseline: u64 = e.redis.cli(&["DBSIZE"]).trim().parse().unwrap();
     for i in 0..10_000u64 {
         let a = AcquireArgs {
             idempotency_key: format!("k{i}"),
-            session: if i % 10 == 0 { format!("s{}", i % 7) } else { String::new() },
+            session: if i % 10 == 0 {
+                format!("s{}", i % 7)
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         let l = e.lease_with(a).await.unwrap();
         match i % 3 {
             0 => drop(e.release(&l.lease_id, Some(0), Outcome::Ok).await.unwrap()),
             1 => {
-                let r = Report { outcome: Outcome::Ok, ..Default::default() };
-                let (_, n) = e.store.rotate("p", &l.lease_id, &r, &format!("r{i}")).await.unwrap();
-                e.release(&n.unwrap().lease_id, None, Outcome::Ok).await.unwrap();
+                let r = Report {
+                    outcome: Outcome::Ok,
+                    ..Default::default()
+                };
+                let (_, n) = e
+                    .store
+                    .rotate("p", &l.lease_id, &r, &format!("r{i}"))
+                    .await
+                    .unwrap();
+                e.release(&n.unwrap().lease_id, None, Outcome::Ok)
+                    .await
+                    .unwrap();
             }
             _ => {
                 // Left to die: the reaper ends it.
@@ -431,5 +635,9 @@ async fn ten_thousand_cycles_leave_no_keys_behind() {
     let settled = testkit::wait_until(std::time::Duration::from_secs(5), || {
         e.redis.cli(&["DBSIZE"]).trim().parse::<u64>().unwrap() == baseline
     });
-    assert!(settled, "keys: {} vs baseline {baseline}", e.redis.cli(&["DBSIZE"]));
+    assert!(
+        settled,
+        "keys: {} vs baseline {baseline}",
+        e.redis.cli(&["DBSIZE"])
+    );
 }

@@ -1,0 +1,35 @@
+use std::time::Duration;
+
+use clap::Parser;
+use janitor::JanitorConfig;
+use vault_core::Store;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = JanitorConfig::parse();
+    vault_core::config::init_tracing(&cfg.log_format);
+    let store = match Store::connect(&cfg.redis) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("janitor: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match store.load_scripts().await {
+        Err(e @ vault_core::VaultError::ScriptsUnavailable(_)) => {
+            eprintln!("janitor: refusing to start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(e) => tracing::warn!(error = %e, "redis not reachable at start-up; will keep trying"),
+        Ok(()) => {}
+    }
+    tracing::info!(interval_ms = cfg.interval_ms, "janitor running");
+    janitor::run(
+        store,
+        Duration::from_millis(cfg.interval_ms.max(10)),
+        cfg.batch.max(1),
+        vault_core::config::shutdown_signal(),
+    )
+    .await;
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,88 @@
+//! Shared state and the router.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use vault_core::crypto::Cipher;
+use vault_core::Store;
+
+use crate::error::ApiError;
+use crate::routes::{health, leases, pools, tokens};
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+pub struct App {
+    pub store: Store,
+    /// Decrypts secrets for lease answers and encrypts deposits; the only place plaintext exists.
+    pub cipher: Cipher,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Store, cipher: Cipher) -> Self {
+        Self(Arc::new(App { store, cipher }))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/pools", get(pools::list))
+        .route(
+            "/pools/{pool}",
+            put(pools::upsert).get(pools::get).delete(pools::delete),
+        )
+        .route("/pools/{pool}/status", get(pools::status))
+        .route("/pools/{pool}/freeze", post(pools::freeze))
+        .route("/pools/{pool}/unfreeze", post(pools::unfreeze))
+        .route(
+            "/pools/{pool}/tokens",
+            post(tokens::deposit).get(tokens::list),
+        )
+        .route(
+            "/pools/{pool}/tokens/{id}",
+            get(tokens::get).delete(tokens::delete),
+        )
+        .route("/pools/{pool}/tokens/{id}/revoke", post(tokens::revoke))
+        .route(
+            "/pools/{pool}/tokens/{id}/deprecate",
+            post(tokens::deprecate),
+        )
+        .route("/pools/{pool}/tokens/{id}/restore", post(tokens::restore))
+        .route("/pools/{pool}/tokens/{id}/refresh", post(tokens::refresh))
+        .route("/pools/{pool}/leases", post(leases::acquire))
+        .route("/pools/{pool}/leases/{lease}/renew", post(leases::renew))
+        .route(
+            "/pools/{pool}/leases/{lease}/release",
+            post(leases::release),
+        )
+        .route("/pools/{pool}/leases/{lease}/rotate", post(leases::rotate));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

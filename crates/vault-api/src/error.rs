@@ -1,0 +1,153 @@
+//! The one error type of the HTTP layer: every failure is `application/problem+json`
+//! (RFC 9457) with a stable `code`. 5xx answers say little; the real cause is logged.
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use vault_core::VaultError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub retry_after_s: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        use StatusCode as S;
+        let code = e.code();
+        let (status, detail, retry) = match &e {
+            VaultError::PoolNotFound | VaultError::TokenNotFound => {
+                (S::NOT_FOUND, e.to_string(), None)
+            }
+            VaultError::LeaseGone => (S::GONE, e.to_string(), None),
+            VaultError::PoolFrozen => (S::LOCKED, e.to_string(), None),
+            VaultError::PoolExhausted { retry_after_ms } => {
+                // Round up, at least 1 s: a fleet that retries at once only hammers.
+                let s = retry_after_ms
+                    .map(|ms| ms.div_ceil(1000).max(1))
+                    .unwrap_or(5);
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    format!("no token in this pool is eligible; retry in {s} s"),
+                    Some(s),
+                )
+            }
+            VaultError::IdempotencyConflict
+            | VaultError::Conflict(_)
+            | VaultError::TokenExpiring(_)
+            | VaultError::QuotaExhausted(_) => (S::CONFLICT, e.to_string(), None),
+            VaultError::Invalid(_) => (S::BAD_REQUEST, e.to_string(), None),
+            VaultError::RedisUnavailable(_) => {
+                tracing::warn!(error = %e, "redis unavailable");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "the vault cannot reach Redis right now".to_string(),
+                    Some(1),
+                )
+            }
+            VaultError::ScriptsUnavailable(_) => {
+                tracing::error!(error = %e, "redis refuses scripts");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "Redis refuses Lua scripts; the vault fails closed".to_string(),
+                    Some(5),
+                )
+            }
+            VaultError::Crypto(_) | VaultError::Internal(_) => {
+                tracing::error!(error = %e, "internal error");
+                (
+                    S::INTERNAL_SERVER_ERROR,
+                    "internal error; see the vault's logs".to_string(),
+                    None,
+                )
+            }
+        };
+        Self {
+            status,
+            code,
+            detail,
+            retry_after_s: retry,
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request bodies are limited to 1 MiB",
+            );
+        }
+        Self::invalid(format!("cannot read the request body: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::invalid(format!("bad path: {}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::invalid(format!("bad query string: {}", r.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = Problem {
+            kind: format!("urn:tokenvault:problem:{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+        };
+        let mut res = (self.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after_s {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}

@@ -1,0 +1,17 @@
+use clap::Parser;
+use vault_api::ApiConfig;
+use vault_core::config::init_tracing;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = ApiConfig::parse();
+    init_tracing(&cfg.log_format);
+    match vault_api::server::run(cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("vault-api: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

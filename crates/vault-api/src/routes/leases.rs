@@ -1,0 +1,164 @@
+//! Leases: the worker's path. The lease answer is the only place a plaintext secret leaves the
+//! vault.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+use vault_core::crypto::Sealed;
+use vault_core::model::{check_label, AcquireInput, Binding, LeaseGrant, RenewInput, Report};
+use vault_core::store::AcquireArgs;
+use vault_core::time::rfc3339;
+use vault_core::VaultError;
+
+use super::pool_name;
+use crate::error::ApiError;
+use crate::extract::{Body, Path};
+use crate::AppState;
+
+#[derive(Serialize)]
+pub struct LeaseView {
+    lease_id: String,
+    pool: String,
+    token_id: String,
+    secret: String,
+    token_expires_at: Option<String>,
+    lease_expires_at: String,
+    units: u64,
+    binding: Binding,
+    headers: Value,
+}
+
+fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiError> {
+    let sealed = Sealed {
+        key_id: g.key_id.clone(),
+        data: g.secret_ct.clone(),
+    };
+    let secret = s.cipher.open_secret(pool, &g.token_id, &sealed)?;
+    let binding = g.binding();
+    let plain = secret.expose().to_string();
+    Ok(LeaseView {
+        headers: json!({ "Authorization": format!("Bearer {plain}") }),
+        secret: plain,
+        lease_id: g.lease_id,
+        pool: pool.to_string(),
+        token_id: g.token_id,
+        token_expires_at: (g.expires_at > 0).then(|| rfc3339(g.expires_at)),
+        lease_expires_at: rfc3339(g.deadline),
+        units: g.units,
+        binding,
+    })
+}
+
+fn lease_id(id: &str) -> Result<(), ApiError> {
+    check_label("lease id", id, 64).map_err(ApiError::from)
+}
+
+fn new_lease_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// How long to sleep between attempts while a request waits (`wait_ms`) for a token.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+pub async fn acquire(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    Body(input): Body<AcquireInput>,
+) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
+    let pool = pool_name(&pool)?;
+    input.validate()?;
+    let idem = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?;
+            check_label("Idempotency-Key", k, 128)?;
+            k.to_string()
+        }
+        None => String::new(),
+    };
+    let mut args = AcquireArgs {
+        lease_id: new_lease_id(),
+        worker: input.worker.clone().unwrap_or_default(),
+        units: input.units.unwrap_or(1),
+        ttl_ms: input.ttl_s.map(|t| t * 1000),
+        min_ttl_ms: input.min_token_ttl_s.map(|t| t * 1000),
+        session: input.session.clone().unwrap_or_default(),
+        idempotency_key: idem,
+    };
+    let deadline = Instant::now() + Duration::from_millis(input.wait_ms.unwrap_or(0));
+    loop {
+        match s.store.acquire(pool, &args).await {
+            Ok(g) => {
+                let status = if g.replayed {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                return Ok((status, Json(lease_view(&s, pool, g)?)));
+            }
+            Err(VaultError::PoolExhausted { retry_after_ms }) if Instant::now() < deadline => {
+                let hint = Duration::from_millis(retry_after_ms.unwrap_or(u64::MAX).max(1));
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(WAIT_POLL.min(hint).min(left)).await;
+                // A fresh id per attempt: an attempt that timed out on the client side may
+                // still have landed, and must not be confused with this one.
+                args.lease_id = new_lease_id();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub async fn renew(
+    State(s): State<AppState>,
+    Path((pool, lease)): Path<(String, String)>,
+    Body(input): Body<RenewInput>,
+) -> Result<Json<LeaseView>, ApiError> {
+    let pool = pool_name(&pool)?;
+    lease_id(&lease)?;
+    input.validate()?;
+    let g = s
+        .store
+        .renew(pool, &lease, input.ttl_s.map(|t| t * 1000), input.units)
+        .await?;
+    Ok(Json(lease_view(&s, pool, g)?))
+}
+
+pub async fn release(
+    State(s): State<AppState>,
+    Path((pool, lease)): Path<(String, String)>,
+    Body(report): Body<Report>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    lease_id(&lease)?;
+    report.validate()?;
+    let r = s.store.release(pool, &lease, &report).await?;
+    if report.outcome != vault_core::model::Outcome::Ok {
+        tracing::info!(pool, token_id = %r.token_id, outcome = report.outcome.as_str(), state = %r.state, "lease outcome");
+    }
+    Ok(Json(
+        json!({ "lease_id": lease, "token_id": r.token_id, "token_state": r.state, "released": true }),
+    ))
+}
+
+pub async fn rotate(
+    State(s): State<AppState>,
+    Path((pool, lease)): Path<(String, String)>,
+    Body(report): Body<Report>,
+) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
+    let pool = pool_name(&pool)?;
+    lease_id(&lease)?;
+    report.validate()?;
+    let (released, next) = s
+        .store
+        .rotate(pool, &lease, &report, &new_lease_id())
+        .await?;
+    tracing::info!(pool, token_id = %released.token_id, outcome = report.outcome.as_str(), state = %released.state, "lease rotated");
+    Ok((StatusCode::CREATED, Json(lease_view(&s, pool, next?)?)))
+}

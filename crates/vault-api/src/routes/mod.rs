@@ -1,0 +1,16 @@
+//! One module per API section.
+
+pub mod health;
+pub mod leases;
+pub mod pools;
+pub mod tokens;
+
+use vault_core::model::check_pool_name;
+
+use crate::error::ApiError;
+
+/// Validate a pool name from the path before it reaches a Redis key.
+pub(crate) fn pool_name(name: &str) -> Result<&str, ApiError> {
+    check_pool_name(name)?;
+    Ok(name)
+}

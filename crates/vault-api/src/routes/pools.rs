@@ -1,0 +1,105 @@
+//! Pools: config, listing, status, freeze.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
+
+use super::pool_name;
+use crate::error::ApiError;
+use crate::extract::{Body, Path, Query};
+use crate::AppState;
+
+pub async fn upsert(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Body(input): Body<PoolConfigInput>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    let pool = pool_name(&pool)?;
+    let cfg = input.validate()?;
+    let created = s.store.pool_upsert(pool, &cfg).await?;
+    let view = s.store.pool_get(pool).await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(view),
+    ))
+}
+
+pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "pools": s.store.pool_list().await? })))
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+) -> Result<Json<PoolView>, ApiError> {
+    Ok(Json(s.store.pool_get(pool_name(&pool)?).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    s.store.pool_delete(pool_name(&pool)?, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn status(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+) -> Result<Json<PoolStatus>, ApiError> {
+    Ok(Json(s.store.pool_status(pool_name(&pool)?).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeInput {
+    #[serde(default)]
+    revoke_leases: bool,
+    reason: Option<String>,
+}
+
+pub async fn freeze(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Body(input): Body<FreezeInput>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    let reason = input.reason.unwrap_or_default();
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    }
+    let ended = s.store.freeze(pool, input.revoke_leases, &reason).await?;
+    tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
+    let ended: Vec<Value> = ended
+        .iter()
+        .map(|e| json!({"lease_id": e.lease_id, "token_id": e.token_id}))
+        .collect();
+    Ok(Json(
+        json!({ "pool": pool, "frozen": true, "leases_ended": ended }),
+    ))
+}
+
+pub async fn unfreeze(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    s.store.unfreeze(pool).await?;
+    tracing::info!(pool, "pool unfrozen");
+    Ok(Json(json!({ "pool": pool, "frozen": false })))
+}

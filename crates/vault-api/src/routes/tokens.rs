@@ -1,0 +1,191 @@
+//! Tokens: deposit (encrypted at once), metadata, lifecycle actions. No answer here ever
+//! carries a secret, only its fingerprint.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vault_core::model::{check_token_id, TokenInput, TokenMeta, MAX_DEPOSIT, VIEW_STATES};
+use vault_core::time::TimeInput;
+
+use super::pool_name;
+use crate::error::ApiError;
+use crate::extract::{Body, Path, Query};
+use crate::AppState;
+
+/// `{"tokens":[...]}` or one token object.
+fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
+    let many = body.as_object().is_some_and(|o| o.contains_key("tokens"));
+    let parsed = if many {
+        let list = body.get("tokens").cloned().unwrap_or(Value::Null);
+        if body.as_object().is_some_and(|o| o.len() > 1) {
+            return Err(ApiError::invalid(
+                "a batch deposit is {\"tokens\": [...]} with no other fields",
+            ));
+        }
+        serde_json::from_value::<Vec<TokenInput>>(list)
+    } else {
+        serde_json::from_value::<TokenInput>(body).map(|t| vec![t])
+    };
+    // serde's message names the field but never echoes a value, so no secret leaks through it.
+    let tokens = parsed.map_err(|e| ApiError::invalid(format!("invalid token: {e}")))?;
+    if tokens.is_empty() || tokens.len() > MAX_DEPOSIT {
+        return Err(ApiError::invalid(format!(
+            "deposit 1-{MAX_DEPOSIT} tokens per request"
+        )));
+    }
+    Ok(tokens)
+}
+
+pub async fn deposit(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Body(body): Body<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let pool = pool_name(&pool)?;
+    if body.is_null() {
+        return Err(ApiError::invalid(
+            "the body must be a token object or {\"tokens\": [...]}",
+        ));
+    }
+    let tokens = parse_deposit(body)?;
+    let mut sealed = Vec::with_capacity(tokens.len());
+    for t in &tokens {
+        sealed.push(t.seal(&s.cipher, pool)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = sealed.iter().find(|t| !seen.insert(t.id.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "token id {} appears twice in this deposit",
+            dup.id
+        )));
+    }
+    let ids = s.store.deposit(pool, &sealed).await?;
+    for t in &sealed {
+        tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    if let Some(st) = &q.state {
+        if !VIEW_STATES.contains(&st.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "state must be one of {}",
+                VIEW_STATES.join(", ")
+            )));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let (tokens, next) = s
+        .store
+        .token_list(pool, q.state.as_deref(), limit, q.cursor.unwrap_or(0))
+        .await?;
+    Ok(Json(
+        json!({ "tokens": tokens, "next_cursor": next.map(|c| c.to_string()) }),
+    ))
+}
+
+fn ids(pool: &str, id: &str) -> Result<(), ApiError> {
+    pool_name(pool)?;
+    check_token_id(id)?;
+    Ok(())
+}
+
+pub async fn get(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<Json<TokenMeta>, ApiError> {
+    ids(&pool, &id)?;
+    Ok(Json(s.store.token_get(&pool, &id).await?))
+}
+
+pub async fn delete(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    ids(&pool, &id)?;
+    s.store.token_delete(&pool, &id).await?;
+    tracing::info!(pool, token_id = %id, "token deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonInput {
+    reason: Option<String>,
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+    Body(input): Body<ReasonInput>,
+) -> Result<Json<Value>, ApiError> {
+    ids(&pool, &id)?;
+    let reason = input.reason.unwrap_or_else(|| "revoked".into());
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    }
+    let ended = s.store.revoke(&pool, &id, &reason).await?;
+    tracing::warn!(pool, token_id = %id, leases_ended = ended.len(), "token revoked");
+    Ok(Json(
+        json!({ "token_id": id, "state": "revoked", "leases_ended": ended }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeprecateInput {
+    sunset_at: Option<TimeInput>,
+}
+
+pub async fn deprecate(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+    Body(input): Body<DeprecateInput>,
+) -> Result<Json<Value>, ApiError> {
+    ids(&pool, &id)?;
+    let state = s
+        .store
+        .deprecate(&pool, &id, input.sunset_at.map(|t| t.0))
+        .await?;
+    Ok(Json(json!({ "token_id": id, "state": state })))
+}
+
+pub async fn restore(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    ids(&pool, &id)?;
+    let state = s.store.restore(&pool, &id).await?;
+    Ok(Json(json!({ "token_id": id, "state": state })))
+}
+
+pub async fn refresh(
+    State(s): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ids(&pool, &id)?;
+    let state = s.store.refresh_enqueue(&pool, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "token_id": id, "state": state })),
+    ))
+}
