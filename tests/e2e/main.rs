@@ -1,1 +1,9 @@
+//! End-to-end tests: real redis-server processes on free ports, the real `vault-api` and
+//! `janitor` binaries, HTTP in between. One test binary so the workspace links once.
 
+mod concurrency;
+mod harness;
+mod http;
+mod keys;
+mod outage;
+mod secrets;

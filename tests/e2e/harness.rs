@@ -1,0 +1,223 @@
+//! Starting the real binaries against private Redis servers, and a small HTTP client.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use testkit::{bin_path, free_port, Child, RedisServer};
+use vault_core::crypto::MasterKey;
+
+/// A running `vault-api` process.
+pub(crate) struct Vault {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+}
+
+/// Settings shared by the processes of one test: Redis, key prefix, master key.
+#[derive(Clone)]
+pub(crate) struct Deployment {
+    pub(crate) redis_url: String,
+    pub(crate) prefix: String,
+    pub(crate) master_key: String,
+}
+
+impl Deployment {
+    pub(crate) fn new(redis: &RedisServer) -> Self {
+        Self {
+            redis_url: redis.url(),
+            prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            master_key: MasterKey::generate().to_base64(),
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("TV_REDIS_URL", self.redis_url.clone()),
+            ("TV_PREFIX", self.prefix.clone()),
+            ("TV_MASTER_KEY", self.master_key.clone()),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        for (k, v) in extra {
+            // Leak is fine: a handful of short strings per test process.
+            let k: &'static str = Box::leak(k.to_string().into_boxed_str());
+            env.retain(|(e, _)| *e != k);
+            env.push((k, v.to_string()));
+        }
+        env
+    }
+
+    /// Start a vault-api replica and wait until it answers /healthz.
+    pub(crate) async fn vault(&self, extra: &[(&str, &str)]) -> Vault {
+        let port = free_port();
+        let mut env = self.env(extra);
+        env.push(("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")));
+        let child = Child::spawn(&bin_path("vault-api"), &[], &env);
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                if r.status() == StatusCode::OK {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "vault-api did not start:\n{}",
+                child.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Vault { child, base }
+    }
+
+    /// Start a janitor sweeping every `interval_ms`.
+    pub(crate) fn janitor(&self, interval_ms: u64) -> Child {
+        let iv = interval_ms.to_string();
+        Child::spawn(
+            &bin_path("janitor"),
+            &[],
+            &self.env(&[("TV_JANITOR_INTERVAL_MS", &iv)]),
+        )
+    }
+}
+
+/// A JSON HTTP client bound to one base URL.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+}
+
+/// An answer: status, headers we care about, JSON body (Null when empty).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    pub(crate) fn code(&self) -> &str {
+        self.body.get("code").and_then(Value::as_str).unwrap_or("")
+    }
+    pub(crate) fn str(&self, field: &str) -> String {
+        self.body
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+    /// Assert a problem+json answer with this status and code.
+    pub(crate) fn problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.code(), code, "{self:?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
+        assert!(!self.str("detail").is_empty(), "{self:?}");
+    }
+}
+
+impl Api {
+    pub(crate) fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        Self {
+            base: base.to_string(),
+            http,
+        }
+    }
+
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    pub(crate) async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request sent");
+        Self::answer(res).await
+    }
+
+    pub(crate) async fn answer(res: reqwest::Response) -> Answer {
+        let status = res.status();
+        let h = |n: &str| {
+            res.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let content_type = h("content-type").unwrap_or_default();
+        let retry_after = h("retry-after").and_then(|v| v.parse().ok());
+        let bytes = res.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            retry_after,
+            body,
+        }
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub(crate) async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+/// Redis, one vault-api and a client: the common setup.
+pub(crate) struct One {
+    pub(crate) redis: RedisServer,
+    pub(crate) dep: Deployment,
+    pub(crate) vault: Vault,
+    pub(crate) api: Api,
+}
+
+pub(crate) async fn one(extra: &[(&str, &str)]) -> One {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let vault = dep.vault(extra).await;
+    let api = Api::new(&vault.base);
+    One {
+        redis,
+        dep,
+        vault,
+        api,
+    }
+}
+
+/// Unix ms now (same machine, same clock as Redis TIME).
+pub(crate) fn now_ms() -> i64 {
+    vault_core::time::now_ms()
+}
+
+/// Parse an RFC 3339 answer field to unix ms.
+pub(crate) fn ms(v: &Value, field: &str) -> i64 {
+    let s = v
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{field} missing in {v}"));
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,488 @@
+//! Each endpoint's success and failure answers: status codes, problem+json, stable codes.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::{one, Api};
+
+async fn pool(api: &Api, name: &str, cfg: serde_json::Value) {
+    let a = api.put(&format!("/v1/pools/{name}"), cfg).await;
+    assert_eq!(a.status, 201, "{a:?}");
+}
+
+#[tokio::test]
+async fn pools_endpoints() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    let a = api
+        .put(
+            "/v1/pools/p1",
+            json!({"quota_limit": 100, "max_leases_per_token": 2}),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.body["quota_limit"], 100);
+    assert_eq!(a.body["min_token_ttl_s"], 90);
+    let a = api.put("/v1/pools/p1", json!({"quota_limit": 50})).await;
+    assert_eq!(a.status, 200, "second PUT updates");
+    assert_eq!(api.get("/v1/pools/p1").await.body["quota_limit"], 50);
+    let list = api.get("/v1/pools").await;
+    assert_eq!(list.body["pools"][0]["name"], "p1");
+    assert_eq!(list.body["pools"][0]["tokens"]["active"], 0);
+
+    api.get("/v1/pools/nope")
+        .await
+        .problem(404, "pool_not_found");
+    api.get("/v1/pools/nope/status")
+        .await
+        .problem(404, "pool_not_found");
+    for bad in ["a%20b", "a%7Bb%7D", "x:y", &"x".repeat(65)] {
+        api.put(&format!("/v1/pools/{bad}"), json!({}))
+            .await
+            .problem(400, "invalid_request");
+    }
+    api.put("/v1/pools/p2", json!({"quota_limt": 5}))
+        .await
+        .problem(400, "invalid_request");
+    api.put("/v1/pools/p2", json!({"quota_limit": -5}))
+        .await
+        .problem(400, "invalid_request");
+    api.put("/v1/pools/p2", json!({"quota_limit": "many"}))
+        .await
+        .problem(400, "invalid_request");
+    api.put("/v1/pools/p2", json!({"lease_ttl_s": 0}))
+        .await
+        .problem(400, "invalid_request");
+    api.put(
+        "/v1/pools/p2",
+        json!({"quota_limit": 5, "quota_reserve": 5}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    // Nothing was created by the refused requests.
+    api.get("/v1/pools/p2").await.problem(404, "pool_not_found");
+
+    // Huge body: 413 before any parsing; wrong content type: 415; broken JSON: 400.
+    let big = "x".repeat(1024 * 1024 + 10);
+    let res = api
+        .http
+        .put(format!("{}/v1/pools/p3", api.base))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    Api::answer(res).await.problem(413, "payload_too_large");
+    let res = api
+        .http
+        .put(format!("{}/v1/pools/p3", api.base))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    Api::answer(res)
+        .await
+        .problem(415, "unsupported_media_type");
+    let res = api
+        .http
+        .put(format!("{}/v1/pools/p3", api.base))
+        .header("content-type", "application/json")
+        .body("{\"quota")
+        .send()
+        .await
+        .unwrap();
+    Api::answer(res).await.problem(400, "invalid_request");
+    api.get("/v1/nothing/here").await.problem(404, "not_found");
+    api.call(Method::PATCH, "/v1/pools/p1", None)
+        .await
+        .problem(405, "method_not_allowed");
+
+    let st = api.get("/v1/pools/p1/status").await;
+    assert_eq!(st.status, 200);
+    for f in [
+        "tokens",
+        "leases_active",
+        "avg_ttl_remaining_s",
+        "utilization",
+        "refresh_success_rate",
+        "quota_used_ratio",
+        "frozen",
+    ] {
+        assert!(st.body.get(f).is_some(), "status lacks {f}: {}", st.body);
+    }
+
+    api.post("/v1/pools/p1/tokens", json!({"secret": "s"}))
+        .await;
+    api.delete("/v1/pools/p1").await.problem(409, "conflict");
+    assert_eq!(api.delete("/v1/pools/p1?force=true").await.status, 204);
+    api.get("/v1/pools/p1").await.problem(404, "pool_not_found");
+    api.delete("/v1/pools/p1?force=maybe")
+        .await
+        .problem(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn token_endpoints() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    pool(api, "p", json!({})).await;
+    let a = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"secret": "one-secret", "id": "t1", "labels": {"acct": "a1"}}),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.body["ids"], json!(["t1"]));
+    let a = api.post("/v1/pools/p/tokens", json!({"tokens": [{"secret": "two"}, {"secret": "three", "refresh": {"kind": "external"}}]})).await;
+    assert_eq!(a.status, 201);
+    let ids: Vec<String> = serde_json::from_value(a.body["ids"].clone()).unwrap();
+    assert_eq!(ids.len(), 2);
+
+    api.post("/v1/pools/p/tokens", json!({"secret": "dup", "id": "t1"}))
+        .await
+        .problem(409, "conflict");
+    api.post("/v1/pools/p/tokens", json!({"id": "x"}))
+        .await
+        .problem(400, "invalid_request");
+    api.post("/v1/pools/p/tokens", json!({"secret": ""}))
+        .await
+        .problem(400, "invalid_request");
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"secret": "eyJhbGciOiJIUzI1NiJ9.!!!.sig"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"secret": "s", "expires_at": "tomorrow"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"secret": "s", "expires_at": 1000}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post("/v1/pools/p/tokens", json!({"secret": "s", "id": "bad id"}))
+        .await
+        .problem(400, "invalid_request");
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"secret": "s", "refresh": {"kind": "oauth2_refresh_token"}}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post("/v1/pools/p/tokens", json!({"tokens": []}))
+        .await
+        .problem(400, "invalid_request");
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"tokens": [{"secret": "a", "id": "z"}, {"secret": "b", "id": "z"}]}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post("/v1/pools/nope/tokens", json!({"secret": "s"}))
+        .await
+        .problem(404, "pool_not_found");
+    // A secret in a refused deposit is not echoed back.
+    let a = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"secret": "leaky-secret-value", "bogus": 1}),
+        )
+        .await;
+    a.problem(400, "invalid_request");
+    assert!(!a.body.to_string().contains("leaky-secret-value"));
+
+    let m = api.get("/v1/pools/p/tokens/t1").await;
+    assert_eq!(m.status, 200);
+    assert_eq!(m.body["state"], "active");
+    assert_eq!(m.body["labels"]["acct"], "a1");
+    assert!(m.str("fingerprint").starts_with("sha256:"));
+    assert!(
+        !m.body.to_string().contains("one-secret"),
+        "metadata must not carry the secret"
+    );
+    api.get("/v1/pools/p/tokens/nope")
+        .await
+        .problem(404, "token_not_found");
+
+    // Listing: pages and state filter.
+    let page = api.get("/v1/pools/p/tokens?limit=2").await;
+    assert_eq!(page.status, 200);
+    let mut seen = page.body["tokens"].as_array().unwrap().len();
+    let mut cursor = page.body["next_cursor"].clone();
+    while let Some(c) = cursor.as_str() {
+        let next = api
+            .get(&format!("/v1/pools/p/tokens?limit=2&cursor={c}"))
+            .await;
+        seen += next.body["tokens"].as_array().unwrap().len();
+        cursor = next.body["next_cursor"].clone();
+    }
+    assert_eq!(seen, 3);
+    api.get("/v1/pools/p/tokens?state=bogus")
+        .await
+        .problem(400, "invalid_request");
+    api.get("/v1/pools/p/tokens?limit=0")
+        .await
+        .problem(400, "invalid_request");
+
+    // Lifecycle actions.
+    api.post("/v1/pools/p/tokens/t1/restore", json!({}))
+        .await
+        .problem(409, "conflict");
+    api.post("/v1/pools/p/tokens/t1/refresh", json!({}))
+        .await
+        .problem(409, "conflict");
+    let r = api
+        .post(&format!("/v1/pools/p/tokens/{}/refresh", ids[1]), json!({}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.str("state")),
+        (202, "refreshing".to_string())
+    );
+    let d = api
+        .post(
+            "/v1/pools/p/tokens/t1/deprecate",
+            json!({"sunset_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(d.str("state"), "deprecated");
+    let rv = api
+        .post("/v1/pools/p/tokens/t1/revoke", json!({"reason": "leaked"}))
+        .await;
+    assert_eq!(rv.str("state"), "revoked");
+    let revoked = api.get("/v1/pools/p/tokens?state=revoked").await;
+    assert_eq!(revoked.body["tokens"][0]["id"], "t1");
+    assert_eq!(api.delete("/v1/pools/p/tokens/t1").await.status, 204);
+    api.get("/v1/pools/p/tokens/t1")
+        .await
+        .problem(404, "token_not_found");
+    api.delete("/v1/pools/p/tokens/t1")
+        .await
+        .problem(404, "token_not_found");
+}
+
+#[tokio::test]
+async fn lease_endpoints() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    pool(
+        api,
+        "p",
+        json!({"quota_limit": 10, "max_leases_per_token": 1, "max_lease_ttl_s": 600}),
+    )
+    .await;
+    api.post("/v1/pools/p/tokens", json!({"tokens": [
+        {"secret": "sa", "id": "a", "binding": {"proxy": "http://proxy-a:3128", "fingerprint": "fp-a"}},
+        {"secret": "sb", "id": "b", "binding": {"proxy": "http://proxy-b:3128"}}]})).await;
+
+    // Acquire with no body at all.
+    let res = api
+        .http
+        .post(format!("{}/v1/pools/p/leases", api.base))
+        .send()
+        .await
+        .unwrap();
+    let l1 = Api::answer(res).await;
+    assert_eq!(l1.status, 201, "{l1:?}");
+    let tok = l1.str("token_id");
+    let secret = if tok == "a" { "sa" } else { "sb" };
+    assert_eq!(l1.str("secret"), secret);
+    assert_eq!(
+        l1.body["headers"]["Authorization"],
+        format!("Bearer {secret}")
+    );
+    assert_eq!(
+        l1.body["binding"]["proxy"],
+        format!("http://proxy-{tok}:3128")
+    );
+    for f in [
+        "lease_id",
+        "pool",
+        "token_id",
+        "token_expires_at",
+        "lease_expires_at",
+        "units",
+    ] {
+        assert!(l1.body.get(f).is_some(), "lease lacks {f}");
+    }
+    let lid = l1.str("lease_id");
+
+    // Idempotent acquire: same key, same lease.
+    let k = [("Idempotency-Key", "job-7")];
+    let i1 = api
+        .call_with(
+            Method::POST,
+            "/v1/pools/p/leases",
+            Some(json!({"worker": "w1"})),
+            &k,
+        )
+        .await;
+    let i2 = api
+        .call_with(
+            Method::POST,
+            "/v1/pools/p/leases",
+            Some(json!({"worker": "w1"})),
+            &k,
+        )
+        .await;
+    assert_eq!((i1.status.as_u16(), i2.status.as_u16()), (201, 200));
+    assert_eq!(i1.str("lease_id"), i2.str("lease_id"));
+
+    // Both tokens busy: 503 with a Retry-After no later than the first lease deadline.
+    let ex = api.post("/v1/pools/p/leases", json!({})).await;
+    ex.problem(503, "pool_exhausted");
+    let ra = ex.retry_after.expect("Retry-After");
+    assert!((1..=60).contains(&ra), "{ra}");
+
+    // wait_ms: a waiting request gets the token a release frees.
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.post("/v1/pools/p/leases", json!({"wait_ms": 5000}))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rel = api
+        .post(
+            &format!("/v1/pools/p/leases/{lid}/release"),
+            json!({"outcome": "ok", "used": 1}),
+        )
+        .await;
+    assert_eq!(rel.status, 200, "{rel:?}");
+    let w = waiter.await.unwrap();
+    assert_eq!(w.status, 201, "{w:?}");
+    assert_eq!(w.str("token_id"), tok);
+
+    let renew = api
+        .post(
+            &format!("/v1/pools/p/leases/{}/renew", w.str("lease_id")),
+            json!({"ttl_s": 120}),
+        )
+        .await;
+    assert_eq!(renew.status, 200);
+    api.post(
+        &format!("/v1/pools/p/leases/{}/renew", w.str("lease_id")),
+        json!({"ttl_s": 601}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post(&format!("/v1/pools/p/leases/{lid}/release"), json!({}))
+        .await
+        .problem(410, "lease_gone");
+    api.post(&format!("/v1/pools/p/leases/{lid}/renew"), json!({}))
+        .await
+        .problem(410, "lease_gone");
+    api.post("/v1/pools/p/leases/bad%20id/release", json!({}))
+        .await
+        .problem(400, "invalid_request");
+    api.post(
+        &format!("/v1/pools/p/leases/{}/release", w.str("lease_id")),
+        json!({"used": 2}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    api.post(
+        &format!("/v1/pools/p/leases/{}/release", w.str("lease_id")),
+        json!({"outcome": "great"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+
+    // Rotate: the 401 path hands out the other token at once.
+    assert_eq!(
+        api.post(
+            &format!("/v1/pools/p/leases/{}/release", w.str("lease_id")),
+            json!({})
+        )
+        .await
+        .status,
+        200
+    );
+    let rot = api
+        .post(
+            &format!("/v1/pools/p/leases/{}/rotate", i1.str("lease_id")),
+            json!({"outcome": "unauthorized"}),
+        )
+        .await;
+    assert_eq!(rot.status, 201, "{rot:?}");
+    assert_ne!(rot.str("token_id"), i1.str("token_id"));
+    let burned = api
+        .get(&format!("/v1/pools/p/tokens/{}", i1.str("token_id")))
+        .await;
+    assert_eq!(
+        burned.str("state"),
+        "expired",
+        "no refresh method: a 401 expires it"
+    );
+
+    // Input checks.
+    for bad in [
+        json!({"units": 0}),
+        json!({"units": -1}),
+        json!({"ttl_s": 0}),
+        json!({"ttl_s": 601}),
+        json!({"wait_ms": 999999}),
+        json!({"worker": ""}),
+        json!({"unknown": 1}),
+    ] {
+        api.post("/v1/pools/p/leases", bad.clone())
+            .await
+            .problem(400, "invalid_request");
+    }
+    api.post("/v1/pools/nope/leases", json!({}))
+        .await
+        .problem(404, "pool_not_found");
+
+    // Freeze: 423, and revoke_leases ends the live ones.
+    let f = api
+        .post(
+            "/v1/pools/p/freeze",
+            json!({"revoke_leases": true, "reason": "drill"}),
+        )
+        .await;
+    assert_eq!(f.status, 200);
+    assert_eq!(f.body["leases_ended"].as_array().unwrap().len(), 1);
+    api.post("/v1/pools/p/leases", json!({}))
+        .await
+        .problem(423, "pool_frozen");
+    api.post(
+        &format!("/v1/pools/p/leases/{}/renew", rot.str("lease_id")),
+        json!({}),
+    )
+    .await
+    .problem(410, "lease_gone");
+    assert_eq!(api.get("/v1/pools/p/status").await.body["frozen"], true);
+    assert_eq!(
+        api.post("/v1/pools/p/unfreeze", json!({})).await.status,
+        200
+    );
+    assert_eq!(api.post("/v1/pools/p/leases", json!({})).await.status, 201);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut t = one(&[]).await;
+    let api = t.api.clone();
+    pool(&api, "p", json!({})).await;
+    // Nothing to lease: this request waits 1.5 s, and must still get its answer.
+    let waiting = tokio::spawn(async move {
+        api.post("/v1/pools/p/leases", json!({"wait_ms": 1500}))
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let st = tokio::task::spawn_blocking(move || {
+        let st = t.vault.child.terminate(std::time::Duration::from_secs(10));
+        (st, t)
+    });
+    let a = waiting.await.unwrap();
+    a.problem(503, "pool_exhausted");
+    let (status, _t) = st.await.unwrap();
+    assert!(status.expect("exited").success());
+}

@@ -1,0 +1,119 @@
+//! Secrets at rest: after deposits, leases and refresh credentials, no value anywhere in Redis
+//! contains a plaintext secret, while metadata stays readable for redis-cli users.
+
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::harness::one;
+
+/// Every string stored under every key, whatever its type.
+async fn dump_everything(url: &str) -> Vec<(String, String)> {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = {
+        let mut it: redis::AsyncIter<String> = c.scan().await.unwrap();
+        let mut v = vec![];
+        while let Some(k) = it.next_item().await {
+            v.push(k.unwrap());
+        }
+        v
+    };
+    let mut out = vec![];
+    for k in keys {
+        let ty: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let vals: Vec<String> = match ty.as_str() {
+            "string" => vec![c.get(&k).await.unwrap()],
+            "hash" => {
+                let h: Vec<String> = c.hgetall(&k).await.unwrap();
+                h
+            }
+            "set" => c.smembers(&k).await.unwrap(),
+            "zset" => c.zrange(&k, 0, -1).await.unwrap(),
+            "list" => c.lrange(&k, 0, -1).await.unwrap(),
+            other => panic!("unexpected key type {other} for {k}"),
+        };
+        // DUMP too: the serialized form must not carry it either (e.g. in a listpack).
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        out.push((k.clone(), String::from_utf8_lossy(&dump).into_owned()));
+        out.extend(vals.into_iter().map(|v| (k.clone(), v)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_plaintext_secret_in_redis() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put("/v1/pools/sec", json!({"max_leases_per_token": 3}))
+        .await;
+    let secrets = [
+        "PLAINTEXT-alpha-7f3a",
+        "PLAINTEXT-beta-91c2",
+        "PLAINTEXT-gamma-e4d0",
+    ];
+    let a = api
+        .post(
+            "/v1/pools/sec/tokens",
+            json!({"tokens": [
+                {"secret": secrets[0], "id": "t0"},
+                {"secret": secrets[1], "id": "t1", "refresh": {"kind": "oauth2_refresh_token",
+                    "token_url": "https://idp.example/token", "refresh_token": "PLAINTEXT-refresh-55aa",
+                    "client_id": "cid", "client_secret": "PLAINTEXT-client-66bb"}},
+                {"secret": secrets[2], "id": "t2"}]}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    for _ in 0..5 {
+        let l = api
+            .post("/v1/pools/sec/leases", json!({"session": "s1"}))
+            .await;
+        assert_eq!(l.status, 201);
+        assert!(
+            secrets.contains(&l.str("secret").as_str()),
+            "the lease itself carries the secret"
+        );
+    }
+    let everything = dump_everything(&t.dep.redis_url).await;
+    assert!(
+        everything.len() > 10,
+        "the scan saw the data: {}",
+        everything.len()
+    );
+    for (key, value) in &everything {
+        assert!(!value.contains("PLAINTEXT"), "plaintext secret under {key}");
+    }
+    // Metadata is readable where an operator looks.
+    let h = t
+        .redis
+        .cli(&["HGETALL", &format!("{}:{{sec}}:t:t0", t.dep.prefix)]);
+    for field in ["state", "fingerprint", "sha256:", "secret_ct", "key_id"] {
+        assert!(h.contains(field), "{field} missing in:\n{h}");
+    }
+    let meta = api.get("/v1/pools/sec/tokens/t1").await;
+    assert_eq!(meta.body["refresh"]["client_id"], "cid");
+    assert!(!meta.body.to_string().contains("PLAINTEXT"));
+}
+
+#[tokio::test]
+async fn a_vault_with_another_master_key_cannot_read_secrets() {
+    let t = one(&[]).await;
+    t.api.put("/v1/pools/k", json!({})).await;
+    t.api
+        .post("/v1/pools/k/tokens", json!({"secret": "s3cr3t"}))
+        .await;
+    let mut other = t.dep.clone();
+    other.master_key = vault_core::crypto::MasterKey::generate().to_base64();
+    let v2 = other.vault(&[]).await;
+    let api2 = crate::harness::Api::new(&v2.base);
+    let a = api2.post("/v1/pools/k/leases", json!({})).await;
+    a.problem(500, "crypto_error");
+    assert!(!a.body.to_string().contains("s3cr3t"));
+}
