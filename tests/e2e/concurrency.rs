@@ -345,7 +345,7 @@ async fn invariants_hold_under_concurrency_across_replicas() {
         "lease records left behind"
     );
 
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     let grants = &log.grants;
     let dead = log.ends.values().filter(|e| **e == End::Died).count();
     let gone = log

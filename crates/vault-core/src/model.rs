@@ -679,58 +679,6 @@ pub struct PoolStatus {
     pub frozen: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_config_defaults_and_bounds() {
-        let c = PoolConfigInput::default().validate().unwrap();
-        assert_eq!(
-            (c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token),
-            (60, 90, 1)
-        );
-        let bad = |j: &str| {
-            serde_json::from_str::<PoolConfigInput>(j)
-                .map_err(|e| e.to_string())
-                .and_then(|i| i.validate().map_err(|e| e.to_string()))
-        };
-        assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
-        assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
-        assert!(bad(r#"{"max_leases_per_token":0}"#).is_err());
-        assert!(bad(r#"{"quota_limit":-1}"#).is_err());
-        assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
-        assert!(bad(r#"{"strategy":"random"}"#).is_err());
-        let c2 = PoolConfig::from_fields(
-            &c.to_fields()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        );
-        assert_eq!(c, c2);
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(check_pool_name("scrape.prod-1_a").is_ok());
-        for bad in ["", "a b", "x}y", "{p}", "a:b", &"x".repeat(65), "ü"] {
-            assert!(check_pool_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn refresh_needs_its_fields() {
-        let r: RefreshInput = serde_json::from_str(
-            r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#,
-        )
-        .unwrap();
-        assert!(r.validate().is_err());
-        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
-        assert!(r.validate().is_ok());
-        assert!(!format!("{r:?}").contains("\"rt\""));
-    }
-}
-
 impl TokenInput {
     /// Validate and seal for the deposit script: secret and refresh credentials encrypted with
     /// the pool and token id as associated data; a JWT without `expires_at` takes its `exp`.
@@ -781,5 +729,57 @@ impl TokenInput {
             refresh_pub,
             id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_config_defaults_and_bounds() {
+        let c = PoolConfigInput::default().validate().unwrap();
+        assert_eq!(
+            (c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token),
+            (60, 90, 1)
+        );
+        let bad = |j: &str| {
+            serde_json::from_str::<PoolConfigInput>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.validate().map_err(|e| e.to_string()))
+        };
+        assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
+        assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
+        assert!(bad(r#"{"max_leases_per_token":0}"#).is_err());
+        assert!(bad(r#"{"quota_limit":-1}"#).is_err());
+        assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
+        assert!(bad(r#"{"strategy":"random"}"#).is_err());
+        let c2 = PoolConfig::from_fields(
+            &c.to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_pool_name("scrape.prod-1_a").is_ok());
+        for bad in ["", "a b", "x}y", "{p}", "a:b", &"x".repeat(65), "ü"] {
+            assert!(check_pool_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_needs_its_fields() {
+        let r: RefreshInput = serde_json::from_str(
+            r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#,
+        )
+        .unwrap();
+        assert!(r.validate().is_err());
+        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
+        assert!(r.validate().is_ok());
+        assert!(!format!("{r:?}").contains("\"rt\""));
     }
 }

@@ -25,6 +25,10 @@ use crate::Result;
 /// Readiness probe: proves EVALSHA works on this connection (ACLs can forbid it at run time).
 static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new("return 'ok'"));
 
+/// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
+/// sampled token ids.
+type StatusRow = (u64, u64, HashMap<String, i64>, (i64, i64), Vec<String>);
+
 /// A token ready for the deposit script: secret and refresh credentials already sealed.
 #[derive(Debug, Clone, Serialize)]
 pub struct SealedToken {
@@ -388,13 +392,7 @@ impl Store {
         p.cmd("HGETALL").arg(pk.stats());
         p.cmd("TIME");
         p.cmd("SRANDMEMBER").arg(pk.ids()).arg(1000);
-        let (leases, exp_n, stats, time, sample): (
-            u64,
-            u64,
-            HashMap<String, i64>,
-            (i64, i64),
-            Vec<String>,
-        ) = self.pipe(p).await?;
+        let (leases, exp_n, stats, time, sample): StatusRow = self.pipe(p).await?;
         let now_ms = match &self.clock {
             Some(c) => c.load(Ordering::SeqCst),
             None => time.0 * 1000 + time.1 / 1000,

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what tokenvault needs on a fresh Debian/Ubuntu machine: redis-server (the vault's
+# engine, also started privately by tests and `tokenvault dev`) and a C toolchain for crates
+# that build C. Rust itself comes from rustup (https://rustup.rs) if cargo is missing.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The Debian package starts a system-wide redis on 6379; tokenvault never uses it (tests and
+# dev mode start their own on free ports), so leave it as the package set it up.
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
