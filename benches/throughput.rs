@@ -1,1 +1,261 @@
-fn main() {}
+//! tokenvault benchmarks (a bench binary; figures are reported, never asserted).
+//!
+//! Build the release binaries first, then run:
+//!   cargo build --release --workspace --bins && cargo bench --bench throughput
+//!
+//! Measures, in one run on one machine:
+//!   (a) the raw ceiling: acquire+release scripts called directly (EVALSHA) from C tasks;
+//!   (b) end-to-end HTTP lease+release cycles/s and p50/p99 against one and two vault-api
+//!       replicas at the same concurrency, and lease latency at half the peak rate;
+//!   (c) acquire+release cost with 100 vs 100,000 tokens in a pool (client round trip and
+//!       Redis's own time per script call from INFO commandstats).
+//! The load generator shares the machine with Redis and the replicas.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::{bin_path, free_port, Child, RedisServer};
+use vault_core::config::RedisArgs;
+use vault_core::crypto::{Cipher, MasterKey};
+use vault_core::model::{Outcome, PoolConfigInput, Report, TokenInput};
+use vault_core::store::AcquireArgs;
+use vault_core::Store;
+
+const CONCURRENCY: usize = 64;
+const RUN: Duration = Duration::from_secs(5);
+
+fn store_for(redis: &RedisServer, prefix: &str) -> Store {
+    Store::connect(&RedisArgs {
+        redis_url: redis.url(),
+        prefix: prefix.into(),
+        redis_timeout_ms: 5000,
+        redis_pool_size: 16,
+    })
+    .unwrap()
+}
+
+async fn make_pool(store: &Store, cipher: &Cipher, pool: &str, tokens: usize) {
+    let cfg: PoolConfigInput = serde_json::from_value(json!({"max_leases_per_token": 1000})).unwrap();
+    store.pool_upsert(pool, &cfg.validate().unwrap()).await.unwrap();
+    for chunk in (0..tokens).collect::<Vec<_>>().chunks(1000) {
+        let sealed: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let t: TokenInput = serde_json::from_value(json!({"id": format!("t{i}"), "secret": format!("secret-{i}")})).unwrap();
+                t.seal(cipher, pool).unwrap()
+            })
+            .collect();
+        store.deposit(pool, &sealed).await.unwrap();
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct Figures {
+    cycles_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Closed loop: `CONCURRENCY` tasks each doing acquire+release for `RUN`.
+async fn raw_ceiling(store: &Store, pool: &str) -> Figures {
+    let stop = Instant::now() + RUN;
+    let mut tasks = vec![];
+    for _ in 0..CONCURRENCY {
+        let store = store.clone();
+        let pool = pool.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+                let g = store.acquire(&pool, &a).await.unwrap();
+                store.release(&pool, &g.lease_id, &Report { outcome: Outcome::Ok, ..Default::default() }).await.unwrap();
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    collect(tasks, RUN).await
+}
+
+async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>, run: Duration) -> Figures {
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    Figures { cycles_per_s: all.len() as f64 / run.as_secs_f64(), p50_ms: pct(&all, 0.5), p99_ms: pct(&all, 0.99) }
+}
+
+async fn http_cycle(client: &reqwest::Client, base: &str) -> (u64, u64) {
+    let t = Instant::now();
+    let r = client.post(format!("{base}/v1/pools/bench/leases")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let lease_us = t.elapsed().as_micros() as u64;
+    let lid = v["lease_id"].as_str().unwrap();
+    let r = client.post(format!("{base}/v1/pools/bench/leases/{lid}/release")).json(&json!({"outcome": "ok"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    (lease_us, t.elapsed().as_micros() as u64)
+}
+
+/// Closed loop over HTTP, tasks spread over the replicas.
+async fn http_closed(bases: &[String]) -> Figures {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
+    let stop = Instant::now() + RUN;
+    let mut tasks = vec![];
+    for i in 0..CONCURRENCY {
+        let client = client.clone();
+        let base = bases[i % bases.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            while Instant::now() < stop {
+                lat.push(http_cycle(&client, &base).await.1);
+            }
+            lat
+        }));
+    }
+    collect(tasks, RUN).await
+}
+
+/// Open loop at `rate` cycles/s; returns lease (acquire) latency p50/p99.
+async fn http_open(bases: &[String], rate: f64) -> Figures {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let started = Arc::new(AtomicU64::new(0));
+    let begin = Instant::now();
+    let mut tasks = vec![];
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while begin.elapsed() < RUN {
+        tick.tick().await;
+        let due = (begin.elapsed().as_secs_f64() * rate) as u64;
+        while started.load(Ordering::Relaxed) < due {
+            let n = started.fetch_add(1, Ordering::Relaxed);
+            let client = client.clone();
+            let base = bases[n as usize % bases.len()].clone();
+            let lat = lat.clone();
+            tasks.push(tokio::spawn(async move {
+                let (lease_us, _) = http_cycle(&client, &base).await;
+                lat.lock().unwrap().push(lease_us);
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut all = std::mem::take(&mut *lat.lock().unwrap());
+    all.sort_unstable();
+    Figures { cycles_per_s: all.len() as f64 / RUN.as_secs_f64(), p50_ms: pct(&all, 0.5), p99_ms: pct(&all, 0.99) }
+}
+
+/// Sequential acquire+release; returns (client µs per cycle, Redis µs per EVALSHA call).
+async fn acquire_cost(redis: &RedisServer, store: &Store, pool: &str, cycles: usize) -> (f64, f64) {
+    for _ in 0..200 {
+        let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+        let g = store.acquire(pool, &a).await.unwrap();
+        store.release(pool, &g.lease_id, &Report::default()).await.unwrap();
+    }
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let t = Instant::now();
+    for _ in 0..cycles {
+        let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+        let g = store.acquire(pool, &a).await.unwrap();
+        store.release(pool, &g.lease_id, &Report::default()).await.unwrap();
+    }
+    let client_us = t.elapsed().as_micros() as f64 / cycles as f64;
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("");
+    let per_call = line
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("usec_per_call="))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    (client_us, per_call)
+}
+
+fn start_vault(redis: &RedisServer, prefix: &str, key: &str) -> (Child, String) {
+    let port = free_port();
+    let child = Child::spawn(
+        &bin_path("vault-api"),
+        &[],
+        &[
+            ("TV_REDIS_URL", redis.url()),
+            ("TV_PREFIX", prefix.to_string()),
+            ("TV_MASTER_KEY", key.to_string()),
+            ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("RUST_LOG", "warn".to_string()),
+        ],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(testkit::wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    (child, base)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a listing; nothing to list.
+    }
+    let redis = RedisServer::start();
+    let key = MasterKey::generate();
+    let cipher = Cipher::new(&key);
+    let store = store_for(&redis, "bench");
+    store.load_scripts().await.unwrap();
+    make_pool(&store, &cipher, "bench", 100).await;
+
+    println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");
+    let raw = raw_ceiling(&store, "bench").await;
+    println!("(a) raw scripts (EVALSHA acquire+release): {:.0} cycles/s, p50 {:.2} ms, p99 {:.2} ms", raw.cycles_per_s, raw.p50_ms, raw.p99_ms);
+
+    let (mut v1, b1) = start_vault(&redis, "bench", &key.to_base64());
+    let one = http_closed(std::slice::from_ref(&b1)).await;
+    println!(
+        "(b) HTTP, 1 replica:  {:.0} cycles/s ({:.0}% of raw), p50 {:.2} ms, p99 {:.2} ms",
+        one.cycles_per_s,
+        100.0 * one.cycles_per_s / raw.cycles_per_s,
+        one.p50_ms,
+        one.p99_ms
+    );
+    let (mut v2, b2) = start_vault(&redis, "bench", &key.to_base64());
+    let both = [b1.clone(), b2.clone()];
+    let two = http_closed(&both).await;
+    println!(
+        "(b) HTTP, 2 replicas: {:.0} cycles/s ({:.0}% of raw), p50 {:.2} ms, p99 {:.2} ms",
+        two.cycles_per_s,
+        100.0 * two.cycles_per_s / raw.cycles_per_s,
+        two.p50_ms,
+        two.p99_ms
+    );
+    let peak = one.cycles_per_s.max(two.cycles_per_s);
+    let half = http_open(&both, peak / 2.0).await;
+    println!(
+        "(b) HTTP at half the peak ({:.0} cycles/s offered, {:.0} done): lease p50 {:.2} ms, p99 {:.2} ms",
+        peak / 2.0,
+        half.cycles_per_s,
+        half.p50_ms,
+        half.p99_ms
+    );
+    v1.kill();
+    v2.kill();
+
+    make_pool(&store, &cipher, "big", 100_000).await;
+    let (small_client, small_redis) = acquire_cost(&redis, &store, "bench", 5000).await;
+    let (big_client, big_redis) = acquire_cost(&redis, &store, "big", 5000).await;
+    println!("(c) acquire+release, 100 tokens:     {small_client:.1} µs per cycle (client), {small_redis:.2} µs per script call (Redis)");
+    println!("(c) acquire+release, 100,000 tokens: {big_client:.1} µs per cycle (client), {big_redis:.2} µs per script call (Redis)");
+    println!(
+        "(c) ratio 100k/100: {:.2}x client, {:.2}x Redis",
+        big_client / small_client,
+        big_redis / small_redis
+    );
+}
