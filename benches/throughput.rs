@@ -37,13 +37,20 @@ fn store_for(redis: &RedisServer, prefix: &str) -> Store {
 }
 
 async fn make_pool(store: &Store, cipher: &Cipher, pool: &str, tokens: usize) {
-    let cfg: PoolConfigInput = serde_json::from_value(json!({"max_leases_per_token": 1000})).unwrap();
-    store.pool_upsert(pool, &cfg.validate().unwrap()).await.unwrap();
+    let cfg: PoolConfigInput =
+        serde_json::from_value(json!({"max_leases_per_token": 1000})).unwrap();
+    store
+        .pool_upsert(pool, &cfg.validate().unwrap())
+        .await
+        .unwrap();
     for chunk in (0..tokens).collect::<Vec<_>>().chunks(1000) {
         let sealed: Vec<_> = chunk
             .iter()
             .map(|i| {
-                let t: TokenInput = serde_json::from_value(json!({"id": format!("t{i}"), "secret": format!("secret-{i}")})).unwrap();
+                let t: TokenInput = serde_json::from_value(
+                    json!({"id": format!("t{i}"), "secret": format!("secret-{i}")}),
+                )
+                .unwrap();
                 t.seal(cipher, pool).unwrap()
             })
             .collect();
@@ -76,9 +83,23 @@ async fn raw_ceiling(store: &Store, pool: &str) -> Figures {
             let mut lat = vec![];
             while Instant::now() < stop {
                 let t = Instant::now();
-                let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+                let a = AcquireArgs {
+                    lease_id: uuid::Uuid::new_v4().to_string(),
+                    units: 1,
+                    ..Default::default()
+                };
                 let g = store.acquire(&pool, &a).await.unwrap();
-                store.release(&pool, &g.lease_id, &Report { outcome: Outcome::Ok, ..Default::default() }).await.unwrap();
+                store
+                    .release(
+                        &pool,
+                        &g.lease_id,
+                        &Report {
+                            outcome: Outcome::Ok,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
                 lat.push(t.elapsed().as_micros() as u64);
             }
             lat
@@ -93,24 +114,41 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>, run: Duration) -
         all.extend(t.await.unwrap());
     }
     all.sort_unstable();
-    Figures { cycles_per_s: all.len() as f64 / run.as_secs_f64(), p50_ms: pct(&all, 0.5), p99_ms: pct(&all, 0.99) }
+    Figures {
+        cycles_per_s: all.len() as f64 / run.as_secs_f64(),
+        p50_ms: pct(&all, 0.5),
+        p99_ms: pct(&all, 0.99),
+    }
 }
 
 async fn http_cycle(client: &reqwest::Client, base: &str) -> (u64, u64) {
     let t = Instant::now();
-    let r = client.post(format!("{base}/v1/pools/bench/leases")).json(&json!({})).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v1/pools/bench/leases"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let v: serde_json::Value = r.json().await.unwrap();
     let lease_us = t.elapsed().as_micros() as u64;
     let lid = v["lease_id"].as_str().unwrap();
-    let r = client.post(format!("{base}/v1/pools/bench/leases/{lid}/release")).json(&json!({"outcome": "ok"})).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v1/pools/bench/leases/{lid}/release"))
+        .json(&json!({"outcome": "ok"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     (lease_us, t.elapsed().as_micros() as u64)
 }
 
 /// Closed loop over HTTP, tasks spread over the replicas.
 async fn http_closed(bases: &[String]) -> Figures {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
     let stop = Instant::now() + RUN;
     let mut tasks = vec![];
     for i in 0..CONCURRENCY {
@@ -129,7 +167,10 @@ async fn http_closed(bases: &[String]) -> Figures {
 
 /// Open loop at `rate` cycles/s; returns lease (acquire) latency p50/p99.
 async fn http_open(bases: &[String], rate: f64) -> Figures {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
     let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
     let started = Arc::new(AtomicU64::new(0));
     let begin = Instant::now();
@@ -155,26 +196,47 @@ async fn http_open(bases: &[String], rate: f64) -> Figures {
     }
     let mut all = std::mem::take(&mut *lat.lock().unwrap());
     all.sort_unstable();
-    Figures { cycles_per_s: all.len() as f64 / RUN.as_secs_f64(), p50_ms: pct(&all, 0.5), p99_ms: pct(&all, 0.99) }
+    Figures {
+        cycles_per_s: all.len() as f64 / RUN.as_secs_f64(),
+        p50_ms: pct(&all, 0.5),
+        p99_ms: pct(&all, 0.99),
+    }
 }
 
 /// Sequential acquire+release; returns (client µs per cycle, Redis µs per EVALSHA call).
 async fn acquire_cost(redis: &RedisServer, store: &Store, pool: &str, cycles: usize) -> (f64, f64) {
     for _ in 0..200 {
-        let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+        let a = AcquireArgs {
+            lease_id: uuid::Uuid::new_v4().to_string(),
+            units: 1,
+            ..Default::default()
+        };
         let g = store.acquire(pool, &a).await.unwrap();
-        store.release(pool, &g.lease_id, &Report::default()).await.unwrap();
+        store
+            .release(pool, &g.lease_id, &Report::default())
+            .await
+            .unwrap();
     }
     redis.cli(&["CONFIG", "RESETSTAT"]);
     let t = Instant::now();
     for _ in 0..cycles {
-        let a = AcquireArgs { lease_id: uuid::Uuid::new_v4().to_string(), units: 1, ..Default::default() };
+        let a = AcquireArgs {
+            lease_id: uuid::Uuid::new_v4().to_string(),
+            units: 1,
+            ..Default::default()
+        };
         let g = store.acquire(pool, &a).await.unwrap();
-        store.release(pool, &g.lease_id, &Report::default()).await.unwrap();
+        store
+            .release(pool, &g.lease_id, &Report::default())
+            .await
+            .unwrap();
     }
     let client_us = t.elapsed().as_micros() as f64 / cycles as f64;
     let stats = redis.cli(&["INFO", "commandstats"]);
-    let line = stats.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("");
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("");
     let per_call = line
         .split(',')
         .find_map(|kv| kv.strip_prefix("usec_per_call="))
@@ -197,7 +259,9 @@ fn start_vault(redis: &RedisServer, prefix: &str, key: &str) -> (Child, String) 
         ],
     );
     let base = format!("http://127.0.0.1:{port}");
-    assert!(testkit::wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    assert!(testkit::wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
     (child, base)
 }
 
@@ -215,7 +279,10 @@ async fn main() {
 
     println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");
     let raw = raw_ceiling(&store, "bench").await;
-    println!("(a) raw scripts (EVALSHA acquire+release): {:.0} cycles/s, p50 {:.2} ms, p99 {:.2} ms", raw.cycles_per_s, raw.p50_ms, raw.p99_ms);
+    println!(
+        "(a) raw scripts (EVALSHA acquire+release): {:.0} cycles/s, p50 {:.2} ms, p99 {:.2} ms",
+        raw.cycles_per_s, raw.p50_ms, raw.p99_ms
+    );
 
     let (mut v1, b1) = start_vault(&redis, "bench", &key.to_base64());
     let one = http_closed(std::slice::from_ref(&b1)).await;
