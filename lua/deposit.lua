@@ -2,7 +2,8 @@
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] JSON array of tokens, each {id, secret_ct, key_id, fingerprint,
 --   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy, binding_fp, labels (JSON text),
---   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted.
+--   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted (the refresh
+--   credentials with the same key as the secret).
 -- Returns {"ids":[...]} | {"err":"pool_not_found"|"conflict"|"invalid_request"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
@@ -26,7 +27,7 @@ for _, d in ipairs(toks) do
     'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
     'expires_at', d.expires_at, 'quota_limit', d.quota_limit, 'proxy', d.proxy,
     'binding_fp', d.binding_fp, 'labels', d.labels, 'refresh_kind', d.refresh_kind,
-    'refresh_ct', d.refresh_ct, 'refresh_pub', d.refresh_pub,
+    'refresh_ct', d.refresh_ct, 'refresh_key_id', d.key_id, 'refresh_pub', d.refresh_pub,
     'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,
     'last_error', '', 'created_at', NOW, 'last_leased_at', 0, 'generation', 1)
   redis.call('SADD', K.ids, d.id)
@@ -35,6 +36,7 @@ for _, d in ipairs(toks) do
     out_of_rotation(d.id, t, c)
   else
     exp_add(d.id, t)
+    due_add(d.id, t, c)
     reconcile(d.id, t, c)
   end
   ids[#ids + 1] = d.id

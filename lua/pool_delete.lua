@@ -16,5 +16,6 @@ for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantine
   redis.call('DEL', vkey(view))
 end
 redis.call('DEL', K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(),
-  K.base .. 'seq', K.base .. 'sunset')
+  K.base .. 'seq', K.base .. 'sunset', due_key(), xjobs_key(), K.jobs .. ':claimed',
+  xjobs_key() .. ':claimed')
 return reply({ deleted = n })

@@ -159,13 +159,44 @@ local function refreshable(t)
   return t.refresh_kind ~= nil and t.refresh_kind ~= '' and t.refresh_kind ~= 'none'
 end
 
+-- Refresh scheduling. `due` holds refreshable tokens by the time their preemptive refresh is
+-- due (expires_at - refresh_margin_s); `jobs` (refresher) and `xjobs` (external login
+-- workers) hold queued jobs by visible-at; `<queue>:claimed` holds claimed jobs by the end of
+-- their visibility timeout (the distributed in-flight count per pool).
+local function due_key() return K.base .. 'due' end
+local function xjobs_key() return K.base .. 'xjobs' end
+local function job_key(job_id) return K.base .. 'job:' .. job_id end
+local function queue_of(t)
+  if t.refresh_kind == 'external' then return xjobs_key() end
+  return K.jobs
+end
+local function margin_ms(c)
+  if c.refresh_margin_s ~= nil and c.refresh_margin_s ~= '' then return num(c.refresh_margin_s, 0) * 1000 end
+  return min_ttl_ms(c) + 30000
+end
+local function due_add(id, t, c)
+  local at = num(t.expires_at, 0)
+  if refreshable(t) and at > 0 then redis.call('ZADD', due_key(), at - margin_ms(c), id) end
+end
+-- Queue a refresh job now; a token already queued keeps its place (at most one job at a time).
+local function enqueue_job(id, t)
+  redis.call('ZADD', queue_of(t), 'NX', NOW, id)
+end
+-- Forget every refresh schedule of a token (revoked, deleted, quarantined).
+local function unschedule(id)
+  redis.call('ZREM', K.jobs, id)
+  redis.call('ZREM', xjobs_key(), id)
+  redis.call('ZREM', due_key(), id)
+end
+
 -- Take a token out of rotation because it is (nearly) expired or came back 401:
 -- `refreshing` with a refresh job when it can be refreshed, else `expired`.
 local function out_of_rotation(id, t, c)
   exp_del(id, t)
+  redis.call('ZREM', due_key(), id)
   if refreshable(t) then
     put(id, t, 'state', 'refreshing')
-    redis.call('ZADD', K.jobs, 'NX', NOW, id)
+    enqueue_job(id, t)
   else
     put(id, t, 'state', 'expired')
   end
@@ -359,6 +390,7 @@ local function apply_outcome(id, t, c, r)
     if s >= num(c.quarantine_after_strikes, 3) then
       put(id, t, 'state', 'quarantined')
       exp_del(id, t)
+      unschedule(id)
     end
   end
 end

@@ -11,7 +11,8 @@ if t == nil then return fail('token_not_found') end
 if not refreshable(t) then return fail('conflict', { detail = 'the token has no refresh method' }) end
 if t.state == 'revoked' then return fail('conflict', { detail = 'the token is revoked' }) end
 exp_del(id, t)
+redis.call('ZREM', due_key(), id)
 put(id, t, 'state', 'refreshing')
-redis.call('ZADD', K.jobs, 'NX', NOW, id)
+enqueue_job(id, t)
 reconcile(id, t, c)
 return reply({ state = t.view })

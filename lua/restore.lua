@@ -17,6 +17,7 @@ if too_short_lived(t, c) then
   out_of_rotation(id, t, c)
 else
   exp_add(id, t)
+  due_add(id, t, c)
   reconcile(id, t, c)
 end
 return reply({ state = t.view })

@@ -16,7 +16,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, ton
     put(id, t, 'revoked_at', NOW)
     put(id, t, 'last_error', 'sunset')
     exp_del(id, t)
-    redis.call('ZREM', K.jobs, id)
+    unschedule(id)
     reconcile(id, t, c)
     out[#out + 1] = { token_id = id, leases_ended = ended }
   end

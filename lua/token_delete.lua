@@ -10,7 +10,7 @@ local ended = end_token_leases(id)
 exp_del(id, t)
 redis.call('ZREM', K.ready, id)
 redis.call('ZREM', K.cool, id)
-redis.call('ZREM', K.jobs, id)
+unschedule(id)
 redis.call('ZREM', K.base .. 'sunset', id)
 if t.view ~= nil then redis.call('SREM', vkey(t.view), id) end
 redis.call('SREM', K.ids, id)

@@ -1,7 +1,7 @@
 //! `tokenvault`: the all-in-one development binary.
 //!
-//! `tokenvault dev` starts a private redis-server (unless `TV_REDIS_URL` is set), runs the API
-//! and the janitor in one process, seeds a demo pool and prints how to lease from it.
+//! `tokenvault dev` starts a private redis-server (unless `TV_REDIS_URL` is set), runs the API,
+//! the janitor and the refresher in one process, seeds a demo pool and prints how to lease from it.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run everything in one process for development: Redis (private), API, janitor, demo pool.
+    /// Run everything in one process for development: Redis (private), API, janitor, refresher, demo pool.
     Dev(DevArgs),
 }
 
@@ -206,6 +206,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             let _ = janitor_stop.changed().await;
         },
     ));
+    let refresher_cfg =
+        refresher::RefresherConfig::try_parse_from(["refresher", "--redis-url", &redis_url])?;
+    let refresher =
+        refresher::Refresher::new(state.store.clone(), state.cipher.clone(), refresher_cfg)?;
+    let mut refresher_stop = stop_rx.clone();
+    let refresher = tokio::spawn(refresher.run(async move {
+        let _ = refresher_stop.changed().await;
+    }));
     let mut api_stop = stop_rx;
     let api = tokio::spawn(vault_api::server::serve(
         state,
@@ -218,6 +226,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     vault_core::config::shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = janitor.await;
+    let _ = refresher.await;
     api.await??;
     drop(private_redis);
     Ok(())

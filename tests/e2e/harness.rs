@@ -71,6 +71,21 @@ impl Deployment {
         Vault { child, base }
     }
 
+    /// Start a refresher tuned for tests (fast polling, short backoff); `extra` overrides.
+    pub(crate) fn refresher(&self, extra: &[(&str, &str)]) -> Child {
+        let mut env = self.env(&[
+            ("TV_REFRESHER_POLL_MS", "50"),
+            ("TV_REFRESH_BACKOFF_MS", "100"),
+            ("TV_REFRESH_HTTP_TIMEOUT_MS", "1000"),
+            ("TV_REFRESH_VISIBILITY_MS", "3000"),
+        ]);
+        for (k, v) in extra {
+            env.retain(|(e, _)| e != k);
+            env.push((Box::leak(k.to_string().into_boxed_str()), v.to_string()));
+        }
+        Child::spawn(&bin_path("refresher"), &[], &env)
+    }
+
     /// Start a janitor sweeping every `interval_ms`.
     pub(crate) fn janitor(&self, interval_ms: u64) -> Child {
         let iv = interval_ms.to_string();
@@ -205,6 +220,42 @@ pub(crate) async fn one(extra: &[(&str, &str)]) -> One {
         vault,
         api,
     }
+}
+
+/// Poll GET `path` until `pred` holds for the JSON body; panics with the last body after
+/// `deadline`.
+pub(crate) async fn wait_json(
+    api: &Api,
+    path: &str,
+    deadline: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        let a = api.get(path).await;
+        if pred(&a.body) {
+            return a.body;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "condition not reached on {path}: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Poll `cond` until it holds (async, so servers in this test process keep running); returns
+/// whether it did before `deadline`.
+pub(crate) async fn eventually(deadline: Duration, cond: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    while !cond() {
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Unix ms now (same machine, same clock as Redis TIME).

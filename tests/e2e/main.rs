@@ -2,8 +2,10 @@
 //! `janitor` binaries, HTTP in between. One test binary so the workspace links once.
 
 mod concurrency;
+mod fakes;
 mod harness;
 mod http;
 mod keys;
 mod outage;
+mod refresh;
 mod secrets;

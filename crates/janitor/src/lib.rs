@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`JanitorConfig`]: settings (clap + env).
 //! - [`sweep_once`]: one pass over every pool (reap leases, return cooled tokens, expire
-//!   tokens whose life ran short, revoke deprecated tokens at sunset).
+//!   tokens whose life ran short, revoke deprecated tokens at sunset, queue due refreshes).
 //! - [`run`]: the loop, with a shutdown signal.
 
 use std::future::Future;
@@ -47,6 +47,7 @@ pub struct SweepStats {
     pub returned: u64,
     pub expired: u64,
     pub sunset: u64,
+    pub enqueued: u64,
 }
 
 /// Call `step` until it handles fewer than `batch` items; returns the total.
@@ -106,7 +107,8 @@ pub async fn run(
                 let _e = span.enter();
                 match sweep_once(&store, batch).await {
                     Ok(st) if st != SweepStats::default() => tracing::info!(
-                        reaped = st.reaped, returned = st.returned, expired = st.expired, sunset = st.sunset, "sweep"),
+                        reaped = st.reaped, returned = st.returned, expired = st.expired, sunset = st.sunset,
+                        enqueued = st.enqueued, "sweep"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }

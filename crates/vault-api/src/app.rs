@@ -10,7 +10,7 @@ use vault_core::crypto::Cipher;
 use vault_core::Store;
 
 use crate::error::ApiError;
-use crate::routes::{health, leases, pools, tokens};
+use crate::routes::{health, jobs, leases, pools, tokens};
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -69,7 +69,13 @@ pub fn router(state: AppState) -> Router {
             "/pools/{pool}/leases/{lease}/release",
             post(leases::release),
         )
-        .route("/pools/{pool}/leases/{lease}/rotate", post(leases::rotate));
+        .route("/pools/{pool}/leases/{lease}/rotate", post(leases::rotate))
+        .route("/pools/{pool}/refresh-jobs/claim", post(jobs::claim))
+        .route(
+            "/pools/{pool}/refresh-jobs/{job}/complete",
+            post(jobs::complete),
+        )
+        .route("/pools/{pool}/refresh-jobs/{job}/fail", post(jobs::fail));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(health::healthz))

@@ -52,7 +52,7 @@ impl From<VaultError> for ApiError {
             VaultError::PoolNotFound | VaultError::TokenNotFound => {
                 (S::NOT_FOUND, e.to_string(), None)
             }
-            VaultError::LeaseGone => (S::GONE, e.to_string(), None),
+            VaultError::LeaseGone | VaultError::JobGone => (S::GONE, e.to_string(), None),
             VaultError::PoolFrozen => (S::LOCKED, e.to_string(), None),
             VaultError::PoolExhausted { retry_after_ms } => {
                 // Round up, at least 1 s: a fleet that retries at once only hammers.
@@ -66,6 +66,7 @@ impl From<VaultError> for ApiError {
                 )
             }
             VaultError::IdempotencyConflict
+            | VaultError::StaleJob(_)
             | VaultError::Conflict(_)
             | VaultError::TokenExpiring(_)
             | VaultError::QuotaExhausted(_) => (S::CONFLICT, e.to_string(), None),

@@ -22,6 +22,10 @@ pub enum VaultError {
     IdempotencyConflict,
     #[error("{0}")]
     Conflict(String),
+    #[error("the refresh job is gone (completed, failed, or its token deleted)")]
+    JobGone,
+    #[error("stale refresh job: {0}")]
+    StaleJob(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -49,6 +53,8 @@ impl VaultError {
             Self::PoolExhausted { .. } => "pool_exhausted",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::Conflict(_) => "conflict",
+            Self::JobGone => "job_gone",
+            Self::StaleJob(_) => "stale_job",
             Self::Invalid(_) => "invalid_request",
             Self::TokenExpiring(_) => "token_expiring",
             Self::QuotaExhausted(_) => "quota_exhausted",
@@ -79,6 +85,8 @@ impl VaultError {
             },
             "idempotency_conflict" => Self::IdempotencyConflict,
             "conflict" => Self::Conflict(detail),
+            "job_gone" => Self::JobGone,
+            "stale_job" => Self::StaleJob(detail),
             "invalid_request" => Self::Invalid(detail),
             "token_expiring" => Self::TokenExpiring(detail),
             "quota_exhausted" => Self::QuotaExhausted(detail),

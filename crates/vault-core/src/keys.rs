@@ -75,6 +75,10 @@ impl PoolKeys {
     pub fn lease(&self, lease_id: &str) -> String {
         self.k(&format!("l:{lease_id}"))
     }
+    /// One claimed refresh job (`job_key` in the prelude).
+    pub fn job(&self, job_id: &str) -> String {
+        self.k(&format!("job:{job_id}"))
+    }
     /// The set of tokens currently in a view state (`active`, `leased`, `cooling`, ...).
     pub fn view(&self, state: &str) -> String {
         self.k(&format!("v:{state}"))

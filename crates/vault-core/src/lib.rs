@@ -5,6 +5,7 @@
 //! - [`scripts`]: the Lua scripts in `lua/`, embedded at build time, one per atomic transition.
 //! - [`store`]: typed operations, one Rust function per script, plus plain reads.
 //! - [`model`]: pool config, deposits, leases, reports, token metadata, validation.
+//! - [`refresh`]: unsealing a claimed refresh job's credentials, sealing refreshed tokens.
 //! - [`crypto`]: AES-256-GCM for secrets at rest, fingerprints, the redacting [`crypto::Secret`].
 //! - [`error`]: [`VaultError`], the one error type of the request path.
 //! - [`config`]: the settings every binary shares (`TV_REDIS_URL`, `TV_PREFIX`, ...).
@@ -15,6 +16,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod refresh;
 pub mod scripts;
 pub mod store;
 pub mod time;

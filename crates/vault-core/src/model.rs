@@ -85,6 +85,29 @@ pub struct PoolConfigInput {
     pub quarantine_after_strikes: Option<u32>,
     pub session_ttl_s: Option<u64>,
     pub refresh: Option<serde_json::Value>,
+    pub refresh_margin_s: Option<u64>,
+    pub refresh_concurrency: Option<u32>,
+    pub probe: Option<ProbeConfig>,
+}
+
+/// Optional health probe: the refresher calls `url` with an idle token (through its bound
+/// proxy) every `interval_s`; an answer other than `expect_status` is a strike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub url: String,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    #[serde(default = "default_probe_interval")]
+    pub interval_s: u64,
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+fn default_probe_interval() -> u64 {
+    60
 }
 
 /// A pool's effective configuration.
@@ -103,6 +126,12 @@ pub struct PoolConfig {
     pub quarantine_after_strikes: u32,
     pub session_ttl_s: u64,
     pub refresh: Option<serde_json::Value>,
+    /// Refresh this long before expiry; `None` = `min_token_ttl_s + 30`.
+    #[serde(skip)]
+    pub refresh_margin_override: Option<u64>,
+    /// Refresh jobs of this pool in flight at once, across every refresher.
+    pub refresh_concurrency: u32,
+    pub probe: Option<ProbeConfig>,
 }
 
 fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
@@ -150,6 +179,15 @@ impl PoolConfigInput {
                 return Err(invalid("refresh must be an object"));
             }
         }
+        if let Some(p) = &self.probe {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://"))
+                || p.url.len() > 2048
+            {
+                return Err(invalid("probe.url must be an http(s) URL"));
+            }
+            in_range("probe.expect_status", p.expect_status.into(), 100, 599)?;
+            in_range("probe.interval_s", p.interval_s, 1, 86_400)?;
+        }
         Ok(PoolConfig {
             quota_limit,
             quota_window_s: in_range(
@@ -182,6 +220,17 @@ impl PoolConfigInput {
                 86_400,
             )?,
             refresh: self.refresh,
+            refresh_margin_override: self
+                .refresh_margin_s
+                .map(|v| in_range("refresh_margin_s", v, 0, MAX_WINDOW_S))
+                .transpose()?,
+            refresh_concurrency: in_range(
+                "refresh_concurrency",
+                self.refresh_concurrency.unwrap_or(4).into(),
+                1,
+                1000,
+            )? as u32,
+            probe: self.probe,
         })
     }
 }
@@ -189,6 +238,12 @@ impl PoolConfigInput {
 impl PoolConfig {
     pub fn min_token_ttl_s(&self) -> u64 {
         self.min_token_ttl_override.unwrap_or(self.lease_ttl_s + 30)
+    }
+
+    /// Refresh is due at `expires_at - refresh_margin_s`.
+    pub fn refresh_margin_s(&self) -> u64 {
+        self.refresh_margin_override
+            .unwrap_or(self.min_token_ttl_s() + 30)
     }
 
     /// The hash fields stored in `tv:{pool}:cfg` (read by the scripts).
@@ -224,6 +279,15 @@ impl PoolConfig {
                     .map(|r| r.to_string())
                     .unwrap_or_default(),
             ),
+            ("refresh_margin_s", opt(self.refresh_margin_override)),
+            ("refresh_concurrency", self.refresh_concurrency.to_string()),
+            (
+                "probe",
+                self.probe
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).expect("probe serializes"))
+                    .unwrap_or_default(),
+            ),
         ])
     }
 
@@ -246,6 +310,9 @@ impl PoolConfig {
             quarantine_after_strikes: num("quarantine_after_strikes", 3) as u32,
             session_ttl_s: num("session_ttl_s", 600),
             refresh: f.get("refresh").and_then(|r| serde_json::from_str(r).ok()),
+            refresh_margin_override: opt("refresh_margin_s"),
+            refresh_concurrency: num("refresh_concurrency", 4) as u32,
+            probe: f.get("probe").and_then(|p| serde_json::from_str(p).ok()),
         }
     }
 }
@@ -257,6 +324,7 @@ pub struct PoolView {
     #[serde(flatten)]
     pub config: PoolConfig,
     pub min_token_ttl_s: u64,
+    pub refresh_margin_s: u64,
     pub frozen: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen_reason: Option<String>,
@@ -304,6 +372,18 @@ pub struct RefreshInput {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     pub scope: Option<String>,
+    /// How the client authenticates at the token endpoint: `basic` (default) or `body`.
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with client_id:client_secret (RFC 6749 §2.3.1).
+    #[default]
+    Basic,
+    /// client_id and client_secret in the form body.
+    Body,
 }
 
 impl<'de> Deserialize<'de> for Secret {
@@ -322,6 +402,8 @@ pub struct RefreshPublic {
     pub client_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl RefreshInput {
@@ -356,6 +438,7 @@ impl RefreshInput {
             token_url: self.token_url.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
+            client_auth: self.client_auth,
         }
     }
 
@@ -364,11 +447,13 @@ impl RefreshInput {
         if self.refresh_token.is_none() && self.client_secret.is_none() {
             return None;
         }
-        let v = serde_json::json!({
-            "refresh_token": self.refresh_token.as_ref().map(|s| s.expose()),
-            "client_secret": self.client_secret.as_ref().map(|s| s.expose()),
-        });
-        Some(Secret::new(v.to_string()))
+        let s = crate::refresh::RefreshSecrets {
+            refresh_token: self.refresh_token.as_ref().map(|s| s.expose().to_string()),
+            client_secret: self.client_secret.as_ref().map(|s| s.expose().to_string()),
+        };
+        Some(Secret::new(
+            serde_json::to_string(&s).expect("refresh secrets serialize"),
+        ))
     }
 }
 
@@ -589,6 +674,10 @@ pub struct TokenMeta {
     pub revoked_at: Option<String>,
     pub refresh: RefreshPublic,
     pub key_id: String,
+    /// Bumped by every successful refresh (1 = the deposited secret).
+    pub generation: u64,
+    pub refreshed_at: Option<String>,
+    pub refresh_attempts: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -650,6 +739,9 @@ impl TokenMeta {
                     ..Default::default()
                 }),
             key_id: s("key_id"),
+            generation: n("generation").max(1) as u64,
+            refreshed_at: rfc3339_opt(n("refreshed_at")),
+            refresh_attempts: n("refresh_attempts").max(0) as u64,
         }
     }
 }
@@ -708,7 +800,11 @@ impl TokenInput {
             Some(r) => (
                 r.kind.as_str().to_string(),
                 r.secret_json()
-                    .map(|s| cipher.seal_secret(pool, &format!("{id}/refresh"), &s).data)
+                    .map(|s| {
+                        cipher
+                            .seal_secret(pool, &crate::refresh::refresh_aad_id(&id), &s)
+                            .data
+                    })
                     .unwrap_or_default(),
                 serde_json::to_string(&r.public()).expect("refresh settings serialize"),
             ),

@@ -44,4 +44,8 @@ scripts! {
     RETURN_COOLED => "return_cooled.lua",
     EXPIRE_TOKENS => "expire_tokens.lua",
     SUNSET_TOKENS => "sunset_tokens.lua",
+    ENQUEUE_DUE => "enqueue_due.lua",
+    JOB_CLAIM => "job_claim.lua",
+    JOB_COMPLETE => "job_complete.lua",
+    JOB_FAIL => "job_fail.lua",
 }

@@ -12,7 +12,7 @@ use deadpool_redis::{
     Config as PoolCfg, Connection, Pool, PoolConfig as DpConfig, Runtime, Timeouts,
 };
 use redis::Script;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::RedisArgs;
@@ -48,6 +48,39 @@ pub struct SealedToken {
     pub refresh_ct: String,
     /// JSON text of the public refresh settings.
     pub refresh_pub: String,
+}
+
+/// A claimed refresh job: what the refresher or an external login worker needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClaimedJob {
+    pub job_id: String,
+    pub token_id: String,
+    pub generation: u64,
+    pub attempts: u32,
+    pub refresh_kind: String,
+    pub refresh_ct: String,
+    pub refresh_key_id: String,
+    /// JSON text of the public refresh settings.
+    pub refresh_pub: String,
+    pub proxy: String,
+    pub binding_fp: String,
+    /// JSON text.
+    pub labels: String,
+    pub expires_at: i64,
+    pub visible_at: i64,
+}
+
+/// A refreshed credential, sealed, for `job_complete`.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshedToken {
+    pub secret_ct: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    /// Unix ms, 0 = never.
+    pub expires_at: i64,
+    /// Empty = keep the current refresh credentials.
+    pub refresh_ct: String,
+    pub refresh_key_id: String,
 }
 
 /// What an acquire asks for.
@@ -317,6 +350,7 @@ impl Store {
         Ok(PoolView {
             name: name.to_string(),
             min_token_ttl_s: config.min_token_ttl_s(),
+            refresh_margin_s: config.refresh_margin_s(),
             config,
             frozen: f.get("frozen").map(String::as_str) == Some("1"),
             frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
@@ -530,7 +564,8 @@ impl Store {
         Ok(f)
     }
 
-    async fn now_ms(&self) -> Result<i64> {
+    /// Now, by the one clock (Redis `TIME`, or the pinned test clock).
+    pub async fn now_ms(&self) -> Result<i64> {
         if let Some(c) = &self.clock {
             return Ok(c.load(Ordering::SeqCst));
         }
@@ -742,6 +777,105 @@ impl Store {
             .eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()])
             .await?;
         Ok(v.get("moved").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Queue the refresh of tokens whose preemptive refresh is due; returns how many.
+    pub async fn enqueue_due(&self, pool: &str, max: usize) -> Result<u64> {
+        let v = self
+            .eval(&scripts::ENQUEUE_DUE, pool, &[max.to_string()])
+            .await?;
+        Ok(v.get("enqueued").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    // ---- refresh jobs ------------------------------------------------------------------
+
+    /// Claim the next visible job of `pool` (the external queue when `external`), hidden for
+    /// `visibility_ms`. `None` when nothing is visible or `limit` jobs are already in flight.
+    pub async fn job_claim(
+        &self,
+        pool: &str,
+        external: bool,
+        visibility_ms: u64,
+        limit: Option<u32>,
+    ) -> Result<Option<ClaimedJob>> {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let v = self
+            .eval(
+                &scripts::JOB_CLAIM,
+                pool,
+                &[
+                    if external { "1" } else { "0" }.into(),
+                    job_id,
+                    visibility_ms.to_string(),
+                    opt_arg(limit),
+                ],
+            )
+            .await?;
+        match v.get("job") {
+            Some(j) => serde_json::from_value(j.clone())
+                .map(Some)
+                .map_err(|e| VaultError::Internal(format!("job answer: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// The token a job was claimed for (`JobGone` when the job record is gone).
+    pub async fn job_token(&self, pool: &str, job_id: &str) -> Result<String> {
+        let key = self.keys.pool(pool).job(job_id);
+        let token: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(key).arg("token").clone())
+            .await?;
+        token.ok_or(VaultError::JobGone)
+    }
+
+    /// Store a refreshed credential for a claimed job (sealed by the caller).
+    pub async fn job_complete(
+        &self,
+        pool: &str,
+        job_id: &str,
+        done: &RefreshedToken,
+    ) -> Result<u64> {
+        let v = self
+            .eval(
+                &scripts::JOB_COMPLETE,
+                pool,
+                &[
+                    job_id.to_string(),
+                    done.secret_ct.clone(),
+                    done.key_id.clone(),
+                    done.fingerprint.clone(),
+                    done.expires_at.to_string(),
+                    done.refresh_ct.clone(),
+                    done.refresh_key_id.clone(),
+                ],
+            )
+            .await?;
+        Ok(v.get("generation").and_then(Value::as_u64).unwrap_or(0))
+    }
+
+    /// Record a failed attempt: retry after `retry_after_ms`, or quarantine (`None`, or the
+    /// `max_attempts`-th failure). Returns the token's state afterwards.
+    pub async fn job_fail(
+        &self,
+        pool: &str,
+        job_id: &str,
+        error: &str,
+        retry_after_ms: Option<u64>,
+        max_attempts: u32,
+    ) -> Result<String> {
+        let v = self
+            .eval(
+                &scripts::JOB_FAIL,
+                pool,
+                &[
+                    job_id.to_string(),
+                    error.to_string(),
+                    opt_arg(retry_after_ms),
+                    max_attempts.to_string(),
+                ],
+            )
+            .await?;
+        Ok(str_of(&v, "state"))
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.

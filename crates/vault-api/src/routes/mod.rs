@@ -1,6 +1,7 @@
 //! One module per API section.
 
 pub mod health;
+pub mod jobs;
 pub mod leases;
 pub mod pools;
 pub mod tokens;

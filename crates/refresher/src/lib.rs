@@ -1,0 +1,430 @@
+//! refresher: claims refresh jobs across every pool and performs them — OAuth2 refresh_token
+//! and client_credentials grants, each through the token's bound proxy — then stores the new
+//! credential or records the failure. Several refreshers run side by side safely: a claim
+//! hides its job for a visibility timeout, and completions are checked against the claim.
+//!
+//! # Layout
+//! - [`RefresherConfig`]: settings (clap + env).
+//! - [`providers`]: one module per grant behind the `Provider` trait, one shared exchange.
+//! - [`Refresher`]: the claim loop, job handling with backoff, and health probes.
+
+pub mod providers;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
+use vault_core::config::{MasterKeyArgs, RedisArgs};
+use vault_core::crypto::{Cipher, Sealed};
+use vault_core::model::{Outcome, ProbeConfig, Report};
+use vault_core::refresh::RefreshSecrets;
+use vault_core::store::{AcquireArgs, ClaimedJob, RefreshedToken};
+use vault_core::{Store, VaultError};
+
+use crate::providers::{RefreshError, Refreshed};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "refresher",
+    version,
+    about = "tokenvault refresher: OAuth2 refresh jobs and health probes",
+    after_help = "Logging: RUST_LOG (e.g. info, refresher=debug), TV_LOG_FORMAT=json for JSON lines."
+)]
+pub struct RefresherConfig {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub master_key: MasterKeyArgs,
+    /// Refresh jobs this process runs at once (over all pools; each pool also has its own
+    /// `refresh_concurrency` limit shared by every refresher).
+    #[arg(long, env = "TV_REFRESHER_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+    /// How long a claimed job stays hidden; a refresher that dies loses it to another after this.
+    #[arg(
+        long = "visibility-ms",
+        env = "TV_REFRESH_VISIBILITY_MS",
+        default_value_t = 30_000
+    )]
+    pub visibility_ms: u64,
+    /// Timeout of one request to an identity provider (or probe URL).
+    #[arg(
+        long = "http-timeout-ms",
+        env = "TV_REFRESH_HTTP_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http_timeout_ms: u64,
+    /// Failed attempts before a token is quarantined.
+    #[arg(
+        long = "max-attempts",
+        env = "TV_REFRESH_MAX_ATTEMPTS",
+        default_value_t = 8
+    )]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter, up to the maximum.
+    #[arg(
+        long = "backoff-ms",
+        env = "TV_REFRESH_BACKOFF_MS",
+        default_value_t = 1000
+    )]
+    pub backoff_ms: u64,
+    #[arg(
+        long = "backoff-max-ms",
+        env = "TV_REFRESH_BACKOFF_MAX_MS",
+        default_value_t = 300_000
+    )]
+    pub backoff_max_ms: u64,
+    /// How often to look for due and queued jobs.
+    #[arg(long = "poll-ms", env = "TV_REFRESHER_POLL_MS", default_value_t = 200)]
+    pub poll_ms: u64,
+    /// Log format: text or json.
+    #[arg(long = "log-format", env = "TV_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl RefresherConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.visibility_ms > self.http_timeout_ms + 1000,
+            "TV_REFRESH_VISIBILITY_MS ({}) must exceed TV_REFRESH_HTTP_TIMEOUT_MS ({}) by more than a second, \
+             or a slow job would be taken over while it still runs",
+            self.visibility_ms,
+            self.http_timeout_ms
+        );
+        anyhow::ensure!(
+            self.concurrency >= 1 && self.max_attempts >= 1,
+            "concurrency and max attempts must be at least 1"
+        );
+        Ok(())
+    }
+
+    /// Backoff before retry number `attempt` (1-based): exponential with full jitter in
+    /// [delay/2, delay], so a burst of failures does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .backoff_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let delay = exp.min(self.backoff_max_ms).max(1);
+        Duration::from_millis(rand::thread_rng().gen_range(delay / 2..=delay))
+    }
+}
+
+/// One refresher process.
+pub struct Refresher {
+    store: Store,
+    cipher: Cipher,
+    cfg: RefresherConfig,
+    slots: Arc<Semaphore>,
+    /// HTTP clients by bound proxy ("" = direct): a token's requests always leave through
+    /// its own proxy, never directly.
+    clients: Mutex<HashMap<String, reqwest::Client>>,
+    last_probe: Mutex<HashMap<String, Instant>>,
+}
+
+impl Refresher {
+    pub fn new(store: Store, cipher: Cipher, cfg: RefresherConfig) -> anyhow::Result<Arc<Self>> {
+        cfg.check()?;
+        Ok(Arc::new(Self {
+            slots: Arc::new(Semaphore::new(cfg.concurrency)),
+            store,
+            cipher,
+            cfg,
+            clients: Mutex::new(HashMap::new()),
+            last_probe: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn http_for(&self, proxy: &str) -> Result<reqwest::Client, RefreshError> {
+        let mut clients = self.clients.lock().expect("client cache lock");
+        if let Some(c) = clients.get(proxy) {
+            return Ok(c.clone());
+        }
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_millis(self.cfg.http_timeout_ms))
+            .connect_timeout(Duration::from_millis(self.cfg.http_timeout_ms));
+        b = if proxy.is_empty() {
+            b.no_proxy()
+        } else {
+            let p = reqwest::Proxy::all(proxy).map_err(|_| {
+                RefreshError::Permanent("the token's bound proxy is not a valid proxy URL".into())
+            })?;
+            b.proxy(p)
+        };
+        let c = b
+            .build()
+            .map_err(|e| RefreshError::Transient(format!("http client: {e}")))?;
+        clients.insert(proxy.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Run until `shutdown` resolves; in-flight jobs finish first.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms.max(10)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.clone().poll_once().await {
+                        tracing::warn!(error = %e, "refresher poll failed");
+                    }
+                }
+            }
+        }
+        tracing::info!("refresher stopping: waiting for jobs in flight");
+        let _ = self.slots.acquire_many(self.cfg.concurrency as u32).await;
+    }
+
+    /// One pass: queue due refreshes, claim what this process has room for, start probes.
+    pub async fn poll_once(self: Arc<Self>) -> vault_core::Result<()> {
+        for pool in self.store.pool_names().await? {
+            self.store.enqueue_due(&pool, 1000).await?;
+            let pcfg = match self.store.pool_config(&pool).await {
+                Ok(c) => c,
+                Err(VaultError::PoolNotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            loop {
+                let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                match self
+                    .store
+                    .job_claim(
+                        &pool,
+                        false,
+                        self.cfg.visibility_ms,
+                        Some(pcfg.refresh_concurrency),
+                    )
+                    .await?
+                {
+                    Some(job) => {
+                        let me = self.clone();
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            me.handle(&pool, job).await;
+                            drop(permit);
+                        });
+                    }
+                    None => break,
+                }
+            }
+            if let Some(probe) = pcfg.probe {
+                self.clone().maybe_probe(&pool, probe);
+            }
+        }
+        Ok(())
+    }
+
+    /// Perform one claimed job and record its result.
+    pub async fn handle(&self, pool: &str, job: ClaimedJob) {
+        let span = tracing::info_span!("refresh", pool, token_id = %job.token_id, attempt = job.attempts + 1);
+        self.handle_in_span(pool, job).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, pool: &str, job: ClaimedJob) {
+        let result = self.refresh(pool, &job).await;
+        let outcome = match result {
+            Ok((refreshed, secrets)) => self.complete(pool, &job, refreshed, secrets).await,
+            Err(RefreshError::Transient(msg)) => {
+                let delay = self.cfg.backoff(job.attempts + 1);
+                tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, "refresh failed, will retry");
+                self.store
+                    .job_fail(
+                        pool,
+                        &job.job_id,
+                        &msg,
+                        Some(delay.as_millis() as u64),
+                        self.cfg.max_attempts,
+                    )
+                    .await
+                    .map(|state| tracing::debug!(%state, "failure recorded"))
+            }
+            Err(RefreshError::Permanent(msg)) => {
+                tracing::warn!(error = %msg, "refresh failed permanently: quarantining");
+                self.store
+                    .job_fail(pool, &job.job_id, &msg, None, self.cfg.max_attempts)
+                    .await
+                    .map(drop)
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(VaultError::StaleJob(_)) | Err(VaultError::JobGone) => {
+                tracing::info!(
+                    "job was taken over or its token changed meanwhile; result discarded"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the refresh result; the job will reappear")
+            }
+        }
+    }
+
+    async fn refresh(
+        &self,
+        pool: &str,
+        job: &ClaimedJob,
+    ) -> Result<(Refreshed, RefreshSecrets), RefreshError> {
+        let provider = providers::for_kind(&job.refresh_kind).ok_or_else(|| {
+            RefreshError::Permanent(format!(
+                "refresh kind {} is not run by the refresher",
+                job.refresh_kind
+            ))
+        })?;
+        let secrets = job.secrets(&self.cipher, pool).map_err(|e| {
+            RefreshError::Permanent(format!("cannot read refresh credentials: {}", e.code()))
+        })?;
+        let http = self.http_for(&job.proxy)?;
+        let settings = job.settings();
+        let r = providers::exchange(
+            &http,
+            provider,
+            &settings,
+            &secrets,
+            Duration::from_millis(self.cfg.http_timeout_ms),
+        )
+        .await?;
+        Ok((r, secrets))
+    }
+
+    async fn complete(
+        &self,
+        pool: &str,
+        job: &ClaimedJob,
+        r: Refreshed,
+        mut secrets: RefreshSecrets,
+    ) -> vault_core::Result<()> {
+        let now = self.store.now_ms().await?;
+        let expires_at = r.expires_in_s.map(|s| now + (s as i64) * 1000);
+        let rotated = match r.refresh_token {
+            Some(rt) => {
+                secrets.refresh_token = Some(rt.expose().to_string());
+                Some(&secrets)
+            }
+            None => None,
+        };
+        let sealed = RefreshedToken::seal(
+            &self.cipher,
+            pool,
+            &job.token_id,
+            &r.access_token,
+            expires_at,
+            rotated,
+        )?;
+        let generation = self.store.job_complete(pool, &job.job_id, &sealed).await?;
+        tracing::info!(fingerprint = %r.access_token.fingerprint(), generation, rotated_refresh_token = rotated.is_some(), "token refreshed");
+        Ok(())
+    }
+
+    /// Start a probe of `pool` when its interval has passed (at most one at a time per pool).
+    fn maybe_probe(self: Arc<Self>, pool: &str, probe: ProbeConfig) {
+        {
+            let mut last = self.last_probe.lock().expect("probe lock");
+            let due = last
+                .get(pool)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(probe.interval_s));
+            if !due {
+                return;
+            }
+            last.insert(pool.to_string(), Instant::now());
+        }
+        let pool = pool.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = self.probe(&pool, &probe).await {
+                tracing::warn!(pool, error = %e, "probe could not run");
+            }
+        });
+    }
+
+    /// Lease an idle token like a worker would, call the probe URL through its bound proxy,
+    /// and report: the expected status is `ok`, anything else is a strike (`suspect`). A
+    /// network failure is not the token's fault and is reported as unused.
+    pub async fn probe(&self, pool: &str, probe: &ProbeConfig) -> vault_core::Result<()> {
+        let ttl_ms = self.cfg.http_timeout_ms + 5000;
+        let args = AcquireArgs {
+            lease_id: format!("probe-{}", rand::thread_rng().gen::<u64>()),
+            worker: "tokenvault-probe".into(),
+            units: 1,
+            ttl_ms: Some(ttl_ms),
+            ..Default::default()
+        };
+        let lease = match self.store.acquire(pool, &args).await {
+            Ok(l) => l,
+            Err(VaultError::PoolExhausted { .. }) | Err(VaultError::PoolFrozen) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let sealed = Sealed {
+            key_id: lease.key_id.clone(),
+            data: lease.secret_ct.clone(),
+        };
+        let report = match self.cipher.open_secret(pool, &lease.token_id, &sealed) {
+            Err(e) => {
+                tracing::error!(pool, token_id = %lease.token_id, error = %e, "probe cannot decrypt the token");
+                Report {
+                    used: Some(0),
+                    ..Default::default()
+                }
+            }
+            Ok(secret) => match self.http_for(&lease.proxy) {
+                Err(_) => Report {
+                    used: Some(0),
+                    ..Default::default()
+                },
+                Ok(http) => match http
+                    .get(&probe.url)
+                    .bearer_auth(secret.expose())
+                    .send()
+                    .await
+                {
+                    Ok(res) if res.status().as_u16() == probe.expect_status => Report::default(),
+                    Ok(res) => {
+                        tracing::warn!(pool, token_id = %lease.token_id, status = res.status().as_u16(), "probe failed: strike");
+                        Report {
+                            outcome: Outcome::Suspect,
+                            detail: Some(format!("probe answered {}", res.status())),
+                            ..Default::default()
+                        }
+                    }
+                    Err(_) => Report {
+                        used: Some(0),
+                        ..Default::default()
+                    },
+                },
+            },
+        };
+        match self.store.release(pool, &lease.lease_id, &report).await {
+            Ok(_) | Err(VaultError::LeaseGone) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The refresher binary.
+pub async fn run(cfg: RefresherConfig) -> anyhow::Result<()> {
+    let key = cfg.master_key.load().map_err(anyhow::Error::msg)?;
+    let store = Store::connect(&cfg.redis)?;
+    match store.load_scripts().await {
+        Err(e @ VaultError::ScriptsUnavailable(_)) => {
+            return Err(anyhow::Error::new(e).context("refusing to start"))
+        }
+        Err(e) => tracing::warn!(error = %e, "redis not reachable at start-up; will keep trying"),
+        Ok(()) => {}
+    }
+    let r =
+        Refresher::new(store, Cipher::new(&key), cfg.clone()).context("invalid configuration")?;
+    tracing::info!(
+        concurrency = cfg.concurrency,
+        visibility_ms = cfg.visibility_ms,
+        "refresher running"
+    );
+    r.run(vault_core::config::shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+use clap::Parser;
+use refresher::RefresherConfig;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cfg = RefresherConfig::parse();
+    vault_core::config::init_tracing(&cfg.log_format);
+    match refresher::run(cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refresher: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

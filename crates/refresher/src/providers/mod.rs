@@ -1,0 +1,162 @@
+//! Refresh providers: each OAuth2 grant is a small module implementing [`Provider`], which
+//! only says what form to send; the exchange itself (client auth, timeouts, error
+//! classification) is [`exchange`], written once. `external` jobs are done by login workers
+//! through the API and `none` tokens simply expire, so neither has a provider here.
+
+mod oauth2_client_credentials;
+mod oauth2_refresh_token;
+
+use std::time::Duration;
+
+use vault_core::crypto::Secret;
+use vault_core::model::{ClientAuth, RefreshPublic};
+use vault_core::refresh::RefreshSecrets;
+
+pub use oauth2_client_credentials::ClientCredentials;
+pub use oauth2_refresh_token::RefreshTokenGrant;
+
+/// What a refresh produced.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub access_token: Secret,
+    pub expires_in_s: Option<u64>,
+    /// The server rotated the refresh token.
+    pub refresh_token: Option<Secret>,
+}
+
+/// Why a refresh failed. Messages never carry a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshError {
+    /// Worth retrying: timeouts, connection errors, 5xx, 429.
+    Transient(String),
+    /// Retrying cannot help: invalid_grant, invalid_client, other 4xx, bad settings.
+    Permanent(String),
+}
+
+/// One grant type.
+pub trait Provider: Sync {
+    /// The `grant_type` and grant-specific form fields (client auth is added by [`exchange`]).
+    fn form(
+        &self,
+        settings: &RefreshPublic,
+        secrets: &RefreshSecrets,
+    ) -> Result<Vec<(&'static str, String)>, RefreshError>;
+}
+
+/// The provider for a refresh kind, if the refresher performs that kind itself.
+pub fn for_kind(kind: &str) -> Option<&'static dyn Provider> {
+    match kind {
+        "oauth2_refresh_token" => Some(&RefreshTokenGrant),
+        "oauth2_client_credentials" => Some(&ClientCredentials),
+        _ => None,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorResponse {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// POST the grant to the token endpoint (RFC 6749 §3.2) and classify the answer.
+pub async fn exchange(
+    http: &reqwest::Client,
+    provider: &dyn Provider,
+    settings: &RefreshPublic,
+    secrets: &RefreshSecrets,
+    timeout: Duration,
+) -> Result<Refreshed, RefreshError> {
+    let url = settings
+        .token_url
+        .as_deref()
+        .ok_or_else(|| RefreshError::Permanent("no token_url configured".into()))?;
+    let mut form = provider.form(settings, secrets)?;
+    if let Some(scope) = &settings.scope {
+        form.push(("scope", scope.clone()));
+    }
+    let mut req = http
+        .post(url)
+        .timeout(timeout)
+        .header("accept", "application/json");
+    match (
+        &settings.client_id,
+        &secrets.client_secret,
+        settings.client_auth.unwrap_or_default(),
+    ) {
+        (Some(id), Some(secret), ClientAuth::Basic) => req = req.basic_auth(id, Some(secret)),
+        (Some(id), secret, _) => {
+            form.push(("client_id", id.clone()));
+            if let Some(s) = secret {
+                form.push(("client_secret", s.clone()));
+            }
+        }
+        (None, _, _) => {}
+    }
+    let res = req.form(&form).send().await.map_err(|e| {
+        // reqwest's message names the URL, never the form body.
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        RefreshError::Transient(format!(
+            "token endpoint {what}: {}",
+            clip(&e.without_url().to_string())
+        ))
+    })?;
+    let status = res.status();
+    let body = res
+        .bytes()
+        .await
+        .map_err(|_| RefreshError::Transient("token endpoint answer was cut off".into()))?;
+    if status.is_success() {
+        let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            RefreshError::Transient(format!(
+                "token endpoint answered {status} with a body that is not JSON"
+            ))
+        })?;
+        let access_token = t.access_token.filter(|a| !a.is_empty()).ok_or_else(|| {
+            RefreshError::Permanent("token endpoint answered without access_token".into())
+        })?;
+        let expires_in_s = t.expires_in.and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        });
+        return Ok(Refreshed {
+            access_token: Secret::new(access_token),
+            expires_in_s,
+            refresh_token: t.refresh_token.filter(|r| !r.is_empty()).map(Secret::new),
+        });
+    }
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        return Err(RefreshError::Transient(format!(
+            "token endpoint answered {status}"
+        )));
+    }
+    let err: ErrorResponse = serde_json::from_slice(&body).unwrap_or(ErrorResponse {
+        error: None,
+        error_description: None,
+    });
+    let code = err
+        .error
+        .map(|e| clip(&e))
+        .unwrap_or_else(|| format!("http_{}", status.as_u16()));
+    let desc = err
+        .error_description
+        .map(|d| format!(": {}", clip(&d)))
+        .unwrap_or_default();
+    Err(RefreshError::Permanent(format!("{code}{desc}")))
+}

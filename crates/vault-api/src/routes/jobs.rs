@@ -1,0 +1,140 @@
+//! Refresh jobs for external login workers (the headed-browser / CAPTCHA fleet): claim a job,
+//! log in through the token's binding, then complete it with the new secret or fail it.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vault_core::crypto::Secret;
+use vault_core::model::check_label;
+use vault_core::refresh::RefreshSecrets;
+use vault_core::store::RefreshedToken;
+use vault_core::time::TimeInput;
+
+use super::pool_name;
+use crate::error::ApiError;
+use crate::extract::{Body, Path};
+use crate::AppState;
+
+/// Failed attempts of an external job before its token is quarantined.
+const MAX_ATTEMPTS: u32 = 8;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimInput {
+    /// How long the job stays hidden from other workers (default 300 s: a login takes time).
+    visibility_s: Option<u64>,
+}
+
+pub async fn claim(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    Body(input): Body<ClaimInput>,
+) -> Result<Response, ApiError> {
+    let pool = pool_name(&pool)?;
+    let vis = input.visibility_s.unwrap_or(300);
+    if !(1..=3600).contains(&vis) {
+        return Err(ApiError::invalid("visibility_s must be between 1 and 3600"));
+    }
+    let Some(job) = s.store.job_claim(pool, true, vis * 1000, None).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let labels: Value = serde_json::from_str(&job.labels).unwrap_or_else(|_| json!({}));
+    let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let body = json!({
+        "job_id": job.job_id,
+        "token_id": job.token_id,
+        "binding": {"proxy": opt(&job.proxy), "fingerprint": opt(&job.binding_fp)},
+        "labels": labels,
+        "attempts": job.attempts,
+        "visible_until": vault_core::time::rfc3339(job.visible_at),
+    });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteInput {
+    secret: Option<Secret>,
+    expires_at: Option<TimeInput>,
+    refresh_token: Option<Secret>,
+}
+
+pub async fn complete(
+    State(s): State<AppState>,
+    Path((pool, job)): Path<(String, String)>,
+    Body(input): Body<CompleteInput>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    check_label("job id", &job, 64)?;
+    let secret = input
+        .secret
+        .ok_or_else(|| ApiError::invalid("secret is required"))?;
+    let len = secret.expose().len();
+    if len == 0
+        || len > vault_core::model::MAX_SECRET_BYTES
+        || secret.expose().chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "secret must be 1-16384 bytes without control characters",
+        ));
+    }
+    // The token id is only known to the claim; sealing needs it, so look the job up first.
+    let token_id = s.store.job_token(pool, &job).await?;
+    let rotated = input.refresh_token.map(|rt| RefreshSecrets {
+        refresh_token: Some(rt.expose().to_string()),
+        client_secret: None,
+    });
+    let sealed = RefreshedToken::seal(
+        &s.cipher,
+        pool,
+        &token_id,
+        &secret,
+        input.expires_at.map(|t| t.0),
+        rotated.as_ref(),
+    )?;
+    let generation = s.store.job_complete(pool, &job, &sealed).await?;
+    tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation, "token refreshed by an external worker");
+    Ok(Json(
+        json!({ "job_id": job, "token_id": token_id, "generation": generation, "state": "active" }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailInput {
+    error: Option<String>,
+    /// Retry after this long; absent = permanent (the token is quarantined).
+    retry_after_s: Option<u64>,
+}
+
+pub async fn fail(
+    State(s): State<AppState>,
+    Path((pool, job)): Path<(String, String)>,
+    Body(input): Body<FailInput>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    check_label("job id", &job, 64)?;
+    let error = input
+        .error
+        .unwrap_or_else(|| "external login failed".into());
+    if error.len() > 512 {
+        return Err(ApiError::invalid("error is longer than 512 bytes"));
+    }
+    if input.retry_after_s.is_some_and(|r| r > 86_400) {
+        return Err(ApiError::invalid("retry_after_s must be at most 86400"));
+    }
+    let state = s
+        .store
+        .job_fail(
+            pool,
+            &job,
+            &error,
+            input.retry_after_s.map(|r| r * 1000),
+            MAX_ATTEMPTS,
+        )
+        .await?;
+    Ok(Json(json!({ "job_id": job, "state": state })))
+}

@@ -1,0 +1,91 @@
+//! Refresh jobs: unsealing a claimed job's credentials and sealing the refreshed token. Shared by
+//! the refresher (OAuth2 grants) and vault-api (external login workers completing jobs).
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{jwt_exp_ms, Cipher, Sealed, Secret};
+use crate::error::VaultError;
+use crate::model::RefreshPublic;
+use crate::store::{ClaimedJob, RefreshedToken};
+
+/// The secret half of a refresh method, as sealed at rest.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct RefreshSecrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshSecrets([redacted])")
+    }
+}
+
+/// Associated data of the sealed refresh credentials (distinct from the token's secret).
+pub fn refresh_aad_id(token_id: &str) -> String {
+    format!("{token_id}/refresh")
+}
+
+impl ClaimedJob {
+    /// The public refresh settings (token URL, client id, scope).
+    pub fn settings(&self) -> RefreshPublic {
+        serde_json::from_str(&self.refresh_pub).unwrap_or_default()
+    }
+
+    /// Unseal the refresh credentials (empty when the token has none).
+    pub fn secrets(&self, cipher: &Cipher, pool: &str) -> Result<RefreshSecrets, VaultError> {
+        if self.refresh_ct.is_empty() {
+            return Ok(RefreshSecrets::default());
+        }
+        let sealed = Sealed {
+            key_id: self.refresh_key_id.clone(),
+            data: self.refresh_ct.clone(),
+        };
+        let plain = cipher.open(pool, &refresh_aad_id(&self.token_id), &sealed)?;
+        serde_json::from_slice(&plain).map_err(|_| {
+            VaultError::Crypto(format!(
+                "token {}: refresh credentials do not decode",
+                self.token_id
+            ))
+        })
+    }
+}
+
+impl RefreshedToken {
+    /// Seal a new secret (and, when the provider rotated them, new refresh credentials).
+    /// Without an explicit expiry a JWT's `exp` is used; an opaque secret then never expires.
+    pub fn seal(
+        cipher: &Cipher,
+        pool: &str,
+        token_id: &str,
+        secret: &Secret,
+        expires_at_ms: Option<i64>,
+        new_secrets: Option<&RefreshSecrets>,
+    ) -> Result<Self, VaultError> {
+        let expires_at = match expires_at_ms {
+            Some(ms) => ms,
+            None => jwt_exp_ms(secret)
+                .map_err(VaultError::Invalid)?
+                .unwrap_or(0),
+        };
+        let sealed = cipher.seal_secret(pool, token_id, secret);
+        let (refresh_ct, refresh_key_id) = match new_secrets {
+            Some(s) => {
+                let json = serde_json::to_vec(s).expect("refresh secrets serialize");
+                let r = cipher.seal(pool, &refresh_aad_id(token_id), &json);
+                (r.data, r.key_id)
+            }
+            None => (String::new(), String::new()),
+        };
+        Ok(Self {
+            secret_ct: sealed.data,
+            key_id: sealed.key_id,
+            fingerprint: secret.fingerprint(),
+            expires_at,
+            refresh_ct,
+            refresh_key_id,
+        })
+    }
+}

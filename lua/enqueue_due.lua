@@ -1,0 +1,16 @@
+-- enqueue_due.lua: move tokens whose preemptive refresh is due into their job queue.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
+-- Returns {"enqueued":n}. Tokens stay in rotation while the refresh runs.
+local c = load_cfg()
+if c == nil then return reply({ enqueued = 0 }) end
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key(), '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', due_key(), id)
+  local t = hgetall(tkey(id))
+  if t ~= nil and in_rotation(t) and refreshable(t) then
+    enqueue_job(id, t)
+    n = n + 1
+  end
+end
+return reply({ enqueued = n })

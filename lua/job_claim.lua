@@ -1,0 +1,39 @@
+-- job_claim.lua: claim the next visible refresh job of the pool, hiding it for a visibility
+-- timeout. A claimer that dies loses nothing: the job becomes visible again and the next
+-- claim stamps a new job id on the token, so the dead claimer's completion is refused.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] "1" = the external queue, "0" = the refresher's;
+-- ARGV[3] new job id; ARGV[4] visibility timeout ms; ARGV[5] in-flight limit for the pool
+-- ("" = none).
+-- Returns {"job":{...}} | {} when nothing is visible or the pool is at its limit |
+--   {"err":"pool_not_found"}.
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local q = K.jobs
+if ARGV[2] == '1' then q = xjobs_key() end
+local claimed = q .. ':claimed'
+redis.call('ZREMRANGEBYSCORE', claimed, '-inf', NOW)
+local limit = tonumber(ARGV[5])
+if limit ~= nil and redis.call('ZCARD', claimed) >= limit then return reply({ at_limit = true }) end
+local job_id, vis = ARGV[3], NOW + tonumber(ARGV[4])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10)) do
+  local t = hgetall(tkey(id))
+  if t == nil or not refreshable(t) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
+    redis.call('ZREM', q, id)
+  else
+    redis.call('ZADD', q, vis, id)
+    redis.call('ZADD', claimed, vis, job_id)
+    put(id, t, 'job_id', job_id)
+    local gen = t.generation or '1'
+    redis.call('HSET', job_key(job_id), 'token', id, 'gen', gen)
+    -- Outlives the visibility timeout so a late completion is told "stale", not "gone".
+    redis.call('PEXPIRE', job_key(job_id), tonumber(ARGV[4]) * 2 + 60000)
+    return reply({ job = {
+      job_id = job_id, token_id = id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
+      refresh_kind = t.refresh_kind, refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',
+      refresh_pub = t.refresh_pub or '', proxy = t.proxy or '', binding_fp = t.binding_fp or '',
+      labels = t.labels or '{}', expires_at = num(t.expires_at, 0), visible_at = vis,
+    } })
+  end
+end
+return reply({})

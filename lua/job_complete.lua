@@ -1,0 +1,55 @@
+-- job_complete.lua: store a refreshed credential. Checked against the claim: the job id must
+-- still be the token's current claim and the token's generation unchanged since the claim,
+-- so a late or duplicate completion never overwrites a newer secret or revives a revoked token.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] job id; ARGV[3] secret ciphertext; ARGV[4] its key id;
+-- ARGV[5] fingerprint; ARGV[6] expires_at ms (0 = never); ARGV[7] new refresh ciphertext
+-- ("" = keep the current one); ARGV[8] its key id.
+-- Returns {"token_id","generation","state"} | {"err":"pool_not_found"|"job_gone"|"stale_job"}.
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
+local job_id = ARGV[2]
+local j = hgetall(job_key(job_id))
+if j == nil then return fail('job_gone') end
+local id = j.token
+local t = hgetall(tkey(id))
+if t == nil then
+  redis.call('DEL', job_key(job_id))
+  return fail('job_gone')
+end
+if t.job_id ~= job_id or (t.generation or '1') ~= j.gen or t.state == 'revoked' or t.state == 'expired' then
+  redis.call('DEL', job_key(job_id))
+  return fail('stale_job', { detail = 'the job was taken over, the token was refreshed by another path, or it was revoked' })
+end
+local q = queue_of(t)
+redis.call('ZREM', q, id)
+redis.call('ZREM', q .. ':claimed', job_id)
+redis.call('DEL', job_key(job_id))
+exp_del(id, t)
+local gen = num(t.generation, 1) + 1
+put(id, t, 'secret_ct', ARGV[3])
+put(id, t, 'key_id', ARGV[4])
+put(id, t, 'fingerprint', ARGV[5])
+put(id, t, 'expires_at', tonumber(ARGV[6]))
+if ARGV[7] ~= '' then
+  put(id, t, 'refresh_ct', ARGV[7])
+  put(id, t, 'refresh_key_id', ARGV[8])
+end
+put(id, t, 'generation', gen)
+put(id, t, 'strikes', 0)
+put(id, t, 'last_error', '')
+put(id, t, 'job_id', '')
+put(id, t, 'refresh_attempts', 0)
+put(id, t, 'refreshed_at', NOW)
+-- A refreshed deprecated token is current again: its sunset no longer applies.
+redis.call('ZREM', K.base .. 'sunset', id)
+put(id, t, 'state', 'active')
+redis.call('HINCRBY', stats_key(), 'refresh_ok', 1)
+if too_short_lived(t, c) then
+  out_of_rotation(id, t, c)
+else
+  exp_add(id, t)
+  due_add(id, t, c)
+  reconcile(id, t, c)
+end
+return reply({ token_id = id, generation = gen, state = t.view })
