@@ -11,7 +11,7 @@ elif python3 -c "import yaml" >/dev/null 2>&1; then
 import yaml
 d = yaml.safe_load(open("docker-compose.yml"))
 services = d["services"]
-for name in ["redis", "vault-api-1", "vault-api-2", "vault-api-3", "janitor", "lb"]:
+for name in ["redis", "vault-api-1", "vault-api-2", "vault-api-3", "janitor", "refresher-1", "refresher-2", "lb"]:
     assert name in services, f"service {name} missing"
 assert "--appendonly" in services["redis"]["command"]
 for i in (1, 2, 3):

@@ -141,7 +141,7 @@ async fn fails_closed_when_scripts_are_forbidden_at_run_time() {
 
 #[tokio::test]
 async fn help_lists_the_settings() {
-    for bin in ["vault-api", "janitor"] {
+    for bin in ["vault-api", "janitor", "refresher"] {
         let out = std::process::Command::new(bin_path(bin))
             .arg("--help")
             .output()

@@ -71,7 +71,7 @@ pub enum Strategy {
 }
 
 /// `PUT /v1/pools/{pool}` body. Every field optional; absent means the default (PUT replaces).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigInput {
     pub quota_limit: Option<u64>,
@@ -231,6 +231,16 @@ impl PoolConfigInput {
                 1000,
             )? as u32,
             probe: self.probe,
+        })
+        .and_then(|c| {
+            if c.refresh_margin_s() < c.min_token_ttl_s() {
+                return Err(invalid(format!(
+                    "refresh_margin_s ({}) must be at least min_token_ttl_s ({}): tokens would leave rotation before their refresh is due",
+                    c.refresh_margin_s(),
+                    c.min_token_ttl_s()
+                )));
+            }
+            Ok(c)
         })
     }
 }
@@ -850,6 +860,11 @@ mod tests {
         assert!(bad(r#"{"quota_limit":-1}"#).is_err());
         assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
         assert!(bad(r#"{"strategy":"random"}"#).is_err());
+        assert!(
+            bad(r#"{"refresh_margin_s":60}"#).is_err(),
+            "margin below the default min TTL (90)"
+        );
+        assert!(bad(r#"{"refresh_margin_s":60,"min_token_ttl_s":60}"#).is_ok());
         let c2 = PoolConfig::from_fields(
             &c.to_fields()
                 .into_iter()
