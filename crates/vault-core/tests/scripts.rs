@@ -641,3 +641,162 @@ async fn ten_thousand_cycles_leave_no_keys_behind() {
         e.redis.cli(&["DBSIZE"])
     );
 }
+
+#[tokio::test]
+async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
+    let e =
+        Env::new(json!({"lease_ttl_s": 10, "min_token_ttl_s": 20, "refresh_margin_s": 60})).await;
+    let refresh = json!({"kind": "oauth2_refresh_token", "token_url": "https://idp/t", "refresh_token": "rt"});
+    e.deposit(json!([
+        {"secret": "s1", "id": "a", "expires_at": T0 + 100_000, "refresh": refresh},
+        {"secret": "s2", "id": "b", "expires_at": T0 + 100_000, "refresh": refresh},
+        {"secret": "s3", "id": "c", "expires_at": T0 + 100_000},
+    ]))
+    .await;
+    // Due at expires_at - 60 s = T0 + 40 s; only refreshable tokens are scheduled.
+    e.advance(39_999);
+    assert_eq!(e.store.enqueue_due("p", 100).await.unwrap(), 0);
+    e.advance(1);
+    assert_eq!(e.store.enqueue_due("p", 100).await.unwrap(), 2);
+    assert_eq!(
+        e.meta("a").await.state,
+        "active",
+        "still leasable while its refresh runs"
+    );
+    // Queued at most once: a 401 on a queued token does not add a second job.
+    e.store.refresh_enqueue("p", "a").await.unwrap();
+    assert_eq!(
+        e.redis
+            .cli(&["ZCARD", &format!("{}jobs", e.store.keys().pool("p").base())])
+            .trim(),
+        "2"
+    );
+
+    // In-flight limit 1: the second claim waits for the first to finish.
+    let j1 = e
+        .store
+        .job_claim("p", false, 5_000, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e
+        .store
+        .job_claim("p", false, 5_000, Some(1))
+        .await
+        .unwrap()
+        .is_none());
+    let j2 = e
+        .store
+        .job_claim("p", false, 5_000, Some(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(j1.token_id, j2.token_id);
+    assert!(
+        e.store
+            .job_claim("p", false, 5_000, None)
+            .await
+            .unwrap()
+            .is_none(),
+        "both hidden"
+    );
+    // The external queue is separate.
+    assert!(e
+        .store
+        .job_claim("p", true, 5_000, None)
+        .await
+        .unwrap()
+        .is_none());
+
+    // j1 succeeds; a duplicate completion is refused.
+    let secret = vault_core::crypto::Secret::new("fresh");
+    let done = vault_core::store::RefreshedToken::seal(
+        &e.cipher,
+        "p",
+        &j1.token_id,
+        &secret,
+        Some(T0 + 3_700_000),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        e.store.job_complete("p", &j1.job_id, &done).await.unwrap(),
+        2
+    );
+    assert!(matches!(
+        e.store.job_complete("p", &j1.job_id, &done).await,
+        Err(VaultError::JobGone)
+    ));
+    let m = e.meta(&j1.token_id).await;
+    assert_eq!(
+        (m.generation, m.state.as_str(), m.fingerprint.clone()),
+        (2, "active", secret.fingerprint())
+    );
+
+    // j2 fails transiently: rescheduled after the backoff, not before.
+    assert_eq!(
+        e.store
+            .job_fail(
+                "p",
+                &j2.job_id,
+                "token endpoint answered 503",
+                Some(2_000),
+                3
+            )
+            .await
+            .unwrap(),
+        "active"
+    );
+    e.advance(1_999);
+    assert!(e
+        .store
+        .job_claim("p", false, 5_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    e.advance(1);
+    let j3 = e
+        .store
+        .job_claim("p", false, 5_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (j3.token_id.as_str(), j3.attempts),
+        (j2.token_id.as_str(), 1)
+    );
+    // Its claimer dies: after the visibility timeout the job reappears with a new id, and
+    // the dead claimer's completion is stale.
+    e.advance(5_000);
+    let j4 = e
+        .store
+        .job_claim("p", false, 5_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j4.token_id, j3.token_id);
+    assert!(matches!(
+        e.store.job_complete("p", &j3.job_id, &done).await,
+        Err(VaultError::StaleJob(_))
+    ));
+    // Permanent failure quarantines and unschedules.
+    assert_eq!(
+        e.store
+            .job_fail("p", &j4.job_id, "invalid_grant", None, 3)
+            .await
+            .unwrap(),
+        "quarantined"
+    );
+    e.advance(100_000);
+    assert!(e
+        .store
+        .job_claim("p", false, 5_000, None)
+        .await
+        .unwrap()
+        .is_none());
+    let m = e.meta(&j4.token_id).await;
+    assert_eq!(
+        (m.state.as_str(), m.last_error.as_deref()),
+        ("quarantined", Some("invalid_grant"))
+    );
+}
