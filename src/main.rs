@@ -49,6 +49,9 @@ struct DevArgs {
     /// Master key (base64, 32 bytes); a fresh one is generated for the session when absent.
     #[arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)]
     master_key: Option<String>,
+    /// Client-token signing keys; a key is generated for the session when absent.
+    #[arg(long = "signing-keys", env = "TV_SIGNING_KEYS")]
+    signing_keys: Option<std::path::PathBuf>,
     /// Do not create the demo pool.
     #[arg(long)]
     no_seed: bool,
@@ -147,6 +150,15 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         Some(k) => k,
         None => MasterKey::generate().to_base64(),
     };
+    let key_dir = tempfile::tempdir()?;
+    let signing_keys = match args.signing_keys {
+        Some(p) => p,
+        None => {
+            let p = key_dir.path().join("dev.pem");
+            std::fs::write(&p, vault_core::auth::generate_key_pem())?;
+            p
+        }
+    };
     let cfg = ApiConfig {
         listen_addr: args.listen_addr,
         redis: RedisArgs {
@@ -160,6 +172,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         shutdown_grace_s: 10,
         log_format: "text".into(),
+        auth: vault_api::config::AuthArgs {
+            signing_keys: Some(signing_keys),
+            issuer: "tokenvault".into(),
+            audience: "tokenvault".into(),
+            max_ttl_s: 30 * 86_400,
+        },
     };
     let state = vault_api::server::prepare(&cfg).await?;
     state
@@ -229,6 +247,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let _ = refresher.await;
     api.await??;
     drop(private_redis);
+    drop(key_dir);
     Ok(())
 }
 

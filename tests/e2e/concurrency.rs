@@ -267,7 +267,7 @@ async fn invariants_hold_under_concurrency_across_replicas() {
     let v1 = dep.vault(&[]).await;
     let v2 = dep.vault(&[]).await;
     let _janitor = dep.janitor(100);
-    let apis = Arc::new(vec![Api::new(&v1.base), Api::new(&v2.base)]);
+    let apis = Arc::new(vec![dep.api(&v1), dep.api(&v2)]);
 
     let start = now_ms();
     let mut token_ids: HashMap<String, Vec<String>> = HashMap::new();

@@ -13,21 +13,73 @@ pub(crate) struct Vault {
     pub(crate) base: String,
 }
 
-/// Settings shared by the processes of one test: Redis, key prefix, master key.
+/// Settings shared by the processes of one test: Redis, key prefix, master key, client-token
+/// signing keys (a directory with `k1.pem`) and an admin token signed with them.
 #[derive(Clone)]
 pub(crate) struct Deployment {
     pub(crate) redis_url: String,
     pub(crate) prefix: String,
     pub(crate) master_key: String,
+    pub(crate) keys_dir: std::sync::Arc<tempfile::TempDir>,
+    pub(crate) admin: String,
+}
+
+/// A key ring over a directory of PEM keys, as the vault loads it.
+pub(crate) fn key_ring(dir: &std::path::Path) -> vault_core::auth::KeyRing {
+    let mut r = vault_core::auth::KeyRing::empty("tokenvault", "tokenvault", 30 * 86_400);
+    r.load(dir).unwrap();
+    r
+}
+
+/// Mint a client token with the newest private key in `dir`.
+pub(crate) fn mint_in(
+    dir: &std::path::Path,
+    sub: &str,
+    scopes: &[vault_core::auth::Scope],
+    pools: Option<Vec<String>>,
+) -> String {
+    key_ring(dir)
+        .mint(sub, scopes, pools, 3600, now_ms() / 1000)
+        .unwrap()
+        .0
 }
 
 impl Deployment {
     pub(crate) fn new(redis: &RedisServer) -> Self {
+        let keys_dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            keys_dir.path().join("k1.pem"),
+            vault_core::auth::generate_key_pem(),
+        )
+        .unwrap();
+        let admin = mint_in(
+            keys_dir.path(),
+            "test-admin",
+            &[vault_core::auth::Scope::Admin],
+            None,
+        );
         Self {
             redis_url: redis.url(),
             prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             master_key: MasterKey::generate().to_base64(),
+            keys_dir: std::sync::Arc::new(keys_dir),
+            admin,
         }
+    }
+
+    /// A client token with these scopes (and optional pool list).
+    pub(crate) fn token(
+        &self,
+        sub: &str,
+        scopes: &[vault_core::auth::Scope],
+        pools: Option<Vec<String>>,
+    ) -> String {
+        mint_in(self.keys_dir.path(), sub, scopes, pools)
+    }
+
+    /// An admin client for `vault`.
+    pub(crate) fn api(&self, vault: &Vault) -> Api {
+        Api::new(&vault.base).with_token(&self.admin)
     }
 
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(&'static str, String)> {
@@ -35,6 +87,10 @@ impl Deployment {
             ("TV_REDIS_URL", self.redis_url.clone()),
             ("TV_PREFIX", self.prefix.clone()),
             ("TV_MASTER_KEY", self.master_key.clone()),
+            (
+                "TV_SIGNING_KEYS",
+                self.keys_dir.path().display().to_string(),
+            ),
             ("RUST_LOG", "warn".to_string()),
         ];
         for (k, v) in extra {
@@ -102,6 +158,8 @@ impl Deployment {
 pub(crate) struct Api {
     pub(crate) base: String,
     pub(crate) http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` unless a call sets its own.
+    pub(crate) token: Option<String>,
 }
 
 /// An answer: status, headers we care about, JSON body (Null when empty).
@@ -142,6 +200,21 @@ impl Api {
         Self {
             base: base.to_string(),
             http,
+            token: None,
+        }
+    }
+
+    pub(crate) fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// A request builder with this client's token, for bodies the JSON helpers cannot send.
+    pub(crate) fn raw(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
         }
     }
 
@@ -159,6 +232,12 @@ impl Api {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.json(&b);
+        }
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(t), false) = (&self.token, own_auth) {
+            req = req.bearer_auth(t);
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -213,7 +292,7 @@ pub(crate) async fn one(extra: &[(&str, &str)]) -> One {
     let redis = RedisServer::start();
     let dep = Deployment::new(&redis);
     let vault = dep.vault(extra).await;
-    let api = Api::new(&vault.base);
+    let api = dep.api(&vault);
     One {
         redis,
         dep,

@@ -65,8 +65,7 @@ async fn pools_endpoints() {
     // Huge body: 413 before any parsing; wrong content type: 415; broken JSON: 400.
     let big = "x".repeat(1024 * 1024 + 10);
     let res = api
-        .http
-        .put(format!("{}/v1/pools/p3", api.base))
+        .raw(Method::PUT, "/v1/pools/p3")
         .header("content-type", "application/json")
         .body(big)
         .send()
@@ -74,8 +73,7 @@ async fn pools_endpoints() {
         .unwrap();
     Api::answer(res).await.problem(413, "payload_too_large");
     let res = api
-        .http
-        .put(format!("{}/v1/pools/p3", api.base))
+        .raw(Method::PUT, "/v1/pools/p3")
         .header("content-type", "text/plain")
         .body("{}")
         .send()
@@ -85,8 +83,7 @@ async fn pools_endpoints() {
         .await
         .problem(415, "unsupported_media_type");
     let res = api
-        .http
-        .put(format!("{}/v1/pools/p3", api.base))
+        .raw(Method::PUT, "/v1/pools/p3")
         .header("content-type", "application/json")
         .body("{\"quota")
         .send()
@@ -283,8 +280,7 @@ async fn lease_endpoints() {
 
     // Acquire with no body at all.
     let res = api
-        .http
-        .post(format!("{}/v1/pools/p/leases", api.base))
+        .raw(Method::POST, "/v1/pools/p/leases")
         .send()
         .await
         .unwrap();

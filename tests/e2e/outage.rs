@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use testkit::{bin_path, wait_until, Child, RedisServer};
 
-use crate::harness::{one, Api, Deployment};
+use crate::harness::{one, Deployment};
 
 #[tokio::test]
 async fn redis_down_or_stalled_is_503_within_the_timeout() {
@@ -162,5 +162,4 @@ async fn help_lists_the_settings() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TV_LISTEN_ADDR") && text.contains("TV_MASTER_KEY"));
-    let _ = Api::new("http://unused");
 }

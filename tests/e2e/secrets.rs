@@ -112,7 +112,7 @@ async fn a_vault_with_another_master_key_cannot_read_secrets() {
     let mut other = t.dep.clone();
     other.master_key = vault_core::crypto::MasterKey::generate().to_base64();
     let v2 = other.vault(&[]).await;
-    let api2 = crate::harness::Api::new(&v2.base);
+    let api2 = other.api(&v2);
     let a = api2.post("/v1/pools/k/leases", json!({})).await;
     a.problem(500, "crypto_error");
     assert!(!a.body.to_string().contains("s3cr3t"));

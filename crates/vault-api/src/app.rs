@@ -9,8 +9,10 @@ use tower_http::trace::TraceLayer;
 use vault_core::crypto::Cipher;
 use vault_core::Store;
 
+use crate::auth::{authorize, Revocations};
 use crate::error::ApiError;
-use crate::routes::{health, jobs, leases, pools, tokens};
+use crate::routes::{clients, health, jobs, leases, pools, tokens};
+use vault_core::auth::KeyRing;
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -23,6 +25,12 @@ pub struct App {
     pub store: Store,
     /// Decrypts secrets for lease answers and encrypts deposits; the only place plaintext exists.
     pub cipher: Cipher,
+    /// Verifies (and mints) client tokens.
+    pub keys: KeyRing,
+    /// Revoked client-token ids, kept current from Redis.
+    pub revocations: Revocations,
+    /// Client tokens already verified (signature and claims), by token text.
+    pub verified: std::sync::RwLock<std::collections::HashMap<String, vault_core::auth::Principal>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -33,8 +41,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, cipher: Cipher) -> Self {
-        Self(Arc::new(App { store, cipher }))
+    pub fn new(store: Store, cipher: Cipher, keys: KeyRing) -> Self {
+        Self(Arc::new(App {
+            store,
+            cipher,
+            keys,
+            revocations: Revocations::default(),
+            verified: Default::default(),
+        }))
     }
 }
 
@@ -75,9 +89,17 @@ pub fn router(state: AppState) -> Router {
             "/pools/{pool}/refresh-jobs/{job}/complete",
             post(jobs::complete),
         )
-        .route("/pools/{pool}/refresh-jobs/{job}/fail", post(jobs::fail));
+        .route("/pools/{pool}/refresh-jobs/{job}/fail", post(jobs::fail))
+        .route("/clients", post(clients::mint))
+        .route("/clients/revoke", post(clients::revoke))
+        .route("/introspect", post(clients::introspect))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
     Router::new()
         .nest("/v1", v1)
+        .route("/.well-known/jwks.json", get(clients::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::not_found() })

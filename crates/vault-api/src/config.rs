@@ -34,4 +34,46 @@ pub struct ApiConfig {
     /// Log format: text or json.
     #[arg(long = "log-format", env = "TV_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Client authentication settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Ed25519 signing keys: a PEM file or a directory of `<kid>.pem` (private: signs and
+    /// verifies; the id sorting last signs) and `<kid>.pub.pem` (verifies only).
+    /// Generate one with `vaultctl keys generate --out keys/2026-11.pem`.
+    #[arg(long = "signing-keys", env = "TV_SIGNING_KEYS")]
+    pub signing_keys: Option<std::path::PathBuf>,
+    /// `iss` of client tokens.
+    #[arg(
+        long = "jwt-issuer",
+        env = "TV_JWT_ISSUER",
+        default_value = "tokenvault"
+    )]
+    pub issuer: String,
+    /// `aud` of client tokens.
+    #[arg(
+        long = "jwt-audience",
+        env = "TV_JWT_AUDIENCE",
+        default_value = "tokenvault"
+    )]
+    pub audience: String,
+    /// Longest client-token lifetime accepted (and how long revocations are kept).
+    #[arg(long = "client-token-max-ttl-s", env = "TV_CLIENT_TOKEN_MAX_TTL_S", default_value_t = 30 * 86_400)]
+    pub max_ttl_s: i64,
+}
+
+impl AuthArgs {
+    /// Load the key ring; a vault without keys cannot authenticate anyone, so that is an error.
+    pub fn key_ring(&self) -> anyhow::Result<vault_core::auth::KeyRing> {
+        let path = self.signing_keys.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("TV_SIGNING_KEYS is not set: point it at an Ed25519 PEM key or a directory of them (`vaultctl keys generate --out keys/k1.pem`)")
+        })?;
+        let mut ring =
+            vault_core::auth::KeyRing::empty(&self.issuer, &self.audience, self.max_ttl_s);
+        ring.load(path).map_err(anyhow::Error::msg)?;
+        Ok(ring)
+    }
 }

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub retry_after_s: Option<u64>,
+    /// `WWW-Authenticate` value for 401s.
+    pub www_authenticate: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -32,7 +34,26 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            www_authenticate: None,
         }
+    }
+
+    /// 401 for a missing or refused client token (RFC 6750 `WWW-Authenticate`).
+    pub fn unauthorized(e: vault_core::auth::AuthError) -> Self {
+        let challenge = match e {
+            vault_core::auth::AuthError::Missing => "Bearer realm=\"tokenvault\"".to_string(),
+            _ => format!(
+                "Bearer realm=\"tokenvault\", error=\"invalid_token\", error_description=\"{e}\""
+            ),
+        };
+        let mut err = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+        err.www_authenticate = Some(challenge);
+        err
+    }
+
+    /// 403: authenticated, but not allowed to do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -101,6 +122,7 @@ impl From<VaultError> for ApiError {
             code,
             detail,
             retry_after_s: retry,
+            www_authenticate: None,
         }
     }
 }
@@ -148,6 +170,13 @@ impl IntoResponse for ApiError {
         );
         if let Some(s) = self.retry_after_s {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(c) = self
+            .www_authenticate
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert(header::WWW_AUTHENTICATE, c);
         }
         res
     }

@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`config`]: `ApiConfig`, the binary's settings (clap + env).
 //! - [`app`]: `AppState` and [`app::router`], the whole HTTP surface (also used by tests).
-//! - [`routes`]: one module per API section (pools, tokens, leases, health).
+//! - [`auth`]: client-token middleware (scopes, pools), the revocation deny set.
+//! - [`routes`]: one module per API section (pools, tokens, leases, refresh jobs, clients, health).
 //! - [`error`]: `ApiError`, problem+json for every failure.
 //! - [`extract`]: path/query/body extractors that reject in the same format.
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -24,7 +24,11 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
             tracing::warn!(error = %e, "redis not reachable at start-up; /readyz reports 503 until it is")
         }
     }
-    Ok(AppState::new(store, Cipher::new(&key)))
+    let keys = cfg.auth.key_ring()?;
+    tracing::info!(signer = keys.signer_kid().unwrap_or("none (verify only)"), kids = ?keys.kids(), "client-token keys loaded");
+    let state = AppState::new(store, Cipher::new(&key), keys);
+    crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.redis_url.clone());
+    Ok(state)
 }
 
 /// Serve until `shutdown` resolves, then give in-flight requests `grace` to finish.

@@ -24,6 +24,16 @@ impl Keys {
         format!("{}:pools", self.prefix)
     }
 
+    /// `tv:revoked`: revoked client-token ids, scored by when they may be forgotten.
+    pub fn revoked_clients(&self) -> String {
+        format!("{}:revoked", self.prefix)
+    }
+
+    /// `tv:revocations`: the pub/sub channel every replica listens on.
+    pub fn revocation_channel(&self) -> String {
+        format!("{}:revocations", self.prefix)
+    }
+
     pub fn pool(&self, pool: &str) -> PoolKeys {
         PoolKeys {
             base: format!("{}:{{{}}}:", self.prefix, pool),

@@ -1,6 +1,7 @@
 //! vault-core: everything about tokenvault that is not HTTP or a process.
 //!
 //! # Layout
+//! - [`auth`]: client tokens (EdDSA JWTs): key ring, minting, verification, scopes, JWKS.
 //! - [`keys`]: the one Redis key builder (`tv:{pool}:...`, hash tag kept for Redis Cluster).
 //! - [`scripts`]: the Lua scripts in `lua/`, embedded at build time, one per atomic transition.
 //! - [`store`]: typed operations, one Rust function per script, plus plain reads.
@@ -11,6 +12,7 @@
 //! - [`config`]: the settings every binary shares (`TV_REDIS_URL`, `TV_PREFIX`, ...).
 //! - [`time`]: RFC 3339 / unix-ms conversions (the clock itself is Redis `TIME`).
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;

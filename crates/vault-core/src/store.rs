@@ -323,6 +323,42 @@ impl Store {
         Ok(())
     }
 
+    // ---- client revocations --------------------------------------------------------------
+
+    /// Store a revoked client-token id until `until_s` and tell every replica.
+    pub async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
+        let mut p = redis::pipe();
+        p.cmd("ZADD")
+            .arg(self.keys.revoked_clients())
+            .arg(until_s)
+            .arg(jti)
+            .ignore();
+        p.cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.revoked_clients())
+            .arg("-inf")
+            .arg(crate::time::now_ms() / 1000)
+            .ignore();
+        p.cmd("PUBLISH")
+            .arg(self.keys.revocation_channel())
+            .arg(format!("{jti} {until_s}"))
+            .ignore();
+        self.pipe::<()>(p).await
+    }
+
+    /// Every revoked client-token id still in force, with its expiry.
+    pub async fn revoked_clients(&self) -> Result<Vec<(String, i64)>> {
+        let now = crate::time::now_ms() / 1000;
+        self.cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.revoked_clients())
+                .arg(now)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .clone(),
+        )
+        .await
+    }
+
     // ---- pools -------------------------------------------------------------------------
 
     /// Create or replace a pool's config. Returns true when it was created.

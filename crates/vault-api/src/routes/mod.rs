@@ -1,5 +1,6 @@
 //! One module per API section.
 
+pub mod clients;
 pub mod health;
 pub mod jobs;
 pub mod leases;

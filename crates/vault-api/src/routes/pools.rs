@@ -2,9 +2,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use vault_core::auth::Principal;
 use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
 
 use super::pool_name;
@@ -31,8 +33,19 @@ pub async fn upsert(
     ))
 }
 
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "pools": s.store.pool_list().await? })))
+/// Every pool the client token may see.
+pub async fn list(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let pools: Vec<_> = s
+        .store
+        .pool_list()
+        .await?
+        .into_iter()
+        .filter(|p| who.may_use_pool(&p.name))
+        .collect();
+    Ok(Json(json!({ "pools": pools })))
 }
 
 pub async fn get(

@@ -1,0 +1,221 @@
+//! Client authentication and authorization for `/v1`.
+//!
+//! Every `/v1` route is listed in [`allowed_scopes`]; the middleware verifies the bearer
+//! token, checks the replica's revocation deny set, then the route's scopes and the token's
+//! pool list. A route missing from the table is refused (fail closed).
+//!
+//! Revocation: `POST /v1/clients/revoke` stores the jti in `tv:revoked` (a zset scored by when
+//! the entry may be forgotten) and publishes it on `tv:revocations`. Every replica keeps an
+//! in-memory deny set fed by that channel, and re-reads the whole zset whenever its
+//! subscription (re)connects and every few seconds, so a revocation published while a replica
+//! was disconnected is not missed.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures::StreamExt;
+use vault_core::auth::{AuthError, Principal, Scope};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Scopes that may call a `/v1` route (Admin may call everything).
+pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> {
+    use Scope::*;
+    const ADMIN: &[Scope] = &[Admin];
+    const LEASE: &[Scope] = &[Lease];
+    const DEPOSIT: &[Scope] = &[Deposit];
+    const AUDIT: &[Scope] = &[Audit];
+    const ANY: &[Scope] = &[Lease, Deposit, Audit];
+    let m = method.as_str();
+    Some(match (m, route) {
+        ("GET", "/pools") => ANY,
+        ("GET", "/pools/{pool}") | ("GET", "/pools/{pool}/status") => LEASE,
+        ("PUT", "/pools/{pool}") | ("DELETE", "/pools/{pool}") => ADMIN,
+        ("POST", "/pools/{pool}/freeze") | ("POST", "/pools/{pool}/unfreeze") => ADMIN,
+        ("POST", "/pools/{pool}/tokens") => DEPOSIT,
+        ("GET", "/pools/{pool}/tokens") | ("GET", "/pools/{pool}/tokens/{id}") => ADMIN,
+        ("DELETE", "/pools/{pool}/tokens/{id}") => ADMIN,
+        ("POST", r) if r.starts_with("/pools/{pool}/tokens/{id}/") => ADMIN,
+        ("POST", r) if r.starts_with("/pools/{pool}/leases") => LEASE,
+        ("POST", r) if r.starts_with("/pools/{pool}/refresh-jobs/") => DEPOSIT,
+        ("POST", "/clients") | ("POST", "/clients/revoke") | ("POST", "/introspect") => ADMIN,
+        ("GET", "/audit") => AUDIT,
+        _ => return None,
+    })
+}
+
+fn bearer(req: &Request) -> Result<&str, AuthError> {
+    let h = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let v = h.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = v.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+/// Verify a client token, including revocation. A token whose signature and claims were
+/// verified before is taken from the cache until it expires (an Ed25519 verification per
+/// request is the most expensive part of a lease); revocation is checked every time.
+pub fn authenticate(s: &AppState, token: &str) -> Result<Principal, AuthError> {
+    let now_s = vault_core::time::now_ms() / 1000;
+    let cached = s
+        .verified
+        .read()
+        .expect("token cache lock")
+        .get(token)
+        .filter(|p| p.exp > now_s)
+        .cloned();
+    let p = match cached {
+        Some(p) => p,
+        None => {
+            let p = s.keys.verify(token)?;
+            let mut cache = s.verified.write().expect("token cache lock");
+            if cache.len() >= VERIFIED_CACHE_MAX {
+                cache.retain(|_, p| p.exp > now_s);
+                if cache.len() >= VERIFIED_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_string(), p.clone());
+            p
+        }
+    };
+    if s.revocations.is_revoked(&p.jti) {
+        return Err(AuthError::Revoked);
+    }
+    Ok(p)
+}
+
+/// Most verified tokens a replica remembers.
+const VERIFIED_CACHE_MAX: usize = 10_000;
+
+/// The `/v1` middleware (installed with `route_layer`, so the route is known).
+pub async fn authorize(
+    State(s): State<AppState>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let principal = bearer(&req)
+        .and_then(|t| authenticate(&s, t))
+        .map_err(ApiError::unauthorized)?;
+    let route = matched.as_ref().map(|m| m.as_str()).unwrap_or("");
+    let route = route.strip_prefix("/v1").unwrap_or(route);
+    let scopes = allowed_scopes(req.method(), route)
+        .ok_or_else(|| ApiError::forbidden("this route is not open to client tokens"))?;
+    if !scopes.iter().any(|sc| principal.has(*sc)) {
+        let need: Vec<_> = scopes
+            .iter()
+            .chain(std::iter::once(&Scope::Admin))
+            .map(|s| s.as_str())
+            .collect();
+        return Err(ApiError::forbidden(format!(
+            "this call needs scope {}",
+            need.join(" or ")
+        )));
+    }
+    if let Ok(params) = &params {
+        if let Some((_, pool)) = params.iter().find(|(k, _)| *k == "pool") {
+            if !principal.may_use_pool(pool) {
+                return Err(ApiError::forbidden(
+                    "this client token is not allowed on this pool",
+                ));
+            }
+        }
+    }
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+/// The replica's deny set of revoked client-token ids.
+#[derive(Default)]
+pub struct Revocations {
+    /// jti -> unix seconds after which the entry may be dropped.
+    denied: RwLock<HashMap<String, i64>>,
+}
+
+impl Revocations {
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.denied.read().expect("deny set lock").contains_key(jti)
+    }
+
+    pub fn insert(&self, jti: &str, until_s: i64) {
+        self.denied
+            .write()
+            .expect("deny set lock")
+            .insert(jti.to_string(), until_s);
+    }
+
+    /// Merge the stored set (never drops an entry early: a Redis that lost data does not
+    /// un-revoke a token this replica already knows about) and forget expired entries.
+    fn merge(&self, entries: Vec<(String, i64)>, now_s: i64) {
+        let mut d = self.denied.write().expect("deny set lock");
+        for (jti, until) in entries {
+            d.insert(jti, until);
+        }
+        d.retain(|_, until| *until > now_s);
+    }
+
+    async fn resync(&self, s: &AppState) {
+        match s.store.revoked_clients().await {
+            Ok(entries) => self.merge(entries, vault_core::time::now_ms() / 1000),
+            Err(e) => tracing::warn!(error = %e, "cannot re-read client revocations"),
+        }
+    }
+
+    /// Keep the deny set current: subscribe, resync on every (re)connect, resync periodically.
+    pub fn spawn_listener(s: AppState, redis_url: String) {
+        tokio::spawn(async move {
+            let channel = s.store.keys().revocation_channel();
+            loop {
+                match redis::Client::open(redis_url.as_str()) {
+                    Ok(client) => match client.get_async_pubsub().await {
+                        Ok(mut ps) => {
+                            if ps.subscribe(&channel).await.is_ok() {
+                                // Subscribed first, then resync: nothing published between the
+                                // two can be missed.
+                                s.revocations.resync(&s).await;
+                                let mut msgs = ps.on_message();
+                                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                                loop {
+                                    tokio::select! {
+                                        m = msgs.next() => match m {
+                                            Some(m) => {
+                                                let text: String = m.get_payload().unwrap_or_default();
+                                                if let Some((jti, until)) = text.split_once(' ') {
+                                                    s.revocations.insert(jti, until.parse().unwrap_or(i64::MAX));
+                                                }
+                                            }
+                                            None => break,
+                                        },
+                                        _ = tick.tick() => s.revocations.resync(&s).await,
+                                    }
+                                }
+                                tracing::warn!("revocation subscription lost; reconnecting");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot subscribe to revocations yet")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "invalid Redis URL for revocations");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,136 @@
+//! The vault's own client tokens: mint, revoke, introspect (RFC 7662), JWKS.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vault_core::auth::{Principal, Scope};
+use vault_core::model::{check_label, check_pool_name};
+use vault_core::time::rfc3339;
+
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::AppState;
+
+pub async fn jwks(State(s): State<AppState>) -> Json<Value> {
+    Json(s.keys.jwks())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintInput {
+    sub: Option<String>,
+    scopes: Option<Vec<String>>,
+    pools: Option<Vec<String>>,
+    ttl_s: Option<i64>,
+}
+
+pub async fn mint(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(input): Body<MintInput>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let sub = input
+        .sub
+        .ok_or_else(|| ApiError::invalid("sub is required"))?;
+    check_label("sub", &sub, 128)?;
+    let names = input
+        .scopes
+        .ok_or_else(|| ApiError::invalid("scopes is required"))?;
+    let mut scopes = vec![];
+    for n in &names {
+        scopes.push(Scope::parse(n).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown scope {n}: use lease, deposit, admin, audit"
+            ))
+        })?);
+    }
+    if scopes.is_empty() {
+        return Err(ApiError::invalid("scopes must name at least one scope"));
+    }
+    if let Some(pools) = &input.pools {
+        for p in pools {
+            check_pool_name(p)?;
+        }
+    }
+    // A pool-limited admin cannot mint a token wider than its own.
+    if who.pools.is_some() {
+        let inside = input
+            .pools
+            .as_ref()
+            .is_some_and(|ps| ps.iter().all(|p| who.may_use_pool(p)));
+        if !inside {
+            return Err(ApiError::forbidden(
+                "a pool-limited client can only mint tokens for its own pools",
+            ));
+        }
+    }
+    let ttl = input.ttl_s.unwrap_or(3600);
+    let now = s.store.now_ms().await? / 1000;
+    let (token, jti, exp) = s
+        .keys
+        .mint(&sub, &scopes, input.pools, ttl, now)
+        .map_err(ApiError::invalid)?;
+    tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "jti": jti, "expires_at": rfc3339(exp * 1000) })),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeInput {
+    jti: Option<String>,
+}
+
+pub async fn revoke(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Body(input): Body<RevokeInput>,
+) -> Result<Json<Value>, ApiError> {
+    let jti = input
+        .jti
+        .ok_or_else(|| ApiError::invalid("jti is required"))?;
+    check_label("jti", &jti, 128)?;
+    // Kept for the longest lifetime a client token may have: past that it is expired anyway.
+    let until = s.store.now_ms().await? / 1000 + s.keys.max_ttl_s;
+    s.store.revoke_client(&jti, until).await?;
+    s.revocations.insert(&jti, until);
+    tracing::warn!(actor = %who.sub, jti = %jti, "client token revoked");
+    Ok(Json(json!({ "jti": jti, "revoked": true })))
+}
+
+/// RFC 7662: `{"token": ...}` as JSON or `token=...` as a form.
+pub async fn introspect(
+    State(s): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("token").and_then(Value::as_str).map(String::from))
+        .or_else(|| {
+            serde_json::from_value::<Value>(json!(form_urlencoded(&body)))
+                .ok()
+                .and_then(|v| v.get("token").and_then(Value::as_str).map(String::from))
+        })
+        .ok_or_else(|| {
+            ApiError::invalid("send the token to inspect as {\"token\": ...} or token=...")
+        })?;
+    Ok(Json(match crate::auth::authenticate(&s, &token) {
+        Ok(p) => json!({
+            "active": true, "sub": p.sub, "scope": p.scope_string(), "exp": p.exp, "iat": p.iat,
+            "jti": p.jti, "iss": s.keys.issuer, "aud": s.keys.audience, "pools": p.pools, "token_type": "Bearer",
+        }),
+        Err(_) => json!({ "active": false }),
+    }))
+}
+
+fn form_urlencoded(body: &[u8]) -> serde_json::Map<String, Value> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), Value::String(v.replace('+', " "))))
+        .collect()
+}
