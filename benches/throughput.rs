@@ -24,6 +24,9 @@ use vault_core::store::AcquireArgs;
 use vault_core::Store;
 
 const CONCURRENCY: usize = 64;
+
+/// The lease-scoped client token every HTTP request carries.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 const RUN: Duration = Duration::from_secs(5);
 
 fn store_for(redis: &RedisServer, prefix: &str) -> Store {
@@ -123,8 +126,10 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>, run: Duration) -
 
 async fn http_cycle(client: &reqwest::Client, base: &str) -> (u64, u64) {
     let t = Instant::now();
+    let token = TOKEN.get().expect("token minted");
     let r = client
         .post(format!("{base}/v1/pools/bench/leases"))
+        .bearer_auth(token)
         .json(&json!({}))
         .send()
         .await
@@ -135,6 +140,7 @@ async fn http_cycle(client: &reqwest::Client, base: &str) -> (u64, u64) {
     let lid = v["lease_id"].as_str().unwrap();
     let r = client
         .post(format!("{base}/v1/pools/bench/leases/{lid}/release"))
+        .bearer_auth(token)
         .json(&json!({"outcome": "ok"}))
         .send()
         .await
@@ -245,7 +251,12 @@ async fn acquire_cost(redis: &RedisServer, store: &Store, pool: &str, cycles: us
     (client_us, per_call)
 }
 
-fn start_vault(redis: &RedisServer, prefix: &str, key: &str) -> (Child, String) {
+fn start_vault(
+    redis: &RedisServer,
+    prefix: &str,
+    key: &str,
+    keys_dir: &std::path::Path,
+) -> (Child, String) {
     let port = free_port();
     let child = Child::spawn(
         &bin_path("vault-api"),
@@ -255,6 +266,7 @@ fn start_vault(redis: &RedisServer, prefix: &str, key: &str) -> (Child, String) 
             ("TV_PREFIX", prefix.to_string()),
             ("TV_MASTER_KEY", key.to_string()),
             ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("TV_SIGNING_KEYS", keys_dir.display().to_string()),
             ("RUST_LOG", "warn".to_string()),
         ],
     );
@@ -284,7 +296,27 @@ async fn main() {
         raw.cycles_per_s, raw.p50_ms, raw.p99_ms
     );
 
-    let (mut v1, b1) = start_vault(&redis, "bench", &key.to_base64());
+    // Workers authenticate like real ones: a lease-scoped client token on every request.
+    let keys_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        keys_dir.path().join("k1.pem"),
+        vault_core::auth::generate_key_pem(),
+    )
+    .unwrap();
+    let mut ring = vault_core::auth::KeyRing::empty("tokenvault", "tokenvault", 86_400);
+    ring.load(keys_dir.path()).unwrap();
+    let token = ring
+        .mint(
+            "bench",
+            &[vault_core::auth::Scope::Lease],
+            None,
+            3600,
+            vault_core::time::now_ms() / 1000,
+        )
+        .unwrap()
+        .0;
+    TOKEN.set(token).unwrap();
+    let (mut v1, b1) = start_vault(&redis, "bench", &key.to_base64(), keys_dir.path());
     let one = http_closed(std::slice::from_ref(&b1)).await;
     println!(
         "(b) HTTP, 1 replica:  {:.0} cycles/s ({:.0}% of raw), p50 {:.2} ms, p99 {:.2} ms",
@@ -293,7 +325,7 @@ async fn main() {
         one.p50_ms,
         one.p99_ms
     );
-    let (mut v2, b2) = start_vault(&redis, "bench", &key.to_base64());
+    let (mut v2, b2) = start_vault(&redis, "bench", &key.to_base64(), keys_dir.path());
     let both = [b1.clone(), b2.clone()];
     let two = http_closed(&both).await;
     println!(

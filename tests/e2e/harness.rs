@@ -168,6 +168,7 @@ pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) content_type: String,
     pub(crate) retry_after: Option<u64>,
+    pub(crate) www_authenticate: Option<String>,
     pub(crate) body: Value,
 }
 
@@ -256,12 +257,14 @@ impl Api {
         };
         let content_type = h("content-type").unwrap_or_default();
         let retry_after = h("retry-after").and_then(|v| v.parse().ok());
+        let www_authenticate = h("www-authenticate");
         let bytes = res.bytes().await.unwrap_or_default();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Answer {
             status,
             content_type,
             retry_after,
+            www_authenticate,
             body,
         }
     }
