@@ -5,7 +5,7 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --workspace --bins \
  && mkdir /out \
- && cp target/release/vault-api target/release/janitor target/release/refresher target/release/tokenvault /out/
+ && cp target/release/vault-api target/release/janitor target/release/refresher target/release/vaultctl target/release/tokenvault /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
