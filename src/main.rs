@@ -197,21 +197,35 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             )
         })?;
     let base = format!("http://{}", listener.local_addr()?);
+    let now_s = state.store.now_ms().await? / 1000;
+    let (admin, _, _) = state
+        .keys
+        .mint(
+            "dev-admin",
+            &[vault_core::auth::Scope::Admin],
+            None,
+            24 * 3600,
+            now_s,
+        )
+        .map_err(anyhow::Error::msg)?;
+    let redis_note = if private_redis.is_some() {
+        " (private, discarded on exit)"
+    } else {
+        ""
+    };
     println!("tokenvault dev is running");
     println!("  API:    {base}");
-    println!(
-        "  Redis:  {redis_url}{}",
-        if private_redis.is_some() {
-            " (private, discarded on exit)"
-        } else {
-            ""
-        }
-    );
-    println!("  Pool:   demo (5 fake tokens, quota 1000/h, 2 leases per token)\n");
+    println!("  Redis:  {redis_url}{redis_note}");
+    println!("  Pool:   demo (5 fake tokens, quota 1000/h, 2 leases per token)");
+    println!("  Admin client token (24 h), for every /v1 call:\n\nexport TV_TOKEN={admin}\n");
+    let auth = "-H \"authorization: Bearer $TV_TOKEN\"";
+    let json = "-H 'content-type: application/json'";
     println!("Lease a token, then release it:");
-    println!("  curl -s -X POST {base}/v1/pools/demo/leases -H 'content-type: application/json' -d '{{\"worker\":\"me\"}}'");
-    println!("  curl -s -X POST {base}/v1/pools/demo/leases/<lease_id>/release -H 'content-type: application/json' -d '{{\"outcome\":\"ok\"}}'");
-    println!("  curl -s {base}/v1/pools/demo/status\n");
+    println!(
+        "  curl -s -X POST {base}/v1/pools/demo/leases {auth} {json} -d '{{\"worker\":\"me\"}}'"
+    );
+    println!("  curl -s -X POST {base}/v1/pools/demo/leases/<lease_id>/release {auth} {json} -d '{{\"outcome\":\"ok\"}}'");
+    println!("  curl -s {base}/v1/pools/demo/status {auth}\n");
     println!("Ctrl-C stops everything.");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

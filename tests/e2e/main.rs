@@ -3,6 +3,7 @@
 
 mod auth;
 mod concurrency;
+mod dev;
 mod fakes;
 mod harness;
 mod http;
