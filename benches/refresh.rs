@@ -91,6 +91,7 @@ async fn main() {
         redis_url: redis.url(),
         prefix: "bench".into(),
         redis_timeout_ms: 5000,
+        audit_max_entries: 100_000,
         redis_pool_size: 8,
     })
     .unwrap();

@@ -34,6 +34,7 @@ fn store_for(redis: &RedisServer, prefix: &str) -> Store {
         redis_url: redis.url(),
         prefix: prefix.into(),
         redis_timeout_ms: 5000,
+        audit_max_entries: 100_000,
         redis_pool_size: 16,
     })
     .unwrap()

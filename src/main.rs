@@ -165,6 +165,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             redis_url: redis_url.clone(),
             prefix: args.prefix,
             redis_timeout_ms: 2000,
+            audit_max_entries: 100_000,
             redis_pool_size: 16,
         },
         master_key: MasterKeyArgs {

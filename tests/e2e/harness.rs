@@ -144,12 +144,14 @@ impl Deployment {
 
     /// Start a janitor sweeping every `interval_ms`.
     pub(crate) fn janitor(&self, interval_ms: u64) -> Child {
+        self.janitor_with(interval_ms, &[])
+    }
+
+    pub(crate) fn janitor_with(&self, interval_ms: u64, extra: &[(&str, &str)]) -> Child {
         let iv = interval_ms.to_string();
-        Child::spawn(
-            &bin_path("janitor"),
-            &[],
-            &self.env(&[("TV_JANITOR_INTERVAL_MS", &iv)]),
-        )
+        let mut all = vec![("TV_JANITOR_INTERVAL_MS", iv.as_str())];
+        all.extend_from_slice(extra);
+        Child::spawn(&bin_path("janitor"), &[], &self.env(&all))
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: real redis-server processes on free ports, the real `vault-api` and
 //! `janitor` binaries, HTTP in between. One test binary so the workspace links once.
 
+mod audit;
 mod auth;
 mod concurrency;
 mod dev;

@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
-use vault_core::model::{Outcome, ProbeConfig, Report};
+use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report};
 use vault_core::refresh::RefreshSecrets;
 use vault_core::store::{AcquireArgs, ClaimedJob, RefreshedToken};
 use vault_core::{Store, VaultError};
@@ -236,23 +236,12 @@ impl Refresher {
             Err(RefreshError::Transient(msg)) => {
                 let delay = self.cfg.backoff(job.attempts + 1);
                 tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, "refresh failed, will retry");
-                self.store
-                    .job_fail(
-                        pool,
-                        &job.job_id,
-                        &msg,
-                        Some(delay.as_millis() as u64),
-                        self.cfg.max_attempts,
-                    )
+                self.fail(pool, &job, &msg, Some(delay.as_millis() as u64))
                     .await
-                    .map(|state| tracing::debug!(%state, "failure recorded"))
             }
             Err(RefreshError::Permanent(msg)) => {
                 tracing::warn!(error = %msg, "refresh failed permanently: quarantining");
-                self.store
-                    .job_fail(pool, &job.job_id, &msg, None, self.cfg.max_attempts)
-                    .await
-                    .map(drop)
+                self.fail(pool, &job, &msg, None).await
             }
         };
         match outcome {
@@ -295,6 +284,43 @@ impl Refresher {
         Ok((r, secrets))
     }
 
+    /// Record a failed attempt (retry after `retry_ms`, or quarantine when `None`) and audit it.
+    async fn fail(
+        &self,
+        pool: &str,
+        job: &ClaimedJob,
+        msg: &str,
+        retry_ms: Option<u64>,
+    ) -> vault_core::Result<()> {
+        let r = self
+            .store
+            .job_fail(pool, &job.job_id, msg, retry_ms, self.cfg.max_attempts)
+            .await?;
+        let outcome = if r.state == "quarantined" {
+            "quarantined"
+        } else {
+            "will_retry"
+        };
+        self.audit(pool, "token.refresh_failed", &job.token_id, outcome, msg)
+            .await;
+        Ok(())
+    }
+
+    async fn audit(&self, pool: &str, action: &str, token_id: &str, outcome: &str, detail: &str) {
+        let e = AuditEntry {
+            actor: "refresher".into(),
+            action: action.into(),
+            token_id: Some(token_id.into()),
+            outcome: Some(outcome.into()),
+            detail: Some(detail.into()),
+            pool: Some(pool.into()),
+            ..Default::default()
+        };
+        if let Err(err) = self.store.audit(Some(pool), &e).await {
+            tracing::error!(error = %err, "audit entry could not be written");
+        }
+    }
+
     async fn complete(
         &self,
         pool: &str,
@@ -321,6 +347,14 @@ impl Refresher {
         )?;
         let generation = self.store.job_complete(pool, &job.job_id, &sealed).await?;
         tracing::info!(fingerprint = %r.access_token.fingerprint(), generation, rotated_refresh_token = rotated.is_some(), "token refreshed");
+        self.audit(
+            pool,
+            "token.refresh",
+            &job.token_id,
+            "refreshed",
+            &r.access_token.fingerprint(),
+        )
+        .await;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use vault_core::Store;
 
 use crate::auth::{authorize, Revocations};
 use crate::error::ApiError;
-use crate::routes::{clients, health, jobs, leases, pools, tokens};
+use crate::routes::{audit, clients, health, jobs, leases, pools, tokens};
 use vault_core::auth::KeyRing;
 
 /// Request bodies above this are refused with 413.
@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clients", post(clients::mint))
         .route("/clients/revoke", post(clients::revoke))
         .route("/introspect", post(clients::introspect))
+        .route("/audit", get(audit::read))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

@@ -26,6 +26,13 @@ pub struct RedisArgs {
         default_value_t = 2000
     )]
     pub redis_timeout_ms: u64,
+    /// Audit entries kept per stream (approximately; older ones are trimmed).
+    #[arg(
+        long = "audit-max-entries",
+        env = "TV_AUDIT_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
+    pub audit_max_entries: u64,
     /// Connections in the Redis pool (each is multiplexed).
     #[arg(
         long = "redis-pool-size",

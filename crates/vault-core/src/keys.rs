@@ -34,6 +34,11 @@ impl Keys {
         format!("{}:revocations", self.prefix)
     }
 
+    /// `tv:audit`: audit entries not tied to a pool (client tokens).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
     pub fn pool(&self, pool: &str) -> PoolKeys {
         PoolKeys {
             base: format!("{}:{{{}}}:", self.prefix, pool),
@@ -75,6 +80,10 @@ impl PoolKeys {
     }
     pub fn jobs(&self) -> String {
         self.k("jobs")
+    }
+    /// The pool's audit stream (capped).
+    pub fn audit(&self) -> String {
+        self.k("audit")
     }
     pub fn stats(&self) -> String {
         self.k("stats")

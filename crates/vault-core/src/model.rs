@@ -756,6 +756,22 @@ impl TokenMeta {
     }
 }
 
+/// One audit event. Never carries a secret: tokens appear by id and `sha256:` fingerprint.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditEntry {
+    /// Stream id (`<ms>-<seq>`): the cursor for the next page.
+    pub id: String,
+    pub at: String,
+    /// The client token's `sub` (or `refresher`, `janitor`).
+    pub actor: String,
+    pub action: String,
+    pub pool: Option<String>,
+    pub token_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
 /// Every view state a token can be in, as counted by status.
 pub const VIEW_STATES: [&str; 8] = [
     "active",

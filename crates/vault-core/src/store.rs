@@ -18,7 +18,9 @@ use serde_json::Value;
 use crate::config::RedisArgs;
 use crate::error::VaultError;
 use crate::keys::Keys;
-use crate::model::{LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VIEW_STATES};
+use crate::model::{
+    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VIEW_STATES,
+};
 use crate::scripts;
 use crate::Result;
 
@@ -114,6 +116,7 @@ pub struct Store {
     pool: Pool,
     keys: Keys,
     timeout: Duration,
+    audit_max: u64,
     /// Tests pin "now" here; `None` means every script reads Redis `TIME`.
     clock: Option<Arc<AtomicI64>>,
 }
@@ -185,6 +188,7 @@ impl Store {
             pool,
             keys: Keys::new(args.prefix.clone()),
             timeout: args.timeout(),
+            audit_max: args.audit_max_entries.max(1),
             clock: None,
         })
     }
@@ -321,6 +325,88 @@ impl Store {
             })
             .await?;
         Ok(())
+    }
+
+    // ---- audit -------------------------------------------------------------------------
+
+    /// Append an audit entry to the pool's stream (or the global one), capped at about
+    /// `TV_AUDIT_MAX_ENTRIES`. Redis assigns the id, so entries are ordered by Redis time.
+    pub async fn audit(&self, pool: Option<&str>, e: &AuditEntry) -> Result<()> {
+        let key = match pool {
+            Some(p) => self.keys.pool(p).audit(),
+            None => self.keys.audit(),
+        };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.audit_max)
+            .arg("*");
+        cmd.arg("actor").arg(&e.actor).arg("action").arg(&e.action);
+        let optional = [
+            ("pool", &e.pool),
+            ("token_id", &e.token_id),
+            ("lease_id", &e.lease_id),
+            ("outcome", &e.outcome),
+            ("detail", &e.detail),
+        ];
+        for (field, v) in optional {
+            if let Some(v) = v {
+                cmd.arg(field).arg(v);
+            }
+        }
+        self.cmd::<String>(cmd).await.map(drop)
+    }
+
+    /// Read audit entries after `after` (a stream id, exclusive) or from `since_ms`.
+    pub async fn audit_read(
+        &self,
+        pool: Option<&str>,
+        since_ms: Option<i64>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let key = match pool {
+            Some(p) => self.keys.pool(p).audit(),
+            None => self.keys.audit(),
+        };
+        let start = match (after, since_ms) {
+            (Some(id), _) => format!("({id}"),
+            (None, Some(ms)) => ms.to_string(),
+            (None, None) => "-".to_string(),
+        };
+        let rows: Vec<(String, HashMap<String, String>)> = self
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .clone(),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, mut f)| {
+                let ms: i64 = id
+                    .split('-')
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                AuditEntry {
+                    at: crate::time::rfc3339(ms),
+                    id,
+                    actor: f.remove("actor").unwrap_or_default(),
+                    action: f.remove("action").unwrap_or_default(),
+                    pool: f.remove("pool"),
+                    token_id: f.remove("token_id"),
+                    lease_id: f.remove("lease_id"),
+                    outcome: f.remove("outcome"),
+                    detail: f.remove("detail"),
+                }
+            })
+            .collect())
     }
 
     // ---- client revocations --------------------------------------------------------------
@@ -890,7 +976,7 @@ impl Store {
     }
 
     /// Record a failed attempt: retry after `retry_after_ms`, or quarantine (`None`, or the
-    /// `max_attempts`-th failure). Returns the token's state afterwards.
+    /// `max_attempts`-th failure). Returns the token and its state afterwards.
     pub async fn job_fail(
         &self,
         pool: &str,
@@ -898,7 +984,7 @@ impl Store {
         error: &str,
         retry_after_ms: Option<u64>,
         max_attempts: u32,
-    ) -> Result<String> {
+    ) -> Result<Released> {
         let v = self
             .eval(
                 &scripts::JOB_FAIL,
@@ -911,7 +997,10 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(str_of(&v, "state"))
+        Ok(Released {
+            token_id: str_of(&v, "token_id"),
+            state: str_of(&v, "state"),
+        })
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.

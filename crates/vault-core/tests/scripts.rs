@@ -30,6 +30,7 @@ impl Env {
             redis_url: redis.url(),
             prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
             redis_timeout_ms: 2000,
+            audit_max_entries: 100_000,
             redis_pool_size: 4,
         };
         let clock = Arc::new(AtomicI64::new(T0));
@@ -744,7 +745,8 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
                 3
             )
             .await
-            .unwrap(),
+            .unwrap()
+            .state,
         "active"
     );
     e.advance(1_999);
@@ -784,7 +786,8 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
         e.store
             .job_fail("p", &j4.job_id, "invalid_grant", None, 3)
             .await
-            .unwrap(),
+            .unwrap()
+            .state,
         "quarantined"
     );
     e.advance(100_000);

@@ -6,7 +6,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use vault_core::auth::{Principal, Scope};
-use vault_core::model::{check_label, check_pool_name};
+use vault_core::model::{check_label, check_pool_name, AuditEntry};
 use vault_core::time::rfc3339;
 
 use crate::error::ApiError;
@@ -73,6 +73,16 @@ pub async fn mint(
         .mint(&sub, &scopes, input.pools, ttl, now)
         .map_err(ApiError::invalid)?;
     tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
+    let detail = format!("sub={sub} scopes={} jti={jti}", names.join(","));
+    super::record(
+        &s,
+        None,
+        AuditEntry {
+            detail: Some(detail),
+            ..super::entry(&who, "client.mint")
+        },
+    )
+    .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": token, "jti": jti, "expires_at": rfc3339(exp * 1000) })),
@@ -99,6 +109,15 @@ pub async fn revoke(
     s.store.revoke_client(&jti, until).await?;
     s.revocations.insert(&jti, until);
     tracing::warn!(actor = %who.sub, jti = %jti, "client token revoked");
+    super::record(
+        &s,
+        None,
+        AuditEntry {
+            detail: Some(format!("jti={jti}")),
+            ..super::entry(&who, "client.revoke")
+        },
+    )
+    .await;
     Ok(Json(json!({ "jti": jti, "revoked": true })))
 }
 

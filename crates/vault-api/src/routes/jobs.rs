@@ -13,10 +13,13 @@ use vault_core::refresh::RefreshSecrets;
 use vault_core::store::RefreshedToken;
 use vault_core::time::TimeInput;
 
-use super::pool_name;
+use super::{entry, pool_name, record};
 use crate::error::ApiError;
 use crate::extract::{Body, Path};
 use crate::AppState;
+use axum::Extension;
+use vault_core::auth::Principal;
+use vault_core::model::AuditEntry;
 
 /// Failed attempts of an external job before its token is quarantined.
 const MAX_ATTEMPTS: u32 = 8;
@@ -64,6 +67,7 @@ pub struct CompleteInput {
 
 pub async fn complete(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, job)): Path<(String, String)>,
     Body(input): Body<CompleteInput>,
 ) -> Result<Json<Value>, ApiError> {
@@ -96,6 +100,13 @@ pub async fn complete(
         rotated.as_ref(),
     )?;
     let generation = s.store.job_complete(pool, &job, &sealed).await?;
+    let e = AuditEntry {
+        token_id: Some(token_id.clone()),
+        outcome: Some("refreshed".into()),
+        detail: Some(secret.fingerprint()),
+        ..entry(&who, "token.refresh")
+    };
+    record(&s, Some(pool), e).await;
     tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation, "token refreshed by an external worker");
     Ok(Json(
         json!({ "job_id": job, "token_id": token_id, "generation": generation, "state": "active" }),
@@ -112,6 +123,7 @@ pub struct FailInput {
 
 pub async fn fail(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, job)): Path<(String, String)>,
     Body(input): Body<FailInput>,
 ) -> Result<Json<Value>, ApiError> {
@@ -126,7 +138,7 @@ pub async fn fail(
     if input.retry_after_s.is_some_and(|r| r > 86_400) {
         return Err(ApiError::invalid("retry_after_s must be at most 86400"));
     }
-    let state = s
+    let r = s
         .store
         .job_fail(
             pool,
@@ -136,5 +148,19 @@ pub async fn fail(
             MAX_ATTEMPTS,
         )
         .await?;
-    Ok(Json(json!({ "job_id": job, "state": state })))
+    let e = AuditEntry {
+        token_id: Some(r.token_id.clone()),
+        outcome: Some(
+            if r.state == "quarantined" {
+                "quarantined"
+            } else {
+                "will_retry"
+            }
+            .into(),
+        ),
+        detail: Some(error),
+        ..entry(&who, "token.refresh_failed")
+    };
+    record(&s, Some(pool), e).await;
+    Ok(Json(json!({ "job_id": job, "state": r.state })))
 }

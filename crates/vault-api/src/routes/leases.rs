@@ -14,10 +14,14 @@ use vault_core::store::AcquireArgs;
 use vault_core::time::rfc3339;
 use vault_core::VaultError;
 
-use super::pool_name;
+use super::{entry, pool_name, record};
 use crate::error::ApiError;
 use crate::extract::{Body, Path};
 use crate::AppState;
+use axum::Extension;
+use vault_core::auth::Principal;
+use vault_core::model::{AuditEntry, Outcome};
+use vault_core::store::Released;
 
 #[derive(Serialize)]
 pub struct LeaseView {
@@ -130,8 +134,40 @@ pub async fn renew(
     Ok(Json(lease_view(&s, pool, g)?))
 }
 
+/// Every outcome other than a plain `ok` is audited; a token it quarantined is too.
+async fn audit_outcome(
+    s: &AppState,
+    who: &Principal,
+    pool: &str,
+    lease: &str,
+    r: &Released,
+    report: &Report,
+) {
+    if report.outcome == Outcome::Ok {
+        return;
+    }
+    tracing::info!(pool, token_id = %r.token_id, outcome = report.outcome.as_str(), state = %r.state, "lease outcome");
+    let e = AuditEntry {
+        token_id: Some(r.token_id.clone()),
+        lease_id: Some(lease.to_string()),
+        outcome: Some(report.outcome.as_str().to_string()),
+        detail: report.detail.clone(),
+        ..entry(who, "lease.outcome")
+    };
+    record(s, Some(pool), e).await;
+    if r.state == "quarantined" {
+        let e = AuditEntry {
+            token_id: Some(r.token_id.clone()),
+            outcome: Some("quarantined".into()),
+            ..entry(who, "token.quarantine")
+        };
+        record(s, Some(pool), e).await;
+    }
+}
+
 pub async fn release(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, lease)): Path<(String, String)>,
     Body(report): Body<Report>,
 ) -> Result<Json<Value>, ApiError> {
@@ -139,9 +175,7 @@ pub async fn release(
     lease_id(&lease)?;
     report.validate()?;
     let r = s.store.release(pool, &lease, &report).await?;
-    if report.outcome != vault_core::model::Outcome::Ok {
-        tracing::info!(pool, token_id = %r.token_id, outcome = report.outcome.as_str(), state = %r.state, "lease outcome");
-    }
+    audit_outcome(&s, &who, pool, &lease, &r, &report).await;
     Ok(Json(
         json!({ "lease_id": lease, "token_id": r.token_id, "token_state": r.state, "released": true }),
     ))
@@ -149,6 +183,7 @@ pub async fn release(
 
 pub async fn rotate(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, lease)): Path<(String, String)>,
     Body(report): Body<Report>,
 ) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
@@ -159,6 +194,6 @@ pub async fn rotate(
         .store
         .rotate(pool, &lease, &report, &new_lease_id())
         .await?;
-    tracing::info!(pool, token_id = %released.token_id, outcome = report.outcome.as_str(), state = %released.state, "lease rotated");
+    audit_outcome(&s, &who, pool, &lease, &released, &report).await;
     Ok((StatusCode::CREATED, Json(lease_view(&s, pool, next?)?)))
 }

@@ -9,19 +9,27 @@ use serde_json::{json, Value};
 use vault_core::auth::Principal;
 use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
 
-use super::pool_name;
+use super::{entry, pool_name, record};
 use crate::error::ApiError;
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
+use vault_core::model::AuditEntry;
 
 pub async fn upsert(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Body(input): Body<PoolConfigInput>,
 ) -> Result<(StatusCode, Json<PoolView>), ApiError> {
     let pool = pool_name(&pool)?;
     let cfg = input.validate()?;
     let created = s.store.pool_upsert(pool, &cfg).await?;
+    let action = if created {
+        "pool.create"
+    } else {
+        "pool.update"
+    };
+    record(&s, Some(pool), entry(&who, action)).await;
     let view = s.store.pool_get(pool).await?;
     Ok((
         if created {
@@ -64,10 +72,21 @@ pub struct DeleteQuery {
 
 pub async fn delete(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    s.store.pool_delete(pool_name(&pool)?, q.force).await?;
+    let deleted = s.store.pool_delete(pool_name(&pool)?, q.force).await?;
+    let detail = format!("pool {pool} deleted with {deleted} tokens");
+    record(
+        &s,
+        None,
+        AuditEntry {
+            detail: Some(detail),
+            ..entry(&who, "pool.delete")
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -88,6 +107,7 @@ pub struct FreezeInput {
 
 pub async fn freeze(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Body(input): Body<FreezeInput>,
 ) -> Result<Json<Value>, ApiError> {
@@ -98,6 +118,16 @@ pub async fn freeze(
     }
     let ended = s.store.freeze(pool, input.revoke_leases, &reason).await?;
     tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
+    let detail = format!("{reason} ({} leases ended)", ended.len());
+    record(
+        &s,
+        Some(pool),
+        AuditEntry {
+            detail: Some(detail),
+            ..entry(&who, "pool.freeze")
+        },
+    )
+    .await;
     let ended: Vec<Value> = ended
         .iter()
         .map(|e| json!({"lease_id": e.lease_id, "token_id": e.token_id}))
@@ -109,10 +139,12 @@ pub async fn freeze(
 
 pub async fn unfreeze(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let pool = pool_name(&pool)?;
     s.store.unfreeze(pool).await?;
+    record(&s, Some(pool), entry(&who, "pool.unfreeze")).await;
     tracing::info!(pool, "pool unfrozen");
     Ok(Json(json!({ "pool": pool, "frozen": false })))
 }

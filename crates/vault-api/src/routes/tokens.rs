@@ -9,10 +9,13 @@ use serde_json::{json, Value};
 use vault_core::model::{check_token_id, TokenInput, TokenMeta, MAX_DEPOSIT, VIEW_STATES};
 use vault_core::time::TimeInput;
 
-use super::pool_name;
+use super::{entry, pool_name, record};
 use crate::error::ApiError;
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
+use axum::Extension;
+use vault_core::auth::Principal;
+use vault_core::model::AuditEntry;
 
 /// `{"tokens":[...]}` or one token object.
 fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
@@ -40,6 +43,7 @@ fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
 
 pub async fn deposit(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Body(body): Body<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -64,6 +68,12 @@ pub async fn deposit(
     let ids = s.store.deposit(pool, &sealed).await?;
     for t in &sealed {
         tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
+        let e = AuditEntry {
+            token_id: Some(t.id.clone()),
+            detail: Some(t.fingerprint.clone()),
+            ..entry(&who, "token.deposit")
+        };
+        record(&s, Some(pool), e).await;
     }
     Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))))
 }
@@ -119,10 +129,20 @@ pub async fn get(
 
 pub async fn delete(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     ids(&pool, &id)?;
     s.store.token_delete(&pool, &id).await?;
+    record(
+        &s,
+        Some(&pool),
+        AuditEntry {
+            token_id: Some(id.clone()),
+            ..entry(&who, "token.delete")
+        },
+    )
+    .await;
     tracing::info!(pool, token_id = %id, "token deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -135,6 +155,7 @@ pub struct ReasonInput {
 
 pub async fn revoke(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
     Body(input): Body<ReasonInput>,
 ) -> Result<Json<Value>, ApiError> {
@@ -144,6 +165,17 @@ pub async fn revoke(
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
     let ended = s.store.revoke(&pool, &id, &reason).await?;
+    let detail = format!("{reason} ({} leases ended)", ended.len());
+    record(
+        &s,
+        Some(&pool),
+        AuditEntry {
+            token_id: Some(id.clone()),
+            detail: Some(detail),
+            ..entry(&who, "token.revoke")
+        },
+    )
+    .await;
     tracing::warn!(pool, token_id = %id, leases_ended = ended.len(), "token revoked");
     Ok(Json(
         json!({ "token_id": id, "state": "revoked", "leases_ended": ended }),
@@ -158,6 +190,7 @@ pub struct DeprecateInput {
 
 pub async fn deprecate(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
     Body(input): Body<DeprecateInput>,
 ) -> Result<Json<Value>, ApiError> {
@@ -166,24 +199,53 @@ pub async fn deprecate(
         .store
         .deprecate(&pool, &id, input.sunset_at.map(|t| t.0))
         .await?;
+    record(
+        &s,
+        Some(&pool),
+        AuditEntry {
+            token_id: Some(id.clone()),
+            ..entry(&who, "token.deprecate")
+        },
+    )
+    .await;
     Ok(Json(json!({ "token_id": id, "state": state })))
 }
 
 pub async fn restore(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     ids(&pool, &id)?;
     let state = s.store.restore(&pool, &id).await?;
+    record(
+        &s,
+        Some(&pool),
+        AuditEntry {
+            token_id: Some(id.clone()),
+            ..entry(&who, "token.restore")
+        },
+    )
+    .await;
     Ok(Json(json!({ "token_id": id, "state": state })))
 }
 
 pub async fn refresh(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     ids(&pool, &id)?;
     let state = s.store.refresh_enqueue(&pool, &id).await?;
+    record(
+        &s,
+        Some(&pool),
+        AuditEntry {
+            token_id: Some(id.clone()),
+            ..entry(&who, "token.refresh_requested")
+        },
+    )
+    .await;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "token_id": id, "state": state })),
