@@ -34,6 +34,16 @@ async fn dump_everything(url: &str) -> Vec<(String, String)> {
             "set" => c.smembers(&k).await.unwrap(),
             "zset" => c.zrange(&k, 0, -1).await.unwrap(),
             "list" => c.lrange(&k, 0, -1).await.unwrap(),
+            "stream" => {
+                let rows: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                    .arg(&k)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                rows.into_iter().flat_map(|(_, fields)| fields).collect()
+            }
             other => panic!("unexpected key type {other} for {k}"),
         };
         // DUMP too: the serialized form must not carry it either (e.g. in a listpack).
