@@ -170,6 +170,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         master_key: MasterKeyArgs {
             master_key: Some(master_key),
+            old_master_keys: vec![],
         },
         shutdown_grace_s: 10,
         log_format: "text".into(),

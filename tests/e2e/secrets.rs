@@ -127,3 +127,116 @@ async fn a_vault_with_another_master_key_cannot_read_secrets() {
     a.problem(500, "crypto_error");
     assert!(!a.body.to_string().contains("s3cr3t"));
 }
+
+#[tokio::test]
+async fn master_key_rotation_with_reencrypt() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put(
+        "/v1/pools/p",
+        serde_json::json!({"max_leases_per_token": 10}),
+    )
+    .await;
+    api.post("/v1/pools/p/tokens", serde_json::json!({"tokens": [
+        {"id": "a", "secret": "sa", "refresh": {"kind": "oauth2_refresh_token", "token_url": "http://idp/t", "refresh_token": "rt"}},
+        {"id": "b", "secret": "sb"}]})).await;
+    let k1 = t.dep.master_key.clone();
+    let k2 = vault_core::crypto::MasterKey::generate();
+    let k2_id = k2.id().to_string();
+    // Step 1: every process gets the new key as current, the old one for reading.
+    let mut rotated = t.dep.clone();
+    rotated.master_key = k2.to_base64();
+    let v2 = rotated.vault(&[("TV_MASTER_KEYS_OLD", &k1)]).await;
+    let api2 = rotated.api(&v2);
+    let secrets: std::collections::BTreeSet<String> = futures_lease_all(&api2, 2).await;
+    assert_eq!(
+        secrets,
+        ["sa", "sb"].iter().map(|s| s.to_string()).collect(),
+        "old records still open"
+    );
+    api2.post(
+        "/v1/pools/p/tokens",
+        serde_json::json!({"id": "c", "secret": "sc"}),
+    )
+    .await;
+    assert_eq!(
+        api2.get("/v1/pools/p/tokens/c").await.str("key_id"),
+        k2_id,
+        "new writes use the new key"
+    );
+    assert_ne!(api2.get("/v1/pools/p/tokens/a").await.str("key_id"), k2_id);
+
+    // Step 2: re-seal what is left.
+    let reencrypt = |old: Option<&str>| {
+        let mut cmd = std::process::Command::new(testkit::bin_path("vaultctl"));
+        cmd.args(["keys", "reencrypt", "--pool", "p"])
+            .env("TV_REDIS_URL", &t.dep.redis_url)
+            .env("TV_PREFIX", &t.dep.prefix)
+            .env("TV_MASTER_KEY", k2.to_base64())
+            .env_remove("TV_MASTER_KEYS_OLD");
+        if let Some(o) = old {
+            cmd.env("TV_MASTER_KEYS_OLD", o);
+        }
+        cmd.output().unwrap()
+    };
+    let out = reencrypt(Some(&k1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2 re-sealed") && text.contains("1 already current"),
+        "{text}"
+    );
+    for id in ["a", "b"] {
+        assert_eq!(
+            api2.get(&format!("/v1/pools/p/tokens/{id}"))
+                .await
+                .str("key_id"),
+            k2_id
+        );
+    }
+    let refresh_kid = t.redis.cli(&[
+        "HGET",
+        &format!("{}:{{p}}:t:a", t.dep.prefix),
+        "refresh_key_id",
+    ]);
+    assert_eq!(
+        refresh_kid.trim(),
+        k2_id,
+        "refresh credentials re-sealed too"
+    );
+    let again = reencrypt(None);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 re-sealed, 3 already current"));
+
+    // Step 3: the old key can go; everything opens with the new key alone.
+    let v3 = rotated.vault(&[]).await;
+    let all = futures_lease_all(&rotated.api(&v3), 3).await;
+    assert_eq!(all.len(), 3);
+    // A vault without the record's key says so clearly instead of answering garbage.
+    let stale = t.dep.vault(&[]).await;
+    let a = t
+        .dep
+        .api(&stale)
+        .post("/v1/pools/p/leases", serde_json::json!({}))
+        .await;
+    a.problem(500, "crypto_error");
+}
+
+/// Lease `n` times (holding the leases) and collect the secrets handed out.
+async fn futures_lease_all(
+    api: &crate::harness::Api,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let l = api
+            .post("/v1/pools/p/leases", serde_json::json!({"ttl_s": 5}))
+            .await;
+        assert_eq!(l.status, 201, "{l:?}");
+        out.insert(l.str("secret"));
+    }
+    out
+}

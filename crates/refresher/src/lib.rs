@@ -443,7 +443,7 @@ impl Refresher {
 
 /// The refresher binary.
 pub async fn run(cfg: RefresherConfig) -> anyhow::Result<()> {
-    let key = cfg.master_key.load().map_err(anyhow::Error::msg)?;
+    let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
     match store.load_scripts().await {
         Err(e @ VaultError::ScriptsUnavailable(_)) => {
@@ -452,8 +452,7 @@ pub async fn run(cfg: RefresherConfig) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "redis not reachable at start-up; will keep trying"),
         Ok(()) => {}
     }
-    let r =
-        Refresher::new(store, Cipher::new(&key), cfg.clone()).context("invalid configuration")?;
+    let r = Refresher::new(store, cipher, cfg.clone()).context("invalid configuration")?;
     tracing::info!(
         concurrency = cfg.concurrency,
         visibility_ms = cfg.visibility_ms,

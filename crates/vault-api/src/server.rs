@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use vault_core::crypto::Cipher;
 use vault_core::{Store, VaultError};
 
 use crate::{router, ApiConfig, AppState};
@@ -13,7 +12,7 @@ use crate::{router, ApiConfig, AppState};
 /// Connect, load the scripts (failing closed when Redis refuses them) and build the state.
 /// An unreachable Redis is not fatal: the server starts and `/readyz` says 503 until it is back.
 pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
-    let key = cfg.master_key.load().map_err(anyhow::Error::msg)?;
+    let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
     match store.load_scripts().await {
         Ok(()) => tracing::info!("lua scripts loaded"),
@@ -26,7 +25,7 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     }
     let keys = cfg.auth.key_ring()?;
     tracing::info!(signer = keys.signer_kid().unwrap_or("none (verify only)"), kids = ?keys.kids(), "client-token keys loaded");
-    let state = AppState::new(store, Cipher::new(&key), keys);
+    let state = AppState::new(store, cipher, keys);
     crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.redis_url.clone());
     Ok(state)
 }

@@ -54,12 +54,22 @@ pub struct MasterKeyArgs {
     /// AES-256 master key, base64 of 32 bytes (generate: `openssl rand -base64 32`).
     #[arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// Previous master keys (comma-separated base64), still accepted for decryption until
+    /// `vaultctl keys reencrypt` has re-sealed every record with the current one.
+    #[arg(
+        long = "master-keys-old",
+        env = "TV_MASTER_KEYS_OLD",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub old_master_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for MasterKeyArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterKeyArgs")
             .field("master_key", &"[redacted]")
+            .field("old_master_keys", &"[redacted]")
             .finish()
     }
 }
@@ -70,6 +80,18 @@ impl MasterKeyArgs {
             "TV_MASTER_KEY is not set; generate one with `openssl rand -base64 32`".to_string()
         })?;
         MasterKey::from_base64(text)
+    }
+
+    /// The cipher: seals with the current key, opens with it and every old key.
+    pub fn cipher(&self) -> Result<crate::crypto::Cipher, String> {
+        let current = self.load()?;
+        let old = self
+            .old_master_keys
+            .iter()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| MasterKey::from_base64(k).map_err(|e| format!("TV_MASTER_KEYS_OLD: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::crypto::Cipher::new(&current).with_old_keys(&old))
     }
 }
 

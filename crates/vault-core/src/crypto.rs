@@ -129,6 +129,16 @@ impl Cipher {
         }
     }
 
+    /// Also decrypt with `old` keys (master-key rotation: records sealed before the switch).
+    pub fn with_old_keys(mut self, old: &[MasterKey]) -> Self {
+        for k in old {
+            self.keys
+                .entry(k.id.clone())
+                .or_insert_with(|| Aes256Gcm::new(&k.key.into()));
+        }
+        self
+    }
+
     pub fn current_key_id(&self) -> &str {
         &self.current
     }

@@ -48,4 +48,5 @@ scripts! {
     JOB_CLAIM => "job_claim.lua",
     JOB_COMPLETE => "job_complete.lua",
     JOB_FAIL => "job_fail.lua",
+    RESEAL => "reseal.lua",
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::RedisArgs;
+use crate::crypto::Sealed;
 use crate::error::VaultError;
 use crate::keys::Keys;
 use crate::model::{
@@ -939,6 +940,54 @@ impl Store {
                 .map_err(|e| VaultError::Internal(format!("job answer: {e}"))),
             None => Ok(None),
         }
+    }
+
+    /// One page of a pool's token ids (SSCAN); `None` cursor at the end.
+    pub async fn token_ids_page(
+        &self,
+        pool: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        let (next, ids): (u64, Vec<String>) = self
+            .cmd(
+                redis::cmd("SSCAN")
+                    .arg(self.keys.pool(pool).ids())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(count)
+                    .clone(),
+            )
+            .await?;
+        Ok((ids, (next != 0).then_some(next)))
+    }
+
+    /// Re-seal one token's ciphertexts under the current key (compare-and-set against what was
+    /// read). Returns false when the token changed meanwhile (nothing written).
+    pub async fn reseal(
+        &self,
+        pool: &str,
+        id: &str,
+        read: (&str, &str),
+        secret: &Sealed,
+        refresh: Option<&Sealed>,
+    ) -> Result<bool> {
+        let v = self
+            .eval(
+                &scripts::RESEAL,
+                pool,
+                &[
+                    id.to_string(),
+                    read.0.to_string(),
+                    secret.data.clone(),
+                    secret.key_id.clone(),
+                    read.1.to_string(),
+                    refresh.map(|r| r.data.clone()).unwrap_or_default(),
+                    refresh.map(|r| r.key_id.clone()).unwrap_or_default(),
+                ],
+            )
+            .await?;
+        Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
     }
 
     /// The token a job was claimed for (`JobGone` when the job record is gone).

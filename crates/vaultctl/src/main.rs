@@ -1,11 +1,17 @@
 //! vaultctl: operator CLI. Offline commands need no server: generating a signing key and
 //! minting a client token with it (the bootstrap: the first admin token comes from here).
+//! `keys reencrypt` talks to Redis directly (it needs the master keys, which the API never
+//! hands out).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
+use vault_core::config::{MasterKeyArgs, RedisArgs};
+use vault_core::crypto::{Cipher, Sealed};
+use vault_core::refresh::refresh_aad_id;
+use vault_core::Store;
 
 #[derive(Parser)]
 #[command(name = "vaultctl", version, about = "tokenvault operator CLI")]
@@ -56,6 +62,21 @@ enum KeysCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Re-seal every secret and refresh credential still encrypted with an old master key under
+    /// the current one (TV_MASTER_KEY; old keys in TV_MASTER_KEYS_OLD). Safe while the vault
+    /// runs: a record that changes meanwhile is left alone (run again to pick it up).
+    Reencrypt {
+        /// The pool to re-seal.
+        #[arg(long, required_unless_present = "all_pools")]
+        pool: Option<String>,
+        /// Every pool.
+        #[arg(long)]
+        all_pools: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        master: MasterKeyArgs,
+    },
 }
 
 /// "3600", "90s", "30m", "12h", "7d" → seconds.
@@ -78,8 +99,117 @@ fn parse_ttl(s: &str) -> anyhow::Result<i64> {
     Ok(n * mult)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// What a re-encryption pass did.
+#[derive(Debug, Default)]
+struct Resealed {
+    resealed: u64,
+    current: u64,
+    changed: u64,
+    unreadable: u64,
+}
+
+async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result<Resealed> {
+    let mut r = Resealed::default();
+    let current = cipher.current_key_id().to_string();
+    let mut cursor = 0;
+    loop {
+        let (ids, next) = store.token_ids_page(pool, cursor, 500).await?;
+        for id in ids {
+            let Ok(f) = store.token_fields(pool, &id).await else {
+                continue;
+            };
+            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+            let (ct, rct) = (get("secret_ct"), get("refresh_ct"));
+            let stale_secret = get("key_id") != current;
+            let stale_refresh = !rct.is_empty() && get("refresh_key_id") != current;
+            if !stale_secret && !stale_refresh {
+                r.current += 1;
+                continue;
+            }
+            let opened = cipher
+                .open(
+                    pool,
+                    &id,
+                    &Sealed {
+                        key_id: get("key_id"),
+                        data: ct.clone(),
+                    },
+                )
+                .and_then(|plain| {
+                    let secret = cipher.seal(pool, &id, &plain);
+                    let refresh = if rct.is_empty() {
+                        None
+                    } else {
+                        let aad = refresh_aad_id(&id);
+                        let plain = cipher.open(
+                            pool,
+                            &aad,
+                            &Sealed {
+                                key_id: get("refresh_key_id"),
+                                data: rct.clone(),
+                            },
+                        )?;
+                        Some(cipher.seal(pool, &aad, &plain))
+                    };
+                    Ok((secret, refresh))
+                });
+            match opened {
+                Err(e) => {
+                    eprintln!("pool {pool}: {e}");
+                    r.unreadable += 1;
+                }
+                Ok((secret, refresh)) => {
+                    if store
+                        .reseal(pool, &id, (&ct, &rct), &secret, refresh.as_ref())
+                        .await?
+                    {
+                        r.resealed += 1;
+                    } else {
+                        r.changed += 1;
+                    }
+                }
+            }
+        }
+        match next {
+            Some(c) => cursor = c,
+            None => return Ok(r),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Keys(KeysCmd::Reencrypt {
+            pool,
+            all_pools,
+            redis,
+            master,
+        }) => {
+            let cipher = master.cipher().map_err(anyhow::Error::msg)?;
+            let store = Store::connect(&redis)?;
+            store.load_scripts().await?;
+            let pools = if all_pools {
+                store.pool_names().await?
+            } else {
+                pool.into_iter().collect()
+            };
+            let mut failed = false;
+            for p in pools {
+                let r = reencrypt(&store, &cipher, &p).await?;
+                println!(
+                    "pool {p}: {} re-sealed with {}, {} already current, {} changed meanwhile (run again), {} unreadable",
+                    r.resealed,
+                    cipher.current_key_id(),
+                    r.current,
+                    r.changed,
+                    r.unreadable
+                );
+                failed |= r.unreadable > 0;
+            }
+            if failed {
+                bail!("some records are sealed with a key that is neither TV_MASTER_KEY nor in TV_MASTER_KEYS_OLD");
+            }
+        }
         Cmd::Keys(KeysCmd::Generate { out }) => {
             if out.exists() {
                 bail!("{} exists; refusing to overwrite a key", out.display());
@@ -143,8 +273,9 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vaultctl: {e:#}");

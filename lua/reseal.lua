@@ -1,0 +1,15 @@
+-- reseal.lua: replace a token's ciphertexts with ones sealed under the current master key
+-- (same plaintext). Compare-and-set: only if the stored ciphertexts are still the ones the
+-- caller decrypted, so a refresh that landed meanwhile is never overwritten.
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] token id; ARGV[3] secret ciphertext read; ARGV[4] new secret
+-- ciphertext; ARGV[5] new key id; ARGV[6] refresh ciphertext read; ARGV[7] new refresh
+-- ciphertext ("" = leave it); ARGV[8] its key id.
+-- Returns {"resealed":bool} | {"err":"token_not_found"}.
+local id = ARGV[2]
+local t = hgetall(tkey(id))
+if t == nil then return fail('token_not_found') end
+if t.secret_ct ~= ARGV[3] or (t.refresh_ct or '') ~= ARGV[6] then return reply({ resealed = false }) end
+redis.call('HSET', tkey(id), 'secret_ct', ARGV[4], 'key_id', ARGV[5])
+if ARGV[7] ~= '' then redis.call('HSET', tkey(id), 'refresh_ct', ARGV[7], 'refresh_key_id', ARGV[8]) end
+return reply({ resealed = true })
