@@ -173,12 +173,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             old_master_keys: vec![],
         },
         shutdown_grace_s: 10,
+        header_read_timeout_ms: 10_000,
         log_format: "text".into(),
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),
             issuer: "tokenvault".into(),
             audience: "tokenvault".into(),
             max_ttl_s: 30 * 86_400,
+            failure_limit: 60,
         },
     };
     let state = vault_api::server::prepare(&cfg).await?;
@@ -256,6 +258,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             let _ = api_stop.changed().await;
         },
         Duration::from_secs(cfg.shutdown_grace_s),
+        vault_api::server::ConnLimits::default(),
     ));
     vault_core::config::shutdown_signal().await;
     let _ = stop_tx.send(true);

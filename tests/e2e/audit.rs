@@ -265,3 +265,40 @@ async fn no_secret_in_logs_audit_redis_or_answers_at_trace_level() {
         }
     }
 }
+
+#[tokio::test]
+async fn janitor_sunset_revocations_are_audited() {
+    let t = one(&[]).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    t.api
+        .post("/v1/pools/p/tokens", json!({"id": "old", "secret": "s"}))
+        .await;
+    let sunset = crate::harness::now_ms() + 300;
+    t.api
+        .post(
+            "/v1/pools/p/tokens/old/deprecate",
+            json!({"sunset_at": sunset}),
+        )
+        .await;
+    let _janitor = t.dep.janitor(100);
+    wait_json(
+        &t.api,
+        "/v1/pools/p/tokens/old",
+        Duration::from_secs(10),
+        |m| m["state"] == "revoked",
+    )
+    .await;
+    let trail = t.api.get("/v1/audit?pool=p").await.body;
+    let e = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "token.revoke")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (e["actor"].as_str(), e["token_id"].as_str()),
+        (Some("janitor"), Some("old"))
+    );
+    assert!(actions(&trail).contains(&"token.deprecate".to_string()));
+}

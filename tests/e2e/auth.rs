@@ -48,6 +48,7 @@ fn families() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"jti": "j"})),
         ),
         (Method::POST, "/v1/introspect", Some(json!({"token": "x"}))),
+        (Method::GET, "/v1/audit?pool=p", None),
     ]
 }
 
@@ -147,8 +148,9 @@ async fn bad_tokens_are_refused_on_every_route_family() {
                 "{what} on {path}: {challenge}"
             );
         }
-        // Valid, but without the scope (GET /v1/pools is open to every scope).
-        if path != "/v1/pools" {
+        // Valid, but without the scope (GET /v1/pools is open to every scope; the audit
+        // route is what this token's scope is for).
+        if path != "/v1/pools" && !path.starts_with("/v1/audit") {
             let a = anon
                 .clone()
                 .with_token(&no_scope)
@@ -577,4 +579,50 @@ async fn vaultctl_mints_offline_tokens_the_vault_accepts() {
         .output()
         .unwrap();
     assert!(!again.status.success(), "never overwrites a key");
+}
+
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let t = one(&[("TV_AUTH_FAILURE_LIMIT", "3")]).await;
+    let anon = Api::new(&t.api.base);
+    for _ in 0..3 {
+        anon.clone()
+            .with_token("garbage")
+            .get("/v1/pools")
+            .await
+            .problem(401, "unauthorized");
+    }
+    let a = anon.clone().with_token("garbage").get("/v1/pools").await;
+    a.problem(429, "too_many_auth_failures");
+    assert!(
+        a.retry_after.is_some_and(|s| (1..=60).contains(&s)),
+        "{a:?}"
+    );
+    anon.get("/v1/pools")
+        .await
+        .problem(429, "too_many_auth_failures");
+    // A valid token from the same address still works.
+    assert_eq!(t.api.get("/v1/pools").await.status, 200);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = one(&[("TV_HEADER_READ_TIMEOUT_MS", "300")]).await;
+    let addr = t.api.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile others are served.
+    assert_eq!(t.api.get("/healthz").await.status, 200);
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await;
+    let n = read
+        .expect("the server must close a connection whose headers never finish")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(start.elapsed() < Duration::from_secs(3));
 }

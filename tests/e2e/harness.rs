@@ -92,6 +92,8 @@ impl Deployment {
                 self.keys_dir.path().display().to_string(),
             ),
             ("RUST_LOG", "warn".to_string()),
+            // The bad-token tests fail on purpose, far more often than a real client would.
+            ("TV_AUTH_FAILURE_LIMIT", "100000".to_string()),
         ];
         for (k, v) in extra {
             // Leak is fine: a handful of short strings per test process.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use vault_core::config::RedisArgs;
+use vault_core::model::AuditEntry;
 use vault_core::Store;
 
 #[derive(Debug, Clone, Parser)]
@@ -78,7 +79,21 @@ pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<Sweep
         st.returned += drain(batch, || store.return_cooled(p, batch)).await?;
         st.expired += drain(batch, || store.expire_tokens(p, batch)).await?;
         st.sunset += drain(batch, || async {
-            Ok(store.sunset_tokens(p, batch).await?.len() as u64)
+            let revoked = store.sunset_tokens(p, batch).await?;
+            for id in &revoked {
+                let e = AuditEntry {
+                    actor: "janitor".into(),
+                    action: "token.revoke".into(),
+                    pool: Some(p.to_string()),
+                    token_id: Some(id.clone()),
+                    detail: Some("sunset of a deprecated token".into()),
+                    ..Default::default()
+                };
+                if let Err(err) = store.audit(Some(p), &e).await {
+                    tracing::error!(error = %err, "audit entry could not be written");
+                }
+            }
+            Ok(revoked.len() as u64)
         })
         .await?;
     }

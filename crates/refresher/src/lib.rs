@@ -421,6 +421,9 @@ impl Refresher {
                     Ok(res) if res.status().as_u16() == probe.expect_status => Report::default(),
                     Ok(res) => {
                         tracing::warn!(pool, token_id = %lease.token_id, status = res.status().as_u16(), "probe failed: strike");
+                        let detail = format!("probe answered {}", res.status());
+                        self.audit(pool, "probe.failed", &lease.token_id, "suspect", &detail)
+                            .await;
                         Report {
                             outcome: Outcome::Suspect,
                             detail: Some(format!("probe answered {}", res.status())),

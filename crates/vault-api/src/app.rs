@@ -29,6 +29,8 @@ pub struct App {
     pub keys: KeyRing,
     /// Revoked client-token ids, kept current from Redis.
     pub revocations: Revocations,
+    /// Failed authentications per client address.
+    pub auth_failures: crate::auth::AuthFailures,
     /// Client tokens already verified (signature and claims), by token text.
     pub verified: std::sync::RwLock<std::collections::HashMap<String, vault_core::auth::Principal>>,
 }
@@ -41,12 +43,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store, cipher: Cipher, keys: KeyRing) -> Self {
+    pub fn new(store: Store, cipher: Cipher, keys: KeyRing, auth_failure_limit: u32) -> Self {
         Self(Arc::new(App {
             store,
             cipher,
             keys,
             revocations: Revocations::default(),
+            auth_failures: crate::auth::AuthFailures::new(auth_failure_limit),
             verified: Default::default(),
         }))
     }

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -107,9 +110,29 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let principal = bearer(&req)
-        .and_then(|t| authenticate(&s, t))
-        .map_err(ApiError::unauthorized)?;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let principal = match bearer(&req).and_then(|t| authenticate(&s, t)) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(ip) = peer {
+                if let Some(wait_s) = s.auth_failures.blocked(ip) {
+                    tracing::warn!(%ip, "too many failed authentications");
+                    let mut err = ApiError::new(
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_auth_failures",
+                        "too many failed authentications from this address; retry later",
+                    );
+                    err.retry_after_s = Some(wait_s);
+                    return Err(err);
+                }
+                s.auth_failures.record(ip);
+            }
+            return Err(ApiError::unauthorized(e));
+        }
+    };
     let route = matched.as_ref().map(|m| m.as_str()).unwrap_or("");
     let route = route.strip_prefix("/v1").unwrap_or(route);
     let scopes = allowed_scopes(req.method(), route)
@@ -136,6 +159,45 @@ pub async fn authorize(
     }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
+}
+
+/// Failed authentications per client address in a fixed one-minute window. Over the limit,
+/// requests without a valid token get 429 before anything else; a valid token still passes,
+/// so one misbehaving process cannot lock out the workers sharing its address.
+pub struct AuthFailures {
+    limit: u32,
+    windows: std::sync::Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+impl AuthFailures {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            windows: Default::default(),
+        }
+    }
+
+    /// Seconds until `ip` may fail again, when it is over its limit.
+    fn blocked(&self, ip: IpAddr) -> Option<u64> {
+        let w = self.windows.lock().expect("auth failure lock");
+        let (start, n) = w.get(&ip)?;
+        let left = FAILURE_WINDOW.saturating_sub(start.elapsed());
+        (*n >= self.limit && !left.is_zero()).then(|| left.as_secs().max(1))
+    }
+
+    fn record(&self, ip: IpAddr) {
+        let mut w = self.windows.lock().expect("auth failure lock");
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| start.elapsed() < FAILURE_WINDOW);
+        }
+        let e = w.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= FAILURE_WINDOW {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
 }
 
 /// The replica's deny set of revoked client-token ids.

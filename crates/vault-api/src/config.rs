@@ -24,6 +24,13 @@ pub struct ApiConfig {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub master_key: MasterKeyArgs,
+    /// Milliseconds a client gets to send its request headers (slowloris protection).
+    #[arg(
+        long = "header-read-timeout-ms",
+        env = "TV_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(
         long = "shutdown-grace-s",
@@ -63,6 +70,14 @@ pub struct AuthArgs {
     /// Longest client-token lifetime accepted (and how long revocations are kept).
     #[arg(long = "client-token-max-ttl-s", env = "TV_CLIENT_TOKEN_MAX_TTL_S", default_value_t = 30 * 86_400)]
     pub max_ttl_s: i64,
+    /// Failed authentications one client address may make per minute; past it, requests
+    /// without a valid token get 429 (valid tokens still pass).
+    #[arg(
+        long = "auth-failure-limit",
+        env = "TV_AUTH_FAILURE_LIMIT",
+        default_value_t = 60
+    )]
+    pub failure_limit: u32,
 }
 
 impl AuthArgs {
