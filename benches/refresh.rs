@@ -92,6 +92,7 @@ async fn main() {
         prefix: "bench".into(),
         redis_timeout_ms: 5000,
         audit_max_entries: 100_000,
+        events_max_entries: 100_000,
         redis_pool_size: 8,
     })
     .unwrap();

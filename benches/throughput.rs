@@ -35,6 +35,7 @@ fn store_for(redis: &RedisServer, prefix: &str) -> Store {
         prefix: prefix.into(),
         redis_timeout_ms: 5000,
         audit_max_entries: 100_000,
+        events_max_entries: 100_000,
         redis_pool_size: 16,
     })
     .unwrap()

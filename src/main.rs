@@ -166,6 +166,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             prefix: args.prefix,
             redis_timeout_ms: 2000,
             audit_max_entries: 100_000,
+            events_max_entries: 100_000,
             redis_pool_size: 16,
         },
         master_key: MasterKeyArgs {

@@ -479,10 +479,13 @@ async fn staged_key_rotation_with_no_failed_request() {
         })
     };
     // Rolling restart: take one replica out of rotation, restart it, put it back.
+    // After each restart the client must make 10 more successful calls before the next step,
+    // so traffic provably runs through every step of the rotation.
     async fn roll(
         dep: &crate::harness::Deployment,
         vaults: &mut [crate::harness::Vault],
         replicas: &RwLock<Vec<String>>,
+        ok: Option<&AtomicU64>,
     ) {
         for v in vaults.iter_mut() {
             let old = v.base.clone();
@@ -490,6 +493,14 @@ async fn staged_key_rotation_with_no_failed_request() {
             v.child.terminate(Duration::from_secs(5));
             *v = dep.vault(&[]).await;
             replicas.write().unwrap().push(v.base.clone());
+            if let Some(ok) = ok {
+                let before = ok.load(Ordering::Relaxed);
+                let served = crate::harness::eventually(Duration::from_secs(20), || {
+                    ok.load(Ordering::Relaxed) >= before + 10
+                })
+                .await;
+                assert!(served, "the client made no progress after a restart");
+            }
         }
     }
     let new_pem = generate_key_pem();
@@ -503,11 +514,11 @@ async fn staged_key_rotation_with_no_failed_request() {
             .unwrap()
     };
     std::fs::write(dir.join("k2.pub.pem"), pub_pem).unwrap();
-    roll(&t.dep, &mut vaults, &replicas).await;
+    roll(&t.dep, &mut vaults, &replicas, Some(&ok)).await;
     // 2. k2 becomes the signer (its private key sorts after k1).
     std::fs::remove_file(dir.join("k2.pub.pem")).unwrap();
     std::fs::write(dir.join("k2.pem"), &new_pem).unwrap();
-    roll(&t.dep, &mut vaults, &replicas).await;
+    roll(&t.dep, &mut vaults, &replicas, Some(&ok)).await;
     let served_during = ok.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     client.await.unwrap();
@@ -529,7 +540,7 @@ async fn staged_key_rotation_with_no_failed_request() {
 
     // 3. After the longest client-token TTL, k1 is retired: its tokens stop working.
     std::fs::remove_file(dir.join("k1.pem")).unwrap();
-    roll(&t.dep, &mut vaults, &replicas).await;
+    roll(&t.dep, &mut vaults, &replicas, None).await;
     let api = Api::new(&vaults[1].base);
     api.clone()
         .with_token(&old_token)

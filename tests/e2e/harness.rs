@@ -114,7 +114,8 @@ impl Deployment {
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            // Ready = Redis answers, scripts loaded, revocation/event subscription live.
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
                 if r.status() == StatusCode::OK {
                     break;
                 }

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod concurrency;
 mod dev;
+mod events;
 mod fakes;
 mod harness;
 mod http;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use vault_core::config::RedisArgs;
-use vault_core::model::AuditEntry;
+use vault_core::model::{AuditEntry, VaultEvent};
 use vault_core::Store;
 
 #[derive(Debug, Clone, Parser)]
@@ -91,6 +91,21 @@ pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<Sweep
                 };
                 if let Err(err) = store.audit(Some(p), &e).await {
                     tracing::error!(error = %err, "audit entry could not be written");
+                }
+                let at = store
+                    .now_ms()
+                    .await
+                    .unwrap_or_else(|_| vault_core::time::now_ms());
+                let ev = VaultEvent {
+                    kind: "token.revoked".into(),
+                    pool: p.to_string(),
+                    token_id: Some(id.clone()),
+                    at,
+                    reason: Some("sunset".into()),
+                    ..Default::default()
+                };
+                if let Err(err) = store.publish_event(&ev).await {
+                    tracing::error!(error = %err, "event could not be published");
                 }
             }
             Ok(revoked.len() as u64)

@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
-use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report};
+use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report, VaultEvent};
 use vault_core::refresh::RefreshSecrets;
 use vault_core::store::{AcquireArgs, ClaimedJob, RefreshedToken};
 use vault_core::{Store, VaultError};
@@ -303,7 +303,36 @@ impl Refresher {
         };
         self.audit(pool, "token.refresh_failed", &job.token_id, outcome, msg)
             .await;
+        if r.state == "quarantined" {
+            self.event(
+                pool,
+                "token.quarantined",
+                &job.token_id,
+                Some("refresh failed"),
+            )
+            .await;
+        }
         Ok(())
+    }
+
+    /// Tell every worker (through every replica) what happened to a token.
+    async fn event(&self, pool: &str, kind: &str, token_id: &str, reason: Option<&str>) {
+        let at = self
+            .store
+            .now_ms()
+            .await
+            .unwrap_or_else(|_| vault_core::time::now_ms());
+        let e = VaultEvent {
+            kind: kind.into(),
+            pool: pool.into(),
+            token_id: Some(token_id.into()),
+            at,
+            reason: reason.map(String::from),
+            ..Default::default()
+        };
+        if let Err(err) = self.store.publish_event(&e).await {
+            tracing::error!(error = %err, "event could not be published");
+        }
     }
 
     async fn audit(&self, pool: &str, action: &str, token_id: &str, outcome: &str, detail: &str) {
@@ -355,6 +384,8 @@ impl Refresher {
             &r.access_token.fingerprint(),
         )
         .await;
+        self.event(pool, "token.refreshed", &job.token_id, None)
+            .await;
         Ok(())
     }
 

@@ -29,6 +29,8 @@ pub struct App {
     pub keys: KeyRing,
     /// Revoked client-token ids, kept current from Redis.
     pub revocations: Revocations,
+    /// Fan-out of events to this replica's SSE clients.
+    pub events: crate::events::EventHub,
     /// Failed authentications per client address.
     pub auth_failures: crate::auth::AuthFailures,
     /// Client tokens already verified (signature and claims), by token text.
@@ -49,6 +51,7 @@ impl AppState {
             cipher,
             keys,
             revocations: Revocations::default(),
+            events: Default::default(),
             auth_failures: crate::auth::AuthFailures::new(auth_failure_limit),
             verified: Default::default(),
         }))
@@ -97,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clients/revoke", post(clients::revoke))
         .route("/introspect", post(clients::introspect))
         .route("/audit", get(audit::read))
+        .route("/events", get(crate::events::stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -105,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/.well-known/jwks.json", get(clients::jwks))
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

@@ -49,6 +49,7 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
         ("POST", r) if r.starts_with("/pools/{pool}/refresh-jobs/") => DEPOSIT,
         ("POST", "/clients") | ("POST", "/clients/revoke") | ("POST", "/introspect") => ADMIN,
         ("GET", "/audit") => AUDIT,
+        ("GET", "/events") => LEASE,
         _ => return None,
     })
 }
@@ -236,18 +237,24 @@ impl Revocations {
         }
     }
 
-    /// Keep the deny set current: subscribe, resync on every (re)connect, resync periodically.
+    /// The replica's one Redis subscription: client revocations and events. On every
+    /// (re)connect it subscribes first, then re-reads the revocations and catches up on events,
+    /// so nothing published while it was disconnected is missed; revocations are also re-read
+    /// every 5 s as a backstop.
     pub fn spawn_listener(s: AppState, redis_url: String) {
         tokio::spawn(async move {
-            let channel = s.store.keys().revocation_channel();
+            let revocations = s.store.keys().revocation_channel();
+            let events = s.store.keys().events();
             loop {
                 match redis::Client::open(redis_url.as_str()) {
                     Ok(client) => match client.get_async_pubsub().await {
                         Ok(mut ps) => {
-                            if ps.subscribe(&channel).await.is_ok() {
-                                // Subscribed first, then resync: nothing published between the
-                                // two can be missed.
+                            if ps.subscribe(&[&revocations, &events]).await.is_ok() {
                                 s.revocations.resync(&s).await;
+                                s.events.catch_up(&s).await;
+                                s.events
+                                    .subscribed
+                                    .store(true, std::sync::atomic::Ordering::SeqCst);
                                 let mut msgs = ps.on_message();
                                 let mut tick = tokio::time::interval(Duration::from_secs(5));
                                 loop {
@@ -255,8 +262,11 @@ impl Revocations {
                                         m = msgs.next() => match m {
                                             Some(m) => {
                                                 let text: String = m.get_payload().unwrap_or_default();
-                                                if let Some((jti, until)) = text.split_once(' ') {
-                                                    s.revocations.insert(jti, until.parse().unwrap_or(i64::MAX));
+                                                let Some((head, rest)) = text.split_once(' ') else { continue };
+                                                if m.get_channel_name() == revocations {
+                                                    s.revocations.insert(head, rest.parse().unwrap_or(i64::MAX));
+                                                } else if let Ok(e) = serde_json::from_str(rest) {
+                                                    s.events.deliver(head.to_string(), e);
                                                 }
                                             }
                                             None => break,
@@ -264,15 +274,16 @@ impl Revocations {
                                         _ = tick.tick() => s.revocations.resync(&s).await,
                                     }
                                 }
-                                tracing::warn!("revocation subscription lost; reconnecting");
+                                s.events
+                                    .subscribed
+                                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                                tracing::warn!("redis subscription lost; reconnecting");
                             }
                         }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot subscribe to revocations yet")
-                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot subscribe yet"),
                     },
                     Err(e) => {
-                        tracing::error!(error = %e, "invalid Redis URL for revocations");
+                        tracing::error!(error = %e, "invalid Redis URL for the subscription");
                         return;
                     }
                 }

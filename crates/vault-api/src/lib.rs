@@ -6,6 +6,7 @@
 //! - [`app`]: `AppState` and [`app::router`], the whole HTTP surface (also used by tests).
 //! - [`auth`]: client-token middleware (scopes, pools), the revocation deny set.
 //! - [`routes`]: one module per API section (pools, tokens, leases, refresh jobs, clients, health).
+//! - [`events`]: server-sent events fed by one Redis subscription per replica.
 //! - [`error`]: `ApiError`, problem+json for every failure.
 //! - [`extract`]: path/query/body extractors that reject in the same format.
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
@@ -14,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod routes;
 pub mod server;

@@ -23,6 +23,7 @@ use crate::{router, ApiConfig, AppState};
 /// Connect, load the scripts (failing closed when Redis refuses them) and build the state.
 /// An unreachable Redis is not fatal: the server starts and `/readyz` says 503 until it is back.
 pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
+    crate::routes::health::install_metrics();
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
     match store.load_scripts().await {

@@ -33,6 +33,13 @@ pub struct RedisArgs {
         default_value_t = 100_000
     )]
     pub audit_max_entries: u64,
+    /// Events kept for replay by `Last-Event-ID` (approximately).
+    #[arg(
+        long = "events-max-entries",
+        env = "TV_EVENTS_MAX_ENTRIES",
+        default_value_t = 100_000
+    )]
+    pub events_max_entries: u64,
     /// Connections in the Redis pool (each is multiplexed).
     #[arg(
         long = "redis-pool-size",

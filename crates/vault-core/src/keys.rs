@@ -34,6 +34,11 @@ impl Keys {
         format!("{}:revocations", self.prefix)
     }
 
+    /// `tv:events`: the event stream (capped) and the pub/sub channel of the same name.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     /// `tv:audit`: audit entries not tied to a pool (client tokens).
     pub fn audit(&self) -> String {
         format!("{}:audit", self.prefix)

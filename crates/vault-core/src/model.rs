@@ -772,6 +772,24 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+/// An event pushed to workers (`GET /v1/events`). Never carries a secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VaultEvent {
+    /// `token.revoked`, `lease.revoked`, `token.refreshed`, `token.quarantined`,
+    /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// When it happened (unix ms; for revocations, when the revoke took effect).
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Every view state a token can be in, as counted by status.
 pub const VIEW_STATES: [&str; 8] = [
     "active",

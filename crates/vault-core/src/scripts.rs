@@ -20,10 +20,14 @@ macro_rules! scripts {
 
         /// Every script with its file name, for loading at start-up and readiness checks.
         pub fn all() -> Vec<(&'static str, &'static Script)> {
-            vec![$(($file, &*$name)),*]
+            vec![$(($file, &*$name)),*, ("publish_event.lua", &*PUBLISH_EVENT)]
         }
     };
 }
+
+/// Not a pool transition (it touches the vault-wide event stream), so it has no prelude.
+pub static PUBLISH_EVENT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../../../lua/publish_event.lua")));
 
 scripts! {
     POOL_UPSERT => "pool_upsert.lua",

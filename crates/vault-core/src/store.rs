@@ -20,7 +20,8 @@ use crate::crypto::Sealed;
 use crate::error::VaultError;
 use crate::keys::Keys;
 use crate::model::{
-    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VIEW_STATES,
+    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VaultEvent,
+    VIEW_STATES,
 };
 use crate::scripts;
 use crate::Result;
@@ -118,6 +119,7 @@ pub struct Store {
     keys: Keys,
     timeout: Duration,
     audit_max: u64,
+    events_max: u64,
     /// Tests pin "now" here; `None` means every script reads Redis `TIME`.
     clock: Option<Arc<AtomicI64>>,
 }
@@ -190,6 +192,7 @@ impl Store {
             keys: Keys::new(args.prefix.clone()),
             timeout: args.timeout(),
             audit_max: args.audit_max_entries.max(1),
+            events_max: args.events_max_entries.max(1),
             clock: None,
         })
     }
@@ -407,6 +410,65 @@ impl Store {
                     detail: f.remove("detail"),
                 }
             })
+            .collect())
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    /// Append `e` to the event stream and publish it; returns the event id.
+    pub async fn publish_event(&self, e: &VaultEvent) -> Result<String> {
+        let json = serde_json::to_string(e).expect("events serialize");
+        let key = self.keys.events();
+        self.timed(async {
+            let mut c = self.conn().await?;
+            scripts::PUBLISH_EVENT
+                .key(&key)
+                .key(&key)
+                .arg(self.events_max)
+                .arg(&json)
+                .invoke_async(&mut *c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))
+        })
+        .await
+    }
+
+    /// The id of the newest event, if any.
+    pub async fn newest_event_id(&self) -> Result<Option<String>> {
+        let rows: Vec<(String, HashMap<String, String>)> = self
+            .cmd(
+                redis::cmd("XREVRANGE")
+                    .arg(self.keys.events())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .clone(),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(|(id, _)| id))
+    }
+
+    /// Events after `after` (exclusive), oldest first.
+    pub async fn events_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, VaultEvent)>> {
+        let rows: Vec<(String, HashMap<String, String>)> = self
+            .cmd(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.events())
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .clone(),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, f)| serde_json::from_str(f.get("data")?).ok().map(|e| (id, e)))
             .collect())
     }
 

@@ -31,6 +31,7 @@ impl Env {
             prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
             redis_timeout_ms: 2000,
             audit_max_entries: 100_000,
+            events_max_entries: 100_000,
             redis_pool_size: 4,
         };
         let clock = Arc::new(AtomicI64::new(T0));

@@ -7,6 +7,35 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::AppState;
 
+static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+/// Install the process-wide Prometheus recorder (once; later calls are no-ops).
+pub fn install_metrics() {
+    PROMETHEUS.get_or_init(|| {
+        let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    "tv_revocation_propagation_seconds".into(),
+                ),
+                &[
+                    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            )
+            .ok()?;
+        builder.install_recorder().ok()
+    });
+}
+
+/// Prometheus text format. Counts and timings only: nothing here carries a secret.
+pub async fn metrics() -> String {
+    PROMETHEUS
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default()
+}
+
 /// The process is up.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -15,5 +44,16 @@ pub async fn healthz() -> Json<Value> {
 /// Redis answers and runs our scripts: this replica can serve leases.
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     s.store.check_ready().await?;
+    if !s
+        .events
+        .subscribed
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_subscribed",
+            "the replica is not yet subscribed to revocations and events",
+        ));
+    }
     Ok(Json(json!({"status": "ready"})))
 }

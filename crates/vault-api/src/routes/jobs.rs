@@ -19,7 +19,7 @@ use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::AuditEntry;
+use vault_core::model::{AuditEntry, VaultEvent};
 
 /// Failed attempts of an external job before its token is quarantined.
 const MAX_ATTEMPTS: u32 = 8;
@@ -108,6 +108,18 @@ pub async fn complete(
     };
     record(&s, Some(pool), e).await;
     tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation, "token refreshed by an external worker");
+    let at = crate::events::now(&s).await;
+    crate::events::emit(
+        &s,
+        VaultEvent {
+            kind: "token.refreshed".into(),
+            pool: pool.into(),
+            token_id: Some(token_id.clone()),
+            at,
+            ..Default::default()
+        },
+    )
+    .await;
     Ok(Json(
         json!({ "job_id": job, "token_id": token_id, "generation": generation, "state": "active" }),
     ))
@@ -162,5 +174,17 @@ pub async fn fail(
         ..entry(&who, "token.refresh_failed")
     };
     record(&s, Some(pool), e).await;
+    if r.state == "quarantined" {
+        let at = crate::events::now(&s).await;
+        let ev = VaultEvent {
+            kind: "token.quarantined".into(),
+            pool: pool.into(),
+            token_id: Some(r.token_id.clone()),
+            at,
+            reason: Some("refresh failed".into()),
+            ..Default::default()
+        };
+        crate::events::emit(&s, ev).await;
+    }
     Ok(Json(json!({ "job_id": job, "state": r.state })))
 }

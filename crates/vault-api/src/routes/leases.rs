@@ -20,7 +20,7 @@ use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::{AuditEntry, Outcome};
+use vault_core::model::{AuditEntry, Outcome, VaultEvent};
 use vault_core::store::Released;
 
 #[derive(Serialize)]
@@ -99,6 +99,8 @@ pub async fn acquire(
     loop {
         match s.store.acquire(pool, &args).await {
             Ok(g) => {
+                metrics::counter!("tv_leases_granted_total", "pool" => pool.to_string())
+                    .increment(1);
                 let status = if g.replayed {
                     StatusCode::OK
                 } else {
@@ -106,7 +108,12 @@ pub async fn acquire(
                 };
                 return Ok((status, Json(lease_view(&s, pool, g)?)));
             }
-            Err(VaultError::PoolExhausted { retry_after_ms }) if Instant::now() < deadline => {
+            Err(e @ VaultError::PoolExhausted { .. }) if Instant::now() >= deadline => {
+                metrics::counter!("tv_pool_exhausted_total", "pool" => pool.to_string())
+                    .increment(1);
+                return Err(e.into());
+            }
+            Err(VaultError::PoolExhausted { retry_after_ms }) => {
                 let hint = Duration::from_millis(retry_after_ms.unwrap_or(u64::MAX).max(1));
                 let left = deadline.saturating_duration_since(Instant::now());
                 tokio::time::sleep(WAIT_POLL.min(hint).min(left)).await;
@@ -156,6 +163,16 @@ async fn audit_outcome(
     };
     record(s, Some(pool), e).await;
     if r.state == "quarantined" {
+        let at = crate::events::now(s).await;
+        let ev = VaultEvent {
+            kind: "token.quarantined".into(),
+            pool: pool.into(),
+            token_id: Some(r.token_id.clone()),
+            at,
+            reason: Some(report.outcome.as_str().into()),
+            ..Default::default()
+        };
+        crate::events::emit(s, ev).await;
         let e = AuditEntry {
             token_id: Some(r.token_id.clone()),
             outcome: Some("quarantined".into()),

@@ -13,7 +13,7 @@ use super::{entry, pool_name, record};
 use crate::error::ApiError;
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
-use vault_core::model::AuditEntry;
+use vault_core::model::{AuditEntry, VaultEvent};
 
 pub async fn upsert(
     State(s): State<AppState>,
@@ -118,6 +118,30 @@ pub async fn freeze(
     }
     let ended = s.store.freeze(pool, input.revoke_leases, &reason).await?;
     tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
+    let at = crate::events::now(&s).await;
+    let base = VaultEvent {
+        pool: pool.to_string(),
+        at,
+        reason: Some(reason.clone()),
+        ..Default::default()
+    };
+    crate::events::emit(
+        &s,
+        VaultEvent {
+            kind: "pool.frozen".into(),
+            ..base.clone()
+        },
+    )
+    .await;
+    for e in &ended {
+        let lease = VaultEvent {
+            kind: "lease.revoked".into(),
+            token_id: Some(e.token_id.clone()),
+            lease_id: Some(e.lease_id.clone()),
+            ..base.clone()
+        };
+        crate::events::emit(&s, lease).await;
+    }
     let detail = format!("{reason} ({} leases ended)", ended.len());
     record(
         &s,
@@ -145,6 +169,17 @@ pub async fn unfreeze(
     let pool = pool_name(&pool)?;
     s.store.unfreeze(pool).await?;
     record(&s, Some(pool), entry(&who, "pool.unfreeze")).await;
+    let at = crate::events::now(&s).await;
+    crate::events::emit(
+        &s,
+        VaultEvent {
+            kind: "pool.unfrozen".into(),
+            pool: pool.to_string(),
+            at,
+            ..Default::default()
+        },
+    )
+    .await;
     tracing::info!(pool, "pool unfrozen");
     Ok(Json(json!({ "pool": pool, "frozen": false })))
 }

@@ -15,7 +15,7 @@ use crate::extract::{Body, Path, Query};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::AuditEntry;
+use vault_core::model::{AuditEntry, VaultEvent};
 
 /// `{"tokens":[...]}` or one token object.
 fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
@@ -165,6 +165,33 @@ pub async fn revoke(
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
     let ended = s.store.revoke(&pool, &id, &reason).await?;
+    let at = crate::events::now(&s).await;
+    let base = VaultEvent {
+        pool: pool.clone(),
+        token_id: Some(id.clone()),
+        at,
+        reason: Some(reason.clone()),
+        ..Default::default()
+    };
+    crate::events::emit(
+        &s,
+        VaultEvent {
+            kind: "token.revoked".into(),
+            ..base.clone()
+        },
+    )
+    .await;
+    for lease in &ended {
+        crate::events::emit(
+            &s,
+            VaultEvent {
+                kind: "lease.revoked".into(),
+                lease_id: Some(lease.clone()),
+                ..base.clone()
+            },
+        )
+        .await;
+    }
     let detail = format!("{reason} ({} leases ended)", ended.len());
     record(
         &s,

@@ -1,0 +1,222 @@
+//! Events to workers: `GET /v1/events?pools=a,b` (server-sent events).
+//!
+//! Producers (any replica, the refresher, the janitor) append each event to the capped stream
+//! `tv:events` and publish it on the channel of the same name in one script. Every replica
+//! subscribes once and fans out to its own SSE clients through a broadcast channel; after a
+//! lost subscription it catches up from the stream, so its clients miss nothing. A client that
+//! reconnects with `Last-Event-ID` gets what it missed from the stream, then live events, with
+//! no gap and no duplicate (it subscribes before reading the replay and skips ids it has seen).
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Extension;
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use vault_core::auth::Principal;
+use vault_core::model::{check_pool_name, VaultEvent};
+
+use crate::error::ApiError;
+use crate::extract::Query;
+use crate::AppState;
+
+/// `<ms>-<seq>` stream ids, comparable.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn newer(id: &str, than: &str) -> bool {
+    match (parse_id(id), parse_id(than)) {
+        (Some(a), Some(b)) => a > b,
+        _ => true,
+    }
+}
+
+/// The replica's fan-out of events.
+pub struct EventHub {
+    tx: broadcast::Sender<Arc<(String, VaultEvent)>>,
+    /// The newest event this replica has fanned out (to catch up after a lost subscription).
+    last_id: Mutex<Option<String>>,
+    /// Set once the Redis subscription is live: until then the replica is not ready.
+    pub subscribed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(4096).0,
+            last_id: Mutex::new(None),
+            subscribed: Default::default(),
+        }
+    }
+}
+
+impl EventHub {
+    /// Fan out one event (duplicates from a catch-up are dropped).
+    pub fn deliver(&self, id: String, e: VaultEvent) {
+        {
+            let mut last = self.last_id.lock().expect("event hub lock");
+            if last.as_deref().is_some_and(|l| !newer(&id, l)) {
+                return;
+            }
+            *last = Some(id.clone());
+        }
+        if e.kind == "token.revoked" || e.kind == "lease.revoked" {
+            let delay_ms = (vault_core::time::now_ms() - e.at).max(0);
+            metrics::histogram!("tv_revocation_propagation_seconds")
+                .record(delay_ms as f64 / 1000.0);
+        }
+        metrics::counter!("tv_events_total", "type" => e.kind.clone()).increment(1);
+        let _ = self.tx.send(Arc::new((id, e)));
+    }
+
+    /// After (re)subscribing: fan out whatever was published while this replica was not
+    /// listening.
+    pub async fn catch_up(&self, s: &AppState) {
+        let known = self.last_id.lock().expect("event hub lock").clone();
+        let Some(mut after) = known else {
+            // First subscription: start from the newest stored event.
+            match s.store.newest_event_id().await {
+                Ok(newest) => *self.last_id.lock().expect("event hub lock") = newest,
+                Err(err) => tracing::warn!(error = %err, "cannot read the event stream"),
+            }
+            return;
+        };
+        loop {
+            match s.store.events_after(&after, 1000).await {
+                Ok(batch) if batch.is_empty() => return,
+                Ok(batch) => {
+                    for (id, e) in batch {
+                        after = id.clone();
+                        self.deliver(id, e);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot catch up on events");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Publish an event after a transition succeeded; a failure is logged, not returned (the
+/// transition stands, and revocations are enforced by the vault regardless of events).
+pub async fn emit(s: &AppState, e: VaultEvent) {
+    if let Err(err) = s.store.publish_event(&e).await {
+        tracing::error!(error = %err, kind = %e.kind, "event could not be published");
+    }
+}
+
+/// The current time by the one clock, for event timestamps (falls back to local time).
+pub async fn now(s: &AppState) -> i64 {
+    s.store
+        .now_ms()
+        .await
+        .unwrap_or_else(|_| vault_core::time::now_ms())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Comma-separated pools; all the token may see when absent.
+    pools: Option<String>,
+}
+
+fn sse(id: &str, e: &VaultEvent) -> Event {
+    Event::default()
+        .id(id)
+        .event(&e.kind)
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+}
+
+pub async fn stream(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let wanted: Option<HashSet<String>> = match q.pools.as_deref().filter(|p| !p.is_empty()) {
+        Some(list) => {
+            let mut set = HashSet::new();
+            for p in list.split(',') {
+                check_pool_name(p)?;
+                if !who.may_use_pool(p) {
+                    return Err(ApiError::forbidden(format!(
+                        "this client token is not allowed on pool {p}"
+                    )));
+                }
+                set.insert(p.to_string());
+            }
+            Some(set)
+        }
+        None => who.pools.clone().map(|p| p.into_iter().collect()),
+    };
+    let resume = match headers.get("last-event-id") {
+        Some(v) => {
+            let id = v.to_str().ok().filter(|id| parse_id(id).is_some());
+            Some(
+                id.ok_or_else(|| {
+                    ApiError::invalid("Last-Event-ID must be an event id like 1732500000000-0")
+                })?
+                .to_string(),
+            )
+        }
+        None => None,
+    };
+    // Subscribe before reading the replay: nothing published in between can be missed.
+    let mut rx = s.events.tx.subscribe();
+    let hub_store = s.store.clone();
+    let stream = async_stream::stream! {
+        let pass = |e: &VaultEvent| wanted.as_ref().is_none_or(|w| w.contains(&e.pool));
+        let mut last_sent: Option<String> = resume.clone();
+        let mut replay_from = resume;
+        loop {
+            if let Some(mut from) = replay_from.take() {
+                loop {
+                    let batch = match hub_store.events_after(&from, 500).await {
+                        Ok(b) => b,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "event replay failed");
+                            break;
+                        }
+                    };
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for (id, e) in batch {
+                        from = id.clone();
+                        if pass(&e) {
+                            yield Ok(sse(&id, &e));
+                        }
+                        last_sent = Some(id);
+                    }
+                }
+            }
+            match rx.recv().await {
+                Ok(item) => {
+                    let (id, e) = &*item;
+                    if last_sent.as_deref().is_some_and(|l| !newer(id, l)) {
+                        continue;
+                    }
+                    if pass(e) {
+                        yield Ok(sse(id, e));
+                    }
+                    last_sent = Some(id.clone());
+                }
+                // Too slow to keep up with the live feed: fill the gap from the stream.
+                Err(broadcast::error::RecvError::Lagged(_)) => replay_from = last_sent.clone(),
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
