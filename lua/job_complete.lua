@@ -41,8 +41,14 @@ put(id, t, 'last_error', '')
 put(id, t, 'job_id', '')
 put(id, t, 'refresh_attempts', 0)
 put(id, t, 'refreshed_at', NOW)
--- A refreshed deprecated token is current again: its sunset no longer applies.
+-- A refreshed deprecated token is current again: its sunset no longer applies, and it counts
+-- toward the emergency rotation that deprecated it.
 redis.call('ZREM', K.base .. 'sunset', id)
+if t.rotation ~= nil and t.rotation ~= '' then
+  if t.rotation == c.rotation_id then redis.call('HINCRBY', K.cfg, 'rotation_refreshed', 1) end
+  put(id, t, 'rotation', '')
+  put(id, t, 'sunset_at', '')
+end
 put(id, t, 'state', 'active')
 redis.call('HINCRBY', stats_key(), 'refresh_ok', 1)
 if too_short_lived(t, c) then

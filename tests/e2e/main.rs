@@ -12,4 +12,5 @@ mod http;
 mod keys;
 mod outage;
 mod refresh;
+mod rotation;
 mod secrets;

@@ -68,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/pools/{pool}/status", get(pools::status))
         .route("/pools/{pool}/freeze", post(pools::freeze))
         .route("/pools/{pool}/unfreeze", post(pools::unfreeze))
+        .route("/pools/{pool}/rotate", post(pools::rotate))
+        .route("/pools/{pool}/rotate/cancel", post(pools::rotate_cancel))
         .route(
             "/pools/{pool}/tokens",
             post(tokens::deposit).get(tokens::list),

@@ -41,6 +41,7 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
         ("GET", "/pools/{pool}") | ("GET", "/pools/{pool}/status") => LEASE,
         ("PUT", "/pools/{pool}") | ("DELETE", "/pools/{pool}") => ADMIN,
         ("POST", "/pools/{pool}/freeze") | ("POST", "/pools/{pool}/unfreeze") => ADMIN,
+        ("POST", "/pools/{pool}/rotate") | ("POST", "/pools/{pool}/rotate/cancel") => ADMIN,
         ("POST", "/pools/{pool}/tokens") => DEPOSIT,
         ("GET", "/pools/{pool}/tokens") | ("GET", "/pools/{pool}/tokens/{id}") => ADMIN,
         ("DELETE", "/pools/{pool}/tokens/{id}") => ADMIN,

@@ -813,6 +813,25 @@ pub struct PoolStatus {
     pub refresh_success_rate: Option<f64>,
     pub quota_used_ratio: Option<f64>,
     pub frozen: bool,
+    /// The emergency rotation running (or last run), if any.
+    pub rotation: Option<RotationStatus>,
+}
+
+/// Progress of an emergency rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationStatus {
+    pub id: String,
+    pub started_at: String,
+    pub sunset_at: String,
+    pub reason: String,
+    /// Tokens it deprecated.
+    pub tokens: u64,
+    /// Of those, refreshed since (current again).
+    pub refreshed: u64,
+    /// Tokens still deprecated in the pool (waiting for a refresh or the sunset).
+    pub deprecated_remaining: u64,
+    /// The sunset has passed: whatever was not refreshed has been (or is being) revoked.
+    pub done: bool,
 }
 
 impl TokenInput {

@@ -53,4 +53,6 @@ scripts! {
     JOB_COMPLETE => "job_complete.lua",
     JOB_FAIL => "job_fail.lua",
     RESEAL => "reseal.lua",
+    POOL_ROTATE => "pool_rotate.lua",
+    POOL_ROTATE_CANCEL => "pool_rotate_cancel.lua",
 }

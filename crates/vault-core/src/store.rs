@@ -20,8 +20,8 @@ use crate::crypto::Sealed;
 use crate::error::VaultError;
 use crate::keys::Keys;
 use crate::model::{
-    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, TokenMeta, VaultEvent,
-    VIEW_STATES,
+    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, RotationStatus, TokenMeta,
+    VaultEvent, VIEW_STATES,
 };
 use crate::scripts;
 use crate::Result;
@@ -31,7 +31,34 @@ static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new("return 'ok'"));
 
 /// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
 /// sampled token ids.
-type StatusRow = (u64, u64, HashMap<String, i64>, (i64, i64), Vec<String>);
+type StatusRow = (
+    u64,
+    u64,
+    HashMap<String, i64>,
+    (i64, i64),
+    Vec<String>,
+    Vec<Option<String>>,
+);
+
+/// The rotation fields of the pool config, as status shows them.
+fn rotation_status(f: &[Option<String>], deprecated: u64, now_ms: i64) -> Option<RotationStatus> {
+    let get = |i: usize| f.get(i).cloned().flatten().unwrap_or_default();
+    let id = get(0);
+    if id.is_empty() {
+        return None;
+    }
+    let ms = |i: usize| get(i).parse::<i64>().unwrap_or(0);
+    Some(RotationStatus {
+        id,
+        started_at: crate::time::rfc3339(ms(1)),
+        sunset_at: crate::time::rfc3339(ms(2)),
+        reason: get(3),
+        tokens: ms(4).max(0) as u64,
+        refreshed: ms(5).max(0) as u64,
+        deprecated_remaining: deprecated,
+        done: ms(2) <= now_ms,
+    })
+}
 
 /// A token ready for the deposit script: secret and refresh credentials already sealed.
 #[derive(Debug, Clone, Serialize)]
@@ -611,7 +638,15 @@ impl Store {
         p.cmd("HGETALL").arg(pk.stats());
         p.cmd("TIME");
         p.cmd("SRANDMEMBER").arg(pk.ids()).arg(1000);
-        let (leases, exp_n, stats, time, sample): StatusRow = self.pipe(p).await?;
+        p.cmd("HMGET").arg(pk.cfg()).arg(&[
+            "rotation_id",
+            "rotation_started_at",
+            "rotation_sunset_at",
+            "rotation_reason",
+            "rotation_total",
+            "rotation_refreshed",
+        ]);
+        let (leases, exp_n, stats, time, sample, rot): StatusRow = self.pipe(p).await?;
         let now_ms = match &self.clock {
             Some(c) => c.load(Ordering::SeqCst),
             None => time.0 * 1000 + time.1 / 1000,
@@ -620,6 +655,7 @@ impl Store {
             let sum = *stats.get("exp_sum_s").unwrap_or(&0) as f64;
             (sum / exp_n as f64 - now_ms as f64 / 1000.0).max(0.0)
         });
+        let tokens_deprecated = tokens["deprecated"];
         let leasable: u64 = ["active", "leased", "cooling", "deprecated"]
             .iter()
             .map(|s| tokens[*s])
@@ -645,6 +681,7 @@ impl Store {
             refresh_success_rate,
             quota_used_ratio,
             frozen: view.frozen,
+            rotation: rotation_status(&rot, tokens_deprecated, now_ms),
         })
     }
 
@@ -1112,6 +1149,31 @@ impl Store {
             token_id: str_of(&v, "token_id"),
             state: str_of(&v, "state"),
         })
+    }
+
+    /// Emergency rotation: deprecate every active token, queue their refresh, revoke at
+    /// `sunset_ms` what was not refreshed. Returns (rotation id, tokens deprecated).
+    pub async fn pool_rotate(
+        &self,
+        pool: &str,
+        sunset_ms: i64,
+        reason: &str,
+    ) -> Result<(String, u64)> {
+        let rid = uuid::Uuid::new_v4().to_string();
+        let v = self
+            .eval(
+                &scripts::POOL_ROTATE,
+                pool,
+                &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
+            )
+            .await?;
+        Ok((rid, v.get("tokens").and_then(Value::as_u64).unwrap_or(0)))
+    }
+
+    /// Roll an emergency rotation back; returns how many tokens are active again.
+    pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
+        let v = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
+        Ok(v.get("restored").and_then(Value::as_u64).unwrap_or(0))
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.

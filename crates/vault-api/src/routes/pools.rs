@@ -183,3 +183,74 @@ pub async fn unfreeze(
     tracing::info!(pool, "pool unfrozen");
     Ok(Json(json!({ "pool": pool, "frozen": false })))
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateInput {
+    sunset_s: Option<u64>,
+    reason: Option<String>,
+}
+
+/// Emergency rotation: every current token deprecated, refreshed in the background, revoked at
+/// the sunset unless refreshed by then.
+pub async fn rotate(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(pool): Path<String>,
+    Body(input): Body<RotateInput>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let pool = pool_name(&pool)?;
+    let sunset_s = input
+        .sunset_s
+        .ok_or_else(|| ApiError::invalid("sunset_s is required"))?;
+    if !(1..=30 * 86_400).contains(&sunset_s) {
+        return Err(ApiError::invalid("sunset_s must be between 1 and 2592000"));
+    }
+    let reason = input.reason.unwrap_or_else(|| "emergency rotation".into());
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
+    }
+    let now = crate::events::now(&s).await;
+    let sunset = now + (sunset_s as i64) * 1000;
+    let (rotation_id, tokens) = s.store.pool_rotate(pool, sunset, &reason).await?;
+    tracing::warn!(pool, tokens, sunset_s, "emergency rotation started");
+    let detail = format!("{reason} ({tokens} tokens, sunset in {sunset_s} s)");
+    record(
+        &s,
+        Some(pool),
+        AuditEntry {
+            detail: Some(detail),
+            ..entry(&who, "pool.rotate")
+        },
+    )
+    .await;
+    let ev = VaultEvent {
+        kind: "pool.rotating".into(),
+        pool: pool.to_string(),
+        at: now,
+        reason: Some(reason),
+        ..Default::default()
+    };
+    crate::events::emit(&s, ev).await;
+    let body = json!({ "pool": pool, "rotation_id": rotation_id, "tokens": tokens, "sunset_at": vault_core::time::rfc3339(sunset) });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+pub async fn rotate_cancel(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(pool): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pool = pool_name(&pool)?;
+    let restored = s.store.pool_rotate_cancel(pool).await?;
+    record(
+        &s,
+        Some(pool),
+        AuditEntry {
+            detail: Some(format!("{restored} tokens restored")),
+            ..entry(&who, "pool.rotate_cancel")
+        },
+    )
+    .await;
+    Ok(Json(json!({ "pool": pool, "restored": restored })))
+}

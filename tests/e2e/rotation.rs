@@ -1,0 +1,194 @@
+//! Emergency rotation: under load from many workers no request fails for lack of a token, new
+//! deposits are preferred at once, refreshed tokens stay, and no deprecated token is leased
+//! after its sunset; cancel rolls it back.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vault_core::auth::Scope;
+
+use crate::fakes::{Fake, Mode};
+use crate::harness::{ms, now_ms, one, wait_json, Api};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn emergency_rotation_under_load() {
+    let idp = Fake::start(Mode::Ok {
+        rotate: true,
+        expires_in: 3600,
+    })
+    .await;
+    let t = one(&[]).await;
+    t.api
+        .put(
+            "/v1/pools/p",
+            json!({"max_leases_per_token": 50, "lease_ttl_s": 2}),
+        )
+        .await;
+    let mut toks: Vec<Value> = (0..6)
+        .map(|i| json!({"id": format!("r{i}"), "secret": format!("sr{i}"), "refresh": {"kind": "oauth2_refresh_token",
+            "token_url": idp.url("/token"), "refresh_token": format!("rt{i}")}}))
+        .collect();
+    toks.extend((0..4).map(|i| json!({"id": format!("n{i}"), "secret": format!("sn{i}")})));
+    t.api
+        .post("/v1/pools/p/tokens", json!({ "tokens": toks }))
+        .await;
+    let _janitor = t.dep.janitor(100);
+    let worker = Api::new(&t.api.base).with_token(&t.dep.token("w", &[Scope::Lease], None));
+    let grants: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Instant::now() + Duration::from_secs(5);
+    let mut workers = vec![];
+    for _ in 0..20 {
+        let (w, grants, failures) = (worker.clone(), grants.clone(), failures.clone());
+        workers.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let l = w.post("/v1/pools/p/leases", json!({})).await;
+                if l.status != 201 {
+                    failures.lock().unwrap().push(format!("{l:?}"));
+                    continue;
+                }
+                grants
+                    .lock()
+                    .unwrap()
+                    .push((l.str("token_id"), ms(&l.body, "lease_expires_at") - 2000));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                w.post(
+                    &format!("/v1/pools/p/leases/{}/release", l.str("lease_id")),
+                    json!({"used": 0}),
+                )
+                .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = t
+        .api
+        .post(
+            "/v1/pools/p/rotate",
+            json!({"sunset_s": 2, "reason": "breach"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body["tokens"], 10);
+    let sunset = ms(&r.body, "sunset_at");
+    t.api
+        .post("/v1/pools/p/rotate", json!({"sunset_s": 2}))
+        .await
+        .problem(409, "conflict");
+    // Fresh credentials deposited meanwhile are preferred at once.
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "fresh0", "secret": "f0"}, {"id": "fresh1", "secret": "f1"}]}),
+        )
+        .await;
+    let deposited = now_ms();
+    let _refresher = t.dep.refresher(&[]);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "requests failed during the rotation: {:?}",
+        &failures[..failures.len().min(3)]
+    );
+    let grants = grants.lock().unwrap().clone();
+    assert!(grants.len() > 200, "load ran: {}", grants.len());
+    for (token, at) in &grants {
+        if token.starts_with('n') {
+            assert!(*at <= deposited, "deprecated {token} leased at {at} although fresh tokens were there since {deposited}");
+            assert!(*at < sunset, "deprecated {token} leased after its sunset");
+        }
+    }
+    assert!(grants
+        .iter()
+        .any(|(tk, at)| tk.starts_with("fresh") && *at > deposited));
+
+    for i in 0..4 {
+        wait_json(
+            &t.api,
+            &format!("/v1/pools/p/tokens/n{i}"),
+            Duration::from_secs(10),
+            |m| m["state"] == "revoked",
+        )
+        .await;
+    }
+    for i in 0..6 {
+        let m = t.api.get(&format!("/v1/pools/p/tokens/r{i}")).await.body;
+        assert!(
+            m["state"] == "active" || m["state"] == "leased",
+            "r{i}: {m}"
+        );
+        assert!(
+            m["generation"].as_u64() >= Some(2) && m["sunset_at"].is_null(),
+            "r{i}: {m}"
+        );
+    }
+    let st = t.api.get("/v1/pools/p/status").await.body;
+    let rot = &st["rotation"];
+    assert_eq!(
+        (
+            rot["tokens"].as_u64(),
+            rot["refreshed"].as_u64(),
+            rot["deprecated_remaining"].as_u64(),
+            rot["done"].as_bool()
+        ),
+        (Some(10), Some(6), Some(0), Some(true)),
+        "{st}"
+    );
+    let trail = t.api.get("/v1/audit?pool=p").await.body.to_string();
+    assert!(trail.contains("pool.rotate") && trail.contains("\"janitor\""));
+}
+
+#[tokio::test]
+async fn rotation_can_be_cancelled() {
+    let t = one(&[]).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    t.api.post("/v1/pools/p/tokens", json!({"tokens": [{"id": "a", "secret": "sa", "refresh": {"kind": "external"}}, {"id": "b", "secret": "sb"}]})).await;
+    t.api
+        .post("/v1/pools/p/rotate", json!({}))
+        .await
+        .problem(400, "invalid_request");
+    Api::new(&t.api.base)
+        .with_token(&t.dep.token("w", &[Scope::Lease], None))
+        .post("/v1/pools/p/rotate", json!({"sunset_s": 60}))
+        .await
+        .problem(403, "forbidden");
+    t.api
+        .post("/v1/pools/p/rotate/cancel", json!({}))
+        .await
+        .problem(409, "conflict");
+    assert_eq!(
+        t.api
+            .post("/v1/pools/p/rotate", json!({"sunset_s": 60}))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        t.api.get("/v1/pools/p/tokens/a").await.str("state"),
+        "deprecated"
+    );
+    assert!(t.api.get("/v1/pools/p/tokens/b").await.body["sunset_at"].is_string());
+    let c = t.api.post("/v1/pools/p/rotate/cancel", json!({})).await;
+    assert_eq!(c.body["restored"], 2);
+    for id in ["a", "b"] {
+        let m = t.api.get(&format!("/v1/pools/p/tokens/{id}")).await.body;
+        assert_eq!(
+            (m["state"].as_str(), m["sunset_at"].is_null()),
+            (Some("active"), true),
+            "{m}"
+        );
+    }
+    assert_eq!(
+        t.api
+            .post("/v1/pools/p/refresh-jobs/claim", json!({}))
+            .await
+            .status,
+        204,
+        "its refresh jobs are gone"
+    );
+    assert!(t.api.get("/v1/pools/p/status").await.body["rotation"].is_null());
+}
