@@ -4,85 +4,35 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde_json::json;
 use vault_core::auth::Scope;
 
 use crate::harness::{one, Api};
 
-/// One server-sent event.
-#[derive(Debug, Clone)]
-struct Sse {
-    id: String,
-    kind: String,
-    data: Value,
-}
-
-/// A live SSE subscription read by a background task.
+/// A live subscription through the SDK's event stream, with deadlines.
 struct Subscription {
-    rx: mpsc::UnboundedReceiver<Sse>,
-    task: tokio::task::JoinHandle<()>,
+    stream: vault_client::EventStream,
 }
 
 impl Subscription {
-    /// Subscribe; returns once the server answered (the subscription is live from then on).
-    async fn open(base: &str, token: &str, query: &str, last_id: Option<&str>) -> Subscription {
-        let mut req = reqwest::Client::new()
-            .get(format!("{base}/v1/events{query}"))
-            .bearer_auth(token)
-            .header("accept", "text/event-stream");
-        if let Some(id) = last_id {
-            req = req.header("last-event-id", id);
-        }
-        let mut res = req.send().await.unwrap();
-        assert_eq!(res.status(), 200, "{:?}", res.text().await);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut buf = String::new();
-            while let Ok(Some(chunk)) = res.chunk().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    let (mut id, mut kind, mut data) =
-                        (String::new(), String::new(), String::new());
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("id:") {
-                            id = v.trim().into();
-                        } else if let Some(v) = line.strip_prefix("event:") {
-                            kind = v.trim().into();
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            data.push_str(v.trim());
-                        }
-                    }
-                    if !kind.is_empty() {
-                        let _ = tx.send(Sse {
-                            id,
-                            kind,
-                            data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                        });
-                    }
-                }
-            }
-        });
-        Subscription { rx, task }
+    async fn open(base: &str, token: &str, pools: &[&str], last_id: Option<&str>) -> Subscription {
+        let stream = vault_client::Client::new(base, token)
+            .events(pools, last_id)
+            .await
+            .expect("subscribed");
+        Subscription { stream }
     }
 
-    async fn next(&mut self) -> Sse {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-            .await
-            .expect("an event within 10 s")
+    async fn next(&mut self) -> vault_client::Event {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.stream.next()).await;
+        next.expect("an event within 10 s")
             .expect("stream open")
+            .expect("readable")
     }
 
     /// Nothing more arrives within `d`.
     async fn quiet(&mut self, d: Duration) -> bool {
-        tokio::time::timeout(d, self.rx.recv()).await.is_err()
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.task.abort();
+        tokio::time::timeout(d, self.stream.next()).await.is_err()
     }
 }
 
@@ -99,7 +49,7 @@ async fn a_revoke_on_one_replica_reaches_a_worker_on_another() {
         .await;
     let worker_token = t.dep.token("w", &[Scope::Lease], Some(vec!["p".into()]));
     let worker_b = Api::new(&b.base).with_token(&worker_token);
-    let mut sub = Subscription::open(&b.base, &worker_token, "?pools=p", None).await;
+    let mut sub = Subscription::open(&b.base, &worker_token, &["p"], None).await;
     let lease = worker_b.post("/v1/pools/p/leases", json!({})).await;
     assert_eq!(lease.status, 201);
 
@@ -169,7 +119,7 @@ async fn reconnecting_with_last_event_id_gets_the_missed_events_exactly_once() {
         )
         .await;
     let admin = t.dep.admin.clone();
-    let mut sub = Subscription::open(&t.api.base, &admin, "", None).await;
+    let mut sub = Subscription::open(&t.api.base, &admin, &[], None).await;
     t.api
         .post("/v1/pools/p/freeze", json!({"reason": "one"}))
         .await;
@@ -180,7 +130,7 @@ async fn reconnecting_with_last_event_id_gets_the_missed_events_exactly_once() {
     // Missed while disconnected.
     t.api.post("/v1/pools/p/unfreeze", json!({})).await;
     t.api.post("/v1/pools/p/tokens/a/revoke", json!({})).await;
-    let mut again = Subscription::open(&t.api.base, &admin, "", Some(&first.id)).await;
+    let mut again = Subscription::open(&t.api.base, &admin, &[], Some(&first.id)).await;
     let m1 = again.next().await;
     let m2 = again.next().await;
     assert_eq!(
@@ -231,7 +181,7 @@ async fn subscribers_see_only_their_pools() {
         .await
         .problem(400, "invalid_request");
     // No pools given: the token's own pools.
-    let mut sub = Subscription::open(&t.api.base, &worker, "", None).await;
+    let mut sub = Subscription::open(&t.api.base, &worker, &[], None).await;
     t.api.post("/v1/pools/q/freeze", json!({})).await;
     t.api.post("/v1/pools/p/freeze", json!({})).await;
     let e = sub.next().await;

@@ -3,6 +3,7 @@
 
 mod audit;
 mod auth;
+mod client;
 mod concurrency;
 mod dev;
 mod events;

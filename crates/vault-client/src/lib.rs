@@ -1,0 +1,387 @@
+//! vault-client: the Rust SDK for tokenvault workers.
+//!
+//! # Layout
+//! - [`Client`]: the REST calls a worker makes (lease, renew, release, rotate) and
+//!   [`Client::events`], a server-sent-events stream.
+//! - [`Worker`]: keeps one lease for a worker, renews nothing behind its back, rotates on a
+//!   401, and drops a lease the moment the vault announces its token or lease revoked: a
+//!   request already in flight with it finishes, the next one gets a new lease.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Errors of the SDK. `detail` is the vault's problem+json detail (never a secret).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no token is eligible; retry in {retry_after_s} s")]
+    Exhausted { retry_after_s: u64 },
+    #[error("the lease has ended")]
+    LeaseGone,
+    #[error("vault answered {status} {code}: {detail}")]
+    Api {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    #[error("cannot reach the vault: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A lease as the vault hands it out. `Debug` leaves the secret out.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct Lease {
+    pub lease_id: String,
+    pub pool: String,
+    pub token_id: String,
+    pub secret: String,
+    pub token_expires_at: Option<String>,
+    pub lease_expires_at: String,
+    pub units: u64,
+    pub binding: Value,
+    pub headers: Value,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("lease_id", &self.lease_id)
+            .field("pool", &self.pool)
+            .field("token_id", &self.token_id)
+            .field("lease_expires_at", &self.lease_expires_at)
+            .finish()
+    }
+}
+
+/// How a call with a leased token went (see the API's report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Unauthorized,
+    RateLimited,
+    Forbidden,
+    Suspect,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// The REST client, authenticated with a client token (scope `lease`).
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Client {
+    pub fn new(base_url: &str, client_token: &str) -> Self {
+        Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            token: client_token.to_string(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response> {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        let status = res.status().as_u16();
+        let retry_after_s = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let problem: Value = res.json().await.unwrap_or(Value::Null);
+        let code = problem["code"].as_str().unwrap_or_default().to_string();
+        Err(match code.as_str() {
+            "pool_exhausted" => Error::Exhausted { retry_after_s },
+            "lease_gone" => Error::LeaseGone,
+            _ => Error::Api {
+                status,
+                code,
+                detail: problem["detail"].as_str().unwrap_or_default().to_string(),
+            },
+        })
+    }
+
+    pub async fn lease(&self, pool: &str, worker: &str) -> Result<Lease> {
+        Ok(self
+            .post(
+                &format!("/v1/pools/{pool}/leases"),
+                json!({ "worker": worker }),
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn renew(&self, lease: &Lease, ttl_s: Option<u64>) -> Result<Lease> {
+        let body = ttl_s
+            .map(|t| json!({ "ttl_s": t }))
+            .unwrap_or_else(|| json!({}));
+        Ok(self
+            .post(
+                &format!("/v1/pools/{}/leases/{}/renew", lease.pool, lease.lease_id),
+                body,
+            )
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn release(&self, lease: &Lease, outcome: Outcome) -> Result<()> {
+        self.post(
+            &format!("/v1/pools/{}/leases/{}/release", lease.pool, lease.lease_id),
+            json!({ "outcome": outcome }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Report and get a different token in one call (the 401-mid-job path).
+    pub async fn rotate(&self, lease: &Lease, outcome: Outcome) -> Result<Lease> {
+        let path = format!("/v1/pools/{}/leases/{}/rotate", lease.pool, lease.lease_id);
+        Ok(self
+            .post(&path, json!({ "outcome": outcome }))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Subscribe to events of `pools` (all the token may see when empty), resuming after
+    /// `last_event_id` when given.
+    pub async fn events(&self, pools: &[&str], last_event_id: Option<&str>) -> Result<EventStream> {
+        let query = if pools.is_empty() {
+            String::new()
+        } else {
+            format!("?pools={}", pools.join(","))
+        };
+        let mut req = self
+            .http
+            .get(format!("{}/v1/events{query}", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await?;
+        if !res.status().is_success() {
+            let status = res.status().as_u16();
+            let problem: Value = res.json().await.unwrap_or(Value::Null);
+            return Err(Error::Api {
+                status,
+                code: problem["code"].as_str().unwrap_or_default().to_string(),
+                detail: problem["detail"].as_str().unwrap_or_default().to_string(),
+            });
+        }
+        Ok(EventStream {
+            res,
+            buf: String::new(),
+        })
+    }
+}
+
+/// A live server-sent-events stream.
+pub struct EventStream {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream. Keep-alive comments are
+    /// skipped.
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut kind, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if kind.is_empty() {
+                    continue;
+                }
+                return Some(Ok(Event {
+                    id,
+                    kind,
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                }));
+            }
+            match self.res.chunk().await {
+                Ok(Some(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+}
+
+/// Token and lease ids the vault announced revoked.
+#[derive(Default)]
+struct Revoked {
+    ids: Mutex<HashSet<String>>,
+}
+
+impl Revoked {
+    fn hit(&self, lease: &Lease) -> bool {
+        let ids = self.ids.lock().expect("revoked lock");
+        ids.contains(&lease.lease_id) || ids.contains(&lease.token_id)
+    }
+}
+
+/// One worker's lease, kept across requests and dropped as soon as it is revoked.
+pub struct Worker {
+    client: Client,
+    pool: String,
+    name: String,
+    current: tokio::sync::Mutex<Option<Lease>>,
+    revoked: Arc<Revoked>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Start a worker on `pool`: subscribes to the pool's events first (so no revocation
+    /// between now and the first lease can be missed), reconnecting with `Last-Event-ID`.
+    pub async fn start(client: Client, pool: &str, name: &str) -> Result<Worker> {
+        let first = client.events(&[pool], None).await?;
+        let revoked: Arc<Revoked> = Arc::default();
+        let listener = tokio::spawn(listen(
+            client.clone(),
+            pool.to_string(),
+            first,
+            revoked.clone(),
+        ));
+        Ok(Worker {
+            client,
+            pool: pool.to_string(),
+            name: name.to_string(),
+            current: Default::default(),
+            revoked,
+            listener,
+        })
+    }
+
+    /// The lease for the next request: the current one unless the vault revoked it, else a
+    /// new one.
+    pub async fn lease(&self) -> Result<Lease> {
+        let mut cur = self.current.lock().await;
+        if let Some(l) = cur.as_ref() {
+            if !self.revoked.hit(l) {
+                return Ok(l.clone());
+            }
+            tracing::info!(token_id = %l.token_id, "lease revoked by the vault; taking a new one");
+            *cur = None;
+        }
+        let l = self.client.lease(&self.pool, &self.name).await?;
+        *cur = Some(l.clone());
+        Ok(l)
+    }
+
+    /// Has the vault announced this lease (or its token) revoked?
+    pub fn is_revoked(&self, lease: &Lease) -> bool {
+        self.revoked.hit(lease)
+    }
+
+    /// Report a request made with `lease`. `Unauthorized` rotates at once to a different token
+    /// (the caller retries the same request with [`Worker::lease`]); other outcomes other than
+    /// `Ok` give the lease back with the report.
+    pub async fn report(&self, lease: &Lease, outcome: Outcome) -> Result<()> {
+        let mut cur = self.current.lock().await;
+        let is_current = cur.as_ref().is_some_and(|c| c.lease_id == lease.lease_id);
+        match outcome {
+            Outcome::Ok => Ok(()),
+            Outcome::Unauthorized if is_current => {
+                *cur = None;
+                let next = self.client.rotate(lease, outcome).await;
+                *cur = next.as_ref().ok().cloned();
+                next.map(drop)
+            }
+            _ => {
+                if is_current {
+                    *cur = None;
+                }
+                match self.client.release(lease, outcome).await {
+                    Ok(()) | Err(Error::LeaseGone) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Give the current lease back and stop listening.
+    pub async fn finish(self) -> Result<()> {
+        self.listener.abort();
+        if let Some(l) = self.current.lock().await.take() {
+            match self.client.release(&l, Outcome::Ok).await {
+                Ok(()) | Err(Error::LeaseGone) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Follow the pool's events, reconnecting with `Last-Event-ID` so nothing is missed.
+async fn listen(client: Client, pool: String, mut stream: EventStream, revoked: Arc<Revoked>) {
+    let mut last_id: Option<String> = None;
+    loop {
+        while let Some(Ok(e)) = stream.next().await {
+            last_id = Some(e.id.clone());
+            let id = match e.kind.as_str() {
+                "token.revoked" | "token.quarantined" => e.data["token_id"].as_str(),
+                "lease.revoked" => e.data["lease_id"].as_str(),
+                _ => None,
+            };
+            if let Some(id) = id {
+                revoked
+                    .ids
+                    .lock()
+                    .expect("revoked lock")
+                    .insert(id.to_string());
+            }
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match client.events(&[&pool], last_id.as_deref()).await {
+                Ok(s) => {
+                    stream = s;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "event stream lost; retrying"),
+            }
+        }
+    }
+}
