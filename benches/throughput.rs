@@ -338,14 +338,22 @@ async fn main() {
         two.p99_ms
     );
     let peak = one.cycles_per_s.max(two.cycles_per_s);
-    let half = http_open(&both, peak / 2.0).await;
-    println!(
-        "(b) HTTP at half the peak ({:.0} cycles/s offered, {:.0} done): lease p50 {:.2} ms, p99 {:.2} ms",
-        peak / 2.0,
-        half.cycles_per_s,
-        half.p50_ms,
-        half.p99_ms
-    );
+    // Three samples: on a 2-core machine shared by the load generator, Redis and both
+    // replicas, one sample's tail is mostly scheduling noise.
+    let mut p99s = vec![];
+    for run in 1..=3 {
+        let half = http_open(&both, peak / 2.0).await;
+        println!(
+            "(b) HTTP at half the peak, run {run} ({:.0} cycles/s offered, {:.0} done): lease p50 {:.2} ms, p99 {:.2} ms",
+            peak / 2.0,
+            half.cycles_per_s,
+            half.p50_ms,
+            half.p99_ms
+        );
+        p99s.push(half.p99_ms);
+    }
+    p99s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("(b) HTTP at half the peak: median p99 {:.2} ms", p99s[1]);
     v1.kill();
     v2.kill();
 
