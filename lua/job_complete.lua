@@ -9,18 +9,9 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local job_id = ARGV[2]
-local j = hgetall(job_key(job_id))
-if j == nil then return fail('job_gone') end
-local id = j.token
-local t = hgetall(tkey(id))
-if t == nil then
-  redis.call('DEL', job_key(job_id))
-  return fail('job_gone')
-end
-if t.job_id ~= job_id or (t.generation or '1') ~= j.gen or t.state == 'revoked' or t.state == 'expired' then
-  redis.call('DEL', job_key(job_id))
-  return fail('stale_job', { detail = 'the job was taken over, the token was refreshed by another path, or it was revoked' })
-end
+local j, id_or_err, t = load_claim(job_id, false)
+if j == nil then return id_or_err end
+local id = id_or_err
 local q = queue_of(t)
 redis.call('ZREM', q, id)
 redis.call('ZREM', q .. ':claimed', job_id)
@@ -51,11 +42,5 @@ if t.rotation ~= nil and t.rotation ~= '' then
 end
 put(id, t, 'state', 'active')
 redis.call('HINCRBY', stats_key(), 'refresh_ok', 1)
-if too_short_lived(t, c) then
-  out_of_rotation(id, t, c)
-else
-  exp_add(id, t)
-  due_add(id, t, c)
-  reconcile(id, t, c)
-end
+back_in_rotation(id, t, c)
 return reply({ token_id = id, generation = gen, state = t.view })

@@ -7,18 +7,9 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local job_id = ARGV[2]
-local j = hgetall(job_key(job_id))
-if j == nil then return fail('job_gone') end
-local id = j.token
-local t = hgetall(tkey(id))
-if t == nil then
-  redis.call('DEL', job_key(job_id))
-  return fail('job_gone')
-end
-if t.job_id ~= job_id or (t.generation or '1') ~= j.gen or t.state == 'revoked' then
-  redis.call('DEL', job_key(job_id))
-  return fail('stale_job', { detail = 'the job was taken over or the token changed since the claim' })
-end
+local j, id_or_err, t = load_claim(job_id, true)
+if j == nil then return id_or_err end
+local id = id_or_err
 local q = queue_of(t)
 redis.call('ZREM', q .. ':claimed', job_id)
 redis.call('DEL', job_key(job_id))

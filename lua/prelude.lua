@@ -209,6 +209,37 @@ local function too_short_lived(t, c)
   return at > 0 and at - NOW < min_ttl_ms(c)
 end
 
+-- A token (re)entering rotation: indexed by expiry and refresh due time and placed, unless it
+-- is already too short-lived, in which case it leaves rotation at once.
+local function back_in_rotation(id, t, c)
+  if too_short_lived(t, c) then
+    out_of_rotation(id, t, c)
+  else
+    exp_add(id, t)
+    due_add(id, t, c)
+    reconcile(id, t, c)
+  end
+end
+
+-- The claim behind a refresh job, checked: returns (job, token id, token) or (nil, error).
+-- A job that was taken over, a token refreshed by another path (generation moved) or revoked
+-- makes the caller's result stale; its job record is dropped either way.
+local function load_claim(job_id, allow_expired)
+  local j = hgetall(job_key(job_id))
+  if j == nil then return nil, fail('job_gone') end
+  local t = hgetall(tkey(j.token))
+  if t == nil then
+    redis.call('DEL', job_key(job_id))
+    return nil, fail('job_gone')
+  end
+  if t.job_id ~= job_id or (t.generation or '1') ~= j.gen or t.state == 'revoked'
+    or (t.state == 'expired' and not allow_expired) then
+    redis.call('DEL', job_key(job_id))
+    return nil, fail('stale_job', { detail = 'the job was taken over, the token was refreshed by another path, or it was revoked' })
+  end
+  return j, j.token, t
+end
+
 -- End one lease: its reserved units go back, `used_units` of them are counted as used.
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
 local function end_lease(lid, used_units)

@@ -13,11 +13,5 @@ end
 put(id, t, 'state', 'active')
 put(id, t, 'strikes', 0)
 put(id, t, 'last_error', '')
-if too_short_lived(t, c) then
-  out_of_rotation(id, t, c)
-else
-  exp_add(id, t)
-  due_add(id, t, c)
-  reconcile(id, t, c)
-end
+back_in_rotation(id, t, c)
 return reply({ state = t.view })

@@ -174,7 +174,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             old_master_keys: vec![],
         },
         shutdown_grace_s: 10,
-        header_read_timeout_ms: 10_000,
+        header_read_timeout_ms: 30_000,
         log_format: "text".into(),
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),

@@ -201,6 +201,8 @@ impl Api {
     pub(crate) fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            // Below the vault's keep-alive idle limit: never reuse a connection it is closing.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
         Self {

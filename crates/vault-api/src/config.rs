@@ -24,11 +24,13 @@ pub struct ApiConfig {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub master_key: MasterKeyArgs,
-    /// Milliseconds a client gets to send its request headers (slowloris protection).
+    /// Milliseconds a client gets to send its request headers (slowloris protection). It also
+    /// bounds how long a keep-alive connection may sit idle between requests: keep HTTP client
+    /// pools' idle timeout below it (the vault-client SDK uses 20 s).
     #[arg(
         long = "header-read-timeout-ms",
         env = "TV_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 30_000
     )]
     pub header_read_timeout_ms: u64,
     /// Seconds in-flight requests get to finish after SIGTERM.

@@ -115,6 +115,25 @@ pub async fn emit(s: &AppState, e: VaultEvent) {
     }
 }
 
+/// Announce `first` (a token revocation, a pool freeze), then a `lease.revoked` for each
+/// `(token id, lease id)` it ended, so every holder learns at once.
+pub async fn emit_with_leases(
+    s: &AppState,
+    first: VaultEvent,
+    leases: &[(Option<String>, String)],
+) {
+    emit(s, first.clone()).await;
+    for (token_id, lease_id) in leases {
+        let e = VaultEvent {
+            kind: "lease.revoked".into(),
+            token_id: token_id.clone().or_else(|| first.token_id.clone()),
+            lease_id: Some(lease_id.clone()),
+            ..first.clone()
+        };
+        emit(s, e).await;
+    }
+}
+
 /// The current time by the one clock, for event timestamps (falls back to local time).
 pub async fn now(s: &AppState) -> i64 {
     s.store

@@ -54,7 +54,7 @@ pub struct ConnLimits {
 impl Default for ConnLimits {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
         }
     }

@@ -87,9 +87,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(base_url: &str, client_token: &str) -> Self {
+        // Idle connections are dropped before the vault's own idle limit (30 s by default), so
+        // a request never goes out on a connection the server is closing.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(20))
+            .build()
+            .unwrap_or_default();
         Self {
             base: base_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
             token: client_token.to_string(),
         }
     }

@@ -185,6 +185,14 @@ fn ended_leases(v: &Value, field: &str) -> Vec<EndedLease> {
         .collect()
 }
 
+/// A script's `{"token_id","state"}` answer.
+fn released(v: &Value) -> Released {
+    Released {
+        token_id: str_of(v, "token_id"),
+        state: str_of(v, "state"),
+    }
+}
+
 fn opt_arg<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
@@ -943,10 +951,7 @@ impl Store {
         let mut args = vec![lease_id.to_string()];
         args.extend(report_args(report));
         let v = self.eval(&scripts::RELEASE, pool, &args).await?;
-        Ok(Released {
-            token_id: str_of(&v, "token_id"),
-            state: str_of(&v, "state"),
-        })
+        Ok(released(&v))
     }
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
@@ -967,10 +972,7 @@ impl Store {
             let code = v.get("err").and_then(Value::as_str).unwrap_or("internal");
             return Err(VaultError::from_script(code, &v));
         };
-        let released = Released {
-            token_id: str_of(&rel, "token_id"),
-            state: str_of(&rel, "state"),
-        };
+        let released = released(&rel);
         let lease = match v.get("err").and_then(Value::as_str) {
             Some(code) => Err(VaultError::from_script(code, &v)),
             None => Self::grant(&v),
@@ -1145,10 +1147,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(Released {
-            token_id: str_of(&v, "token_id"),
-            state: str_of(&v, "state"),
-        })
+        Ok(released(&v))
     }
 
     /// Emergency rotation: deprecate every active token, queue their refresh, revoke at

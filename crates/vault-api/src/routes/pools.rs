@@ -119,29 +119,18 @@ pub async fn freeze(
     let ended = s.store.freeze(pool, input.revoke_leases, &reason).await?;
     tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
     let at = crate::events::now(&s).await;
-    let base = VaultEvent {
+    let frozen = VaultEvent {
+        kind: "pool.frozen".into(),
         pool: pool.to_string(),
         at,
         reason: Some(reason.clone()),
         ..Default::default()
     };
-    crate::events::emit(
-        &s,
-        VaultEvent {
-            kind: "pool.frozen".into(),
-            ..base.clone()
-        },
-    )
-    .await;
-    for e in &ended {
-        let lease = VaultEvent {
-            kind: "lease.revoked".into(),
-            token_id: Some(e.token_id.clone()),
-            lease_id: Some(e.lease_id.clone()),
-            ..base.clone()
-        };
-        crate::events::emit(&s, lease).await;
-    }
+    let leases: Vec<_> = ended
+        .iter()
+        .map(|e| (Some(e.token_id.clone()), e.lease_id.clone()))
+        .collect();
+    crate::events::emit_with_leases(&s, frozen, &leases).await;
     let detail = format!("{reason} ({} leases ended)", ended.len());
     record(
         &s,

@@ -166,32 +166,16 @@ pub async fn revoke(
     }
     let ended = s.store.revoke(&pool, &id, &reason).await?;
     let at = crate::events::now(&s).await;
-    let base = VaultEvent {
+    let revoked = VaultEvent {
+        kind: "token.revoked".into(),
         pool: pool.clone(),
         token_id: Some(id.clone()),
         at,
         reason: Some(reason.clone()),
         ..Default::default()
     };
-    crate::events::emit(
-        &s,
-        VaultEvent {
-            kind: "token.revoked".into(),
-            ..base.clone()
-        },
-    )
-    .await;
-    for lease in &ended {
-        crate::events::emit(
-            &s,
-            VaultEvent {
-                kind: "lease.revoked".into(),
-                lease_id: Some(lease.clone()),
-                ..base.clone()
-            },
-        )
-        .await;
-    }
+    let leases: Vec<_> = ended.iter().map(|l| (None, l.clone())).collect();
+    crate::events::emit_with_leases(&s, revoked, &leases).await;
     let detail = format!("{reason} ({} leases ended)", ended.len());
     record(
         &s,
