@@ -482,3 +482,77 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let (status, _t) = st.await.unwrap();
     assert!(status.expect("exited").success());
 }
+
+/// The value of one Prometheus sample line, found by its name and labels in any order.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_answers_by_route_template_and_outcomes() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    pool(api, "m", json!({"max_leases_per_token": 1})).await;
+    let a = api
+        .post("/v1/pools/m/tokens", json!({"secret": "metric-secret-1"}))
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let l = api.post("/v1/pools/m/leases", json!({})).await;
+    assert_eq!(l.status, 201, "{l:?}");
+    api.post("/v1/pools/m/leases", json!({}))
+        .await
+        .problem(503, "pool_exhausted");
+    let r = api
+        .post(
+            &format!("/v1/pools/m/leases/{}/release", l.str("lease_id")),
+            json!({"outcome": "rate_limited", "retry_after_s": 30}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // A hostile path must not become a series of its own.
+    api.get("/v1/no/such/route/hostile-label-xyz")
+        .await
+        .problem(404, "not_found");
+
+    let m = reqwest::get(format!("{}/metrics", t.vault.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let route = r#"route="/v1/pools/{pool}/leases""#;
+    assert_eq!(
+        sample(&m, "tv_http_responses_total", &[route, r#"status="201""#]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "tv_http_responses_total", &[route, r#"status="503""#]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "tv_http_request_duration_seconds_count", &[route]).is_some(),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "tv_problems_total", &[r#"code="pool_exhausted""#]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "tv_lease_outcomes_total",
+            &[r#"pool="m""#, r#"outcome="rate_limited""#]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(!m.contains("hostile-label-xyz"), "{m}");
+    assert!(m.contains(r#"route="unmatched""#), "{m}");
+    assert!(!m.contains("metric-secret-1"), "{m}");
+}

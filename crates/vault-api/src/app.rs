@@ -58,6 +58,28 @@ impl AppState {
     }
 }
 
+/// Count and time every answer by route template (never the raw path: hostile paths must not
+/// create new series), method and status.
+async fn measure(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!("tv_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("tv_http_responses_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    res
+}
+
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/pools", get(pools::list))
@@ -122,6 +144,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(measure))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

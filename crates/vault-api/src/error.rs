@@ -154,6 +154,7 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("tv_problems_total", "code" => self.code).increment(1);
         let title = self.status.canonical_reason().unwrap_or("Error");
         let body = Problem {
             kind: format!("urn:tokenvault:problem:{}", self.code),

@@ -22,6 +22,15 @@ pub fn install_metrics() {
                     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ],
             )
+            .ok()?
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(
+                    "tv_http_request_duration_seconds".into(),
+                ),
+                &[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+            )
             .ok()?;
         builder.install_recorder().ok()
     });

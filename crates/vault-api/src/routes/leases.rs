@@ -141,8 +141,9 @@ pub async fn renew(
     Ok(Json(lease_view(&s, pool, g)?))
 }
 
-/// Every outcome other than a plain `ok` is audited; a token it quarantined is too.
-async fn audit_outcome(
+/// Every outcome is counted; every one other than a plain `ok` is audited, and so is a token it
+/// quarantined.
+async fn record_outcome(
     s: &AppState,
     who: &Principal,
     pool: &str,
@@ -150,6 +151,8 @@ async fn audit_outcome(
     r: &Released,
     report: &Report,
 ) {
+    metrics::counter!("tv_lease_outcomes_total", "pool" => pool.to_string(), "outcome" => report.outcome.as_str())
+        .increment(1);
     if report.outcome == Outcome::Ok {
         return;
     }
@@ -192,7 +195,7 @@ pub async fn release(
     lease_id(&lease)?;
     report.validate()?;
     let r = s.store.release(pool, &lease, &report).await?;
-    audit_outcome(&s, &who, pool, &lease, &r, &report).await;
+    record_outcome(&s, &who, pool, &lease, &r, &report).await;
     Ok(Json(
         json!({ "lease_id": lease, "token_id": r.token_id, "token_state": r.state, "released": true }),
     ))
@@ -211,6 +214,6 @@ pub async fn rotate(
         .store
         .rotate(pool, &lease, &report, &new_lease_id())
         .await?;
-    audit_outcome(&s, &who, pool, &lease, &released, &report).await;
+    record_outcome(&s, &who, pool, &lease, &released, &report).await;
     Ok((StatusCode::CREATED, Json(lease_view(&s, pool, next?)?)))
 }
