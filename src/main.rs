@@ -175,7 +175,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         shutdown_grace_s: 10,
         header_read_timeout_ms: 30_000,
-        log_format: "text".into(),
+        log_format: vault_core::config::LogFormat::Text,
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),
             issuer: "tokenvault".into(),
@@ -273,7 +273,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    vault_core::config::init_tracing(&std::env::var("TV_LOG_FORMAT").unwrap_or_default());
+    // Dev mode has no flag for it; the variable is read as the other binaries read it.
+    let json_logs = std::env::var("TV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    vault_core::config::init_tracing(if json_logs {
+        vault_core::config::LogFormat::Json
+    } else {
+        vault_core::config::LogFormat::Text
+    });
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Dev(a) => dev(a).await,

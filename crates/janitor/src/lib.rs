@@ -37,8 +37,13 @@ pub struct JanitorConfig {
     #[arg(long = "batch", env = "TV_JANITOR_BATCH", default_value_t = 500)]
     pub batch: usize,
     /// Log format: text or json.
-    #[arg(long = "log-format", env = "TV_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(
+        long = "log-format",
+        env = "TV_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: vault_core::config::LogFormat,
 }
 
 /// What one sweep did, summed over pools.

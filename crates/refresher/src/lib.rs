@@ -84,8 +84,13 @@ pub struct RefresherConfig {
     #[arg(long = "poll-ms", env = "TV_REFRESHER_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
     /// Log format: text or json.
-    #[arg(long = "log-format", env = "TV_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(
+        long = "log-format",
+        env = "TV_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: vault_core::config::LogFormat,
 }
 
 impl RefresherConfig {

@@ -41,8 +41,13 @@ pub struct ApiConfig {
     )]
     pub shutdown_grace_s: u64,
     /// Log format: text or json.
-    #[arg(long = "log-format", env = "TV_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(
+        long = "log-format",
+        env = "TV_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: vault_core::config::LogFormat,
     #[command(flatten)]
     pub auth: AuthArgs,
 }

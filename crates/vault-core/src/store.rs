@@ -266,6 +266,25 @@ impl Store {
             .map_err(|e| VaultError::RedisUnavailable(e.to_string()))
     }
 
+    /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
+    async fn xrange(
+        &self,
+        key: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        self.cmd(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .clone(),
+        )
+        .await
+    }
+
     /// A plain command (reads, the pool-name set).
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         self.timed(async {
@@ -414,17 +433,7 @@ impl Store {
             (None, Some(ms)) => ms.to_string(),
             (None, None) => "-".to_string(),
         };
-        let rows: Vec<(String, HashMap<String, String>)> = self
-            .cmd(
-                redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .clone(),
-            )
-            .await?;
+        let rows = self.xrange(&key, &start, limit).await?;
         Ok(rows
             .into_iter()
             .map(|(id, mut f)| {
@@ -490,16 +499,8 @@ impl Store {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, VaultEvent)>> {
-        let rows: Vec<(String, HashMap<String, String>)> = self
-            .cmd(
-                redis::cmd("XRANGE")
-                    .arg(self.keys.events())
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit)
-                    .clone(),
-            )
+        let rows = self
+            .xrange(&self.keys.events(), &format!("({after}"), limit)
             .await?;
         Ok(rows
             .into_iter()
