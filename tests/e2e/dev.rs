@@ -50,3 +50,26 @@ async fn dev_mode_serves_the_demo_pool_with_the_printed_token() {
     let status = dev.terminate(Duration::from_secs(15)).expect("exited");
     assert!(status.success(), "{}", dev.output());
 }
+
+#[tokio::test]
+async fn dev_mode_without_redis_server_says_how_to_install_it() {
+    // A PATH with nothing on it: redis-server cannot be found.
+    let empty = tempfile::tempdir().unwrap();
+    let mut dev = Child::spawn(
+        &bin_path("tokenvault"),
+        &[
+            "dev",
+            "--listen-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[("PATH", empty.path().display().to_string())],
+    );
+    let exited = testkit::wait_until(Duration::from_secs(20), || dev.try_wait().is_some());
+    assert!(exited, "dev mode kept running:\n{}", dev.output());
+    let status = dev.try_wait().unwrap();
+    assert!(!status.success());
+    let out = dev.output();
+    assert!(out.contains("redis-server is not installed"), "{out}");
+    assert!(out.contains("apt-get install -y redis-server"), "{out}");
+    assert!(out.contains("TV_REDIS_URL"), "{out}");
+}
