@@ -556,3 +556,107 @@ async fn metrics_count_answers_by_route_template_and_outcomes() {
     assert!(m.contains(r#"route="unmatched""#), "{m}");
     assert!(!m.contains("metric-secret-1"), "{m}");
 }
+
+/// Every route of the API contract (API.md), as method and path template.
+const CONTRACT: &[(&str, &str)] = &[
+    ("put", "/v1/pools/{pool}"),
+    ("get", "/v1/pools"),
+    ("get", "/v1/pools/{pool}"),
+    ("delete", "/v1/pools/{pool}"),
+    ("get", "/v1/pools/{pool}/status"),
+    ("post", "/v1/pools/{pool}/freeze"),
+    ("post", "/v1/pools/{pool}/unfreeze"),
+    ("post", "/v1/pools/{pool}/rotate"),
+    ("post", "/v1/pools/{pool}/rotate/cancel"),
+    ("post", "/v1/pools/{pool}/tokens"),
+    ("get", "/v1/pools/{pool}/tokens"),
+    ("get", "/v1/pools/{pool}/tokens/{id}"),
+    ("post", "/v1/pools/{pool}/tokens/{id}/revoke"),
+    ("post", "/v1/pools/{pool}/tokens/{id}/deprecate"),
+    ("post", "/v1/pools/{pool}/tokens/{id}/restore"),
+    ("post", "/v1/pools/{pool}/tokens/{id}/refresh"),
+    ("delete", "/v1/pools/{pool}/tokens/{id}"),
+    ("post", "/v1/pools/{pool}/leases"),
+    ("post", "/v1/pools/{pool}/leases/{lease}/renew"),
+    ("post", "/v1/pools/{pool}/leases/{lease}/release"),
+    ("post", "/v1/pools/{pool}/leases/{lease}/rotate"),
+    ("get", "/v1/events"),
+    ("post", "/v1/pools/{pool}/refresh-jobs/claim"),
+    ("post", "/v1/pools/{pool}/refresh-jobs/{job}/complete"),
+    ("post", "/v1/pools/{pool}/refresh-jobs/{job}/fail"),
+    ("post", "/v1/clients"),
+    ("post", "/v1/clients/revoke"),
+    ("post", "/v1/introspect"),
+    ("get", "/.well-known/jwks.json"),
+    ("get", "/v1/audit"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routes_served() {
+    let t = one(&[]).await;
+    let anonymous = Api::new(&t.vault.base);
+    let res = anonymous
+        .http
+        .get(format!("{}/openapi.json", t.vault.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "no authentication needed");
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+
+    let mut documented = std::collections::BTreeSet::new();
+    let mut operation_ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.insert((method.clone(), path.clone()));
+            assert!(
+                operation_ids.insert(op["operationId"].as_str().unwrap().to_string()),
+                "operation ids are unique: {op}"
+            );
+            if path.starts_with("/v1/") {
+                assert_eq!(op["security"][0]["bearer"], json!([]), "{path}");
+                assert!(op["responses"]["401"].is_object(), "{path}");
+            }
+            // The route is served: anonymous calls reach the auth layer (which only runs on
+            // matched routes) or, for the public routes, the handler.
+            let url = path
+                .replace("{pool}", "p")
+                .replace("{id}", "t")
+                .replace("{lease}", "l")
+                .replace("{job}", "j");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let a = anonymous.call(m, &url, None).await;
+            if path.starts_with("/v1/") {
+                a.problem(401, "unauthorized");
+            } else {
+                assert_eq!(a.status, 200, "{method} {path}: {a:?}");
+            }
+        }
+    }
+    let contract: std::collections::BTreeSet<_> = CONTRACT
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, contract,
+        "the document lists exactly the contract's routes"
+    );
+    let exhausted = &doc["paths"]["/v1/pools/{pool}/leases"]["post"]["responses"]["503"];
+    assert!(
+        exhausted["content"]["application/problem+json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Problem"),
+        "{exhausted}"
+    );
+    // Secrets in request bodies are marked as such for generated clients.
+    assert_eq!(
+        doc["components"]["schemas"]["TokenInput"]["properties"]["secret"]["format"],
+        "password"
+    );
+}

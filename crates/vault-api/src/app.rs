@@ -3,14 +3,19 @@
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::http::header;
+use axum::routing::get;
 use axum::Router;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use vault_core::crypto::Cipher;
 use vault_core::Store;
 
 use crate::auth::{authorize, Revocations};
 use crate::error::ApiError;
+use crate::openapi::ApiDoc;
 use crate::routes::{audit, clients, health, jobs, leases, pools, tokens};
 use vault_core::auth::KeyRing;
 
@@ -80,61 +85,54 @@ async fn measure(
     res
 }
 
-pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/pools", get(pools::list))
-        .route(
-            "/pools/{pool}",
-            put(pools::upsert).get(pools::get).delete(pools::delete),
-        )
-        .route("/pools/{pool}/status", get(pools::status))
-        .route("/pools/{pool}/freeze", post(pools::freeze))
-        .route("/pools/{pool}/unfreeze", post(pools::unfreeze))
-        .route("/pools/{pool}/rotate", post(pools::rotate))
-        .route("/pools/{pool}/rotate/cancel", post(pools::rotate_cancel))
-        .route(
-            "/pools/{pool}/tokens",
-            post(tokens::deposit).get(tokens::list),
-        )
-        .route(
-            "/pools/{pool}/tokens/{id}",
-            get(tokens::get).delete(tokens::delete),
-        )
-        .route("/pools/{pool}/tokens/{id}/revoke", post(tokens::revoke))
-        .route(
-            "/pools/{pool}/tokens/{id}/deprecate",
-            post(tokens::deprecate),
-        )
-        .route("/pools/{pool}/tokens/{id}/restore", post(tokens::restore))
-        .route("/pools/{pool}/tokens/{id}/refresh", post(tokens::refresh))
-        .route("/pools/{pool}/leases", post(leases::acquire))
-        .route("/pools/{pool}/leases/{lease}/renew", post(leases::renew))
-        .route(
-            "/pools/{pool}/leases/{lease}/release",
-            post(leases::release),
-        )
-        .route("/pools/{pool}/leases/{lease}/rotate", post(leases::rotate))
-        .route("/pools/{pool}/refresh-jobs/claim", post(jobs::claim))
-        .route(
-            "/pools/{pool}/refresh-jobs/{job}/complete",
-            post(jobs::complete),
-        )
-        .route("/pools/{pool}/refresh-jobs/{job}/fail", post(jobs::fail))
-        .route("/clients", post(clients::mint))
-        .route("/clients/revoke", post(clients::revoke))
-        .route("/introspect", post(clients::introspect))
-        .route("/audit", get(audit::read))
-        .route("/events", get(crate::events::stream))
+/// The whole HTTP surface and its OpenAPI document, built together from the same handlers.
+pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(pools::list))
+        .routes(routes!(pools::upsert, pools::get, pools::delete))
+        .routes(routes!(pools::status))
+        .routes(routes!(pools::freeze))
+        .routes(routes!(pools::unfreeze))
+        .routes(routes!(pools::rotate))
+        .routes(routes!(pools::rotate_cancel))
+        .routes(routes!(tokens::deposit, tokens::list))
+        .routes(routes!(tokens::get, tokens::delete))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::deprecate))
+        .routes(routes!(tokens::restore))
+        .routes(routes!(tokens::refresh))
+        .routes(routes!(leases::acquire))
+        .routes(routes!(leases::renew))
+        .routes(routes!(leases::release))
+        .routes(routes!(leases::rotate))
+        .routes(routes!(jobs::claim))
+        .routes(routes!(jobs::complete))
+        .routes(routes!(jobs::fail))
+        .routes(routes!(clients::mint))
+        .routes(routes!(clients::revoke))
+        .routes(routes!(clients::introspect))
+        .routes(routes!(audit::read))
+        .routes(routes!(crate::events::stream))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ));
-    Router::new()
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
-        .route("/.well-known/jwks.json", get(clients::jwks))
-        .route("/healthz", get(health::healthz))
-        .route("/metrics", get(health::metrics))
-        .route("/readyz", get(health::readyz))
+        .routes(routes!(clients::jwks))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::readyz))
+        .split_for_parts();
+    let mut api = api;
+    crate::openapi::finish(&mut api);
+    // Rendered once: the document never changes while the process runs.
+    let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());
+    let router = router
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+        )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -146,5 +144,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(measure))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    (router, api)
+}
+
+pub fn router(state: AppState) -> Router {
+    router_and_openapi(state).0
 }

@@ -17,8 +17,9 @@ pub struct ApiError {
     pub www_authenticate: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details; `code` is stable and machine-readable.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,

@@ -142,8 +142,9 @@ pub async fn now(s: &AppState) -> i64 {
         .unwrap_or_else(|_| vault_core::time::now_ms())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Comma-separated pools; all the token may see when absent.
     pools: Option<String>,
@@ -157,6 +158,18 @@ fn sse(id: &str, e: &VaultEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "server-sent events; each `data` is a VaultEvent", body = vault_core::model::VaultEvent, content_type = "text/event-stream"),
+    )
+)]
 pub async fn stream(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -9,6 +9,7 @@
 //! - [`events`]: server-sent events fed by one Redis subscription per replica.
 //! - [`error`]: `ApiError`, problem+json for every failure.
 //! - [`extract`]: path/query/body extractors that reject in the same format.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
 
 pub mod app;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 

@@ -60,7 +60,7 @@ pub fn check_label(what: &str, s: &str, max: usize) -> Result<(), VaultError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Least recently leased first: spreads load over every token.
@@ -71,7 +71,7 @@ pub enum Strategy {
 }
 
 /// `PUT /v1/pools/{pool}` body. Every field optional; absent means the default (PUT replaces).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigInput {
     pub quota_limit: Option<u64>,
@@ -92,7 +92,7 @@ pub struct PoolConfigInput {
 
 /// Optional health probe: the refresher calls `url` with an idle token (through its bound
 /// proxy) every `interval_s`; an answer other than `expect_status` is a strike.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     pub url: String,
@@ -111,7 +111,7 @@ fn default_probe_interval() -> u64 {
 }
 
 /// A pool's effective configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PoolConfig {
     pub quota_limit: Option<u64>,
     pub quota_window_s: u64,
@@ -328,7 +328,7 @@ impl PoolConfig {
 }
 
 /// A pool as `GET /v1/pools/{pool}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolView {
     pub name: String,
     #[serde(flatten)]
@@ -343,14 +343,14 @@ pub struct PoolView {
 }
 
 /// Where a token came from and how it must be used (sticky identity).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     pub proxy: Option<String>,
     pub fingerprint: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RefreshKind {
     Oauth2RefreshToken,
@@ -373,20 +373,22 @@ impl RefreshKind {
 
 /// How a token is refreshed. `refresh_token` and `client_secret` are secrets: sealed at rest,
 /// never answered.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshInput {
     pub kind: RefreshKind,
     pub token_url: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     pub refresh_token: Option<Secret>,
     pub client_id: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     pub client_secret: Option<Secret>,
     pub scope: Option<String>,
     /// How the client authenticates at the token endpoint: `basic` (default) or `body`.
     pub client_auth: Option<ClientAuth>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with client_id:client_secret (RFC 6749 §2.3.1).
@@ -403,7 +405,7 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The public part of a refresh method (what metadata shows).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefreshPublic {
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -468,11 +470,14 @@ impl RefreshInput {
 }
 
 /// One token in a deposit request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
+    #[schema(value_type = String, format = Password)]
     pub secret: Secret,
     pub id: Option<String>,
+    /// RFC 3339 or unix milliseconds; a JWT's `exp` when absent.
+    #[schema(value_type = Option<String>)]
     pub expires_at: Option<TimeInput>,
     pub quota_limit: Option<u64>,
     pub binding: Option<Binding>,
@@ -526,7 +531,7 @@ impl TokenInput {
 }
 
 /// How the worker's call went, reported on release/rotate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     #[default]
@@ -550,7 +555,7 @@ impl Outcome {
 }
 
 /// Release / rotate body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     pub used: Option<u64>,
@@ -558,6 +563,8 @@ pub struct Report {
     pub outcome: Outcome,
     pub retry_after_s: Option<f64>,
     pub remaining: Option<u64>,
+    /// RFC 3339 or unix milliseconds.
+    #[schema(value_type = Option<String>)]
     pub reset_at: Option<TimeInput>,
     pub detail: Option<String>,
 }
@@ -577,7 +584,7 @@ impl Report {
 }
 
 /// Acquire body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireInput {
     pub worker: Option<String>,
@@ -616,7 +623,7 @@ impl AcquireInput {
 }
 
 /// Renew body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewInput {
     pub ttl_s: Option<u64>,
@@ -665,7 +672,7 @@ impl LeaseGrant {
 }
 
 /// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenMeta {
     pub id: String,
     pub state: String,
@@ -690,7 +697,7 @@ pub struct TokenMeta {
     pub refresh_attempts: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaView {
     pub used: u64,
     pub reserved: u64,
@@ -757,7 +764,7 @@ impl TokenMeta {
 }
 
 /// One audit event. Never carries a secret: tokens appear by id and `sha256:` fingerprint.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Stream id (`<ms>-<seq>`): the cursor for the next page.
     pub id: String,
@@ -773,7 +780,7 @@ pub struct AuditEntry {
 }
 
 /// An event pushed to workers (`GET /v1/events`). Never carries a secret.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VaultEvent {
     /// `token.revoked`, `lease.revoked`, `token.refreshed`, `token.quarantined`,
     /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`.
@@ -803,7 +810,7 @@ pub const VIEW_STATES: [&str; 8] = [
 ];
 
 /// `GET /v1/pools/{pool}/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     pub pool: String,
     pub tokens: BTreeMap<String, u64>,
@@ -818,7 +825,7 @@ pub struct PoolStatus {
 }
 
 /// Progress of an emergency rotation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RotationStatus {
     pub id: String,
     pub started_at: String,

@@ -12,8 +12,9 @@ use crate::error::ApiError;
 use crate::extract::Query;
 use crate::AppState;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// The pool's trail; without it, the vault-wide one (client tokens, pool deletions).
     pool: Option<String>,
@@ -24,6 +25,15 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "`{\"events\":[...],\"next\"}`; secrets never appear", body = serde_json::Value),
+    )
+)]
 pub async fn read(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -13,11 +13,20 @@ use crate::error::ApiError;
 use crate::extract::Body;
 use crate::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "clients",
+    responses(
+        (status = 200, description = "the public keys that verify client tokens, each with its `kid`", body = serde_json::Value),
+    ),
+    security(())
+)]
 pub async fn jwks(State(s): State<AppState>) -> Json<Value> {
     Json(s.keys.jwks())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintInput {
     sub: Option<String>,
@@ -26,6 +35,15 @@ pub struct MintInput {
     ttl_s: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/clients",
+    tag = "clients",
+    request_body = MintInput,
+    responses(
+        (status = 201, description = "`{\"token\",\"jti\",\"expires_at\"}`", body = serde_json::Value),
+    )
+)]
 pub async fn mint(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -89,12 +107,21 @@ pub async fn mint(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeInput {
     jti: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/clients/revoke",
+    tag = "clients",
+    request_body = RevokeInput,
+    responses(
+        (status = 200, description = "refused by every replica within 1 s", body = serde_json::Value),
+    )
+)]
 pub async fn revoke(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -122,6 +149,15 @@ pub async fn revoke(
 }
 
 /// RFC 7662: `{"token": ...}` as JSON or `token=...` as a form.
+#[utoipa::path(
+    post,
+    path = "/introspect",
+    tag = "clients",
+    request_body = IntrospectInput,
+    responses(
+        (status = 200, description = "RFC 7662: `{\"active\":false}` or the token's claims", body = serde_json::Value),
+    )
+)]
 pub async fn introspect(
     State(s): State<AppState>,
     body: axum::body::Bytes,
@@ -152,4 +188,11 @@ fn form_urlencoded(body: &[u8]) -> serde_json::Map<String, Value> {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), Value::String(v.replace('+', " "))))
         .collect()
+}
+
+/// `POST /v1/introspect` body: JSON, or a form (`token=...`) as RFC 7662 has it.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documents the body; the handler accepts both encodings
+pub(crate) struct IntrospectInput {
+    token: String,
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::AppState;
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -37,6 +37,15 @@ pub fn install_metrics() {
 }
 
 /// Prometheus text format. Counts and timings only: nothing here carries a secret.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    ),
+    security(())
+)]
 pub async fn metrics() -> String {
     PROMETHEUS
         .get()
@@ -46,11 +55,28 @@ pub async fn metrics() -> String {
 }
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "the process is up", body = serde_json::Value)),
+    security(())
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Redis answers and runs our scripts: this replica can serve leases.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Redis answers, scripts are loaded, revocations are subscribed", body = serde_json::Value),
+        (status = 503, description = "`redis_unavailable`, `scripts_unavailable`, `not_subscribed`", body = Problem),
+    ),
+    security(())
+)]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     s.store.check_ready().await?;
     if !s

@@ -14,7 +14,7 @@ use vault_core::store::RefreshedToken;
 use vault_core::time::TimeInput;
 
 use super::{entry, pool_name, record};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
@@ -24,13 +24,25 @@ use vault_core::model::{AuditEntry, VaultEvent};
 /// Failed attempts of an external job before its token is quarantined.
 const MAX_ATTEMPTS: u32 = 8;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimInput {
     /// How long the job stays hidden from other workers (default 300 s: a login takes time).
     visibility_s: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/refresh-jobs/claim",
+    tag = "refresh-jobs",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    request_body = ClaimInput,
+    responses(
+        (status = 200, description = "a job `{\"job_id\",\"token_id\",\"binding\",\"labels\"}`, hidden from others for `visibility_s`", body = serde_json::Value),
+        (status = 204, description = "no job waiting"),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn claim(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -57,14 +69,34 @@ pub async fn claim(
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteInput {
+    #[schema(value_type = String, format = Password)]
     secret: Option<Secret>,
+    /// RFC 3339 or unix milliseconds.
+    #[schema(value_type = Option<String>)]
     expires_at: Option<TimeInput>,
+    #[schema(value_type = Option<String>, format = Password)]
     refresh_token: Option<Secret>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/refresh-jobs/{job}/complete",
+    tag = "refresh-jobs",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("job" = String, Path, description = "refresh job id"),
+    ),
+    request_body = CompleteInput,
+    responses(
+        (status = 200, description = "the new secret stored; the token back in rotation", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 410, description = "`job_gone`", body = Problem),
+        (status = 409, description = "`stale_job`: the token changed since the claim", body = Problem),
+    )
+)]
 pub async fn complete(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -125,7 +157,7 @@ pub async fn complete(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailInput {
     error: Option<String>,
@@ -133,6 +165,22 @@ pub struct FailInput {
     retry_after_s: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/refresh-jobs/{job}/fail",
+    tag = "refresh-jobs",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("job" = String, Path, description = "refresh job id"),
+    ),
+    request_body = FailInput,
+    responses(
+        (status = 200, description = "retried later, or quarantined when permanent", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 410, description = "`job_gone`", body = Problem),
+        (status = 409, description = "`stale_job`", body = Problem),
+    )
+)]
 pub async fn fail(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -15,7 +15,7 @@ use vault_core::time::rfc3339;
 use vault_core::VaultError;
 
 use super::{entry, pool_name, record};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
@@ -23,7 +23,7 @@ use vault_core::auth::Principal;
 use vault_core::model::{AuditEntry, Outcome, VaultEvent};
 use vault_core::store::Released;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LeaseView {
     lease_id: String,
     pool: String,
@@ -68,6 +68,24 @@ fn new_lease_id() -> String {
 /// How long to sleep between attempts while a request waits (`wait_ms`) for a token.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/leases",
+    tag = "leases",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key gets the same lease"),
+    ),
+    request_body = vault_core::model::AcquireInput,
+    responses(
+        (status = 201, description = "a new lease", body = LeaseView),
+        (status = 200, description = "the lease an earlier request with this Idempotency-Key got", body = LeaseView),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 409, description = "`idempotency_conflict`", body = Problem),
+        (status = 423, description = "`pool_frozen`", body = Problem),
+        (status = 503, description = "`pool_exhausted` (with `Retry-After`: when a token can next be eligible) or `redis_unavailable`", body = Problem, headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn acquire(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -126,6 +144,22 @@ pub async fn acquire(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/leases/{lease}/renew",
+    tag = "leases",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("lease" = String, Path, description = "lease id"),
+    ),
+    request_body = vault_core::model::RenewInput,
+    responses(
+        (status = 200, description = "the lease, extended", body = LeaseView),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 410, description = "`lease_gone`: expired, released or revoked", body = Problem),
+        (status = 409, description = "`token_expiring`, `quota_exhausted`", body = Problem),
+    )
+)]
 pub async fn renew(
     State(s): State<AppState>,
     Path((pool, lease)): Path<(String, String)>,
@@ -185,6 +219,21 @@ async fn record_outcome(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/leases/{lease}/release",
+    tag = "leases",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("lease" = String, Path, description = "lease id"),
+    ),
+    request_body = vault_core::model::Report,
+    responses(
+        (status = 200, description = "`{\"lease_id\",\"token_id\",\"token_state\",\"released\":true}`", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 410, description = "`lease_gone`: expired, released or revoked", body = Problem),
+    )
+)]
 pub async fn release(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -201,6 +250,22 @@ pub async fn release(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/leases/{lease}/rotate",
+    tag = "leases",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("lease" = String, Path, description = "lease id"),
+    ),
+    request_body = vault_core::model::Report,
+    responses(
+        (status = 201, description = "the report applied and a new lease on another token", body = LeaseView),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 410, description = "`lease_gone`: expired, released or revoked", body = Problem),
+        (status = 503, description = "`pool_exhausted` (the report was still applied) or `redis_unavailable`", body = Problem),
+    )
+)]
 pub async fn rotate(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

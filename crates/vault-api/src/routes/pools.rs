@@ -10,11 +10,22 @@ use vault_core::auth::Principal;
 use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
 
 use super::{entry, pool_name, record};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
 use vault_core::model::{AuditEntry, VaultEvent};
 
+#[utoipa::path(
+    put,
+    path = "/pools/{pool}",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    request_body = vault_core::model::PoolConfigInput,
+    responses(
+        (status = 201, description = "created", body = vault_core::model::PoolView),
+        (status = 200, description = "updated", body = vault_core::model::PoolView),
+    )
+)]
 pub async fn upsert(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -42,6 +53,14 @@ pub async fn upsert(
 }
 
 /// Every pool the client token may see.
+#[utoipa::path(
+    get,
+    path = "/pools",
+    tag = "pools",
+    responses(
+        (status = 200, description = "`{\"pools\":[...]}`: every pool the client may see, with token counts by state", body = serde_json::Value),
+    )
+)]
 pub async fn list(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -56,6 +75,16 @@ pub async fn list(
     Ok(Json(json!({ "pools": pools })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    responses(
+        (status = 200, description = "the pool's configuration", body = vault_core::model::PoolView),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -63,13 +92,28 @@ pub async fn get(
     Ok(Json(s.store.pool_get(pool_name(&pool)?).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/pools/{pool}",
+    tag = "pools",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        DeleteQuery,
+    ),
+    responses(
+        (status = 204, description = "deleted with every key"),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: the pool holds tokens (use `force=true`)", body = Problem),
+    )
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -90,6 +134,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}/status",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    responses(
+        (status = 200, description = "counts by state, leases, ratios, rotation progress", body = vault_core::model::PoolStatus),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn status(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -97,7 +151,7 @@ pub async fn status(
     Ok(Json(s.store.pool_status(pool_name(&pool)?).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FreezeInput {
     #[serde(default)]
@@ -105,6 +159,17 @@ pub struct FreezeInput {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/freeze",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    request_body = FreezeInput,
+    responses(
+        (status = 200, description = "frozen: new leases answer 423", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn freeze(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -150,6 +215,16 @@ pub async fn freeze(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/unfreeze",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    responses(
+        (status = 200, description = "leasing again", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn unfreeze(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -173,7 +248,7 @@ pub async fn unfreeze(
     Ok(Json(json!({ "pool": pool, "frozen": false })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
     sunset_s: Option<u64>,
@@ -182,6 +257,18 @@ pub struct RotateInput {
 
 /// Emergency rotation: every current token deprecated, refreshed in the background, revoked at
 /// the sunset unless refreshed by then.
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/rotate",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    request_body = RotateInput,
+    responses(
+        (status = 202, description = "rotation started: tokens deprecated, refreshes queued", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: a rotation is already running", body = Problem),
+    )
+)]
 pub async fn rotate(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -225,6 +312,16 @@ pub async fn rotate(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/rotate/cancel",
+    tag = "pools",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    responses(
+        (status = 200, description = "rolled back: deprecated tokens current again", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn rotate_cancel(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

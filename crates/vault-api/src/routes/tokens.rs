@@ -10,7 +10,7 @@ use vault_core::model::{check_token_id, TokenInput, TokenMeta, MAX_DEPOSIT, VIEW
 use vault_core::time::TimeInput;
 
 use super::{entry, pool_name, record};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
 use axum::Extension;
@@ -41,6 +41,18 @@ fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
     Ok(tokens)
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/tokens",
+    tag = "tokens",
+    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    request_body = DepositBody,
+    responses(
+        (status = 201, description = "`{\"ids\":[...]}`", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: a token with this id exists", body = Problem),
+    )
+)]
 pub async fn deposit(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -78,14 +90,28 @@ pub async fn deposit(
     Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     cursor: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}/tokens",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "`{\"tokens\":[metadata...],\"next_cursor\"}`: metadata only, never a secret", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -119,6 +145,19 @@ fn ids(pool: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}/tokens/{id}",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    responses(
+        (status = 200, description = "metadata and the secret's `sha256:` fingerprint", body = vault_core::model::TokenMeta),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+    )
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path((pool, id)): Path<(String, String)>,
@@ -127,6 +166,19 @@ pub async fn get(
     Ok(Json(s.store.token_get(&pool, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/pools/{pool}/tokens/{id}",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    responses(
+        (status = 204, description = "deleted; its leases end"),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+    )
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -147,12 +199,26 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonInput {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/tokens/{id}/revoke",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    request_body = ReasonInput,
+    responses(
+        (status = 200, description = "revoked at once; its leases end; `token.revoked` published", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+    )
+)]
 pub async fn revoke(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -193,12 +259,28 @@ pub async fn revoke(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeprecateInput {
+    /// RFC 3339 or unix milliseconds.
+    #[schema(value_type = Option<String>)]
     sunset_at: Option<TimeInput>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/tokens/{id}/deprecate",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    request_body = DeprecateInput,
+    responses(
+        (status = 200, description = "deprecated: leased only when nothing else is", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+    )
+)]
 pub async fn deprecate(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -222,6 +304,20 @@ pub async fn deprecate(
     Ok(Json(json!({ "token_id": id, "state": state })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/tokens/{id}/restore",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    responses(
+        (status = 200, description = "back in rotation", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: not quarantined", body = Problem),
+    )
+)]
 pub async fn restore(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -241,6 +337,20 @@ pub async fn restore(
     Ok(Json(json!({ "token_id": id, "state": state })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/pools/{pool}/tokens/{id}/refresh",
+    tag = "tokens",
+    params(
+        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        ("id" = String, Path, description = "token id"),
+    ),
+    responses(
+        (status = 202, description = "refresh queued (at most once at a time)", body = serde_json::Value),
+        (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: the token has no refresh method or cannot be refreshed now", body = Problem),
+    )
+)]
 pub async fn refresh(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -261,4 +371,15 @@ pub async fn refresh(
         StatusCode::ACCEPTED,
         Json(json!({ "token_id": id, "state": state })),
     ))
+}
+
+/// A deposit: one token object, or many under `tokens` (at most 1000).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documents the body; the handler parses it by hand for clearer errors
+pub(crate) enum DepositBody {
+    One(Box<vault_core::model::TokenInput>),
+    Many {
+        tokens: Vec<vault_core::model::TokenInput>,
+    },
 }

@@ -1,0 +1,160 @@
+//! The OpenAPI document served at `GET /openapi.json`. Paths come from the same handler
+//! annotations the router is built from (`utoipa_axum::routes!`), so a route cannot exist
+//! without its documentation or the other way round.
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenvault",
+        description = "Coordinates pools of API credentials across stateless workers: leases \
+                       under quota, concurrency, expiry, revocation and binding rules. Errors \
+                       are application/problem+json with a stable `code`."
+    ),
+    components(schemas(crate::error::Problem)),
+    tags(
+        (name = "pools", description = "pool configuration, status, kill switch, emergency rotation (admin)"),
+        (name = "tokens", description = "credentials: deposit (deposit), metadata and lifecycle (admin)"),
+        (name = "leases", description = "what workers call (lease)"),
+        (name = "refresh-jobs", description = "external login workers (admin)"),
+        (name = "events", description = "server-sent events (lease or admin)"),
+        (name = "clients", description = "the vault's own client tokens (admin)"),
+        (name = "audit", description = "the audit trail (audit)"),
+        (name = "operations", description = "health, readiness, metrics (no authentication)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Complete the document once the router has added every path: every `/v1` operation needs a
+/// bearer client token and can answer the same four problems; adding them here keeps the
+/// handler annotations to what is particular to each route.
+pub fn finish(api: &mut utoipa::openapi::OpenApi) {
+    V1Defaults.modify(api);
+}
+
+struct V1Defaults;
+
+const COMMON: [(&str, &str); 4] = [
+    (
+        "400",
+        "`invalid_request`: the body, path or query is malformed or out of bounds",
+    ),
+    (
+        "401",
+        "`unauthorized`: no, garbled, expired or revoked client token (with `WWW-Authenticate`)",
+    ),
+    (
+        "403",
+        "`forbidden`: the client token lacks the scope or the pool",
+    ),
+    (
+        "503",
+        "`redis_unavailable` or `scripts_unavailable` (with `Retry-After`)",
+    ),
+];
+
+/// What every route with a request body can also answer.
+const BODY: [(&str, &str); 2] = [
+    ("413", "`payload_too_large`: bodies are limited to 1 MiB"),
+    (
+        "415",
+        "`unsupported_media_type`: send `Content-Type: application/json`",
+    ),
+];
+
+impl Modify for V1Defaults {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        for (path, item) in api.paths.paths.iter_mut() {
+            let v1 = path.starts_with("/v1/");
+            for op in operations(item) {
+                // Handler names repeat across sections (`get`, `revoke`, `rotate`): prefix the tag.
+                if let (Some(tag), Some(id)) =
+                    (op.tags.as_ref().and_then(|t| t.first()), &op.operation_id)
+                {
+                    op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
+                }
+                problems_as_problem_json(op);
+                if !v1 {
+                    continue;
+                }
+                op.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                let body_problems = op
+                    .request_body
+                    .is_some()
+                    .then_some(BODY)
+                    .into_iter()
+                    .flatten();
+                for (status, description) in COMMON.into_iter().chain(body_problems) {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
+}
+
+/// Answers with the `Problem` schema are `application/problem+json`, as the server sends them.
+fn problems_as_problem_json(op: &mut Operation) {
+    for response in op.responses.responses.values_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let is_problem = |c: &RefOr<utoipa::openapi::Content>| matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem")));
+        if response
+            .content
+            .get("application/json")
+            .is_some_and(is_problem)
+        {
+            if let Some(c) = response.content.shift_remove("application/json") {
+                response
+                    .content
+                    .insert("application/problem+json".into(), c);
+            }
+        }
+    }
+}
+
+fn problem(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::response::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
