@@ -175,7 +175,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         shutdown_grace_s: 10,
         header_read_timeout_ms: 30_000,
-        log_format: vault_core::config::LogFormat::Text,
+        log: Default::default(),
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),
             issuer: "tokenvault".into(),

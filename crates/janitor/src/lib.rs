@@ -36,14 +36,8 @@ pub struct JanitorConfig {
     /// Most items one script handles per call; a sweep calls again while a batch comes back full.
     #[arg(long = "batch", env = "TV_JANITOR_BATCH", default_value_t = 500)]
     pub batch: usize,
-    /// Log format: text or json.
-    #[arg(
-        long = "log-format",
-        env = "TV_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
-    pub log_format: vault_core::config::LogFormat,
+    #[command(flatten)]
+    pub log: vault_core::config::LogArgs,
 }
 
 /// What one sweep did, summed over pools.

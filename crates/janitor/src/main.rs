@@ -7,7 +7,7 @@ use vault_core::Store;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = JanitorConfig::parse();
-    vault_core::config::init_tracing(cfg.log_format);
+    vault_core::config::init_tracing(cfg.log.log_format);
     let store = match Store::connect(&cfg.redis) {
         Ok(s) => s,
         Err(e) => {

@@ -83,14 +83,8 @@ pub struct RefresherConfig {
     /// How often to look for due and queued jobs.
     #[arg(long = "poll-ms", env = "TV_REFRESHER_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
-    /// Log format: text or json.
-    #[arg(
-        long = "log-format",
-        env = "TV_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
-    pub log_format: vault_core::config::LogFormat,
+    #[command(flatten)]
+    pub log: vault_core::config::LogArgs,
 }
 
 impl RefresherConfig {

@@ -4,7 +4,7 @@ use refresher::RefresherConfig;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = RefresherConfig::parse();
-    vault_core::config::init_tracing(cfg.log_format);
+    vault_core::config::init_tracing(cfg.log.log_format);
     match refresher::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

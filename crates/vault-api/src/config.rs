@@ -40,14 +40,8 @@ pub struct ApiConfig {
         default_value_t = 30
     )]
     pub shutdown_grace_s: u64,
-    /// Log format: text or json.
-    #[arg(
-        long = "log-format",
-        env = "TV_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
-    pub log_format: vault_core::config::LogFormat,
+    #[command(flatten)]
+    pub log: vault_core::config::LogArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
 }

@@ -5,7 +5,7 @@ use vault_core::config::init_tracing;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = ApiConfig::parse();
-    init_tracing(cfg.log_format);
+    init_tracing(cfg.log.log_format);
     match vault_api::server::run(cfg).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -158,3 +158,44 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     .into_iter()
     .flatten()
 }
+
+// Path parameters, described once for every route that has them (documentation only: the
+// handlers extract and validate them themselves).
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct PoolPath {
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    pool: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct TokenPath {
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    pool: String,
+    /// Token id: 1-128 characters of `A-Z a-z 0-9 _ . -`.
+    id: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct LeasePath {
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    pool: String,
+    /// Lease id, as the lease answer gave it.
+    lease: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct JobPath {
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    pool: String,
+    /// Refresh job id, as the claim gave it.
+    job: String,
+}

@@ -112,6 +112,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logging settings every binary shares.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format: text or json (filter with RUST_LOG).
+    #[arg(
+        long = "log-format",
+        env = "TV_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Install the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON lines.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

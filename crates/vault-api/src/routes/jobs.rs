@@ -35,7 +35,7 @@ pub struct ClaimInput {
     post,
     path = "/pools/{pool}/refresh-jobs/claim",
     tag = "refresh-jobs",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     request_body = ClaimInput,
     responses(
         (status = 200, description = "a job `{\"job_id\",\"token_id\",\"binding\",\"labels\"}`, hidden from others for `visibility_s`", body = serde_json::Value),
@@ -85,10 +85,7 @@ pub struct CompleteInput {
     post,
     path = "/pools/{pool}/refresh-jobs/{job}/complete",
     tag = "refresh-jobs",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("job" = String, Path, description = "refresh job id"),
-    ),
+    params(crate::openapi::JobPath),
     request_body = CompleteInput,
     responses(
         (status = 200, description = "the new secret stored; the token back in rotation", body = serde_json::Value),
@@ -169,10 +166,7 @@ pub struct FailInput {
     post,
     path = "/pools/{pool}/refresh-jobs/{job}/fail",
     tag = "refresh-jobs",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("job" = String, Path, description = "refresh job id"),
-    ),
+    params(crate::openapi::JobPath),
     request_body = FailInput,
     responses(
         (status = 200, description = "retried later, or quarantined when permanent", body = serde_json::Value),

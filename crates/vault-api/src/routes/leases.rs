@@ -73,7 +73,7 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
     path = "/pools/{pool}/leases",
     tag = "leases",
     params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
+        crate::openapi::PoolPath,
         ("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key gets the same lease"),
     ),
     request_body = vault_core::model::AcquireInput,
@@ -148,10 +148,7 @@ pub async fn acquire(
     post,
     path = "/pools/{pool}/leases/{lease}/renew",
     tag = "leases",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("lease" = String, Path, description = "lease id"),
-    ),
+    params(crate::openapi::LeasePath),
     request_body = vault_core::model::RenewInput,
     responses(
         (status = 200, description = "the lease, extended", body = LeaseView),
@@ -223,10 +220,7 @@ async fn record_outcome(
     post,
     path = "/pools/{pool}/leases/{lease}/release",
     tag = "leases",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("lease" = String, Path, description = "lease id"),
-    ),
+    params(crate::openapi::LeasePath),
     request_body = vault_core::model::Report,
     responses(
         (status = 200, description = "`{\"lease_id\",\"token_id\",\"token_state\",\"released\":true}`", body = serde_json::Value),
@@ -254,10 +248,7 @@ pub async fn release(
     post,
     path = "/pools/{pool}/leases/{lease}/rotate",
     tag = "leases",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("lease" = String, Path, description = "lease id"),
-    ),
+    params(crate::openapi::LeasePath),
     request_body = vault_core::model::Report,
     responses(
         (status = 201, description = "the report applied and a new lease on another token", body = LeaseView),

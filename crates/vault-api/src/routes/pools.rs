@@ -19,7 +19,7 @@ use vault_core::model::{AuditEntry, VaultEvent};
     put,
     path = "/pools/{pool}",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     request_body = vault_core::model::PoolConfigInput,
     responses(
         (status = 201, description = "created", body = vault_core::model::PoolView),
@@ -79,7 +79,7 @@ pub async fn list(
     get,
     path = "/pools/{pool}",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     responses(
         (status = 200, description = "the pool's configuration", body = vault_core::model::PoolView),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -104,10 +104,7 @@ pub struct DeleteQuery {
     delete,
     path = "/pools/{pool}",
     tag = "pools",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        DeleteQuery,
-    ),
+    params(crate::openapi::PoolPath, DeleteQuery),
     responses(
         (status = 204, description = "deleted with every key"),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -138,7 +135,7 @@ pub async fn delete(
     get,
     path = "/pools/{pool}/status",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     responses(
         (status = 200, description = "counts by state, leases, ratios, rotation progress", body = vault_core::model::PoolStatus),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -163,7 +160,7 @@ pub struct FreezeInput {
     post,
     path = "/pools/{pool}/freeze",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     request_body = FreezeInput,
     responses(
         (status = 200, description = "frozen: new leases answer 423", body = serde_json::Value),
@@ -219,7 +216,7 @@ pub async fn freeze(
     post,
     path = "/pools/{pool}/unfreeze",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     responses(
         (status = 200, description = "leasing again", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -261,7 +258,7 @@ pub struct RotateInput {
     post,
     path = "/pools/{pool}/rotate",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     request_body = RotateInput,
     responses(
         (status = 202, description = "rotation started: tokens deprecated, refreshes queued", body = serde_json::Value),
@@ -316,7 +313,7 @@ pub async fn rotate(
     post,
     path = "/pools/{pool}/rotate/cancel",
     tag = "pools",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     responses(
         (status = 200, description = "rolled back: deprecated tokens current again", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`", body = Problem),

@@ -45,7 +45,7 @@ fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
     post,
     path = "/pools/{pool}/tokens",
     tag = "tokens",
-    params(("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}")),
+    params(crate::openapi::PoolPath),
     request_body = DepositBody,
     responses(
         (status = 201, description = "`{\"ids\":[...]}`", body = serde_json::Value),
@@ -103,10 +103,7 @@ pub struct ListQuery {
     get,
     path = "/pools/{pool}/tokens",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ListQuery,
-    ),
+    params(crate::openapi::PoolPath, ListQuery),
     responses(
         (status = 200, description = "`{\"tokens\":[metadata...],\"next_cursor\"}`: metadata only, never a secret", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -149,10 +146,7 @@ fn ids(pool: &str, id: &str) -> Result<(), ApiError> {
     get,
     path = "/pools/{pool}/tokens/{id}",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     responses(
         (status = 200, description = "metadata and the secret's `sha256:` fingerprint", body = vault_core::model::TokenMeta),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
@@ -170,10 +164,7 @@ pub async fn get(
     delete,
     path = "/pools/{pool}/tokens/{id}",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     responses(
         (status = 204, description = "deleted; its leases end"),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
@@ -209,10 +200,7 @@ pub struct ReasonInput {
     post,
     path = "/pools/{pool}/tokens/{id}/revoke",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     request_body = ReasonInput,
     responses(
         (status = 200, description = "revoked at once; its leases end; `token.revoked` published", body = serde_json::Value),
@@ -271,10 +259,7 @@ pub struct DeprecateInput {
     post,
     path = "/pools/{pool}/tokens/{id}/deprecate",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     request_body = DeprecateInput,
     responses(
         (status = 200, description = "deprecated: leased only when nothing else is", body = serde_json::Value),
@@ -308,10 +293,7 @@ pub async fn deprecate(
     post,
     path = "/pools/{pool}/tokens/{id}/restore",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     responses(
         (status = 200, description = "back in rotation", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
@@ -341,10 +323,7 @@ pub async fn restore(
     post,
     path = "/pools/{pool}/tokens/{id}/refresh",
     tag = "tokens",
-    params(
-        ("pool" = String, Path, description = "pool name, [A-Za-z0-9_.-]{1,64}"),
-        ("id" = String, Path, description = "token id"),
-    ),
+    params(crate::openapi::TokenPath),
     responses(
         (status = 202, description = "refresh queued (at most once at a time)", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
