@@ -73,3 +73,52 @@ async fn worker_drops_a_revoked_token_and_rotates_on_401() {
         0
     );
 }
+
+#[tokio::test]
+async fn worker_rechecks_its_lease_when_events_were_lost() {
+    let t = one(&[]).await;
+    let port = testkit::free_port();
+    let mut b = t.dep.vault_at(port, &[]).await;
+    t.api
+        .put(
+            "/v1/pools/p",
+            json!({"strategy": "pack", "max_leases_per_token": 5}),
+        )
+        .await;
+    t.api.post("/v1/pools/p/tokens", json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}, {"id": "c", "secret": "sc"}]})).await;
+    let token = t.dep.token("w", &[Scope::Lease], Some(vec!["p".into()]));
+    let worker = Worker::start(Client::new(&b.base, &token), "p", "w1")
+        .await
+        .unwrap();
+    let held = worker.lease().await.unwrap();
+    assert_eq!(held.token_id, "a");
+    // An event the worker sees, so it has a resume point.
+    t.api.post("/v1/pools/p/tokens/b/revoke", json!({})).await;
+    let b_lease = vault_client::Lease {
+        token_id: "b".into(),
+        ..held.clone()
+    };
+    assert!(eventually(Duration::from_secs(2), || worker.is_revoked(&b_lease)).await);
+
+    // The worker's replica goes away; meanwhile its token is revoked and the event trimmed.
+    b.child.terminate(Duration::from_secs(10));
+    t.api.post("/v1/pools/p/tokens/a/revoke", json!({})).await;
+    t.redis
+        .cli(&["XTRIM", &format!("{}:events", t.dep.prefix), "MAXLEN", "0"]);
+    t.api.post("/v1/pools/p/freeze", json!({})).await;
+    t.api.post("/v1/pools/p/unfreeze", json!({})).await;
+    let _b_again = t.dep.vault_at(port, &[]).await;
+
+    // It never heard of the revoke; the `events.lost` notice makes it ask the vault (410).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let l = worker.lease().await.unwrap();
+        if l.token_id != "a" || std::time::Instant::now() > deadline {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(next.token_id, "c", "the revoked lease was dropped");
+    assert!(!worker.is_revoked(&held), "not through a revoke event");
+    worker.finish().await.unwrap();
+}

@@ -190,3 +190,52 @@ async fn subscribers_see_only_their_pools() {
         ("pool.frozen", Some("p"))
     );
 }
+
+#[tokio::test]
+async fn resuming_past_trimmed_events_says_they_were_lost() {
+    let t = one(&[]).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}]}),
+        )
+        .await;
+    let admin = t.dep.admin.clone();
+    let mut sub = Subscription::open(&t.api.base, &admin, &[], None).await;
+    t.api.post("/v1/pools/p/freeze", json!({})).await;
+    let seen = sub.next().await;
+    drop(sub);
+
+    // Missed while away, and then trimmed as a full stream would be: only the newest is kept.
+    t.api.post("/v1/pools/p/unfreeze", json!({})).await;
+    t.api.post("/v1/pools/p/tokens/a/revoke", json!({})).await;
+    let stream = format!("{}:events", t.dep.prefix);
+    t.redis.cli(&["XTRIM", &stream, "MAXLEN", "1"]);
+
+    let mut again = Subscription::open(&t.api.base, &admin, &[], Some(&seen.id)).await;
+    let notice = again.next().await;
+    assert_eq!(notice.kind, "events.lost", "{notice:?}");
+    assert!(
+        notice.id.is_empty(),
+        "a notice must not move the resume point"
+    );
+    assert!(
+        notice.data["reason"].as_str().unwrap().contains(&seen.id),
+        "{notice:?}"
+    );
+    let kept = again.next().await;
+    assert_eq!(
+        (kept.kind.as_str(), kept.data["token_id"].as_str()),
+        ("token.revoked", Some("a"))
+    );
+
+    // Resuming from an event still kept is not a gap.
+    let mut fine = Subscription::open(&t.api.base, &admin, &[], Some(&kept.id)).await;
+    t.api.post("/v1/pools/p/tokens/b/revoke", json!({})).await;
+    let next = fine.next().await;
+    assert_eq!(
+        (next.kind.as_str(), next.data["token_id"].as_str()),
+        ("token.revoked", Some("b"))
+    );
+}

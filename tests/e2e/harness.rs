@@ -104,9 +104,13 @@ impl Deployment {
         env
     }
 
-    /// Start a vault-api replica and wait until it answers /healthz.
+    /// Start a vault-api replica and wait until it is ready.
     pub(crate) async fn vault(&self, extra: &[(&str, &str)]) -> Vault {
-        let port = free_port();
+        self.vault_at(free_port(), extra).await
+    }
+
+    /// Start a vault-api replica on `port` (e.g. to restart one where its clients expect it).
+    pub(crate) async fn vault_at(&self, port: u16, extra: &[(&str, &str)]) -> Vault {
         let mut env = self.env(extra);
         env.push(("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")));
         let child = Child::spawn(&bin_path("vault-api"), &[], &env);

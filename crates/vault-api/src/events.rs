@@ -158,6 +158,23 @@ fn sse(id: &str, e: &VaultEvent) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
+/// `events.lost`: some events after `after` are no longer kept. It carries no id, so a client's
+/// `Last-Event-ID` stays at the last real event.
+fn lost_notice(after: &str, at: i64) -> Event {
+    let e = VaultEvent {
+        kind: "events.lost".into(),
+        at,
+        reason: Some(format!(
+            "events after {after} are no longer kept; re-check held leases (renew answers 410 for revoked ones)"
+        )),
+        ..Default::default()
+    };
+    Event::default()
+        .event(&e.kind)
+        .json_data(&e)
+        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+}
+
 #[utoipa::path(
     get,
     path = "/events",
@@ -213,6 +230,18 @@ pub async fn stream(
         let mut replay_from = resume;
         loop {
             if let Some(mut from) = replay_from.take() {
+                // Events after `from` may have been trimmed by the cap (or lost with Redis data):
+                // say so, once, so the client re-checks what it holds instead of trusting a
+                // silent gap. Conservative: the oldest kept event is newer than `from`.
+                let gap = match hub_store.oldest_event_id().await {
+                    Ok(Some(oldest)) => newer(&oldest, &from),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if gap {
+                    let at = hub_store.now_ms().await.unwrap_or_else(|_| vault_core::time::now_ms());
+                    yield Ok(lost_notice(&from, at));
+                }
                 loop {
                     let batch = match hub_store.events_after(&from, 500).await {
                         Ok(b) => b,

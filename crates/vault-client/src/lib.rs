@@ -8,6 +8,7 @@
 //!   request already in flight with it finishes, the next one gets a new lease.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -253,6 +254,9 @@ impl EventStream {
 #[derive(Default)]
 struct Revoked {
     ids: Mutex<HashSet<String>>,
+    /// The vault said events were lost (`events.lost`): a revocation may have been among
+    /// them, so the current lease is checked with the vault before it is used again.
+    recheck: AtomicBool,
 }
 
 impl Revoked {
@@ -298,6 +302,21 @@ impl Worker {
     /// new one.
     pub async fn lease(&self) -> Result<Lease> {
         let mut cur = self.current.lock().await;
+        if let Some(held) = cur.clone() {
+            if self.revoked.recheck.swap(false, Ordering::SeqCst) {
+                match self.client.renew(&held, None).await {
+                    Ok(renewed) => *cur = Some(renewed),
+                    Err(Error::LeaseGone) => {
+                        tracing::info!(token_id = %held.token_id, "lease ended while events were lost; taking a new one");
+                        *cur = None;
+                    }
+                    Err(e) => {
+                        self.revoked.recheck.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+            }
+        }
         if let Some(l) = cur.as_ref() {
             if !self.revoked.hit(l) {
                 return Ok(l.clone());
@@ -365,7 +384,15 @@ async fn listen(client: Client, pool: String, mut stream: EventStream, revoked: 
     let mut last_id: Option<String> = None;
     loop {
         while let Some(Ok(e)) = stream.next().await {
-            last_id = Some(e.id.clone());
+            // Notices carry no id: the resume point stays at the last real event.
+            if !e.id.is_empty() {
+                last_id = Some(e.id.clone());
+            }
+            if e.kind == "events.lost" {
+                tracing::warn!("the vault lost events for this worker; re-checking the lease");
+                revoked.recheck.store(true, Ordering::SeqCst);
+                continue;
+            }
             let id = match e.kind.as_str() {
                 "token.revoked" | "token.quarantined" => e.data["token_id"].as_str(),
                 "lease.revoked" => e.data["lease_id"].as_str(),

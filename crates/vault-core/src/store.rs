@@ -493,6 +493,12 @@ impl Store {
         Ok(rows.into_iter().next().map(|(id, _)| id))
     }
 
+    /// The id of the oldest event still kept (older ones were trimmed by the cap).
+    pub async fn oldest_event_id(&self) -> Result<Option<String>> {
+        let rows = self.xrange(&self.keys.events(), "-", 1).await?;
+        Ok(rows.into_iter().next().map(|(id, _)| id))
+    }
+
     /// Events after `after` (exclusive), oldest first.
     pub async fn events_after(
         &self,
