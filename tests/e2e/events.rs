@@ -239,3 +239,29 @@ async fn resuming_past_trimmed_events_says_they_were_lost() {
         ("token.revoked", Some("b"))
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_event_streams_instead_of_waiting_out_the_grace_period() {
+    let t = one(&[]).await;
+    let mut v = t.dep.vault(&[("TV_SHUTDOWN_GRACE_S", "60")]).await;
+    let admin = t.dep.admin.clone();
+    let mut sub = Subscription::open(&v.base, &admin, &[], None).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    t.api.post("/v1/pools/p/freeze", json!({})).await;
+    assert_eq!(sub.next().await.kind, "pool.frozen", "the stream is live");
+
+    let pid = v.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    // The stream ends (its client would reconnect elsewhere) and the process exits, far
+    // sooner than the 60 s grace an open stream would otherwise hold it for.
+    let ended = tokio::time::timeout(Duration::from_secs(10), sub.stream.next())
+        .await
+        .expect("the stream ends at shutdown");
+    assert!(ended.is_none(), "{ended:?}");
+    let exited = testkit::wait_until(Duration::from_secs(10), || v.child.try_wait().is_some());
+    assert!(exited, "{}", v.child.output());
+    assert!(v.child.try_wait().unwrap().success());
+}

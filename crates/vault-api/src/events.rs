@@ -46,6 +46,9 @@ pub struct EventHub {
     last_id: Mutex<Option<String>>,
     /// Set once the Redis subscription is live: until then the replica is not ready.
     pub subscribed: std::sync::atomic::AtomicBool,
+    /// Flipped at shutdown: event streams never finish on their own, so they end here and
+    /// their clients reconnect (with `Last-Event-ID`) to another replica.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for EventHub {
@@ -54,11 +57,17 @@ impl Default for EventHub {
             tx: broadcast::channel(4096).0,
             last_id: Mutex::new(None),
             subscribed: Default::default(),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 }
 
 impl EventHub {
+    /// End every event stream of this replica (shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Fan out one event (duplicates from a catch-up are dropped).
     pub fn deliver(&self, id: String, e: VaultEvent) {
         {
@@ -223,6 +232,7 @@ pub async fn stream(
     };
     // Subscribe before reading the replay: nothing published in between can be missed.
     let mut rx = s.events.tx.subscribe();
+    let mut closing = s.events.closing.subscribe();
     let hub_store = s.store.clone();
     let stream = async_stream::stream! {
         let pass = |e: &VaultEvent| wanted.as_ref().is_none_or(|w| w.contains(&e.pool));
@@ -262,7 +272,11 @@ pub async fn stream(
                     }
                 }
             }
-            match rx.recv().await {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = closing.wait_for(|c| *c) => break,
+            };
+            match received {
                 Ok(item) => {
                     let (id, e) = &*item;
                     if last_sent.as_deref().is_some_and(|l| !newer(id, l)) {

@@ -68,7 +68,7 @@ pub async fn serve(
     grace: Duration,
     limits: ConnLimits,
 ) -> anyhow::Result<()> {
-    let app = router(state);
+    let app = router(state.clone());
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,7 +111,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: finishing in-flight requests, ending event streams");
+    state.events.close();
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!("in-flight requests did not finish within the grace period"),
