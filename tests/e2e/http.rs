@@ -472,7 +472,22 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         api.post("/v1/pools/p/leases", json!({"wait_ms": 1500}))
             .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // In flight = the waiting request plus the /metrics request asking.
+    let metrics_url = format!("{}/metrics", t.vault.base);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if sample(&m, "tv_http_requests_in_flight", &[]).unwrap_or(0.0) >= 2.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let st = tokio::task::spawn_blocking(move || {
         let st = t.vault.child.terminate(std::time::Duration::from_secs(10));
         (st, t)

@@ -63,6 +63,23 @@ impl AppState {
     }
 }
 
+/// `tv_http_requests_in_flight`: up while a request is handled, down when it is done or
+/// dropped (a client that hangs up cancels the handler).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!("tv_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("tv_http_requests_in_flight").decrement(1.0);
+    }
+}
+
 /// Count and time every answer by route template (never the raw path: hostile paths must not
 /// create new series), method and status.
 async fn measure(
@@ -76,6 +93,7 @@ async fn measure(
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
+    let _in_flight = InFlight::enter();
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics::histogram!("tv_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
