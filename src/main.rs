@@ -55,6 +55,8 @@ struct DevArgs {
     /// Do not create the demo pool.
     #[arg(long)]
     no_seed: bool,
+    #[command(flatten)]
+    log: vault_core::config::LogArgs,
 }
 
 /// A redis-server child, stopped when dropped.
@@ -175,7 +177,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         shutdown_grace_s: 10,
         header_read_timeout_ms: 30_000,
-        log: Default::default(),
+        log: args.log.clone(),
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),
             issuer: "tokenvault".into(),
@@ -273,16 +275,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Dev mode has no flag for it; the variable is read as the other binaries read it.
-    let json_logs = std::env::var("TV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    vault_core::config::init_tracing(if json_logs {
-        vault_core::config::LogFormat::Json
-    } else {
-        vault_core::config::LogFormat::Text
-    });
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Dev(a) => dev(a).await,
+        Cmd::Dev(a) => {
+            vault_core::config::init_tracing(a.log.log_format);
+            dev(a).await
+        }
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
