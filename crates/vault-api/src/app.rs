@@ -103,8 +103,8 @@ async fn measure(
     res
 }
 
-/// The whole HTTP surface and its OpenAPI document, built together from the same handlers.
-pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+/// The whole HTTP surface, and its OpenAPI document built from the same handlers.
+pub fn router(state: AppState) -> Router {
     let v1 = OpenApiRouter::new()
         .routes(routes!(pools::list))
         .routes(routes!(pools::upsert, pools::get, pools::delete))
@@ -135,18 +135,17 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
             state.clone(),
             authorize,
         ));
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(clients::jwks))
         .routes(routes!(health::healthz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::readyz))
         .split_for_parts();
-    let mut api = api;
     crate::openapi::finish(&mut api);
     // Rendered once: the document never changes while the process runs.
     let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());
-    let router = router
+    router
         .route(
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
@@ -162,10 +161,5 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(measure))
         .layer(TraceLayer::new_for_http())
-        .with_state(state);
-    (router, api)
-}
-
-pub fn router(state: AppState) -> Router {
-    router_and_openapi(state).0
+        .with_state(state)
 }

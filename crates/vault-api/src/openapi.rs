@@ -6,7 +6,7 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,10 +34,48 @@ pub struct ApiDoc;
 /// bearer client token and can answer the same four problems; adding them here keeps the
 /// handler annotations to what is particular to each route.
 pub fn finish(api: &mut utoipa::openapi::OpenApi) {
-    V1Defaults.modify(api);
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            Http::builder()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
+        ),
+    );
+    for (path, item) in api.paths.paths.iter_mut() {
+        let v1 = path.starts_with("/v1/");
+        for op in operations(item) {
+            // Handler names repeat across sections (`get`, `revoke`, `rotate`): prefix the tag.
+            if let (Some(tag), Some(id)) =
+                (op.tags.as_ref().and_then(|t| t.first()), &op.operation_id)
+            {
+                op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
+            }
+            problems_as_problem_json(op);
+            if !v1 {
+                continue;
+            }
+            op.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let body_problems = op
+                .request_body
+                .is_some()
+                .then_some(BODY)
+                .into_iter()
+                .flatten();
+            for (status, description) in COMMON.into_iter().chain(body_problems) {
+                op.responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| problem(description));
+            }
+        }
+    }
 }
-
-struct V1Defaults;
 
 const COMMON: [(&str, &str); 4] = [
     (
@@ -66,52 +104,6 @@ const BODY: [(&str, &str); 2] = [
         "`unsupported_media_type`: send `Content-Type: application/json`",
     ),
 ];
-
-impl Modify for V1Defaults {
-    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
-        let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                Http::builder()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-        for (path, item) in api.paths.paths.iter_mut() {
-            let v1 = path.starts_with("/v1/");
-            for op in operations(item) {
-                // Handler names repeat across sections (`get`, `revoke`, `rotate`): prefix the tag.
-                if let (Some(tag), Some(id)) =
-                    (op.tags.as_ref().and_then(|t| t.first()), &op.operation_id)
-                {
-                    op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
-                }
-                problems_as_problem_json(op);
-                if !v1 {
-                    continue;
-                }
-                op.security = Some(vec![SecurityRequirement::new(
-                    "bearer",
-                    Vec::<String>::new(),
-                )]);
-                let body_problems = op
-                    .request_body
-                    .is_some()
-                    .then_some(BODY)
-                    .into_iter()
-                    .flatten();
-                for (status, description) in COMMON.into_iter().chain(body_problems) {
-                    op.responses
-                        .responses
-                        .entry(status.to_string())
-                        .or_insert_with(|| problem(description));
-                }
-            }
-        }
-    }
-}
 
 /// Answers with the `Problem` schema are `application/problem+json`, as the server sends them.
 fn problems_as_problem_json(op: &mut Operation) {
