@@ -159,11 +159,15 @@ pub struct EventsQuery {
     pools: Option<String>,
 }
 
-fn sse(id: &str, e: &VaultEvent) -> Event {
-    Event::default()
-        .id(id)
-        .event(&e.kind)
-        .json_data(e)
+/// One event on the wire; `id` is absent only for notices, which must not move a client's
+/// resume point.
+fn sse(id: Option<&str>, e: &VaultEvent) -> Event {
+    let ev = Event::default().event(&e.kind);
+    let ev = match id {
+        Some(id) => ev.id(id),
+        None => ev,
+    };
+    ev.json_data(e)
         .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
@@ -178,10 +182,7 @@ fn lost_notice(after: &str, at: i64) -> Event {
         )),
         ..Default::default()
     };
-    Event::default()
-        .event(&e.kind)
-        .json_data(&e)
-        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+    sse(None, &e)
 }
 
 #[utoipa::path(
@@ -233,7 +234,6 @@ pub async fn stream(
     // Subscribe before reading the replay: nothing published in between can be missed.
     let mut rx = s.events.tx.subscribe();
     let mut closing = s.events.closing.subscribe();
-    let hub_store = s.store.clone();
     let stream = async_stream::stream! {
         let pass = |e: &VaultEvent| wanted.as_ref().is_none_or(|w| w.contains(&e.pool));
         let mut last_sent: Option<String> = resume.clone();
@@ -243,17 +243,16 @@ pub async fn stream(
                 // Events after `from` may have been trimmed by the cap (or lost with Redis data):
                 // say so, once, so the client re-checks what it holds instead of trusting a
                 // silent gap. Conservative: the oldest kept event is newer than `from`.
-                let gap = match hub_store.oldest_event_id().await {
+                let gap = match s.store.oldest_event_id().await {
                     Ok(Some(oldest)) => newer(&oldest, &from),
                     Ok(None) => true,
                     Err(_) => false,
                 };
                 if gap {
-                    let at = hub_store.now_ms().await.unwrap_or_else(|_| vault_core::time::now_ms());
-                    yield Ok(lost_notice(&from, at));
+                    yield Ok(lost_notice(&from, now(&s).await));
                 }
                 loop {
-                    let batch = match hub_store.events_after(&from, 500).await {
+                    let batch = match s.store.events_after(&from, 500).await {
                         Ok(b) => b,
                         Err(err) => {
                             tracing::warn!(error = %err, "event replay failed");
@@ -266,7 +265,7 @@ pub async fn stream(
                     for (id, e) in batch {
                         from = id.clone();
                         if pass(&e) {
-                            yield Ok(sse(&id, &e));
+                            yield Ok(sse(Some(&id), &e));
                         }
                         last_sent = Some(id);
                     }
@@ -283,7 +282,7 @@ pub async fn stream(
                         continue;
                     }
                     if pass(e) {
-                        yield Ok(sse(id, e));
+                        yield Ok(sse(Some(id), e));
                     }
                     last_sent = Some(id.clone());
                 }
