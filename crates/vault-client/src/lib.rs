@@ -302,18 +302,18 @@ impl Worker {
     /// new one.
     pub async fn lease(&self) -> Result<Lease> {
         let mut cur = self.current.lock().await;
-        if let Some(held) = cur.clone() {
-            if self.revoked.recheck.swap(false, Ordering::SeqCst) {
-                match self.client.renew(&held, None).await {
-                    Ok(renewed) => *cur = Some(renewed),
-                    Err(Error::LeaseGone) => {
-                        tracing::info!(token_id = %held.token_id, "lease ended while events were lost; taking a new one");
-                        *cur = None;
-                    }
-                    Err(e) => {
-                        self.revoked.recheck.store(true, Ordering::SeqCst);
-                        return Err(e);
-                    }
+        // The flag is only consumed while a lease is held, and the lease only copied then.
+        let recheck = cur.is_some() && self.revoked.recheck.swap(false, Ordering::SeqCst);
+        if let Some(held) = cur.as_ref().filter(|_| recheck).cloned() {
+            match self.client.renew(&held, None).await {
+                Ok(renewed) => *cur = Some(renewed),
+                Err(Error::LeaseGone) => {
+                    tracing::info!(token_id = %held.token_id, "lease ended while events were lost; taking a new one");
+                    *cur = None;
+                }
+                Err(e) => {
+                    self.revoked.recheck.store(true, Ordering::SeqCst);
+                    return Err(e);
                 }
             }
         }
