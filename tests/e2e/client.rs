@@ -8,20 +8,29 @@ use serde_json::json;
 use vault_client::{Client, Outcome, Worker};
 use vault_core::auth::Scope;
 
-use crate::harness::{eventually, one};
+use crate::harness::{eventually, one, One};
 
-#[tokio::test]
-async fn worker_drops_a_revoked_token_and_rotates_on_401() {
-    let t = one(&[]).await;
-    let b = t.dep.vault(&[]).await;
-    t.api
+/// Pool `p` (`pack`: leases go to `a` first) with tokens `a`, `b`, `c`; a lease-scoped client
+/// token for it.
+async fn pool_of_three(t: &One) -> String {
+    let a = t
+        .api
         .put(
             "/v1/pools/p",
             json!({"strategy": "pack", "max_leases_per_token": 5}),
         )
         .await;
-    t.api.post("/v1/pools/p/tokens", json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}, {"id": "c", "secret": "sc"}]})).await;
-    let token = t.dep.token("w", &[Scope::Lease], Some(vec!["p".into()]));
+    assert_eq!(a.status, 201, "{a:?}");
+    let a = t.api.post("/v1/pools/p/tokens", json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}, {"id": "c", "secret": "sc"}]})).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    t.dep.token("w", &[Scope::Lease], Some(vec!["p".into()]))
+}
+
+#[tokio::test]
+async fn worker_drops_a_revoked_token_and_rotates_on_401() {
+    let t = one(&[]).await;
+    let b = t.dep.vault(&[]).await;
+    let token = pool_of_three(&t).await;
     // The worker talks to replica B; the revocation is made on replica A.
     let worker = Worker::start(Client::new(&b.base, &token), "p", "scraper-1")
         .await
@@ -79,14 +88,7 @@ async fn worker_rechecks_its_lease_when_events_were_lost() {
     let t = one(&[]).await;
     let port = testkit::free_port();
     let mut b = t.dep.vault_at(port, &[]).await;
-    t.api
-        .put(
-            "/v1/pools/p",
-            json!({"strategy": "pack", "max_leases_per_token": 5}),
-        )
-        .await;
-    t.api.post("/v1/pools/p/tokens", json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}, {"id": "c", "secret": "sc"}]})).await;
-    let token = t.dep.token("w", &[Scope::Lease], Some(vec!["p".into()]));
+    let token = pool_of_three(&t).await;
     let worker = Worker::start(Client::new(&b.base, &token), "p", "w1")
         .await
         .unwrap();

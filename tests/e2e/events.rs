@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use vault_core::auth::Scope;
 
-use crate::harness::{one, Api};
+use crate::harness::{one, Api, One};
 
 /// A live subscription through the SDK's event stream, with deadlines.
 struct Subscription {
@@ -108,16 +108,25 @@ async fn a_revoke_on_one_replica_reaches_a_worker_on_another() {
     );
 }
 
-#[tokio::test]
-async fn reconnecting_with_last_event_id_gets_the_missed_events_exactly_once() {
+/// A vault with pool `p` holding tokens `a` and `b`.
+async fn pool_with_a_and_b() -> One {
     let t = one(&[]).await;
-    t.api.put("/v1/pools/p", json!({})).await;
-    t.api
+    let a = t.api.put("/v1/pools/p", json!({})).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let a = t
+        .api
         .post(
             "/v1/pools/p/tokens",
             json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}]}),
         )
         .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    t
+}
+
+#[tokio::test]
+async fn reconnecting_with_last_event_id_gets_the_missed_events_exactly_once() {
+    let t = pool_with_a_and_b().await;
     let admin = t.dep.admin.clone();
     let mut sub = Subscription::open(&t.api.base, &admin, &[], None).await;
     t.api
@@ -193,14 +202,7 @@ async fn subscribers_see_only_their_pools() {
 
 #[tokio::test]
 async fn resuming_past_trimmed_events_says_they_were_lost() {
-    let t = one(&[]).await;
-    t.api.put("/v1/pools/p", json!({})).await;
-    t.api
-        .post(
-            "/v1/pools/p/tokens",
-            json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}]}),
-        )
-        .await;
+    let t = pool_with_a_and_b().await;
     let admin = t.dep.admin.clone();
     let mut sub = Subscription::open(&t.api.base, &admin, &[], None).await;
     t.api.post("/v1/pools/p/freeze", json!({})).await;
