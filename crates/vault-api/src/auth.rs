@@ -242,51 +242,58 @@ impl Revocations {
     /// (re)connect it subscribes first, then re-reads the revocations and catches up on events,
     /// so nothing published while it was disconnected is missed; revocations are also re-read
     /// every 5 s as a backstop.
-    pub fn spawn_listener(s: AppState, redis_url: String) {
+    pub fn spawn_listener(s: AppState, redis: vault_core::config::RedisArgs) {
         tokio::spawn(async move {
             let revocations = s.store.keys().revocation_channel();
             let events = s.store.keys().events();
+            let client = match redis::Client::open(redis.redis_url.as_str()) {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid Redis URL for the subscription");
+                    return;
+                }
+            };
             loop {
-                match redis::Client::open(redis_url.as_str()) {
-                    Ok(client) => match client.get_async_pubsub().await {
-                        Ok(mut ps) => {
-                            if ps.subscribe(&[&revocations, &events]).await.is_ok() {
-                                s.revocations.resync(&s).await;
-                                s.events.catch_up(&s).await;
-                                s.events
-                                    .subscribed
-                                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                                let mut msgs = ps.on_message();
-                                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                                loop {
-                                    tokio::select! {
-                                        m = msgs.next() => match m {
-                                            Some(m) => {
-                                                let text: String = m.get_payload().unwrap_or_default();
-                                                let Some((head, rest)) = text.split_once(' ') else { continue };
-                                                if m.get_channel_name() == revocations {
-                                                    s.revocations.insert(head, rest.parse().unwrap_or(i64::MAX));
-                                                } else if let Ok(e) = serde_json::from_str(rest) {
-                                                    s.events.deliver(head.to_string(), e);
-                                                }
-                                            }
-                                            None => break,
-                                        },
-                                        _ = tick.tick() => s.revocations.resync(&s).await,
+                // Connecting and subscribing get the same budget as every other Redis call.
+                let subscribed = tokio::time::timeout(redis.timeout(), async {
+                    let mut ps = client.get_async_pubsub().await?;
+                    ps.subscribe(&[&revocations, &events]).await?;
+                    Ok::<_, redis::RedisError>(ps)
+                })
+                .await;
+                match subscribed {
+                    Ok(Ok(mut ps)) => {
+                        s.revocations.resync(&s).await;
+                        s.events.catch_up(&s).await;
+                        s.events
+                            .subscribed
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                        let mut msgs = ps.on_message();
+                        let mut tick = tokio::time::interval(Duration::from_secs(5));
+                        loop {
+                            tokio::select! {
+                                m = msgs.next() => match m {
+                                    Some(m) => {
+                                        let text: String = m.get_payload().unwrap_or_default();
+                                        let Some((head, rest)) = text.split_once(' ') else { continue };
+                                        if m.get_channel_name() == revocations {
+                                            s.revocations.insert(head, rest.parse().unwrap_or(i64::MAX));
+                                        } else if let Ok(e) = serde_json::from_str(rest) {
+                                            s.events.deliver(head.to_string(), e);
+                                        }
                                     }
-                                }
-                                s.events
-                                    .subscribed
-                                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                                tracing::warn!("redis subscription lost; reconnecting");
+                                    None => break,
+                                },
+                                _ = tick.tick() => s.revocations.resync(&s).await,
                             }
                         }
-                        Err(e) => tracing::debug!(error = %e, "cannot subscribe yet"),
-                    },
-                    Err(e) => {
-                        tracing::error!(error = %e, "invalid Redis URL for the subscription");
-                        return;
+                        s.events
+                            .subscribed
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
+                        tracing::warn!("redis subscription lost; reconnecting");
                     }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe yet"),
+                    Err(_) => tracing::debug!("no subscription within the Redis budget; retrying"),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

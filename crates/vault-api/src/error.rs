@@ -101,6 +101,16 @@ impl From<VaultError> for ApiError {
                     Some(1),
                 )
             }
+            VaultError::RedisBusy(_) => {
+                tracing::warn!(error = %e, "redis busy");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "Redis did not answer in time (busy or stalled); a write may still have \
+                     been applied: retry (a lease with the same Idempotency-Key)"
+                        .to_string(),
+                    Some(1),
+                )
+            }
             VaultError::ScriptsUnavailable(_) => {
                 tracing::error!(error = %e, "redis refuses scripts");
                 (

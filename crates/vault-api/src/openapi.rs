@@ -92,7 +92,7 @@ const COMMON: [(&str, &str); 4] = [
     ),
     (
         "503",
-        "`redis_unavailable` or `scripts_unavailable` (with `Retry-After`)",
+        "`redis_unavailable` (Redis cannot be reached), `redis_busy` (Redis did not answer within the budget) or `scripts_unavailable` (with `Retry-After`)",
     ),
 ];
 

@@ -38,7 +38,7 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     let keys = cfg.auth.key_ring()?;
     tracing::info!(signer = keys.signer_kid().unwrap_or("none (verify only)"), kids = ?keys.kids(), "client-token keys loaded");
     let state = AppState::new(store, cipher, keys, cfg.auth.failure_limit);
-    crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.redis_url.clone());
+    crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.clone());
     Ok(state)
 }
 

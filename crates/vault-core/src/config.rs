@@ -19,7 +19,9 @@ pub struct RedisArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "TV_PREFIX", default_value = "tv")]
     pub prefix: String,
-    /// Budget for one Redis operation; past it the request answers 503 redis_unavailable.
+    /// Budget for one Redis operation (pool wait, connect and answer together). It is the only
+    /// Redis timeout: past it a request answers 503 `redis_busy`; a Redis that cannot be reached
+    /// or refuses answers 503 `redis_unavailable` as soon as that is known.
     #[arg(
         long = "redis-timeout-ms",
         env = "TV_REDIS_TIMEOUT_MS",
@@ -52,6 +54,41 @@ pub struct RedisArgs {
 impl RedisArgs {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+
+    /// Settings for every async Redis connection the vault opens. The redis crate gives async
+    /// connections a 500 ms response timeout of its own; a busy Redis crosses it long before
+    /// our budget and the command fails as if Redis were gone. So: connecting is bounded by the
+    /// budget, and no response timeout sits below it (the caller bounds the whole call with
+    /// [`RedisArgs::timeout`]).
+    pub fn connection_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout()))
+            .set_response_timeout(None)
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted_url(&self) -> String {
+        match url::Url::parse(&self.redis_url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "(unparsable URL)".to_string(),
+        }
+    }
+
+    /// Log the effective Redis settings once at start-up (never the password).
+    pub fn log_effective(&self) {
+        tracing::info!(
+            url = %self.redacted_url(),
+            prefix = %self.prefix,
+            timeout_ms = self.timeout().as_millis() as u64,
+            pool_size = self.redis_pool_size.max(1),
+            "redis settings"
+        );
     }
 }
 

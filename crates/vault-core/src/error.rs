@@ -34,6 +34,10 @@ pub enum VaultError {
     QuotaExhausted(String),
     #[error("Redis is unavailable: {0}")]
     RedisUnavailable(String),
+    /// Redis is reachable but did not answer within the budget (busy, paused or slow). A write
+    /// that timed out may still have been applied.
+    #[error("Redis is busy: {0}")]
+    RedisBusy(String),
     #[error("Redis refuses Lua scripts ({0}); tokenvault needs EVALSHA and SCRIPT LOAD and never falls back to non-atomic commands")]
     ScriptsUnavailable(String),
     #[error("cannot decrypt a stored secret: {0}")]
@@ -59,6 +63,7 @@ impl VaultError {
             Self::TokenExpiring(_) => "token_expiring",
             Self::QuotaExhausted(_) => "quota_exhausted",
             Self::RedisUnavailable(_) => "redis_unavailable",
+            Self::RedisBusy(_) => "redis_busy",
             Self::ScriptsUnavailable(_) => "scripts_unavailable",
             Self::Crypto(_) => "crypto_error",
             Self::Internal(_) => "internal",
@@ -94,10 +99,19 @@ impl VaultError {
         }
     }
 
-    /// Classify a Redis client error: a refused script is not an outage, a Lua bug is ours.
+    /// Classify a Redis client error: a refused script is not an outage, a Lua bug is ours, a
+    /// slow answer is not a dead server.
     pub(crate) fn from_redis(e: &redis::RedisError) -> Self {
         use redis::{ErrorKind, ServerErrorKind};
         let text = e.to_string();
+        // A timed-out read, a script (anyone's) running past lua-time-limit, or a cluster slot
+        // on the move: Redis is there, just not answering this call now.
+        if e.is_timeout()
+            || e.code() == Some("BUSY")
+            || e.kind() == ErrorKind::Server(ServerErrorKind::TryAgain)
+        {
+            return Self::RedisBusy(text);
+        }
         match e.kind() {
             ErrorKind::Server(ServerErrorKind::NoPerm) => Self::ScriptsUnavailable(text),
             ErrorKind::Server(ServerErrorKind::NoScript) => Self::ScriptsUnavailable(text),

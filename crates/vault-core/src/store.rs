@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use deadpool_redis::{
-    Config as PoolCfg, Connection, Pool, PoolConfig as DpConfig, Runtime, Timeouts,
+    Connection, Manager, Pool, PoolConfig as DpConfig, PoolError, Runtime, Timeouts,
 };
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -193,6 +193,15 @@ fn released(v: &Value) -> Released {
     }
 }
 
+/// An error while loading or probing scripts: an outage or a slow answer stays what it is;
+/// anything else means Redis refuses scripting.
+fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
+    match VaultError::from_redis(e) {
+        e @ (VaultError::RedisUnavailable(_) | VaultError::RedisBusy(_)) => e,
+        _ => VaultError::ScriptsUnavailable(what.to_string()),
+    }
+}
+
 fn opt_arg<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
@@ -211,17 +220,22 @@ impl Store {
     /// Build the connection pool. Connections are made lazily; call [`Store::load_scripts`]
     /// at start-up to fail fast.
     pub fn connect(args: &RedisArgs) -> Result<Self> {
-        let mut cfg = PoolCfg::from_url(args.redis_url.clone());
+        let invalid =
+            |e: String| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"));
+        let manager = Manager::new_with_config(args.redis_url.as_str(), args.connection_config())
+            .map_err(|e| invalid(e.to_string()))?;
         let mut pc = DpConfig::new(args.redis_pool_size.max(1));
         pc.timeouts = Timeouts {
             wait: Some(args.timeout()),
             create: Some(args.timeout()),
             recycle: Some(args.timeout()),
         };
-        cfg.pool = Some(pc);
-        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
-            VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"))
-        })?;
+        let pool = Pool::builder(manager)
+            .config(pc)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        args.log_effective();
         Ok(Self {
             pool,
             keys: Keys::new(args.prefix.clone()),
@@ -249,21 +263,34 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Bound a Redis call by the one budget, and count its failures by kind.
     async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let r = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(VaultError::RedisUnavailable(format!(
+            Err(_) => Err(VaultError::RedisBusy(format!(
                 "no answer within {} ms",
                 self.timeout.as_millis()
             ))),
+        };
+        match &r {
+            Err(VaultError::RedisBusy(_)) => {
+                metrics::counter!("tv_redis_errors_total", "kind" => "busy").increment(1)
+            }
+            Err(VaultError::RedisUnavailable(_)) => {
+                metrics::counter!("tv_redis_errors_total", "kind" => "unavailable").increment(1)
+            }
+            _ => {}
         }
+        r
     }
 
     async fn conn(&self) -> Result<Connection> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| VaultError::RedisUnavailable(e.to_string()))
+        self.pool.get().await.map_err(|e| match e {
+            // Every connection busy, or a connect/ping that did not answer within the budget.
+            PoolError::Timeout(_) => VaultError::RedisBusy(e.to_string()),
+            PoolError::Backend(e) => VaultError::from_redis(&e),
+            e => VaultError::RedisUnavailable(e.to_string()),
+        })
     }
 
     /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
@@ -347,10 +374,7 @@ impl Store {
                 script
                     .load_async(&mut *c)
                     .await
-                    .map_err(|e| match VaultError::from_redis(&e) {
-                        VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
-                        _ => VaultError::ScriptsUnavailable(format!("loading {file}: {e}")),
-                    })?;
+                    .map_err(|e| scripts_refused(&e, &format!("loading {file}: {e}")))?;
             }
             Ok(())
         })
@@ -376,10 +400,7 @@ impl Store {
                 PROBE
                     .invoke_async(&mut *c)
                     .await
-                    .map_err(|e| match VaultError::from_redis(&e) {
-                        VaultError::RedisUnavailable(m) => VaultError::RedisUnavailable(m),
-                        _ => VaultError::ScriptsUnavailable(e.to_string()),
-                    })
+                    .map_err(|e| scripts_refused(&e, &e.to_string()))
             })
             .await?;
         Ok(())

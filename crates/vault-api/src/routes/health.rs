@@ -73,7 +73,7 @@ pub async fn healthz() -> Json<Value> {
     tag = "operations",
     responses(
         (status = 200, description = "Redis answers, scripts are loaded, revocations are subscribed", body = serde_json::Value),
-        (status = 503, description = "`redis_unavailable`, `scripts_unavailable`, `not_subscribed`", body = Problem),
+        (status = 503, description = "`redis_unavailable`, `redis_busy`, `scripts_unavailable`, `not_subscribed`", body = Problem),
     ),
     security(())
 )]

@@ -83,7 +83,7 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 409, description = "`idempotency_conflict`", body = Problem),
         (status = 423, description = "`pool_frozen`", body = Problem),
-        (status = 503, description = "`pool_exhausted` (with `Retry-After`: when a token can next be eligible) or `redis_unavailable`", body = Problem, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "`pool_exhausted` (with `Retry-After`: when a token can next be eligible), `redis_unavailable` or `redis_busy` (the lease may still have been created: retry with the same `Idempotency-Key`)", body = Problem, headers(("Retry-After" = u64, description = "seconds"))),
     )
 )]
 pub async fn acquire(
@@ -254,7 +254,7 @@ pub async fn release(
         (status = 201, description = "the report applied and a new lease on another token", body = LeaseView),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 410, description = "`lease_gone`: expired, released or revoked", body = Problem),
-        (status = 503, description = "`pool_exhausted` (the report was still applied) or `redis_unavailable`", body = Problem),
+        (status = 503, description = "`pool_exhausted` (the report was still applied), `redis_unavailable` or `redis_busy`", body = Problem),
     )
 )]
 pub async fn rotate(
