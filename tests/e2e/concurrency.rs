@@ -1,7 +1,11 @@
 //! The concurrency invariant test: two vault-api replicas (separate processes) on one Redis,
-//! a janitor, 200 worker tasks leasing / releasing / rotating / renewing / dying at random for
-//! 10 s against three pools (max_leases_per_token 1, 2, 3) of tokens with small quotas, some
+//! a janitor, 200 worker tasks leasing / releasing / rotating / renewing / dying at random
+//! against three pools (max_leases_per_token 1, 2, 3) of tokens with small quotas, some
 //! expiring mid-run, while a chaos task revokes tokens and freezes a pool.
+//!
+//! The phases are driven by what happened, not by the clock: chaos acts after a number of
+//! grants, the freeze lasts until it has refused a lease, and the run ends once it has lasted
+//! at least `RUN` and made `MIN_GRANTS` grants. A slow machine makes it longer, never red.
 //!
 //! Every lease is logged with client-side times: granted = when the answer arrived (after the
 //! server granted it), ended = when the release was sent (before the server ended it). The
@@ -9,6 +13,7 @@
 //! log is a real violation (no false positives from timing).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +31,9 @@ const LEASE_TTL_S: i64 = 2;
 const MIN_TTL_MS: i64 = (LEASE_TTL_S + 30) * 1000;
 const WORKERS: usize = 200;
 const RUN: Duration = Duration::from_secs(10);
+const MIN_GRANTS: usize = 1000;
+/// How long any phase may take on a slow machine before the test gives up.
+const PHASE_DEADLINE: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone)]
 struct Grant {
@@ -83,9 +91,21 @@ fn grant_of(v: &Value, pool: &str, replica: usize, sent: i64, recv: i64, units: 
     }
 }
 
-async fn worker(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, stop: Instant, seed: u64) {
+/// Poll the log until `pred` holds; false if `deadline` passed first.
+async fn until(log: &Mutex<Log>, deadline: Duration, pred: impl Fn(&Log) -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while !pred(&log.lock().unwrap()) {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+async fn worker(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    while Instant::now() < stop {
+    while !stop.load(Ordering::Relaxed) {
         let replica = rng.gen_range(0..apis.len());
         let api = &apis[replica];
         let (pool, _) = POOLS[rng.gen_range(0..POOLS.len())];
@@ -217,8 +237,12 @@ async fn worker(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, stop: Instant, seed: 
 }
 
 async fn chaos(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, token_ids: HashMap<String, Vec<String>>) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // Revoke two tokens per pool, from alternating replicas.
+    let grants = |n: usize| move |l: &Log| l.grants.len() >= n;
+    assert!(
+        until(&log, PHASE_DEADLINE, grants(100)).await,
+        "workers made no progress"
+    );
+    // Revoke two tokens per pool, from alternating replicas, with traffic between revokes.
     for (i, (pool, _)) in POOLS.iter().enumerate() {
         for k in 0..2 {
             let id = &token_ids[*pool][k * 5 + 1];
@@ -229,14 +253,30 @@ async fn chaos(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, token_ids: HashMap<Str
                 )
                 .await;
             assert_eq!(a.status, 200, "{a:?}");
-            log.lock()
-                .unwrap()
-                .revoked
-                .insert((pool.to_string(), id.clone()), now_ms());
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            let n = {
+                let mut l = log.lock().unwrap();
+                l.revoked.insert((pool.to_string(), id.clone()), now_ms());
+                l.grants.len()
+            };
+            assert!(until(&log, PHASE_DEADLINE, grants(n + 40)).await);
         }
     }
-    // Freeze race2 for a second, ending its live leases.
+    // Freeze race2 while a lease of chaos' own is live: the freeze ends it (410 afterwards) and
+    // refuses new leases (423) until the unfreeze.
+    let held = loop {
+        let sent = now_ms();
+        let a = apis[0]
+            .post("/v1/pools/race2/leases", json!({"worker": "chaos"}))
+            .await;
+        let recv = now_ms();
+        if a.status == 201 {
+            let g = grant_of(&a.body, "race2", 0, sent, recv, 1);
+            log.lock().unwrap().grants.push(g.clone());
+            break g;
+        }
+        a.problem(503, "pool_exhausted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let a = apis[0]
         .post(
             "/v1/pools/race2/freeze",
@@ -245,7 +285,29 @@ async fn chaos(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, token_ids: HashMap<Str
         .await;
     assert_eq!(a.status, 200);
     let frozen_at = now_ms();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = now_ms();
+    apis[1]
+        .post(
+            &format!("/v1/pools/race2/leases/{}/release", held.lease),
+            json!({"used": 1}),
+        )
+        .await
+        .problem(410, "lease_gone");
+    apis[1]
+        .post("/v1/pools/race2/leases", json!({"worker": "chaos"}))
+        .await
+        .problem(423, "pool_frozen");
+    {
+        let mut l = log.lock().unwrap();
+        l.ends.insert(held.lease.clone(), End::Gone { at: sent });
+        l.frozen_refusals += 1;
+    }
+    // Let the workers run into the freeze too (not required: chaos' refusal above counts).
+    let refused = log.lock().unwrap().frozen_refusals;
+    until(&log, Duration::from_secs(5), |l| {
+        l.frozen_refusals > refused
+    })
+    .await;
     let unfreeze_sent = now_ms();
     log.lock()
         .unwrap()
@@ -305,21 +367,29 @@ async fn invariants_hold_under_concurrency_across_replicas() {
     }
 
     let log = Arc::new(Mutex::new(Log::default()));
-    let stop = Instant::now() + RUN;
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = vec![];
     for w in 0..WORKERS {
         tasks.push(tokio::spawn(worker(
             apis.clone(),
             log.clone(),
-            stop,
+            stop.clone(),
             w as u64,
         )));
     }
     let chaos = tokio::spawn(chaos(apis.clone(), log.clone(), token_ids.clone()));
+    chaos.await.expect("chaos panicked");
+    // Run on until the expiring tokens have left rotation (RUN) and enough grants were made.
+    let ran = until(&log, PHASE_DEADLINE, |l| {
+        started.elapsed() >= RUN && l.grants.len() >= MIN_GRANTS
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.expect("worker panicked");
     }
-    chaos.await.expect("chaos panicked");
+    assert!(ran, "fewer than {MIN_GRANTS} grants in {PHASE_DEADLINE:?}");
 
     // Every dead worker's lease is reclaimed by the janitor.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -363,7 +433,11 @@ async fn invariants_hold_under_concurrency_across_replicas() {
         gone
     );
     // The run exercised what it claims to.
-    assert!(grants.len() > 1000, "too few grants: {}", grants.len());
+    assert!(
+        grants.len() >= MIN_GRANTS,
+        "too few grants: {}",
+        grants.len()
+    );
     assert!(grants.iter().any(|g| g.replica == 0) && grants.iter().any(|g| g.replica == 1));
     assert!(log.exhausted > 0 && dead > 0 && gone > 0 && log.frozen_refusals > 0);
 
