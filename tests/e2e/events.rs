@@ -87,12 +87,7 @@ async fn a_revoke_on_one_replica_reaches_a_worker_on_another() {
         .await
         .problem(410, "lease_gone");
 
-    let metrics = reqwest::get(format!("{}/metrics", b.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::metrics_text(&b.base).await;
     let count_line = metrics
         .lines()
         .find(|l| l.starts_with("tv_revocation_propagation_seconds_count"))

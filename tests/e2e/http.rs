@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{one, Api};
+use crate::harness::{metrics_text, one, sample, Api};
 
 async fn pool(api: &Api, name: &str, cfg: serde_json::Value) {
     let a = api.put(&format!("/v1/pools/{name}"), cfg).await;
@@ -344,7 +344,8 @@ async fn lease_endpoints() {
                 .await
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Release only once the waiter is in flight (it and the /metrics request asking).
+    in_flight_at_least(&api.base, 2).await;
     let rel = api
         .post(
             &format!("/v1/pools/p/leases/{lid}/release"),
@@ -462,6 +463,20 @@ async fn lease_endpoints() {
     assert_eq!(api.post("/v1/pools/p/leases", json!({})).await.status, 201);
 }
 
+/// Poll `/metrics` until the replica at `base` has at least `n` requests in flight (the
+/// asking request included).
+async fn in_flight_at_least(base: &str, n: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = metrics_text(base).await;
+        if sample(&m, "tv_http_requests_in_flight", &[]).unwrap_or(0.0) >= f64::from(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut t = one(&[]).await;
@@ -473,21 +488,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             .await
     });
     // In flight = the waiting request plus the /metrics request asking.
-    let metrics_url = format!("{}/metrics", t.vault.base);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let m = reqwest::get(&metrics_url)
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if sample(&m, "tv_http_requests_in_flight", &[]).unwrap_or(0.0) >= 2.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{m}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    in_flight_at_least(&t.vault.base, 2).await;
     let st = tokio::task::spawn_blocking(move || {
         let st = t.vault.child.terminate(std::time::Duration::from_secs(10));
         (st, t)
@@ -499,13 +500,6 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 }
 
 /// The value of one Prometheus sample line, found by its name and labels in any order.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_answers_by_route_template_and_outcomes() {
     let t = one(&[]).await;
@@ -532,12 +526,7 @@ async fn metrics_count_answers_by_route_template_and_outcomes() {
         .await
         .problem(404, "not_found");
 
-    let m = reqwest::get(format!("{}/metrics", t.vault.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&t.vault.base).await;
     let route = r#"route="/v1/pools/{pool}/leases""#;
     assert_eq!(
         sample(&m, "tv_http_responses_total", &[route, r#"status="201""#]),

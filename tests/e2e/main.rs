@@ -15,3 +15,4 @@ mod outage;
 mod refresh;
 mod rotation;
 mod secrets;
+mod slow_redis;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use testkit::{bin_path, wait_until, Child, RedisServer};
 
-use crate::harness::{one, Deployment};
+use crate::harness::{one, sample, Deployment};
 
 #[tokio::test]
 async fn redis_down_or_stalled_is_503_within_the_timeout() {
@@ -54,6 +54,14 @@ async fn redis_down_or_stalled_is_503_within_the_timeout() {
         200,
         "liveness does not depend on Redis"
     );
+    // Each kind is counted.
+    let m = crate::harness::metrics_text(&t.vault.base).await;
+    for kind in ["busy", "unavailable"] {
+        assert!(
+            sample(&m, "tv_redis_errors_total", &[&format!("kind=\"{kind}\"")]) >= Some(1.0),
+            "{kind}: {m}"
+        );
+    }
 
     // Back (empty: no persistence in tests), scripts reload by themselves.
     t.redis.restart();

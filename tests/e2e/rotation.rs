@@ -2,14 +2,15 @@
 //! deposits are preferred at once, refreshed tokens stay, and no deprecated token is leased
 //! after its sunset; cancel rolls it back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use vault_core::auth::Scope;
 
 use crate::fakes::{Fake, Mode};
-use crate::harness::{ms, now_ms, one, wait_json, Api};
+use crate::harness::{eventually, ms, now_ms, one, wait_json, Api};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn emergency_rotation_under_load() {
@@ -37,12 +38,13 @@ async fn emergency_rotation_under_load() {
     let worker = Api::new(&t.api.base).with_token(&t.dep.token("w", &[Scope::Lease], None));
     let grants: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Instant::now() + Duration::from_secs(5);
+    let stop = Arc::new(AtomicBool::new(false));
     let mut workers = vec![];
     for _ in 0..20 {
         let (w, grants, failures) = (worker.clone(), grants.clone(), failures.clone());
+        let stop = stop.clone();
         workers.push(tokio::spawn(async move {
-            while Instant::now() < stop {
+            while !stop.load(Ordering::Relaxed) {
                 let l = w.post("/v1/pools/p/leases", json!({})).await;
                 if l.status != 201 {
                     failures.lock().unwrap().push(format!("{l:?}"));
@@ -61,7 +63,12 @@ async fn emergency_rotation_under_load() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The rotation starts under load.
+    assert!(
+        eventually(Duration::from_secs(60), || grants.lock().unwrap().len()
+            >= 20)
+        .await
+    );
     let r = t
         .api
         .post(
@@ -85,9 +92,20 @@ async fn emergency_rotation_under_load() {
         .await;
     let deposited = now_ms();
     let _refresher = t.dep.refresher(&[]);
+    // Load goes on past the sunset, until fresh tokens were leased after their deposit.
+    let ran = eventually(Duration::from_secs(60), || {
+        let g = grants.lock().unwrap();
+        now_ms() > sunset + 500
+            && g.len() > 200
+            && g.iter()
+                .any(|(tk, at)| tk.starts_with("fresh") && *at > deposited)
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
+    assert!(ran, "the load did not run past the sunset");
     let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
