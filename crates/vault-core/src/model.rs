@@ -706,15 +706,53 @@ pub struct QuotaView {
 }
 
 impl TokenMeta {
-    /// Build from the token hash and the pool config (for the effective quota limit).
-    pub fn from_fields(f: &HashMap<String, String>, cfg: &PoolConfig, now_ms: i64) -> Self {
-        let s = |k: &str| f.get(k).cloned().unwrap_or_default();
-        let n = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
-        let opt_s = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+    /// The token-hash fields metadata is made of: what `HMGET` reads, in this order. Reading
+    /// only these (not the sealed secret and refresh credentials) keeps listings cheap.
+    pub const FIELDS: [&'static str; 24] = [
+        "id",
+        "view",
+        "expires_at",
+        "cool_until",
+        "win_end",
+        "used",
+        "reserved",
+        "quota_limit",
+        "leases",
+        "proxy",
+        "binding_fp",
+        "labels",
+        "fingerprint",
+        "strikes",
+        "last_error",
+        "created_at",
+        "last_leased_at",
+        "sunset_at",
+        "revoked_at",
+        "refresh_pub",
+        "key_id",
+        "generation",
+        "refreshed_at",
+        "refresh_attempts",
+    ];
+
+    /// Build from an `HMGET` of [`TokenMeta::FIELDS`] and the pool config (for the effective
+    /// quota limit). None when the token does not exist.
+    pub fn from_row(row: &[Option<String>], cfg: &PoolConfig, now_ms: i64) -> Option<Self> {
+        let get = |k: &str| {
+            Self::FIELDS
+                .iter()
+                .position(|f| *f == k)
+                .and_then(|i| row.get(i))
+                .and_then(|v| v.as_deref())
+        };
+        get("id")?;
+        let s = |k: &str| get(k).unwrap_or_default().to_string();
+        let n = |k: &str| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
+        let opt_s = |k: &str| get(k).filter(|v| !v.is_empty()).map(String::from);
         let cool = n("cool_until");
         let win_end = n("win_end");
         let window_live = win_end > now_ms;
-        TokenMeta {
+        Some(TokenMeta {
             id: s("id"),
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),
@@ -725,8 +763,7 @@ impl TokenMeta {
                     0
                 },
                 reserved: n("reserved").max(0) as u64,
-                limit: f
-                    .get("quota_limit")
+                limit: get("quota_limit")
                     .and_then(|v| v.parse().ok())
                     .or(cfg.quota_limit),
                 window_resets_at: window_live.then(|| rfc3339(win_end)),
@@ -736,8 +773,7 @@ impl TokenMeta {
                 proxy: opt_s("proxy"),
                 fingerprint: opt_s("binding_fp"),
             },
-            labels: f
-                .get("labels")
+            labels: get("labels")
                 .and_then(|l| serde_json::from_str(l).ok())
                 .unwrap_or_default(),
             fingerprint: s("fingerprint"),
@@ -748,8 +784,7 @@ impl TokenMeta {
             cooling_until: (cool > now_ms).then(|| rfc3339(cool)),
             sunset_at: rfc3339_opt(n("sunset_at")),
             revoked_at: rfc3339_opt(n("revoked_at")),
-            refresh: f
-                .get("refresh_pub")
+            refresh: get("refresh_pub")
                 .and_then(|r| serde_json::from_str(r).ok())
                 .unwrap_or_else(|| RefreshPublic {
                     kind: "none".into(),
@@ -759,7 +794,7 @@ impl TokenMeta {
             generation: n("generation").max(1) as u64,
             refreshed_at: rfc3339_opt(n("refreshed_at")),
             refresh_attempts: n("refresh_attempts").max(0) as u64,
-        }
+        })
     }
 }
 

@@ -833,8 +833,15 @@ impl Store {
 
     pub async fn token_get(&self, pool: &str, id: &str) -> Result<TokenMeta> {
         let cfg = self.pool_config(pool).await?;
-        let f = self.token_fields(pool, id).await?;
-        Ok(TokenMeta::from_fields(&f, &cfg, self.now_ms().await?))
+        let row: Vec<Option<String>> = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.keys.pool(pool).token(id))
+                    .arg(&TokenMeta::FIELDS[..])
+                    .clone(),
+            )
+            .await?;
+        TokenMeta::from_row(&row, &cfg, self.now_ms().await?).ok_or(VaultError::TokenNotFound)
     }
 
     /// One page of token metadata, optionally only tokens in view state `state`.
@@ -874,9 +881,9 @@ impl Store {
         }
         let mut p = redis::pipe();
         for id in &ids {
-            p.cmd("HGETALL").arg(pk.token(id));
+            p.cmd("HMGET").arg(pk.token(id)).arg(&TokenMeta::FIELDS[..]);
         }
-        let rows: Vec<HashMap<String, String>> = if ids.is_empty() {
+        let rows: Vec<Vec<Option<String>>> = if ids.is_empty() {
             vec![]
         } else {
             self.pipe(p).await?
@@ -884,8 +891,7 @@ impl Store {
         let now = self.now_ms().await?;
         let mut metas: Vec<TokenMeta> = rows
             .iter()
-            .filter(|f| !f.is_empty())
-            .map(|f| TokenMeta::from_fields(f, &cfg, now))
+            .filter_map(|row| TokenMeta::from_row(row, &cfg, now))
             .collect();
         metas.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((metas, (cur != 0).then_some(cur)))

@@ -99,13 +99,21 @@ pub struct ListQuery {
     cursor: Option<u64>,
 }
 
+/// One page of token metadata.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenPage {
+    tokens: Vec<vault_core::model::TokenMeta>,
+    /// Pass as `cursor` for the next page; null at the end.
+    next_cursor: Option<String>,
+}
+
 #[utoipa::path(
     get,
     path = "/pools/{pool}/tokens",
     tag = "tokens",
     params(crate::openapi::PoolPath, ListQuery),
     responses(
-        (status = 200, description = "`{\"tokens\":[metadata...],\"next_cursor\"}`: metadata only, never a secret", body = serde_json::Value),
+        (status = 200, description = "metadata only, never a secret", body = TokenPage),
         (status = 404, description = "`pool_not_found`", body = Problem),
     )
 )]
@@ -113,7 +121,7 @@ pub async fn list(
     State(s): State<AppState>,
     Path(pool): Path<String>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenPage>, ApiError> {
     let pool = pool_name(&pool)?;
     if let Some(st) = &q.state {
         if !VIEW_STATES.contains(&st.as_str()) {
@@ -131,9 +139,10 @@ pub async fn list(
         .store
         .token_list(pool, q.state.as_deref(), limit, q.cursor.unwrap_or(0))
         .await?;
-    Ok(Json(
-        json!({ "tokens": tokens, "next_cursor": next.map(|c| c.to_string()) }),
-    ))
+    Ok(Json(TokenPage {
+        tokens,
+        next_cursor: next.map(|c| c.to_string()),
+    }))
 }
 
 fn ids(pool: &str, id: &str) -> Result<(), ApiError> {
