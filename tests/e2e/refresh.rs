@@ -556,8 +556,9 @@ async fn refresh_storm() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let tokens = loop {
-        let page = t.api.get("/v1/pools/p/tokens?limit=1000").await.body;
-        let tokens = page["tokens"].as_array().unwrap().clone();
+        let page = t.api.get("/v1/pools/p/tokens?limit=1000").await;
+        assert_eq!(page.status, 200, "{page:?}");
+        let tokens = page.body["tokens"].as_array().unwrap().clone();
         if tokens.len() == N && tokens.iter().all(|m| m["generation"].as_u64() >= Some(2)) {
             break tokens;
         }
