@@ -1,4 +1,6 @@
--- restore.lua: an operator puts a quarantined token back into rotation.
+-- restore.lua: an operator puts a token back into rotation: a quarantined one (strikes and
+-- last error cleared), or one cooling down (429 or quota window), whose cooldown ends at once
+-- with a fresh quota window. Units reserved by live leases stay reserved.
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] token id.
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
@@ -7,11 +9,17 @@ if c == nil then return fail('pool_not_found') end
 local id = ARGV[2]
 local t = hgetall(tkey(id))
 if t == nil then return fail('token_not_found') end
-if t.state ~= 'quarantined' then
-  return fail('conflict', { detail = 'only a quarantined token can be restored; this one is ' .. t.state })
+if t.state == 'quarantined' then
+  put(id, t, 'state', 'active')
+  put(id, t, 'strikes', 0)
+  put(id, t, 'last_error', '')
+  back_in_rotation(id, t, c)
+elseif in_rotation(t) and redis.call('ZSCORE', K.cool, id) then
+  put(id, t, 'cool_until', 0)
+  put(id, t, 'win_end', 0)
+  put(id, t, 'used', 0)
+  reconcile(id, t, c)
+else
+  return fail('conflict', { detail = 'only a quarantined or cooling token can be restored; this one is ' .. t.view })
 end
-put(id, t, 'state', 'active')
-put(id, t, 'strikes', 0)
-put(id, t, 'last_error', '')
-back_in_rotation(id, t, c)
 return reply({ state = t.view })

@@ -8,6 +8,7 @@ mod concurrency;
 mod dev;
 mod events;
 mod fakes;
+mod hardening;
 mod harness;
 mod http;
 mod keys;

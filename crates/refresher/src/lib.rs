@@ -357,7 +357,9 @@ impl Refresher {
         mut secrets: RefreshSecrets,
     ) -> vault_core::Result<()> {
         let now = self.store.now_ms().await?;
-        let expires_at = r.expires_in_s.map(|s| now + (s as i64) * 1000);
+        let expires_at = r
+            .expires_in_s
+            .map(|s| now.saturating_add((s.min(i64::MAX as u64 / 1000) as i64) * 1000));
         let rotated = match r.refresh_token {
             Some(rt) => {
                 secrets.refresh_token = Some(rt.expose().to_string());

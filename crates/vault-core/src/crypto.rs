@@ -232,6 +232,7 @@ pub fn jwt_exp_ms(secret: &Secret) -> Result<Option<i64>, String> {
         Some(exp) => exp
             .as_f64()
             .filter(|e| e.is_finite() && *e > 0.0)
+            // `as` saturates: a huge exp becomes "never expires" under the expiry rule.
             .map(|e| Some((e * 1000.0) as i64))
             .ok_or_else(|| "the JWT's exp claim is not a positive number".to_string()),
     }

@@ -576,6 +576,13 @@ impl Report {
                 return Err(invalid("retry_after_s must be between 0 and 2678400"));
             }
         }
+        // A cooldown is bounded like `retry_after_s`. (The local clock is good enough for a
+        // 31-day sanity bound; the rules themselves compare against Redis time.)
+        if let Some(r) = self.reset_at {
+            if r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64 {
+                return Err(invalid("reset_at must lie within 31 days from now"));
+            }
+        }
         if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(invalid("detail is longer than 1024 bytes"));
         }
@@ -889,7 +896,7 @@ impl TokenInput {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let expires_at = match self.expires_at {
+        let expires_at = crate::time::expiry_ms(match self.expires_at {
             Some(t) => t.0,
             None => crate::crypto::jwt_exp_ms(&self.secret)
                 .map_err(|e| {
@@ -898,7 +905,7 @@ impl TokenInput {
                     ))
                 })?
                 .unwrap_or(0),
-        };
+        });
         let sealed = cipher.seal_secret(pool, &id, &self.secret);
         let binding = self.binding.clone().unwrap_or_default();
         let (refresh_kind, refresh_ct, refresh_pub) = match &self.refresh {

@@ -64,12 +64,12 @@ impl RefreshedToken {
         expires_at_ms: Option<i64>,
         new_secrets: Option<&RefreshSecrets>,
     ) -> Result<Self, VaultError> {
-        let expires_at = match expires_at_ms {
+        let expires_at = crate::time::expiry_ms(match expires_at_ms {
             Some(ms) => ms,
             None => jwt_exp_ms(secret)
                 .map_err(VaultError::Invalid)?
                 .unwrap_or(0),
-        };
+        });
         let sealed = cipher.seal_secret(pool, token_id, secret);
         let (refresh_ct, refresh_key_id) = match new_secrets {
             Some(s) => {

@@ -21,7 +21,26 @@ pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A time accepted in requests: RFC 3339 string or integer unix milliseconds.
+/// The latest time accepted in any request: 9999-12-31T23:59:59.999Z.
+pub const MAX_MS: i64 = 253_402_300_799_999;
+
+/// Expiries from 3000-01-01 on mean "never expires" (`9999-12-31T23:59:59Z` is a common way of
+/// saying so). They are stored as 0, so that no time longer than 14 digits ever travels through
+/// Lua's cjson, which writes such numbers in exponent form.
+pub const NEVER_EXPIRES_FROM_MS: i64 = 32_503_680_000_000;
+
+/// The expiry rule for every credential that enters the vault (deposit, refresh, JWT `exp`):
+/// unix ms to store, 0 = never.
+pub fn expiry_ms(ms: i64) -> i64 {
+    if ms >= NEVER_EXPIRES_FROM_MS {
+        0
+    } else {
+        ms.max(0)
+    }
+}
+
+/// A time accepted in requests: RFC 3339 string or integer unix milliseconds, from the epoch to
+/// [`MAX_MS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeInput(pub i64);
 
@@ -33,15 +52,20 @@ impl<'de> Deserialize<'de> for TimeInput {
             Ms(i64),
             Text(String),
         }
-        match Raw::deserialize(d).map_err(|_| {
+        let ms = match Raw::deserialize(d).map_err(|_| {
             serde::de::Error::custom("expected an RFC 3339 time or integer unix milliseconds")
         })? {
-            Raw::Ms(ms) if ms >= 0 => Ok(TimeInput(ms)),
-            Raw::Ms(_) => Err(serde::de::Error::custom("a time must not be negative")),
+            Raw::Ms(ms) => ms,
             Raw::Text(s) => OffsetDateTime::parse(&s, &Rfc3339)
-                .map(|t| TimeInput((t.unix_timestamp_nanos() / 1_000_000) as i64))
-                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an RFC 3339 time"))),
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| serde::de::Error::custom("not an RFC 3339 time"))?,
+        };
+        if !(0..=MAX_MS).contains(&ms) {
+            return Err(serde::de::Error::custom(
+                "a time must lie between 1970-01-01 and 9999-12-31",
+            ));
         }
+        Ok(TimeInput(ms))
     }
 }
 
@@ -57,5 +81,10 @@ mod tests {
         assert_eq!(rfc3339(a.0), "2023-11-14T22:13:20Z");
         assert!(serde_json::from_str::<TimeInput>("\"yesterday\"").is_err());
         assert!(serde_json::from_str::<TimeInput>("-5").is_err());
+        let never: TimeInput = serde_json::from_str("\"9999-12-31T23:59:59Z\"").unwrap();
+        assert_eq!(expiry_ms(never.0), 0, "far future = never expires");
+        assert!(serde_json::from_str::<TimeInput>("253402300800000").is_err());
+        assert!(serde_json::from_str::<TimeInput>("\"+10000-01-01T00:00:00Z\"").is_err());
+        assert_eq!(expiry_ms(a.0), a.0);
     }
 }

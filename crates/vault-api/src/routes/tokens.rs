@@ -304,9 +304,9 @@ pub async fn deprecate(
     tag = "tokens",
     params(crate::openapi::TokenPath),
     responses(
-        (status = 200, description = "back in rotation", body = serde_json::Value),
+        (status = 200, description = "back in rotation: a quarantined token (strikes cleared) or a cooling one (cooldown ended, fresh quota window)", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
-        (status = 409, description = "`conflict`: not quarantined", body = Problem),
+        (status = 409, description = "`conflict`: neither quarantined nor cooling", body = Problem),
     )
 )]
 pub async fn restore(
