@@ -264,6 +264,40 @@ local function end_lease(lid, used_units)
   return l, t
 end
 
+-- The lease-deadline rule: a lease is over at its deadline, whoever notices first (janitor,
+-- acquire, renew, release). It is reclaimed then: all its reserved units count as used.
+-- Returns the reclaimed lease, or nil when it was already gone.
+local function reclaim_expired(lid, c)
+  local l, t = end_lease(lid, nil)
+  if l == nil then
+    redis.call('ZREM', K.leases, lid)
+    return nil
+  end
+  if t ~= nil and c ~= nil then reconcile(l.token, t, c) end
+  return l
+end
+
+-- Lease `lid` while it is live; nil once it is gone (a lease past its deadline is reclaimed).
+local function live_lease(c, lid)
+  local l = hgetall(lkey(lid))
+  if l == nil then return nil end
+  if num(l.deadline, 0) <= NOW then
+    reclaim_expired(lid, c)
+    return nil
+  end
+  return l
+end
+
+-- Reclaim up to `max` of the pool's leases whose deadline passed; returns {lease_id, token_id}s.
+local function reap_expired(c, max)
+  local reaped = {}
+  for _, lid in ipairs(redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, max)) do
+    local l = reclaim_expired(lid, c)
+    if l ~= nil then reaped[#reaped + 1] = { lease_id = lid, token_id = l.token } end
+  end
+  return reaped
+end
+
 -- End every live lease of a token, counting their units as used. Returns the lease ids.
 local function end_token_leases(id)
   local ended = {}
@@ -315,13 +349,15 @@ end
 -- headroom at all are never in `ready`, so this bound is only reached when many tokens have
 -- less headroom than the requested units or less life than the lease needs.
 local SCAN_LIMIT = 16
+-- How many expired leases one acquire reclaims on its way (the janitor does the rest).
+local LAZY_REAP = 8
 
 -- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, exclude}.
 local function do_acquire(c, o)
   if o.idem ~= '' then
     local existing = redis.call('GET', K.base .. 'idem:' .. o.idem)
     if existing then
-      local l = hgetall(lkey(existing))
+      local l = live_lease(c, existing)
       if l == nil then return fail('idempotency_conflict') end
       local t = hgetall(tkey(l.token))
       local v = lease_view(existing, l, t)
@@ -330,6 +366,9 @@ local function do_acquire(c, o)
     end
   end
   if c.frozen == '1' then return fail('pool_frozen') end
+  -- Leases whose worker died come back here too, a few per call, so a pool never stays
+  -- exhausted by dead leases while the janitor is away.
+  reap_expired(c, LAZY_REAP)
 
   local need_ttl = o.ttl_ms
   if o.min_ttl_ms > need_ttl then need_ttl = o.min_ttl_ms end
@@ -436,8 +475,9 @@ end
 -- Release lease `lid` with report `r`: validate first, then mutate.
 -- Returns nil on success or an encoded error.
 local function do_release(c, lid, r)
-  local units = redis.call('HGET', lkey(lid), 'units')
-  if not units then return fail('lease_gone') end
+  local live = live_lease(c, lid)
+  if live == nil then return fail('lease_gone') end
+  local units = live.units
   if r.used ~= nil and r.used > tonumber(units) then
     return fail('invalid_request', { detail = 'used (' .. r.used .. ') exceeds the lease\'s units (' .. units .. ')' })
   end

@@ -7,7 +7,7 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local lid = ARGV[2]
-local l = hgetall(lkey(lid))
+local l = live_lease(c, lid)
 if l == nil then return fail('lease_gone') end
 local t = hgetall(tkey(l.token))
 if t == nil or not in_rotation(t) then return fail('lease_gone') end

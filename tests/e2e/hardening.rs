@@ -1,9 +1,11 @@
 //! What an outside attack run found: far-future times, expired leases, connection exhaustion.
 //! Each test fails on the code before its fix.
 
+use std::time::Duration;
+
 use serde_json::json;
 
-use crate::harness::one;
+use crate::harness::{eventually, now_ms, one, wait_json};
 
 /// "Never expires" written as a far-future date leases like a token without expiry, and no
 /// time past 9999 is accepted.
@@ -75,4 +77,69 @@ async fn far_future_times_are_bounded() {
     api.post("/v1/pools/p/tokens/forever/restore", json!({}))
         .await
         .problem(409, "conflict");
+}
+
+/// A lease is over at its deadline even while no janitor runs: renew and release say 410, the
+/// next acquire reclaims it; status and /metrics show whether a janitor is sweeping.
+#[tokio::test]
+async fn expired_leases_end_at_their_deadline_without_a_janitor() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put(
+        "/v1/pools/p",
+        json!({"lease_ttl_s": 1, "max_leases_per_token": 1}),
+    )
+    .await;
+    api.post("/v1/pools/p/tokens", json!({"id": "a", "secret": "sa"}))
+        .await;
+    let past = |l: &crate::harness::Answer| {
+        let deadline = crate::harness::ms(&l.body, "lease_expires_at");
+        async move { eventually(Duration::from_secs(10), || now_ms() > deadline + 5).await }
+    };
+
+    let l1 = api.post("/v1/pools/p/leases", json!({})).await;
+    assert_eq!(l1.status, 201, "{l1:?}");
+    assert!(past(&l1).await);
+    api.post(
+        &format!("/v1/pools/p/leases/{}/renew", l1.str("lease_id")),
+        json!({}),
+    )
+    .await
+    .problem(410, "lease_gone");
+
+    // A worker that died: its lease is reclaimed by the next acquire.
+    let dead = api.post("/v1/pools/p/leases", json!({})).await;
+    assert_eq!(dead.status, 201, "{dead:?}");
+    assert!(past(&dead).await);
+    let next = api.post("/v1/pools/p/leases", json!({})).await;
+    assert_eq!(next.status, 201, "reclaimed without a janitor: {next:?}");
+    api.post(
+        &format!("/v1/pools/p/leases/{}/release", dead.str("lease_id")),
+        json!({"outcome": "ok"}),
+    )
+    .await
+    .problem(410, "lease_gone");
+    assert_eq!(
+        api.get("/v1/pools/p/tokens/a").await.body["quota"]["used"],
+        2,
+        "the dead leases' units count as used"
+    );
+
+    // No janitor yet; then one sweeping; then it is gone.
+    assert!(api.get("/v1/pools/p/status").await.body["janitor"].is_null());
+    let mut janitor = t.dep.janitor(100);
+    wait_json(api, "/v1/pools/p/status", Duration::from_secs(20), |v| {
+        v["janitor"]["healthy"] == true
+    })
+    .await;
+    let m = crate::harness::metrics_text(&t.vault.base).await;
+    assert!(
+        crate::harness::sample(&m, "tv_janitor_last_sweep_age_seconds", &[]).is_some(),
+        "{m}"
+    );
+    janitor.kill();
+    wait_json(api, "/v1/pools/p/status", Duration::from_secs(20), |v| {
+        v["janitor"]["healthy"] == false
+    })
+    .await;
 }

@@ -135,10 +135,15 @@ pub async fn run(
                 let span = tracing::debug_span!("sweep");
                 let _e = span.enter();
                 match sweep_once(&store, batch).await {
-                    Ok(st) if st != SweepStats::default() => tracing::info!(
-                        reaped = st.reaped, returned = st.returned, expired = st.expired, sunset = st.sunset,
-                        enqueued = st.enqueued, "sweep"),
-                    Ok(_) => {}
+                    Ok(st) => {
+                        if st != SweepStats::default() {
+                            tracing::info!(reaped = st.reaped, returned = st.returned, expired = st.expired,
+                                sunset = st.sunset, enqueued = st.enqueued, "sweep");
+                        }
+                        if let Err(e) = store.janitor_beat_write(interval).await {
+                            tracing::warn!(error = %e, "heartbeat not written");
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
             }

@@ -39,6 +39,11 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    /// `tv:janitor`: the janitors' heartbeat ("<last sweep ms> <interval ms>", expiring).
+    pub fn janitor(&self) -> String {
+        format!("{}:janitor", self.prefix)
+    }
+
     /// `tv:audit`: audit entries not tied to a pool (client tokens).
     pub fn audit(&self) -> String {
         format!("{}:audit", self.prefix)

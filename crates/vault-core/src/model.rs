@@ -864,6 +864,34 @@ pub struct PoolStatus {
     pub frozen: bool,
     /// The emergency rotation running (or last run), if any.
     pub rotation: Option<RotationStatus>,
+    /// When a janitor last finished a sweep; null when none has been seen for a while.
+    pub janitor: Option<JanitorStatus>,
+}
+
+/// The janitors' heartbeat as status shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JanitorStatus {
+    pub last_sweep_at: String,
+    /// The last sweep is recent (within three sweep intervals, plus 2 s of slack). Leases of
+    /// dead workers are also reclaimed by the next acquire without a janitor; cooled tokens,
+    /// expiries, sunsets and due refreshes wait for one.
+    pub healthy: bool,
+}
+
+/// One janitor heartbeat: when the last sweep ended and the sweep interval then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JanitorBeat {
+    pub last_sweep_ms: i64,
+    pub interval_ms: u64,
+}
+
+impl JanitorBeat {
+    pub fn status(&self, now_ms: i64) -> JanitorStatus {
+        JanitorStatus {
+            last_sweep_at: rfc3339(self.last_sweep_ms),
+            healthy: now_ms - self.last_sweep_ms <= 3 * self.interval_ms as i64 + 2000,
+        }
+    }
 }
 
 /// Progress of an emergency rotation.

@@ -708,7 +708,9 @@ impl Store {
         let quota_used_ratio = self
             .quota_ratio(name, &view.config, &sample, now_ms)
             .await?;
+        let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
         Ok(PoolStatus {
+            janitor,
             pool: name.to_string(),
             tokens,
             leases_active: leases,
@@ -719,6 +721,36 @@ impl Store {
             frozen: view.frozen,
             rotation: rotation_status(&rot, tokens_deprecated, now_ms),
         })
+    }
+
+    /// Record that a janitor finished a sweep. The record expires after ten intervals (at
+    /// least a minute), so a janitor gone for long shows as none at all.
+    pub async fn janitor_beat_write(&self, interval: Duration) -> Result<()> {
+        let interval_ms = interval.as_millis() as u64;
+        let now = self.now_ms().await?;
+        self.cmd(
+            redis::cmd("SET")
+                .arg(self.keys.janitor())
+                .arg(format!("{now} {interval_ms}"))
+                .arg("PX")
+                .arg((interval_ms * 10).max(60_000))
+                .clone(),
+        )
+        .await
+    }
+
+    /// The last janitor heartbeat, if one is recent enough to be kept.
+    pub async fn janitor_beat(&self) -> Result<Option<crate::model::JanitorBeat>> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("GET").arg(self.keys.janitor()).clone())
+            .await?;
+        Ok(v.and_then(|v| {
+            let (at, iv) = v.split_once(' ')?;
+            Some(crate::model::JanitorBeat {
+                last_sweep_ms: at.parse().ok()?,
+                interval_ms: iv.parse().ok()?,
+            })
+        }))
     }
 
     /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a

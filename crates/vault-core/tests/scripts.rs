@@ -482,7 +482,7 @@ async fn reaper_counts_dead_leases_as_used() {
 #[tokio::test]
 async fn renew_extends_and_checks_token_life_and_quota() {
     let e = Env::new(json!({"quota_limit": 5, "lease_ttl_s": 10, "max_lease_ttl_s": 100})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 300_000}]))
+    e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 60_000}]))
         .await;
     let l = e.lease(2).await.unwrap();
     e.advance(5_000);
@@ -508,11 +508,42 @@ async fn renew_extends_and_checks_token_life_and_quota() {
             .units,
         5
     );
-    e.advance(250_000);
     assert!(matches!(
         e.store.renew("p", &l.lease_id, Some(60_000), None).await,
         Err(VaultError::TokenExpiring(_))
     ));
+}
+
+#[tokio::test]
+async fn a_lease_ends_at_its_deadline_without_the_janitor() {
+    let e =
+        Env::new(json!({"quota_limit": 10, "lease_ttl_s": 10, "max_leases_per_token": 1})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    // Renew and release past the deadline: gone, and the units count as used.
+    let l = e.lease(2).await.unwrap();
+    e.advance(10_000);
+    assert!(matches!(
+        e.store.renew("p", &l.lease_id, None, None).await,
+        Err(VaultError::LeaseGone)
+    ));
+    assert!(matches!(
+        e.release(&l.lease_id, Some(0), Outcome::Ok).await,
+        Err(VaultError::LeaseGone)
+    ));
+    let m = e.meta("a").await;
+    assert_eq!((m.quota.used, m.quota.reserved, m.leases), (2, 0, 0));
+    // A dead worker's lease: the next acquire reclaims it, no janitor needed.
+    let dead = e.lease(3).await.unwrap();
+    assert!(matches!(
+        e.lease(1).await,
+        Err(VaultError::PoolExhausted { .. })
+    ));
+    e.advance(10_000);
+    let next = e.lease(1).await.unwrap();
+    assert_eq!(next.token_id, "a");
+    assert_ne!(next.lease_id, dead.lease_id);
+    let m = e.meta("a").await;
+    assert_eq!((m.quota.used, m.quota.reserved, m.leases), (5, 1, 1));
 }
 
 #[tokio::test]

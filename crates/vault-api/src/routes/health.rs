@@ -1,5 +1,7 @@
 //! Liveness and readiness.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
@@ -46,7 +48,14 @@ pub fn install_metrics() {
     ),
     security(())
 )]
-pub async fn metrics() -> String {
+pub async fn metrics(State(s): State<AppState>) -> String {
+    // Seconds since a janitor last finished a sweep (absent when none was seen for long). A
+    // stalled Redis must not stall the scrape: it gets a quarter second.
+    let beat = tokio::time::timeout(Duration::from_millis(250), s.store.janitor_beat()).await;
+    if let Ok(Ok(Some(beat))) = beat {
+        let age_ms = (vault_core::time::now_ms() - beat.last_sweep_ms).max(0);
+        metrics::gauge!("tv_janitor_last_sweep_age_seconds").set(age_ms as f64 / 1000.0);
+    }
     PROMETHEUS
         .get()
         .and_then(|h| h.as_ref())
