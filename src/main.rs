@@ -176,7 +176,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             old_master_keys: vec![],
         },
         shutdown_grace_s: 10,
-        header_read_timeout_ms: 30_000,
+        conn: vault_api::config::ConnLimits::default(),
         log: args.log.clone(),
         auth: vault_api::config::AuthArgs {
             signing_keys: Some(signing_keys),
@@ -261,7 +261,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             let _ = api_stop.changed().await;
         },
         Duration::from_secs(cfg.shutdown_grace_s),
-        vault_api::server::ConnLimits::default(),
+        cfg.conn.clone(),
     ));
     vault_core::config::shutdown_signal().await;
     let _ = stop_tx.send(true);

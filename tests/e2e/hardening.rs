@@ -143,3 +143,132 @@ async fn expired_leases_end_at_their_deadline_without_a_janitor() {
     })
     .await;
 }
+
+/// Open `n` idle connections to `addr` from the local address `from`.
+async fn idle_connections(addr: &str, from: [u8; 4], n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = vec![];
+    for _ in 0..n {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        out.push(sock.connect(addr.parse().unwrap()).await.unwrap());
+    }
+    out
+}
+
+/// Wait until the server has closed `s` (a read returns 0 or fails).
+async fn closed(s: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(deadline, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Idle sockets cannot take a replica down: one address gets a bounded share, connections that
+/// never send a byte are closed, the global cap turns the rest away, and the replica serves on.
+#[tokio::test]
+async fn idle_connections_cannot_exhaust_a_replica() {
+    let t = one(&[
+        ("TV_MAX_CONNECTIONS", "60"),
+        ("TV_MAX_CONNECTIONS_PER_ADDR", "20"),
+        ("TV_FIRST_BYTE_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let addr = t.vault.base.trim_start_matches("http://").to_string();
+    let ready = || async {
+        // A fresh client each time: no pooled connection of ours counts against the caps.
+        reqwest::get(format!("{}/readyz", t.vault.base))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+
+    // 100 from one address: 20 admitted, 80 closed at once; others are served meanwhile.
+    let mut attack = idle_connections(&addr, [127, 0, 0, 2], 100).await;
+    assert_eq!(ready().await, 200);
+    let mut closed_at_once = 0;
+    for s in attack.iter_mut() {
+        if closed(s, Duration::from_millis(300)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert!(closed_at_once >= 80, "{closed_at_once} closed at once");
+    // The admitted ones never sent a byte: closed at the first-byte deadline.
+    for s in attack.iter_mut() {
+        assert!(
+            closed(s, Duration::from_secs(20)).await,
+            "an idle socket stayed open"
+        );
+    }
+
+    // The global cap: 60 from three addresses fill the replica; a newcomer is turned away at
+    // once, and the replica serves again once the idle ones are cut off.
+    let mut fill = vec![];
+    for host in 3..6 {
+        fill.extend(idle_connections(&addr, [127, 0, 0, host], 20).await);
+    }
+    let mut newcomer = idle_connections(&addr, [127, 0, 0, 6], 1).await;
+    assert!(closed(&mut newcomer[0], Duration::from_secs(1)).await);
+    assert!(eventually_async(Duration::from_secs(20), || async { ready().await == 200 }).await);
+
+    let m = crate::harness::metrics_text(&t.vault.base).await;
+    for (reason, at_least) in [
+        ("max_connections_per_addr", 80.0),
+        ("max_connections", 1.0),
+        ("first_byte_timeout", 20.0),
+    ] {
+        let n = crate::harness::sample(
+            &m,
+            "tv_http_connections_refused_total",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert!(n >= Some(at_least), "{reason}: {n:?}\n{m}");
+    }
+    assert!(crate::harness::sample(&m, "tv_http_connections_open", &[]).is_some());
+    drop(fill);
+}
+
+/// Poll an async condition until it holds or `deadline` passes.
+async fn eventually_async<F, Fut>(deadline: Duration, f: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if f().await {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A body trickled in too slowly gets 408 at the body deadline instead of holding the request.
+#[tokio::test]
+async fn a_trickled_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = one(&[("TV_BODY_READ_TIMEOUT_MS", "500")]).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    let addr = t.vault.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/pools/p/leases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"wor",
+        t.dep.admin
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered before the client finished")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

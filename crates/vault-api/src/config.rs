@@ -1,6 +1,7 @@
 //! The vault-api binary's settings.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
@@ -24,15 +25,8 @@ pub struct ApiConfig {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub master_key: MasterKeyArgs,
-    /// Milliseconds a client gets to send its request headers (slowloris protection). It also
-    /// bounds how long a keep-alive connection may sit idle between requests: keep HTTP client
-    /// pools' idle timeout below it (the vault-client SDK uses 20 s).
-    #[arg(
-        long = "header-read-timeout-ms",
-        env = "TV_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 30_000
-    )]
-    pub header_read_timeout_ms: u64,
+    #[command(flatten)]
+    pub conn: ConnLimits,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(
         long = "shutdown-grace-s",
@@ -91,5 +85,76 @@ impl AuthArgs {
             vault_core::auth::KeyRing::empty(&self.issuer, &self.audience, self.max_ttl_s);
         ring.load(path).map_err(anyhow::Error::msg)?;
         Ok(ring)
+    }
+}
+
+/// Limits of client connections: everything a client can start is bounded.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnLimits {
+    /// Milliseconds a client gets to send its request headers (slowloris protection). It also
+    /// bounds how long a keep-alive connection may sit idle between requests: keep HTTP client
+    /// pools' idle timeout below it (the vault-client SDK uses 20 s).
+    #[arg(
+        long = "header-read-timeout-ms",
+        env = "TV_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds from accepting a connection to its first byte; a connection that sends
+    /// nothing is closed then.
+    #[arg(
+        long = "first-byte-timeout-ms",
+        env = "TV_FIRST_BYTE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub first_byte_timeout_ms: u64,
+    /// Milliseconds a client gets to send a whole request body; past it: 408.
+    #[arg(
+        long = "body-read-timeout-ms",
+        env = "TV_BODY_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub body_read_timeout_ms: u64,
+    /// Open client connections one replica accepts; more are closed at once.
+    #[arg(
+        long = "max-connections",
+        env = "TV_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// Open client connections from one IP address; more are closed at once.
+    #[arg(
+        long = "max-connections-per-addr",
+        env = "TV_MAX_CONNECTIONS_PER_ADDR",
+        default_value_t = 256
+    )]
+    pub max_connections_per_addr: usize,
+    /// Largest header block accepted, in bytes.
+    #[arg(long = "max-header-bytes", env = "TV_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 30_000,
+            first_byte_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 4096,
+            max_connections_per_addr: 256,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ConnLimits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms.max(1))
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms.max(1))
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms.max(1))
     }
 }

@@ -17,6 +17,37 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
+/// The raw request body, read within the body deadline (`TV_BODY_READ_TIMEOUT_MS`, carried in
+/// the request's extensions; 10 s where none is set): a trickled body gets 408, not a held
+/// connection. Every body is read through here.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let deadline = req
+            .extensions()
+            .get::<crate::server::BodyReadTimeout>()
+            .map(|t| t.0)
+            .unwrap_or(std::time::Duration::from_secs(10));
+        match tokio::time::timeout(deadline, Bytes::from_request(req, state)).await {
+            Ok(bytes) => Ok(RawBody(bytes?)),
+            Err(_) => {
+                metrics::counter!("tv_http_body_timeouts_total").increment(1);
+                Err(ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        deadline.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// A JSON body. An empty body means `T::default()` (so `POST .../leases` needs no `{}`);
 /// a body with a non-JSON content type is refused with 415.
 pub struct Body<T>(pub T);
@@ -42,7 +73,7 @@ where
                     .to_ascii_lowercase();
                 mime == "application/json" || mime.ends_with("+json")
             });
-        let bytes = Bytes::from_request(req, state).await?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body(T::default()));
         }

@@ -4,8 +4,10 @@
 //! a client may take to send its request headers (slowloris) and how large they may be, and it
 //! gives every request the peer address (for the auth-failure limit).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +20,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use vault_core::{Store, VaultError};
 
+use crate::config::ConnLimits;
 use crate::{router, ApiConfig, AppState};
 
 /// Connect, load the scripts (failing closed when Redis refuses them) and build the state.
@@ -42,22 +45,58 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     Ok(state)
 }
 
-/// Limits of the HTTP connection itself.
+/// The body-read deadline, handed to the body extractors through each request's extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// Time a client gets to send its request headers.
-    pub header_read_timeout: Duration,
-    /// Largest header block accepted.
-    pub max_header_bytes: usize,
+pub struct BodyReadTimeout(pub Duration);
+
+/// Open connections, in total and per client address: admission against the caps.
+struct Admission {
+    limits: ConnLimits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-impl Default for ConnLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
+/// A connection's place in [`Admission`], given back on drop.
+struct Admitted {
+    adm: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= self.limits.max_connections.max(1) {
+            return Err("max_connections");
         }
+        let from_ip = open.1.entry(ip).or_default();
+        if *from_ip >= self.limits.max_connections_per_addr.max(1) {
+            return Err("max_connections_per_addr");
+        }
+        *from_ip += 1;
+        open.0 += 1;
+        metrics::gauge!("tv_http_connections_open").increment(1.0);
+        Ok(Admitted {
+            adm: self.clone(),
+            ip,
+        })
     }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.adm.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+        metrics::gauge!("tv_http_connections_open").decrement(1.0);
+    }
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!("tv_http_connections_refused_total", "reason" => reason).increment(1);
 }
 
 /// Serve until `shutdown` resolves, then give in-flight requests `grace` to finish.
@@ -73,12 +112,19 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout())
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let body_timeout = BodyReadTimeout(limits.body_read_timeout());
+    let first_byte = limits.first_byte_timeout();
+    let admission = Arc::new(Admission {
+        limits,
+        open: Mutex::new((0, HashMap::new())),
+    });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -94,18 +140,41 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Over a cap: closed at once, so one client cannot hold the replica's descriptors.
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(reason) => {
+                refused(reason);
+                continue;
+            }
+        };
         let svc = app
             .clone()
             .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req.extensions_mut().insert(body_timeout);
                 req
             });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _admitted = admitted;
+            // A connection that never sends a byte is closed (hyper's header timeout only
+            // starts with the first byte).
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    refused("first_byte_timeout");
+                    return;
+                }
+            }
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(svc),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
@@ -122,21 +191,28 @@ pub async fn serve(
 
 /// The vault-api binary.
 pub async fn run(cfg: ApiConfig) -> anyhow::Result<()> {
+    // Every connection is a descriptor: take what the hard limit allows, and say when the
+    // connection cap cannot be reached under it.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < cfg.conn.max_connections + 256 => tracing::warn!(
+            nofile = n,
+            max_connections = cfg.conn.max_connections,
+            "the descriptor limit is below TV_MAX_CONNECTIONS: raise `ulimit -n` or lower the cap"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
     let state = prepare(&cfg).await?;
     let listener = TcpListener::bind(cfg.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "vault-api listening");
-    let limits = ConnLimits {
-        header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms.max(1)),
-        ..Default::default()
-    };
+    tracing::info!(addr = %listener.local_addr()?, limits = ?cfg.conn, "vault-api listening");
     serve(
         state,
         listener,
         vault_core::config::shutdown_signal(),
         Duration::from_secs(cfg.shutdown_grace_s),
-        limits,
+        cfg.conn.clone(),
     )
     .await
 }

@@ -160,7 +160,7 @@ pub async fn revoke(
 )]
 pub async fn introspect(
     State(s): State<AppState>,
-    body: axum::body::Bytes,
+    crate::extract::RawBody(body): crate::extract::RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let token = serde_json::from_slice::<Value>(&body)
         .ok()
