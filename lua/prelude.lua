@@ -352,13 +352,15 @@ local SCAN_LIMIT = 16
 -- How many expired leases one acquire reclaims on its way (the janitor does the rest).
 local LAZY_REAP = 8
 
--- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, exclude}.
+-- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, idem_fp,
+-- exclude}.
 local function do_acquire(c, o)
   if o.idem ~= '' then
     local existing = redis.call('GET', K.base .. 'idem:' .. o.idem)
     if existing then
       local l = live_lease(c, existing)
       if l == nil then return fail('idempotency_conflict') end
+      if (l.idem_fp or '') ~= (o.idem_fp or '') then return fail('idempotency_mismatch') end
       local t = hgetall(tkey(l.token))
       local v = lease_view(existing, l, t)
       v.replayed = true
@@ -408,9 +410,11 @@ local function do_acquire(c, o)
   put(chosen, ct, 'last_leased_at', NOW)
   local deadline = NOW + o.ttl_ms
   local l = { token = chosen, worker = o.worker, units = tostring(o.units), granted_at = tostring(NOW),
-              deadline = tostring(deadline), ttl_ms = tostring(o.ttl_ms), idem = o.idem }
+              deadline = tostring(deadline), ttl_ms = tostring(o.ttl_ms), idem = o.idem,
+              idem_fp = o.idem_fp or '' }
   redis.call('HSET', lkey(o.lease_id), 'token', l.token, 'worker', l.worker, 'units', l.units,
-    'granted_at', l.granted_at, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms, 'idem', l.idem)
+    'granted_at', l.granted_at, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms, 'idem', l.idem,
+    'idem_fp', l.idem_fp)
   redis.call('ZADD', K.leases, deadline, o.lease_id)
   redis.call('SADD', tlkey(chosen), o.lease_id)
   if o.idem ~= '' then

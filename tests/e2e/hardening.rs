@@ -272,3 +272,117 @@ async fn a_trickled_body_is_cut_off() {
     assert!(answer.contains("body_timeout"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Authority stays where it was given: a pool admin cannot revoke wider tokens, an
+/// Idempotency-Key is the client's own, the audit names the acting token, and an event stream
+/// ends with its token.
+#[tokio::test]
+async fn authority_does_not_leak_between_clients() {
+    use vault_core::auth::Scope;
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put("/v1/pools/a", json!({"max_leases_per_token": 5}))
+        .await;
+    api.post("/v1/pools/a/tokens", json!({"id": "t1", "secret": "s1"}))
+        .await;
+    let jti_of = |token: &str| {
+        crate::harness::key_ring(t.dep.keys_dir.path())
+            .verify(token)
+            .unwrap()
+            .jti
+    };
+    let mint = |sub: &str, scopes: &[&str], pools: Option<&[&str]>| {
+        let mut body = json!({"sub": sub, "scopes": scopes, "ttl_s": 600});
+        if let Some(p) = pools {
+            body["pools"] = json!(p);
+        }
+        async move {
+            let m = api.post("/v1/clients", body).await;
+            assert_eq!(m.status, 201, "{m:?}");
+            (m.str("token"), m.str("jti"))
+        }
+    };
+
+    // 1. A pool admin revokes inside its pools only.
+    let (pool_admin, pool_admin_jti) = mint("ops-a", &["admin"], Some(&["a"])).await;
+    let pool_admin = crate::harness::Api::new(&t.api.base).with_token(&pool_admin);
+    let (_, worker_a_jti) = mint("w", &["lease"], Some(&["a"])).await;
+    let (_, wide_jti) = mint("w-all", &["lease"], None).await;
+    let (_, other_jti) = mint("w-b", &["lease"], Some(&["a", "b"])).await;
+    for jti in [jti_of(&t.dep.admin), wide_jti, other_jti] {
+        pool_admin
+            .post("/v1/clients/revoke", json!({"jti": jti}))
+            .await
+            .problem(403, "forbidden");
+    }
+    let r = pool_admin
+        .post("/v1/clients/revoke", json!({"jti": worker_a_jti}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // 2. The same Idempotency-Key from two clients: two leases, nothing shared.
+    let (tok_a, _) = mint("wa", &["lease"], Some(&["a"])).await;
+    let (tok_b, _) = mint("wb", &["lease"], Some(&["a"])).await;
+    let lease = |tok: String, body: serde_json::Value| {
+        let api = crate::harness::Api::new(&t.api.base).with_token(&tok);
+        async move {
+            api.call_with(
+                reqwest::Method::POST,
+                "/v1/pools/a/leases",
+                Some(body),
+                &[("Idempotency-Key", "shared-key")],
+            )
+            .await
+        }
+    };
+    let la = lease(tok_a.clone(), json!({})).await;
+    assert_eq!(la.status, 201, "{la:?}");
+    let lb = lease(tok_b.clone(), json!({})).await;
+    assert_eq!(lb.status, 201, "B gets a lease of its own: {lb:?}");
+    assert_ne!(la.str("lease_id"), lb.str("lease_id"));
+    let again = lease(tok_a.clone(), json!({})).await;
+    assert_eq!(
+        (again.status.as_u16(), again.str("lease_id")),
+        (200, la.str("lease_id"))
+    );
+    lease(tok_a, json!({"units": 2}))
+        .await
+        .problem(422, "idempotency_mismatch");
+
+    // 3. The audit names the acting token, not only its (choosable) sub.
+    let trail = api.get("/v1/audit").await.body;
+    let revoke = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "client.revoke")
+        .cloned()
+        .unwrap_or_else(|| panic!("{trail}"));
+    assert_eq!(revoke["actor_jti"], pool_admin_jti.as_str(), "{revoke}");
+
+    // 4. An event stream ends when its token is revoked.
+    let watcher = t
+        .dep
+        .token("watch", &[Scope::Lease], Some(vec!["a".into()]));
+    let mut stream = vault_client::Client::new(&t.api.base, &watcher)
+        .events(&["a"], None)
+        .await
+        .expect("subscribed");
+    assert_eq!(
+        api.post("/v1/clients/revoke", json!({"jti": jti_of(&watcher)}))
+            .await
+            .status,
+        200
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                None => return true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return true,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the stream outlived its revoked token");
+}

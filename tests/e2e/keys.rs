@@ -97,6 +97,8 @@ async fn key_count_returns_to_baseline() {
     expected.push(format!("{}:{{k}}:v:revoked", t.dep.prefix));
     // Revocations were announced: the capped event stream exists now.
     expected.push(format!("{}:events", t.dep.prefix));
+    // The janitor's heartbeat (one key, expiring).
+    expected.push(format!("{}:janitor", t.dep.prefix));
     expected.sort();
     let _janitor = t.dep.janitor(100);
     let settled = testkit::wait_until(Duration::from_secs(15), || keys() == expected);

@@ -93,6 +93,7 @@ impl From<VaultError> for ApiError {
             | VaultError::TokenExpiring(_)
             | VaultError::QuotaExhausted(_) => (S::CONFLICT, e.to_string(), None),
             VaultError::Invalid(_) => (S::BAD_REQUEST, e.to_string(), None),
+            VaultError::IdempotencyMismatch => (S::UNPROCESSABLE_ENTITY, e.to_string(), None),
             VaultError::RedisUnavailable(_) => {
                 tracing::warn!(error = %e, "redis unavailable");
                 (

@@ -234,6 +234,8 @@ pub async fn stream(
     // Subscribe before reading the replay: nothing published in between can be missed.
     let mut rx = s.events.tx.subscribe();
     let mut closing = s.events.closing.subscribe();
+    let mut auth_check = tokio::time::interval(Duration::from_secs(1));
+    auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let stream = async_stream::stream! {
         let pass = |e: &VaultEvent| wanted.as_ref().is_none_or(|w| w.contains(&e.pool));
         let mut last_sent: Option<String> = resume.clone();
@@ -271,9 +273,19 @@ pub async fn stream(
                     }
                 }
             }
+            // A stream lives only as long as its client token: revoked or expired, it ends
+            // (within a second), and the reconnect is refused.
             let received = tokio::select! {
                 r = rx.recv() => r,
                 _ = closing.wait_for(|c| *c) => break,
+                _ = auth_check.tick() => {
+                    if s.revocations.is_revoked(&who.jti)
+                        || who.exp <= vault_core::time::now_ms() / 1000
+                    {
+                        break;
+                    }
+                    continue;
+                }
             };
             match received {
                 Ok(item) => {

@@ -20,6 +20,8 @@ pub enum VaultError {
     },
     #[error("this Idempotency-Key was used for a lease that has ended")]
     IdempotencyConflict,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
     #[error("{0}")]
     Conflict(String),
     #[error("the refresh job is gone (completed, failed, or its token deleted)")]
@@ -56,6 +58,7 @@ impl VaultError {
             Self::PoolFrozen => "pool_frozen",
             Self::PoolExhausted { .. } => "pool_exhausted",
             Self::IdempotencyConflict => "idempotency_conflict",
+            Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::Conflict(_) => "conflict",
             Self::JobGone => "job_gone",
             Self::StaleJob(_) => "stale_job",
@@ -89,6 +92,7 @@ impl VaultError {
                     .map(|r| r as u64),
             },
             "idempotency_conflict" => Self::IdempotencyConflict,
+            "idempotency_mismatch" => Self::IdempotencyMismatch,
             "conflict" => Self::Conflict(detail),
             "job_gone" => Self::JobGone,
             "stale_job" => Self::StaleJob(detail),

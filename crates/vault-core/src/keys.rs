@@ -39,6 +39,12 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
+    /// `tv:client:<jti>`: the pools of a client token minted through the API ("*" = every
+    /// pool), kept until it expires: who may revoke it.
+    pub fn client(&self, jti: &str) -> String {
+        format!("{}:client:{jti}", self.prefix)
+    }
+
     /// `tv:janitor`: the janitors' heartbeat ("<last sweep ms> <interval ms>", expiring).
     pub fn janitor(&self) -> String {
         format!("{}:janitor", self.prefix)

@@ -602,6 +602,22 @@ pub struct AcquireInput {
     pub wait_ms: Option<u64>,
 }
 
+impl AcquireInput {
+    /// What the request asks for (all but how long it may wait), hashed: a retry with the same
+    /// Idempotency-Key must ask for the same thing.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let what = serde_json::json!([
+            self.worker,
+            self.units,
+            self.ttl_s,
+            self.min_token_ttl_s,
+            self.session
+        ]);
+        hex::encode(&sha2::Sha256::digest(what.to_string().as_bytes())[..8])
+    }
+}
+
 /// Longest a lease request may wait for a token.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
@@ -811,8 +827,11 @@ pub struct AuditEntry {
     /// Stream id (`<ms>-<seq>`): the cursor for the next page.
     pub id: String,
     pub at: String,
-    /// The client token's `sub` (or `refresher`, `janitor`).
+    /// The client token's `sub` (or `refresher`, `janitor`). Any admin can choose a `sub`
+    /// when minting, so `actor_jti` is what identifies the token that acted.
     pub actor: String,
+    /// The `jti` of the client token that acted (absent for the vault's own processes).
+    pub actor_jti: Option<String>,
     pub action: String,
     pub pool: Option<String>,
     pub token_id: Option<String>,

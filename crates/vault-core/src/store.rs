@@ -123,7 +123,10 @@ pub struct AcquireArgs {
     pub ttl_ms: Option<u64>,
     pub min_ttl_ms: Option<u64>,
     pub session: String,
+    /// Already scoped to the calling client ("" = none).
     pub idempotency_key: String,
+    /// Fingerprint of what was asked: a reused key with another request is refused.
+    pub request_fp: String,
 }
 
 /// The token a release or rotate gave back, and its state afterwards.
@@ -423,6 +426,7 @@ impl Store {
             .arg("*");
         cmd.arg("actor").arg(&e.actor).arg("action").arg(&e.action);
         let optional = [
+            ("actor_jti", &e.actor_jti),
             ("pool", &e.pool),
             ("token_id", &e.token_id),
             ("lease_id", &e.lease_id),
@@ -467,6 +471,7 @@ impl Store {
                     at: crate::time::rfc3339(ms),
                     id,
                     actor: f.remove("actor").unwrap_or_default(),
+                    actor_jti: f.remove("actor_jti"),
                     action: f.remove("action").unwrap_or_default(),
                     pool: f.remove("pool"),
                     token_id: f.remove("token_id"),
@@ -538,6 +543,41 @@ impl Store {
     // ---- client revocations --------------------------------------------------------------
 
     /// Store a revoked client-token id until `until_s` and tell every replica.
+    /// Remember a minted client token's pools (None = every pool) until it expires.
+    pub async fn client_record(
+        &self,
+        jti: &str,
+        pools: Option<&[String]>,
+        ttl_s: i64,
+    ) -> Result<()> {
+        let value = pools.map(|p| p.join(",")).unwrap_or_else(|| "*".into());
+        self.cmd(
+            redis::cmd("SET")
+                .arg(self.keys.client(jti))
+                .arg(value)
+                .arg("EX")
+                .arg(ttl_s.max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    /// The pools a client token was minted for: `None` when unknown (minted offline, or
+    /// expired), `Some(None)` for every pool.
+    pub async fn client_pools(&self, jti: &str) -> Result<Option<Option<Vec<String>>>> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("GET").arg(self.keys.client(jti)).clone())
+            .await?;
+        Ok(v.map(|v| {
+            (v != "*").then(|| {
+                v.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+        }))
+    }
+
     pub async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
         let mut p = redis::pipe();
         p.cmd("ZADD")
@@ -990,6 +1030,7 @@ impl Store {
                     opt_arg(a.min_ttl_ms),
                     a.session.clone(),
                     a.idempotency_key.clone(),
+                    a.request_fp.clone(),
                 ],
             )
             .await?;

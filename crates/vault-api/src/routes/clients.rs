@@ -88,8 +88,12 @@ pub async fn mint(
     let now = s.store.now_ms().await? / 1000;
     let (token, jti, exp) = s
         .keys
-        .mint(&sub, &scopes, input.pools, ttl, now)
+        .mint(&sub, &scopes, input.pools.clone(), ttl, now)
         .map_err(ApiError::invalid)?;
+    // Who may revoke it later depends on its pools.
+    s.store
+        .client_record(&jti, input.pools.as_deref(), exp - now)
+        .await?;
     tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
     let detail = format!("sub={sub} scopes={} jti={jti}", names.join(","));
     super::record(
@@ -120,6 +124,7 @@ pub struct RevokeInput {
     request_body = RevokeInput,
     responses(
         (status = 200, description = "refused by every replica within 1 s", body = serde_json::Value),
+        (status = 403, description = "`forbidden`: a pool-limited admin revoking a token outside its pools", body = crate::error::Problem),
     )
 )]
 pub async fn revoke(
@@ -131,6 +136,18 @@ pub async fn revoke(
         .jti
         .ok_or_else(|| ApiError::invalid("jti is required"))?;
     check_label("jti", &jti, 128)?;
+    // A pool-limited admin may revoke only tokens minted here for a subset of its pools.
+    if let Some(own) = &who.pools {
+        let inside = match s.store.client_pools(&jti).await? {
+            Some(Some(pools)) => pools.iter().all(|p| own.contains(p)),
+            _ => false,
+        };
+        if !inside {
+            return Err(ApiError::forbidden(
+                "a pool-limited client may revoke only client tokens limited to its own pools",
+            ));
+        }
+    }
     // Kept for the longest lifetime a client token may have: past that it is expired anyway.
     let until = s.store.now_ms().await? / 1000 + s.keys.max_ttl_s;
     s.store.revoke_client(&jti, until).await?;

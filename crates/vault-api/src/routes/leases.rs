@@ -81,26 +81,30 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
         (status = 201, description = "a new lease", body = LeaseView),
         (status = 200, description = "the lease an earlier request with this Idempotency-Key got", body = LeaseView),
         (status = 404, description = "`pool_not_found`", body = Problem),
-        (status = 409, description = "`idempotency_conflict`", body = Problem),
+        (status = 409, description = "`idempotency_conflict`: the key's lease has ended", body = Problem),
+        (status = 422, description = "`idempotency_mismatch`: the key was used with a different request", body = Problem),
         (status = 423, description = "`pool_frozen`", body = Problem),
         (status = 503, description = "`pool_exhausted` (with `Retry-After`: when a token can next be eligible), `redis_unavailable` or `redis_busy` (the lease may still have been created: retry with the same `Idempotency-Key`)", body = Problem, headers(("Retry-After" = u64, description = "seconds"))),
     )
 )]
 pub async fn acquire(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     headers: HeaderMap,
     Body(input): Body<AcquireInput>,
 ) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
     let pool = pool_name(&pool)?;
     input.validate()?;
+    // The key is the client's own: scoped by its token's jti, so another client sending the
+    // same key gets nothing of this one's lease.
     let idem = match headers.get("idempotency-key") {
         Some(v) => {
             let k = v
                 .to_str()
                 .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?;
             check_label("Idempotency-Key", k, 128)?;
-            k.to_string()
+            format!("{}:{k}", who.jti)
         }
         None => String::new(),
     };
@@ -112,6 +116,7 @@ pub async fn acquire(
         min_ttl_ms: input.min_token_ttl_s.map(|t| t * 1000),
         session: input.session.clone().unwrap_or_default(),
         idempotency_key: idem,
+        request_fp: input.fingerprint(),
     };
     let deadline = Instant::now() + Duration::from_millis(input.wait_ms.unwrap_or(0));
     loop {

@@ -18,6 +18,7 @@ use crate::AppState;
 pub(crate) fn entry(who: &Principal, action: &str) -> AuditEntry {
     AuditEntry {
         actor: who.sub.clone(),
+        actor_jti: Some(who.jti.clone()),
         action: action.to_string(),
         ..Default::default()
     }
