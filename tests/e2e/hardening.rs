@@ -386,3 +386,42 @@ async fn authority_does_not_leak_between_clients() {
     .await;
     assert_eq!(ended, Ok(true), "the stream outlived its revoked token");
 }
+
+/// Contract nits: a JSON body needs its Content-Type, names are not path segments, a secret
+/// must fit in an HTTP header, and errors say where a body is wrong, never what it held.
+#[tokio::test]
+async fn bad_input_is_refused_without_echoing_it() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put("/v1/pools/p", json!({})).await;
+    let r = api
+        .raw(reqwest::Method::POST, "/v1/pools/p/tokens")
+        .body(r#"{"secret":"s"}"#)
+        .send()
+        .await
+        .unwrap();
+    let a = crate::harness::Api::answer(r).await;
+    a.problem(415, "unsupported_media_type");
+    for id in [".", ".."] {
+        api.post("/v1/pools/p/tokens", json!({"id": id, "secret": "s"}))
+            .await
+            .problem(400, "invalid_request");
+    }
+    for secret in ["line\u{2028}break", "caf\u{e9}", "a\r\nX-Injected: 1"] {
+        let a = api
+            .post("/v1/pools/p/tokens", json!({"secret": secret}))
+            .await;
+        a.problem(400, "invalid_request");
+        assert!(!a.body.to_string().contains(secret), "{a:?}");
+    }
+    // A secret put where a number belongs does not come back in the error.
+    let a = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"secret": "s", "quota_limit": "sk-live-misplaced"}),
+        )
+        .await;
+    a.problem(400, "invalid_request");
+    assert!(a.str("detail").contains("quota_limit"), "says where: {a:?}");
+    assert!(!a.body.to_string().contains("sk-live-misplaced"), "{a:?}");
+}

@@ -77,15 +77,53 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body(T::default()));
         }
-        if json_type == Some(false) {
+        if json_type != Some(true) {
             return Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "request bodies are JSON: send Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(&bytes)
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
             .map(Body)
-            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+            .map_err(|e| json_error("invalid JSON body", e))
+    }
+}
+
+/// A body that does not deserialize: where it is wrong (the field path), never what it held.
+pub(crate) fn json_error(what: &str, e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    ApiError::invalid(format!(
+        "{what} at `{}`: {}",
+        e.path(),
+        without_values(&e.inner().to_string())
+    ))
+}
+
+/// An error message with every quoted value left out: say where the body is wrong, never
+/// what it held (a misplaced secret must not come back in an error).
+fn without_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_messages_lose_their_values() {
+        let m =
+            super::without_values(r#"invalid type: string "sk-live-123", expected u64 at line 1"#);
+        assert_eq!(m, r#"invalid type: string "…", expected u64 at line 1"#);
     }
 }

@@ -23,7 +23,10 @@ fn invalid(msg: impl Into<String>) -> VaultError {
 
 /// `[A-Za-z0-9_.-]{1,max}`: pool names, token ids. Anything else could break key parsing or logs.
 pub fn valid_name(s: &str, max: usize) -> bool {
+    // `.` and `..` would be path segments, not names.
     !s.is_empty()
+        && s != "."
+        && s != ".."
         && s.len() <= max
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
@@ -485,17 +488,26 @@ pub struct TokenInput {
     pub refresh: Option<RefreshInput>,
 }
 
+/// The rule for every credential that enters the vault (deposit, refresh): 1 to
+/// `MAX_SECRET_BYTES` of printable ASCII, because it travels in an HTTP header (the lease's
+/// ready-made `Authorization`). The error says what is wrong, never what the secret is.
+pub fn check_secret(s: &str) -> Result<(), VaultError> {
+    if s.is_empty() || s.len() > MAX_SECRET_BYTES {
+        return Err(invalid(format!(
+            "secret must be 1-{MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(invalid(
+            "secret must be printable ASCII (it travels in an HTTP header): no control characters, line breaks or non-ASCII",
+        ));
+    }
+    Ok(())
+}
+
 impl TokenInput {
     pub fn validate(&self) -> Result<(), VaultError> {
-        let s = self.secret.expose();
-        if s.is_empty() || s.len() > MAX_SECRET_BYTES {
-            return Err(invalid(format!(
-                "secret must be 1-{MAX_SECRET_BYTES} bytes"
-            )));
-        }
-        if s.chars().any(|c| c.is_control()) {
-            return Err(invalid("secret must not contain control characters"));
-        }
+        check_secret(self.secret.expose())?;
         if let Some(id) = &self.id {
             check_token_id(id)?;
         }

@@ -70,6 +70,7 @@ impl RefreshedToken {
                 .map_err(VaultError::Invalid)?
                 .unwrap_or(0),
         });
+        crate::model::check_secret(secret.expose())?;
         let sealed = cipher.seal_secret(pool, token_id, secret);
         let (refresh_ct, refresh_key_id) = match new_secrets {
             Some(s) => {

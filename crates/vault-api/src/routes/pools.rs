@@ -317,6 +317,7 @@ pub async fn rotate(
     responses(
         (status = 200, description = "rolled back: deprecated tokens current again", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 409, description = "`conflict`: no rotation is running", body = Problem),
     )
 )]
 pub async fn rotate_cancel(

@@ -27,12 +27,12 @@ fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
                 "a batch deposit is {\"tokens\": [...]} with no other fields",
             ));
         }
-        serde_json::from_value::<Vec<TokenInput>>(list)
+        serde_path_to_error::deserialize::<_, Vec<TokenInput>>(list)
     } else {
-        serde_json::from_value::<TokenInput>(body).map(|t| vec![t])
+        serde_path_to_error::deserialize::<_, TokenInput>(body).map(|t| vec![t])
     };
-    // serde's message names the field but never echoes a value, so no secret leaks through it.
-    let tokens = parsed.map_err(|e| ApiError::invalid(format!("invalid token: {e}")))?;
+    // serde's messages can quote the offending value (a misplaced secret): json_error drops it.
+    let tokens = parsed.map_err(|e| crate::extract::json_error("invalid token", e))?;
     if tokens.is_empty() || tokens.len() > MAX_DEPOSIT {
         return Err(ApiError::invalid(format!(
             "deposit 1-{MAX_DEPOSIT} tokens per request"
