@@ -1,7 +1,8 @@
 -- deposit.lua: add tokens to a pool (all or nothing).
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] JSON array of tokens, each {id, secret_ct, key_id, fingerprint,
---   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy, binding_fp, labels (JSON text),
+--   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy (shown: credentials redacted),
+--   proxy_ct, proxy_key_id (the full proxy URL sealed, "" without credentials), binding_fp, labels (JSON text),
 --   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted (the refresh
 --   credentials with the same key as the secret).
 -- Returns {"ids":[...]} | {"err":"pool_not_found"|"conflict"|"invalid_request"}.
@@ -26,6 +27,7 @@ for _, d in ipairs(toks) do
   redis.call('HSET', tkey(d.id), 'id', d.id, 'state', 'active', 'seq', seq,
     'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
     'expires_at', d.expires_at, 'quota_limit', d.quota_limit, 'proxy', d.proxy,
+    'proxy_ct', d.proxy_ct, 'proxy_key_id', d.proxy_key_id,
     'binding_fp', d.binding_fp, 'labels', d.labels, 'refresh_kind', d.refresh_kind,
     'refresh_ct', d.refresh_ct, 'refresh_key_id', d.key_id, 'refresh_pub', d.refresh_pub,
     'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,

@@ -31,7 +31,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10))
     return reply({ job = {
       job_id = job_id, token_id = id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
       refresh_kind = t.refresh_kind, refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',
-      refresh_pub = t.refresh_pub or '', proxy = t.proxy or '', binding_fp = t.binding_fp or '',
+      refresh_pub = t.refresh_pub or '', proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
+      binding_fp = t.binding_fp or '',
       labels = t.labels or '{}', expires_at = num(t.expires_at, 0), visible_at = vis,
     } })
   end

@@ -313,7 +313,8 @@ local function lease_view(lid, l, t)
     lease_id = lid, token_id = l.token, worker = l.worker or '', units = num(l.units, 1),
     granted_at = num(l.granted_at, 0), deadline = num(l.deadline, 0), ttl_ms = num(l.ttl_ms, 0),
     secret_ct = t.secret_ct, key_id = t.key_id, expires_at = num(t.expires_at, 0),
-    proxy = t.proxy or '', binding_fp = t.binding_fp or '',
+    proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
+    binding_fp = t.binding_fp or '',
   }
 end
 

@@ -77,7 +77,8 @@ async fn no_plaintext_secret_in_redis() {
                 {"secret": secrets[1], "id": "t1", "refresh": {"kind": "oauth2_refresh_token",
                     "token_url": "https://idp.example/token", "refresh_token": "PLAINTEXT-refresh-55aa",
                     "client_id": "cid", "client_secret": "PLAINTEXT-client-66bb"}},
-                {"secret": secrets[2], "id": "t2"}]}),
+                {"secret": secrets[2], "id": "t2",
+                    "binding": {"proxy": "http://proxyuser:PLAINTEXT-proxy-77cc@127.0.0.1:3128"}}]}),
         )
         .await;
     assert_eq!(a.status, 201, "{a:?}");
@@ -110,6 +111,52 @@ async fn no_plaintext_secret_in_redis() {
     let meta = api.get("/v1/pools/sec/tokens/t1").await;
     assert_eq!(meta.body["refresh"]["client_id"], "cid");
     assert!(!meta.body.to_string().contains("PLAINTEXT"));
+    // Proxy credentials: redacted in metadata and listings, in full only in a lease.
+    let meta = api.get("/v1/pools/sec/tokens/t2").await;
+    assert_eq!(
+        meta.body["binding"]["proxy"],
+        "http://proxyuser:***@127.0.0.1:3128"
+    );
+    let list = api.get("/v1/pools/sec/tokens?limit=10").await;
+    assert!(!list.body.to_string().contains("PLAINTEXT"), "{list:?}");
+    let mut seen_full = false;
+    for _ in 0..6 {
+        let l = api.post("/v1/pools/sec/leases", json!({})).await;
+        if l.str("token_id") == "t2" {
+            assert_eq!(
+                l.body["binding"]["proxy"],
+                "http://proxyuser:PLAINTEXT-proxy-77cc@127.0.0.1:3128"
+            );
+            seen_full = true;
+        }
+    }
+    assert!(seen_full, "t2 was leased");
+    // Only proxy URLs, and nothing smuggled in them.
+    for bad in [
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "http://host:1/\r\nX-Injected: 1",
+        "ftp://host:21",
+        "socks5://",
+    ] {
+        let a = api
+            .post(
+                "/v1/pools/sec/tokens",
+                json!({"secret": "s", "binding": {"proxy": bad}}),
+            )
+            .await;
+        a.problem(400, "invalid_request");
+        assert!(!a.str("detail").contains(bad), "{a:?}");
+    }
+    for ok in ["https://h:443", "socks5h://u:p@h:1080"] {
+        let a = api
+            .post(
+                "/v1/pools/sec/tokens",
+                json!({"secret": "s", "binding": {"proxy": ok}}),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{ok}: {a:?}");
+    }
 }
 
 #[tokio::test]
@@ -139,7 +186,7 @@ async fn master_key_rotation_with_reencrypt() {
     .await;
     api.post("/v1/pools/p/tokens", serde_json::json!({"tokens": [
         {"id": "a", "secret": "sa", "refresh": {"kind": "oauth2_refresh_token", "token_url": "http://idp/t", "refresh_token": "rt"}},
-        {"id": "b", "secret": "sb"}]})).await;
+        {"id": "b", "secret": "sb", "binding": {"proxy": "http://u:proxy-pw@127.0.0.1:3128"}}]})).await;
     let k1 = t.dep.master_key.clone();
     let k2 = vault_core::crypto::MasterKey::generate();
     let k2_id = k2.id().to_string();
@@ -208,6 +255,12 @@ async fn master_key_rotation_with_reencrypt() {
         k2_id,
         "refresh credentials re-sealed too"
     );
+    let proxy_kid = t.redis.cli(&[
+        "HGET",
+        &format!("{}:{{p}}:t:b", t.dep.prefix),
+        "proxy_key_id",
+    ]);
+    assert_eq!(proxy_kid.trim(), k2_id, "proxy credentials re-sealed too");
     let again = String::from_utf8_lossy(&reencrypt(None).stdout).into_owned();
     assert!(
         again.contains("0 re-sealed") && again.contains("3 already current"),

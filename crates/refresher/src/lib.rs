@@ -270,7 +270,10 @@ impl Refresher {
         let secrets = job.secrets(&self.cipher, pool).map_err(|e| {
             RefreshError::Permanent(format!("cannot read refresh credentials: {}", e.code()))
         })?;
-        let http = self.http_for(&job.proxy)?;
+        let proxy = job.proxy_url(&self.cipher, pool).map_err(|e| {
+            RefreshError::Permanent(format!("cannot read the bound proxy: {}", e.code()))
+        })?;
+        let http = self.http_for(&proxy)?;
         let settings = job.settings();
         let r = providers::exchange(
             &http,
@@ -439,7 +442,11 @@ impl Refresher {
                     ..Default::default()
                 }
             }
-            Ok(secret) => match self.http_for(&lease.proxy) {
+            Ok(secret) => match lease
+                .binding(&self.cipher, pool)
+                .map_err(|_| RefreshError::Permanent("cannot read the bound proxy".into()))
+                .and_then(|b| self.http_for(b.proxy.as_deref().unwrap_or_default()))
+            {
                 Err(_) => Report {
                     used: Some(0),
                     ..Default::default()

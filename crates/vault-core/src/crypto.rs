@@ -109,7 +109,7 @@ impl std::fmt::Debug for Cipher {
 }
 
 /// An encrypted value as stored: key id and base64(nonce || ciphertext+tag).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sealed {
     pub key_id: String,
     pub data: String,
@@ -208,6 +208,36 @@ impl Cipher {
 /// If `secret` is a JWT, its `exp` claim in unix ms (`Ok(None)` when it has none).
 /// A secret that is not a JWT at all is `Ok(None)`; one that looks like a JWT but whose
 /// payload does not decode is an error, so a typo does not silently lose the expiry.
+/// Associated data of a binding's sealed proxy URL: bound to its token, apart from the secret.
+pub fn proxy_aad_id(token_id: &str) -> String {
+    format!("{token_id}/proxy")
+}
+
+/// A binding's proxy URL in full: `shown` when nothing was sealed (no credentials), else the
+/// sealed URL opened.
+pub fn open_proxy(
+    cipher: &Cipher,
+    pool: &str,
+    token_id: &str,
+    shown: &str,
+    ct: &str,
+    key_id: &str,
+) -> Result<String, VaultError> {
+    if ct.is_empty() {
+        return Ok(shown.to_string());
+    }
+    let plain = cipher.open(
+        pool,
+        &proxy_aad_id(token_id),
+        &Sealed {
+            key_id: key_id.to_string(),
+            data: ct.to_string(),
+        },
+    )?;
+    String::from_utf8(plain)
+        .map_err(|_| VaultError::Crypto("a sealed proxy URL is not UTF-8".into()))
+}
+
 pub fn jwt_exp_ms(secret: &Secret) -> Result<Option<i64>, String> {
     let parts: Vec<&str> = secret.expose().split('.').collect();
     if parts.len() != 3 {

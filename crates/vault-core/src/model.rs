@@ -505,6 +505,44 @@ pub fn check_secret(s: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// Proxy URL schemes a binding may name.
+pub const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
+
+/// The proxy rule: an `http`, `https`, `socks5` or `socks5h` URL with a host, at most 1,024
+/// bytes of printable ASCII (no line breaks to smuggle into a header). Errors never quote it:
+/// it may hold credentials.
+pub fn check_proxy(p: &str) -> Result<(), VaultError> {
+    if p.is_empty() || p.len() > 1024 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "binding.proxy must be 1-1024 printable ASCII characters without spaces",
+        ));
+    }
+    let u = url::Url::parse(p).map_err(|_| invalid("binding.proxy is not a URL"))?;
+    if !PROXY_SCHEMES.contains(&u.scheme()) || u.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "binding.proxy must be an http, https, socks5 or socks5h URL with a host",
+        ));
+    }
+    Ok(())
+}
+
+/// A proxy URL (checked by [`check_proxy`]) as shown outside a lease: the password (or a lone
+/// user name, which some proxies take as the credential) replaced by `***`, the rest as given.
+/// None when there was nothing to hide.
+pub fn redacted_proxy(p: &str) -> Option<String> {
+    let (scheme, rest) = p.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    Some(format!(
+        "{scheme}://{shown}@{host}{}",
+        &rest[authority_end..]
+    ))
+}
+
 impl TokenInput {
     pub fn validate(&self) -> Result<(), VaultError> {
         check_secret(self.secret.expose())?;
@@ -515,13 +553,11 @@ impl TokenInput {
             in_range("quota_limit", l, 1, MAX_QUOTA)?;
         }
         if let Some(b) = &self.binding {
-            for (name, v) in [
-                ("binding.proxy", &b.proxy),
-                ("binding.fingerprint", &b.fingerprint),
-            ] {
-                if v.as_ref().is_some_and(|v| v.len() > 1024) {
-                    return Err(invalid(format!("{name} is longer than 1024 bytes")));
-                }
+            if let Some(p) = &b.proxy {
+                check_proxy(p)?;
+            }
+            if b.fingerprint.as_ref().is_some_and(|v| v.len() > 1024) {
+                return Err(invalid("binding.fingerprint is longer than 1024 bytes"));
             }
         }
         if let Some(labels) = &self.labels {
@@ -690,19 +726,34 @@ pub struct LeaseGrant {
     pub secret_ct: String,
     pub key_id: String,
     pub expires_at: i64,
+    /// The proxy as shown (credentials redacted); the full URL is sealed in `proxy_ct`.
     pub proxy: String,
+    pub proxy_ct: String,
+    pub proxy_key_id: String,
     pub binding_fp: String,
     #[serde(default)]
     pub replayed: bool,
 }
 
 impl LeaseGrant {
-    pub fn binding(&self) -> Binding {
-        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Binding {
-            proxy: opt(&self.proxy),
-            fingerprint: opt(&self.binding_fp),
-        }
+    /// The binding as the lease holder needs it: the proxy with its credentials.
+    pub fn binding(
+        &self,
+        cipher: &crate::crypto::Cipher,
+        pool: &str,
+    ) -> Result<Binding, VaultError> {
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        Ok(Binding {
+            proxy: opt(crate::crypto::open_proxy(
+                cipher,
+                pool,
+                &self.token_id,
+                &self.proxy,
+                &self.proxy_ct,
+                &self.proxy_key_id,
+            )?),
+            fingerprint: opt(self.binding_fp.clone()),
+        })
     }
 }
 
@@ -967,6 +1018,17 @@ impl TokenInput {
         });
         let sealed = cipher.seal_secret(pool, &id, &self.secret);
         let binding = self.binding.clone().unwrap_or_default();
+        // A proxy with credentials is stored redacted, its full URL sealed like a secret.
+        let (shown_proxy, proxy_sealed) = match &binding.proxy {
+            Some(p) => match redacted_proxy(p) {
+                Some(shown) => (
+                    shown,
+                    cipher.seal(pool, &crate::crypto::proxy_aad_id(&id), p.as_bytes()),
+                ),
+                None => (p.clone(), crate::crypto::Sealed::default()),
+            },
+            None => (String::new(), crate::crypto::Sealed::default()),
+        };
         let (refresh_kind, refresh_ct, refresh_pub) = match &self.refresh {
             Some(r) => (
                 r.kind.as_str().to_string(),
@@ -987,7 +1049,9 @@ impl TokenInput {
             key_id: sealed.key_id,
             expires_at,
             quota_limit: self.quota_limit.map(|l| l.to_string()).unwrap_or_default(),
-            proxy: binding.proxy.unwrap_or_default(),
+            proxy: shown_proxy,
+            proxy_ct: proxy_sealed.data,
+            proxy_key_id: proxy_sealed.key_id,
             binding_fp: binding.fingerprint.unwrap_or_default(),
             labels: serde_json::to_string(&self.labels.clone().unwrap_or_default())
                 .expect("labels serialize"),

@@ -34,6 +34,19 @@ impl ClaimedJob {
         serde_json::from_str(&self.refresh_pub).unwrap_or_default()
     }
 
+    /// The bound proxy in full ("" = none): the job's holder must reach the provider through
+    /// it, credentials included.
+    pub fn proxy_url(&self, cipher: &Cipher, pool: &str) -> Result<String, VaultError> {
+        crate::crypto::open_proxy(
+            cipher,
+            pool,
+            &self.token_id,
+            &self.proxy,
+            &self.proxy_ct,
+            &self.proxy_key_id,
+        )
+    }
+
     /// Unseal the refresh credentials (empty when the token has none).
     pub fn secrets(&self, cipher: &Cipher, pool: &str) -> Result<RefreshSecrets, VaultError> {
         if self.refresh_ct.is_empty() {

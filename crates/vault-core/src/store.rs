@@ -71,7 +71,10 @@ pub struct SealedToken {
     pub expires_at: i64,
     /// Empty = the pool's limit.
     pub quota_limit: String,
+    /// Shown form (credentials redacted); the full URL sealed in `proxy_ct` when it has any.
     pub proxy: String,
+    pub proxy_ct: String,
+    pub proxy_key_id: String,
     pub binding_fp: String,
     /// JSON text.
     pub labels: String,
@@ -93,7 +96,12 @@ pub struct ClaimedJob {
     pub refresh_key_id: String,
     /// JSON text of the public refresh settings.
     pub refresh_pub: String,
+    /// Shown form; the full URL is sealed in `proxy_ct` (see [`crate::crypto::open_proxy`]).
     pub proxy: String,
+    #[serde(default)]
+    pub proxy_ct: String,
+    #[serde(default)]
+    pub proxy_key_id: String,
     pub binding_fp: String,
     /// JSON text.
     pub labels: String,
@@ -1176,9 +1184,10 @@ impl Store {
         &self,
         pool: &str,
         id: &str,
-        read: (&str, &str),
+        read: (&str, &str, &str),
         secret: &Sealed,
         refresh: Option<&Sealed>,
+        proxy: Option<&Sealed>,
     ) -> Result<bool> {
         let v = self
             .eval(
@@ -1192,6 +1201,9 @@ impl Store {
                     read.1.to_string(),
                     refresh.map(|r| r.data.clone()).unwrap_or_default(),
                     refresh.map(|r| r.key_id.clone()).unwrap_or_default(),
+                    read.2.to_string(),
+                    proxy.map(|r| r.data.clone()).unwrap_or_default(),
+                    proxy.map(|r| r.key_id.clone()).unwrap_or_default(),
                 ],
             )
             .await?;

@@ -430,7 +430,7 @@ async fn freeze_blocks_leases_and_can_end_them() {
 #[tokio::test]
 async fn sticky_session_keeps_its_token_while_eligible() {
     let e = Env::new(json!({"max_leases_per_token": 3})).await;
-    e.deposit(json!([{"secret": "s1", "id": "a", "binding": {"proxy": "socks5://10.0.0.7:1080", "fingerprint": "chrome-120"}}, {"secret": "s2", "id": "b"}])).await;
+    e.deposit(json!([{"secret": "s1", "id": "a", "binding": {"proxy": "socks5://u:pw@10.0.0.7:1080", "fingerprint": "chrome-120"}}, {"secret": "s2", "id": "b"}])).await;
     let s = |sess: &str| AcquireArgs {
         session: sess.into(),
         ..Default::default()
@@ -439,8 +439,12 @@ async fn sticky_session_keeps_its_token_while_eligible() {
     for _ in 0..2 {
         let l = e.lease_with(s("user-42")).await.unwrap();
         assert_eq!(l.token_id, first.token_id);
-        assert_eq!(l.binding(), first.binding());
+        assert_eq!(
+            l.binding(&e.cipher, "p").unwrap(),
+            first.binding(&e.cipher, "p").unwrap()
+        );
     }
+
     // At its concurrency limit the session moves to the other token.
     let moved = e.lease_with(s("user-42")).await.unwrap();
     assert_ne!(moved.token_id, first.token_id);
@@ -451,9 +455,15 @@ async fn sticky_session_keeps_its_token_while_eligible() {
     } else {
         &moved
     };
+    // The lease holder gets the proxy with its credentials; everyone else sees them redacted.
     assert_eq!(
-        bound.binding().proxy.as_deref(),
-        Some("socks5://10.0.0.7:1080")
+        bound.binding(&e.cipher, "p").unwrap().proxy.as_deref(),
+        Some("socks5://u:pw@10.0.0.7:1080")
+    );
+    assert_eq!(bound.proxy, "socks5://u:***@10.0.0.7:1080");
+    assert_eq!(
+        e.meta("a").await.binding.proxy.as_deref(),
+        Some("socks5://u:***@10.0.0.7:1080")
     );
 }
 

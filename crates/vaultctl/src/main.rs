@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::config::{MasterKeyArgs, RedisArgs};
-use vault_core::crypto::{Cipher, Sealed};
+use vault_core::crypto::{proxy_aad_id, Cipher, Sealed};
 use vault_core::refresh::refresh_aad_id;
 use vault_core::Store;
 
@@ -119,10 +119,11 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
                 continue;
             };
             let get = |k: &str| f.get(k).cloned().unwrap_or_default();
-            let (ct, rct) = (get("secret_ct"), get("refresh_ct"));
+            let (ct, rct, pct) = (get("secret_ct"), get("refresh_ct"), get("proxy_ct"));
             let stale_secret = get("key_id") != current;
             let stale_refresh = !rct.is_empty() && get("refresh_key_id") != current;
-            if !stale_secret && !stale_refresh {
+            let stale_proxy = !pct.is_empty() && get("proxy_key_id") != current;
+            if !stale_secret && !stale_refresh && !stale_proxy {
                 r.current += 1;
                 continue;
             }
@@ -137,30 +138,40 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
                 )
                 .and_then(|plain| {
                     let secret = cipher.seal(pool, &id, &plain);
-                    let refresh = if rct.is_empty() {
-                        None
-                    } else {
-                        let aad = refresh_aad_id(&id);
+                    // Re-seal one more ciphertext of the token under its own associated data.
+                    let again = |ct: &str, key_field: &str, aad: String| {
+                        if ct.is_empty() {
+                            return Ok(None);
+                        }
                         let plain = cipher.open(
                             pool,
                             &aad,
                             &Sealed {
-                                key_id: get("refresh_key_id"),
-                                data: rct.clone(),
+                                key_id: get(key_field),
+                                data: ct.to_string(),
                             },
                         )?;
-                        Some(cipher.seal(pool, &aad, &plain))
+                        Ok::<_, vault_core::VaultError>(Some(cipher.seal(pool, &aad, &plain)))
                     };
-                    Ok((secret, refresh))
+                    let refresh = again(&rct, "refresh_key_id", refresh_aad_id(&id))?;
+                    let proxy = again(&pct, "proxy_key_id", proxy_aad_id(&id))?;
+                    Ok((secret, refresh, proxy))
                 });
             match opened {
                 Err(e) => {
                     eprintln!("pool {pool}: {e}");
                     r.unreadable += 1;
                 }
-                Ok((secret, refresh)) => {
+                Ok((secret, refresh, proxy)) => {
                     if store
-                        .reseal(pool, &id, (&ct, &rct), &secret, refresh.as_ref())
+                        .reseal(
+                            pool,
+                            &id,
+                            (&ct, &rct, &pct),
+                            &secret,
+                            refresh.as_ref(),
+                            proxy.as_ref(),
+                        )
                         .await?
                     {
                         r.resealed += 1;

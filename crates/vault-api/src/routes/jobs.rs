@@ -58,10 +58,12 @@ pub async fn claim(
     };
     let labels: Value = serde_json::from_str(&job.labels).unwrap_or_else(|_| json!({}));
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    // The login worker acts through the token's proxy: it gets the URL in full, like a lease.
+    let proxy = job.proxy_url(&s.cipher, pool)?;
     let body = json!({
         "job_id": job.job_id,
         "token_id": job.token_id,
-        "binding": {"proxy": opt(&job.proxy), "fingerprint": opt(&job.binding_fp)},
+        "binding": {"proxy": opt(&proxy), "fingerprint": opt(&job.binding_fp)},
         "labels": labels,
         "attempts": job.attempts,
         "visible_until": vault_core::time::rfc3339(job.visible_at),

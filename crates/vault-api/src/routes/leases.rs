@@ -42,7 +42,7 @@ fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiE
         data: g.secret_ct.clone(),
     };
     let secret = s.cipher.open_secret(pool, &g.token_id, &sealed)?;
-    let binding = g.binding();
+    let binding = g.binding(&s.cipher, pool)?;
     let plain = secret.expose().to_string();
     Ok(LeaseView {
         headers: json!({ "Authorization": format!("Bearer {plain}") }),
