@@ -425,3 +425,61 @@ async fn bad_input_is_refused_without_echoing_it() {
     assert!(a.str("detail").contains("quota_limit"), "says where: {a:?}");
     assert!(!a.body.to_string().contains("sk-live-misplaced"), "{a:?}");
 }
+
+/// `GET /v1/pools` pages with a cursor; a pool-limited client pages over its own pools only.
+#[tokio::test]
+async fn pools_are_listed_a_page_at_a_time() {
+    use vault_core::auth::Scope;
+    let t = one(&[]).await;
+    let api = &t.api;
+    for i in 0..25 {
+        assert_eq!(
+            api.put(&format!("/v1/pools/p{i:02}"), json!({}))
+                .await
+                .status,
+            201
+        );
+    }
+    api.post("/v1/pools/p07/tokens", json!({"secret": "s"}))
+        .await;
+    let walk = |api: crate::harness::Api| async move {
+        let mut seen = vec![];
+        let mut cursor = String::new();
+        for _ in 0..100 {
+            let page = api.get(&format!("/v1/pools?limit=10{cursor}")).await.body;
+            // About `limit` a page: SSCAN's granularity, as for token listings.
+            seen.extend(page["pools"].as_array().unwrap().clone());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => return seen,
+            }
+        }
+        panic!("the cursor never ended");
+    };
+    let all = walk(api.clone()).await;
+    let mut names: Vec<&str> = all.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 25, "each pool once: {names:?}");
+    names.dedup();
+    assert_eq!(names.len(), 25, "{names:?}");
+    let p07 = all.iter().find(|p| p["name"] == "p07").unwrap();
+    assert_eq!(p07["tokens"]["active"], 1, "{p07}");
+
+    let limited = crate::harness::Api::new(&t.api.base).with_token(&t.dep.token(
+        "w",
+        &[Scope::Lease],
+        Some(vec!["p03".into(), "p11".into(), "nope".into()]),
+    ));
+    let mine: Vec<String> = walk(limited)
+        .await
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(mine, ["p03", "p11"]);
+    api.get("/v1/pools?limit=0")
+        .await
+        .problem(400, "invalid_request");
+    api.get("/v1/pools?limit=1001")
+        .await
+        .problem(400, "invalid_request");
+}

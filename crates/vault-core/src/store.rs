@@ -204,6 +204,23 @@ fn released(v: &Value) -> Released {
     }
 }
 
+/// A pool's view from its config hash; None when the hash is empty (no such pool).
+fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
+    if f.is_empty() {
+        return None;
+    }
+    let config = PoolConfig::from_fields(f);
+    Some(PoolView {
+        name: name.to_string(),
+        min_token_ttl_s: config.min_token_ttl_s(),
+        refresh_margin_s: config.refresh_margin_s(),
+        config,
+        frozen: f.get("frozen").map(String::as_str) == Some("1"),
+        frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
+        tokens: None,
+    })
+}
+
 /// An error while loading or probing scripts: an outage or a slow answer stays what it is;
 /// anything else means Redis refuses scripting.
 fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
@@ -639,19 +656,7 @@ impl Store {
                     .clone(),
             )
             .await?;
-        if f.is_empty() {
-            return Err(VaultError::PoolNotFound);
-        }
-        let config = PoolConfig::from_fields(&f);
-        Ok(PoolView {
-            name: name.to_string(),
-            min_token_ttl_s: config.min_token_ttl_s(),
-            refresh_margin_s: config.refresh_margin_s(),
-            config,
-            frozen: f.get("frozen").map(String::as_str) == Some("1"),
-            frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
-            tokens: None,
-        })
+        pool_view(name, &f).ok_or(VaultError::PoolNotFound)
     }
 
     pub async fn pool_config(&self, name: &str) -> Result<PoolConfig> {
@@ -682,20 +687,84 @@ impl Store {
             .collect())
     }
 
-    pub async fn pool_list(&self) -> Result<Vec<PoolView>> {
-        let mut out = Vec::new();
-        for name in self.pool_names().await? {
-            match self.pool_get(&name).await {
-                Ok(mut view) => {
-                    view.tokens = Some(self.token_counts(&name).await?);
-                    out.push(view);
+    /// One page of pools with their token counts: up to `limit` names from `cursor` (SSCAN of
+    /// the pool set), or, for a client limited to some pools, from its own list (the cursor is
+    /// then an offset). Every pool of the page is read in one pipeline. Returns the page and
+    /// the next cursor (None at the end).
+    pub async fn pool_page(
+        &self,
+        only: Option<&[String]>,
+        limit: usize,
+        cursor: u64,
+    ) -> Result<(Vec<PoolView>, Option<u64>)> {
+        let (names, next) = match only {
+            Some(own) => {
+                let mut own = own.to_vec();
+                own.sort();
+                own.dedup();
+                let from = (cursor as usize).min(own.len());
+                let to = (from + limit).min(own.len());
+                (
+                    own[from..to].to_vec(),
+                    (to < own.len()).then_some(to as u64),
+                )
+            }
+            None => {
+                let mut names: Vec<String> = Vec::new();
+                let mut cur = cursor;
+                // SSCAN's COUNT is a hint: scan on until the page is full or the set is done.
+                loop {
+                    let (n, batch): (u64, Vec<String>) = self
+                        .cmd(
+                            redis::cmd("SSCAN")
+                                .arg(self.keys.pools())
+                                .arg(cur)
+                                .arg("COUNT")
+                                .arg(limit)
+                                .clone(),
+                        )
+                        .await?;
+                    names.extend(batch);
+                    cur = n;
+                    if cur == 0 || names.len() >= limit {
+                        break;
+                    }
                 }
-                // Deleted between the two reads.
-                Err(VaultError::PoolNotFound) => {}
-                Err(e) => return Err(e),
+                (names, (cur != 0).then_some(cur))
+            }
+        };
+        if names.is_empty() {
+            return Ok((vec![], next));
+        }
+        let mut p = redis::pipe();
+        for name in &names {
+            let pk = self.keys.pool(name);
+            p.cmd("HGETALL").arg(pk.cfg());
+            for st in VIEW_STATES {
+                p.cmd("SCARD").arg(pk.view(st));
             }
         }
-        Ok(out)
+        let rows: Vec<redis::Value> = self.pipe(p).await?;
+        let per = 1 + VIEW_STATES.len();
+        let mut views = Vec::with_capacity(names.len());
+        for (name, row) in names.iter().zip(rows.chunks(per)) {
+            let f: HashMap<String, String> = redis::from_redis_value(row[0].clone())
+                .map_err(|e| VaultError::Internal(format!("pool config: {e}")))?;
+            // Deleted since it was listed (or a name without a config): skipped.
+            let Some(mut view) = pool_view(name, &f) else {
+                continue;
+            };
+            let mut counts = BTreeMap::new();
+            for (st, v) in VIEW_STATES.iter().zip(&row[1..]) {
+                let n: u64 = redis::from_redis_value(v.clone())
+                    .map_err(|e| VaultError::Internal(format!("token count: {e}")))?;
+                counts.insert(st.to_string(), n);
+            }
+            view.tokens = Some(counts);
+            views.push(view);
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((views, next))
     }
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.

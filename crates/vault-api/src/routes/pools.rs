@@ -52,27 +52,51 @@ pub async fn upsert(
     ))
 }
 
-/// Every pool the client token may see.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PoolListQuery {
+    /// Pools per page, 1-1000 (default 100); a page holds about that many (SSCAN steps).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<u64>,
+}
+
+/// One page of pools.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PoolPage {
+    pools: Vec<vault_core::model::PoolView>,
+    /// Pass as `cursor` for the next page; null at the end.
+    next_cursor: Option<String>,
+}
+
+/// The pools the client token may see, a page at a time.
 #[utoipa::path(
     get,
     path = "/pools",
     tag = "pools",
+    params(PoolListQuery),
     responses(
-        (status = 200, description = "`{\"pools\":[...]}`: every pool the client may see, with token counts by state", body = serde_json::Value),
+        (status = 200, description = "a page of the pools the client may see, with token counts by state", body = PoolPage),
     )
 )]
 pub async fn list(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let pools: Vec<_> = s
+    crate::extract::Query(q): crate::extract::Query<PoolListQuery>,
+) -> Result<Json<PoolPage>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let (pools, next) = s
         .store
-        .pool_list()
-        .await?
-        .into_iter()
-        .filter(|p| who.may_use_pool(&p.name))
-        .collect();
-    Ok(Json(json!({ "pools": pools })))
+        .pool_page(who.pools.as_deref(), limit, q.cursor.unwrap_or(0))
+        .await?;
+    Ok(Json(PoolPage {
+        pools,
+        next_cursor: next.map(|c| c.to_string()),
+    }))
 }
 
 #[utoipa::path(
