@@ -52,7 +52,25 @@ local function fail(code, extra)
   return cjson.encode(t)
 end
 
-local function load_cfg() return hgetall(K.cfg) end
+-- The pool's config, or nil when there is no pool. A pool being deleted (in batches, by
+-- pool_op.lua) is gone for every transition from the moment its deletion starts.
+local function load_cfg()
+  local c = hgetall(K.cfg)
+  if c ~= nil and c.op == 'delete' then return nil end
+  return c
+end
+
+-- Whole-pool operations (reconfigure, rotate, cancel, delete) run in batches, one at a time
+-- per pool: the starting script records it in the config, pool_op.lua does the batches.
+local function op_running(c) return c.op ~= nil and c.op ~= '' end
+local function op_start(kind, args)
+  redis.call('HSET', K.cfg, 'op', kind, 'op_cursor', '0', 'op_affected', 0, 'op_started_at', NOW)
+  for k, v in pairs(args or {}) do redis.call('HSET', K.cfg, 'op_' .. k, v) end
+end
+local function op_busy(c)
+  return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done',
+    retry_after_ms = 1000 })
+end
 
 local function window_ms(c) return num(c.quota_window_s, 3600) * 1000 end
 local function max_leases(c) return num(c.max_leases_per_token, 1) end

@@ -2,7 +2,7 @@
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] token id.
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
-if redis.call('EXISTS', K.cfg) == 0 then return fail('pool_not_found') end
+if load_cfg() == nil then return fail('pool_not_found') end
 local id = ARGV[2]
 local t = hgetall(tkey(id))
 if t == nil then return fail('token_not_found') end

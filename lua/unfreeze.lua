@@ -2,7 +2,7 @@
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or "".
 -- Returns {"frozen":false} | {"err":"pool_not_found"}.
-if redis.call('EXISTS', K.cfg) == 0 then return fail('pool_not_found') end
+if load_cfg() == nil then return fail('pool_not_found') end
 redis.call('HSET', K.cfg, 'frozen', '0')
 redis.call('HDEL', K.cfg, 'frozen_reason', 'frozen_at')
 return reply({ frozen = false })

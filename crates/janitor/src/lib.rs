@@ -40,6 +40,9 @@ pub struct JanitorConfig {
     pub log: vault_core::config::LogArgs,
 }
 
+/// Batches of an unfinished pool operation one sweep runs per pool.
+const OP_STEPS_PER_SWEEP: usize = 200;
+
 /// What one sweep did, summed over pools.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepStats {
@@ -71,6 +74,15 @@ pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<Sweep
     let mut st = SweepStats::default();
     for pool in store.pool_names().await? {
         let p = pool.as_str();
+        // A whole-pool operation its starter did not finish (the replica died): drive it on,
+        // a bounded number of batches per sweep.
+        if store.pool_op_pending(p).await? {
+            for _ in 0..OP_STEPS_PER_SWEEP {
+                if store.pool_op_step(p).await?.done {
+                    break;
+                }
+            }
+        }
         st.reaped += drain(batch, || async {
             Ok(store.reap_leases(p, batch).await?.len() as u64)
         })

@@ -948,6 +948,18 @@ pub struct PoolStatus {
     pub rotation: Option<RotationStatus>,
     /// When a janitor last finished a sweep; null when none has been seen for a while.
     pub janitor: Option<JanitorStatus>,
+    /// A whole-pool operation still running (config change, rotation, cancel), if any.
+    pub operation: Option<OperationStatus>,
+}
+
+/// A whole-pool operation in progress: it runs in batches of a few milliseconds each.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OperationStatus {
+    /// `reconfigure`, `rotate` or `cancel`.
+    pub kind: String,
+    pub started_at: String,
+    /// Tokens changed so far.
+    pub tokens_done: u64,
 }
 
 /// The janitors' heartbeat as status shows it.

@@ -55,4 +55,5 @@ scripts! {
     RESEAL => "reseal.lua",
     POOL_ROTATE => "pool_rotate.lua",
     POOL_ROTATE_CANCEL => "pool_rotate_cancel.lua",
+    POOL_OP => "pool_op.lua",
 }

@@ -144,6 +144,19 @@ pub struct Released {
     pub state: String,
 }
 
+/// Tokens one batch of a whole-pool operation handles: a few milliseconds of Redis time.
+pub const POOL_OP_BATCH: usize = 100;
+
+/// Where a whole-pool operation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOp {
+    /// `reconfigure`, `rotate`, `cancel`, `delete`; "" = none was running.
+    pub op: String,
+    pub done: bool,
+    /// Tokens it changed so far.
+    pub affected: u64,
+}
+
 /// A lease that some transition ended (revoke, freeze, reap).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedLease {
@@ -206,7 +219,8 @@ fn released(v: &Value) -> Released {
 
 /// A pool's view from its config hash; None when the hash is empty (no such pool).
 fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
-    if f.is_empty() {
+    // A pool whose deletion has started is gone (as `load_cfg` has it in Lua).
+    if f.is_empty() || f.get("op").map(String::as_str) == Some("delete") {
         return None;
     }
     let config = PoolConfig::from_fields(f);
@@ -645,7 +659,60 @@ impl Store {
         // The name set is a separate slot; the cfg hash is the truth, this is the index.
         self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone())
             .await?;
-        Ok(v.get("created").and_then(Value::as_bool).unwrap_or(false))
+        let created = v.get("created").and_then(Value::as_bool).unwrap_or(false);
+        if !created {
+            self.pool_op_finish(name).await?;
+        }
+        Ok(created)
+    }
+
+    /// Whether a whole-pool operation is unfinished (for the janitors, who drive it on).
+    pub async fn pool_op_pending(&self, pool: &str) -> Result<bool> {
+        let op: Option<String> = self
+            .cmd(
+                redis::cmd("HGET")
+                    .arg(self.keys.pool(pool).cfg())
+                    .arg("op")
+                    .clone(),
+            )
+            .await?;
+        Ok(op.is_some_and(|o| !o.is_empty()))
+    }
+
+    /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
+    pub async fn pool_op_step(&self, pool: &str) -> Result<PoolOp> {
+        let v = self
+            .eval(&scripts::POOL_OP, pool, &[POOL_OP_BATCH.to_string()])
+            .await?;
+        let op = PoolOp {
+            op: str_of(&v, "op"),
+            done: v.get("done").and_then(Value::as_bool).unwrap_or(true),
+            affected: v.get("affected").and_then(Value::as_u64).unwrap_or(0),
+        };
+        if op.op == "delete" && op.done {
+            // The name set is another slot: the index goes once the pool's keys are gone.
+            self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(pool).clone())
+                .await?;
+        }
+        Ok(op)
+    }
+
+    /// Run the pool's operation to its end, batch after batch, each a short script of its own
+    /// (other pools' calls go between them). It runs in a task of its own, so a caller that
+    /// goes away (a client hanging up) does not stop it half-way; a replica that dies leaves
+    /// it to the janitors, who drive every unfinished operation on.
+    pub async fn pool_op_finish(&self, pool: &str) -> Result<PoolOp> {
+        let (store, pool) = (self.clone(), pool.to_string());
+        tokio::spawn(async move {
+            loop {
+                let op = store.pool_op_step(&pool).await?;
+                if op.done {
+                    return Ok(op);
+                }
+            }
+        })
+        .await
+        .map_err(|e| VaultError::Internal(format!("pool operation task: {e}")))?
     }
 
     pub async fn pool_get(&self, name: &str) -> Result<PoolView> {
@@ -769,16 +836,13 @@ impl Store {
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
     pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
-        let v = self
-            .eval(
-                &scripts::POOL_DELETE,
-                name,
-                &[if force { "1" } else { "0" }.into()],
-            )
-            .await?;
-        self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(name).clone())
-            .await?;
-        Ok(v.get("deleted").and_then(Value::as_u64).unwrap_or(0))
+        self.eval(
+            &scripts::POOL_DELETE,
+            name,
+            &[if force { "1" } else { "0" }.into()],
+        )
+        .await?;
+        Ok(self.pool_op_finish(name).await?.affected)
     }
 
     pub async fn pool_status(&self, name: &str) -> Result<PoolStatus> {
@@ -798,6 +862,9 @@ impl Store {
             "rotation_reason",
             "rotation_total",
             "rotation_refreshed",
+            "op",
+            "op_started_at",
+            "op_affected",
         ]);
         let (leases, exp_n, stats, time, sample, rot): StatusRow = self.pipe(p).await?;
         let now_ms = match &self.clock {
@@ -826,8 +893,15 @@ impl Store {
             .quota_ratio(name, &view.config, &sample, now_ms)
             .await?;
         let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
+        let field = |i: usize| rot.get(i).cloned().flatten().unwrap_or_default();
+        let operation = (!field(6).is_empty()).then(|| crate::model::OperationStatus {
+            kind: field(6),
+            started_at: crate::time::rfc3339(field(7).parse().unwrap_or(0)),
+            tokens_done: field(8).parse().unwrap_or(0),
+        });
         Ok(PoolStatus {
             janitor,
+            operation,
             pool: name.to_string(),
             tokens,
             leases_active: leases,
@@ -1347,20 +1421,19 @@ impl Store {
         reason: &str,
     ) -> Result<(String, u64)> {
         let rid = uuid::Uuid::new_v4().to_string();
-        let v = self
-            .eval(
-                &scripts::POOL_ROTATE,
-                pool,
-                &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
-            )
-            .await?;
-        Ok((rid, v.get("tokens").and_then(Value::as_u64).unwrap_or(0)))
+        self.eval(
+            &scripts::POOL_ROTATE,
+            pool,
+            &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
+        )
+        .await?;
+        Ok((rid, self.pool_op_finish(pool).await?.affected))
     }
 
     /// Roll an emergency rotation back; returns how many tokens are active again.
     pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
-        let v = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
-        Ok(v.get("restored").and_then(Value::as_u64).unwrap_or(0))
+        self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
+        Ok(self.pool_op_finish(pool).await?.affected)
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.

@@ -1,0 +1,98 @@
+-- pool_op.lua: one batch of the pool's running whole-pool operation, so that no script walks a
+-- whole pool: up to ARGV[2] tokens from the stored SSCAN cursor, then the cursor moves on; the
+-- batch that ends the scan finishes the operation. Any number of drivers may call it (the
+-- replica that started the operation, every janitor): each batch goes on where the last ended,
+-- and every step is idempotent (SSCAN may return a token twice).
+--   reconfigure  every token re-placed under the pool's current rules
+--   rotate       active tokens deposited before it started (seq <= op_max_seq) and not
+--                refreshed since become deprecated, with a refresh job, revoked at the sunset
+--   cancel       the tokens rotation op_rotation deprecated are active again
+--   delete       every token, its leases and job records go; at the end the pool's keys
+-- KEYS: the pool keys (see prelude).
+-- ARGV[1] now ms or ""; ARGV[2] batch size.
+-- Returns {"op","done","affected"} ({"op":"","done":true} when none is running).
+local c = hgetall(K.cfg)
+if c == nil or not op_running(c) then return reply({ op = '', done = true, affected = 0 }) end
+local op = c.op
+local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', tonumber(ARGV[2]))
+local cursor, ids = res[1], res[2]
+local sunset_key = K.base .. 'sunset'
+
+local function deprecate(id, t)
+  if t.state ~= 'active' or num(t.seq, 0) > num(c.op_max_seq, 0)
+    or num(t.refreshed_at, 0) >= num(c.rotation_started_at, 0) then return 0 end
+  put(id, t, 'state', 'deprecated')
+  put(id, t, 'sunset_at', c.rotation_sunset_at)
+  put(id, t, 'rotation', c.rotation_id)
+  redis.call('ZADD', sunset_key, num(c.rotation_sunset_at, 0), id)
+  if refreshable(t) then enqueue_job(id, t) end
+  reconcile(id, t, c)
+  return 1
+end
+
+local function restore(id, t)
+  if t.rotation ~= c.op_rotation or t.state ~= 'deprecated' then return 0 end
+  put(id, t, 'state', 'active')
+  put(id, t, 'sunset_at', '')
+  put(id, t, 'rotation', '')
+  redis.call('ZREM', sunset_key, id)
+  if t.job_id == nil or t.job_id == '' then redis.call('ZREM', queue_of(t), id) end
+  reconcile(id, t, c)
+  return 1
+end
+
+local function delete(id)
+  if redis.call('SREM', K.ids, id) == 0 then return 0 end
+  for _, lid in ipairs(redis.call('SMEMBERS', tlkey(id))) do redis.call('DEL', lkey(lid)) end
+  local job = redis.call('HGET', tkey(id), 'job_id')
+  if job and job ~= '' then redis.call('DEL', job_key(job)) end
+  redis.call('DEL', tkey(id), tlkey(id))
+  return 1
+end
+
+local affected = 0
+for _, id in ipairs(ids) do
+  if op == 'delete' then
+    affected = affected + delete(id)
+  else
+    local t = hgetall(tkey(id))
+    if t ~= nil then
+      if op == 'reconfigure' then
+        if in_rotation(t) then due_add(id, t, c) end
+        reconcile(id, t, c)
+        affected = affected + 1
+      elseif op == 'rotate' then
+        affected = affected + deprecate(id, t)
+      elseif op == 'cancel' then
+        affected = affected + restore(id, t)
+      end
+    end
+  end
+end
+local total = num(c.op_affected, 0) + affected
+if cursor ~= '0' then
+  redis.call('HSET', K.cfg, 'op_cursor', cursor, 'op_affected', total)
+  return reply({ op = op, done = false, affected = total })
+end
+
+-- The scan is complete: finish the operation.
+local op_fields = { 'op', 'op_cursor', 'op_affected', 'op_started_at', 'op_max_seq', 'op_rotation' }
+if op == 'delete' then
+  local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), K.base .. 'seq',
+    sunset_key, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
+  for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
+    keys[#keys + 1] = vkey(view)
+  end
+  -- UNLINK: large index keys are freed off Redis's main thread.
+  redis.call('UNLINK', unpack(keys))
+elseif op == 'rotate' then
+  redis.call('HSET', K.cfg, 'rotation_total', total)
+  redis.call('HDEL', K.cfg, unpack(op_fields))
+elseif op == 'cancel' then
+  redis.call('HDEL', K.cfg, 'rotation_id', 'rotation_started_at', 'rotation_sunset_at', 'rotation_reason',
+    'rotation_total', 'rotation_refreshed')
+  redis.call('HDEL', K.cfg, unpack(op_fields))
+else
+  redis.call('HDEL', K.cfg, unpack(op_fields))
+end
+return reply({ op = op, done = true, affected = total })
