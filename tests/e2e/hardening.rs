@@ -483,3 +483,119 @@ async fn pools_are_listed_a_page_at_a_time() {
         .await
         .problem(400, "invalid_request");
 }
+
+/// Whole-pool operations on a 100,000-token pool go in short batches: Redis never runs one
+/// long script, and leases on another pool go on meanwhile. Every operation's true result is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_pool_operations_on_a_big_pool_never_stall_redis() {
+    const N: usize = 100_000;
+    let t = one(&[]).await;
+    let api = t.api.clone();
+    api.put("/v1/pools/big", json!({})).await;
+    api.put("/v1/pools/other", json!({"max_leases_per_token": 100}))
+        .await;
+    api.post("/v1/pools/other/tokens", json!({"id": "o", "secret": "so"}))
+        .await;
+    // Deposit in parallel requests of 1,000.
+    let mut deposits = tokio::task::JoinSet::new();
+    for chunk in 0..N / 1000 {
+        let api = api.clone();
+        deposits.spawn(async move {
+            let toks: Vec<_> = (0..1000)
+                .map(|i| json!({"id": format!("t{}", chunk * 1000 + i), "secret": "s"}))
+                .collect();
+            api.post("/v1/pools/big/tokens", json!({ "tokens": toks }))
+                .await
+                .status
+        });
+        if deposits.len() >= 4 {
+            assert_eq!(deposits.join_next().await.unwrap().unwrap(), 201);
+        }
+    }
+    while let Some(r) = deposits.join_next().await {
+        assert_eq!(r.unwrap(), 201);
+    }
+    // From here on, any command over 50 ms (ten times the batches' target) is logged.
+    t.redis
+        .cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
+    t.redis.cli(&["SLOWLOG", "RESET"]);
+
+    // A worker on the other pool all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (api, stop) = (api.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut n, mut slowest) = (0u32, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                let l = api.post("/v1/pools/other/leases", json!({})).await;
+                slowest = slowest.max(sent.elapsed());
+                assert_eq!(l.status, 201, "a lease on another pool failed: {l:?}");
+                let r = api
+                    .post(
+                        &format!("/v1/pools/other/leases/{}/release", l.str("lease_id")),
+                        json!({"outcome": "ok"}),
+                    )
+                    .await;
+                assert_eq!(r.status, 200, "{r:?}");
+                n += 1;
+            }
+            (n, slowest)
+        })
+    };
+
+    let timed = |what: &'static str, start: std::time::Instant| {
+        eprintln!("{what} over {N} tokens: {:?}", start.elapsed());
+    };
+    let s = std::time::Instant::now();
+    let a = api
+        .put("/v1/pools/big", json!({"max_leases_per_token": 2}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    timed("config change", s);
+    let s = std::time::Instant::now();
+    let r = api
+        .post(
+            "/v1/pools/big/rotate",
+            json!({"sunset_s": 3600, "reason": "drill"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body["tokens"], N, "{r:?}");
+    timed("rotate", s);
+    let st = api.get("/v1/pools/big/status").await.body;
+    assert_eq!(st["tokens"]["deprecated"], N, "{st}");
+    assert!(st["operation"].is_null(), "{st}");
+    let s = std::time::Instant::now();
+    let c = api.post("/v1/pools/big/rotate/cancel", json!({})).await;
+    assert_eq!(
+        (c.status.as_u16(), c.body["restored"].as_u64()),
+        (200, Some(N as u64)),
+        "{c:?}"
+    );
+    timed("cancel", s);
+    let s = std::time::Instant::now();
+    let d = api.delete("/v1/pools/big?force=true").await;
+    assert_eq!(d.status, 204, "{d:?}");
+    timed("delete", s);
+    api.get("/v1/pools/big")
+        .await
+        .problem(404, "pool_not_found");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (leases, slowest) = worker.await.expect("the other pool's worker");
+    eprintln!("other pool meanwhile: {leases} lease+release cycles, slowest lease {slowest:?}");
+    assert!(leases > 0);
+    let slow = t.redis.cli(&["SLOWLOG", "GET", "10"]);
+    assert!(slow.trim().is_empty(), "commands over 50 ms:\n{slow}");
+    // Nothing of the big pool is left but its audit trail (kept on purpose).
+    let left = t
+        .redis
+        .cli(&["KEYS", &format!("{}:{{big}}:*", t.dep.prefix)]);
+    assert_eq!(
+        left.trim(),
+        format!("{}:{{big}}:audit", t.dep.prefix),
+        "{left}"
+    );
+}
