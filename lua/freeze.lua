@@ -1,15 +1,20 @@
--- freeze.lua: the pool's kill switch: no new leases; optionally end every live lease.
+-- freeze.lua: the pool's kill switch: no new leases; optionally end live leases, up to
+-- ARGV[4] per call (the caller calls again while a call comes back full: no lease can be
+-- created in between, the pool being frozen from the first call on).
 -- KEYS: the pool keys (see prelude).
--- ARGV[1] now ms or ""; ARGV[2] "1" = end live leases; ARGV[3] reason.
+-- ARGV[1] now ms or ""; ARGV[2] "1" = end live leases; ARGV[3] reason; ARGV[4] max leases.
 -- Returns {"leases_ended":[{"lease_id","token_id"}...]} | {"err":"pool_not_found"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-redis.call('HSET', K.cfg, 'frozen', '1', 'frozen_reason', ARGV[3], 'frozen_at', NOW)
+if c.frozen ~= '1' then redis.call('HSET', K.cfg, 'frozen', '1', 'frozen_at', NOW) end
+redis.call('HSET', K.cfg, 'frozen_reason', ARGV[3])
 local ended = {}
 if ARGV[2] == '1' then
-  for _, lid in ipairs(redis.call('ZRANGE', K.leases, 0, -1)) do
+  for _, lid in ipairs(redis.call('ZRANGE', K.leases, 0, tonumber(ARGV[4]) - 1)) do
     local l, t = end_lease(lid, nil)
-    if l ~= nil then
+    if l == nil then
+      redis.call('ZREM', K.leases, lid)
+    else
       ended[#ended + 1] = { lease_id = lid, token_id = l.token }
       if t ~= nil then reconcile(l.token, t, c) end
     end

@@ -554,6 +554,29 @@ async fn whole_pool_operations_on_a_big_pool_never_stall_redis() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     timed("config change", s);
+    // The kill switch with 250 live leases: ended in batches, every one answered.
+    for _ in 0..250 {
+        assert_eq!(
+            api.post("/v1/pools/big/leases", json!({})).await.status,
+            201
+        );
+    }
+    let f = api
+        .post(
+            "/v1/pools/big/freeze",
+            json!({"revoke_leases": true, "reason": "drill"}),
+        )
+        .await;
+    assert_eq!(f.status, 200, "{f:?}");
+    assert_eq!(
+        f.body["leases_ended"].as_array().map(Vec::len),
+        Some(250),
+        "{f:?}"
+    );
+    assert_eq!(
+        api.post("/v1/pools/big/unfreeze", json!({})).await.status,
+        200
+    );
     let s = std::time::Instant::now();
     let r = api
         .post(

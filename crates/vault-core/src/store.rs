@@ -999,14 +999,27 @@ impl Store {
         revoke_leases: bool,
         reason: &str,
     ) -> Result<Vec<EndedLease>> {
-        let v = self
-            .eval(
-                &scripts::FREEZE,
-                pool,
-                &[if revoke_leases { "1" } else { "0" }.into(), reason.into()],
-            )
-            .await?;
-        Ok(ended_leases(&v, "leases_ended"))
+        // Live leases end in batches (each a short script); the pool is frozen from the first.
+        let mut all = vec![];
+        loop {
+            let v = self
+                .eval(
+                    &scripts::FREEZE,
+                    pool,
+                    &[
+                        if revoke_leases { "1" } else { "0" }.into(),
+                        reason.into(),
+                        POOL_OP_BATCH.to_string(),
+                    ],
+                )
+                .await?;
+            let ended = ended_leases(&v, "leases_ended");
+            let full = ended.len() >= POOL_OP_BATCH;
+            all.extend(ended);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     pub async fn unfreeze(&self, pool: &str) -> Result<()> {
