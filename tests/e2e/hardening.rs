@@ -622,3 +622,59 @@ async fn whole_pool_operations_on_a_big_pool_never_stall_redis() {
         "{left}"
     );
 }
+
+/// With many idle pools the janitor and the refresher probe each pool with a few cheap reads
+/// and run no script where nothing is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sweeps_cost_follows_the_work_due_not_the_pools() {
+    const POOLS: usize = 1000;
+    let t = one(&[]).await;
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..POOLS {
+        let api = t.api.clone();
+        puts.spawn(async move {
+            api.put(&format!("/v1/pools/idle{i}"), json!({}))
+                .await
+                .status
+        });
+        if puts.len() >= 16 {
+            assert_eq!(puts.join_next().await.unwrap().unwrap(), 201);
+        }
+    }
+    while let Some(s) = puts.join_next().await {
+        assert_eq!(s.unwrap(), 201);
+    }
+    let stat = |name: &str| -> u64 {
+        let info = t.redis.cli(&["INFO", "commandstats"]);
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    t.redis.cli(&["CONFIG", "RESETSTAT"]);
+    let _janitor = t.dep.janitor(100);
+    let _refresher = t.dep.refresher(&[]);
+    // Several full sweeps: the heartbeat moves on each time.
+    let beat = || t.redis.cli(&["GET", &format!("{}:janitor", t.dep.prefix)]);
+    let beats = std::sync::Mutex::new(std::collections::HashSet::new());
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let mut b = beats.lock().unwrap();
+            b.insert(beat());
+            b.len() > 4
+        })
+        .await
+    );
+    let (scripts, probes) = (stat("evalsha") + stat("eval"), stat("zrange"));
+    eprintln!("{POOLS} idle pools, 4+ sweeps: {scripts} script calls, {probes} probe reads");
+    assert!(
+        probes >= 3 * POOLS as u64,
+        "the pools were probed: {probes}"
+    );
+    assert!(
+        scripts < 50,
+        "{scripts} script calls for {POOLS} pools with nothing due"
+    );
+}

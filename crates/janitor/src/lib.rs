@@ -14,6 +14,7 @@ use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use vault_core::config::RedisArgs;
 use vault_core::model::{AuditEntry, VaultEvent};
+use vault_core::store::PoolDue;
 use vault_core::Store;
 
 #[derive(Debug, Clone, Parser)]
@@ -69,26 +70,53 @@ where
     }
 }
 
-/// One pass over every pool.
+/// Pools probed per pipeline of [`Store::pools_due`].
+const PROBE_CHUNK: usize = 500;
+
+/// One pass over every pool. What is due is read for many pools at once with cheap commands;
+/// a pool's scripts run only where something is due, so a sweep's cost follows the work, not
+/// the number of pools.
 pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<SweepStats> {
     let mut st = SweepStats::default();
-    for pool in store.pool_names().await? {
-        let p = pool.as_str();
-        // A whole-pool operation its starter did not finish (the replica died): drive it on,
-        // a bounded number of batches per sweep.
-        if store.pool_op_pending(p).await? {
-            for _ in 0..OP_STEPS_PER_SWEEP {
-                if store.pool_op_step(p).await?.done {
-                    break;
-                }
+    for chunk in store.pool_names().await?.chunks(PROBE_CHUNK) {
+        let due = store.pools_due(chunk).await?;
+        for (pool, due) in chunk.iter().zip(due) {
+            sweep_pool(store, pool, due, batch, &mut st).await?;
+        }
+    }
+    Ok(st)
+}
+
+/// The sweeps one pool needs now.
+async fn sweep_pool(
+    store: &Store,
+    p: &str,
+    due: PoolDue,
+    batch: usize,
+    st: &mut SweepStats,
+) -> vault_core::Result<()> {
+    // A whole-pool operation its starter did not finish (the replica died): drive it on,
+    // a bounded number of batches per sweep.
+    if due.operation {
+        for _ in 0..OP_STEPS_PER_SWEEP {
+            if store.pool_op_step(p).await?.done {
+                break;
             }
         }
+    }
+    if due.leases {
         st.reaped += drain(batch, || async {
             Ok(store.reap_leases(p, batch).await?.len() as u64)
         })
         .await?;
+    }
+    if due.cooled {
         st.returned += drain(batch, || store.return_cooled(p, batch)).await?;
+    }
+    if due.expiring {
         st.expired += drain(batch, || store.expire_tokens(p, batch)).await?;
+    }
+    if due.sunset {
         st.sunset += drain(batch, || async {
             let revoked = store.sunset_tokens(p, batch).await?;
             for id in &revoked {
@@ -123,7 +151,7 @@ pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<Sweep
         })
         .await?;
     }
-    Ok(st)
+    Ok(())
 }
 
 /// Sweep every `interval` until `shutdown` resolves. Errors are logged, never fatal: the next

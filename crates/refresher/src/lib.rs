@@ -25,7 +25,7 @@ use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
 use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report, VaultEvent};
 use vault_core::refresh::RefreshSecrets;
-use vault_core::store::{AcquireArgs, ClaimedJob, RefreshedToken};
+use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken};
 use vault_core::{Store, VaultError};
 
 use crate::providers::{RefreshError, Refreshed};
@@ -183,41 +183,51 @@ impl Refresher {
 
     /// One pass: queue due refreshes, claim what this process has room for, start probes.
     pub async fn poll_once(self: Arc<Self>) -> vault_core::Result<()> {
-        for pool in self.store.pool_names().await? {
-            self.store.enqueue_due(&pool, 1000).await?;
-            let pcfg = match self.store.pool_config(&pool).await {
-                Ok(c) => c,
-                Err(VaultError::PoolNotFound) => continue,
-                Err(e) => return Err(e),
-            };
-            loop {
-                let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                    break;
-                };
-                match self
+        // What is due is read for many pools at once with cheap commands: the scripts run only
+        // in pools with a refresh due, a job waiting or probes to run.
+        for chunk in self.store.pool_names().await?.chunks(500) {
+            let due = self.store.pools_due(chunk).await?;
+            for (pool, due) in chunk.iter().zip(due) {
+                if due.refresh || due.jobs || due.probe {
+                    self.clone().poll_pool(pool, due).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue the pool's due refreshes, claim what this process has room for, start probes.
+    async fn poll_pool(self: Arc<Self>, pool: &str, due: PoolDue) -> vault_core::Result<()> {
+        if due.refresh {
+            self.store.enqueue_due(pool, 1000).await?;
+        }
+        let pcfg = match self.store.pool_config(pool).await {
+            Ok(c) => c,
+            Err(VaultError::PoolNotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Claim while jobs are there and this process has room.
+        if due.refresh || due.jobs {
+            while let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                let claimed = self
                     .store
                     .job_claim(
-                        &pool,
+                        pool,
                         false,
                         self.cfg.visibility_ms,
                         Some(pcfg.refresh_concurrency),
                     )
-                    .await?
-                {
-                    Some(job) => {
-                        let me = self.clone();
-                        let pool = pool.clone();
-                        tokio::spawn(async move {
-                            me.handle(&pool, job).await;
-                            drop(permit);
-                        });
-                    }
-                    None => break,
-                }
+                    .await?;
+                let Some(job) = claimed else { break };
+                let (me, pool) = (self.clone(), pool.to_string());
+                tokio::spawn(async move {
+                    me.handle(&pool, job).await;
+                    drop(permit);
+                });
             }
-            if let Some(probe) = pcfg.probe {
-                self.clone().maybe_probe(&pool, probe);
-            }
+        }
+        if let Some(probe) = pcfg.probe {
+            self.clone().maybe_probe(pool, probe);
         }
         Ok(())
     }

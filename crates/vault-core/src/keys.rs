@@ -114,6 +114,14 @@ impl PoolKeys {
     pub fn job(&self, job_id: &str) -> String {
         self.k(&format!("job:{job_id}"))
     }
+    /// Deprecated tokens by sunset time (`K.base .. 'sunset'` in the prelude).
+    pub fn sunset(&self) -> String {
+        self.k("sunset")
+    }
+    /// Refreshable tokens by the time their refresh is due (`due_key` in the prelude).
+    pub fn due(&self) -> String {
+        self.k("due")
+    }
     /// The set of tokens currently in a view state (`active`, `leased`, `cooling`, ...).
     pub fn view(&self, state: &str) -> String {
         self.k(&format!("v:{state}"))

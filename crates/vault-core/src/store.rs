@@ -147,6 +147,27 @@ pub struct Released {
 /// Tokens one batch of a whole-pool operation handles: a few milliseconds of Redis time.
 pub const POOL_OP_BATCH: usize = 100;
 
+/// Which of the janitor's sweeps have work in a pool now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolDue {
+    /// A whole-pool operation is unfinished.
+    pub operation: bool,
+    /// A lease is past its deadline.
+    pub leases: bool,
+    /// A cooldown has ended.
+    pub cooled: bool,
+    /// A token's life fell below the pool's minimum.
+    pub expiring: bool,
+    /// A deprecated token's sunset has come.
+    pub sunset: bool,
+    /// A preemptive refresh is due.
+    pub refresh: bool,
+    /// A refresh job for the refresher is visible (claimable).
+    pub jobs: bool,
+    /// The pool has health probes configured.
+    pub probe: bool,
+}
+
 /// Where a whole-pool operation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolOp {
@@ -664,6 +685,68 @@ impl Store {
             self.pool_op_finish(name).await?;
         }
         Ok(created)
+    }
+
+    /// What the janitor's sweeps would find in each of `pools`, read in one pipeline of cheap
+    /// commands (the earliest entry of each time index, a few config fields), so that a sweep
+    /// runs a pool's scripts only where something is due.
+    pub async fn pools_due(&self, pools: &[String]) -> Result<Vec<PoolDue>> {
+        if pools.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut p = redis::pipe();
+        p.cmd("TIME");
+        for name in pools {
+            let pk = self.keys.pool(name);
+            for key in [
+                pk.leases(),
+                pk.cool(),
+                pk.exp(),
+                pk.sunset(),
+                pk.due(),
+                pk.jobs(),
+            ] {
+                p.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+            }
+            p.cmd("HMGET")
+                .arg(pk.cfg())
+                .arg(&["op", "lease_ttl_s", "min_token_ttl_s", "probe"]);
+        }
+        let mut rows: Vec<redis::Value> = self.pipe(p).await?;
+        let time: (i64, i64) = redis::from_redis_value(rows.remove(0))
+            .map_err(|e| VaultError::Internal(format!("TIME: {e}")))?;
+        let now = match &self.clock {
+            Some(c) => c.load(Ordering::SeqCst),
+            None => time.0 * 1000 + time.1 / 1000,
+        };
+        let first = |v: &redis::Value| -> Option<f64> {
+            let r: Vec<(String, f64)> = redis::from_redis_value(v.clone()).ok()?;
+            r.first().map(|(_, s)| *s)
+        };
+        Ok(rows
+            .chunks(7)
+            .map(|r| {
+                let cfg: Vec<Option<String>> =
+                    redis::from_redis_value(r[6].clone()).unwrap_or_default();
+                let field = |i: usize| cfg.get(i).cloned().flatten();
+                let fields: HashMap<String, String> = [("lease_ttl_s", 1), ("min_token_ttl_s", 2)]
+                    .into_iter()
+                    .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
+                    .collect();
+                let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s() as f64 * 1000.0;
+                let at_or_before = |s: Option<f64>, t: f64| s.is_some_and(|s| s <= t);
+                PoolDue {
+                    operation: field(0).is_some_and(|o| !o.is_empty()),
+                    leases: at_or_before(first(&r[0]), now as f64),
+                    cooled: at_or_before(first(&r[1]), now as f64),
+                    expiring: first(&r[2]).is_some_and(|s| s < now as f64 + min_ttl_ms),
+                    sunset: at_or_before(first(&r[3]), now as f64),
+                    refresh: at_or_before(first(&r[4]), now as f64),
+                    jobs: at_or_before(first(&r[5]), now as f64),
+                    probe: field(3).is_some_and(|p| !p.is_empty() && p != "null"),
+                }
+            })
+            .collect())
     }
 
     /// Whether a whole-pool operation is unfinished (for the janitors, who drive it on).
