@@ -678,3 +678,45 @@ async fn sweeps_cost_follows_the_work_due_not_the_pools() {
         "{scripts} script calls for {POOLS} pools with nothing due"
     );
 }
+
+/// One clock-skew leeway (5 s) for `exp`, `nbf` and `iat` alike; a deposit with a duplicate
+/// key is refused like any other body.
+#[tokio::test]
+async fn one_leeway_for_every_time_claim_and_no_duplicate_keys() {
+    let t = one(&[]).await;
+    t.api.put("/v1/pools/p", json!({})).await;
+    let pem = std::fs::read(t.dep.keys_dir.path().join("k1.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let now = now_ms() / 1000;
+    let token = |nbf: i64, iat: i64, exp: i64| {
+        let claims = json!({"iss": "tokenvault", "aud": "tokenvault", "sub": "skew",
+            "jti": uuid::Uuid::new_v4().to_string(), "scope": "admin",
+            "nbf": nbf, "iat": iat, "exp": exp});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let status = |tok: String| {
+        let api = crate::harness::Api::new(&t.api.base).with_token(&tok);
+        async move { api.get("/v1/pools/p").await.status.as_u16() }
+    };
+    // A signer whose clock runs 3 s ahead, or a token that expired 3 s ago: within the leeway.
+    assert_eq!(status(token(now + 3, now + 3, now + 600)).await, 200);
+    assert_eq!(status(token(now - 600, now - 600, now - 3)).await, 200);
+    // 30 s off: refused, whichever claim it is.
+    assert_eq!(status(token(now + 30, now, now + 600)).await, 401);
+    assert_eq!(status(token(now, now + 30, now + 600)).await, 401);
+    assert_eq!(status(token(now - 600, now - 600, now - 30)).await, 401);
+
+    let r = t
+        .api
+        .raw(reqwest::Method::POST, "/v1/pools/p/tokens")
+        .header("content-type", "application/json")
+        .body(r#"{"secret": "a", "secret": "b"}"#)
+        .send()
+        .await
+        .unwrap();
+    let a = crate::harness::Api::answer(r).await;
+    a.problem(400, "invalid_request");
+    assert!(a.str("detail").contains("duplicate"), "{a:?}");
+}

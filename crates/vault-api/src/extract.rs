@@ -48,15 +48,23 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// A JSON body. An empty body means `T::default()` (so `POST .../leases` needs no `{}`);
-/// a body with a non-JSON content type is refused with 415.
-pub struct Body<T>(pub T);
+/// The bytes of a JSON body, unparsed: empty (or blank) when none was sent; a body with a
+/// content type other than JSON is refused with 415.
+pub struct JsonBytes(pub Bytes);
 
-impl<S, T> FromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Default,
-{
+impl JsonBytes {
+    pub fn is_blank(&self) -> bool {
+        self.0.iter().all(u8::is_ascii_whitespace)
+    }
+
+    /// Deserialize, with errors that say where the body is wrong and never what it held.
+    pub fn parse<T: DeserializeOwned>(&self, what: &str) -> Result<T, ApiError> {
+        let de = &mut serde_json::Deserializer::from_slice(&self.0);
+        serde_path_to_error::deserialize(de).map_err(|e| json_error(what, e))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -74,20 +82,34 @@ where
                 mime == "application/json" || mime.ends_with("+json")
             });
         let RawBody(bytes) = RawBody::from_request(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Body(T::default()));
-        }
-        if json_type != Some(true) {
+        let body = JsonBytes(bytes);
+        if !body.is_blank() && json_type != Some(true) {
             return Err(ApiError::new(
                 axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "request bodies are JSON: send Content-Type: application/json",
             ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(Body)
-            .map_err(|e| json_error("invalid JSON body", e))
+        Ok(body)
+    }
+}
+
+/// A JSON body. An empty body means `T::default()` (so `POST .../leases` needs no `{}`).
+pub struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = JsonBytes::from_request(req, state).await?;
+        if body.is_blank() {
+            return Ok(Body(T::default()));
+        }
+        body.parse("invalid JSON body").map(Body)
     }
 }
 

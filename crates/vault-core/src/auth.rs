@@ -15,6 +15,9 @@ use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+
+/// The one clock-skew allowance for client tokens, in seconds: `exp`, `nbf` and `iat` alike.
+pub const CLOCK_LEEWAY_S: u64 = 5;
 use serde::{Deserialize, Serialize};
 
 /// What a client token may do.
@@ -296,7 +299,7 @@ impl KeyRing {
         val.set_issuer(&[&self.issuer]);
         val.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
         val.validate_nbf = true;
-        val.leeway = 5;
+        val.leeway = CLOCK_LEEWAY_S;
         let data =
             jsonwebtoken::decode::<Claims>(token, &v.key, &val).map_err(|e| match e.kind() {
                 K::InvalidSignature => AuthError::Signature,
@@ -308,8 +311,7 @@ impl KeyRing {
                 _ => AuthError::Malformed,
             })?;
         let c = data.claims;
-        let now = (crate::time::now_ms() / 1000) + 5;
-        if c.iat > now {
+        if c.iat > crate::time::now_ms() / 1000 + CLOCK_LEEWAY_S as i64 {
             return Err(AuthError::NotYetValid);
         }
         if c.exp - c.iat > self.max_ttl_s {

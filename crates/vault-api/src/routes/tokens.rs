@@ -11,28 +11,33 @@ use vault_core::time::TimeInput;
 
 use super::{entry, pool_name, record};
 use crate::error::{ApiError, Problem};
-use crate::extract::{Body, Path, Query};
+use crate::extract::{Body, JsonBytes, Path, Query};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
 use vault_core::model::{AuditEntry, VaultEvent};
 
-/// `{"tokens":[...]}` or one token object.
-fn parse_deposit(body: Value) -> Result<Vec<TokenInput>, ApiError> {
-    let many = body.as_object().is_some_and(|o| o.contains_key("tokens"));
-    let parsed = if many {
-        let list = body.get("tokens").cloned().unwrap_or(Value::Null);
-        if body.as_object().is_some_and(|o| o.len() > 1) {
-            return Err(ApiError::invalid(
-                "a batch deposit is {\"tokens\": [...]} with no other fields",
-            ));
-        }
-        serde_path_to_error::deserialize::<_, Vec<TokenInput>>(list)
+/// A batch deposit: `{"tokens":[...]}` and nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    tokens: Vec<TokenInput>,
+}
+
+/// `{"tokens":[...]}` or one token object, deserialized from the bytes themselves (not through
+/// a `Value`), so a duplicate key is refused here as on every other route.
+fn parse_deposit(body: &JsonBytes) -> Result<Vec<TokenInput>, ApiError> {
+    if body.is_blank() {
+        return Err(ApiError::invalid(
+            "the body must be a token object or {\"tokens\": [...]}",
+        ));
+    }
+    let shape: Value = body.parse("invalid token")?;
+    let tokens = if shape.as_object().is_some_and(|o| o.contains_key("tokens")) {
+        body.parse::<Batch>("invalid batch")?.tokens
     } else {
-        serde_path_to_error::deserialize::<_, TokenInput>(body).map(|t| vec![t])
+        vec![body.parse::<TokenInput>("invalid token")?]
     };
-    // serde's messages can quote the offending value (a misplaced secret): json_error drops it.
-    let tokens = parsed.map_err(|e| crate::extract::json_error("invalid token", e))?;
     if tokens.is_empty() || tokens.len() > MAX_DEPOSIT {
         return Err(ApiError::invalid(format!(
             "deposit 1-{MAX_DEPOSIT} tokens per request"
@@ -57,15 +62,10 @@ pub async fn deposit(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
-    Body(body): Body<Value>,
+    body: JsonBytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let pool = pool_name(&pool)?;
-    if body.is_null() {
-        return Err(ApiError::invalid(
-            "the body must be a token object or {\"tokens\": [...]}",
-        ));
-    }
-    let tokens = parse_deposit(body)?;
+    let tokens = parse_deposit(&body)?;
     let mut sealed = Vec::with_capacity(tokens.len());
     for t in &tokens {
         sealed.push(t.seal(&s.cipher, pool)?);
