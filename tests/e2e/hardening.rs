@@ -402,6 +402,15 @@ async fn bad_input_is_refused_without_echoing_it() {
         .unwrap();
     let a = crate::harness::Api::answer(r).await;
     a.problem(415, "unsupported_media_type");
+    for refresh in [
+        json!({"kind": "magic"}),
+        json!({"kind": "external", "x": 1}),
+        json!("none"),
+    ] {
+        api.put("/v1/pools/p", json!({ "refresh": refresh }))
+            .await
+            .problem(400, "invalid_request");
+    }
     for id in [".", ".."] {
         api.post("/v1/pools/p/tokens", json!({"id": id, "secret": "s"}))
             .await

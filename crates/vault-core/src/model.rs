@@ -178,8 +178,12 @@ impl PoolConfigInput {
             .map(|v| in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S))
             .transpose()?;
         if let Some(r) = &self.refresh {
-            if !r.is_object() {
-                return Err(invalid("refresh must be an object"));
+            // The same shape as a token's own refresh settings (never quoted back: it may hold
+            // a client secret).
+            if serde_json::from_value::<RefreshInput>(r.clone()).is_err() {
+                return Err(invalid(
+                    "refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}",
+                ));
             }
         }
         if let Some(p) = &self.probe {
