@@ -493,6 +493,24 @@ async fn pools_are_listed_a_page_at_a_time() {
         .problem(400, "invalid_request");
 }
 
+/// Make calls `0..n`, `parallel` at a time, and check that each answered `expected`.
+async fn all_answer<F, Fut>(n: usize, parallel: usize, expected: u16, call: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::StatusCode> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..n {
+        running.spawn(call(i));
+        if running.len() >= parallel {
+            assert_eq!(running.join_next().await.unwrap().unwrap(), expected);
+        }
+    }
+    while let Some(status) = running.join_next().await {
+        assert_eq!(status.unwrap(), expected);
+    }
+}
+
 /// Whole-pool operations on a 100,000-token pool go in short batches: Redis never runs one
 /// long script, and leases on another pool go on meanwhile. Every operation's true result is
 /// answered.
@@ -507,24 +525,18 @@ async fn whole_pool_operations_on_a_big_pool_never_stall_redis() {
     api.post("/v1/pools/other/tokens", json!({"id": "o", "secret": "so"}))
         .await;
     // Deposit in parallel requests of 1,000.
-    let mut deposits = tokio::task::JoinSet::new();
-    for chunk in 0..N / 1000 {
+    all_answer(N / 1000, 4, 201, |chunk| {
         let api = api.clone();
-        deposits.spawn(async move {
+        async move {
             let toks: Vec<_> = (0..1000)
                 .map(|i| json!({"id": format!("t{}", chunk * 1000 + i), "secret": "s"}))
                 .collect();
             api.post("/v1/pools/big/tokens", json!({ "tokens": toks }))
                 .await
                 .status
-        });
-        if deposits.len() >= 4 {
-            assert_eq!(deposits.join_next().await.unwrap().unwrap(), 201);
         }
-    }
-    while let Some(r) = deposits.join_next().await {
-        assert_eq!(r.unwrap(), 201);
-    }
+    })
+    .await;
     // From here on, any command over 50 ms (ten times the batches' target) is logged.
     t.redis
         .cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
@@ -638,21 +650,15 @@ async fn whole_pool_operations_on_a_big_pool_never_stall_redis() {
 async fn sweeps_cost_follows_the_work_due_not_the_pools() {
     const POOLS: usize = 1000;
     let t = one(&[]).await;
-    let mut puts = tokio::task::JoinSet::new();
-    for i in 0..POOLS {
+    all_answer(POOLS, 16, 201, |i| {
         let api = t.api.clone();
-        puts.spawn(async move {
+        async move {
             api.put(&format!("/v1/pools/idle{i}"), json!({}))
                 .await
                 .status
-        });
-        if puts.len() >= 16 {
-            assert_eq!(puts.join_next().await.unwrap().unwrap(), 201);
         }
-    }
-    while let Some(s) = puts.join_next().await {
-        assert_eq!(s.unwrap(), 201);
-    }
+    })
+    .await;
     let stat = |name: &str| -> u64 {
         let info = t.redis.cli(&["INFO", "commandstats"]);
         info.lines()

@@ -213,29 +213,36 @@ pub fn proxy_aad_id(token_id: &str) -> String {
     format!("{token_id}/proxy")
 }
 
-/// A binding's proxy URL in full: `shown` when nothing was sealed (no credentials), else the
-/// sealed URL opened.
-pub fn open_proxy(
-    cipher: &Cipher,
-    pool: &str,
-    token_id: &str,
-    shown: &str,
-    ct: &str,
-    key_id: &str,
-) -> Result<String, VaultError> {
-    if ct.is_empty() {
-        return Ok(shown.to_string());
+/// A binding's proxy as stored: the URL as shown (credentials redacted) and, when it has
+/// credentials, the full URL sealed. Flattened into the records that carry it (`proxy`,
+/// `proxy_ct`, `proxy_key_id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedProxy {
+    #[serde(rename = "proxy")]
+    pub shown: String,
+    #[serde(rename = "proxy_ct", default)]
+    pub ct: String,
+    #[serde(rename = "proxy_key_id", default)]
+    pub key_id: String,
+}
+
+impl SealedProxy {
+    /// The proxy URL in full ("" = none): the shown one when nothing was sealed.
+    pub fn open(&self, cipher: &Cipher, pool: &str, token_id: &str) -> Result<String, VaultError> {
+        if self.ct.is_empty() {
+            return Ok(self.shown.clone());
+        }
+        let plain = cipher.open(
+            pool,
+            &proxy_aad_id(token_id),
+            &Sealed {
+                key_id: self.key_id.clone(),
+                data: self.ct.clone(),
+            },
+        )?;
+        String::from_utf8(plain)
+            .map_err(|_| VaultError::Crypto("a sealed proxy URL is not UTF-8".into()))
     }
-    let plain = cipher.open(
-        pool,
-        &proxy_aad_id(token_id),
-        &Sealed {
-            key_id: key_id.to_string(),
-            data: ct.to_string(),
-        },
-    )?;
-    String::from_utf8(plain)
-        .map_err(|_| VaultError::Crypto("a sealed proxy URL is not UTF-8".into()))
 }
 
 pub fn jwt_exp_ms(secret: &Secret) -> Result<Option<i64>, String> {

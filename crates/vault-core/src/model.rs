@@ -730,10 +730,8 @@ pub struct LeaseGrant {
     pub secret_ct: String,
     pub key_id: String,
     pub expires_at: i64,
-    /// The proxy as shown (credentials redacted); the full URL is sealed in `proxy_ct`.
-    pub proxy: String,
-    pub proxy_ct: String,
-    pub proxy_key_id: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
     pub binding_fp: String,
     #[serde(default)]
     pub replayed: bool,
@@ -748,14 +746,7 @@ impl LeaseGrant {
     ) -> Result<Binding, VaultError> {
         let opt = |s: String| (!s.is_empty()).then_some(s);
         Ok(Binding {
-            proxy: opt(crate::crypto::open_proxy(
-                cipher,
-                pool,
-                &self.token_id,
-                &self.proxy,
-                &self.proxy_ct,
-                &self.proxy_key_id,
-            )?),
+            proxy: opt(self.proxy.open(cipher, pool, &self.token_id)?),
             fingerprint: opt(self.binding_fp.clone()),
         })
     }
@@ -1035,15 +1026,22 @@ impl TokenInput {
         let sealed = cipher.seal_secret(pool, &id, &self.secret);
         let binding = self.binding.clone().unwrap_or_default();
         // A proxy with credentials is stored redacted, its full URL sealed like a secret.
-        let (shown_proxy, proxy_sealed) = match &binding.proxy {
+        let proxy = match &binding.proxy {
             Some(p) => match redacted_proxy(p) {
-                Some(shown) => (
-                    shown,
-                    cipher.seal(pool, &crate::crypto::proxy_aad_id(&id), p.as_bytes()),
-                ),
-                None => (p.clone(), crate::crypto::Sealed::default()),
+                Some(shown) => {
+                    let sealed = cipher.seal(pool, &crate::crypto::proxy_aad_id(&id), p.as_bytes());
+                    crate::crypto::SealedProxy {
+                        shown,
+                        ct: sealed.data,
+                        key_id: sealed.key_id,
+                    }
+                }
+                None => crate::crypto::SealedProxy {
+                    shown: p.clone(),
+                    ..Default::default()
+                },
             },
-            None => (String::new(), crate::crypto::Sealed::default()),
+            None => Default::default(),
         };
         let (refresh_kind, refresh_ct, refresh_pub) = match &self.refresh {
             Some(r) => (
@@ -1065,9 +1063,7 @@ impl TokenInput {
             key_id: sealed.key_id,
             expires_at,
             quota_limit: self.quota_limit.map(|l| l.to_string()).unwrap_or_default(),
-            proxy: shown_proxy,
-            proxy_ct: proxy_sealed.data,
-            proxy_key_id: proxy_sealed.key_id,
+            proxy,
             binding_fp: binding.fingerprint.unwrap_or_default(),
             labels: serde_json::to_string(&self.labels.clone().unwrap_or_default())
                 .expect("labels serialize"),

@@ -37,14 +37,7 @@ impl ClaimedJob {
     /// The bound proxy in full ("" = none): the job's holder must reach the provider through
     /// it, credentials included.
     pub fn proxy_url(&self, cipher: &Cipher, pool: &str) -> Result<String, VaultError> {
-        crate::crypto::open_proxy(
-            cipher,
-            pool,
-            &self.token_id,
-            &self.proxy,
-            &self.proxy_ct,
-            &self.proxy_key_id,
-        )
+        self.proxy.open(cipher, pool, &self.token_id)
     }
 
     /// Unseal the refresh credentials (empty when the token has none).

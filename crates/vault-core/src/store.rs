@@ -71,10 +71,8 @@ pub struct SealedToken {
     pub expires_at: i64,
     /// Empty = the pool's limit.
     pub quota_limit: String,
-    /// Shown form (credentials redacted); the full URL sealed in `proxy_ct` when it has any.
-    pub proxy: String,
-    pub proxy_ct: String,
-    pub proxy_key_id: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
     pub binding_fp: String,
     /// JSON text.
     pub labels: String,
@@ -96,12 +94,8 @@ pub struct ClaimedJob {
     pub refresh_key_id: String,
     /// JSON text of the public refresh settings.
     pub refresh_pub: String,
-    /// Shown form; the full URL is sealed in `proxy_ct` (see [`crate::crypto::open_proxy`]).
-    pub proxy: String,
-    #[serde(default)]
-    pub proxy_ct: String,
-    #[serde(default)]
-    pub proxy_key_id: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
     pub binding_fp: String,
     /// JSON text.
     pub labels: String,
@@ -373,6 +367,35 @@ impl Store {
                 .clone(),
         )
         .await
+    }
+
+    /// About `limit` members of set `key` from `cursor`, and the next cursor (None at the
+    /// end). SSCAN's COUNT is a hint: scan on until the page is full or the set is done.
+    async fn sscan_page(
+        &self,
+        key: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        let mut members = Vec::new();
+        let mut cur = cursor;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .cmd(
+                    redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cur)
+                        .arg("COUNT")
+                        .arg(limit)
+                        .clone(),
+                )
+                .await?;
+            members.extend(batch);
+            cur = next;
+            if cur == 0 || members.len() >= limit {
+                return Ok((members, (cur != 0).then_some(cur)));
+            }
+        }
     }
 
     /// A plain command (reads, the pool-name set).
@@ -859,29 +882,7 @@ impl Store {
                     (to < own.len()).then_some(to as u64),
                 )
             }
-            None => {
-                let mut names: Vec<String> = Vec::new();
-                let mut cur = cursor;
-                // SSCAN's COUNT is a hint: scan on until the page is full or the set is done.
-                loop {
-                    let (n, batch): (u64, Vec<String>) = self
-                        .cmd(
-                            redis::cmd("SSCAN")
-                                .arg(self.keys.pools())
-                                .arg(cur)
-                                .arg("COUNT")
-                                .arg(limit)
-                                .clone(),
-                        )
-                        .await?;
-                    names.extend(batch);
-                    cur = n;
-                    if cur == 0 || names.len() >= limit {
-                        break;
-                    }
-                }
-                (names, (cur != 0).then_some(cur))
-            }
+            None => self.sscan_page(&self.keys.pools(), cursor, limit).await?,
         };
         if names.is_empty() {
             return Ok((vec![], next));
@@ -1178,26 +1179,7 @@ impl Store {
             Some(s) => pk.view(s),
             None => pk.ids(),
         };
-        let mut ids: Vec<String> = Vec::new();
-        let mut cur = cursor;
-        // SSCAN's COUNT is a hint: keep scanning until the page is full or the set is done.
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .cmd(
-                    redis::cmd("SSCAN")
-                        .arg(&set)
-                        .arg(cur)
-                        .arg("COUNT")
-                        .arg(limit)
-                        .clone(),
-                )
-                .await?;
-            ids.extend(batch);
-            cur = next;
-            if cur == 0 || ids.len() >= limit {
-                break;
-            }
-        }
+        let (ids, next) = self.sscan_page(&set, cursor, limit).await?;
         let mut p = redis::pipe();
         for id in &ids {
             p.cmd("HMGET").arg(pk.token(id)).arg(&TokenMeta::FIELDS[..]);
@@ -1213,7 +1195,7 @@ impl Store {
             .filter_map(|row| TokenMeta::from_row(row, &cfg, now))
             .collect();
         metas.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok((metas, (cur != 0).then_some(cur)))
+        Ok((metas, next))
     }
 
     pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {

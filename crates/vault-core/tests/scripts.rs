@@ -460,7 +460,7 @@ async fn sticky_session_keeps_its_token_while_eligible() {
         bound.binding(&e.cipher, "p").unwrap().proxy.as_deref(),
         Some("socks5://u:pw@10.0.0.7:1080")
     );
-    assert_eq!(bound.proxy, "socks5://u:***@10.0.0.7:1080");
+    assert_eq!(bound.proxy.shown, "socks5://u:***@10.0.0.7:1080");
     assert_eq!(
         e.meta("a").await.binding.proxy.as_deref(),
         Some("socks5://u:***@10.0.0.7:1080")
