@@ -663,4 +663,38 @@ async fn openapi_documents_exactly_the_routes_served() {
         doc["components"]["schemas"]["TokenInput"]["properties"]["secret"]["format"],
         "password"
     );
+    // The server's own limits are in the document: name patterns, required fields...
+    let params = &doc["paths"]["/v1/pools/{pool}"]["get"]["parameters"];
+    assert_eq!(params[0]["schema"]["maxLength"], 64, "{params}");
+    assert!(params[0]["schema"]["pattern"].is_string(), "{params}");
+    let mint = &doc["components"]["schemas"]["MintInput"]["required"];
+    assert_eq!(mint, &json!(["sub", "scopes"]), "{mint}");
+    // ...and a body is documented as required exactly where the server refuses to go without
+    // one (an all-optional body may be left out).
+    pool(&t.api, "p", json!({})).await;
+    t.api
+        .post("/v1/pools/p/tokens", json!({"id": "t", "secret": "s"}))
+        .await;
+    let mut required_bodies = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(required) = op["requestBody"]["required"].as_bool() else {
+                continue;
+            };
+            let url = path
+                .replace("{pool}", "p")
+                .replace("{id}", "t")
+                .replace("{lease}", "l")
+                .replace("{job}", "j");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let a = t.api.call(m, &url, None).await;
+            if required {
+                required_bodies += 1;
+                assert_eq!(a.status, 400, "{method} {path} without its body: {a:?}");
+            } else {
+                assert_ne!(a.status, 400, "{method} {path} without a body: {a:?}");
+            }
+        }
+    }
+    assert!(required_bodies >= 5, "{required_bodies}");
 }

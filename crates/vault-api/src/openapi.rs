@@ -5,7 +5,7 @@
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Schema};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -44,6 +44,13 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
                 .build(),
         ),
     );
+    // Bodies whose fields are all optional may be left out (the server takes "no body" as `{}`).
+    let all_optional: std::collections::HashSet<String> = components
+        .schemas
+        .iter()
+        .filter(|(_, s)| matches!(s, RefOr::T(Schema::Object(o)) if o.required.is_empty()))
+        .map(|(name, _)| format!("#/components/schemas/{name}"))
+        .collect();
     for (path, item) in api.paths.paths.iter_mut() {
         let v1 = path.starts_with("/v1/");
         for op in operations(item) {
@@ -54,6 +61,14 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
                 op.operation_id = Some(format!("{}_{id}", tag.replace('-', "_")));
             }
             problems_as_problem_json(op);
+            if let Some(RefOr::T(body)) = op.request_body.as_mut() {
+                let optional = body.content.values().all(|c| {
+                    matches!(c, RefOr::T(c) if matches!(&c.schema, Some(RefOr::Ref(r)) if all_optional.contains(&r.ref_location)))
+                });
+                if optional {
+                    body.required = Some(utoipa::openapi::Required::False);
+                }
+            }
             if !v1 {
                 continue;
             }
@@ -158,7 +173,8 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(crate) struct PoolPath {
-    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
     pool: String,
 }
 
@@ -166,9 +182,11 @@ pub(crate) struct PoolPath {
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(crate) struct TokenPath {
-    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
     pool: String,
-    /// Token id: 1-128 characters of `A-Z a-z 0-9 _ . -`.
+    /// Token id: 1-128 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,128}$", min_length = 1, max_length = 128)]
     id: String,
 }
 
@@ -176,9 +194,11 @@ pub(crate) struct TokenPath {
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(crate) struct LeasePath {
-    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
     pool: String,
-    /// Lease id, as the lease answer gave it.
+    /// Lease id, as the lease answer gave it (1-64 printable ASCII characters).
+    #[param(pattern = r"^[!-~]{1,64}$", min_length = 1, max_length = 64)]
     lease: String,
 }
 
@@ -186,8 +206,10 @@ pub(crate) struct LeasePath {
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(crate) struct JobPath {
-    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -`.
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
     pool: String,
-    /// Refresh job id, as the claim gave it.
+    /// Refresh job id, as the claim gave it (1-64 printable ASCII characters).
+    #[param(pattern = r"^[!-~]{1,64}$", min_length = 1, max_length = 64)]
     job: String,
 }

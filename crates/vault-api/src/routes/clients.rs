@@ -29,7 +29,9 @@ pub async fn jwks(State(s): State<AppState>) -> Json<Value> {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintInput {
+    #[schema(required = true, max_length = 128)]
     sub: Option<String>,
+    #[schema(required = true)]
     scopes: Option<Vec<String>>,
     pools: Option<Vec<String>>,
     ttl_s: Option<i64>,
@@ -114,6 +116,7 @@ pub async fn mint(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeInput {
+    #[schema(required = true, max_length = 128)]
     jti: Option<String>,
 }
 

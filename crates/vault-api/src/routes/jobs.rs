@@ -74,7 +74,7 @@ pub async fn claim(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteInput {
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, required = true)]
     secret: Option<Secret>,
     /// RFC 3339 or unix milliseconds.
     #[schema(value_type = Option<String>)]
@@ -107,15 +107,7 @@ pub async fn complete(
     let secret = input
         .secret
         .ok_or_else(|| ApiError::invalid("secret is required"))?;
-    let len = secret.expose().len();
-    if len == 0
-        || len > vault_core::model::MAX_SECRET_BYTES
-        || secret.expose().chars().any(char::is_control)
-    {
-        return Err(ApiError::invalid(
-            "secret must be 1-16384 bytes without control characters",
-        ));
-    }
+    vault_core::model::check_secret(secret.expose())?;
     // The token id is only known to the claim; sealing needs it, so look the job up first.
     let token_id = s.store.job_token(pool, &job).await?;
     let rotated = input.refresh_token.map(|rt| RefreshSecrets {
@@ -159,6 +151,7 @@ pub async fn complete(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailInput {
+    /// What went wrong (default "external login failed").
     error: Option<String>,
     /// Retry after this long; absent = permanent (the token is quarantined).
     retry_after_s: Option<u64>,

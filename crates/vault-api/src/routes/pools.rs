@@ -272,6 +272,7 @@ pub async fn unfreeze(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
+    #[schema(required = true)]
     sunset_s: Option<u64>,
     reason: Option<String>,
 }
