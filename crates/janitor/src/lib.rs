@@ -14,7 +14,7 @@ use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use vault_core::config::RedisArgs;
 use vault_core::model::{AuditEntry, VaultEvent};
-use vault_core::store::PoolDue;
+use vault_core::store::{PoolDue, Sweeper};
 use vault_core::Store;
 
 #[derive(Debug, Clone, Parser)]
@@ -79,7 +79,7 @@ const PROBE_CHUNK: usize = 500;
 pub async fn sweep_once(store: &Store, batch: usize) -> vault_core::Result<SweepStats> {
     let mut st = SweepStats::default();
     for chunk in store.pool_names().await?.chunks(PROBE_CHUNK) {
-        let due = store.pools_due(chunk).await?;
+        let due = store.pools_due(chunk, Sweeper::Janitor).await?;
         for (pool, due) in chunk.iter().zip(due) {
             sweep_pool(store, pool, due, batch, &mut st).await?;
         }

@@ -25,7 +25,7 @@ use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
 use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report, VaultEvent};
 use vault_core::refresh::RefreshSecrets;
-use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken};
+use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken, Sweeper};
 use vault_core::{Store, VaultError};
 
 use crate::providers::{RefreshError, Refreshed};
@@ -186,7 +186,7 @@ impl Refresher {
         // What is due is read for many pools at once with cheap commands: the scripts run only
         // in pools with a refresh due, a job waiting or probes to run.
         for chunk in self.store.pool_names().await?.chunks(500) {
-            let due = self.store.pools_due(chunk).await?;
+            let due = self.store.pools_due(chunk, Sweeper::Refresher).await?;
             for (pool, due) in chunk.iter().zip(due) {
                 if due.refresh || due.jobs || due.probe {
                     self.clone().poll_pool(pool, due).await?;

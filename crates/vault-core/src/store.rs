@@ -141,7 +141,14 @@ pub struct Released {
 /// Tokens one batch of a whole-pool operation handles: a few milliseconds of Redis time.
 pub const POOL_OP_BATCH: usize = 100;
 
-/// Which of the janitor's sweeps have work in a pool now.
+/// Who asks [`Store::pools_due`]: each reads only the indexes its own sweeps serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweeper {
+    Janitor,
+    Refresher,
+}
+
+/// Which sweeps have work in a pool now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolDue {
     /// A whole-pool operation is unfinished.
@@ -710,25 +717,25 @@ impl Store {
         Ok(created)
     }
 
-    /// What the janitor's sweeps would find in each of `pools`, read in one pipeline of cheap
-    /// commands (the earliest entry of each time index, a few config fields), so that a sweep
-    /// runs a pool's scripts only where something is due.
-    pub async fn pools_due(&self, pools: &[String]) -> Result<Vec<PoolDue>> {
+    /// What `who`'s sweeps would find in each of `pools`, read in one pipeline of cheap
+    /// commands (the earliest entry of each time index it serves, a few config fields), so
+    /// that a sweep runs a pool's scripts only where something is due. Fields of the other
+    /// sweeper are left false.
+    pub async fn pools_due(&self, pools: &[String], who: Sweeper) -> Result<Vec<PoolDue>> {
         if pools.is_empty() {
             return Ok(vec![]);
         }
+        let janitor = who == Sweeper::Janitor;
         let mut p = redis::pipe();
         p.cmd("TIME");
         for name in pools {
             let pk = self.keys.pool(name);
-            for key in [
-                pk.leases(),
-                pk.cool(),
-                pk.exp(),
-                pk.sunset(),
-                pk.due(),
-                pk.jobs(),
-            ] {
+            let indexes = if janitor {
+                vec![pk.leases(), pk.cool(), pk.exp(), pk.sunset(), pk.due()]
+            } else {
+                vec![pk.due(), pk.jobs()]
+            };
+            for key in indexes {
                 p.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
             }
             p.cmd("HMGET")
@@ -741,48 +748,43 @@ impl Store {
         let now = match &self.clock {
             Some(c) => c.load(Ordering::SeqCst),
             None => time.0 * 1000 + time.1 / 1000,
-        };
+        } as f64;
         let first = |v: &redis::Value| -> Option<f64> {
             let r: Vec<(String, f64)> = redis::from_redis_value(v.clone()).ok()?;
             r.first().map(|(_, s)| *s)
         };
+        let due = |v: &redis::Value| first(v).is_some_and(|s| s <= now);
+        let per = if janitor { 6 } else { 3 };
         Ok(rows
-            .chunks(7)
+            .chunks(per)
             .map(|r| {
                 let cfg: Vec<Option<String>> =
-                    redis::from_redis_value(r[6].clone()).unwrap_or_default();
+                    redis::from_redis_value(r[per - 1].clone()).unwrap_or_default();
                 let field = |i: usize| cfg.get(i).cloned().flatten();
+                if !janitor {
+                    return PoolDue {
+                        refresh: due(&r[0]),
+                        jobs: due(&r[1]),
+                        probe: field(3).is_some_and(|p| !p.is_empty() && p != "null"),
+                        ..Default::default()
+                    };
+                }
                 let fields: HashMap<String, String> = [("lease_ttl_s", 1), ("min_token_ttl_s", 2)]
                     .into_iter()
                     .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
                     .collect();
                 let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s() as f64 * 1000.0;
-                let at_or_before = |s: Option<f64>, t: f64| s.is_some_and(|s| s <= t);
                 PoolDue {
                     operation: field(0).is_some_and(|o| !o.is_empty()),
-                    leases: at_or_before(first(&r[0]), now as f64),
-                    cooled: at_or_before(first(&r[1]), now as f64),
-                    expiring: first(&r[2]).is_some_and(|s| s < now as f64 + min_ttl_ms),
-                    sunset: at_or_before(first(&r[3]), now as f64),
-                    refresh: at_or_before(first(&r[4]), now as f64),
-                    jobs: at_or_before(first(&r[5]), now as f64),
-                    probe: field(3).is_some_and(|p| !p.is_empty() && p != "null"),
+                    leases: due(&r[0]),
+                    cooled: due(&r[1]),
+                    expiring: first(&r[2]).is_some_and(|s| s < now + min_ttl_ms),
+                    sunset: due(&r[3]),
+                    refresh: due(&r[4]),
+                    ..Default::default()
                 }
             })
             .collect())
-    }
-
-    /// Whether a whole-pool operation is unfinished (for the janitors, who drive it on).
-    pub async fn pool_op_pending(&self, pool: &str) -> Result<bool> {
-        let op: Option<String> = self
-            .cmd(
-                redis::cmd("HGET")
-                    .arg(self.keys.pool(pool).cfg())
-                    .arg("op")
-                    .clone(),
-            )
-            .await?;
-        Ok(op.is_some_and(|o| !o.is_empty()))
     }
 
     /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
