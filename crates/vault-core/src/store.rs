@@ -632,7 +632,6 @@ impl Store {
 
     // ---- client revocations --------------------------------------------------------------
 
-    /// Store a revoked client-token id until `until_s` and tell every replica.
     /// Remember a minted client token's pools (None = every pool) until it expires.
     pub async fn client_record(
         &self,
@@ -668,6 +667,7 @@ impl Store {
         }))
     }
 
+    /// Store a revoked client-token id until `until_s` and tell every replica.
     pub async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
         let mut p = redis::pipe();
         p.cmd("ZADD")
