@@ -603,3 +603,66 @@ async fn refresh_storm() {
         "storm: {N} tokens refreshed, {leases} leases meanwhile, at most {max} refreshes at once"
     );
 }
+
+/// RFC 6749 §2.3.1: the client id and secret are each form-urlencoded before they are joined
+/// and base64-encoded, so a compliant server decodes a secret with `+ / = %` and non-ASCII.
+#[tokio::test]
+async fn basic_client_credentials_are_form_encoded() {
+    let idp = Fake::start(Mode::Ok {
+        rotate: false,
+        expires_in: 3600,
+    })
+    .await;
+    let (id, secret) = ("my client:1", "p+s/w=r%d é");
+    let mut tok = rt_token("a", &idp, json!({}));
+    tok["refresh"]["client_id"] = json!(id);
+    tok["refresh"]["client_secret"] = json!(secret);
+    let t = setup(json!({}), vec![tok]).await;
+    let _r = t.dep.refresher(&[]);
+    t.api.post("/v1/pools/p/tokens/a/refresh", json!({})).await;
+    wait_json(&t.api, "/v1/pools/p/tokens/a", T, |m| m["generation"] == 2).await;
+    // Decode as a compliant server does: base64, split at the first `:`, form-urldecode each.
+    let header = idp.calls()[0]
+        .authorization
+        .clone()
+        .expect("Basic credentials");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(header.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (enc_id, enc_secret) = raw.split_once(':').unwrap();
+    let decode = |s: &str| -> String {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}")).unwrap()[0]
+            .1
+            .clone()
+    };
+    assert_eq!(
+        (decode(enc_id), decode(enc_secret)),
+        (id.into(), secret.into())
+    );
+}
+
+/// A refused connection is named in `last_error`, and the attempt that reaches the limit says
+/// it quarantines instead of "will retry".
+#[tokio::test]
+async fn a_refused_connection_is_named_and_the_last_attempt_quarantines() {
+    let idp = Fake::start(Mode::Ok {
+        rotate: false,
+        expires_in: 3600,
+    })
+    .await;
+    let mut tok = rt_token("a", &idp, json!({}));
+    tok["refresh"]["token_url"] = json!(format!("http://127.0.0.1:{}/token", testkit::free_port()));
+    let t = setup(json!({}), vec![tok]).await;
+    let r = t.dep.refresher(&[("TV_REFRESH_MAX_ATTEMPTS", "2")]);
+    t.api.post("/v1/pools/p/tokens/a/refresh", json!({})).await;
+    let m = wait_json(&t.api, "/v1/pools/p/tokens/a", T, |m| {
+        m["state"] == "quarantined"
+    })
+    .await;
+    let err = m["last_error"].as_str().unwrap().to_lowercase();
+    assert!(err.contains("connection refused"), "{err}");
+    let out = r.output();
+    assert!(out.contains("last attempt: quarantining"), "{out}");
+    assert_eq!(out.matches("will retry").count(), 1, "{out}");
+}

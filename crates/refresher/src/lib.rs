@@ -244,7 +244,13 @@ impl Refresher {
             Ok((refreshed, secrets)) => self.complete(pool, &job, refreshed, secrets).await,
             Err(RefreshError::Transient(msg)) => {
                 let delay = self.cfg.backoff(job.attempts + 1);
-                tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, "refresh failed, will retry");
+                // The attempt that reaches the limit quarantines the token (job_fail decides;
+                // the log says what will happen).
+                if job.attempts + 1 >= self.cfg.max_attempts {
+                    tracing::warn!(error = %msg, attempts = job.attempts + 1, "refresh failed on its last attempt: quarantining");
+                } else {
+                    tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, "refresh failed, will retry");
+                }
                 self.fail(pool, &job, &msg, Some(delay.as_millis() as u64))
                     .await
             }

@@ -65,6 +65,26 @@ struct ErrorResponse {
     error_description: Option<String>,
 }
 
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encoded(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") drops the reason
+/// ("Connection refused") that a `last_error` must show.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let reason = c.to_string();
+        if !text.contains(&reason) {
+            text = format!("{text}: {reason}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn clip(s: &str) -> String {
     s.chars().take(200).collect()
 }
@@ -94,7 +114,11 @@ pub async fn exchange(
         &secrets.client_secret,
         settings.client_auth.unwrap_or_default(),
     ) {
-        (Some(id), Some(secret), ClientAuth::Basic) => req = req.basic_auth(id, Some(secret)),
+        // RFC 6749 §2.3.1: id and secret are each form-urlencoded before they are joined with
+        // `:` and base64-encoded (a secret with `+ / = %` or non-ASCII is otherwise refused).
+        (Some(id), Some(secret), ClientAuth::Basic) => {
+            req = req.basic_auth(form_encoded(id), Some(form_encoded(secret)))
+        }
         (Some(id), secret, _) => {
             form.push(("client_id", id.clone()));
             if let Some(s) = secret {
@@ -114,7 +138,7 @@ pub async fn exchange(
         };
         RefreshError::Transient(format!(
             "token endpoint {what}: {}",
-            clip(&e.without_url().to_string())
+            clip(&with_causes(&e.without_url()))
         ))
     })?;
     let status = res.status();
