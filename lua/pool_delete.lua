@@ -3,7 +3,7 @@
 -- pool_op.lua (a `delete` operation), which supersedes any other operation.
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] "1" = force (delete even while it holds tokens).
--- Returns {"tokens":n} | {"err":"pool_not_found"|"conflict"}.
+-- Returns {"tokens":n,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 -- Idempotency records and sessions are not tracked per pool; they expire on their own TTL.
 if load_cfg() == nil then return fail('pool_not_found') end
 local n = redis.call('SCARD', K.ids)
@@ -11,5 +11,4 @@ if n > 0 and ARGV[2] ~= '1' then
   return fail('conflict', { detail = 'the pool holds ' .. n .. ' tokens; use ?force=true to delete them too' })
 end
 redis.call('HDEL', K.cfg, 'op_max_seq', 'op_rotation')
-op_start('delete')
-return reply({ tokens = n })
+return reply({ tokens = n, op_id = op_start('delete') })

@@ -9,10 +9,18 @@
 --   cancel       the tokens rotation op_rotation deprecated are active again
 --   delete       every token, its leases and job records go; at the end the pool's keys
 -- KEYS: the pool keys (see prelude).
--- ARGV[1] now ms or ""; ARGV[2] batch size.
--- Returns {"op","done","affected"} ({"op":"","done":true} when none is running).
+-- ARGV[1] now ms or ""; ARGV[2] batch size; ARGV[3] the id of the operation the caller
+-- drives ("" = whichever runs).
+-- Returns {"op","done","affected"}. When the caller's operation is over (finished by another
+-- driver, or superseded), {"op":"","done":true,"affected":its count} from the record of the
+-- last finished one (0 when superseded or unknown).
 local c = hgetall(K.cfg)
-if c == nil or not op_running(c) then return reply({ op = '', done = true, affected = 0 }) end
+local mine = ARGV[3]
+if c == nil or not op_running(c) or (mine ~= '' and c.op_id ~= mine) then
+  local last = 0
+  if c ~= nil and mine ~= '' and c.op_last_id == mine then last = num(c.op_last_affected, 0) end
+  return reply({ op = '', done = true, affected = last })
+end
 local op = c.op
 local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', tonumber(ARGV[2]))
 local cursor, ids = res[1], res[2]
@@ -76,7 +84,8 @@ if cursor ~= '0' then
 end
 
 -- The scan is complete: finish the operation.
-local op_fields = { 'op', 'op_cursor', 'op_affected', 'op_started_at', 'op_max_seq', 'op_rotation' }
+local op_fields = { 'op', 'op_id', 'op_cursor', 'op_affected', 'op_started_at', 'op_max_seq', 'op_rotation' }
+if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last_affected', total) end
 if op == 'delete' then
   local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), K.base .. 'seq',
     sunset_key, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }

@@ -5,7 +5,7 @@
 -- tokens are deprecated in batches by pool_op.lua (a `rotate` operation).
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] sunset ms; ARGV[3] reason; ARGV[4] rotation id.
--- Returns {"rotation_id","sunset_at"} | {"err":"pool_not_found"|"conflict"}.
+-- Returns {"rotation_id","sunset_at","op_id"} | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local sunset, rid = tonumber(ARGV[2]), ARGV[4]
@@ -15,5 +15,5 @@ end
 if op_running(c) then return op_busy(c) end
 redis.call('HSET', K.cfg, 'rotation_id', rid, 'rotation_started_at', NOW, 'rotation_sunset_at', sunset,
   'rotation_reason', ARGV[3], 'rotation_total', 0, 'rotation_refreshed', 0)
-op_start('rotate', { max_seq = num(redis.call('GET', K.base .. 'seq'), 0) })
-return reply({ rotation_id = rid, sunset_at = sunset })
+local op_id = op_start('rotate', { max_seq = num(redis.call('GET', K.base .. 'seq'), 0) })
+return reply({ rotation_id = rid, sunset_at = sunset, op_id = op_id })

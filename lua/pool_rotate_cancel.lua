@@ -4,12 +4,11 @@
 -- its tokens is superseded: the cancel's scan restores whatever it had reached.
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or "".
--- Returns {"cancelling":rotation id} | {"err":"pool_not_found"|"conflict"}.
+-- Returns {"cancelling":rotation id,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local rid = c.rotation_id
 if rid == nil or rid == '' then return fail('conflict', { detail = 'no rotation to cancel' }) end
 if op_running(c) and c.op ~= 'rotate' then return op_busy(c) end
 redis.call('HDEL', K.cfg, 'op_max_seq')
-op_start('cancel', { rotation = rid })
-return reply({ cancelling = rid })
+return reply({ cancelling = rid, op_id = op_start('cancel', { rotation = rid }) })

@@ -1,7 +1,7 @@
 -- pool_upsert.lua: create or replace a pool's config (PUT semantics; `frozen` is kept).
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] JSON object field -> string value, already validated.
--- Returns {"created":bool} | {"err":"conflict"} (while another pool operation runs, or the pool
+-- Returns {"created":bool,"op_id"} | {"err":"conflict"} (while another pool operation runs, or the pool
 -- is being deleted). On update every token is re-placed under the new rules, in batches by
 -- pool_op.lua (a `reconfigure` operation); a reconfigure already running starts over.
 local existing = hgetall(K.cfg)
@@ -12,7 +12,6 @@ local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', K.cfg, k, v) end
 if existing == nil then
   redis.call('HSET', K.cfg, 'frozen', '0', 'created_at', NOW)
-else
-  op_start('reconfigure')
+  return reply({ created = true, op_id = '' })
 end
-return reply({ created = existing == nil })
+return reply({ created = false, op_id = op_start('reconfigure') })

@@ -63,9 +63,13 @@ end
 -- Whole-pool operations (reconfigure, rotate, cancel, delete) run in batches, one at a time
 -- per pool: the starting script records it in the config, pool_op.lua does the batches.
 local function op_running(c) return c.op ~= nil and c.op ~= '' end
+-- Returns the operation's id: its drivers pass it to pool_op.lua to get its own result back
+-- even when another driver finished it.
 local function op_start(kind, args)
-  redis.call('HSET', K.cfg, 'op', kind, 'op_cursor', '0', 'op_affected', 0, 'op_started_at', NOW)
+  local id = redis.call('HINCRBY', K.cfg, 'op_seq', 1)
+  redis.call('HSET', K.cfg, 'op', kind, 'op_id', id, 'op_cursor', '0', 'op_affected', 0, 'op_started_at', NOW)
   for k, v in pairs(args or {}) do redis.call('HSET', K.cfg, 'op_' .. k, v) end
+  return tostring(id)
 end
 local function op_busy(c)
   return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done',

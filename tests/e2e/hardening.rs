@@ -735,3 +735,34 @@ async fn one_leeway_for_every_time_claim_and_no_duplicate_keys() {
     a.problem(400, "invalid_request");
     assert!(a.str("detail").contains("duplicate"), "{a:?}");
 }
+
+/// A whole-pool operation answers its own true count even when a janitor ran its last batch.
+#[tokio::test]
+async fn an_operation_finished_by_a_janitor_still_answers_its_count() {
+    let t = one(&[]).await;
+    let api = &t.api;
+    api.put("/v1/pools/p", json!({})).await;
+    let toks: Vec<_> = (0..10)
+        .map(|i| json!({"id": format!("t{i}"), "secret": "s"}))
+        .collect();
+    api.post("/v1/pools/p/tokens", json!({ "tokens": toks }))
+        .await;
+    // A janitor sweeping all the time races the replica for every batch.
+    let _janitor = t.dep.janitor(1);
+    for round in 0..15 {
+        let r = api
+            .post("/v1/pools/p/rotate", json!({"sunset_s": 3600}))
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.body["tokens"].as_u64()),
+            (202, Some(10)),
+            "round {round}: {r:?}"
+        );
+        let c = api.post("/v1/pools/p/rotate/cancel", json!({})).await;
+        assert_eq!(
+            (c.status.as_u16(), c.body["restored"].as_u64()),
+            (200, Some(10)),
+            "round {round}: {c:?}"
+        );
+    }
+}

@@ -99,7 +99,7 @@ async fn sweep_pool(
     // a bounded number of batches per sweep.
     if due.operation {
         for _ in 0..OP_STEPS_PER_SWEEP {
-            if store.pool_op_step(p).await?.done {
+            if store.pool_op_step(p, "").await?.done {
                 break;
             }
         }

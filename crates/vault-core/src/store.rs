@@ -712,7 +712,7 @@ impl Store {
             .await?;
         let created = v.get("created").and_then(Value::as_bool).unwrap_or(false);
         if !created {
-            self.pool_op_finish(name).await?;
+            self.pool_op_finish(name, &str_of(&v, "op_id")).await?;
         }
         Ok(created)
     }
@@ -788,9 +788,14 @@ impl Store {
     }
 
     /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
-    pub async fn pool_op_step(&self, pool: &str) -> Result<PoolOp> {
+    /// `op_id`: the operation the caller drives ("" = whichever runs).
+    pub async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
         let v = self
-            .eval(&scripts::POOL_OP, pool, &[POOL_OP_BATCH.to_string()])
+            .eval(
+                &scripts::POOL_OP,
+                pool,
+                &[POOL_OP_BATCH.to_string(), op_id.to_string()],
+            )
             .await?;
         let op = PoolOp {
             op: str_of(&v, "op"),
@@ -809,11 +814,11 @@ impl Store {
     /// (other pools' calls go between them). It runs in a task of its own, so a caller that
     /// goes away (a client hanging up) does not stop it half-way; a replica that dies leaves
     /// it to the janitors, who drive every unfinished operation on.
-    pub async fn pool_op_finish(&self, pool: &str) -> Result<PoolOp> {
-        let (store, pool) = (self.clone(), pool.to_string());
+    pub async fn pool_op_finish(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
+        let (store, pool, op_id) = (self.clone(), pool.to_string(), op_id.to_string());
         tokio::spawn(async move {
             loop {
-                let op = store.pool_op_step(&pool).await?;
+                let op = store.pool_op_step(&pool, &op_id).await?;
                 if op.done {
                     return Ok(op);
                 }
@@ -922,13 +927,15 @@ impl Store {
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
     pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
-        self.eval(
-            &scripts::POOL_DELETE,
-            name,
-            &[if force { "1" } else { "0" }.into()],
-        )
-        .await?;
-        Ok(self.pool_op_finish(name).await?.affected)
+        let v = self
+            .eval(
+                &scripts::POOL_DELETE,
+                name,
+                &[if force { "1" } else { "0" }.into()],
+            )
+            .await?;
+        self.pool_op_finish(name, &str_of(&v, "op_id")).await?;
+        Ok(v.get("tokens").and_then(Value::as_u64).unwrap_or(0))
     }
 
     pub async fn pool_status(&self, name: &str) -> Result<PoolStatus> {
@@ -1501,19 +1508,24 @@ impl Store {
         reason: &str,
     ) -> Result<(String, u64)> {
         let rid = uuid::Uuid::new_v4().to_string();
-        self.eval(
-            &scripts::POOL_ROTATE,
-            pool,
-            &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
-        )
-        .await?;
-        Ok((rid, self.pool_op_finish(pool).await?.affected))
+        let v = self
+            .eval(
+                &scripts::POOL_ROTATE,
+                pool,
+                &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
+            )
+            .await?;
+        let op = self.pool_op_finish(pool, &str_of(&v, "op_id")).await?;
+        Ok((rid, op.affected))
     }
 
     /// Roll an emergency rotation back; returns how many tokens are active again.
     pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
-        self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
-        Ok(self.pool_op_finish(pool).await?.affected)
+        let v = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
+        Ok(self
+            .pool_op_finish(pool, &str_of(&v, "op_id"))
+            .await?
+            .affected)
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.
