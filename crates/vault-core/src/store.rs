@@ -803,9 +803,17 @@ impl Store {
             affected: v.get("affected").and_then(Value::as_u64).unwrap_or(0),
         };
         if op.op == "delete" && op.done {
-            // The name set is another slot: the index goes once the pool's keys are gone.
+            // The name set is another slot: the index goes once the pool's keys are gone,
+            // unless the pool was created again in between (then it stays listed).
             self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(pool).clone())
                 .await?;
+            let again: bool = self
+                .cmd(redis::cmd("EXISTS").arg(self.keys.pool(pool).cfg()).clone())
+                .await?;
+            if again {
+                self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(pool).clone())
+                    .await?;
+            }
         }
         Ok(op)
     }
