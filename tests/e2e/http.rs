@@ -598,6 +598,20 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/metrics"),
 ];
 
+/// A documented route as a call: its method, and its path with pool `p`, token `t`, lease `l`
+/// and job `j`.
+fn concrete(method: &str, path: &str) -> (Method, String) {
+    let url = path
+        .replace("{pool}", "p")
+        .replace("{id}", "t")
+        .replace("{lease}", "l")
+        .replace("{job}", "j");
+    (
+        Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+        url,
+    )
+}
+
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes_served() {
     let t = one(&[]).await;
@@ -628,12 +642,7 @@ async fn openapi_documents_exactly_the_routes_served() {
             }
             // The route is served: anonymous calls reach the auth layer (which only runs on
             // matched routes) or, for the public routes, the handler.
-            let url = path
-                .replace("{pool}", "p")
-                .replace("{id}", "t")
-                .replace("{lease}", "l")
-                .replace("{job}", "j");
-            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (m, url) = concrete(method, path);
             let a = anonymous.call(m, &url, None).await;
             if path.starts_with("/v1/") {
                 a.problem(401, "unauthorized");
@@ -681,12 +690,7 @@ async fn openapi_documents_exactly_the_routes_served() {
             let Some(required) = op["requestBody"]["required"].as_bool() else {
                 continue;
             };
-            let url = path
-                .replace("{pool}", "p")
-                .replace("{id}", "t")
-                .replace("{lease}", "l")
-                .replace("{job}", "j");
-            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (m, url) = concrete(method, path);
             let a = t.api.call(m, &url, None).await;
             if required {
                 required_bodies += 1;
