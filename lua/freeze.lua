@@ -10,14 +10,6 @@ if c.frozen ~= '1' then redis.call('HSET', K.cfg, 'frozen', '1', 'frozen_at', NO
 redis.call('HSET', K.cfg, 'frozen_reason', ARGV[3])
 local ended = {}
 if ARGV[2] == '1' then
-  for _, lid in ipairs(redis.call('ZRANGE', K.leases, 0, tonumber(ARGV[4]) - 1)) do
-    local l, t = end_lease(lid, nil)
-    if l == nil then
-      redis.call('ZREM', K.leases, lid)
-    else
-      ended[#ended + 1] = { lease_id = lid, token_id = l.token }
-      if t ~= nil then reconcile(l.token, t, c) end
-    end
-  end
+  ended = reclaim_leases(c, redis.call('ZRANGE', K.leases, 0, tonumber(ARGV[4]) - 1))
 end
 return reply({ leases_ended = ended })

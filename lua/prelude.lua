@@ -72,8 +72,7 @@ local function op_start(kind, args)
   return tostring(id)
 end
 local function op_busy(c)
-  return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done',
-    retry_after_ms = 1000 })
+  return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done' })
 end
 
 local function window_ms(c) return num(c.quota_window_s, 3600) * 1000 end
@@ -286,10 +285,9 @@ local function end_lease(lid, used_units)
   return l, t
 end
 
--- The lease-deadline rule: a lease is over at its deadline, whoever notices first (janitor,
--- acquire, renew, release). It is reclaimed then: all its reserved units count as used.
--- Returns the reclaimed lease, or nil when it was already gone.
-local function reclaim_expired(lid, c)
+-- End lease `lid` without a report (its deadline passed, or the pool's kill switch): all its
+-- reserved units count as used. Returns the lease, or nil when it was already gone.
+local function reclaim_lease(lid, c)
   local l, t = end_lease(lid, nil)
   if l == nil then
     redis.call('ZREM', K.leases, lid)
@@ -299,25 +297,32 @@ local function reclaim_expired(lid, c)
   return l
 end
 
+-- Reclaim each of `lids`; returns the {lease_id, token_id} of those that were live.
+local function reclaim_leases(c, lids)
+  local ended = {}
+  for _, lid in ipairs(lids) do
+    local l = reclaim_lease(lid, c)
+    if l ~= nil then ended[#ended + 1] = { lease_id = lid, token_id = l.token } end
+  end
+  return ended
+end
+
+-- The lease-deadline rule: a lease is over at its deadline, whoever notices first (janitor,
+-- acquire, renew, release), and is reclaimed then.
 -- Lease `lid` while it is live; nil once it is gone (a lease past its deadline is reclaimed).
 local function live_lease(c, lid)
   local l = hgetall(lkey(lid))
   if l == nil then return nil end
   if num(l.deadline, 0) <= NOW then
-    reclaim_expired(lid, c)
+    reclaim_lease(lid, c)
     return nil
   end
   return l
 end
 
--- Reclaim up to `max` of the pool's leases whose deadline passed; returns {lease_id, token_id}s.
+-- Reclaim up to `max` of the pool's leases whose deadline passed.
 local function reap_expired(c, max)
-  local reaped = {}
-  for _, lid in ipairs(redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, max)) do
-    local l = reclaim_expired(lid, c)
-    if l ~= nil then reaped[#reaped + 1] = { lease_id = lid, token_id = l.token } end
-  end
-  return reaped
+  return reclaim_leases(c, redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, max))
 end
 
 -- End every live lease of a token, counting their units as used. Returns the lease ids.
