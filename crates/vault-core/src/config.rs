@@ -67,17 +67,12 @@ impl RedisArgs {
             .set_response_timeout(None)
     }
 
-    /// The URL with any password replaced, for logs.
+    /// The URL with its credentials replaced, for logs.
     pub fn redacted_url(&self) -> String {
-        match url::Url::parse(&self.redis_url) {
-            Ok(mut u) => {
-                if u.password().is_some() {
-                    let _ = u.set_password(Some("***"));
-                }
-                u.to_string()
-            }
-            Err(_) => "(unparsable URL)".to_string(),
+        if !self.redis_url.contains("://") {
+            return "(unparsable URL)".to_string();
         }
+        crate::crypto::redacted_url(&self.redis_url).unwrap_or_else(|| self.redis_url.clone())
     }
 
     /// Log the effective Redis settings once at start-up (never the password).

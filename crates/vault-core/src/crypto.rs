@@ -213,6 +213,23 @@ pub fn proxy_aad_id(token_id: &str) -> String {
     format!("{token_id}/proxy")
 }
 
+/// A URL as shown where its credentials must not go (metadata, logs): the password (or a lone
+/// user name, which some proxies take as the credential) replaced by `***`, the rest as given.
+/// None when there is nothing to hide.
+pub fn redacted_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    Some(format!(
+        "{scheme}://{shown}@{host}{}",
+        &rest[authority_end..]
+    ))
+}
+
 /// A binding's proxy as stored: the URL as shown (credentials redacted) and, when it has
 /// credentials, the full URL sealed. Flattened into the records that carry it (`proxy`,
 /// `proxy_ct`, `proxy_key_id`).
@@ -277,6 +294,24 @@ pub fn jwt_exp_ms(secret: &Secret) -> Result<Option<i64>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        let r = |u: &str| super::redacted_url(u);
+        assert_eq!(
+            r("socks5://u:pw@10.0.0.7:1080").as_deref(),
+            Some("socks5://u:***@10.0.0.7:1080")
+        );
+        assert_eq!(
+            r("http://token@h:3128/x").as_deref(),
+            Some("http://***@h:3128/x")
+        );
+        assert_eq!(
+            r("redis://:pw@h:6379/0").as_deref(),
+            Some("redis://:***@h:6379/0")
+        );
+        assert_eq!(r("redis://h:6379"), None);
+    }
     use super::*;
 
     fn jwt(payload: &str) -> Secret {

@@ -530,23 +530,6 @@ pub fn check_proxy(p: &str) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// A proxy URL (checked by [`check_proxy`]) as shown outside a lease: the password (or a lone
-/// user name, which some proxies take as the credential) replaced by `***`, the rest as given.
-/// None when there was nothing to hide.
-pub fn redacted_proxy(p: &str) -> Option<String> {
-    let (scheme, rest) = p.split_once("://")?;
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
-    let shown = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_string(),
-    };
-    Some(format!(
-        "{scheme}://{shown}@{host}{}",
-        &rest[authority_end..]
-    ))
-}
-
 impl TokenInput {
     pub fn validate(&self) -> Result<(), VaultError> {
         check_secret(self.secret.expose())?;
@@ -1027,7 +1010,7 @@ impl TokenInput {
         let binding = self.binding.clone().unwrap_or_default();
         // A proxy with credentials is stored redacted, its full URL sealed like a secret.
         let proxy = match &binding.proxy {
-            Some(p) => match redacted_proxy(p) {
+            Some(p) => match crate::crypto::redacted_url(p) {
                 Some(shown) => {
                     let sealed = cipher.seal(pool, &crate::crypto::proxy_aad_id(&id), p.as_bytes());
                     crate::crypto::SealedProxy {
