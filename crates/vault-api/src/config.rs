@@ -97,7 +97,7 @@ pub struct ConnLimits {
     #[arg(
         long = "header-read-timeout-ms",
         env = "TV_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 30_000
+        default_value_t = ConnLimits::DEFAULT.header_read_timeout_ms
     )]
     pub header_read_timeout_ms: u64,
     /// Milliseconds from accepting a connection to its first byte; a connection that sends
@@ -105,49 +105,52 @@ pub struct ConnLimits {
     #[arg(
         long = "first-byte-timeout-ms",
         env = "TV_FIRST_BYTE_TIMEOUT_MS",
-        default_value_t = 5_000
+        default_value_t = ConnLimits::DEFAULT.first_byte_timeout_ms
     )]
     pub first_byte_timeout_ms: u64,
     /// Milliseconds a client gets to send a whole request body; past it: 408.
     #[arg(
         long = "body-read-timeout-ms",
         env = "TV_BODY_READ_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = ConnLimits::DEFAULT.body_read_timeout_ms
     )]
     pub body_read_timeout_ms: u64,
     /// Open client connections one replica accepts; more are closed at once.
     #[arg(
         long = "max-connections",
         env = "TV_MAX_CONNECTIONS",
-        default_value_t = 4096
+        default_value_t = ConnLimits::DEFAULT.max_connections
     )]
     pub max_connections: usize,
     /// Open client connections from one IP address; more are closed at once.
     #[arg(
         long = "max-connections-per-addr",
         env = "TV_MAX_CONNECTIONS_PER_ADDR",
-        default_value_t = 256
+        default_value_t = ConnLimits::DEFAULT.max_connections_per_addr
     )]
     pub max_connections_per_addr: usize,
     /// Largest header block accepted, in bytes.
-    #[arg(long = "max-header-bytes", env = "TV_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long = "max-header-bytes", env = "TV_MAX_HEADER_BYTES", default_value_t = ConnLimits::DEFAULT.max_header_bytes)]
     pub max_header_bytes: usize,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        Self {
-            header_read_timeout_ms: 30_000,
-            first_byte_timeout_ms: 5_000,
-            body_read_timeout_ms: 10_000,
-            max_connections: 4096,
-            max_connections_per_addr: 256,
-            max_header_bytes: 64 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
 impl ConnLimits {
+    /// The defaults, written once for the settings and for `tokenvault dev`.
+    pub const DEFAULT: Self = Self {
+        header_read_timeout_ms: 30_000,
+        first_byte_timeout_ms: 5_000,
+        body_read_timeout_ms: 10_000,
+        max_connections: 4096,
+        max_connections_per_addr: 256,
+        max_header_bytes: 64 * 1024,
+    };
+
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms.max(1))
     }
