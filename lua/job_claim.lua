@@ -25,7 +25,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10))
     redis.call('ZADD', claimed, vis, job_id)
     put(id, t, 'job_id', job_id)
     local gen = t.generation or '1'
-    redis.call('HSET', job_key(job_id), 'token', id, 'gen', gen)
+    redis.call('HSET', job_key(job_id), 'token', id, 'gen', gen, 'attempts', num(t.refresh_attempts, 0))
     -- Outlives the visibility timeout so a late completion is told "stale", not "gone".
     redis.call('PEXPIRE', job_key(job_id), tonumber(ARGV[4]) * 2 + 60000)
     return reply({ job = {

@@ -4,8 +4,13 @@
 -- KEYS: the pool keys (see prelude).
 -- ARGV[1] now ms or ""; ARGV[2] job id; ARGV[3] secret ciphertext; ARGV[4] its key id;
 -- ARGV[5] fingerprint; ARGV[6] expires_at ms (0 = never); ARGV[7] new refresh ciphertext
--- ("" = keep the current one); ARGV[8] its key id.
--- Returns {"token_id","generation","state"} | {"err":"pool_not_found"|"job_gone"|"stale_job"}.
+-- ("" = keep the current one); ARGV[8] its key id; ARGV[9] retry after ms and ARGV[10] max
+-- attempts, for a credential that lives too short to enter rotation.
+-- Returns {"token_id","generation","state","error"?,"attempts"?,"retry_at"?}
+--   | {"err":"pool_not_found"|"job_gone"|"stale_job"}.
+-- A credential too short-lived for the pool's margin is stored (its refresh token may have been
+-- rotated, so the old one is gone) but counts as a failed attempt: queued again at once, the
+-- provider would be called in a loop.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local job_id = ARGV[2]
@@ -27,11 +32,23 @@ if ARGV[7] ~= '' then
   put(id, t, 'refresh_key_id', ARGV[8])
 end
 put(id, t, 'generation', gen)
+put(id, t, 'refreshed_at', NOW)
+-- What the provider issues, for the pool's margin check (GET /v1/pools/{pool}/status).
+local lives_s = issued_lifetime_s(t)
+if lives_s ~= nil then redis.call('HSET', K.cfg, 'issued_ttl_s', lives_s) end
+if too_short_lived(t, c) then
+  put(id, t, 'state', 'refreshing')
+  reconcile(id, t, c)
+  redis.call('HINCRBY', stats_key(), 'refresh_short_lived', 1)
+  local err = 'issued token lives ' .. lives_s .. ' s, pool needs ' .. math.floor(min_ttl_ms(c) / 1000) .. ' s'
+  local r = refresh_attempt_failed(id, t, c, err, tonumber(ARGV[9]), tonumber(ARGV[10]))
+  r.generation = gen
+  return reply(r)
+end
 put(id, t, 'strikes', 0)
 put(id, t, 'last_error', '')
 put(id, t, 'job_id', '')
 put(id, t, 'refresh_attempts', 0)
-put(id, t, 'refreshed_at', NOW)
 -- A refreshed deprecated token is current again: its sunset no longer applies, and it counts
 -- toward the emergency rotation that deprecated it.
 redis.call('ZREM', K.base .. 'sunset', id)

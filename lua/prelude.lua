@@ -197,7 +197,13 @@ local function margin_ms(c)
 end
 local function due_add(id, t, c)
   local at = num(t.expires_at, 0)
-  if refreshable(t) and at > 0 then redis.call('ZADD', due_key(), at - margin_ms(c), id) end
+  if refreshable(t) and at > 0 then
+    local due = at - margin_ms(c)
+    -- A credential issued for less than the margin would be due at once and refreshed again
+    -- and again: it is refreshed halfway through its usable life instead.
+    if due < NOW then due = NOW + math.floor(math.max(0, at - min_ttl_ms(c) - NOW) / 2) end
+    redis.call('ZADD', due_key(), due, id)
+  end
 end
 -- Queue a refresh job now; a token already queued keeps its place (at most one job at a time).
 local function enqueue_job(id, t)
@@ -230,6 +236,13 @@ local function too_short_lived(t, c)
   return at > 0 and at - NOW < min_ttl_ms(c)
 end
 
+-- Seconds a token has left (rounded), or nil when it never expires.
+local function issued_lifetime_s(t)
+  local at = num(t.expires_at, 0)
+  if at <= 0 then return nil end
+  return math.max(0, math.floor((at - NOW + 500) / 1000))
+end
+
 -- A token (re)entering rotation: indexed by expiry and refresh due time and placed, unless it
 -- is already too short-lived, in which case it leaves rotation at once.
 local function back_in_rotation(id, t, c)
@@ -259,6 +272,27 @@ local function load_claim(job_id, allow_expired)
     return nil, fail('stale_job', { detail = 'the job was taken over, the token was refreshed by another path, or it was revoked' })
   end
   return j, j.token, t
+end
+
+-- A refresh attempt that did not give the token a usable credential: counted, then retried
+-- after `retry_ms` or, at `max_attempts` (or when `retry_ms` is nil: permanent), quarantined.
+-- The job's claim is already removed. Returns the reply table.
+local function refresh_attempt_failed(id, t, c, err, retry_ms, max_attempts)
+  local attempts = num(t.refresh_attempts, 0) + 1
+  put(id, t, 'refresh_attempts', attempts)
+  put(id, t, 'last_error', err)
+  put(id, t, 'job_id', '')
+  redis.call('HINCRBY', stats_key(), 'refresh_fail', 1)
+  if retry_ms == nil or attempts >= max_attempts then
+    unschedule(id)
+    exp_del(id, t)
+    put(id, t, 'state', 'quarantined')
+    reconcile(id, t, c)
+    return { token_id = id, state = t.view, attempts = attempts, error = err }
+  end
+  local retry_at = NOW + retry_ms
+  redis.call('ZADD', queue_of(t), retry_at, id)
+  return { token_id = id, state = t.view, attempts = attempts, retry_at = retry_at, error = err }
 end
 
 -- End one lease: its reserved units go back, `used_units` of them are counted as used.

@@ -666,3 +666,109 @@ async fn a_refused_connection_is_named_and_the_last_attempt_quarantines() {
     assert!(out.contains("last attempt: quarantining"), "{out}");
     assert_eq!(out.matches("will retry").count(), 1, "{out}");
 }
+
+/// An identity provider that issues tokens shorter-lived than the pool needs (60 s against the
+/// default 90 s) is called a bounded number of times, backed off, and the token ends
+/// quarantined with the reason, visible in its metadata, the pool's status, audit and metrics.
+#[tokio::test]
+async fn tokens_issued_shorter_than_the_pool_needs_are_not_refreshed_in_a_loop() {
+    let idp = Fake::start(Mode::Ok {
+        rotate: true,
+        expires_in: 60,
+    })
+    .await;
+    let t = setup(json!({}), vec![rt_token("a", &idp, json!({}))]).await;
+    let metrics_port = testkit::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let _r = t.dep.refresher(&[
+        ("TV_REFRESH_MAX_ATTEMPTS", "3"),
+        ("TV_REFRESH_BACKOFF_MS", "400"),
+        ("TV_REFRESHER_METRICS_ADDR", &metrics_addr),
+    ]);
+    t.api.post("/v1/pools/p/tokens/a/refresh", json!({})).await;
+    let m = wait_json(&t.api, "/v1/pools/p/tokens/a", T, |m| {
+        m["state"] == "quarantined"
+    })
+    .await;
+    let reason = "issued token lives 60 s, pool needs 90 s";
+    assert_eq!(m["last_error"], reason, "{m}");
+    assert_eq!(
+        (m["refresh_attempts"].as_u64(), m["generation"].as_u64()),
+        (Some(3), Some(4))
+    );
+
+    // Three calls, the second and third after the backoff (jittered: at least half of it).
+    let calls = idp.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for w in calls.windows(2) {
+        assert!(w[1].at_ms - w[0].at_ms >= 200, "no backoff: {calls:?}");
+    }
+    // Each credential was stored, so each call used the refresh token the last one rotated.
+    assert_eq!(calls[1].form["refresh_token"], "rt-a-r1");
+    assert_eq!(calls[2].form["refresh_token"], "rt-a-r1-r2");
+
+    let st = t.api.get("/v1/pools/p/status").await.body;
+    assert_eq!(
+        (
+            st["refresh_failures"].as_u64(),
+            st["refresh_short_lived"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{st}"
+    );
+    assert_eq!(st["tokens"]["quarantined"], 1);
+    let warning = st["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("live 60 s") && warning.contains("needs 90 s"),
+        "{st}"
+    );
+    let pool = t.api.get("/v1/pools/p").await.body;
+    assert_eq!(
+        (pool["issued_ttl_s"].as_u64(), pool["warnings"][0].as_str()),
+        (Some(60), Some(warning))
+    );
+
+    let audit = t.api.get("/v1/audit?pool=p").await;
+    let outcomes: Vec<(&str, &str)> = audit.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.refresh_failed")
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = outcomes.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            ("quarantined", reason),
+            ("will_retry", reason),
+            ("will_retry", reason)
+        ],
+        "{}",
+        audit.body
+    );
+    let text = crate::harness::metrics_text(&format!("http://{metrics_addr}")).await;
+    let n = |o: &str| crate::harness::sample(&text, "tv_refresh_results_total", &[o]);
+    assert_eq!(
+        (n("will_retry"), n("quarantined")),
+        (Some(2.0), Some(1.0)),
+        "{text}"
+    );
+
+    // Margins the provider can meet clear the warning.
+    let fixed = t
+        .api
+        .put(
+            "/v1/pools/p",
+            json!({"lease_ttl_s": 10, "refresh_margin_s": 50}),
+        )
+        .await;
+    assert_eq!(fixed.status, 200, "{fixed:?}");
+    assert_eq!(fixed.body["warnings"], json!([]), "{}", fixed.body);
+}

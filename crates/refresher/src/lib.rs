@@ -23,8 +23,8 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
-use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report, VaultEvent};
-use vault_core::refresh::RefreshSecrets;
+use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report};
+use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
 use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken, Sweeper};
 use vault_core::{Store, VaultError};
 
@@ -83,6 +83,10 @@ pub struct RefresherConfig {
     /// How often to look for due and queued jobs.
     #[arg(long = "poll-ms", env = "TV_REFRESHER_POLL_MS", default_value_t = 200)]
     pub poll_ms: u64,
+    /// Serve Prometheus metrics (`tv_refresh_results_total`, ...) on this address; none when
+    /// unset.
+    #[arg(long = "metrics-addr", env = "TV_REFRESHER_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub log: vault_core::config::LogArgs,
 }
@@ -103,14 +107,13 @@ impl RefresherConfig {
         Ok(())
     }
 
-    /// Backoff before retry number `attempt` (1-based): exponential with full jitter in
-    /// [delay/2, delay], so a burst of failures does not retry in lockstep.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
-        let delay = exp.min(self.backoff_max_ms).max(1);
-        Duration::from_millis(rand::thread_rng().gen_range(delay / 2..=delay))
+    /// How this refresher retries failed attempts.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            backoff_ms: self.backoff_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            max_attempts: self.max_attempts,
+        }
     }
 }
 
@@ -239,28 +242,39 @@ impl Refresher {
     }
 
     async fn handle_in_span(&self, pool: &str, job: ClaimedJob) {
-        let result = self.refresh(pool, &job).await;
-        let outcome = match result {
+        let retry = self.cfg.retry();
+        let recorded = match self.refresh(pool, &job).await {
             Ok((refreshed, secrets)) => self.complete(pool, &job, refreshed, secrets).await,
             Err(RefreshError::Transient(msg)) => {
-                let delay = self.cfg.backoff(job.attempts + 1);
-                // The attempt that reaches the limit quarantines the token (job_fail decides;
-                // the log says what will happen).
-                if job.attempts + 1 >= self.cfg.max_attempts {
-                    tracing::warn!(error = %msg, attempts = job.attempts + 1, "refresh failed on its last attempt: quarantining");
-                } else {
-                    tracing::warn!(error = %msg, retry_in_ms = delay.as_millis() as u64, "refresh failed, will retry");
-                }
-                self.fail(pool, &job, &msg, Some(delay.as_millis() as u64))
+                let delay = retry.backoff(job.attempts + 1).as_millis() as u64;
+                self.store
+                    .job_fail(pool, &job.job_id, &msg, Some(delay), retry.max_attempts)
                     .await
             }
             Err(RefreshError::Permanent(msg)) => {
-                tracing::warn!(error = %msg, "refresh failed permanently: quarantining");
-                self.fail(pool, &job, &msg, None).await
+                self.store
+                    .job_fail(pool, &job.job_id, &msg, None, retry.max_attempts)
+                    .await
             }
         };
-        match outcome {
-            Ok(()) => {}
+        match recorded {
+            Ok(r) => {
+                match (&r.error, r.quarantined()) {
+                    (None, _) => {
+                        tracing::info!(fingerprint = ?r.fingerprint, generation = ?r.generation, "token refreshed")
+                    }
+                    (Some(e), true) if job.attempts + 1 >= retry.max_attempts => {
+                        tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed on its last attempt: quarantining")
+                    }
+                    (Some(e), true) => {
+                        tracing::warn!(error = %e, "refresh failed permanently: quarantining")
+                    }
+                    (Some(e), false) => {
+                        tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed, will retry")
+                    }
+                }
+                self.store.record_refresh(pool, "refresher", None, &r).await;
+            }
             Err(VaultError::StaleJob(_)) | Err(VaultError::JobGone) => {
                 tracing::info!(
                     "job was taken over or its token changed meanwhile; result discarded"
@@ -302,79 +316,13 @@ impl Refresher {
         Ok((r, secrets))
     }
 
-    /// Record a failed attempt (retry after `retry_ms`, or quarantine when `None`) and audit it.
-    async fn fail(
-        &self,
-        pool: &str,
-        job: &ClaimedJob,
-        msg: &str,
-        retry_ms: Option<u64>,
-    ) -> vault_core::Result<()> {
-        let r = self
-            .store
-            .job_fail(pool, &job.job_id, msg, retry_ms, self.cfg.max_attempts)
-            .await?;
-        let outcome = if r.state == "quarantined" {
-            "quarantined"
-        } else {
-            "will_retry"
-        };
-        self.audit(pool, "token.refresh_failed", &job.token_id, outcome, msg)
-            .await;
-        if r.state == "quarantined" {
-            self.event(
-                pool,
-                "token.quarantined",
-                &job.token_id,
-                Some("refresh failed"),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    /// Tell every worker (through every replica) what happened to a token.
-    async fn event(&self, pool: &str, kind: &str, token_id: &str, reason: Option<&str>) {
-        let at = self
-            .store
-            .now_ms()
-            .await
-            .unwrap_or_else(|_| vault_core::time::now_ms());
-        let e = VaultEvent {
-            kind: kind.into(),
-            pool: pool.into(),
-            token_id: Some(token_id.into()),
-            at,
-            reason: reason.map(String::from),
-            ..Default::default()
-        };
-        if let Err(err) = self.store.publish_event(&e).await {
-            tracing::error!(error = %err, "event could not be published");
-        }
-    }
-
-    async fn audit(&self, pool: &str, action: &str, token_id: &str, outcome: &str, detail: &str) {
-        let e = AuditEntry {
-            actor: "refresher".into(),
-            action: action.into(),
-            token_id: Some(token_id.into()),
-            outcome: Some(outcome.into()),
-            detail: Some(detail.into()),
-            pool: Some(pool.into()),
-            ..Default::default()
-        };
-        if let Err(err) = self.store.audit(Some(pool), &e).await {
-            tracing::error!(error = %err, "audit entry could not be written");
-        }
-    }
-
     async fn complete(
         &self,
         pool: &str,
         job: &ClaimedJob,
         r: Refreshed,
         mut secrets: RefreshSecrets,
-    ) -> vault_core::Result<()> {
+    ) -> vault_core::Result<RefreshResult> {
         let now = self.store.now_ms().await?;
         let expires_at = r
             .expires_in_s
@@ -394,19 +342,9 @@ impl Refresher {
             expires_at,
             rotated,
         )?;
-        let generation = self.store.job_complete(pool, &job.job_id, &sealed).await?;
-        tracing::info!(fingerprint = %r.access_token.fingerprint(), generation, rotated_refresh_token = rotated.is_some(), "token refreshed");
-        self.audit(
-            pool,
-            "token.refresh",
-            &job.token_id,
-            "refreshed",
-            &r.access_token.fingerprint(),
-        )
-        .await;
-        self.event(pool, "token.refreshed", &job.token_id, None)
-            .await;
-        Ok(())
+        self.store
+            .job_complete(pool, &job.job_id, job.attempts, &sealed, &self.cfg.retry())
+            .await
     }
 
     /// Start a probe of `pool` when its interval has passed (at most one at a time per pool).
@@ -477,8 +415,18 @@ impl Refresher {
                     Ok(res) => {
                         tracing::warn!(pool, token_id = %lease.token_id, status = res.status().as_u16(), "probe failed: strike");
                         let detail = format!("probe answered {}", res.status());
-                        self.audit(pool, "probe.failed", &lease.token_id, "suspect", &detail)
-                            .await;
+                        let e = AuditEntry {
+                            actor: "refresher".into(),
+                            action: "probe.failed".into(),
+                            pool: Some(pool.into()),
+                            token_id: Some(lease.token_id.clone()),
+                            outcome: Some("suspect".into()),
+                            detail: Some(detail),
+                            ..Default::default()
+                        };
+                        if let Err(err) = self.store.audit(Some(pool), &e).await {
+                            tracing::error!(error = %err, "audit entry could not be written");
+                        }
                         Report {
                             outcome: Outcome::Suspect,
                             detail: Some(format!("probe answered {}", res.status())),
@@ -511,6 +459,13 @@ pub async fn run(cfg: RefresherConfig) -> anyhow::Result<()> {
         Ok(()) => {}
     }
     let r = Refresher::new(store, cipher, cfg.clone()).context("invalid configuration")?;
+    if let Some(addr) = cfg.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%addr, "serving metrics");
+    }
     tracing::info!(
         concurrency = cfg.concurrency,
         visibility_ms = cfg.visibility_ms,

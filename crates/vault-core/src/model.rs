@@ -263,6 +263,32 @@ impl PoolConfig {
             .unwrap_or(self.min_token_ttl_s() + 30)
     }
 
+    /// The margin rule against what the provider issues: a token leaves rotation with less than
+    /// `min_token_ttl_s` left and is refreshed `refresh_margin_s` before it expires, so tokens
+    /// issued for `issued_ttl_s` must outlive both. Each broken margin is one warning.
+    pub fn margin_warnings(&self, issued_ttl_s: Option<u64>) -> Vec<String> {
+        let Some(issued) = issued_ttl_s else {
+            return vec![];
+        };
+        let (min, margin) = (self.min_token_ttl_s(), self.refresh_margin_s());
+        if issued < min {
+            return vec![format!(
+                "refreshed tokens live {issued} s but the pool needs {min} s left to lease one \
+                 (min_token_ttl_s, default lease_ttl_s + 30): every refresh fails and tokens end \
+                 quarantined; lower lease_ttl_s and min_token_ttl_s below {issued} s"
+            )];
+        }
+        if issued <= margin {
+            return vec![format!(
+                "refreshed tokens live {issued} s, within refresh_margin_s ({margin} s): each is \
+                 refreshed again halfway through its usable life, every {} s; lower \
+                 refresh_margin_s below {issued} s",
+                ((issued - min) / 2).max(1)
+            )];
+        }
+        vec![]
+    }
+
     /// The hash fields stored in `tv:{pool}:cfg` (read by the scripts).
     pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -347,6 +373,10 @@ pub struct PoolView {
     pub frozen_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<BTreeMap<String, u64>>,
+    /// Lifetime of the last credential a refresh stored, in seconds (what the provider issues).
+    pub issued_ttl_s: Option<u64>,
+    /// Margins that what the provider issues cannot meet ([`PoolConfig::margin_warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// Where a token came from and how it must be used (sticky identity).
@@ -922,6 +952,12 @@ pub struct PoolStatus {
     pub refresh_success_rate: Option<f64>,
     pub quota_used_ratio: Option<f64>,
     pub frozen: bool,
+    /// Failed refresh attempts so far, and how many of them stored a credential too
+    /// short-lived for the pool's margin.
+    pub refresh_failures: u64,
+    pub refresh_short_lived: u64,
+    /// The pool's margin warnings (as `GET /v1/pools/{pool}` has them).
+    pub warnings: Vec<String>,
     /// The emergency rotation running (or last run), if any.
     pub rotation: Option<RotationStatus>,
     /// When a janitor last finished a sweep; null when none has been seen for a while.

@@ -96,3 +96,126 @@ impl RefreshedToken {
         })
     }
 }
+
+/// How failed refresh attempts are retried: exponential backoff with jitter, and quarantine at
+/// the attempt limit. The refresher's comes from its settings; external login workers get
+/// [`RetryPolicy::EXTERNAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// For jobs completed by external login workers (a login is slow and costly: minutes apart).
+    pub const EXTERNAL: RetryPolicy = RetryPolicy {
+        backoff_ms: 30_000,
+        backoff_max_ms: 1_800_000,
+        max_attempts: 8,
+    };
+
+    /// Backoff before retry number `attempt` (1-based): exponential with jitter in
+    /// [delay/2, delay], so a burst of failures does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> std::time::Duration {
+        use rand::Rng;
+        let exp = self
+            .backoff_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30));
+        let delay = exp.min(self.backoff_max_ms).max(1);
+        std::time::Duration::from_millis(rand::thread_rng().gen_range(delay / 2..=delay))
+    }
+}
+
+/// What completing or failing a refresh job did to its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshResult {
+    pub token_id: String,
+    /// The token's state afterwards (`quarantined` when the attempt limit was reached).
+    pub state: String,
+    /// The token's generation when a new credential was stored.
+    pub generation: Option<u64>,
+    /// Why the attempt failed; `None` when the token was refreshed.
+    pub error: Option<String>,
+    /// The stored credential's fingerprint (never the credential).
+    pub fingerprint: Option<String>,
+}
+
+impl RefreshResult {
+    pub(crate) fn from_reply(v: &serde_json::Value, fingerprint: Option<String>) -> Self {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
+        Self {
+            token_id: s("token_id").unwrap_or_default(),
+            state: s("state").unwrap_or_default(),
+            generation: v.get("generation").and_then(|g| g.as_u64()),
+            error: s("error"),
+            fingerprint,
+        }
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.state == "quarantined"
+    }
+
+    /// `refreshed`, `will_retry` or `quarantined`: the audit outcome and the metric label.
+    pub fn outcome(&self) -> &'static str {
+        match (&self.error, self.quarantined()) {
+            (None, _) => "refreshed",
+            (Some(_), false) => "will_retry",
+            (Some(_), true) => "quarantined",
+        }
+    }
+}
+
+impl crate::Store {
+    /// The one record of a refresh job's result, whoever ran the job (the refresher, an
+    /// external login worker): its audit entry, its event, its metric.
+    pub async fn record_refresh(
+        &self,
+        pool: &str,
+        actor: &str,
+        actor_jti: Option<&str>,
+        r: &RefreshResult,
+    ) {
+        use crate::model::{AuditEntry, VaultEvent};
+        metrics::counter!("tv_refresh_results_total", "outcome" => r.outcome()).increment(1);
+        let e = AuditEntry {
+            actor: actor.to_string(),
+            actor_jti: actor_jti.map(String::from),
+            action: if r.error.is_none() {
+                "token.refresh"
+            } else {
+                "token.refresh_failed"
+            }
+            .into(),
+            pool: Some(pool.to_string()),
+            token_id: Some(r.token_id.clone()),
+            outcome: Some(r.outcome().into()),
+            detail: r.error.clone().or_else(|| r.fingerprint.clone()),
+            ..Default::default()
+        };
+        if let Err(err) = self.audit(Some(pool), &e).await {
+            tracing::error!(error = %err, action = %e.action, "audit entry could not be written");
+        }
+        let kind = match r.outcome() {
+            "refreshed" => "token.refreshed",
+            "quarantined" => "token.quarantined",
+            _ => return,
+        };
+        let at = self
+            .now_ms()
+            .await
+            .unwrap_or_else(|_| crate::time::now_ms());
+        let ev = VaultEvent {
+            kind: kind.into(),
+            pool: pool.into(),
+            token_id: Some(r.token_id.clone()),
+            at,
+            reason: r.error.as_ref().map(|e| format!("refresh failed: {e}")),
+            ..Default::default()
+        };
+        if let Err(err) = self.publish_event(&ev).await {
+            tracing::error!(error = %err, kind, "event could not be published");
+        }
+    }
+}

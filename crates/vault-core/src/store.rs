@@ -23,6 +23,7 @@ use crate::model::{
     AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, RotationStatus, TokenMeta,
     VaultEvent, VIEW_STATES,
 };
+use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
 use crate::Result;
 
@@ -246,7 +247,10 @@ fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
         return None;
     }
     let config = PoolConfig::from_fields(f);
+    let issued_ttl_s = f.get("issued_ttl_s").and_then(|v| v.parse().ok());
     Some(PoolView {
+        warnings: config.margin_warnings(issued_ttl_s),
+        issued_ttl_s,
         name: name.to_string(),
         min_token_ttl_s: config.min_token_ttl_s(),
         refresh_margin_s: config.refresh_margin_s(),
@@ -1011,6 +1015,9 @@ impl Store {
             refresh_success_rate,
             quota_used_ratio,
             frozen: view.frozen,
+            refresh_failures: failed as u64,
+            refresh_short_lived: *stats.get("refresh_short_lived").unwrap_or(&0) as u64,
+            warnings: view.warnings,
             rotation: rotation_status(&rot, tokens_deprecated, now_ms),
         })
     }
@@ -1448,22 +1455,33 @@ impl Store {
         Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
     }
 
-    /// The token a job was claimed for (`JobGone` when the job record is gone).
-    pub async fn job_token(&self, pool: &str, job_id: &str) -> Result<String> {
+    /// The job's token and the refresh attempts it had failed when it was claimed (`JobGone`
+    /// when the job record is gone).
+    pub async fn job_token(&self, pool: &str, job_id: &str) -> Result<(String, u32)> {
         let key = self.keys.pool(pool).job(job_id);
-        let token: Option<String> = self
-            .cmd(redis::cmd("HGET").arg(key).arg("token").clone())
+        let (token, attempts): (Option<String>, Option<u32>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("token")
+                    .arg("attempts")
+                    .clone(),
+            )
             .await?;
-        token.ok_or(VaultError::JobGone)
+        Ok((token.ok_or(VaultError::JobGone)?, attempts.unwrap_or(0)))
     }
 
-    /// Store a refreshed credential for a claimed job (sealed by the caller).
+    /// Store a refreshed credential for a claimed job (sealed by the caller). A credential too
+    /// short-lived for the pool's margin is stored but counts as a failed attempt (retried
+    /// after `retry.backoff`, quarantined at `retry.max_attempts`): see the result's `error`.
     pub async fn job_complete(
         &self,
         pool: &str,
         job_id: &str,
+        attempts_before: u32,
         done: &RefreshedToken,
-    ) -> Result<u64> {
+        retry: &RetryPolicy,
+    ) -> Result<RefreshResult> {
         let v = self
             .eval(
                 &scripts::JOB_COMPLETE,
@@ -1476,14 +1494,19 @@ impl Store {
                     done.expires_at.to_string(),
                     done.refresh_ct.clone(),
                     done.refresh_key_id.clone(),
+                    (retry.backoff(attempts_before + 1).as_millis() as u64).to_string(),
+                    retry.max_attempts.to_string(),
                 ],
             )
             .await?;
-        Ok(v.get("generation").and_then(Value::as_u64).unwrap_or(0))
+        Ok(RefreshResult::from_reply(
+            &v,
+            Some(done.fingerprint.clone()),
+        ))
     }
 
     /// Record a failed attempt: retry after `retry_after_ms`, or quarantine (`None`, or the
-    /// `max_attempts`-th failure). Returns the token and its state afterwards.
+    /// `max_attempts`-th failure).
     pub async fn job_fail(
         &self,
         pool: &str,
@@ -1491,7 +1514,7 @@ impl Store {
         error: &str,
         retry_after_ms: Option<u64>,
         max_attempts: u32,
-    ) -> Result<Released> {
+    ) -> Result<RefreshResult> {
         let v = self
             .eval(
                 &scripts::JOB_FAIL,
@@ -1504,7 +1527,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(released(&v))
+        Ok(RefreshResult::from_reply(&v, None))
     }
 
     /// Emergency rotation: deprecate every active token, queue their refresh, revoke at

@@ -10,10 +10,18 @@ use testkit::RedisServer;
 use vault_core::config::RedisArgs;
 use vault_core::crypto::{Cipher, MasterKey};
 use vault_core::model::{Outcome, PoolConfigInput, Report, TokenInput};
+use vault_core::refresh::RetryPolicy;
 use vault_core::store::AcquireArgs;
 use vault_core::{Store, VaultError};
 
 const T0: i64 = 1_800_000_000_000;
+
+/// Retries after 1-2 s (jittered), quarantine at the third failure.
+const RETRY: RetryPolicy = RetryPolicy {
+    backoff_ms: 2_000,
+    backoff_max_ms: 2_000,
+    max_attempts: 3,
+};
 
 struct Env {
     redis: RedisServer,
@@ -763,11 +771,17 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
     )
     .unwrap();
     assert_eq!(
-        e.store.job_complete("p", &j1.job_id, &done).await.unwrap(),
-        2
+        e.store
+            .job_complete("p", &j1.job_id, 0, &done, &RETRY)
+            .await
+            .unwrap()
+            .generation,
+        Some(2)
     );
     assert!(matches!(
-        e.store.job_complete("p", &j1.job_id, &done).await,
+        e.store
+            .job_complete("p", &j1.job_id, 0, &done, &RETRY)
+            .await,
         Err(VaultError::JobGone)
     ));
     let m = e.meta(&j1.token_id).await;
@@ -820,7 +834,9 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
         .unwrap();
     assert_eq!(j4.token_id, j3.token_id);
     assert!(matches!(
-        e.store.job_complete("p", &j3.job_id, &done).await,
+        e.store
+            .job_complete("p", &j3.job_id, 1, &done, &RETRY)
+            .await,
         Err(VaultError::StaleJob(_))
     ));
     // Permanent failure quarantines and unschedules.
@@ -843,5 +859,137 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
     assert_eq!(
         (m.state.as_str(), m.last_error.as_deref()),
         ("quarantined", Some("invalid_grant"))
+    );
+}
+
+/// A refresh whose credential lives shorter than the pool's margin is a failed attempt with a
+/// reason, retried only after the backoff, and quarantines at the limit: never a loop.
+#[tokio::test]
+async fn a_refresh_too_short_lived_for_the_pool_is_a_failed_attempt() {
+    // lease_ttl_s 60: the pool needs 90 s of life left.
+    let e = Env::new(json!({})).await;
+    e.deposit(
+        json!([{"secret": "s", "id": "a", "expires_at": T0 + 3_600_000,
+        "refresh": {"kind": "external"}}]),
+    )
+    .await;
+    e.store.refresh_enqueue("p", "a").await.unwrap();
+    let mut gen = 1;
+    for attempt in 1..=3u32 {
+        let j = e
+            .store
+            .job_claim("p", true, 60_000, None)
+            .await
+            .unwrap()
+            .expect("a job is visible");
+        let secret = vault_core::crypto::Secret::new(format!("short-{attempt}"));
+        let now = e.clock.load(Ordering::SeqCst);
+        let done = vault_core::store::RefreshedToken::seal(
+            &e.cipher,
+            "p",
+            "a",
+            &secret,
+            Some(now + 60_000),
+            None,
+        )
+        .unwrap();
+        let r = e
+            .store
+            .job_complete("p", &j.job_id, j.attempts, &done, &RETRY)
+            .await
+            .unwrap();
+        gen += 1;
+        assert_eq!(r.generation, Some(gen), "the credential is stored");
+        assert_eq!(
+            r.error.as_deref(),
+            Some("issued token lives 60 s, pool needs 90 s")
+        );
+        let m = e.meta("a").await;
+        assert_eq!(m.last_error.as_deref(), r.error.as_deref());
+        assert_eq!(m.refresh_attempts, attempt as u64);
+        if attempt < 3 {
+            assert_eq!(
+                (r.state.as_str(), r.outcome()),
+                ("refreshing", "will_retry")
+            );
+            assert!(
+                e.lease(1).await.is_err(),
+                "a too short-lived token is not leased"
+            );
+            // Not queued again at once: only after the backoff (at least half of 2 s).
+            assert!(e
+                .store
+                .job_claim("p", true, 60_000, None)
+                .await
+                .unwrap()
+                .is_none());
+            e.advance(999);
+            assert!(e
+                .store
+                .job_claim("p", true, 60_000, None)
+                .await
+                .unwrap()
+                .is_none());
+            e.advance(1_001);
+        } else {
+            assert_eq!(
+                (r.state.as_str(), r.outcome()),
+                ("quarantined", "quarantined")
+            );
+        }
+    }
+    e.advance(600_000);
+    assert!(e
+        .store
+        .job_claim("p", true, 60_000, None)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// A credential that outlives the pool's minimum but not its refresh margin would be due again
+/// at once; it is refreshed halfway through its usable life instead.
+#[tokio::test]
+async fn a_refresh_within_the_margin_is_due_halfway_not_at_once() {
+    // lease_ttl_s 10: min_token_ttl_s 40, refresh_margin_s 70.
+    let e = Env::new(json!({"lease_ttl_s": 10})).await;
+    e.deposit(
+        json!([{"secret": "s", "id": "a", "expires_at": T0 + 3_600_000,
+        "refresh": {"kind": "external"}}]),
+    )
+    .await;
+    e.store.refresh_enqueue("p", "a").await.unwrap();
+    let j = e
+        .store
+        .job_claim("p", true, 60_000, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = vault_core::store::RefreshedToken::seal(
+        &e.cipher,
+        "p",
+        "a",
+        &vault_core::crypto::Secret::new("sixty"),
+        Some(e.clock.load(Ordering::SeqCst) + 60_000),
+        None,
+    )
+    .unwrap();
+    let r = e
+        .store
+        .job_complete("p", &j.job_id, 0, &done, &RETRY)
+        .await
+        .unwrap();
+    assert_eq!((r.state.as_str(), r.error), ("active", None));
+    // Usable for 20 s (60 - 40): due after 10.
+    e.advance(9_999);
+    assert_eq!(e.store.enqueue_due("p", 10).await.unwrap(), 0);
+    e.advance(1);
+    assert_eq!(e.store.enqueue_due("p", 10).await.unwrap(), 1);
+    let view = e.store.pool_get("p").await.unwrap();
+    assert_eq!(view.issued_ttl_s, Some(60));
+    assert!(
+        view.warnings[0].contains("within refresh_margin_s (70 s)"),
+        "{:?}",
+        view.warnings
     );
 }

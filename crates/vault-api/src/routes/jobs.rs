@@ -9,20 +9,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use vault_core::crypto::Secret;
 use vault_core::model::check_label;
-use vault_core::refresh::RefreshSecrets;
+use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
 use vault_core::store::RefreshedToken;
 use vault_core::time::TimeInput;
 
-use super::{entry, pool_name, record};
+use super::pool_name;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::{AuditEntry, VaultEvent};
-
-/// Failed attempts of an external job before its token is quarantined.
-const MAX_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +105,7 @@ pub async fn complete(
         .ok_or_else(|| ApiError::invalid("secret is required"))?;
     vault_core::model::check_secret(secret.expose())?;
     // The token id is only known to the claim; sealing needs it, so look the job up first.
-    let token_id = s.store.job_token(pool, &job).await?;
+    let (token_id, attempts) = s.store.job_token(pool, &job).await?;
     let rotated = input.refresh_token.map(|rt| RefreshSecrets {
         refresh_token: Some(rt.expose().to_string()),
         client_secret: None,
@@ -122,30 +118,20 @@ pub async fn complete(
         input.expires_at.map(|t| t.0),
         rotated.as_ref(),
     )?;
-    let generation = s.store.job_complete(pool, &job, &sealed).await?;
-    let e = AuditEntry {
-        token_id: Some(token_id.clone()),
-        outcome: Some("refreshed".into()),
-        detail: Some(secret.fingerprint()),
-        ..entry(&who, "token.refresh")
-    };
-    record(&s, Some(pool), e).await;
-    tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation, "token refreshed by an external worker");
-    let at = crate::events::now(&s).await;
-    crate::events::emit(
-        &s,
-        VaultEvent {
-            kind: "token.refreshed".into(),
-            pool: pool.into(),
-            token_id: Some(token_id.clone()),
-            at,
-            ..Default::default()
-        },
-    )
-    .await;
-    Ok(Json(
-        json!({ "job_id": job, "token_id": token_id, "generation": generation, "state": "active" }),
-    ))
+    let r = s
+        .store
+        .job_complete(pool, &job, attempts, &sealed, &RetryPolicy::EXTERNAL)
+        .await?;
+    s.store
+        .record_refresh(pool, &who.sub, Some(&who.jti), &r)
+        .await;
+    tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation = ?r.generation, outcome = r.outcome(), "refresh job completed by an external worker");
+    Ok(Json(answer(&job, &r)))
+}
+
+/// What a completed or failed job did: the token's state, and why it is not back in rotation.
+fn answer(job: &str, r: &RefreshResult) -> Value {
+    json!({ "job_id": job, "token_id": r.token_id, "generation": r.generation, "state": r.state, "error": r.error })
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -194,34 +180,11 @@ pub async fn fail(
             &job,
             &error,
             input.retry_after_s.map(|r| r * 1000),
-            MAX_ATTEMPTS,
+            RetryPolicy::EXTERNAL.max_attempts,
         )
         .await?;
-    let e = AuditEntry {
-        token_id: Some(r.token_id.clone()),
-        outcome: Some(
-            if r.state == "quarantined" {
-                "quarantined"
-            } else {
-                "will_retry"
-            }
-            .into(),
-        ),
-        detail: Some(error),
-        ..entry(&who, "token.refresh_failed")
-    };
-    record(&s, Some(pool), e).await;
-    if r.state == "quarantined" {
-        let at = crate::events::now(&s).await;
-        let ev = VaultEvent {
-            kind: "token.quarantined".into(),
-            pool: pool.into(),
-            token_id: Some(r.token_id.clone()),
-            at,
-            reason: Some("refresh failed".into()),
-            ..Default::default()
-        };
-        crate::events::emit(&s, ev).await;
-    }
-    Ok(Json(json!({ "job_id": job, "state": r.state })))
+    s.store
+        .record_refresh(pool, &who.sub, Some(&who.jti), &r)
+        .await;
+    Ok(Json(answer(&job, &r)))
 }
