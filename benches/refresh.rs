@@ -47,7 +47,7 @@ async fn deposit(store: &Store, cipher: &Cipher, pool: &str, url: &str, expiries
                     "id": format!("t{}", c * 1000 + i), "secret": "s", "expires_at": exp,
                     "refresh": {"kind": "oauth2_refresh_token", "token_url": url, "refresh_token": "rt"}}))
                 .unwrap();
-                t.seal(cipher, pool).unwrap()
+                t.seal(cipher, pool, None).unwrap()
             })
             .collect();
         store.deposit(pool, &sealed).await.unwrap();
@@ -103,7 +103,7 @@ async fn main() {
         serde_json::from_value(json!({"refresh_margin_s": margin_s, "lease_ttl_s": 1, "min_token_ttl_s": 5, "refresh_concurrency": 64})).unwrap();
     for p in ["burst", "steady"] {
         store
-            .pool_upsert(p, &cfg.clone().validate().unwrap())
+            .pool_upsert(p, &cfg.clone().validate(&cipher, p).unwrap())
             .await
             .unwrap();
     }

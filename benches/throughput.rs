@@ -45,7 +45,7 @@ async fn make_pool(store: &Store, cipher: &Cipher, pool: &str, tokens: usize) {
     let cfg: PoolConfigInput =
         serde_json::from_value(json!({"max_leases_per_token": 1000})).unwrap();
     store
-        .pool_upsert(pool, &cfg.validate().unwrap())
+        .pool_upsert(pool, &cfg.validate(cipher, pool).unwrap())
         .await
         .unwrap();
     for chunk in (0..tokens).collect::<Vec<_>>().chunks(1000) {
@@ -56,7 +56,7 @@ async fn make_pool(store: &Store, cipher: &Cipher, pool: &str, tokens: usize) {
                     json!({"id": format!("t{i}"), "secret": format!("secret-{i}")}),
                 )
                 .unwrap();
-                t.seal(cipher, pool).unwrap()
+                t.seal(cipher, pool, None).unwrap()
             })
             .collect();
         store.deposit(pool, &sealed).await.unwrap();

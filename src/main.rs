@@ -120,7 +120,9 @@ async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
     let cfg: PoolConfigInput = serde_json::from_value(serde_json::json!({
         "quota_limit": 1000, "quota_reserve": 10, "max_leases_per_token": 2, "lease_ttl_s": 60
     }))?;
-    store.pool_upsert("demo", &cfg.validate()?).await?;
+    store
+        .pool_upsert("demo", &cfg.validate(&state.cipher, "demo")?)
+        .await?;
     let tokens: Vec<TokenInput> = (1..=5)
         .map(|i| {
             serde_json::from_value(serde_json::json!({
@@ -134,7 +136,7 @@ async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
         .collect();
     let sealed = tokens
         .iter()
-        .map(|t| t.seal(&state.cipher, "demo"))
+        .map(|t| t.seal(&state.cipher, "demo", None))
         .collect::<Result<Vec<_>, _>>()?;
     store.deposit("demo", &sealed).await?;
     Ok(())

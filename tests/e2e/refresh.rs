@@ -772,3 +772,188 @@ async fn tokens_issued_shorter_than_the_pool_needs_are_not_refreshed_in_a_loop()
     assert_eq!(fixed.status, 200, "{fixed:?}");
     assert_eq!(fixed.body["warnings"], json!([]), "{}", fixed.body);
 }
+
+/// Decode HTTP Basic client credentials as a compliant server does (RFC 6749 §2.3.1).
+fn basic_credentials(call: &crate::fakes::Call) -> (String, String) {
+    let header = call.authorization.clone().expect("Basic credentials");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(header.strip_prefix("Basic ").unwrap())
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (id, secret) = raw.split_once(':').unwrap();
+    let decode = |s: &str| -> String {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}")).unwrap()[0]
+            .1
+            .clone()
+    };
+    (decode(id), decode(secret))
+}
+
+/// A pool's `refresh` is the default of its tokens, for both grants: a token deposited without
+/// (or with part of) its own settings is refreshed with the pool's, read at each refresh, so a
+/// new pool client secret applies at once. The pool's client secret is sealed at rest and never
+/// appears in Redis, answers, audit, events or logs: only its fingerprint.
+#[tokio::test]
+async fn pool_refresh_settings_are_inherited_and_their_secret_stays_sealed() {
+    let idp = Fake::start(Mode::Ok {
+        rotate: true,
+        expires_in: 3600,
+    })
+    .await;
+    let secrets = [
+        "POOLSECRET+cc/1=%é",
+        "POOLSECRET+rt/2=%ü",
+        "POOLSECRET+cc/3=%ß",
+    ];
+    // Everything logged, so the scan of the logs below sees all there is.
+    let t = one(&[("RUST_LOG", "debug")]).await;
+    let cc = |secret: &str| {
+        json!({"refresh": {"kind": "oauth2_client_credentials", "token_url": idp.url("/token"),
+            "client_id": "pool-client", "client_secret": secret, "scope": "read"}})
+    };
+    let put = t.api.put("/v1/pools/cc", cc(secrets[0])).await;
+    assert_eq!(put.status, 201, "{put:?}");
+    let fp = |s: &str| vault_core::crypto::Secret::new(s).fingerprint();
+    assert_eq!(
+        put.body["refresh"]["client_secret_fingerprint"],
+        fp(secrets[0])
+    );
+    assert_eq!(put.body["refresh"]["client_id"], "pool-client");
+    let put = t
+        .api
+        .put(
+            "/v1/pools/rt",
+            json!({"refresh": {"kind": "oauth2_refresh_token", "token_url": idp.url("/token"),
+                "client_id": "rt-client", "client_secret": secrets[1]}}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    // A refresh_token grant needs each token's refresh token: a token without is refused.
+    let refused = t
+        .api
+        .post("/v1/pools/rt/tokens", json!({"id": "bare", "secret": "s"}))
+        .await;
+    refused.problem(400, "invalid_request");
+
+    let dep = |pool: &str, body: Value| {
+        let (api, pool) = (t.api.clone(), pool.to_string());
+        async move {
+            let a = api.post(&format!("/v1/pools/{pool}/tokens"), body).await;
+            assert_eq!(a.status, 201, "{a:?}");
+        }
+    };
+    dep("cc", json!({"id": "c1", "secret": "old-c1"})).await;
+    dep(
+        "rt",
+        json!({"id": "r1", "secret": "old-r1", "refresh": {"refresh_token": "rt-r1"}}),
+    )
+    .await;
+    let m = t.api.get("/v1/pools/cc/tokens/c1").await.body;
+    assert_eq!(
+        (
+            m["refresh"]["kind"].as_str(),
+            m["refresh"]["inherits_pool"].as_bool()
+        ),
+        (Some("oauth2_client_credentials"), Some(true)),
+        "{m}"
+    );
+
+    let refresher = t.dep.refresher(&[("RUST_LOG", "debug")]);
+    for (pool, id) in [("cc", "c1"), ("rt", "r1")] {
+        t.api
+            .post(&format!("/v1/pools/{pool}/tokens/{id}/refresh"), json!({}))
+            .await;
+        wait_json(&t.api, &format!("/v1/pools/{pool}/tokens/{id}"), T, |m| {
+            m["generation"] == 2
+        })
+        .await;
+    }
+    let calls = idp.calls();
+    let cc_call = calls
+        .iter()
+        .find(|c| c.form["grant_type"] == "client_credentials")
+        .unwrap();
+    assert_eq!(
+        basic_credentials(cc_call),
+        ("pool-client".into(), secrets[0].into())
+    );
+    assert_eq!(cc_call.form.get("scope").map(String::as_str), Some("read"));
+    let rt_call = calls
+        .iter()
+        .find(|c| c.form["grant_type"] == "refresh_token")
+        .unwrap();
+    assert_eq!(rt_call.form["refresh_token"], "rt-r1");
+    assert_eq!(
+        basic_credentials(rt_call),
+        ("rt-client".into(), secrets[1].into())
+    );
+
+    // A new pool client secret applies at the next refresh of every token that inherits it;
+    // the rotated refresh token stays the token's own and the pool's secret is not copied in.
+    assert_eq!(t.api.put("/v1/pools/cc", cc(secrets[2])).await.status, 200);
+    t.api
+        .post("/v1/pools/cc/tokens/c1/refresh", json!({}))
+        .await;
+    t.api
+        .post("/v1/pools/rt/tokens/r1/refresh", json!({}))
+        .await;
+    for (pool, id) in [("cc", "c1"), ("rt", "r1")] {
+        wait_json(&t.api, &format!("/v1/pools/{pool}/tokens/{id}"), T, |m| {
+            m["generation"] == 3
+        })
+        .await;
+    }
+    let calls = idp.calls();
+    assert_eq!(calls.len(), 4);
+    let last_cc = calls
+        .iter()
+        .rfind(|c| c.form["grant_type"] == "client_credentials")
+        .unwrap();
+    assert_eq!(basic_credentials(last_cc).1, secrets[2]);
+    let last_rt = calls
+        .iter()
+        .rfind(|c| c.form["grant_type"] == "refresh_token")
+        .unwrap();
+    assert_eq!(last_rt.form["refresh_token"], "rt-r1-r2");
+    assert_eq!(basic_credentials(last_rt).1, secrets[1]);
+
+    // Nowhere but sealed: Redis (every key, every type, serialized too), every answer that
+    // describes pools or tokens, audit, events, and the processes' logs.
+    let mut seen: Vec<(String, String)> = crate::secrets::dump_everything(&t.dep.redis_url).await;
+    for path in [
+        "/v1/pools",
+        "/v1/pools/cc",
+        "/v1/pools/rt",
+        "/v1/pools/cc/status",
+        "/v1/pools/cc/tokens",
+        "/v1/pools/rt/tokens/r1",
+        "/v1/audit?pool=cc",
+        "/v1/audit?pool=rt",
+        "/v1/audit",
+    ] {
+        let a = t.api.get(path).await;
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+        seen.push((path.into(), a.body.to_string()));
+    }
+    seen.push(("refresher log".into(), refresher.output()));
+    seen.push(("vault-api log".into(), t.vault.child.output()));
+    assert!(seen.len() > 30, "the scan saw the data");
+    assert!(
+        seen.iter()
+            .any(|(w, text)| w == "refresher log" && text.contains("token refreshed")),
+        "the refresher's log was read"
+    );
+    for (where_, text) in &seen {
+        for s in secrets {
+            assert!(!text.contains(s), "a pool client secret in {where_}");
+            // Nor its form-encoded or JSON-escaped spellings.
+            let encoded: String = serde_urlencoded::to_string([("v", s)]).unwrap();
+            assert!(!text.contains(&encoded[2..]), "encoded in {where_}");
+            assert!(
+                !text.contains(&serde_json::to_string(s).unwrap()),
+                "escaped in {where_}"
+            );
+        }
+        assert!(!text.contains("POOLSECRET"), "part of a secret in {where_}");
+    }
+}

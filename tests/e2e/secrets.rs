@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::harness::one;
 
 /// Every string stored under every key, whatever its type.
-async fn dump_everything(url: &str) -> Vec<(String, String)> {
+pub(crate) async fn dump_everything(url: &str) -> Vec<(String, String)> {
     let client = redis::Client::open(url).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = {
@@ -179,9 +179,11 @@ async fn a_vault_with_another_master_key_cannot_read_secrets() {
 async fn master_key_rotation_with_reencrypt() {
     let t = one(&[]).await;
     let api = &t.api;
+    // The pool's own secret (its default refresh client secret) is re-sealed like the tokens'.
     api.put(
         "/v1/pools/p",
-        serde_json::json!({"max_leases_per_token": 10}),
+        serde_json::json!({"max_leases_per_token": 10, "refresh": {"kind": "oauth2_client_credentials",
+            "token_url": "http://idp/t", "client_id": "c", "client_secret": "pool-cs"}}),
     )
     .await;
     api.post("/v1/pools/p/tokens", serde_json::json!({"tokens": [
@@ -234,7 +236,7 @@ async fn master_key_rotation_with_reencrypt() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("2 re-sealed") && text.contains("1 already current"),
+        text.contains("3 re-sealed") && text.contains("1 already current"),
         "{text}"
     );
     for id in ["a", "b"] {
@@ -261,9 +263,19 @@ async fn master_key_rotation_with_reencrypt() {
         "proxy_key_id",
     ]);
     assert_eq!(proxy_kid.trim(), k2_id, "proxy credentials re-sealed too");
+    let pool_kid = t.redis.cli(&[
+        "HGET",
+        &format!("{}:{{p}}:cfg", t.dep.prefix),
+        "refresh_key_id",
+    ]);
+    assert_eq!(
+        pool_kid.trim(),
+        k2_id,
+        "the pool's client secret re-sealed too"
+    );
     let again = String::from_utf8_lossy(&reencrypt(None).stdout).into_owned();
     assert!(
-        again.contains("0 re-sealed") && again.contains("3 already current"),
+        again.contains("0 re-sealed") && again.contains("4 already current"),
         "{again}"
     );
 

@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
-use vault_core::model::{AuditEntry, Outcome, ProbeConfig, Report};
+use vault_core::model::{AuditEntry, Outcome, ProbeConfig, RefreshPublic, Report};
 use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
 use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken, Sweeper};
 use vault_core::{Store, VaultError};
@@ -297,14 +297,18 @@ impl Refresher {
                 job.refresh_kind
             ))
         })?;
-        let secrets = job.secrets(&self.cipher, pool).map_err(|e| {
+        // The token's own credentials (what a rotated refresh token is stored with) and, for
+        // the exchange, those with what it inherits from its pool filled in.
+        let own = job.secrets(&self.cipher, pool).map_err(|e| {
             RefreshError::Permanent(format!("cannot read refresh credentials: {}", e.code()))
         })?;
+        let (settings, secrets) = self
+            .with_pool_defaults(pool, job.settings(), own.clone())
+            .await?;
         let proxy = job.proxy_url(&self.cipher, pool).map_err(|e| {
             RefreshError::Permanent(format!("cannot read the bound proxy: {}", e.code()))
         })?;
         let http = self.http_for(&proxy)?;
-        let settings = job.settings();
         let r = providers::exchange(
             &http,
             provider,
@@ -313,7 +317,47 @@ impl Refresher {
             Duration::from_millis(self.cfg.http_timeout_ms),
         )
         .await?;
-        Ok((r, secrets))
+        Ok((r, own))
+    }
+
+    /// A token that inherits its pool's refresh settings takes what it leaves out from the
+    /// pool's current ones (read now, so a new pool client secret applies at once).
+    async fn with_pool_defaults(
+        &self,
+        pool: &str,
+        settings: RefreshPublic,
+        mut secrets: RefreshSecrets,
+    ) -> Result<(RefreshPublic, RefreshSecrets), RefreshError> {
+        if !settings.inherits_pool {
+            return Ok((settings, secrets));
+        }
+        let pool_refresh = self
+            .store
+            .pool_config(pool)
+            .await
+            .map_err(|e| {
+                RefreshError::Transient(format!("cannot read the pool's refresh settings: {e}"))
+            })?
+            .refresh
+            .filter(|r| r.settings.kind == settings.kind)
+            .ok_or_else(|| {
+                RefreshError::Permanent(format!(
+                    "the token takes its refresh settings from the pool, which has none for {}",
+                    settings.kind
+                ))
+            })?;
+        if secrets.client_secret.is_none() {
+            secrets.client_secret = pool_refresh
+                .open_client_secret(&self.cipher, pool)
+                .map_err(|e| {
+                    RefreshError::Permanent(format!(
+                        "cannot read the pool's client secret: {}",
+                        e.code()
+                    ))
+                })?
+                .map(|s| s.expose().to_string());
+        }
+        Ok((settings.over(&pool_refresh.settings), secrets))
     }
 
     async fn complete(

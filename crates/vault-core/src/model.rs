@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::Secret;
+use crate::crypto::{Cipher, Secret};
 use crate::error::VaultError;
 use crate::time::{rfc3339, rfc3339_opt, TimeInput};
 
@@ -128,7 +128,8 @@ pub struct PoolConfig {
     pub strategy: Strategy,
     pub quarantine_after_strikes: u32,
     pub session_ttl_s: u64,
-    pub refresh: Option<serde_json::Value>,
+    /// Default refresh settings of the pool's tokens.
+    pub refresh: Option<PoolRefresh>,
     /// Refresh this long before expiry; `None` = `min_token_ttl_s + 30`.
     #[serde(skip)]
     pub refresh_margin_override: Option<u64>,
@@ -147,7 +148,8 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
 }
 
 impl PoolConfigInput {
-    pub fn validate(self) -> Result<PoolConfig, VaultError> {
+    /// Check every field and seal the pool's refresh client secret (bound to `pool`).
+    pub fn validate(self, cipher: &Cipher, pool: &str) -> Result<PoolConfig, VaultError> {
         let quota_limit = self
             .quota_limit
             .map(|l| in_range("quota_limit", l, 1, MAX_QUOTA))
@@ -177,15 +179,17 @@ impl PoolConfigInput {
             .min_token_ttl_s
             .map(|v| in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S))
             .transpose()?;
-        if let Some(r) = &self.refresh {
-            // The same shape as a token's own refresh settings (never quoted back: it may hold
-            // a client secret).
-            if serde_json::from_value::<RefreshInput>(r.clone()).is_err() {
-                return Err(invalid(
-                    "refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}",
-                ));
-            }
-        }
+        let refresh = self
+            .refresh
+            .map(|r| {
+                // The same shape as a token's own refresh settings (never quoted back: it may
+                // hold a client secret).
+                let r = serde_json::from_value::<RefreshInput>(r).map_err(|_| {
+                    invalid("refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}")
+                })?;
+                PoolRefresh::new(r, cipher, pool)
+            })
+            .transpose()?;
         if let Some(p) = &self.probe {
             if !(p.url.starts_with("http://") || p.url.starts_with("https://"))
                 || p.url.len() > 2048
@@ -226,7 +230,7 @@ impl PoolConfigInput {
                 1,
                 86_400,
             )?,
-            refresh: self.refresh,
+            refresh,
             refresh_margin_override: self
                 .refresh_margin_s
                 .map(|v| in_range("refresh_margin_s", v, 0, MAX_WINDOW_S))
@@ -292,6 +296,10 @@ impl PoolConfig {
     /// The hash fields stored in `tv:{pool}:cfg` (read by the scripts).
     pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let secret = self.refresh.as_ref().and_then(|r| r.client_secret.as_ref());
+        let sealed = |f: fn(&crate::crypto::Sealed) -> &String| {
+            secret.map(|s| f(s).clone()).unwrap_or_default()
+        };
         BTreeMap::from([
             ("quota_limit", opt(self.quota_limit)),
             ("quota_window_s", self.quota_window_s.to_string()),
@@ -319,9 +327,11 @@ impl PoolConfig {
                 "refresh",
                 self.refresh
                     .as_ref()
-                    .map(|r| r.to_string())
+                    .map(|r| serde_json::to_string(r).expect("refresh settings serialize"))
                     .unwrap_or_default(),
             ),
+            ("refresh_ct", sealed(|s| &s.data)),
+            ("refresh_key_id", sealed(|s| &s.key_id)),
             ("refresh_margin_s", opt(self.refresh_margin_override)),
             ("refresh_concurrency", self.refresh_concurrency.to_string()),
             (
@@ -352,7 +362,18 @@ impl PoolConfig {
             },
             quarantine_after_strikes: num("quarantine_after_strikes", 3) as u32,
             session_ttl_s: num("session_ttl_s", 600),
-            refresh: f.get("refresh").and_then(|r| serde_json::from_str(r).ok()),
+            refresh: f
+                .get("refresh")
+                .and_then(|r| serde_json::from_str::<PoolRefresh>(r).ok())
+                .map(|r| PoolRefresh {
+                    client_secret: f.get("refresh_ct").filter(|ct| !ct.is_empty()).map(|ct| {
+                        crate::crypto::Sealed {
+                            data: ct.clone(),
+                            key_id: f.get("refresh_key_id").cloned().unwrap_or_default(),
+                        }
+                    }),
+                    ..r
+                }),
             refresh_margin_override: opt("refresh_margin_s"),
             refresh_concurrency: num("refresh_concurrency", 4) as u32,
             probe: f.get("probe").and_then(|p| serde_json::from_str(p).ok()),
@@ -413,7 +434,8 @@ impl RefreshKind {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshInput {
-    pub kind: RefreshKind,
+    /// The grant; a token may leave it out to use its pool's (see [`PoolRefresh`]).
+    pub kind: Option<RefreshKind>,
     pub token_url: Option<String>,
     #[schema(value_type = Option<String>, format = Password)]
     pub refresh_token: Option<Secret>,
@@ -453,42 +475,146 @@ pub struct RefreshPublic {
     pub scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuth>,
+    /// The token takes what it does not set itself from its pool's `refresh`, read at each
+    /// refresh (so a new pool client secret applies to every token at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inherits_pool: bool,
+}
+
+impl RefreshPublic {
+    /// These settings, with what they leave out taken from `pool`.
+    pub fn over(mut self, pool: &RefreshPublic) -> RefreshPublic {
+        self.token_url = self.token_url.or_else(|| pool.token_url.clone());
+        self.client_id = self.client_id.or_else(|| pool.client_id.clone());
+        self.scope = self.scope.or_else(|| pool.scope.clone());
+        self.client_auth = self.client_auth.or(pool.client_auth);
+        self
+    }
+
+    /// The refresh rule: what each grant needs, on the settings a token is refreshed with.
+    fn check(&self, client_secret: bool, refresh_token: bool) -> Result<(), VaultError> {
+        let url_ok = self.token_url.as_deref().is_some_and(|u| {
+            (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
+        });
+        match self.kind.as_str() {
+            "oauth2_refresh_token" if !url_ok || !refresh_token => Err(invalid(
+                "refresh kind oauth2_refresh_token needs token_url (http/https) and refresh_token",
+            )),
+            "oauth2_client_credentials"
+                if !url_ok || self.client_id.is_none() || !client_secret =>
+            {
+                Err(invalid("refresh kind oauth2_client_credentials needs token_url (http/https), client_id and client_secret"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A pool's default refresh settings, as stored and shown: the public part, and the client
+/// secret's fingerprint. The secret itself is sealed in the pool's config record and never
+/// answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct PoolRefresh {
+    #[serde(flatten)]
+    pub settings: RefreshPublic,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_fingerprint: Option<String>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub client_secret: Option<crate::crypto::Sealed>,
+}
+
+impl PoolRefresh {
+    /// Validate a pool's `refresh` and seal its client secret.
+    fn new(input: RefreshInput, cipher: &Cipher, pool: &str) -> Result<Self, VaultError> {
+        let Some(kind) = input.kind else {
+            return Err(invalid("a pool's refresh needs its kind"));
+        };
+        if input.refresh_token.is_some() {
+            return Err(invalid(
+                "a pool's refresh cannot hold a refresh_token: each token brings its own",
+            ));
+        }
+        let settings = input.public(kind);
+        // Tokens bring their refresh tokens: only what the pool must supply is checked here.
+        settings.check(input.client_secret.is_some(), true)?;
+        Ok(PoolRefresh {
+            settings,
+            client_secret_fingerprint: input.client_secret.as_ref().map(Secret::fingerprint),
+            client_secret: input
+                .client_secret
+                .as_ref()
+                .map(|s| cipher.seal_secret(pool, crate::refresh::POOL_REFRESH_AAD_ID, s)),
+        })
+    }
+
+    /// The pool's client secret, unsealed for a refresh.
+    pub fn open_client_secret(
+        &self,
+        cipher: &Cipher,
+        pool: &str,
+    ) -> Result<Option<Secret>, VaultError> {
+        self.client_secret
+            .as_ref()
+            .map(|s| cipher.open_secret(pool, crate::refresh::POOL_REFRESH_AAD_ID, s))
+            .transpose()
+    }
 }
 
 impl RefreshInput {
-    pub fn validate(&self) -> Result<(), VaultError> {
-        let url_ok = |u: &Option<String>| {
-            u.as_deref().is_some_and(|u| {
-                (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
-            })
-        };
-        match self.kind {
-            RefreshKind::Oauth2RefreshToken => {
-                if !url_ok(&self.token_url) || self.refresh_token.is_none() {
-                    return Err(invalid("refresh kind oauth2_refresh_token needs token_url (http/https) and refresh_token"));
-                }
-            }
-            RefreshKind::Oauth2ClientCredentials => {
-                if !url_ok(&self.token_url)
-                    || self.client_id.is_none()
-                    || self.client_secret.is_none()
-                {
-                    return Err(invalid("refresh kind oauth2_client_credentials needs token_url (http/https), client_id and client_secret"));
-                }
-            }
-            RefreshKind::External | RefreshKind::None => {}
-        }
-        Ok(())
-    }
-
-    pub fn public(&self) -> RefreshPublic {
+    pub fn public(&self, kind: RefreshKind) -> RefreshPublic {
         RefreshPublic {
-            kind: self.kind.as_str().into(),
+            kind: kind.as_str().into(),
             token_url: self.token_url.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
             client_auth: self.client_auth,
+            inherits_pool: false,
         }
+    }
+
+    /// What a token is refreshed with: its own settings, and what it leaves out from its pool's
+    /// when it uses the same grant (or names none). Checked as a whole; returns the kind and
+    /// the token's own public settings, marked when they inherit.
+    pub fn for_token(
+        own: Option<&RefreshInput>,
+        pool: Option<&PoolRefresh>,
+    ) -> Result<RefreshPublic, VaultError> {
+        let pool_kind = pool.map(|p| p.settings.kind.as_str());
+        let kind = match (own.and_then(|r| r.kind), pool_kind) {
+            (Some(k), _) => k.as_str(),
+            (None, Some(k)) => k,
+            (None, None) if own.is_some() => {
+                return Err(invalid(
+                    "refresh.kind is required: the pool has no refresh settings to inherit",
+                ))
+            }
+            (None, None) => "none",
+        };
+        let mut public = match own {
+            Some(r) => RefreshPublic {
+                kind: kind.into(),
+                ..r.public(RefreshKind::None)
+            },
+            None => RefreshPublic {
+                kind: kind.into(),
+                ..Default::default()
+            },
+        };
+        let (mut client_secret, refresh_token) = (
+            own.is_some_and(|r| r.client_secret.is_some()),
+            own.is_some_and(|r| r.refresh_token.is_some()),
+        );
+        let effective = match pool {
+            Some(p) if p.settings.kind == kind && kind != "none" => {
+                public.inherits_pool = true;
+                client_secret |= p.client_secret.is_some();
+                public.clone().over(&p.settings)
+            }
+            _ => public.clone(),
+        };
+        effective.check(client_secret, refresh_token)?;
+        Ok(public)
     }
 
     /// The secret part, as JSON to seal (None when there is nothing secret).
@@ -587,9 +713,6 @@ impl TokenInput {
                     "labels: at most 32, keys 1-64 bytes, values up to 256 bytes",
                 ));
             }
-        }
-        if let Some(r) = &self.refresh {
-            r.validate()?;
         }
         Ok(())
     }
@@ -1026,8 +1149,10 @@ impl TokenInput {
         &self,
         cipher: &crate::crypto::Cipher,
         pool: &str,
+        pool_refresh: Option<&PoolRefresh>,
     ) -> Result<crate::store::SealedToken, VaultError> {
         self.validate()?;
+        let refresh = RefreshInput::for_token(self.refresh.as_ref(), pool_refresh)?;
         let id = self
             .id
             .clone()
@@ -1062,20 +1187,22 @@ impl TokenInput {
             },
             None => Default::default(),
         };
-        let (refresh_kind, refresh_ct, refresh_pub) = match &self.refresh {
-            Some(r) => (
-                r.kind.as_str().to_string(),
-                r.secret_json()
-                    .map(|s| {
-                        cipher
-                            .seal_secret(pool, &crate::refresh::refresh_aad_id(&id), &s)
-                            .data
-                    })
-                    .unwrap_or_default(),
-                serde_json::to_string(&r.public()).expect("refresh settings serialize"),
-            ),
-            None => ("none".into(), String::new(), String::new()),
+        let refresh_ct = self
+            .refresh
+            .as_ref()
+            .and_then(RefreshInput::secret_json)
+            .map(|s| {
+                cipher
+                    .seal_secret(pool, &crate::refresh::refresh_aad_id(&id), &s)
+                    .data
+            })
+            .unwrap_or_default();
+        let refresh_pub = if refresh.kind == "none" {
+            String::new()
+        } else {
+            serde_json::to_string(&refresh).expect("refresh settings serialize")
         };
+        let refresh_kind = refresh.kind;
         Ok(crate::store::SealedToken {
             fingerprint: self.secret.fingerprint(),
             secret_ct: sealed.data,
@@ -1098,9 +1225,14 @@ impl TokenInput {
 mod tests {
     use super::*;
 
+    fn cipher() -> Cipher {
+        Cipher::new(&crate::crypto::MasterKey::generate())
+    }
+
     #[test]
     fn pool_config_defaults_and_bounds() {
-        let c = PoolConfigInput::default().validate().unwrap();
+        let k = cipher();
+        let c = PoolConfigInput::default().validate(&k, "p").unwrap();
         assert_eq!(
             (c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token),
             (60, 90, 1)
@@ -1108,7 +1240,7 @@ mod tests {
         let bad = |j: &str| {
             serde_json::from_str::<PoolConfigInput>(j)
                 .map_err(|e| e.to_string())
-                .and_then(|i| i.validate().map_err(|e| e.to_string()))
+                .and_then(|i| i.validate(&k, "p").map_err(|e| e.to_string()))
         };
         assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
         assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
@@ -1144,9 +1276,92 @@ mod tests {
             r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#,
         )
         .unwrap();
-        assert!(r.validate().is_err());
+        assert!(RefreshInput::for_token(Some(&r), None).is_err());
         let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
-        assert!(r.validate().is_ok());
+        assert!(RefreshInput::for_token(Some(&r), None).is_ok());
         assert!(!format!("{r:?}").contains("\"rt\""));
+    }
+
+    /// A token takes what it leaves out from its pool's settings of the same grant; the pool's
+    /// client secret is sealed and only its fingerprint is shown or stored in clear.
+    #[test]
+    fn tokens_inherit_their_pool_refresh_settings() {
+        let k = cipher();
+        let pool: PoolConfigInput = serde_json::from_str(
+            r#"{"refresh":{"kind":"oauth2_client_credentials","token_url":"https://idp/token","client_id":"c","client_secret":"pool-secret-1"}}"#,
+        )
+        .unwrap();
+        let cfg = pool.validate(&k, "p").unwrap();
+        let fields = format!("{:?}", cfg.to_fields());
+        assert!(!fields.contains("pool-secret-1"), "{fields}");
+        let back = PoolConfig::from_fields(
+            &cfg.to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(back, cfg);
+        let pr = back.refresh.as_ref().unwrap();
+        assert_eq!(
+            pr.open_client_secret(&k, "p").unwrap().unwrap().expose(),
+            "pool-secret-1"
+        );
+        assert!(
+            pr.open_client_secret(&k, "other").is_err(),
+            "bound to its pool"
+        );
+        let shown = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            shown["refresh"]["client_secret_fingerprint"],
+            Secret::new("pool-secret-1").fingerprint()
+        );
+        assert!(!shown.to_string().contains("pool-secret-1"));
+
+        // No refresh of its own: the pool's, whole.
+        let t = RefreshInput::for_token(None, Some(pr)).unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.inherits_pool, t.token_url),
+            ("oauth2_client_credentials", true, None)
+        );
+        // A refresh_token grant in the pool: each token must bring its refresh token.
+        let rt_pool: PoolConfigInput = serde_json::from_str(
+            r#"{"refresh":{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}}"#,
+        )
+        .unwrap();
+        let rt_cfg = rt_pool.validate(&k, "p").unwrap();
+        let rt = rt_cfg.refresh.as_ref();
+        assert!(RefreshInput::for_token(None, rt).is_err());
+        let own: RefreshInput = serde_json::from_str(r#"{"refresh_token":"r1"}"#).unwrap();
+        let t = RefreshInput::for_token(Some(&own), rt).unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.inherits_pool),
+            ("oauth2_refresh_token", true)
+        );
+        // Another grant of its own: nothing inherited.
+        let ext: RefreshInput = serde_json::from_str(r#"{"kind":"external"}"#).unwrap();
+        assert!(
+            !RefreshInput::for_token(Some(&ext), rt)
+                .unwrap()
+                .inherits_pool
+        );
+        // Without a pool to inherit from, the kind is required.
+        assert!(RefreshInput::for_token(Some(&own), None).is_err());
+
+        let bad = |j: &str| {
+            serde_json::from_str::<PoolConfigInput>(j)
+                .unwrap()
+                .validate(&k, "p")
+                .is_err()
+        };
+        assert!(
+            bad(r#"{"refresh":{"token_url":"https://idp/token"}}"#),
+            "kind needed"
+        );
+        assert!(bad(
+            r#"{"refresh":{"kind":"oauth2_refresh_token","token_url":"https://i/t","refresh_token":"x"}}"#
+        ));
+        assert!(bad(
+            r#"{"refresh":{"kind":"oauth2_client_credentials","token_url":"https://i/t","client_id":"c"}}"#
+        ));
     }
 }

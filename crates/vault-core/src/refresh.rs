@@ -23,6 +23,10 @@ impl std::fmt::Debug for RefreshSecrets {
     }
 }
 
+/// Associated data of a pool's sealed client secret: `@` is never in a token id, so no token's
+/// ciphertext can be passed off as it.
+pub const POOL_REFRESH_AAD_ID: &str = "@pool/refresh";
+
 /// Associated data of the sealed refresh credentials (distinct from the token's secret).
 pub fn refresh_aad_id(token_id: &str) -> String {
     format!("{token_id}/refresh")

@@ -53,6 +53,7 @@ scripts! {
     JOB_COMPLETE => "job_complete.lua",
     JOB_FAIL => "job_fail.lua",
     RESEAL => "reseal.lua",
+    POOL_RESEAL => "pool_reseal.lua",
     POOL_ROTATE => "pool_rotate.lua",
     POOL_ROTATE_CANCEL => "pool_rotate_cancel.lua",
     POOL_OP => "pool_op.lua",

@@ -1455,6 +1455,19 @@ impl Store {
         Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
     }
 
+    /// Re-seal the pool's client secret under the current key (compare-and-set against the
+    /// ciphertext read). Returns false when the pool's refresh settings changed meanwhile.
+    pub async fn pool_reseal(&self, pool: &str, read: &str, new: &Sealed) -> Result<bool> {
+        let v = self
+            .eval(
+                &scripts::POOL_RESEAL,
+                pool,
+                &[read.to_string(), new.data.clone(), new.key_id.clone()],
+            )
+            .await?;
+        Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
+    }
+
     /// The job's token and the refresh attempts it had failed when it was claimed (`JobGone`
     /// when the job record is gone).
     pub async fn job_token(&self, pool: &str, job_id: &str) -> Result<(String, u32)> {

@@ -46,15 +46,16 @@ impl Env {
         let store = Store::connect(&args).unwrap().with_clock(clock.clone());
         store.load_scripts().await.unwrap();
         let cfg: PoolConfigInput = serde_json::from_value(cfg).unwrap();
+        let cipher = Cipher::new(&MasterKey::generate());
         store
-            .pool_upsert("p", &cfg.validate().unwrap())
+            .pool_upsert("p", &cfg.validate(&cipher, "p").unwrap())
             .await
             .unwrap();
         Env {
             redis,
             store,
             clock,
-            cipher: Cipher::new(&MasterKey::generate()),
+            cipher,
             pool: "p".into(),
         }
     }
@@ -67,7 +68,7 @@ impl Env {
         let inputs: Vec<TokenInput> = serde_json::from_value(tokens).unwrap();
         let sealed: Vec<_> = inputs
             .iter()
-            .map(|t| t.seal(&self.cipher, &self.pool).unwrap())
+            .map(|t| t.seal(&self.cipher, &self.pool, None).unwrap())
             .collect();
         self.store.deposit(&self.pool, &sealed).await.unwrap()
     }
@@ -251,7 +252,7 @@ async fn jwt_exp_is_taken_and_malformed_jwt_refused() {
         serde_json::from_value(json!({"secret": format!("{}.@@@.sig", b64(r#"{"alg":"RS256"}"#))}))
             .unwrap();
     assert!(matches!(
-        bad.seal(&e.cipher, "p"),
+        bad.seal(&e.cipher, "p", None),
         Err(VaultError::Invalid(_))
     ));
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{proxy_aad_id, Cipher, Sealed};
-use vault_core::refresh::refresh_aad_id;
+use vault_core::refresh::{refresh_aad_id, POOL_REFRESH_AAD_ID};
 use vault_core::Store;
 
 #[derive(Parser)]
@@ -111,6 +111,32 @@ struct Resealed {
 async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result<Resealed> {
     let mut r = Resealed::default();
     let current = cipher.current_key_id().to_string();
+    // The pool's own secret: the client secret of its default refresh settings.
+    let pool_secret = store
+        .pool_config(pool)
+        .await?
+        .refresh
+        .and_then(|pr| pr.client_secret);
+    if let Some(sealed) = pool_secret {
+        if sealed.key_id == current {
+            r.current += 1;
+        } else {
+            match cipher.open(pool, POOL_REFRESH_AAD_ID, &sealed) {
+                Err(e) => {
+                    eprintln!("pool {pool}: its client secret: {e}");
+                    r.unreadable += 1;
+                }
+                Ok(plain) => {
+                    let again = cipher.seal(pool, POOL_REFRESH_AAD_ID, &plain);
+                    if store.pool_reseal(pool, &sealed.data, &again).await? {
+                        r.resealed += 1;
+                    } else {
+                        r.changed += 1;
+                    }
+                }
+            }
+        }
+    }
     let mut cursor = 0;
     loop {
         let (ids, next) = store.token_ids_page(pool, cursor, 500).await?;

@@ -33,7 +33,7 @@ pub async fn upsert(
     Body(input): Body<PoolConfigInput>,
 ) -> Result<(StatusCode, Json<PoolView>), ApiError> {
     let pool = pool_name(&pool)?;
-    let cfg = input.validate()?;
+    let cfg = input.validate(&s.cipher, pool)?;
     let created = s.store.pool_upsert(pool, &cfg).await?;
     let action = if created {
         "pool.create"

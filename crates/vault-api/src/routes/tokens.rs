@@ -66,9 +66,11 @@ pub async fn deposit(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let pool = pool_name(&pool)?;
     let tokens = parse_deposit(&body)?;
+    // Tokens without refresh settings of their own take the pool's.
+    let pool_refresh = s.store.pool_config(pool).await?.refresh;
     let mut sealed = Vec::with_capacity(tokens.len());
     for t in &tokens {
-        sealed.push(t.seal(&s.cipher, pool)?);
+        sealed.push(t.seal(&s.cipher, pool, pool_refresh.as_ref())?);
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = sealed.iter().find(|t| !seen.insert(t.id.as_str())) {
