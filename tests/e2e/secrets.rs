@@ -308,3 +308,44 @@ async fn futures_lease_all(
     }
     out
 }
+
+/// A pool written before pool client secrets were sealed kept its secret in the settings' JSON;
+/// `vaultctl keys reencrypt` seals it and leaves only the fingerprint in clear.
+#[tokio::test]
+async fn reencrypt_seals_a_legacy_pool_client_secret() {
+    let t = one(&[]).await;
+    assert_eq!(t.api.put("/v1/pools/p", json!({})).await.status, 201);
+    let legacy = json!({"kind": "oauth2_client_credentials", "token_url": "http://idp/t",
+        "client_id": "c", "client_secret": "LEGACY-cs-42"});
+    t.redis.cli(&[
+        "HSET",
+        &format!("{}:{{p}}:cfg", t.dep.prefix),
+        "refresh",
+        &legacy.to_string(),
+    ]);
+    let out = std::process::Command::new(testkit::bin_path("vaultctl"))
+        .args(["keys", "reencrypt", "--pool", "p"])
+        .env("TV_REDIS_URL", &t.dep.redis_url)
+        .env("TV_PREFIX", &t.dep.prefix)
+        .env("TV_MASTER_KEY", &t.dep.master_key)
+        .env_remove("TV_MASTER_KEYS_OLD")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 re-sealed"),
+        "{text}"
+    );
+    for (key, value) in dump_everything(&t.dep.redis_url).await {
+        assert!(
+            !value.contains("LEGACY-cs"),
+            "the legacy secret under {key}"
+        );
+    }
+    let shown = t.api.get("/v1/pools/p").await.body;
+    assert_eq!(
+        shown["refresh"]["client_secret_fingerprint"],
+        vault_core::crypto::Secret::new("LEGACY-cs-42").fingerprint(),
+        "{shown}"
+    );
+}

@@ -187,7 +187,7 @@ impl PoolConfigInput {
                 let r = serde_json::from_value::<RefreshInput>(r).map_err(|_| {
                     invalid("refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}")
                 })?;
-                PoolRefresh::new(r, cipher, pool)
+                PoolRefresh::seal(r, cipher, pool)
             })
             .transpose()?;
         if let Some(p) = &self.probe {
@@ -526,7 +526,7 @@ pub struct PoolRefresh {
 
 impl PoolRefresh {
     /// Validate a pool's `refresh` and seal its client secret.
-    fn new(input: RefreshInput, cipher: &Cipher, pool: &str) -> Result<Self, VaultError> {
+    pub fn seal(input: RefreshInput, cipher: &Cipher, pool: &str) -> Result<Self, VaultError> {
         let Some(kind) = input.kind else {
             return Err(invalid("a pool's refresh needs its kind"));
         };
@@ -546,6 +546,37 @@ impl PoolRefresh {
                 .as_ref()
                 .map(|s| cipher.seal_secret(pool, crate::refresh::POOL_REFRESH_AAD_ID, s)),
         })
+    }
+
+    /// What a stored record (`json`, `sealed`) becomes under the current master key: `None`
+    /// when it is current. A record from before pool secrets were sealed (the client secret in
+    /// the JSON) is sealed now.
+    pub fn resealed(
+        json: &str,
+        sealed: &crate::crypto::Sealed,
+        cipher: &Cipher,
+        pool: &str,
+    ) -> Result<Option<PoolRefresh>, VaultError> {
+        let legacy = serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .filter(|v| v.get("client_secret").is_some());
+        if let Some(v) = legacy {
+            let input = serde_json::from_value::<RefreshInput>(v).map_err(|_| {
+                VaultError::Crypto(format!("pool {pool}: its refresh settings do not decode"))
+            })?;
+            return PoolRefresh::seal(input, cipher, pool).map(Some);
+        }
+        if sealed.data.is_empty() || sealed.key_id == cipher.current_key_id() {
+            return Ok(None);
+        }
+        let settings: PoolRefresh = serde_json::from_str(json).map_err(|_| {
+            VaultError::Crypto(format!("pool {pool}: its refresh settings do not decode"))
+        })?;
+        let plain = cipher.open(pool, crate::refresh::POOL_REFRESH_AAD_ID, sealed)?;
+        Ok(Some(PoolRefresh {
+            client_secret: Some(cipher.seal(pool, crate::refresh::POOL_REFRESH_AAD_ID, &plain)),
+            ..settings
+        }))
     }
 
     /// The pool's client secret, unsealed for a refresh.

@@ -20,8 +20,8 @@ use crate::crypto::Sealed;
 use crate::error::VaultError;
 use crate::keys::Keys;
 use crate::model::{
-    AuditEntry, LeaseGrant, PoolConfig, PoolStatus, PoolView, Report, RotationStatus, TokenMeta,
-    VaultEvent, VIEW_STATES,
+    AuditEntry, LeaseGrant, PoolConfig, PoolRefresh, PoolStatus, PoolView, Report, RotationStatus,
+    TokenMeta, VaultEvent, VIEW_STATES,
 };
 use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
@@ -1455,14 +1455,45 @@ impl Store {
         Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
     }
 
-    /// Re-seal the pool's client secret under the current key (compare-and-set against the
-    /// ciphertext read). Returns false when the pool's refresh settings changed meanwhile.
-    pub async fn pool_reseal(&self, pool: &str, read: &str, new: &Sealed) -> Result<bool> {
+    /// The pool's default refresh settings as stored: the JSON and the sealed client secret.
+    pub async fn pool_refresh_raw(&self, pool: &str) -> Result<(String, Sealed)> {
+        let (json, data, key_id): (Option<String>, Option<String>, Option<String>) = self
+            .cmd(
+                redis::cmd("HMGET")
+                    .arg(self.keys.pool(pool).cfg())
+                    .arg(&["refresh", "refresh_ct", "refresh_key_id"])
+                    .clone(),
+            )
+            .await?;
+        Ok((
+            json.unwrap_or_default(),
+            Sealed {
+                data: data.unwrap_or_default(),
+                key_id: key_id.unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// Rewrite the pool's default refresh settings (JSON and sealed client secret), compare-and-
+    /// set against what [`Store::pool_refresh_raw`] read. False when they changed meanwhile.
+    pub async fn pool_reseal(
+        &self,
+        pool: &str,
+        read: (&str, &str),
+        new: &PoolRefresh,
+    ) -> Result<bool> {
+        let sealed = new.client_secret.clone().unwrap_or_default();
         let v = self
             .eval(
                 &scripts::POOL_RESEAL,
                 pool,
-                &[read.to_string(), new.data.clone(), new.key_id.clone()],
+                &[
+                    read.0.to_string(),
+                    read.1.to_string(),
+                    serde_json::to_string(new).expect("refresh settings serialize"),
+                    sealed.data,
+                    sealed.key_id,
+                ],
             )
             .await?;
         Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{proxy_aad_id, Cipher, Sealed};
-use vault_core::refresh::{refresh_aad_id, POOL_REFRESH_AAD_ID};
+use vault_core::model::PoolRefresh;
+use vault_core::refresh::refresh_aad_id;
 use vault_core::Store;
 
 #[derive(Parser)]
@@ -112,28 +113,19 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
     let mut r = Resealed::default();
     let current = cipher.current_key_id().to_string();
     // The pool's own secret: the client secret of its default refresh settings.
-    let pool_secret = store
-        .pool_config(pool)
-        .await?
-        .refresh
-        .and_then(|pr| pr.client_secret);
-    if let Some(sealed) = pool_secret {
-        if sealed.key_id == current {
-            r.current += 1;
-        } else {
-            match cipher.open(pool, POOL_REFRESH_AAD_ID, &sealed) {
-                Err(e) => {
-                    eprintln!("pool {pool}: its client secret: {e}");
-                    r.unreadable += 1;
-                }
-                Ok(plain) => {
-                    let again = cipher.seal(pool, POOL_REFRESH_AAD_ID, &plain);
-                    if store.pool_reseal(pool, &sealed.data, &again).await? {
-                        r.resealed += 1;
-                    } else {
-                        r.changed += 1;
-                    }
-                }
+    let (json, sealed) = store.pool_refresh_raw(pool).await?;
+    match PoolRefresh::resealed(&json, &sealed, cipher, pool) {
+        Err(e) => {
+            eprintln!("pool {pool}: its client secret: {e}");
+            r.unreadable += 1;
+        }
+        Ok(None) if !sealed.data.is_empty() => r.current += 1,
+        Ok(None) => {}
+        Ok(Some(new)) => {
+            if store.pool_reseal(pool, (&json, &sealed.data), &new).await? {
+                r.resealed += 1;
+            } else {
+                r.changed += 1;
             }
         }
     }

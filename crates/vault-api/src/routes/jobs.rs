@@ -86,7 +86,7 @@ pub struct CompleteInput {
     params(crate::openapi::JobPath),
     request_body = CompleteInput,
     responses(
-        (status = 200, description = "the new secret stored; the token back in rotation", body = serde_json::Value),
+        (status = 200, description = "the new secret stored: `{\"job_id\",\"token_id\",\"generation\",\"state\",\"error\"}`; `error` null = back in rotation, else why not (a secret living less than the pool's `min_token_ttl_s` is a failed attempt, retried later or quarantined)", body = serde_json::Value),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 410, description = "`job_gone`", body = Problem),
         (status = 409, description = "`stale_job`: the token changed since the claim", body = Problem),
