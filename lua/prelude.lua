@@ -1,26 +1,34 @@
--- prelude.lua: shared helpers, prepended to every script at build time (vault-core/src/scripts.rs).
--- It is not a transition itself; each script below it is one atomic transition.
+-- prelude.lua: shared helpers of the tokenvault function library (vault-core/src/scripts.rs
+-- assembles it: this file, then each transition as a function, then their registrations).
+-- It is not a transition itself; each transition is one atomic function.
 --
--- Every script receives the same KEYS, built by vault-core's key builder (keys.rs):
---   KEYS[1] cfg    hash  pool config               KEYS[2] ready  zset  leasable tokens (score = preference)
---   KEYS[3] cool   zset  cooling tokens (score = back-at ms)
---   KEYS[4] leases zset  live leases (score = deadline ms)
---   KEYS[5] exp    zset  tokens in rotation by expires_at ms
---   KEYS[6] ids    set   every token id of the pool
---   KEYS[7] jobs   zset  refresh jobs (score = visible-at ms)
---   KEYS[8] base   the pool's key prefix `tv:{pool}:`; per-token/lease keys are built from it,
+-- Every transition receives the same keys, built by vault-core's key builder (keys.rs):
+--   keys[1] cfg    hash  pool config               keys[2] ready  zset  leasable tokens (score = preference)
+--   keys[3] cool   zset  cooling tokens (score = back-at ms)
+--   keys[4] leases zset  live leases (score = deadline ms)
+--   keys[5] exp    zset  tokens in rotation by expires_at ms
+--   keys[6] ids    set   every token id of the pool
+--   keys[7] jobs   zset  refresh jobs (score = visible-at ms)
+--   keys[8] base   the pool's key prefix `tv:{pool}:`; per-token/lease keys are built from it,
 --                  so they share the pool's hash slot (cluster-safe).
 -- ARGV[1] is always "now" in unix ms, or "" to use Redis TIME (the one clock of the system).
 
-local K = { cfg = KEYS[1], ready = KEYS[2], cool = KEYS[3], leases = KEYS[4], exp = KEYS[5],
-            ids = KEYS[6], jobs = KEYS[7], base = KEYS[8] }
+-- The call being served: set by `begin` at the start of every call (functions share this
+-- library's state, and Redis runs one call at a time).
+local KEYS, ARGV, K, NOW
 
 local function clock()
   if ARGV[1] ~= nil and ARGV[1] ~= '' then return tonumber(ARGV[1]) end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local NOW = clock()
+
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K = { cfg = keys[1], ready = keys[2], cool = keys[3], leases = keys[4], exp = keys[5],
+        ids = keys[6], jobs = keys[7], base = keys[8] }
+  NOW = clock()
+end
 
 -- Deprecated tokens stay leasable but sort after every active one.
 local DEPRECATED_OFFSET = 100000000000000

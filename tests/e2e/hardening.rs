@@ -682,7 +682,10 @@ async fn sweeps_cost_follows_the_work_due_not_the_pools() {
         })
         .await
     );
-    let (scripts, probes) = (stat("evalsha") + stat("eval"), stat("zrange"));
+    let (scripts, probes) = (
+        stat("fcall") + stat("evalsha") + stat("eval"),
+        stat("zrange"),
+    );
     eprintln!("{POOLS} idle pools, 4+ sweeps: {scripts} script calls, {probes} probe reads");
     assert!(
         probes >= 3 * POOLS as u64,

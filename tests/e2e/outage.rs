@@ -80,11 +80,8 @@ async fn redis_down_or_stalled_is_503_within_the_timeout() {
 
 #[tokio::test]
 async fn refuses_to_start_when_redis_refuses_scripts() {
-    let redis = RedisServer::start_with(&[
-        "rename-command EVALSHA \"\"",
-        "rename-command EVAL \"\"",
-        "rename-command SCRIPT \"\"",
-    ]);
+    let redis =
+        RedisServer::start_with(&["rename-command FCALL \"\"", "rename-command FUNCTION \"\""]);
     let dep = Deployment::new(&redis);
     let mut child = Child::spawn(
         &bin_path("vault-api"),
@@ -170,4 +167,27 @@ async fn help_lists_the_settings() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TV_LISTEN_ADDR") && text.contains("TV_MASTER_KEY"));
+}
+
+/// Redis Functions persist with the data, but a server can still come back without them (an
+/// empty restart, `FUNCTION FLUSH`, a failover to a replica that never had them): the next
+/// call loads the library again and succeeds, and the library is named after its version.
+#[tokio::test]
+async fn a_lost_function_library_is_loaded_again_on_the_next_call() {
+    let t = one(&[]).await;
+    assert_eq!(t.api.put("/v1/pools/p", json!({})).await.status, 201);
+    t.api
+        .post("/v1/pools/p/tokens", json!({"secret": "s", "id": "a"}))
+        .await;
+    let name = &vault_core::scripts::LIBRARY.name;
+    assert!(t.redis.cli(&["FUNCTION", "LIST"]).contains(name.as_str()));
+    assert!(t.redis.cli(&["FUNCTION", "FLUSH"]).contains("OK"));
+    assert!(!t.redis.cli(&["FUNCTION", "LIST"]).contains(name.as_str()));
+    let l = t.api.post("/v1/pools/p/leases", json!({})).await;
+    assert_eq!(l.status, 201, "{l:?}");
+    assert!(t.redis.cli(&["FUNCTION", "LIST"]).contains(name.as_str()));
+    // Readiness reloads it too.
+    t.redis.cli(&["FUNCTION", "FLUSH"]);
+    assert_eq!(t.api.get("/readyz").await.status, 200);
+    assert!(t.redis.cli(&["FUNCTION", "LIST"]).contains(name.as_str()));
 }

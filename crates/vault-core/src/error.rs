@@ -40,7 +40,7 @@ pub enum VaultError {
     /// that timed out may still have been applied.
     #[error("Redis is busy: {0}")]
     RedisBusy(String),
-    #[error("Redis refuses Lua scripts ({0}); tokenvault needs EVALSHA and SCRIPT LOAD and never falls back to non-atomic commands")]
+    #[error("Redis refuses Lua scripts ({0}); tokenvault needs Redis Functions (FUNCTION LOAD, FCALL) and never falls back to non-atomic commands")]
     ScriptsUnavailable(String),
     #[error("cannot decrypt a stored secret: {0}")]
     Crypto(String),
@@ -125,7 +125,9 @@ impl VaultError {
                 Self::ScriptsUnavailable(text)
             }
             ErrorKind::Server(ServerErrorKind::ResponseError)
-                if text.contains("user_script") || text.contains("script") =>
+                if text.contains("user_function")
+                    || text.contains("user_script")
+                    || text.contains("script") =>
             {
                 Self::Internal(text)
             }

@@ -5,13 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{
     Connection, Manager, Pool, PoolConfig as DpConfig, PoolError, Runtime, Timeouts,
 };
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -26,9 +25,6 @@ use crate::model::{
 use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
 use crate::Result;
-
-/// Readiness probe: proves EVALSHA works on this connection (ACLs can forbid it at run time).
-static PROBE: LazyLock<Script> = LazyLock::new(|| Script::new("return 'ok'"));
 
 /// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
 /// sampled token ids.
@@ -263,6 +259,30 @@ fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
 
 /// An error while loading or probing scripts: an outage or a slow answer stays what it is;
 /// anything else means Redis refuses scripting.
+/// Refuse a Redis without Functions, naming the version found (`INFO server` text).
+fn check_redis_version(info: &str) -> Result<()> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let found = field("redis_version:").unwrap_or_default();
+    let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < scripts::MIN_REDIS {
+        let server = match field("valkey_version:") {
+            Some(v) => format!("Valkey {v}"),
+            None => format!("Redis {found}"),
+        };
+        return Err(VaultError::ScriptsUnavailable(format!(
+            "{server} found; tokenvault needs Redis {}.{} or later (or Valkey 7.2 or later) for Redis Functions",
+            scripts::MIN_REDIS.0,
+            scripts::MIN_REDIS.1
+        )));
+    }
+    Ok(())
+}
+
 fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
     match VaultError::from_redis(e) {
         e @ (VaultError::RedisUnavailable(_) | VaultError::RedisBusy(_)) => e,
@@ -431,71 +451,103 @@ impl Store {
     }
 
     /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
-    async fn eval(&self, script: &Script, pool: &str, args: &[String]) -> Result<Value> {
-        let v = self.eval_raw(script, pool, args).await?;
+    async fn eval(&self, function: &str, pool: &str, args: &[String]) -> Result<Value> {
+        let v = self.eval_raw(function, pool, args).await?;
         if let Some(code) = v.get("err").and_then(Value::as_str) {
             return Err(VaultError::from_script(code, &v));
         }
         Ok(v)
     }
 
-    /// Run one transition script and return its JSON answer as is.
-    async fn eval_raw(&self, script: &Script, pool: &str, args: &[String]) -> Result<Value> {
+    /// Run one transition and return its JSON answer as is.
+    async fn eval_raw(&self, function: &str, pool: &str, args: &[String]) -> Result<Value> {
         let keys = self.keys.pool(pool).script_keys();
         let now = self.now_arg();
-        let raw: String = self
-            .timed(async {
-                let mut inv = script.prepare_invoke();
-                for k in &keys {
-                    inv.key(k);
-                }
-                inv.arg(&now);
-                for a in args {
-                    inv.arg(a);
-                }
-                let mut c = self.conn().await?;
-                inv.invoke_async(&mut *c)
-                    .await
-                    .map_err(|e| VaultError::from_redis(&e))
-            })
-            .await?;
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&now)
+            .arg(args);
+        let raw: String = self.fcall(&cmd).await?;
         serde_json::from_str(&raw)
             .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
     }
 
-    /// Load every script (SCRIPT LOAD). Fails closed when Redis refuses scripting.
+    /// Send an `FCALL`; when Redis does not have the library (it restarted empty, a failover to
+    /// a replica that never got it, someone flushed functions), load it and call once more.
+    async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let first = self
+            .timed(async {
+                let mut c = self.conn().await?;
+                Ok(cmd.query_async::<T>(&mut *c).await)
+            })
+            .await?;
+        match first {
+            Ok(v) => Ok(v),
+            Err(e) if e.to_string().contains("Function not found") => {
+                tracing::warn!(library = %scripts::LIBRARY.name, "redis lost the function library: loading it again");
+                self.load_scripts().await?;
+                self.timed(async {
+                    let mut c = self.conn().await?;
+                    cmd.query_async::<T>(&mut *c)
+                        .await
+                        .map_err(|e| VaultError::from_redis(&e))
+                })
+                .await
+            }
+            Err(e) => Err(VaultError::from_redis(&e)),
+        }
+    }
+
+    /// Load the function library (`FUNCTION LOAD REPLACE`, the same code under the same name is
+    /// a no-op). Refuses a Redis older than 7.0 with the version it found, and fails closed when
+    /// Redis refuses functions.
     pub async fn load_scripts(&self) -> Result<()> {
         self.timed(async {
             let mut c = self.conn().await?;
-            for (file, script) in scripts::all() {
-                script
-                    .load_async(&mut *c)
-                    .await
-                    .map_err(|e| scripts_refused(&e, &format!("loading {file}: {e}")))?;
-            }
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut *c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))?;
+            check_redis_version(&info)?;
+            let _: String = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&scripts::LIBRARY.code)
+                .query_async(&mut *c)
+                .await
+                .map_err(|e| {
+                    scripts_refused(&e, &format!("loading {}: {e}", scripts::LIBRARY.name))
+                })?;
             Ok(())
         })
         .await
     }
 
-    /// Readiness: Redis answers, scripts are loaded (reloaded if Redis lost them) and EVALSHA
-    /// is allowed.
+    /// Readiness: Redis answers, the function library is loaded (loaded again if Redis lost
+    /// it) and `FCALL` is allowed.
     pub async fn check_ready(&self) -> Result<()> {
-        let shas: Vec<String> = scripts::all()
-            .iter()
-            .map(|(_, s)| s.get_hash().to_string())
-            .collect();
-        let loaded: Vec<bool> = self
-            .cmd(redis::cmd("SCRIPT").arg("EXISTS").arg(&shas).clone())
+        let listed: Vec<redis::Value> = self
+            .cmd(
+                redis::cmd("FUNCTION")
+                    .arg("LIST")
+                    .arg("LIBRARYNAME")
+                    .arg(&scripts::LIBRARY.name)
+                    .clone(),
+            )
             .await?;
-        if loaded.iter().any(|l| !l) {
+        if listed.is_empty() {
             self.load_scripts().await?;
         }
         let _: String = self
             .timed(async {
                 let mut c = self.conn().await?;
-                PROBE
-                    .invoke_async(&mut *c)
+                redis::cmd("FCALL")
+                    .arg(&*scripts::PING)
+                    .arg(0)
+                    .query_async(&mut *c)
                     .await
                     .map_err(|e| scripts_refused(&e, &e.to_string()))
             })
@@ -583,18 +635,14 @@ impl Store {
     pub async fn publish_event(&self, e: &VaultEvent) -> Result<String> {
         let json = serde_json::to_string(e).expect("events serialize");
         let key = self.keys.events();
-        self.timed(async {
-            let mut c = self.conn().await?;
-            scripts::PUBLISH_EVENT
-                .key(&key)
-                .key(&key)
-                .arg(self.events_max)
-                .arg(&json)
-                .invoke_async(&mut *c)
-                .await
-                .map_err(|e| VaultError::from_redis(&e))
-        })
-        .await
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&*scripts::PUBLISH_EVENT)
+            .arg(2)
+            .arg(&key)
+            .arg(&key)
+            .arg(self.events_max)
+            .arg(&json);
+        self.fcall(&cmd).await
     }
 
     /// The id of the newest event, if any.
@@ -1612,5 +1660,25 @@ impl Store {
             .iter()
             .map(|r| str_of(r, "token_id"))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_without_functions_is_refused_by_name_and_version() {
+        let err =
+            check_redis_version("# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("Redis 6.2.14 found") && err.contains("needs Redis 7.0"),
+            "{err}"
+        );
+        assert!(check_redis_version("redis_version:7.0.15\r\n").is_ok());
+        assert!(check_redis_version("redis_version:7.2.4\r\nvalkey_version:8.0.1\r\n").is_ok());
+        assert!(check_redis_version("no version at all").is_err());
     }
 }
