@@ -19,7 +19,7 @@ pub struct RedisArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "TV_PREFIX", default_value = "tv")]
     pub prefix: String,
-    /// Budget for one Redis operation (pool wait, connect and answer together). It is the only
+    /// Budget for one Redis operation (connect and answer together). It is the only
     /// Redis timeout: past it a request answers 503 `redis_busy`; a Redis that cannot be reached
     /// or refuses answers 503 `redis_unavailable` as soon as that is known.
     #[arg(
@@ -42,7 +42,8 @@ pub struct RedisArgs {
         default_value_t = 100_000
     )]
     pub events_max_entries: u64,
-    /// Connections in the Redis pool (each is multiplexed).
+    /// Redis connections per process, used round robin (each carries many calls at once and is
+    /// replaced in the background when it breaks).
     #[arg(
         long = "redis-pool-size",
         env = "TV_REDIS_POOL_SIZE",

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{
-    Connection, Manager, Pool, PoolConfig as DpConfig, PoolError, Runtime, Timeouts,
-};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -185,7 +183,10 @@ pub struct EndedLease {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    /// Multiplexed connections, used round robin: each carries many calls at once, so there is
+    /// nothing to check out or check back (no per-call PING or UNWATCH, as a checkout pool sends).
+    conns: Arc<[ConnectionManager]>,
+    next_conn: Arc<std::sync::atomic::AtomicUsize>,
     keys: Keys,
     timeout: Duration,
     audit_max: u64,
@@ -310,22 +311,33 @@ impl Store {
     pub fn connect(args: &RedisArgs) -> Result<Self> {
         let invalid =
             |e: String| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"));
-        let manager = Manager::new_with_config(args.redis_url.as_str(), args.connection_config())
+        // RESP3: a connection that closes (a Redis restart, a failover) tells its manager at once
+        // through a disconnection notice, so it is replaced before the next call instead of
+        // failing it.
+        let info = redis::IntoConnectionInfo::into_connection_info(args.redis_url.as_str())
             .map_err(|e| invalid(e.to_string()))?;
-        let mut pc = DpConfig::new(args.redis_pool_size.max(1));
-        pc.timeouts = Timeouts {
-            wait: Some(args.timeout()),
-            create: Some(args.timeout()),
-            recycle: Some(args.timeout()),
-        };
-        let pool = Pool::builder(manager)
-            .config(pc)
-            .runtime(Runtime::Tokio1)
-            .build()
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| invalid(e.to_string()))?;
+        // A broken connection is replaced in the background; a call waiting for it is bounded by
+        // the one budget (`timed`), so reconnecting is tried once, briefly.
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(args.timeout()))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let conns = (0..args.redis_pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
         args.log_effective();
         Ok(Self {
-            pool,
+            conns: conns.into(),
+            next_conn: Default::default(),
             keys: Keys::new(args.prefix.clone()),
             timeout: args.timeout(),
             audit_max: args.audit_max_entries.max(1),
@@ -372,13 +384,9 @@ impl Store {
         r
     }
 
-    async fn conn(&self) -> Result<Connection> {
-        self.pool.get().await.map_err(|e| match e {
-            // Every connection busy, or a connect/ping that did not answer within the budget.
-            PoolError::Timeout(_) => VaultError::RedisBusy(e.to_string()),
-            PoolError::Backend(e) => VaultError::from_redis(&e),
-            e => VaultError::RedisUnavailable(e.to_string()),
-        })
+    async fn conn(&self) -> Result<ConnectionManager> {
+        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        Ok(self.conns[i].clone())
     }
 
     /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
@@ -433,7 +441,7 @@ impl Store {
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
-            cmd.query_async(&mut *c)
+            cmd.query_async(&mut c)
                 .await
                 .map_err(|e| VaultError::from_redis(&e))
         })
@@ -443,7 +451,7 @@ impl Store {
     async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
-            p.query_async(&mut *c)
+            p.query_async(&mut c)
                 .await
                 .map_err(|e| VaultError::from_redis(&e))
         })
@@ -480,7 +488,7 @@ impl Store {
         let first = self
             .timed(async {
                 let mut c = self.conn().await?;
-                Ok(cmd.query_async::<T>(&mut *c).await)
+                Ok(cmd.query_async::<T>(&mut c).await)
             })
             .await?;
         match first {
@@ -490,7 +498,7 @@ impl Store {
                 self.load_scripts().await?;
                 self.timed(async {
                     let mut c = self.conn().await?;
-                    cmd.query_async::<T>(&mut *c)
+                    cmd.query_async::<T>(&mut c)
                         .await
                         .map_err(|e| VaultError::from_redis(&e))
                 })
@@ -508,7 +516,7 @@ impl Store {
             let mut c = self.conn().await?;
             let info: String = redis::cmd("INFO")
                 .arg("server")
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await
                 .map_err(|e| VaultError::from_redis(&e))?;
             check_redis_version(&info)?;
@@ -516,7 +524,7 @@ impl Store {
                 .arg("LOAD")
                 .arg("REPLACE")
                 .arg(&scripts::LIBRARY.code)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await
                 .map_err(|e| {
                     scripts_refused(&e, &format!("loading {}: {e}", scripts::LIBRARY.name))
@@ -547,7 +555,7 @@ impl Store {
                 redis::cmd("FCALL")
                     .arg(&*scripts::PING)
                     .arg(0)
-                    .query_async(&mut *c)
+                    .query_async(&mut c)
                     .await
                     .map_err(|e| scripts_refused(&e, &e.to_string()))
             })
