@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -30,6 +32,8 @@ pub enum Error {
     },
     #[error("cannot reach the vault: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("the event stream is malformed: {0}")]
+    Stream(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -202,50 +206,55 @@ impl Client {
                 detail: problem["detail"].as_str().unwrap_or_default().to_string(),
             });
         }
-        Ok(EventStream {
-            res,
-            buf: String::new(),
-        })
+        Ok(EventStream::over(res.bytes_stream()))
     }
 }
 
-/// A live server-sent-events stream.
+type SseStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = std::result::Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A live server-sent-events stream, parsed by `eventsource-stream` (every line ending the
+/// standard allows, multi-line `data`, characters split across chunks).
 pub struct EventStream {
-    res: reqwest::Response,
-    buf: String,
+    inner: SseStream,
 }
 
 impl EventStream {
-    /// The next event; `None` when the server closed the stream. Keep-alive comments are
-    /// skipped.
+    fn over<B: AsRef<[u8]>>(
+        bytes: impl futures_util::Stream<Item = std::result::Result<B, reqwest::Error>> + Send + 'static,
+    ) -> Self {
+        EventStream {
+            inner: Box::pin(bytes.eventsource()),
+        }
+    }
+
+    /// The next event; `None` when the server closed the stream. Keep-alive comments and
+    /// events without a type are skipped.
     pub async fn next(&mut self) -> Option<Result<Event>> {
         loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut kind, mut data) = (String::new(), String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        kind = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
+            let ev = match self.inner.next().await? {
+                Ok(ev) => ev,
+                Err(eventsource_stream::EventStreamError::Transport(e)) => {
+                    return Some(Err(e.into()))
                 }
-                if kind.is_empty() {
-                    continue;
-                }
-                return Some(Ok(Event {
-                    id,
-                    kind,
-                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                }));
+                Err(e) => return Some(Err(Error::Stream(e.to_string()))),
+            };
+            if ev.event.is_empty() || ev.event == "message" {
+                continue;
             }
-            match self.res.chunk().await {
-                Ok(Some(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e.into())),
-            }
+            return Some(Ok(Event {
+                id: ev.id,
+                kind: ev.event,
+                data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
+            }));
         }
     }
 }
@@ -416,5 +425,29 @@ async fn listen(client: Client, pool: String, mut stream: EventStream, revoked: 
                 Err(e) => tracing::warn!(error = %e, "event stream lost; retrying"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the hand-written parser got wrong: a character split across chunks, `\r\n` line
+    /// endings, multi-line `data`, comments.
+    #[tokio::test]
+    async fn events_are_parsed_by_the_standard() {
+        let text = ": keep-alive\r\n\r\nid: 1-0\r\nevent: token.revoked\r\ndata: {\"reason\":\r\ndata: \"caf\u{e9}\"}\r\n\r\nid: 2-0\nevent: pool.frozen\ndata: {}\n\n";
+        let bytes = text.as_bytes();
+        // Split inside the two bytes of "é".
+        let cut = text.find('\u{e9}').unwrap() + 1;
+        let chunks: Vec<std::result::Result<Vec<u8>, reqwest::Error>> =
+            vec![Ok(bytes[..cut].to_vec()), Ok(bytes[cut..].to_vec())];
+        let mut s = EventStream::over(futures_util::stream::iter(chunks));
+        let e = s.next().await.unwrap().unwrap();
+        assert_eq!((e.id.as_str(), e.kind.as_str()), ("1-0", "token.revoked"));
+        assert_eq!(e.data["reason"], "caf\u{e9}");
+        let e = s.next().await.unwrap().unwrap();
+        assert_eq!((e.id.as_str(), e.kind.as_str()), ("2-0", "pool.frozen"));
+        assert!(s.next().await.is_none());
     }
 }
