@@ -1,5 +1,5 @@
 -- acquire.lua: lease one token of the pool.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] lease id; ARGV[3] worker; ARGV[4] units (>= 1);
 -- ARGV[5] lease ttl ms ("" = pool lease_ttl_s); ARGV[6] min token ttl ms ("" = pool's);
 -- ARGV[7] session ("" = none); ARGV[8] idempotency key ("" = none), scoped to the client;

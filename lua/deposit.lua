@@ -1,5 +1,5 @@
 -- deposit.lua: add tokens to a pool (all or nothing).
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] JSON array of tokens, each {id, secret_ct, key_id, fingerprint,
 --   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy (shown: credentials redacted),
 --   proxy_ct, proxy_key_id (the full proxy URL sealed, "" without credentials), binding_fp, labels (JSON text),

@@ -1,5 +1,5 @@
 -- deprecate.lua: staged rotation of one token: still leasable, never preferred, revoked at sunset.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] token id; ARGV[3] sunset ms ("" = no sunset).
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 local c = load_cfg()

@@ -1,5 +1,5 @@
 -- enqueue_due.lua: move tokens whose preemptive refresh is due into their job queue.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
 -- Returns {"enqueued":n}. Tokens stay in rotation while the refresh runs.
 local c = load_cfg()

@@ -1,6 +1,6 @@
 -- expire_tokens.lua: move tokens whose remaining life fell below min_token_ttl_s out of
 -- rotation (`refreshing` with a job when refreshable, else `expired`).
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
 -- Returns {"moved":n}.
 local c = load_cfg()

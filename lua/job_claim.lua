@@ -1,7 +1,7 @@
 -- job_claim.lua: claim the next visible refresh job of the pool, hiding it for a visibility
 -- timeout. A claimer that dies loses nothing: the job becomes visible again and the next
 -- claim stamps a new job id on the token, so the dead claimer's completion is refused.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] "1" = the external queue, "0" = the refresher's;
 -- ARGV[3] new job id; ARGV[4] visibility timeout ms; ARGV[5] in-flight limit for the pool
 -- ("" = none).

@@ -1,7 +1,7 @@
 -- job_complete.lua: store a refreshed credential. Checked against the claim: the job id must
 -- still be the token's current claim and the token's generation unchanged since the claim,
 -- so a late or duplicate completion never overwrites a newer secret or revives a revoked token.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] job id; ARGV[3] secret ciphertext; ARGV[4] its key id;
 -- ARGV[5] fingerprint; ARGV[6] expires_at ms (0 = never); ARGV[7] new refresh ciphertext
 -- ("" = keep the current one); ARGV[8] its key id; ARGV[9] retry after ms and ARGV[10] max

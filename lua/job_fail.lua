@@ -1,6 +1,6 @@
 -- job_fail.lua: record a failed refresh attempt: retry later (transient) or quarantine the
 -- token (permanent, or too many attempts). Checked against the claim like job_complete.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] job id; ARGV[3] error text (never a secret);
 -- ARGV[4] retry after ms ("" = permanent failure); ARGV[5] max attempts.
 -- Returns {"token_id","state","attempts","retry_at"?,"error"} | {"err":"pool_not_found"|"job_gone"|"stale_job"}.

@@ -1,7 +1,7 @@
 -- pool_delete.lua: start deleting a pool and every key it owns. From this moment the pool is
 -- gone for every transition (load_cfg); its tokens, leases and keys are removed in batches by
 -- pool_op.lua (a `delete` operation), which supersedes any other operation.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] "1" = force (delete even while it holds tokens).
 -- Returns {"tokens":n,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 -- Idempotency records and sessions are not tracked per pool; they expire on their own TTL.

@@ -8,7 +8,7 @@
 --                refreshed since become deprecated, with a refresh job, revoked at the sunset
 --   cancel       the tokens rotation op_rotation deprecated are active again
 --   delete       every token, its leases and job records go; at the end the pool's keys
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] batch size; ARGV[3] the id of the operation the caller
 -- drives ("" = whichever runs).
 -- Returns {"op","done","affected"}. When the caller's operation is over (finished by another

@@ -2,7 +2,7 @@
 -- under the current master key (or sealed at all: pools from before secrets were sealed kept it
 -- in the settings' JSON). Compare-and-set, like reseal.lua: a pool reconfigured meanwhile is
 -- left alone.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] settings JSON read; ARGV[3] ciphertext read; ARGV[4] new
 -- settings JSON; ARGV[5] new ciphertext; ARGV[6] its key id.
 -- Returns {"resealed":bool} | {"err":"pool_not_found"}.

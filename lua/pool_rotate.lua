@@ -3,7 +3,7 @@
 -- an external login job), and is revoked at the sunset unless it was refreshed first. Tokens
 -- deposited later are active and preferred at once. This script records the rotation; the
 -- tokens are deprecated in batches by pool_op.lua (a `rotate` operation).
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] sunset ms; ARGV[3] reason; ARGV[4] rotation id.
 -- Returns {"rotation_id","sunset_at","op_id"} | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg()

@@ -2,7 +2,7 @@
 -- were not refreshed or revoked yet become active again, their sunset and unclaimed refresh
 -- jobs dropped, in batches by pool_op.lua (a `cancel` operation). A rotation still deprecating
 -- its tokens is superseded: the cancel's scan restores whatever it had reached.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or "".
 -- Returns {"cancelling":rotation id,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg()

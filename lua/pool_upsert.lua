@@ -1,5 +1,5 @@
 -- pool_upsert.lua: create or replace a pool's config (PUT semantics; `frozen` is kept).
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] JSON object field -> string value, already validated.
 -- Returns {"created":bool,"op_id"} | {"err":"conflict"} (while another pool operation runs, or the pool
 -- is being deleted). On update every token is re-placed under the new rules, in batches by

@@ -1,5 +1,5 @@
 -- refresh_enqueue.lua: take a token out of rotation and enqueue a refresh job for it now.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] token id.
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 -- A token already queued keeps its place (a token is enqueued at most once at a time).

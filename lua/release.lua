@@ -1,5 +1,5 @@
 -- release.lua: end a lease with the worker's report.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] lease id; ARGV[3] used ("" = all reserved units);
 -- ARGV[4] outcome ok|unauthorized|rate_limited|forbidden|suspect; ARGV[5] retry_after ms or "";
 -- ARGV[6] remaining (from the target API) or ""; ARGV[7] reset_at ms or "".

@@ -1,5 +1,5 @@
 -- renew.lua: extend a live lease, optionally changing its reserved units.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] lease id; ARGV[3] ttl ms ("" = the lease's own ttl);
 -- ARGV[4] units ("" = unchanged).
 -- Returns {"lease":{...}} | {"err":"pool_not_found"|"lease_gone"|"invalid_request"|
@@ -35,6 +35,6 @@ l.deadline = tostring(deadline)
 l.ttl_ms = tostring(ttl_ms)
 redis.call('HSET', lkey(lid), 'units', l.units, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms)
 redis.call('ZADD', K.leases, deadline, lid)
-if l.idem ~= nil and l.idem ~= '' then redis.call('PEXPIRE', K.base .. 'idem:' .. l.idem, ttl_ms) end
+if l.idem ~= nil and l.idem ~= '' then redis.call('PEXPIRE', idem_key(l.idem), ttl_ms) end
 reconcile(l.token, t, c)
 return reply({ lease = lease_view(lid, l, t) })

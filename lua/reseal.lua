@@ -1,7 +1,7 @@
 -- reseal.lua: replace a token's ciphertexts with ones sealed under the current master key
 -- (same plaintext). Compare-and-set: only if the stored ciphertexts are still the ones the
 -- caller decrypted, so a refresh that landed meanwhile is never overwritten.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] token id; ARGV[3] secret ciphertext read; ARGV[4] new secret
 -- ciphertext; ARGV[5] new key id; ARGV[6] refresh ciphertext read; ARGV[7] new refresh
 -- ciphertext ("" = leave it); ARGV[8] its key id; ARGV[9] proxy ciphertext read; ARGV[10] new

@@ -1,7 +1,7 @@
 -- restore.lua: an operator puts a token back into rotation: a quarantined one (strikes and
 -- last error cleared), or one cooling down (429 or quota window), whose cooldown ends at once
 -- with a fresh quota window. Units reserved by live leases stay reserved.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] token id.
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 local c = load_cfg()

@@ -1,5 +1,5 @@
 -- return_cooled.lua: put tokens whose cooldown (429 or exhausted window) ended back in rotation.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
 -- Returns {"returned":n}.
 local c = load_cfg()

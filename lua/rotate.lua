@@ -1,6 +1,6 @@
 -- rotate.lua: release a lease with its report and lease a different token in the same step
 -- (the 401-mid-job path: the worker retries at once with a healthy token).
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] old lease id; ARGV[3..7] report as in release.lua;
 -- ARGV[8] new lease id.
 -- Returns {"lease":{...},"released":{"token_id","state"}} | {"err":...} as acquire/release.

@@ -1,5 +1,5 @@
 -- token_delete.lua: remove a token and everything that refers to it; its live leases end.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] token id.
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end

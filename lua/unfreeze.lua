@@ -1,5 +1,5 @@
 -- unfreeze.lua: lift the pool's kill switch.
--- KEYS: the pool keys (see prelude).
+-- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or "".
 -- Returns {"frozen":false} | {"err":"pool_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end

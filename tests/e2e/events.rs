@@ -262,3 +262,101 @@ async fn shutdown_ends_event_streams_instead_of_waiting_out_the_grace_period() {
     assert!(exited, "{}", v.child.output());
     assert!(v.child.try_wait().unwrap().success());
 }
+
+/// Every `token.revoked` and `lease.revoked` on the event stream, as (type, token, lease).
+fn revocation_events(t: &One) -> Vec<(String, String, String)> {
+    let raw = t
+        .redis
+        .cli(&["XRANGE", &format!("{}:events", t.dep.prefix), "-", "+"]);
+    raw.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "token.revoked" || e["type"] == "lease.revoked")
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("type"), s("token_id"), s("lease_id"))
+        })
+        .collect()
+}
+
+/// A revocation looks the same whoever makes it: an operator through the API, or the janitor
+/// at a deprecated token's sunset. Each publishes `token.revoked` and a `lease.revoked` for
+/// every lease it ended, and audits `token.revoke` with the number of leases ended.
+#[tokio::test]
+async fn a_revocation_is_announced_and_audited_alike_from_every_caller() {
+    let t = one(&[]).await;
+    assert_eq!(t.api.put("/v1/pools/p", json!({})).await.status, 201);
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "by-api", "secret": "s1"}, {"id": "at-sunset", "secret": "s2"}]}),
+        )
+        .await;
+    let mut leases = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let l = t.api.post("/v1/pools/p/leases", json!({})).await;
+        assert_eq!(l.status, 201);
+        leases.insert(l.str("token_id"), l.str("lease_id"));
+    }
+    let r = t
+        .api
+        .post(
+            "/v1/pools/p/tokens/by-api/revoke",
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sunset = crate::harness::now_ms() + 300;
+    let d = t
+        .api
+        .post(
+            "/v1/pools/p/tokens/at-sunset/deprecate",
+            json!({"sunset_at": sunset}),
+        )
+        .await;
+    assert_eq!(d.status, 200, "{d:?}");
+    let _janitor = t.dep.janitor(50);
+    crate::harness::wait_json(
+        &t.api,
+        "/v1/pools/p/tokens/at-sunset",
+        Duration::from_secs(10),
+        |m| m["state"] == "revoked",
+    )
+    .await;
+
+    let events = revocation_events(&t);
+    for id in ["by-api", "at-sunset"] {
+        assert!(
+            events.contains(&("token.revoked".into(), id.into(), String::new())),
+            "{id}: {events:?}"
+        );
+        assert!(
+            events.contains(&("lease.revoked".into(), id.into(), leases[id].clone())),
+            "{id}'s lease: {events:?}"
+        );
+    }
+    let audit = t.api.get("/v1/audit?pool=p").await.body;
+    let revokes: Vec<(String, String, String)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.revoke")
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("actor"), s("token_id"), s("detail"))
+        })
+        .collect();
+    assert!(
+        revokes.contains(&(
+            "janitor".into(),
+            "at-sunset".into(),
+            "sunset (1 leases ended)".into()
+        )),
+        "{revokes:?}"
+    );
+    assert!(
+        revokes
+            .iter()
+            .any(|(a, id, d)| a != "janitor" && id == "by-api" && d == "leaked (1 leases ended)"),
+        "{revokes:?}"
+    );
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::time::MissedTickBehavior;
 use vault_core::config::RedisArgs;
-use vault_core::model::{AuditEntry, VaultEvent};
+use vault_core::ops::Actor;
 use vault_core::store::{PoolDue, Sweeper};
 use vault_core::Store;
 
@@ -117,39 +117,8 @@ async fn sweep_pool(
         st.expired += drain(batch, || store.expire_tokens(p, batch)).await?;
     }
     if due.sunset {
-        st.sunset += drain(batch, || async {
-            let revoked = store.sunset_tokens(p, batch).await?;
-            for id in &revoked {
-                let e = AuditEntry {
-                    actor: "janitor".into(),
-                    action: "token.revoke".into(),
-                    pool: Some(p.to_string()),
-                    token_id: Some(id.clone()),
-                    detail: Some("sunset of a deprecated token".into()),
-                    ..Default::default()
-                };
-                if let Err(err) = store.audit(Some(p), &e).await {
-                    tracing::error!(error = %err, "audit entry could not be written");
-                }
-                let at = store
-                    .now_ms()
-                    .await
-                    .unwrap_or_else(|_| vault_core::time::now_ms());
-                let ev = VaultEvent {
-                    kind: "token.revoked".into(),
-                    pool: p.to_string(),
-                    token_id: Some(id.clone()),
-                    at,
-                    reason: Some("sunset".into()),
-                    ..Default::default()
-                };
-                if let Err(err) = store.publish_event(&ev).await {
-                    tracing::error!(error = %err, "event could not be published");
-                }
-            }
-            Ok(revoked.len() as u64)
-        })
-        .await?;
+        let janitor = Actor::process("janitor");
+        st.sunset += drain(batch, || store.sunset_due(&janitor, p, batch)).await?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
 use vault_core::model::{AuditEntry, Outcome, ProbeConfig, RefreshPublic, Report};
+use vault_core::ops::Actor;
 use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
 use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken, Sweeper};
 use vault_core::{Store, VaultError};
@@ -273,7 +274,9 @@ impl Refresher {
                         tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed, will retry")
                     }
                 }
-                self.store.record_refresh(pool, "refresher", None, &r).await;
+                self.store
+                    .record_refresh(&Actor::process("refresher"), pool, &r)
+                    .await;
             }
             Err(VaultError::StaleJob(_)) | Err(VaultError::JobGone) => {
                 tracing::info!(

@@ -131,16 +131,7 @@ pub async fn emit_with_leases(
     first: VaultEvent,
     leases: &[(Option<String>, String)],
 ) {
-    emit(s, first.clone()).await;
-    for (token_id, lease_id) in leases {
-        let e = VaultEvent {
-            kind: "lease.revoked".into(),
-            token_id: token_id.clone().or_else(|| first.token_id.clone()),
-            lease_id: Some(lease_id.clone()),
-            ..first.clone()
-        };
-        emit(s, e).await;
-    }
+    s.store.announce(first, leases).await;
 }
 
 /// The current time by the one clock, for event timestamps (falls back to local time).

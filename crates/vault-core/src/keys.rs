@@ -1,5 +1,5 @@
 //! The Redis key schema, built in one place. Lua scripts receive the fixed per-pool keys through
-//! `KEYS` (see `lua/prelude.lua`) plus the pool's prefix, from which they derive per-token and
+//! `KEYS` (see `lua/rules/base.lua`) plus the pool's prefix, from which they derive per-token and
 //! per-lease keys; the `{pool}` hash tag keeps every key of a pool in one cluster slot.
 
 /// Key builder for one deployment prefix (`TV_PREFIX`, default `tv`).
@@ -110,15 +110,15 @@ impl PoolKeys {
     pub fn lease(&self, lease_id: &str) -> String {
         self.k(&format!("l:{lease_id}"))
     }
-    /// One claimed refresh job (`job_key` in the prelude).
+    /// One claimed refresh job (`job_key` in `lua/rules/refresh.lua`).
     pub fn job(&self, job_id: &str) -> String {
         self.k(&format!("job:{job_id}"))
     }
-    /// Deprecated tokens by sunset time (`K.base .. 'sunset'` in the prelude).
+    /// Deprecated tokens by sunset time (`K.base .. 'sunset'` in `lua/rules/revocation.lua`).
     pub fn sunset(&self) -> String {
         self.k("sunset")
     }
-    /// Refreshable tokens by the time their refresh is due (`due_key` in the prelude).
+    /// Refreshable tokens by the time their refresh is due (`due_key` in `lua/rules/refresh.lua`).
     pub fn due(&self) -> String {
         self.k("due")
     }
@@ -127,7 +127,7 @@ impl PoolKeys {
         self.k(&format!("v:{state}"))
     }
 
-    /// `KEYS` for every script, in the order `lua/prelude.lua` names them.
+    /// `KEYS` for every script, in the order `lua/rules/base.lua` names them.
     pub fn script_keys(&self) -> [String; 8] {
         [
             self.cfg(),

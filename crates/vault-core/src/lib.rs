@@ -3,8 +3,9 @@
 //! # Layout
 //! - [`auth`]: client tokens (EdDSA JWTs): key ring, minting, verification, scopes, JWKS.
 //! - [`keys`]: the one Redis key builder (`tv:{pool}:...`, hash tag kept for Redis Cluster).
-//! - [`scripts`]: the Lua scripts in `lua/`, embedded at build time, one per atomic transition.
-//! - [`store`]: typed operations, one Rust function per script, plus plain reads.
+//! - [`scripts`]: the Lua function library (`lua/rules/`, `lua/`), assembled at build time.
+//! - [`store`]: typed transitions, one Rust function per Lua function, plus plain reads.
+//! - [`ops`]: transitions with their audit entry and events, the same whoever triggers them.
 //! - [`model`]: pool config, deposits, leases, reports, token metadata, validation.
 //! - [`refresh`]: unsealing a claimed refresh job's credentials, sealing refreshed tokens.
 //! - [`crypto`]: AES-256-GCM for secrets at rest, fingerprints, the redacting [`crypto::Secret`].
@@ -18,6 +19,7 @@ pub mod crypto;
 pub mod error;
 pub mod keys;
 pub mod model;
+pub mod ops;
 pub mod refresh;
 pub mod scripts;
 pub mod store;

@@ -1,7 +1,7 @@
-//! The Lua function library. `lua/prelude.lua` (the shared rules) and one file per transition
-//! are assembled at build time into one Redis Functions library (`FUNCTION LOAD` once,
-//! `FCALL` per call): the rules are defined once per server, not re-created on every call as
-//! a prepended prelude was under `EVALSHA`.
+//! The Lua function library. `lua/rules/` (one file per rule, in dependency order: [`RULES`])
+//! and one file per transition in `lua/` are assembled at build time into one Redis Functions
+//! library (`FUNCTION LOAD` once, `FCALL` per call): the rules are defined once per server, not
+//! re-created on every call as a prelude prepended to each `EVALSHA` script was.
 //!
 //! The library and its functions are named after a hash of the code (`tokenvault_<v>`,
 //! `tv_<v>_acquire`), so during a rolling deploy old and new replicas each call their own.
@@ -34,9 +34,46 @@ impl Library {
     }
 }
 
+/// The rules, each defined before the rules and transitions that use it.
+pub const RULES: &[(&str, &str)] = &[
+    ("base", include_str!("../../../lua/rules/base.lua")),
+    (
+        "concurrency",
+        include_str!("../../../lua/rules/concurrency.lua"),
+    ),
+    ("quota", include_str!("../../../lua/rules/quota.lua")),
+    ("ttl", include_str!("../../../lua/rules/ttl.lua")),
+    (
+        "placement",
+        include_str!("../../../lua/rules/placement.lua"),
+    ),
+    ("refresh", include_str!("../../../lua/rules/refresh.lua")),
+    (
+        "quarantine",
+        include_str!("../../../lua/rules/quarantine.lua"),
+    ),
+    ("leases", include_str!("../../../lua/rules/leases.lua")),
+    (
+        "revocation",
+        include_str!("../../../lua/rules/revocation.lua"),
+    ),
+    ("freeze", include_str!("../../../lua/rules/freeze.lua")),
+    (
+        "eligibility",
+        include_str!("../../../lua/rules/eligibility.lua"),
+    ),
+    ("session", include_str!("../../../lua/rules/session.lua")),
+    (
+        "idempotency",
+        include_str!("../../../lua/rules/idempotency.lua"),
+    ),
+    ("acquire", include_str!("../../../lua/rules/acquire.lua")),
+    ("outcomes", include_str!("../../../lua/rules/outcomes.lua")),
+];
+
 macro_rules! transitions {
     ($($name:ident => $file:literal),* $(,)?) => {
-        /// Each transition's Lua source by file stem (without the prelude).
+        /// Each transition's Lua source by file stem.
         const TRANSITIONS: &[(&str, &str)] = &[
             $(($file, include_str!(concat!("../../../lua/", $file, ".lua")))),*
         ];
@@ -83,10 +120,11 @@ pub static PUBLISH_EVENT: LazyLock<String> = LazyLock::new(|| LIBRARY.function("
 pub static PING: LazyLock<String> = LazyLock::new(|| LIBRARY.function("ping"));
 
 pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let mut code = format!(
-        "#!lua name=tokenvault_{VER}\n{}\n",
-        include_str!("../../../lua/prelude.lua")
-    );
+    let mut code = format!("#!lua name=tokenvault_{VER}\n");
+    for (_, src) in RULES {
+        code.push_str(src);
+        code.push('\n');
+    }
     // Each transition body becomes a local function (its top-level `return` returns from it).
     for (file, src) in TRANSITIONS {
         code.push_str(&format!("local function t_{file}()\n{src}\nend\n"));

@@ -1289,6 +1289,7 @@ impl Store {
     }
 
     /// Revoke at once; returns the leases that ended (empty when it was already revoked).
+    /// The revocation transition alone; [`Store::revoke_token`] also announces and audits it.
     pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
         let v = self
             .eval(&scripts::REVOKE, pool, &[id.into(), reason.into()])
@@ -1660,13 +1661,25 @@ impl Store {
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.
-    pub async fn sunset_tokens(&self, pool: &str, max: usize) -> Result<Vec<String>> {
+    /// Revoke up to `max` deprecated tokens whose sunset passed. Returns each token with the
+    /// leases it ended (see [`Store::sunset_due`] for the version that announces them).
+    pub async fn sunset_tokens(
+        &self,
+        pool: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<String>)>> {
         let v = self
             .eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()])
             .await?;
         Ok(list(&v, "revoked")
             .iter()
-            .map(|r| str_of(r, "token_id"))
+            .map(|r| {
+                let ended = list(r, "leases_ended")
+                    .iter()
+                    .filter_map(|l| l.as_str().map(String::from))
+                    .collect();
+                (str_of(r, "token_id"), ended)
+            })
             .collect())
     }
 }

@@ -122,9 +122,7 @@ pub async fn complete(
         .store
         .job_complete(pool, &job, attempts, &sealed, &RetryPolicy::EXTERNAL)
         .await?;
-    s.store
-        .record_refresh(pool, &who.sub, Some(&who.jti), &r)
-        .await;
+    s.store.record_refresh(&(&who).into(), pool, &r).await;
     tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation = ?r.generation, outcome = r.outcome(), "refresh job completed by an external worker");
     Ok(Json(answer(&job, &r)))
 }
@@ -183,8 +181,6 @@ pub async fn fail(
             RetryPolicy::EXTERNAL.max_attempts,
         )
         .await?;
-    s.store
-        .record_refresh(pool, &who.sub, Some(&who.jti), &r)
-        .await;
+    s.store.record_refresh(&(&who).into(), pool, &r).await;
     Ok(Json(answer(&job, &r)))
 }

@@ -15,7 +15,7 @@ use crate::extract::{Body, JsonBytes, Path, Query};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::{AuditEntry, VaultEvent};
+use vault_core::model::AuditEntry;
 
 /// A batch deposit: `{"tokens":[...]}` and nothing else.
 #[derive(Deserialize)]
@@ -229,30 +229,10 @@ pub async fn revoke(
     if reason.len() > 1024 {
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
-    let ended = s.store.revoke(&pool, &id, &reason).await?;
-    let at = crate::events::now(&s).await;
-    let revoked = VaultEvent {
-        kind: "token.revoked".into(),
-        pool: pool.clone(),
-        token_id: Some(id.clone()),
-        at,
-        reason: Some(reason.clone()),
-        ..Default::default()
-    };
-    let leases: Vec<_> = ended.iter().map(|l| (None, l.clone())).collect();
-    crate::events::emit_with_leases(&s, revoked, &leases).await;
-    let detail = format!("{reason} ({} leases ended)", ended.len());
-    record(
-        &s,
-        Some(&pool),
-        AuditEntry {
-            token_id: Some(id.clone()),
-            detail: Some(detail),
-            ..entry(&who, "token.revoke")
-        },
-    )
-    .await;
-    tracing::warn!(pool, token_id = %id, leases_ended = ended.len(), "token revoked");
+    let ended = s
+        .store
+        .revoke_token(&(&who).into(), &pool, &id, &reason)
+        .await?;
     Ok(Json(
         json!({ "token_id": id, "state": "revoked", "leases_ended": ended }),
     ))

@@ -1,0 +1,164 @@
+//! Operations: a transition together with its side effects — the audit entry, the events, the
+//! metric — made in one place, whoever triggers it (an API client, the janitor, the refresher),
+//! so the same transition looks the same in the audit trail and on the event stream wherever it
+//! came from.
+
+use crate::auth::Principal;
+use crate::model::{AuditEntry, VaultEvent};
+use crate::refresh::RefreshResult;
+use crate::{Result, Store};
+
+/// Who acts: a client token (its `sub` and `jti`) or one of the vault's own processes.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub jti: Option<String>,
+}
+
+impl Actor {
+    /// One of the vault's own processes (`janitor`, `refresher`).
+    pub fn process(name: &str) -> Self {
+        Actor {
+            name: name.into(),
+            jti: None,
+        }
+    }
+
+    /// An audit entry by this actor (fill the rest with struct update syntax).
+    pub fn entry(&self, pool: Option<&str>, action: &str) -> AuditEntry {
+        AuditEntry {
+            actor: self.name.clone(),
+            actor_jti: self.jti.clone(),
+            action: action.into(),
+            pool: pool.map(String::from),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<&Principal> for Actor {
+    fn from(p: &Principal) -> Self {
+        Actor {
+            name: p.sub.clone(),
+            jti: Some(p.jti.clone()),
+        }
+    }
+}
+
+impl Store {
+    /// Write an audit entry after its transition happened: a failure is logged loudly, never
+    /// turned into an error (the transition stands).
+    pub async fn record(&self, e: &AuditEntry) {
+        if let Err(err) = self.audit(e.pool.as_deref(), e).await {
+            tracing::error!(error = %err, action = %e.action, "audit entry could not be written");
+        }
+    }
+
+    /// Publish `first`, then a `lease.revoked` for each `(token id, lease id)` it ended, so
+    /// every holder learns at once. Failures are logged (the transition stands).
+    pub async fn announce(&self, first: VaultEvent, leases: &[(Option<String>, String)]) {
+        self.announce_one(&first).await;
+        for (token_id, lease_id) in leases {
+            let e = VaultEvent {
+                kind: "lease.revoked".into(),
+                token_id: token_id.clone().or_else(|| first.token_id.clone()),
+                lease_id: Some(lease_id.clone()),
+                ..first.clone()
+            };
+            self.announce_one(&e).await;
+        }
+    }
+
+    async fn announce_one(&self, e: &VaultEvent) {
+        if let Err(err) = self.publish_event(e).await {
+            tracing::error!(error = %err, kind = %e.kind, "event could not be published");
+        }
+    }
+
+    /// Unix ms by the one clock (Redis `TIME`; local time if Redis cannot say).
+    pub async fn event_time(&self) -> i64 {
+        self.now_ms()
+            .await
+            .unwrap_or_else(|_| crate::time::now_ms())
+    }
+
+    /// Revoke a token: out of rotation for good, its leases end; `token.revoked` and a
+    /// `lease.revoked` per ended lease are published, and the revocation is audited. Returns
+    /// the ids of the leases it ended.
+    pub async fn revoke_token(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Vec<String>> {
+        let ended = self.revoke(pool, id, reason).await?;
+        self.revoked(actor, pool, id, reason, &ended).await;
+        Ok(ended)
+    }
+
+    /// Revoke up to `max` deprecated tokens whose sunset passed, each announced and audited
+    /// like [`Store::revoke_token`]. Returns how many were revoked.
+    pub async fn sunset_due(&self, actor: &Actor, pool: &str, max: usize) -> Result<u64> {
+        let revoked = self.sunset_tokens(pool, max).await?;
+        for (id, ended) in &revoked {
+            self.revoked(actor, pool, id, "sunset", ended).await;
+        }
+        Ok(revoked.len() as u64)
+    }
+
+    /// The side effects of one revocation.
+    async fn revoked(&self, actor: &Actor, pool: &str, id: &str, reason: &str, ended: &[String]) {
+        tracing::warn!(pool, token_id = %id, reason, leases_ended = ended.len(), actor = %actor.name, "token revoked");
+        let ev = VaultEvent {
+            kind: "token.revoked".into(),
+            pool: pool.into(),
+            token_id: Some(id.into()),
+            at: self.event_time().await,
+            reason: Some(reason.into()),
+            ..Default::default()
+        };
+        let leases: Vec<_> = ended.iter().map(|l| (None, l.clone())).collect();
+        self.announce(ev, &leases).await;
+        self.record(&AuditEntry {
+            token_id: Some(id.into()),
+            detail: Some(format!("{reason} ({} leases ended)", ended.len())),
+            ..actor.entry(Some(pool), "token.revoke")
+        })
+        .await;
+    }
+
+    /// The one record of a refresh job's result, whoever ran the job (the refresher, an
+    /// external login worker): its audit entry, its event, its metric.
+    pub async fn record_refresh(&self, actor: &Actor, pool: &str, r: &RefreshResult) {
+        metrics::counter!("tv_refresh_results_total", "outcome" => r.outcome()).increment(1);
+        self.record(&AuditEntry {
+            token_id: Some(r.token_id.clone()),
+            outcome: Some(r.outcome().into()),
+            detail: r.error.clone().or_else(|| r.fingerprint.clone()),
+            ..actor.entry(
+                Some(pool),
+                if r.error.is_none() {
+                    "token.refresh"
+                } else {
+                    "token.refresh_failed"
+                },
+            )
+        })
+        .await;
+        let kind = match r.outcome() {
+            "refreshed" => "token.refreshed",
+            "quarantined" => "token.quarantined",
+            _ => return,
+        };
+        let ev = VaultEvent {
+            kind: kind.into(),
+            pool: pool.into(),
+            token_id: Some(r.token_id.clone()),
+            at: self.event_time().await,
+            reason: r.error.as_ref().map(|e| format!("refresh failed: {e}")),
+            ..Default::default()
+        };
+        self.announce(ev, &[]).await;
+    }
+}

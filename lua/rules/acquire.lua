@@ -1,0 +1,60 @@
+-- acquire.lua: which token a lease gets, and its reservation.
+
+-- How many `ready` entries acquire inspects before answering pool_exhausted. Tokens with no
+-- headroom at all are never in `ready`, so this bound is only reached when many tokens have
+-- less headroom than the requested units or less life than the lease needs.
+local SCAN_LIMIT = 16
+
+-- How many expired leases one acquire reclaims on its way (the janitor does the rest).
+local LAZY_REAP = 8
+
+-- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, idem_fp,
+-- exclude}.
+local function do_acquire(c, o)
+  local replayed = idem_replay(c, o)
+  if replayed ~= nil then return replayed end
+  if frozen(c) then return fail('pool_frozen') end
+  -- Leases whose worker died come back here too, a few per call, so a pool never stays
+  -- exhausted by dead leases while the janitor is away.
+  reap_expired(c, LAZY_REAP)
+
+  local need_ttl = o.ttl_ms
+  if o.min_ttl_ms > need_ttl then need_ttl = o.min_ttl_ms end
+  local chosen, ct = session_token(o, c, need_ttl)
+  if chosen == nil then
+    local cands = redis.call('ZRANGE', K.ready, 0, SCAN_LIMIT - 1)
+    for _, id in ipairs(cands) do
+      if id ~= o.exclude then
+        local t = hgetall(tkey(id))
+        if t == nil then
+          redis.call('ZREM', K.ready, id)
+        elseif eligible(id, t, c, o.units, need_ttl) then
+          chosen, ct = id, t
+          break
+        end
+      end
+    end
+  end
+  if chosen == nil then
+    return fail('pool_exhausted', { retry_after_ms = retry_after_ms() })
+  end
+
+  -- reserve
+  if num(ct.win_end, 0) == 0 then put(chosen, ct, 'win_end', NOW + window_ms(c)) end
+  put(chosen, ct, 'leases', num(ct.leases, 0) + 1)
+  put(chosen, ct, 'reserved', num(ct.reserved, 0) + o.units)
+  put(chosen, ct, 'last_leased_at', NOW)
+  local deadline = NOW + o.ttl_ms
+  local l = { token = chosen, worker = o.worker, units = tostring(o.units), granted_at = tostring(NOW),
+              deadline = tostring(deadline), ttl_ms = tostring(o.ttl_ms), idem = o.idem,
+              idem_fp = o.idem_fp or '' }
+  redis.call('HSET', lkey(o.lease_id), 'token', l.token, 'worker', l.worker, 'units', l.units,
+    'granted_at', l.granted_at, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms, 'idem', l.idem,
+    'idem_fp', l.idem_fp)
+  redis.call('ZADD', K.leases, deadline, o.lease_id)
+  redis.call('SADD', tlkey(chosen), o.lease_id)
+  idem_record(o)
+  session_keep(o, chosen, c)
+  reconcile(chosen, ct, c)
+  return reply({ lease = lease_view(o.lease_id, l, ct) })
+end

@@ -1,0 +1,96 @@
+-- base.lua: what every rule and transition uses: the call's keys and clock, key builders,
+-- replies. vault-core/src/scripts.rs assembles the function library: the files of lua/rules/ in
+-- dependency order, then each transition of lua/ as a function, then their registrations.
+--
+-- Every transition receives the same keys, built by vault-core's key builder (keys.rs):
+--   keys[1] cfg    hash  pool config               keys[2] ready  zset  leasable tokens (score = preference)
+--   keys[3] cool   zset  cooling tokens (score = back-at ms)
+--   keys[4] leases zset  live leases (score = deadline ms)
+--   keys[5] exp    zset  tokens in rotation by expires_at ms
+--   keys[6] ids    set   every token id of the pool
+--   keys[7] jobs   zset  refresh jobs (score = visible-at ms)
+--   keys[8] base   the pool's key prefix `tv:{pool}:`; per-token/lease keys are built from it,
+--                  so they share the pool's hash slot (cluster-safe).
+-- ARGV[1] is always "now" in unix ms, or "" to use Redis TIME (the one clock of the system).
+
+-- The call being served: set by `begin` at the start of every call (functions share this
+-- library's state, and Redis runs one call at a time).
+local KEYS, ARGV, K, NOW
+
+local function clock()
+  if ARGV[1] ~= nil and ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K = { cfg = keys[1], ready = keys[2], cool = keys[3], leases = keys[4], exp = keys[5],
+        ids = keys[6], jobs = keys[7], base = keys[8] }
+  NOW = clock()
+end
+
+local function num(v, d)
+  local n = tonumber(v)
+  if n == nil then return d end
+  return n
+end
+
+local function hgetall(key)
+  local raw = redis.call('HGETALL', key)
+  if #raw == 0 then return nil end
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  return h
+end
+
+local function tkey(id) return K.base .. 't:' .. id end
+
+local function lkey(lid) return K.base .. 'l:' .. lid end
+
+local function tlkey(id) return K.base .. 'tl:' .. id end
+
+local function vkey(view) return K.base .. 'v:' .. view end
+
+local function stats_key() return K.base .. 'stats' end
+local function idem_key(idem) return K.base .. 'idem:' .. idem end
+local function session_key(session) return K.base .. 's:' .. session end
+
+local function reply(t) return cjson.encode(t) end
+
+local function fail(code, extra)
+  local t = extra or {}
+  t.err = code
+  return cjson.encode(t)
+end
+
+-- The pool's config, or nil when there is no pool. A pool being deleted (in batches, by
+-- pool_op.lua) is gone for every transition from the moment its deletion starts.
+local function load_cfg()
+  local c = hgetall(K.cfg)
+  if c ~= nil and c.op == 'delete' then return nil end
+  return c
+end
+
+-- Whole-pool operations (reconfigure, rotate, cancel, delete) run in batches, one at a time
+-- per pool: the starting script records it in the config, pool_op.lua does the batches.
+local function op_running(c) return c.op ~= nil and c.op ~= '' end
+
+-- Returns the operation's id: its drivers pass it to pool_op.lua to get its own result back
+-- even when another driver finished it.
+local function op_start(kind, args)
+  local id = redis.call('HINCRBY', K.cfg, 'op_seq', 1)
+  redis.call('HSET', K.cfg, 'op', kind, 'op_id', id, 'op_cursor', '0', 'op_affected', 0, 'op_started_at', NOW)
+  for k, v in pairs(args or {}) do redis.call('HSET', K.cfg, 'op_' .. k, v) end
+  return tostring(id)
+end
+
+local function op_busy(c)
+  return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done' })
+end
+
+-- Set a token field in Redis and in the in-memory copy together.
+local function put(id, t, field, value)
+  t[field] = tostring(value)
+  redis.call('HSET', tkey(id), field, t[field])
+end

@@ -1,0 +1,85 @@
+-- leases.lua: ending leases, and the lease-deadline rule.
+
+-- End one lease: its reserved units go back, `used_units` of them are counted as used.
+-- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
+local function end_lease(lid, used_units)
+  local l = hgetall(lkey(lid))
+  if l == nil then return nil, nil end
+  redis.call('DEL', lkey(lid))
+  redis.call('ZREM', K.leases, lid)
+  redis.call('SREM', tlkey(l.token), lid)
+  if l.idem ~= nil and l.idem ~= '' then
+    local ik = idem_key(l.idem)
+    if redis.call('GET', ik) == lid then redis.call('DEL', ik) end
+  end
+  local t = hgetall(tkey(l.token))
+  if t ~= nil then
+    local units = num(l.units, 1)
+    if used_units == nil or used_units > units then used_units = units end
+    roll_window(l.token, t)
+    put(l.token, t, 'leases', math.max(0, num(t.leases, 0) - 1))
+    put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) - units))
+    put(l.token, t, 'used', num(t.used, 0) + used_units)
+  end
+  return l, t
+end
+
+-- End lease `lid` without a report (its deadline passed, or the pool's kill switch): all its
+-- reserved units count as used. Returns the lease, or nil when it was already gone.
+local function reclaim_lease(lid, c)
+  local l, t = end_lease(lid, nil)
+  if l == nil then
+    redis.call('ZREM', K.leases, lid)
+    return nil
+  end
+  if t ~= nil and c ~= nil then reconcile(l.token, t, c) end
+  return l
+end
+
+-- Reclaim each of `lids`; returns the {lease_id, token_id} of those that were live.
+local function reclaim_leases(c, lids)
+  local ended = {}
+  for _, lid in ipairs(lids) do
+    local l = reclaim_lease(lid, c)
+    if l ~= nil then ended[#ended + 1] = { lease_id = lid, token_id = l.token } end
+  end
+  return ended
+end
+
+-- The lease-deadline rule: a lease is over at its deadline, whoever notices first (janitor,
+-- acquire, renew, release), and is reclaimed then.
+-- Lease `lid` while it is live; nil once it is gone (a lease past its deadline is reclaimed).
+local function live_lease(c, lid)
+  local l = hgetall(lkey(lid))
+  if l == nil then return nil end
+  if num(l.deadline, 0) <= NOW then
+    reclaim_lease(lid, c)
+    return nil
+  end
+  return l
+end
+
+-- Reclaim up to `max` of the pool's leases whose deadline passed.
+local function reap_expired(c, max)
+  return reclaim_leases(c, redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, max))
+end
+
+-- End every live lease of a token, counting their units as used. Returns the lease ids.
+local function end_token_leases(id)
+  local ended = {}
+  for _, lid in ipairs(redis.call('SMEMBERS', tlkey(id))) do
+    if end_lease(lid, nil) ~= nil then ended[#ended + 1] = lid end
+  end
+  return ended
+end
+
+-- What a lease answer carries (the secret stays encrypted; vault-api decrypts it).
+local function lease_view(lid, l, t)
+  return {
+    lease_id = lid, token_id = l.token, worker = l.worker or '', units = num(l.units, 1),
+    granted_at = num(l.granted_at, 0), deadline = num(l.deadline, 0), ttl_ms = num(l.ttl_ms, 0),
+    secret_ct = t.secret_ct, key_id = t.key_id, expires_at = num(t.expires_at, 0),
+    proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
+    binding_fp = t.binding_fp or '',
+  }
+end

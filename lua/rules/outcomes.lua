@@ -1,0 +1,63 @@
+-- outcomes.lua: what a worker's report does to its token, and releasing a lease.
+
+-- Apply a worker's report about how the token fared. `r` = {outcome, retry_after_ms,
+-- remaining, reset_at, detail}; numeric fields are nil when absent.
+local function apply_outcome(id, t, c, r)
+  if not in_rotation(t) then return end
+  local lim = limit_of(t, c)
+  if r.reset_at ~= nil and r.reset_at > NOW then put(id, t, 'win_end', r.reset_at) end
+  if r.remaining ~= nil then
+    if lim ~= nil then
+      put(id, t, 'used', math.max(0, lim - r.remaining))
+    elseif r.remaining <= 0 then
+      local back = r.reset_at or (NOW + window_ms(c))
+      if back > num(t.cool_until, 0) then put(id, t, 'cool_until', back) end
+    end
+  end
+  local o = r.outcome
+  if o == 'ok' then
+    if num(t.strikes, 0) ~= 0 then put(id, t, 'strikes', 0) end
+  elseif o == 'rate_limited' then
+    local back = r.reset_at
+    if back == nil and r.retry_after_ms ~= nil then back = NOW + r.retry_after_ms end
+    if back == nil then
+      local we = num(t.win_end, 0)
+      if we > NOW then back = we else back = NOW + window_ms(c) end
+    end
+    if back > num(t.cool_until, 0) then put(id, t, 'cool_until', back) end
+    put(id, t, 'last_error', 'rate_limited')
+  elseif o == 'unauthorized' then
+    put(id, t, 'last_error', 'unauthorized')
+    out_of_rotation(id, t, c)
+    return
+  elseif o == 'forbidden' or o == 'suspect' then
+    local s = num(t.strikes, 0) + 1
+    put(id, t, 'strikes', s)
+    put(id, t, 'last_error', o)
+    if s >= num(c.quarantine_after_strikes, 3) then quarantine(id, t, c) end
+  end
+end
+
+-- Parse the report arguments shared by release and rotate, starting at ARGV[i].
+local function report_args(i)
+  local function optnum(v) if v == nil or v == '' then return nil end return tonumber(v) end
+  return { used = optnum(ARGV[i]), outcome = ARGV[i + 1], retry_after_ms = optnum(ARGV[i + 2]),
+           remaining = optnum(ARGV[i + 3]), reset_at = optnum(ARGV[i + 4]) }
+end
+
+-- Release lease `lid` with report `r`: validate first, then mutate.
+-- Returns nil on success or an encoded error.
+local function do_release(c, lid, r)
+  local live = live_lease(c, lid)
+  if live == nil then return fail('lease_gone') end
+  local units = live.units
+  if r.used ~= nil and r.used > tonumber(units) then
+    return fail('invalid_request', { detail = 'used (' .. r.used .. ') exceeds the lease\'s units (' .. units .. ')' })
+  end
+  local l, t = end_lease(lid, r.used)
+  if t ~= nil then
+    apply_outcome(l.token, t, c, r)
+    reconcile(l.token, t, c)
+  end
+  return nil, l, t
+end

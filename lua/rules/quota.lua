@@ -1,0 +1,25 @@
+-- quota.lua: the quota rule — units per token per fixed window, rotated out at `limit - reserve`.
+
+local function window_ms(c) return num(c.quota_window_s, 3600) * 1000 end
+
+local function limit_of(t, c)
+  if t.quota_limit ~= nil and t.quota_limit ~= '' then return tonumber(t.quota_limit) end
+  if c.quota_limit ~= nil and c.quota_limit ~= '' then return tonumber(c.quota_limit) end
+  return nil
+end
+
+-- Units still grantable in the current window, or nil when unlimited.
+local function headroom(t, c)
+  local lim = limit_of(t, c)
+  if lim == nil then return nil end
+  return lim - num(c.quota_reserve, 0) - num(t.used, 0) - num(t.reserved, 0)
+end
+
+-- The quota window is fixed and starts at the first reservation after the last one ended.
+local function roll_window(id, t)
+  local we = num(t.win_end, 0)
+  if we > 0 and NOW >= we then
+    put(id, t, 'used', 0)
+    put(id, t, 'win_end', 0)
+  end
+end

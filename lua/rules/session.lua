@@ -1,0 +1,19 @@
+-- session.lua: the sticky-session rule — a lease that names a `session` gets the session's token
+-- again while that token is eligible; the session lasts `session_ttl_s` after its last lease.
+
+-- The session's token when it can take this lease, else nil.
+local function session_token(o, c, need_ttl)
+  if o.session == '' then return nil, nil end
+  local sid = redis.call('GET', session_key(o.session))
+  if sid and sid ~= o.exclude then
+    local t = hgetall(tkey(sid))
+    if eligible(sid, t, c, o.units, need_ttl) then return sid, t end
+  end
+  return nil, nil
+end
+
+local function session_keep(o, id, c)
+  if o.session ~= '' then
+    redis.call('SET', session_key(o.session), id, 'PX', num(c.session_ttl_s, 600) * 1000)
+  end
+end
