@@ -8,8 +8,8 @@
 --   (with retry_after_ms)|"idempotency_conflict"|"idempotency_mismatch"|"invalid_request"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local ttl_ms = tonumber(ARGV[5]) or num(c.lease_ttl_s, 60) * 1000
-if ttl_ms > num(c.max_lease_ttl_s, 3600) * 1000 then
+local ttl_ms = tonumber(ARGV[5]) or setting(c, 'lease_ttl_s') * 1000
+if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
   return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
 end
 return do_acquire(c, {

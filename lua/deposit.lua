@@ -9,7 +9,7 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local toks = cjson.decode(ARGV[2])
-local reserve = num(c.quota_reserve, 0)
+local reserve = setting(c, 'quota_reserve')
 for _, d in ipairs(toks) do
   if redis.call('EXISTS', tkey(d.id)) == 1 then
     return fail('conflict', { detail = 'token ' .. d.id .. ' already exists in this pool' })

@@ -11,8 +11,8 @@ local l = live_lease(c, lid)
 if l == nil then return fail('lease_gone') end
 local t = hgetall(tkey(l.token))
 if t == nil or not in_rotation(t) then return fail('lease_gone') end
-local ttl_ms = tonumber(ARGV[3]) or num(l.ttl_ms, num(c.lease_ttl_s, 60) * 1000)
-if ttl_ms > num(c.max_lease_ttl_s, 3600) * 1000 then
+local ttl_ms = tonumber(ARGV[3]) or num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000)
+if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
   return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
 end
 local deadline = NOW + ttl_ms

@@ -10,7 +10,7 @@ local err, l, t = do_release(c, ARGV[2], report_args(3))
 if err then return err end
 local res = do_acquire(c, {
   lease_id = ARGV[8], worker = l.worker or '', units = num(l.units, 1),
-  ttl_ms = num(l.ttl_ms, num(c.lease_ttl_s, 60) * 1000), min_ttl_ms = min_ttl_ms(c),
+  ttl_ms = num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000), min_ttl_ms = min_ttl_ms(c),
   session = '', idem = '', exclude = l.token,
 })
 local out = cjson.decode(res)

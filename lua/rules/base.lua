@@ -36,6 +36,14 @@ local function num(v, d)
   return n
 end
 
+-- A pool setting. vault-core writes every setting with its default applied; the functions
+-- never invent one, so a missing setting is an error, not a silent default.
+local function setting(c, name)
+  local v = tonumber(c[name])
+  if v == nil then error('pool setting ' .. name .. ' is missing (written by an older vault? vault-api completes it at start-up)') end
+  return v
+end
+
 local function hgetall(key)
   local raw = redis.call('HGETALL', key)
   if #raw == 0 then return nil end

@@ -34,7 +34,7 @@ local function apply_outcome(id, t, c, r)
     local s = num(t.strikes, 0) + 1
     put(id, t, 'strikes', s)
     put(id, t, 'last_error', o)
-    if s >= num(c.quarantine_after_strikes, 3) then quarantine(id, t, c) end
+    if s >= setting(c, 'quarantine_after_strikes') then quarantine(id, t, c) end
   end
 end
 

@@ -1,6 +1,6 @@
 -- quota.lua: the quota rule — units per token per fixed window, rotated out at `limit - reserve`.
 
-local function window_ms(c) return num(c.quota_window_s, 3600) * 1000 end
+local function window_ms(c) return setting(c, 'quota_window_s') * 1000 end
 
 local function limit_of(t, c)
   if t.quota_limit ~= nil and t.quota_limit ~= '' then return tonumber(t.quota_limit) end
@@ -12,7 +12,7 @@ end
 local function headroom(t, c)
   local lim = limit_of(t, c)
   if lim == nil then return nil end
-  return lim - num(c.quota_reserve, 0) - num(t.used, 0) - num(t.reserved, 0)
+  return lim - setting(c, 'quota_reserve') - num(t.used, 0) - num(t.reserved, 0)
 end
 
 -- The quota window is fixed and starts at the first reservation after the last one ended.

@@ -19,10 +19,7 @@ local function queue_of(t)
   return K.jobs
 end
 
-local function margin_ms(c)
-  if c.refresh_margin_s ~= nil and c.refresh_margin_s ~= '' then return num(c.refresh_margin_s, 0) * 1000 end
-  return min_ttl_ms(c) + 30000
-end
+local function margin_ms(c) return setting(c, 'refresh_margin_s') * 1000 end
 
 local function due_add(id, t, c)
   local at = num(t.expires_at, 0)

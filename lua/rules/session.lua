@@ -14,6 +14,6 @@ end
 
 local function session_keep(o, id, c)
   if o.session ~= '' then
-    redis.call('SET', session_key(o.session), id, 'PX', num(c.session_ttl_s, 600) * 1000)
+    redis.call('SET', session_key(o.session), id, 'PX', setting(c, 'session_ttl_s') * 1000)
   end
 end

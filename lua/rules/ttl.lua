@@ -1,8 +1,7 @@
 -- ttl.lua: the TTL-margin rule — a token is leased only with `min_token_ttl_s` of life left.
 
 local function min_ttl_ms(c)
-  if c.min_token_ttl_s ~= nil and c.min_token_ttl_s ~= '' then return num(c.min_token_ttl_s, 0) * 1000 end
-  return (num(c.lease_ttl_s, 60) + 30) * 1000
+  return setting(c, 'min_token_ttl_s') * 1000
 end
 
 -- exp zset membership, with a running sum so the average remaining TTL is O(1).

@@ -191,3 +191,43 @@ async fn a_lost_function_library_is_loaded_again_on_the_next_call() {
     assert_eq!(t.api.get("/readyz").await.status, 200);
     assert!(t.redis.cli(&["FUNCTION", "LIST"]).contains(name.as_str()));
 }
+
+/// The functions read every pool setting and invent none. A pool written by an older vault
+/// (derived settings stored empty, some missing) is completed by vault-api at start-up with the
+/// defaults that validation applies.
+#[tokio::test]
+async fn a_pool_written_by_an_older_vault_is_completed_at_start_up() {
+    let t = one(&[]).await;
+    assert_eq!(
+        t.api
+            .put("/v1/pools/p", json!({"lease_ttl_s": 20}))
+            .await
+            .status,
+        201
+    );
+    t.api
+        .post("/v1/pools/p/tokens", json!({"secret": "s"}))
+        .await;
+    let cfg = format!("{}:{{p}}:cfg", t.dep.prefix);
+    t.redis
+        .cli(&["HSET", &cfg, "min_token_ttl_s", "", "refresh_margin_s", ""]);
+    t.redis.cli(&["HDEL", &cfg, "session_ttl_s"]);
+    // Nothing is guessed: the lease fails instead of using a default nobody wrote.
+    let refused = t.api.post("/v1/pools/p/leases", json!({})).await;
+    assert_eq!(refused.status, 500, "{refused:?}");
+
+    let _upgraded = t.dep.vault(&[]).await;
+    let get = |f: &str| t.redis.cli(&["HGET", &cfg, f]).trim().to_string();
+    assert_eq!(
+        (
+            get("min_token_ttl_s"),
+            get("refresh_margin_s"),
+            get("session_ttl_s")
+        ),
+        ("50".into(), "80".into(), "600".into())
+    );
+    assert_eq!(
+        t.api.post("/v1/pools/p/leases", json!({})).await.status,
+        201
+    );
+}

@@ -30,7 +30,14 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
     match store.load_scripts().await {
-        Ok(()) => tracing::info!("lua scripts loaded"),
+        Ok(()) => {
+            tracing::info!(library = %vault_core::scripts::LIBRARY.name, "function library loaded");
+            match store.complete_pool_configs().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pools = n, "pool configs completed with their defaults"),
+                Err(e) => tracing::warn!(error = %e, "pool configs could not be completed"),
+            }
+        }
         Err(e @ VaultError::ScriptsUnavailable(_)) => {
             return Err(anyhow::Error::new(e).context("refusing to start"));
         }

@@ -122,17 +122,15 @@ pub struct PoolConfig {
     pub max_leases_per_token: u32,
     pub lease_ttl_s: u64,
     pub max_lease_ttl_s: u64,
-    /// `None` = `lease_ttl_s + 30`.
-    #[serde(skip)]
-    pub min_token_ttl_override: Option<u64>,
+    /// Life a token must have left to be leased (default `lease_ttl_s + 30`).
+    pub min_token_ttl_s: u64,
     pub strategy: Strategy,
     pub quarantine_after_strikes: u32,
     pub session_ttl_s: u64,
     /// Default refresh settings of the pool's tokens.
     pub refresh: Option<PoolRefresh>,
-    /// Refresh this long before expiry; `None` = `min_token_ttl_s + 30`.
-    #[serde(skip)]
-    pub refresh_margin_override: Option<u64>,
+    /// Refresh this long before expiry (default `min_token_ttl_s + 30`).
+    pub refresh_margin_s: u64,
     /// Refresh jobs of this pool in flight at once, across every refresher.
     pub refresh_concurrency: u32,
     pub probe: Option<ProbeConfig>,
@@ -148,8 +146,29 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
 }
 
 impl PoolConfigInput {
-    /// Check every field and seal the pool's refresh client secret (bound to `pool`).
-    pub fn validate(self, cipher: &Cipher, pool: &str) -> Result<PoolConfig, VaultError> {
+    /// Check every field, apply every default, and seal the pool's refresh client secret (bound
+    /// to `pool`): the complete config the functions read (they never invent a value).
+    pub fn validate(mut self, cipher: &Cipher, pool: &str) -> Result<PoolConfig, VaultError> {
+        let refresh = self
+            .refresh
+            .take()
+            .map(|r| {
+                // The same shape as a token's own refresh settings (never quoted back: it may
+                // hold a client secret).
+                let r = serde_json::from_value::<RefreshInput>(r).map_err(|_| {
+                    invalid("refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}")
+                })?;
+                PoolRefresh::seal(r, cipher, pool)
+            })
+            .transpose()?;
+        Ok(PoolConfig {
+            refresh,
+            ..self.settings()?
+        })
+    }
+
+    /// Every setting but `refresh`, checked, with its default where absent.
+    fn settings(self) -> Result<PoolConfig, VaultError> {
         let quota_limit = self
             .quota_limit
             .map(|l| in_range("quota_limit", l, 1, MAX_QUOTA))
@@ -175,21 +194,14 @@ impl PoolConfigInput {
             1,
             max_lease_ttl_s,
         )?;
-        let min_token_ttl_override = self
-            .min_token_ttl_s
-            .map(|v| in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S))
-            .transpose()?;
-        let refresh = self
-            .refresh
-            .map(|r| {
-                // The same shape as a token's own refresh settings (never quoted back: it may
-                // hold a client secret).
-                let r = serde_json::from_value::<RefreshInput>(r).map_err(|_| {
-                    invalid("refresh must be {\"kind\": \"oauth2_refresh_token\"|\"oauth2_client_credentials\"|\"external\"|\"none\", \"token_url\"?, \"client_id\"?, \"client_secret\"?, \"scope\"?, \"client_auth\"?}")
-                })?;
-                PoolRefresh::seal(r, cipher, pool)
-            })
-            .transpose()?;
+        let min_token_ttl_s = match self.min_token_ttl_s {
+            Some(v) => in_range("min_token_ttl_s", v, 0, MAX_WINDOW_S)?,
+            None => default_min_token_ttl_s(lease_ttl_s),
+        };
+        let refresh_margin_s = match self.refresh_margin_s {
+            Some(v) => in_range("refresh_margin_s", v, 0, MAX_WINDOW_S)?,
+            None => default_refresh_margin_s(min_token_ttl_s),
+        };
         if let Some(p) = &self.probe {
             if !(p.url.starts_with("http://") || p.url.starts_with("https://"))
                 || p.url.len() > 2048
@@ -216,7 +228,7 @@ impl PoolConfigInput {
             )? as u32,
             lease_ttl_s,
             max_lease_ttl_s,
-            min_token_ttl_override,
+            min_token_ttl_s,
             strategy: self.strategy.unwrap_or_default(),
             quarantine_after_strikes: in_range(
                 "quarantine_after_strikes",
@@ -230,11 +242,8 @@ impl PoolConfigInput {
                 1,
                 86_400,
             )?,
-            refresh,
-            refresh_margin_override: self
-                .refresh_margin_s
-                .map(|v| in_range("refresh_margin_s", v, 0, MAX_WINDOW_S))
-                .transpose()?,
+            refresh: None,
+            refresh_margin_s,
             refresh_concurrency: in_range(
                 "refresh_concurrency",
                 self.refresh_concurrency.unwrap_or(4).into(),
@@ -244,11 +253,11 @@ impl PoolConfigInput {
             probe: self.probe,
         })
         .and_then(|c| {
-            if c.refresh_margin_s() < c.min_token_ttl_s() {
+            if c.refresh_margin_s < c.min_token_ttl_s {
                 return Err(invalid(format!(
                     "refresh_margin_s ({}) must be at least min_token_ttl_s ({}): tokens would leave rotation before their refresh is due",
-                    c.refresh_margin_s(),
-                    c.min_token_ttl_s()
+                    c.refresh_margin_s,
+                    c.min_token_ttl_s
                 )));
             }
             Ok(c)
@@ -256,15 +265,24 @@ impl PoolConfigInput {
     }
 }
 
-impl PoolConfig {
-    pub fn min_token_ttl_s(&self) -> u64 {
-        self.min_token_ttl_override.unwrap_or(self.lease_ttl_s + 30)
-    }
+/// `min_token_ttl_s` when a pool does not set it: a lease of the default length fits, with
+/// 30 s to spare.
+pub const fn default_min_token_ttl_s(lease_ttl_s: u64) -> u64 {
+    lease_ttl_s + 30
+}
 
-    /// Refresh is due at `expires_at - refresh_margin_s`.
-    pub fn refresh_margin_s(&self) -> u64 {
-        self.refresh_margin_override
-            .unwrap_or(self.min_token_ttl_s() + 30)
+/// `refresh_margin_s` when a pool does not set it: the refresh is due 30 s before the token
+/// would leave rotation.
+pub const fn default_refresh_margin_s(min_token_ttl_s: u64) -> u64 {
+    min_token_ttl_s + 30
+}
+
+impl PoolConfig {
+    /// The config of a pool that sets nothing.
+    pub fn defaults() -> PoolConfig {
+        PoolConfigInput::default()
+            .settings()
+            .expect("the defaults are valid")
     }
 
     /// The margin rule against what the provider issues: a token leaves rotation with less than
@@ -274,7 +292,7 @@ impl PoolConfig {
         let Some(issued) = issued_ttl_s else {
             return vec![];
         };
-        let (min, margin) = (self.min_token_ttl_s(), self.refresh_margin_s());
+        let (min, margin) = (self.min_token_ttl_s, self.refresh_margin_s);
         if issued < min {
             return vec![format!(
                 "refreshed tokens live {issued} s but the pool needs {min} s left to lease one \
@@ -310,7 +328,7 @@ impl PoolConfig {
             ),
             ("lease_ttl_s", self.lease_ttl_s.to_string()),
             ("max_lease_ttl_s", self.max_lease_ttl_s.to_string()),
-            ("min_token_ttl_s", opt(self.min_token_ttl_override)),
+            ("min_token_ttl_s", self.min_token_ttl_s.to_string()),
             (
                 "strategy",
                 match self.strategy {
@@ -332,7 +350,7 @@ impl PoolConfig {
             ),
             ("refresh_ct", sealed(|s| &s.data)),
             ("refresh_key_id", sealed(|s| &s.key_id)),
-            ("refresh_margin_s", opt(self.refresh_margin_override)),
+            ("refresh_margin_s", self.refresh_margin_s.to_string()),
             ("refresh_concurrency", self.refresh_concurrency.to_string()),
             (
                 "probe",
@@ -344,24 +362,33 @@ impl PoolConfig {
         ])
     }
 
+    /// Read a stored config back. Missing fields take the defaults; a pool written before every
+    /// default was stored (`min_token_ttl_s` or `refresh_margin_s` empty) gets its derived values
+    /// ([`Store::complete_pool_configs`](crate::Store::complete_pool_configs) writes them).
     pub fn from_fields(f: &HashMap<String, String>) -> Self {
+        let d = PoolConfig::defaults();
         let num = |k: &str, d: u64| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let opt = |k: &str| f.get(k).and_then(|v| v.parse().ok());
+        let lease_ttl_s = num("lease_ttl_s", d.lease_ttl_s);
+        let min_token_ttl_s = num("min_token_ttl_s", default_min_token_ttl_s(lease_ttl_s));
         PoolConfig {
             quota_limit: opt("quota_limit"),
-            quota_window_s: num("quota_window_s", 3600),
-            quota_reserve: num("quota_reserve", 0),
-            max_leases_per_token: num("max_leases_per_token", 1) as u32,
-            lease_ttl_s: num("lease_ttl_s", 60),
-            max_lease_ttl_s: num("max_lease_ttl_s", 3600),
-            min_token_ttl_override: opt("min_token_ttl_s"),
+            quota_window_s: num("quota_window_s", d.quota_window_s),
+            quota_reserve: num("quota_reserve", d.quota_reserve),
+            max_leases_per_token: num("max_leases_per_token", d.max_leases_per_token.into()) as u32,
+            lease_ttl_s,
+            max_lease_ttl_s: num("max_lease_ttl_s", d.max_lease_ttl_s),
+            min_token_ttl_s,
             strategy: if f.get("strategy").map(String::as_str) == Some("pack") {
                 Strategy::Pack
             } else {
                 Strategy::Lru
             },
-            quarantine_after_strikes: num("quarantine_after_strikes", 3) as u32,
-            session_ttl_s: num("session_ttl_s", 600),
+            quarantine_after_strikes: num(
+                "quarantine_after_strikes",
+                d.quarantine_after_strikes.into(),
+            ) as u32,
+            session_ttl_s: num("session_ttl_s", d.session_ttl_s),
             refresh: f
                 .get("refresh")
                 .and_then(|r| serde_json::from_str::<PoolRefresh>(r).ok())
@@ -374,8 +401,11 @@ impl PoolConfig {
                     }),
                     ..r
                 }),
-            refresh_margin_override: opt("refresh_margin_s"),
-            refresh_concurrency: num("refresh_concurrency", 4) as u32,
+            refresh_margin_s: num(
+                "refresh_margin_s",
+                default_refresh_margin_s(min_token_ttl_s),
+            ),
+            refresh_concurrency: num("refresh_concurrency", d.refresh_concurrency.into()) as u32,
             probe: f.get("probe").and_then(|p| serde_json::from_str(p).ok()),
         }
     }
@@ -387,8 +417,6 @@ pub struct PoolView {
     pub name: String,
     #[serde(flatten)]
     pub config: PoolConfig,
-    pub min_token_ttl_s: u64,
-    pub refresh_margin_s: u64,
     pub frozen: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen_reason: Option<String>,
@@ -1265,7 +1293,7 @@ mod tests {
         let k = cipher();
         let c = PoolConfigInput::default().validate(&k, "p").unwrap();
         assert_eq!(
-            (c.lease_ttl_s, c.min_token_ttl_s(), c.max_leases_per_token),
+            (c.lease_ttl_s, c.min_token_ttl_s, c.max_leases_per_token),
             (60, 90, 1)
         );
         let bad = |j: &str| {

@@ -249,8 +249,6 @@ fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
         warnings: config.margin_warnings(issued_ttl_s),
         issued_ttl_s,
         name: name.to_string(),
-        min_token_ttl_s: config.min_token_ttl_s(),
-        refresh_margin_s: config.refresh_margin_s(),
         config,
         frozen: f.get("frozen").map(String::as_str) == Some("1"),
         frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
@@ -833,7 +831,7 @@ impl Store {
                     .into_iter()
                     .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
                     .collect();
-                let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s() as f64 * 1000.0;
+                let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s as f64 * 1000.0;
                 PoolDue {
                     operation: field(0).is_some_and(|o| !o.is_empty()),
                     leases: due(&r[0]),
@@ -909,6 +907,52 @@ impl Store {
 
     pub async fn pool_config(&self, name: &str) -> Result<PoolConfig> {
         Ok(self.pool_get(name).await?.config)
+    }
+
+    /// Write every setting a pool's config lacks (pools written before every default was
+    /// stored): the functions read settings and never invent them. Returns how many pools were
+    /// completed. Safe to run from several processes at once (each writes the same values).
+    pub async fn complete_pool_configs(&self) -> Result<u64> {
+        const DERIVED: [&str; 2] = ["min_token_ttl_s", "refresh_margin_s"];
+        let mut done = 0;
+        for chunk in self.pool_names().await?.chunks(500) {
+            let mut p = redis::pipe();
+            for pool in chunk {
+                p.cmd("HMGET").arg(self.keys.pool(pool).cfg()).arg(&DERIVED);
+            }
+            let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+            for (pool, row) in chunk.iter().zip(rows) {
+                if row
+                    .iter()
+                    .all(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
+                {
+                    continue;
+                }
+                let Ok(cfg) = self.pool_config(pool).await else {
+                    continue;
+                };
+                // Settings only: the refresh record is the pool's own (a legacy one may still
+                // hold its client secret for `vaultctl keys reencrypt` to seal).
+                let fields: Vec<(&str, String)> = cfg
+                    .to_fields()
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("refresh")
+                            || *k == "refresh_margin_s"
+                            || *k == "refresh_concurrency"
+                    })
+                    .filter(|(k, _)| *k != "probe")
+                    .collect();
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(self.keys.pool(pool).cfg());
+                for (k, v) in &fields {
+                    cmd.arg(*k).arg(v);
+                }
+                let _: i64 = self.cmd(cmd).await?;
+                done += 1;
+            }
+        }
+        Ok(done)
     }
 
     /// Every pool name, sorted.
