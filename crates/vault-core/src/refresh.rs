@@ -131,32 +131,24 @@ impl RetryPolicy {
     }
 }
 
-/// What completing or failing a refresh job did to its token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What completing or failing a refresh job did to its token (the functions' answer).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RefreshResult {
     pub token_id: String,
     /// The token's state afterwards (`quarantined` when the attempt limit was reached).
     pub state: String,
     /// The token's generation when a new credential was stored.
+    #[serde(default)]
     pub generation: Option<u64>,
     /// Why the attempt failed; `None` when the token was refreshed.
+    #[serde(default)]
     pub error: Option<String>,
-    /// The stored credential's fingerprint (never the credential).
+    /// The stored credential's fingerprint (never the credential); set by the caller.
+    #[serde(skip)]
     pub fingerprint: Option<String>,
 }
 
 impl RefreshResult {
-    pub(crate) fn from_reply(v: &serde_json::Value, fingerprint: Option<String>) -> Self {
-        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
-        Self {
-            token_id: s("token_id").unwrap_or_default(),
-            state: s("state").unwrap_or_default(),
-            generation: v.get("generation").and_then(|g| g.as_u64()),
-            error: s("error"),
-            fingerprint,
-        }
-    }
-
     pub fn quarantined(&self) -> bool {
         self.state == "quarantined"
     }

@@ -127,7 +127,7 @@ pub struct AcquireArgs {
 }
 
 /// The token a release or rotate gave back, and its state afterwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Released {
     pub token_id: String,
     pub state: String,
@@ -175,7 +175,7 @@ pub struct PoolOp {
 }
 
 /// A lease that some transition ended (revoke, freeze, reap).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EndedLease {
     pub lease_id: String,
     pub token_id: String,
@@ -204,37 +204,117 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Lua's cjson writes an empty table as `{}`; treat that as an empty list.
-fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
-    v.get(field)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-}
-
-fn str_of(v: &Value, field: &str) -> String {
-    v.get(field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn ended_leases(v: &Value, field: &str) -> Vec<EndedLease> {
-    list(v, field)
-        .iter()
-        .map(|e| EndedLease {
-            lease_id: str_of(e, "lease_id"),
-            token_id: str_of(e, "token_id"),
-        })
-        .collect()
-}
-
-/// A script's `{"token_id","state"}` answer.
-fn released(v: &Value) -> Released {
-    Released {
-        token_id: str_of(v, "token_id"),
-        state: str_of(v, "state"),
+/// A list in a function's answer. Lua's cjson writes an empty table as `{}`, so that is an empty
+/// list; anything else that is not a list is an error.
+fn lua_list<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List<T> {
+        Items(Vec<T>),
+        Table(HashMap<String, Value>),
     }
+    match List::deserialize(d)? {
+        List::Items(v) => Ok(v),
+        List::Table(t) if t.is_empty() => Ok(vec![]),
+        List::Table(_) => Err(serde::de::Error::custom("expected a list, found an object")),
+    }
+}
+
+/// The typed answers of the functions: every field the function always sends is required, so a
+/// changed or broken function is an error here, never a silent default.
+mod reply {
+    use super::{lua_list, EndedLease};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct OpStarted {
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Upserted {
+        pub(super) created: bool,
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Deleting {
+        pub(super) tokens: u64,
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Batch {
+        pub(super) op: String,
+        pub(super) done: bool,
+        pub(super) affected: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct LeasesEnded {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<EndedLease>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct LeaseIdsEnded {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Deposited {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) ids: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct State {
+        pub(super) state: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Reaped {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) reaped: Vec<EndedLease>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Returned {
+        pub(super) returned: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Moved {
+        pub(super) moved: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Enqueued {
+        pub(super) enqueued: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Claimed {
+        pub(super) job: Option<crate::store::ClaimedJob>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Resealed {
+        pub(super) resealed: bool,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct SunsetToken {
+        pub(super) token_id: String,
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Sunset {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) revoked: Vec<SunsetToken>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Lease {
+        pub(super) lease: crate::model::LeaseGrant,
+    }
+}
+
+/// Read a function's answer as `R`; a missing or mistyped field is an error that names it.
+fn typed<R: serde::de::DeserializeOwned>(function: &str, v: Value) -> Result<R> {
+    serde_json::from_value(v)
+        .map_err(|e| VaultError::Internal(format!("{function} answered unexpectedly: {e}")))
 }
 
 /// A pool's view from its config hash; None when the hash is empty (no such pool).
@@ -457,12 +537,19 @@ impl Store {
     }
 
     /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
-    async fn eval(&self, function: &str, pool: &str, args: &[String]) -> Result<Value> {
+    /// Call a transition: an `{"err": code}` answer becomes its `VaultError`, any other is read
+    /// as `R`, strictly.
+    async fn eval<R: serde::de::DeserializeOwned>(
+        &self,
+        function: &str,
+        pool: &str,
+        args: &[String],
+    ) -> Result<R> {
         let v = self.eval_raw(function, pool, args).await?;
         if let Some(code) = v.get("err").and_then(Value::as_str) {
             return Err(VaultError::from_script(code, &v));
         }
-        Ok(v)
+        typed(function, v)
     }
 
     /// Run one transition and return its JSON answer as is.
@@ -764,15 +851,14 @@ impl Store {
     /// Create or replace a pool's config. Returns true when it was created.
     pub async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
         let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
-        let v = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
+        let v: reply::Upserted = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
         // The name set is a separate slot; the cfg hash is the truth, this is the index.
         self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone())
             .await?;
-        let created = v.get("created").and_then(Value::as_bool).unwrap_or(false);
-        if !created {
-            self.pool_op_finish(name, &str_of(&v, "op_id")).await?;
+        if !v.created {
+            self.pool_op_finish(name, &v.op_id).await?;
         }
-        Ok(created)
+        Ok(v.created)
     }
 
     /// What `who`'s sweeps would find in each of `pools`, read in one pipeline of cheap
@@ -848,7 +934,7 @@ impl Store {
     /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
     /// `op_id`: the operation the caller drives ("" = whichever runs).
     pub async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
-        let v = self
+        let v: reply::Batch = self
             .eval(
                 &scripts::POOL_OP,
                 pool,
@@ -856,9 +942,9 @@ impl Store {
             )
             .await?;
         let op = PoolOp {
-            op: str_of(&v, "op"),
-            done: v.get("done").and_then(Value::as_bool).unwrap_or(true),
-            affected: v.get("affected").and_then(Value::as_u64).unwrap_or(0),
+            op: v.op,
+            done: v.done,
+            affected: v.affected,
         };
         if op.op == "delete" && op.done {
             // The name set is another slot: the index goes once the pool's keys are gone,
@@ -1039,15 +1125,15 @@ impl Store {
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
     pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
-        let v = self
+        let v: reply::Deleting = self
             .eval(
                 &scripts::POOL_DELETE,
                 name,
                 &[if force { "1" } else { "0" }.into()],
             )
             .await?;
-        self.pool_op_finish(name, &str_of(&v, "op_id")).await?;
-        Ok(v.get("tokens").and_then(Value::as_u64).unwrap_or(0))
+        self.pool_op_finish(name, &v.op_id).await?;
+        Ok(v.tokens)
     }
 
     pub async fn pool_status(&self, name: &str) -> Result<PoolStatus> {
@@ -1210,7 +1296,7 @@ impl Store {
         // Live leases end in batches (each a short script); the pool is frozen from the first.
         let mut all = vec![];
         loop {
-            let v = self
+            let v: reply::LeasesEnded = self
                 .eval(
                     &scripts::FREEZE,
                     pool,
@@ -1221,7 +1307,7 @@ impl Store {
                     ],
                 )
                 .await?;
-            let ended = ended_leases(&v, "leases_ended");
+            let ended = v.leases_ended;
             let full = ended.len() >= POOL_OP_BATCH;
             all.extend(ended);
             if !full {
@@ -1231,23 +1317,22 @@ impl Store {
     }
 
     pub async fn unfreeze(&self, pool: &str) -> Result<()> {
-        self.eval(&scripts::UNFREEZE, pool, &[]).await.map(drop)
+        self.eval::<Value>(&scripts::UNFREEZE, pool, &[])
+            .await
+            .map(drop)
     }
 
     // ---- tokens ------------------------------------------------------------------------
 
     pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Vec<String>> {
-        let v = self
+        let v: reply::Deposited = self
             .eval(
                 &scripts::DEPOSIT,
                 pool,
                 &[serde_json::to_string(tokens).expect("tokens serialize")],
             )
             .await?;
-        Ok(list(&v, "ids")
-            .iter()
-            .filter_map(|i| i.as_str().map(String::from))
-            .collect())
+        Ok(v.ids)
     }
 
     /// The raw token hash (sealed secret included): for vault-api's own use, never answered.
@@ -1323,56 +1408,44 @@ impl Store {
     }
 
     pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
-        let v = self
+        let v: reply::LeaseIdsEnded = self
             .eval(&scripts::TOKEN_DELETE, pool, &[id.into()])
             .await?;
-        Ok(list(&v, "leases_ended")
-            .iter()
-            .filter_map(|l| l.as_str().map(String::from))
-            .collect())
+        Ok(v.leases_ended)
     }
 
     /// Revoke at once; returns the leases that ended (empty when it was already revoked).
     /// The revocation transition alone; [`Store::revoke_token`] also announces and audits it.
     pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
-        let v = self
+        let v: reply::LeaseIdsEnded = self
             .eval(&scripts::REVOKE, pool, &[id.into(), reason.into()])
             .await?;
-        Ok(list(&v, "leases_ended")
-            .iter()
-            .filter_map(|l| l.as_str().map(String::from))
-            .collect())
+        Ok(v.leases_ended)
     }
 
     pub async fn restore(&self, pool: &str, id: &str) -> Result<String> {
-        let v = self.eval(&scripts::RESTORE, pool, &[id.into()]).await?;
-        Ok(str_of(&v, "state"))
+        let v: reply::State = self.eval(&scripts::RESTORE, pool, &[id.into()]).await?;
+        Ok(v.state)
     }
 
     pub async fn deprecate(&self, pool: &str, id: &str, sunset_ms: Option<i64>) -> Result<String> {
-        let v = self
+        let v: reply::State = self
             .eval(&scripts::DEPRECATE, pool, &[id.into(), opt_arg(sunset_ms)])
             .await?;
-        Ok(str_of(&v, "state"))
+        Ok(v.state)
     }
 
     pub async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
-        let v = self
+        let v: reply::State = self
             .eval(&scripts::REFRESH_ENQUEUE, pool, &[id.into()])
             .await?;
-        Ok(str_of(&v, "state"))
+        Ok(v.state)
     }
 
     // ---- leases ------------------------------------------------------------------------
 
-    fn grant(v: &Value) -> Result<LeaseGrant> {
-        let lease = v.get("lease").cloned().unwrap_or(Value::Null);
-        serde_json::from_value(lease)
-            .map_err(|e| VaultError::Internal(format!("lease answer: {e}")))
-    }
-
     pub async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
-        let v = self
+        let v: reply::Lease = self
             .eval(
                 &scripts::ACQUIRE,
                 pool,
@@ -1388,7 +1461,7 @@ impl Store {
                 ],
             )
             .await?;
-        Self::grant(&v)
+        Ok(v.lease)
     }
 
     pub async fn renew(
@@ -1398,21 +1471,20 @@ impl Store {
         ttl_ms: Option<u64>,
         units: Option<u64>,
     ) -> Result<LeaseGrant> {
-        let v = self
+        let v: reply::Lease = self
             .eval(
                 &scripts::RENEW,
                 pool,
                 &[lease_id.into(), opt_arg(ttl_ms), opt_arg(units)],
             )
             .await?;
-        Self::grant(&v)
+        Ok(v.lease)
     }
 
     pub async fn release(&self, pool: &str, lease_id: &str, report: &Report) -> Result<Released> {
         let mut args = vec![lease_id.to_string()];
         args.extend(report_args(report));
-        let v = self.eval(&scripts::RELEASE, pool, &args).await?;
-        Ok(released(&v))
+        self.eval(&scripts::RELEASE, pool, &args).await
     }
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
@@ -1433,10 +1505,10 @@ impl Store {
             let code = v.get("err").and_then(Value::as_str).unwrap_or("internal");
             return Err(VaultError::from_script(code, &v));
         };
-        let released = released(&rel);
+        let released: Released = typed(&scripts::ROTATE, rel)?;
         let lease = match v.get("err").and_then(Value::as_str) {
             Some(code) => Err(VaultError::from_script(code, &v)),
-            None => Self::grant(&v),
+            None => typed::<reply::Lease>(&scripts::ROTATE, v).map(|l| l.lease),
         };
         Ok((released, lease))
     }
@@ -1444,32 +1516,32 @@ impl Store {
     // ---- janitor sweeps ----------------------------------------------------------------
 
     pub async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
-        let v = self
+        let v: reply::Reaped = self
             .eval(&scripts::REAP_LEASES, pool, &[max.to_string()])
             .await?;
-        Ok(ended_leases(&v, "reaped"))
+        Ok(v.reaped)
     }
 
     pub async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
-        let v = self
+        let v: reply::Returned = self
             .eval(&scripts::RETURN_COOLED, pool, &[max.to_string()])
             .await?;
-        Ok(v.get("returned").and_then(Value::as_u64).unwrap_or(0))
+        Ok(v.returned)
     }
 
     pub async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
-        let v = self
+        let v: reply::Moved = self
             .eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()])
             .await?;
-        Ok(v.get("moved").and_then(Value::as_u64).unwrap_or(0))
+        Ok(v.moved)
     }
 
     /// Queue the refresh of tokens whose preemptive refresh is due; returns how many.
     pub async fn enqueue_due(&self, pool: &str, max: usize) -> Result<u64> {
-        let v = self
+        let v: reply::Enqueued = self
             .eval(&scripts::ENQUEUE_DUE, pool, &[max.to_string()])
             .await?;
-        Ok(v.get("enqueued").and_then(Value::as_u64).unwrap_or(0))
+        Ok(v.enqueued)
     }
 
     // ---- refresh jobs ------------------------------------------------------------------
@@ -1484,7 +1556,7 @@ impl Store {
         limit: Option<u32>,
     ) -> Result<Option<ClaimedJob>> {
         let job_id = uuid::Uuid::new_v4().to_string();
-        let v = self
+        let v: reply::Claimed = self
             .eval(
                 &scripts::JOB_CLAIM,
                 pool,
@@ -1496,12 +1568,7 @@ impl Store {
                 ],
             )
             .await?;
-        match v.get("job") {
-            Some(j) => serde_json::from_value(j.clone())
-                .map(Some)
-                .map_err(|e| VaultError::Internal(format!("job answer: {e}"))),
-            None => Ok(None),
-        }
+        Ok(v.job)
     }
 
     /// One page of a pool's token ids (SSCAN); `None` cursor at the end.
@@ -1535,7 +1602,7 @@ impl Store {
         refresh: Option<&Sealed>,
         proxy: Option<&Sealed>,
     ) -> Result<bool> {
-        let v = self
+        let v: reply::Resealed = self
             .eval(
                 &scripts::RESEAL,
                 pool,
@@ -1553,7 +1620,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
+        Ok(v.resealed)
     }
 
     /// The pool's default refresh settings as stored: the JSON and the sealed client secret.
@@ -1584,7 +1651,7 @@ impl Store {
         new: &PoolRefresh,
     ) -> Result<bool> {
         let sealed = new.client_secret.clone().unwrap_or_default();
-        let v = self
+        let v: reply::Resealed = self
             .eval(
                 &scripts::POOL_RESEAL,
                 pool,
@@ -1597,7 +1664,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(v.get("resealed").and_then(Value::as_bool).unwrap_or(false))
+        Ok(v.resealed)
     }
 
     /// The job's token and the refresh attempts it had failed when it was claimed (`JobGone`
@@ -1627,7 +1694,7 @@ impl Store {
         done: &RefreshedToken,
         retry: &RetryPolicy,
     ) -> Result<RefreshResult> {
-        let v = self
+        let mut v: RefreshResult = self
             .eval(
                 &scripts::JOB_COMPLETE,
                 pool,
@@ -1644,10 +1711,8 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(RefreshResult::from_reply(
-            &v,
-            Some(done.fingerprint.clone()),
-        ))
+        v.fingerprint = Some(done.fingerprint.clone());
+        Ok(v)
     }
 
     /// Record a failed attempt: retry after `retry_after_ms`, or quarantine (`None`, or the
@@ -1660,7 +1725,7 @@ impl Store {
         retry_after_ms: Option<u64>,
         max_attempts: u32,
     ) -> Result<RefreshResult> {
-        let v = self
+        let v: RefreshResult = self
             .eval(
                 &scripts::JOB_FAIL,
                 pool,
@@ -1672,7 +1737,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(RefreshResult::from_reply(&v, None))
+        Ok(v)
     }
 
     /// Emergency rotation: deprecate every active token, queue their refresh, revoke at
@@ -1684,24 +1749,21 @@ impl Store {
         reason: &str,
     ) -> Result<(String, u64)> {
         let rid = uuid::Uuid::new_v4().to_string();
-        let v = self
+        let v: reply::OpStarted = self
             .eval(
                 &scripts::POOL_ROTATE,
                 pool,
                 &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
             )
             .await?;
-        let op = self.pool_op_finish(pool, &str_of(&v, "op_id")).await?;
+        let op = self.pool_op_finish(pool, &v.op_id).await?;
         Ok((rid, op.affected))
     }
 
     /// Roll an emergency rotation back; returns how many tokens are active again.
     pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
-        let v = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
-        Ok(self
-            .pool_op_finish(pool, &str_of(&v, "op_id"))
-            .await?
-            .affected)
+        let v: reply::OpStarted = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
+        Ok(self.pool_op_finish(pool, &v.op_id).await?.affected)
     }
 
     /// Revoke deprecated tokens past their sunset; returns the token ids.
@@ -1712,18 +1774,12 @@ impl Store {
         pool: &str,
         max: usize,
     ) -> Result<Vec<(String, Vec<String>)>> {
-        let v = self
+        let v: reply::Sunset = self
             .eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()])
             .await?;
-        Ok(list(&v, "revoked")
-            .iter()
-            .map(|r| {
-                let ended = list(r, "leases_ended")
-                    .iter()
-                    .filter_map(|l| l.as_str().map(String::from))
-                    .collect();
-                (str_of(r, "token_id"), ended)
-            })
+        Ok(v.revoked
+            .into_iter()
+            .map(|r| (r.token_id, r.leases_ended))
             .collect())
     }
 }
@@ -1745,5 +1801,23 @@ mod tests {
         assert!(check_redis_version("redis_version:7.0.15\r\n").is_ok());
         assert!(check_redis_version("redis_version:7.2.4\r\nvalkey_version:8.0.1\r\n").is_ok());
         assert!(check_redis_version("no version at all").is_err());
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        let err = typed::<reply::State>("tv_x_restore", serde_json::json!({}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("tv_x_restore") && err.contains("state"),
+            "{err}"
+        );
+        // cjson writes an empty list as `{}`.
+        let v: reply::Deposited = typed("f", serde_json::json!({"ids": {}})).unwrap();
+        assert!(v.ids.is_empty());
+        let v: reply::Deposited = typed("f", serde_json::json!({"ids": ["a"]})).unwrap();
+        assert_eq!(v.ids, ["a"]);
+        assert!(typed::<reply::Deposited>("f", serde_json::json!({"ids": 3})).is_err());
     }
 }
