@@ -6,7 +6,7 @@
 -- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or ""; ARGV[2] sunset ms; ARGV[3] reason; ARGV[4] rotation id.
 -- Returns {"rotation_id","sunset_at","op_id"} | {"err":"pool_not_found"|"conflict"}.
-local c = load_cfg()
+local c = load_cfg_all()
 if c == nil then return fail('pool_not_found') end
 local sunset, rid = tonumber(ARGV[2]), ARGV[4]
 if c.rotation_id ~= nil and c.rotation_id ~= '' and num(c.rotation_sunset_at, 0) > NOW then

@@ -5,7 +5,7 @@
 -- KEYS: the pool keys (see rules/base.lua).
 -- ARGV[1] now ms or "".
 -- Returns {"cancelling":rotation id,"op_id"} | {"err":"pool_not_found"|"conflict"}.
-local c = load_cfg()
+local c = load_cfg_all()
 if c == nil then return fail('pool_not_found') end
 local rid = c.rotation_id
 if rid == nil or rid == '' then return fail('conflict', { detail = 'no rotation to cancel' }) end

