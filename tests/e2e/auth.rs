@@ -91,10 +91,7 @@ async fn bad_tokens_are_refused_on_every_route_family() {
         .add_pem("k1", &std::fs::read_to_string(dir.join("k1.pem")).unwrap())
         .unwrap();
     // HS256 keyed with the vault's *public* key: the classic algorithm-confusion attack.
-    let public_x = key_ring(dir).jwks()["keys"][0]["x"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let public_x = key_ring(dir).jwks().keys[0].x.clone();
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some("k1".into());
     let hs256 = jsonwebtoken::encode(

@@ -640,6 +640,17 @@ async fn openapi_documents_exactly_the_routes_served() {
                 assert_eq!(op["security"][0]["bearer"], json!([]), "{path}");
                 assert!(op["responses"]["401"].is_object(), "{path}");
             }
+            // Every JSON answer names its schema (no untyped `{}` body).
+            for (status, r) in op["responses"].as_object().unwrap() {
+                if let Some(schema) = r["content"]["application/json"]["schema"].as_object() {
+                    assert!(
+                        schema.contains_key("$ref")
+                            || schema.contains_key("properties")
+                            || schema.get("type").is_some_and(|t| t != "object"),
+                        "{method} {path} {status} answers an untyped body: {schema:?}"
+                    );
+                }
+            }
             // The route is served: anonymous calls reach the auth layer (which only runs on
             // matched routes) or, for the public routes, the handler.
             let (m, url) = concrete(method, path);

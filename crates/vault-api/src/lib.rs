@@ -12,6 +12,7 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
 
+pub mod answers;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -340,14 +340,41 @@ impl KeyRing {
     }
 
     /// `GET /.well-known/jwks.json`.
-    pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self
-            .verifiers
-            .iter()
-            .map(|(kid, v)| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": v.x}))
-            .collect();
-        serde_json::json!({ "keys": keys })
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self
+                .verifiers
+                .iter()
+                .map(|(kid, v)| Jwk {
+                    kty: "OKP",
+                    crv: "Ed25519",
+                    alg: "EdDSA",
+                    use_: "sig",
+                    kid: kid.clone(),
+                    x: v.x.clone(),
+                })
+                .collect(),
+        }
     }
+}
+
+/// A JSON Web Key Set (RFC 7517): the public keys that verify client tokens.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One Ed25519 public key (RFC 8037).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Jwk {
+    pub kty: &'static str,
+    pub crv: &'static str,
+    pub alg: &'static str,
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+    pub kid: String,
+    /// The public key, base64url without padding.
+    pub x: String,
 }
 
 #[cfg(test)]
@@ -371,7 +398,10 @@ mod tests {
         assert_eq!((p.sub.as_str(), p.jti.as_str()), ("ops", jti.as_str()));
         assert!(p.has(Scope::Lease) && !p.has(Scope::Admin));
         assert!(p.may_use_pool("a") && !p.may_use_pool("b"));
-        assert_eq!(r.jwks()["keys"][0]["kid"], "k1");
+        assert_eq!(
+            serde_json::to_value(r.jwks()).unwrap()["keys"][0]["kid"],
+            "k1"
+        );
     }
 
     #[test]

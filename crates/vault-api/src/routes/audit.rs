@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use vault_core::auth::Principal;
 use vault_core::time::TimeInput;
 
@@ -31,14 +31,14 @@ pub struct AuditQuery {
     tag = "audit",
     params(AuditQuery),
     responses(
-        (status = 200, description = "`{\"events\":[...],\"next\"}`; secrets never appear", body = serde_json::Value),
+        (status = 200, description = "`{\"events\":[...],\"next\"}`; secrets never appear", body = crate::answers::AuditPage),
     )
 )]
 pub async fn read(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::AuditPage>, ApiError> {
     let pool = q.pool.as_deref().map(pool_name).transpose()?;
     match pool {
         Some(p) if !who.may_use_pool(p) => {
@@ -86,5 +86,5 @@ pub async fn read(
     let next = (events.len() == limit)
         .then(|| events.last().map(|e| e.id.clone()))
         .flatten();
-    Ok(Json(json!({ "events": events, "next": next })))
+    Ok(Json(crate::answers::AuditPage { events, next }))
 }

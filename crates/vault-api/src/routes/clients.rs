@@ -18,11 +18,11 @@ use crate::AppState;
     path = "/.well-known/jwks.json",
     tag = "clients",
     responses(
-        (status = 200, description = "the public keys that verify client tokens, each with its `kid`", body = serde_json::Value),
+        (status = 200, description = "the public keys that verify client tokens, each with its `kid`", body = vault_core::auth::Jwks),
     ),
     security(())
 )]
-pub async fn jwks(State(s): State<AppState>) -> Json<Value> {
+pub async fn jwks(State(s): State<AppState>) -> Json<vault_core::auth::Jwks> {
     Json(s.keys.jwks())
 }
 
@@ -43,14 +43,14 @@ pub struct MintInput {
     tag = "clients",
     request_body = MintInput,
     responses(
-        (status = 201, description = "`{\"token\",\"jti\",\"expires_at\"}`", body = serde_json::Value),
+        (status = 201, description = "the token, shown once", body = crate::answers::MintedToken),
     )
 )]
 pub async fn mint(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Body(input): Body<MintInput>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::answers::MintedToken>), ApiError> {
     let sub = input
         .sub
         .ok_or_else(|| ApiError::invalid("sub is required"))?;
@@ -109,7 +109,11 @@ pub async fn mint(
     .await;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "jti": jti, "expires_at": rfc3339(exp * 1000) })),
+        Json(crate::answers::MintedToken {
+            token,
+            jti,
+            expires_at: rfc3339(exp * 1000),
+        }),
     ))
 }
 
@@ -126,7 +130,7 @@ pub struct RevokeInput {
     tag = "clients",
     request_body = RevokeInput,
     responses(
-        (status = 200, description = "refused by every replica within 1 s", body = serde_json::Value),
+        (status = 200, description = "refused by every replica within 1 s", body = crate::answers::ClientRevoked),
         (status = 403, description = "`forbidden`: a pool-limited admin revoking a token outside its pools", body = crate::error::Problem),
     )
 )]
@@ -134,7 +138,7 @@ pub async fn revoke(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Body(input): Body<RevokeInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::ClientRevoked>, ApiError> {
     let jti = input
         .jti
         .ok_or_else(|| ApiError::invalid("jti is required"))?;
@@ -165,7 +169,7 @@ pub async fn revoke(
         },
     )
     .await;
-    Ok(Json(json!({ "jti": jti, "revoked": true })))
+    Ok(Json(crate::answers::ClientRevoked { jti, revoked: true }))
 }
 
 /// RFC 7662: `{"token": ...}` as JSON or `token=...` as a form.
@@ -175,13 +179,13 @@ pub async fn revoke(
     tag = "clients",
     request_body = IntrospectInput,
     responses(
-        (status = 200, description = "RFC 7662: `{\"active\":false}` or the token's claims", body = serde_json::Value),
+        (status = 200, description = "RFC 7662: `{\"active\":false}` or the token's claims", body = crate::answers::Introspection),
     )
 )]
 pub async fn introspect(
     State(s): State<AppState>,
     crate::extract::RawBody(body): crate::extract::RawBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::Introspection>, ApiError> {
     let token = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("token").and_then(Value::as_str).map(String::from))
@@ -194,11 +198,19 @@ pub async fn introspect(
             ApiError::invalid("send the token to inspect as {\"token\": ...} or token=...")
         })?;
     Ok(Json(match crate::auth::authenticate(&s, &token) {
-        Ok(p) => json!({
-            "active": true, "sub": p.sub, "scope": p.scope_string(), "exp": p.exp, "iat": p.iat,
-            "jti": p.jti, "iss": s.keys.issuer, "aud": s.keys.audience, "pools": p.pools, "token_type": "Bearer",
-        }),
-        Err(_) => json!({ "active": false }),
+        Ok(p) => crate::answers::Introspection {
+            active: true,
+            scope: Some(p.scope_string()),
+            sub: Some(p.sub),
+            exp: Some(p.exp),
+            iat: Some(p.iat),
+            jti: Some(p.jti),
+            iss: Some(s.keys.issuer.clone()),
+            aud: Some(s.keys.audience.clone()),
+            pools: p.pools,
+            token_type: Some("Bearer"),
+        },
+        Err(_) => crate::answers::Introspection::default(),
     }))
 }
 

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
 
 use crate::error::{ApiError, Problem};
 use crate::AppState;
@@ -68,11 +67,11 @@ pub async fn metrics(State(s): State<AppState>) -> String {
     get,
     path = "/healthz",
     tag = "operations",
-    responses((status = 200, description = "the process is up", body = serde_json::Value)),
+    responses((status = 200, description = "the process is up", body = crate::answers::Health)),
     security(())
 )]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+pub async fn healthz() -> Json<crate::answers::Health> {
+    Json(crate::answers::Health { status: "ok" })
 }
 
 /// Redis answers and runs our scripts: this replica can serve leases.
@@ -81,12 +80,12 @@ pub async fn healthz() -> Json<Value> {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Redis answers, scripts are loaded, revocations are subscribed", body = serde_json::Value),
+        (status = 200, description = "Redis answers, the function library is loaded, revocations are subscribed", body = crate::answers::Health),
         (status = 503, description = "`redis_unavailable`, `redis_busy`, `scripts_unavailable`, `not_subscribed`", body = Problem),
     ),
     security(())
 )]
-pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn readyz(State(s): State<AppState>) -> Result<Json<crate::answers::Health>, ApiError> {
     s.store.check_ready().await?;
     if !s
         .events
@@ -99,5 +98,5 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> 
             "the replica is not yet subscribed to revocations and events",
         ));
     }
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(crate::answers::Health { status: "ready" }))
 }

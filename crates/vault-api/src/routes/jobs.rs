@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use vault_core::crypto::Secret;
 use vault_core::model::check_label;
 use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
@@ -34,7 +33,7 @@ pub struct ClaimInput {
     params(crate::openapi::PoolPath),
     request_body = ClaimInput,
     responses(
-        (status = 200, description = "a job `{\"job_id\",\"token_id\",\"binding\",\"labels\"}`, hidden from others for `visibility_s`", body = serde_json::Value),
+        (status = 200, description = "a job, hidden from others for `visibility_s`", body = crate::answers::ClaimedJob),
         (status = 204, description = "no job waiting"),
         (status = 404, description = "`pool_not_found`", body = Problem),
     )
@@ -52,18 +51,20 @@ pub async fn claim(
     let Some(job) = s.store.job_claim(pool, true, vis * 1000, None).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let labels: Value = serde_json::from_str(&job.labels).unwrap_or_else(|_| json!({}));
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
     // The login worker acts through the token's proxy: it gets the URL in full, like a lease.
     let proxy = job.proxy_url(&s.cipher, pool)?;
-    let body = json!({
-        "job_id": job.job_id,
-        "token_id": job.token_id,
-        "binding": {"proxy": opt(&proxy), "fingerprint": opt(&job.binding_fp)},
-        "labels": labels,
-        "attempts": job.attempts,
-        "visible_until": vault_core::time::rfc3339(job.visible_at),
-    });
+    let body = crate::answers::ClaimedJob {
+        labels: serde_json::from_str(&job.labels).unwrap_or_default(),
+        binding: vault_core::model::Binding {
+            proxy: opt(&proxy),
+            fingerprint: opt(&job.binding_fp),
+        },
+        attempts: job.attempts,
+        visible_until: vault_core::time::rfc3339(job.visible_at),
+        job_id: job.job_id,
+        token_id: job.token_id,
+    };
     Ok((StatusCode::OK, Json(body)).into_response())
 }
 
@@ -86,7 +87,7 @@ pub struct CompleteInput {
     params(crate::openapi::JobPath),
     request_body = CompleteInput,
     responses(
-        (status = 200, description = "the new secret stored: `{\"job_id\",\"token_id\",\"generation\",\"state\",\"error\"}`; `error` null = back in rotation, else why not (a secret living less than the pool's `min_token_ttl_s` is a failed attempt, retried later or quarantined)", body = serde_json::Value),
+        (status = 200, description = "the new secret stored: `{\"job_id\",\"token_id\",\"generation\",\"state\",\"error\"}`; `error` null = back in rotation, else why not (a secret living less than the pool's `min_token_ttl_s` is a failed attempt, retried later or quarantined)", body = crate::answers::JobResult),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 410, description = "`job_gone`", body = Problem),
         (status = 409, description = "`stale_job`: the token changed since the claim", body = Problem),
@@ -97,7 +98,7 @@ pub async fn complete(
     Extension(who): Extension<Principal>,
     Path((pool, job)): Path<(String, String)>,
     Body(input): Body<CompleteInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::JobResult>, ApiError> {
     let pool = pool_name(&pool)?;
     check_label("job id", &job, 64)?;
     let secret = input
@@ -128,8 +129,14 @@ pub async fn complete(
 }
 
 /// What a completed or failed job did: the token's state, and why it is not back in rotation.
-fn answer(job: &str, r: &RefreshResult) -> Value {
-    json!({ "job_id": job, "token_id": r.token_id, "generation": r.generation, "state": r.state, "error": r.error })
+fn answer(job: &str, r: &RefreshResult) -> crate::answers::JobResult {
+    crate::answers::JobResult {
+        job_id: job.to_string(),
+        token_id: r.token_id.clone(),
+        generation: r.generation,
+        state: r.state.clone(),
+        error: r.error.clone(),
+    }
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -148,7 +155,7 @@ pub struct FailInput {
     params(crate::openapi::JobPath),
     request_body = FailInput,
     responses(
-        (status = 200, description = "retried later, or quarantined when permanent", body = serde_json::Value),
+        (status = 200, description = "retried later, or quarantined when permanent", body = crate::answers::JobResult),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 410, description = "`job_gone`", body = Problem),
         (status = 409, description = "`stale_job`", body = Problem),
@@ -159,7 +166,7 @@ pub async fn fail(
     Extension(who): Extension<Principal>,
     Path((pool, job)): Path<(String, String)>,
     Body(input): Body<FailInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::JobResult>, ApiError> {
     let pool = pool_name(&pool)?;
     check_label("job id", &job, 64)?;
     let error = input

@@ -228,7 +228,7 @@ async fn record_outcome(
     params(crate::openapi::LeasePath),
     request_body = vault_core::model::Report,
     responses(
-        (status = 200, description = "`{\"lease_id\",\"token_id\",\"token_state\",\"released\":true}`", body = serde_json::Value),
+        (status = 200, description = "released; the report applied to the token", body = crate::answers::Released),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 410, description = "`lease_gone`: expired, released or revoked", body = Problem),
     )
@@ -238,15 +238,18 @@ pub async fn release(
     Extension(who): Extension<Principal>,
     Path((pool, lease)): Path<(String, String)>,
     Body(report): Body<Report>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::Released>, ApiError> {
     let pool = pool_name(&pool)?;
     lease_id(&lease)?;
     report.validate()?;
     let r = s.store.release(pool, &lease, &report).await?;
     record_outcome(&s, &who, pool, &lease, &r, &report).await;
-    Ok(Json(
-        json!({ "lease_id": lease, "token_id": r.token_id, "token_state": r.state, "released": true }),
-    ))
+    Ok(Json(crate::answers::Released {
+        lease_id: lease,
+        token_id: r.token_id,
+        token_state: r.state,
+        released: true,
+    }))
 }
 
 #[utoipa::path(

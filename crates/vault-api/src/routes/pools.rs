@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use vault_core::auth::Principal;
 use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
 
@@ -187,7 +186,7 @@ pub struct FreezeInput {
     params(crate::openapi::PoolPath),
     request_body = FreezeInput,
     responses(
-        (status = 200, description = "frozen: new leases answer 423", body = serde_json::Value),
+        (status = 200, description = "frozen: new leases answer 423", body = crate::answers::Frozen),
         (status = 404, description = "`pool_not_found`", body = Problem),
     )
 )]
@@ -196,7 +195,7 @@ pub async fn freeze(
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Body(input): Body<FreezeInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::Frozen>, ApiError> {
     let pool = pool_name(&pool)?;
     let reason = input.reason.unwrap_or_default();
     if reason.len() > 1024 {
@@ -227,13 +226,18 @@ pub async fn freeze(
         },
     )
     .await;
-    let ended: Vec<Value> = ended
-        .iter()
-        .map(|e| json!({"lease_id": e.lease_id, "token_id": e.token_id}))
+    let ended = ended
+        .into_iter()
+        .map(|e| crate::answers::EndedLease {
+            lease_id: e.lease_id,
+            token_id: e.token_id,
+        })
         .collect();
-    Ok(Json(
-        json!({ "pool": pool, "frozen": true, "leases_ended": ended }),
-    ))
+    Ok(Json(crate::answers::Frozen {
+        pool: pool.to_string(),
+        frozen: true,
+        leases_ended: Some(ended),
+    }))
 }
 
 #[utoipa::path(
@@ -242,7 +246,7 @@ pub async fn freeze(
     tag = "pools",
     params(crate::openapi::PoolPath),
     responses(
-        (status = 200, description = "leasing again", body = serde_json::Value),
+        (status = 200, description = "leasing again", body = crate::answers::Frozen),
         (status = 404, description = "`pool_not_found`", body = Problem),
     )
 )]
@@ -250,7 +254,7 @@ pub async fn unfreeze(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::Frozen>, ApiError> {
     let pool = pool_name(&pool)?;
     s.store.unfreeze(pool).await?;
     record(&s, Some(pool), entry(&who, "pool.unfreeze")).await;
@@ -266,7 +270,11 @@ pub async fn unfreeze(
     )
     .await;
     tracing::info!(pool, "pool unfrozen");
-    Ok(Json(json!({ "pool": pool, "frozen": false })))
+    Ok(Json(crate::answers::Frozen {
+        pool: pool.to_string(),
+        frozen: false,
+        leases_ended: None,
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -286,7 +294,7 @@ pub struct RotateInput {
     params(crate::openapi::PoolPath),
     request_body = RotateInput,
     responses(
-        (status = 202, description = "rotation started: tokens deprecated, refreshes queued", body = serde_json::Value),
+        (status = 202, description = "rotation started: tokens deprecated, refreshes queued", body = crate::answers::RotationStarted),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 409, description = "`conflict`: a rotation is already running", body = Problem),
     )
@@ -296,7 +304,7 @@ pub async fn rotate(
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     Body(input): Body<RotateInput>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::answers::RotationStarted>), ApiError> {
     let pool = pool_name(&pool)?;
     let sunset_s = input
         .sunset_s
@@ -330,7 +338,12 @@ pub async fn rotate(
         ..Default::default()
     };
     crate::events::emit(&s, ev).await;
-    let body = json!({ "pool": pool, "rotation_id": rotation_id, "tokens": tokens, "sunset_at": vault_core::time::rfc3339(sunset) });
+    let body = crate::answers::RotationStarted {
+        pool: pool.to_string(),
+        rotation_id,
+        tokens,
+        sunset_at: vault_core::time::rfc3339(sunset),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
@@ -340,7 +353,7 @@ pub async fn rotate(
     tag = "pools",
     params(crate::openapi::PoolPath),
     responses(
-        (status = 200, description = "rolled back: deprecated tokens current again", body = serde_json::Value),
+        (status = 200, description = "rolled back: deprecated tokens current again", body = crate::answers::RotationCancelled),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 409, description = "`conflict`: no rotation is running", body = Problem),
     )
@@ -349,7 +362,7 @@ pub async fn rotate_cancel(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::RotationCancelled>, ApiError> {
     let pool = pool_name(&pool)?;
     let restored = s.store.pool_rotate_cancel(pool).await?;
     record(
@@ -361,5 +374,8 @@ pub async fn rotate_cancel(
         },
     )
     .await;
-    Ok(Json(json!({ "pool": pool, "restored": restored })))
+    Ok(Json(crate::answers::RotationCancelled {
+        pool: pool.to_string(),
+        restored,
+    }))
 }

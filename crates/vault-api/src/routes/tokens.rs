@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use vault_core::model::{check_token_id, TokenInput, TokenMeta, MAX_DEPOSIT, VIEW_STATES};
 use vault_core::time::TimeInput;
 
@@ -53,7 +53,7 @@ fn parse_deposit(body: &JsonBytes) -> Result<Vec<TokenInput>, ApiError> {
     params(crate::openapi::PoolPath),
     request_body = DepositBody,
     responses(
-        (status = 201, description = "`{\"ids\":[...]}`", body = serde_json::Value),
+        (status = 201, description = "deposited, all or nothing", body = crate::answers::Deposited),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 409, description = "`conflict`: a token with this id exists", body = Problem),
     )
@@ -63,7 +63,7 @@ pub async fn deposit(
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     body: JsonBytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::answers::Deposited>), ApiError> {
     let pool = pool_name(&pool)?;
     let tokens = parse_deposit(&body)?;
     // Tokens without refresh settings of their own take the pool's.
@@ -89,7 +89,7 @@ pub async fn deposit(
         };
         record(&s, Some(pool), e).await;
     }
-    Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))))
+    Ok((StatusCode::CREATED, Json(crate::answers::Deposited { ids })))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -214,7 +214,7 @@ pub struct ReasonInput {
     params(crate::openapi::TokenPath),
     request_body = ReasonInput,
     responses(
-        (status = 200, description = "revoked at once; its leases end; `token.revoked` published", body = serde_json::Value),
+        (status = 200, description = "revoked at once; its leases end; `token.revoked` published", body = crate::answers::TokenState),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
     )
 )]
@@ -223,7 +223,7 @@ pub async fn revoke(
     Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
     Body(input): Body<ReasonInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::TokenState>, ApiError> {
     ids(&pool, &id)?;
     let reason = input.reason.unwrap_or_else(|| "revoked".into());
     if reason.len() > 1024 {
@@ -233,9 +233,11 @@ pub async fn revoke(
         .store
         .revoke_token(&(&who).into(), &pool, &id, &reason)
         .await?;
-    Ok(Json(
-        json!({ "token_id": id, "state": "revoked", "leases_ended": ended }),
-    ))
+    Ok(Json(crate::answers::TokenState {
+        token_id: id,
+        state: "revoked".into(),
+        leases_ended: Some(ended),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -253,7 +255,7 @@ pub struct DeprecateInput {
     params(crate::openapi::TokenPath),
     request_body = DeprecateInput,
     responses(
-        (status = 200, description = "deprecated: leased only when nothing else is", body = serde_json::Value),
+        (status = 200, description = "deprecated: leased only when nothing else is", body = crate::answers::TokenState),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
     )
 )]
@@ -262,7 +264,7 @@ pub async fn deprecate(
     Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
     Body(input): Body<DeprecateInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::TokenState>, ApiError> {
     ids(&pool, &id)?;
     let state = s
         .store
@@ -277,7 +279,11 @@ pub async fn deprecate(
         },
     )
     .await;
-    Ok(Json(json!({ "token_id": id, "state": state })))
+    Ok(Json(crate::answers::TokenState {
+        token_id: id,
+        state,
+        leases_ended: None,
+    }))
 }
 
 #[utoipa::path(
@@ -286,7 +292,7 @@ pub async fn deprecate(
     tag = "tokens",
     params(crate::openapi::TokenPath),
     responses(
-        (status = 200, description = "back in rotation: a quarantined token (strikes cleared) or a cooling one (cooldown ended, fresh quota window)", body = serde_json::Value),
+        (status = 200, description = "back in rotation: a quarantined token (strikes cleared) or a cooling one (cooldown ended, fresh quota window)", body = crate::answers::TokenState),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
         (status = 409, description = "`conflict`: neither quarantined nor cooling", body = Problem),
     )
@@ -295,7 +301,7 @@ pub async fn restore(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::answers::TokenState>, ApiError> {
     ids(&pool, &id)?;
     let state = s.store.restore(&pool, &id).await?;
     record(
@@ -307,7 +313,11 @@ pub async fn restore(
         },
     )
     .await;
-    Ok(Json(json!({ "token_id": id, "state": state })))
+    Ok(Json(crate::answers::TokenState {
+        token_id: id,
+        state,
+        leases_ended: None,
+    }))
 }
 
 #[utoipa::path(
@@ -316,7 +326,7 @@ pub async fn restore(
     tag = "tokens",
     params(crate::openapi::TokenPath),
     responses(
-        (status = 202, description = "refresh queued (at most once at a time)", body = serde_json::Value),
+        (status = 202, description = "refresh queued (at most once at a time)", body = crate::answers::TokenState),
         (status = 404, description = "`pool_not_found`, `token_not_found`", body = Problem),
         (status = 409, description = "`conflict`: the token has no refresh method or cannot be refreshed now", body = Problem),
     )
@@ -325,7 +335,7 @@ pub async fn refresh(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((pool, id)): Path<(String, String)>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<crate::answers::TokenState>), ApiError> {
     ids(&pool, &id)?;
     let state = s.store.refresh_enqueue(&pool, &id).await?;
     record(
@@ -339,7 +349,11 @@ pub async fn refresh(
     .await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "token_id": id, "state": state })),
+        Json(crate::answers::TokenState {
+            token_id: id,
+            state,
+            leases_ended: None,
+        }),
     ))
 }
 
