@@ -4,7 +4,6 @@
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use vault_core::VaultError;
 
 #[derive(Debug)]
@@ -17,16 +16,8 @@ pub struct ApiError {
     pub www_authenticate: Option<String>,
 }
 
-/// RFC 9457 problem details; `code` is stable and machine-readable.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
-}
+/// RFC 9457 problem details (the wire type the SDK reads too).
+pub use vault_wire::Problem;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
@@ -170,10 +161,10 @@ impl IntoResponse for ApiError {
         let title = self.status.canonical_reason().unwrap_or("Error");
         let body = Problem {
             kind: format!("urn:tokenvault:problem:{}", self.code),
-            title,
+            title: title.to_string(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: self.code,
+            detail: self.detail,
+            code: self.code.to_string(),
         };
         let mut res = (self.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         let h = res.headers_mut();

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Errors of the SDK. `detail` is the vault's problem+json detail (never a secret).
@@ -38,41 +37,9 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A lease as the vault hands it out. `Debug` leaves the secret out.
-#[derive(Clone, Deserialize, Serialize)]
-pub struct Lease {
-    pub lease_id: String,
-    pub pool: String,
-    pub token_id: String,
-    pub secret: String,
-    pub token_expires_at: Option<String>,
-    pub lease_expires_at: String,
-    pub units: u64,
-    pub binding: Value,
-    pub headers: Value,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("lease_id", &self.lease_id)
-            .field("pool", &self.pool)
-            .field("token_id", &self.token_id)
-            .field("lease_expires_at", &self.lease_expires_at)
-            .finish()
-    }
-}
-
-/// How a call with a leased token went (see the API's report).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    Unauthorized,
-    RateLimited,
-    Forbidden,
-    Suspect,
-}
+/// The wire types, shared with the server (`vault-wire`): a lease (its `Debug` leaves the secret
+/// out), its binding and ready-made headers, the outcome a worker reports, an error answer.
+pub use vault_wire::{Binding, Lease, LeaseHeaders, Outcome, Problem};
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
@@ -116,23 +83,18 @@ impl Client {
         if res.status().is_success() {
             return Ok(res);
         }
-        let status = res.status().as_u16();
         let retry_after_s = res
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
-        let problem: Value = res.json().await.unwrap_or(Value::Null);
-        let code = problem["code"].as_str().unwrap_or_default().to_string();
-        Err(match code.as_str() {
-            "pool_exhausted" => Error::Exhausted { retry_after_s },
-            "lease_gone" => Error::LeaseGone,
-            _ => Error::Api {
-                status,
-                code,
-                detail: problem["detail"].as_str().unwrap_or_default().to_string(),
-            },
+        Err(match problem(res).await {
+            Error::Api { code, .. } if code == "pool_exhausted" => {
+                Error::Exhausted { retry_after_s }
+            }
+            Error::Api { code, .. } if code == "lease_gone" => Error::LeaseGone,
+            e => e,
         })
     }
 
@@ -198,15 +160,27 @@ impl Client {
         }
         let res = req.send().await?;
         if !res.status().is_success() {
-            let status = res.status().as_u16();
-            let problem: Value = res.json().await.unwrap_or(Value::Null);
-            return Err(Error::Api {
-                status,
-                code: problem["code"].as_str().unwrap_or_default().to_string(),
-                detail: problem["detail"].as_str().unwrap_or_default().to_string(),
-            });
+            return Err(problem(res).await);
         }
         Ok(EventStream::over(res.bytes_stream()))
+    }
+}
+
+/// The error a failed answer carries: its problem details, or only its status when the body is
+/// not one (a proxy's error page).
+async fn problem(res: reqwest::Response) -> Error {
+    let status = res.status().as_u16();
+    match res.json::<Problem>().await {
+        Ok(p) => Error::Api {
+            status,
+            code: p.code,
+            detail: p.detail,
+        },
+        Err(_) => Error::Api {
+            status,
+            code: String::new(),
+            detail: String::new(),
+        },
     }
 }
 

@@ -428,13 +428,7 @@ pub struct PoolView {
     pub warnings: Vec<String>,
 }
 
-/// Where a token came from and how it must be used (sticky identity).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Binding {
-    pub proxy: Option<String>,
-    pub fingerprint: Option<String>,
-}
+pub use vault_wire::Binding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -777,29 +771,7 @@ impl TokenInput {
     }
 }
 
-/// How the worker's call went, reported on release/rotate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    #[default]
-    Ok,
-    Unauthorized,
-    RateLimited,
-    Forbidden,
-    Suspect,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Unauthorized => "unauthorized",
-            Self::RateLimited => "rate_limited",
-            Self::Forbidden => "forbidden",
-            Self::Suspect => "suspect",
-        }
-    }
-}
+pub use vault_wire::Outcome;
 
 /// Release / rotate body.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -1093,23 +1065,8 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
-/// An event pushed to workers (`GET /v1/events`). Never carries a secret.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct VaultEvent {
-    /// `token.revoked`, `lease.revoked`, `token.refreshed`, `token.quarantined`,
-    /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub pool: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_id: Option<String>,
-    /// When it happened (unix ms; for revocations, when the revoke took effect).
-    pub at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
+/// An event pushed to workers (`GET /v1/events`).
+pub use vault_wire::Event as VaultEvent;
 
 /// Every view state a token can be in, as counted by status.
 pub const VIEW_STATES: [&str; 8] = [

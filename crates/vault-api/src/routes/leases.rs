@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Serialize;
-use serde_json::{json, Value};
 use vault_core::crypto::Sealed;
-use vault_core::model::{check_label, AcquireInput, Binding, LeaseGrant, RenewInput, Report};
+use vault_core::model::{check_label, AcquireInput, LeaseGrant, RenewInput, Report};
 use vault_core::store::AcquireArgs;
 use vault_core::time::rfc3339;
 use vault_core::VaultError;
@@ -23,18 +21,8 @@ use vault_core::auth::Principal;
 use vault_core::model::{AuditEntry, Outcome, VaultEvent};
 use vault_core::store::Released;
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct LeaseView {
-    lease_id: String,
-    pool: String,
-    token_id: String,
-    secret: String,
-    token_expires_at: Option<String>,
-    lease_expires_at: String,
-    units: u64,
-    binding: Binding,
-    headers: Value,
-}
+/// The lease answer: the wire type the SDK reads.
+pub use vault_wire::Lease as LeaseView;
 
 fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiError> {
     let sealed = Sealed {
@@ -45,7 +33,9 @@ fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiE
     let binding = g.binding(&s.cipher, pool)?;
     let plain = secret.expose().to_string();
     Ok(LeaseView {
-        headers: json!({ "Authorization": format!("Bearer {plain}") }),
+        headers: vault_wire::LeaseHeaders {
+            authorization: format!("Bearer {plain}"),
+        },
         secret: plain,
         lease_id: g.lease_id,
         pool: pool.to_string(),

@@ -1,0 +1,148 @@
+//! The types that cross the wire between the vault and its workers, written once: the server
+//! (vault-api, vault-core) serializes them and the SDK (vault-client) reads them, so the two
+//! cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a token came from and how it must be used (sticky identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub proxy: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+/// How the worker's call with a leased token went, reported on release and rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    #[default]
+    Ok,
+    Unauthorized,
+    RateLimited,
+    Forbidden,
+    Suspect,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::Forbidden => "forbidden",
+            Self::Suspect => "suspect",
+        }
+    }
+}
+
+/// The headers a worker sends with a leased token, ready made.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct LeaseHeaders {
+    /// `Bearer <secret>`.
+    #[serde(rename = "Authorization")]
+    pub authorization: String,
+}
+
+impl std::fmt::Debug for LeaseHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseHeaders([redacted])")
+    }
+}
+
+/// A lease as the vault hands it out: the only place a plaintext secret leaves the vault.
+/// `Debug` leaves the secret out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Lease {
+    pub lease_id: String,
+    pub pool: String,
+    pub token_id: String,
+    #[cfg_attr(feature = "schema", schema(format = Password))]
+    pub secret: String,
+    /// RFC 3339; null when the token does not expire.
+    pub token_expires_at: Option<String>,
+    /// RFC 3339: the lease ends then unless renewed.
+    pub lease_expires_at: String,
+    pub units: u64,
+    pub binding: Binding,
+    pub headers: LeaseHeaders,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("lease_id", &self.lease_id)
+            .field("pool", &self.pool)
+            .field("token_id", &self.token_id)
+            .field("secret", &"[redacted]")
+            .field("token_expires_at", &self.token_expires_at)
+            .field("lease_expires_at", &self.lease_expires_at)
+            .field("units", &self.units)
+            .field("binding", &self.binding)
+            .finish()
+    }
+}
+
+/// An event pushed to workers (`GET /v1/events`). Never carries a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Event {
+    /// `token.revoked`, `lease.revoked`, `token.refreshed`, `token.quarantined`,
+    /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// When it happened (unix ms; for revocations, when the revoke took effect).
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An error answer (RFC 9457 problem details); `code` is the stable machine-readable name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct Problem {
+    /// `urn:tokenvault:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_never_prints_its_secret() {
+        let l = Lease {
+            lease_id: "l".into(),
+            pool: "p".into(),
+            token_id: "t".into(),
+            secret: "s3cr3t".into(),
+            token_expires_at: None,
+            lease_expires_at: "2030-01-01T00:00:00Z".into(),
+            units: 1,
+            binding: Binding::default(),
+            headers: LeaseHeaders {
+                authorization: "Bearer s3cr3t".into(),
+            },
+        };
+        let shown = format!("{l:?} {:?}", l.headers);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        // The wire form is what the SDK reads back, with the header under its HTTP name.
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["headers"]["Authorization"], "Bearer s3cr3t");
+        assert_eq!(serde_json::from_value::<Lease>(json).unwrap(), l);
+    }
+}
