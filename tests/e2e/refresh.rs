@@ -471,6 +471,23 @@ async fn probes_use_the_bound_proxy_and_strike_dead_tokens() {
         t.api.get("/v1/pools/p/tokens/good").await.str("state"),
         "active"
     );
+    // A strike from a probe is recorded like a worker's report: the outcome and the quarantine
+    // are audited, and the quarantine is announced.
+    let audit = t.api.get("/v1/audit?pool=p").await.body;
+    let entries = audit["events"].as_array().unwrap();
+    let by = |action: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["actor"] == "refresher" && e["token_id"] == "dead")
+    };
+    assert!(by("lease.outcome") && by("token.quarantine"), "{audit}");
+    let events = t
+        .redis
+        .cli(&["XRANGE", &format!("{}:events", t.dep.prefix), "-", "+"]);
+    assert!(
+        events.contains("token.quarantined") && events.contains("\"dead\""),
+        "{events}"
+    );
     let calls = fake.state.target_calls.lock().unwrap().clone();
     assert!(calls.iter().any(|(b, _)| b == "shadow-banned"));
     assert!(

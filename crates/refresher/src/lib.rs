@@ -23,7 +23,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 use vault_core::config::{MasterKeyArgs, RedisArgs};
 use vault_core::crypto::{Cipher, Sealed};
-use vault_core::model::{AuditEntry, Outcome, ProbeConfig, RefreshPublic, Report};
+use vault_core::model::{Outcome, ProbeConfig, RefreshPublic, Report};
 use vault_core::ops::Actor;
 use vault_core::refresh::{RefreshResult, RefreshSecrets, RetryPolicy};
 use vault_core::store::{AcquireArgs, ClaimedJob, PoolDue, RefreshedToken, Sweeper};
@@ -461,19 +461,6 @@ impl Refresher {
                     Ok(res) if res.status().as_u16() == probe.expect_status => Report::default(),
                     Ok(res) => {
                         tracing::warn!(pool, token_id = %lease.token_id, status = res.status().as_u16(), "probe failed: strike");
-                        let detail = format!("probe answered {}", res.status());
-                        let e = AuditEntry {
-                            actor: "refresher".into(),
-                            action: "probe.failed".into(),
-                            pool: Some(pool.into()),
-                            token_id: Some(lease.token_id.clone()),
-                            outcome: Some("suspect".into()),
-                            detail: Some(detail),
-                            ..Default::default()
-                        };
-                        if let Err(err) = self.store.audit(Some(pool), &e).await {
-                            tracing::error!(error = %err, "audit entry could not be written");
-                        }
                         Report {
                             outcome: Outcome::Suspect,
                             detail: Some(format!("probe answered {}", res.status())),
@@ -487,7 +474,13 @@ impl Refresher {
                 },
             },
         };
-        match self.store.release(pool, &lease.lease_id, &report).await {
+        // Released like a worker's report, so a strike that quarantines is announced and
+        // audited the same way.
+        match self
+            .store
+            .release_lease(&Actor::process("refresher"), pool, &lease.lease_id, &report)
+            .await
+        {
             Ok(_) | Err(VaultError::LeaseGone) => Ok(()),
             Err(e) => Err(e),
         }

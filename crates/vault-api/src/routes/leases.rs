@@ -12,14 +12,12 @@ use vault_core::store::AcquireArgs;
 use vault_core::time::rfc3339;
 use vault_core::VaultError;
 
-use super::{entry, pool_name, record};
+use super::pool_name;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::{AuditEntry, Outcome, VaultEvent};
-use vault_core::store::Released;
 
 /// The lease answer: the wire type the SDK reads.
 pub use vault_wire::Lease as LeaseView;
@@ -167,50 +165,6 @@ pub async fn renew(
     Ok(Json(lease_view(&s, pool, g)?))
 }
 
-/// Every outcome is counted; every one other than a plain `ok` is audited, and so is a token it
-/// quarantined.
-async fn record_outcome(
-    s: &AppState,
-    who: &Principal,
-    pool: &str,
-    lease: &str,
-    r: &Released,
-    report: &Report,
-) {
-    metrics::counter!("tv_lease_outcomes_total", "pool" => pool.to_string(), "outcome" => report.outcome.as_str())
-        .increment(1);
-    if report.outcome == Outcome::Ok {
-        return;
-    }
-    tracing::info!(pool, token_id = %r.token_id, outcome = report.outcome.as_str(), state = %r.state, "lease outcome");
-    let e = AuditEntry {
-        token_id: Some(r.token_id.clone()),
-        lease_id: Some(lease.to_string()),
-        outcome: Some(report.outcome.as_str().to_string()),
-        detail: report.detail.clone(),
-        ..entry(who, "lease.outcome")
-    };
-    record(s, Some(pool), e).await;
-    if r.state == "quarantined" {
-        let at = crate::events::now(s).await;
-        let ev = VaultEvent {
-            kind: "token.quarantined".into(),
-            pool: pool.into(),
-            token_id: Some(r.token_id.clone()),
-            at,
-            reason: Some(report.outcome.as_str().into()),
-            ..Default::default()
-        };
-        crate::events::emit(s, ev).await;
-        let e = AuditEntry {
-            token_id: Some(r.token_id.clone()),
-            outcome: Some("quarantined".into()),
-            ..entry(who, "token.quarantine")
-        };
-        record(s, Some(pool), e).await;
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/pools/{pool}/leases/{lease}/release",
@@ -232,8 +186,10 @@ pub async fn release(
     let pool = pool_name(&pool)?;
     lease_id(&lease)?;
     report.validate()?;
-    let r = s.store.release(pool, &lease, &report).await?;
-    record_outcome(&s, &who, pool, &lease, &r, &report).await;
+    let r = s
+        .store
+        .release_lease(&(&who).into(), pool, &lease, &report)
+        .await?;
     Ok(Json(crate::answers::Released {
         lease_id: lease,
         token_id: r.token_id,
@@ -268,6 +224,8 @@ pub async fn rotate(
         .store
         .rotate(pool, &lease, &report, &new_lease_id())
         .await?;
-    record_outcome(&s, &who, pool, &lease, &released, &report).await;
+    s.store
+        .record_outcome(&(&who).into(), pool, &lease, &released, &report)
+        .await;
     Ok((StatusCode::CREATED, Json(lease_view(&s, pool, next?)?)))
 }
