@@ -116,24 +116,6 @@ impl EventHub {
     }
 }
 
-/// Publish an event after a transition succeeded; a failure is logged, not returned (the
-/// transition stands, and revocations are enforced by the vault regardless of events).
-pub async fn emit(s: &AppState, e: VaultEvent) {
-    if let Err(err) = s.store.publish_event(&e).await {
-        tracing::error!(error = %err, kind = %e.kind, "event could not be published");
-    }
-}
-
-/// Announce `first` (a token revocation, a pool freeze), then a `lease.revoked` for each
-/// `(token id, lease id)` it ended, so every holder learns at once.
-pub async fn emit_with_leases(
-    s: &AppState,
-    first: VaultEvent,
-    leases: &[(Option<String>, String)],
-) {
-    s.store.announce(first, leases).await;
-}
-
 /// The current time by the one clock, for event timestamps (falls back to local time).
 pub async fn now(s: &AppState) -> i64 {
     s.store

@@ -4,9 +4,10 @@
 //! came from.
 
 use crate::auth::Principal;
+use crate::model::PoolConfig;
 use crate::model::{AuditEntry, Outcome, Report, VaultEvent};
 use crate::refresh::RefreshResult;
-use crate::store::Released;
+use crate::store::{EndedLease, Released, SealedToken};
 use crate::{Result, Store};
 
 /// Who acts: a client token (its `sub` and `jti`) or one of the vault's own processes.
@@ -218,5 +219,179 @@ impl Store {
             })
             .await;
         }
+    }
+
+    /// An audit entry about token `id`.
+    async fn token_audit(&self, actor: &Actor, pool: &str, id: &str, action: &str) {
+        self.record(&AuditEntry {
+            token_id: Some(id.into()),
+            ..actor.entry(Some(pool), action)
+        })
+        .await;
+    }
+
+    /// Create or replace a pool's config. Returns whether it was created.
+    pub async fn upsert_pool(&self, actor: &Actor, pool: &str, cfg: &PoolConfig) -> Result<bool> {
+        let created = self.pool_upsert(pool, cfg).await?;
+        let action = if created {
+            "pool.create"
+        } else {
+            "pool.update"
+        };
+        self.record(&actor.entry(Some(pool), action)).await;
+        Ok(created)
+    }
+
+    /// Delete a pool (with its tokens when `force`). Returns how many tokens went with it.
+    pub async fn delete_pool(&self, actor: &Actor, pool: &str, force: bool) -> Result<u64> {
+        let deleted = self.pool_delete(pool, force).await?;
+        self.record(&AuditEntry {
+            detail: Some(format!("pool {pool} deleted with {deleted} tokens")),
+            ..actor.entry(None, "pool.delete")
+        })
+        .await;
+        Ok(deleted)
+    }
+
+    /// The kill switch: no lease is granted from now on; with `revoke_leases` the live ones
+    /// end too, each announced.
+    pub async fn freeze_pool(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        revoke_leases: bool,
+        reason: &str,
+    ) -> Result<Vec<EndedLease>> {
+        let ended = self.freeze(pool, revoke_leases, reason).await?;
+        tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
+        let ev = VaultEvent {
+            kind: "pool.frozen".into(),
+            pool: pool.into(),
+            at: self.event_time().await,
+            reason: Some(reason.into()),
+            ..Default::default()
+        };
+        let leases: Vec<_> = ended
+            .iter()
+            .map(|e| (Some(e.token_id.clone()), e.lease_id.clone()))
+            .collect();
+        self.announce(ev, &leases).await;
+        self.record(&AuditEntry {
+            detail: Some(format!("{reason} ({} leases ended)", ended.len())),
+            ..actor.entry(Some(pool), "pool.freeze")
+        })
+        .await;
+        Ok(ended)
+    }
+
+    pub async fn unfreeze_pool(&self, actor: &Actor, pool: &str) -> Result<()> {
+        self.unfreeze(pool).await?;
+        self.record(&actor.entry(Some(pool), "pool.unfreeze")).await;
+        let ev = VaultEvent {
+            kind: "pool.unfrozen".into(),
+            pool: pool.into(),
+            at: self.event_time().await,
+            ..Default::default()
+        };
+        self.announce(ev, &[]).await;
+        Ok(())
+    }
+
+    /// Emergency rotation: every current token deprecated, refreshed in the background, revoked
+    /// at `sunset_ms` unless refreshed. Returns the rotation id and how many tokens it covers.
+    pub async fn rotate_pool(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        sunset_ms: i64,
+        reason: &str,
+    ) -> Result<(String, u64)> {
+        let at = self.event_time().await;
+        let (rotation_id, tokens) = self.pool_rotate(pool, sunset_ms, reason).await?;
+        let sunset_s = (sunset_ms - at).max(0) / 1000;
+        tracing::warn!(pool, tokens, sunset_s, "emergency rotation started");
+        self.record(&AuditEntry {
+            detail: Some(format!(
+                "{reason} ({tokens} tokens, sunset in {sunset_s} s)"
+            )),
+            ..actor.entry(Some(pool), "pool.rotate")
+        })
+        .await;
+        let ev = VaultEvent {
+            kind: "pool.rotating".into(),
+            pool: pool.into(),
+            at,
+            reason: Some(reason.into()),
+            ..Default::default()
+        };
+        self.announce(ev, &[]).await;
+        Ok((rotation_id, tokens))
+    }
+
+    /// Roll the running emergency rotation back. Returns how many tokens were restored.
+    pub async fn cancel_rotation(&self, actor: &Actor, pool: &str) -> Result<u64> {
+        let restored = self.pool_rotate_cancel(pool).await?;
+        self.record(&AuditEntry {
+            detail: Some(format!("{restored} tokens restored")),
+            ..actor.entry(Some(pool), "pool.rotate_cancel")
+        })
+        .await;
+        Ok(restored)
+    }
+
+    /// Deposit sealed tokens, all or nothing. Returns their ids.
+    pub async fn deposit_tokens(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        tokens: &[SealedToken],
+    ) -> Result<Vec<String>> {
+        let ids = self.deposit(pool, tokens).await?;
+        for t in tokens {
+            tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
+            self.record(&AuditEntry {
+                token_id: Some(t.id.clone()),
+                detail: Some(t.fingerprint.clone()),
+                ..actor.entry(Some(pool), "token.deposit")
+            })
+            .await;
+        }
+        Ok(ids)
+    }
+
+    pub async fn delete_token(&self, actor: &Actor, pool: &str, id: &str) -> Result<()> {
+        self.token_delete(pool, id).await?;
+        self.token_audit(actor, pool, id, "token.delete").await;
+        tracing::info!(pool, token_id = %id, "token deleted");
+        Ok(())
+    }
+
+    /// Staged rotation of one token: leased only when nothing else is, revoked at the sunset.
+    /// Returns its state.
+    pub async fn deprecate_token(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        id: &str,
+        sunset_ms: Option<i64>,
+    ) -> Result<String> {
+        let state = self.deprecate(pool, id, sunset_ms).await?;
+        self.token_audit(actor, pool, id, "token.deprecate").await;
+        Ok(state)
+    }
+
+    /// Back into rotation (a quarantined or cooling token). Returns its state.
+    pub async fn restore_token(&self, actor: &Actor, pool: &str, id: &str) -> Result<String> {
+        let state = self.restore(pool, id).await?;
+        self.token_audit(actor, pool, id, "token.restore").await;
+        Ok(state)
+    }
+
+    /// Queue a refresh now. Returns the token's state.
+    pub async fn request_refresh(&self, actor: &Actor, pool: &str, id: &str) -> Result<String> {
+        let state = self.refresh_enqueue(pool, id).await?;
+        self.token_audit(actor, pool, id, "token.refresh_requested")
+            .await;
+        Ok(state)
     }
 }

@@ -12,6 +12,7 @@ use vault_core::time::rfc3339;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::AppState;
+use vault_core::ops::Actor;
 
 #[utoipa::path(
     get,
@@ -98,15 +99,12 @@ pub async fn mint(
         .await?;
     tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
     let detail = format!("sub={sub} scopes={} jti={jti}", names.join(","));
-    super::record(
-        &s,
-        None,
-        AuditEntry {
+    s.store
+        .record(&AuditEntry {
             detail: Some(detail),
-            ..super::entry(&who, "client.mint")
-        },
-    )
-    .await;
+            ..Actor::from(&who).entry(None, "client.mint")
+        })
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(crate::answers::MintedToken {
@@ -160,15 +158,12 @@ pub async fn revoke(
     s.store.revoke_client(&jti, until).await?;
     s.revocations.insert(&jti, until);
     tracing::warn!(actor = %who.sub, jti = %jti, "client token revoked");
-    super::record(
-        &s,
-        None,
-        AuditEntry {
+    s.store
+        .record(&AuditEntry {
             detail: Some(format!("jti={jti}")),
-            ..super::entry(&who, "client.revoke")
-        },
-    )
-    .await;
+            ..Actor::from(&who).entry(None, "client.revoke")
+        })
+        .await;
     Ok(Json(crate::answers::ClientRevoked { jti, revoked: true }))
 }
 

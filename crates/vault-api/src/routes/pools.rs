@@ -8,11 +8,10 @@ use serde::Deserialize;
 use vault_core::auth::Principal;
 use vault_core::model::{PoolConfigInput, PoolStatus, PoolView};
 
-use super::{entry, pool_name, record};
+use super::pool_name;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
-use vault_core::model::{AuditEntry, VaultEvent};
 
 #[utoipa::path(
     put,
@@ -33,13 +32,7 @@ pub async fn upsert(
 ) -> Result<(StatusCode, Json<PoolView>), ApiError> {
     let pool = pool_name(&pool)?;
     let cfg = input.validate(&s.cipher, pool)?;
-    let created = s.store.pool_upsert(pool, &cfg).await?;
-    let action = if created {
-        "pool.create"
-    } else {
-        "pool.update"
-    };
-    record(&s, Some(pool), entry(&who, action)).await;
+    let created = s.store.upsert_pool(&(&who).into(), pool, &cfg).await?;
     let view = s.store.pool_get(pool).await?;
     Ok((
         if created {
@@ -140,17 +133,9 @@ pub async fn delete(
     Path(pool): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = s.store.pool_delete(pool_name(&pool)?, q.force).await?;
-    let detail = format!("pool {pool} deleted with {deleted} tokens");
-    record(
-        &s,
-        None,
-        AuditEntry {
-            detail: Some(detail),
-            ..entry(&who, "pool.delete")
-        },
-    )
-    .await;
+    s.store
+        .delete_pool(&(&who).into(), pool_name(&pool)?, q.force)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,31 +186,10 @@ pub async fn freeze(
     if reason.len() > 1024 {
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
-    let ended = s.store.freeze(pool, input.revoke_leases, &reason).await?;
-    tracing::warn!(pool, leases_ended = ended.len(), "pool frozen");
-    let at = crate::events::now(&s).await;
-    let frozen = VaultEvent {
-        kind: "pool.frozen".into(),
-        pool: pool.to_string(),
-        at,
-        reason: Some(reason.clone()),
-        ..Default::default()
-    };
-    let leases: Vec<_> = ended
-        .iter()
-        .map(|e| (Some(e.token_id.clone()), e.lease_id.clone()))
-        .collect();
-    crate::events::emit_with_leases(&s, frozen, &leases).await;
-    let detail = format!("{reason} ({} leases ended)", ended.len());
-    record(
-        &s,
-        Some(pool),
-        AuditEntry {
-            detail: Some(detail),
-            ..entry(&who, "pool.freeze")
-        },
-    )
-    .await;
+    let ended = s
+        .store
+        .freeze_pool(&(&who).into(), pool, input.revoke_leases, &reason)
+        .await?;
     let ended = ended
         .into_iter()
         .map(|e| crate::answers::EndedLease {
@@ -256,20 +220,7 @@ pub async fn unfreeze(
     Path(pool): Path<String>,
 ) -> Result<Json<crate::answers::Frozen>, ApiError> {
     let pool = pool_name(&pool)?;
-    s.store.unfreeze(pool).await?;
-    record(&s, Some(pool), entry(&who, "pool.unfreeze")).await;
-    let at = crate::events::now(&s).await;
-    crate::events::emit(
-        &s,
-        VaultEvent {
-            kind: "pool.unfrozen".into(),
-            pool: pool.to_string(),
-            at,
-            ..Default::default()
-        },
-    )
-    .await;
-    tracing::info!(pool, "pool unfrozen");
+    s.store.unfreeze_pool(&(&who).into(), pool).await?;
     Ok(Json(crate::answers::Frozen {
         pool: pool.to_string(),
         frozen: false,
@@ -318,26 +269,10 @@ pub async fn rotate(
     }
     let now = crate::events::now(&s).await;
     let sunset = now + (sunset_s as i64) * 1000;
-    let (rotation_id, tokens) = s.store.pool_rotate(pool, sunset, &reason).await?;
-    tracing::warn!(pool, tokens, sunset_s, "emergency rotation started");
-    let detail = format!("{reason} ({tokens} tokens, sunset in {sunset_s} s)");
-    record(
-        &s,
-        Some(pool),
-        AuditEntry {
-            detail: Some(detail),
-            ..entry(&who, "pool.rotate")
-        },
-    )
-    .await;
-    let ev = VaultEvent {
-        kind: "pool.rotating".into(),
-        pool: pool.to_string(),
-        at: now,
-        reason: Some(reason),
-        ..Default::default()
-    };
-    crate::events::emit(&s, ev).await;
+    let (rotation_id, tokens) = s
+        .store
+        .rotate_pool(&(&who).into(), pool, sunset, &reason)
+        .await?;
     let body = crate::answers::RotationStarted {
         pool: pool.to_string(),
         rotation_id,
@@ -364,16 +299,7 @@ pub async fn rotate_cancel(
     Path(pool): Path<String>,
 ) -> Result<Json<crate::answers::RotationCancelled>, ApiError> {
     let pool = pool_name(&pool)?;
-    let restored = s.store.pool_rotate_cancel(pool).await?;
-    record(
-        &s,
-        Some(pool),
-        AuditEntry {
-            detail: Some(format!("{restored} tokens restored")),
-            ..entry(&who, "pool.rotate_cancel")
-        },
-    )
-    .await;
+    let restored = s.store.cancel_rotation(&(&who).into(), pool).await?;
     Ok(Json(crate::answers::RotationCancelled {
         pool: pool.to_string(),
         restored,

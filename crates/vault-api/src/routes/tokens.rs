@@ -9,13 +9,12 @@ use serde_json::Value;
 use vault_core::model::{check_token_id, TokenInput, TokenMeta, MAX_DEPOSIT, VIEW_STATES};
 use vault_core::time::TimeInput;
 
-use super::{entry, pool_name, record};
+use super::pool_name;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Body, JsonBytes, Path, Query};
 use crate::AppState;
 use axum::Extension;
 use vault_core::auth::Principal;
-use vault_core::model::AuditEntry;
 
 /// A batch deposit: `{"tokens":[...]}` and nothing else.
 #[derive(Deserialize)]
@@ -79,16 +78,10 @@ pub async fn deposit(
             dup.id
         )));
     }
-    let ids = s.store.deposit(pool, &sealed).await?;
-    for t in &sealed {
-        tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
-        let e = AuditEntry {
-            token_id: Some(t.id.clone()),
-            detail: Some(t.fingerprint.clone()),
-            ..entry(&who, "token.deposit")
-        };
-        record(&s, Some(pool), e).await;
-    }
+    let ids = s
+        .store
+        .deposit_tokens(&(&who).into(), pool, &sealed)
+        .await?;
     Ok((StatusCode::CREATED, Json(crate::answers::Deposited { ids })))
 }
 
@@ -187,17 +180,7 @@ pub async fn delete(
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     ids(&pool, &id)?;
-    s.store.token_delete(&pool, &id).await?;
-    record(
-        &s,
-        Some(&pool),
-        AuditEntry {
-            token_id: Some(id.clone()),
-            ..entry(&who, "token.delete")
-        },
-    )
-    .await;
-    tracing::info!(pool, token_id = %id, "token deleted");
+    s.store.delete_token(&(&who).into(), &pool, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,17 +251,8 @@ pub async fn deprecate(
     ids(&pool, &id)?;
     let state = s
         .store
-        .deprecate(&pool, &id, input.sunset_at.map(|t| t.0))
+        .deprecate_token(&(&who).into(), &pool, &id, input.sunset_at.map(|t| t.0))
         .await?;
-    record(
-        &s,
-        Some(&pool),
-        AuditEntry {
-            token_id: Some(id.clone()),
-            ..entry(&who, "token.deprecate")
-        },
-    )
-    .await;
     Ok(Json(crate::answers::TokenState {
         token_id: id,
         state,
@@ -303,16 +277,7 @@ pub async fn restore(
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<Json<crate::answers::TokenState>, ApiError> {
     ids(&pool, &id)?;
-    let state = s.store.restore(&pool, &id).await?;
-    record(
-        &s,
-        Some(&pool),
-        AuditEntry {
-            token_id: Some(id.clone()),
-            ..entry(&who, "token.restore")
-        },
-    )
-    .await;
+    let state = s.store.restore_token(&(&who).into(), &pool, &id).await?;
     Ok(Json(crate::answers::TokenState {
         token_id: id,
         state,
@@ -337,16 +302,7 @@ pub async fn refresh(
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<crate::answers::TokenState>), ApiError> {
     ids(&pool, &id)?;
-    let state = s.store.refresh_enqueue(&pool, &id).await?;
-    record(
-        &s,
-        Some(&pool),
-        AuditEntry {
-            token_id: Some(id.clone()),
-            ..entry(&who, "token.refresh_requested")
-        },
-    )
-    .await;
+    let state = s.store.request_refresh(&(&who).into(), &pool, &id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(crate::answers::TokenState {
