@@ -638,23 +638,8 @@ async fn basic_client_credentials_are_form_encoded() {
     let _r = t.dep.refresher(&[]);
     t.api.post("/v1/pools/p/tokens/a/refresh", json!({})).await;
     wait_json(&t.api, "/v1/pools/p/tokens/a", T, |m| m["generation"] == 2).await;
-    // Decode as a compliant server does: base64, split at the first `:`, form-urldecode each.
-    let header = idp.calls()[0]
-        .authorization
-        .clone()
-        .expect("Basic credentials");
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(header.strip_prefix("Basic ").unwrap())
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (enc_id, enc_secret) = raw.split_once(':').unwrap();
-    let decode = |s: &str| -> String {
-        serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}")).unwrap()[0]
-            .1
-            .clone()
-    };
     assert_eq!(
-        (decode(enc_id), decode(enc_secret)),
+        basic_credentials(&idp.calls()[0]),
         (id.into(), secret.into())
     );
 }
@@ -790,7 +775,8 @@ async fn tokens_issued_shorter_than_the_pool_needs_are_not_refreshed_in_a_loop()
     assert_eq!(fixed.body["warnings"], json!([]), "{}", fixed.body);
 }
 
-/// Decode HTTP Basic client credentials as a compliant server does (RFC 6749 §2.3.1).
+/// Decode HTTP Basic client credentials as a compliant server does (RFC 6749 §2.3.1): base64,
+/// split at the first `:`, form-urldecode each half.
 fn basic_credentials(call: &crate::fakes::Call) -> (String, String) {
     let header = call.authorization.clone().expect("Basic credentials");
     let raw = base64::engine::general_purpose::STANDARD

@@ -107,6 +107,36 @@ impl Env {
             .map(|r| r.state)
     }
 
+    /// The next visible refresh job (external queue or the refresher's), if any.
+    async fn claim(&self, external: bool) -> Option<vault_core::store::ClaimedJob> {
+        self.store
+            .job_claim(&self.pool, external, 60_000, None)
+            .await
+            .unwrap()
+    }
+
+    /// Complete `job` with a new secret that expires `lives_ms` from now.
+    async fn complete(
+        &self,
+        job: &vault_core::store::ClaimedJob,
+        secret: &str,
+        lives_ms: i64,
+    ) -> vault_core::refresh::RefreshResult {
+        let done = vault_core::store::RefreshedToken::seal(
+            &self.cipher,
+            &self.pool,
+            &job.token_id,
+            &vault_core::crypto::Secret::new(secret),
+            Some(self.clock.load(Ordering::SeqCst) + lives_ms),
+            None,
+        )
+        .unwrap();
+        self.store
+            .job_complete(&self.pool, &job.job_id, job.attempts, &done, &RETRY)
+            .await
+            .unwrap()
+    }
+
     async fn meta(&self, id: &str) -> vault_core::model::TokenMeta {
         self.store.token_get(&self.pool, id).await.unwrap()
     }
@@ -885,28 +915,8 @@ async fn a_refresh_too_short_lived_for_the_pool_is_a_failed_attempt() {
     e.store.refresh_enqueue("p", "a").await.unwrap();
     let mut gen = 1;
     for attempt in 1..=3u32 {
-        let j = e
-            .store
-            .job_claim("p", true, 60_000, None)
-            .await
-            .unwrap()
-            .expect("a job is visible");
-        let secret = vault_core::crypto::Secret::new(format!("short-{attempt}"));
-        let now = e.clock.load(Ordering::SeqCst);
-        let done = vault_core::store::RefreshedToken::seal(
-            &e.cipher,
-            "p",
-            "a",
-            &secret,
-            Some(now + 60_000),
-            None,
-        )
-        .unwrap();
-        let r = e
-            .store
-            .job_complete("p", &j.job_id, j.attempts, &done, &RETRY)
-            .await
-            .unwrap();
+        let j = e.claim(true).await.expect("a job is visible");
+        let r = e.complete(&j, &format!("short-{attempt}"), 60_000).await;
         gen += 1;
         assert_eq!(r.generation, Some(gen), "the credential is stored");
         assert_eq!(
@@ -926,19 +936,9 @@ async fn a_refresh_too_short_lived_for_the_pool_is_a_failed_attempt() {
                 "a too short-lived token is not leased"
             );
             // Not queued again at once: only after the backoff (at least half of 2 s).
-            assert!(e
-                .store
-                .job_claim("p", true, 60_000, None)
-                .await
-                .unwrap()
-                .is_none());
+            assert!(e.claim(true).await.is_none());
             e.advance(999);
-            assert!(e
-                .store
-                .job_claim("p", true, 60_000, None)
-                .await
-                .unwrap()
-                .is_none());
+            assert!(e.claim(true).await.is_none());
             e.advance(1_001);
         } else {
             assert_eq!(
@@ -948,12 +948,7 @@ async fn a_refresh_too_short_lived_for_the_pool_is_a_failed_attempt() {
         }
     }
     e.advance(600_000);
-    assert!(e
-        .store
-        .job_claim("p", true, 60_000, None)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(e.claim(true).await.is_none());
 }
 
 /// A credential that outlives the pool's minimum but not its refresh margin would be due again
@@ -968,26 +963,8 @@ async fn a_refresh_within_the_margin_is_due_halfway_not_at_once() {
     )
     .await;
     e.store.refresh_enqueue("p", "a").await.unwrap();
-    let j = e
-        .store
-        .job_claim("p", true, 60_000, None)
-        .await
-        .unwrap()
-        .unwrap();
-    let done = vault_core::store::RefreshedToken::seal(
-        &e.cipher,
-        "p",
-        "a",
-        &vault_core::crypto::Secret::new("sixty"),
-        Some(e.clock.load(Ordering::SeqCst) + 60_000),
-        None,
-    )
-    .unwrap();
-    let r = e
-        .store
-        .job_complete("p", &j.job_id, 0, &done, &RETRY)
-        .await
-        .unwrap();
+    let j = e.claim(true).await.unwrap();
+    let r = e.complete(&j, "sixty", 60_000).await;
     assert_eq!((r.state.as_str(), r.error), ("active", None));
     // Usable for 20 s (60 - 40): due after 10.
     e.advance(9_999);
