@@ -208,6 +208,15 @@ impl Cipher {
 /// If `secret` is a JWT, its `exp` claim in unix ms (`Ok(None)` when it has none).
 /// A secret that is not a JWT at all is `Ok(None)`; one that looks like a JWT but whose
 /// payload does not decode is an error, so a typo does not silently lose the expiry.
+/// Associated data of a pool's sealed client secret: `@` is never in a token id, so no token's
+/// ciphertext can be passed off as it.
+pub const POOL_REFRESH_AAD_ID: &str = "@pool/refresh";
+
+/// Associated data of the sealed refresh credentials (distinct from the token's secret).
+pub fn refresh_aad_id(token_id: &str) -> String {
+    format!("{token_id}/refresh")
+}
+
 /// Associated data of a binding's sealed proxy URL: bound to its token, apart from the secret.
 pub fn proxy_aad_id(token_id: &str) -> String {
     format!("{token_id}/proxy")

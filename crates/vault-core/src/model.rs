@@ -451,6 +451,21 @@ impl RefreshKind {
     }
 }
 
+/// The secret half of a refresh method, as sealed at rest.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct RefreshSecrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshSecrets([redacted])")
+    }
+}
+
 /// How a token is refreshed. `refresh_token` and `client_secret` are secrets: sealed at rest,
 /// never answered.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -566,7 +581,7 @@ impl PoolRefresh {
             client_secret: input
                 .client_secret
                 .as_ref()
-                .map(|s| cipher.seal_secret(pool, crate::refresh::POOL_REFRESH_AAD_ID, s)),
+                .map(|s| cipher.seal_secret(pool, crate::crypto::POOL_REFRESH_AAD_ID, s)),
         })
     }
 
@@ -594,9 +609,9 @@ impl PoolRefresh {
         let settings: PoolRefresh = serde_json::from_str(json).map_err(|_| {
             VaultError::Crypto(format!("pool {pool}: its refresh settings do not decode"))
         })?;
-        let plain = cipher.open(pool, crate::refresh::POOL_REFRESH_AAD_ID, sealed)?;
+        let plain = cipher.open(pool, crate::crypto::POOL_REFRESH_AAD_ID, sealed)?;
         Ok(Some(PoolRefresh {
-            client_secret: Some(cipher.seal(pool, crate::refresh::POOL_REFRESH_AAD_ID, &plain)),
+            client_secret: Some(cipher.seal(pool, crate::crypto::POOL_REFRESH_AAD_ID, &plain)),
             ..settings
         }))
     }
@@ -609,7 +624,7 @@ impl PoolRefresh {
     ) -> Result<Option<Secret>, VaultError> {
         self.client_secret
             .as_ref()
-            .map(|s| cipher.open_secret(pool, crate::refresh::POOL_REFRESH_AAD_ID, s))
+            .map(|s| cipher.open_secret(pool, crate::crypto::POOL_REFRESH_AAD_ID, s))
             .transpose()
     }
 }
@@ -675,7 +690,7 @@ impl RefreshInput {
         if self.refresh_token.is_none() && self.client_secret.is_none() {
             return None;
         }
-        let s = crate::refresh::RefreshSecrets {
+        let s = RefreshSecrets {
             refresh_token: self.refresh_token.as_ref().map(|s| s.expose().to_string()),
             client_secret: self.client_secret.as_ref().map(|s| s.expose().to_string()),
         };
@@ -683,6 +698,28 @@ impl RefreshInput {
             serde_json::to_string(&s).expect("refresh secrets serialize"),
         ))
     }
+}
+
+/// A token ready for the deposit script: secret and refresh credentials already sealed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SealedToken {
+    pub id: String,
+    pub secret_ct: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    /// Unix ms, 0 = never expires.
+    pub expires_at: i64,
+    /// Empty = the pool's limit.
+    pub quota_limit: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
+    pub binding_fp: String,
+    /// JSON text.
+    pub labels: String,
+    pub refresh_kind: String,
+    pub refresh_ct: String,
+    /// JSON text of the public refresh settings.
+    pub refresh_pub: String,
 }
 
 /// One token in a deposit request.
@@ -1166,7 +1203,7 @@ impl TokenInput {
         cipher: &crate::crypto::Cipher,
         pool: &str,
         pool_refresh: Option<&PoolRefresh>,
-    ) -> Result<crate::store::SealedToken, VaultError> {
+    ) -> Result<SealedToken, VaultError> {
         self.validate()?;
         let refresh = RefreshInput::for_token(self.refresh.as_ref(), pool_refresh)?;
         let id = self
@@ -1209,7 +1246,7 @@ impl TokenInput {
             .and_then(RefreshInput::secret_json)
             .map(|s| {
                 cipher
-                    .seal_secret(pool, &crate::refresh::refresh_aad_id(&id), &s)
+                    .seal_secret(pool, &crate::crypto::refresh_aad_id(&id), &s)
                     .data
             })
             .unwrap_or_default();
@@ -1219,7 +1256,7 @@ impl TokenInput {
             serde_json::to_string(&refresh).expect("refresh settings serialize")
         };
         let refresh_kind = refresh.kind;
-        Ok(crate::store::SealedToken {
+        Ok(SealedToken {
             fingerprint: self.secret.fingerprint(),
             secret_ct: sealed.data,
             key_id: sealed.key_id,

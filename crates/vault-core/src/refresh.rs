@@ -1,35 +1,32 @@
 //! Refresh jobs: unsealing a claimed job's credentials and sealing the refreshed token. Shared by
 //! the refresher (OAuth2 grants) and vault-api (external login workers completing jobs).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::crypto::{jwt_exp_ms, Cipher, Sealed, Secret};
+use crate::crypto::{jwt_exp_ms, refresh_aad_id, Cipher, Sealed, Secret};
 use crate::error::VaultError;
 use crate::model::RefreshPublic;
-use crate::store::{ClaimedJob, RefreshedToken};
+pub use crate::model::RefreshSecrets;
 
-/// The secret half of a refresh method, as sealed at rest.
-#[derive(Clone, Default, Serialize, Deserialize)]
-pub struct RefreshSecrets {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret: Option<String>,
-}
-
-impl std::fmt::Debug for RefreshSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RefreshSecrets([redacted])")
-    }
-}
-
-/// Associated data of a pool's sealed client secret: `@` is never in a token id, so no token's
-/// ciphertext can be passed off as it.
-pub const POOL_REFRESH_AAD_ID: &str = "@pool/refresh";
-
-/// Associated data of the sealed refresh credentials (distinct from the token's secret).
-pub fn refresh_aad_id(token_id: &str) -> String {
-    format!("{token_id}/refresh")
+/// A claimed refresh job: what the refresher or an external login worker needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClaimedJob {
+    pub job_id: String,
+    pub token_id: String,
+    pub generation: u64,
+    pub attempts: u32,
+    pub refresh_kind: String,
+    pub refresh_ct: String,
+    pub refresh_key_id: String,
+    /// JSON text of the public refresh settings.
+    pub refresh_pub: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
+    pub binding_fp: String,
+    /// JSON text.
+    pub labels: String,
+    pub expires_at: i64,
+    pub visible_at: i64,
 }
 
 impl ClaimedJob {
@@ -61,6 +58,19 @@ impl ClaimedJob {
             ))
         })
     }
+}
+
+/// A refreshed credential, sealed, for `job_complete`.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshedToken {
+    pub secret_ct: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    /// Unix ms, 0 = never.
+    pub expires_at: i64,
+    /// Empty = keep the current refresh credentials.
+    pub refresh_ct: String,
+    pub refresh_key_id: String,
 }
 
 impl RefreshedToken {

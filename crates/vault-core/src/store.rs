@@ -9,17 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::RedisArgs;
 use crate::crypto::Sealed;
 use crate::error::VaultError;
 use crate::keys::Keys;
+pub use crate::model::SealedToken;
 use crate::model::{
     AuditEntry, LeaseGrant, PoolConfig, PoolRefresh, PoolStatus, PoolView, Report, RotationStatus,
     TokenMeta, VaultEvent, VIEW_STATES,
 };
+pub use crate::refresh::{ClaimedJob, RefreshedToken};
 use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
 use crate::Result;
@@ -53,62 +55,6 @@ fn rotation_status(f: &[Option<String>], deprecated: u64, now_ms: i64) -> Option
         deprecated_remaining: deprecated,
         done: ms(2) <= now_ms,
     })
-}
-
-/// A token ready for the deposit script: secret and refresh credentials already sealed.
-#[derive(Debug, Clone, Serialize)]
-pub struct SealedToken {
-    pub id: String,
-    pub secret_ct: String,
-    pub key_id: String,
-    pub fingerprint: String,
-    /// Unix ms, 0 = never expires.
-    pub expires_at: i64,
-    /// Empty = the pool's limit.
-    pub quota_limit: String,
-    #[serde(flatten)]
-    pub proxy: crate::crypto::SealedProxy,
-    pub binding_fp: String,
-    /// JSON text.
-    pub labels: String,
-    pub refresh_kind: String,
-    pub refresh_ct: String,
-    /// JSON text of the public refresh settings.
-    pub refresh_pub: String,
-}
-
-/// A claimed refresh job: what the refresher or an external login worker needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClaimedJob {
-    pub job_id: String,
-    pub token_id: String,
-    pub generation: u64,
-    pub attempts: u32,
-    pub refresh_kind: String,
-    pub refresh_ct: String,
-    pub refresh_key_id: String,
-    /// JSON text of the public refresh settings.
-    pub refresh_pub: String,
-    #[serde(flatten)]
-    pub proxy: crate::crypto::SealedProxy,
-    pub binding_fp: String,
-    /// JSON text.
-    pub labels: String,
-    pub expires_at: i64,
-    pub visible_at: i64,
-}
-
-/// A refreshed credential, sealed, for `job_complete`.
-#[derive(Debug, Clone, Default)]
-pub struct RefreshedToken {
-    pub secret_ct: String,
-    pub key_id: String,
-    pub fingerprint: String,
-    /// Unix ms, 0 = never.
-    pub expires_at: i64,
-    /// Empty = keep the current refresh credentials.
-    pub refresh_ct: String,
-    pub refresh_key_id: String,
 }
 
 /// What an acquire asks for.

@@ -9,9 +9,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::config::{MasterKeyArgs, RedisArgs};
-use vault_core::crypto::{proxy_aad_id, Cipher, Sealed};
+use vault_core::crypto::{proxy_aad_id, refresh_aad_id, Cipher, Sealed};
 use vault_core::model::PoolRefresh;
-use vault_core::refresh::refresh_aad_id;
 use vault_core::Store;
 
 #[derive(Parser)]
