@@ -1,0 +1,74 @@
+//! Client tokens: revocations and the pools each token was minted for.
+
+use super::*;
+
+impl Store {
+    /// Remember a minted client token's pools (None = every pool) until it expires.
+    pub async fn client_record(
+        &self,
+        jti: &str,
+        pools: Option<&[String]>,
+        ttl_s: i64,
+    ) -> Result<()> {
+        let value = pools.map(|p| p.join(",")).unwrap_or_else(|| "*".into());
+        self.cmd(
+            redis::cmd("SET")
+                .arg(self.keys.client(jti))
+                .arg(value)
+                .arg("EX")
+                .arg(ttl_s.max(1))
+                .clone(),
+        )
+        .await
+    }
+
+    /// The pools a client token was minted for: `None` when unknown (minted offline, or
+    /// expired), `Some(None)` for every pool.
+    pub async fn client_pools(&self, jti: &str) -> Result<Option<Option<Vec<String>>>> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("GET").arg(self.keys.client(jti)).clone())
+            .await?;
+        Ok(v.map(|v| {
+            (v != "*").then(|| {
+                v.split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+        }))
+    }
+
+    /// Store a revoked client-token id until `until_s` and tell every replica.
+    pub async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
+        let mut p = redis::pipe();
+        p.cmd("ZADD")
+            .arg(self.keys.revoked_clients())
+            .arg(until_s)
+            .arg(jti)
+            .ignore();
+        p.cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.revoked_clients())
+            .arg("-inf")
+            .arg(crate::time::now_ms() / 1000)
+            .ignore();
+        p.cmd("PUBLISH")
+            .arg(self.keys.revocation_channel())
+            .arg(format!("{jti} {until_s}"))
+            .ignore();
+        self.pipe::<()>(p).await
+    }
+
+    /// Every revoked client-token id still in force, with its expiry.
+    pub async fn revoked_clients(&self) -> Result<Vec<(String, i64)>> {
+        let now = crate::time::now_ms() / 1000;
+        self.cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.revoked_clients())
+                .arg(now)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .clone(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,593 @@
+//! Typed store operations: one function per Lua script (each an atomic transition) plus plain
+//! reads. Every call is bounded by the configured Redis timeout, so an unreachable or stalled
+//! Redis becomes [`VaultError::RedisUnavailable`] instead of a hung request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::RedisArgs;
+use crate::crypto::Sealed;
+use crate::error::VaultError;
+use crate::keys::Keys;
+pub use crate::model::SealedToken;
+use crate::model::{
+    AuditEntry, LeaseGrant, PoolConfig, PoolRefresh, PoolStatus, PoolView, Report, RotationStatus,
+    TokenMeta, VaultEvent, VIEW_STATES,
+};
+pub use crate::refresh::{ClaimedJob, RefreshedToken};
+use crate::refresh::{RefreshResult, RetryPolicy};
+use crate::scripts;
+use crate::Result;
+
+/// What an acquire asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireArgs {
+    pub lease_id: String,
+    pub worker: String,
+    pub units: u64,
+    pub ttl_ms: Option<u64>,
+    pub min_ttl_ms: Option<u64>,
+    pub session: String,
+    /// Already scoped to the calling client ("" = none).
+    pub idempotency_key: String,
+    /// Fingerprint of what was asked: a reused key with another request is refused.
+    pub request_fp: String,
+}
+
+/// The token a release or rotate gave back, and its state afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Released {
+    pub token_id: String,
+    pub state: String,
+}
+
+/// Tokens one batch of a whole-pool operation handles: a few milliseconds of Redis time.
+pub const POOL_OP_BATCH: usize = 100;
+
+/// Who asks [`Store::pools_due`]: each reads only the indexes its own sweeps serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweeper {
+    Janitor,
+    Refresher,
+}
+
+/// Which sweeps have work in a pool now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolDue {
+    /// A whole-pool operation is unfinished.
+    pub operation: bool,
+    /// A lease is past its deadline.
+    pub leases: bool,
+    /// A cooldown has ended.
+    pub cooled: bool,
+    /// A token's life fell below the pool's minimum.
+    pub expiring: bool,
+    /// A deprecated token's sunset has come.
+    pub sunset: bool,
+    /// A preemptive refresh is due.
+    pub refresh: bool,
+    /// A refresh job for the refresher is visible (claimable).
+    pub jobs: bool,
+    /// The pool has health probes configured.
+    pub probe: bool,
+}
+
+/// Where a whole-pool operation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOp {
+    /// `reconfigure`, `rotate`, `cancel`, `delete`; "" = none was running.
+    pub op: String,
+    pub done: bool,
+    /// Tokens it changed so far.
+    pub affected: u64,
+}
+
+/// A lease that some transition ended (revoke, freeze, reap).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EndedLease {
+    pub lease_id: String,
+    pub token_id: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    /// Multiplexed connections, used round robin: each carries many calls at once, so there is
+    /// nothing to check out or check back (no per-call PING or UNWATCH, as a checkout pool sends).
+    conns: Arc<[ConnectionManager]>,
+    next_conn: Arc<std::sync::atomic::AtomicUsize>,
+    keys: Keys,
+    timeout: Duration,
+    audit_max: u64,
+    events_max: u64,
+    /// Tests pin "now" here; `None` means every script reads Redis `TIME`.
+    clock: Option<Arc<AtomicI64>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.keys.prefix())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A list in a function's answer. Lua's cjson writes an empty table as `{}`, so that is an empty
+/// list; anything else that is not a list is an error.
+fn lua_list<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List<T> {
+        Items(Vec<T>),
+        Table(HashMap<String, Value>),
+    }
+    match List::deserialize(d)? {
+        List::Items(v) => Ok(v),
+        List::Table(t) if t.is_empty() => Ok(vec![]),
+        List::Table(_) => Err(serde::de::Error::custom("expected a list, found an object")),
+    }
+}
+
+/// The typed answers of the functions: every field the function always sends is required, so a
+/// changed or broken function is an error here, never a silent default.
+mod reply {
+    use super::{lua_list, EndedLease};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct OpStarted {
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Upserted {
+        pub(super) created: bool,
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Deleting {
+        pub(super) tokens: u64,
+        pub(super) op_id: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Batch {
+        pub(super) op: String,
+        pub(super) done: bool,
+        pub(super) affected: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct LeasesEnded {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<EndedLease>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct LeaseIdsEnded {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Deposited {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) ids: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct State {
+        pub(super) state: String,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Reaped {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) reaped: Vec<EndedLease>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Returned {
+        pub(super) returned: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Moved {
+        pub(super) moved: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Enqueued {
+        pub(super) enqueued: u64,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Claimed {
+        pub(super) job: Option<crate::store::ClaimedJob>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Resealed {
+        pub(super) resealed: bool,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct SunsetToken {
+        pub(super) token_id: String,
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) leases_ended: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Sunset {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) revoked: Vec<SunsetToken>,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Lease {
+        pub(super) lease: crate::model::LeaseGrant,
+    }
+}
+
+/// Read a function's answer as `R`; a missing or mistyped field is an error that names it.
+fn typed<R: serde::de::DeserializeOwned>(function: &str, v: Value) -> Result<R> {
+    serde_json::from_value(v)
+        .map_err(|e| VaultError::Internal(format!("{function} answered unexpectedly: {e}")))
+}
+
+/// An error while loading or probing scripts: an outage or a slow answer stays what it is;
+/// anything else means Redis refuses scripting.
+/// Refuse a Redis without Functions, naming the version found (`INFO server` text).
+fn check_redis_version(info: &str) -> Result<()> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let found = field("redis_version:").unwrap_or_default();
+    let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < scripts::MIN_REDIS {
+        let server = match field("valkey_version:") {
+            Some(v) => format!("Valkey {v}"),
+            None => format!("Redis {found}"),
+        };
+        return Err(VaultError::ScriptsUnavailable(format!(
+            "{server} found; tokenvault needs Redis {}.{} or later (or Valkey 7.2 or later) for Redis Functions",
+            scripts::MIN_REDIS.0,
+            scripts::MIN_REDIS.1
+        )));
+    }
+    Ok(())
+}
+
+fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
+    match VaultError::from_redis(e) {
+        e @ (VaultError::RedisUnavailable(_) | VaultError::RedisBusy(_)) => e,
+        _ => VaultError::ScriptsUnavailable(what.to_string()),
+    }
+}
+
+fn opt_arg<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn report_args(r: &Report) -> Vec<String> {
+    vec![
+        opt_arg(r.used),
+        r.outcome.as_str().to_string(),
+        opt_arg(r.retry_after_s.map(|s| (s * 1000.0).round() as i64)),
+        opt_arg(r.remaining),
+        opt_arg(r.reset_at.map(|t| t.0)),
+    ]
+}
+
+impl Store {
+    /// Build the connection pool. Connections are made lazily; call [`Store::load_scripts`]
+    /// at start-up to fail fast.
+    pub fn connect(args: &RedisArgs) -> Result<Self> {
+        let invalid =
+            |e: String| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"));
+        // RESP3: a connection that closes (a Redis restart, a failover) tells its manager at once
+        // through a disconnection notice, so it is replaced before the next call instead of
+        // failing it.
+        let info = redis::IntoConnectionInfo::into_connection_info(args.redis_url.as_str())
+            .map_err(|e| invalid(e.to_string()))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))
+            .map_err(|e| invalid(e.to_string()))?;
+        // A broken connection is replaced in the background; a call waiting for it is bounded by
+        // the one budget (`timed`), so reconnecting is tried once, briefly.
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(args.timeout()))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let conns = (0..args.redis_pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        args.log_effective();
+        Ok(Self {
+            conns: conns.into(),
+            next_conn: Default::default(),
+            keys: Keys::new(args.prefix.clone()),
+            timeout: args.timeout(),
+            audit_max: args.audit_max_entries.max(1),
+            events_max: args.events_max_entries.max(1),
+            clock: None,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Pin the scripts' clock to `clock` (unix ms) — tests only.
+    pub fn with_clock(mut self, clock: Arc<AtomicI64>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    fn now_arg(&self) -> String {
+        self.clock
+            .as_ref()
+            .map(|c| c.load(Ordering::SeqCst).to_string())
+            .unwrap_or_default()
+    }
+
+    /// Bound a Redis call by the one budget, and count its failures by kind.
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let r = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(VaultError::RedisBusy(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        };
+        match &r {
+            Err(VaultError::RedisBusy(_)) => {
+                metrics::counter!("tv_redis_errors_total", "kind" => "busy").increment(1)
+            }
+            Err(VaultError::RedisUnavailable(_)) => {
+                metrics::counter!("tv_redis_errors_total", "kind" => "unavailable").increment(1)
+            }
+            _ => {}
+        }
+        r
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager> {
+        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        Ok(self.conns[i].clone())
+    }
+
+    /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
+    async fn xrange(
+        &self,
+        key: &str,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        self.cmd(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .clone(),
+        )
+        .await
+    }
+
+    /// About `limit` members of set `key` from `cursor`, and the next cursor (None at the
+    /// end). SSCAN's COUNT is a hint: scan on until the page is full or the set is done.
+    async fn sscan_page(
+        &self,
+        key: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        let mut members = Vec::new();
+        let mut cur = cursor;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .cmd(
+                    redis::cmd("SSCAN")
+                        .arg(key)
+                        .arg(cur)
+                        .arg("COUNT")
+                        .arg(limit)
+                        .clone(),
+                )
+                .await?;
+            members.extend(batch);
+            cur = next;
+            if cur == 0 || members.len() >= limit {
+                return Ok((members, (cur != 0).then_some(cur)));
+            }
+        }
+    }
+
+    /// A plain command (reads, the pool-name set).
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            cmd.query_async(&mut c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))
+        })
+        .await
+    }
+
+    async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            p.query_async(&mut c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))
+        })
+        .await
+    }
+
+    /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
+    /// Call a transition: an `{"err": code}` answer becomes its `VaultError`, any other is read
+    /// as `R`, strictly.
+    async fn eval<R: serde::de::DeserializeOwned>(
+        &self,
+        function: &str,
+        pool: &str,
+        args: &[String],
+    ) -> Result<R> {
+        let v = self.eval_raw(function, pool, args).await?;
+        if let Some(code) = v.get("err").and_then(Value::as_str) {
+            return Err(VaultError::from_script(code, &v));
+        }
+        typed(function, v)
+    }
+
+    /// Run one transition and return its JSON answer as is.
+    async fn eval_raw(&self, function: &str, pool: &str, args: &[String]) -> Result<Value> {
+        let keys = self.keys.pool(pool).script_keys();
+        let now = self.now_arg();
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&now)
+            .arg(args);
+        let raw: String = self.fcall(&cmd).await?;
+        serde_json::from_str(&raw)
+            .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
+    }
+
+    /// Send an `FCALL`; when Redis does not have the library (it restarted empty, a failover to
+    /// a replica that never got it, someone flushed functions), load it and call once more.
+    async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let first = self
+            .timed(async {
+                let mut c = self.conn().await?;
+                Ok(cmd.query_async::<T>(&mut c).await)
+            })
+            .await?;
+        match first {
+            Ok(v) => Ok(v),
+            Err(e) if e.to_string().contains("Function not found") => {
+                tracing::warn!(library = %scripts::LIBRARY.name, "redis lost the function library: loading it again");
+                self.load_scripts().await?;
+                self.timed(async {
+                    let mut c = self.conn().await?;
+                    cmd.query_async::<T>(&mut c)
+                        .await
+                        .map_err(|e| VaultError::from_redis(&e))
+                })
+                .await
+            }
+            Err(e) => Err(VaultError::from_redis(&e)),
+        }
+    }
+
+    /// Load the function library (`FUNCTION LOAD REPLACE`, the same code under the same name is
+    /// a no-op). Refuses a Redis older than 7.0 with the version it found, and fails closed when
+    /// Redis refuses functions.
+    pub async fn load_scripts(&self) -> Result<()> {
+        self.timed(async {
+            let mut c = self.conn().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| VaultError::from_redis(&e))?;
+            check_redis_version(&info)?;
+            let _: String = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&scripts::LIBRARY.code)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| {
+                    scripts_refused(&e, &format!("loading {}: {e}", scripts::LIBRARY.name))
+                })?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Readiness: Redis answers, the function library is loaded (loaded again if Redis lost
+    /// it) and `FCALL` is allowed.
+    pub async fn check_ready(&self) -> Result<()> {
+        let listed: Vec<redis::Value> = self
+            .cmd(
+                redis::cmd("FUNCTION")
+                    .arg("LIST")
+                    .arg("LIBRARYNAME")
+                    .arg(&scripts::LIBRARY.name)
+                    .clone(),
+            )
+            .await?;
+        if listed.is_empty() {
+            self.load_scripts().await?;
+        }
+        let _: String = self
+            .timed(async {
+                let mut c = self.conn().await?;
+                redis::cmd("FCALL")
+                    .arg(&*scripts::PING)
+                    .arg(0)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| scripts_refused(&e, &e.to_string()))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+mod audit;
+mod clients;
+mod events;
+mod jobs;
+mod leases;
+mod pools;
+mod sweeps;
+mod tokens;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_without_functions_is_refused_by_name_and_version() {
+        let err =
+            check_redis_version("# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("Redis 6.2.14 found") && err.contains("needs Redis 7.0"),
+            "{err}"
+        );
+        assert!(check_redis_version("redis_version:7.0.15\r\n").is_ok());
+        assert!(check_redis_version("redis_version:7.2.4\r\nvalkey_version:8.0.1\r\n").is_ok());
+        assert!(check_redis_version("no version at all").is_err());
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        let err = typed::<reply::State>("tv_x_restore", serde_json::json!({}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("tv_x_restore") && err.contains("state"),
+            "{err}"
+        );
+        // cjson writes an empty list as `{}`.
+        let v: reply::Deposited = typed("f", serde_json::json!({"ids": {}})).unwrap();
+        assert!(v.ids.is_empty());
+        let v: reply::Deposited = typed("f", serde_json::json!({"ids": ["a"]})).unwrap();
+        assert_eq!(v.ids, ["a"]);
+        assert!(typed::<reply::Deposited>("f", serde_json::json!({"ids": 3})).is_err());
+    }
+}

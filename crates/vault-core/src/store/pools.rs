@@ -1,0 +1,529 @@
+//! Pools: config, listing, status, whole-pool operations, freeze.
+
+use super::*;
+
+/// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
+/// sampled token ids.
+type StatusRow = (
+    u64,
+    u64,
+    HashMap<String, i64>,
+    (i64, i64),
+    Vec<String>,
+    Vec<Option<String>>,
+);
+
+/// The rotation fields of the pool config, as status shows them.
+fn rotation_status(f: &[Option<String>], deprecated: u64, now_ms: i64) -> Option<RotationStatus> {
+    let get = |i: usize| f.get(i).cloned().flatten().unwrap_or_default();
+    let id = get(0);
+    if id.is_empty() {
+        return None;
+    }
+    let ms = |i: usize| get(i).parse::<i64>().unwrap_or(0);
+    Some(RotationStatus {
+        id,
+        started_at: crate::time::rfc3339(ms(1)),
+        sunset_at: crate::time::rfc3339(ms(2)),
+        reason: get(3),
+        tokens: ms(4).max(0) as u64,
+        refreshed: ms(5).max(0) as u64,
+        deprecated_remaining: deprecated,
+        done: ms(2) <= now_ms,
+    })
+}
+
+/// A pool's view from its config hash; None when the hash is empty (no such pool).
+fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
+    // A pool whose deletion has started is gone (as `load_cfg` has it in Lua).
+    if f.is_empty() || f.get("op").map(String::as_str) == Some("delete") {
+        return None;
+    }
+    let config = PoolConfig::from_fields(f);
+    let issued_ttl_s = f.get("issued_ttl_s").and_then(|v| v.parse().ok());
+    Some(PoolView {
+        warnings: config.margin_warnings(issued_ttl_s),
+        issued_ttl_s,
+        name: name.to_string(),
+        config,
+        frozen: f.get("frozen").map(String::as_str) == Some("1"),
+        frozen_reason: f.get("frozen_reason").filter(|r| !r.is_empty()).cloned(),
+        tokens: None,
+    })
+}
+
+impl Store {
+    /// Create or replace a pool's config. Returns true when it was created.
+    pub async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
+        let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
+        let v: reply::Upserted = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
+        // The name set is a separate slot; the cfg hash is the truth, this is the index.
+        self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone())
+            .await?;
+        if !v.created {
+            self.pool_op_finish(name, &v.op_id).await?;
+        }
+        Ok(v.created)
+    }
+
+    /// What `who`'s sweeps would find in each of `pools`, read in one pipeline of cheap
+    /// commands (the earliest entry of each time index it serves, a few config fields), so
+    /// that a sweep runs a pool's scripts only where something is due. Fields of the other
+    /// sweeper are left false.
+    pub async fn pools_due(&self, pools: &[String], who: Sweeper) -> Result<Vec<PoolDue>> {
+        if pools.is_empty() {
+            return Ok(vec![]);
+        }
+        let janitor = who == Sweeper::Janitor;
+        let mut p = redis::pipe();
+        p.cmd("TIME");
+        for name in pools {
+            let pk = self.keys.pool(name);
+            let indexes = if janitor {
+                vec![pk.leases(), pk.cool(), pk.exp(), pk.sunset(), pk.due()]
+            } else {
+                vec![pk.due(), pk.jobs()]
+            };
+            for key in indexes {
+                p.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+            }
+            p.cmd("HMGET")
+                .arg(pk.cfg())
+                .arg(&["op", "lease_ttl_s", "min_token_ttl_s", "probe"]);
+        }
+        let mut rows: Vec<redis::Value> = self.pipe(p).await?;
+        let time: (i64, i64) = redis::from_redis_value(rows.remove(0))
+            .map_err(|e| VaultError::Internal(format!("TIME: {e}")))?;
+        let now = match &self.clock {
+            Some(c) => c.load(Ordering::SeqCst),
+            None => time.0 * 1000 + time.1 / 1000,
+        } as f64;
+        let first = |v: &redis::Value| -> Option<f64> {
+            let r: Vec<(String, f64)> = redis::from_redis_value(v.clone()).ok()?;
+            r.first().map(|(_, s)| *s)
+        };
+        let due = |v: &redis::Value| first(v).is_some_and(|s| s <= now);
+        let per = if janitor { 6 } else { 3 };
+        Ok(rows
+            .chunks(per)
+            .map(|r| {
+                let cfg: Vec<Option<String>> =
+                    redis::from_redis_value(r[per - 1].clone()).unwrap_or_default();
+                let field = |i: usize| cfg.get(i).cloned().flatten();
+                if !janitor {
+                    return PoolDue {
+                        refresh: due(&r[0]),
+                        jobs: due(&r[1]),
+                        probe: field(3).is_some_and(|p| !p.is_empty() && p != "null"),
+                        ..Default::default()
+                    };
+                }
+                let fields: HashMap<String, String> = [("lease_ttl_s", 1), ("min_token_ttl_s", 2)]
+                    .into_iter()
+                    .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
+                    .collect();
+                let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s as f64 * 1000.0;
+                PoolDue {
+                    operation: field(0).is_some_and(|o| !o.is_empty()),
+                    leases: due(&r[0]),
+                    cooled: due(&r[1]),
+                    expiring: first(&r[2]).is_some_and(|s| s < now + min_ttl_ms),
+                    sunset: due(&r[3]),
+                    refresh: due(&r[4]),
+                    ..Default::default()
+                }
+            })
+            .collect())
+    }
+
+    /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
+    /// `op_id`: the operation the caller drives ("" = whichever runs).
+    pub async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
+        let v: reply::Batch = self
+            .eval(
+                &scripts::POOL_OP,
+                pool,
+                &[POOL_OP_BATCH.to_string(), op_id.to_string()],
+            )
+            .await?;
+        let op = PoolOp {
+            op: v.op,
+            done: v.done,
+            affected: v.affected,
+        };
+        if op.op == "delete" && op.done {
+            // The name set is another slot: the index goes once the pool's keys are gone,
+            // unless the pool was created again in between (then it stays listed).
+            self.cmd::<()>(redis::cmd("SREM").arg(self.keys.pools()).arg(pool).clone())
+                .await?;
+            let again: bool = self
+                .cmd(redis::cmd("EXISTS").arg(self.keys.pool(pool).cfg()).clone())
+                .await?;
+            if again {
+                self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(pool).clone())
+                    .await?;
+            }
+        }
+        Ok(op)
+    }
+
+    /// Run the pool's operation to its end, batch after batch, each a short script of its own
+    /// (other pools' calls go between them). It runs in a task of its own, so a caller that
+    /// goes away (a client hanging up) does not stop it half-way; a replica that dies leaves
+    /// it to the janitors, who drive every unfinished operation on.
+    pub async fn pool_op_finish(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
+        let (store, pool, op_id) = (self.clone(), pool.to_string(), op_id.to_string());
+        tokio::spawn(async move {
+            loop {
+                let op = store.pool_op_step(&pool, &op_id).await?;
+                if op.done {
+                    return Ok(op);
+                }
+            }
+        })
+        .await
+        .map_err(|e| VaultError::Internal(format!("pool operation task: {e}")))?
+    }
+
+    pub async fn pool_get(&self, name: &str) -> Result<PoolView> {
+        let f: HashMap<String, String> = self
+            .cmd(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.pool(name).cfg())
+                    .clone(),
+            )
+            .await?;
+        pool_view(name, &f).ok_or(VaultError::PoolNotFound)
+    }
+
+    pub async fn pool_config(&self, name: &str) -> Result<PoolConfig> {
+        Ok(self.pool_get(name).await?.config)
+    }
+
+    /// Write every setting a pool's config lacks (pools written before every default was
+    /// stored): the functions read settings and never invent them. Returns how many pools were
+    /// completed. Safe to run from several processes at once (each writes the same values).
+    pub async fn complete_pool_configs(&self) -> Result<u64> {
+        const DERIVED: [&str; 2] = ["min_token_ttl_s", "refresh_margin_s"];
+        let mut done = 0;
+        for chunk in self.pool_names().await?.chunks(500) {
+            let mut p = redis::pipe();
+            for pool in chunk {
+                p.cmd("HMGET").arg(self.keys.pool(pool).cfg()).arg(&DERIVED);
+            }
+            let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+            for (pool, row) in chunk.iter().zip(rows) {
+                if row
+                    .iter()
+                    .all(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
+                {
+                    continue;
+                }
+                let Ok(cfg) = self.pool_config(pool).await else {
+                    continue;
+                };
+                // Settings only: the refresh record is the pool's own (a legacy one may still
+                // hold its client secret for `vaultctl keys reencrypt` to seal).
+                let fields: Vec<(&str, String)> = cfg
+                    .to_fields()
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with("refresh")
+                            || *k == "refresh_margin_s"
+                            || *k == "refresh_concurrency"
+                    })
+                    .filter(|(k, _)| *k != "probe")
+                    .collect();
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(self.keys.pool(pool).cfg());
+                for (k, v) in &fields {
+                    cmd.arg(*k).arg(v);
+                }
+                let _: i64 = self.cmd(cmd).await?;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Every pool name, sorted.
+    pub async fn pool_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .cmd(redis::cmd("SMEMBERS").arg(self.keys.pools()).clone())
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Token counts by view state.
+    pub async fn token_counts(&self, name: &str) -> Result<BTreeMap<String, u64>> {
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        for s in VIEW_STATES {
+            p.cmd("SCARD").arg(pk.view(s));
+        }
+        let counts: Vec<u64> = self.pipe(p).await?;
+        Ok(VIEW_STATES
+            .iter()
+            .map(|s| s.to_string())
+            .zip(counts)
+            .collect())
+    }
+
+    /// One page of pools with their token counts: up to `limit` names from `cursor` (SSCAN of
+    /// the pool set), or, for a client limited to some pools, from its own list (the cursor is
+    /// then an offset). Every pool of the page is read in one pipeline. Returns the page and
+    /// the next cursor (None at the end).
+    pub async fn pool_page(
+        &self,
+        only: Option<&[String]>,
+        limit: usize,
+        cursor: u64,
+    ) -> Result<(Vec<PoolView>, Option<u64>)> {
+        let (names, next) = match only {
+            Some(own) => {
+                let mut own = own.to_vec();
+                own.sort();
+                own.dedup();
+                let from = (cursor as usize).min(own.len());
+                let to = (from + limit).min(own.len());
+                (
+                    own[from..to].to_vec(),
+                    (to < own.len()).then_some(to as u64),
+                )
+            }
+            None => self.sscan_page(&self.keys.pools(), cursor, limit).await?,
+        };
+        if names.is_empty() {
+            return Ok((vec![], next));
+        }
+        let mut p = redis::pipe();
+        for name in &names {
+            let pk = self.keys.pool(name);
+            p.cmd("HGETALL").arg(pk.cfg());
+            for st in VIEW_STATES {
+                p.cmd("SCARD").arg(pk.view(st));
+            }
+        }
+        let rows: Vec<redis::Value> = self.pipe(p).await?;
+        let per = 1 + VIEW_STATES.len();
+        let mut views = Vec::with_capacity(names.len());
+        for (name, row) in names.iter().zip(rows.chunks(per)) {
+            let f: HashMap<String, String> = redis::from_redis_value(row[0].clone())
+                .map_err(|e| VaultError::Internal(format!("pool config: {e}")))?;
+            // Deleted since it was listed (or a name without a config): skipped.
+            let Some(mut view) = pool_view(name, &f) else {
+                continue;
+            };
+            let mut counts = BTreeMap::new();
+            for (st, v) in VIEW_STATES.iter().zip(&row[1..]) {
+                let n: u64 = redis::from_redis_value(v.clone())
+                    .map_err(|e| VaultError::Internal(format!("token count: {e}")))?;
+                counts.insert(st.to_string(), n);
+            }
+            view.tokens = Some(counts);
+            views.push(view);
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((views, next))
+    }
+
+    /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
+    pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
+        let v: reply::Deleting = self
+            .eval(
+                &scripts::POOL_DELETE,
+                name,
+                &[if force { "1" } else { "0" }.into()],
+            )
+            .await?;
+        self.pool_op_finish(name, &v.op_id).await?;
+        Ok(v.tokens)
+    }
+
+    pub async fn pool_status(&self, name: &str) -> Result<PoolStatus> {
+        let view = self.pool_get(name).await?;
+        let tokens = self.token_counts(name).await?;
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        p.cmd("ZCARD").arg(pk.leases());
+        p.cmd("ZCARD").arg(pk.exp());
+        p.cmd("HGETALL").arg(pk.stats());
+        p.cmd("TIME");
+        p.cmd("SRANDMEMBER").arg(pk.ids()).arg(1000);
+        p.cmd("HMGET").arg(pk.cfg()).arg(&[
+            "rotation_id",
+            "rotation_started_at",
+            "rotation_sunset_at",
+            "rotation_reason",
+            "rotation_total",
+            "rotation_refreshed",
+            "op",
+            "op_started_at",
+            "op_affected",
+        ]);
+        let (leases, exp_n, stats, time, sample, rot): StatusRow = self.pipe(p).await?;
+        let now_ms = match &self.clock {
+            Some(c) => c.load(Ordering::SeqCst),
+            None => time.0 * 1000 + time.1 / 1000,
+        };
+        let avg_ttl_remaining_s = (exp_n > 0).then(|| {
+            let sum = *stats.get("exp_sum_s").unwrap_or(&0) as f64;
+            (sum / exp_n as f64 - now_ms as f64 / 1000.0).max(0.0)
+        });
+        let tokens_deprecated = tokens["deprecated"];
+        let leasable: u64 = ["active", "leased", "cooling", "deprecated"]
+            .iter()
+            .map(|s| tokens[*s])
+            .sum();
+        let capacity = leasable * view.config.max_leases_per_token as u64;
+        let utilization = if capacity == 0 {
+            0.0
+        } else {
+            leases as f64 / capacity as f64
+        };
+        let ok = *stats.get("refresh_ok").unwrap_or(&0) as f64;
+        let failed = *stats.get("refresh_fail").unwrap_or(&0) as f64;
+        let refresh_success_rate = (ok + failed > 0.0).then(|| ok / (ok + failed));
+        let quota_used_ratio = self
+            .quota_ratio(name, &view.config, &sample, now_ms)
+            .await?;
+        let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
+        let field = |i: usize| rot.get(i).cloned().flatten().unwrap_or_default();
+        let operation = (!field(6).is_empty()).then(|| crate::model::OperationStatus {
+            kind: field(6),
+            started_at: crate::time::rfc3339(field(7).parse().unwrap_or(0)),
+            tokens_done: field(8).parse().unwrap_or(0),
+        });
+        Ok(PoolStatus {
+            janitor,
+            operation,
+            pool: name.to_string(),
+            tokens,
+            leases_active: leases,
+            avg_ttl_remaining_s,
+            utilization,
+            refresh_success_rate,
+            quota_used_ratio,
+            frozen: view.frozen,
+            refresh_failures: failed as u64,
+            refresh_short_lived: *stats.get("refresh_short_lived").unwrap_or(&0) as u64,
+            warnings: view.warnings,
+            rotation: rotation_status(&rot, tokens_deprecated, now_ms),
+        })
+    }
+
+    /// Record that a janitor finished a sweep. The record expires after ten intervals (at
+    /// least a minute), so a janitor gone for long shows as none at all.
+    pub async fn janitor_beat_write(&self, interval: Duration) -> Result<()> {
+        let interval_ms = interval.as_millis() as u64;
+        let now = self.now_ms().await?;
+        self.cmd(
+            redis::cmd("SET")
+                .arg(self.keys.janitor())
+                .arg(format!("{now} {interval_ms}"))
+                .arg("PX")
+                .arg((interval_ms * 10).max(60_000))
+                .clone(),
+        )
+        .await
+    }
+
+    /// The last janitor heartbeat, if one is recent enough to be kept.
+    pub async fn janitor_beat(&self) -> Result<Option<crate::model::JanitorBeat>> {
+        let v: Option<String> = self
+            .cmd(redis::cmd("GET").arg(self.keys.janitor()).clone())
+            .await?;
+        Ok(v.and_then(|v| {
+            let (at, iv) = v.split_once(' ')?;
+            Some(crate::model::JanitorBeat {
+                last_sweep_ms: at.parse().ok()?,
+                interval_ms: iv.parse().ok()?,
+            })
+        }))
+    }
+
+    /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a
+    /// random sample of 1,000 above that (status must not walk a 100k-token pool).
+    async fn quota_ratio(
+        &self,
+        name: &str,
+        cfg: &PoolConfig,
+        ids: &[String],
+        now_ms: i64,
+    ) -> Result<Option<f64>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let pk = self.keys.pool(name);
+        let mut p = redis::pipe();
+        for id in ids {
+            p.cmd("HMGET").arg(pk.token(id)).arg(&[
+                "state",
+                "used",
+                "reserved",
+                "quota_limit",
+                "win_end",
+            ]);
+        }
+        let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+        let (mut used, mut limit) = (0f64, 0f64);
+        for r in rows {
+            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            if !matches!(get(0).as_str(), "active" | "deprecated") {
+                continue;
+            }
+            let Some(lim) = get(3)
+                .parse::<f64>()
+                .ok()
+                .or(cfg.quota_limit.map(|l| l as f64))
+            else {
+                continue;
+            };
+            let win_end: f64 = get(4).parse().unwrap_or(0.0);
+            let u: f64 = if win_end > 0.0 && win_end <= now_ms as f64 {
+                0.0
+            } else {
+                get(1).parse().unwrap_or(0.0)
+            };
+            used += u + get(2).parse::<f64>().unwrap_or(0.0);
+            limit += lim;
+        }
+        Ok((limit > 0.0).then(|| (used / limit).min(1.0)))
+    }
+
+    pub async fn freeze(
+        &self,
+        pool: &str,
+        revoke_leases: bool,
+        reason: &str,
+    ) -> Result<Vec<EndedLease>> {
+        // Live leases end in batches (each a short script); the pool is frozen from the first.
+        let mut all = vec![];
+        loop {
+            let v: reply::LeasesEnded = self
+                .eval(
+                    &scripts::FREEZE,
+                    pool,
+                    &[
+                        if revoke_leases { "1" } else { "0" }.into(),
+                        reason.into(),
+                        POOL_OP_BATCH.to_string(),
+                    ],
+                )
+                .await?;
+            let ended = v.leases_ended;
+            let full = ended.len() >= POOL_OP_BATCH;
+            all.extend(ended);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn unfreeze(&self, pool: &str) -> Result<()> {
+        self.eval::<Value>(&scripts::UNFREEZE, pool, &[])
+            .await
+            .map(drop)
+    }
+}
