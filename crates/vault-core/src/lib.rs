@@ -6,7 +6,7 @@
 //! - [`scripts`]: the Lua function library (`lua/rules/`, `lua/`), assembled at build time.
 //! - [`store`]: typed transitions, one Rust function per Lua function, plus plain reads.
 //! - [`ops`]: transitions with their audit entry and events, the same whoever triggers them.
-//! - [`model`]: pool config, deposits, leases, reports, token metadata, validation.
+//! - [`model`]: domain types by aggregate (pool, token, lease, refresh settings, status), with validation.
 //! - [`refresh`]: unsealing a claimed refresh job's credentials, sealing refreshed tokens.
 //! - [`crypto`]: AES-256-GCM for secrets at rest, fingerprints, the redacting [`crypto::Secret`].
 //! - [`error`]: [`VaultError`], the one error type of the request path.

@@ -1,0 +1,149 @@
+//! Leases: what workers send (acquire, renew, report) and what a transition grants.
+
+use super::*;
+
+/// Release / rotate body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub used: Option<u64>,
+    #[serde(default)]
+    pub outcome: Outcome,
+    pub retry_after_s: Option<f64>,
+    pub remaining: Option<u64>,
+    /// RFC 3339 or unix milliseconds.
+    #[schema(value_type = Option<String>)]
+    pub reset_at: Option<TimeInput>,
+    pub detail: Option<String>,
+}
+
+impl Report {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(r) = self.retry_after_s {
+            if !(0.0..=MAX_WINDOW_S as f64).contains(&r) {
+                return Err(invalid("retry_after_s must be between 0 and 2678400"));
+            }
+        }
+        // A cooldown is bounded like `retry_after_s`. (The local clock is good enough for a
+        // 31-day sanity bound; the rules themselves compare against Redis time.)
+        if let Some(r) = self.reset_at {
+            if r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64 {
+                return Err(invalid("reset_at must lie within 31 days from now"));
+            }
+        }
+        if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
+            return Err(invalid("detail is longer than 1024 bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// Acquire body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireInput {
+    pub worker: Option<String>,
+    pub units: Option<u64>,
+    pub ttl_s: Option<u64>,
+    pub min_token_ttl_s: Option<u64>,
+    pub session: Option<String>,
+    pub wait_ms: Option<u64>,
+}
+
+impl AcquireInput {
+    /// What the request asks for (all but how long it may wait), hashed: a retry with the same
+    /// Idempotency-Key must ask for the same thing.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let what = serde_json::json!([
+            self.worker,
+            self.units,
+            self.ttl_s,
+            self.min_token_ttl_s,
+            self.session
+        ]);
+        hex::encode(&sha2::Sha256::digest(what.to_string().as_bytes())[..8])
+    }
+}
+
+/// Longest a lease request may wait for a token.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+impl AcquireInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(w) = &self.worker {
+            check_label("worker", w, 128)?;
+        }
+        if let Some(s) = &self.session {
+            check_label("session", s, 128)?;
+        }
+        if let Some(u) = self.units {
+            in_range("units", u, 1, 1_000_000)?;
+        }
+        if let Some(t) = self.ttl_s {
+            in_range("ttl_s", t, 1, MAX_LEASE_TTL_S)?;
+        }
+        if let Some(t) = self.min_token_ttl_s {
+            in_range("min_token_ttl_s", t, 0, MAX_WINDOW_S)?;
+        }
+        if let Some(w) = self.wait_ms {
+            in_range("wait_ms", w, 0, MAX_WAIT_MS)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renew body.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewInput {
+    pub ttl_s: Option<u64>,
+    pub units: Option<u64>,
+}
+
+impl RenewInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        if let Some(t) = self.ttl_s {
+            in_range("ttl_s", t, 1, MAX_LEASE_TTL_S)?;
+        }
+        if let Some(u) = self.units {
+            in_range("units", u, 1, 1_000_000)?;
+        }
+        Ok(())
+    }
+}
+
+/// A lease as a script answers it (secret still sealed).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaseGrant {
+    pub lease_id: String,
+    pub token_id: String,
+    pub worker: String,
+    pub units: u64,
+    pub granted_at: i64,
+    pub deadline: i64,
+    pub ttl_ms: i64,
+    pub secret_ct: String,
+    pub key_id: String,
+    pub expires_at: i64,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
+    pub binding_fp: String,
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl LeaseGrant {
+    /// The binding as the lease holder needs it: the proxy with its credentials.
+    pub fn binding(
+        &self,
+        cipher: &crate::crypto::Cipher,
+        pool: &str,
+    ) -> Result<Binding, VaultError> {
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        Ok(Binding {
+            proxy: opt(self.proxy.open(cipher, pool, &self.token_id)?),
+            fingerprint: opt(self.binding_fp.clone()),
+        })
+    }
+}

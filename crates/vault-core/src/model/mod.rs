@@ -1,0 +1,230 @@
+//! Domain types: what the API accepts (with validation), what the store keeps, what it answers.
+//! Request types use `deny_unknown_fields` so a typo is a 400, not a silently ignored field.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Cipher, Secret};
+use crate::error::VaultError;
+use crate::time::{rfc3339, rfc3339_opt, TimeInput};
+
+const MAX_QUOTA: u64 = 1_000_000_000_000;
+const MAX_WINDOW_S: u64 = 31 * 86_400;
+const MAX_LEASE_TTL_S: u64 = 7 * 86_400;
+/// Largest secret accepted (JWTs with many claims fit easily).
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+/// Most tokens in one deposit request.
+pub const MAX_DEPOSIT: usize = 1000;
+
+fn invalid(msg: impl Into<String>) -> VaultError {
+    VaultError::Invalid(msg.into())
+}
+
+/// `[A-Za-z0-9_.-]{1,max}`: pool names, token ids. Anything else could break key parsing or logs.
+pub fn valid_name(s: &str, max: usize) -> bool {
+    // `.` and `..` would be path segments, not names.
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+pub fn check_pool_name(name: &str) -> Result<(), VaultError> {
+    if valid_name(name, 64) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "pool names are 1-64 characters of A-Z a-z 0-9 _ . -",
+        ))
+    }
+}
+
+pub fn check_token_id(id: &str) -> Result<(), VaultError> {
+    if valid_name(id, 128) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "token ids are 1-128 characters of A-Z a-z 0-9 _ . -",
+        ))
+    }
+}
+
+/// Free-form identifiers chosen by clients (worker names, sessions, idempotency keys):
+/// printable ASCII without spaces, bounded.
+pub fn check_label(what: &str, s: &str, max: usize) -> Result<(), VaultError> {
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "{what} must be 1-{max} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
+    if v < lo || v > hi {
+        return Err(invalid(format!(
+            "{name} must be between {lo} and {hi}, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+mod lease;
+mod pool;
+mod refresh_settings;
+mod status;
+mod token;
+
+pub use lease::*;
+pub use pool::*;
+pub use refresh_settings::*;
+pub use status::*;
+pub use token::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher() -> Cipher {
+        Cipher::new(&crate::crypto::MasterKey::generate())
+    }
+
+    #[test]
+    fn pool_config_defaults_and_bounds() {
+        let k = cipher();
+        let c = PoolConfigInput::default().validate(&k, "p").unwrap();
+        assert_eq!(
+            (c.lease_ttl_s, c.min_token_ttl_s, c.max_leases_per_token),
+            (60, 90, 1)
+        );
+        let bad = |j: &str| {
+            serde_json::from_str::<PoolConfigInput>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.validate(&k, "p").map_err(|e| e.to_string()))
+        };
+        assert!(bad(r#"{"quota_limit":10,"quota_reserve":10}"#).is_err());
+        assert!(bad(r#"{"lease_ttl_s":100,"max_lease_ttl_s":50}"#).is_err());
+        assert!(bad(r#"{"max_leases_per_token":0}"#).is_err());
+        assert!(bad(r#"{"quota_limit":-1}"#).is_err());
+        assert!(bad(r#"{"quota_limt":5}"#).is_err(), "typo must be refused");
+        assert!(bad(r#"{"strategy":"random"}"#).is_err());
+        assert!(
+            bad(r#"{"refresh_margin_s":60}"#).is_err(),
+            "margin below the default min TTL (90)"
+        );
+        assert!(bad(r#"{"refresh_margin_s":60,"min_token_ttl_s":60}"#).is_ok());
+        let c2 = PoolConfig::from_fields(
+            &c.to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_pool_name("scrape.prod-1_a").is_ok());
+        for bad in ["", "a b", "x}y", "{p}", "a:b", &"x".repeat(65), "ü"] {
+            assert!(check_pool_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_needs_its_fields() {
+        let r: RefreshInput = serde_json::from_str(
+            r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}"#,
+        )
+        .unwrap();
+        assert!(RefreshInput::for_token(Some(&r), None).is_err());
+        let r: RefreshInput = serde_json::from_str(r#"{"kind":"oauth2_refresh_token","token_url":"https://idp/token","refresh_token":"rt"}"#).unwrap();
+        assert!(RefreshInput::for_token(Some(&r), None).is_ok());
+        assert!(!format!("{r:?}").contains("\"rt\""));
+    }
+
+    /// A token takes what it leaves out from its pool's settings of the same grant; the pool's
+    /// client secret is sealed and only its fingerprint is shown or stored in clear.
+    #[test]
+    fn tokens_inherit_their_pool_refresh_settings() {
+        let k = cipher();
+        let pool: PoolConfigInput = serde_json::from_str(
+            r#"{"refresh":{"kind":"oauth2_client_credentials","token_url":"https://idp/token","client_id":"c","client_secret":"pool-secret-1"}}"#,
+        )
+        .unwrap();
+        let cfg = pool.validate(&k, "p").unwrap();
+        let fields = format!("{:?}", cfg.to_fields());
+        assert!(!fields.contains("pool-secret-1"), "{fields}");
+        let back = PoolConfig::from_fields(
+            &cfg.to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(back, cfg);
+        let pr = back.refresh.as_ref().unwrap();
+        assert_eq!(
+            pr.open_client_secret(&k, "p").unwrap().unwrap().expose(),
+            "pool-secret-1"
+        );
+        assert!(
+            pr.open_client_secret(&k, "other").is_err(),
+            "bound to its pool"
+        );
+        let shown = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            shown["refresh"]["client_secret_fingerprint"],
+            Secret::new("pool-secret-1").fingerprint()
+        );
+        assert!(!shown.to_string().contains("pool-secret-1"));
+
+        // No refresh of its own: the pool's, whole.
+        let t = RefreshInput::for_token(None, Some(pr)).unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.inherits_pool, t.token_url),
+            ("oauth2_client_credentials", true, None)
+        );
+        // A refresh_token grant in the pool: each token must bring its refresh token.
+        let rt_pool: PoolConfigInput = serde_json::from_str(
+            r#"{"refresh":{"kind":"oauth2_refresh_token","token_url":"https://idp/token"}}"#,
+        )
+        .unwrap();
+        let rt_cfg = rt_pool.validate(&k, "p").unwrap();
+        let rt = rt_cfg.refresh.as_ref();
+        assert!(RefreshInput::for_token(None, rt).is_err());
+        let own: RefreshInput = serde_json::from_str(r#"{"refresh_token":"r1"}"#).unwrap();
+        let t = RefreshInput::for_token(Some(&own), rt).unwrap();
+        assert_eq!(
+            (t.kind.as_str(), t.inherits_pool),
+            ("oauth2_refresh_token", true)
+        );
+        // Another grant of its own: nothing inherited.
+        let ext: RefreshInput = serde_json::from_str(r#"{"kind":"external"}"#).unwrap();
+        assert!(
+            !RefreshInput::for_token(Some(&ext), rt)
+                .unwrap()
+                .inherits_pool
+        );
+        // Without a pool to inherit from, the kind is required.
+        assert!(RefreshInput::for_token(Some(&own), None).is_err());
+
+        let bad = |j: &str| {
+            serde_json::from_str::<PoolConfigInput>(j)
+                .unwrap()
+                .validate(&k, "p")
+                .is_err()
+        };
+        assert!(
+            bad(r#"{"refresh":{"token_url":"https://idp/token"}}"#),
+            "kind needed"
+        );
+        assert!(bad(
+            r#"{"refresh":{"kind":"oauth2_refresh_token","token_url":"https://i/t","refresh_token":"x"}}"#
+        ));
+        assert!(bad(
+            r#"{"refresh":{"kind":"oauth2_client_credentials","token_url":"https://i/t","client_id":"c"}}"#
+        ));
+    }
+}

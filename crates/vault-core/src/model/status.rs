@@ -1,0 +1,115 @@
+//! What operators read: audit entries, pool status, rotation and janitor progress.
+
+use super::*;
+
+/// One audit event. Never carries a secret: tokens appear by id and `sha256:` fingerprint.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// Stream id (`<ms>-<seq>`): the cursor for the next page.
+    pub id: String,
+    pub at: String,
+    /// The client token's `sub` (or `refresher`, `janitor`). Any admin can choose a `sub`
+    /// when minting, so `actor_jti` is what identifies the token that acted.
+    pub actor: String,
+    /// The `jti` of the client token that acted (absent for the vault's own processes).
+    pub actor_jti: Option<String>,
+    pub action: String,
+    pub pool: Option<String>,
+    pub token_id: Option<String>,
+    pub lease_id: Option<String>,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// An event pushed to workers (`GET /v1/events`).
+pub use vault_wire::Event as VaultEvent;
+
+/// Every view state a token can be in, as counted by status.
+pub const VIEW_STATES: [&str; 8] = [
+    "active",
+    "leased",
+    "cooling",
+    "refreshing",
+    "quarantined",
+    "deprecated",
+    "revoked",
+    "expired",
+];
+
+/// `GET /v1/pools/{pool}/status`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PoolStatus {
+    pub pool: String,
+    pub tokens: BTreeMap<String, u64>,
+    pub leases_active: u64,
+    pub avg_ttl_remaining_s: Option<f64>,
+    pub utilization: f64,
+    pub refresh_success_rate: Option<f64>,
+    pub quota_used_ratio: Option<f64>,
+    pub frozen: bool,
+    /// Failed refresh attempts so far, and how many of them stored a credential too
+    /// short-lived for the pool's margin.
+    pub refresh_failures: u64,
+    pub refresh_short_lived: u64,
+    /// The pool's margin warnings (as `GET /v1/pools/{pool}` has them).
+    pub warnings: Vec<String>,
+    /// The emergency rotation running (or last run), if any.
+    pub rotation: Option<RotationStatus>,
+    /// When a janitor last finished a sweep; null when none has been seen for a while.
+    pub janitor: Option<JanitorStatus>,
+    /// A whole-pool operation still running (config change, rotation, cancel), if any.
+    pub operation: Option<OperationStatus>,
+}
+
+/// A whole-pool operation in progress: it runs in batches of a few milliseconds each.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OperationStatus {
+    /// `reconfigure`, `rotate` or `cancel`.
+    pub kind: String,
+    pub started_at: String,
+    /// Tokens changed so far.
+    pub tokens_done: u64,
+}
+
+/// The janitors' heartbeat as status shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JanitorStatus {
+    pub last_sweep_at: String,
+    /// The last sweep is recent (within three sweep intervals, plus 2 s of slack). Leases of
+    /// dead workers are also reclaimed by the next acquire without a janitor; cooled tokens,
+    /// expiries, sunsets and due refreshes wait for one.
+    pub healthy: bool,
+}
+
+/// One janitor heartbeat: when the last sweep ended and the sweep interval then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JanitorBeat {
+    pub last_sweep_ms: i64,
+    pub interval_ms: u64,
+}
+
+impl JanitorBeat {
+    pub fn status(&self, now_ms: i64) -> JanitorStatus {
+        JanitorStatus {
+            last_sweep_at: rfc3339(self.last_sweep_ms),
+            healthy: now_ms - self.last_sweep_ms <= 3 * self.interval_ms as i64 + 2000,
+        }
+    }
+}
+
+/// Progress of an emergency rotation.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RotationStatus {
+    pub id: String,
+    pub started_at: String,
+    pub sunset_at: String,
+    pub reason: String,
+    /// Tokens it deprecated.
+    pub tokens: u64,
+    /// Of those, refreshed since (current again).
+    pub refreshed: u64,
+    /// Tokens still deprecated in the pool (waiting for a refresh or the sunset).
+    pub deprecated_remaining: u64,
+    /// The sunset has passed: whatever was not refreshed has been (or is being) revoked.
+    pub done: bool,
+}

@@ -1,0 +1,319 @@
+//! Tokens: what a deposit accepts, its sealed form, the metadata the API shows.
+
+use super::*;
+
+/// A token ready for the deposit script: secret and refresh credentials already sealed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SealedToken {
+    pub id: String,
+    pub secret_ct: String,
+    pub key_id: String,
+    pub fingerprint: String,
+    /// Unix ms, 0 = never expires.
+    pub expires_at: i64,
+    /// Empty = the pool's limit.
+    pub quota_limit: String,
+    #[serde(flatten)]
+    pub proxy: crate::crypto::SealedProxy,
+    pub binding_fp: String,
+    /// JSON text.
+    pub labels: String,
+    pub refresh_kind: String,
+    pub refresh_ct: String,
+    /// JSON text of the public refresh settings.
+    pub refresh_pub: String,
+}
+
+/// One token in a deposit request.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInput {
+    #[schema(value_type = String, format = Password)]
+    pub secret: Secret,
+    pub id: Option<String>,
+    /// RFC 3339 or unix milliseconds; a JWT's `exp` when absent.
+    #[schema(value_type = Option<String>)]
+    pub expires_at: Option<TimeInput>,
+    pub quota_limit: Option<u64>,
+    pub binding: Option<Binding>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub refresh: Option<RefreshInput>,
+}
+
+/// The rule for every credential that enters the vault (deposit, refresh): 1 to
+/// `MAX_SECRET_BYTES` of printable ASCII, because it travels in an HTTP header (the lease's
+/// ready-made `Authorization`). The error says what is wrong, never what the secret is.
+pub fn check_secret(s: &str) -> Result<(), VaultError> {
+    if s.is_empty() || s.len() > MAX_SECRET_BYTES {
+        return Err(invalid(format!(
+            "secret must be 1-{MAX_SECRET_BYTES} bytes"
+        )));
+    }
+    if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(invalid(
+            "secret must be printable ASCII (it travels in an HTTP header): no control characters, line breaks or non-ASCII",
+        ));
+    }
+    Ok(())
+}
+
+/// Proxy URL schemes a binding may name.
+pub const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
+
+/// The proxy rule: an `http`, `https`, `socks5` or `socks5h` URL with a host, at most 1,024
+/// bytes of printable ASCII (no line breaks to smuggle into a header). Errors never quote it:
+/// it may hold credentials.
+pub fn check_proxy(p: &str) -> Result<(), VaultError> {
+    if p.is_empty() || p.len() > 1024 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "binding.proxy must be 1-1024 printable ASCII characters without spaces",
+        ));
+    }
+    let u = url::Url::parse(p).map_err(|_| invalid("binding.proxy is not a URL"))?;
+    if !PROXY_SCHEMES.contains(&u.scheme()) || u.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "binding.proxy must be an http, https, socks5 or socks5h URL with a host",
+        ));
+    }
+    Ok(())
+}
+
+impl TokenInput {
+    pub fn validate(&self) -> Result<(), VaultError> {
+        check_secret(self.secret.expose())?;
+        if let Some(id) = &self.id {
+            check_token_id(id)?;
+        }
+        if let Some(l) = self.quota_limit {
+            in_range("quota_limit", l, 1, MAX_QUOTA)?;
+        }
+        if let Some(b) = &self.binding {
+            if let Some(p) = &b.proxy {
+                check_proxy(p)?;
+            }
+            if b.fingerprint.as_ref().is_some_and(|v| v.len() > 1024) {
+                return Err(invalid("binding.fingerprint is longer than 1024 bytes"));
+            }
+        }
+        if let Some(labels) = &self.labels {
+            if labels.len() > 32
+                || labels
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+            {
+                return Err(invalid(
+                    "labels: at most 32, keys 1-64 bytes, values up to 256 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub use vault_wire::Outcome;
+
+/// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenMeta {
+    pub id: String,
+    pub state: String,
+    pub expires_at: Option<String>,
+    pub quota: QuotaView,
+    pub leases: u64,
+    pub binding: Binding,
+    pub labels: BTreeMap<String, String>,
+    pub fingerprint: String,
+    pub strikes: u64,
+    pub last_error: Option<String>,
+    pub created_at: Option<String>,
+    pub last_leased_at: Option<String>,
+    pub cooling_until: Option<String>,
+    pub sunset_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub refresh: RefreshPublic,
+    pub key_id: String,
+    /// Bumped by every successful refresh (1 = the deposited secret).
+    pub generation: u64,
+    pub refreshed_at: Option<String>,
+    pub refresh_attempts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuotaView {
+    pub used: u64,
+    pub reserved: u64,
+    pub limit: Option<u64>,
+    pub window_resets_at: Option<String>,
+}
+
+impl TokenMeta {
+    /// The token-hash fields metadata is made of: what `HMGET` reads, in this order. Reading
+    /// only these (not the sealed secret and refresh credentials) keeps listings cheap.
+    pub const FIELDS: [&'static str; 24] = [
+        "id",
+        "view",
+        "expires_at",
+        "cool_until",
+        "win_end",
+        "used",
+        "reserved",
+        "quota_limit",
+        "leases",
+        "proxy",
+        "binding_fp",
+        "labels",
+        "fingerprint",
+        "strikes",
+        "last_error",
+        "created_at",
+        "last_leased_at",
+        "sunset_at",
+        "revoked_at",
+        "refresh_pub",
+        "key_id",
+        "generation",
+        "refreshed_at",
+        "refresh_attempts",
+    ];
+
+    /// Build from an `HMGET` of [`TokenMeta::FIELDS`] and the pool config (for the effective
+    /// quota limit). None when the token does not exist.
+    pub fn from_row(row: &[Option<String>], cfg: &PoolConfig, now_ms: i64) -> Option<Self> {
+        let get = |k: &str| {
+            Self::FIELDS
+                .iter()
+                .position(|f| *f == k)
+                .and_then(|i| row.get(i))
+                .and_then(|v| v.as_deref())
+        };
+        get("id")?;
+        let s = |k: &str| get(k).unwrap_or_default().to_string();
+        let n = |k: &str| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
+        let opt_s = |k: &str| get(k).filter(|v| !v.is_empty()).map(String::from);
+        let cool = n("cool_until");
+        let win_end = n("win_end");
+        let window_live = win_end > now_ms;
+        Some(TokenMeta {
+            id: s("id"),
+            state: s("view"),
+            expires_at: rfc3339_opt(n("expires_at")),
+            quota: QuotaView {
+                used: if window_live || win_end == 0 {
+                    n("used").max(0) as u64
+                } else {
+                    0
+                },
+                reserved: n("reserved").max(0) as u64,
+                limit: get("quota_limit")
+                    .and_then(|v| v.parse().ok())
+                    .or(cfg.quota_limit),
+                window_resets_at: window_live.then(|| rfc3339(win_end)),
+            },
+            leases: n("leases").max(0) as u64,
+            binding: Binding {
+                proxy: opt_s("proxy"),
+                fingerprint: opt_s("binding_fp"),
+            },
+            labels: get("labels")
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default(),
+            fingerprint: s("fingerprint"),
+            strikes: n("strikes").max(0) as u64,
+            last_error: opt_s("last_error"),
+            created_at: rfc3339_opt(n("created_at")),
+            last_leased_at: rfc3339_opt(n("last_leased_at")),
+            cooling_until: (cool > now_ms).then(|| rfc3339(cool)),
+            sunset_at: rfc3339_opt(n("sunset_at")),
+            revoked_at: rfc3339_opt(n("revoked_at")),
+            refresh: get("refresh_pub")
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_else(|| RefreshPublic {
+                    kind: "none".into(),
+                    ..Default::default()
+                }),
+            key_id: s("key_id"),
+            generation: n("generation").max(1) as u64,
+            refreshed_at: rfc3339_opt(n("refreshed_at")),
+            refresh_attempts: n("refresh_attempts").max(0) as u64,
+        })
+    }
+}
+
+impl TokenInput {
+    /// Validate and seal for the deposit script: secret and refresh credentials encrypted with
+    /// the pool and token id as associated data; a JWT without `expires_at` takes its `exp`.
+    pub fn seal(
+        &self,
+        cipher: &crate::crypto::Cipher,
+        pool: &str,
+        pool_refresh: Option<&PoolRefresh>,
+    ) -> Result<SealedToken, VaultError> {
+        self.validate()?;
+        let refresh = RefreshInput::for_token(self.refresh.as_ref(), pool_refresh)?;
+        let id = self
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let expires_at = crate::time::expiry_ms(match self.expires_at {
+            Some(t) => t.0,
+            None => crate::crypto::jwt_exp_ms(&self.secret)
+                .map_err(|e| {
+                    invalid(format!(
+                        "token {id}: {e}; pass expires_at explicitly or fix the secret"
+                    ))
+                })?
+                .unwrap_or(0),
+        });
+        let sealed = cipher.seal_secret(pool, &id, &self.secret);
+        let binding = self.binding.clone().unwrap_or_default();
+        // A proxy with credentials is stored redacted, its full URL sealed like a secret.
+        let proxy = match &binding.proxy {
+            Some(p) => match crate::crypto::redacted_url(p) {
+                Some(shown) => {
+                    let sealed = cipher.seal(pool, &crate::crypto::proxy_aad_id(&id), p.as_bytes());
+                    crate::crypto::SealedProxy {
+                        shown,
+                        ct: sealed.data,
+                        key_id: sealed.key_id,
+                    }
+                }
+                None => crate::crypto::SealedProxy {
+                    shown: p.clone(),
+                    ..Default::default()
+                },
+            },
+            None => Default::default(),
+        };
+        let refresh_ct = self
+            .refresh
+            .as_ref()
+            .and_then(RefreshInput::secret_json)
+            .map(|s| {
+                cipher
+                    .seal_secret(pool, &crate::crypto::refresh_aad_id(&id), &s)
+                    .data
+            })
+            .unwrap_or_default();
+        let refresh_pub = if refresh.kind == "none" {
+            String::new()
+        } else {
+            serde_json::to_string(&refresh).expect("refresh settings serialize")
+        };
+        let refresh_kind = refresh.kind;
+        Ok(SealedToken {
+            fingerprint: self.secret.fingerprint(),
+            secret_ct: sealed.data,
+            key_id: sealed.key_id,
+            expires_at,
+            quota_limit: self.quota_limit.map(|l| l.to_string()).unwrap_or_default(),
+            proxy,
+            binding_fp: binding.fingerprint.unwrap_or_default(),
+            labels: serde_json::to_string(&self.labels.clone().unwrap_or_default())
+                .expect("labels serialize"),
+            refresh_kind,
+            refresh_ct,
+            refresh_pub,
+            id,
+        })
+    }
+}
