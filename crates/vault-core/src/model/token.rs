@@ -146,6 +146,33 @@ pub struct QuotaView {
     pub window_resets_at: Option<String>,
 }
 
+impl QuotaView {
+    /// A token's quota as of `now_ms`, read from its stored fields without writing: a window
+    /// that has ended counts nothing used, as `roll_window` (lua/rules/quota.lua) will record at
+    /// the token's next transition; the limit is the token's own, else the pool's
+    /// (`limit_of`). The one reader of these fields in Rust (metadata and status use it).
+    pub fn of(
+        used: i64,
+        reserved: i64,
+        win_end: i64,
+        own_limit: Option<u64>,
+        cfg: &PoolConfig,
+        now_ms: i64,
+    ) -> QuotaView {
+        let window_live = win_end > now_ms;
+        QuotaView {
+            used: if window_live || win_end == 0 {
+                used.max(0) as u64
+            } else {
+                0
+            },
+            reserved: reserved.max(0) as u64,
+            limit: own_limit.or(cfg.quota_limit),
+            window_resets_at: window_live.then(|| rfc3339(win_end)),
+        }
+    }
+}
+
 impl TokenMeta {
     /// The token-hash fields metadata is made of: what `HMGET` reads, in this order. Reading
     /// only these (not the sealed secret and refresh credentials) keeps listings cheap.
@@ -191,24 +218,18 @@ impl TokenMeta {
         let n = |k: &str| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
         let opt_s = |k: &str| get(k).filter(|v| !v.is_empty()).map(String::from);
         let cool = n("cool_until");
-        let win_end = n("win_end");
-        let window_live = win_end > now_ms;
         Some(TokenMeta {
             id: s("id"),
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),
-            quota: QuotaView {
-                used: if window_live || win_end == 0 {
-                    n("used").max(0) as u64
-                } else {
-                    0
-                },
-                reserved: n("reserved").max(0) as u64,
-                limit: get("quota_limit")
-                    .and_then(|v| v.parse().ok())
-                    .or(cfg.quota_limit),
-                window_resets_at: window_live.then(|| rfc3339(win_end)),
-            },
+            quota: QuotaView::of(
+                n("used"),
+                n("reserved"),
+                n("win_end"),
+                get("quota_limit").and_then(|v| v.parse().ok()),
+                cfg,
+                now_ms,
+            ),
             leases: n("leases").max(0) as u64,
             binding: Binding {
                 proxy: opt_s("proxy"),

@@ -1,6 +1,7 @@
 //! Pools: config, listing, status, whole-pool operations, freeze.
 
 use super::*;
+use crate::model::QuotaView;
 
 /// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
 /// sampled token ids.
@@ -473,21 +474,13 @@ impl Store {
             if !matches!(get(0).as_str(), "active" | "deprecated") {
                 continue;
             }
-            let Some(lim) = get(3)
-                .parse::<f64>()
-                .ok()
-                .or(cfg.quota_limit.map(|l| l as f64))
-            else {
+            let n = |i: usize| get(i).parse::<f64>().unwrap_or(0.0) as i64;
+            let q = QuotaView::of(n(1), n(2), n(4), get(3).parse().ok(), cfg, now_ms);
+            let Some(lim) = q.limit else {
                 continue;
             };
-            let win_end: f64 = get(4).parse().unwrap_or(0.0);
-            let u: f64 = if win_end > 0.0 && win_end <= now_ms as f64 {
-                0.0
-            } else {
-                get(1).parse().unwrap_or(0.0)
-            };
-            used += u + get(2).parse::<f64>().unwrap_or(0.0);
-            limit += lim;
+            used += (q.used + q.reserved) as f64;
+            limit += lim as f64;
         }
         Ok((limit > 0.0).then(|| (used / limit).min(1.0)))
     }
