@@ -49,7 +49,7 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
-    /// Start with extra config directives, e.g. `["rename-command", "EVALSHA", "\"\""]` lines.
+    /// Start with extra config directives, e.g. `["rename-command FCALL \"\""]` lines.
     pub fn start_with(extra_config: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Self {
