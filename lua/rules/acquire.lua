@@ -40,10 +40,10 @@ local function do_acquire(c, o)
   end
 
   -- reserve
-  if num(ct.win_end, 0) == 0 then put(chosen, ct, 'win_end', NOW + window_ms(c)) end
-  put(chosen, ct, 'leases', num(ct.leases, 0) + 1)
-  put(chosen, ct, 'reserved', num(ct.reserved, 0) + o.units)
-  put(chosen, ct, 'last_leased_at', NOW)
+  local win_end = num(ct.win_end, 0)
+  if win_end == 0 then win_end = NOW + window_ms(c) end
+  put_all(chosen, ct, { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
+    'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW })
   local deadline = NOW + o.ttl_ms
   local l = { token = chosen, worker = o.worker, units = tostring(o.units), granted_at = tostring(NOW),
               deadline = tostring(deadline), ttl_ms = tostring(o.ttl_ms), idem = o.idem,

@@ -120,3 +120,12 @@ local function put(id, t, field, value)
   t[field] = tostring(value)
   redis.call('HSET', tkey(id), field, t[field])
 end
+-- Several fields at once, in one HSET (each call costs Redis CPU of its own): `fv` is
+-- {field1, value1, field2, value2, ...}.
+local function put_all(id, t, fv)
+  for i = 1, #fv, 2 do
+    fv[i + 1] = tostring(fv[i + 1])
+    t[fv[i]] = fv[i + 1]
+  end
+  redis.call('HSET', tkey(id), unpack(fv))
+end

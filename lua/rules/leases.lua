@@ -17,9 +17,8 @@ local function end_lease(lid, used_units)
     local units = num(l.units, 1)
     if used_units == nil or used_units > units then used_units = units end
     roll_window(l.token, t)
-    put(l.token, t, 'leases', math.max(0, num(t.leases, 0) - 1))
-    put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) - units))
-    put(l.token, t, 'used', num(t.used, 0) + used_units)
+    put_all(l.token, t, { 'leases', math.max(0, num(t.leases, 0) - 1),
+      'reserved', math.max(0, num(t.reserved, 0) - units), 'used', num(t.used, 0) + used_units })
   end
   return l, t
 end

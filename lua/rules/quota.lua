@@ -19,7 +19,6 @@ end
 local function roll_window(id, t)
   local we = num(t.win_end, 0)
   if we > 0 and NOW >= we then
-    put(id, t, 'used', 0)
-    put(id, t, 'win_end', 0)
+    put_all(id, t, { 'used', 0, 'win_end', 0 })
   end
 end
