@@ -2,8 +2,9 @@
 
 -- End one lease: its reserved units go back, `used_units` of them are counted as used.
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
-local function end_lease(lid, used_units)
-  local l = hgetall(lkey(lid))
+-- `read` is the lease hash when the caller has just read it (saves reading it again).
+local function end_lease(lid, used_units, read)
+  local l = read or hgetall(lkey(lid))
   if l == nil then return nil, nil end
   redis.call('DEL', lkey(lid))
   redis.call('ZREM', K.leases, lid)
