@@ -18,6 +18,13 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Redis Functions (the vault's atomic operations) need Redis 7.0 or later.
+redis_major=$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')
+if [ "${redis_major:-0}" -lt 7 ]; then
+  echo "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') is too old: tokenvault needs Redis 7.0 or later (Debian 12, Ubuntu 24.04, or packages.redis.io)" >&2
+  exit 1
+fi
+
 # The Debian package starts a system-wide redis on 6379; tokenvault never uses it (tests and
 # dev mode start their own on free ports), so leave it as the package set it up.
 
