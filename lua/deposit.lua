@@ -23,7 +23,7 @@ for _, d in ipairs(toks) do
 end
 local ids = {}
 for _, d in ipairs(toks) do
-  local seq = redis.call('INCR', K.base .. 'seq')
+  local seq = redis.call('INCR', seq_key())
   redis.call('HSET', tkey(d.id), 'id', d.id, 'state', 'active', 'seq', seq,
     'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
     'expires_at', d.expires_at, 'quota_limit', d.quota_limit, 'proxy', d.proxy,

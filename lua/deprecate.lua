@@ -13,7 +13,7 @@ end
 if t.state == 'active' then put(id, t, 'state', 'deprecated') end
 if ARGV[3] ~= '' then
   put(id, t, 'sunset_at', ARGV[3])
-  redis.call('ZADD', K.base .. 'sunset', tonumber(ARGV[3]), id)
+  redis.call('ZADD', sunset_key(), tonumber(ARGV[3]), id)
 end
 reconcile(id, t, c)
 return reply({ state = t.view })

@@ -51,7 +51,7 @@ put(id, t, 'job_id', '')
 put(id, t, 'refresh_attempts', 0)
 -- A refreshed deprecated token is current again: its sunset no longer applies, and it counts
 -- toward the emergency rotation that deprecated it.
-redis.call('ZREM', K.base .. 'sunset', id)
+redis.call('ZREM', sunset_key(), id)
 if t.rotation ~= nil and t.rotation ~= '' then
   if t.rotation == c.rotation_id then redis.call('HINCRBY', K.cfg, 'rotation_refreshed', 1) end
   put(id, t, 'rotation', '')

@@ -24,7 +24,7 @@ end
 local op = c.op
 local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', tonumber(ARGV[2]))
 local cursor, ids = res[1], res[2]
-local sunset_key = K.base .. 'sunset'
+local sunset_zset = sunset_key()
 
 local function deprecate(id, t)
   if t.state ~= 'active' or num(t.seq, 0) > num(c.op_max_seq, 0)
@@ -32,7 +32,7 @@ local function deprecate(id, t)
   put(id, t, 'state', 'deprecated')
   put(id, t, 'sunset_at', c.rotation_sunset_at)
   put(id, t, 'rotation', c.rotation_id)
-  redis.call('ZADD', sunset_key, num(c.rotation_sunset_at, 0), id)
+  redis.call('ZADD', sunset_zset, num(c.rotation_sunset_at, 0), id)
   if refreshable(t) then enqueue_job(id, t) end
   reconcile(id, t, c)
   return 1
@@ -43,7 +43,7 @@ local function restore(id, t)
   put(id, t, 'state', 'active')
   put(id, t, 'sunset_at', '')
   put(id, t, 'rotation', '')
-  redis.call('ZREM', sunset_key, id)
+  redis.call('ZREM', sunset_zset, id)
   if t.job_id == nil or t.job_id == '' then redis.call('ZREM', queue_of(t), id) end
   reconcile(id, t, c)
   return 1
@@ -87,8 +87,8 @@ end
 local op_fields = { 'op', 'op_id', 'op_cursor', 'op_affected', 'op_started_at', 'op_max_seq', 'op_rotation' }
 if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last_affected', total) end
 if op == 'delete' then
-  local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), K.base .. 'seq',
-    sunset_key, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
+  local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), seq_key(),
+    sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
   for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
     keys[#keys + 1] = vkey(view)
   end

@@ -15,5 +15,5 @@ end
 if op_running(c) then return op_busy(c) end
 redis.call('HSET', K.cfg, 'rotation_id', rid, 'rotation_started_at', NOW, 'rotation_sunset_at', sunset,
   'rotation_reason', ARGV[3], 'rotation_total', 0, 'rotation_refreshed', 0)
-local op_id = op_start('rotate', { max_seq = num(redis.call('GET', K.base .. 'seq'), 0) })
+local op_id = op_start('rotate', { max_seq = num(redis.call('GET', seq_key()), 0) })
 return reply({ rotation_id = rid, sunset_at = sunset, op_id = op_id })

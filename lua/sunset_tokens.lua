@@ -4,7 +4,7 @@
 -- Returns {"revoked":[{"token_id","leases_ended":[...]}...]}.
 local c = load_cfg()
 if c == nil then return reply({ revoked = {} }) end
-local sk = K.base .. 'sunset'
+local sk = sunset_key()
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', sk, id)

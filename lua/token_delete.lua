@@ -11,7 +11,7 @@ exp_del(id, t)
 redis.call('ZREM', K.ready, id)
 redis.call('ZREM', K.cool, id)
 unschedule(id)
-redis.call('ZREM', K.base .. 'sunset', id)
+redis.call('ZREM', sunset_key(), id)
 if t.view ~= nil then redis.call('SREM', vkey(t.view), id) end
 redis.call('SREM', K.ids, id)
 redis.call('DEL', tkey(id))

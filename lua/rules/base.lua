@@ -63,6 +63,8 @@ local function vkey(view) return K.base .. 'v:' .. view end
 local function stats_key() return K.base .. 'stats' end
 local function idem_key(idem) return K.base .. 'idem:' .. idem end
 local function session_key(session) return K.base .. 's:' .. session end
+local function sunset_key() return K.base .. 'sunset' end
+local function seq_key() return K.base .. 'seq' end
 
 local function reply(t) return cjson.encode(t) end
 

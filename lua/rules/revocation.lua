@@ -10,7 +10,7 @@ local function revoke_token(id, c, reason)
   put(id, t, 'last_error', reason)
   exp_del(id, t)
   unschedule(id)
-  redis.call('ZREM', K.base .. 'sunset', id)
+  redis.call('ZREM', sunset_key(), id)
   reconcile(id, t, c)
   return ended
 end

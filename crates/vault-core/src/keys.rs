@@ -126,6 +126,26 @@ impl PoolKeys {
     pub fn view(&self, state: &str) -> String {
         self.k(&format!("v:{state}"))
     }
+    /// The live leases of one token (`tlkey`).
+    pub fn token_leases(&self, id: &str) -> String {
+        self.k(&format!("tl:{id}"))
+    }
+    /// An idempotency record (`idem_key`; the key is already scoped to its client).
+    pub fn idempotency(&self, key: &str) -> String {
+        self.k(&format!("idem:{key}"))
+    }
+    /// A sticky session (`session_key`).
+    pub fn session(&self, session: &str) -> String {
+        self.k(&format!("s:{session}"))
+    }
+    /// Deposit order (the `pack` strategy's sequence).
+    pub fn seq(&self) -> String {
+        self.k("seq")
+    }
+    /// Refresh jobs for external login workers (`xjobs_key`).
+    pub fn xjobs(&self) -> String {
+        self.k("xjobs")
+    }
 
     /// `KEYS` for every script, in the order `lua/rules/base.lua` names them.
     pub fn script_keys(&self) -> [String; 8] {
@@ -153,6 +173,51 @@ mod tests {
         assert_eq!(k.token("x1"), "tv:{scrape.a}:t:x1");
         for key in k.script_keys() {
             assert!(key.starts_with("tv:{scrape.a}:"), "{key}");
+        }
+    }
+
+    /// Key suffixes are spelled in two languages; every one the function library builds from
+    /// the pool's prefix must be one this builder knows, so the two cannot drift apart.
+    #[test]
+    fn every_key_the_functions_build_is_mirrored_here() {
+        let k = Keys::new("tv").pool("p");
+        let known: Vec<String> = [
+            k.cfg(),
+            k.ready(),
+            k.cool(),
+            k.leases(),
+            k.exp(),
+            k.ids(),
+            k.jobs(),
+            k.audit(),
+            k.stats(),
+            k.sunset(),
+            k.due(),
+            k.seq(),
+            k.xjobs(),
+            k.token(""),
+            k.lease(""),
+            k.job(""),
+            k.view(""),
+            k.token_leases(""),
+            k.idempotency(""),
+            k.session(""),
+        ]
+        .iter()
+        .map(|key| key.strip_prefix(k.base()).unwrap().to_string())
+        .collect();
+        let code = &crate::scripts::LIBRARY.code;
+        let used: Vec<&str> = code
+            .split("K.base .. '")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('\'').unwrap()])
+            .collect();
+        assert!(used.len() >= 10, "{used:?}");
+        for suffix in used {
+            assert!(
+                known.iter().any(|k| k == suffix),
+                "lua builds `{suffix}` keys.rs does not know"
+            );
         }
     }
 }
