@@ -116,14 +116,6 @@ impl EventHub {
     }
 }
 
-/// The current time by the one clock, for event timestamps (falls back to local time).
-pub async fn now(s: &AppState) -> i64 {
-    s.store
-        .now_ms()
-        .await
-        .unwrap_or_else(|_| vault_core::time::now_ms())
-}
-
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -224,7 +216,7 @@ pub async fn stream(
                     Err(_) => false,
                 };
                 if gap {
-                    yield Ok(lost_notice(&from, now(&s).await));
+                    yield Ok(lost_notice(&from, s.store.event_time().await));
                 }
                 loop {
                     let batch = match s.store.events_after(&from, 500).await {

@@ -298,17 +298,18 @@ impl Store {
     }
 
     /// Emergency rotation: every current token deprecated, refreshed in the background, revoked
-    /// at `sunset_ms` unless refreshed. Returns the rotation id and how many tokens it covers.
+    /// `sunset_s` from now unless refreshed. Returns the rotation id, how many tokens it covers
+    /// and the sunset (unix ms).
     pub async fn rotate_pool(
         &self,
         actor: &Actor,
         pool: &str,
-        sunset_ms: i64,
+        sunset_s: u64,
         reason: &str,
-    ) -> Result<(String, u64)> {
+    ) -> Result<(String, u64, i64)> {
         let at = self.event_time().await;
+        let sunset_ms = at + (sunset_s as i64) * 1000;
         let (rotation_id, tokens) = self.pool_rotate(pool, sunset_ms, reason).await?;
-        let sunset_s = (sunset_ms - at).max(0) / 1000;
         tracing::warn!(pool, tokens, sunset_s, "emergency rotation started");
         self.record(&AuditEntry {
             detail: Some(format!(
@@ -325,7 +326,7 @@ impl Store {
             ..Default::default()
         };
         self.announce(ev, &[]).await;
-        Ok((rotation_id, tokens))
+        Ok((rotation_id, tokens, sunset_ms))
     }
 
     /// Roll the running emergency rotation back. Returns how many tokens were restored.

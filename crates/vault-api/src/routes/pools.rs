@@ -267,11 +267,9 @@ pub async fn rotate(
     if reason.len() > 1024 {
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
-    let now = crate::events::now(&s).await;
-    let sunset = now + (sunset_s as i64) * 1000;
-    let (rotation_id, tokens) = s
+    let (rotation_id, tokens, sunset) = s
         .store
-        .rotate_pool(&(&who).into(), pool, sunset, &reason)
+        .rotate_pool(&(&who).into(), pool, sunset_s, &reason)
         .await?;
     let body = crate::answers::RotationStarted {
         pool: pool.to_string(),

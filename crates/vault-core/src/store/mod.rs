@@ -466,27 +466,28 @@ impl Store {
     /// Send an `FCALL`; when Redis does not have the library (it restarted empty, a failover to
     /// a replica that never got it, someone flushed functions), load it and call once more.
     async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        let first = self
-            .timed(async {
+        // `None`: Redis does not have the function. Errors are classified inside `timed`, so
+        // they are counted like every other Redis call's.
+        let send = || {
+            self.timed(async {
                 let mut c = self.conn().await?;
-                Ok(cmd.query_async::<T>(&mut c).await)
+                match cmd.query_async::<T>(&mut c).await {
+                    Err(e) if e.to_string().contains("Function not found") => Ok(None),
+                    answer => answer.map(Some).map_err(|e| VaultError::from_redis(&e)),
+                }
             })
-            .await?;
-        match first {
-            Ok(v) => Ok(v),
-            Err(e) if e.to_string().contains("Function not found") => {
-                tracing::warn!(library = %scripts::LIBRARY.name, "redis lost the function library: loading it again");
-                self.load_scripts().await?;
-                self.timed(async {
-                    let mut c = self.conn().await?;
-                    cmd.query_async::<T>(&mut c)
-                        .await
-                        .map_err(|e| VaultError::from_redis(&e))
-                })
-                .await
-            }
-            Err(e) => Err(VaultError::from_redis(&e)),
+        };
+        if let Some(answer) = send().await? {
+            return Ok(answer);
         }
+        tracing::warn!(library = %scripts::LIBRARY.name, "redis lost the function library: loading it again");
+        self.load_scripts().await?;
+        send().await?.ok_or_else(|| {
+            VaultError::ScriptsUnavailable(format!(
+                "{} is missing right after it was loaded",
+                scripts::LIBRARY.name
+            ))
+        })
     }
 
     /// Load the function library (`FUNCTION LOAD REPLACE`, the same code under the same name is

@@ -229,11 +229,8 @@ impl Store {
                     .to_fields()
                     .into_iter()
                     .filter(|(k, _)| {
-                        !k.starts_with("refresh")
-                            || *k == "refresh_margin_s"
-                            || *k == "refresh_concurrency"
+                        !matches!(*k, "refresh" | "refresh_ct" | "refresh_key_id" | "probe")
                     })
-                    .filter(|(k, _)| *k != "probe")
                     .collect();
                 let mut cmd = redis::cmd("HSET");
                 cmd.arg(self.keys.pool(pool).cfg());
