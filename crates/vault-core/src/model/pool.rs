@@ -208,11 +208,15 @@ pub const fn default_refresh_margin_s(min_token_ttl_s: u64) -> u64 {
 }
 
 impl PoolConfig {
-    /// The config of a pool that sets nothing.
-    pub fn defaults() -> PoolConfig {
-        PoolConfigInput::default()
-            .settings()
-            .expect("the defaults are valid")
+    /// The config of a pool that sets nothing (validated once: stored configs are read back
+    /// on hot paths, every janitor sweep among them).
+    pub fn defaults() -> &'static PoolConfig {
+        static DEFAULTS: std::sync::LazyLock<PoolConfig> = std::sync::LazyLock::new(|| {
+            PoolConfigInput::default()
+                .settings()
+                .expect("the defaults are valid")
+        });
+        &DEFAULTS
     }
 
     /// The margin rule against what the provider issues: a token leaves rotation with less than
