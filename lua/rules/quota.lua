@@ -16,9 +16,20 @@ local function headroom(t, c)
 end
 
 -- The quota window is fixed and starts at the first reservation after the last one ended.
-local function roll_window(id, t)
+local function window_over(t)
   local we = num(t.win_end, 0)
-  if we > 0 and NOW >= we then
-    put_all(id, t, { 'used', 0, 'win_end', 0 })
-  end
+  return we > 0 and NOW >= we
+end
+
+local function roll_window(id, t)
+  if window_over(t) then put_all(id, t, { 'used', 0, 'win_end', 0 }) end
+end
+
+-- The token's quota as it stands now, for readers (metadata, status), without writing: a window
+-- that is over counts nothing used, as `roll_window` records at the token's next transition.
+local function quota_now(t, c)
+  local q = { used = num(t.used, 0), reserved = num(t.reserved, 0), limit = limit_of(t, c),
+              win_end = num(t.win_end, 0) }
+  if window_over(t) then q.used, q.win_end = 0, 0 end
+  return q
 end

@@ -112,6 +112,7 @@ transitions! {
     POOL_ROTATE => "pool_rotate",
     POOL_ROTATE_CANCEL => "pool_rotate_cancel",
     POOL_OP => "pool_op",
+    TOKEN_ROWS => "token_rows",
 }
 
 /// Not a pool transition (it touches the vault-wide event stream, with its own keys).

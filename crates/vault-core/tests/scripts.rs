@@ -201,6 +201,48 @@ async fn window_reset_brings_an_exhausted_token_back() {
     e.lease(2).await.unwrap();
 }
 
+/// Metadata, listings and status read the quota as the quota rule sees it now: the moment the
+/// window is over it counts nothing used, before any transition has written that down.
+#[tokio::test]
+async fn readers_see_a_window_over_before_any_transition_records_it() {
+    let e =
+        Env::new(json!({"quota_limit": 4, "quota_window_s": 10, "max_leases_per_token": 5})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}, {"secret": "s2", "id": "b", "quota_limit": 8}]))
+        .await;
+    let l = e.lease(3).await.unwrap();
+    e.release(&l.lease_id, None, Outcome::Ok).await.unwrap();
+    let m = e.meta(&l.token_id).await;
+    assert_eq!(m.quota.used, 3);
+    assert!(m.quota.window_resets_at.is_some());
+    let limit = m.quota.limit.unwrap();
+    assert_eq!(
+        e.store.pool_status("p").await.unwrap().quota_used_ratio,
+        Some(3.0 / 12.0)
+    );
+    assert_eq!(limit, if l.token_id == "a" { 4 } else { 8 });
+    e.advance(10_000);
+    let m = e.meta(&l.token_id).await;
+    assert_eq!((m.quota.used, m.quota.limit), (0, Some(limit)));
+    assert_eq!(m.quota.window_resets_at, None);
+    let (page, _) = e.store.token_list("p", None, 10, 0).await.unwrap();
+    assert!(page.iter().all(|t| t.quota.used == 0), "{page:?}");
+    assert_eq!(
+        e.store.pool_status("p").await.unwrap().quota_used_ratio,
+        Some(0.0)
+    );
+    // The stored fields still say 3 until the token's next transition writes the roll.
+    let k = e.store.keys().pool("p").token(&l.token_id);
+    assert_eq!(e.redis.cli(&["HGET", &k, "used"]).trim(), "3");
+    assert!(matches!(
+        e.store.token_get("p", "nope").await,
+        Err(VaultError::TokenNotFound)
+    ));
+    assert!(matches!(
+        e.store.token_get("nopool", "a").await,
+        Err(VaultError::PoolNotFound)
+    ));
+}
+
 #[tokio::test]
 async fn concurrency_limit_per_token() {
     let e = Env::new(json!({"max_leases_per_token": 2})).await;

@@ -146,29 +146,25 @@ pub struct QuotaView {
     pub window_resets_at: Option<String>,
 }
 
-impl QuotaView {
-    /// A token's quota as of `now_ms`, read from its stored fields without writing: a window
-    /// that has ended counts nothing used, as `roll_window` (lua/rules/quota.lua) will record at
-    /// the token's next transition; the limit is the token's own, else the pool's
-    /// (`limit_of`). The one reader of these fields in Rust (metadata and status use it).
-    pub fn of(
-        used: i64,
-        reserved: i64,
-        win_end: i64,
-        own_limit: Option<u64>,
-        cfg: &PoolConfig,
-        now_ms: i64,
-    ) -> QuotaView {
-        let window_live = win_end > now_ms;
+/// A token's quota as the quota rule reads it now (`quota_now` in lua/rules/quota.lua): a
+/// window that is over already counts nothing used. Rust shows it, never recomputes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuotaNow {
+    pub used: i64,
+    pub reserved: i64,
+    /// The token's own limit, else the pool's; None = unlimited.
+    pub limit: Option<u64>,
+    /// End of the live window, 0 = none.
+    pub win_end: i64,
+}
+
+impl From<QuotaNow> for QuotaView {
+    fn from(q: QuotaNow) -> Self {
         QuotaView {
-            used: if window_live || win_end == 0 {
-                used.max(0) as u64
-            } else {
-                0
-            },
-            reserved: reserved.max(0) as u64,
-            limit: own_limit.or(cfg.quota_limit),
-            window_resets_at: window_live.then(|| rfc3339(win_end)),
+            used: q.used.max(0) as u64,
+            reserved: q.reserved.max(0) as u64,
+            limit: q.limit,
+            window_resets_at: (q.win_end > 0).then(|| rfc3339(q.win_end)),
         }
     }
 }
@@ -203,9 +199,9 @@ impl TokenMeta {
         "refresh_attempts",
     ];
 
-    /// Build from an `HMGET` of [`TokenMeta::FIELDS`] and the pool config (for the effective
-    /// quota limit). None when the token does not exist.
-    pub fn from_row(row: &[Option<String>], cfg: &PoolConfig, now_ms: i64) -> Option<Self> {
+    /// Build from the values of [`TokenMeta::FIELDS`] (in that order) and the token's quota as
+    /// `token_rows.lua` read them. None when the token does not exist.
+    pub fn from_row(row: &[Option<String>], quota: QuotaNow, now_ms: i64) -> Option<Self> {
         let get = |k: &str| {
             Self::FIELDS
                 .iter()
@@ -222,14 +218,7 @@ impl TokenMeta {
             id: s("id"),
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),
-            quota: QuotaView::of(
-                n("used"),
-                n("reserved"),
-                n("win_end"),
-                get("quota_limit").and_then(|v| v.parse().ok()),
-                cfg,
-                now_ms,
-            ),
+            quota: quota.into(),
             leases: n("leases").max(0) as u64,
             binding: Binding {
                 proxy: opt_s("proxy"),

@@ -176,6 +176,17 @@ mod reply {
         pub(super) leases_ended: Vec<String>,
     }
     #[derive(Deserialize)]
+    pub(super) struct TokenRows {
+        #[serde(deserialize_with = "lua_list")]
+        pub(super) rows: Vec<TokenRow>,
+    }
+    /// Both present, or both absent for a token that does not exist.
+    #[derive(Deserialize)]
+    pub(super) struct TokenRow {
+        pub(super) fields: Option<Vec<Option<String>>>,
+        pub(super) quota: Option<crate::model::QuotaNow>,
+    }
+    #[derive(Deserialize)]
     pub(super) struct Deposited {
         #[serde(deserialize_with = "lua_list")]
         pub(super) ids: Vec<String>,

@@ -1,7 +1,6 @@
 //! Pools: config, listing, status, whole-pool operations, freeze.
 
 use super::*;
-use crate::model::QuotaView;
 
 /// The status pipeline's answer: live leases, tokens with an expiry, stats hash, Redis TIME,
 /// sampled token ids.
@@ -383,9 +382,7 @@ impl Store {
         let ok = *stats.get("refresh_ok").unwrap_or(&0) as f64;
         let failed = *stats.get("refresh_fail").unwrap_or(&0) as f64;
         let refresh_success_rate = (ok + failed > 0.0).then(|| ok / (ok + failed));
-        let quota_used_ratio = self
-            .quota_ratio(name, &view.config, &sample, now_ms)
-            .await?;
+        let quota_used_ratio = self.quota_ratio(name, &sample).await?;
         let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
         let field = |i: usize| rot.get(i).cloned().flatten().unwrap_or_default();
         let operation = (!field(6).is_empty()).then(|| crate::model::OperationStatus {
@@ -443,40 +440,21 @@ impl Store {
 
     /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a
     /// random sample of 1,000 above that (status must not walk a 100k-token pool).
-    async fn quota_ratio(
-        &self,
-        name: &str,
-        cfg: &PoolConfig,
-        ids: &[String],
-        now_ms: i64,
-    ) -> Result<Option<f64>> {
+    async fn quota_ratio(&self, name: &str, ids: &[String]) -> Result<Option<f64>> {
         if ids.is_empty() {
             return Ok(None);
         }
-        let pk = self.keys.pool(name);
-        let mut p = redis::pipe();
-        for id in ids {
-            p.cmd("HMGET").arg(pk.token(id)).arg(&[
-                "state",
-                "used",
-                "reserved",
-                "quota_limit",
-                "win_end",
-            ]);
-        }
-        let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+        let rows = self.token_rows(name, &["state"], ids).await?;
         let (mut used, mut limit) = (0f64, 0f64);
-        for r in rows {
-            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-            if !matches!(get(0).as_str(), "active" | "deprecated") {
+        for (values, q) in rows.into_iter().flatten() {
+            let state = values.first().cloned().flatten().unwrap_or_default();
+            if !matches!(state.as_str(), "active" | "deprecated") {
                 continue;
             }
-            let n = |i: usize| get(i).parse::<f64>().unwrap_or(0.0) as i64;
-            let q = QuotaView::of(n(1), n(2), n(4), get(3).parse().ok(), cfg, now_ms);
             let Some(lim) = q.limit else {
                 continue;
             };
-            used += (q.used + q.reserved) as f64;
+            used += (q.used.max(0) + q.reserved.max(0)) as f64;
             limit += lim as f64;
         }
         Ok((limit > 0.0).then(|| (used / limit).min(1.0)))

@@ -1,6 +1,7 @@
 //! Tokens: deposit, metadata, and the per-token transitions.
 
 use super::*;
+use crate::model::QuotaNow;
 
 impl Store {
     pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Vec<String>> {
@@ -40,16 +41,33 @@ impl Store {
     }
 
     pub async fn token_get(&self, pool: &str, id: &str) -> Result<TokenMeta> {
-        let cfg = self.pool_config(pool).await?;
-        let row: Vec<Option<String>> = self
-            .cmd(
-                redis::cmd("HMGET")
-                    .arg(self.keys.pool(pool).token(id))
-                    .arg(&TokenMeta::FIELDS[..])
-                    .clone(),
+        let now = self.now_ms().await?;
+        let row = self
+            .token_rows(
+                pool,
+                &TokenMeta::FIELDS,
+                std::slice::from_ref(&id.to_string()),
             )
-            .await?;
-        TokenMeta::from_row(&row, &cfg, self.now_ms().await?).ok_or(VaultError::TokenNotFound)
+            .await?
+            .pop()
+            .flatten();
+        row.and_then(|(values, quota)| TokenMeta::from_row(&values, quota, now))
+            .ok_or(VaultError::TokenNotFound)
+    }
+
+    /// Tokens' stored `fields` (in that order) and their quota as the quota rule reads it now
+    /// (`token_rows.lua`), one entry per id: None for a token that does not exist.
+    pub(super) async fn token_rows(
+        &self,
+        pool: &str,
+        fields: &[&str],
+        ids: &[String],
+    ) -> Result<Vec<Option<(Vec<Option<String>>, QuotaNow)>>> {
+        let mut args = Vec::with_capacity(ids.len() + 1);
+        args.push(serde_json::to_string(fields).expect("field names serialize"));
+        args.extend(ids.iter().cloned());
+        let v: reply::TokenRows = self.eval(&scripts::TOKEN_ROWS, pool, &args).await?;
+        Ok(v.rows.into_iter().map(|r| r.fields.zip(r.quota)).collect())
     }
 
     /// One page of token metadata, optionally only tokens in view state `state`.
@@ -61,26 +79,19 @@ impl Store {
         limit: usize,
         cursor: u64,
     ) -> Result<(Vec<TokenMeta>, Option<u64>)> {
-        let cfg = self.pool_config(pool).await?;
         let pk = self.keys.pool(pool);
         let set = match state {
             Some(s) => pk.view(s),
             None => pk.ids(),
         };
         let (ids, next) = self.sscan_page(&set, cursor, limit).await?;
-        let mut p = redis::pipe();
-        for id in &ids {
-            p.cmd("HMGET").arg(pk.token(id)).arg(&TokenMeta::FIELDS[..]);
-        }
-        let rows: Vec<Vec<Option<String>>> = if ids.is_empty() {
-            vec![]
-        } else {
-            self.pipe(p).await?
-        };
+        // Called even for an empty page: it answers pool_not_found for an unknown pool.
+        let rows = self.token_rows(pool, &TokenMeta::FIELDS, &ids).await?;
         let now = self.now_ms().await?;
         let mut metas: Vec<TokenMeta> = rows
-            .iter()
-            .filter_map(|row| TokenMeta::from_row(row, &cfg, now))
+            .into_iter()
+            .flatten()
+            .filter_map(|(values, quota)| TokenMeta::from_row(&values, quota, now))
             .collect();
         metas.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((metas, next))
