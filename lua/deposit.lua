@@ -33,7 +33,7 @@ for _, d in ipairs(toks) do
     'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,
     'last_error', '', 'created_at', NOW, 'last_leased_at', 0, 'generation', 1)
   redis.call('SADD', K.ids, d.id)
-  back_in_rotation(d.id, hgetall(tkey(d.id)), c)
+  back_in_rotation(d.id, load_token(d.id), c)
   ids[#ids + 1] = d.id
 end
 return reply({ ids = ids })

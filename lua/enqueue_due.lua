@@ -7,7 +7,7 @@ if c == nil then return reply({ enqueued = 0 }) end
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key(), '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', due_key(), id)
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   if t ~= nil and in_rotation(t) and refreshable(t) then
     enqueue_job(id, t)
     n = n + 1

@@ -8,7 +8,7 @@ if c == nil then return reply({ moved = 0 }) end
 local n = 0
 local horizon = NOW + min_ttl_ms(c)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.exp, '-inf', '(' .. horizon, 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   if t == nil then
     redis.call('ZREM', K.exp, id)
   elseif in_rotation(t) then

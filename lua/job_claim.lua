@@ -17,7 +17,7 @@ local limit = tonumber(ARGV[5])
 if limit ~= nil and redis.call('ZCARD', claimed) >= limit then return reply({ at_limit = true }) end
 local job_id, vis = ARGV[3], NOW + tonumber(ARGV[4])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10)) do
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   if t == nil or not refreshable(t) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
     redis.call('ZREM', q, id)
   else

@@ -63,7 +63,7 @@ for _, id in ipairs(ids) do
   if op == 'delete' then
     affected = affected + delete(id)
   else
-    local t = hgetall(tkey(id))
+    local t = load_token(id)
     if t ~= nil then
       if op == 'reconfigure' then
         if in_rotation(t) then due_add(id, t, c) end

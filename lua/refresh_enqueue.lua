@@ -6,7 +6,7 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local id = ARGV[2]
-local t = hgetall(tkey(id))
+local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if not refreshable(t) then return fail('conflict', { detail = 'the token has no refresh method' }) end
 if t.state == 'revoked' then return fail('conflict', { detail = 'the token is revoked' }) end

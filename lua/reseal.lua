@@ -8,7 +8,7 @@
 -- proxy ciphertext ("" = leave it); ARGV[11] its key id.
 -- Returns {"resealed":bool} | {"err":"token_not_found"}.
 local id = ARGV[2]
-local t = hgetall(tkey(id))
+local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if t.secret_ct ~= ARGV[3] or (t.refresh_ct or '') ~= ARGV[6] or (t.proxy_ct or '') ~= ARGV[9] then
   return reply({ resealed = false })

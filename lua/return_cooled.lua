@@ -6,7 +6,7 @@ local c = load_cfg()
 if c == nil then return reply({ returned = 0 }) end
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.cool, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   if t == nil then
     redis.call('ZREM', K.cool, id)
   else

@@ -5,7 +5,7 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local id = ARGV[2]
-local t = hgetall(tkey(id))
+local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if t.state == 'revoked' then return reply({ leases_ended = {}, already = true }) end
 return reply({ leases_ended = revoke_token(id, c, ARGV[3]), already = false })

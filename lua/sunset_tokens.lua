@@ -8,7 +8,7 @@ local sk = sunset_key()
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
   redis.call('ZREM', sk, id)
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   if t ~= nil and t.state == 'deprecated' then
     out[#out + 1] = { token_id = id, leases_ended = revoke_token(id, c, 'sunset') }
   end

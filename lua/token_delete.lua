@@ -4,7 +4,7 @@
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end
 local id = ARGV[2]
-local t = hgetall(tkey(id))
+local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 local ended = end_token_leases(id)
 exp_del(id, t)

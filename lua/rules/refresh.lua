@@ -76,7 +76,7 @@ end
 local function load_claim(job_id, allow_expired)
   local j = hgetall(job_key(job_id))
   if j == nil then return nil, fail('job_gone') end
-  local t = hgetall(tkey(j.token))
+  local t = load_token(j.token)
   if t == nil then
     redis.call('DEL', job_key(job_id))
     return nil, fail('job_gone')

@@ -4,7 +4,7 @@
 -- Revoke token `id` (it exists and is not revoked yet). Returns the ids of the leases it ended.
 local function revoke_token(id, c, reason)
   local ended = end_token_leases(id)
-  local t = hgetall(tkey(id))
+  local t = load_token(id)
   put(id, t, 'state', 'revoked')
   put(id, t, 'revoked_at', NOW)
   put(id, t, 'last_error', reason)
