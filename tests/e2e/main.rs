@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod client;
 mod concurrency;
+mod deployment;
 mod dev;
 mod events;
 mod fakes;

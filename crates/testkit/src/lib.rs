@@ -104,7 +104,8 @@ impl RedisServer {
         }
     }
 
-    /// Start it again on the same port (data is gone: no persistence in tests).
+    /// Start it again on the same port and directory: the data is gone unless the server was
+    /// started with persistence (`appendonly yes`), which then reloads it.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();

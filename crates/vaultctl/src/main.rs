@@ -1,7 +1,10 @@
 //! vaultctl: operator CLI. Offline commands need no server: generating a signing key and
 //! minting a client token with it (the bootstrap: the first admin token comes from here).
 //! `keys reencrypt` talks to Redis directly (it needs the master keys, which the API never
-//! hands out).
+//! hands out). `check` is the invariant checker: it drives a running vault and proves its rules
+//! held (see `check/`).
+
+mod check;
 
 use std::path::PathBuf;
 
@@ -28,6 +31,9 @@ enum Cmd {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Drive a running vault with workers, an operator and a login worker, then prove from the
+    /// log and a final read that no rule was broken. Exit status 2 on any violation.
+    Check(check::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -283,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{token}");
         }
+        Cmd::Check(_) => unreachable!("main runs check itself (it has an exit status of its own)"),
     }
     Ok(())
 }
@@ -303,7 +310,18 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if let Cmd::Check(args) = cli.cmd {
+        return match check::run(args, parse_ttl).await {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(2),
+            Err(e) => {
+                eprintln!("vaultctl check: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vaultctl: {e:#}");

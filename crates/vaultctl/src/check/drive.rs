@@ -1,0 +1,630 @@
+//! The load: workers leasing, renewing and reporting; an operator revoking, freezing, depositing
+//! and revoking client tokens; an external login worker completing refresh jobs. Every request
+//! goes into the log with its timing and answer; nothing here judges the answers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::verify::{Final, FinalPool, FinalToken, Grant, Op, Rec};
+
+/// The vault URLs, one admin token, and the run's clock.
+pub(crate) struct Vault {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    token: String,
+    next: AtomicUsize,
+    t0: Instant,
+    log: Mutex<Vec<Rec>>,
+}
+
+/// One answer (or none).
+pub(crate) struct Answer {
+    pub(crate) sent: u64,
+    pub(crate) acked: Option<u64>,
+    pub(crate) status: u16,
+    pub(crate) code: String,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    fn rec(&self, op: Op) -> Rec {
+        Rec {
+            sent: self.sent,
+            acked: self.acked,
+            status: self.status,
+            code: self.code.clone(),
+            op,
+        }
+    }
+    fn lost(&self) -> bool {
+        self.status == 0 || (self.status >= 500 && self.code != "pool_exhausted")
+    }
+}
+
+impl Vault {
+    pub(crate) fn new(urls: Vec<String>, token: String, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Vault {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()?,
+            urls: urls
+                .into_iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
+            token,
+            next: AtomicUsize::new(0),
+            t0: Instant::now(),
+            log: Mutex::new(vec![]),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    pub(crate) fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Send one request to the next URL (round robin), with `token` or the admin token.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        token: Option<&str>,
+    ) -> Answer {
+        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
+        self.call_at(url, method, path, body, idempotency_key, token)
+            .await
+    }
+
+    async fn call_at(
+        &self,
+        url: &str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        token: Option<&str>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(token.unwrap_or(&self.token));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let sent = self.now();
+        let (status, body) = match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                match resp.bytes().await {
+                    Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+                    // The answer was cut off: as good as no answer.
+                    Err(_) => (0, Value::Null),
+                }
+            }
+            Err(_) => (0, Value::Null),
+        };
+        let acked = (status != 0).then(|| self.now());
+        let code = body
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        Answer {
+            sent,
+            acked,
+            status,
+            code,
+            body,
+        }
+    }
+
+    fn record(&self, a: &Answer, op: Op) {
+        self.log.lock().unwrap().push(a.rec(op));
+    }
+
+    pub(crate) fn take_log(&self) -> Vec<Rec> {
+        let mut log = std::mem::take(&mut *self.log.lock().unwrap());
+        log.sort_by_key(|r| r.sent);
+        log
+    }
+}
+
+/// What the run does, decided up front.
+#[derive(Clone)]
+pub(crate) struct Plan {
+    pub(crate) pools: Vec<String>,
+    pub(crate) workers: usize,
+    pub(crate) duration: Duration,
+    pub(crate) seed: u64,
+    pub(crate) min_token_ttl_s: u64,
+}
+
+/// Parse an RFC 3339 time from an answer into unix ms.
+fn ms(v: &Value) -> Option<i64> {
+    let s = v.as_str()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
+    Some(Grant {
+        lease_id: body.get("lease_id")?.as_str()?.to_string(),
+        token_id: body.get("token_id")?.as_str()?.to_string(),
+        units: body.get("units")?.as_u64()?,
+        ttl_ms,
+        lease_expires_at: ms(body.get("lease_expires_at")?)?,
+        token_expires_at: match body.get("token_expires_at") {
+            None | Some(Value::Null) => 0,
+            Some(v) => ms(v)?,
+        },
+    })
+}
+
+/// A worker: lease, use a little, sometimes renew, report. A request without an answer is tried
+/// once more (a lease with the same Idempotency-Key, so a retry never leaks a second lease).
+async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
+    let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(n as u64 * 7919));
+    while Instant::now() < until {
+        let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
+        let units: u64 = rng.gen_range(1..=3);
+        let ttl_s: i64 = [2, 5, 10][rng.gen_range(0..3)];
+        let body = json!({"worker": format!("check-{n}"), "units": units, "ttl_s": ttl_s});
+        let idem = uuid::Uuid::new_v4().to_string();
+        let path = format!("/v1/pools/{pool}/leases");
+        let mut a = v
+            .call(Method::POST, &path, Some(&body), Some(&idem), None)
+            .await;
+        for attempt in 0..2 {
+            let g = (a.status == 201)
+                .then(|| grant(&a.body, ttl_s * 1000))
+                .flatten();
+            v.record(
+                &a,
+                Op::Lease {
+                    pool: pool.clone(),
+                    units,
+                    grant: g,
+                },
+            );
+            if attempt == 0 && a.lost() {
+                a = v
+                    .call(Method::POST, &path, Some(&body), Some(&idem), None)
+                    .await;
+            } else {
+                break;
+            }
+        }
+        match a.status {
+            201 => {}
+            423 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..30))).await;
+                continue;
+            }
+        }
+        let Some(g) = grant(&a.body, ttl_s * 1000) else {
+            continue;
+        };
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
+        let lease_path = format!("/v1/pools/{pool}/leases/{}", g.lease_id);
+        let roll = rng.gen_range(0..100);
+        if roll < 3 && ttl_s == 2 {
+            continue; // abandoned: it ends at its deadline
+        }
+        if roll < 10 {
+            let a = v
+                .call(
+                    Method::POST,
+                    &format!("{lease_path}/renew"),
+                    Some(&json!({"ttl_s": ttl_s})),
+                    None,
+                    None,
+                )
+                .await;
+            let rg = (a.status == 200)
+                .then(|| grant(&a.body, ttl_s * 1000))
+                .flatten();
+            v.record(
+                &a,
+                Op::Renew {
+                    pool: pool.clone(),
+                    lease_id: g.lease_id.clone(),
+                    token_id: g.token_id.clone(),
+                    grant: rg,
+                },
+            );
+        }
+        let outcome = match rng.gen_range(0..100) {
+            0..=5 => "rate_limited",
+            6..=8 => "unauthorized",
+            _ => "ok",
+        };
+        let used = rng.gen_range(0..=g.units);
+        let report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
+        for _ in 0..2 {
+            let a = v
+                .call(
+                    Method::POST,
+                    &format!("{lease_path}/release"),
+                    Some(&report),
+                    None,
+                    None,
+                )
+                .await;
+            v.record(
+                &a,
+                Op::Release {
+                    pool: pool.clone(),
+                    lease_id: g.lease_id.clone(),
+                    token_id: g.token_id.clone(),
+                    used,
+                    outcome: outcome.into(),
+                    retry_after_ms: 1000,
+                },
+            );
+            if !a.lost() {
+                break;
+            }
+        }
+    }
+}
+
+/// Deposit `count` tokens into `pool`: a third of them expire within the run (they cross the
+/// TTL margin while it lasts), the rest in an hour.
+pub(crate) async fn deposit(
+    v: &Vault,
+    plan: &Plan,
+    rng: &mut StdRng,
+    pool: &str,
+    count: usize,
+) -> bool {
+    let now = vault_core::time::now_ms();
+    let tokens: Vec<Value> = (0..count)
+        .map(|_| {
+            let life_s = if rng.gen_range(0..3) == 0 {
+                plan.min_token_ttl_s as i64 + rng.gen_range(2..=plan.duration.as_secs() as i64 + 10)
+            } else {
+                3600
+            };
+            json!({
+                "id": format!("c{}", uuid::Uuid::new_v4().simple()),
+                "secret": format!("check-secret-{}", uuid::Uuid::new_v4().simple()),
+                "expires_at": vault_core::time::rfc3339(now + life_s * 1000),
+            })
+        })
+        .collect();
+    let ids = tokens
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    let a = v
+        .call(
+            Method::POST,
+            &format!("/v1/pools/{pool}/tokens"),
+            Some(&json!({ "tokens": tokens })),
+            None,
+            None,
+        )
+        .await;
+    v.record(
+        &a,
+        Op::Deposit {
+            pool: pool.into(),
+            ids,
+        },
+    );
+    a.status == 201
+}
+
+/// The operator: every ~100 ms one of revoke a token, freeze then unfreeze a pool, deposit,
+/// or mint a client token and revoke it.
+async fn operator(
+    v: Arc<Vault>,
+    plan: Plan,
+    until: Instant,
+    revoked_clients: Arc<Mutex<Vec<RevokedClient>>>,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
+        let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
+        match rng.gen_range(0..10) {
+            0 | 1 => {
+                // Revoke a token in rotation.
+                let a = v
+                    .call(
+                        Method::GET,
+                        &format!("/v1/pools/{pool}/tokens?state=active&limit=20"),
+                        None,
+                        None,
+                        None,
+                    )
+                    .await;
+                let ids: Vec<String> = a.body["tokens"]
+                    .as_array()
+                    .map(|t| {
+                        t.iter()
+                            .filter_map(|t| t["id"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if ids.is_empty() {
+                    continue;
+                }
+                let id = ids[rng.gen_range(0..ids.len())].clone();
+                let a = v
+                    .call(
+                        Method::POST,
+                        &format!("/v1/pools/{pool}/tokens/{id}/revoke"),
+                        Some(&json!({"reason": "check"})),
+                        None,
+                        None,
+                    )
+                    .await;
+                v.record(&a, Op::Revoke { pool, token_id: id });
+            }
+            2 => {
+                let revoke_leases = rng.gen_bool(0.5);
+                let a = v
+                    .call(
+                        Method::POST,
+                        &format!("/v1/pools/{pool}/freeze"),
+                        Some(&json!({"revoke_leases": revoke_leases, "reason": "check"})),
+                        None,
+                        None,
+                    )
+                    .await;
+                v.record(
+                    &a,
+                    Op::Freeze {
+                        pool: pool.clone(),
+                        revoke_leases,
+                    },
+                );
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
+                // Unfreeze until it is acknowledged: a pool left frozen would starve the run.
+                for _ in 0..5 {
+                    let a = v
+                        .call(
+                            Method::POST,
+                            &format!("/v1/pools/{pool}/unfreeze"),
+                            None,
+                            None,
+                            None,
+                        )
+                        .await;
+                    v.record(&a, Op::Unfreeze { pool: pool.clone() });
+                    if a.status == 200 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            3 => {
+                let a = v
+                    .call(
+                        Method::POST,
+                        "/v1/clients",
+                        Some(&json!({"sub": "check-client", "scopes": ["lease"], "pools": [pool], "ttl_s": 3600})),
+                        None,
+                        None,
+                    )
+                    .await;
+                let (Some(token), Some(jti)) = (a.body["token"].as_str(), a.body["jti"].as_str())
+                else {
+                    continue;
+                };
+                let a = v
+                    .call(
+                        Method::POST,
+                        "/v1/clients/revoke",
+                        Some(&json!({"jti": jti})),
+                        None,
+                        None,
+                    )
+                    .await;
+                v.record(&a, Op::ClientRevoke { jti: jti.into() });
+                if a.status == 200 || a.status == 204 {
+                    revoked_clients.lock().unwrap().push(RevokedClient {
+                        jti: jti.to_string(),
+                        token: token.to_string(),
+                        pool: pool.clone(),
+                        acked: Instant::now(),
+                    });
+                }
+            }
+            _ => {
+                deposit(&v, &plan, &mut rng, &pool, 2).await;
+            }
+        }
+    }
+}
+
+/// An external login worker: claims refresh jobs and completes them with a fresh secret.
+async fn login_worker(v: Arc<Vault>, plan: Plan, until: Instant) {
+    while Instant::now() < until {
+        let mut idle = true;
+        for pool in &plan.pools {
+            let a = v
+                .call(
+                    Method::POST,
+                    &format!("/v1/pools/{pool}/refresh-jobs/claim"),
+                    Some(&json!({})),
+                    None,
+                    None,
+                )
+                .await;
+            if a.status != 200 {
+                continue;
+            }
+            let (Some(job), Some(token)) = (a.body["job_id"].as_str(), a.body["token_id"].as_str())
+            else {
+                continue;
+            };
+            idle = false;
+            let expires = vault_core::time::rfc3339(vault_core::time::now_ms() + 3_600_000);
+            let a = v
+                .call(
+                    Method::POST,
+                    &format!("/v1/pools/{pool}/refresh-jobs/{job}/complete"),
+                    Some(&json!({"secret": format!("refreshed-{}", uuid::Uuid::new_v4().simple()), "expires_at": expires})),
+                    None,
+                    None,
+                )
+                .await;
+            v.record(
+                &a,
+                Op::RefreshDone {
+                    pool: pool.clone(),
+                    token_id: token.into(),
+                },
+            );
+        }
+        if idle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A client token the operator revoked, and when the vault acknowledged that.
+pub(crate) struct RevokedClient {
+    jti: String,
+    token: String,
+    pool: String,
+    acked: Instant,
+}
+
+/// How soon a client-token revocation must hold on every replica (the API's promise).
+const CLIENT_REVOCATION_BOUND: Duration = Duration::from_secs(1);
+
+/// Run the load for `plan.duration`. Returns the client tokens it revoked.
+pub(crate) async fn run(v: Arc<Vault>, plan: &Plan) -> Vec<RevokedClient> {
+    let until = Instant::now() + plan.duration;
+    let revoked = Arc::new(Mutex::new(vec![]));
+    let mut tasks = vec![];
+    for n in 0..plan.workers {
+        tasks.push(tokio::spawn(worker(v.clone(), plan.clone(), n, until)));
+    }
+    tasks.push(tokio::spawn(operator(
+        v.clone(),
+        plan.clone(),
+        until,
+        revoked.clone(),
+    )));
+    tasks.push(tokio::spawn(login_worker(v.clone(), plan.clone(), until)));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let out = std::mem::take(&mut *revoked.lock().unwrap());
+    out
+}
+
+/// Read the vault's state at the end: every token's state and quota, every pool's frozen flag;
+/// and whether every URL refuses each revoked client token. Retries each read until it is
+/// answered (the vault may still be recovering from what a scenario did to it).
+pub(crate) async fn final_read(
+    v: &Vault,
+    pools: &[String],
+    revoked: &[RevokedClient],
+    patience: Duration,
+) -> anyhow::Result<Final> {
+    let deadline = Instant::now() + patience;
+    let get = |path: String| async move {
+        loop {
+            let a = v.call(Method::GET, &path, None, None, None).await;
+            if a.status == 200 {
+                return Ok(a.body);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "GET {path}: no answer from the vault for the final read (last status {})",
+                    a.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let mut fin = Final::default();
+    for pool in pools {
+        let status = get(format!("/v1/pools/{pool}/status")).await?;
+        let mut p = FinalPool {
+            frozen: status["frozen"].as_bool().unwrap_or(false),
+            ..Default::default()
+        };
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/pools/{pool}/tokens?limit=500");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = get(path).await?;
+            for t in page["tokens"].as_array().into_iter().flatten() {
+                p.tokens.insert(
+                    t["id"].as_str().unwrap_or_default().to_string(),
+                    FinalToken {
+                        state: t["state"].as_str().unwrap_or_default().to_string(),
+                        used: t["quota"]["used"].as_u64().unwrap_or(0),
+                        reserved: t["quota"]["reserved"].as_u64().unwrap_or(0),
+                    },
+                );
+            }
+            cursor = match &page["next_cursor"] {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            };
+            if cursor.is_none() {
+                break;
+            }
+        }
+        fin.pools.insert(pool.clone(), p);
+    }
+    // A revoked client token must be refused by every URL once the API's bound has passed
+    // since the revocation was acknowledged. The probe is a lease request the vault would
+    // refuse anyway (units 0), so a token wrongly accepted changes nothing.
+    for c in revoked {
+        let mut refused = true;
+        for url in v.urls() {
+            loop {
+                let a = v
+                    .call_at(
+                        url,
+                        Method::POST,
+                        &format!("/v1/pools/{}/leases", c.pool),
+                        Some(&json!({"units": 0})),
+                        None,
+                        Some(&c.token),
+                    )
+                    .await;
+                if a.status == 401 {
+                    break;
+                }
+                if c.acked.elapsed() > CLIENT_REVOCATION_BOUND {
+                    refused = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        fin.clients_refused.insert(c.jti.clone(), refused);
+    }
+    Ok(fin)
+}

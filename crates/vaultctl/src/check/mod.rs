@@ -1,0 +1,200 @@
+//! `vaultctl check`: the invariant checker. It creates pools of its own on a running vault (one
+//! or several URLs: replicas, or a load balancer), drives workers, an operator and an external
+//! login worker against them for a while, logs every request with its timing and answer, reads
+//! the vault's final state, and proves from both that no rule was broken (see [`verify`]).
+//! Exits non-zero on any violation.
+
+mod drive;
+pub(crate) mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use reqwest::Method;
+use serde_json::json;
+
+use verify::Rules;
+
+#[derive(clap::Args)]
+pub(crate) struct CheckArgs {
+    /// Vault base URLs, comma-separated (replicas, or one load balancer). Requests go round robin.
+    #[arg(long, value_delimiter = ',', env = "TV_CHECK_URLS", required = true)]
+    pub(crate) urls: Vec<String>,
+    /// An admin client token (it creates, and at the end deletes, pools named `check-<run>-<n>`).
+    #[arg(long, env = "TV_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) workers: usize,
+    /// How long to drive the load: seconds, or with a unit: 90s, 30m, 1h.
+    #[arg(long, default_value = "20s")]
+    pub(crate) duration: String,
+    /// Pools to create (each third one has a tight quota, so quota exhaustion is exercised).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) pools: usize,
+    /// Tokens deposited per pool at the start (the operator deposits more as it goes).
+    #[arg(long, default_value_t = 6)]
+    pub(crate) tokens: usize,
+    /// Seed of the random choices (the timing still varies from run to run).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s")]
+    pub(crate) request_timeout: String,
+    /// How long the final read may wait for the vault to answer (after a scenario broke it).
+    #[arg(long, default_value = "60s")]
+    pub(crate) final_patience: String,
+    /// Write the operation log and the final read (JSON lines) here.
+    #[arg(long)]
+    pub(crate) log: Option<PathBuf>,
+    /// Keep the check's pools afterwards (to inspect them).
+    #[arg(long)]
+    pub(crate) keep: bool,
+}
+
+/// The checker pools' settings. The quota window outlasts any run, so each token has one window
+/// and consumption can be added up; tight pools run out and are refilled by deposits.
+fn pool_config(n: usize) -> (serde_json::Value, Rules) {
+    let quota_limit = [40, 400, 4000][n % 3];
+    let rules = Rules {
+        max_leases_per_token: 1 + (n % 2) as u64,
+        quota_limit,
+        quota_reserve: 2,
+        min_token_ttl_ms: 10_000,
+    };
+    let cfg = json!({
+        "quota_limit": quota_limit,
+        "quota_reserve": rules.quota_reserve,
+        "quota_window_s": 31 * 86_400,
+        "max_leases_per_token": rules.max_leases_per_token,
+        "lease_ttl_s": 5,
+        "max_lease_ttl_s": 30,
+        "min_token_ttl_s": rules.min_token_ttl_ms / 1000,
+        "refresh_margin_s": 15,
+        "refresh": {"kind": "external"},
+    });
+    (cfg, rules)
+}
+
+pub(crate) async fn run(
+    args: CheckArgs,
+    parse_secs: fn(&str) -> anyhow::Result<i64>,
+) -> anyhow::Result<bool> {
+    let secs = |s: &str| -> anyhow::Result<Duration> {
+        Ok(Duration::from_secs(parse_secs(s)?.max(1) as u64))
+    };
+    let duration = secs(&args.duration)?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let v = Arc::new(drive::Vault::new(
+        args.urls.clone(),
+        args.token.clone(),
+        secs(&args.request_timeout)?,
+    )?);
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let plan = drive::Plan {
+        pools: (0..args.pools.max(1))
+            .map(|n| format!("check-{run_id}-{n}"))
+            .collect(),
+        workers: args.workers.max(1),
+        duration,
+        seed,
+        min_token_ttl_s: 10,
+    };
+    println!(
+        "tokenvault check: {} pools, {} workers, {:?} against {} (seed {seed})",
+        plan.pools.len(),
+        plan.workers,
+        duration,
+        args.urls.join(", ")
+    );
+    let mut rules = HashMap::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (n, pool) in plan.pools.iter().enumerate() {
+        let (cfg, r) = pool_config(n);
+        let a = v
+            .call(
+                Method::PUT,
+                &format!("/v1/pools/{pool}"),
+                Some(&cfg),
+                None,
+                None,
+            )
+            .await;
+        anyhow::ensure!(
+            a.status == 201 || a.status == 200,
+            "creating pool {pool}: HTTP {} {}",
+            a.status,
+            a.body
+        );
+        rules.insert(pool.clone(), r);
+        anyhow::ensure!(
+            drive::deposit(&v, &plan, &mut rng, pool, args.tokens).await,
+            "depositing tokens into {pool} failed"
+        );
+    }
+
+    let revoked = drive::run(v.clone(), &plan).await;
+    let fin = drive::final_read(&v, &plan.pools, &revoked, secs(&args.final_patience)?).await?;
+    let log = v.take_log();
+    let violations = verify::verify(&rules, &log, &fin);
+
+    if let Some(path) = &args.log {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
+        );
+        for r in &log {
+            serde_json::to_writer(&mut f, r)?;
+            writeln!(f)?;
+        }
+        serde_json::to_writer(&mut f, &json!({"final": fin}))?;
+        writeln!(f)?;
+    }
+    // operations by kind and answer
+    let mut counts: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    for r in &log {
+        let answer = match r.status {
+            0 => "no answer".to_string(),
+            s if r.code.is_empty() => s.to_string(),
+            s => format!("{s} {}", r.code),
+        };
+        *counts
+            .entry(r.op.name())
+            .or_default()
+            .entry(answer)
+            .or_default() += 1;
+    }
+    println!("operations: {}", log.len());
+    for (kind, answers) in &counts {
+        let parts: Vec<String> = answers.iter().map(|(a, n)| format!("{a}: {n}")).collect();
+        println!("  {kind:<14} {}", parts.join(", "));
+    }
+    let tokens: usize = fin.pools.values().map(|p| p.tokens.len()).sum();
+    println!(
+        "final read: {} pools, {tokens} tokens, {} revoked client tokens probed",
+        fin.pools.len(),
+        fin.clients_refused.len()
+    );
+    println!("violations: {}", violations.len());
+    for x in violations.iter().take(50) {
+        println!("  {}: {}", x.invariant, x.detail);
+    }
+    if !args.keep {
+        for pool in &plan.pools {
+            v.call(
+                Method::DELETE,
+                &format!("/v1/pools/{pool}?force=true"),
+                None,
+                None,
+                None,
+            )
+            .await;
+        }
+    }
+    Ok(violations.is_empty())
+}

@@ -1,0 +1,822 @@
+//! The invariants, proved from the checker's log of acknowledged operations and a final read of
+//! the vault. Every request is logged with when it was sent and when its answer arrived (one
+//! monotonic clock in the checker); the vault acted somewhere in between. So "A happened before B"
+//! is only claimed when A's answer arrived before B was sent, and a violation is only reported
+//! when it is certain: a lost answer (timeout, dropped connection, 5xx) makes an operation
+//! *ambiguous*, and each check takes both possibilities into account.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// One request and what came of it. Times are µs since the run started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Rec {
+    pub(crate) sent: u64,
+    /// None: no answer (transport error or timeout).
+    pub(crate) acked: Option<u64>,
+    /// HTTP status; 0 without an answer.
+    pub(crate) status: u16,
+    /// The problem `code` of a refusal ("" otherwise).
+    #[serde(default)]
+    pub(crate) code: String,
+    pub(crate) op: Op,
+}
+
+impl Rec {
+    /// The vault certainly did it (a 2xx answer).
+    pub(crate) fn done(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// The vault may or may not have done it: no answer, or a 5xx other than `pool_exhausted`
+    /// (a replica that timed out on Redis, or a load balancer that lost its backend, cannot tell
+    /// whether the call ran).
+    pub(crate) fn ambiguous(&self) -> bool {
+        self.status == 0 || (self.status >= 500 && self.code != "pool_exhausted")
+    }
+    fn acked_at(&self) -> u64 {
+        self.acked.unwrap_or(u64::MAX)
+    }
+}
+
+/// What a lease or renew answer said (times are the vault's, unix ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Grant {
+    pub(crate) lease_id: String,
+    pub(crate) token_id: String,
+    pub(crate) units: u64,
+    pub(crate) ttl_ms: i64,
+    pub(crate) lease_expires_at: i64,
+    /// 0 = the token never expires.
+    pub(crate) token_expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Op {
+    Lease {
+        pool: String,
+        units: u64,
+        grant: Option<Grant>,
+    },
+    Renew {
+        pool: String,
+        lease_id: String,
+        token_id: String,
+        grant: Option<Grant>,
+    },
+    Release {
+        pool: String,
+        lease_id: String,
+        token_id: String,
+        used: u64,
+        /// ok | unauthorized | rate_limited
+        outcome: String,
+        retry_after_ms: u64,
+    },
+    Revoke {
+        pool: String,
+        token_id: String,
+    },
+    Freeze {
+        pool: String,
+        revoke_leases: bool,
+    },
+    Unfreeze {
+        pool: String,
+    },
+    Deposit {
+        pool: String,
+        ids: Vec<String>,
+    },
+    RefreshDone {
+        pool: String,
+        token_id: String,
+    },
+    ClientRevoke {
+        jti: String,
+    },
+}
+
+impl Op {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Lease { .. } => "lease",
+            Op::Renew { .. } => "renew",
+            Op::Release { .. } => "release",
+            Op::Revoke { .. } => "revoke",
+            Op::Freeze { .. } => "freeze",
+            Op::Unfreeze { .. } => "unfreeze",
+            Op::Deposit { .. } => "deposit",
+            Op::RefreshDone { .. } => "refresh",
+            Op::ClientRevoke { .. } => "client_revoke",
+        }
+    }
+}
+
+/// The rules a checker pool was created with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Rules {
+    pub(crate) max_leases_per_token: u64,
+    pub(crate) quota_limit: u64,
+    pub(crate) quota_reserve: u64,
+    pub(crate) min_token_ttl_ms: i64,
+}
+
+/// The vault's state at the end, read after every worker stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Final {
+    pub(crate) pools: BTreeMap<String, FinalPool>,
+    /// Revoked client tokens (by jti) and whether every vault URL refused them at the end.
+    pub(crate) clients_refused: BTreeMap<String, bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct FinalPool {
+    pub(crate) frozen: bool,
+    pub(crate) tokens: BTreeMap<String, FinalToken>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FinalToken {
+    pub(crate) state: String,
+    pub(crate) used: u64,
+    pub(crate) reserved: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Violation {
+    pub(crate) invariant: &'static str,
+    pub(crate) detail: String,
+}
+
+fn violation(invariant: &'static str, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// Every invariant; empty when the run kept every promise.
+pub(crate) fn verify(rules: &HashMap<String, Rules>, log: &[Rec], fin: &Final) -> Vec<Violation> {
+    let leases = LeaseHistory::of(log);
+    let mut out = vec![];
+    out.extend(concurrency(rules, &leases));
+    out.extend(quota(rules, &leases, fin));
+    out.extend(ttl_margin(rules, log));
+    out.extend(revocation(log, &leases));
+    out.extend(acknowledged(log, fin));
+    out
+}
+
+/// Each granted lease and what later happened to it.
+struct LeaseLife<'a> {
+    pool: &'a str,
+    grant: &'a Grant,
+    granted: &'a Rec,
+    /// Successful renews and the release(s), in log order.
+    later: Vec<&'a Rec>,
+}
+
+struct LeaseHistory<'a> {
+    leases: Vec<LeaseLife<'a>>,
+    /// Lease requests without an answer: they may have granted `units` on an unknown token.
+    unknown_units: BTreeMap<&'a str, u64>,
+}
+
+impl<'a> LeaseHistory<'a> {
+    fn of(log: &'a [Rec]) -> Self {
+        let mut leases = vec![];
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        let mut unknown_units = BTreeMap::new();
+        for r in log {
+            match &r.op {
+                Op::Lease { pool, units, grant } => match grant {
+                    Some(g) if r.done() => {
+                        by_id.insert(&g.lease_id, leases.len());
+                        leases.push(LeaseLife {
+                            pool,
+                            grant: g,
+                            granted: r,
+                            later: vec![],
+                        });
+                    }
+                    _ if r.ambiguous() => *unknown_units.entry(pool.as_str()).or_default() += units,
+                    _ => {}
+                },
+                Op::Renew { lease_id, .. } | Op::Release { lease_id, .. } => {
+                    if let Some(&i) = by_id.get(lease_id.as_str()) {
+                        leases[i].later.push(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        LeaseHistory {
+            leases,
+            unknown_units,
+        }
+    }
+}
+
+/// Concurrency: a lease is surely live from its grant's answer until the last renew or release
+/// the vault accepted was sent. No token may have more surely-live leases at once than
+/// `max_leases_per_token`.
+fn concurrency(rules: &HashMap<String, Rules>, h: &LeaseHistory) -> Vec<Violation> {
+    // token -> (time, +1 start / -1 end)
+    let mut edges: BTreeMap<(&str, &str), Vec<(u64, i64)>> = BTreeMap::new();
+    for l in &h.leases {
+        let Some(end) = l.later.iter().filter(|r| r.done()).map(|r| r.sent).max() else {
+            continue;
+        };
+        let start = l.granted.acked_at();
+        if end > start {
+            let e = edges.entry((l.pool, &l.grant.token_id)).or_default();
+            e.push((start, 1));
+            e.push((end, -1));
+        }
+    }
+    let mut out = vec![];
+    for ((pool, token), mut e) in edges {
+        let Some(r) = rules.get(pool) else { continue };
+        // Ends before starts at the same instant: only a certain overlap counts.
+        e.sort();
+        let (mut live, mut peak) = (0i64, 0i64);
+        for (_, d) in e {
+            live += d;
+            peak = peak.max(live);
+        }
+        if peak as u64 > r.max_leases_per_token {
+            out.push(violation(
+                "concurrency",
+                format!(
+                    "{pool}/{token}: {peak} leases live at once, max_leases_per_token is {}",
+                    r.max_leases_per_token
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Quota (the checker's pools use one window longer than the run): what a token's leases
+/// consumed can only be counted from below — a released lease its reported `used`, any other its
+/// units (it ended at its deadline, a revocation or a freeze, all of which count it whole) — and
+/// that lower bound may not exceed `limit − reserve`. The final read must lie between the lower
+/// bound and the upper one (every unanswered lease request on the pool granted): below it an
+/// acknowledged lease or release was lost; above it something was counted that never happened.
+fn quota(rules: &HashMap<String, Rules>, h: &LeaseHistory, fin: &Final) -> Vec<Violation> {
+    let mut low: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut high: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for l in &h.leases {
+        // A lease may be released twice (a retry after a lost answer): one accepted release
+        // settles it; otherwise an unanswered one leaves it between `used` and its units.
+        let releases: Vec<(&Rec, u64)> = l
+            .later
+            .iter()
+            .filter_map(|r| match &r.op {
+                Op::Release { used, .. } => Some((*r, (*used).min(l.grant.units))),
+                _ => None,
+            })
+            .collect();
+        let (lo, hi) = if let Some((_, used)) = releases.iter().find(|(r, _)| r.done()) {
+            (*used, *used)
+        } else if let Some((_, used)) = releases.iter().find(|(r, _)| r.ambiguous()) {
+            (*used, l.grant.units)
+        } else {
+            (l.grant.units, l.grant.units)
+        };
+        *low.entry((l.pool, &l.grant.token_id)).or_default() += lo;
+        *high.entry((l.pool, &l.grant.token_id)).or_default() += hi;
+    }
+    let mut out = vec![];
+    for (&(pool, token), &lo) in &low {
+        let Some(r) = rules.get(pool) else { continue };
+        let cap = r.quota_limit.saturating_sub(r.quota_reserve);
+        if lo > cap {
+            out.push(violation(
+                "quota",
+                format!("{pool}/{token}: at least {lo} units consumed, limit − reserve is {cap}"),
+            ));
+        }
+        let Some(t) = fin.pools.get(pool).and_then(|p| p.tokens.get(token)) else {
+            continue;
+        };
+        let counted = t.used + t.reserved;
+        let hi = high[&(pool, token)] + h.unknown_units.get(pool).copied().unwrap_or(0);
+        if counted < lo {
+            out.push(violation(
+                "lost_acknowledgement",
+                format!("{pool}/{token}: the vault counts {counted} units, the acknowledged leases and releases at least {lo}"),
+            ));
+        } else if counted > hi {
+            out.push(violation(
+                "quota",
+                format!("{pool}/{token}: the vault counts {counted} units, the leases it granted at most {hi}"),
+            ));
+        }
+    }
+    out
+}
+
+/// TTL margin: every grant leaves the token `max(min_token_ttl_s, lease ttl)` of life at the
+/// moment of the grant (lease end − ttl), and a renewed lease never outlives its token.
+fn ttl_margin(rules: &HashMap<String, Rules>, log: &[Rec]) -> Vec<Violation> {
+    let mut out = vec![];
+    for r in log.iter().filter(|r| r.done()) {
+        let (pool, g, renew) = match &r.op {
+            Op::Lease {
+                pool,
+                grant: Some(g),
+                ..
+            } => (pool, g, false),
+            Op::Renew {
+                pool,
+                grant: Some(g),
+                ..
+            } => (pool, g, true),
+            _ => continue,
+        };
+        let Some(rules) = rules.get(pool) else {
+            continue;
+        };
+        if g.token_expires_at == 0 {
+            continue;
+        }
+        let granted_at = g.lease_expires_at - g.ttl_ms;
+        let need = if renew {
+            g.ttl_ms
+        } else {
+            g.ttl_ms.max(rules.min_token_ttl_ms)
+        };
+        let left = g.token_expires_at - granted_at;
+        if left < need {
+            out.push(violation(
+                "ttl_margin",
+                format!(
+                    "{pool}/{}: {} with {left} ms of token life left, needs {need} ms",
+                    g.token_id,
+                    if renew { "renewed" } else { "leased" },
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// When a token or pool may not be granted: after a revocation (for good), a freeze (until the
+/// unfreeze is sent), an `unauthorized` report (until a refresh of the token completes) and a
+/// `rate_limited` report (until its retry-after has passed). A grant counts only when it was
+/// requested after the blocking answer arrived and answered before the block could have lifted.
+/// Leases ended by a revocation or a freeze with `revoke_leases` cannot be renewed or released.
+fn revocation(log: &[Rec], h: &LeaseHistory) -> Vec<Violation> {
+    let mut out = vec![];
+    let grants: Vec<&LeaseLife> = h.leases.iter().collect();
+    let refreshes = |pool: &str, token: &str| -> Vec<&Rec> {
+        log.iter()
+            .filter(|r| {
+                matches!(&r.op, Op::RefreshDone { pool: p, token_id: t } if p == pool && t == token)
+                    && r.done()
+            })
+            .collect()
+    };
+    for b in log.iter().filter(|r| r.done()) {
+        let after = b.acked_at();
+        match &b.op {
+            Op::Revoke { pool, token_id } => {
+                for l in grants
+                    .iter()
+                    .filter(|l| l.pool == pool && &l.grant.token_id == token_id)
+                {
+                    if l.granted.sent > after {
+                        out.push(violation(
+                            "revocation",
+                            format!("{pool}/{token_id}: leased ({}) after its revocation was acknowledged", l.grant.lease_id),
+                        ));
+                    }
+                    for r in l.later.iter().filter(|r| r.done() && r.sent > after) {
+                        out.push(violation(
+                            "revocation",
+                            format!("{pool}/{token_id}: lease {} accepted a {} after the token's revocation", l.grant.lease_id, r.op.name()),
+                        ));
+                    }
+                }
+            }
+            Op::Freeze {
+                pool,
+                revoke_leases,
+            } => {
+                let until = log
+                    .iter()
+                    .filter(|r| {
+                        matches!(&r.op, Op::Unfreeze { pool: p } if p == pool) && r.sent > b.sent
+                    })
+                    .map(|r| r.sent)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                for l in grants.iter().filter(|l| l.pool == pool) {
+                    if l.granted.sent > after && l.granted.acked_at() < until {
+                        out.push(violation(
+                            "freeze",
+                            format!(
+                                "{pool}: lease {} granted while the pool was frozen",
+                                l.grant.lease_id
+                            ),
+                        ));
+                    }
+                    if *revoke_leases && l.granted.acked_at() < b.sent {
+                        for r in l.later.iter().filter(|r| r.done() && r.sent > after) {
+                            out.push(violation(
+                                "freeze",
+                                format!(
+                                    "{pool}: lease {} accepted a {} after a freeze that ended it",
+                                    l.grant.lease_id,
+                                    r.op.name()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            Op::Release {
+                pool,
+                token_id,
+                outcome,
+                retry_after_ms,
+                ..
+            } => {
+                let until = match outcome.as_str() {
+                    "unauthorized" => refreshes(pool, token_id)
+                        .iter()
+                        .filter(|c| c.acked_at() > after)
+                        .map(|c| c.sent)
+                        .min()
+                        .unwrap_or(u64::MAX),
+                    "rate_limited" => b.sent + retry_after_ms * 1000,
+                    _ => continue,
+                };
+                for l in grants
+                    .iter()
+                    .filter(|l| l.pool == pool && &l.grant.token_id == token_id)
+                {
+                    if l.granted.sent > after && l.granted.acked_at() < until {
+                        out.push(violation(
+                            if outcome == "unauthorized" { "unauthorized" } else { "cooldown" },
+                            format!("{pool}/{token_id}: leased ({}) after a {outcome} report, before it could be back", l.grant.lease_id),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Nothing acknowledged is lost: deposited tokens exist, revoked tokens are revoked, a pool's
+/// frozen flag is what the last acknowledged freeze or unfreeze made it (unless an unanswered one
+/// came after), revoked client tokens are refused.
+fn acknowledged(log: &[Rec], fin: &Final) -> Vec<Violation> {
+    let mut out = vec![];
+    let lost = |what: String| violation("lost_acknowledgement", what);
+    let mut frozen: HashMap<&str, Option<bool>> = HashMap::new();
+    for r in log {
+        match &r.op {
+            Op::Deposit { pool, ids } if r.done() => {
+                for id in ids {
+                    if !fin
+                        .pools
+                        .get(pool)
+                        .is_some_and(|p| p.tokens.contains_key(id))
+                    {
+                        out.push(lost(format!("{pool}/{id}: deposited, missing at the end")));
+                    }
+                }
+            }
+            Op::Revoke { pool, token_id } if r.done() => {
+                let state = fin
+                    .pools
+                    .get(pool)
+                    .and_then(|p| p.tokens.get(token_id))
+                    .map(|t| t.state.as_str());
+                if state != Some("revoked") {
+                    out.push(lost(format!(
+                        "{pool}/{token_id}: revoked, but {} at the end",
+                        state.unwrap_or("missing")
+                    )));
+                }
+            }
+            Op::Freeze { pool, .. } | Op::Unfreeze { pool } => {
+                let want = matches!(r.op, Op::Freeze { .. });
+                let e = frozen.entry(pool).or_insert(None);
+                if r.done() {
+                    *e = Some(want);
+                } else if r.ambiguous() {
+                    *e = None;
+                }
+            }
+            Op::ClientRevoke { jti } if r.done() && fin.clients_refused.get(jti) != Some(&true) => {
+                out.push(lost(format!(
+                    "client token {jti}: revoked, still accepted at the end"
+                )));
+            }
+            _ => {}
+        }
+    }
+    for (pool, want) in frozen {
+        if let (Some(want), Some(p)) = (want, fin.pools.get(pool)) {
+            if p.frozen != want {
+                out.push(lost(format!(
+                    "{pool}: frozen is {} at the end, the last acknowledged call made it {want}",
+                    p.frozen
+                )));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> HashMap<String, Rules> {
+        HashMap::from([(
+            "p".to_string(),
+            Rules {
+                max_leases_per_token: 1,
+                quota_limit: 10,
+                quota_reserve: 2,
+                min_token_ttl_ms: 30_000,
+            },
+        )])
+    }
+
+    fn rec(sent: u64, acked: u64, status: u16, op: Op) -> Rec {
+        Rec {
+            sent,
+            acked: Some(acked),
+            status,
+            code: String::new(),
+            op,
+        }
+    }
+
+    fn lease(sent: u64, acked: u64, id: &str, token: &str, units: u64) -> Rec {
+        rec(
+            sent,
+            acked,
+            201,
+            Op::Lease {
+                pool: "p".into(),
+                units,
+                grant: Some(Grant {
+                    lease_id: id.into(),
+                    token_id: token.into(),
+                    units,
+                    ttl_ms: 10_000,
+                    lease_expires_at: 1_000_010_000,
+                    token_expires_at: 1_000_040_000,
+                }),
+            },
+        )
+    }
+
+    fn release(
+        sent: u64,
+        acked: u64,
+        status: u16,
+        id: &str,
+        token: &str,
+        used: u64,
+        outcome: &str,
+    ) -> Rec {
+        rec(
+            sent,
+            acked,
+            status,
+            Op::Release {
+                pool: "p".into(),
+                lease_id: id.into(),
+                token_id: token.into(),
+                used,
+                outcome: outcome.into(),
+                retry_after_ms: 1_000,
+            },
+        )
+    }
+
+    fn fin(tokens: &[(&str, &str, u64)]) -> Final {
+        let mut p = FinalPool::default();
+        for (id, state, used) in tokens {
+            p.tokens.insert(
+                id.to_string(),
+                FinalToken {
+                    state: state.to_string(),
+                    used: *used,
+                    reserved: 0,
+                },
+            );
+        }
+        Final {
+            pools: BTreeMap::from([("p".to_string(), p)]),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(v: &[Violation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn a_clean_history_has_no_violation() {
+        let log = vec![
+            lease(0, 10, "l1", "a", 2),
+            release(20, 30, 200, "l1", "a", 1, "ok"),
+            lease(40, 50, "l2", "a", 3),
+            release(60, 70, 200, "l2", "a", 3, "ok"),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 4)])), vec![]);
+    }
+
+    #[test]
+    fn two_surely_overlapping_leases_break_concurrency_but_uncertain_ones_do_not() {
+        // l2 was granted (answer at 25) before l1's release was sent (30): both live at 25.
+        let log = vec![
+            lease(0, 10, "l1", "a", 1),
+            lease(20, 25, "l2", "a", 1),
+            release(30, 40, 200, "l1", "a", 1, "ok"),
+            release(50, 60, 200, "l2", "a", 1, "ok"),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 2)]))),
+            ["concurrency"]
+        );
+        // l2's answer arrived after l1's release was sent: the vault may have ended l1 first.
+        let log = vec![
+            lease(0, 10, "l1", "a", 1),
+            lease(20, 35, "l2", "a", 1),
+            release(30, 40, 200, "l1", "a", 1, "ok"),
+            release(50, 60, 200, "l2", "a", 1, "ok"),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+    }
+
+    #[test]
+    fn quota_counts_unreleased_leases_whole_and_catches_lost_releases() {
+        // 3 + 3 + 3 units never released: 9 > 10 − 2.
+        let log = vec![
+            lease(0, 1, "l1", "a", 3),
+            lease(2, 3, "l2", "a", 3),
+            lease(4, 5, "l3", "a", 3),
+        ];
+        assert!(kinds(&verify(&rules(), &log, &fin(&[("a", "active", 9)]))).contains(&"quota"));
+        // A release the vault acknowledged (used 1), but the vault counts the whole 3.
+        let log = vec![
+            lease(0, 1, "l1", "a", 3),
+            release(2, 3, 200, "l1", "a", 1, "ok"),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 3)]))),
+            ["quota"]
+        );
+        // The vault counts less than acknowledged: a grant was lost.
+        let log = vec![lease(0, 1, "l1", "a", 3)];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 1)]))),
+            ["lost_acknowledgement"]
+        );
+        // An unanswered release: anything from `used` to the units is right.
+        let mut r = release(2, 3, 0, "l1", "a", 1, "ok");
+        r.acked = None;
+        let log = vec![lease(0, 1, "l1", "a", 3), r];
+        for used in [1, 2, 3] {
+            assert_eq!(
+                verify(&rules(), &log, &fin(&[("a", "active", used)])),
+                vec![]
+            );
+        }
+    }
+
+    #[test]
+    fn a_grant_too_close_to_expiry_breaks_the_margin() {
+        let mut l = lease(0, 1, "l1", "a", 1);
+        if let Op::Lease { grant: Some(g), .. } = &mut l.op {
+            g.token_expires_at = g.lease_expires_at + 19_999; // 29,999 ms after the grant
+        }
+        assert_eq!(
+            kinds(&verify(&rules(), &[l], &fin(&[("a", "active", 1)]))),
+            ["ttl_margin"]
+        );
+    }
+
+    #[test]
+    fn grants_after_a_revocation_a_freeze_or_a_401_are_caught() {
+        let revoke = rec(
+            10,
+            20,
+            200,
+            Op::Revoke {
+                pool: "p".into(),
+                token_id: "a".into(),
+            },
+        );
+        // Requested before the revoke's answer arrived: may have been first.
+        let log = vec![revoke.clone(), lease(15, 25, "l1", "a", 1)];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "revoked", 1)])), vec![]);
+        let log = vec![revoke.clone(), lease(21, 25, "l1", "a", 1)];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "revoked", 1)]))),
+            ["revocation"]
+        );
+        // An acknowledged revocation the final read does not show.
+        assert_eq!(
+            kinds(&verify(&rules(), &[revoke], &fin(&[("a", "active", 0)]))),
+            ["lost_acknowledgement"]
+        );
+
+        let freeze = rec(
+            10,
+            20,
+            200,
+            Op::Freeze {
+                pool: "p".into(),
+                revoke_leases: true,
+            },
+        );
+        let unfreeze = rec(40, 50, 200, Op::Unfreeze { pool: "p".into() });
+        let log = vec![
+            freeze.clone(),
+            lease(30, 35, "l1", "a", 1),
+            unfreeze.clone(),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 1)]))),
+            ["freeze"]
+        );
+        let log = vec![freeze, unfreeze, lease(45, 55, "l1", "a", 1)];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 1)])), vec![]);
+
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 3, 200, "l1", "a", 1, "unauthorized"),
+            lease(4, 5, "l2", "a", 1),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 2)]))),
+            ["unauthorized"]
+        );
+        let done = rec(
+            4,
+            5,
+            200,
+            Op::RefreshDone {
+                pool: "p".into(),
+                token_id: "a".into(),
+            },
+        );
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 3, 200, "l1", "a", 1, "unauthorized"),
+            done,
+            lease(6, 7, "l2", "a", 1),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+
+        // rate_limited with 1 s retry-after: a grant 0.5 s later is too early, 1.1 s later fine.
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 3, 200, "l1", "a", 1, "rate_limited"),
+            lease(500_000, 500_010, "l2", "a", 1),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("a", "active", 2)]))),
+            ["cooldown"]
+        );
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 3, 200, "l1", "a", 1, "rate_limited"),
+            lease(1_100_000, 1_100_010, "l2", "a", 1),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+    }
+
+    #[test]
+    fn lost_deposits_and_accepted_revoked_clients_are_caught() {
+        let log = vec![
+            rec(
+                0,
+                1,
+                201,
+                Op::Deposit {
+                    pool: "p".into(),
+                    ids: vec!["a".into(), "b".into()],
+                },
+            ),
+            rec(2, 3, 200, Op::ClientRevoke { jti: "j1".into() }),
+        ];
+        let mut f = fin(&[("a", "active", 0)]);
+        f.clients_refused.insert("j1".into(), false);
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &f)),
+            ["lost_acknowledgement", "lost_acknowledgement"]
+        );
+    }
+}
