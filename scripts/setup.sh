@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tokenvault needs on a fresh Debian/Ubuntu machine: redis-server (the vault's
-# engine, also started privately by tests and `tokenvault dev`) and a C toolchain for crates
-# that build C. Rust itself comes from rustup (https://rustup.rs) if cargo is missing.
+# engine, also started privately by tests and `tokenvault dev`), haproxy (the load balancer the
+# deployment tests put in front of several replicas) and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if cargo is missing.
 set -euo pipefail
 
 need=()
@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -25,8 +27,9 @@ if [ "${redis_major:-0}" -lt 7 ]; then
   exit 1
 fi
 
-# The Debian package starts a system-wide redis on 6379; tokenvault never uses it (tests and
-# dev mode start their own on free ports), so leave it as the package set it up.
+# The Debian packages start a system-wide redis on 6379 (and haproxy with its stock config, where
+# systemd runs); tokenvault never uses them (tests and dev mode start their own on free ports),
+# so leave them as the packages set them up.
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2

@@ -178,6 +178,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             old_master_keys: vec![],
         },
         shutdown_grace_s: 10,
+        shutdown_drain_ms: 0,
         conn: vault_api::config::ConnLimits::default(),
         log: args.log.clone(),
         auth: vault_api::config::AuthArgs {
@@ -262,7 +263,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         async move {
             let _ = api_stop.changed().await;
         },
-        Duration::from_secs(cfg.shutdown_grace_s),
+        vault_api::server::Stopping {
+            drain: Duration::from_millis(cfg.shutdown_drain_ms),
+            grace: Duration::from_secs(cfg.shutdown_grace_s),
+        },
         cfg.conn.clone(),
     ));
     vault_core::config::shutdown_signal().await;

@@ -9,8 +9,7 @@ use testkit::{bin_path, wait_until, Child, RedisServer};
 use crate::harness::{Deployment, Vault};
 
 /// Start `vaultctl check` against `vaults` for `secs` seconds.
-fn checker(dep: &Deployment, vaults: &[&Vault], secs: u64, extra: &[&str]) -> Child {
-    let urls: Vec<&str> = vaults.iter().map(|v| v.base.as_str()).collect();
+fn checker(dep: &Deployment, urls: &[&str], secs: u64, extra: &[&str]) -> Child {
     let duration = format!("{secs}s");
     let mut args = vec![
         "check",
@@ -74,7 +73,7 @@ async fn the_checker_finds_every_rule_kept_across_three_replicas() {
         dep.vault(&[]).await,
     );
     let _janitor = dep.janitor(200);
-    let run = checker(&dep, &[&a, &b, &c], 8, &[]);
+    let run = checker(&dep, &[&a.base, &b.base, &c.base], 8, &[]);
     let out = tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(120)))
         .await
         .unwrap();
@@ -107,21 +106,12 @@ async fn kill_redis_under_load(fsync: &str) -> (RedisServer, Deployment, Vec<Vau
     ];
     let run = checker(
         &dep,
-        &vaults.iter().collect::<Vec<_>>(),
+        &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
         12,
         &["--request-timeout", "3s", "--final-patience", "60s"],
     );
     // Under load: leases being granted.
-    assert!(wait_until(Duration::from_secs(30), || {
-        redis
-            .cli(&["INFO", "commandstats"])
-            .lines()
-            .find(|l| l.starts_with("cmdstat_fcall:"))
-            .and_then(|l| l.split("calls=").nth(1))
-            .and_then(|n| n.split(',').next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n > 500)
-    }));
+    assert!(wait_until(Duration::from_secs(30), || fcalls(&redis) > 500));
     redis.stop();
     let api = dep.api(&vaults[0]);
     let start = Instant::now();
@@ -188,4 +178,265 @@ async fn redis_killed_under_load_with_appendfsync_everysec_recovers_by_itself() 
         201
     );
     run.kill();
+}
+
+/// The project's `deploy/haproxy.cfg`, with loopback ports in place of the compose addresses
+/// (and a global connection cap that fits a test machine's descriptor limit).
+fn haproxy_config(front: u16, replicas: &[u16]) -> String {
+    let mut cfg = include_str!("../../deploy/haproxy.cfg")
+        .replace("bind *:8080", &format!("bind 127.0.0.1:{front}"))
+        .replace("  maxconn 10000\n", "  maxconn 2000\n");
+    for (i, port) in replicas.iter().enumerate() {
+        cfg = cfg.replace(
+            &format!("vault-api-{}:8080", i + 1),
+            &format!("127.0.0.1:{port}"),
+        );
+    }
+    assert!(
+        !cfg.contains("vault-api-"),
+        "a replica address was not adapted:\n{cfg}"
+    );
+    cfg
+}
+
+/// Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
+fn haproxy_bin() -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH").map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("haproxy"))
+            .find(|f| f.is_file())
+    });
+    on_path.flatten().unwrap_or_else(|| {
+        let sbin = std::path::PathBuf::from("/usr/sbin/haproxy");
+        assert!(
+            sbin.is_file(),
+            "haproxy is not installed: run scripts/setup.sh (apt-get install -y haproxy)"
+        );
+        sbin
+    })
+}
+
+/// Token ids of every `token.revoked` event a reconnecting SSE client saw, and how many times
+/// it had to reconnect.
+#[derive(Default)]
+struct Seen {
+    revoked: std::collections::HashSet<(String, String)>,
+    reconnects: u64,
+}
+
+/// Follow every event through `base`, reconnecting with `Last-Event-ID` when the stream ends.
+async fn follow(base: String, token: String, seen: std::sync::Arc<std::sync::Mutex<Seen>>) {
+    let client = vault_client::Client::new(&base, &token);
+    let mut last: Option<String> = None;
+    loop {
+        if let Ok(mut stream) = client.events(&[], last.as_deref()).await {
+            while let Some(Ok(e)) = stream.next().await {
+                if !e.id.is_empty() {
+                    last = Some(e.id.clone());
+                }
+                if e.kind == "token.revoked" {
+                    let s = |f: &str| e.data[f].as_str().unwrap_or_default().to_string();
+                    seen.lock()
+                        .unwrap()
+                        .revoked
+                        .insert((s("pool"), s("token_id")));
+                }
+            }
+        }
+        seen.lock().unwrap().reconnects += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule() {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let drain = [
+        ("TV_SHUTDOWN_DRAIN_MS", "5000"),
+        ("TV_MAX_CONNECTIONS_PER_ADDR", "4096"),
+    ];
+    let ports = [
+        testkit::free_port(),
+        testkit::free_port(),
+        testkit::free_port(),
+    ];
+    let mut replicas = vec![];
+    for p in ports {
+        replicas.push(dep.vault_at(p, &drain).await);
+    }
+    let _janitor = dep.janitor(200);
+    let front = testkit::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(front, &ports)).unwrap();
+    let _haproxy = Child::spawn(&haproxy_bin(), &["-db", "-f", cfg.to_str().unwrap()], &[]);
+    let lb = format!("http://127.0.0.1:{front}");
+    let api = crate::harness::Api::new(&lb).with_token(&dep.admin);
+    let end = Instant::now() + Duration::from_secs(20);
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{lb}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            Instant::now() < end,
+            "haproxy did not start:\n{}",
+            _haproxy.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A refresher mid-job (its provider call held), to be killed under load.
+    let idp = crate::fakes::Fake::start(crate::fakes::Mode::HoldFirst).await;
+    assert_eq!(api.put("/v1/pools/oauth", json!({})).await.status, 201);
+    let token = json!({"id": "o1", "secret": "old", "refresh": {"kind": "oauth2_refresh_token",
+        "token_url": idp.url("/token"), "refresh_token": "rt", "client_id": "cid", "client_secret": "cs"}});
+    assert_eq!(api.post("/v1/pools/oauth/tokens", token).await.status, 201);
+    let refresher_env = [
+        ("TV_REFRESH_VISIBILITY_MS", "3000"),
+        ("TV_REFRESH_HTTP_TIMEOUT_MS", "1500"),
+    ];
+    let mut refresher_a = dep.refresher(&refresher_env);
+    assert_eq!(
+        api.post("/v1/pools/oauth/tokens/o1/refresh", json!({}))
+            .await
+            .status,
+        202
+    );
+
+    // Event clients through the balancer: round robin puts one on each replica.
+    let seen: Vec<_> = (0..3)
+        .map(|_| std::sync::Arc::new(std::sync::Mutex::new(Seen::default())))
+        .collect();
+    let followers: Vec<_> = seen
+        .iter()
+        .map(|s| tokio::spawn(follow(lb.clone(), dep.admin.clone(), s.clone())))
+        .collect();
+
+    let log = dir.path().join("check.jsonl");
+    let run = checker(
+        &dep,
+        &[&lb],
+        20,
+        &["--log", log.to_str().unwrap(), "--request-timeout", "10s"],
+    );
+    assert!(wait_until(Duration::from_secs(30), || fcalls(&redis) > 500));
+
+    // The refresher holding a claimed job dies; the second one takes the job over.
+    assert!(wait_until(Duration::from_secs(10), || idp.calls().len() == 1));
+    let _refresher_b = dep.refresher(&refresher_env);
+    refresher_a.kill();
+
+    // SIGKILL a replica and start it again on its port.
+    replicas[0].child.kill();
+    let before = fcalls(&redis);
+    assert!(
+        wait_until(Duration::from_secs(30), || fcalls(&redis) > before + 300),
+        "load stopped after the kill"
+    );
+    replicas[0] = dep.vault_at(ports[0], &drain).await;
+
+    // SIGTERM another: it drains (readyz 503, still serving), then exits cleanly.
+    let mut second = std::mem::replace(
+        &mut replicas[1],
+        dep.vault_at(testkit::free_port(), &[]).await,
+    );
+    let base = second.base.clone();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = second.child.terminate(Duration::from_secs(40));
+        (status, second.child.output())
+    });
+    // While it drains it still answers, and tells the balancer to go elsewhere.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "draining");
+            break;
+        }
+        assert!(Instant::now() < end, "the replica did not start draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = stopping.await.unwrap();
+    assert!(
+        stopped.0.is_some_and(|s| s.success()),
+        "drained replica: {stopped:?}"
+    );
+    replicas.insert(1, dep.vault_at(ports[1], &drain).await);
+
+    let out = tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(180)))
+        .await
+        .unwrap();
+    println!("{out}");
+    assert!(
+        out.contains("0 lost again after the retry"),
+        "a worker saw more than a retry:\n{out}"
+    );
+
+    // The refresh landed once, by the second refresher.
+    let m = crate::harness::wait_json(
+        &api,
+        "/v1/pools/oauth/tokens/o1",
+        Duration::from_secs(30),
+        |m| m["generation"] == 2,
+    )
+    .await;
+    assert_eq!(m["state"], "active");
+    assert_eq!(
+        idp.issued().len(),
+        1,
+        "only the second refresher's call delivered a token"
+    );
+    idp.release();
+
+    // Every acknowledged revocation reached every event client, across their reconnections.
+    let revoked: std::collections::HashSet<(String, String)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["op"]["kind"] == "revoke" && r["status"] == 200)
+        .map(|r| {
+            let s = |f: &str| r["op"][f].as_str().unwrap().to_string();
+            (s("pool"), s("token_id"))
+        })
+        .collect();
+    assert!(!revoked.is_empty(), "the checker revoked nothing");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let missing: Vec<usize> = (0..seen.len())
+            .filter(|&i| !revoked.is_subset(&seen[i].lock().unwrap().revoked))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "event clients {missing:?} missed revocations"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reconnects: u64 = seen.iter().map(|s| s.lock().unwrap().reconnects).sum();
+    assert!(
+        reconnects >= 1,
+        "no event client was cut off, so resuming was not shown"
+    );
+    for f in followers {
+        f.abort();
+    }
+}
+
+/// How many functions Redis has run.
+fn fcalls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find(|l| l.starts_with("cmdstat_fcall:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|n| n.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

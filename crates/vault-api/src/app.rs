@@ -40,6 +40,9 @@ pub struct App {
     pub auth_failures: crate::auth::AuthFailures,
     /// Client tokens already verified (signature and claims), by token text.
     pub verified: std::sync::RwLock<std::collections::HashMap<String, vault_core::auth::Principal>>,
+    /// Set at SIGTERM when a drain period is configured: `/readyz` answers 503 so the load
+    /// balancer stops sending new requests while this replica still serves them.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for AppState {
@@ -59,6 +62,7 @@ impl AppState {
             events: Default::default(),
             auth_failures: crate::auth::AuthFailures::new(auth_failure_limit),
             verified: Default::default(),
+            draining: Default::default(),
         }))
     }
 }

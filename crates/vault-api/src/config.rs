@@ -34,6 +34,15 @@ pub struct ApiConfig {
         default_value_t = 30
     )]
     pub shutdown_grace_s: u64,
+    /// Milliseconds between SIGTERM and closing the listener, during which `/readyz` answers
+    /// 503 `draining` and requests are still served: set it above the load balancer's health
+    /// check interval × fall count, so the balancer stops routing here before the port closes.
+    #[arg(
+        long = "shutdown-drain-ms",
+        env = "TV_SHUTDOWN_DRAIN_MS",
+        default_value_t = 0
+    )]
+    pub shutdown_drain_ms: u64,
     #[command(flatten)]
     pub log: vault_core::config::LogArgs,
     #[command(flatten)]

@@ -106,12 +106,21 @@ fn refused(reason: &'static str) {
     metrics::counter!("tv_http_connections_refused_total", "reason" => reason).increment(1);
 }
 
-/// Serve until `shutdown` resolves, then give in-flight requests `grace` to finish.
+/// How a replica stops once told to.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopping {
+    /// Still serving, `/readyz` failing, so a load balancer moves away first.
+    pub drain: Duration,
+    /// Then, with the listener closed, what in-flight requests get to finish.
+    pub grace: Duration,
+}
+
+/// Serve until `shutdown` resolves, drain, then give in-flight requests their grace to finish.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
+    stopping: Stopping,
     limits: ConnLimits,
 ) -> anyhow::Result<()> {
     let app = router(state.clone());
@@ -134,6 +143,7 @@ pub async fn serve(
     });
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut drain_end: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -145,7 +155,16 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_end.is_none() => {
+                if stopping.drain.is_zero() {
+                    break;
+                }
+                tracing::info!(drain = ?stopping.drain, "draining: /readyz answers 503, still serving");
+                state.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                drain_end = Some(tokio::time::Instant::now() + stopping.drain);
+                continue;
+            }
+            _ = tokio::time::sleep_until(drain_end.unwrap_or_else(tokio::time::Instant::now)), if drain_end.is_some() => break,
         };
         // Over a cap: closed at once, so one client cannot hold the replica's descriptors.
         let admitted = match admission.admit(peer.ip()) {
@@ -191,7 +210,7 @@ pub async fn serve(
     state.events.close();
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        _ = tokio::time::sleep(stopping.grace) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     Ok(())
 }
@@ -218,7 +237,10 @@ pub async fn run(cfg: ApiConfig) -> anyhow::Result<()> {
         state,
         listener,
         vault_core::config::shutdown_signal(),
-        Duration::from_secs(cfg.shutdown_grace_s),
+        Stopping {
+            drain: Duration::from_millis(cfg.shutdown_drain_ms),
+            grace: Duration::from_secs(cfg.shutdown_grace_s),
+        },
         cfg.conn.clone(),
     )
     .await

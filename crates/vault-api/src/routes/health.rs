@@ -81,11 +81,18 @@ pub async fn healthz() -> Json<crate::answers::Health> {
     tag = "operations",
     responses(
         (status = 200, description = "Redis answers, the function library is loaded, revocations are subscribed", body = crate::answers::Health),
-        (status = 503, description = "`redis_unavailable`, `redis_busy`, `scripts_unavailable`, `not_subscribed`", body = Problem),
+        (status = 503, description = "`redis_unavailable`, `redis_busy`, `scripts_unavailable`, `not_subscribed`, `draining`", body = Problem),
     ),
     security(())
 )]
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<crate::answers::Health>, ApiError> {
+    if s.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the replica is shutting down; it serves what it is sent until the drain period ends",
+        ));
+    }
     s.store.check_ready().await?;
     if !s
         .events

@@ -21,6 +21,10 @@ pub(crate) struct Vault {
     next: AtomicUsize,
     t0: Instant,
     log: Mutex<Vec<Rec>>,
+    /// Worker requests whose answer was lost and that were sent once more.
+    pub(crate) retried: std::sync::atomic::AtomicU64,
+    /// Of those, the ones whose second attempt was lost too.
+    pub(crate) gave_up: std::sync::atomic::AtomicU64,
 }
 
 /// One answer (or none).
@@ -62,6 +66,8 @@ impl Vault {
             next: AtomicUsize::new(0),
             t0: Instant::now(),
             log: Mutex::new(vec![]),
+            retried: Default::default(),
+            gave_up: Default::default(),
         })
     }
 
@@ -259,7 +265,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
         };
         let used = rng.gen_range(0..=g.units);
         let report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
-        for _ in 0..2 {
+        for attempt in 0..2 {
             let a = v
                 .call(
                     Method::POST,
@@ -282,6 +288,11 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
             );
             if !a.lost() {
                 break;
+            }
+            if attempt == 0 {
+                v.retried.fetch_add(1, Ordering::Relaxed);
+            } else {
+                v.gave_up.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

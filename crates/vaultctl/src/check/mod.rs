@@ -180,6 +180,11 @@ pub(crate) async fn run(
         fin.pools.len(),
         fin.clients_refused.len()
     );
+    println!(
+        "lost answers: {} retried, {} lost again after the retry",
+        v.retried.load(std::sync::atomic::Ordering::Relaxed),
+        v.gave_up.load(std::sync::atomic::Ordering::Relaxed)
+    );
     println!("violations: {}", violations.len());
     for x in violations.iter().take(50) {
         println!("  {}: {}", x.invariant, x.detail);

@@ -361,21 +361,25 @@ fn ttl_margin(rules: &HashMap<String, Rules>, log: &[Rec]) -> Vec<Violation> {
     out
 }
 
-/// When a token or pool may not be granted: after a revocation (for good), a freeze (until the
-/// unfreeze is sent), an `unauthorized` report (until a refresh of the token completes) and a
+/// When a token or pool may not be granted: after a revocation (for good), a freeze (until an
+/// unfreeze), an `unauthorized` report (until a refresh of the token completes) and a
 /// `rate_limited` report (until its retry-after has passed). A grant counts only when it was
 /// requested after the blocking answer arrived and answered before the block could have lifted.
+/// The block could have lifted at any unblocking call the vault may have run after the blocking
+/// one — answered after the blocking call was sent, or not answered at all — from the moment that
+/// call was sent. A report may find its token already out of rotation (an earlier 401, or too
+/// close to expiry) and change nothing; then the refresh that brings the token back lifts it.
 /// Leases ended by a revocation or a freeze with `revoke_leases` cannot be renewed or released.
 fn revocation(log: &[Rec], h: &LeaseHistory) -> Vec<Violation> {
     let mut out = vec![];
     let grants: Vec<&LeaseLife> = h.leases.iter().collect();
-    let refreshes = |pool: &str, token: &str| -> Vec<&Rec> {
+    // When the first unblocking call (`unblocks`) that may have run after `b` was sent.
+    let lifted = |b: &Rec, unblocks: &dyn Fn(&Op) -> bool| -> u64 {
         log.iter()
-            .filter(|r| {
-                matches!(&r.op, Op::RefreshDone { pool: p, token_id: t } if p == pool && t == token)
-                    && r.done()
-            })
-            .collect()
+            .filter(|r| unblocks(&r.op) && (r.done() || r.ambiguous()) && r.acked_at() > b.sent)
+            .map(|r| r.sent)
+            .min()
+            .unwrap_or(u64::MAX)
     };
     for b in log.iter().filter(|r| r.done()) {
         let after = b.acked_at();
@@ -403,14 +407,7 @@ fn revocation(log: &[Rec], h: &LeaseHistory) -> Vec<Violation> {
                 pool,
                 revoke_leases,
             } => {
-                let until = log
-                    .iter()
-                    .filter(|r| {
-                        matches!(&r.op, Op::Unfreeze { pool: p } if p == pool) && r.sent > b.sent
-                    })
-                    .map(|r| r.sent)
-                    .min()
-                    .unwrap_or(u64::MAX);
+                let until = lifted(b, &|op| matches!(op, Op::Unfreeze { pool: p } if p == pool));
                 for l in grants.iter().filter(|l| l.pool == pool) {
                     if l.granted.sent > after && l.granted.acked_at() < until {
                         out.push(violation(
@@ -442,14 +439,15 @@ fn revocation(log: &[Rec], h: &LeaseHistory) -> Vec<Violation> {
                 retry_after_ms,
                 ..
             } => {
+                // A report changes nothing when its token is already out of rotation (an earlier
+                // 401, or too close to expiry); the token is then back at its next refresh.
+                let refreshed = lifted(
+                    b,
+                    &|op| matches!(op, Op::RefreshDone { pool: p, token_id: t } if p == pool && t == token_id),
+                );
                 let until = match outcome.as_str() {
-                    "unauthorized" => refreshes(pool, token_id)
-                        .iter()
-                        .filter(|c| c.acked_at() > after)
-                        .map(|c| c.sent)
-                        .min()
-                        .unwrap_or(u64::MAX),
-                    "rate_limited" => b.sent + retry_after_ms * 1000,
+                    "unauthorized" => refreshed,
+                    "rate_limited" => refreshed.min(b.sent + retry_after_ms * 1000),
                     _ => continue,
                 };
                 for l in grants
@@ -776,6 +774,41 @@ mod tests {
             lease(0, 1, "l1", "a", 1),
             release(2, 3, 200, "l1", "a", 1, "unauthorized"),
             done,
+            lease(6, 7, "l2", "a", 1),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+
+        // A report answered after a refresh completed, but sent before: the vault may have run
+        // it first (finding the token already out of rotation) and the refresh after it.
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 20, 200, "l1", "a", 1, "unauthorized"),
+            rec(
+                4,
+                10,
+                200,
+                Op::RefreshDone {
+                    pool: "p".into(),
+                    token_id: "a".into(),
+                },
+            ),
+            lease(30, 31, "l2", "a", 1),
+        ];
+        assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+        // A 429 report on a token out of rotation (refreshing) changes nothing: after the refresh
+        // the token is leasable at once.
+        let log = vec![
+            lease(0, 1, "l1", "a", 1),
+            release(2, 3, 200, "l1", "a", 1, "rate_limited"),
+            rec(
+                4,
+                5,
+                200,
+                Op::RefreshDone {
+                    pool: "p".into(),
+                    token_id: "a".into(),
+                },
+            ),
             lease(6, 7, "l2", "a", 1),
         ];
         assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
