@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 
 use crate::harness::{key_ring, now_ms, one, Api, One};
+use testkit::wait_until;
 
 /// One request per route family, with a body that would succeed for an admin.
 fn families() -> Vec<(Method, &'static str, Option<Value>)> {
@@ -395,6 +396,22 @@ async fn revocation_reaches_another_replica_within_a_second_also_after_a_redis_r
         .post("/v1/pools/p/tokens", json!({"secret": "s2"}))
         .await;
     on_b.post("/v1/pools/p/leases", json!({}))
+        .await
+        .problem(401, "unauthorized");
+    // B writes back what the empty Redis lost, so a replica started now refuses it too.
+    let stored = format!("{}:revoked", t.dep.prefix);
+    assert!(
+        wait_until(Duration::from_secs(10), || !t
+            .redis
+            .cli(&["ZSCORE", &stored, &jti])
+            .trim()
+            .is_empty()),
+        "the lost revocation was not written back"
+    );
+    let c = t.dep.vault(&[]).await;
+    Api::new(&c.base)
+        .with_token(&token)
+        .post("/v1/pools/p/leases", json!({}))
         .await
         .problem(401, "unauthorized");
     let token2 = t.dep.token("w2", &[Scope::Lease], None);

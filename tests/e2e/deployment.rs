@@ -140,11 +140,14 @@ async fn redis_killed_under_load_with_appendfsync_always_loses_no_acknowledged_w
     }
 }
 
+/// With `everysec` Redis still writes every change to the AOF file before it answers; only the
+/// fsync is deferred. A killed redis-server therefore loses nothing acknowledged (the kernel has
+/// the writes); what `everysec` can lose is up to about a second of writes when the machine itself
+/// goes down (docs/OPERATIONS.md), which a test on one machine cannot do.
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_killed_under_load_with_appendfsync_everysec_recovers_by_itself() {
-    let (_redis, dep, vaults, mut run) = kill_redis_under_load("everysec").await;
-    // What everysec may lose (up to a second of writes) is documented, not checked; what must
-    // hold is that every replica recovers without a restart of its own.
+async fn redis_killed_under_load_with_appendfsync_everysec_loses_nothing_acknowledged_either() {
+    let (_redis, dep, vaults, run) = kill_redis_under_load("everysec").await;
+    // Every replica recovers without a restart of its own.
     for v in &vaults {
         let api = dep.api(v);
         let end = Instant::now() + Duration::from_secs(30);
@@ -157,27 +160,9 @@ async fn redis_killed_under_load_with_appendfsync_everysec_recovers_by_itself() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let pool = "after-restart";
-    let api = dep.api(&vaults[1]);
-    assert_eq!(
-        api.put(&format!("/v1/pools/{pool}"), json!({}))
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        api.post(&format!("/v1/pools/{pool}/tokens"), json!({"secret": "s"}))
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        api.post(&format!("/v1/pools/{pool}/leases"), json!({}))
-            .await
-            .status,
-        201
-    );
-    run.kill();
+    tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(180)))
+        .await
+        .unwrap();
 }
 
 /// The project's `deploy/haproxy.cfg`, with loopback ports in place of the compose addresses

@@ -222,19 +222,47 @@ impl Revocations {
     }
 
     /// Merge the stored set (never drops an entry early: a Redis that lost data does not
-    /// un-revoke a token this replica already knows about) and forget expired entries.
-    fn merge(&self, entries: Vec<(String, i64)>, now_s: i64) {
+    /// un-revoke a token this replica already knows about) and forget expired entries. Returns
+    /// the entries this replica knows and the stored set lacks.
+    fn merge(&self, entries: Vec<(String, i64)>, now_s: i64) -> Vec<(String, i64)> {
         let mut d = self.denied.write().expect("deny set lock");
+        d.retain(|_, until| *until > now_s);
+        let stored: std::collections::HashSet<&str> =
+            entries.iter().map(|(jti, _)| jti.as_str()).collect();
+        let lost: Vec<(String, i64)> = d
+            .iter()
+            .filter(|(jti, _)| !stored.contains(jti.as_str()))
+            .map(|(jti, until)| (jti.clone(), *until))
+            .collect();
         for (jti, until) in entries {
             d.insert(jti, until);
         }
-        d.retain(|_, until| *until > now_s);
+        lost
     }
 
+    /// Re-read the stored revocations; write back any the store lost (a Redis restarted without
+    /// its data, or a failover to a replica that had not received them), so a replica started
+    /// later refuses them too.
     async fn resync(&self, s: &AppState) {
-        match s.store.revoked_clients().await {
+        let lost = match s.store.revoked_clients().await {
             Ok(entries) => self.merge(entries, vault_core::time::now_ms() / 1000),
-            Err(e) => tracing::warn!(error = %e, "cannot re-read client revocations"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read client revocations");
+                return;
+            }
+        };
+        if lost.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            count = lost.len(),
+            "Redis lacks client revocations this replica knows (data lost?); writing them back"
+        );
+        for (jti, until) in lost {
+            if let Err(e) = s.store.revoke_client(&jti, until).await {
+                tracing::warn!(error = %e, "cannot write a client revocation back");
+                return;
+            }
         }
     }
 
