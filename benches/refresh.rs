@@ -94,6 +94,7 @@ async fn main() {
         audit_max_entries: 100_000,
         events_max_entries: 100_000,
         redis_pool_size: 8,
+        wait: Default::default(),
     })
     .unwrap();
     store.load_scripts().await.unwrap();

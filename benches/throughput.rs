@@ -37,6 +37,7 @@ fn store_for(redis: &RedisServer, prefix: &str) -> Store {
         audit_max_entries: 100_000,
         events_max_entries: 100_000,
         redis_pool_size: 16,
+        wait: Default::default(),
     })
     .unwrap()
 }

@@ -172,6 +172,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             audit_max_entries: 100_000,
             events_max_entries: 100_000,
             redis_pool_size: 16,
+            wait: Default::default(),
         },
         master_key: MasterKeyArgs {
             master_key: Some(master_key),

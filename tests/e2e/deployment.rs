@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::{bin_path, wait_until, Child, RedisServer};
+use testkit::{bin_path, wait_until, Child, RedisServer, Sentinel};
 
 use crate::harness::{Deployment, Vault};
 
@@ -424,4 +424,186 @@ fn fcalls(redis: &RedisServer) -> u64 {
         .and_then(|n| n.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// One field of a `SENTINEL master` answer (alternating name and value lines).
+fn sentinel_field(answer: &str, name: &str) -> Option<String> {
+    let lines: Vec<&str> = answer.lines().map(str::trim).collect();
+    lines
+        .iter()
+        .position(|l| *l == name)
+        .and_then(|i| lines.get(i + 1))
+        .map(|v| v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_write() {
+    let mut primary = RedisServer::start();
+    // Two replicas: after one is promoted, the other replicates from it, so writes that wait
+    // for a replica go on being acknowledged.
+    let replicas = [
+        RedisServer::replica_of(&primary),
+        RedisServer::replica_of(&primary),
+    ];
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port, 2)).collect();
+    // Every sentinel knows the replica and the two other sentinels before anything fails.
+    assert!(
+        wait_until(Duration::from_secs(30), || sentinels.iter().all(|s| {
+            let m = s.cli(&["SENTINEL", "master", Sentinel::SERVICE]);
+            sentinel_field(&m, "num-other-sentinels").as_deref() == Some("2")
+                && sentinel_field(&m, "num-slaves").as_deref() == Some("2")
+        })),
+        "the sentinels did not discover each other and the replica"
+    );
+    let mut dep = Deployment::new(&primary);
+    dep.redis_url = format!(
+        "redis+sentinel://{}/{}",
+        sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(","),
+        Sentinel::SERVICE
+    );
+    // Every write waits for the replica: what the vault acknowledged survives the failover.
+    let env = [
+        ("TV_REDIS_TIMEOUT_MS", "1500"),
+        ("TV_REDIS_WAIT_REPLICAS", "1"),
+        ("TV_REDIS_WAIT_TIMEOUT_MS", "500"),
+        ("TV_REDIS_WAIT_FOR", "all"),
+    ];
+    let vaults = [dep.vault(&env).await, dep.vault(&env).await];
+    let _janitor = dep.janitor_with(200, &env);
+    let api = dep.api(&vaults[0]);
+    assert_eq!(
+        api.put("/v1/pools/fo", json!({"max_leases_per_token": 1000}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        api.post("/v1/pools/fo/tokens", json!({"secret": "s"}))
+            .await
+            .status,
+        201
+    );
+
+    let run = checker(
+        &dep,
+        &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
+        15,
+        &["--request-timeout", "3s", "--final-patience", "60s"],
+    );
+    assert!(wait_until(Duration::from_secs(30), || fcalls(&primary) > 500));
+    let killed = Instant::now();
+    primary.stop();
+    let ports = [replicas[0].port, replicas[1].port];
+    assert!(
+        wait_until(Duration::from_secs(30), || sentinels[0]
+            .primary_port()
+            .is_some_and(|p| ports.contains(&p))),
+        "the sentinels did not promote a replica"
+    );
+    let promoted_after = killed.elapsed();
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let r = api.post("/v1/pools/fo/leases", json!({})).await;
+        if r.status == 201 {
+            break;
+        }
+        let now = format!("{} {}", r.status, r.code());
+        if now != last {
+            eprintln!("{:?} after the kill: {now}", killed.elapsed());
+            last = now;
+        }
+        assert!(
+            Instant::now() < end,
+            "no lease after the failover: {:?}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "sentinel failover: replica promoted {promoted_after:?} after the kill; leasing again after {:?}",
+        killed.elapsed()
+    );
+    let out = tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(180)))
+        .await
+        .unwrap();
+    println!("{out}");
+    // The vault now writes to the promoted replica.
+    let new_primary = sentinels[0].primary_port().unwrap();
+    let promoted = replicas.iter().find(|r| r.port == new_primary).unwrap();
+    assert!(promoted
+        .cli(&["INFO", "replication"])
+        .contains("role:master"));
+    assert!(
+        fcalls(promoted) > 100,
+        "the vault does not call the new primary"
+    );
+}
+
+/// `TV_REDIS_WAIT_REPLICAS`: a revocation (or deposit, freeze, client-token revocation) is
+/// answered only once a replica has it; a replica that does not acknowledge in time makes the
+/// answer 503 `not_replicated`, and the write is still made on the primary. Leases do not wait
+/// (scope `safety`).
+#[tokio::test]
+async fn safety_writes_wait_for_a_replica_when_configured() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::replica_of(&primary);
+    let dep = Deployment::new(&primary);
+    let v = dep
+        .vault(&[
+            ("TV_REDIS_WAIT_REPLICAS", "1"),
+            ("TV_REDIS_WAIT_TIMEOUT_MS", "300"),
+        ])
+        .await;
+    let api = dep.api(&v);
+    assert_eq!(api.put("/v1/pools/p", json!({})).await.status, 201);
+    let d = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "a", "secret": "s1"}, {"id": "b", "secret": "s2"}]}),
+        )
+        .await;
+    assert_eq!(d.status, 201);
+    // The replica has the deposit: it was waited for.
+    assert!(!replica
+        .cli(&["EXISTS", &format!("{}:{{p}}:t:a", dep.prefix)])
+        .starts_with('0'));
+    let client = api
+        .post(
+            "/v1/clients",
+            json!({"sub": "w", "scopes": ["lease"], "ttl_s": 600}),
+        )
+        .await;
+
+    replica.pause();
+    let start = Instant::now();
+    let r = api
+        .post("/v1/pools/p/tokens/a/revoke", json!({"reason": "test"}))
+        .await;
+    r.problem(503, "not_replicated");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Made on the primary all the same: the token is revoked.
+    assert_eq!(
+        api.get("/v1/pools/p/tokens/a").await.body["state"],
+        "revoked"
+    );
+    api.post("/v1/clients/revoke", json!({"jti": client.str("jti")}))
+        .await
+        .problem(503, "not_replicated");
+    // A lease does not wait.
+    assert_eq!(api.post("/v1/pools/p/leases", json!({})).await.status, 201);
+
+    replica.resume();
+    let r = api
+        .post("/v1/pools/p/tokens/b/revoke", json!({"reason": "test"}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }

@@ -3,7 +3,9 @@
 //! someone else started.
 //!
 //! # Layout
-//! - [`RedisServer`]: a private redis-server; restartable, pausable (SIGSTOP) for outage tests.
+//! - [`RedisServer`]: a private redis-server; restartable, pausable (SIGSTOP) for outage tests;
+//!   also as a replica of another.
+//! - [`Sentinel`]: a Redis Sentinel watching a primary.
 //! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
 //! - [`free_port`], [`bin_path`], [`wait_until`].
 
@@ -94,6 +96,20 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A replica of `primary`, waited for until its first sync is done.
+    pub fn replica_of(primary: &RedisServer) -> Self {
+        let r = Self::start_with(&[&format!("replicaof 127.0.0.1 {}", primary.port)]);
+        assert!(
+            wait_until(Duration::from_secs(20), || r
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")),
+            "the replica on port {} did not sync with {}",
+            r.port,
+            primary.port
+        );
+        r
     }
 
     /// Kill the server (SIGKILL) — an outage.
@@ -258,5 +274,79 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) watching the primary `mymaster`, with short
+/// timeouts so a failover takes seconds: down after 1 s, failover timeout 4 s.
+pub struct Sentinel {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Sentinel {
+    pub const SERVICE: &'static str = "mymaster";
+
+    pub fn start(primary_port: u16, quorum: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        // Sentinel rewrites its config file, so it lives in the temp dir.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n\
+                 sentinel monitor {} 127.0.0.1 {primary_port} {quorum}\n\
+                 sentinel down-after-milliseconds {} 1000\n\
+                 sentinel failover-timeout {} 4000\n",
+                dir.path().display(),
+                Self::SERVICE,
+                Self::SERVICE,
+                Self::SERVICE
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            "sentinel on port {port} did not answer PING"
+        );
+        Sentinel {
+            port,
+            _dir: dir,
+            child,
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the primary this sentinel names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.cli(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

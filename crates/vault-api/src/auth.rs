@@ -274,14 +274,16 @@ impl Revocations {
         tokio::spawn(async move {
             let revocations = s.store.keys().revocation_channel();
             let events = s.store.keys().events();
-            let client = match redis::Client::open(redis.redis_url.as_str()) {
-                Ok(client) => client,
-                Err(e) => {
-                    tracing::error!(error = %e, "invalid Redis URL for the subscription");
-                    return;
-                }
-            };
             loop {
+                // Behind Sentinel, each (re)connection goes to the primary of the moment.
+                let client = match s.store.dedicated_client(&redis.redis_url).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no Redis for the subscription yet");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
                 // Connecting and subscribing get the same budget as every other Redis call.
                 let subscribed = tokio::time::timeout(redis.timeout(), async {
                     let mut ps = client.get_async_pubsub().await?;

@@ -103,6 +103,17 @@ impl From<VaultError> for ApiError {
                     Some(1),
                 )
             }
+            VaultError::NotReplicated(_) => {
+                tracing::warn!(error = %e, "write not acknowledged by enough replicas");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "the change is made on the Redis primary, but not enough replicas \
+                     acknowledged it in time, so a failover could still lose it: retry \
+                     (the call is safe to repeat)"
+                        .to_string(),
+                    Some(1),
+                )
+            }
             VaultError::ScriptsUnavailable(_) => {
                 tracing::error!(error = %e, "redis refuses scripts");
                 (

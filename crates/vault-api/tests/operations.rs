@@ -33,6 +33,7 @@ impl Vault {
             audit_max_entries: 10_000,
             events_max_entries: 10_000,
             redis_pool_size: 2,
+            wait: Default::default(),
         })
         .unwrap();
         store.load_scripts().await.unwrap();

@@ -50,6 +50,49 @@ pub struct RedisArgs {
         default_value_t = 16
     )]
     pub redis_pool_size: usize,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Replica-acknowledged writes (`WAIT`): with Sentinel (or any replica), a write the primary
+/// acknowledged can be lost when the primary fails before a replica has it. These settings make
+/// the vault answer such writes only once `replicas` replicas have them.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Replicas that must acknowledge a write before the vault answers it; 0 = do not wait.
+    #[arg(
+        long = "redis-wait-replicas",
+        env = "TV_REDIS_WAIT_REPLICAS",
+        default_value_t = 0
+    )]
+    pub replicas: u32,
+    /// How long to wait for them; past it the answer is 503 `not_replicated` (the write is made
+    /// on the primary; the call is safe to repeat).
+    #[arg(
+        long = "redis-wait-timeout-ms",
+        env = "TV_REDIS_WAIT_TIMEOUT_MS",
+        default_value_t = 1000
+    )]
+    pub timeout_ms: u64,
+    /// Which writes wait: `safety` (revocations, freezes, deposits, rotations and client-token
+    /// revocations) or `all` (leases and reports too).
+    #[arg(
+        long = "redis-wait-for",
+        env = "TV_REDIS_WAIT_FOR",
+        default_value = "safety",
+        value_parser = ["safety", "all"]
+    )]
+    pub scope: String,
+}
+
+impl Default for WaitArgs {
+    fn default() -> Self {
+        WaitArgs {
+            replicas: 0,
+            timeout_ms: 1000,
+            scope: "safety".into(),
+        }
+    }
 }
 
 impl RedisArgs {

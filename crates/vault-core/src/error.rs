@@ -40,6 +40,10 @@ pub enum VaultError {
     /// that timed out may still have been applied.
     #[error("Redis is busy: {0}")]
     RedisBusy(String),
+    /// The write was applied on the primary, but fewer replicas than `TV_REDIS_WAIT_REPLICAS`
+    /// acknowledged it in time: a failover now could lose it.
+    #[error("not acknowledged by enough replicas: {0}")]
+    NotReplicated(String),
     #[error("Redis refuses Lua scripts ({0}); tokenvault needs Redis Functions (FUNCTION LOAD, FCALL) and never falls back to non-atomic commands")]
     ScriptsUnavailable(String),
     #[error("cannot decrypt a stored secret: {0}")]
@@ -67,6 +71,7 @@ impl VaultError {
             Self::QuotaExhausted(_) => "quota_exhausted",
             Self::RedisUnavailable(_) => "redis_unavailable",
             Self::RedisBusy(_) => "redis_busy",
+            Self::NotReplicated(_) => "not_replicated",
             Self::ScriptsUnavailable(_) => "scripts_unavailable",
             Self::Crypto(_) => "crypto_error",
             Self::Internal(_) => "internal",

@@ -41,6 +41,7 @@ impl Env {
             audit_max_entries: 100_000,
             events_max_entries: 100_000,
             redis_pool_size: 4,
+            wait: Default::default(),
         };
         let clock = Arc::new(AtomicI64::new(T0));
         let store = Store::connect(&args).unwrap().with_clock(clock.clone());

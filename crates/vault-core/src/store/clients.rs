@@ -55,7 +55,20 @@ impl Store {
             .arg(self.keys.revocation_channel())
             .arg(format!("{jti} {until_s}"))
             .ignore();
-        self.pipe::<()>(p).await
+        if self.wait.replicas == 0 {
+            return self.pipe::<()>(p).await;
+        }
+        // A client-token revocation is a safety write: acknowledged by replicas when configured.
+        p.add_command(self.wait_cmd());
+        let (acks,): (i64,) = self
+            .timed(async {
+                let mut c = self.conns.next(true).await?;
+                p.query_async(&mut c)
+                    .await
+                    .map_err(|e| VaultError::from_redis(&e))
+            })
+            .await?;
+        self.check_acks(acks)
     }
 
     /// Every revoked client-token id still in force, with its expiry.

@@ -100,14 +100,16 @@ pub struct EndedLease {
 pub struct Store {
     /// Multiplexed connections, used round robin: each carries many calls at once, so there is
     /// nothing to check out or check back (no per-call PING or UNWATCH, as a checkout pool sends).
-    conns: Arc<[ConnectionManager]>,
-    next_conn: Arc<std::sync::atomic::AtomicUsize>,
+    /// They go to one Redis, or follow the primary Sentinel names.
+    conns: Arc<upstream::Connections>,
     keys: Keys,
     timeout: Duration,
     audit_max: u64,
     events_max: u64,
     /// Tests pin "now" here; `None` means every script reads Redis `TIME`.
     clock: Option<Arc<AtomicI64>>,
+    /// Replica-acknowledged writes (`TV_REDIS_WAIT_*`).
+    wait: crate::config::WaitArgs,
 }
 
 impl std::fmt::Debug for Store {
@@ -294,19 +296,6 @@ impl Store {
     /// Build the connection pool. Connections are made lazily; call [`Store::load_scripts`]
     /// at start-up to fail fast.
     pub fn connect(args: &RedisArgs) -> Result<Self> {
-        let invalid =
-            |e: String| VaultError::RedisUnavailable(format!("invalid Redis configuration: {e}"));
-        // RESP3: a connection that closes (a Redis restart, a failover) tells its manager at once
-        // through a disconnection notice, so it is replaced before the next call instead of
-        // failing it.
-        let info = redis::IntoConnectionInfo::into_connection_info(args.redis_url.as_str())
-            .map_err(|e| invalid(e.to_string()))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .map_err(|e| invalid(e.to_string()))?;
         // A broken connection is replaced in the background; a call waiting for it is bounded by
         // the one budget (`timed`), so reconnecting is tried once, briefly.
         let cfg = ConnectionManagerConfig::new()
@@ -315,19 +304,22 @@ impl Store {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
-        let conns = (0..args.redis_pool_size.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| invalid(e.to_string()))?;
+        if args.wait.replicas > 0 && args.wait.timeout_ms >= args.redis_timeout_ms {
+            return Err(VaultError::RedisUnavailable(format!(
+                "invalid Redis configuration: TV_REDIS_WAIT_TIMEOUT_MS ({}) must be below TV_REDIS_TIMEOUT_MS ({}), the budget of the whole call",
+                args.wait.timeout_ms, args.redis_timeout_ms
+            )));
+        }
+        let conns = upstream::Connections::new(&args.redis_url, args.redis_pool_size, cfg)?;
         args.log_effective();
         Ok(Self {
-            conns: conns.into(),
-            next_conn: Default::default(),
+            conns: Arc::new(conns),
             keys: Keys::new(args.prefix.clone()),
             timeout: args.timeout(),
             audit_max: args.audit_max_entries.max(1),
             events_max: args.events_max_entries.max(1),
             clock: None,
+            wait: args.wait.clone(),
         })
     }
 
@@ -362,7 +354,9 @@ impl Store {
                 metrics::counter!("tv_redis_errors_total", "kind" => "busy").increment(1)
             }
             Err(VaultError::RedisUnavailable(_)) => {
-                metrics::counter!("tv_redis_errors_total", "kind" => "unavailable").increment(1)
+                metrics::counter!("tv_redis_errors_total", "kind" => "unavailable").increment(1);
+                // Behind Sentinel: the primary may have moved.
+                self.conns.suspect();
             }
             _ => {}
         }
@@ -370,8 +364,13 @@ impl Store {
     }
 
     async fn conn(&self) -> Result<ConnectionManager> {
-        let i = self.next_conn.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        Ok(self.conns[i].clone())
+        self.conns.next(false).await
+    }
+
+    /// A client for a connection of the caller's own (a pub/sub subscription), to the Redis the
+    /// store's connections go to (behind Sentinel, the primary now).
+    pub async fn dedicated_client(&self, url: &str) -> Result<redis::Client> {
+        self.conns.client(url).await
     }
 
     /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
@@ -469,7 +468,7 @@ impl Store {
             .arg(&keys)
             .arg(&now)
             .arg(args);
-        let raw: String = self.fcall(&cmd).await?;
+        let raw: String = self.fcall_waiting(&cmd, self.waits(function)).await?;
         serde_json::from_str(&raw)
             .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
     }
@@ -477,14 +476,76 @@ impl Store {
     /// Send an `FCALL`; when Redis does not have the library (it restarted empty, a failover to
     /// a replica that never got it, someone flushed functions), load it and call once more.
     async fn fcall<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        self.fcall_waiting(cmd, false).await
+    }
+
+    /// Whether a call of `function` waits for replicas to acknowledge it (`TV_REDIS_WAIT_*`):
+    /// with `safety`, the transitions that take something out of use or put something in the
+    /// vault; with `all`, every one that writes.
+    fn waits(&self, function: &str) -> bool {
+        if self.wait.replicas == 0 {
+            return false;
+        }
+        if self.wait.scope == "all" {
+            return function != scripts::TOKEN_ROWS.as_str();
+        }
+        [
+            &scripts::REVOKE,
+            &scripts::FREEZE,
+            &scripts::DEPOSIT,
+            &scripts::SUNSET_TOKENS,
+            &scripts::POOL_ROTATE,
+            &scripts::DEPRECATE,
+            &scripts::TOKEN_DELETE,
+            &scripts::POOL_DELETE,
+        ]
+        .iter()
+        .any(|f| f.as_str() == function)
+    }
+
+    /// `WAIT` for the configured replicas after a write sent on the same connection: the
+    /// answer is the count that acknowledged every write of that connection so far.
+    fn wait_cmd(&self) -> redis::Cmd {
+        redis::cmd("WAIT")
+            .arg(self.wait.replicas)
+            .arg(self.wait.timeout_ms)
+            .clone()
+    }
+
+    fn check_acks(&self, acks: i64) -> Result<()> {
+        if acks < self.wait.replicas as i64 {
+            return Err(VaultError::NotReplicated(format!(
+                "{acks} of {} replicas within {} ms",
+                self.wait.replicas, self.wait.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    async fn fcall_waiting<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        waits: bool,
+    ) -> Result<T> {
         // `None`: Redis does not have the function. Errors are classified inside `timed`, so
         // they are counted like every other Redis call's.
+        let not_found = |e: &redis::RedisError| e.to_string().contains("Function not found");
         let send = || {
             self.timed(async {
-                let mut c = self.conn().await?;
-                match cmd.query_async::<T>(&mut c).await {
-                    Err(e) if e.to_string().contains("Function not found") => Ok(None),
-                    answer => answer.map(Some).map_err(|e| VaultError::from_redis(&e)),
+                if !waits {
+                    let mut c = self.conn().await?;
+                    return match cmd.query_async::<T>(&mut c).await {
+                        Err(e) if not_found(&e) => Ok(None),
+                        answer => answer.map(Some).map_err(|e| VaultError::from_redis(&e)),
+                    };
+                }
+                let mut c = self.conns.next(true).await?;
+                let mut p = redis::pipe();
+                p.add_command(cmd.clone()).add_command(self.wait_cmd());
+                match p.query_async::<(T, i64)>(&mut c).await {
+                    Err(e) if not_found(&e) => Ok(None),
+                    Err(e) => Err(VaultError::from_redis(&e)),
+                    Ok((answer, acks)) => self.check_acks(acks).map(|_| Some(answer)),
                 }
             })
         };
@@ -565,6 +626,7 @@ mod leases;
 mod pools;
 mod sweeps;
 mod tokens;
+mod upstream;
 
 #[cfg(test)]
 mod tests {
