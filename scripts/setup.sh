@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Installs what tokenvault needs on a fresh Debian/Ubuntu machine: redis-server (the vault's
 # engine, also started privately by tests and `tokenvault dev`), haproxy (the load balancer the
-# deployment tests put in front of several replicas) and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if cargo is missing.
+# deployment tests put in front of several replicas), Python for schemathesis (the API fuzz test)
+# and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
+# cargo is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
 # Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 
@@ -30,6 +34,16 @@ fi
 # The Debian packages start a system-wide redis on 6379 (and haproxy with its stock config, where
 # systemd runs); tokenvault never uses them (tests and dev mode start their own on free ports),
 # so leave them as the packages set them up.
+
+# schemathesis (the API fuzz test, tests/e2e/fuzz.rs) lives in a virtualenv of its own in the
+# checkout, pinned, so the system Python is left alone.
+SCHEMATHESIS_VERSION=4.32.5
+venv=.venv-tests
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2

@@ -9,6 +9,7 @@ mod deployment;
 mod dev;
 mod events;
 mod fakes;
+mod fuzz;
 mod hardening;
 mod harness;
 mod http;
