@@ -8,7 +8,9 @@
 //!   (b) end-to-end HTTP lease+release cycles/s and p50/p99 against one and two vault-api
 //!       replicas at the same concurrency, and lease latency at half the peak rate;
 //!   (c) acquire+release cost with 100 vs 100,000 tokens in a pool (client round trip and
-//!       Redis's own time per script call from INFO commandstats).
+//!       Redis's own time per script call from INFO commandstats);
+//!   (d) Redis memory per token at 100,000 tokens;
+//!   (e) cycles/s through haproxy (deploy/haproxy.cfg) in front of 1, 2 and 3 replicas.
 //! The load generator shares the machine with Redis and the replicas.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -392,15 +394,66 @@ async fn main() {
     }
     p99s.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("(b) HTTP at half the peak: median p99 {:.2} ms", p99s[1]);
+    let (mut v3, b3) = start_vault(&redis, "bench", &key.to_base64(), keys_dir.path());
+    behind_haproxy(&[b1, b2, b3]).await;
     v1.kill();
     v2.kill();
+    v3.kill();
     lease_cost(&redis, &store, &cipher).await;
 }
 
-/// (c): the lease path's cost with 100 and with 100,000 tokens in the pool.
+/// (e): cycles/s through haproxy (the project's `deploy/haproxy.cfg`) in front of 1, 2 and 3
+/// replicas. Every process shares this machine's cores, so this shows what the balancer costs
+/// and how replicas share one Redis, not how far more machines would scale.
+async fn behind_haproxy(replicas: &[String]) {
+    let ports: Vec<u16> = replicas
+        .iter()
+        .map(|b| b.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    for n in 1..=ports.len() {
+        let lb = testkit::Haproxy::start(&ports[..n]);
+        // Until every backend passed its health check and takes requests.
+        let http = reqwest::Client::new();
+        let mut ok = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ok < 10 && Instant::now() < deadline {
+            let up = http
+                .get(format!("{}/readyz", lb.url()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            ok = if up { ok + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let f = http_closed(&[lb.url()]).await;
+        println!(
+            "(e) HTTP through haproxy, {n} replica(s): {:.0} cycles/s, p50 {:.2} ms, p99 {:.2} ms",
+            f.cycles_per_s, f.p50_ms, f.p99_ms
+        );
+    }
+}
+
+/// Redis's `used_memory` in bytes.
+fn used_memory(redis: &RedisServer) -> f64 {
+    redis
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// (c): the lease path's cost with 100 and with 100,000 tokens in the pool; (d) memory per token.
 async fn lease_cost(redis: &RedisServer, store: &Store, cipher: &Cipher) {
     let (redis, store) = (redis, store);
+    let before = used_memory(redis);
     make_pool(store, cipher, "big", 100_000).await;
+    println!(
+        "(d) Redis memory per token at 100,000 tokens: {:.0} bytes (each token with its hash, its \
+         index entries and a {}-byte secret sealed; a longer secret adds about 4/3 of its length)",
+        (used_memory(redis) - before) / 100_000.0,
+        "secret-99999".len()
+    );
     let small = acquire_cost(redis, store, "bench", 5000).await;
     let big = acquire_cost(redis, store, "big", 5000).await;
     for (what, c) in [("100 tokens:    ", &small), ("100,000 tokens:", &big)] {

@@ -165,42 +165,6 @@ async fn redis_killed_under_load_with_appendfsync_everysec_loses_nothing_acknowl
         .unwrap();
 }
 
-/// The project's `deploy/haproxy.cfg`, with loopback ports in place of the compose addresses
-/// (and a global connection cap that fits a test machine's descriptor limit).
-fn haproxy_config(front: u16, replicas: &[u16]) -> String {
-    let mut cfg = include_str!("../../deploy/haproxy.cfg")
-        .replace("bind *:8080", &format!("bind 127.0.0.1:{front}"))
-        .replace("  maxconn 10000\n", "  maxconn 2000\n");
-    for (i, port) in replicas.iter().enumerate() {
-        cfg = cfg.replace(
-            &format!("vault-api-{}:8080", i + 1),
-            &format!("127.0.0.1:{port}"),
-        );
-    }
-    assert!(
-        !cfg.contains("vault-api-"),
-        "a replica address was not adapted:\n{cfg}"
-    );
-    cfg
-}
-
-/// Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
-fn haproxy_bin() -> std::path::PathBuf {
-    let on_path = std::env::var_os("PATH").map(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("haproxy"))
-            .find(|f| f.is_file())
-    });
-    on_path.flatten().unwrap_or_else(|| {
-        let sbin = std::path::PathBuf::from("/usr/sbin/haproxy");
-        assert!(
-            sbin.is_file(),
-            "haproxy is not installed: run scripts/setup.sh (apt-get install -y haproxy)"
-        );
-        sbin
-    })
-}
-
 /// Token ids of every `token.revoked` event a reconnecting SSE client saw, and how many times
 /// it had to reconnect.
 #[derive(Default)]
@@ -251,12 +215,8 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         replicas.push(dep.vault_at(p, &drain).await);
     }
     let _janitor = dep.janitor(200);
-    let front = testkit::free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(front, &ports)).unwrap();
-    let _haproxy = Child::spawn(&haproxy_bin(), &["-db", "-f", cfg.to_str().unwrap()], &[]);
-    let lb = format!("http://127.0.0.1:{front}");
+    let haproxy = testkit::Haproxy::start(&ports);
+    let lb = haproxy.url();
     let api = crate::harness::Api::new(&lb).with_token(&dep.admin);
     let end = Instant::now() + Duration::from_secs(20);
     let http = reqwest::Client::new();
@@ -269,7 +229,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         assert!(
             Instant::now() < end,
             "haproxy did not start:\n{}",
-            _haproxy.output()
+            haproxy.child.output()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -301,6 +261,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         .map(|s| tokio::spawn(follow(lb.clone(), dep.admin.clone(), s.clone())))
         .collect();
 
+    let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("check.jsonl");
     let run = checker(
         &dep,

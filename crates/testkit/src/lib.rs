@@ -6,6 +6,7 @@
 //! - [`RedisServer`]: a private redis-server; restartable, pausable (SIGSTOP) for outage tests;
 //!   also as a replica of another.
 //! - [`Sentinel`]: a Redis Sentinel watching a primary.
+//! - [`Haproxy`]: the project's `deploy/haproxy.cfg` in front of replicas on loopback ports.
 //! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
 //! - [`free_port`], [`bin_path`], [`wait_until`].
 
@@ -348,5 +349,84 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// haproxy with the project's `deploy/haproxy.cfg`, its addresses adapted to loopback ports (and
+/// its global connection cap to a test machine's descriptor limit), in front of 1 to 3 replicas.
+pub struct Haproxy {
+    pub port: u16,
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(replica_ports: &[u16]) -> Self {
+        assert!(
+            (1..=3).contains(&replica_ports.len()),
+            "deploy/haproxy.cfg names three replicas"
+        );
+        let port = free_port();
+        let mut cfg = include_str!("../../../deploy/haproxy.cfg")
+            .replace("bind *:8080", &format!("bind 127.0.0.1:{port}"))
+            .replace("  maxconn 10000\n", "  maxconn 2000\n");
+        for n in 1..=3 {
+            let name = format!("vault-api-{n}:8080");
+            cfg = match replica_ports.get(n - 1) {
+                Some(p) => cfg.replace(&name, &format!("127.0.0.1:{p}")),
+                None => cfg
+                    .lines()
+                    .filter(|l| !l.contains(&name))
+                    .map(|l| format!("{l}\n"))
+                    .collect(),
+            };
+        }
+        assert!(
+            !cfg.contains("vault-api-"),
+            "an address was not adapted:\n{cfg}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).expect("write haproxy.cfg");
+        let child = Child::spawn(
+            &Self::binary(),
+            &["-db", "-f", path.to_str().expect("utf-8 path")],
+            &[],
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "haproxy did not start:\n{}",
+            child.output()
+        );
+        Haproxy {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
+    fn binary() -> PathBuf {
+        let on_path = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("haproxy"))
+                .find(|f| f.is_file())
+        });
+        on_path.unwrap_or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/haproxy");
+            assert!(
+                sbin.is_file(),
+                "haproxy is not installed: run scripts/setup.sh (apt-get install -y haproxy)"
+            );
+            sbin
+        })
     }
 }
