@@ -139,6 +139,11 @@ impl Vault {
         }
     }
 
+    /// POST `body` to `path` with the admin token.
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(&body), None, None).await
+    }
+
     fn record(&self, a: &Answer, op: Op) {
         self.log.lock().unwrap().push(a.rec(op));
     }
@@ -237,13 +242,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
         }
         if roll < 10 {
             let a = v
-                .call(
-                    Method::POST,
-                    &format!("{lease_path}/renew"),
-                    Some(&json!({"ttl_s": ttl_s})),
-                    None,
-                    None,
-                )
+                .post(&format!("{lease_path}/renew"), json!({"ttl_s": ttl_s}))
                 .await;
             let rg = (a.status == 200)
                 .then(|| grant(&a.body, ttl_s * 1000))
@@ -267,13 +266,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
         let report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
         for attempt in 0..2 {
             let a = v
-                .call(
-                    Method::POST,
-                    &format!("{lease_path}/release"),
-                    Some(&report),
-                    None,
-                    None,
-                )
+                .post(&format!("{lease_path}/release"), report.clone())
                 .await;
             v.record(
                 &a,
@@ -327,12 +320,9 @@ pub(crate) async fn deposit(
         .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     let a = v
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/pools/{pool}/tokens"),
-            Some(&json!({ "tokens": tokens })),
-            None,
-            None,
+            json!({ "tokens": tokens }),
         )
         .await;
     v.record(
@@ -382,12 +372,9 @@ async fn operator(
                 }
                 let id = ids[rng.gen_range(0..ids.len())].clone();
                 let a = v
-                    .call(
-                        Method::POST,
+                    .post(
                         &format!("/v1/pools/{pool}/tokens/{id}/revoke"),
-                        Some(&json!({"reason": "check"})),
-                        None,
-                        None,
+                        json!({"reason": "check"}),
                     )
                     .await;
                 v.record(&a, Op::Revoke { pool, token_id: id });
@@ -395,12 +382,9 @@ async fn operator(
             2 => {
                 let revoke_leases = rng.gen_bool(0.5);
                 let a = v
-                    .call(
-                        Method::POST,
+                    .post(
                         &format!("/v1/pools/{pool}/freeze"),
-                        Some(&json!({"revoke_leases": revoke_leases, "reason": "check"})),
-                        None,
-                        None,
+                        json!({"revoke_leases": revoke_leases, "reason": "check"}),
                     )
                     .await;
                 v.record(
@@ -430,28 +414,13 @@ async fn operator(
                 }
             }
             3 => {
-                let a = v
-                    .call(
-                        Method::POST,
-                        "/v1/clients",
-                        Some(&json!({"sub": "check-client", "scopes": ["lease"], "pools": [pool], "ttl_s": 3600})),
-                        None,
-                        None,
-                    )
+                let a = v.post("/v1/clients", json!({"sub": "check-client", "scopes": ["lease"], "pools": [pool], "ttl_s": 3600}))
                     .await;
                 let (Some(token), Some(jti)) = (a.body["token"].as_str(), a.body["jti"].as_str())
                 else {
                     continue;
                 };
-                let a = v
-                    .call(
-                        Method::POST,
-                        "/v1/clients/revoke",
-                        Some(&json!({"jti": jti})),
-                        None,
-                        None,
-                    )
-                    .await;
+                let a = v.post("/v1/clients/revoke", json!({"jti": jti})).await;
                 v.record(&a, Op::ClientRevoke { jti: jti.into() });
                 if a.status == 200 || a.status == 204 {
                     revoked_clients.lock().unwrap().push(RevokedClient {
@@ -475,13 +444,7 @@ async fn login_worker(v: Arc<Vault>, plan: Plan, until: Instant) {
         let mut idle = true;
         for pool in &plan.pools {
             let a = v
-                .call(
-                    Method::POST,
-                    &format!("/v1/pools/{pool}/refresh-jobs/claim"),
-                    Some(&json!({})),
-                    None,
-                    None,
-                )
+                .post(&format!("/v1/pools/{pool}/refresh-jobs/claim"), json!({}))
                 .await;
             if a.status != 200 {
                 continue;
