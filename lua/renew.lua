@@ -9,7 +9,7 @@ if c == nil then return fail('pool_not_found') end
 local lid = ARGV[2]
 local l = live_lease(c, lid)
 if l == nil then return fail('lease_gone') end
-local t = load_token(l.token)
+local t = load_token_hot(l.token)
 if t == nil or not in_rotation(t) then return fail('lease_gone') end
 local ttl_ms = tonumber(ARGV[3]) or num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000)
 if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then

@@ -25,7 +25,7 @@ local function do_acquire(c, o)
     local cands = redis.call('ZRANGE', K.ready, 0, SCAN_LIMIT - 1)
     for _, id in ipairs(cands) do
       if id ~= o.exclude then
-        local t = load_token(id)
+        local t = load_token_hot(id)
         if t == nil then
           redis.call('ZREM', K.ready, id)
         elseif eligible(id, t, c, o.units, need_ttl) then

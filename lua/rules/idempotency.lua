@@ -10,7 +10,7 @@ local function idem_replay(c, o)
   local l = live_lease(c, existing)
   if l == nil then return fail('idempotency_conflict') end
   if (l.idem_fp or '') ~= (o.idem_fp or '') then return fail('idempotency_mismatch') end
-  local v = lease_view(existing, l, load_token(l.token))
+  local v = lease_view(existing, l, load_token_hot(l.token))
   v.replayed = true
   return reply({ lease = v })
 end

@@ -13,7 +13,7 @@ local function end_lease(lid, used_units, read)
     local ik = idem_key(l.idem)
     if redis.call('GET', ik) == lid then redis.call('DEL', ik) end
   end
-  local t = load_token(l.token)
+  local t = load_token_hot(l.token)
   if t ~= nil then
     local units = num(l.units, 1)
     if used_units == nil or used_units > units then used_units = units end

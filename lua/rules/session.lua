@@ -6,7 +6,7 @@ local function session_token(o, c, need_ttl)
   if o.session == '' then return nil, nil end
   local sid = redis.call('GET', session_key(o.session))
   if sid and sid ~= o.exclude then
-    local t = load_token(sid)
+    local t = load_token_hot(sid)
     if eligible(sid, t, c, o.units, need_ttl) then return sid, t end
   end
   return nil, nil
