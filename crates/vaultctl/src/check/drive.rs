@@ -264,21 +264,25 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
         };
         let used = rng.gen_range(0..=g.units);
         let report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
+        let release = Op::Release {
+            pool: pool.clone(),
+            lease_id: g.lease_id.clone(),
+            token_id: g.token_id.clone(),
+            used,
+            outcome: outcome.into(),
+            retry_after_ms: 1000,
+        };
+        // The 401-mid-job path, half of the time: report and take another token in one call.
+        if outcome == "unauthorized" && rng.gen_bool(0.5) {
+            let a = v.post(&format!("{lease_path}/rotate"), report).await;
+            record_rotate(&v, &a, release, &pool, g.units, ttl_s * 1000);
+            continue;
+        }
         for attempt in 0..2 {
             let a = v
                 .post(&format!("{lease_path}/release"), report.clone())
                 .await;
-            v.record(
-                &a,
-                Op::Release {
-                    pool: pool.clone(),
-                    lease_id: g.lease_id.clone(),
-                    token_id: g.token_id.clone(),
-                    used,
-                    outcome: outcome.into(),
-                    retry_after_ms: 1000,
-                },
-            );
+            v.record(&a, release.clone());
             if !a.lost() {
                 break;
             }
@@ -289,6 +293,32 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
             }
         }
     }
+}
+
+/// A rotate is a release and a lease in one step: logged as both, at the same times. The
+/// release happened when the lease did, and also when only the new lease was refused (nothing
+/// eligible, pool frozen); a lease that is gone refuses both.
+fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, units: u64, ttl_ms: i64) {
+    let released = a.status == 201 || a.code == "pool_exhausted" || a.code == "pool_frozen";
+    let as_release = Answer {
+        status: if released { 200 } else { a.status },
+        code: if released {
+            String::new()
+        } else {
+            a.code.clone()
+        },
+        body: Value::Null,
+        ..*a
+    };
+    v.record(&as_release, release);
+    v.record(
+        a,
+        Op::Lease {
+            pool: pool.into(),
+            units,
+            grant: (a.status == 201).then(|| grant(&a.body, ttl_ms)).flatten(),
+        },
+    );
 }
 
 /// Deposit `count` tokens into `pool`: a third of them expire within the run (they cross the
@@ -601,4 +631,51 @@ pub(crate) async fn final_read(
         fin.clients_refused.insert(c.jti.clone(), refused);
     }
     Ok(fin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, code: &str) -> Answer {
+        Answer {
+            sent: 10,
+            acked: (status != 0).then_some(20),
+            status,
+            code: code.into(),
+            body: Value::Null,
+        }
+    }
+
+    fn release() -> Op {
+        Op::Release {
+            pool: "p".into(),
+            lease_id: "l".into(),
+            token_id: "a".into(),
+            used: 1,
+            outcome: "unauthorized".into(),
+            retry_after_ms: 1000,
+        }
+    }
+
+    /// A rotate refused for want of a token still released the old lease; one whose lease was
+    /// gone did neither; one without an answer may have done both.
+    #[test]
+    fn a_rotate_is_logged_as_the_release_and_the_lease_it_was() {
+        let v = Vault::new(vec!["http://x".into()], "t".into(), Duration::from_secs(1)).unwrap();
+        for (status, code, release_status) in [
+            (503, "pool_exhausted", 200),
+            (423, "pool_frozen", 200),
+            (410, "lease_gone", 410),
+            (0, "", 0),
+        ] {
+            record_rotate(&v, &answer(status, code), release(), "p", 1, 5000);
+            let log = v.take_log();
+            assert_eq!(log.len(), 2);
+            let (r, l) = (&log[0], &log[1]);
+            assert!(matches!(r.op, Op::Release { .. }) && matches!(l.op, Op::Lease { .. }));
+            assert_eq!((r.status, l.status), (release_status, status), "{code}");
+            assert_eq!(r.ambiguous(), status == 0, "{code}");
+        }
+    }
 }
