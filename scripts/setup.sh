@@ -4,17 +4,22 @@
 # deployment tests put in front of several replicas), Python for schemathesis (the API fuzz test)
 # and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
 # cargo is missing.
+# `setup.sh dev` installs only what `scripts/dev.sh` needs (no haproxy, no schemathesis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for_tests=1
+[ "${1:-}" = "dev" ] && for_tests=0
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
-# Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
-command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ "$for_tests" = 1 ]; then
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
+  # Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -39,7 +44,7 @@ fi
 # checkout, pinned, so the system Python is left alone.
 SCHEMATHESIS_VERSION=4.32.5
 venv=.venv-tests
-if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+if [ "$for_tests" = 1 ] && ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
   echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
