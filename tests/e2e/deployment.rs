@@ -568,3 +568,47 @@ async fn safety_writes_wait_for_a_replica_when_configured() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+/// A 3-primary Redis Cluster: the checker's 30 pools spread over the slots of every primary,
+/// the function library on each, and the rules kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_redis_cluster_pools_spread_over_every_primary_and_every_rule_holds() {
+    let cluster = testkit::RedisCluster::start(3);
+    let mut dep = Deployment::new(&cluster.nodes[0]);
+    dep.redis_url = cluster.url();
+    let vaults = [dep.vault(&[]).await, dep.vault(&[]).await];
+    let _janitor = dep.janitor(200);
+    let run = checker(
+        &dep,
+        &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
+        10,
+        &["--pools", "30", "--tokens", "3", "--keep"],
+    );
+    let out = tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(180)))
+        .await
+        .unwrap();
+    println!("{out}");
+    // No call failed for want of cluster support (cross-slot pipelines, multi-node answers).
+    for v in &vaults {
+        assert!(
+            !v.child.output().contains("unavailable"),
+            "{}",
+            v.child.output()
+        );
+    }
+    for node in &cluster.nodes {
+        let libs = node.cli(&["FUNCTION", "LIST"]);
+        assert!(
+            libs.contains("tokenvault_"),
+            "no library on node {}: {libs}",
+            node.port
+        );
+        let keys = node.cli(&["DBSIZE"]);
+        assert!(
+            keys.trim().parse::<u64>().unwrap_or(0) > 0,
+            "node {} holds nothing",
+            node.port
+        );
+        assert!(fcalls(node) > 50, "node {} ran no function", node.port);
+    }
+}

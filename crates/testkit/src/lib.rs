@@ -429,3 +429,57 @@ impl Haproxy {
         })
     }
 }
+
+/// A Redis Cluster of `n` primaries (no replicas) on loopback ports, every slot assigned.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "cluster-enabled yes",
+                    "cluster-config-file nodes.conf",
+                    "cluster-node-timeout 2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        assert!(
+            wait_until(Duration::from_secs(30), || c
+                .nodes
+                .iter()
+                .all(|s| s.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))),
+            "the cluster did not become ok"
+        );
+        c
+    }
+
+    /// `redis+cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+}

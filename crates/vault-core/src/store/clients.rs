@@ -51,24 +51,31 @@ impl Store {
             .arg("-inf")
             .arg(crate::time::now_ms() / 1000)
             .ignore();
-        p.cmd("PUBLISH")
-            .arg(self.keys.revocation_channel())
-            .arg(format!("{jti} {until_s}"))
-            .ignore();
         if self.wait.replicas == 0 {
-            return self.pipe::<()>(p).await;
+            self.pipe::<()>(p).await?;
+        } else {
+            // A client-token revocation is a safety write: acknowledged by replicas when
+            // configured.
+            p.add_command(self.wait_cmd());
+            let (acks,): (i64,) = self
+                .timed(async {
+                    let mut c = self.conns.next(true).await?;
+                    p.query_async(&mut c)
+                        .await
+                        .map_err(|e| VaultError::from_redis(&e))
+                })
+                .await?;
+            self.check_acks(acks)?;
         }
-        // A client-token revocation is a safety write: acknowledged by replicas when configured.
-        p.add_command(self.wait_cmd());
-        let (acks,): (i64,) = self
-            .timed(async {
-                let mut c = self.conns.next(true).await?;
-                p.query_async(&mut c)
-                    .await
-                    .map_err(|e| VaultError::from_redis(&e))
-            })
-            .await?;
-        self.check_acks(acks)
+        // Stored first, then told: a replica that misses the message finds it at its next
+        // re-read. (A command of its own: on a cluster the channel hashes to another slot.)
+        self.cmd::<()>(
+            redis::cmd("PUBLISH")
+                .arg(self.keys.revocation_channel())
+                .arg(format!("{jti} {until_s}"))
+                .clone(),
+        )
+        .await
     }
 
     /// Every revoked client-token id still in force, with its expiry.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -310,7 +310,13 @@ impl Store {
                 args.wait.timeout_ms, args.redis_timeout_ms
             )));
         }
-        let conns = upstream::Connections::new(&args.redis_url, args.redis_pool_size, cfg)?;
+        let conns =
+            upstream::Connections::new(&args.redis_url, args.redis_pool_size, cfg, args.timeout())?;
+        if conns.is_cluster() && args.wait.replicas > 0 {
+            return Err(VaultError::RedisUnavailable(
+                "invalid Redis configuration: TV_REDIS_WAIT_REPLICAS is not supported with Redis Cluster yet".into(),
+            ));
+        }
         args.log_effective();
         Ok(Self {
             conns: Arc::new(conns),
@@ -363,7 +369,7 @@ impl Store {
         r
     }
 
-    async fn conn(&self) -> Result<ConnectionManager> {
+    async fn conn(&self) -> Result<upstream::Conn> {
         self.conns.next(false).await
     }
 
@@ -440,6 +446,28 @@ impl Store {
                 .map_err(|e| VaultError::from_redis(&e))
         })
         .await
+    }
+
+    /// Pipelines whose commands each touch one pool (one hash slot), answered in order, as
+    /// one list. On one Redis they go as one pipeline; on a cluster, where a pipeline may not
+    /// cross slots, each goes on its own, all at once.
+    async fn pipes(&self, groups: Vec<redis::Pipeline>) -> Result<Vec<redis::Value>> {
+        if !self.conns.is_cluster() {
+            let mut all = redis::pipe();
+            for g in &groups {
+                for c in g.cmd_iter() {
+                    all.add_command(c.clone());
+                }
+            }
+            return self.pipe(all).await;
+        }
+        let answers = futures::future::try_join_all(
+            groups
+                .into_iter()
+                .map(|g| async move { self.pipe::<Vec<redis::Value>>(g).await }),
+        )
+        .await?;
+        Ok(answers.into_iter().flatten().collect())
     }
 
     /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
@@ -568,13 +596,23 @@ impl Store {
     pub async fn load_scripts(&self) -> Result<()> {
         self.timed(async {
             let mut c = self.conn().await?;
-            let info: String = redis::cmd("INFO")
+            // A cluster answers INFO from every node (a map by node): each must be new enough.
+            let info: redis::Value = redis::cmd("INFO")
                 .arg("server")
                 .query_async(&mut c)
                 .await
                 .map_err(|e| VaultError::from_redis(&e))?;
-            check_redis_version(&info)?;
-            let _: String = redis::cmd("FUNCTION")
+            let per_node: Vec<redis::Value> = match info {
+                redis::Value::Map(nodes) => nodes.into_iter().map(|(_, v)| v).collect(),
+                one => vec![one],
+            };
+            for v in per_node {
+                let text: String = redis::from_redis_value(v)
+                    .map_err(|e| VaultError::Internal(format!("INFO server: {e}")))?;
+                check_redis_version(&text)?;
+            }
+            // On a cluster it goes to every primary.
+            let _: redis::Value = redis::cmd("FUNCTION")
                 .arg("LOAD")
                 .arg("REPLACE")
                 .arg(&scripts::LIBRARY.code)

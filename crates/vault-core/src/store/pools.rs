@@ -75,9 +75,9 @@ impl Store {
             return Ok(vec![]);
         }
         let janitor = who == Sweeper::Janitor;
-        let mut p = redis::pipe();
-        p.cmd("TIME");
+        let mut groups = vec![redis::pipe().cmd("TIME").clone()];
         for name in pools {
+            let mut p = redis::pipe();
             let pk = self.keys.pool(name);
             let indexes = if janitor {
                 vec![pk.leases(), pk.cool(), pk.exp(), pk.sunset(), pk.due()]
@@ -90,8 +90,9 @@ impl Store {
             p.cmd("HMGET")
                 .arg(pk.cfg())
                 .arg(&["op", "lease_ttl_s", "min_token_ttl_s", "probe"]);
+            groups.push(p);
         }
-        let mut rows: Vec<redis::Value> = self.pipe(p).await?;
+        let mut rows = self.pipes(groups).await?;
         let time: (i64, i64) = redis::from_redis_value(rows.remove(0))
             .map_err(|e| VaultError::Internal(format!("TIME: {e}")))?;
         let now = match &self.clock {
@@ -207,11 +208,22 @@ impl Store {
         const DERIVED: [&str; 2] = ["min_token_ttl_s", "refresh_margin_s"];
         let mut done = 0;
         for chunk in self.pool_names().await?.chunks(500) {
-            let mut p = redis::pipe();
-            for pool in chunk {
-                p.cmd("HMGET").arg(self.keys.pool(pool).cfg()).arg(&DERIVED);
-            }
-            let rows: Vec<Vec<Option<String>>> = self.pipe(p).await?;
+            let groups = chunk
+                .iter()
+                .map(|pool| {
+                    redis::pipe()
+                        .cmd("HMGET")
+                        .arg(self.keys.pool(pool).cfg())
+                        .arg(&DERIVED)
+                        .clone()
+                })
+                .collect();
+            let rows: Vec<Vec<Option<String>>> = self
+                .pipes(groups)
+                .await?
+                .into_iter()
+                .map(|v| redis::from_redis_value(v).unwrap_or_default())
+                .collect();
             for (pool, row) in chunk.iter().zip(rows) {
                 if row
                     .iter()
@@ -294,15 +306,17 @@ impl Store {
         if names.is_empty() {
             return Ok((vec![], next));
         }
-        let mut p = redis::pipe();
+        let mut groups = vec![];
         for name in &names {
+            let mut p = redis::pipe();
             let pk = self.keys.pool(name);
             p.cmd("HGETALL").arg(pk.cfg());
             for st in VIEW_STATES {
                 p.cmd("SCARD").arg(pk.view(st));
             }
+            groups.push(p);
         }
-        let rows: Vec<redis::Value> = self.pipe(p).await?;
+        let rows = self.pipes(groups).await?;
         let per = 1 + VIEW_STATES.len();
         let mut views = Vec::with_capacity(names.len());
         for (name, row) in names.iter().zip(rows.chunks(per)) {

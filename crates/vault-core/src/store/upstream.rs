@@ -1,6 +1,8 @@
-//! Where the store's connections go: one Redis (`redis://`, `rediss://`), or the primary that
+//! Where the store's connections go: one Redis (`redis://`, `rediss://`), the primary that
 //! Redis Sentinel names (`redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/db]`),
-//! followed across failovers.
+//! followed across failovers, or a Redis Cluster (`redis+cluster://[user:password@]host:port[,...]`,
+//! any of its nodes; the cluster client routes each call by its keys' slot and follows slot
+//! moves).
 //!
 //! Following a failover: a call that finds Redis unreachable, or a demoted primary refusing the
 //! write (`READONLY`), fails with 503 as any Redis outage does (the caller retries), and makes
@@ -99,6 +101,60 @@ impl SentinelUrl {
 enum Upstream {
     Direct,
     Sentinel(Box<SentinelState>),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// One connection: to a single server, or the cluster client's (one per process, multiplexed
+/// over every node).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The nodes (`redis://host:port`) and credentials of a `redis+cluster://` URL.
+type ClusterNodes = (Vec<String>, Option<String>, Option<String>);
+
+fn cluster_nodes(url: &str) -> Option<Result<ClusterNodes, String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    // The same shape as a sentinel URL without the service: one parser for both.
+    let as_sentinel = format!("redis+sentinel://{}/cluster", rest.trim_end_matches('/'));
+    Some(
+        SentinelUrl::parse(&as_sentinel)
+            .expect("a sentinel URL")
+            .map(|s| (s.sentinels, s.username, s.password)),
+    )
 }
 
 struct SentinelState {
@@ -109,14 +165,14 @@ struct SentinelState {
     looking: AtomicBool,
 }
 
-/// Connections to one server.
+/// Connections to one server (or the cluster).
 #[derive(Clone)]
 struct Set {
     /// For every call.
-    normal: Arc<[ConnectionManager]>,
+    normal: Arc<[Conn]>,
     /// For writes followed by `WAIT`: it blocks the connection it is sent on until replicas
     /// caught up, so it never holds up the calls on `normal`.
-    waiting: Arc<[ConnectionManager]>,
+    waiting: Arc<[Conn]>,
 }
 
 /// How many connections carry replica-acknowledged writes (they are the rare ones).
@@ -143,8 +199,32 @@ impl Connections {
         url: &str,
         size: usize,
         cfg: ConnectionManagerConfig,
+        budget: Duration,
     ) -> Result<Self, VaultError> {
         let size = size.max(1);
+        if let Some(parsed) = cluster_nodes(url) {
+            let (nodes, username, password) = parsed.map_err(invalid)?;
+            // The one budget bounds every call (`Store::timed`); nothing below it may cut one.
+            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(budget)
+                .response_timeout(Duration::from_secs(3600))
+                .retries(2);
+            if let Some(u) = username {
+                b = b.username(u);
+            }
+            if let Some(p) = password {
+                b = b.password(p);
+            }
+            return Ok(Connections {
+                upstream: Upstream::Cluster(Box::new(b.build().map_err(invalid)?)),
+                cfg,
+                size,
+                conns: RwLock::new(None),
+                next: AtomicUsize::new(0),
+                redis_settings: redis::RedisConnectionInfo::default(),
+            });
+        }
         if let Some(parsed) = SentinelUrl::parse(url) {
             let s = parsed.map_err(invalid)?;
             let mut settings = redis::RedisConnectionInfo::default()
@@ -207,7 +287,10 @@ impl Connections {
     ) -> Result<Set, VaultError> {
         let managers = |n: usize| {
             (0..n)
-                .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
+                .map(|_| {
+                    ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone())
+                        .map(Conn::Single)
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Arc::from)
                 .map_err(invalid)
@@ -220,10 +303,13 @@ impl Connections {
 
     /// The next connection (round robin); `waiting` for a write followed by `WAIT`. Behind
     /// Sentinel, the first call looks the primary up.
-    pub(super) async fn next(&self, waiting: bool) -> Result<ConnectionManager, VaultError> {
+    pub(super) async fn next(&self, waiting: bool) -> Result<Conn, VaultError> {
         let set = self.conns.read().expect("connections lock").clone();
         let Some(set) = set else {
-            self.follow_primary().await?;
+            match &self.upstream {
+                Upstream::Cluster(client) => self.connect_cluster(client).await?,
+                _ => self.follow_primary().await?,
+            }
             return Box::pin(self.next(waiting)).await;
         };
         let conns = if waiting { &set.waiting } else { &set.normal };
@@ -231,10 +317,52 @@ impl Connections {
         Ok(conns[i].clone())
     }
 
-    /// A client for a connection of its own (pub/sub), to the current primary.
+    /// The cluster client's connection (it keeps one per node, and follows slot moves), made at
+    /// the first call.
+    async fn connect_cluster(
+        &self,
+        client: &redis::cluster::ClusterClient,
+    ) -> Result<(), VaultError> {
+        let c = client
+            .get_async_connection()
+            .await
+            .map_err(|e| VaultError::RedisUnavailable(format!("cannot reach the cluster: {e}")))?;
+        let conns: Arc<[Conn]> = Arc::from(vec![Conn::Cluster(c)]);
+        let mut set = self.conns.write().expect("connections lock");
+        if set.is_none() {
+            *set = Some(Set {
+                normal: conns.clone(),
+                waiting: conns,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this is a cluster (some settings do not apply to one).
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.upstream, Upstream::Cluster(_))
+    }
+
+    /// A client for a connection of its own (pub/sub), to the current primary. In a cluster any
+    /// node: a message published on one reaches subscribers on every node.
     pub(super) async fn client(&self, url: &str) -> Result<redis::Client, VaultError> {
         match &self.upstream {
             Upstream::Direct => redis::Client::open(url).map_err(invalid),
+            Upstream::Cluster(_) => {
+                let (nodes, username, password) = cluster_nodes(url)
+                    .expect("a cluster URL")
+                    .map_err(invalid)?;
+                let info = redis::IntoConnectionInfo::into_connection_info(nodes[0].as_str())
+                    .map_err(invalid)?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(u) = username {
+                    settings = settings.set_username(u);
+                }
+                if let Some(p) = password {
+                    settings = settings.set_password(p);
+                }
+                redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)
+            }
             Upstream::Sentinel(st) => {
                 let client = &st.client;
                 let c = client.lock().await.async_get_client().await.map_err(|e| {
