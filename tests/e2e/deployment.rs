@@ -34,18 +34,7 @@ fn checker(dep: &Deployment, urls: &[&str], secs: u64, extra: &[&str]) -> Child 
 
 /// Wait for the checker to finish; its summary must show leases granted and no violation.
 fn passes(mut c: Child, within: Duration) -> String {
-    let end = Instant::now() + within;
-    let status = loop {
-        if let Some(s) = c.try_wait() {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "the checker did not finish:\n{}",
-            c.output()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = c.wait_exit(within);
     let out = c.output();
     assert!(status.success(), "the checker failed ({status}):\n{out}");
     assert!(out.contains("violations: 0"), "{out}");

@@ -4,7 +4,7 @@
 //! `pool_exhausted`), and every answer must match what the document says: status code, content
 //! type and body schema. Settings and the extra check: `tests/schemathesis/`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use testkit::Child;
@@ -61,24 +61,21 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
             ("NO_COLOR", "1".into()),
         ],
     );
-    let end = Instant::now() + Duration::from_secs(600);
-    let status = loop {
-        if let Some(s) = run.try_wait() {
-            break s;
-        }
-        assert!(
-            Instant::now() < end,
-            "schemathesis did not finish:\n{}",
-            run.output()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (status, run) =
+        tokio::task::spawn_blocking(move || (run.wait_exit(Duration::from_secs(600)), run))
+            .await
+            .unwrap();
     let out = run.output();
     assert!(status.success(), "schemathesis found failures:\n{out}");
-    // It really tested every operation.
+    // It really tested every operation of the document.
+    let number = |label: &str| -> Option<u64> {
+        let line = out.lines().find(|l| l.trim_start().starts_with(label))?;
+        let v = line.split(':').nth(1)?.trim();
+        v.split('/').next_back()?.trim().parse().ok()
+    };
+    let (selected, tested) = (number("Selected:"), number("Tested:"));
     assert!(
-        out.contains("Tested: 33") || out.contains("Tested:"),
-        "{out}"
+        selected.is_some_and(|n| n >= 30) && tested == selected,
+        "selected {selected:?}, tested {tested:?}:\n{out}"
     );
-    assert!(out.contains(" passed"), "{out}");
 }

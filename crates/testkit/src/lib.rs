@@ -251,6 +251,22 @@ impl Child {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Wait (polling) until it exits; panics with its output past `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "the process did not finish within {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM, then wait up to `grace` before SIGKILL. Returns the exit status.
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let c = self.child.as_mut()?;
