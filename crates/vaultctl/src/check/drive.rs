@@ -47,7 +47,7 @@ impl Answer {
         }
     }
     fn lost(&self) -> bool {
-        self.status == 0 || (self.status >= 500 && self.code != "pool_exhausted")
+        super::verify::answer_lost(self.status, &self.code)
     }
 }
 

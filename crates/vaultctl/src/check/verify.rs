@@ -28,15 +28,20 @@ impl Rec {
     pub(crate) fn done(&self) -> bool {
         (200..300).contains(&self.status)
     }
-    /// The vault may or may not have done it: no answer, or a 5xx other than `pool_exhausted`
-    /// (a replica that timed out on Redis, or a load balancer that lost its backend, cannot tell
-    /// whether the call ran).
+    /// The vault may or may not have done it ([`answer_lost`]).
     pub(crate) fn ambiguous(&self) -> bool {
-        self.status == 0 || (self.status >= 500 && self.code != "pool_exhausted")
+        answer_lost(self.status, &self.code)
     }
     fn acked_at(&self) -> u64 {
         self.acked.unwrap_or(u64::MAX)
     }
+}
+
+/// Whether an answer (HTTP `status`, 0 for none; problem `code`) leaves open whether the vault
+/// did it: no answer, or a 5xx other than `pool_exhausted` (a replica that timed out on Redis,
+/// or a load balancer that lost its backend, cannot tell whether the call ran).
+pub(crate) fn answer_lost(status: u16, code: &str) -> bool {
+    status == 0 || (status >= 500 && code != "pool_exhausted")
 }
 
 /// What a lease or renew answer said (times are the vault's, unix ms).
