@@ -8,17 +8,23 @@
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local fields = cjson.decode(ARGV[2])
+-- One read per token: the caller's fields, then what existence and the quota rule need.
+local QUOTA_FIELDS = { 'state', 'used', 'reserved', 'win_end', 'quota_limit' }
+local read = {}
+for j = 1, #fields do read[j] = fields[j] end
+for j = 1, #QUOTA_FIELDS do read[#fields + j] = QUOTA_FIELDS[j] end
 local rows = {}
 for i = 3, #ARGV do
-  local key = tkey(ARGV[i])
-  if redis.call('EXISTS', key) == 1 then
-    local vals = redis.call('HMGET', key, unpack(fields))
+  local vals = redis.call('HMGET', tkey(ARGV[i]), unpack(read))
+  local t = {}
+  for j = 1, #QUOTA_FIELDS do t[QUOTA_FIELDS[j]] = vals[#fields + j] or nil end
+  -- `state` is written at deposit: without it there is no token.
+  if t.state ~= nil then
+    local shown = {}
     for j = 1, #fields do
-      if vals[j] == false then vals[j] = cjson.null end
+      if vals[j] == false then shown[j] = cjson.null else shown[j] = vals[j] end
     end
-    local q = redis.call('HMGET', key, 'used', 'reserved', 'win_end', 'quota_limit')
-    local t = { used = q[1] or nil, reserved = q[2] or nil, win_end = q[3] or nil, quota_limit = q[4] or nil }
-    rows[#rows + 1] = { fields = vals, quota = quota_now(t, c) }
+    rows[#rows + 1] = { fields = shown, quota = quota_now(t, c) }
   else
     rows[#rows + 1] = {}
   end
