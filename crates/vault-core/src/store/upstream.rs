@@ -43,12 +43,11 @@ impl SentinelUrl {
     }
 
     fn parse_rest(rest: &str) -> Result<SentinelUrl, String> {
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((a, r)) => (Some(a), r),
-            None => (None, rest),
-        };
-        let (hosts, path) = rest
+        // The credentials may hold a `/`: the path starts after the hosts, past any `@`.
+        let hosts_from = rest.rfind('@').map_or(0, |i| i + 1);
+        let (nodes, path) = rest[hosts_from..]
             .split_once('/')
+            .map(|(hosts, path)| (&rest[..hosts_from + hosts.len()], path))
             .ok_or("redis+sentinel:// needs the service name after the hosts: redis+sentinel://host:port,host:port/<service>")?;
         let mut parts = path.split('/');
         let service = parts.next().unwrap_or_default().to_string();
@@ -61,19 +60,44 @@ impl SentinelUrl {
                 .parse()
                 .map_err(|_| format!("redis+sentinel:// database must be a number, got {d:?}"))?,
         };
-        let sentinels: Vec<String> = hosts
+        let n = Nodes::parse(nodes, 26379, "redis+sentinel://")?;
+        Ok(SentinelUrl {
+            sentinels: n.nodes,
+            service,
+            username: n.username,
+            password: n.password,
+            db,
+        })
+    }
+}
+
+/// The `[user:password@]host[:port],host[:port]...` part of a sentinel or cluster URL.
+struct Nodes {
+    /// `redis://host:port` of each.
+    nodes: Vec<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Nodes {
+    fn parse(s: &str, default_port: u16, scheme: &str) -> Result<Nodes, String> {
+        let (auth, hosts) = match s.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, s),
+        };
+        let nodes: Vec<String> = hosts
             .split(',')
             .filter(|h| !h.is_empty())
             .map(|h| {
                 if h.contains(':') {
                     format!("redis://{h}")
                 } else {
-                    format!("redis://{h}:26379")
+                    format!("redis://{h}:{default_port}")
                 }
             })
             .collect();
-        if sentinels.is_empty() {
-            return Err("redis+sentinel:// names no sentinel".into());
+        if nodes.is_empty() {
+            return Err(format!("{scheme} names no host"));
         }
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -88,12 +112,10 @@ impl SentinelUrl {
                 None => (None, Some(decode(a))),
             },
         };
-        Ok(SentinelUrl {
-            sentinels,
-            service,
+        Ok(Nodes {
+            nodes,
             username,
             password,
-            db,
         })
     }
 }
@@ -101,7 +123,13 @@ impl SentinelUrl {
 enum Upstream {
     Direct,
     Sentinel(Box<SentinelState>),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    Cluster(Box<ClusterState>),
+}
+
+struct ClusterState {
+    client: redis::cluster::ClusterClient,
+    /// For pub/sub: any node (a message published on one reaches subscribers on every node).
+    pubsub: redis::Client,
 }
 
 /// One connection: to a single server, or the cluster client's (one per process, multiplexed
@@ -143,18 +171,14 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
-/// The nodes (`redis://host:port`) and credentials of a `redis+cluster://` URL.
-type ClusterNodes = (Vec<String>, Option<String>, Option<String>);
-
-fn cluster_nodes(url: &str) -> Option<Result<ClusterNodes, String>> {
+/// The nodes and credentials of a `redis+cluster://` URL; None for another kind of URL.
+fn cluster_nodes(url: &str) -> Option<Result<Nodes, String>> {
     let rest = url.strip_prefix("redis+cluster://")?;
-    // The same shape as a sentinel URL without the service: one parser for both.
-    let as_sentinel = format!("redis+sentinel://{}/cluster", rest.trim_end_matches('/'));
-    Some(
-        SentinelUrl::parse(&as_sentinel)
-            .expect("a sentinel URL")
-            .map(|s| (s.sentinels, s.username, s.password)),
-    )
+    Some(Nodes::parse(
+        rest.trim_end_matches('/'),
+        6379,
+        "redis+cluster://",
+    ))
 }
 
 struct SentinelState {
@@ -203,21 +227,30 @@ impl Connections {
     ) -> Result<Self, VaultError> {
         let size = size.max(1);
         if let Some(parsed) = cluster_nodes(url) {
-            let (nodes, username, password) = parsed.map_err(invalid)?;
+            let n = parsed.map_err(invalid)?;
+            let info = redis::IntoConnectionInfo::into_connection_info(n.nodes[0].as_str())
+                .map_err(invalid)?;
+            let mut pubsub = info.redis_settings().clone();
             // The one budget bounds every call (`Store::timed`); nothing below it may cut one.
-            let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+            let mut b = redis::cluster::ClusterClientBuilder::new(n.nodes)
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .connection_timeout(budget)
                 .response_timeout(Duration::from_secs(3600))
                 .retries(2);
-            if let Some(u) = username {
+            if let Some(u) = n.username {
+                pubsub = pubsub.set_username(&u);
                 b = b.username(u);
             }
-            if let Some(p) = password {
+            if let Some(p) = n.password {
+                pubsub = pubsub.set_password(&p);
                 b = b.password(p);
             }
+            let state = ClusterState {
+                client: b.build().map_err(invalid)?,
+                pubsub: redis::Client::open(info.set_redis_settings(pubsub)).map_err(invalid)?,
+            };
             return Ok(Connections {
-                upstream: Upstream::Cluster(Box::new(b.build().map_err(invalid)?)),
+                upstream: Upstream::Cluster(Box::new(state)),
                 cfg,
                 size,
                 conns: RwLock::new(None),
@@ -307,7 +340,7 @@ impl Connections {
         let set = self.conns.read().expect("connections lock").clone();
         let Some(set) = set else {
             match &self.upstream {
-                Upstream::Cluster(client) => self.connect_cluster(client).await?,
+                Upstream::Cluster(st) => self.connect_cluster(&st.client).await?,
                 _ => self.follow_primary().await?,
             }
             return Box::pin(self.next(waiting)).await;
@@ -343,26 +376,12 @@ impl Connections {
         matches!(self.upstream, Upstream::Cluster(_))
     }
 
-    /// A client for a connection of its own (pub/sub), to the current primary. In a cluster any
-    /// node: a message published on one reaches subscribers on every node.
+    /// A client for a connection of its own (pub/sub), to the current primary (in a cluster, the
+    /// first node named).
     pub(super) async fn client(&self, url: &str) -> Result<redis::Client, VaultError> {
         match &self.upstream {
             Upstream::Direct => redis::Client::open(url).map_err(invalid),
-            Upstream::Cluster(_) => {
-                let (nodes, username, password) = cluster_nodes(url)
-                    .expect("a cluster URL")
-                    .map_err(invalid)?;
-                let info = redis::IntoConnectionInfo::into_connection_info(nodes[0].as_str())
-                    .map_err(invalid)?;
-                let mut settings = info.redis_settings().clone();
-                if let Some(u) = username {
-                    settings = settings.set_username(u);
-                }
-                if let Some(p) = password {
-                    settings = settings.set_password(p);
-                }
-                redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)
-            }
+            Upstream::Cluster(st) => Ok(st.pubsub.clone()),
             Upstream::Sentinel(st) => {
                 let client = &st.client;
                 let c = client.lock().await.async_get_client().await.map_err(|e| {
@@ -442,7 +461,7 @@ mod tests {
     #[test]
     fn sentinel_urls() {
         assert_eq!(SentinelUrl::parse("redis://h:6379"), None);
-        let s = SentinelUrl::parse("redis+sentinel://:p%40ss@a:26379,b:26380,c/mymaster/2")
+        let s = SentinelUrl::parse("redis+sentinel://:p/%40ss@a:26379,b:26380,c/mymaster/2")
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -450,7 +469,7 @@ mod tests {
             ["redis://a:26379", "redis://b:26380", "redis://c:26379"]
         );
         assert_eq!(s.service, "mymaster");
-        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        assert_eq!(s.password.as_deref(), Some("p/@ss"));
         assert_eq!(s.username, None);
         assert_eq!(s.db, 2);
         assert!(SentinelUrl::parse("redis+sentinel://a:1,b:2")
@@ -465,5 +484,19 @@ mod tests {
         assert!(SentinelUrl::parse("redis+sentinel://a:1/svc/x")
             .unwrap()
             .is_err());
+    }
+
+    #[test]
+    fn cluster_urls() {
+        assert!(cluster_nodes("redis+sentinel://a:1/svc").is_none());
+        let n = cluster_nodes("redis+cluster://u:pw@a:7000,b/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.nodes, ["redis://a:7000", "redis://b:6379"]);
+        assert_eq!(
+            (n.username.as_deref(), n.password.as_deref()),
+            (Some("u"), Some("pw"))
+        );
+        assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
     }
 }
