@@ -1,0 +1,244 @@
+"""A real vault for the tests: a redis-server and the vault-api binary on free loopback ports
+(built by `cargo build --workspace --bins`; TV_BIN_DIR overrides target/debug), an admin client
+token minted with vaultctl, plus a small target API that enforces its tokens and a forward proxy
+that records what passes through it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Set
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("TV_BIN_DIR", ROOT / "target" / "debug"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(deadline_s: float, check: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Process:
+    def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class VaultUnderTest:
+    """One Redis, one vault-api replica, and a way to mint client tokens."""
+
+    def __init__(self) -> None:
+        for name in ("vault-api", "vaultctl"):
+            if not (BIN / name).is_file():
+                raise RuntimeError(f"{BIN / name} is missing: run cargo build --workspace --bins")
+        self.dir = Path(tempfile.mkdtemp(prefix="tv-py-"))
+        self.redis_port = free_port()
+        self.redis = Process([shutil.which("redis-server") or "redis-server", "--port",
+                              str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(self.dir)])
+        wait_until(10, lambda: port_open(self.redis_port), "redis-server")
+        keys = self.dir / "keys"
+        keys.mkdir()
+        subprocess.run([str(BIN / "vaultctl"), "keys", "generate", "--out", str(keys / "k1.pem")],
+                       check=True, capture_output=True)
+        self.keys = keys
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "TV_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
+            "TV_PREFIX": "tv",
+            "TV_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "TV_SIGNING_KEYS": str(keys),
+            "RUST_LOG": "warn",
+        }
+        self.api = self.replica(self.port)
+        self.admin = self.mint("py-admin", "admin,lease,deposit,audit")
+
+    def replica(self, port: int) -> Process:
+        """Another vault-api process on the same Redis and keys, listening on ``port``."""
+        p = Process([str(BIN / "vault-api")], {**self.env, "TV_LISTEN_ADDR": f"127.0.0.1:{port}"})
+        wait_until(30, lambda: self.ready(f"http://127.0.0.1:{port}"), "vault-api /readyz")
+        return p
+
+    def ready(self, url: Optional[str] = None) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url or self.url}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def mint(self, sub: str, scopes: str) -> str:
+        out = subprocess.run([str(BIN / "vaultctl"), "token", "mint", "--signing-key",
+                              str(self.keys / "k1.pem"), "--sub", sub, "--scopes", scopes,
+                              "--ttl", "1h"], check=True, capture_output=True, text=True)
+        return out.stdout.strip().splitlines()[-1].strip()
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.redis.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vault_server() -> Iterator[VaultUnderTest]:
+    v = VaultUnderTest()
+    yield v
+    v.stop()
+
+
+@pytest.fixture
+def pool(vault_server: VaultUnderTest) -> str:
+    """A fresh pool name per test (its config and tokens are the test's to make)."""
+    return f"py-{uuid.uuid4().hex[:10]}"
+
+
+class Target:
+    """A small third-party API that enforces the vault's tokens the way real ones do: an unknown
+    or revoked token gets 401, a token past its quota gets 429 with Retry-After, and every
+    answer carries X-RateLimit-Remaining / X-RateLimit-Reset."""
+
+    def __init__(self, quota: int = 1000) -> None:
+        self.quota = quota
+        self.valid: Set[str] = set()
+        self.revoked: Set[str] = set()
+        self.used: Dict[str, int] = {}
+        #: (time, token, status) of every request.
+        self.seen: List[tuple] = []
+        self.lock = threading.Lock()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+                with target.lock:
+                    if token not in target.valid or token in target.revoked:
+                        status, extra = 401, {}
+                    elif target.used.get(token, 0) >= target.quota:
+                        status, extra = 429, {"Retry-After": "7"}
+                    else:
+                        target.used[token] = target.used.get(token, 0) + 1
+                        status, extra = 200, {}
+                    left = max(0, target.quota - target.used.get(token, 0))
+                    target.seen.append((time.time(), token, status, self.path))
+                body = json.dumps({"path": self.path, "status": status}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-RateLimit-Remaining", str(left))
+                self.send_header("X-RateLimit-Reset", str(int(time.time()) + 3600))
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    t = Target()
+    yield t
+    t.stop()
+
+
+class ForwardProxy:
+    """An HTTP forward proxy (absolute-URI requests) that records the requests it forwards."""
+
+    def __init__(self) -> None:
+        self.forwarded: List[tuple] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.forwarded.append((self.path, self.headers.get("Authorization", "")))
+                req = urllib.request.Request(self.path, headers={
+                    k: v for k, v in self.headers.items()
+                    if k.lower() not in ("proxy-connection", "connection", "host")})
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                try:
+                    r = opener.open(req, timeout=10)
+                    status, headers, body = r.status, r.headers, r.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, body = e.code, e.headers, e.read()
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[ForwardProxy]:
+    p = ForwardProxy()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,89 @@
+"""The events stream: revocations reach held leases, and a dropped stream resumes where it
+stopped (Last-Event-ID) so nothing published meanwhile is missed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import free_port, wait_until
+from tokenvault import AsyncVault, LeaseRevoked, Vault
+
+
+def test_a_held_lease_whose_token_is_revoked_is_dropped(vault_server, pool, target):
+    with Vault(vault_server.url, vault_server.admin) as vault:
+        vault.put_pool(pool)
+        vault.deposit(pool, [{"id": "t1", "secret": "soon-revoked"}])
+        target.valid.add("soon-revoked")
+        vault.watch([pool])
+        with vault.lease(pool) as lease:
+            session = lease.session()
+            assert session.get(target.url + "/before").status_code == 200
+            vault.revoke(pool, "t1", reason="leaked")
+            wait_until(10, lambda: lease.revoked is not None, "the revocation event")
+            with pytest.raises(LeaseRevoked):
+                session.get(target.url + "/after")
+        # Nothing was sent with the revoked token after the revocation.
+        assert [p for _, _, _, p in target.seen] == ["/before"]
+
+
+def test_the_stream_resumes_after_its_replica_dies(vault_server, pool):
+    port = free_port()
+    replica = vault_server.replica(port)
+    url = f"http://127.0.0.1:{port}"
+    admin = Vault(vault_server.url, vault_server.admin)
+    admin.put_pool(pool)
+    admin.deposit(pool, [{"id": f"t{i}", "secret": f"s{i}"} for i in range(6)])
+    seen = []
+    got = threading.Condition()
+    listener = Vault(url, vault_server.admin, timeout=2)
+    opened = threading.Event()
+
+    def listen() -> None:
+        for ev in listener.events([pool], on_open=opened.set):
+            with got:
+                seen.append((ev.type, ev.token_id))
+                got.notify_all()
+
+    threading.Thread(target=listen, daemon=True).start()
+
+    def wait_for(n: int) -> None:
+        with got:
+            assert got.wait_for(lambda: len(seen) >= n, timeout=20), seen
+
+    assert opened.wait(20)
+    admin.revoke(pool, "t0", reason="before")
+    wait_for(1)
+    opened.clear()
+    replica.stop()
+    # Published while the listener's replica is down...
+    for i in (1, 2, 3):
+        admin.revoke(pool, f"t{i}", reason="while-down")
+    replica = vault_server.replica(port)
+    assert opened.wait(20), "the listener did not reconnect"
+    # ...and after it is back.
+    admin.revoke(pool, "t4", reason="after")
+    wait_for(5)
+    revoked = [t for kind, t in seen if kind == "token.revoked"]
+    assert revoked[-4:] == ["t1", "t2", "t3", "t4"], seen
+    listener.close()
+    admin.close()
+    replica.stop()
+
+
+@pytest.mark.anyio
+async def test_async_events_mark_held_leases(vault_server, pool):
+    import asyncio
+
+    async with AsyncVault(vault_server.url, vault_server.admin) as vault:
+        await vault.put_pool(pool)
+        await vault.deposit(pool, [{"id": "t1", "secret": "a1"}])
+        lease = await vault.lease(pool)
+        await vault.watch([pool])
+        await vault.revoke(pool, "t1", reason="async")
+        for _ in range(500):
+            if lease.revoked is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert lease.revoked is not None
