@@ -4,16 +4,7 @@
 -- remaining, reset_at, detail}; numeric fields are nil when absent.
 local function apply_outcome(id, t, c, r)
   if not in_rotation(t) then return end
-  local lim = limit_of(t, c)
-  if r.reset_at ~= nil and r.reset_at > NOW then put(id, t, 'win_end', r.reset_at) end
-  if r.remaining ~= nil then
-    if lim ~= nil then
-      put(id, t, 'used', math.max(0, lim - r.remaining))
-    elseif r.remaining <= 0 then
-      local back = r.reset_at or (NOW + window_ms(c))
-      if back > num(t.cool_until, 0) then put(id, t, 'cool_until', back) end
-    end
-  end
+  count_target_quota(id, t, c, r.remaining, r.reset_at)
   local o = r.outcome
   if o == 'ok' then
     if num(t.strikes, 0) ~= 0 then put(id, t, 'strikes', 0) end

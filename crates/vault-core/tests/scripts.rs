@@ -429,6 +429,19 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
         m.quota.window_resets_at.unwrap(),
         vault_core::time::rfc3339(T0 + 500_000)
     );
+    // Two leases of the token; the one whose last answer is older reports last. Its `remaining`
+    // is stale (calls were made since): it must not lower the count.
+    let (l1, l2) = (pick(&e, "a").await, pick(&e, "a").await);
+    let report = |remaining| Report {
+        used: Some(1),
+        remaining: Some(remaining),
+        reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)),
+        ..Default::default()
+    };
+    e.store.release("p", &l2.lease_id, &report(3)).await.unwrap();
+    assert_eq!(e.meta("a").await.quota.used, 97);
+    e.store.release("p", &l1.lease_id, &report(5)).await.unwrap();
+    assert_eq!(e.meta("a").await.quota.used, 98, "a stale remaining lowered the count");
 }
 
 #[tokio::test]
