@@ -137,8 +137,9 @@ class Target:
     or revoked token gets 401, a token past its quota gets 429 with Retry-After, and every
     answer carries X-RateLimit-Remaining / X-RateLimit-Reset."""
 
-    def __init__(self, quota: int = 1000) -> None:
+    def __init__(self, quota: int = 1000, delay_s: float = 0.0) -> None:
         self.quota = quota
+        self.delay_s = delay_s
         self.valid: Set[str] = set()
         self.revoked: Set[str] = set()
         self.used: Dict[str, int] = {}
@@ -152,6 +153,8 @@ class Target:
                 pass
 
             def do_GET(self) -> None:
+                if target.delay_s:
+                    time.sleep(target.delay_s)
                 auth = self.headers.get("Authorization", "")
                 token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
                 with target.lock:

@@ -156,3 +156,10 @@ def event_from_sse(kind: str, data: str, sse_id: str) -> Optional[Event]:
         reason=body.get("reason"),
         id=sse_id or None,
     )
+
+
+def slot_of(url: str) -> str:
+    """Scrapy's default download slot for a URL: its host."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or ""

@@ -1,0 +1,108 @@
+"""A real Scrapy crawl of a local target site that enforces its tokens (401 once revoked, 429
+past its own quota), through the middleware and a real vault."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tokenvault import Vault
+
+HERE = Path(__file__).parent
+QUOTA = 12
+
+
+def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False):
+    out = tmp_path / "crawl.json"
+    env = {**os.environ, "TOKENVAULT_URL": vault_server.url, "TOKENVAULT_TOKEN": vault_server.admin,
+           "TOKENVAULT_POOL": pool, "CRAWL_TARGET": target.url, "CRAWL_PAGES": str(pages),
+           "TOKENVAULT_PER_SLOT": "1" if per_slot else "0"}
+    run = subprocess.run([sys.executable, str(HERE / "crawl.py"), str(out)], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (tmp_path / "crawl.log").write_text(run.stderr)
+    return json.loads(out.read_text()), run.stderr
+
+
+def make_pool(vault, pool, target, n):
+    vault.put_pool(pool, quota_limit=QUOTA, quota_window_s=3600, max_leases_per_token=2)
+    target.quota = QUOTA
+    secrets = {f"t{i}": f"crawl-{pool}-{i}" for i in range(n)}
+    vault.deposit(pool, [{"id": k, "secret": v} for k, v in secrets.items()])
+    target.valid.update(secrets.values())
+    return secrets
+
+
+def test_a_crawl_finishes_without_a_revoked_token_or_going_past_quota(vault_server, pool,
+                                                                      tmp_path):
+    from conftest import Target
+
+    target = Target(delay_s=0.02)
+    vault = Vault(vault_server.url, vault_server.admin)
+    secrets = make_pool(vault, pool, target, 6)
+    revoked = {}
+
+    def revoke_mid_crawl() -> None:
+        # Once 10 requests reached the target, revoke the token of the latest one (the vault
+        # first, then the target starts refusing it, as a real provider would).
+        while len(target.seen) < 10:
+            threading.Event().wait(0.01)
+        secret = target.seen[-1][1]
+        tid = next(k for k, v in secrets.items() if v == secret)
+        vault.revoke(pool, tid, reason="leaked")
+        target.revoked.add(secret)
+        revoked["id"] = tid
+
+    t = threading.Thread(target=revoke_mid_crawl, daemon=True)
+    t.start()
+    try:
+        result, log = crawl(vault_server, pool, target, tmp_path, pages=40)
+    finally:
+        target.stop()
+    t.join(5)
+    assert "id" in revoked, "the crawl ended before the revocation"
+    rows = result["rows"]
+    # The crawl finished: every page answered 200.
+    assert sorted(r["url"] for r in rows if r["status"] == 200) == sorted(
+        f"{target.url}/page/{i}" for i in range(40)), (rows, log)
+    # No request left with the revoked token after the middleware heard of the revocation.
+    rid = revoked["id"]
+    assert rid in result["revoked_at"], result
+    assert result["last_attached"].get(rid, 0) <= result["revoked_at"][rid]
+    # It did serve requests before (the revocation hit a token in use).
+    assert any(tok == secrets[rid] for _, tok, _, _ in target.seen)
+    # No token went past the target's quota: the vault never handed one out beyond it.
+    assert all(st != 429 for _, _, st, _ in target.seen)
+    per_token = {}
+    for _, tok, st, _ in target.seen:
+        if st == 200:
+            per_token[tok] = per_token.get(tok, 0) + 1
+    assert max(per_token.values()) <= QUOTA and len(per_token) >= 4, per_token
+    assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()
+
+
+def test_per_slot_leases_count_every_request_against_the_quota(vault_server, pool, tmp_path):
+    from conftest import Target
+
+    target = Target()
+    vault = Vault(vault_server.url, vault_server.admin)
+    make_pool(vault, pool, target, 5)
+    try:
+        result, log = crawl(vault_server, pool, target, tmp_path, pages=30, per_slot=True)
+    finally:
+        target.stop()
+    assert sum(1 for r in result["rows"] if r["status"] == 200) == 30, (result, log)
+    assert all(st == 200 for _, _, st, _ in target.seen)
+    # The vault counted each request the target saw (units leased per slot, used as sent).
+    used = sum(vault._call("GET", f"/v1/pools/{pool}/tokens/t{i}")["quota"]["used"]
+               for i in range(5))
+    assert used == len(target.seen), (used, len(target.seen), log)
+    assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()
