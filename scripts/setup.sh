@@ -42,12 +42,25 @@ fi
 
 # schemathesis (the API fuzz test, tests/e2e/fuzz.rs) lives in a virtualenv of its own in the
 # checkout, pinned, so the system Python is left alone.
+# The same virtualenv holds the Python client (clients/python, installed editable) and what its
+# tests use: pytest, requests, httpx, Scrapy — pinned in tests/python-requirements.txt.
 SCHEMATHESIS_VERSION=4.32.5
 venv=.venv-tests
-if [ "$for_tests" = 1 ] && ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-  echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+if [ "$for_tests" = 1 ]; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+  # Reinstalled when the pins change (a stamp of the requirements file's content).
+  stamp="$venv/.python-requirements.sha256"
+  want=$(sha256sum tests/python-requirements.txt clients/python/pyproject.toml | sha256sum | cut -c1-64)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "installing the Python client and its test requirements into $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python-requirements.txt \
+      -e clients/python
+    echo "$want" > "$stamp"
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

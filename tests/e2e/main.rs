@@ -15,6 +15,7 @@ mod harness;
 mod http;
 mod keys;
 mod outage;
+mod python;
 mod refresh;
 mod rotation;
 mod secrets;
