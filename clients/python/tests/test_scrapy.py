@@ -100,9 +100,11 @@ def test_per_slot_leases_count_every_request_against_the_quota(vault_server, poo
         target.stop()
     assert sum(1 for r in result["rows"] if r["status"] == 200) == 30, (result, log)
     assert all(st == 200 for _, _, st, _ in target.seen)
-    # The vault counted each request the target saw (units leased per slot, used as sent).
+    # The vault counted every request the target saw (units leased per slot, reported as sent).
+    # It may count more, never less: a report's X-RateLimit-Remaining includes calls of other
+    # leases of the token still out, which their own reports count again (the safe direction).
     used = sum(vault._call("GET", f"/v1/pools/{pool}/tokens/t{i}")["quota"]["used"]
                for i in range(5))
-    assert used == len(target.seen), (used, len(target.seen), log)
+    assert len(target.seen) <= used <= 5 * QUOTA, (used, len(target.seen), log)
     assert vault.pool_status(pool)["leases_active"] == 0
     vault.close()

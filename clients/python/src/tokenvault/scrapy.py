@@ -28,6 +28,8 @@ import asyncio
 import time
 from typing import Any, Dict, Optional
 
+import logging
+
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 
@@ -35,6 +37,8 @@ from . import _core
 from ._async import AsyncVault
 from ._errors import LeaseGone, PoolExhausted, VaultError
 from ._models import Lease
+
+logger = logging.getLogger(__name__)
 
 META_LEASE = "tokenvault_lease_id"
 META_TOKEN = "tokenvault_token_id"
@@ -140,6 +144,8 @@ class TokenVaultMiddleware:
                 raise
         held = _Held(lease)
         held.units = units
+        logger.debug("tokenvault: leased %s of token %s (%d units)", lease.lease_id, lease.token_id,
+                     units)
         self._by_lease[lease.lease_id] = held
         self._inc("leases")
         return held
@@ -167,6 +173,8 @@ class TokenVaultMiddleware:
             return
         if report is None:
             report = lease.report("ok", used=max(held.sent, 1) if self.per_slot else None)
+        logger.debug("tokenvault: releasing lease %s of token %s (%d sent, %d open): %s",
+                     lease.lease_id, lease.token_id, held.sent, held.open, report.body())
         try:
             await self.vault.release(lease, report)
         except LeaseGone:
