@@ -180,6 +180,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
         shutdown_grace_s: 10,
         shutdown_drain_ms: 0,
+        pool_metrics_interval_s: 15,
+        pool_metrics_max_pools: 500,
         conn: vault_api::config::ConnLimits::default(),
         log: args.log.clone(),
         auth: vault_api::config::AuthArgs {

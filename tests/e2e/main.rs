@@ -19,4 +19,5 @@ mod python;
 mod refresh;
 mod rotation;
 mod secrets;
+mod sizing;
 mod slow_redis;

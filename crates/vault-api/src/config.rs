@@ -43,6 +43,21 @@ pub struct ApiConfig {
         default_value_t = 0
     )]
     pub shutdown_drain_ms: u64,
+    /// Seconds between two computations of the per-pool gauges (`tv_pool_*` on `/metrics`):
+    /// every replica reads each pool's status once per interval. 0 turns them off.
+    #[arg(
+        long = "pool-metrics-interval-s",
+        env = "TV_POOL_METRICS_INTERVAL_S",
+        default_value_t = 30
+    )]
+    pub pool_metrics_interval_s: u64,
+    /// Most pools the gauges cover (by name order): bounds the Redis reads of one interval.
+    #[arg(
+        long = "pool-metrics-max-pools",
+        env = "TV_POOL_METRICS_MAX_POOLS",
+        default_value_t = 500
+    )]
+    pub pool_metrics_max_pools: usize,
     #[command(flatten)]
     pub log: vault_core::config::LogArgs,
     #[command(flatten)]

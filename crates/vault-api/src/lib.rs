@@ -11,10 +11,12 @@
 //! - [`extract`]: path/query/body extractors that reject in the same format.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
+//! - [`background`]: what a replica does besides answering: lease counts to Redis, pool gauges.
 
 pub mod answers;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod events;

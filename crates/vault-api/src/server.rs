@@ -49,6 +49,12 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     tracing::info!(signer = keys.signer_kid().unwrap_or("none (verify only)"), kids = ?keys.kids(), "client-token keys loaded");
     let state = AppState::new(store, cipher, keys, cfg.auth.failure_limit);
     crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.clone());
+    crate::background::spawn_tally_flush(state.store.clone());
+    crate::background::spawn_pool_gauges(
+        state.store.clone(),
+        Duration::from_secs(cfg.pool_metrics_interval_s),
+        cfg.pool_metrics_max_pools,
+    );
     Ok(state)
 }
 
@@ -211,6 +217,10 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(stopping.grace) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    // The last lease counts (best effort: the rate is an estimate).
+    if let Err(e) = state.store.flush_lease_tally().await {
+        tracing::debug!(error = %e, "last lease counts not flushed");
     }
     Ok(())
 }

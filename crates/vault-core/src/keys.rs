@@ -104,6 +104,10 @@ impl PoolKeys {
     pub fn stats(&self) -> String {
         self.k("stats")
     }
+    /// Leases granted per minute (`<minute>:l`, `<minute>:u` fields), for the observed rate.
+    pub fn rate(&self) -> String {
+        self.k("rate")
+    }
     pub fn token(&self, id: &str) -> String {
         self.k(&format!("t:{id}"))
     }
@@ -191,6 +195,7 @@ mod tests {
             k.jobs(),
             k.audit(),
             k.stats(),
+            k.rate(),
             k.sunset(),
             k.due(),
             k.seq(),

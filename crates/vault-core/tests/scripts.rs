@@ -438,10 +438,20 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
         reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)),
         ..Default::default()
     };
-    e.store.release("p", &l2.lease_id, &report(3)).await.unwrap();
+    e.store
+        .release("p", &l2.lease_id, &report(3))
+        .await
+        .unwrap();
     assert_eq!(e.meta("a").await.quota.used, 97);
-    e.store.release("p", &l1.lease_id, &report(5)).await.unwrap();
-    assert_eq!(e.meta("a").await.quota.used, 98, "a stale remaining lowered the count");
+    e.store
+        .release("p", &l1.lease_id, &report(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.meta("a").await.quota.used,
+        98,
+        "a stale remaining lowered the count"
+    );
 }
 
 #[tokio::test]

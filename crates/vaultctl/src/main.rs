@@ -5,6 +5,7 @@
 //! held (see `check/`).
 
 mod check;
+mod sizing;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,16 @@ enum Cmd {
     /// Drive a running vault with workers, an operator and a login worker, then prove from the
     /// log and a final read that no rule was broken. Exit status 2 on any violation.
     Check(check::CheckArgs),
+    /// Pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    /// How many tokens a job needs: N = rps × min(duration, window) / (quota − reserve), and
+    /// enough for the leases held at once. The same rule as `sizing` in pool status.
+    Size(sizing::SizeArgs),
 }
 
 #[derive(Subcommand)]
@@ -289,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{token}");
         }
+        Cmd::Pool(PoolCmd::Size(a)) => sizing::run(&a, parse_ttl)?,
         Cmd::Check(_) => unreachable!("main runs check itself (it has an exit status of its own)"),
     }
     Ok(())

@@ -75,12 +75,14 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
 mod lease;
 mod pool;
 mod refresh_settings;
+mod sizing;
 mod status;
 mod token;
 
 pub use lease::*;
 pub use pool::*;
 pub use refresh_settings::*;
+pub use sizing::*;
 pub use status::*;
 pub use token::*;
 

@@ -59,6 +59,25 @@ pub struct PoolStatus {
     pub janitor: Option<JanitorStatus>,
     /// A whole-pool operation still running (config change, rotation, cancel), if any.
     pub operation: Option<OperationStatus>,
+    /// The observed lease rate and the tokens it needs.
+    pub sizing: PoolSizing,
+}
+
+/// How many tokens the pool's observed demand needs (`N = rate × window / quota per token`, and
+/// enough for the leases held at once), against how many it has.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PoolSizing {
+    /// Leases granted per second by every replica over the last minutes (`observed_s`).
+    pub lease_rate_per_s: f64,
+    /// Quota units those leases reserved per second.
+    pub units_rate_per_s: f64,
+    pub observed_s: f64,
+    #[serde(flatten)]
+    pub needed: TokensNeeded,
+    /// Tokens that serve leases over a window: active, leased, cooling and deprecated.
+    pub tokens_in_rotation: u64,
+    /// `tokens_in_rotation − tokens_needed`: negative when the pool is too small for its demand.
+    pub headroom_tokens: i64,
 }
 
 /// A whole-pool operation in progress: it runs in batches of a few milliseconds each.

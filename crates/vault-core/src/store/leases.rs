@@ -20,6 +20,9 @@ impl Store {
                 ],
             )
             .await?;
+        if !v.lease.replayed {
+            self.tally_lease(pool, v.lease.units);
+        }
         Ok(v.lease)
     }
 
@@ -69,6 +72,11 @@ impl Store {
             Some(code) => Err(VaultError::from_script(code, &v)),
             None => typed::<reply::Lease>(&scripts::ROTATE, v).map(|l| l.lease),
         };
+        if let Ok(l) = &lease {
+            if !l.replayed {
+                self.tally_lease(pool, l.units);
+            }
+        }
         Ok((released, lease))
     }
 }

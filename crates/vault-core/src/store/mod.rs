@@ -25,6 +25,7 @@ pub use crate::refresh::{ClaimedJob, RefreshedToken};
 use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
 use crate::Result;
+pub use rate::{LeaseRate, RATE_MINUTES};
 
 /// What an acquire asks for.
 #[derive(Debug, Clone, Default)]
@@ -110,6 +111,8 @@ pub struct Store {
     clock: Option<Arc<AtomicI64>>,
     /// Replica-acknowledged writes (`TV_REDIS_WAIT_*`).
     wait: crate::config::WaitArgs,
+    /// Leases this process granted since the last flush (the pools' observed rate).
+    tally: Arc<rate::LeaseTally>,
 }
 
 impl std::fmt::Debug for Store {
@@ -326,6 +329,7 @@ impl Store {
             events_max: args.events_max_entries.max(1),
             clock: None,
             wait: args.wait.clone(),
+            tally: Arc::default(),
         })
     }
 
@@ -662,6 +666,7 @@ mod events;
 mod jobs;
 mod leases;
 mod pools;
+mod rate;
 mod sweeps;
 mod tokens;
 mod upstream;

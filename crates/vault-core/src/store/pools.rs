@@ -11,6 +11,7 @@ type StatusRow = (
     (i64, i64),
     Vec<String>,
     Vec<Option<String>>,
+    HashMap<String, u64>,
 );
 
 /// The rotation fields of the pool config, as status shows them.
@@ -373,7 +374,8 @@ impl Store {
             "op_started_at",
             "op_affected",
         ]);
-        let (leases, exp_n, stats, time, sample, rot): StatusRow = self.pipe(p).await?;
+        p.cmd("HGETALL").arg(pk.rate());
+        let (leases, exp_n, stats, time, sample, rot, rate): StatusRow = self.pipe(p).await?;
         let now_ms = match &self.clock {
             Some(c) => c.load(Ordering::SeqCst),
             None => time.0 * 1000 + time.1 / 1000,
@@ -388,6 +390,29 @@ impl Store {
             .map(|s| tokens[*s])
             .sum();
         let capacity = leasable * view.config.max_leases_per_token as u64;
+        let rate = super::LeaseRate::from_hash(&rate, now_ms);
+        let cfg = &view.config;
+        let needed = crate::model::tokens_needed(
+            crate::model::Demand {
+                units_per_s: rate.units_per_s,
+                concurrent: leases as f64,
+                duration_s: None,
+            },
+            crate::model::TokenCapacity {
+                quota_per_window: cfg.quota_limit.map(|l| l.saturating_sub(cfg.quota_reserve)),
+                window_s: cfg.quota_window_s,
+                max_leases_per_token: cfg.max_leases_per_token as u64,
+            },
+        );
+        let sizing = crate::model::PoolSizing {
+            lease_rate_per_s: rate.leases_per_s,
+            units_rate_per_s: rate.units_per_s,
+            observed_s: rate.observed_s,
+            needed,
+            tokens_in_rotation: leasable,
+            headroom_tokens: (leasable as i64)
+                .saturating_sub(needed.tokens_needed.min(i64::MAX as u64) as i64),
+        };
         let utilization = if capacity == 0 {
             0.0
         } else {
@@ -419,6 +444,7 @@ impl Store {
             refresh_short_lived: *stats.get("refresh_short_lived").unwrap_or(&0) as u64,
             warnings: view.warnings,
             rotation: rotation_status(&rot, tokens_deprecated, now_ms),
+            sizing,
         })
     }
 
