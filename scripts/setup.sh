@@ -2,7 +2,8 @@
 # Installs what tokenvault needs on a fresh Debian/Ubuntu machine: redis-server (the vault's
 # engine, also started privately by tests and `tokenvault dev`), haproxy (the load balancer the
 # deployment tests put in front of several replicas), Python for schemathesis (the API fuzz test)
-# and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
+# and the Python client's tests, promtool (the alert rules' tests) and a C toolchain for crates
+# that build C. Rust itself comes from rustup (https://rustup.rs) if
 # cargo is missing.
 # `setup.sh dev` installs only what `scripts/dev.sh` needs (no haproxy, no schemathesis).
 set -euo pipefail
@@ -61,6 +62,25 @@ if [ "$for_tests" = 1 ]; then
       -e clients/python
     echo "$want" > "$stamp"
   fi
+fi
+
+# promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/e2e/monitoring.rs). It comes
+# out of Debian's prometheus package without installing the package, so no Prometheus server is
+# set up as a system service on a developer's machine.
+if [ "$for_tests" = 1 ] && [ ! -x .tools/bin/promtool ]; then
+  echo "extracting promtool from Debian's prometheus package into .tools/bin"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  tmp=$(mktemp -d)
+  chmod 777 "$tmp"
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p .tools/bin
+  cp "$tmp/x/usr/bin/promtool" .tools/bin/promtool
+  rm -rf "$tmp"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
