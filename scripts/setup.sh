@@ -2,8 +2,8 @@
 # Installs what tokenvault needs on a fresh Debian/Ubuntu machine: redis-server (the vault's
 # engine, also started privately by tests and `tokenvault dev`), haproxy (the load balancer the
 # deployment tests put in front of several replicas), Python for schemathesis (the API fuzz test)
-# and the Python client's tests, promtool (the alert rules' tests) and a C toolchain for crates
-# that build C. Rust itself comes from rustup (https://rustup.rs) if
+# and the Python client's tests, chromium with its driver (the dashboard's browser test), promtool
+# (the alert rules' tests) and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
 # cargo is missing.
 # `setup.sh dev` installs only what `scripts/dev.sh` needs (no haproxy, no schemathesis).
 set -euo pipefail
@@ -20,6 +20,9 @@ if [ "$for_tests" = 1 ]; then
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
   # Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  # The dashboard's browser test (clients/python/tests/test_dashboard.py).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,15 +1,15 @@
-//! The Python client's own tests (clients/python/tests, pytest): they start a redis-server and
-//! the vault-api binary of this build themselves, plus a target API and a forward proxy, and run
-//! the sync and async clients, the lease-bound HTTP clients, the events stream and a real Scrapy
-//! crawl against them. scripts/setup.sh installs the package and its pinned test requirements
-//! into `.venv-tests`.
+//! The Python-driven tests (clients/python/tests, pytest): they start a redis-server and the
+//! vault-api binary of this build themselves, plus a target API and a forward proxy, and run the
+//! sync and async clients, the lease-bound HTTP clients, the events stream, a real Scrapy crawl,
+//! and the dashboard in headless chromium (selenium) against them. scripts/setup.sh installs the
+//! package, its pinned test requirements into `.venv-tests`, and chromium with its driver.
 
 use std::time::Duration;
 
 use testkit::Child;
 
 #[test]
-fn the_python_client_and_scrapy_middleware_pass_their_tests() {
+fn the_python_client_scrapy_middleware_and_dashboard_pass_their_tests() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let pytest = root.join(".venv-tests/bin/pytest");
     assert!(
@@ -49,7 +49,7 @@ fn the_python_client_and_scrapy_middleware_pass_their_tests() {
         })
         .unwrap_or(0);
     assert!(
-        passed >= 18 && !out.contains("skipped"),
+        passed >= 20 && !out.contains("skipped"),
         "expected every Python test to pass:\n{out}"
     );
 }

@@ -154,6 +154,8 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
+        .route("/ui", get(crate::routes::ui::page))
+        .route("/", get(crate::routes::ui::root))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod leases;
 pub mod pools;
 pub mod tokens;
+pub mod ui;
 
 use vault_core::model::check_pool_name;
 

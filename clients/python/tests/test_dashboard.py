@@ -1,0 +1,110 @@
+"""vault-api's dashboard (GET /ui) in a real headless browser (Debian's chromium and
+chromium-driver, driven by selenium): it signs in with a client token, shows a deposited pool,
+updates by itself when a token is revoked through the API, and freezes a pool from its button.
+Set TV_UI_SCREENSHOT=path to save a screenshot (the README's comes from here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.request
+
+import pytest
+
+from tokenvault import Vault
+
+selenium = pytest.importorskip("selenium")  # installed by scripts/setup.sh; see tests/e2e/python.rs
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def chromium_paths():
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
+    assert browser and os.path.exists(driver), \
+        "chromium and chromium-driver are needed: run scripts/setup.sh"
+    return browser, driver
+
+
+@pytest.fixture
+def browser():
+    binary, driver_path = chromium_paths()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1500,820", "--force-device-scale-factor=1"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, css, timeout=20):
+    WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def test_the_page_is_locked_down(vault_server):
+    with urllib.request.urlopen(vault_server.url + "/ui") as r:
+        assert r.headers["Content-Type"].startswith("text/html")
+        csp = r.headers["Content-Security-Policy"]
+        assert "script-src 'sha256-" in csp and "default-src 'none'" in csp
+        assert "frame-ancestors 'none'" in csp
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        page = r.read().decode()
+    # Self-contained: nothing is loaded from anywhere else.
+    assert "http://" not in page and "https://" not in page
+    with urllib.request.urlopen(vault_server.url + "/") as r:
+        assert r.geturl().endswith("/ui")
+
+
+def test_dashboard_shows_a_pool_and_follows_a_revocation_live(vault_server, pool, browser):
+    vault = Vault(vault_server.url, vault_server.admin)
+    vault.put_pool(pool, quota_limit=100)
+    vault.deposit(pool, [{"id": f"t{i}", "secret": f"ui-{i}"} for i in range(3)])
+    lease = vault.lease(pool)
+
+    browser.get(vault_server.url + "/ui")
+    # A token the vault does not accept is refused on the page.
+    wait_for(browser, "#token").send_keys("not-a-token")
+    browser.find_element(By.ID, "signin").click()
+    WebDriverWait(browser, 20).until(
+        lambda d: "not accepted" in d.find_element(By.ID, "signin-err").text)
+
+    box = browser.find_element(By.ID, "token")
+    box.clear()
+    box.send_keys(vault_server.admin)
+    browser.find_element(By.ID, "signin").click()
+    row = f'tr[data-pool="{pool}"]'
+    wait_for(browser, f'{row} [data-state="active"][data-count="2"]')
+    wait_for(browser, f'{row} [data-state="leased"][data-count="1"]')
+    WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.ID, "live-text").text == "events: live")
+    # Everything after this happens without a reload.
+    browser.execute_script("window.__same_page = 42")
+
+    vault.revoke(pool, lease.token_id, reason="leaked in a log")
+    wait_for(browser, f'{row} [data-state="revoked"][data-count="1"]')
+    wait_for(browser, f'{row} [data-state="leased"][data-count="0"], '
+                      f'{row}:not(:has([data-state="leased"]))')
+    event = wait_for(browser, '#events li[data-event="token.revoked"]')
+    assert pool in event.text and lease.token_id in event.text
+
+    # An admin freezes the pool from its button; the vault says so and so does the page.
+    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="freeze"]').click()
+    WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert).accept()
+    wait_for(browser, f'{row} [data-frozen="1"]')
+    assert vault.pool_status(pool)["frozen"] is True
+    wait_for(browser, '#events li[data-event="pool.frozen"]')
+
+    # The token list, with a revoke button per live token.
+    browser.find_element(By.CSS_SELECTOR, row).click()
+    wait_for(browser, f'tr[data-tokens-of="{pool}"] button[data-revoke]')
+    assert browser.execute_script("return window.__same_page") == 42
+    shot = os.environ.get("TV_UI_SCREENSHOT")
+    if shot:
+        browser.save_screenshot(shot)
+    vault.close()
