@@ -490,8 +490,23 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
         .contains("role:master"));
     // One more lease moves the new primary's function count: the vault calls it (a count
     // threshold over the whole run would depend on how fast the machine is).
+    // With WAIT for every write, a lease can still be answered 503 `not_replicated` while the
+    // other replica re-syncs from the new primary: poll until one is granted.
     let before = fcalls(promoted);
-    assert_eq!(api.post("/v1/pools/fo/leases", json!({})).await.status, 201);
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.post("/v1/pools/fo/leases", json!({})).await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < end && r.status == 503,
+            "no lease from the new primary: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         fcalls(promoted) > before,
         "the vault does not call the new primary"
