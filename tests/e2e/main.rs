@@ -22,3 +22,4 @@ mod rotation;
 mod secrets;
 mod sizing;
 mod slow_redis;
+mod vaultctl;

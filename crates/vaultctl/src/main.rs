@@ -5,6 +5,8 @@
 //! held (see `check/`).
 
 mod check;
+mod operator;
+mod remote;
 mod sizing;
 
 use std::path::PathBuf;
@@ -18,26 +20,44 @@ use vault_core::model::PoolRefresh;
 use vault_core::Store;
 
 #[derive(Parser)]
-#[command(name = "vaultctl", version, about = "tokenvault operator CLI")]
+#[command(
+    name = "vaultctl",
+    version,
+    about = "tokenvault operator CLI",
+    after_help = "Server commands talk to TV_URL (default http://127.0.0.1:8080) with the client token in TV_TOKEN (or --url, --token). Tables by default, --json for scripts."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Client tokens.
+    /// Pools: create, list, status, freeze, unfreeze, rotate, size.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Tokens (the credentials in a pool): deposit, list, get, revoke, restore.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(operator::AuditOp),
+    /// The events stream.
+    #[command(subcommand)]
+    Events(operator::EventsOp),
+    /// Client tokens (who may call the vault): mint, revoke, introspect.
+    #[command(subcommand)]
+    Client(operator::ClientOp),
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Drive a running vault with workers, an operator and a login worker, then prove from the
     /// log and a final read that no rule was broken. Exit status 2 on any violation.
     Check(check::CheckArgs),
-    /// Pools.
-    #[command(subcommand)]
-    Pool(PoolCmd),
+    /// Print shell completions: `vaultctl completions bash > /etc/bash_completion.d/vaultctl`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -45,31 +65,41 @@ enum PoolCmd {
     /// How many tokens a job needs: N = rps × min(duration, window) / (quota − reserve), and
     /// enough for the leases held at once. The same rule as `sizing` in pool status.
     Size(sizing::SizeArgs),
+    #[command(flatten)]
+    Remote(operator::PoolOp),
 }
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Mint a client token offline with a private signing key (no server needed).
-    Mint {
-        /// The private key (`<kid>.pem`; the kid is the file name).
-        #[arg(long = "signing-key")]
-        signing_key: PathBuf,
-        #[arg(long)]
-        sub: String,
-        /// Comma-separated: lease, deposit, admin, audit.
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
-        /// Limit the token to these pools (comma-separated); all pools when absent.
-        #[arg(long, value_delimiter = ',')]
-        pools: Option<Vec<String>>,
-        /// Lifetime: seconds, or with a unit: 90s, 30m, 12h, 7d.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        #[arg(long, env = "TV_JWT_ISSUER", default_value = "tokenvault")]
-        issuer: String,
-        #[arg(long, env = "TV_JWT_AUDIENCE", default_value = "tokenvault")]
-        audience: String,
-    },
+    /// Mint a client token offline (kept for scripts; `vaultctl client mint --signing-key`).
+    #[command(hide = true)]
+    Mint(MintArgs),
+    #[command(flatten)]
+    Remote(operator::TokenOp),
+}
+
+/// A client token to mint: through the vault, or offline with a private signing key.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MintArgs {
+    /// The private key (`<kid>.pem`; the kid is the file name): mint offline, no server needed
+    /// (the bootstrap: the first admin token comes from here).
+    #[arg(long = "signing-key")]
+    signing_key: Option<PathBuf>,
+    #[arg(long)]
+    sub: String,
+    /// Comma-separated: lease, deposit, admin, audit.
+    #[arg(long, value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Limit the token to these pools (comma-separated); all pools when absent.
+    #[arg(long, value_delimiter = ',')]
+    pools: Option<Vec<String>>,
+    /// Lifetime: seconds, or with a unit: 90s, 30m, 12h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[arg(long, env = "TV_JWT_ISSUER", default_value = "tokenvault")]
+    issuer: String,
+    #[arg(long, env = "TV_JWT_AUDIENCE", default_value = "tokenvault")]
+    audience: String,
 }
 
 #[derive(Subcommand)]
@@ -97,7 +127,7 @@ enum KeysCmd {
 }
 
 /// "3600", "90s", "30m", "12h", "7d" → seconds.
-fn parse_ttl(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_ttl(s: &str) -> anyhow::Result<i64> {
     let (num, unit) = s.trim().split_at(
         s.trim()
             .find(|c: char| !c.is_ascii_digit())
@@ -222,6 +252,37 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
     }
 }
 
+/// Mint a client token with a private signing key, no server needed.
+pub(crate) fn mint_offline(m: MintArgs) -> anyhow::Result<()> {
+    let signing_key = m
+        .signing_key
+        .context("--signing-key names the private key to mint with")?;
+    let ttl = parse_ttl(&m.ttl)?;
+    let mut ring = KeyRing::empty(&m.issuer, &m.audience, ttl.max(1));
+    ring.load(&signing_key).map_err(anyhow::Error::msg)?;
+    let scopes = m
+        .scopes
+        .iter()
+        .map(|s| {
+            Scope::parse(s)
+                .with_context(|| format!("unknown scope {s}: use lease, deposit, admin, audit"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if scopes.is_empty() {
+        bail!("--scopes names at least one scope");
+    }
+    let now = vault_core::time::now_ms() / 1000;
+    let (token, jti, exp) = ring
+        .mint(&m.sub, &scopes, m.pools, ttl, now)
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "jti {jti}, expires {}",
+        vault_core::time::rfc3339(exp * 1000)
+    );
+    println!("{token}");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Keys(KeysCmd::Reencrypt {
@@ -267,38 +328,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 out.file_stem().unwrap_or_default()
             );
         }
-        Cmd::Token(TokenCmd::Mint {
-            signing_key,
-            sub,
-            scopes,
-            pools,
-            ttl,
-            issuer,
-            audience,
-        }) => {
-            let ttl = parse_ttl(&ttl)?;
-            let mut ring = KeyRing::empty(&issuer, &audience, ttl.max(1));
-            ring.load(&signing_key).map_err(anyhow::Error::msg)?;
-            let scopes = scopes
-                .iter()
-                .map(|s| {
-                    Scope::parse(s).with_context(|| {
-                        format!("unknown scope {s}: use lease, deposit, admin, audit")
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if scopes.is_empty() {
-                bail!("--scopes names at least one scope");
-            }
-            let now = vault_core::time::now_ms() / 1000;
-            let (token, jti, exp) = ring
-                .mint(&sub, &scopes, pools, ttl, now)
-                .map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "jti {jti}, expires {}",
-                vault_core::time::rfc3339(exp * 1000)
+        Cmd::Token(TokenCmd::Mint(m)) => mint_offline(m)?,
+        Cmd::Token(TokenCmd::Remote(op)) => operator::token(op, &cli.remote).await?,
+        Cmd::Pool(PoolCmd::Remote(op)) => operator::pool(op, &cli.remote).await?,
+        Cmd::Audit(op) => operator::audit(op, &cli.remote).await?,
+        Cmd::Events(op) => operator::events(op, &cli.remote).await?,
+        Cmd::Client(op) => operator::client(op, &cli.remote).await?,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "vaultctl",
+                &mut std::io::stdout(),
             );
-            println!("{token}");
         }
         Cmd::Pool(PoolCmd::Size(a)) => sizing::run(&a, parse_ttl)?,
         Cmd::Check(_) => unreachable!("main runs check itself (it has an exit status of its own)"),
