@@ -9,8 +9,11 @@ local function apply_outcome(id, t, c, r)
   if o == 'ok' then
     if num(t.strikes, 0) ~= 0 then put(id, t, 'strikes', 0) end
   elseif o == 'rate_limited' then
-    local back = r.reset_at
-    if back == nil and r.retry_after_ms ~= nil then back = NOW + r.retry_after_ms end
+    -- The target's Retry-After says exactly when to come back; its reset time is when the
+    -- quota window ends (a spent quota already keeps the token out until then, see
+    -- count_target_quota), so it decides only when there is no Retry-After.
+    local back = nil
+    if r.retry_after_ms ~= nil then back = NOW + r.retry_after_ms else back = r.reset_at end
     if back == nil then
       local we = num(t.win_end, 0)
       if we > NOW then back = we else back = NOW + window_ms(c) end

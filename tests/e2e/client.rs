@@ -124,3 +124,162 @@ async fn worker_rechecks_its_lease_when_events_were_lost() {
     assert!(!worker.is_revoked(&held), "not through a revoke event");
     worker.finish().await.unwrap();
 }
+
+/// `LeaseGuard`: requests go through the token's bound proxy with its headers; a 401 rotates and
+/// sends again, a 429 cools the token for the target's `Retry-After` and sends again with another
+/// one; the target's rate-limit headers reach the report; the lease is renewed in the background
+/// and given back when the guard is dropped.
+#[tokio::test]
+async fn lease_guard_sends_through_the_proxy_and_handles_401_429_and_its_lease() {
+    let t = one(&[]).await;
+    let fake = crate::fakes::Fake::start(crate::fakes::Mode::Ok {
+        rotate: false,
+        expires_in: 3600,
+    })
+    .await;
+    // The fake is the target and, for tokens bound to it, the proxy too.
+    let proxy = format!("http://{}", fake.addr);
+    let put = t
+        .api
+        .put(
+            "/v1/pools/g",
+            json!({"strategy": "pack", "quota_limit": 100, "lease_ttl_s": 2}),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{:?}", put.body);
+    for (id, secret, bound) in [("a", "sa", true), ("b", "sb", true), ("c", "sc", false)] {
+        let mut tok = json!({"id": id, "secret": secret});
+        if bound {
+            tok["binding"] = json!({ "proxy": proxy });
+        }
+        assert_eq!(t.api.post("/v1/pools/g/tokens", tok).await.status, 201);
+    }
+    let client = Client::new(&t.vault.base, &t.dep.token("w", &[Scope::Lease], None));
+    let guard = client.guard("g", "w").await.unwrap();
+    let first = guard.lease().await.unwrap();
+    assert_eq!(first.token_id, "a");
+
+    // Renewed in the background at half its two seconds.
+    let renewed = {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = guard.lease().await.unwrap();
+            if now.lease_expires_at != first.lease_expires_at {
+                break now;
+            }
+            assert!(std::time::Instant::now() < end, "the lease was not renewed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(renewed.lease_id, first.lease_id);
+
+    // 401 from the target: rotated to b, sent again.
+    fake.burn("sa");
+    let api = fake.url("/api");
+    let res = guard.send(|http| http.get(&api)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(guard.lease().await.unwrap().token_id, "b");
+    // 429: b cools down for the target's 7 s, c (no proxy) serves.
+    fake.state.limited.lock().unwrap().insert("sb".into());
+    let res = guard.send(|http| http.get(&api)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(guard.lease().await.unwrap().token_id, "c");
+    let calls = fake.state.target_calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            ("sa".to_string(), true),
+            ("sb".to_string(), true),
+            ("sb".to_string(), true),
+            ("sc".to_string(), false)
+        ],
+        "bound tokens go through their proxy, the unbound one does not"
+    );
+    let a = t.api.get("/v1/pools/g/tokens/a").await;
+    assert_eq!(a.str("state"), "expired", "the 401 took a out");
+    let b = t.api.get("/v1/pools/g/tokens/b").await;
+    assert_eq!(b.str("state"), "cooling");
+    let cooled_for = crate::harness::ms(&b.body, "cooling_until") - crate::harness::now_ms();
+    // The Retry-After (7 s), not the quota reset an hour away.
+    assert!((1..=7_500).contains(&cooled_for), "{cooled_for}");
+
+    // Released with what the target said: 41 left of 100, so 59 used.
+    guard.release(Outcome::Ok).await.unwrap();
+    let c = t.api.get("/v1/pools/g/tokens/c").await;
+    assert_eq!(c.body["quota"]["used"], 59, "{:?}", c.body);
+
+    // A guard dropped without release gives its lease back.
+    let dropped = client.guard("g", "w").await.unwrap();
+    assert_eq!(
+        t.api.get("/v1/pools/g/status").await.body["leases_active"],
+        1
+    );
+    drop(dropped);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while t.api.get("/v1/pools/g/status").await.body["leases_active"] != 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the dropped guard kept its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `examples/worker.rs` runs against a real vault and target.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_example_runs() {
+    let t = one(&[]).await;
+    let fake = crate::fakes::Fake::start(crate::fakes::Mode::Ok {
+        rotate: false,
+        expires_in: 3600,
+    })
+    .await;
+    assert_eq!(t.api.put("/v1/pools/ex", json!({})).await.status, 201);
+    let tokens = json!({"tokens": [{"id": "x", "secret": "sx"}, {"id": "y", "secret": "sy"}]});
+    assert_eq!(t.api.post("/v1/pools/ex/tokens", tokens).await.status, 201);
+    fake.burn("sx");
+    let example = testkit::bin_path("vault-api")
+        .parent()
+        .unwrap()
+        .join("examples/worker");
+    if !example.is_file() {
+        // `cargo test --workspace` builds the examples; a narrower run may not have.
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "vault-client", "--example", "worker"])
+            .status()
+            .unwrap();
+        assert!(built.success());
+    }
+    let (url, token, target) = (
+        t.vault.base.clone(),
+        t.dep.token("ex", &[Scope::Lease], None),
+        fake.url("/api"),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(example)
+            .env("TV_URL", url)
+            .env("TV_TOKEN", token)
+            .env("TV_POOL", "ex")
+            .env("TARGET_URL", target)
+            .env("REQUESTS", "3")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        printed.matches("200 OK with token y").count(),
+        3,
+        "the 401 of x rotated to y:\n{printed}"
+    );
+    assert_eq!(
+        t.api.get("/v1/pools/ex/status").await.body["leases_active"],
+        0
+    );
+}

@@ -48,8 +48,9 @@ pub(crate) struct FakeState {
     pub issued: Mutex<Vec<String>>,
     pub seq: AtomicU64,
     hold: tokio::sync::Notify,
-    /// Target API: bearer tokens it refuses with 401.
+    /// Target API: bearer tokens it refuses with 401, and with 429 (`Retry-After: 7`).
     pub burned: Mutex<HashSet<String>>,
+    pub limited: Mutex<HashSet<String>>,
     pub target_calls: Mutex<Vec<(String, bool)>>,
     /// Token requests being answered right now, and the most ever at once.
     inflight: AtomicU64,
@@ -87,6 +88,7 @@ impl Fake {
             seq: AtomicU64::new(0),
             hold: tokio::sync::Notify::new(),
             burned: Mutex::new(HashSet::new()),
+            limited: Mutex::new(HashSet::new()),
             target_calls: Mutex::new(vec![]),
             inflight: AtomicU64::new(0),
             max_inflight: AtomicU64::new(0),
@@ -197,7 +199,9 @@ async fn token(
     }
 }
 
-async fn target(State(state): State<Arc<FakeState>>, uri: Uri, headers: HeaderMap) -> StatusCode {
+/// The target API: 401 for a burned token, 429 for a limited one, 200 otherwise; every answer
+/// says 41 calls remain until an hour from now (`X-RateLimit-*`).
+async fn target(State(state): State<Arc<FakeState>>, uri: Uri, headers: HeaderMap) -> Response {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -209,9 +213,19 @@ async fn target(State(state): State<Arc<FakeState>>, uri: Uri, headers: HeaderMa
         .lock()
         .unwrap()
         .push((bearer.clone(), uri.scheme().is_some()));
+    let reset = (vault_core::time::now_ms() / 1000 + 3600).to_string();
+    let limits = [
+        ("x-ratelimit-remaining", "41".to_string()),
+        ("x-ratelimit-reset", reset),
+    ];
     if bearer.is_empty() || state.burned.lock().unwrap().contains(&bearer) {
-        StatusCode::UNAUTHORIZED
+        (StatusCode::UNAUTHORIZED, limits).into_response()
+    } else if state.limited.lock().unwrap().contains(&bearer) {
+        let mut res = (StatusCode::TOO_MANY_REQUESTS, limits).into_response();
+        res.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("7"));
+        res
     } else {
-        StatusCode::OK
+        (StatusCode::OK, limits).into_response()
     }
 }

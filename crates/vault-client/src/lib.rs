@@ -6,6 +6,13 @@
 //! - [`Worker`]: keeps one lease for a worker, renews nothing behind its back, rotates on a
 //!   401, and drops a lease the moment the vault announces its token or lease revoked: a
 //!   request already in flight with it finishes, the next one gets a new lease.
+//! - [`LeaseGuard`] ([`Client::guard`]): one lease that sends requests itself
+//!   ([`LeaseGuard::send`]: bound proxy, lease headers, 401 → rotate, 429 → cool down, the
+//!   target's rate-limit headers in the report), renews in the background and is released on
+//!   drop. `examples/worker.rs` runs one.
+
+mod guard;
+pub use guard::{LeaseGuard, Report};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -452,6 +452,22 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
         98,
         "a stale remaining lowered the count"
     );
+    // A 429 with both a Retry-After and a reset time: back after the Retry-After (quota is
+    // left: the reset is when the window ends, not when to come back).
+    let l = pick(&e, "a").await;
+    let r = Report {
+        outcome: Outcome::RateLimited,
+        retry_after_s: Some(7.0),
+        remaining: Some(1),
+        reset_at: Some(vault_core::time::TimeInput(T0 + 30_000 + 400_000)),
+        ..Default::default()
+    };
+    e.store.release("p", &l.lease_id, &r).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!(
+        m.cooling_until.unwrap(),
+        vault_core::time::rfc3339(T0 + 30_000 + 7_000)
+    );
 }
 
 #[tokio::test]
