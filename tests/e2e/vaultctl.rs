@@ -280,6 +280,47 @@ async fn every_vaultctl_command_works_against_a_running_vault() {
     );
     let o = ctl.ok(&["audit", "tail", "--pool", "ops"]).await;
     assert!(o.stdout.contains("token.revoke"), "{}", o.stdout);
+    // -f: what happens next is printed as it happens.
+    let mut follow = Command::new(testkit::bin_path("vaultctl"))
+        .args(["audit", "tail", "--pool", "ops", "-n", "1", "-f", "--json"])
+        .env("TV_URL", &ctl.url)
+        .env("TV_TOKEN", &ctl.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The latest entry first, then the freeze made after the follow started.
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the latest entry");
+    assert!(first.contains("\"action\""), "{first}");
+    ctl.ok(&["pool", "freeze", "ops", "--reason", "followed"])
+        .await;
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .expect("the freeze was not followed");
+        if line.contains("pool.freeze") && line.contains("followed") {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    let _ = follow.wait();
+    ctl.ok(&["pool", "unfreeze", "ops"]).await;
 
     // events tail: prints what happens, and stops after --count.
     let (url, token) = (ctl.url.clone(), ctl.token.clone());
