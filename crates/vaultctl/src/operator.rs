@@ -205,16 +205,7 @@ fn show(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
     }
 }
 
-const STATES: [&str; 8] = [
-    "active",
-    "leased",
-    "cooling",
-    "refreshing",
-    "quarantined",
-    "deprecated",
-    "revoked",
-    "expired",
-];
+use vault_core::model::VIEW_STATES as STATES;
 
 pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
     let r = Remote::new(a)?;
