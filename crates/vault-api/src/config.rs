@@ -48,7 +48,7 @@ pub struct ApiConfig {
     #[arg(
         long = "pool-metrics-interval-s",
         env = "TV_POOL_METRICS_INTERVAL_S",
-        default_value_t = 30
+        default_value_t = 60
     )]
     pub pool_metrics_interval_s: u64,
     /// Most pools the gauges cover (by name order): bounds the Redis reads of one interval.
