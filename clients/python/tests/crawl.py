@@ -47,7 +47,7 @@ process = CrawlerProcess(settings={
     "TOKENVAULT_TOKEN": os.environ["TOKENVAULT_TOKEN"],
     "TOKENVAULT_POOL": os.environ["TOKENVAULT_POOL"],
     "TOKENVAULT_PER_SLOT": os.environ.get("TOKENVAULT_PER_SLOT") == "1",
-    "TOKENVAULT_WAIT_MS": 10000,
+    "TOKENVAULT_WAIT_MS": int(os.environ.get("TOKENVAULT_WAIT_MS", "10000")),
 })
 crawler = process.create_crawler(Spider)
 process.crawl(crawler)

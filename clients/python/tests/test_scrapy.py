@@ -18,11 +18,11 @@ HERE = Path(__file__).parent
 QUOTA = 12
 
 
-def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False):
+def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False, wait_ms=10000):
     out = tmp_path / "crawl.json"
     env = {**os.environ, "TOKENVAULT_URL": vault_server.url, "TOKENVAULT_TOKEN": vault_server.admin,
            "TOKENVAULT_POOL": pool, "CRAWL_TARGET": target.url, "CRAWL_PAGES": str(pages),
-           "TOKENVAULT_PER_SLOT": "1" if per_slot else "0"}
+           "TOKENVAULT_PER_SLOT": "1" if per_slot else "0", "TOKENVAULT_WAIT_MS": str(wait_ms)}
     run = subprocess.run([sys.executable, str(HERE / "crawl.py"), str(out)], env=env,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -106,5 +106,26 @@ def test_per_slot_leases_count_every_request_against_the_quota(vault_server, poo
     used = sum(vault._call("GET", f"/v1/pools/{pool}/tokens/t{i}")["quota"]["used"]
                for i in range(5))
     assert len(target.seen) <= used <= 5 * QUOTA, (used, len(target.seen), log)
+    assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()
+
+
+def test_requests_wait_out_an_exhausted_pool_instead_of_being_dropped(vault_server, pool,
+                                                                     tmp_path):
+    """One token, one lease at a time, eight requests at once, and lease calls that do not wait:
+    most asks find the pool exhausted, sleep its Retry-After and ask again; every page arrives."""
+    from conftest import Target
+
+    target = Target(delay_s=0.05)
+    vault = Vault(vault_server.url, vault_server.admin)
+    vault.put_pool(pool, max_leases_per_token=1)
+    vault.deposit(pool, [{"id": "only", "secret": f"only-{pool}"}])
+    target.valid.add(f"only-{pool}")
+    try:
+        result, log = crawl(vault_server, pool, target, tmp_path, pages=6, wait_ms=0)
+    finally:
+        target.stop()
+    assert sum(1 for r in result["rows"] if r["status"] == 200) == 6, (result, log)
+    assert result["stats"].get("tokenvault/exhausted", 0) > 0, result["stats"]
     assert vault.pool_status(pool)["leases_active"] == 0
     vault.close()

@@ -10,7 +10,11 @@ Settings (all optional but the three above):
 - ``TOKENVAULT_PER_SLOT`` (False): lease one token per download slot and reuse it for up to
   ``TOKENVAULT_SLOT_UNITS`` (10) requests (each request is a unit of quota); by default each
   request leases its own token and releases it with the response.
-- ``TOKENVAULT_WAIT_MS`` (5000): how long a lease waits for a token when the pool is exhausted.
+- ``TOKENVAULT_WAIT_MS`` (5000): how long one lease call waits for a token when the pool is
+  exhausted (the vault holds the call).
+- ``TOKENVAULT_EXHAUSTED_TIMEOUT`` (300): seconds a request keeps asking for a token while the
+  pool stays exhausted (backing off from 0.25 s up to 10 s or the vault's ``Retry-After``) before
+  it is dropped with a warning; other requests go on meanwhile.
 - ``TOKENVAULT_MAX_RETRIES`` (3): how often one request is rescheduled after a 401 or 429.
 
 A 401 reports the token ``unauthorized`` (the vault refreshes it) and reschedules the request
@@ -59,13 +63,15 @@ class _Held:
 
 class TokenVaultMiddleware:
     def __init__(self, url: str, token: str, pool: str, *, per_slot: bool, slot_units: int,
-                 wait_ms: int, max_retries: int, stats: Any = None) -> None:
+                 wait_ms: int, max_retries: int, exhausted_timeout_s: float = 300.0,
+                 stats: Any = None) -> None:
         self.vault = AsyncVault(url, token, worker="scrapy")
         self.pool = pool
         self.per_slot = per_slot
         self.slot_units = max(1, slot_units)
         self.wait_ms = wait_ms
         self.max_retries = max_retries
+        self.exhausted_timeout_s = exhausted_timeout_s
         self.stats = stats
         self._by_lease: Dict[str, _Held] = {}
         self._by_slot: Dict[str, _Held] = {}
@@ -91,7 +97,9 @@ class TokenVaultMiddleware:
         mw = cls(url, token, pool, per_slot=s.getbool("TOKENVAULT_PER_SLOT", False),
                  slot_units=s.getint("TOKENVAULT_SLOT_UNITS", 10),
                  wait_ms=s.getint("TOKENVAULT_WAIT_MS", 5000),
-                 max_retries=s.getint("TOKENVAULT_MAX_RETRIES", 3), stats=crawler.stats)
+                 max_retries=s.getint("TOKENVAULT_MAX_RETRIES", 3),
+                 exhausted_timeout_s=s.getfloat("TOKENVAULT_EXHAUSTED_TIMEOUT", 300.0),
+                 stats=crawler.stats)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
         return mw
@@ -184,12 +192,25 @@ class TokenVaultMiddleware:
     async def process_request(self, request: Any, spider: Any = None) -> None:
         if request.meta.get(META_SKIP):
             return None
+        give_up = time.monotonic() + self.exhausted_timeout_s
+        backoff = 0.25
         while True:
             try:
                 held = await self._lease_for(request)
             except PoolExhausted as e:
-                raise IgnoreRequest(f"tokenvault: pool {self.pool} exhausted ({e.detail})")
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    logger.warning("tokenvault: pool %s stayed exhausted for %.0f s; dropping %s",
+                                   self.pool, self.exhausted_timeout_s, request.url)
+                    raise IgnoreRequest(f"tokenvault: pool {self.pool} exhausted ({e.detail})")
+                # The vault's Retry-After is when a token is sure to be back (a held lease's
+                # deadline, a cooldown's end); leases usually end sooner, so ask again after a
+                # backoff that doubles up to it (and up to 10 s).
+                await asyncio.sleep(min(left, backoff, max(0.25, e.retry_after or backoff)))
+                backoff = min(backoff * 2, 10.0)
+                continue
             except VaultError as e:
+                logger.warning("tokenvault: no lease for %s: %s", request.url, e)
                 raise IgnoreRequest(f"tokenvault: {e}")
             if held.lease.revoked is None:
                 break
