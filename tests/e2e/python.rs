@@ -53,3 +53,22 @@ fn the_python_client_scrapy_middleware_and_dashboard_pass_their_tests() {
         "expected every Python test to pass:\n{out}"
     );
 }
+
+/// The package is typed (`py.typed`), and its types hold: `mypy --strict` finds nothing.
+#[test]
+fn the_python_client_passes_mypy_strict() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mypy = root.join(".venv-tests/bin/mypy");
+    assert!(mypy.is_file(), "mypy is not installed: run scripts/setup.sh");
+    let out = std::process::Command::new(mypy)
+        .args(["--strict", "--no-incremental", "src/tokenvault"])
+        .current_dir(root.join("clients/python"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("no issues found"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -71,12 +71,14 @@ class AsyncVault:
                        timeout: Optional[float] = None) -> Dict[str, Any]:
         headers = {"Idempotency-Key": key}
         try:
-            return await self._call(method, path, json=body, headers=headers, timeout=timeout)
+            return _core.as_dict(await self._call(method, path, json=body, headers=headers,
+                                              timeout=timeout))
         except VaultError as e:
             if not _core.answer_lost(e):
                 raise
             await asyncio.sleep(_core.LOST_ANSWER_RETRY_S)
-            return await self._call(method, path, json=body, headers=headers, timeout=timeout)
+            return _core.as_dict(await self._call(method, path, json=body, headers=headers,
+                                              timeout=timeout))
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)
@@ -207,19 +209,20 @@ class AsyncVault:
         return task
 
     async def put_pool(self, pool: str, **config: Any) -> Dict[str, Any]:
-        return await self._call("PUT", _core.pool_path(pool), json=config)
+        return _core.as_dict(await self._call("PUT", _core.pool_path(pool), json=config))
 
     async def pool_status(self, pool: str) -> Dict[str, Any]:
-        return await self._call("GET", _core.pool_path(pool, "status"))
+        return _core.as_dict(await self._call("GET", _core.pool_path(pool, "status")))
 
     async def deposit(self, pool: str, tokens: List[Dict[str, Any]]) -> List[str]:
         answer = await self._call("POST", _core.pool_path(pool, "tokens"),
                                   json={"tokens": tokens})
-        return answer["ids"]
+        return [str(i) for i in answer["ids"]]
 
     async def revoke(self, pool: str, token_id: str, reason: str = "") -> Dict[str, Any]:
-        return await self._call("POST", _core.pool_path(pool, "tokens", token_id, "revoke"),
-                                json={"reason": reason})
+        return _core.as_dict(await self._call("POST",
+                                              _core.pool_path(pool, "tokens", token_id, "revoke"),
+                                              json={"reason": reason}))
 
     async def aclose(self) -> None:
         self._closed.set()

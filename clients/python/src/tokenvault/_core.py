@@ -47,6 +47,13 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
+def as_dict(answer: Any) -> Dict[str, Any]:
+    """A JSON object answer (typed as such for the caller)."""
+    if not isinstance(answer, dict):
+        raise Unavailable(0, "unexpected_answer", "the vault answered something that is not an object")
+    return answer
+
+
 def raise_for_answer(status: int, headers: Any, content: bytes) -> None:
     if status >= 400:
         raise error_from_answer(status, headers, content)

@@ -60,12 +60,14 @@ class Vault:
         Idempotency-Key (the vault answers the same lease, never a second one)."""
         headers = {"Idempotency-Key": key}
         try:
-            return self._call(method, path, json=body, headers=headers, timeout=timeout)
+            return _core.as_dict(self._call(method, path, json=body, headers=headers,
+                                              timeout=timeout))
         except VaultError as e:
             if not _core.answer_lost(e):
                 raise
             time.sleep(_core.LOST_ANSWER_RETRY_S)
-            return self._call(method, path, json=body, headers=headers, timeout=timeout)
+            return _core.as_dict(self._call(method, path, json=body, headers=headers,
+                                              timeout=timeout))
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)
@@ -205,17 +207,19 @@ class Vault:
 
     # -- operators and deposit workers ----------------------------------------------------
     def put_pool(self, pool: str, **config: Any) -> Dict[str, Any]:
-        return self._call("PUT", _core.pool_path(pool), json=config)
+        return _core.as_dict(self._call("PUT", _core.pool_path(pool), json=config))
 
     def pool_status(self, pool: str) -> Dict[str, Any]:
-        return self._call("GET", _core.pool_path(pool, "status"))
+        return _core.as_dict(self._call("GET", _core.pool_path(pool, "status")))
 
     def deposit(self, pool: str, tokens: List[Dict[str, Any]]) -> List[str]:
-        return self._call("POST", _core.pool_path(pool, "tokens"), json={"tokens": tokens})["ids"]
+        answer = self._call("POST", _core.pool_path(pool, "tokens"), json={"tokens": tokens})
+        return [str(i) for i in answer["ids"]]
 
     def revoke(self, pool: str, token_id: str, reason: str = "") -> Dict[str, Any]:
-        return self._call("POST", _core.pool_path(pool, "tokens", token_id, "revoke"),
-                          json={"reason": reason})
+        return _core.as_dict(self._call("POST",
+                                        _core.pool_path(pool, "tokens", token_id, "revoke"),
+                                        json={"reason": reason}))
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
