@@ -99,6 +99,9 @@ async fn key_count_returns_to_baseline() {
     expected.push(format!("{}:events", t.dep.prefix));
     // The janitor's heartbeat (one key, expiring).
     expected.push(format!("{}:janitor", t.dep.prefix));
+    // The pool's lease counts per minute (one hash, its old minutes deleted, expiring), written by
+    // the replica within 5 s of the leases.
+    expected.push(format!("{}:{{k}}:rate", t.dep.prefix));
     expected.sort();
     let _janitor = t.dep.janitor(100);
     let settled = testkit::wait_until(Duration::from_secs(15), || keys() == expected);

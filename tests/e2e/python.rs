@@ -59,7 +59,10 @@ fn the_python_client_scrapy_middleware_and_dashboard_pass_their_tests() {
 fn the_python_client_passes_mypy_strict() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mypy = root.join(".venv-tests/bin/mypy");
-    assert!(mypy.is_file(), "mypy is not installed: run scripts/setup.sh");
+    assert!(
+        mypy.is_file(),
+        "mypy is not installed: run scripts/setup.sh"
+    );
     let out = std::process::Command::new(mypy)
         .args(["--strict", "--no-incremental", "src/tokenvault"])
         .current_dir(root.join("clients/python"))
