@@ -140,12 +140,23 @@ def serve(handler: type) -> "tuple[ThreadingHTTPServer, str]":
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def stop(server: ThreadingHTTPServer) -> None:
-    server.shutdown()
-    server.server_close()
+class Served:
+    """A test server started with `serve`; `stop` shuts it down."""
+
+    server: ThreadingHTTPServer
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
-class Target:
+def running(s: "Served") -> "Iterator[Served]":
+    """Fixture body: yield the started server, stop it after the test."""
+    yield s
+    s.stop()
+
+
+class Target(Served):
     """A small third-party API that enforces the vault's tokens the way real ones do: an unknown
     or revoked token gets 401, a token past its quota gets 429 with Retry-After, and every
     answer carries X-RateLimit-Remaining / X-RateLimit-Reset."""
@@ -193,18 +204,13 @@ class Target:
 
         self.server, self.url = serve(Handler)
 
-    def stop(self) -> None:
-        stop(self.server)
-
 
 @pytest.fixture
-def target() -> Iterator[Target]:
-    t = Target()
-    yield t
-    t.stop()
+def target() -> Iterator[Served]:
+    yield from running(Target())
 
 
-class ForwardProxy:
+class ForwardProxy(Served):
     """An HTTP forward proxy (absolute-URI requests) that records the requests it forwards."""
 
     def __init__(self) -> None:
@@ -236,15 +242,10 @@ class ForwardProxy:
 
         self.server, self.url = serve(Handler)
 
-    def stop(self) -> None:
-        stop(self.server)
-
 
 @pytest.fixture
-def proxy() -> Iterator[ForwardProxy]:
-    p = ForwardProxy()
-    yield p
-    p.stop()
+def proxy() -> Iterator[Served]:
+    yield from running(ForwardProxy())
 
 
 @pytest.fixture
