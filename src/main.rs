@@ -228,6 +228,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     println!("tokenvault dev is running");
     println!("  API:    {base}");
+    println!("  Dashboard: {base}/ui (sign in with the admin token below)");
     println!("  Redis:  {redis_url}{redis_note}");
     println!("  Pool:   demo (5 fake tokens, quota 1000/h, 2 leases per token)");
     println!("  Admin client token (24 h), for every /v1 call:\n\nexport TV_TOKEN={admin}\n");

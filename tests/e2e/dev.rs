@@ -29,6 +29,12 @@ async fn dev_mode_serves_the_demo_pool_with_the_printed_token() {
         .trim()
         .to_string();
     assert!(out.contains(&format!("http://127.0.0.1:{port}/v1/pools/demo/leases")));
+    // The dashboard it names is served.
+    let ui = format!("http://127.0.0.1:{port}/ui");
+    assert!(out.contains(&ui), "{out}");
+    let page = reqwest::get(&ui).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<title>tokenvault</title>"));
     let api = Api::new(&format!("http://127.0.0.1:{port}")).with_token(&token);
     let l = api
         .post("/v1/pools/demo/leases", json!({"worker": "me"}))
