@@ -34,7 +34,11 @@ async fn dev_mode_serves_the_demo_pool_with_the_printed_token() {
     assert!(out.contains(&ui), "{out}");
     let page = reqwest::get(&ui).await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("<title>tokenvault</title>"));
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("<title>tokenvault</title>"));
     let api = Api::new(&format!("http://127.0.0.1:{port}")).with_token(&token);
     let l = api
         .post("/v1/pools/demo/leases", json!({"worker": "me"}))
