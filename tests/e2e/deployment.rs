@@ -162,27 +162,19 @@ struct Seen {
     reconnects: u64,
 }
 
-/// Follow every event through `base`, reconnecting with `Last-Event-ID` when the stream ends.
+/// Follow every event through `base` with the SDK's feed, which reopens the stream with
+/// `Last-Event-ID` whenever it ends.
 async fn follow(base: String, token: String, seen: std::sync::Arc<std::sync::Mutex<Seen>>) {
-    let client = vault_client::Client::new(&base, &token);
-    let mut last: Option<String> = None;
+    let mut feed = vault_client::Client::new(&base, &token).feed(&[]);
     loop {
-        if let Ok(mut stream) = client.events(&[], last.as_deref()).await {
-            while let Some(Ok(e)) = stream.next().await {
-                if !e.id.is_empty() {
-                    last = Some(e.id.clone());
-                }
-                if e.kind == "token.revoked" {
-                    let s = |f: &str| e.data[f].as_str().unwrap_or_default().to_string();
-                    seen.lock()
-                        .unwrap()
-                        .revoked
-                        .insert((s("pool"), s("token_id")));
-                }
-            }
+        let next = feed.next().await;
+        let mut s = seen.lock().unwrap();
+        s.reconnects = feed.reconnects();
+        let Ok(e) = next else { continue };
+        if e.kind == "token.revoked" {
+            let f = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
+            s.revoked.insert((f("pool"), f("token_id")));
         }
-        seen.lock().unwrap().reconnects += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,8 +1,9 @@
 //! vault-client: the Rust SDK for tokenvault workers.
 //!
 //! # Layout
-//! - [`Client`]: the REST calls a worker makes (lease, renew, release, rotate) and
-//!   [`Client::events`], a server-sent-events stream.
+//! - [`Client`]: the REST calls a worker makes (lease, renew, release, rotate),
+//!   [`Client::events`], a server-sent-events stream, and [`Client::follow`], an
+//!   [`EventFeed`] that reopens it with `Last-Event-ID` whenever it ends.
 //! - [`Worker`]: keeps one lease for a worker, renews nothing behind its back, rotates on a
 //!   401, and drops a lease the moment the vault announces its token or lease revoked: a
 //!   request already in flight with it finishes, the next one gets a new lease.
@@ -240,6 +241,89 @@ impl EventStream {
     }
 }
 
+/// Events for as long as the caller reads them: [`Client::follow`]. When the stream ends or
+/// breaks, it is opened again with `Last-Event-ID` (backing off from 200 ms up to 30 s), so
+/// nothing the vault still keeps is missed. Notices such as `events.lost` carry no id: the
+/// resume point stays at the last real event.
+pub struct EventFeed {
+    client: Client,
+    pools: Vec<String>,
+    stream: Option<EventStream>,
+    last_id: Option<String>,
+    backoff: Duration,
+    reconnects: u64,
+    /// A stream was opened once: opening another is a reconnection, after the backoff.
+    opened: bool,
+}
+
+const FEED_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
+
+impl Client {
+    /// Subscribe to events of `pools` (all the token may see when empty) and keep following
+    /// them. The first subscription is made here: from the moment this returns, nothing published
+    /// is missed.
+    pub async fn follow(&self, pools: &[&str]) -> Result<EventFeed> {
+        let mut feed = self.feed(pools);
+        feed.stream = Some(self.events(pools, None).await?);
+        feed.opened = true;
+        Ok(feed)
+    }
+
+    /// As [`Client::follow`], but subscribing at the first [`EventFeed::next`], where an
+    /// unreachable vault is retried like a lost stream.
+    pub fn feed(&self, pools: &[&str]) -> EventFeed {
+        EventFeed {
+            client: self.clone(),
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            stream: None,
+            last_id: None,
+            backoff: FEED_BACKOFF.0,
+            reconnects: 0,
+            opened: false,
+        }
+    }
+}
+
+impl EventFeed {
+    /// The next event. An error is a reconnection the vault refused (a 4xx: the client token is
+    /// revoked, expired or not allowed); calling again tries again, after the backoff.
+    pub async fn next(&mut self) -> Result<Event> {
+        loop {
+            if let Some(stream) = self.stream.as_mut() {
+                if let Some(Ok(e)) = stream.next().await {
+                    if !e.id.is_empty() {
+                        self.last_id = Some(e.id.clone());
+                    }
+                    return Ok(e);
+                }
+                self.stream = None;
+            }
+            if self.opened {
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(FEED_BACKOFF.1);
+                self.reconnects += 1;
+            }
+            self.opened = true;
+            let pools: Vec<&str> = self.pools.iter().map(String::as_str).collect();
+            match self.client.events(&pools, self.last_id.as_deref()).await {
+                Ok(s) => {
+                    self.stream = Some(s);
+                    self.backoff = FEED_BACKOFF.0;
+                }
+                Err(e @ Error::Api { status, .. }) if (400..500).contains(&status) => {
+                    return Err(e)
+                }
+                Err(e) => tracing::warn!(error = %e, "event stream lost; retrying"),
+            }
+        }
+    }
+
+    /// How often the stream had to be opened again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+}
+
 /// Token and lease ids the vault announced revoked.
 #[derive(Default)]
 struct Revoked {
@@ -270,14 +354,9 @@ impl Worker {
     /// Start a worker on `pool`: subscribes to the pool's events first (so no revocation
     /// between now and the first lease can be missed), reconnecting with `Last-Event-ID`.
     pub async fn start(client: Client, pool: &str, name: &str) -> Result<Worker> {
-        let first = client.events(&[pool], None).await?;
+        let feed = client.follow(&[pool]).await?;
         let revoked: Arc<Revoked> = Arc::default();
-        let listener = tokio::spawn(listen(
-            client.clone(),
-            pool.to_string(),
-            first,
-            revoked.clone(),
-        ));
+        let listener = tokio::spawn(listen(feed, revoked.clone()));
         Ok(Worker {
             client,
             pool: pool.to_string(),
@@ -369,42 +448,32 @@ impl Drop for Worker {
     }
 }
 
-/// Follow the pool's events, reconnecting with `Last-Event-ID` so nothing is missed.
-async fn listen(client: Client, pool: String, mut stream: EventStream, revoked: Arc<Revoked>) {
-    let mut last_id: Option<String> = None;
+/// Mark what the pool's events revoke, for as long as the worker lives.
+async fn listen(mut feed: EventFeed, revoked: Arc<Revoked>) {
     loop {
-        while let Some(Ok(e)) = stream.next().await {
-            // Notices carry no id: the resume point stays at the last real event.
-            if !e.id.is_empty() {
-                last_id = Some(e.id.clone());
-            }
-            if e.kind == "events.lost" {
-                tracing::warn!("the vault lost events for this worker; re-checking the lease");
-                revoked.recheck.store(true, Ordering::SeqCst);
+        let e = match feed.next().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "the vault refused the event stream; retrying");
                 continue;
             }
-            let id = match e.kind.as_str() {
-                "token.revoked" | "token.quarantined" => e.data["token_id"].as_str(),
-                "lease.revoked" => e.data["lease_id"].as_str(),
-                _ => None,
-            };
-            if let Some(id) = id {
-                revoked
-                    .ids
-                    .lock()
-                    .expect("revoked lock")
-                    .insert(id.to_string());
-            }
+        };
+        if e.kind == "events.lost" {
+            tracing::warn!("the vault lost events for this worker; re-checking the lease");
+            revoked.recheck.store(true, Ordering::SeqCst);
+            continue;
         }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match client.events(&[&pool], last_id.as_deref()).await {
-                Ok(s) => {
-                    stream = s;
-                    break;
-                }
-                Err(e) => tracing::warn!(error = %e, "event stream lost; retrying"),
-            }
+        let id = match e.kind.as_str() {
+            "token.revoked" | "token.quarantined" => e.data["token_id"].as_str(),
+            "lease.revoked" => e.data["lease_id"].as_str(),
+            _ => None,
+        };
+        if let Some(id) = id {
+            revoked
+                .ids
+                .lock()
+                .expect("revoked lock")
+                .insert(id.to_string());
         }
     }
 }

@@ -645,52 +645,40 @@ pub(crate) async fn events(op: EventsOp, a: &RemoteArgs) -> anyhow::Result<()> {
         .context("no client token: set TV_TOKEN or pass --token")?;
     let client = vault_client::Client::new(&a.url, &token);
     let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    let refused = |e: vault_client::Error| match e {
+        vault_client::Error::Api {
+            status,
+            code,
+            detail,
+        } => anyhow::anyhow!("{code} ({status}): {detail}"),
+        e => anyhow::anyhow!("{e}"),
+    };
+    // Subscribes at the first read; reopens the stream with Last-Event-ID, backing off, whenever
+    // it ends or the vault cannot be reached.
+    let mut feed = client.feed(&pools);
     let mut seen = 0u64;
-    let mut last: Option<String> = None;
-    let mut backoff = Duration::from_millis(500);
     loop {
-        let mut stream = match client.events(&pools, last.as_deref()).await {
-            Ok(s) => s,
-            Err(vault_client::Error::Api {
-                status,
-                code,
-                detail,
-            }) if status != 503 => bail!("{code} ({status}): {detail}"),
-            Err(e) => {
-                eprintln!("events: {e}; reconnecting in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(500);
-        while let Some(ev) = stream.next().await {
-            let Ok(ev) = ev else { break };
-            if !ev.id.is_empty() {
-                last = Some(ev.id.clone());
-            }
-            if a.json {
-                println!("{}", ev.data);
-            } else {
-                let d = &ev.data;
-                let at = d["at"]
-                    .as_i64()
-                    .map(vault_core::time::rfc3339)
-                    .unwrap_or_default();
-                let what = [&d["pool"], &d["token_id"], &d["lease_id"]]
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let reason = d["reason"].as_str().unwrap_or("");
-                println!("{at}  {:<18} {what}  {reason}", ev.kind);
-            }
-            seen += 1;
-            if count.is_some_and(|c| seen >= c) {
-                return Ok(());
-            }
+        let ev = feed.next().await.map_err(refused)?;
+        if a.json {
+            println!("{}", ev.data);
+        } else {
+            let d = &ev.data;
+            let at = d["at"]
+                .as_i64()
+                .map(vault_core::time::rfc3339)
+                .unwrap_or_default();
+            let what = [&d["pool"], &d["token_id"], &d["lease_id"]]
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let reason = d["reason"].as_str().unwrap_or("");
+            println!("{at}  {:<18} {what}  {reason}", ev.kind);
         }
-        eprintln!("events: stream ended; reconnecting");
+        seen += 1;
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(());
+        }
     }
 }
 
