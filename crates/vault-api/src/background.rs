@@ -58,7 +58,7 @@ async fn pool_gauges(
     for name in names.into_iter().take(max_pools) {
         match store.pool_status_sampled(&name, GAUGE_SAMPLE).await {
             Ok(st) => {
-                set_pool_gauges(&st);
+                pool_gauges_of(&name, Some(&st));
                 now.insert(name);
             }
             Err(vault_core::VaultError::PoolNotFound) => {}
@@ -66,42 +66,37 @@ async fn pool_gauges(
         }
     }
     for gone in shown.difference(&now) {
-        zero_pool_gauges(gone);
+        pool_gauges_of(gone, None);
     }
     Ok(now)
 }
 
-fn set_pool_gauges(st: &PoolStatus) {
-    let pool = st.pool.clone();
-    for (state, n) in &st.tokens {
-        metrics::gauge!("tv_pool_tokens", "pool" => pool.clone(), "state" => state.clone())
-            .set(*n as f64);
-    }
-    metrics::gauge!("tv_pool_leases_active", "pool" => pool.clone()).set(st.leases_active as f64);
-    metrics::gauge!("tv_pool_utilization", "pool" => pool.clone()).set(st.utilization);
-    metrics::gauge!("tv_pool_quota_used_ratio", "pool" => pool.clone())
-        .set(st.quota_used_ratio.unwrap_or(0.0));
-    metrics::gauge!("tv_pool_frozen", "pool" => pool.clone()).set(u8::from(st.frozen) as f64);
-    metrics::gauge!("tv_pool_lease_rate", "pool" => pool.clone()).set(st.sizing.lease_rate_per_s);
-    metrics::gauge!("tv_pool_tokens_needed", "pool" => pool.clone())
-        .set(st.sizing.needed.tokens_needed as f64);
-    metrics::gauge!("tv_pool_headroom_tokens", "pool" => pool)
-        .set(st.sizing.headroom_tokens as f64);
-}
-
-fn zero_pool_gauges(pool: &str) {
+/// Set the `tv_pool_*` gauges of `pool` from its status; all to 0 when the pool is gone (`None`).
+fn pool_gauges_of(pool: &str, st: Option<&PoolStatus>) {
     for state in vault_core::model::VIEW_STATES {
-        metrics::gauge!("tv_pool_tokens", "pool" => pool.to_string(), "state" => state).set(0.0);
+        let n = st.and_then(|s| s.tokens.get(state)).copied().unwrap_or(0);
+        metrics::gauge!("tv_pool_tokens", "pool" => pool.to_string(), "state" => state)
+            .set(n as f64);
     }
-    for name in [
-        "tv_pool_leases_active",
-        "tv_pool_utilization",
-        "tv_pool_quota_used_ratio",
-        "tv_pool_frozen",
-        "tv_pool_lease_rate",
-        "tv_pool_tokens_needed",
-        "tv_pool_headroom_tokens",
+    let v = |f: fn(&PoolStatus) -> f64| st.map_or(0.0, f);
+    for (name, value) in [
+        ("tv_pool_leases_active", v(|s| s.leases_active as f64)),
+        ("tv_pool_utilization", v(|s| s.utilization)),
+        (
+            "tv_pool_quota_used_ratio",
+            v(|s| s.quota_used_ratio.unwrap_or(0.0)),
+        ),
+        ("tv_pool_frozen", v(|s| u8::from(s.frozen) as f64)),
+        ("tv_pool_lease_rate", v(|s| s.sizing.lease_rate_per_s)),
+        (
+            "tv_pool_tokens_needed",
+            v(|s| s.sizing.needed.tokens_needed as f64),
+        ),
+        (
+            "tv_pool_headroom_tokens",
+            v(|s| s.sizing.headroom_tokens as f64),
+        ),
     ] {
-        metrics::gauge!(name, "pool" => pool.to_string()).set(0.0);
+        metrics::gauge!(name, "pool" => pool.to_string()).set(value);
     }
 }
