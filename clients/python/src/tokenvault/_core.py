@@ -85,14 +85,12 @@ def report_for_exception(lease: Lease, exc: Optional[BaseException]) -> Report:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     headers: Mapping[str, str] = getattr(response, "headers", None) or {}
-    if status is not None and headers:
-        lease.read_rate_limit(headers)
-    if status == 401:
-        return lease.report("unauthorized")
-    if status == 403:
-        return lease.report("forbidden")
-    if status == 429:
-        return lease.report("rate_limited", retry_after_s=retry_after_s(headers))
+    if isinstance(status, int):
+        report = after_target_answer(lease, status, headers)
+        if report is not None:
+            return report
+        if status == 403:
+            return lease.report("forbidden")
     return lease.report("ok", detail=f"worker error: {type(exc).__name__}")
 
 
