@@ -9,17 +9,12 @@ use std::time::Duration;
 use serde_json::json;
 use testkit::Child;
 
-use crate::harness::one;
+use crate::harness::{installed, one};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = root.join(".venv-tests/bin/st");
-    assert!(
-        st.is_file(),
-        "schemathesis is not installed at {}: run scripts/setup.sh",
-        st.display()
-    );
+    let st = installed(".venv-tests/bin/st");
     let t = one(&[]).await;
     assert_eq!(t.api.put("/v1/pools/fuzz", json!({})).await.status, 201);
     let d = t

@@ -384,3 +384,15 @@ pub(crate) async fn metrics_text(base: &str) -> String {
         .await
         .expect("metrics text")
 }
+
+/// A tool scripts/setup.sh installs in the checkout (`.venv-tests/bin/pytest`, `.tools/bin/...`);
+/// fails with what to run when it is missing.
+pub(crate) fn installed(rel: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    assert!(
+        path.is_file(),
+        "{} is not installed: run scripts/setup.sh",
+        path.display()
+    );
+    path
+}

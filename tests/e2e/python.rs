@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use testkit::Child;
 
+use crate::harness::installed;
+
 #[test]
 fn the_python_client_scrapy_middleware_and_dashboard_pass_their_tests() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let pytest = root.join(".venv-tests/bin/pytest");
-    assert!(
-        pytest.is_file(),
-        "pytest is not installed at {}: run scripts/setup.sh",
-        pytest.display()
-    );
+    let pytest = installed(".venv-tests/bin/pytest");
     let bins = testkit::bin_path("vault-api");
     let bin_dir = bins.parent().unwrap();
     let tests = root.join("clients/python/tests");
@@ -58,11 +55,7 @@ fn the_python_client_scrapy_middleware_and_dashboard_pass_their_tests() {
 #[test]
 fn the_python_client_passes_mypy_strict() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mypy = root.join(".venv-tests/bin/mypy");
-    assert!(
-        mypy.is_file(),
-        "mypy is not installed: run scripts/setup.sh"
-    );
+    let mypy = installed(".venv-tests/bin/mypy");
     let out = std::process::Command::new(mypy)
         .args(["--strict", "--no-incremental", "src/tokenvault"])
         .current_dir(root.join("clients/python"))
