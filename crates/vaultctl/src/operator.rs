@@ -237,20 +237,7 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
             show(a.json, &v, |v| format!("pool {}\n{}", c.pool, fields(v)));
         }
         PoolOp::List => {
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let q = match &cursor {
-                    Some(c) => format!("/v1/pools?limit=1000&cursor={c}"),
-                    None => "/v1/pools?limit=1000".to_string(),
-                };
-                let page = r.get(&q).await?;
-                all.extend(page["pools"].as_array().cloned().unwrap_or_default());
-                cursor = page["next_cursor"].as_str().map(str::to_string);
-                if cursor.is_none() {
-                    break;
-                }
-            }
+            let mut all = r.pages("/v1/pools", "pools", usize::MAX).await?;
             all.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
             let v = Value::Array(all);
             show(a.json, &v, |v| {
@@ -432,28 +419,11 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
             });
         }
         TokenOp::List { pool, state, limit } => {
-            let mut all: Vec<Value> = Vec::new();
-            let mut cursor: Option<String> = None;
-            while all.len() < limit {
-                let mut q = format!(
-                    "/v1/pools/{}/tokens?limit={}",
-                    seg(&pool),
-                    (limit - all.len()).min(1000)
-                );
-                if let Some(s) = &state {
-                    q.push_str(&format!("&state={}", seg(s)));
-                }
-                if let Some(c) = &cursor {
-                    q.push_str(&format!("&cursor={c}"));
-                }
-                let page = r.get(&q).await?;
-                all.extend(page["tokens"].as_array().cloned().unwrap_or_default());
-                cursor = page["next_cursor"].as_str().map(str::to_string);
-                if cursor.is_none() {
-                    break;
-                }
+            let mut path = format!("/v1/pools/{}/tokens", seg(&pool));
+            if let Some(s) = &state {
+                path.push_str(&format!("?state={}", seg(s)));
             }
-            all.truncate(limit);
+            let all = r.pages(&path, "tokens", limit).await?;
             let v = Value::Array(all);
             show(a.json, &v, |v| {
                 let mut t = table(&[
@@ -639,11 +609,7 @@ pub(crate) async fn audit(op: AuditOp, a: &RemoteArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn events(op: EventsOp, a: &RemoteArgs) -> anyhow::Result<()> {
     let EventsOp::Tail { pools, count } = op;
-    let token = a
-        .token
-        .clone()
-        .context("no client token: set TV_TOKEN or pass --token")?;
-    let client = vault_client::Client::new(&a.url, &token);
+    let client = vault_client::Client::new(&a.url, &a.token()?);
     let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
     let refused = |e: vault_client::Error| match e {
         vault_client::Error::Api {

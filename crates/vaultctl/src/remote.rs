@@ -25,6 +25,20 @@ pub(crate) struct RemoteArgs {
     pub(crate) json: bool,
 }
 
+impl RemoteArgs {
+    /// The client token to call with.
+    pub(crate) fn token(&self) -> anyhow::Result<String> {
+        self.token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .context(
+                "no client token: set TV_TOKEN or pass --token (mint one with `vaultctl client mint`)",
+            )
+    }
+}
+
 /// An error answer of the vault.
 #[derive(Debug, thiserror::Error)]
 #[error("{code} ({status}): {detail}")]
@@ -43,15 +57,13 @@ pub(crate) struct Remote {
 
 impl Remote {
     pub(crate) fn new(a: &RemoteArgs) -> anyhow::Result<Self> {
-        let token = a.token.clone().filter(|t| !t.trim().is_empty()).context(
-            "no client token: set TV_TOKEN or pass --token (mint one with `vaultctl client mint`)",
-        )?;
+        let token = a.token()?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self {
             base: a.url.trim_end_matches('/').to_string(),
-            token: token.trim().to_string(),
+            token,
             http,
         })
     }
@@ -86,6 +98,33 @@ impl Remote {
 
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// The items of a paged listing (`field` of each page, `next_cursor` to the next), up to
+    /// `most`, asking for at most 1,000 a page.
+    pub(crate) async fn pages(
+        &self,
+        path: &str,
+        field: &str,
+        most: usize,
+    ) -> anyhow::Result<Vec<Value>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        while all.len() < most {
+            let mut q = format!("{path}{sep}limit={}", (most - all.len()).min(1000));
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
+            }
+            let page = self.get(&q).await?;
+            all.extend(page[field].as_array().cloned().unwrap_or_default());
+            cursor = page["next_cursor"].as_str().map(str::to_string);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        all.truncate(most);
+        Ok(all)
     }
 
     pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
