@@ -29,6 +29,7 @@ Needs Scrapy's asyncio reactor (the default since Scrapy 2.13).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, Dict, Optional
 
@@ -56,7 +57,6 @@ class _Held:
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
-        self.units = 1
         self.sent = 0
         self.open = 0
 
@@ -134,26 +134,21 @@ class TokenVaultMiddleware:
 
     # -- which lease a request goes out with -------------------------------------------------
     async def _take(self) -> _Held:
-        units = self.slot_units if self.per_slot else 1
-        try:
+        lease = None
+        if self.per_slot and self.slot_units > 1:
             # A slot's many units are asked for without waiting: tokens may have less quota left
             # than that but still some, and a one-unit lease (waited for) uses it.
-            lease = await self.vault.lease(self.pool, units=units,
-                                           wait_ms=0 if units > 1 else self.wait_ms)
-        except PoolExhausted:
-            if units == 1:
-                self._inc("exhausted")
-                raise
-            units = 1
+            with contextlib.suppress(PoolExhausted):
+                lease = await self.vault.lease(self.pool, units=self.slot_units, wait_ms=0)
+        if lease is None:
             try:
-                lease = await self.vault.lease(self.pool, wait_ms=self.wait_ms, units=1)
+                lease = await self.vault.lease(self.pool, units=1, wait_ms=self.wait_ms)
             except PoolExhausted:
                 self._inc("exhausted")
                 raise
         held = _Held(lease)
-        held.units = units
         logger.debug("tokenvault: leased %s of token %s (%d units)", lease.lease_id, lease.token_id,
-                     units)
+                     lease.units)
         self._by_lease[lease.lease_id] = held
         self._inc("leases")
         return held
@@ -163,7 +158,7 @@ class TokenVaultMiddleware:
             return await self._take()
         slot = request.meta.get("download_slot") or _core.slot_of(request.url)
         held = self._by_slot.get(slot)
-        if held is None or held.lease.revoked is not None or held.sent >= held.units \
+        if held is None or held.lease.revoked is not None or held.sent >= held.lease.units \
                 or held.lease._ended:
             if held is not None and held.open == 0:
                 await self._end(held, None)
