@@ -20,9 +20,7 @@ impl Store {
                 ],
             )
             .await?;
-        if !v.lease.replayed {
-            self.tally_lease(pool, v.lease.units);
-        }
+        self.tally_lease(pool, &v.lease);
         Ok(v.lease)
     }
 
@@ -73,9 +71,7 @@ impl Store {
             None => typed::<reply::Lease>(&scripts::ROTATE, v).map(|l| l.lease),
         };
         if let Ok(l) = &lease {
-            if !l.replayed {
-                self.tally_lease(pool, l.units);
-            }
+            self.tally_lease(pool, l);
         }
         Ok((released, lease))
     }

@@ -63,9 +63,12 @@ impl LeaseRate {
 }
 
 impl Store {
-    /// Count a lease this process granted (for the pool's observed rate).
-    pub(crate) fn tally_lease(&self, pool: &str, units: u64) {
-        self.tally.record(pool, units);
+    /// Count a lease this process granted (for the pool's observed rate); an idempotent replay
+    /// of one granted before is not a new lease.
+    pub(crate) fn tally_lease(&self, pool: &str, grant: &crate::model::LeaseGrant) {
+        if !grant.replayed {
+            self.tally.record(pool, grant.units);
+        }
     }
 
     /// Add this process's lease counts to the pools' rate hashes. Counts that could not be
