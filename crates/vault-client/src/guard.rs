@@ -257,18 +257,24 @@ impl LeaseGuard {
     /// Give the lease back with `outcome` and what the target said of the quota.
     pub async fn release(self, outcome: Outcome) -> Result<()> {
         self.renewer.abort();
-        let mut h = self.held.lock().await;
-        let Some(lease) = h.lease.take() else {
-            return Ok(());
-        };
-        match self
-            .client
-            .release_with(&lease, &h.seen.report(outcome))
-            .await
-        {
-            Ok(()) | Err(Error::LeaseGone) => Ok(()),
-            Err(e) => Err(e),
-        }
+        give_back(&self.client, &self.held, outcome).await
+    }
+}
+
+/// Release what `held` still holds (nothing once released or ended) with `outcome` and what the
+/// target said of the quota; a lease that ended meanwhile is no error.
+async fn give_back(
+    client: &Client,
+    held: &tokio::sync::Mutex<Held>,
+    outcome: Outcome,
+) -> Result<()> {
+    let mut h = held.lock().await;
+    let Some(lease) = h.lease.take() else {
+        return Ok(());
+    };
+    match client.release_with(&lease, &h.seen.report(outcome)).await {
+        Ok(()) | Err(Error::LeaseGone) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -279,12 +285,7 @@ impl Drop for LeaseGuard {
         let (client, held) = (self.client.clone(), self.held.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let mut h = held.lock().await;
-                if let Some(lease) = h.lease.take() {
-                    let _ = client
-                        .release_with(&lease, &h.seen.report(Outcome::Ok))
-                        .await;
-                }
+                let _ = give_back(&client, &held, Outcome::Ok).await;
             });
         }
     }
