@@ -8,7 +8,7 @@ A request whose body is a stream cannot be sent twice: send those with ``retries
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Generic, Optional, TypeVar
 
 import httpx
 
@@ -67,21 +67,49 @@ else:  # pragma: no cover
             raise ImportError("lease.session() needs requests: pip install 'tokenvault[requests]'")
 
 
-class LeaseClient:
-    """An ``httpx.Client`` bound to a lease (``lease.client()``): ``get``, ``post``... and
-    ``request``; keyword arguments go to ``httpx.Client`` (one per proxy the lease is bound to)."""
+C = TypeVar("C")
+R = TypeVar("R")
+
+
+class _Bound(Generic[C, R]):
+    """What the sync and async httpx clients share: one httpx client per proxy the lease has been
+    bound to, and the verbs. ``R`` is what ``request`` returns (an awaitable when async)."""
+
+    _make: Callable[..., C]
 
     def __init__(self, lease: Lease, *, retries: int = 1, **client_kw: Any) -> None:
         self.lease = lease
         self.retries = retries
         self._kw = client_kw
-        self._clients: Dict[Optional[str], httpx.Client] = {}
+        self._clients: Dict[Optional[str], C] = {}
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> C:
         proxy = _core.proxies_for(self.lease)
         if proxy not in self._clients:
-            self._clients[proxy] = httpx.Client(proxy=proxy, **self._kw)
+            self._clients[proxy] = self._make(proxy=proxy, **self._kw)
         return self._clients[proxy]
+
+    def request(self, method: str, url: str, **kw: Any) -> R:
+        raise NotImplementedError
+
+    def get(self, url: str, **kw: Any) -> R:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> R:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> R:
+        return self.request("PUT", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> R:
+        return self.request("DELETE", url, **kw)
+
+
+class LeaseClient(_Bound[httpx.Client, httpx.Response]):
+    """An ``httpx.Client`` bound to a lease (``lease.client()``): ``get``, ``post``... and
+    ``request``; keyword arguments go to ``httpx.Client`` (one per proxy the lease is bound to)."""
+
+    _make = httpx.Client
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         rotations = 0
@@ -96,18 +124,6 @@ class LeaseClient:
             rotations += 1
             self.lease._owner.rotate(self.lease, report)
 
-    def get(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("GET", url, **kw)
-
-    def post(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("POST", url, **kw)
-
-    def put(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("PUT", url, **kw)
-
-    def delete(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("DELETE", url, **kw)
-
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
@@ -119,20 +135,10 @@ class LeaseClient:
         self.close()
 
 
-class AsyncLeaseClient:
+class AsyncLeaseClient(_Bound[httpx.AsyncClient, Awaitable[httpx.Response]]):
     """``LeaseClient`` for an ``AsyncVault`` lease (``httpx.AsyncClient`` underneath)."""
 
-    def __init__(self, lease: Lease, *, retries: int = 1, **client_kw: Any) -> None:
-        self.lease = lease
-        self.retries = retries
-        self._kw = client_kw
-        self._clients: Dict[Optional[str], httpx.AsyncClient] = {}
-
-    def _client(self) -> httpx.AsyncClient:
-        proxy = _core.proxies_for(self.lease)
-        if proxy not in self._clients:
-            self._clients[proxy] = httpx.AsyncClient(proxy=proxy, **self._kw)
-        return self._clients[proxy]
+    _make = httpx.AsyncClient
 
     async def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         rotations = 0
@@ -147,18 +153,6 @@ class AsyncLeaseClient:
             await resp.aclose()
             rotations += 1
             await self.lease._owner.rotate(self.lease, report)
-
-    async def get(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.request("GET", url, **kw)
-
-    async def post(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.request("POST", url, **kw)
-
-    async def put(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.request("PUT", url, **kw)
-
-    async def delete(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.request("DELETE", url, **kw)
 
     async def aclose(self) -> None:
         for c in self._clients.values():
