@@ -10,7 +10,10 @@
 --   keys[6] ids    set   every token id of the pool
 --   keys[7] jobs   zset  refresh jobs (score = visible-at ms)
 --   keys[8] base   the pool's key prefix `tv:{pool}:`; per-token/lease keys are built from it,
---                  so they share the pool's hash slot (cluster-safe).
+--                  so they share the pool's hash slot (cluster-safe). It is never written as
+--                  a key, and that is the resharding guard: while the pool's slot migrates, a
+--                  call whose declared keys are not all on one node is refused whole by Redis
+--                  (TRYAGAIN) before it runs, so no function ever meets a half-moved pool.
 -- ARGV[1] is always "now" in unix ms, or "" to use Redis TIME (the one clock of the system).
 
 -- The call being served: set by `begin` at the start of every call (functions share this

@@ -612,3 +612,295 @@ async fn on_a_redis_cluster_pools_spread_over_every_primary_and_every_rule_holds
         assert!(fcalls(node) > 50, "node {} ran no function", node.port);
     }
 }
+
+/// The node of `cluster` that holds `key`, and another one.
+fn owner_and_other<'c>(
+    cluster: &'c testkit::RedisCluster,
+    key: &str,
+) -> (&'c RedisServer, &'c RedisServer) {
+    let i = cluster
+        .nodes
+        .iter()
+        .position(|n| n.cli(&["EXISTS", key]).trim() == "1")
+        .expect("some node holds the key");
+    (
+        &cluster.nodes[i],
+        &cluster.nodes[(i + 1) % cluster.nodes.len()],
+    )
+}
+
+/// Every key of pool `p` on `node`, with its type, sorted (a key that moved or appeared shows).
+fn pool_keys(node: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = node
+        .cli(&["KEYS", &format!("{prefix}:{{p}}:*")])
+        .lines()
+        .map(str::to_string)
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A pool's slot half moved by hand, the dangerous state of a live reshard: its token hashes
+/// are on the new node, its sets still on the old one. Every call of the pool's functions is
+/// refused whole by Redis (TRYAGAIN: the prefix key each call declares never exists, so the
+/// call's keys are never all on one node while the slot moves) and answered 503 `redis_busy`;
+/// nothing is written on either node. Once the slot is moved, the pool works from its new node.
+#[tokio::test(flavor = "multi_thread")]
+async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_the_new_node() {
+    let cluster = testkit::RedisCluster::start(3);
+    let mut dep = Deployment::new(&cluster.nodes[0]);
+    dep.redis_url = cluster.url();
+    let v = dep.vault(&[("TV_REDIS_TIMEOUT_MS", "600")]).await;
+    let api = dep.api(&v);
+    assert_eq!(api.put("/v1/pools/p", json!({})).await.status, 201);
+    let d = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "a", "secret": "s1"}, {"id": "b", "secret": "s2"}]}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{:?}", d.body);
+
+    let prefix = dep.prefix.clone();
+    let cfg = format!("{prefix}:{{p}}:cfg");
+    let (source, target) = owner_and_other(&cluster, &cfg);
+    let slot = source.cli(&["CLUSTER", "KEYSLOT", &cfg]).trim().to_string();
+    let id = |n: &RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let (source_id, target_id) = (id(source), id(target));
+    let port = target.port.to_string();
+    let migrate = |key: &str| {
+        let r = source.cli(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+        assert_eq!(r.trim(), "OK", "MIGRATE {key}: {r}");
+    };
+    assert_eq!(
+        target
+            .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id])
+            .trim(),
+        "OK"
+    );
+    assert_eq!(
+        source
+            .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id])
+            .trim(),
+        "OK"
+    );
+    let tokens = source.cli(&["KEYS", &format!("{prefix}:{{p}}:t:*")]);
+    let tokens: Vec<&str> = tokens.lines().filter(|k| !k.is_empty()).collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    for k in &tokens {
+        migrate(k);
+    }
+    let before = (pool_keys(source, &prefix), pool_keys(target, &prefix));
+    assert!(before.1.len() == 2 && before.0.contains(&cfg), "{before:?}");
+
+    api.post("/v1/pools/p/leases", json!({}))
+        .await
+        .problem(503, "redis_busy");
+    api.post("/v1/pools/p/tokens/a/revoke", json!({"reason": "test"}))
+        .await
+        .problem(503, "redis_busy");
+    assert_eq!(
+        (pool_keys(source, &prefix), pool_keys(target, &prefix)),
+        before,
+        "a refused call wrote something"
+    );
+    assert!(
+        !v.child.output().contains("non local key"),
+        "{}",
+        v.child.output()
+    );
+
+    // Finish the move as `redis-cli --cluster reshard` does.
+    for k in pool_keys(source, &prefix) {
+        migrate(&k);
+    }
+    for n in [target, source] {
+        assert_eq!(
+            n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])
+                .trim(),
+            "OK"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lease = loop {
+        let r = api.post("/v1/pools/p/leases", json!({})).await;
+        if r.status == 201 {
+            break r.str("lease_id");
+        }
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the pool never worked again on its new node: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        target
+            .cli(&["EXISTS", &format!("{prefix}:{{p}}:l:{lease}")])
+            .trim(),
+        "1",
+        "the lease is not on the new node"
+    );
+    assert!(pool_keys(source, &prefix).is_empty());
+    // The refused calls left nothing behind: one lease (this one), nothing revoked.
+    let status = api.get("/v1/pools/p/status").await;
+    let t = &status.body["tokens"];
+    assert_eq!(status.body["leases_active"], 1, "{:?}", status.body);
+    assert_eq!(
+        (&t["leased"], &t["active"], &t["revoked"]),
+        (&json!(1), &json!(1), &json!(0)),
+        "{t}"
+    );
+}
+
+/// Move `slots` hash slots from `from` to `to` with `redis-cli --cluster reshard`, as an
+/// operator would; returns how many of the moved slots carried keys.
+fn reshard(cluster: &testkit::RedisCluster, from: usize, to: usize, slots: u32) -> usize {
+    let id = |n: usize| {
+        cluster.nodes[n]
+            .cli(&["CLUSTER", "MYID"])
+            .trim()
+            .to_string()
+    };
+    let out = std::process::Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("reshard")
+        .arg(format!("127.0.0.1:{}", cluster.nodes[from].port))
+        .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster reshard runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "reshard failed:\n{text}");
+    // `Moving slot N from A to B: ...`, a dot per key moved.
+    text.lines()
+        .filter(|l| l.starts_with("Moving slot") && l.trim_end().ends_with('.'))
+        .count()
+}
+
+/// Move one hash slot from `from` to `to` step by step, as `redis-cli --cluster reshard` does
+/// for each slot: open it on both nodes, migrate its keys in batches, give it to `to`.
+fn move_slot(cluster: &testkit::RedisCluster, slot: &str, from: usize, to: usize) {
+    let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
+    let id = |n: &RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_string();
+    let ok = |r: String, what: &str| assert_eq!(r.trim(), "OK", "{what}: {r}");
+    ok(
+        dst.cli(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &id(src)]),
+        "IMPORTING",
+    );
+    ok(
+        src.cli(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &id(dst)]),
+        "MIGRATING",
+    );
+    let port = dst.port.to_string();
+    loop {
+        let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", slot, "10"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        ok(src.cli(&args), "MIGRATE");
+    }
+    for n in [dst, src].into_iter().chain(&cluster.nodes) {
+        ok(
+            n.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &id(dst)]),
+            "NODE",
+        );
+    }
+}
+
+/// A live reshard under the checker's load: `redis-cli --cluster reshard` moves a third of the
+/// slots (and the pools in them) from one primary to another and a third from another back,
+/// then the slots of five pools go round the primaries again and again, while two replicas and
+/// a janitor serve the checker's workers. A call that meets a pool in mid-move is refused whole
+/// by Redis (TRYAGAIN) and retried; the checker finds no rule broken and nothing acknowledged
+/// lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_reshard_under_load_loses_nothing() {
+    let cluster = std::sync::Arc::new(testkit::RedisCluster::start(3));
+    let mut dep = Deployment::new(&cluster.nodes[0]);
+    dep.redis_url = cluster.url();
+    let vaults = [dep.vault(&[]).await, dep.vault(&[]).await];
+    let _janitor = dep.janitor(200);
+    let started = Instant::now();
+    let mut run = checker(
+        &dep,
+        &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
+        40,
+        &["--pools", "30", "--tokens", "3"],
+    );
+    // The checker's pools exist and every primary is serving them.
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster
+            .nodes
+            .iter()
+            .all(|n| fcalls(n) > 100)),
+        "the checker's load did not reach every primary:\n{}",
+        run.output()
+    );
+    let prefix = dep.prefix.clone();
+    let moved = tokio::task::spawn_blocking({
+        let cluster = cluster.clone();
+        move || {
+            let moved = reshard(&cluster, 0, 1, 3000) + reshard(&cluster, 2, 0, 3000);
+            // The slots of five of the checker's pools, and where each is now.
+            let mut pools: Vec<(String, usize)> = Vec::new();
+            for (i, n) in cluster.nodes.iter().enumerate() {
+                for key in n.cli(&["KEYS", &format!("{prefix}:{{*}}:cfg")]).lines() {
+                    if !key.is_empty() && pools.len() < 5 {
+                        pools.push((n.cli(&["CLUSTER", "KEYSLOT", key]).trim().to_string(), i));
+                    }
+                }
+            }
+            // Until shortly before the load ends (at least once).
+            let end = started + Duration::from_secs(30);
+            let mut rounds = 0;
+            while rounds == 0 || Instant::now() < end {
+                for (slot, at) in &mut pools {
+                    let to = (*at + 1) % cluster.nodes.len();
+                    move_slot(&cluster, slot, *at, to);
+                    *at = to;
+                }
+                rounds += 1;
+            }
+            (moved, rounds)
+        }
+    })
+    .await
+    .unwrap();
+    let (moved, rounds) = moved;
+    assert!(
+        run.try_wait().is_none(),
+        "the reshard outlasted the load; it proves nothing:\n{}",
+        run.output()
+    );
+    assert!(moved >= 3, "only {moved} slots with keys moved");
+    let out = tokio::task::spawn_blocking(move || passes(run, Duration::from_secs(180)))
+        .await
+        .unwrap();
+    // Calls met pools in mid-move and were refused whole (then retried by the cluster client).
+    let refused: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cli(&["INFO", "errorstats"])
+                .lines()
+                .find_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+                .and_then(|c| c.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "{moved} slots with keys moved by redis-cli, then {rounds} rounds of 5 pools; \
+         {refused} calls refused in mid-move\n{out}"
+    );
+    assert!(refused > 0, "no call met a pool in mid-move");
+    assert!(!out.contains("500 "), "{out}");
+    for v in &vaults {
+        let log = v.child.output();
+        assert!(!log.contains("non local key"), "{log}");
+    }
+}

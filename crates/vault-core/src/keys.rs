@@ -151,7 +151,9 @@ impl PoolKeys {
         self.k("xjobs")
     }
 
-    /// `KEYS` for every script, in the order `lua/rules/base.lua` names them.
+    /// `KEYS` for every script, in the order `lua/rules/base.lua` names them. The last, the
+    /// pool's prefix, never exists as a key: while the pool's slot migrates between cluster
+    /// nodes, Redis refuses every call (TRYAGAIN) rather than run one on a half-moved pool.
     pub fn script_keys(&self) -> [String; 8] {
         [
             self.cfg(),

@@ -236,7 +236,14 @@ impl Connections {
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .connection_timeout(budget)
                 .response_timeout(Duration::from_secs(3600))
-                .retries(2);
+                // While a pool's slot migrates its functions are refused with TRYAGAIN (see
+                // ARCHITECTURE, "Resharding"); the migration of one slot takes milliseconds, so
+                // retry soon and often, within the call's budget, rather than after the
+                // crate's default of over a second.
+                .retries(12)
+                .min_retry_wait(5)
+                .max_retry_wait(250)
+                .retry_wait_formula(10, 2);
             if let Some(u) = n.username {
                 pubsub = pubsub.set_username(&u);
                 b = b.username(u);
