@@ -1,6 +1,7 @@
 -- deposit.lua: add tokens to a pool (all or nothing).
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] JSON array of tokens, each {id, secret_ct, key_id, fingerprint,
+-- Arguments: `scripts::Deposit` (vault-core), read here as locals of the same names.
+-- `tokens` is a JSON array, each {id, secret_ct, key_id, fingerprint,
 --   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy (shown: credentials redacted),
 --   proxy_ct, proxy_key_id (the full proxy URL sealed, "" without credentials), binding_fp, labels (JSON text),
 --   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted (the refresh
@@ -8,7 +9,7 @@
 -- Returns {"ids":[...]} | {"err":"pool_not_found"|"conflict"|"invalid_request"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local toks = cjson.decode(ARGV[2])
+local toks = cjson.decode(tokens)
 local reserve = setting(c, 'quota_reserve')
 for _, d in ipairs(toks) do
   if redis.call('EXISTS', tkey(d.id)) == 1 then

@@ -1,11 +1,11 @@
 -- enqueue_due.lua: move tokens whose preemptive refresh is due into their job queue.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
+-- Arguments: `scripts::EnqueueDue` (vault-core), read here as locals of the same names.
 -- Returns {"enqueued":n}. Tokens stay in rotation while the refresh runs.
 local c = load_cfg()
 if c == nil then return reply({ enqueued = 0 }) end
 local n = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key(), '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', due_key(), '-inf', NOW, 'LIMIT', 0, batch)) do
   redis.call('ZREM', due_key(), id)
   local t = load_token(id)
   if t ~= nil and in_rotation(t) and refreshable(t) then

@@ -2,20 +2,17 @@
 -- timeout. A claimer that dies loses nothing: the job becomes visible again and the next
 -- claim stamps a new job id on the token, so the dead claimer's completion is refused.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] "1" = the external queue, "0" = the refresher's;
--- ARGV[3] new job id; ARGV[4] visibility timeout ms; ARGV[5] in-flight limit for the pool
--- ("" = none).
+-- Arguments: `scripts::JobClaim` (vault-core), read here as locals of the same names.
 -- Returns {"job":{...}} | {} when nothing is visible or the pool is at its limit |
 --   {"err":"pool_not_found"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local q = K.jobs
-if ARGV[2] == '1' then q = xjobs_key() end
+if external then q = xjobs_key() end
 local claimed = q .. ':claimed'
 redis.call('ZREMRANGEBYSCORE', claimed, '-inf', NOW)
-local limit = tonumber(ARGV[5])
-if limit ~= nil and redis.call('ZCARD', claimed) >= limit then return reply({ at_limit = true }) end
-local job_id, vis = ARGV[3], NOW + tonumber(ARGV[4])
+if in_flight_limit ~= nil and redis.call('ZCARD', claimed) >= in_flight_limit then return reply({ at_limit = true }) end
+local vis = NOW + visibility_ms
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10)) do
   local t = load_token(id)
   if t == nil or not refreshable(t) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
@@ -27,7 +24,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10))
     local gen = t.generation or '1'
     redis.call('HSET', job_key(job_id), 'token', id, 'gen', gen, 'attempts', num(t.refresh_attempts, 0))
     -- Outlives the visibility timeout so a late completion is told "stale", not "gone".
-    redis.call('PEXPIRE', job_key(job_id), tonumber(ARGV[4]) * 2 + 60000)
+    redis.call('PEXPIRE', job_key(job_id), visibility_ms * 2 + 60000)
     return reply({ job = {
       job_id = job_id, token_id = id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
       refresh_kind = t.refresh_kind, refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',

@@ -2,10 +2,7 @@
 -- still be the token's current claim and the token's generation unchanged since the claim,
 -- so a late or duplicate completion never overwrites a newer secret or revives a revoked token.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] job id; ARGV[3] secret ciphertext; ARGV[4] its key id;
--- ARGV[5] fingerprint; ARGV[6] expires_at ms (0 = never); ARGV[7] new refresh ciphertext
--- ("" = keep the current one); ARGV[8] its key id; ARGV[9] retry after ms and ARGV[10] max
--- attempts, for a credential that lives too short to enter rotation.
+-- Arguments: `scripts::JobComplete` (vault-core), read here as locals of the same names.
 -- Returns {"token_id","generation","state","error"?,"attempts"?,"retry_at"?}
 --   | {"err":"pool_not_found"|"job_gone"|"stale_job"}.
 -- A credential too short-lived for the pool's margin is stored (its refresh token may have been
@@ -13,7 +10,6 @@
 -- provider would be called in a loop.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local job_id = ARGV[2]
 local j, id_or_err, t = load_claim(job_id, false)
 if j == nil then return id_or_err end
 local id = id_or_err
@@ -23,13 +19,13 @@ redis.call('ZREM', q .. ':claimed', job_id)
 redis.call('DEL', job_key(job_id))
 exp_del(id, t)
 local gen = num(t.generation, 1) + 1
-put(id, t, 'secret_ct', ARGV[3])
-put(id, t, 'key_id', ARGV[4])
-put(id, t, 'fingerprint', ARGV[5])
-put(id, t, 'expires_at', tonumber(ARGV[6]))
-if ARGV[7] ~= '' then
-  put(id, t, 'refresh_ct', ARGV[7])
-  put(id, t, 'refresh_key_id', ARGV[8])
+put(id, t, 'secret_ct', secret_ct)
+put(id, t, 'key_id', key_id)
+put(id, t, 'fingerprint', fingerprint)
+put(id, t, 'expires_at', expires_at)
+if refresh_ct ~= '' then
+  put(id, t, 'refresh_ct', refresh_ct)
+  put(id, t, 'refresh_key_id', refresh_key_id)
 end
 put(id, t, 'generation', gen)
 put(id, t, 'refreshed_at', NOW)
@@ -41,7 +37,7 @@ if too_short_lived(t, c) then
   reconcile(id, t, c)
   redis.call('HINCRBY', stats_key(), 'refresh_short_lived', 1)
   local err = 'issued token lives ' .. lives_s .. ' s, pool needs ' .. math.floor(min_ttl_ms(c) / 1000) .. ' s'
-  local r = refresh_attempt_failed(id, t, c, err, tonumber(ARGV[9]), tonumber(ARGV[10]))
+  local r = refresh_attempt_failed(id, t, c, err, retry_in_ms, max_attempts)
   r.generation = gen
   return reply(r)
 end

@@ -1,5 +1,5 @@
 -- pool_op.lua: one batch of the pool's running whole-pool operation, so that no script walks a
--- whole pool: up to ARGV[2] tokens from the stored SSCAN cursor, then the cursor moves on; the
+-- whole pool: up to `batch` tokens from the stored SSCAN cursor, then the cursor moves on; the
 -- batch that ends the scan finishes the operation. Any number of drivers may call it (the
 -- replica that started the operation, every janitor): each batch goes on where the last ended,
 -- and every step is idempotent (SSCAN may return a token twice).
@@ -9,20 +9,20 @@
 --   cancel       the tokens rotation op_rotation deprecated are active again
 --   delete       every token, its leases and job records go; at the end the pool's keys
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] batch size; ARGV[3] the id of the operation the caller
--- drives ("" = whichever runs).
+-- Arguments: `scripts::PoolOp` (vault-core), read here as locals of the same names.
+-- `op_id` is the operation the caller drives ("" = whichever runs).
 -- Returns {"op","done","affected"}. When the caller's operation is over (finished by another
 -- driver, or superseded), {"op":"","done":true,"affected":its count} from the record of the
 -- last finished one (0 when superseded or unknown).
 local c = hgetall(K.cfg)
-local mine = ARGV[3]
+local mine = op_id
 if c == nil or not op_running(c) or (mine ~= '' and c.op_id ~= mine) then
   local last = 0
   if c ~= nil and mine ~= '' and c.op_last_id == mine then last = num(c.op_last_affected, 0) end
   return reply({ op = '', done = true, affected = last })
 end
 local op = c.op
-local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', tonumber(ARGV[2]))
+local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', batch)
 local cursor, ids = res[1], res[2]
 local sunset_zset = sunset_key()
 

@@ -3,7 +3,7 @@
 -- jobs dropped, in batches by pool_op.lua (a `cancel` operation). A rotation still deprecating
 -- its tokens is superseded: the cancel's scan restores whatever it had reached.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or "".
+-- Arguments: `scripts::PoolRotateCancel` (vault-core), read here as locals of the same names.
 -- Returns {"cancelling":rotation id,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg_all()
 if c == nil then return fail('pool_not_found') end

@@ -1,6 +1,6 @@
 -- pool_upsert.lua: create or replace a pool's config (PUT semantics; `frozen` is kept).
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] JSON object field -> string value, already validated.
+-- Arguments: `scripts::PoolUpsert` (vault-core), read here as locals of the same names.
 -- Returns {"created":bool,"op_id"} | {"err":"conflict"} (while another pool operation runs, or the pool
 -- is being deleted). On update every token is re-placed under the new rules, in batches by
 -- pool_op.lua (a `reconfigure` operation); a reconfigure already running starts over.
@@ -8,8 +8,7 @@ local existing = hgetall(K.cfg)
 if existing ~= nil and op_running(existing) and existing.op ~= 'reconfigure' then
   return op_busy(existing)
 end
-local fields = cjson.decode(ARGV[2])
-for k, v in pairs(fields) do redis.call('HSET', K.cfg, k, v) end
+for k, v in pairs(cjson.decode(fields)) do redis.call('HSET', K.cfg, k, v) end
 if existing == nil then
   redis.call('HSET', K.cfg, 'frozen', '0', 'created_at', NOW)
   return reply({ created = true, op_id = '' })

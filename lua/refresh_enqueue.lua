@@ -1,11 +1,11 @@
 -- refresh_enqueue.lua: take a token out of rotation and enqueue a refresh job for it now.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] token id.
+-- Arguments: `scripts::RefreshEnqueue` (vault-core), read here as locals of the same names.
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 -- A token already queued keeps its place (a token is enqueued at most once at a time).
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local id = ARGV[2]
+local id = token_id
 local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if not refreshable(t) then return fail('conflict', { detail = 'the token has no refresh method' }) end

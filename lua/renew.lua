@@ -1,17 +1,16 @@
 -- renew.lua: extend a live lease, optionally changing its reserved units.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] lease id; ARGV[3] ttl ms ("" = the lease's own ttl);
--- ARGV[4] units ("" = unchanged).
+-- Arguments: `scripts::Renew` (vault-core), read here as locals of the same names.
 -- Returns {"lease":{...}} | {"err":"pool_not_found"|"lease_gone"|"invalid_request"|
 --   "token_expiring"|"quota_exhausted"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local lid = ARGV[2]
+local lid = lease_id
 local l = live_lease(c, lid)
 if l == nil then return fail('lease_gone') end
 local t = load_token_hot(l.token)
 if t == nil or not in_rotation(t) then return fail('lease_gone') end
-local ttl_ms = tonumber(ARGV[3]) or num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000)
+ttl_ms = ttl_ms or num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000)
 if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
   return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
 end
@@ -21,7 +20,7 @@ if at > 0 and at < deadline then
   return fail('token_expiring', { detail = 'the token expires before the renewed lease would end' })
 end
 local old_units = num(l.units, 1)
-local units = tonumber(ARGV[4]) or old_units
+units = units or old_units
 roll_window(l.token, t)
 if units > old_units then
   local room = headroom(t, c)

@@ -2,18 +2,15 @@
 -- (same plaintext). Compare-and-set: only if the stored ciphertexts are still the ones the
 -- caller decrypted, so a refresh that landed meanwhile is never overwritten.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] token id; ARGV[3] secret ciphertext read; ARGV[4] new secret
--- ciphertext; ARGV[5] new key id; ARGV[6] refresh ciphertext read; ARGV[7] new refresh
--- ciphertext ("" = leave it); ARGV[8] its key id; ARGV[9] proxy ciphertext read; ARGV[10] new
--- proxy ciphertext ("" = leave it); ARGV[11] its key id.
+-- Arguments: `scripts::Reseal` (vault-core), read here as locals of the same names.
 -- Returns {"resealed":bool} | {"err":"token_not_found"}.
-local id = ARGV[2]
+local id = token_id
 local t = load_token(id)
 if t == nil then return fail('token_not_found') end
-if t.secret_ct ~= ARGV[3] or (t.refresh_ct or '') ~= ARGV[6] or (t.proxy_ct or '') ~= ARGV[9] then
+if t.secret_ct ~= secret_ct_read or (t.refresh_ct or '') ~= refresh_ct_read or (t.proxy_ct or '') ~= proxy_ct_read then
   return reply({ resealed = false })
 end
-redis.call('HSET', tkey(id), 'secret_ct', ARGV[4], 'key_id', ARGV[5])
-if ARGV[7] ~= '' then redis.call('HSET', tkey(id), 'refresh_ct', ARGV[7], 'refresh_key_id', ARGV[8]) end
-if ARGV[10] ~= '' then redis.call('HSET', tkey(id), 'proxy_ct', ARGV[10], 'proxy_key_id', ARGV[11]) end
+redis.call('HSET', tkey(id), 'secret_ct', secret_ct, 'key_id', key_id)
+if refresh_ct ~= '' then redis.call('HSET', tkey(id), 'refresh_ct', refresh_ct, 'refresh_key_id', refresh_key_id) end
+if proxy_ct ~= '' then redis.call('HSET', tkey(id), 'proxy_ct', proxy_ct, 'proxy_key_id', proxy_key_id) end
 return reply({ resealed = true })

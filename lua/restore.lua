@@ -2,11 +2,11 @@
 -- last error cleared), or one cooling down (429 or quota window), whose cooldown ends at once
 -- with a fresh quota window. Units reserved by live leases stay reserved.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] token id.
+-- Arguments: `scripts::Restore` (vault-core), read here as locals of the same names.
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local id = ARGV[2]
+local id = token_id
 local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if t.state == 'quarantined' then

@@ -1,11 +1,11 @@
 -- return_cooled.lua: put tokens whose cooldown (429 or exhausted window) ended back in rotation.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
+-- Arguments: `scripts::ReturnCooled` (vault-core), read here as locals of the same names.
 -- Returns {"returned":n}.
 local c = load_cfg()
 if c == nil then return reply({ returned = 0 }) end
 local n = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.cool, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.cool, '-inf', NOW, 'LIMIT', 0, batch)) do
   local t = load_token(id)
   if t == nil then
     redis.call('ZREM', K.cool, id)

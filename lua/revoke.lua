@@ -1,11 +1,11 @@
 -- revoke.lua: revoke a token at once: out of rotation for good, its live leases end.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] token id; ARGV[3] reason.
+-- Arguments: `scripts::Revoke` (vault-core), read here as locals of the same names.
 -- Returns {"leases_ended":[...],"already":bool} | {"err":"pool_not_found"|"token_not_found"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local id = ARGV[2]
+local id = token_id
 local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 if t.state == 'revoked' then return reply({ leases_ended = {}, already = true }) end
-return reply({ leases_ended = revoke_token(id, c, ARGV[3]), already = false })
+return reply({ leases_ended = revoke_token(id, c, reason), already = false })

@@ -1,15 +1,16 @@
 -- rotate.lua: release a lease with its report and lease a different token in the same step
 -- (the 401-mid-job path: the worker retries at once with a healthy token).
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] old lease id; ARGV[3..7] report as in release.lua;
--- ARGV[8] new lease id.
+-- Arguments: `scripts::Rotate` (vault-core), read here as locals of the same names.
+-- The report as in release.lua.
 -- Returns {"lease":{...},"released":{"token_id","state"}} | {"err":...} as acquire/release.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local err, l, t = do_release(c, ARGV[2], report_args(3))
+local err, l, t = do_release(c, lease_id, { used = used, outcome = outcome, retry_after_ms = retry_ms,
+  remaining = remaining, reset_at = reset_at })
 if err then return err end
 local res = do_acquire(c, {
-  lease_id = ARGV[8], worker = l.worker or '', units = num(l.units, 1),
+  lease_id = new_lease_id, worker = l.worker or '', units = num(l.units, 1),
   ttl_ms = num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000), min_ttl_ms = min_ttl_ms(c),
   session = '', idem = '', exclude = l.token,
 })

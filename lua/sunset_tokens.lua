@@ -1,12 +1,12 @@
 -- sunset_tokens.lua: revoke deprecated tokens whose sunset time has come.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] max tokens in this call.
+-- Arguments: `scripts::SunsetTokens` (vault-core), read here as locals of the same names.
 -- Returns {"revoked":[{"token_id","leases_ended":[...]}...]}.
 local c = load_cfg()
 if c == nil then return reply({ revoked = {} }) end
 local sk = sunset_key()
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[2]))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, batch)) do
   redis.call('ZREM', sk, id)
   local t = load_token(id)
   if t ~= nil and t.state == 'deprecated' then

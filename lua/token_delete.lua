@@ -1,9 +1,9 @@
 -- token_delete.lua: remove a token and everything that refers to it; its live leases end.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] token id.
+-- Arguments: `scripts::TokenDelete` (vault-core), read here as locals of the same names.
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end
-local id = ARGV[2]
+local id = token_id
 local t = load_token(id)
 if t == nil then return fail('token_not_found') end
 local ended = end_token_leases(id)

@@ -1,21 +1,21 @@
 -- token_rows.lua: read tokens for metadata, listings and status (writes nothing): their stored
 -- fields, and their quota as the quota rule sees it now (`quota_now`), so no reader recomputes it.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or ""; ARGV[2] JSON list of the fields to read; ARGV[3..] token ids.
+-- Arguments: `scripts::TokenRows` (vault-core), read here as locals of the same names.
 -- Returns {"rows":[{"fields":[value|null, ...], "quota":{used, reserved, limit?, win_end}}|{}...]}
 --   in the order of the ids; a token that does not exist is {}.
 -- | {"err":"pool_not_found"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local fields = cjson.decode(ARGV[2])
+fields = cjson.decode(fields)
 -- One read per token: the caller's fields, then what existence and the quota rule need.
 local QUOTA_FIELDS = { 'state', 'used', 'reserved', 'win_end', 'quota_limit' }
 local read = {}
 for j = 1, #fields do read[j] = fields[j] end
 for j = 1, #QUOTA_FIELDS do read[#fields + j] = QUOTA_FIELDS[j] end
 local rows = {}
-for i = 3, #ARGV do
-  local vals = redis.call('HMGET', tkey(ARGV[i]), unpack(read))
+for _, id in ipairs(ids) do
+  local vals = redis.call('HMGET', tkey(id), unpack(read))
   local t = {}
   for j = 1, #QUOTA_FIELDS do t[QUOTA_FIELDS[j]] = vals[#fields + j] or nil end
   -- `state` is written at deposit: without it there is no token.

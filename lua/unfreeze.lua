@@ -1,6 +1,6 @@
 -- unfreeze.lua: lift the pool's kill switch.
 -- KEYS: the pool keys (see rules/base.lua).
--- ARGV[1] now ms or "".
+-- Arguments: `scripts::Unfreeze` (vault-core), read here as locals of the same names.
 -- Returns {"frozen":false} | {"err":"pool_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end
 redis.call('HSET', K.cfg, 'frozen', '0')

@@ -32,13 +32,6 @@ local function apply_outcome(id, t, c, r)
   end
 end
 
--- Parse the report arguments shared by release and rotate, starting at ARGV[i].
-local function report_args(i)
-  local function optnum(v) if v == nil or v == '' then return nil end return tonumber(v) end
-  return { used = optnum(ARGV[i]), outcome = ARGV[i + 1], retry_after_ms = optnum(ARGV[i + 2]),
-           remaining = optnum(ARGV[i + 3]), reset_at = optnum(ARGV[i + 4]) }
-end
-
 -- Release lease `lid` with report `r`: validate first, then mutate.
 -- Returns nil on success or an encoded error.
 local function do_release(c, lid, r)

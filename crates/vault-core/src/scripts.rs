@@ -71,48 +71,297 @@ pub const RULES: &[(&str, &str)] = &[
     ("outcomes", include_str!("../../../lua/rules/outcomes.lua")),
 ];
 
+/// One argument of a function: how Rust sends it and how the function's Lua reads it.
+pub trait Arg {
+    /// The Lua expression reading `ARGV[{n}]` as this type (`{n}` is replaced).
+    const LUA: &'static str;
+    /// A list of every argument from here on (only last).
+    const REST: bool = false;
+    fn add_to(&self, argv: &mut Vec<String>);
+}
+
+impl Arg for String {
+    const LUA: &'static str = "ARGV[{n}]";
+    fn add_to(&self, argv: &mut Vec<String>) {
+        argv.push(self.clone());
+    }
+}
+impl Arg for u64 {
+    const LUA: &'static str = "tonumber(ARGV[{n}])";
+    fn add_to(&self, argv: &mut Vec<String>) {
+        argv.push(self.to_string());
+    }
+}
+impl Arg for i64 {
+    const LUA: &'static str = "tonumber(ARGV[{n}])";
+    fn add_to(&self, argv: &mut Vec<String>) {
+        argv.push(self.to_string());
+    }
+}
+/// A number, `nil` in Lua when absent.
+macro_rules! optional_number {
+    ($($t:ty),*) => {$(
+        impl Arg for Option<$t> {
+            const LUA: &'static str = "tonumber(ARGV[{n}])";
+            fn add_to(&self, argv: &mut Vec<String>) {
+                argv.push(self.map(|v| v.to_string()).unwrap_or_default());
+            }
+        }
+    )*};
+}
+optional_number!(u64, i64);
+impl Arg for bool {
+    const LUA: &'static str = "ARGV[{n}] == '1'";
+    fn add_to(&self, argv: &mut Vec<String>) {
+        argv.push(if *self { "1" } else { "0" }.into());
+    }
+}
+/// A Lua list of the remaining arguments.
+impl Arg for Vec<String> {
+    const LUA: &'static str = "";
+    const REST: bool = true;
+    fn add_to(&self, argv: &mut Vec<String>) {
+        argv.extend(self.iter().cloned());
+    }
+}
+
+/// A call of one transition: its arguments, by name, in the order the function reads them.
+pub trait Function {
+    /// The `FCALL` name.
+    fn name() -> &'static str;
+    /// `ARGV[2..]` (`ARGV[1]` is the clock, added by the store).
+    fn argv(&self) -> Vec<String>;
+}
+
+/// The Lua line that makes a transition's arguments locals named as the Rust fields.
+fn arg_locals(args: &[(&str, &str, bool)]) -> String {
+    let mut out = String::new();
+    for (i, (name, lua, rest)) in args.iter().enumerate() {
+        let n = i + 2;
+        if *rest {
+            out.push_str(&format!(
+                "local {name} = {{}} for i = {n}, #ARGV do {name}[#{name} + 1] = ARGV[i] end\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "local {name} = {}\n",
+                lua.replace("{n}", &n.to_string())
+            ));
+        }
+    }
+    out
+}
+
+/// Every transition: its file in `lua/`, its `FCALL` name, and its arguments as a struct (the
+/// one place they are named: the function's Lua reads them as locals of the same names).
 macro_rules! transitions {
-    ($($name:ident => $file:literal),* $(,)?) => {
-        /// Each transition's Lua source by file stem.
-        const TRANSITIONS: &[(&str, &str)] = &[
-            $(($file, include_str!(concat!("../../../lua/", $file, ".lua")))),*
+    ($(
+        $(#[$doc:meta])*
+        $name:ident, $args:ident => $file:literal { $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)? }
+    )*) => {
+        /// Each transition's Lua source by file stem, with its arguments (name, Lua, rest).
+        #[allow(clippy::type_complexity)]
+        const TRANSITIONS: &[(&str, &str, &[(&str, &str, bool)])] = &[
+            $(($file, include_str!(concat!("../../../lua/", $file, ".lua")),
+               &[$((stringify!($field), <$ty as Arg>::LUA, <$ty as Arg>::REST)),*])),*
         ];
         $(
             #[doc = concat!("`FCALL` name of `lua/", $file, ".lua`.")]
             pub static $name: LazyLock<String> = LazyLock::new(|| LIBRARY.function($file));
+
+            $(#[$doc])*
+            #[derive(Debug, Clone, Default)]
+            pub struct $args { $( $(#[$fdoc])* pub $field: $ty ),* }
+
+            impl Function for $args {
+                fn name() -> &'static str {
+                    $name.as_str()
+                }
+                #[allow(unused_mut)]
+                fn argv(&self) -> Vec<String> {
+                    let mut argv = Vec::new();
+                    $( Arg::add_to(&self.$field, &mut argv); )*
+                    argv
+                }
+            }
         )*
     };
 }
 
 transitions! {
-    POOL_UPSERT => "pool_upsert",
-    POOL_DELETE => "pool_delete",
-    DEPOSIT => "deposit",
-    TOKEN_DELETE => "token_delete",
-    ACQUIRE => "acquire",
-    RENEW => "renew",
-    RELEASE => "release",
-    ROTATE => "rotate",
-    REVOKE => "revoke",
-    RESTORE => "restore",
-    DEPRECATE => "deprecate",
-    REFRESH_ENQUEUE => "refresh_enqueue",
-    FREEZE => "freeze",
-    UNFREEZE => "unfreeze",
-    REAP_LEASES => "reap_leases",
-    RETURN_COOLED => "return_cooled",
-    EXPIRE_TOKENS => "expire_tokens",
-    SUNSET_TOKENS => "sunset_tokens",
-    ENQUEUE_DUE => "enqueue_due",
-    JOB_CLAIM => "job_claim",
-    JOB_COMPLETE => "job_complete",
-    JOB_FAIL => "job_fail",
-    RESEAL => "reseal",
-    POOL_RESEAL => "pool_reseal",
-    POOL_ROTATE => "pool_rotate",
-    POOL_ROTATE_CANCEL => "pool_rotate_cancel",
-    POOL_OP => "pool_op",
-    TOKEN_ROWS => "token_rows",
+    /// Create or replace a pool's config (`frozen` kept).
+    POOL_UPSERT, PoolUpsert => "pool_upsert" {
+        /// JSON object field → string value: the complete, validated config.
+        fields: String,
+    }
+    /// Start deleting a pool (its keys go in batches by `pool_op`).
+    POOL_DELETE, PoolDelete => "pool_delete" {
+        /// Delete even while it holds tokens.
+        force: bool,
+    }
+    /// Add tokens to a pool, all or nothing.
+    DEPOSIT, Deposit => "deposit" {
+        /// JSON array of sealed tokens (`DepositToken`).
+        tokens: String,
+    }
+    /// Remove a token and everything that refers to it.
+    TOKEN_DELETE, TokenDelete => "token_delete" { token_id: String }
+    /// Lease one token of the pool.
+    ACQUIRE, Acquire => "acquire" {
+        lease_id: String,
+        worker: String,
+        /// At least 1.
+        units: u64,
+        /// None: the pool's `lease_ttl_s`.
+        ttl_ms: Option<u64>,
+        /// None: the pool's `min_token_ttl_s`.
+        min_token_ttl_ms: Option<u64>,
+        /// "": no sticky session.
+        session: String,
+        /// "": no idempotency key; else scoped to the client.
+        idem: String,
+        /// Fingerprint of the request: a reused key must come with the same request.
+        idem_fp: String,
+    }
+    /// Extend a live lease, optionally changing its units.
+    RENEW, Renew => "renew" {
+        lease_id: String,
+        /// None: the lease's own ttl.
+        ttl_ms: Option<u64>,
+        /// None: unchanged.
+        units: Option<u64>,
+    }
+    /// End a lease with the worker's report.
+    RELEASE, Release => "release" {
+        lease_id: String,
+        /// None: every reserved unit.
+        used: Option<u64>,
+        outcome: String,
+        retry_ms: Option<i64>,
+        /// The target's remaining count.
+        remaining: Option<u64>,
+        /// When the target's window resets, unix ms.
+        reset_at: Option<i64>,
+    }
+    /// Release a lease with its report and lease a different token in one step.
+    ROTATE, Rotate => "rotate" {
+        lease_id: String,
+        used: Option<u64>,
+        outcome: String,
+        retry_ms: Option<i64>,
+        remaining: Option<u64>,
+        reset_at: Option<i64>,
+        new_lease_id: String,
+    }
+    /// Revoke a token at once.
+    REVOKE, Revoke => "revoke" { token_id: String, reason: String }
+    /// Put a quarantined or cooling token back into rotation.
+    RESTORE, Restore => "restore" { token_id: String }
+    /// Staged rotation of one token.
+    DEPRECATE, Deprecate => "deprecate" {
+        token_id: String,
+        /// None: no sunset.
+        sunset_at: Option<i64>,
+    }
+    /// Take a token out of rotation and queue its refresh now.
+    REFRESH_ENQUEUE, RefreshEnqueue => "refresh_enqueue" { token_id: String }
+    /// The pool's kill switch.
+    FREEZE, Freeze => "freeze" {
+        /// End live leases too.
+        end_leases: bool,
+        reason: String,
+        /// Leases ended per call at most.
+        batch: u64,
+    }
+    /// Lift the kill switch.
+    UNFREEZE, Unfreeze => "unfreeze" {}
+    /// End leases whose deadline passed.
+    REAP_LEASES, ReapLeases => "reap_leases" { batch: u64 }
+    /// Put tokens whose cooldown ended back in rotation.
+    RETURN_COOLED, ReturnCooled => "return_cooled" { batch: u64 }
+    /// Move tokens about to expire out of rotation.
+    EXPIRE_TOKENS, ExpireTokens => "expire_tokens" { batch: u64 }
+    /// Revoke deprecated tokens whose sunset came.
+    SUNSET_TOKENS, SunsetTokens => "sunset_tokens" { batch: u64 }
+    /// Queue the refresh of tokens whose preemptive refresh is due.
+    ENQUEUE_DUE, EnqueueDue => "enqueue_due" { batch: u64 }
+    /// Claim the next visible refresh job.
+    JOB_CLAIM, JobClaim => "job_claim" {
+        /// The external login workers' queue, not the refresher's.
+        external: bool,
+        job_id: String,
+        visibility_ms: u64,
+        /// None: no limit of jobs in flight for the pool.
+        in_flight_limit: Option<u64>,
+    }
+    /// Store a refreshed credential, checked against the claim.
+    JOB_COMPLETE, JobComplete => "job_complete" {
+        job_id: String,
+        secret_ct: String,
+        key_id: String,
+        fingerprint: String,
+        /// Unix ms, 0 = never.
+        expires_at: i64,
+        /// "": keep the current one.
+        refresh_ct: String,
+        refresh_key_id: String,
+        /// For a credential too short-lived to enter rotation: when to try again, and the
+        /// attempts allowed.
+        retry_in_ms: u64,
+        max_attempts: u64,
+    }
+    /// Record a failed refresh attempt.
+    JOB_FAIL, JobFail => "job_fail" {
+        job_id: String,
+        /// Never a secret.
+        error_text: String,
+        /// None: a permanent failure.
+        retry_in_ms: Option<u64>,
+        max_attempts: u64,
+    }
+    /// Replace a token's ciphertexts with ones under the current master key (compare-and-set).
+    RESEAL, Reseal => "reseal" {
+        token_id: String,
+        secret_ct_read: String,
+        secret_ct: String,
+        key_id: String,
+        refresh_ct_read: String,
+        /// "": leave it.
+        refresh_ct: String,
+        refresh_key_id: String,
+        proxy_ct_read: String,
+        /// "": leave it.
+        proxy_ct: String,
+        proxy_key_id: String,
+    }
+    /// Reseal the pool's default refresh settings (compare-and-set).
+    POOL_RESEAL, PoolReseal => "pool_reseal" {
+        refresh_read: String,
+        refresh_ct_read: String,
+        refresh: String,
+        refresh_ct: String,
+        refresh_key_id: String,
+    }
+    /// Start an emergency rotation.
+    POOL_ROTATE, PoolRotate => "pool_rotate" {
+        sunset_at: i64,
+        reason: String,
+        rotation_id: String,
+    }
+    /// Start rolling an emergency rotation back.
+    POOL_ROTATE_CANCEL, PoolRotateCancel => "pool_rotate_cancel" {}
+    /// One batch of the pool's running whole-pool operation.
+    POOL_OP, PoolOp => "pool_op" {
+        batch: u64,
+        /// "": whichever runs.
+        op_id: String,
+    }
+    /// Read tokens' fields and their quota as the rule sees it now.
+    TOKEN_ROWS, TokenRows => "token_rows" {
+        /// JSON list of field names.
+        fields: String,
+        ids: Vec<String>,
+    }
 }
 
 /// Not a pool transition (it touches the vault-wide event stream, with its own keys).
@@ -127,14 +376,17 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         code.push('\n');
     }
     // Each transition body becomes a local function (its top-level `return` returns from it).
-    for (file, src) in TRANSITIONS {
-        code.push_str(&format!("local function t_{file}()\n{src}\nend\n"));
+    for (file, src, args) in TRANSITIONS {
+        code.push_str(&format!(
+            "local function t_{file}()\n{}{src}\nend\n",
+            arg_locals(args)
+        ));
     }
     code.push_str(&format!(
         "local function t_publish_event()\n{}\nend\n",
         include_str!("../../../lua/publish_event.lua")
     ));
-    for (file, _) in TRANSITIONS {
+    for (file, _, _) in TRANSITIONS {
         code.push_str(&format!(
             "redis.register_function('tv_{VER}_{file}', function(keys, args) begin(keys, args) return t_{file}() end)\n"
         ));
@@ -154,6 +406,79 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(src: &str) -> impl Iterator<Item = &str> {
+        src.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    }
+
+    /// A transition's arguments are named once, in its struct: its Lua reads them only as the
+    /// locals of those names (never `ARGV[n]`), uses every one, and none hides a rule.
+    #[test]
+    fn each_transition_reads_exactly_its_named_arguments() {
+        let rules: Vec<&str> = RULES
+            .iter()
+            .flat_map(|(_, src)| src.lines())
+            .filter_map(|l| l.strip_prefix("local function "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert!(
+            rules.contains(&"min_ttl_ms") && rules.len() > 50,
+            "{rules:?}"
+        );
+        for (file, src, args) in TRANSITIONS {
+            let code: String = src
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(!code.contains("ARGV"), "{file}.lua reads ARGV by position");
+            for (i, (name, _, rest)) in args.iter().enumerate() {
+                assert!(
+                    words(&code).any(|w| w == *name),
+                    "{file}.lua never reads its argument `{name}`"
+                );
+                assert!(
+                    !rules.contains(name),
+                    "{file}: argument `{name}` would hide the rule function of that name"
+                );
+                assert!(
+                    !rest || i == args.len() - 1,
+                    "{file}: `{name}` must be last"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn arguments_go_in_declared_order_and_read_back_as_their_types() {
+        let call = Release {
+            lease_id: "l1".into(),
+            used: None,
+            outcome: "ok".into(),
+            retry_ms: Some(1500),
+            remaining: Some(0),
+            reset_at: None,
+        };
+        assert_eq!(call.argv(), ["l1", "", "ok", "1500", "0", ""]);
+        assert_eq!(Release::name(), RELEASE.as_str());
+        let rows = TokenRows {
+            fields: "[]".into(),
+            ids: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(rows.argv(), ["[]", "a", "b"]);
+        assert_eq!(PoolDelete { force: true }.argv(), ["1"]);
+        let locals = arg_locals(&[
+            ("lease_id", String::LUA, false),
+            ("units", <Option<u64>>::LUA, false),
+            ("force", bool::LUA, false),
+            ("ids", <Vec<String>>::LUA, true),
+        ]);
+        assert_eq!(
+            locals,
+            "local lease_id = ARGV[2]\nlocal units = tonumber(ARGV[3])\nlocal force = ARGV[4] == '1'\n\
+             local ids = {} for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
+        );
+    }
 
     #[test]
     fn the_library_names_carry_its_version() {

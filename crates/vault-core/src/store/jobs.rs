@@ -14,15 +14,14 @@ impl Store {
     ) -> Result<Option<ClaimedJob>> {
         let job_id = uuid::Uuid::new_v4().to_string();
         let v: reply::Claimed = self
-            .eval(
-                &scripts::JOB_CLAIM,
+            .call(
                 pool,
-                &[
-                    if external { "1" } else { "0" }.into(),
+                &scripts::JobClaim {
+                    external,
                     job_id,
-                    visibility_ms.to_string(),
-                    opt_arg(limit),
-                ],
+                    visibility_ms,
+                    in_flight_limit: limit.map(u64::from),
+                },
             )
             .await?;
         Ok(v.job)
@@ -60,21 +59,20 @@ impl Store {
         proxy: Option<&Sealed>,
     ) -> Result<bool> {
         let v: reply::Resealed = self
-            .eval(
-                &scripts::RESEAL,
+            .call(
                 pool,
-                &[
-                    id.to_string(),
-                    read.0.to_string(),
-                    secret.data.clone(),
-                    secret.key_id.clone(),
-                    read.1.to_string(),
-                    refresh.map(|r| r.data.clone()).unwrap_or_default(),
-                    refresh.map(|r| r.key_id.clone()).unwrap_or_default(),
-                    read.2.to_string(),
-                    proxy.map(|r| r.data.clone()).unwrap_or_default(),
-                    proxy.map(|r| r.key_id.clone()).unwrap_or_default(),
-                ],
+                &scripts::Reseal {
+                    token_id: id.to_string(),
+                    secret_ct_read: read.0.to_string(),
+                    secret_ct: secret.data.clone(),
+                    key_id: secret.key_id.clone(),
+                    refresh_ct_read: read.1.to_string(),
+                    refresh_ct: refresh.map(|r| r.data.clone()).unwrap_or_default(),
+                    refresh_key_id: refresh.map(|r| r.key_id.clone()).unwrap_or_default(),
+                    proxy_ct_read: read.2.to_string(),
+                    proxy_ct: proxy.map(|r| r.data.clone()).unwrap_or_default(),
+                    proxy_key_id: proxy.map(|r| r.key_id.clone()).unwrap_or_default(),
+                },
             )
             .await?;
         Ok(v.resealed)
@@ -109,16 +107,15 @@ impl Store {
     ) -> Result<bool> {
         let sealed = new.client_secret.clone().unwrap_or_default();
         let v: reply::Resealed = self
-            .eval(
-                &scripts::POOL_RESEAL,
+            .call(
                 pool,
-                &[
-                    read.0.to_string(),
-                    read.1.to_string(),
-                    serde_json::to_string(new).expect("refresh settings serialize"),
-                    sealed.data,
-                    sealed.key_id,
-                ],
+                &scripts::PoolReseal {
+                    refresh_read: read.0.to_string(),
+                    refresh_ct_read: read.1.to_string(),
+                    refresh: serde_json::to_string(new).expect("refresh settings serialize"),
+                    refresh_ct: sealed.data,
+                    refresh_key_id: sealed.key_id,
+                },
             )
             .await?;
         Ok(v.resealed)
@@ -152,20 +149,19 @@ impl Store {
         retry: &RetryPolicy,
     ) -> Result<RefreshResult> {
         let mut v: RefreshResult = self
-            .eval(
-                &scripts::JOB_COMPLETE,
+            .call(
                 pool,
-                &[
-                    job_id.to_string(),
-                    done.secret_ct.clone(),
-                    done.key_id.clone(),
-                    done.fingerprint.clone(),
-                    done.expires_at.to_string(),
-                    done.refresh_ct.clone(),
-                    done.refresh_key_id.clone(),
-                    (retry.backoff(attempts_before + 1).as_millis() as u64).to_string(),
-                    retry.max_attempts.to_string(),
-                ],
+                &scripts::JobComplete {
+                    job_id: job_id.to_string(),
+                    secret_ct: done.secret_ct.clone(),
+                    key_id: done.key_id.clone(),
+                    fingerprint: done.fingerprint.clone(),
+                    expires_at: done.expires_at,
+                    refresh_ct: done.refresh_ct.clone(),
+                    refresh_key_id: done.refresh_key_id.clone(),
+                    retry_in_ms: retry.backoff(attempts_before + 1).as_millis() as u64,
+                    max_attempts: retry.max_attempts.into(),
+                },
             )
             .await?;
         v.fingerprint = Some(done.fingerprint.clone());
@@ -183,15 +179,14 @@ impl Store {
         max_attempts: u32,
     ) -> Result<RefreshResult> {
         let v: RefreshResult = self
-            .eval(
-                &scripts::JOB_FAIL,
+            .call(
                 pool,
-                &[
-                    job_id.to_string(),
-                    error.to_string(),
-                    opt_arg(retry_after_ms),
-                    max_attempts.to_string(),
-                ],
+                &scripts::JobFail {
+                    job_id: job_id.to_string(),
+                    error_text: error.to_string(),
+                    retry_in_ms: retry_after_ms,
+                    max_attempts: max_attempts.into(),
+                },
             )
             .await?;
         Ok(v)
@@ -207,10 +202,13 @@ impl Store {
     ) -> Result<(String, u64)> {
         let rid = uuid::Uuid::new_v4().to_string();
         let v: reply::OpStarted = self
-            .eval(
-                &scripts::POOL_ROTATE,
+            .call(
                 pool,
-                &[sunset_ms.to_string(), reason.to_string(), rid.clone()],
+                &scripts::PoolRotate {
+                    sunset_at: sunset_ms,
+                    reason: reason.to_string(),
+                    rotation_id: rid.clone(),
+                },
             )
             .await?;
         let op = self.pool_op_finish(pool, &v.op_id).await?;
@@ -219,7 +217,7 @@ impl Store {
 
     /// Roll an emergency rotation back; returns how many tokens are active again.
     pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
-        let v: reply::OpStarted = self.eval(&scripts::POOL_ROTATE_CANCEL, pool, &[]).await?;
+        let v: reply::OpStarted = self.call(pool, &scripts::PoolRotateCancel {}).await?;
         Ok(self.pool_op_finish(pool, &v.op_id).await?.affected)
     }
 
@@ -232,7 +230,7 @@ impl Store {
         max: usize,
     ) -> Result<Vec<(String, Vec<String>)>> {
         let v: reply::Sunset = self
-            .eval(&scripts::SUNSET_TOKENS, pool, &[max.to_string()])
+            .call(pool, &scripts::SunsetTokens { batch: max as u64 })
             .await?;
         Ok(v.revoked
             .into_iter()

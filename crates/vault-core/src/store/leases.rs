@@ -5,19 +5,18 @@ use super::*;
 impl Store {
     pub async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
         let v: reply::Lease = self
-            .eval(
-                &scripts::ACQUIRE,
+            .call(
                 pool,
-                &[
-                    a.lease_id.clone(),
-                    a.worker.clone(),
-                    a.units.max(1).to_string(),
-                    opt_arg(a.ttl_ms),
-                    opt_arg(a.min_ttl_ms),
-                    a.session.clone(),
-                    a.idempotency_key.clone(),
-                    a.request_fp.clone(),
-                ],
+                &scripts::Acquire {
+                    lease_id: a.lease_id.clone(),
+                    worker: a.worker.clone(),
+                    units: a.units.max(1),
+                    ttl_ms: a.ttl_ms,
+                    min_token_ttl_ms: a.min_ttl_ms,
+                    session: a.session.clone(),
+                    idem: a.idempotency_key.clone(),
+                    idem_fp: a.request_fp.clone(),
+                },
             )
             .await?;
         self.tally_lease(pool, &v.lease);
@@ -32,19 +31,20 @@ impl Store {
         units: Option<u64>,
     ) -> Result<LeaseGrant> {
         let v: reply::Lease = self
-            .eval(
-                &scripts::RENEW,
+            .call(
                 pool,
-                &[lease_id.into(), opt_arg(ttl_ms), opt_arg(units)],
+                &scripts::Renew {
+                    lease_id: lease_id.into(),
+                    ttl_ms,
+                    units,
+                },
             )
             .await?;
         Ok(v.lease)
     }
 
     pub async fn release(&self, pool: &str, lease_id: &str, report: &Report) -> Result<Released> {
-        let mut args = vec![lease_id.to_string()];
-        args.extend(report_args(report));
-        self.eval(&scripts::RELEASE, pool, &args).await
+        self.call(pool, &report_release(lease_id, report)).await
     }
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
@@ -56,10 +56,17 @@ impl Store {
         report: &Report,
         new_lease_id: &str,
     ) -> Result<(Released, Result<LeaseGrant>)> {
-        let mut args = vec![lease_id.to_string()];
-        args.extend(report_args(report));
-        args.push(new_lease_id.to_string());
-        let v = self.eval_raw(&scripts::ROTATE, pool, &args).await?;
+        let r = report_release(lease_id, report);
+        let call = scripts::Rotate {
+            lease_id: r.lease_id,
+            used: r.used,
+            outcome: r.outcome,
+            retry_ms: r.retry_ms,
+            remaining: r.remaining,
+            reset_at: r.reset_at,
+            new_lease_id: new_lease_id.to_string(),
+        };
+        let v = self.call_raw(pool, &call).await?;
         let Some(rel) = v.get("released").cloned() else {
             // The release itself failed (lease gone, bad report): nothing changed.
             let code = v.get("err").and_then(Value::as_str).unwrap_or("internal");

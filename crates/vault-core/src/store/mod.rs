@@ -281,18 +281,16 @@ fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
     }
 }
 
-fn opt_arg<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn report_args(r: &Report) -> Vec<String> {
-    vec![
-        opt_arg(r.used),
-        r.outcome.as_str().to_string(),
-        opt_arg(r.retry_after_s.map(|s| (s * 1000.0).round() as i64)),
-        opt_arg(r.remaining),
-        opt_arg(r.reset_at.map(|t| t.0)),
-    ]
+/// A report as release and rotate receive it.
+fn report_release(lease_id: &str, r: &Report) -> scripts::Release {
+    scripts::Release {
+        lease_id: lease_id.to_string(),
+        used: r.used,
+        outcome: r.outcome.as_str().to_string(),
+        retry_ms: r.retry_after_s.map(|s| (s * 1000.0).round() as i64),
+        remaining: r.remaining,
+        reset_at: r.reset_at.map(|t| t.0),
+    }
 }
 
 impl Store {
@@ -474,24 +472,23 @@ impl Store {
         Ok(answers.into_iter().flatten().collect())
     }
 
-    /// Run one transition script on `pool`'s keys; `{"err":...}` answers become errors.
-    /// Call a transition: an `{"err": code}` answer becomes its `VaultError`, any other is read
-    /// as `R`, strictly.
-    async fn eval<R: serde::de::DeserializeOwned>(
+    /// Call a transition on `pool`'s keys: an `{"err": code}` answer becomes its
+    /// `VaultError`, any other is read as `R`, strictly.
+    async fn call<F: scripts::Function, R: serde::de::DeserializeOwned>(
         &self,
-        function: &str,
         pool: &str,
-        args: &[String],
+        call: &F,
     ) -> Result<R> {
-        let v = self.eval_raw(function, pool, args).await?;
+        let v = self.call_raw(pool, call).await?;
         if let Some(code) = v.get("err").and_then(Value::as_str) {
             return Err(VaultError::from_script(code, &v));
         }
-        typed(function, v)
+        typed(F::name(), v)
     }
 
-    /// Run one transition and return its JSON answer as is.
-    async fn eval_raw(&self, function: &str, pool: &str, args: &[String]) -> Result<Value> {
+    /// Call a transition and return its JSON answer as is.
+    async fn call_raw<F: scripts::Function>(&self, pool: &str, call: &F) -> Result<Value> {
+        let function = F::name();
         let keys = self.keys.pool(pool).script_keys();
         let now = self.now_arg();
         let mut cmd = redis::cmd("FCALL");
@@ -499,7 +496,7 @@ impl Store {
             .arg(keys.len())
             .arg(&keys)
             .arg(&now)
-            .arg(args);
+            .arg(call.argv());
         let raw: String = self.fcall_waiting(&cmd, self.waits(function)).await?;
         serde_json::from_str(&raw)
             .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))

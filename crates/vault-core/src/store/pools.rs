@@ -60,7 +60,7 @@ impl Store {
     /// Create or replace a pool's config. Returns true when it was created.
     pub async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
         let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
-        let v: reply::Upserted = self.eval(&scripts::POOL_UPSERT, name, &[fields]).await?;
+        let v: reply::Upserted = self.call(name, &scripts::PoolUpsert { fields }).await?;
         // The name set is a separate slot; the cfg hash is the truth, this is the index.
         self.cmd::<()>(redis::cmd("SADD").arg(self.keys.pools()).arg(name).clone())
             .await?;
@@ -145,10 +145,12 @@ impl Store {
     /// `op_id`: the operation the caller drives ("" = whichever runs).
     pub async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
         let v: reply::Batch = self
-            .eval(
-                &scripts::POOL_OP,
+            .call(
                 pool,
-                &[POOL_OP_BATCH.to_string(), op_id.to_string()],
+                &scripts::PoolOp {
+                    batch: POOL_OP_BATCH as u64,
+                    op_id: op_id.to_string(),
+                },
             )
             .await?;
         let op = PoolOp {
@@ -345,13 +347,7 @@ impl Store {
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
     pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
-        let v: reply::Deleting = self
-            .eval(
-                &scripts::POOL_DELETE,
-                name,
-                &[if force { "1" } else { "0" }.into()],
-            )
-            .await?;
+        let v: reply::Deleting = self.call(name, &scripts::PoolDelete { force }).await?;
         self.pool_op_finish(name, &v.op_id).await?;
         Ok(v.tokens)
     }
@@ -519,14 +515,13 @@ impl Store {
         let mut all = vec![];
         loop {
             let v: reply::LeasesEnded = self
-                .eval(
-                    &scripts::FREEZE,
+                .call(
                     pool,
-                    &[
-                        if revoke_leases { "1" } else { "0" }.into(),
-                        reason.into(),
-                        POOL_OP_BATCH.to_string(),
-                    ],
+                    &scripts::Freeze {
+                        end_leases: revoke_leases,
+                        reason: reason.into(),
+                        batch: POOL_OP_BATCH as u64,
+                    },
                 )
                 .await?;
             let ended = v.leases_ended;
@@ -539,7 +534,7 @@ impl Store {
     }
 
     pub async fn unfreeze(&self, pool: &str) -> Result<()> {
-        self.eval::<Value>(&scripts::UNFREEZE, pool, &[])
+        self.call::<_, Value>(pool, &scripts::Unfreeze {})
             .await
             .map(drop)
     }

@@ -5,21 +5,21 @@ use super::*;
 impl Store {
     pub async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
         let v: reply::Reaped = self
-            .eval(&scripts::REAP_LEASES, pool, &[max.to_string()])
+            .call(pool, &scripts::ReapLeases { batch: max as u64 })
             .await?;
         Ok(v.reaped)
     }
 
     pub async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Returned = self
-            .eval(&scripts::RETURN_COOLED, pool, &[max.to_string()])
+            .call(pool, &scripts::ReturnCooled { batch: max as u64 })
             .await?;
         Ok(v.returned)
     }
 
     pub async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Moved = self
-            .eval(&scripts::EXPIRE_TOKENS, pool, &[max.to_string()])
+            .call(pool, &scripts::ExpireTokens { batch: max as u64 })
             .await?;
         Ok(v.moved)
     }
@@ -27,7 +27,7 @@ impl Store {
     /// Queue the refresh of tokens whose preemptive refresh is due; returns how many.
     pub async fn enqueue_due(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Enqueued = self
-            .eval(&scripts::ENQUEUE_DUE, pool, &[max.to_string()])
+            .call(pool, &scripts::EnqueueDue { batch: max as u64 })
             .await?;
         Ok(v.enqueued)
     }

@@ -6,10 +6,11 @@ use crate::model::QuotaNow;
 impl Store {
     pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Vec<String>> {
         let v: reply::Deposited = self
-            .eval(
-                &scripts::DEPOSIT,
+            .call(
                 pool,
-                &[serde_json::to_string(tokens).expect("tokens serialize")],
+                &scripts::Deposit {
+                    tokens: serde_json::to_string(tokens).expect("tokens serialize"),
+                },
             )
             .await?;
         Ok(v.ids)
@@ -63,10 +64,11 @@ impl Store {
         fields: &[&str],
         ids: &[String],
     ) -> Result<Vec<Option<(Vec<Option<String>>, QuotaNow)>>> {
-        let mut args = Vec::with_capacity(ids.len() + 1);
-        args.push(serde_json::to_string(fields).expect("field names serialize"));
-        args.extend(ids.iter().cloned());
-        let v: reply::TokenRows = self.eval(&scripts::TOKEN_ROWS, pool, &args).await?;
+        let call = scripts::TokenRows {
+            fields: serde_json::to_string(fields).expect("field names serialize"),
+            ids: ids.to_vec(),
+        };
+        let v: reply::TokenRows = self.call(pool, &call).await?;
         Ok(v.rows.into_iter().map(|r| r.fields.zip(r.quota)).collect())
     }
 
@@ -99,7 +101,12 @@ impl Store {
 
     pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
         let v: reply::LeaseIdsEnded = self
-            .eval(&scripts::TOKEN_DELETE, pool, &[id.into()])
+            .call(
+                pool,
+                &scripts::TokenDelete {
+                    token_id: id.into(),
+                },
+            )
             .await?;
         Ok(v.leases_ended)
     }
@@ -108,26 +115,50 @@ impl Store {
     /// The revocation transition alone; [`Store::revoke_token`] also announces and audits it.
     pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
         let v: reply::LeaseIdsEnded = self
-            .eval(&scripts::REVOKE, pool, &[id.into(), reason.into()])
+            .call(
+                pool,
+                &scripts::Revoke {
+                    token_id: id.into(),
+                    reason: reason.into(),
+                },
+            )
             .await?;
         Ok(v.leases_ended)
     }
 
     pub async fn restore(&self, pool: &str, id: &str) -> Result<String> {
-        let v: reply::State = self.eval(&scripts::RESTORE, pool, &[id.into()]).await?;
+        let v: reply::State = self
+            .call(
+                pool,
+                &scripts::Restore {
+                    token_id: id.into(),
+                },
+            )
+            .await?;
         Ok(v.state)
     }
 
     pub async fn deprecate(&self, pool: &str, id: &str, sunset_ms: Option<i64>) -> Result<String> {
         let v: reply::State = self
-            .eval(&scripts::DEPRECATE, pool, &[id.into(), opt_arg(sunset_ms)])
+            .call(
+                pool,
+                &scripts::Deprecate {
+                    token_id: id.into(),
+                    sunset_at: sunset_ms,
+                },
+            )
             .await?;
         Ok(v.state)
     }
 
     pub async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
         let v: reply::State = self
-            .eval(&scripts::REFRESH_ENQUEUE, pool, &[id.into()])
+            .call(
+                pool,
+                &scripts::RefreshEnqueue {
+                    token_id: id.into(),
+                },
+            )
             .await?;
         Ok(v.state)
     }
