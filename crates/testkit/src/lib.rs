@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`RedisServer`]: a private redis-server; restartable, pausable (SIGSTOP) for outage tests;
 //!   also as a replica of another.
+//! - [`shared_redis`]: one redis-server per test process, for tests that need nothing of a
+//!   server but its keys (each uses a key prefix of its own).
 //! - [`Sentinel`]: a Redis Sentinel watching a primary.
 //! - [`Haproxy`]: the project's `deploy/haproxy.cfg` in front of replicas on loopback ports.
 //! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
@@ -14,6 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A port nobody listens on right now.
@@ -157,6 +160,71 @@ impl Drop for RedisServer {
         self.resume();
         self.stop();
     }
+}
+
+/// The test process's shared redis-server (see [`shared_redis`]).
+pub struct SharedRedis {
+    pub port: u16,
+}
+
+impl SharedRedis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+}
+
+/// One redis-server for the whole test process, started on first use, for tests that need
+/// nothing of a server but its keys (each test uses a key prefix of its own): a test binary
+/// full of them starts one server instead of one per test.
+///
+/// It dies with the process, however the process ends (a static's destructor never runs):
+/// `setpriv --pdeathsig` starts it with a parent-death signal, from a thread that lives as long
+/// as the process, since that signal fires when the spawning *thread* ends.
+pub fn shared_redis() -> &'static SharedRedis {
+    static SHARED: OnceLock<SharedRedis> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shared-redis".into())
+            .spawn(move || {
+                let port = free_port();
+                // setpriv (util-linux) arms the signal, then execs the server.
+                let child = Command::new("setpriv")
+                    .args(["--pdeathsig", "KILL", "--", "redis-server"])
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                    .arg("--dir")
+                    .arg(std::env::temp_dir())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+                let spawned = child.is_ok();
+                let _ = tx.send(child.map(|_| port));
+                if spawned {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            })
+            .expect("spawn the shared-redis thread");
+        let port = rx
+            .recv()
+            .expect("the shared-redis thread answers")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
+                )
+            });
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_ping(port)),
+            "the shared redis-server on port {port} did not answer PING"
+        );
+        SharedRedis { port }
+    })
 }
 
 /// Run a command with redis-cli against `port` and return its stdout.

@@ -1,104 +1,13 @@
 //! Handler tests over the real router (`oneshot`, no listening socket) against a real
-//! redis-server: each API transition writes its audit entry, with the acting client token's
+//! redis-server (the test binary's shared one, a key prefix per test): each API transition writes its audit entry, with the acting client token's
 //! `sub` and `jti`, and publishes the events it promises. The janitor's and the refresher's
 //! calls of the same operations are covered end to end (tests/e2e: events, refresh).
 
-use axum::body::Body;
-use axum::http::{Method, Request};
-use axum::Router;
-use serde_json::{json, Value};
-use testkit::RedisServer;
-use tower::ServiceExt;
-use vault_core::auth::{generate_key_pem, KeyRing, Scope};
-use vault_core::config::RedisArgs;
-use vault_core::crypto::{Cipher, MasterKey};
-use vault_core::model::{AuditEntry, VaultEvent};
-use vault_core::Store;
+mod common;
 
-struct Vault {
-    app: Router,
-    store: Store,
-    token: String,
-    jti: String,
-    _redis: RedisServer,
-}
-
-impl Vault {
-    async fn start() -> Vault {
-        let redis = RedisServer::start();
-        let store = Store::connect(&RedisArgs {
-            redis_url: redis.url(),
-            prefix: "tv".into(),
-            redis_timeout_ms: 2000,
-            audit_max_entries: 10_000,
-            events_max_entries: 10_000,
-            redis_pool_size: 2,
-            wait: Default::default(),
-        })
-        .unwrap();
-        store.load_scripts().await.unwrap();
-        let mut keys = KeyRing::empty("tokenvault", "tokenvault", 86_400);
-        keys.add_pem("k1", &generate_key_pem()).unwrap();
-        let (token, jti, _) = keys
-            .mint(
-                "ops-admin",
-                &[Scope::Admin],
-                None,
-                3600,
-                vault_core::time::now_ms() / 1000,
-            )
-            .unwrap();
-        let state =
-            vault_api::AppState::new(store.clone(), Cipher::new(&MasterKey::generate()), keys, 60);
-        Vault {
-            app: vault_api::router(state),
-            store,
-            token,
-            jti,
-            _redis: redis,
-        }
-    }
-
-    /// One request through the router; the answer's status and JSON body.
-    async fn call(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let res = self.app.clone().oneshot(req).await.unwrap();
-        let status = res.status().as_u16();
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
-        let (status, answer) = self.call(method.clone(), path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {answer}"
-        );
-        answer
-    }
-
-    /// Every audit entry of the pool (or the vault-wide trail), oldest first.
-    async fn trail(&self, pool: Option<&str>) -> Vec<AuditEntry> {
-        self.store.audit_read(pool, None, None, 1000).await.unwrap()
-    }
-
-    /// Every event published so far.
-    async fn events(&self) -> Vec<VaultEvent> {
-        let all = self.store.events_after("0-0", 1000).await.unwrap();
-        all.into_iter().map(|(_, e)| e).collect()
-    }
-}
+use axum::http::Method;
+use common::Vault;
+use serde_json::json;
 
 #[tokio::test]
 async fn every_api_transition_is_audited_with_its_actor_and_announced() {

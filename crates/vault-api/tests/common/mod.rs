@@ -1,0 +1,158 @@
+//! A vault for handler tests: the real router answering over `oneshot` (no listening socket,
+//! no process), on the test binary's one shared redis-server, under a key prefix of its own,
+//! with an admin client token. Scenarios that need several processes stay in `tests/e2e`.
+
+#![allow(dead_code)] // Each test file uses its own part.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use serde_json::Value;
+use tower::ServiceExt;
+use vault_core::auth::{generate_key_pem, KeyRing, Scope};
+use vault_core::config::RedisArgs;
+use vault_core::crypto::{Cipher, MasterKey};
+use vault_core::model::{AuditEntry, VaultEvent};
+use vault_core::Store;
+
+pub(crate) struct Vault {
+    pub(crate) app: Router,
+    pub(crate) store: Store,
+    pub(crate) token: String,
+    pub(crate) jti: String,
+    pub(crate) prefix: String,
+}
+
+/// An answer: status, content type, JSON body (Null when empty or not JSON).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    pub(crate) fn str(&self, field: &str) -> String {
+        self.body
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Assert a problem+json answer with this status and code.
+    pub(crate) fn problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.body["code"], code, "{self:?}");
+        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
+        assert!(!self.str("detail").is_empty(), "{self:?}");
+    }
+}
+
+impl Vault {
+    pub(crate) async fn start() -> Vault {
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let store = Store::connect(&RedisArgs {
+            redis_url: testkit::shared_redis().url(),
+            prefix: prefix.clone(),
+            redis_timeout_ms: 5000,
+            audit_max_entries: 10_000,
+            events_max_entries: 10_000,
+            redis_pool_size: 2,
+            wait: Default::default(),
+        })
+        .unwrap();
+        store.load_scripts().await.unwrap();
+        let mut keys = KeyRing::empty("tokenvault", "tokenvault", 86_400);
+        keys.add_pem("k1", &generate_key_pem()).unwrap();
+        let (token, jti, _) = keys
+            .mint(
+                "ops-admin",
+                &[Scope::Admin],
+                None,
+                3600,
+                vault_core::time::now_ms() / 1000,
+            )
+            .unwrap();
+        let state =
+            vault_api::AppState::new(store.clone(), Cipher::new(&MasterKey::generate()), keys, 60);
+        Vault {
+            app: vault_api::router(state),
+            store,
+            token,
+            jti,
+            prefix,
+        }
+    }
+
+    /// A request with the admin token.
+    pub(crate) fn request(&self, method: Method, path: &str) -> axum::http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", self.token))
+    }
+
+    /// Send a request through the router.
+    pub(crate) async fn send(&self, req: Request<Body>) -> Answer {
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
+            .await
+            .unwrap();
+        Answer {
+            status,
+            content_type,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// A JSON request (no body when `body` is None).
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        let req = match body {
+            Some(b) => self
+                .request(method, path)
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => self.request(method, path).body(Body::empty()),
+        };
+        self.send(req.unwrap()).await
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None).await
+    }
+    pub(crate) async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None).await
+    }
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// A JSON request that must succeed (2xx); its body.
+    pub(crate) async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
+        let a = self.call(method.clone(), path, Some(body)).await;
+        assert!(a.status.is_success(), "{method} {path}: {a:?}");
+        a.body
+    }
+
+    /// Every audit entry of the pool (or the vault-wide trail), oldest first.
+    pub(crate) async fn trail(&self, pool: Option<&str>) -> Vec<AuditEntry> {
+        self.store.audit_read(pool, None, None, 1000).await.unwrap()
+    }
+
+    /// Every event published so far.
+    pub(crate) async fn events(&self) -> Vec<VaultEvent> {
+        let all = self.store.events_after("0-0", 1000).await.unwrap();
+        all.into_iter().map(|(_, e)| e).collect()
+    }
+}
