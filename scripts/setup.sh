@@ -16,6 +16,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# setpriv: the tests' shared redis-server dies with its test process (--pdeathsig).
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 if [ "$for_tests" = 1 ]; then
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3 python3-venv)
   # Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
