@@ -129,3 +129,47 @@ def test_requests_wait_out_an_exhausted_pool_instead_of_being_dropped(vault_serv
     assert result["stats"].get("tokenvault/exhausted", 0) > 0, result["stats"]
     assert vault.pool_status(pool)["leases_active"] == 0
     vault.close()
+
+
+def test_requests_wait_out_a_vault_that_cannot_answer(vault_server, pool, tmp_path):
+    """The crawl starts while its vault replica is down: lease calls get no answer, and the
+    requests wait, backing off, instead of being dropped; once the replica is up every page
+    arrives."""
+    import queue
+
+    from conftest import Target, free_port
+
+    target = Target()
+    vault = Vault(vault_server.url, vault_server.admin)
+    make_pool(vault, pool, target, 2)
+    port = free_port()
+    out = tmp_path / "crawl.json"
+    env = {**os.environ, "TOKENVAULT_URL": f"http://127.0.0.1:{port}",
+           "TOKENVAULT_TOKEN": vault_server.admin, "TOKENVAULT_POOL": pool,
+           "CRAWL_TARGET": target.url, "CRAWL_PAGES": "6", "CRAWL_LOG_LEVEL": "INFO"}
+    run = subprocess.Popen([sys.executable, str(HERE / "crawl.py"), str(out)], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    log = []
+    threading.Thread(target=lambda: [lines.put(line) for line in run.stderr], daemon=True).start()
+    replica = None
+    try:
+        # The replica comes up once a request has been told the vault cannot lease.
+        while not any("cannot lease now" in line for line in log):
+            try:
+                log.append(lines.get(timeout=60))
+            except queue.Empty:
+                raise AssertionError("no request waited for the vault:\n" + "".join(log))
+        replica = vault_server.replica(port)
+        assert run.wait(timeout=120) == 0, "".join(log)
+    finally:
+        run.kill()
+        if replica is not None:
+            replica.stop()
+        target.stop()
+    result = json.loads(out.read_text())
+    assert sorted(r["url"] for r in result["rows"] if r["status"] == 200) == sorted(
+        f"{target.url}/page/{i}" for i in range(6)), result
+    assert result["stats"].get("tokenvault/unavailable", 0) > 0, result["stats"]
+    assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()

@@ -13,8 +13,9 @@ Settings (all optional but the three above):
 - ``TOKENVAULT_WAIT_MS`` (5000): how long one lease call waits for a token when the pool is
   exhausted (the vault holds the call).
 - ``TOKENVAULT_EXHAUSTED_TIMEOUT`` (300): seconds a request keeps asking for a token while the
-  pool stays exhausted (backing off from 0.25 s up to 10 s or the vault's ``Retry-After``) before
-  it is dropped with a warning; other requests go on meanwhile.
+  pool stays exhausted or the vault cannot answer (a 503: Redis down, failing over or moving the
+  pool's slot; or no answer at all), backing off from 0.25 s up to 10 s or the vault's
+  ``Retry-After``, before it is dropped with a warning; other requests go on meanwhile.
 - ``TOKENVAULT_MAX_RETRIES`` (3): how often one request is rescheduled after a 401 or 429.
 
 A 401 reports the token ``unauthorized`` (the vault refreshes it) and reschedules the request
@@ -40,7 +41,7 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 
 from . import _core
 from ._async import AsyncVault
-from ._errors import LeaseGone, PoolExhausted, VaultError
+from ._errors import LeaseGone, PoolExhausted, Unavailable, VaultError
 from ._models import Lease
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ class TokenVaultMiddleware:
             except PoolExhausted:
                 self._inc("exhausted")
                 raise
+            except Unavailable:
+                self._inc("unavailable")
+                raise
         held = _Held(lease)
         logger.debug("tokenvault: leased %s of token %s (%d units)", lease.lease_id, lease.token_id,
                      lease.units)
@@ -192,12 +196,18 @@ class TokenVaultMiddleware:
         while True:
             try:
                 held = await self._lease_for(request)
-            except PoolExhausted as e:
+            except Unavailable as e:
+                # The pool exhausted, or the vault not able to answer now (503, or no answer):
+                # both pass, so the request waits rather than being lost.
                 left = give_up - time.monotonic()
+                what = "exhausted" if isinstance(e, PoolExhausted) else "unavailable"
                 if left <= 0:
-                    logger.warning("tokenvault: pool %s stayed exhausted for %.0f s; dropping %s",
-                                   self.pool, self.exhausted_timeout_s, request.url)
-                    raise IgnoreRequest(f"tokenvault: pool {self.pool} exhausted ({e.detail})")
+                    logger.warning("tokenvault: pool %s stayed %s for %.0f s; dropping %s",
+                                   self.pool, what, self.exhausted_timeout_s, request.url)
+                    raise IgnoreRequest(f"tokenvault: pool {self.pool} {what} ({e.detail})")
+                if what == "unavailable":
+                    logger.info("tokenvault: the vault cannot lease now (%s); %s waits",
+                                e.code, request.url)
                 # The vault's Retry-After is when a token is sure to be back (a held lease's
                 # deadline, a cooldown's end); leases usually end sooner, so ask again after a
                 # backoff that doubles up to it (and up to 10 s).
