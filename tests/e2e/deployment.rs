@@ -356,6 +356,18 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
     }
 }
 
+/// Pool `p` with tokens `a` and `b`.
+async fn pool_p_with_a_and_b(api: &crate::harness::Api) {
+    assert_eq!(api.put("/v1/pools/p", json!({})).await.status, 201);
+    let d = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "a", "secret": "s1"}, {"id": "b", "secret": "s2"}]}),
+        )
+        .await;
+    assert_eq!(d.status, 201, "{:?}", d.body);
+}
+
 /// How many functions Redis has run.
 fn fcalls(redis: &RedisServer) -> u64 {
     redis
@@ -521,14 +533,7 @@ async fn safety_writes_wait_for_a_replica_when_configured() {
         ])
         .await;
     let api = dep.api(&v);
-    assert_eq!(api.put("/v1/pools/p", json!({})).await.status, 201);
-    let d = api
-        .post(
-            "/v1/pools/p/tokens",
-            json!({"tokens": [{"id": "a", "secret": "s1"}, {"id": "b", "secret": "s2"}]}),
-        )
-        .await;
-    assert_eq!(d.status, 201);
+    pool_p_with_a_and_b(&api).await;
     // The replica has the deposit: it was waited for.
     assert!(!replica
         .cli(&["EXISTS", &format!("{}:{{p}}:t:a", dep.prefix)])
@@ -653,14 +658,7 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
     dep.redis_url = cluster.url();
     let v = dep.vault(&[("TV_REDIS_TIMEOUT_MS", "600")]).await;
     let api = dep.api(&v);
-    assert_eq!(api.put("/v1/pools/p", json!({})).await.status, 201);
-    let d = api
-        .post(
-            "/v1/pools/p/tokens",
-            json!({"tokens": [{"id": "a", "secret": "s1"}, {"id": "b", "secret": "s2"}]}),
-        )
-        .await;
-    assert_eq!(d.status, 201, "{:?}", d.body);
+    pool_p_with_a_and_b(&api).await;
 
     let prefix = dep.prefix.clone();
     let cfg = format!("{prefix}:{{p}}:cfg");

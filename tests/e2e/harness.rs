@@ -171,35 +171,7 @@ pub(crate) struct Api {
     pub(crate) token: Option<String>,
 }
 
-/// An answer: status, headers we care about, JSON body (Null when empty).
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
-    pub(crate) content_type: String,
-    pub(crate) retry_after: Option<u64>,
-    pub(crate) www_authenticate: Option<String>,
-    pub(crate) body: Value,
-}
-
-impl Answer {
-    pub(crate) fn code(&self) -> &str {
-        self.body.get("code").and_then(Value::as_str).unwrap_or("")
-    }
-    pub(crate) fn str(&self, field: &str) -> String {
-        self.body
-            .get(field)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    }
-    /// Assert a problem+json answer with this status and code.
-    pub(crate) fn problem(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "{self:?}");
-        assert_eq!(self.code(), code, "{self:?}");
-        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
-        assert!(!self.str("detail").is_empty(), "{self:?}");
-    }
-}
+pub(crate) use testkit::Answer;
 
 impl Api {
     pub(crate) fn new(base: &str) -> Self {
@@ -259,25 +231,9 @@ impl Api {
     }
 
     pub(crate) async fn answer(res: reqwest::Response) -> Answer {
-        let status = res.status();
-        let h = |n: &str| {
-            res.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        };
-        let content_type = h("content-type").unwrap_or_default();
-        let retry_after = h("retry-after").and_then(|v| v.parse().ok());
-        let www_authenticate = h("www-authenticate");
+        let (status, headers) = (res.status(), res.headers().clone());
         let bytes = res.bytes().await.unwrap_or_default();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
-            status,
-            content_type,
-            retry_after,
-            www_authenticate,
-            body,
-        }
+        Answer::new(status, &headers, &bytes)
     }
 
     pub(crate) async fn get(&self, path: &str) -> Answer {

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Each test file uses its own part.
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, Request};
 use axum::Router;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -23,31 +23,7 @@ pub(crate) struct Vault {
     pub(crate) prefix: String,
 }
 
-/// An answer: status, content type, JSON body (Null when empty or not JSON).
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
-    pub(crate) content_type: String,
-    pub(crate) body: Value,
-}
-
-impl Answer {
-    pub(crate) fn str(&self, field: &str) -> String {
-        self.body
-            .get(field)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// Assert a problem+json answer with this status and code.
-    pub(crate) fn problem(&self, status: u16, code: &str) {
-        assert_eq!(self.status.as_u16(), status, "{self:?}");
-        assert_eq!(self.body["code"], code, "{self:?}");
-        assert_eq!(self.content_type, "application/problem+json", "{self:?}");
-        assert!(!self.str("detail").is_empty(), "{self:?}");
-    }
-}
+pub(crate) use testkit::Answer;
 
 impl Vault {
     pub(crate) async fn start() -> Vault {
@@ -96,21 +72,11 @@ impl Vault {
     /// Send a request through the router.
     pub(crate) async fn send(&self, req: Request<Body>) -> Answer {
         let res = self.app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let (status, headers) = (res.status(), res.headers().clone());
         let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
             .await
             .unwrap();
-        Answer {
-            status,
-            content_type,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        Answer::new(status, &headers, &bytes)
     }
 
     /// A JSON request (no body when `body` is None).
