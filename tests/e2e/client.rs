@@ -283,3 +283,45 @@ async fn the_sdk_example_runs() {
         0
     );
 }
+
+/// The SDK tells an error that passes by itself, and when to try again, from one that does not:
+/// a Redis that stalls (503 `redis_busy`), an exhausted pool and a vault that does not answer
+/// are retryable; an unknown pool is not.
+#[tokio::test]
+async fn sdk_errors_say_whether_and_when_a_retry_can_help() {
+    let t = one(&[("TV_REDIS_TIMEOUT_MS", "300")]).await;
+    let client = Client::new(&t.vault.base, &pool_of_three(&t).await);
+    let e = client.lease("nope", "w").await.unwrap_err();
+    assert!(e.retry_after().is_none(), "{e}");
+
+    t.redis.pause();
+    let stalled = client.lease("p", "w").await;
+    t.redis.resume();
+    let e = stalled.unwrap_err();
+    assert!(
+        matches!(&e, vault_client::Error::Unavailable { code, .. } if code == "redis_busy"),
+        "{e:?}"
+    );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
+
+    let nobody = Client::new(&format!("http://127.0.0.1:{}", testkit::free_port()), "x");
+    let e = nobody.lease("p", "w").await.unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
+
+    // 3 tokens × 5 leases, then the pool is exhausted, with the vault's Retry-After. (The
+    // stalled call may have landed once Redis went on: a 503 `redis_busy` says so.)
+    let out = t.api.get("/v1/pools/p/status").await.body["leases_active"]
+        .as_u64()
+        .unwrap();
+    let mut held = vec![];
+    let e = loop {
+        match client.lease("p", "w").await {
+            Ok(l) => held.push(l),
+            Err(e) => break e,
+        }
+        assert!(held.len() <= 15, "more leases than the pool allows");
+    };
+    assert_eq!(held.len() as u64 + out, 15);
+    assert!(matches!(e, vault_client::Error::Exhausted { .. }), "{e:?}");
+    assert!(e.retry_after().is_some(), "{e}");
+}

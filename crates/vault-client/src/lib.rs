@@ -11,6 +11,9 @@
 //!   ([`LeaseGuard::send`]: bound proxy, lease headers, 401 → rotate, 429 → cool down, the
 //!   target's rate-limit headers in the report), renews in the background and is released on
 //!   drop. `examples/worker.rs` runs one.
+//! - [`Error`]: what went wrong; [`Error::retry_after`] says whether the same call may succeed
+//!   later (an exhausted pool, a 503 while Redis stalls, fails over or moves the pool's slot, no
+//!   answer) and when.
 
 mod guard;
 pub use guard::{LeaseGuard, Report};
@@ -29,6 +32,14 @@ use serde_json::{json, Value};
 pub enum Error {
     #[error("no token is eligible; retry in {retry_after_s} s")]
     Exhausted { retry_after_s: u64 },
+    /// 503 other than `pool_exhausted`: the vault or its Redis cannot serve now (`redis_busy`,
+    /// `redis_unavailable`, `not_replicated`, a pool's slot moving); it passes by itself.
+    #[error("the vault cannot serve now ({code}): {detail}; retry in {retry_after_s} s")]
+    Unavailable {
+        code: String,
+        detail: String,
+        retry_after_s: u64,
+    },
     #[error("the lease has ended")]
     LeaseGone,
     #[error("vault answered {status} {code}: {detail}")]
@@ -41,6 +52,22 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("the event stream is malformed: {0}")]
     Stream(String),
+}
+
+impl Error {
+    /// When to try the same call again, for errors that pass by themselves: no eligible token,
+    /// the vault or its Redis unable to serve now, or no answer at all (a replica restarting).
+    /// None when retrying cannot help (a bad request, a missing pool, an ended lease...).
+    /// Retry with a backoff of your own on top: never in a tight loop.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Exhausted { retry_after_s } | Error::Unavailable { retry_after_s, .. } => {
+                Some(Duration::from_secs(*retry_after_s))
+            }
+            Error::Http(e) if e.is_connect() || e.is_timeout() => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -102,6 +129,15 @@ impl Client {
                 Error::Exhausted { retry_after_s }
             }
             Error::Api { code, .. } if code == "lease_gone" => Error::LeaseGone,
+            Error::Api {
+                status: 503,
+                code,
+                detail,
+            } => Error::Unavailable {
+                code,
+                detail,
+                retry_after_s,
+            },
             e => e,
         })
     }
