@@ -810,17 +810,23 @@ fn move_slot(cluster: &testkit::RedisCluster, slot: &str, from: usize, to: usize
     }
 }
 
-/// A live reshard under the checker's load: `redis-cli --cluster reshard` moves a third of the
-/// slots (and the pools in them) from one primary to another and a third from another back,
-/// then the slots of five pools go round the primaries again and again, while two replicas and
-/// a janitor serve the checker's workers. A call that meets a pool in mid-move is refused whole
-/// by Redis (TRYAGAIN) and retried; the checker finds no rule broken and nothing acknowledged
-/// lost.
+/// A live reshard under the checker's load, scaling out: a fourth, empty primary joins (no
+/// library loaded on it), `redis-cli --cluster reshard` moves a fifth of the slots (and the
+/// pools in them) from the first primary to it and a fifth from the third to the first, then
+/// the slots of five pools go round the primaries again and again, while two replicas and a
+/// janitor serve the checker's workers. A call that meets a pool in mid-move is refused whole
+/// by Redis (TRYAGAIN) and retried; the new primary gets the library at its first call; the
+/// checker finds no rule broken and nothing acknowledged lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_reshard_under_load_loses_nothing() {
-    let cluster = std::sync::Arc::new(testkit::RedisCluster::start(3));
+    let mut cluster = testkit::RedisCluster::start(3);
     let mut dep = Deployment::new(&cluster.nodes[0]);
     dep.redis_url = cluster.url();
+    let new = cluster.add_node();
+    assert!(!cluster.nodes[new]
+        .cli(&["FUNCTION", "LIST"])
+        .contains("tokenvault_"));
+    let cluster = std::sync::Arc::new(cluster);
     let vaults = [dep.vault(&[]).await, dep.vault(&[]).await];
     let _janitor = dep.janitor(200);
     let started = Instant::now();
@@ -830,10 +836,9 @@ async fn a_live_reshard_under_load_loses_nothing() {
         40,
         &["--pools", "30", "--tokens", "3"],
     );
-    // The checker's pools exist and every primary is serving them.
+    // The checker's pools exist and every primary that holds slots is serving them.
     assert!(
-        wait_until(Duration::from_secs(60), || cluster
-            .nodes
+        wait_until(Duration::from_secs(60), || cluster.nodes[..new]
             .iter()
             .all(|n| fcalls(n) > 100)),
         "the checker's load did not reach every primary:\n{}",
@@ -843,7 +848,7 @@ async fn a_live_reshard_under_load_loses_nothing() {
     let moved = tokio::task::spawn_blocking({
         let cluster = cluster.clone();
         move || {
-            let moved = reshard(&cluster, 0, 1, 3000) + reshard(&cluster, 2, 0, 3000);
+            let moved = reshard(&cluster, 0, new, 3000) + reshard(&cluster, 2, 0, 3000);
             // The slots of five of the checker's pools, and where each is now.
             let mut pools: Vec<(String, usize)> = Vec::new();
             for (i, n) in cluster.nodes.iter().enumerate() {
@@ -892,10 +897,15 @@ async fn a_live_reshard_under_load_loses_nothing() {
         })
         .sum();
     println!(
-        "{moved} slots with keys moved by redis-cli, then {rounds} rounds of 5 pools; \
+        "{moved} slots with keys moved by redis-cli (a new primary joined), then {rounds} rounds of 5 pools; \
          {refused} calls refused in mid-move\n{out}"
     );
     assert!(refused > 0, "no call met a pool in mid-move");
+    let newcomer = &cluster.nodes[new];
+    assert!(
+        newcomer.cli(&["FUNCTION", "LIST"]).contains("tokenvault_") && fcalls(newcomer) > 0,
+        "the new primary never served the pools moved to it"
+    );
     assert!(!out.contains("500 "), "{out}");
     for v in &vaults {
         let log = v.child.output();

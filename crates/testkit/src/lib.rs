@@ -522,16 +522,16 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    fn node() -> RedisServer {
+        RedisServer::start_with(&[
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            "cluster-node-timeout 2000",
+        ])
+    }
+
     pub fn start(n: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "cluster-enabled yes",
-                    "cluster-config-file nodes.conf",
-                    "cluster-node-timeout 2000",
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..n).map(|_| Self::node()).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
@@ -557,6 +557,39 @@ impl RedisCluster {
             "the cluster did not become ok"
         );
         c
+    }
+
+    /// Add an empty primary (no slots, no data, no function library), as an operator scaling
+    /// out would with `redis-cli --cluster add-node`; returns its index in `nodes`.
+    pub fn add_node(&mut self) -> usize {
+        let node = Self::node();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("add-node")
+            .arg(format!("127.0.0.1:{}", node.port))
+            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
+            .output()
+            .expect("redis-cli --cluster add-node runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster add-node failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let known = self.nodes.len() + 1;
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                let seen = |n: &RedisServer| {
+                    n.cli(&["CLUSTER", "NODES"])
+                        .lines()
+                        .filter(|l| l.contains("master") && !l.contains("fail"))
+                        .count()
+                };
+                self.nodes.iter().all(|n| seen(n) == known) && seen(&node) == known
+            }),
+            "the cluster did not learn of the new node"
+        );
+        self.nodes.push(node);
+        self.nodes.len() - 1
     }
 
     /// `redis+cluster://` URL naming every node.
