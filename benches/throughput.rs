@@ -327,9 +327,21 @@ async fn main() {
     store.load_scripts().await.unwrap();
     make_pool(&store, &cipher, "bench", 100).await;
 
-    // TV_BENCH_ONLY=c measures only the Redis cost of the lease path (c), in seconds.
-    if std::env::var("TV_BENCH_ONLY").as_deref() == Ok("c") {
-        return lease_cost(&redis, &store, &cipher).await;
+    // TV_BENCH_ONLY=c measures only the Redis cost of the lease path (c), in seconds;
+    // TV_BENCH_ONLY=c100 only its 100-token half, five times (to compare two builds quickly).
+    match std::env::var("TV_BENCH_ONLY").as_deref() {
+        Ok("c") => return lease_cost(&redis, &store, &cipher).await,
+        Ok("c100") => {
+            for _ in 0..5 {
+                let c = acquire_cost(&redis, &store, "bench", 5000).await;
+                println!(
+                    "(c) acquire+release, 100 tokens: {:.1} µs per cycle (client); Redis: acquire {:.2} µs + release {:.2} µs = {:.2} µs per cycle",
+                    c.client_us, c.acquire_us, c.release_us, c.acquire_us + c.release_us
+                );
+            }
+            return;
+        }
+        _ => {}
     }
     println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");
     let raw = raw_ceiling(&store, "bench").await;

@@ -29,9 +29,9 @@ if units > old_units then
   end
 end
 put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) + units - old_units))
-l.units = tostring(units)
-l.deadline = tostring(deadline)
-l.ttl_ms = tostring(ttl_ms)
+l.units = str(units)
+l.deadline = str(deadline)
+l.ttl_ms = str(ttl_ms)
 redis.call('HSET', lkey(lid), 'units', l.units, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms)
 redis.call('ZADD', K.leases, deadline, lid)
 if l.idem ~= nil and l.idem ~= '' then redis.call('PEXPIRE', idem_key(l.idem), ttl_ms) end

@@ -45,8 +45,8 @@ local function do_acquire(c, o)
   put_all(chosen, ct, { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
     'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW })
   local deadline = NOW + o.ttl_ms
-  local l = { token = chosen, worker = o.worker, units = tostring(o.units), granted_at = tostring(NOW),
-              deadline = tostring(deadline), ttl_ms = tostring(o.ttl_ms), idem = o.idem,
+  local l = { token = chosen, worker = o.worker, units = str(o.units), granted_at = str(NOW),
+              deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }
   redis.call('HSET', lkey(o.lease_id), 'token', l.token, 'worker', l.worker, 'units', l.units,
     'granted_at', l.granted_at, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms, 'idem', l.idem,

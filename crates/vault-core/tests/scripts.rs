@@ -1061,3 +1061,17 @@ async fn a_refresh_within_the_margin_is_due_halfway_not_at_once() {
         view.warnings
     );
 }
+
+/// The config hash, read on every call, stays a hash table: as a listpack Redis would search it
+/// field by field on every lease (see `CFG_LAYOUT` in lua/rules/base.lua).
+#[tokio::test]
+async fn the_pool_config_is_kept_as_a_hash_table() {
+    let e = Env::new(json!({"quota_limit": 10})).await;
+    let key = e.redis.cli(&["KEYS", "*:{p}:cfg"]);
+    let key = key.trim();
+    assert!(key.ends_with(":{p}:cfg"), "{key}");
+    assert_eq!(
+        e.redis.cli(&["OBJECT", "ENCODING", key]).trim(),
+        "hashtable"
+    );
+}
