@@ -833,7 +833,7 @@ async fn a_live_reshard_under_load_loses_nothing() {
     let mut run = checker(
         &dep,
         &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
-        40,
+        60,
         &["--pools", "30", "--tokens", "3"],
     );
     // The checker's pools exist and every primary that holds slots is serving them.
@@ -859,7 +859,7 @@ async fn a_live_reshard_under_load_loses_nothing() {
                 }
             }
             // Until shortly before the load ends (at least once).
-            let end = started + Duration::from_secs(30);
+            let end = started + Duration::from_secs(48);
             let mut rounds = 0;
             while rounds == 0 || Instant::now() < end {
                 for (slot, at) in &mut pools {
