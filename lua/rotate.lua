@@ -2,12 +2,11 @@
 -- (the 401-mid-job path: the worker retries at once with a healthy token).
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::Rotate` (vault-core), read here as locals of the same names.
--- The report as in release.lua.
+-- `report` as in release.lua.
 -- Returns {"lease":{...},"released":{"token_id","state"}} | {"err":...} as acquire/release.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local err, l, t = do_release(c, lease_id, { used = used, outcome = outcome, retry_after_ms = retry_ms,
-  remaining = remaining, reset_at = reset_at })
+local err, l, t = do_release(c, lease_id, report)
 if err then return err end
 local res = do_acquire(c, {
   lease_id = new_lease_id, worker = l.worker or '', units = num(l.units, 1),

@@ -32,7 +32,8 @@ local function apply_outcome(id, t, c, r)
   end
 end
 
--- Release lease `lid` with report `r`: validate first, then mutate.
+-- Release lease `lid` with report `r` ({used, outcome, retry_after_ms, remaining, reset_at}, as
+-- `scripts::ReportArgs` sends it): validate first, then mutate.
 -- Returns nil on success or an encoded error.
 local function do_release(c, lid, r)
   local live = live_lease(c, lid)

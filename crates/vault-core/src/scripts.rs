@@ -73,11 +73,22 @@ pub const RULES: &[(&str, &str)] = &[
 
 /// One argument of a function: how Rust sends it and how the function's Lua reads it.
 pub trait Arg {
-    /// The Lua expression reading `ARGV[{n}]` as this type (`{n}` is replaced).
+    /// The Lua expression reading `ARGV[{n}]` as this type (`{n}` is replaced by the argument's
+    /// first position, `{n+1}`... by the next ones of a wider argument).
     const LUA: &'static str;
+    /// How many positions of `ARGV` it takes.
+    const WIDTH: usize = 1;
     /// A list of every argument from here on (only last).
     const REST: bool = false;
     fn add_to(&self, argv: &mut Vec<String>);
+}
+
+/// How a transition's argument is read in Lua (see [`Arg`]).
+struct ArgSpec {
+    name: &'static str,
+    lua: &'static str,
+    width: usize,
+    rest: bool,
 }
 
 impl Arg for String {
@@ -116,6 +127,34 @@ impl Arg for bool {
         argv.push(if *self { "1" } else { "0" }.into());
     }
 }
+/// A worker's report, as release and rotate receive it: in Lua one table, the shape
+/// `do_release` (lua/rules/outcomes.lua) reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportArgs {
+    /// None: every reserved unit.
+    pub used: Option<u64>,
+    pub outcome: String,
+    pub retry_ms: Option<i64>,
+    /// The target's remaining count.
+    pub remaining: Option<u64>,
+    /// When the target's window resets, unix ms.
+    pub reset_at: Option<i64>,
+}
+
+impl Arg for ReportArgs {
+    const LUA: &'static str = "{ used = tonumber(ARGV[{n}]), outcome = ARGV[{n+1}], \
+        retry_after_ms = tonumber(ARGV[{n+2}]), remaining = tonumber(ARGV[{n+3}]), \
+        reset_at = tonumber(ARGV[{n+4}]) }";
+    const WIDTH: usize = 5;
+    fn add_to(&self, argv: &mut Vec<String>) {
+        self.used.add_to(argv);
+        self.outcome.add_to(argv);
+        self.retry_ms.add_to(argv);
+        self.remaining.add_to(argv);
+        self.reset_at.add_to(argv);
+    }
+}
+
 /// A Lua list of the remaining arguments.
 impl Arg for Vec<String> {
     const LUA: &'static str = "";
@@ -133,21 +172,33 @@ pub trait Function {
     fn argv(&self) -> Vec<String>;
 }
 
-/// The Lua line that makes a transition's arguments locals named as the Rust fields.
-fn arg_locals(args: &[(&str, &str, bool)]) -> String {
+/// The Lua lines that make a transition's arguments locals named as the Rust fields.
+fn arg_locals(args: &[ArgSpec]) -> String {
     let mut out = String::new();
-    for (i, (name, lua, rest)) in args.iter().enumerate() {
-        let n = i + 2;
+    // ARGV[1] is the clock.
+    let mut n = 2;
+    for ArgSpec {
+        name,
+        lua,
+        width,
+        rest,
+    } in args
+    {
         if *rest {
             out.push_str(&format!(
                 "local {name} = {{}} for i = {n}, #ARGV do {name}[#{name} + 1] = ARGV[i] end\n"
             ));
         } else {
+            let mut read = lua.to_string();
+            for k in 1..*width {
+                read = read.replace(&format!("{{n+{k}}}"), &(n + k).to_string());
+            }
             out.push_str(&format!(
                 "local {name} = {}\n",
-                lua.replace("{n}", &n.to_string())
+                read.replace("{n}", &n.to_string())
             ));
         }
+        n += width;
     }
     out
 }
@@ -159,11 +210,15 @@ macro_rules! transitions {
         $(#[$doc:meta])*
         $name:ident, $args:ident => $file:literal { $( $(#[$fdoc:meta])* $field:ident : $ty:ty ),* $(,)? }
     )*) => {
-        /// Each transition's Lua source by file stem, with its arguments (name, Lua, rest).
-        #[allow(clippy::type_complexity)]
-        const TRANSITIONS: &[(&str, &str, &[(&str, &str, bool)])] = &[
+        /// Each transition's Lua source by file stem, with its arguments.
+        const TRANSITIONS: &[(&str, &str, &[ArgSpec])] = &[
             $(($file, include_str!(concat!("../../../lua/", $file, ".lua")),
-               &[$((stringify!($field), <$ty as Arg>::LUA, <$ty as Arg>::REST)),*])),*
+               &[$(ArgSpec {
+                   name: stringify!($field),
+                   lua: <$ty as Arg>::LUA,
+                   width: <$ty as Arg>::WIDTH,
+                   rest: <$ty as Arg>::REST,
+               }),*])),*
         ];
         $(
             #[doc = concat!("`FCALL` name of `lua/", $file, ".lua`.")]
@@ -232,27 +287,9 @@ transitions! {
         units: Option<u64>,
     }
     /// End a lease with the worker's report.
-    RELEASE, Release => "release" {
-        lease_id: String,
-        /// None: every reserved unit.
-        used: Option<u64>,
-        outcome: String,
-        retry_ms: Option<i64>,
-        /// The target's remaining count.
-        remaining: Option<u64>,
-        /// When the target's window resets, unix ms.
-        reset_at: Option<i64>,
-    }
+    RELEASE, Release => "release" { lease_id: String, report: ReportArgs }
     /// Release a lease with its report and lease a different token in one step.
-    ROTATE, Rotate => "rotate" {
-        lease_id: String,
-        used: Option<u64>,
-        outcome: String,
-        retry_ms: Option<i64>,
-        remaining: Option<u64>,
-        reset_at: Option<i64>,
-        new_lease_id: String,
-    }
+    ROTATE, Rotate => "rotate" { lease_id: String, report: ReportArgs, new_lease_id: String }
     /// Revoke a token at once.
     REVOKE, Revoke => "revoke" { token_id: String, reason: String }
     /// Put a quarantined or cooling token back into rotation.
@@ -432,7 +469,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n");
             assert!(!code.contains("ARGV"), "{file}.lua reads ARGV by position");
-            for (i, (name, _, rest)) in args.iter().enumerate() {
+            for (i, ArgSpec { name, rest, .. }) in args.iter().enumerate() {
                 assert!(
                     words(&code).any(|w| w == *name),
                     "{file}.lua never reads its argument `{name}`"
@@ -451,32 +488,46 @@ mod tests {
 
     #[test]
     fn arguments_go_in_declared_order_and_read_back_as_their_types() {
-        let call = Release {
-            lease_id: "l1".into(),
+        let report = ReportArgs {
             used: None,
             outcome: "ok".into(),
             retry_ms: Some(1500),
             remaining: Some(0),
             reset_at: None,
         };
-        assert_eq!(call.argv(), ["l1", "", "ok", "1500", "0", ""]);
-        assert_eq!(Release::name(), RELEASE.as_str());
+        let call = Rotate {
+            lease_id: "l1".into(),
+            report,
+            new_lease_id: "l2".into(),
+        };
+        assert_eq!(call.argv(), ["l1", "", "ok", "1500", "0", "", "l2"]);
+        assert_eq!(Rotate::name(), ROTATE.as_str());
         let rows = TokenRows {
             fields: "[]".into(),
             ids: vec!["a".into(), "b".into()],
         };
         assert_eq!(rows.argv(), ["[]", "a", "b"]);
         assert_eq!(PoolDelete { force: true }.argv(), ["1"]);
+        let spec = |name, lua, width, rest| ArgSpec {
+            name,
+            lua,
+            width,
+            rest,
+        };
         let locals = arg_locals(&[
-            ("lease_id", String::LUA, false),
-            ("units", <Option<u64>>::LUA, false),
-            ("force", bool::LUA, false),
-            ("ids", <Vec<String>>::LUA, true),
+            spec("lease_id", String::LUA, 1, false),
+            spec("units", <Option<u64>>::LUA, 1, false),
+            spec("force", bool::LUA, 1, false),
+            spec("report", ReportArgs::LUA, ReportArgs::WIDTH, false),
+            spec("ids", <Vec<String>>::LUA, 1, true),
         ]);
         assert_eq!(
             locals,
             "local lease_id = ARGV[2]\nlocal units = tonumber(ARGV[3])\nlocal force = ARGV[4] == '1'\n\
-             local ids = {} for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
+             local report = { used = tonumber(ARGV[5]), outcome = ARGV[6], \
+             retry_after_ms = tonumber(ARGV[7]), remaining = tonumber(ARGV[8]), \
+             reset_at = tonumber(ARGV[9]) }\n\
+             local ids = {} for i = 10, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
         );
     }
 

@@ -44,7 +44,11 @@ impl Store {
     }
 
     pub async fn release(&self, pool: &str, lease_id: &str, report: &Report) -> Result<Released> {
-        self.call(pool, &report_release(lease_id, report)).await
+        let call = scripts::Release {
+            lease_id: lease_id.to_string(),
+            report: report_args(report),
+        };
+        self.call(pool, &call).await
     }
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
@@ -56,14 +60,9 @@ impl Store {
         report: &Report,
         new_lease_id: &str,
     ) -> Result<(Released, Result<LeaseGrant>)> {
-        let r = report_release(lease_id, report);
         let call = scripts::Rotate {
-            lease_id: r.lease_id,
-            used: r.used,
-            outcome: r.outcome,
-            retry_ms: r.retry_ms,
-            remaining: r.remaining,
-            reset_at: r.reset_at,
+            lease_id: lease_id.to_string(),
+            report: report_args(report),
             new_lease_id: new_lease_id.to_string(),
         };
         let v = self.call_raw(pool, &call).await?;

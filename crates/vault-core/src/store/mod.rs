@@ -282,9 +282,8 @@ fn scripts_refused(e: &redis::RedisError, what: &str) -> VaultError {
 }
 
 /// A report as release and rotate receive it.
-fn report_release(lease_id: &str, r: &Report) -> scripts::Release {
-    scripts::Release {
-        lease_id: lease_id.to_string(),
+fn report_args(r: &Report) -> scripts::ReportArgs {
+    scripts::ReportArgs {
         used: r.used,
         outcome: r.outcome.as_str().to_string(),
         retry_ms: r.retry_after_s.map(|s| (s * 1000.0).round() as i64),
