@@ -20,17 +20,16 @@ pub(crate) struct Vault {
     pub(crate) store: Store,
     pub(crate) token: String,
     pub(crate) jti: String,
-    pub(crate) prefix: String,
 }
 
 pub(crate) use testkit::Answer;
 
 impl Vault {
     pub(crate) async fn start() -> Vault {
-        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let store = Store::connect(&RedisArgs {
             redis_url: testkit::shared_redis().url(),
-            prefix: prefix.clone(),
+            // The test's own keys on the shared server.
+            prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
             redis_timeout_ms: 5000,
             audit_max_entries: 10_000,
             events_max_entries: 10_000,
@@ -57,7 +56,6 @@ impl Vault {
             store,
             token,
             jti,
-            prefix,
         }
     }
 
@@ -71,12 +69,9 @@ impl Vault {
 
     /// Send a request through the router.
     pub(crate) async fn send(&self, req: Request<Body>) -> Answer {
-        let res = self.app.clone().oneshot(req).await.unwrap();
-        let (status, headers) = (res.status(), res.headers().clone());
-        let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
-            .await
-            .unwrap();
-        Answer::new(status, &headers, &bytes)
+        let (head, body) = self.app.clone().oneshot(req).await.unwrap().into_parts();
+        let bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap();
+        Answer::new(head.status, &head.headers, &bytes)
     }
 
     /// A JSON request (no body when `body` is None).
