@@ -618,23 +618,83 @@ async fn on_a_redis_cluster_pools_spread_over_every_primary_and_every_rule_holds
     }
 }
 
-/// The node of `cluster` that holds `key`, and another one.
-fn owner_and_other<'c>(
-    cluster: &'c testkit::RedisCluster,
-    key: &str,
-) -> (&'c RedisServer, &'c RedisServer) {
-    let i = cluster
+/// The index of the node of `cluster` that holds `key`.
+fn owner(cluster: &testkit::RedisCluster, key: &str) -> usize {
+    cluster
         .nodes
         .iter()
         .position(|n| n.cli(&["EXISTS", key]).trim() == "1")
-        .expect("some node holds the key");
-    (
-        &cluster.nodes[i],
-        &cluster.nodes[(i + 1) % cluster.nodes.len()],
-    )
+        .expect("some node holds the key")
 }
 
-/// Every key of pool `p` on `node`, with its type, sorted (a key that moved or appeared shows).
+/// A cluster node's id.
+fn node_id(n: &RedisServer) -> String {
+    n.cli(&["CLUSTER", "MYID"]).trim().to_string()
+}
+
+/// One hash slot on its way between two nodes, moved step by step as `redis-cli --cluster
+/// reshard` moves each slot: opened on both nodes, its keys migrated, given to the new node.
+struct SlotMove<'c> {
+    cluster: &'c testkit::RedisCluster,
+    slot: String,
+    src: &'c RedisServer,
+    dst: &'c RedisServer,
+}
+
+fn ok(r: String, what: &str) {
+    assert_eq!(r.trim(), "OK", "{what}: {r}");
+}
+
+impl<'c> SlotMove<'c> {
+    /// Open `slot` for its move from node `from` to node `to` (IMPORTING there, MIGRATING here).
+    fn open(cluster: &'c testkit::RedisCluster, slot: &str, from: usize, to: usize) -> Self {
+        let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
+        ok(
+            dst.cli(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &node_id(src)]),
+            "IMPORTING",
+        );
+        ok(
+            src.cli(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &node_id(dst)]),
+            "MIGRATING",
+        );
+        SlotMove {
+            cluster,
+            slot: slot.to_string(),
+            src,
+            dst,
+        }
+    }
+
+    fn migrate(&self, keys: &[&str]) {
+        let port = self.dst.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        ok(self.src.cli(&args), "MIGRATE");
+    }
+
+    /// Migrate what is left of the slot, in batches, and give it to the new node on every node.
+    fn finish(self) {
+        loop {
+            let keys = self
+                .src
+                .cli(&["CLUSTER", "GETKEYSINSLOT", &self.slot, "10"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            self.migrate(&keys);
+        }
+        let to = node_id(self.dst);
+        for n in [self.dst, self.src].into_iter().chain(&self.cluster.nodes) {
+            ok(
+                n.cli(&["CLUSTER", "SETSLOT", &self.slot, "NODE", &to]),
+                "NODE",
+            );
+        }
+    }
+}
+
+/// Every key of pool `p` on `node`, sorted (a key that moved or appeared shows).
 fn pool_keys(node: &RedisServer, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = node
         .cli(&["KEYS", &format!("{prefix}:{{p}}:*")])
@@ -662,33 +722,15 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
 
     let prefix = dep.prefix.clone();
     let cfg = format!("{prefix}:{{p}}:cfg");
-    let (source, target) = owner_and_other(&cluster, &cfg);
+    let from = owner(&cluster, &cfg);
+    let to = (from + 1) % cluster.nodes.len();
+    let (source, target) = (&cluster.nodes[from], &cluster.nodes[to]);
     let slot = source.cli(&["CLUSTER", "KEYSLOT", &cfg]).trim().to_string();
-    let id = |n: &RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_string();
-    let (source_id, target_id) = (id(source), id(target));
-    let port = target.port.to_string();
-    let migrate = |key: &str| {
-        let r = source.cli(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
-        assert_eq!(r.trim(), "OK", "MIGRATE {key}: {r}");
-    };
-    assert_eq!(
-        target
-            .cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id])
-            .trim(),
-        "OK"
-    );
-    assert_eq!(
-        source
-            .cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id])
-            .trim(),
-        "OK"
-    );
+    let moving = SlotMove::open(&cluster, &slot, from, to);
     let tokens = source.cli(&["KEYS", &format!("{prefix}:{{p}}:t:*")]);
     let tokens: Vec<&str> = tokens.lines().filter(|k| !k.is_empty()).collect();
     assert_eq!(tokens.len(), 2, "{tokens:?}");
-    for k in &tokens {
-        migrate(k);
-    }
+    moving.migrate(&tokens);
     let before = (pool_keys(source, &prefix), pool_keys(target, &prefix));
     assert!(before.1.len() == 2 && before.0.contains(&cfg), "{before:?}");
 
@@ -709,17 +751,7 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
         v.child.output()
     );
 
-    // Finish the move as `redis-cli --cluster reshard` does.
-    for k in pool_keys(source, &prefix) {
-        migrate(&k);
-    }
-    for n in [target, source] {
-        assert_eq!(
-            n.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])
-                .trim(),
-            "OK"
-        );
-    }
+    moving.finish();
     let deadline = Instant::now() + Duration::from_secs(20);
     let lease = loop {
         let r = api.post("/v1/pools/p/leases", json!({})).await;
@@ -755,12 +787,7 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
 /// Move `slots` hash slots from `from` to `to` with `redis-cli --cluster reshard`, as an
 /// operator would; returns how many of the moved slots carried keys.
 fn reshard(cluster: &testkit::RedisCluster, from: usize, to: usize, slots: u32) -> usize {
-    let id = |n: usize| {
-        cluster.nodes[n]
-            .cli(&["CLUSTER", "MYID"])
-            .trim()
-            .to_string()
-    };
+    let id = |n: usize| node_id(&cluster.nodes[n]);
     let out = std::process::Command::new("redis-cli")
         .arg("--cluster")
         .arg("reshard")
@@ -775,39 +802,6 @@ fn reshard(cluster: &testkit::RedisCluster, from: usize, to: usize, slots: u32) 
     text.lines()
         .filter(|l| l.starts_with("Moving slot") && l.trim_end().ends_with('.'))
         .count()
-}
-
-/// Move one hash slot from `from` to `to` step by step, as `redis-cli --cluster reshard` does
-/// for each slot: open it on both nodes, migrate its keys in batches, give it to `to`.
-fn move_slot(cluster: &testkit::RedisCluster, slot: &str, from: usize, to: usize) {
-    let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
-    let id = |n: &RedisServer| n.cli(&["CLUSTER", "MYID"]).trim().to_string();
-    let ok = |r: String, what: &str| assert_eq!(r.trim(), "OK", "{what}: {r}");
-    ok(
-        dst.cli(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &id(src)]),
-        "IMPORTING",
-    );
-    ok(
-        src.cli(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &id(dst)]),
-        "MIGRATING",
-    );
-    let port = dst.port.to_string();
-    loop {
-        let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", slot, "10"]);
-        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
-        if keys.is_empty() {
-            break;
-        }
-        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-        args.extend(&keys);
-        ok(src.cli(&args), "MIGRATE");
-    }
-    for n in [dst, src].into_iter().chain(&cluster.nodes) {
-        ok(
-            n.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &id(dst)]),
-            "NODE",
-        );
-    }
 }
 
 /// A live reshard under the checker's load, scaling out: a fourth, empty primary joins (no
@@ -864,7 +858,7 @@ async fn a_live_reshard_under_load_loses_nothing() {
             while rounds == 0 || Instant::now() < end {
                 for (slot, at) in &mut pools {
                     let to = (*at + 1) % cluster.nodes.len();
-                    move_slot(&cluster, slot, *at, to);
+                    SlotMove::open(&cluster, slot, *at, to).finish();
                     *at = to;
                 }
                 rounds += 1;
