@@ -30,6 +30,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port for a cluster node: free, and so is its cluster bus port (port + 10000). Both lie below
+/// the kernel's ephemeral range, where no outgoing connection can take them between this check
+/// and redis-server's bind (ports found by binding port 0 lie inside it).
+fn free_cluster_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low >= 21024 {
+        (ephemeral_low - 20000, ephemeral_low - 10000)
+    } else {
+        (1024, 55535)
+    };
+    let bindable = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + (random % u64::from(high - low)) as u16;
+        if bindable(port) && bindable(port + 10000) {
+            return port;
+        }
+    }
+}
+
 /// Poll `f` until it returns true or `deadline` passes; returns whether it became true.
 pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
@@ -59,30 +85,47 @@ impl RedisServer {
 
     /// Start with extra config directives, e.g. `["rename-command FCALL \"\""]` lines.
     pub fn start_with(extra_config: &[&str]) -> Self {
+        Self::start_on(free_port, extra_config)
+    }
+
+    /// Start on a port `pick` chooses. A port found free can be taken before redis-server binds
+    /// it (by a parallel test, or an outgoing connection's ephemeral port): then the server
+    /// exits, and it starts again on another port.
+    fn start_on(pick: fn() -> u16, extra_config: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Self {
-            port: free_port(),
+            port: 0,
             dir,
             extra: extra_config.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        s.spawn();
-        s
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            s.port = pick();
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(why) => failures.push(format!("port {}: {why}", s.port)),
+            }
+        }
+        panic!("redis-server did not start: {}", failures.join("; "))
     }
 
-    fn spawn(&mut self) {
+    /// Start redis-server on `self.port`; the reason when it does not serve there.
+    fn spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("redis.conf");
+        let log = self.dir.path().join("redis.log");
         let mut text = format!(
-            "port {}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\nprotected-mode yes\nloglevel warning\n",
+            "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nappendonly no\nprotected-mode yes\nloglevel warning\n",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            log.display()
         );
         for line in &self.extra {
             text.push_str(line);
             text.push('\n');
         }
         std::fs::write(&conf, text).expect("write redis.conf");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -92,12 +135,14 @@ impl RedisServer {
                     "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
                 )
             });
+        if let Err(why) = await_serving(&mut child, self.port) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!("{why}: {}", tail.join(" | ")));
+        }
         self.child = Some(child);
-        let port = self.port;
-        assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
-            "redis-server on port {port} did not answer PING"
-        );
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -130,7 +175,9 @@ impl RedisServer {
     /// started with persistence (`appendonly yes`), which then reloads it.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            panic!("redis-server did not restart on port {}: {why}", self.port);
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -193,38 +240,45 @@ pub fn shared_redis() -> &'static SharedRedis {
         std::thread::Builder::new()
             .name("shared-redis".into())
             .spawn(move || {
-                let port = free_port();
-                // setpriv (util-linux) arms the signal, then execs the server.
-                let child = Command::new("setpriv")
-                    .args(["--pdeathsig", "KILL", "--", "redis-server"])
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                    .arg("--dir")
-                    .arg(std::env::temp_dir())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
-                let spawned = child.is_ok();
-                let _ = tx.send(child.map(|_| port));
-                if spawned {
-                    loop {
-                        std::thread::park();
+                let mut failures = Vec::new();
+                for _ in 0..5 {
+                    let port = free_port();
+                    // setpriv (util-linux) arms the signal, then execs the server.
+                    let child = Command::new("setpriv")
+                        .args(["--pdeathsig", "KILL", "--", "redis-server"])
+                        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                        .arg("--dir")
+                        .arg(std::env::temp_dir())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn();
+                    let mut child = match child {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failures.push(format!(
+                                "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
+                            ));
+                            break;
+                        }
+                    };
+                    match await_serving(&mut child, port) {
+                        Ok(()) => {
+                            let _ = tx.send(Ok(port));
+                            loop {
+                                std::thread::park();
+                            }
+                        }
+                        Err(why) => failures.push(format!("port {port}: {why}")),
                     }
                 }
+                let _ = tx.send(Err(failures.join("; ")));
             })
             .expect("spawn the shared-redis thread");
         let port = rx
             .recv()
             .expect("the shared-redis thread answers")
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
-                )
-            });
-        assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
-            "the shared redis-server on port {port} did not answer PING"
-        );
+            .unwrap_or_else(|why| panic!("the shared redis-server did not start: {why}"));
         SharedRedis { port }
     })
 }
@@ -238,6 +292,38 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait until `child`, a redis-server, serves on `port`; the reason when it does not (it exited,
+/// most often because the port was taken, or it never answered). Answering PING is not enough:
+/// another test's server may hold the port.
+fn await_serving(child: &mut std::process::Child, port: u16) -> Result<(), String> {
+    let pid = child.id();
+    let mut exited = None;
+    let serving = wait_until(Duration::from_secs(30), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        redis_ping(port) && serving_pid(port) == Some(pid)
+    });
+    if let Some(status) = exited {
+        return Err(format!("redis-server exited ({status})"));
+    }
+    if !serving {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("redis-server did not answer PING in 30 s".into());
+    }
+    Ok(())
+}
+
+/// The process id of the redis-server answering on `port`.
+fn serving_pid(port: u16) -> Option<u32> {
+    redis_cli(port, &["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A bare-bones RESP PING, so the helper needs no Redis client crate.
@@ -523,12 +609,15 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     fn node() -> RedisServer {
-        RedisServer::start_with(&[
-            "cluster-enabled yes",
-            "cluster-config-file nodes.conf",
-            // Generous: a node starved of CPU (tests on one core) must not be taken for failed.
-            "cluster-node-timeout 5000",
-        ])
+        RedisServer::start_on(
+            free_cluster_port,
+            &[
+                "cluster-enabled yes",
+                "cluster-config-file nodes.conf",
+                // Generous: a node starved of CPU (tests on one core) must not be taken for failed.
+                "cluster-node-timeout 5000",
+            ],
+        )
     }
 
     pub fn start(n: usize) -> Self {
@@ -652,5 +741,32 @@ impl Answer {
         assert_eq!(self.code(), code, "{self:?}");
         assert_eq!(self.content_type, "application/problem+json", "{self:?}");
         assert!(!self.str("detail").is_empty(), "{self:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    /// A port found free can be taken before redis-server binds it; the server must not take a
+    /// stranger answering there for itself, and starts on another port.
+    #[test]
+    fn a_server_whose_port_is_taken_meanwhile_starts_on_another() {
+        static TAKEN: AtomicU16 = AtomicU16::new(0);
+        fn taken_first() -> u16 {
+            match TAKEN.swap(0, Ordering::SeqCst) {
+                0 => free_port(),
+                port => port,
+            }
+        }
+        let holder = RedisServer::start();
+        TAKEN.store(holder.port, Ordering::SeqCst);
+        let server = RedisServer::start_on(taken_first, &[]);
+        assert_ne!(server.port, holder.port);
+        assert_eq!(TAKEN.load(Ordering::SeqCst), 0, "the taken port was tried");
+        let pid = server.child.as_ref().map(std::process::Child::id);
+        assert_eq!(serving_pid(server.port), pid);
+        assert_ne!(serving_pid(holder.port), pid);
     }
 }
