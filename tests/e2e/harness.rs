@@ -91,7 +91,8 @@ impl Deployment {
                 "TV_SIGNING_KEYS",
                 self.keys_dir.path().display().to_string(),
             ),
-            ("RUST_LOG", "warn".to_string()),
+            // The server's start-up lines say when a replica listens (see `start_vault`).
+            ("RUST_LOG", "warn,vault_api::server=info".to_string()),
             // The bad-token tests fail on purpose, far more often than a real client would.
             ("TV_AUTH_FAILURE_LIMIT", "100000".to_string()),
         ];
@@ -104,34 +105,54 @@ impl Deployment {
         env
     }
 
-    /// Start a vault-api replica and wait until it is ready.
+    /// Start a vault-api replica and wait until it is ready. A port found free may be taken
+    /// before the replica binds it (by another test, or an outgoing connection): then it starts
+    /// again on another.
     pub(crate) async fn vault(&self, extra: &[(&str, &str)]) -> Vault {
-        self.vault_at(free_port(), extra).await
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match self.start_vault(free_port(), extra).await {
+                Ok(v) => return v,
+                Err(output) => failures.push(output),
+            }
+        }
+        panic!("vault-api did not start:\n{}", failures.join("\n---\n"))
     }
 
     /// Start a vault-api replica on `port` (e.g. to restart one where its clients expect it).
     pub(crate) async fn vault_at(&self, port: u16, extra: &[(&str, &str)]) -> Vault {
+        self.start_vault(port, extra)
+            .await
+            .unwrap_or_else(|output| panic!("vault-api did not start:\n{output}"))
+    }
+
+    /// Ready = this process listens (not a stranger holding the port), Redis answers, scripts
+    /// are loaded, the revocation/event subscription is live. Err(its output) when it exited
+    /// or was not ready in time.
+    async fn start_vault(&self, port: u16, extra: &[(&str, &str)]) -> Result<Vault, String> {
         let mut env = self.env(extra);
         env.push(("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")));
-        let child = Child::spawn(&bin_path("vault-api"), &[], &env);
+        let mut child = Child::spawn(&bin_path("vault-api"), &[], &env);
         let base = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            // Ready = Redis answers, scripts loaded, revocation/event subscription live.
-            if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-                if r.status() == StatusCode::OK {
-                    break;
+            if child.try_wait().is_some() {
+                return Err(child.output());
+            }
+            if child.output().contains("vault-api listening") {
+                if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                    if r.status() == StatusCode::OK {
+                        break;
+                    }
                 }
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "vault-api did not start:\n{}",
-                child.output()
-            );
+            if std::time::Instant::now() > deadline {
+                return Err(format!("not ready in 20 s:\n{}", child.output()));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Vault { child, base }
+        Ok(Vault { child, base })
     }
 
     /// Start a refresher tuned for tests (fast polling, short backoff); `extra` overrides.
