@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,13 +42,47 @@ def wait_until(deadline_s: float, check: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def redis_pid(port: int) -> Optional[int]:
+    """The process id of the redis-server answering on ``port`` (None when none answers)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while not re.search(rb"process_id:\d+\r\n", data):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    m = re.search(rb"process_id:(\d+)", data)
+    return int(m.group(1)) if m else None
+
+
+def start_serving(spawn: Callable[[int], "Process"], serving: Callable[[int, "Process"], bool],
+                  what: str, port: Optional[int] = None) -> "Process":
+    """Start a server on ``port``, or on a free one. A port found free may be taken before the
+    server binds it (by another test, or an outgoing connection): the server then exits, and
+    it starts again on another port. ``serving`` must tell the server from a stranger holding
+    the port. The process's ``port`` is where it serves."""
+    failures = []
+    for _ in range(3 if port is None else 1):
+        p = port or free_port()
+        proc = spawn(p)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and proc.proc.poll() is None:
+            if serving(p, proc):
+                proc.port = p
+                return proc
+            time.sleep(0.02)
+        proc.stop()
+        failures.append(f"port {p}: {proc.output()[-2000:]}")
+    raise AssertionError(f"{what} did not start:\n" + "\n---\n".join(failures))
 
 
 class Process:
     def __init__(self, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
+        self.port = 0
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -72,33 +107,40 @@ class VaultUnderTest:
             if not (BIN / name).is_file():
                 raise RuntimeError(f"{BIN / name} is missing: run cargo build --workspace --bins")
         self.dir = Path(tempfile.mkdtemp(prefix="tv-py-"))
-        self.redis_port = free_port()
-        self.redis = Process([shutil.which("redis-server") or "redis-server", "--port",
-                              str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(self.dir)])
-        wait_until(10, lambda: port_open(self.redis_port), "redis-server")
+        self.redis = start_serving(
+            lambda port: Process([shutil.which("redis-server") or "redis-server", "--port",
+                                  str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", str(self.dir)]),
+            lambda port, proc: redis_pid(port) == proc.proc.pid, "redis-server")
+        self.redis_port = self.redis.port
         keys = self.dir / "keys"
         keys.mkdir()
         subprocess.run([str(BIN / "vaultctl"), "keys", "generate", "--out", str(keys / "k1.pem")],
                        check=True, capture_output=True)
         self.keys = keys
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             "TV_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
             "TV_PREFIX": "tv",
             "TV_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
             "TV_SIGNING_KEYS": str(keys),
-            "RUST_LOG": "warn",
+            # The server's start-up lines say when a replica listens (see ``replica``).
+            "RUST_LOG": "warn,vault_api::server=info",
         }
-        self.api = self.replica(self.port)
+        self.api = self.replica()
+        self.port = self.api.port
+        self.url = f"http://127.0.0.1:{self.port}"
         self.admin = self.mint("py-admin", "admin,lease,deposit,audit")
 
-    def replica(self, port: int) -> Process:
-        """Another vault-api process on the same Redis and keys, listening on ``port``."""
-        p = Process([str(BIN / "vault-api")], {**self.env, "TV_LISTEN_ADDR": f"127.0.0.1:{port}"})
-        wait_until(30, lambda: self.ready(f"http://127.0.0.1:{port}"), "vault-api /readyz")
-        return p
+    def replica(self, port: Optional[int] = None) -> Process:
+        """Another vault-api process on the same Redis and keys, listening on ``port`` or on
+        a free port (its ``port``). Ready once it logs that it listens (not a stranger holding
+        the port) and answers /readyz."""
+        return start_serving(
+            lambda p: Process([str(BIN / "vault-api")],
+                              {**self.env, "TV_LISTEN_ADDR": f"127.0.0.1:{p}"}),
+            lambda p, proc: ("vault-api listening" in proc.output()
+                             and self.ready(f"http://127.0.0.1:{p}")),
+            "vault-api", port)
 
     def ready(self, url: Optional[str] = None) -> bool:
         try:

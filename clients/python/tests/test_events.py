@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import wait_until
 from tokenvault import AsyncVault, LeaseRevoked, Vault
 
 
@@ -29,8 +29,8 @@ def test_a_held_lease_whose_token_is_revoked_is_dropped(vault_server, pool, targ
 
 
 def test_the_stream_resumes_after_its_replica_dies(vault_server, pool):
-    port = free_port()
-    replica = vault_server.replica(port)
+    replica = vault_server.replica()
+    port = replica.port
     url = f"http://127.0.0.1:{port}"
     admin = Vault(vault_server.url, vault_server.admin)
     admin.put_pool(pool)
