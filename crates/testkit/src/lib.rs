@@ -12,7 +12,7 @@
 //! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
 //! - [`Answer`]: an HTTP answer as the tests check it (status, problem+json, JSON body), whether
 //!   it came over a socket or from the router in-process.
-//! - [`free_port`], [`bin_path`], [`wait_until`].
+//! - [`free_port`], [`listens`], [`bin_path`], [`wait_until`].
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -295,8 +295,8 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 }
 
 /// Wait until `child`, a redis-server, serves on `port`; the reason when it does not (it exited,
-/// most often because the port was taken, or it never answered). Answering PING is not enough:
-/// another test's server may hold the port.
+/// most often because the port was taken, or it never answered). A PING answered on the port is
+/// not enough: another test's server may hold it.
 fn await_serving(child: &mut std::process::Child, port: u16) -> Result<(), String> {
     let pid = child.id();
     let mut exited = None;
@@ -305,7 +305,7 @@ fn await_serving(child: &mut std::process::Child, port: u16) -> Result<(), Strin
             exited = Some(status);
             return true;
         }
-        redis_ping(port) && serving_pid(port) == Some(pid)
+        listens(pid, port) && redis_ping(port)
     });
     if let Some(status) = exited {
         return Err(format!("redis-server exited ({status})"));
@@ -318,12 +318,28 @@ fn await_serving(child: &mut std::process::Child, port: u16) -> Result<(), Strin
     Ok(())
 }
 
-/// The process id of the redis-server answering on `port`.
-fn serving_pid(port: u16) -> Option<u32> {
-    redis_cli(port, &["INFO", "server"])
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`: tells a server just
+/// started from a stranger that took the port it was given.
+pub fn listens(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inodes: Vec<String> = table
         .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|v| v.trim().parse().ok())
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
 }
 
 /// A bare-bones RESP PING, so the helper needs no Redis client crate.
@@ -468,39 +484,45 @@ impl Sentinel {
 
     pub fn start(primary_port: u16, quorum: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         // Sentinel rewrites its config file, so it lives in the temp dir.
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n\
-                 sentinel monitor {} 127.0.0.1 {primary_port} {quorum}\n\
-                 sentinel down-after-milliseconds {} 1000\n\
-                 sentinel failover-timeout {} 4000\n",
-                dir.path().display(),
-                Self::SERVICE,
-                Self::SERVICE,
-                Self::SERVICE
-            ),
-        )
-        .expect("write sentinel.conf");
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel starts");
-        assert!(
-            wait_until(Duration::from_secs(10), || redis_ping(port)),
-            "sentinel on port {port} did not answer PING"
-        );
-        Sentinel {
-            port,
-            _dir: dir,
-            child,
+        let mut failures = Vec::new();
+        // Again on another port when the one found free was taken before the sentinel bound it.
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nprotected-mode no\nloglevel warning\n\
+                     sentinel monitor {} 127.0.0.1 {primary_port} {quorum}\n\
+                     sentinel down-after-milliseconds {} 1000\n\
+                     sentinel failover-timeout {} 4000\n",
+                    dir.path().display(),
+                    Self::SERVICE,
+                    Self::SERVICE,
+                    Self::SERVICE
+                ),
+            )
+            .expect("write sentinel.conf");
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            match await_serving(&mut child, port) {
+                Ok(()) => {
+                    return Sentinel {
+                        port,
+                        _dir: dir,
+                        child,
+                    }
+                }
+                Err(why) => failures.push(format!("port {port}: {why}")),
+            }
         }
+        panic!("sentinel did not start: {}", failures.join("; "))
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
@@ -537,7 +559,19 @@ impl Haproxy {
             (1..=3).contains(&replica_ports.len()),
             "deploy/haproxy.cfg names three replicas"
         );
-        let port = free_port();
+        let mut failures = Vec::new();
+        // Again on another port when the one found free was taken before haproxy bound it.
+        for _ in 0..5 {
+            let port = free_port();
+            match Self::start_on(port, replica_ports) {
+                Ok(h) => return h,
+                Err(why) => failures.push(format!("port {port}: {why}")),
+            }
+        }
+        panic!("haproxy did not start:\n{}", failures.join("\n---\n"))
+    }
+
+    fn start_on(port: u16, replica_ports: &[u16]) -> Result<Self, String> {
         let mut cfg = include_str!("../../../deploy/haproxy.cfg")
             .replace("bind *:8080", &format!("bind 127.0.0.1:{port}"))
             .replace("  maxconn 10000\n", "  maxconn 2000\n");
@@ -559,25 +593,24 @@ impl Haproxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
-        let child = Child::spawn(
+        let mut child = Child::spawn(
             &Self::binary(),
             &["-db", "-f", path.to_str().expect("utf-8 path")],
             &[],
         );
-        assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect((
-                "127.0.0.1",
-                port
-            ))
-            .is_ok()),
-            "haproxy did not start:\n{}",
-            child.output()
-        );
-        Haproxy {
+        let mut exited = false;
+        let listening = wait_until(Duration::from_secs(10), || {
+            exited = child.try_wait().is_some();
+            exited || listens(child.id(), port)
+        });
+        if exited || !listening {
+            return Err(child.output());
+        }
+        Ok(Haproxy {
             port,
             child,
             _dir: dir,
-        }
+        })
     }
 
     pub fn url(&self) -> String {
@@ -765,8 +798,20 @@ mod tests {
         let server = RedisServer::start_on(taken_first, &[]);
         assert_ne!(server.port, holder.port);
         assert_eq!(TAKEN.load(Ordering::SeqCst), 0, "the taken port was tried");
-        let pid = server.child.as_ref().map(std::process::Child::id);
-        assert_eq!(serving_pid(server.port), pid);
-        assert_ne!(serving_pid(holder.port), pid);
+        let pid = server.child.as_ref().unwrap().id();
+        assert!(listens(pid, server.port));
+        assert!(redis_ping(server.port));
+    }
+
+    #[test]
+    fn listens_tells_the_process_holding_a_port_from_others() {
+        let mine = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = mine.local_addr().unwrap().port();
+        let redis = RedisServer::start();
+        let redis_pid = redis.child.as_ref().unwrap().id();
+        assert!(listens(std::process::id(), port));
+        assert!(!listens(redis_pid, port));
+        assert!(listens(redis_pid, redis.port));
+        assert!(!listens(std::process::id(), redis.port));
     }
 }
