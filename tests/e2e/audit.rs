@@ -125,6 +125,31 @@ async fn audit_trail_records_actions_and_outcomes() {
         .get(&format!("/v1/audit?pool=p&limit=2&after={next}"))
         .await;
     assert_ne!(page2.body["events"][0]["id"], page.body["events"][1]["id"]);
+    // newest: the latest entries, still oldest first, in one read.
+    let ids = |page: &Value| -> Vec<Value> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect()
+    };
+    let whole = ids(&trail.body);
+    assert!(whole.len() > 3 && whole.len() < 100, "{whole:?}");
+    let latest = auditor.get("/v1/audit?pool=p&newest=true&limit=3").await;
+    assert_eq!(ids(&latest.body), whole[whole.len() - 3..]);
+    assert_eq!(latest.body["next"], Value::Null);
+    let first_id = whole[0].as_str().unwrap();
+    let after_first = auditor
+        .get(&format!(
+            "/v1/audit?pool=p&newest=true&limit=1000&after={first_id}"
+        ))
+        .await;
+    assert_eq!(ids(&after_first.body), whole[1..]);
+    auditor
+        .get("/v1/audit?pool=p&newest=maybe")
+        .await
+        .problem(400, "invalid_request");
     assert_eq!(
         auditor
             .get("/v1/audit?pool=p&since=2099-01-01T00:00:00Z")

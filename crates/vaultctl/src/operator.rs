@@ -117,12 +117,12 @@ pub(crate) enum AuditOp {
     Tail {
         #[arg(long)]
         pool: Option<String>,
-        /// How many of the latest entries.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        lines: usize,
-        /// How far back to look: 900, 15m, 24h.
-        #[arg(long, default_value = "24h")]
-        since: String,
+        /// How many of the latest entries (1-1000).
+        #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        lines: u16,
+        /// Only entries this recent: 900, 15m, 24h (default: the whole trail).
+        #[arg(long)]
+        since: Option<String>,
         #[arg(short = 'f', long)]
         follow: bool,
     },
@@ -549,32 +549,21 @@ pub(crate) async fn audit(op: AuditOp, a: &RemoteArgs) -> anyhow::Result<()> {
         since,
         follow,
     } = op;
-    let since_ms = vault_core::time::now_ms() - crate::parse_ttl(&since)? * 1000;
-    let base = match &pool {
-        Some(p) => format!("/v1/audit?pool={}&limit=1000", seg(p)),
-        None => "/v1/audit?limit=1000".to_string(),
+    let mut base = match &pool {
+        Some(p) => format!("/v1/audit?pool={}&", seg(p)),
+        None => "/v1/audit?".to_string(),
     };
-    // Page forward from `since`, keeping the latest `lines` (bounded: 200 pages).
-    let mut latest: std::collections::VecDeque<Value> = Default::default();
-    let mut after: Option<String> = None;
-    for _ in 0..200 {
-        let q = match &after {
-            Some(id) => format!("{base}&after={id}"),
-            None => format!("{base}&since={since_ms}"),
-        };
-        let page = r.get(&q).await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
-            break;
-        }
-        for e in events {
-            after = e["id"].as_str().map(str::to_string).or(after);
-            latest.push_back(e);
-            if latest.len() > lines {
-                latest.pop_front();
-            }
-        }
+    if let Some(since) = since {
+        let since_ms = vault_core::time::now_ms() - crate::parse_ttl(&since)? * 1000;
+        base.push_str(&format!("since={since_ms}&"));
     }
+    // The latest `lines` entries since then, in one read; -f follows on from the newest.
+    let page = r.get(&format!("{base}newest=true&limit={lines}")).await?;
+    let latest = page["events"].as_array().cloned().unwrap_or_default();
+    let mut after: Option<String> = latest
+        .last()
+        .and_then(|e| e["id"].as_str())
+        .map(str::to_string);
     let print = |entries: &[Value]| {
         if a.json {
             for e in entries {
@@ -588,15 +577,15 @@ pub(crate) async fn audit(op: AuditOp, a: &RemoteArgs) -> anyhow::Result<()> {
             println!("{t}");
         }
     };
-    print(&latest.into_iter().collect::<Vec<_>>());
+    print(&latest);
     if !follow {
         return Ok(());
     }
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let q = match &after {
-            Some(id) => format!("{base}&after={id}"),
-            None => format!("{base}&since={since_ms}"),
+            Some(id) => format!("{base}after={id}&limit=1000"),
+            None => format!("{base}limit=1000"),
         };
         let page = r.get(&q).await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();

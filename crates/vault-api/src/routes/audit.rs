@@ -1,4 +1,4 @@
-//! `GET /v1/audit?pool=&since=&after=&limit=`: the audit trail (scope `audit`).
+//! `GET /v1/audit?pool=&since=&after=&limit=&newest=`: the audit trail (scope `audit`).
 
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -22,7 +22,11 @@ pub struct AuditQuery {
     since: Option<String>,
     /// After this entry id (the `next` of the previous page).
     after: Option<String>,
+    /// At most this many entries (1-1000, default 100).
     limit: Option<usize>,
+    /// The latest `limit` entries (of those from `since` or `after`) instead of the first ones;
+    /// still oldest first, and `next` is null. What `vaultctl audit tail` shows.
+    newest: Option<bool>,
 }
 
 #[utoipa::path(
@@ -75,15 +79,16 @@ pub async fn read(
             ));
         }
     }
+    let newest = q.newest.unwrap_or(false);
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
     let events = s
         .store
-        .audit_read(pool, since.map(|t| t.0), q.after.as_deref(), limit)
+        .audit_read(pool, since.map(|t| t.0), q.after.as_deref(), limit, newest)
         .await?;
-    let next = (events.len() == limit)
+    let next = (!newest && events.len() == limit)
         .then(|| events.last().map(|e| e.id.clone()))
         .flatten();
     Ok(Json(crate::answers::AuditPage { events, next }))

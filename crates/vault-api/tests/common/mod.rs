@@ -108,7 +108,10 @@ impl Vault {
 
     /// Every audit entry of the pool (or the vault-wide trail), oldest first.
     pub(crate) async fn trail(&self, pool: Option<&str>) -> Vec<AuditEntry> {
-        self.store.audit_read(pool, None, None, 1000).await.unwrap()
+        self.store
+            .audit_read(pool, None, None, 1000, false)
+            .await
+            .unwrap()
     }
 
     /// Every event published so far.

@@ -33,13 +33,15 @@ impl Store {
         self.cmd::<String>(cmd).await.map(drop)
     }
 
-    /// Read audit entries after `after` (a stream id, exclusive) or from `since_ms`.
+    /// Read up to `limit` audit entries after `after` (a stream id, exclusive) or from
+    /// `since_ms`, oldest first: the first such entries, or with `newest` the latest.
     pub async fn audit_read(
         &self,
         pool: Option<&str>,
         since_ms: Option<i64>,
         after: Option<&str>,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<AuditEntry>> {
         let key = match pool {
             Some(p) => self.keys.pool(p).audit(),
@@ -50,7 +52,7 @@ impl Store {
             (None, Some(ms)) => ms.to_string(),
             (None, None) => "-".to_string(),
         };
-        let rows = self.xrange(&key, &start, limit).await?;
+        let rows = self.xrange(&key, &start, limit, newest).await?;
         Ok(rows
             .into_iter()
             .map(|(id, mut f)| {

@@ -35,7 +35,7 @@ impl Store {
 
     /// The id of the oldest event still kept (older ones were trimmed by the cap).
     pub async fn oldest_event_id(&self) -> Result<Option<String>> {
-        let rows = self.xrange(&self.keys.events(), "-", 1).await?;
+        let rows = self.xrange(&self.keys.events(), "-", 1, false).await?;
         Ok(rows.into_iter().next().map(|(id, _)| id))
     }
 
@@ -46,7 +46,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, VaultEvent)>> {
         let rows = self
-            .xrange(&self.keys.events(), &format!("({after}"), limit)
+            .xrange(&self.keys.events(), &format!("({after}"), limit, false)
             .await?;
         Ok(rows
             .into_iter()

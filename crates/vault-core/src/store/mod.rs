@@ -380,23 +380,34 @@ impl Store {
         self.conns.client(url).await
     }
 
-    /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix).
+    /// Up to `limit` stream entries from `start` (inclusive, or exclusive with a `(` prefix),
+    /// oldest first: the oldest such entries, or with `newest` the newest.
     async fn xrange(
         &self,
         key: &str,
         start: &str,
         limit: usize,
+        newest: bool,
     ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        self.cmd(
-            redis::cmd("XRANGE")
-                .arg(key)
-                .arg(start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit)
-                .clone(),
-        )
-        .await
+        let (cmd, from, to) = match newest {
+            false => ("XRANGE", start, "+"),
+            true => ("XREVRANGE", "+", start),
+        };
+        let mut rows: Vec<(String, HashMap<String, String>)> = self
+            .cmd(
+                redis::cmd(cmd)
+                    .arg(key)
+                    .arg(from)
+                    .arg(to)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .clone(),
+            )
+            .await?;
+        if newest {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     /// About `limit` members of set `key` from `cursor`, and the next cursor (None at the
