@@ -8,8 +8,7 @@ local existing = hgetall(K.cfg)
 if existing ~= nil and op_running(existing) and existing.op ~= 'reconfigure' then
   return op_busy(existing)
 end
-for k, v in pairs(cjson.decode(fields)) do redis.call('HSET', K.cfg, k, v) end
-redis.call('HSET', K.cfg, 'layout', CFG_LAYOUT)
+write_cfg(cjson.decode(fields))
 if existing == nil then
   redis.call('HSET', K.cfg, 'frozen', '0', 'created_at', NOW)
   return reply({ created = true, op_id = '' })

@@ -133,8 +133,14 @@ end
 -- The config hash is read on every call: its 14 rule fields out of about 45. Redis keeps a hash
 -- that small as a listpack and searches it field by field (those 14: ~5 µs); one value longer
 -- than `hash-max-listpack-value` (64 bytes by default) makes it a hash table for good (~1 µs).
--- pool_upsert writes this field with every config.
+-- `write_cfg` writes this field with every config (pool_upsert, pool_complete).
 local CFG_LAYOUT = 'a hash table, not a listpack: read on every call (lua/rules/base.lua, CFG_LAYOUT)'
+
+-- Write config fields (field -> string), and the layout field with them.
+local function write_cfg(fields)
+  for k, v in pairs(fields) do redis.call('HSET', K.cfg, k, v) end
+  redis.call('HSET', K.cfg, 'layout', CFG_LAYOUT)
+end
 local CFG_FIELDS = { 'frozen', 'op', 'quota_limit', 'quota_window_s', 'quota_reserve',
   'max_leases_per_token', 'lease_ttl_s', 'max_lease_ttl_s', 'min_token_ttl_s', 'strategy',
   'quarantine_after_strikes', 'session_ttl_s', 'refresh_margin_s', 'rotation_id' }

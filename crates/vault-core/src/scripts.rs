@@ -249,6 +249,11 @@ transitions! {
         /// JSON object field → string value: the complete, validated config.
         fields: String,
     }
+    /// Complete a pool written by an older vault: settings it lacks, this version's layout.
+    POOL_COMPLETE, PoolComplete => "pool_complete" {
+        /// JSON object field → string value: settings only (no refresh record).
+        fields: String,
+    }
     /// Start deleting a pool (its keys go in batches by `pool_op`).
     POOL_DELETE, PoolDelete => "pool_delete" {
         /// Delete even while it holds tokens.

@@ -1075,3 +1075,50 @@ async fn the_pool_config_is_kept_as_a_hash_table() {
         "hashtable"
     );
 }
+
+/// A config written before the layout field (a listpack) becomes a hash table at start-up's
+/// completion; a pool deleted meanwhile is not brought back by it.
+#[tokio::test]
+async fn completion_gives_an_older_pool_config_this_layout_and_never_recreates_one() {
+    let e = Env::new(json!({"quota_limit": 10})).await;
+    let key = e.redis.cli(&["KEYS", "*:{p}:cfg"]);
+    let key = key.trim().to_string();
+    // Rewrite the hash as an older vault left it: every field but `layout`, as a listpack.
+    let all = e.redis.cli(&["HGETALL", &key]);
+    let lines: Vec<&str> = all.lines().collect();
+    let mut hset = vec!["HSET", key.as_str()];
+    for pair in lines.chunks(2) {
+        if pair[0] != "layout" {
+            hset.extend_from_slice(pair);
+        }
+    }
+    e.redis.cli(&["DEL", &key]);
+    e.redis.cli(&hset);
+    assert_eq!(
+        e.redis.cli(&["OBJECT", "ENCODING", &key]).trim(),
+        "listpack"
+    );
+    let before = e.store.pool_config("p").await.unwrap();
+
+    assert_eq!(e.store.complete_pool_configs().await.unwrap(), 1);
+    assert_eq!(
+        e.redis.cli(&["OBJECT", "ENCODING", &key]).trim(),
+        "hashtable"
+    );
+    assert_eq!(
+        e.store.pool_config("p").await.unwrap().to_fields(),
+        before.to_fields()
+    );
+    // Once complete, nothing more to do.
+    assert_eq!(e.store.complete_pool_configs().await.unwrap(), 0);
+
+    // Listed but gone: completion does not write a config for it.
+    let pools = key.replace("{p}:cfg", "pools");
+    assert_eq!(
+        e.redis.cli(&["SADD", &pools, "gone"]).trim(),
+        "1",
+        "{pools}"
+    );
+    assert_eq!(e.store.complete_pool_configs().await.unwrap(), 0);
+    assert_eq!(e.redis.cli(&["KEYS", "*{gone}*"]).trim(), "");
+}

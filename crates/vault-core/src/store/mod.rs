@@ -160,6 +160,10 @@ mod reply {
         pub(super) op_id: String,
     }
     #[derive(Deserialize)]
+    pub(super) struct Completed {
+        pub(super) completed: bool,
+    }
+    #[derive(Deserialize)]
     pub(super) struct Deleting {
         pub(super) tokens: u64,
         pub(super) op_id: String,

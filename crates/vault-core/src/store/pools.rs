@@ -207,11 +207,13 @@ impl Store {
         Ok(self.pool_get(name).await?.config)
     }
 
-    /// Write every setting a pool's config lacks (pools written before every default was
-    /// stored): the functions read settings and never invent them. Returns how many pools were
-    /// completed. Safe to run from several processes at once (each writes the same values).
+    /// Complete every pool written by an older vault: the settings its config lacks (the
+    /// functions read settings and never invent them) and this version's config layout (see
+    /// `write_cfg` in lua/rules/base.lua). Returns how many pools were completed. Safe to run
+    /// from several processes at once (each writes the same values).
     pub async fn complete_pool_configs(&self) -> Result<u64> {
-        const DERIVED: [&str; 2] = ["min_token_ttl_s", "refresh_margin_s"];
+        // Settings derived from others when a pool is written, and the layout field.
+        const WRITTEN_SINCE: [&str; 3] = ["min_token_ttl_s", "refresh_margin_s", "layout"];
         let mut done = 0;
         for chunk in self.pool_names().await?.chunks(500) {
             let groups = chunk
@@ -220,7 +222,7 @@ impl Store {
                     redis::pipe()
                         .cmd("HMGET")
                         .arg(self.keys.pool(pool).cfg())
-                        .arg(&DERIVED)
+                        .arg(&WRITTEN_SINCE)
                         .clone()
                 })
                 .collect();
@@ -242,20 +244,14 @@ impl Store {
                 };
                 // Settings only: the refresh record is the pool's own (a legacy one may still
                 // hold its client secret for `vaultctl keys reencrypt` to seal).
-                let fields: Vec<(&str, String)> = cfg
-                    .to_fields()
-                    .into_iter()
-                    .filter(|(k, _)| {
-                        !matches!(*k, "refresh" | "refresh_ct" | "refresh_key_id" | "probe")
-                    })
-                    .collect();
-                let mut cmd = redis::cmd("HSET");
-                cmd.arg(self.keys.pool(pool).cfg());
-                for (k, v) in &fields {
-                    cmd.arg(*k).arg(v);
-                }
-                let _: i64 = self.cmd(cmd).await?;
-                done += 1;
+                let mut fields = cfg.to_fields();
+                fields.retain(|k, _| {
+                    !matches!(*k, "refresh" | "refresh_ct" | "refresh_key_id" | "probe")
+                });
+                let fields = serde_json::to_string(&fields).expect("config serializes");
+                let v: reply::Completed =
+                    self.call(pool, &scripts::PoolComplete { fields }).await?;
+                done += u64::from(v.completed);
             }
         }
         Ok(done)
