@@ -289,6 +289,76 @@ async fn acquire_cost(redis: &RedisServer, store: &Store, pool: &str, cycles: us
     }
 }
 
+/// Redis time of the function calls of deposits of a full request (`MAX_DEPOSIT` tokens) into
+/// a pool growing to 20,000 tokens: per request (`INFO commandstats`), and the longest single
+/// call (`SLOWLOG`).
+async fn deposit_cost(redis: &RedisServer, store: &Store, cipher: &Cipher) {
+    let per_request = vault_core::model::MAX_DEPOSIT;
+    make_pool(store, cipher, "deposits", 0).await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut request_us = Vec::new();
+    let mut longest_call_us = 0;
+    for n in 0..20 {
+        let sealed: Vec<_> = (0..per_request)
+            .map(|i| {
+                let t: TokenInput = serde_json::from_value(
+                    json!({"id": format!("d{n}-{i}"), "secret": format!("secret-{n}-{i}")}),
+                )
+                .unwrap();
+                t.seal(cipher, "deposits", None).unwrap()
+            })
+            .collect();
+        // Commands inside functions are logged too: only what takes over 200 µs.
+        redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "200"]);
+        redis.cli(&["CONFIG", "SET", "slowlog-max-len", "1000"]);
+        redis.cli(&["SLOWLOG", "RESET"]);
+        redis.cli(&["CONFIG", "RESETSTAT"]);
+        store.deposit("deposits", &sealed).await.unwrap();
+        // Entries: [id, time, duration µs, [command, args...], ...].
+        let log: Vec<(i64, i64, i64, Vec<String>)> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(1000)
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(f) = entry else {
+                    return None;
+                };
+                let num = |v: &redis::Value| redis::from_redis_value::<i64>(v.clone()).ok();
+                let args = redis::from_redis_value::<Vec<String>>(f.get(3)?.clone()).ok()?;
+                Some((num(&f[0])?, num(&f[1])?, num(&f[2])?, args))
+            })
+            .collect();
+        let calls: Vec<i64> = log
+            .iter()
+            .filter(|e| e.3.first().is_some_and(|c| c.eq_ignore_ascii_case("fcall")))
+            .map(|e| e.2)
+            .collect();
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let total = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_fcall:"))
+            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no FCALL in {stats}"));
+        request_us.push(total);
+        longest_call_us = longest_call_us.max(calls.into_iter().max().unwrap_or(0));
+    }
+    redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]);
+    request_us.sort_unstable();
+    println!(
+        "(deposit) {per_request} tokens per request, 20 requests: Redis {:.1} ms per request (median, all its calls), the longest single call {:.2} ms",
+        request_us[request_us.len() / 2] as f64 / 1000.0,
+        longest_call_us as f64 / 1000.0
+    );
+}
+
 fn start_vault(
     redis: &RedisServer,
     prefix: &str,
@@ -341,6 +411,7 @@ async fn main() {
             }
             return;
         }
+        Ok("deposit") => return deposit_cost(&redis, &store, &cipher).await,
         _ => {}
     }
     println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");

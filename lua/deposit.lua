@@ -1,4 +1,5 @@
--- deposit.lua: add tokens to a pool (all or nothing).
+-- deposit.lua: add a batch of tokens to a pool, all or nothing: the second step of a deposit,
+-- after deposit_reserve.lua checked the tokens and reserved their ids until `reserved_until`.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::Deposit` (vault-core), read here as locals of the same names.
 -- `tokens` is a JSON array, each {id, secret_ct, key_id, fingerprint,
@@ -6,24 +7,27 @@
 --   proxy_ct, proxy_key_id (the full proxy URL sealed, "" without credentials), binding_fp, labels (JSON text),
 --   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted (the refresh
 --   credentials with the same key as the secret).
--- Returns {"ids":[...]} | {"err":"pool_not_found"|"conflict"|"invalid_request"}.
+-- A token already in the pool with the same secret is left as it is.
+-- Returns {"ids":[...] (every token's), "unchanged":[...] (those already in)}
+--   | {"err":"pool_not_found"|"conflict"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local toks = cjson.decode(tokens)
-local reserve = setting(c, 'quota_reserve')
+local depositing = depositing_key()
+local ids, unchanged, fresh = {}, {}, {}
 for _, d in ipairs(toks) do
-  if redis.call('EXISTS', tkey(d.id)) == 1 then
-    return fail('conflict', { detail = 'token ' .. d.id .. ' already exists in this pool' })
-  end
-  if d.expires_at > 0 and d.expires_at <= NOW then
-    return fail('invalid_request', { detail = 'token ' .. d.id .. ' has already expired' })
-  end
-  if d.quota_limit ~= '' and tonumber(d.quota_limit) <= reserve then
-    return fail('invalid_request', { detail = 'token ' .. d.id .. ': quota_limit must exceed the pool\'s quota_reserve (' .. reserve .. ')' })
+  ids[#ids + 1] = d.id
+  local there = deposited(d)
+  if not there then
+    if there == nil or tonumber(redis.call('ZSCORE', depositing, d.id)) ~= reserved_until or reserved_until <= NOW then
+      return fail('conflict', { detail = 'the reservation of token ' .. d.id .. ' lapsed before it was written; deposit again' })
+    end
+    fresh[#fresh + 1] = d
+  else
+    unchanged[#unchanged + 1] = d.id
   end
 end
-local ids = {}
-for _, d in ipairs(toks) do
+for _, d in ipairs(fresh) do
   local seq = redis.call('INCR', seq_key())
   redis.call('HSET', tkey(d.id), 'id', d.id, 'state', 'active', 'seq', seq,
     'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
@@ -34,7 +38,7 @@ for _, d in ipairs(toks) do
     'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,
     'last_error', '', 'created_at', NOW, 'last_leased_at', 0, 'generation', 1)
   redis.call('SADD', K.ids, d.id)
+  redis.call('ZREM', depositing, d.id)
   back_in_rotation(d.id, load_token(d.id), c)
-  ids[#ids + 1] = d.id
 end
-return reply({ ids = ids })
+return reply({ ids = ids, unchanged = unchanged })

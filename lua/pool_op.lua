@@ -88,7 +88,7 @@ local op_fields = { 'op', 'op_id', 'op_cursor', 'op_affected', 'op_started_at', 
 if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last_affected', total) end
 if op == 'delete' then
   local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), rate_key(), seq_key(),
-    sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
+    depositing_key(), sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
   for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
     keys[#keys + 1] = vkey(view)
   end

@@ -105,6 +105,20 @@ local function idem_key(idem) return K.base .. 'idem:' .. idem end
 local function session_key(session) return K.base .. 's:' .. session end
 local function sunset_key() return K.base .. 'sunset' end
 local function seq_key() return K.base .. 'seq' end
+-- Deposits in flight (zset: token id -> reservation deadline ms): a deposit reserves its ids
+-- (deposit_reserve.lua), then writes them (deposit.lua), each in batches so that no call runs
+-- long; a reservation lapses at its deadline (the vault that made it stopped midway).
+local function depositing_key() return K.base .. 'depositing' end
+
+-- Whether deposit token `d` is in the pool already: false when it is not, true when it is with
+-- the same secret (by fingerprint: depositing it again changes nothing), nil when another token
+-- holds its id.
+local function deposited(d)
+  local fp = redis.call('HGET', tkey(d.id), 'fingerprint')
+  if not fp then return false end
+  if fp == d.fingerprint then return true end
+  return nil
+end
 
 local function reply(t) return cjson.encode(t) end
 

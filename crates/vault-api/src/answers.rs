@@ -133,12 +133,6 @@ pub struct RotationCancelled {
     pub restored: u64,
 }
 
-/// Tokens deposited.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deposited {
-    pub ids: Vec<String>,
-}
-
 /// A token's state after a transition.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenState {

@@ -136,6 +136,18 @@ async fn token_endpoints() {
     api.post("/v1/pools/p/tokens", json!({"secret": "dup", "id": "t1"}))
         .await
         .problem(409, "conflict");
+    // The same token again (a retry whose first answer was lost): in already, left as it was.
+    let again = api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"secret": "one-secret", "id": "t1"}),
+        )
+        .await;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(
+        (&again.body["ids"], &again.body["unchanged"]),
+        (&json!(["t1"]), &json!(["t1"]))
+    );
     api.post("/v1/pools/p/tokens", json!({"id": "x"}))
         .await
         .problem(400, "invalid_request");

@@ -142,6 +142,10 @@ impl PoolKeys {
     pub fn session(&self, session: &str) -> String {
         self.k(&format!("s:{session}"))
     }
+    /// Token ids reserved by deposits in flight (`depositing_key` in `lua/rules/base.lua`).
+    pub fn depositing(&self) -> String {
+        self.k("depositing")
+    }
     /// Deposit order (the `pack` strategy's sequence).
     pub fn seq(&self) -> String {
         self.k("seq")
@@ -201,6 +205,7 @@ mod tests {
             k.sunset(),
             k.due(),
             k.seq(),
+            k.depositing(),
             k.xjobs(),
             k.token(""),
             k.lease(""),

@@ -340,15 +340,16 @@ impl Store {
         Ok(restored)
     }
 
-    /// Deposit sealed tokens, all or nothing. Returns their ids.
+    /// Deposit sealed tokens, all or nothing (tokens already in with the same secret are left
+    /// as they were, and not audited again).
     pub async fn deposit_tokens(
         &self,
         actor: &Actor,
         pool: &str,
         tokens: &[SealedToken],
-    ) -> Result<Vec<String>> {
-        let ids = self.deposit(pool, tokens).await?;
-        for t in tokens {
+    ) -> Result<crate::model::Deposited> {
+        let done = self.deposit(pool, tokens).await?;
+        for t in tokens.iter().filter(|t| !done.unchanged.contains(&t.id)) {
             tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
             self.record(&AuditEntry {
                 token_id: Some(t.id.clone()),
@@ -357,7 +358,7 @@ impl Store {
             })
             .await;
         }
-        Ok(ids)
+        Ok(done)
     }
 
     pub async fn delete_token(&self, actor: &Actor, pool: &str, id: &str) -> Result<()> {

@@ -260,9 +260,23 @@ transitions! {
         force: bool,
     }
     /// Add tokens to a pool, all or nothing.
+    /// A deposit's first step: check a batch of tokens and reserve their ids.
+    DEPOSIT_RESERVE, DepositReserve => "deposit_reserve" {
+        /// JSON array of `{id, expires_at, quota_limit}`.
+        tokens: String,
+        /// The reservations' deadline, unix ms.
+        reserved_until: i64,
+    }
+    /// A deposit's second step: write a batch of tokens reserved until `reserved_until`.
     DEPOSIT, Deposit => "deposit" {
         /// JSON array of sealed tokens (`DepositToken`).
         tokens: String,
+        reserved_until: i64,
+    }
+    /// Give back the reservations of a deposit that stopped.
+    DEPOSIT_RELEASE, DepositRelease => "deposit_release" {
+        reserved_until: i64,
+        ids: Vec<String>,
     }
     /// Remove a token and everything that refers to it.
     TOKEN_DELETE, TokenDelete => "token_delete" { token_id: String }

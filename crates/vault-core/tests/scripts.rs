@@ -29,14 +29,16 @@ struct Env {
     clock: Arc<AtomicI64>,
     cipher: Cipher,
     pool: String,
+    prefix: String,
 }
 
 impl Env {
     async fn new(cfg: serde_json::Value) -> Self {
         let redis = RedisServer::start();
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let args = RedisArgs {
             redis_url: redis.url(),
-            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            prefix: prefix.clone(),
             redis_timeout_ms: 2000,
             audit_max_entries: 100_000,
             events_max_entries: 100_000,
@@ -58,6 +60,7 @@ impl Env {
             clock,
             cipher,
             pool: "p".into(),
+            prefix,
         }
     }
 
@@ -71,7 +74,7 @@ impl Env {
             .iter()
             .map(|t| t.seal(&self.cipher, &self.pool, None).unwrap())
             .collect();
-        self.store.deposit(&self.pool, &sealed).await.unwrap()
+        self.store.deposit(&self.pool, &sealed).await.unwrap().ids
     }
 
     async fn lease(&self, units: u64) -> Result<vault_core::model::LeaseGrant, VaultError> {
@@ -1121,4 +1124,184 @@ async fn completion_gives_an_older_pool_config_this_layout_and_never_recreates_o
     );
     assert_eq!(e.store.complete_pool_configs().await.unwrap(), 0);
     assert_eq!(e.redis.cli(&["KEYS", "*{gone}*"]).trim(), "");
+}
+
+fn sealed_tokens(
+    e: &Env,
+    ids: impl Iterator<Item = usize>,
+    secret: &str,
+) -> Vec<vault_core::model::SealedToken> {
+    ids.map(|i| {
+        let t: TokenInput = serde_json::from_value(
+            json!({"id": format!("t{i}"), "secret": format!("{secret}-{i}")}),
+        )
+        .unwrap();
+        t.seal(&e.cipher, &e.pool, None).unwrap()
+    })
+    .collect()
+}
+
+/// A deposit of the largest size goes to Redis in short calls (reserve every id, then write, in
+/// batches), and still lands whole or not at all: a conflict in its last batch leaves nothing
+/// of it, and no reservation behind.
+#[tokio::test]
+async fn a_large_deposit_lands_whole_or_not_at_all_in_short_calls() {
+    use vault_core::model::MAX_DEPOSIT;
+    use vault_core::store::DEPOSIT_BATCH;
+    let e = Env::new(json!({})).await;
+    let keys = vault_core::keys::Keys::new(e.prefix.as_str());
+    let (ids, depositing) = (keys.pool("p").ids(), keys.pool("p").depositing());
+    let card = |key: &str, cmd: &str| -> usize { e.redis.cli(&[cmd, key]).trim().parse().unwrap() };
+    e.store
+        .deposit(
+            "p",
+            &sealed_tokens(&e, [MAX_DEPOSIT - 1].into_iter(), "first"),
+        )
+        .await
+        .unwrap();
+
+    let refused = e
+        .store
+        .deposit("p", &sealed_tokens(&e, 0..MAX_DEPOSIT, "second"))
+        .await;
+    assert!(
+        matches!(refused, Err(VaultError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        card(&ids, "SCARD"),
+        1,
+        "nothing of the refused deposit stays"
+    );
+    assert_eq!(
+        card(&depositing, "ZCARD"),
+        0,
+        "its reservations were given back"
+    );
+
+    e.redis.cli(&["CONFIG", "RESETSTAT"]);
+    let all = e
+        .store
+        .deposit("p", &sealed_tokens(&e, 0..MAX_DEPOSIT - 1, "third"))
+        .await
+        .unwrap();
+    assert_eq!((all.ids.len(), all.unchanged.len()), (MAX_DEPOSIT - 1, 0));
+    assert_eq!(card(&ids, "SCARD"), MAX_DEPOSIT);
+    assert_eq!(card(&depositing, "ZCARD"), 0);
+    let stats = e.redis.cli(&["INFO", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(
+        calls,
+        2 * (MAX_DEPOSIT - 1).div_ceil(DEPOSIT_BATCH),
+        "{stats}"
+    );
+
+    // Tried again (its answer was lost): the same ids, nothing written twice.
+    let seq = keys.pool("p").seq();
+    let written = e.redis.cli(&["GET", &seq]);
+    let again = e
+        .store
+        .deposit("p", &sealed_tokens(&e, 0..MAX_DEPOSIT - 1, "third"))
+        .await
+        .unwrap();
+    assert_eq!((&again.ids, &again.unchanged), (&all.ids, &all.ids));
+    assert_eq!(e.redis.cli(&["GET", &seq]), written);
+    // An id held by a token with another secret is still a conflict.
+    let other = e
+        .store
+        .deposit("p", &sealed_tokens(&e, [0].into_iter(), "fourth"))
+        .await;
+    assert!(matches!(other, Err(VaultError::Conflict(_))), "{other:?}");
+}
+
+/// A deposit that stopped while writing (the first batches in, Redis failing for the rest)
+/// completes when tried again: what is in stays as it is, the rest is written.
+#[tokio::test]
+async fn a_deposit_stopped_midway_completes_when_tried_again() {
+    use vault_core::store::DEPOSIT_BATCH;
+    let e = Env::new(json!({})).await;
+    let tokens = sealed_tokens(&e, 0..3 * DEPOSIT_BATCH, "s");
+    e.store
+        .deposit("p", &tokens[..DEPOSIT_BATCH + 7])
+        .await
+        .unwrap();
+    let leased = e.lease_with(AcquireArgs::default()).await.unwrap().token_id;
+    let done = e.store.deposit("p", &tokens).await.unwrap();
+    assert_eq!(done.ids.len(), tokens.len());
+    assert_eq!(done.unchanged.len(), DEPOSIT_BATCH + 7);
+    let counts = e.store.token_counts("p").await.unwrap();
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        tokens.len() as u64,
+        "{counts:?}"
+    );
+    let meta = e.store.token_get("p", &leased).await.unwrap();
+    assert_eq!(meta.leases, 1, "a token already in is left as it is");
+}
+
+/// Deposits racing over the same ids: each lands whole or not at all, whichever wins; none
+/// leaves a reservation behind. An id a vault reserved and never wrote (it died) is free again
+/// once the reservation lapses.
+#[tokio::test]
+async fn racing_deposits_each_land_whole_or_not_at_all() {
+    use vault_core::store::DEPOSIT_BATCH;
+    let e = Env::new(json!({})).await;
+    let keys = vault_core::keys::Keys::new(e.prefix.as_str());
+    let depositing = keys.pool("p").depositing();
+    // Eight deposits of four batches each, every one overlapping its neighbours.
+    let size = 4 * DEPOSIT_BATCH;
+    let deposits: Vec<_> = (0..8)
+        .map(|k| sealed_tokens(&e, k * size / 2..k * size / 2 + size, &format!("d{k}")))
+        .collect();
+    let tasks: Vec<_> = deposits
+        .iter()
+        .cloned()
+        .map(|tokens| {
+            let store = e.store.clone();
+            tokio::spawn(async move { store.deposit("p", &tokens).await })
+        })
+        .collect();
+    let mut landed = 0;
+    for (tokens, task) in deposits.iter().zip(tasks) {
+        let outcome = task.await.unwrap();
+        let mut theirs = 0;
+        for t in tokens {
+            let meta = e.store.token_get("p", &t.id).await;
+            if meta.is_ok_and(|m| m.fingerprint == t.fingerprint) {
+                theirs += 1;
+            }
+        }
+        match outcome {
+            Ok(done) => {
+                assert_eq!((done.ids.len(), theirs), (size, size));
+                landed += 1;
+            }
+            Err(VaultError::Conflict(_)) => assert_eq!(theirs, 0, "a refused deposit left tokens"),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(landed >= 1);
+    assert_eq!(e.redis.cli(&["ZCARD", &depositing]).trim(), "0");
+
+    // A reservation nobody gives back (its vault died) holds its id until its deadline.
+    let lapses_at = (T0 + 1_000).to_string();
+    e.redis.cli(&["ZADD", &depositing, &lapses_at, "orphan"]);
+    let orphan = || {
+        let t: TokenInput = serde_json::from_value(json!({"id": "orphan", "secret": "o"})).unwrap();
+        vec![t.seal(&e.cipher, &e.pool, None).unwrap()]
+    };
+    let held = e.store.deposit("p", &orphan()).await;
+    assert!(
+        matches!(&held, Err(VaultError::Conflict(d)) if d.contains("being deposited")),
+        "{held:?}"
+    );
+    e.advance(1_000);
+    assert_eq!(
+        e.store.deposit("p", &orphan()).await.unwrap().ids,
+        ["orphan"]
+    );
 }

@@ -335,6 +335,15 @@ struct Deposited {
     lines: u64,
 }
 
+impl Deposited {
+    /// Count a deposit answer for `sent` tokens: those it names `unchanged` were already in.
+    fn tally(&mut self, answer: &Value, sent: u64) {
+        let unchanged = answer["unchanged"].as_array().map_or(0, Vec::len) as u64;
+        self.deposited += sent.saturating_sub(unchanged);
+        self.already_there += unchanged.min(sent);
+    }
+}
+
 pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
     let r = Remote::new(a)?;
     match op {
@@ -482,9 +491,10 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deposit `pending` in one request. A batch refused because some of its ids are already in the
-/// pool (a run that stopped after its answer was lost, or a file run twice) goes one by one,
-/// skipping those. On any other error, says where to resume.
+/// Deposit `pending` in one request. Tokens already in with the same secret (a run that stopped
+/// after its answer was lost, or a file run twice) are left as they were, and the vault says
+/// which; a batch refused because an id is taken by another secret goes one by one, skipping
+/// those. On any other error, says where to resume.
 async fn deposit_batch(
     r: &Remote,
     pool: &str,
@@ -506,11 +516,11 @@ async fn deposit_batch(
     let path = format!("/v1/pools/{}/tokens", seg(pool));
     let tokens: Vec<Value> = pending.iter().map(|(_, t)| t.clone()).collect();
     match r.post(&path, &json!({ "tokens": tokens })).await {
-        Ok(_) => done.deposited += tokens.len() as u64,
+        Ok(answer) => done.tally(&answer, tokens.len() as u64),
         Err(e) if e.downcast_ref::<Problem>().is_some_and(|p| p.status == 409) => {
             for (_, t) in pending.iter() {
                 match r.post(&path, &json!({ "tokens": [t] })).await {
-                    Ok(_) => done.deposited += 1,
+                    Ok(answer) => done.tally(&answer, 1),
                     Err(e) if e.downcast_ref::<Problem>().is_some_and(|p| p.status == 409) => {
                         done.already_there += 1
                     }

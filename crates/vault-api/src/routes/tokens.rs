@@ -52,7 +52,7 @@ fn parse_deposit(body: &JsonBytes) -> Result<Vec<TokenInput>, ApiError> {
     params(crate::openapi::PoolPath),
     request_body = DepositBody,
     responses(
-        (status = 201, description = "deposited, all or nothing", body = crate::answers::Deposited),
+        (status = 201, description = "deposited, all or nothing; tokens already in with the same secret are left as they were (`unchanged`)", body = vault_core::model::Deposited),
         (status = 404, description = "`pool_not_found`", body = Problem),
         (status = 409, description = "`conflict`: a token with this id exists", body = Problem),
     )
@@ -62,7 +62,7 @@ pub async fn deposit(
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
     body: JsonBytes,
-) -> Result<(StatusCode, Json<crate::answers::Deposited>), ApiError> {
+) -> Result<(StatusCode, Json<vault_core::model::Deposited>), ApiError> {
     let pool = pool_name(&pool)?;
     let tokens = parse_deposit(&body)?;
     // Tokens without refresh settings of their own take the pool's.
@@ -78,11 +78,11 @@ pub async fn deposit(
             dup.id
         )));
     }
-    let ids = s
+    let done = s
         .store
         .deposit_tokens(&(&who).into(), pool, &sealed)
         .await?;
-    Ok((StatusCode::CREATED, Json(crate::answers::Deposited { ids })))
+    Ok((StatusCode::CREATED, Json(done)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -24,6 +24,16 @@ pub struct SealedToken {
     pub refresh_pub: String,
 }
 
+/// What a deposit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Deposited {
+    /// Every token's id, in the order given.
+    pub ids: Vec<String>,
+    /// Those already in the pool with the same secret, left as they were (a deposit tried
+    /// again).
+    pub unchanged: Vec<String>,
+}
+
 /// One token in a deposit request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
