@@ -1,7 +1,6 @@
 -- deposit_reserve.lua: the first step of a deposit: check a batch of its tokens and reserve
 -- their ids until `reserved_until` (ms), so that the deposit's writes (deposit.lua) cannot
--- conflict and
--- the deposit lands whole or not at all. A reservation that lapsed is let go first.
+-- conflict and the deposit lands whole or not at all. A reservation that lapsed is let go first.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::DepositReserve` (vault-core), read here as locals of the same names.
 -- `tokens` is a JSON array of {id, fingerprint, expires_at (ms, 0 = never), quota_limit ("" = pool's)}.
