@@ -723,10 +723,18 @@ mod tests {
             "{err}"
         );
         // cjson writes an empty list as `{}`.
-        let v: reply::Deposited = typed("f", serde_json::json!({"ids": {}})).unwrap();
-        assert!(v.ids.is_empty());
-        let v: reply::Deposited = typed("f", serde_json::json!({"ids": ["a"]})).unwrap();
-        assert_eq!(v.ids, ["a"]);
-        assert!(typed::<reply::Deposited>("f", serde_json::json!({"ids": 3})).is_err());
+        let v: reply::Deposited =
+            typed("f", serde_json::json!({"ids": {}, "unchanged": {}})).unwrap();
+        assert!(v.ids.is_empty() && v.unchanged.is_empty());
+        let v: reply::Deposited =
+            typed("f", serde_json::json!({"ids": ["a"], "unchanged": ["a"]})).unwrap();
+        assert_eq!(
+            (v.ids, v.unchanged),
+            (vec!["a".to_string()], vec!["a".to_string()])
+        );
+        assert!(
+            typed::<reply::Deposited>("f", serde_json::json!({"ids": 3, "unchanged": {}})).is_err()
+        );
+        assert!(typed::<reply::Deposited>("f", serde_json::json!({"ids": ["a"]})).is_err());
     }
 }
