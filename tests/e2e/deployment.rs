@@ -788,16 +788,19 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
 /// operator would; returns how many of the moved slots carried keys.
 fn reshard(cluster: &testkit::RedisCluster, from: usize, to: usize, slots: u32) -> usize {
     let id = |n: usize| node_id(&cluster.nodes[n]);
-    let out = std::process::Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("reshard")
-        .arg(format!("127.0.0.1:{}", cluster.nodes[from].port))
-        .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
-        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster reshard runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "reshard failed:\n{text}");
+    let text = testkit::RedisCluster::cluster_cli(
+        "reshard",
+        &[
+            &format!("127.0.0.1:{}", cluster.nodes[from].port),
+            "--cluster-from",
+            &id(from),
+            "--cluster-to",
+            &id(to),
+            "--cluster-slots",
+            &slots.to_string(),
+            "--cluster-yes",
+        ],
+    );
     // `Moving slot N from A to B: ...`, a dot per key moved.
     text.lines()
         .filter(|l| l.starts_with("Moving slot") && l.trim_end().ends_with('.'))

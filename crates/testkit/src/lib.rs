@@ -56,6 +56,24 @@ fn free_cluster_port() -> u16 {
     }
 }
 
+/// Start something on a port `pick` chooses, again on another when it could not serve there
+/// (at most 5 tries): a port found free can be taken before the server binds it (by a parallel
+/// test, or an outgoing connection's ephemeral port). Err lists every try's failure.
+fn start_on_free_port<T>(
+    pick: fn() -> u16,
+    mut start: impl FnMut(u16) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = pick();
+        match start(port) {
+            Ok(started) => return Ok(started),
+            Err(why) => failures.push(format!("port {port}: {why}")),
+        }
+    }
+    Err(failures.join("\n---\n"))
+}
+
 /// Poll `f` until it returns true or `deadline` passes; returns whether it became true.
 pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
@@ -88,9 +106,7 @@ impl RedisServer {
         Self::start_on(free_port, extra_config)
     }
 
-    /// Start on a port `pick` chooses. A port found free can be taken before redis-server binds
-    /// it (by a parallel test, or an outgoing connection's ephemeral port): then the server
-    /// exits, and it starts again on another port.
+    /// Start on a port `pick` chooses (see [`start_on_free_port`]).
     fn start_on(pick: fn() -> u16, extra_config: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Self {
@@ -99,15 +115,12 @@ impl RedisServer {
             extra: extra_config.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        let mut failures = Vec::new();
-        for _ in 0..5 {
-            s.port = pick();
-            match s.spawn() {
-                Ok(()) => return s,
-                Err(why) => failures.push(format!("port {}: {why}", s.port)),
-            }
-        }
-        panic!("redis-server did not start: {}", failures.join("; "))
+        start_on_free_port(pick, |port| {
+            s.port = port;
+            s.spawn()
+        })
+        .unwrap_or_else(|why| panic!("redis-server did not start:\n{why}"));
+        s
     }
 
     /// Start redis-server on `self.port`; the reason when it does not serve there.
@@ -240,11 +253,9 @@ pub fn shared_redis() -> &'static SharedRedis {
         std::thread::Builder::new()
             .name("shared-redis".into())
             .spawn(move || {
-                let mut failures = Vec::new();
-                for _ in 0..5 {
-                    let port = free_port();
+                let started = start_on_free_port(free_port, |port| {
                     // setpriv (util-linux) arms the signal, then execs the server.
-                    let child = Command::new("setpriv")
+                    let mut child = Command::new("setpriv")
                         .args(["--pdeathsig", "KILL", "--", "redis-server"])
                         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                         .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -252,27 +263,19 @@ pub fn shared_redis() -> &'static SharedRedis {
                         .arg(std::env::temp_dir())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
-                        .spawn();
-                    let mut child = match child {
-                        Ok(c) => c,
-                        Err(e) => {
-                            failures.push(format!(
-                                "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
-                            ));
-                            break;
-                        }
-                    };
-                    match await_serving(&mut child, port) {
-                        Ok(()) => {
-                            let _ = tx.send(Ok(port));
-                            loop {
-                                std::thread::park();
-                            }
-                        }
-                        Err(why) => failures.push(format!("port {port}: {why}")),
+                        .spawn()
+                        .map_err(|e| format!(
+                            "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
+                        ))?;
+                    await_serving(&mut child, port).map(|()| port)
+                });
+                let serving = started.is_ok();
+                let _ = tx.send(started);
+                if serving {
+                    loop {
+                        std::thread::park();
                     }
                 }
-                let _ = tx.send(Err(failures.join("; ")));
             })
             .expect("spawn the shared-redis thread");
         let port = rx
@@ -486,10 +489,7 @@ impl Sentinel {
         let dir = tempfile::tempdir().expect("temp dir");
         // Sentinel rewrites its config file, so it lives in the temp dir.
         let conf = dir.path().join("sentinel.conf");
-        let mut failures = Vec::new();
-        // Again on another port when the one found free was taken before the sentinel bound it.
-        for _ in 0..5 {
-            let port = free_port();
+        start_on_free_port(free_port, |port| {
             std::fs::write(
                 &conf,
                 format!(
@@ -511,18 +511,14 @@ impl Sentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server --sentinel starts");
-            match await_serving(&mut child, port) {
-                Ok(()) => {
-                    return Sentinel {
-                        port,
-                        _dir: dir,
-                        child,
-                    }
-                }
-                Err(why) => failures.push(format!("port {port}: {why}")),
-            }
-        }
-        panic!("sentinel did not start: {}", failures.join("; "))
+            await_serving(&mut child, port).map(|()| (port, child))
+        })
+        .map(|(port, child)| Sentinel {
+            port,
+            _dir: dir,
+            child,
+        })
+        .unwrap_or_else(|why| panic!("sentinel did not start:\n{why}"))
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
@@ -559,16 +555,8 @@ impl Haproxy {
             (1..=3).contains(&replica_ports.len()),
             "deploy/haproxy.cfg names three replicas"
         );
-        let mut failures = Vec::new();
-        // Again on another port when the one found free was taken before haproxy bound it.
-        for _ in 0..5 {
-            let port = free_port();
-            match Self::start_on(port, replica_ports) {
-                Ok(h) => return h,
-                Err(why) => failures.push(format!("port {port}: {why}")),
-            }
-        }
-        panic!("haproxy did not start:\n{}", failures.join("\n---\n"))
+        start_on_free_port(free_port, |port| Self::start_on(port, replica_ports))
+            .unwrap_or_else(|why| panic!("haproxy did not start:\n{why}"))
     }
 
     fn start_on(port: u16, replica_ports: &[u16]) -> Result<Self, String> {
@@ -659,18 +647,9 @@ impl RedisCluster {
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .arg("--cluster-yes")
-            .output()
-            .expect("redis-cli --cluster create runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let mut args: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        args.push("--cluster-yes");
+        Self::cluster_cli("create", &args);
         let c = RedisCluster { nodes };
         assert!(
             wait_until(Duration::from_secs(30), || c
@@ -686,17 +665,12 @@ impl RedisCluster {
     /// out would with `redis-cli --cluster add-node`; returns its index in `nodes`.
     pub fn add_node(&mut self) -> usize {
         let node = Self::node();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("add-node")
-            .arg(format!("127.0.0.1:{}", node.port))
-            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
-            .output()
-            .expect("redis-cli --cluster add-node runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster add-node failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+        Self::cluster_cli(
+            "add-node",
+            &[
+                &format!("127.0.0.1:{}", node.port),
+                &format!("127.0.0.1:{}", self.nodes[0].port),
+            ],
         );
         self.nodes.push(node);
         // Every node knows every other, and the newcomer has learnt the slot map (until then it
@@ -710,6 +684,21 @@ impl RedisCluster {
             "the cluster did not take the new node in"
         );
         self.nodes.len() - 1
+    }
+
+    /// `redis-cli --cluster <command> <args>`, which must succeed; its output.
+    pub fn cluster_cli(command: &str, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--cluster", command])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli --cluster {command} does not run: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster {command} failed:\n{text}"
+        );
+        text
     }
 
     /// `redis+cluster://` URL naming every node.
