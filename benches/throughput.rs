@@ -214,21 +214,28 @@ async fn http_open(bases: &[String], rate: f64) -> Figures {
     }
 }
 
+/// A field of the transition command's line (`FCALL`, or `EVALSHA` on older builds) of
+/// `INFO commandstats`.
+fn fcall_stat(stats: &str, field: &str) -> Option<f64> {
+    stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cmdstat_fcall:")
+                .or_else(|| l.strip_prefix("cmdstat_evalsha:"))
+        })?
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Redis's own time (`INFO commandstats`) since the last `CONFIG RESETSTAT`: µs per call of the
 /// transition command (`FCALL`, or `EVALSHA` on older builds). Prints the other commands: those
 /// run inside the functions, and any round trip that is not the work itself.
 fn redis_time(redis: &RedisServer) -> f64 {
     let stats = redis.cli(&["INFO", "commandstats"]);
-    let field = |line: &str, name: &str| {
-        line.split(',')
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    let per_call = stats
-        .lines()
-        .find(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| field(l, "usec_per_call="))
-        .unwrap_or(f64::NAN);
+    let per_call = fcall_stat(&stats, "usec_per_call").unwrap_or(f64::NAN);
     let others: Vec<String> = stats
         .lines()
         .filter(|l| {
@@ -318,8 +325,8 @@ async fn deposit_cost(redis: &RedisServer, store: &Store, cipher: &Cipher) {
         redis.cli(&["SLOWLOG", "RESET"]);
         redis.cli(&["CONFIG", "RESETSTAT"]);
         store.deposit("deposits", &sealed).await.unwrap();
-        // Entries: [id, time, duration µs, [command, args...], ...].
-        let log: Vec<(i64, i64, i64, Vec<String>)> = redis::cmd("SLOWLOG")
+        // Entries: [id, time, duration µs, [command, args...], ...]: the FCALLs' durations.
+        let calls: Vec<i64> = redis::cmd("SLOWLOG")
             .arg("GET")
             .arg(1000)
             .query_async::<Vec<redis::Value>>(&mut conn)
@@ -330,24 +337,17 @@ async fn deposit_cost(redis: &RedisServer, store: &Store, cipher: &Cipher) {
                 let redis::Value::Array(f) = entry else {
                     return None;
                 };
-                let num = |v: &redis::Value| redis::from_redis_value::<i64>(v.clone()).ok();
-                let args = redis::from_redis_value::<Vec<String>>(f.get(3)?.clone()).ok()?;
-                Some((num(&f[0])?, num(&f[1])?, num(&f[2])?, args))
+                let command = redis::from_redis_value::<Vec<String>>(f.get(3)?.clone()).ok()?;
+                command
+                    .first()?
+                    .eq_ignore_ascii_case("fcall")
+                    .then_some(())?;
+                redis::from_redis_value::<i64>(f.get(2)?.clone()).ok()
             })
             .collect();
-        let calls: Vec<i64> = log
-            .iter()
-            .filter(|e| e.3.first().is_some_and(|c| c.eq_ignore_ascii_case("fcall")))
-            .map(|e| e.2)
-            .collect();
-        let stats = redis.cli(&["INFO", "commandstats"]);
-        let total = stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_fcall:"))
-            .and_then(|l| l.split(',').find_map(|kv| kv.strip_prefix("usec=")))
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or_else(|| panic!("no FCALL in {stats}"));
-        request_us.push(total);
+        let total = fcall_stat(&redis.cli(&["INFO", "commandstats"]), "usec")
+            .unwrap_or_else(|| panic!("no FCALL in INFO commandstats"));
+        request_us.push(total as i64);
         longest_call_us = longest_call_us.max(calls.into_iter().max().unwrap_or(0));
     }
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]);

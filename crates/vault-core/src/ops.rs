@@ -349,7 +349,9 @@ impl Store {
         tokens: &[SealedToken],
     ) -> Result<crate::model::Deposited> {
         let done = self.deposit(pool, tokens).await?;
-        for t in tokens.iter().filter(|t| !done.unchanged.contains(&t.id)) {
+        let unchanged: std::collections::HashSet<&str> =
+            done.unchanged.iter().map(String::as_str).collect();
+        for t in tokens.iter().filter(|t| !unchanged.contains(t.id.as_str())) {
             tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
             self.record(&AuditEntry {
                 token_id: Some(t.id.clone()),
