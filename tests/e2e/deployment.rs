@@ -221,17 +221,13 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
     let token = json!({"id": "o1", "secret": "old", "refresh": {"kind": "oauth2_refresh_token",
         "token_url": idp.url("/token"), "refresh_token": "rt", "client_id": "cid", "client_secret": "cs"}});
     assert_eq!(api.post("/v1/pools/oauth/tokens", token).await.status, 201);
+    // Its provider call is held past the kill: the call times out only 4.5 s after it began, a
+    // margin for a slow machine between the call arriving and the kill.
     let refresher_env = [
-        ("TV_REFRESH_VISIBILITY_MS", "3000"),
-        ("TV_REFRESH_HTTP_TIMEOUT_MS", "1500"),
+        ("TV_REFRESH_VISIBILITY_MS", "6000"),
+        ("TV_REFRESH_HTTP_TIMEOUT_MS", "4500"),
     ];
     let mut refresher_a = dep.refresher(&refresher_env);
-    assert_eq!(
-        api.post("/v1/pools/oauth/tokens/o1/refresh", json!({}))
-            .await
-            .status,
-        202
-    );
 
     // Event clients through the balancer: round robin puts one on each replica.
     let seen: Vec<_> = (0..3)
@@ -252,10 +248,25 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
     );
     assert!(wait_until(Duration::from_secs(30), || fcalls(&redis) > 500));
 
-    // The refresher holding a claimed job dies; the second one takes the job over.
-    assert!(wait_until(Duration::from_secs(10), || idp.calls().len() == 1));
-    let _refresher_b = dep.refresher(&refresher_env);
+    // Under the load, the refresher holding a claimed job dies; the second one takes it over.
+    assert_eq!(
+        api.post("/v1/pools/oauth/tokens/o1/refresh", json!({}))
+            .await
+            .status,
+        202
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !idp.calls().is_empty()),
+        "the refresher did not call the provider:\n{}",
+        refresher_a.output()
+    );
     refresher_a.kill();
+    assert_eq!(
+        idp.calls().len(),
+        1,
+        "the held call was given up before the kill"
+    );
+    let _refresher_b = dep.refresher(&refresher_env);
 
     // SIGKILL a replica and start it again on its port.
     replicas[0].child.kill();

@@ -33,6 +33,8 @@ pub(crate) struct Answer {
     pub(crate) acked: Option<u64>,
     pub(crate) status: u16,
     pub(crate) code: String,
+    /// The transport error when there was no answer.
+    pub(crate) error: String,
     pub(crate) body: Value,
 }
 
@@ -43,6 +45,7 @@ impl Answer {
             acked: self.acked,
             status: self.status,
             code: self.code.clone(),
+            error: self.error.clone(),
             op,
         }
     }
@@ -113,16 +116,20 @@ impl Vault {
             req = req.header("Idempotency-Key", k);
         }
         let sent = self.now();
-        let (status, body) = match req.send().await {
+        let (status, body, error) = match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 match resp.bytes().await {
-                    Ok(b) => (status, serde_json::from_slice(&b).unwrap_or(Value::Null)),
+                    Ok(b) => (
+                        status,
+                        serde_json::from_slice(&b).unwrap_or(Value::Null),
+                        String::new(),
+                    ),
                     // The answer was cut off: as good as no answer.
-                    Err(_) => (0, Value::Null),
+                    Err(e) => (0, Value::Null, transport_error(&e)),
                 }
             }
-            Err(_) => (0, Value::Null),
+            Err(e) => (0, Value::Null, transport_error(&e)),
         };
         let acked = (status != 0).then(|| self.now());
         let code = body
@@ -135,6 +142,7 @@ impl Vault {
             acked,
             status,
             code,
+            error,
             body,
         }
     }
@@ -186,8 +194,21 @@ fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
     })
 }
 
-/// A worker: lease, use a little, sometimes renew, report. A request without an answer is tried
-/// once more (a lease with the same Idempotency-Key, so a retry never leaks a second lease).
+/// A transport error with its causes: reqwest's own message ("error sending request") says
+/// nothing of whether the connection was refused, reset or timed out.
+fn transport_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A worker: lease, use a little, sometimes renew, report. A lease or release without an answer
+/// is tried once more ([`send_retrying_once`]).
 async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
     let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(n as u64 * 7919));
     while Instant::now() < until {
@@ -197,29 +218,14 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
         let body = json!({"worker": format!("check-{n}"), "units": units, "ttl_s": ttl_s});
         let idem = uuid::Uuid::new_v4().to_string();
         let path = format!("/v1/pools/{pool}/leases");
-        let mut a = v
-            .call(Method::POST, &path, Some(&body), Some(&idem), None)
-            .await;
-        for attempt in 0..2 {
-            let g = (a.status == 201)
+        let a = send_retrying_once(&v, &mut rng, &path, &body, Some(&idem), |a| Op::Lease {
+            pool: pool.clone(),
+            units,
+            grant: (a.status == 201)
                 .then(|| grant(&a.body, ttl_s * 1000))
-                .flatten();
-            v.record(
-                &a,
-                Op::Lease {
-                    pool: pool.clone(),
-                    units,
-                    grant: g,
-                },
-            );
-            if attempt == 0 && a.lost() {
-                a = v
-                    .call(Method::POST, &path, Some(&body), Some(&idem), None)
-                    .await;
-            } else {
-                break;
-            }
-        }
+                .flatten(),
+        })
+        .await;
         match a.status {
             201 => {}
             423 => {
@@ -278,21 +284,40 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
             record_rotate(&v, &a, release, &pool, g.units, ttl_s * 1000);
             continue;
         }
-        for attempt in 0..2 {
-            let a = v
-                .post(&format!("{lease_path}/release"), report.clone())
-                .await;
-            v.record(&a, release.clone());
-            if !a.lost() {
-                break;
-            }
-            if attempt == 0 {
-                v.retried.fetch_add(1, Ordering::Relaxed);
-            } else {
-                v.gave_up.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let path = format!("{lease_path}/release");
+        send_retrying_once(&v, &mut rng, &path, &report, None, |_| release.clone()).await;
     }
+}
+
+/// POST a worker's request and log it as `op(answer)`. An answer lost on the way (a replica
+/// killed mid-request, a connection the balancer closed) is sent once more, as a worker would:
+/// after a pause of 200-500 ms, by which the balancer has seen the dead connections go, and
+/// with the same Idempotency-Key, so a retried lease never leaks a second one.
+async fn send_retrying_once(
+    v: &Vault,
+    rng: &mut StdRng,
+    path: &str,
+    body: &Value,
+    idempotency_key: Option<&str>,
+    op: impl Fn(&Answer) -> Op,
+) -> Answer {
+    let a = v
+        .call(Method::POST, path, Some(body), idempotency_key, None)
+        .await;
+    v.record(&a, op(&a));
+    if !a.lost() {
+        return a;
+    }
+    v.retried.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(200..500))).await;
+    let a = v
+        .call(Method::POST, path, Some(body), idempotency_key, None)
+        .await;
+    v.record(&a, op(&a));
+    if a.lost() {
+        v.gave_up.fetch_add(1, Ordering::Relaxed);
+    }
+    a
 }
 
 /// A rotate is a release and a lease in one step: logged as both, at the same times. The
@@ -307,8 +332,10 @@ fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, units: u64, ttl
         } else {
             a.code.clone()
         },
+        error: a.error.clone(),
         body: Value::Null,
-        ..*a
+        sent: a.sent,
+        acked: a.acked,
     };
     v.record(&as_release, release);
     v.record(
@@ -643,6 +670,7 @@ mod tests {
             acked: (status != 0).then_some(20),
             status,
             code: code.into(),
+            error: String::new(),
             body: Value::Null,
         }
     }

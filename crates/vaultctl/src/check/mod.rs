@@ -185,6 +185,15 @@ pub(crate) async fn run(
         v.retried.load(std::sync::atomic::Ordering::Relaxed),
         v.gave_up.load(std::sync::atomic::Ordering::Relaxed)
     );
+    // What each lost answer was, so a run that lost too many explains itself.
+    for r in log.iter().filter(|r| r.ambiguous()).take(20) {
+        let what = if r.status == 0 {
+            r.error.clone()
+        } else {
+            format!("HTTP {} {}", r.status, r.code)
+        };
+        println!("  {} at {:.3} s: {what}", r.op.name(), r.sent as f64 / 1e6);
+    }
     println!("violations: {}", violations.len());
     for x in violations.iter().take(50) {
         println!("  {}: {}", x.invariant, x.detail);

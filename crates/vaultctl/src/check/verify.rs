@@ -20,6 +20,9 @@ pub(crate) struct Rec {
     /// The problem `code` of a refusal ("" otherwise).
     #[serde(default)]
     pub(crate) code: String,
+    /// Why there was no answer (the transport error), "" when there was one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) error: String,
     pub(crate) op: Op,
 }
 
@@ -558,6 +561,7 @@ mod tests {
             acked: Some(acked),
             status,
             code: String::new(),
+            error: String::new(),
             op,
         }
     }
