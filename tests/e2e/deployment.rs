@@ -311,7 +311,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         .unwrap();
     println!("{out}");
     assert!(
-        out.contains("0 lost again after the retry"),
+        out.contains(", 0 lost again after the retry"),
         "a worker saw more than a retry:\n{out}"
     );
 
