@@ -236,7 +236,7 @@ async fn master_key_rotation_with_reencrypt() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("3 re-sealed") && text.contains("1 already current"),
+        text.contains(": 3 re-sealed") && text.contains(", 1 already current"),
         "{text}"
     );
     for id in ["a", "b"] {
@@ -275,7 +275,7 @@ async fn master_key_rotation_with_reencrypt() {
     );
     let again = String::from_utf8_lossy(&reencrypt(None).stdout).into_owned();
     assert!(
-        again.contains("0 re-sealed") && again.contains("4 already current"),
+        again.contains(": 0 re-sealed") && again.contains(", 4 already current"),
         "{again}"
     );
 
@@ -333,7 +333,7 @@ async fn reencrypt_seals_a_legacy_pool_client_secret() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("1 re-sealed"),
+        out.status.success() && text.contains(": 1 re-sealed"),
         "{text}"
     );
     for (key, value) in dump_everything(&t.dep.redis_url).await {
