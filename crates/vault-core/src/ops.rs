@@ -59,21 +59,15 @@ impl Store {
     /// Publish `first`, then a `lease.revoked` for each `(token id, lease id)` it ended, so
     /// every holder learns at once. Failures are logged (the transition stands).
     pub async fn announce(&self, first: VaultEvent, leases: &[(Option<String>, String)]) {
-        self.announce_one(&first).await;
-        for (token_id, lease_id) in leases {
-            let e = VaultEvent {
-                kind: "lease.revoked".into(),
-                token_id: token_id.clone().or_else(|| first.token_id.clone()),
-                lease_id: Some(lease_id.clone()),
-                ..first.clone()
-            };
-            self.announce_one(&e).await;
-        }
-    }
-
-    async fn announce_one(&self, e: &VaultEvent) {
-        if let Err(err) = self.publish_event(e).await {
-            tracing::error!(error = %err, kind = %e.kind, "event could not be published");
+        let ended = leases.iter().map(|(token_id, lease_id)| VaultEvent {
+            kind: "lease.revoked".into(),
+            token_id: token_id.clone().or_else(|| first.token_id.clone()),
+            lease_id: Some(lease_id.clone()),
+            ..first.clone()
+        });
+        let events: Vec<_> = std::iter::once(first.clone()).chain(ended).collect();
+        if let Err(err) = self.publish_events(&events).await {
+            tracing::error!(error = %err, kind = %events[0].kind, count = events.len(), "events could not be published");
         }
     }
 

@@ -3,18 +3,23 @@
 use super::*;
 
 impl Store {
-    /// Append `e` to the event stream and publish it; returns the event id.
-    pub async fn publish_event(&self, e: &VaultEvent) -> Result<String> {
-        let json = serde_json::to_string(e).expect("events serialize");
+    /// Append `events` to the event stream and publish each, in order, [`EVENT_BATCH`] per
+    /// call.
+    pub async fn publish_events(&self, events: &[VaultEvent]) -> Result<()> {
         let key = self.keys.events();
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(&*scripts::PUBLISH_EVENT)
-            .arg(2)
-            .arg(&key)
-            .arg(&key)
-            .arg(self.events_max)
-            .arg(&json);
-        self.fcall(&cmd).await
+        for batch in events.chunks(EVENT_BATCH) {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg(&*scripts::PUBLISH_EVENT)
+                .arg(2)
+                .arg(&key)
+                .arg(&key)
+                .arg(self.events_max);
+            for e in batch {
+                cmd.arg(serde_json::to_string(e).expect("events serialize"));
+            }
+            let _last_id: String = self.fcall(&cmd).await?;
+        }
+        Ok(())
     }
 
     /// The id of the newest event, if any.

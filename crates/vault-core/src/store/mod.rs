@@ -56,6 +56,10 @@ pub const POOL_OP_BATCH: usize = 100;
 /// longest measured, `TV_BENCH_ONLY=deposit cargo bench --bench throughput`).
 pub const DEPOSIT_BATCH: usize = 50;
 
+/// Events one `publish_event` call appends and publishes: an `XADD` and a `PUBLISH` each, well
+/// under a millisecond a call.
+pub const EVENT_BATCH: usize = 100;
+
 /// How long a deposit's ids stay reserved for it: far longer than a deposit takes (40 calls
 /// for the largest), short enough that ids reserved by a vault that died midway are free again
 /// soon.
