@@ -11,6 +11,7 @@
 //!       Redis's own time per script call from INFO commandstats);
 //!   (d) Redis memory per token at 100,000 tokens;
 //!   (e) cycles/s through haproxy (deploy/haproxy.cfg) in front of 1, 2 and 3 replicas.
+//! TV_BENCH_ONLY=c, c100, deposit or freeze runs one measurement alone (see main).
 //! The load generator shares the machine with Redis and the replicas.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -359,6 +360,40 @@ async fn deposit_cost(redis: &RedisServer, store: &Store, cipher: &Cipher) {
     );
 }
 
+/// A freeze with `revoke_leases` on pools of 250 and 2,000 live leases: how long the whole
+/// operation takes (ending the leases in batches, announcing each, the audit entry), median of
+/// three.
+async fn freeze_cost(store: &Store, cipher: &Cipher) {
+    let actor = vault_core::ops::Actor::process("bench");
+    for leases in [250, 2000] {
+        let mut took = Vec::new();
+        for run in 0..3 {
+            let pool = format!("freeze-{leases}-{run}");
+            make_pool(store, cipher, &pool, 10).await;
+            for _ in 0..leases {
+                let args = AcquireArgs {
+                    lease_id: uuid::Uuid::new_v4().to_string(),
+                    units: 1,
+                    ..Default::default()
+                };
+                store.acquire(&pool, &args).await.unwrap();
+            }
+            let t = Instant::now();
+            let ended = store
+                .freeze_pool(&actor, &pool, true, "bench")
+                .await
+                .unwrap();
+            took.push(t.elapsed());
+            assert_eq!(ended.len(), leases);
+        }
+        took.sort_unstable();
+        println!(
+            "(freeze) ending and announcing {leases} leases: {:.1} ms (median of 3)",
+            took[1].as_secs_f64() * 1000.0
+        );
+    }
+}
+
 fn start_vault(
     redis: &RedisServer,
     prefix: &str,
@@ -412,6 +447,7 @@ async fn main() {
             return;
         }
         Ok("deposit") => return deposit_cost(&redis, &store, &cipher).await,
+        Ok("freeze") => return freeze_cost(&store, &cipher).await,
         _ => {}
     }
     println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");
