@@ -259,7 +259,6 @@ transitions! {
         /// Delete even while it holds tokens.
         force: bool,
     }
-    /// Add tokens to a pool, all or nothing.
     /// A deposit's first step: check a batch of tokens and reserve their ids.
     DEPOSIT_RESERVE, DepositReserve => "deposit_reserve" {
         /// JSON array of `{id, expires_at, quota_limit}`.
