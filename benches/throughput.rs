@@ -218,17 +218,8 @@ async fn http_open(bases: &[String], rate: f64) -> Figures {
 /// A field of the transition command's line (`FCALL`, or `EVALSHA` on older builds) of
 /// `INFO commandstats`.
 fn fcall_stat(stats: &str, field: &str) -> Option<f64> {
-    stats
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cmdstat_fcall:")
-                .or_else(|| l.strip_prefix("cmdstat_evalsha:"))
-        })?
-        .split(',')
-        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
-        .trim()
-        .parse()
-        .ok()
+    testkit::command_stat(stats, "fcall", field)
+        .or_else(|| testkit::command_stat(stats, "evalsha", field))
 }
 
 /// Redis's own time (`INFO commandstats`) since the last `CONFIG RESETSTAT`: µs per call of the

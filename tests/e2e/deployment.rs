@@ -381,14 +381,7 @@ async fn pool_p_with_a_and_b(api: &crate::harness::Api) {
 
 /// How many functions Redis has run.
 fn fcalls(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find(|l| l.starts_with("cmdstat_fcall:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|n| n.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    redis.command_stat("fcall", "calls").unwrap_or(0.0) as u64
 }
 
 /// One field of a `SENTINEL master` answer (alternating name and value lines).

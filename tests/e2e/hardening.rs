@@ -540,15 +540,7 @@ async fn sweeps_cost_follows_the_work_due_not_the_pools() {
         }
     })
     .await;
-    let stat = |name: &str| -> u64 {
-        let info = t.redis.cli(&["INFO", "commandstats"]);
-        info.lines()
-            .find(|l| l.starts_with(&format!("cmdstat_{name}:")))
-            .and_then(|l| l.split("calls=").nth(1))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let stat = |name: &str| -> u64 { t.redis.command_stat(name, "calls").unwrap_or(0.0) as u64 };
     t.redis.cli(&["CONFIG", "RESETSTAT"]);
     let _janitor = t.dep.janitor(100);
     let _refresher = t.dep.refresher(&[]);

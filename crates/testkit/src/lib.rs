@@ -215,6 +215,24 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)
     }
+
+    /// One field (`calls`, `usec`, `usec_per_call`) of `command`'s line in
+    /// `INFO commandstats` (since the last `CONFIG RESETSTAT`); None before it first ran.
+    pub fn command_stat(&self, command: &str, field: &str) -> Option<f64> {
+        command_stat(&self.cli(&["INFO", "commandstats"]), command, field)
+    }
+}
+
+/// One field of `command`'s line (`cmdstat_<command>:calls=..,usec=..,...`) in the text of
+/// `INFO commandstats`.
+pub fn command_stat(info: &str, command: &str, field: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))?
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Drop for RedisServer {
@@ -790,6 +808,21 @@ mod tests {
         let pid = server.child.as_ref().unwrap().id();
         assert!(listens(pid, server.port));
         assert!(redis_ping(server.port));
+    }
+
+    #[test]
+    fn command_stat_reads_one_field_of_one_command() {
+        let info = "# Commandstats\r\n\
+            cmdstat_fcall_ro:calls=9,usec=90,usec_per_call=10.00\r\n\
+            cmdstat_fcall:calls=4,usec=50,usec_per_call=12.50,rejected_calls=0\r\n";
+        assert_eq!(command_stat(info, "fcall", "calls"), Some(4.0));
+        assert_eq!(command_stat(info, "fcall", "usec"), Some(50.0));
+        assert_eq!(command_stat(info, "fcall", "usec_per_call"), Some(12.5));
+        assert_eq!(command_stat(info, "evalsha", "calls"), None);
+        let server = RedisServer::start();
+        assert_eq!(server.command_stat("fcall", "calls"), None);
+        server.cli(&["SET", "k", "v"]);
+        assert_eq!(server.command_stat("set", "calls"), Some(1.0));
     }
 
     #[test]

@@ -1143,12 +1143,9 @@ fn sealed_tokens(
 
 /// Function calls Redis ran since `CONFIG RESETSTAT`.
 fn fcalls_since_reset(e: &Env) -> usize {
-    let stats = e.redis.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no FCALL in {stats}"))
+    e.redis
+        .command_stat("fcall", "calls")
+        .expect("no FCALL in INFO commandstats") as usize
 }
 
 /// A freeze that ends many leases announces each, in order after `pool.frozen`, in a few calls
