@@ -16,8 +16,15 @@ from tokenvault import Vault
 selenium = pytest.importorskip("selenium")  # installed by scripts/setup.sh; see tests/e2e/python.rs
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# The page re-renders its rows whenever an event arrives: an element found a moment ago may be
+# gone. So no element is held across a wait; each helper finds it again inside the wait, and a
+# stale one just means "not yet". The deadline is far: a busy machine is slow, not wrong.
+DEADLINE_S = 60
 
 
 def chromium_paths():
@@ -42,9 +49,42 @@ def browser():
     driver.quit()
 
 
-def wait_for(driver, css, timeout=20):
-    WebDriverWait(driver, timeout).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
-    return driver.find_element(By.CSS_SELECTOR, css)
+def until(driver, condition):
+    """Wait for `condition(driver)` to be truthy, a stale element counting as not yet."""
+    return WebDriverWait(driver, DEADLINE_S,
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
+
+
+def wait_for(driver, css):
+    """Wait until an element matching `css` is on the page."""
+    until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, css))
+
+
+def wait_text(driver, css, want):
+    """Wait until the element matching `css` has a text for which `want(text)` holds; returns
+    that text (read in the same step that found the element)."""
+    def text(d):
+        t = d.find_element(By.CSS_SELECTOR, css).text
+        return t if want(t) else None
+    return until(driver, text)
+
+
+def click(driver, css):
+    """Click the element matching `css`, finding it again if the page re-rendered it."""
+    def clicked(d):
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    until(driver, clicked)
+
+
+def type_into(driver, css, text):
+    """Clear the input matching `css` and type `text` into it, in one step."""
+    def typed(d):
+        box = d.find_element(By.CSS_SELECTOR, css)
+        box.clear()
+        box.send_keys(text)
+        return True
+    until(driver, typed)
 
 
 def test_the_page_is_locked_down(vault_server):
@@ -69,20 +109,16 @@ def test_dashboard_shows_a_pool_and_follows_a_revocation_live(vault_server, pool
 
     browser.get(vault_server.url + "/ui")
     # A token the vault does not accept is refused on the page.
-    wait_for(browser, "#token").send_keys("not-a-token")
-    browser.find_element(By.ID, "signin").click()
-    WebDriverWait(browser, 20).until(
-        lambda d: "not accepted" in d.find_element(By.ID, "signin-err").text)
+    type_into(browser, "#token", "not-a-token")
+    click(browser, "#signin")
+    wait_text(browser, "#signin-err", lambda t: "not accepted" in t)
 
-    box = browser.find_element(By.ID, "token")
-    box.clear()
-    box.send_keys(vault_server.admin)
-    browser.find_element(By.ID, "signin").click()
+    type_into(browser, "#token", vault_server.admin)
+    click(browser, "#signin")
     row = f'tr[data-pool="{pool}"]'
     wait_for(browser, f'{row} [data-state="active"][data-count="2"]')
     wait_for(browser, f'{row} [data-state="leased"][data-count="1"]')
-    WebDriverWait(browser, 20).until(
-        lambda d: d.find_element(By.ID, "live-text").text == "events: live")
+    wait_text(browser, "#live-text", lambda t: t == "events: live")
     # Everything after this happens without a reload.
     browser.execute_script("window.__same_page = 42")
 
@@ -90,18 +126,18 @@ def test_dashboard_shows_a_pool_and_follows_a_revocation_live(vault_server, pool
     wait_for(browser, f'{row} [data-state="revoked"][data-count="1"]')
     wait_for(browser, f'{row} [data-state="leased"][data-count="0"], '
                       f'{row}:not(:has([data-state="leased"]))')
-    event = wait_for(browser, '#events li[data-event="token.revoked"]')
-    assert pool in event.text and lease.token_id in event.text
+    wait_text(browser, '#events li[data-event="token.revoked"]',
+              lambda t: pool in t and lease.token_id in t)
 
     # An admin freezes the pool from its button; the vault says so and so does the page.
-    browser.find_element(By.CSS_SELECTOR, f'{row} button[data-action="freeze"]').click()
-    WebDriverWait(browser, 10).until(lambda d: d.switch_to.alert).accept()
+    click(browser, f'{row} button[data-action="freeze"]')
+    until(browser, expected_conditions.alert_is_present()).accept()
     wait_for(browser, f'{row} [data-frozen="1"]')
     assert vault.pool_status(pool)["frozen"] is True
     wait_for(browser, '#events li[data-event="pool.frozen"]')
 
     # The token list, with a revoke button per live token.
-    browser.find_element(By.CSS_SELECTOR, row).click()
+    click(browser, row)
     wait_for(browser, f'tr[data-tokens-of="{pool}"] button[data-revoke]')
     assert browser.execute_script("return window.__same_page") == 42
     shot = os.environ.get("TV_UI_SCREENSHOT")

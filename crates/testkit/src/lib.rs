@@ -460,13 +460,20 @@ impl Child {
         }
     }
 
+    /// Send it a signal by name (`"INT"`, `"TERM"`), without waiting for anything.
+    pub fn signal(&self, name: &str) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGTERM, then wait up to `grace` before SIGKILL. Returns the exit status.
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM");
         let c = self.child.as_mut()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
         let end = Instant::now() + grace;
         while Instant::now() < end {
             if let Ok(Some(st)) = c.try_wait() {

@@ -57,10 +57,23 @@ impl JsonBytes {
         self.0.iter().all(u8::is_ascii_whitespace)
     }
 
-    /// Deserialize, with errors that say where the body is wrong and never what it held.
+    /// Deserialize, with errors that say where the body is wrong and never what it held. The
+    /// body is one JSON value and nothing else: anything but whitespace after it is refused
+    /// (`invalid_json`), never silently dropped.
     pub fn parse<T: DeserializeOwned>(&self, what: &str) -> Result<T, ApiError> {
-        let de = &mut serde_json::Deserializer::from_slice(&self.0);
-        serde_path_to_error::deserialize(de).map_err(|e| json_error(what, e))
+        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(what, e))?;
+        de.end().map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!(
+                    "{what}: {} (a body is one JSON value)",
+                    without_values(&e.to_string())
+                ),
+            )
+        })?;
+        Ok(value)
     }
 }
 
@@ -114,12 +127,19 @@ where
 }
 
 /// A body that does not deserialize: where it is wrong (the field path), never what it held.
+/// A body that is not JSON at all (a syntax error, cut short) is `invalid_json`; JSON of the
+/// wrong shape or with values out of bounds is `invalid_request`.
 pub(crate) fn json_error(what: &str, e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    ApiError::invalid(format!(
+    let detail = format!(
         "{what} at `{}`: {}",
         e.path(),
         without_values(&e.inner().to_string())
-    ))
+    );
+    if e.inner().is_syntax() || e.inner().is_eof() {
+        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", detail)
+    } else {
+        ApiError::invalid(detail)
+    }
 }
 
 /// An error message with every quoted value left out: say where the body is wrong, never

@@ -95,7 +95,7 @@ pub fn finish(api: &mut utoipa::openapi::OpenApi) {
 const COMMON: [(&str, &str); 4] = [
     (
         "400",
-        "`invalid_request`: the body, path or query is malformed or out of bounds",
+        "`invalid_request`: the body, path or query is malformed or out of bounds; `invalid_json`: the body is not one JSON value (a syntax error, a body cut short, or anything but whitespace after the value)",
     ),
     (
         "401",

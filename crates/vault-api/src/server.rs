@@ -112,6 +112,116 @@ fn refused(reason: &'static str) {
     metrics::counter!("tv_http_connections_refused_total", "reason" => reason).increment(1);
 }
 
+/// Over-cap connections being answered at once; past this many, the rest are closed without an
+/// answer, so refusing cannot itself hold the replica's descriptors.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// How long an over-cap connection gets to send its first request head, and how much of it is
+/// read: the refusal reads that one head and nothing more.
+const REFUSAL_READ: Duration = Duration::from_secs(2);
+const REFUSAL_HEAD_MAX: usize = 16 * 1024;
+/// When an over-cap client may try again: connections come free as others close.
+const REFUSAL_RETRY_AFTER_S: u64 = 2;
+
+/// A place among the refusals in flight, given back on drop.
+struct Refusing(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Refusing {
+    fn take(in_flight: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        in_flight
+            .fetch_update(SeqCst, SeqCst, |n| {
+                (n < MAX_REFUSALS_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Refusing(in_flight.clone()))
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Answer a connection over a cap with a short 503 `too_many_connections` (with `Retry-After`)
+/// and close it, so the client can tell the cap from a crash. Only an HTTP/1 request head that
+/// arrives within [`REFUSAL_READ`] is answered; anything else (silence, HTTP/2, a head over
+/// [`REFUSAL_HEAD_MAX`]) is just closed.
+async fn refuse(mut stream: tokio::net::TcpStream, cap: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(());
+            }
+            if head.len() >= REFUSAL_HEAD_MAX {
+                return None;
+            }
+        }
+    };
+    if !matches!(
+        tokio::time::timeout(REFUSAL_READ, read_head).await,
+        Ok(Some(()))
+    ) {
+        return;
+    }
+    if head.starts_with(b"PRI * HTTP/2.0") {
+        return; // HTTP/2 with prior knowledge: an HTTP/1 answer would be garbage to it
+    }
+    let detail = format!(
+        "this replica is at its cap of open connections {cap}; close idle ones or retry in {REFUSAL_RETRY_AFTER_S} s"
+    );
+    let mut problem = crate::error::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        detail,
+    );
+    problem.retry_after_s = Some(REFUSAL_RETRY_AFTER_S);
+    let answer = axum::response::IntoResponse::into_response(problem);
+    let mut text = format!("HTTP/1.1 {}\r\n", answer.status());
+    for (name, value) in answer.headers() {
+        text.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().unwrap_or_default()
+        ));
+    }
+    let Ok(body) = axum::body::to_bytes(answer.into_body(), 64 * 1024).await else {
+        return;
+    };
+    text.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let written = async {
+        stream.write_all(text.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    if !matches!(
+        tokio::time::timeout(REFUSAL_READ, written).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    // Read (and drop) what the client still sends, such as a request body, before closing:
+    // closing with unread data resets the connection, which can destroy the answer in flight.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut buf = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// How a replica stops once told to.
 #[derive(Debug, Clone, Copy)]
 pub struct Stopping {
@@ -147,6 +257,7 @@ pub async fn serve(
         limits,
         open: Mutex::new((0, HashMap::new())),
     });
+    let refusing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut drain_end: Option<tokio::time::Instant> = None;
@@ -172,11 +283,22 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(drain_end.unwrap_or_else(tokio::time::Instant::now)), if drain_end.is_some() => break,
         };
-        // Over a cap: closed at once, so one client cannot hold the replica's descriptors.
+        // Over a cap: answered 503 and closed, within a bounded budget of its own, so one
+        // client cannot hold the replica's descriptors.
         let admitted = match admission.admit(peer.ip()) {
             Ok(a) => a,
             Err(reason) => {
                 refused(reason);
+                if let Some(place) = Refusing::take(&refusing) {
+                    let cap = match reason {
+                        "max_connections_per_addr" => "from one address",
+                        _ => "in total",
+                    };
+                    tokio::spawn(async move {
+                        let _place = place;
+                        refuse(stream, cap).await;
+                    });
+                }
                 continue;
             }
         };

@@ -86,7 +86,27 @@ async fn pools_endpoints() {
         .header("content-type", "application/json")
         .body(Body::from("{\"quota"))
         .unwrap();
-    api.send(req).await.problem(400, "invalid_request");
+    api.send(req).await.problem(400, "invalid_json");
+    // One JSON value and nothing after it: trailing characters are refused, not ignored, and
+    // the refused request changed nothing.
+    for (body, trailing) in [
+        (r#"{"quota_limit": 7} xyz"#, true),
+        (r#"{"quota_limit": 7}{"quota_limit": 8}"#, true),
+        ("{\"quota_limit\": 7} \n\t ", false),
+    ] {
+        let req = api
+            .request(Method::PUT, "/v1/pools/p3")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let a = api.send(req).await;
+        if trailing {
+            a.problem(400, "invalid_json");
+            api.get("/v1/pools/p3").await.problem(404, "pool_not_found");
+        } else {
+            assert_eq!(a.status, 201, "trailing whitespace is fine: {:?}", a.body);
+        }
+    }
     api.get("/v1/nothing/here").await.problem(404, "not_found");
     api.call(Method::PATCH, "/v1/pools/p1", None)
         .await
@@ -148,6 +168,23 @@ async fn token_endpoints() {
         (&again.body["ids"], &again.body["unchanged"]),
         (&json!(["t1"]), &json!(["t1"]))
     );
+    // A deposit with anything after its JSON value is refused whole: nothing goes in.
+    let before = api.get("/v1/pools/p/status").await.body["tokens"].clone();
+    for body in [
+        r#"{"tokens":[{"id":"tr1","secret":"trailing-1"}]} xyz"#,
+        r#"{"id":"tr2","secret":"trailing-2"}]"#,
+    ] {
+        let req = api
+            .request(Method::POST, "/v1/pools/p/tokens")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        api.send(req).await.problem(400, "invalid_json");
+    }
+    assert_eq!(api.get("/v1/pools/p/status").await.body["tokens"], before);
+    api.get("/v1/pools/p/tokens/tr1")
+        .await
+        .problem(404, "token_not_found");
     api.post("/v1/pools/p/tokens", json!({"id": "x"}))
         .await
         .problem(400, "invalid_request");

@@ -209,9 +209,9 @@ fn transport_error(e: &reqwest::Error) -> String {
 
 /// A worker: lease, use a little, sometimes renew, report. A lease or release without an answer
 /// is tried once more ([`send_retrying_once`]).
-async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Instant) {
+async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
     let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(n as u64 * 7919));
-    while Instant::now() < until {
+    while until.going() {
         let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
         let units: u64 = rng.gen_range(1..=3);
         let ttl_s: i64 = [2, 5, 10][rng.gen_range(0..3)];
@@ -348,8 +348,9 @@ fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, units: u64, ttl
     );
 }
 
-/// Deposit `count` tokens into `pool`: a third of them expire within the run (they cross the
-/// TTL margin while it lasts), the rest in an hour.
+/// Deposit `count` tokens into `pool`: a third of them expire within the run's first minute
+/// (they cross the TTL margin while it lasts, even when it is interrupted early; the operator
+/// deposits more as it goes), the rest in an hour.
 pub(crate) async fn deposit(
     v: &Vault,
     plan: &Plan,
@@ -361,7 +362,8 @@ pub(crate) async fn deposit(
     let tokens: Vec<Value> = (0..count)
         .map(|_| {
             let life_s = if rng.gen_range(0..3) == 0 {
-                plan.min_token_ttl_s as i64 + rng.gen_range(2..=plan.duration.as_secs() as i64 + 10)
+                plan.min_token_ttl_s as i64
+                    + rng.gen_range(2..=plan.duration.as_secs().min(50) as i64 + 10)
             } else {
                 3600
             };
@@ -397,11 +399,11 @@ pub(crate) async fn deposit(
 async fn operator(
     v: Arc<Vault>,
     plan: Plan,
-    until: Instant,
+    until: Until,
     revoked_clients: Arc<Mutex<Vec<RevokedClient>>>,
 ) {
     let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed);
-    while Instant::now() < until {
+    while until.going() {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
         let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
         match rng.gen_range(0..10) {
@@ -496,8 +498,8 @@ async fn operator(
 }
 
 /// An external login worker: claims refresh jobs and completes them with a fresh secret.
-async fn login_worker(v: Arc<Vault>, plan: Plan, until: Instant) {
-    while Instant::now() < until {
+async fn login_worker(v: Arc<Vault>, plan: Plan, until: Until) {
+    while until.going() {
         let mut idle = true;
         for pool in &plan.pools {
             let a = v
@@ -546,24 +548,83 @@ pub(crate) struct RevokedClient {
 /// How soon a client-token revocation must hold on every replica (the API's promise).
 const CLIENT_REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-/// Run the load for `plan.duration`. Returns the client tokens it revoked.
+/// When the load ends: at the end of the run's duration, or as soon as the checker is
+/// interrupted (SIGINT or SIGTERM). A caller that needs something to happen *during* the load
+/// (a test killing a replica, an operator's failover drill) gives a generous duration and
+/// interrupts the checker once it has happened; the run is then judged as usual.
+#[derive(Clone)]
+pub(crate) struct Until {
+    deadline: Instant,
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Until {
+    fn going(&self) -> bool {
+        Instant::now() < self.deadline
+            && !self.interrupted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends the load at `duration`, or at the first SIGINT/SIGTERM; a second one exits at once.
+    fn start(duration: Duration) -> Self {
+        let until = Until {
+            deadline: Instant::now() + duration,
+            interrupted: Arc::default(),
+        };
+        let flag = until.interrupted.clone();
+        // Registered before the load starts, so an early signal is not the default (fatal) one.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return until;
+        };
+        tokio::spawn(async move {
+            for n in 0.. {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if n > 0 {
+                    std::process::exit(130);
+                }
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                println!(
+                    "interrupted: the load ends now; then the final read and the verdict \
+                     (interrupt again to quit without them)"
+                );
+            }
+        });
+        until
+    }
+}
+
+/// Run the load until `plan.duration` ends or the checker is interrupted. Returns the client
+/// tokens it revoked.
 pub(crate) async fn run(v: Arc<Vault>, plan: &Plan) -> Vec<RevokedClient> {
-    let until = Instant::now() + plan.duration;
+    let until = Until::start(plan.duration);
+    let started = Instant::now();
     let revoked = Arc::new(Mutex::new(vec![]));
     let mut tasks = vec![];
     for n in 0..plan.workers {
-        tasks.push(tokio::spawn(worker(v.clone(), plan.clone(), n, until)));
+        tasks.push(tokio::spawn(worker(
+            v.clone(),
+            plan.clone(),
+            n,
+            until.clone(),
+        )));
     }
     tasks.push(tokio::spawn(operator(
         v.clone(),
         plan.clone(),
-        until,
+        until.clone(),
         revoked.clone(),
     )));
     tasks.push(tokio::spawn(login_worker(v.clone(), plan.clone(), until)));
     for t in tasks {
         let _ = t.await;
     }
+    println!("load: {:.1} s", started.elapsed().as_secs_f64());
     let out = std::mem::take(&mut *revoked.lock().unwrap());
     out
 }

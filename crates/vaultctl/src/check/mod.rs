@@ -32,7 +32,8 @@ pub(crate) struct CheckArgs {
     /// Concurrent workers.
     #[arg(long, default_value_t = 8)]
     pub(crate) workers: usize,
-    /// How long to drive the load: seconds, or with a unit: 90s, 30m, 1h.
+    /// How long to drive the load at most: seconds, or with a unit: 90s, 30m, 1h. SIGINT or
+    /// SIGTERM (Ctrl-C) ends the load earlier; the run is then read and judged as usual.
     #[arg(long, default_value = "20s")]
     pub(crate) duration: String,
     /// Pools to create (each third one has a tight quota, so quota exhaustion is exercised).
