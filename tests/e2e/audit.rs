@@ -2,8 +2,6 @@
 //! scenario runs with every process at RUST_LOG=trace, then logs, the audit trail, Redis and
 //! every API answer other than leases are searched for the secrets.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use vault_core::auth::Scope;
 
@@ -215,7 +213,7 @@ async fn no_secret_in_logs_audit_redis_or_answers_at_trace_level() {
             .await,
     );
     api.post("/v1/pools/p/tokens/r/refresh", json!({})).await;
-    wait_json(api, "/v1/pools/p/tokens/r", Duration::from_secs(20), |m| {
+    wait_json(api, "/v1/pools/p/tokens/r", crate::harness::PATIENCE, |m| {
         m["generation"].as_u64() >= Some(2)
     })
     .await;
@@ -309,7 +307,7 @@ async fn janitor_sunset_revocations_are_audited() {
     wait_json(
         &t.api,
         "/v1/pools/p/tokens/old",
-        Duration::from_secs(10),
+        crate::harness::PATIENCE,
         |m| m["state"] == "revoked",
     )
     .await;

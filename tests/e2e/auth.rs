@@ -384,7 +384,7 @@ async fn revocation_reaches_another_replica_within_a_second_also_after_a_redis_r
     // knows is revoked, and must learn of a revocation made while it was reconnecting.
     t.redis.restart();
     let admin_b = t.dep.api(&b);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + crate::harness::PATIENCE;
     while admin_b.put("/v1/pools/p", json!({})).await.status.as_u16() >= 300 {
         assert!(
             Instant::now() < deadline,
@@ -401,7 +401,7 @@ async fn revocation_reaches_another_replica_within_a_second_also_after_a_redis_r
     // B writes back what the empty Redis lost, so a replica started now refuses it too.
     let stored = format!("{}:revoked", t.dep.prefix);
     assert!(
-        wait_until(Duration::from_secs(10), || !t
+        wait_until(crate::harness::PATIENCE, || !t
             .redis
             .cli(&["ZSCORE", &stored, &jti])
             .trim()
@@ -509,7 +509,7 @@ async fn staged_key_rotation_with_no_failed_request() {
             replicas.write().unwrap().push(v.base.clone());
             if let Some(ok) = ok {
                 let before = ok.load(Ordering::Relaxed);
-                let served = crate::harness::eventually(Duration::from_secs(20), || {
+                let served = crate::harness::eventually(crate::harness::PATIENCE, || {
                     ok.load(Ordering::Relaxed) >= before + 10
                 })
                 .await;

@@ -24,7 +24,7 @@ impl Subscription {
     }
 
     async fn next(&mut self) -> vault_client::Event {
-        let next = tokio::time::timeout(Duration::from_secs(10), self.stream.next()).await;
+        let next = tokio::time::timeout(crate::harness::PATIENCE, self.stream.next()).await;
         next.expect("an event within 10 s")
             .expect("stream open")
             .expect("readable")
@@ -254,11 +254,11 @@ async fn shutdown_ends_event_streams_instead_of_waiting_out_the_grace_period() {
         .unwrap();
     // The stream ends (its client would reconnect elsewhere) and the process exits, far
     // sooner than the 60 s grace an open stream would otherwise hold it for.
-    let ended = tokio::time::timeout(Duration::from_secs(10), sub.stream.next())
+    let ended = tokio::time::timeout(Duration::from_secs(30), sub.stream.next())
         .await
         .expect("the stream ends at shutdown");
     assert!(ended.is_none(), "{ended:?}");
-    let exited = testkit::wait_until(Duration::from_secs(10), || v.child.try_wait().is_some());
+    let exited = testkit::wait_until(Duration::from_secs(30), || v.child.try_wait().is_some());
     assert!(exited, "{}", v.child.output());
     assert!(v.child.try_wait().unwrap().success());
 }
@@ -318,7 +318,7 @@ async fn a_revocation_is_announced_and_audited_alike_from_every_caller() {
     crate::harness::wait_json(
         &t.api,
         "/v1/pools/p/tokens/at-sunset",
-        Duration::from_secs(10),
+        crate::harness::PATIENCE,
         |m| m["state"] == "revoked",
     )
     .await;

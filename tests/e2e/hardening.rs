@@ -23,7 +23,7 @@ async fn expired_leases_end_at_their_deadline_without_a_janitor() {
         .await;
     let past = |l: &crate::harness::Answer| {
         let deadline = crate::harness::ms(&l.body, "lease_expires_at");
-        async move { eventually(Duration::from_secs(10), || now_ms() > deadline + 5).await }
+        async move { eventually(crate::harness::PATIENCE, || now_ms() > deadline + 5).await }
     };
 
     let l1 = api.post("/v1/pools/p/leases", json!({})).await;
@@ -57,7 +57,7 @@ async fn expired_leases_end_at_their_deadline_without_a_janitor() {
     // No janitor yet; then one sweeping; then it is gone.
     assert!(api.get("/v1/pools/p/status").await.body["janitor"].is_null());
     let mut janitor = t.dep.janitor(100);
-    wait_json(api, "/v1/pools/p/status", Duration::from_secs(20), |v| {
+    wait_json(api, "/v1/pools/p/status", crate::harness::PATIENCE, |v| {
         v["janitor"]["healthy"] == true
     })
     .await;
@@ -67,7 +67,7 @@ async fn expired_leases_end_at_their_deadline_without_a_janitor() {
         "{m}"
     );
     janitor.kill();
-    wait_json(api, "/v1/pools/p/status", Duration::from_secs(20), |v| {
+    wait_json(api, "/v1/pools/p/status", crate::harness::PATIENCE, |v| {
         v["janitor"]["healthy"] == false
     })
     .await;
@@ -383,7 +383,7 @@ async fn authority_does_not_leak_between_clients() {
             .status,
         200
     );
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+    let ended = tokio::time::timeout(crate::harness::PATIENCE, async {
         loop {
             match stream.next().await {
                 None => return true,

@@ -214,7 +214,7 @@ async fn lease_endpoints() {
 /// Poll `/metrics` until the replica at `base` has at least `n` requests in flight (the
 /// asking request included).
 async fn in_flight_at_least(base: &str, n: u32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
     loop {
         let m = metrics_text(base).await;
         if sample(&m, "tv_http_requests_in_flight", &[]).unwrap_or(0.0) >= f64::from(n) {

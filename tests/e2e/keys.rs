@@ -1,8 +1,6 @@
 //! No leaks: every key a lease, an idempotency record or a session creates goes away, so the
 //! key count returns to its baseline after thousands of leases end (released, reaped, revoked).
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::harness::one;
@@ -104,7 +102,7 @@ async fn key_count_returns_to_baseline() {
     expected.push(format!("{}:{{k}}:rate", t.dep.prefix));
     expected.sort();
     let _janitor = t.dep.janitor(100);
-    let settled = testkit::wait_until(Duration::from_secs(15), || keys() == expected);
+    let settled = testkit::wait_until(crate::harness::PATIENCE, || keys() == expected);
     assert!(settled, "keys now:\n{:?}\nexpected:\n{expected:?}", keys());
     let st = api.get("/v1/pools/k/status").await;
     assert_eq!(st.body["leases_active"], 0);

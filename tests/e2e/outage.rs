@@ -96,7 +96,7 @@ async fn refuses_to_start_when_redis_refuses_scripts() {
         ],
     );
     assert!(
-        wait_until(Duration::from_secs(15), || child.try_wait().is_some()),
+        wait_until(crate::harness::PATIENCE, || child.try_wait().is_some()),
         "vault-api kept running"
     );
     let status = child.try_wait().unwrap();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::fakes::{Fake, Mode};
 use crate::harness::{eventually, now_ms, one, wait_json, One};
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = crate::harness::PATIENCE;
 
 fn rt_token(id: &str, idp: &Fake, extra: Value) -> Value {
     let mut t = json!({"id": id, "secret": format!("old-{id}"), "refresh": {
@@ -571,7 +571,7 @@ async fn refresh_storm() {
         }));
     }
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
     let tokens = loop {
         let page = t.api.get("/v1/pools/p/tokens?limit=1000").await;
         assert_eq!(page.status, 200, "{page:?}");

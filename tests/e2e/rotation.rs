@@ -128,7 +128,7 @@ async fn emergency_rotation_under_load() {
         wait_json(
             &t.api,
             &format!("/v1/pools/p/tokens/n{i}"),
-            Duration::from_secs(10),
+            crate::harness::PATIENCE,
             |m| m["state"] == "revoked",
         )
         .await;

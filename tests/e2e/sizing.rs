@@ -49,7 +49,7 @@ async fn leases_of_every_replica_make_the_rate_status_sizes_the_pool_and_metrics
         let s = &v["sizing"];
         (s[field].as_f64().unwrap_or(0.0) * s["observed_s"].as_f64().unwrap_or(0.0)).round()
     };
-    let st = wait_json(&a, "/v1/pools/sz/status", Duration::from_secs(30), |v| {
+    let st = wait_json(&a, "/v1/pools/sz/status", crate::harness::PATIENCE, |v| {
         counted(v, "lease_rate_per_s") == 50.0
     })
     .await;
@@ -111,7 +111,7 @@ async fn leases_of_every_replica_make_the_rate_status_sizes_the_pool_and_metrics
 
 /// Poll `/metrics` of `base` until `pred` holds for its text; panics with the last text.
 async fn metrics_until(base: &str, pred: impl Fn(&str) -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let end = std::time::Instant::now() + crate::harness::PATIENCE;
     loop {
         let text = metrics_text(base).await;
         if pred(&text) {

@@ -228,7 +228,7 @@ async fn a_slow_redis_makes_answers_wait_or_say_busy_never_unavailable() {
     let st = wait_json(
         &apis[0],
         "/v1/pools/p/status",
-        Duration::from_secs(10),
+        crate::harness::PATIENCE,
         |v| v["leases_active"] == 0,
     )
     .await;
@@ -274,9 +274,12 @@ async fn a_lease_that_timed_out_is_returned_by_its_idempotency_key() {
     // either way the retry below leaves exactly one lease.) A write of the test's own returns
     // once the pause is over.
     assert!(t.redis.cli(&["SET", "pause-probe", "1"]).contains("OK"));
-    wait_json(&t.api, "/v1/pools/p/status", Duration::from_secs(10), |v| {
-        v["leases_active"] == 1
-    })
+    wait_json(
+        &t.api,
+        "/v1/pools/p/status",
+        crate::harness::PATIENCE,
+        |v| v["leases_active"] == 1,
+    )
     .await;
     // Its retry gets that lease, not a second one.
     let again = lease("k1").await;

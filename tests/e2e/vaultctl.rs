@@ -307,12 +307,12 @@ async fn every_vaultctl_command_works_against_a_running_vault() {
     });
     // The latest entry first, then the freeze made after the follow started.
     let first = rx
-        .recv_timeout(Duration::from_secs(20))
+        .recv_timeout(crate::harness::PATIENCE)
         .expect("the latest entry");
     assert!(first.contains("\"action\""), "{first}");
     ctl.ok(&["pool", "freeze", "ops", "--reason", "followed"])
         .await;
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + crate::harness::PATIENCE;
     loop {
         let line = rx
             .recv_timeout(end.saturating_duration_since(Instant::now()))
@@ -336,7 +336,7 @@ async fn every_vaultctl_command_works_against_a_running_vault() {
             .unwrap()
     });
     // Revoke until the tail has seen one (it may connect after the first).
-    let end = Instant::now() + Duration::from_secs(30);
+    let end = Instant::now() + crate::harness::PATIENCE;
     let mut i = 10;
     while !tail.is_finished() {
         assert!(Instant::now() < end, "events tail saw nothing");

@@ -30,7 +30,7 @@ fn the_shared_redis_dies_with_its_process() {
         .find_map(|l| l.split("shared-redis-port=").nth(1))
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no port in the child's output: {text}"));
-    let gone = testkit::wait_until(Duration::from_secs(10), || {
+    let gone = testkit::wait_until(Duration::from_secs(60), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
     });
     assert!(

@@ -14,6 +14,13 @@
 //! - [`Error`]: what went wrong; [`Error::retry_after`] says whether the same call may succeed
 //!   later (an exhausted pool, a 503 while Redis stalls, fails over or moves the pool's slot, no
 //!   answer) and when.
+//!
+//! # Connections
+//! A replica admits at most `TV_MAX_CONNECTIONS_PER_ADDR` (256 by default) open connections
+//! from one address, and every event stream holds one. A connection over the cap is answered
+//! `503 too_many_connections` with `Retry-After` (an [`Error::Unavailable`] here) and closed.
+//! So share one [`Client`] (its connection pool) and one [`EventFeed`] per process, rather than
+//! one per task: 2,000 streams from one host get 256.
 
 mod guard;
 pub use guard::{LeaseGuard, Report};
