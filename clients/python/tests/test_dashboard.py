@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from conftest import PATIENCE_S
 from tokenvault import Vault
 
 selenium = pytest.importorskip("selenium")  # installed by scripts/setup.sh; see tests/e2e/python.rs
@@ -24,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 # The page re-renders its rows whenever an event arrives: an element found a moment ago may be
 # gone. So no element is held across a wait; each helper finds it again inside the wait, and a
 # stale one just means "not yet". The deadline is far: a busy machine is slow, not wrong.
-DEADLINE_S = 60
+DEADLINE_S = PATIENCE_S
 
 
 def chromium_paths():

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from conftest import PATIENCE_S, wait_until
 from tokenvault import AsyncVault, LeaseRevoked, Vault
 
 
@@ -21,7 +21,7 @@ def test_a_held_lease_whose_token_is_revoked_is_dropped(vault_server, pool, targ
             session = lease.session()
             assert session.get(target.url + "/before").status_code == 200
             vault.revoke(pool, "t1", reason="leaked")
-            wait_until(10, lambda: lease.revoked is not None, "the revocation event")
+            wait_until(PATIENCE_S, lambda: lease.revoked is not None, "the revocation event")
             with pytest.raises(LeaseRevoked):
                 session.get(target.url + "/after")
         # Nothing was sent with the revoked token after the revocation.
@@ -50,9 +50,9 @@ def test_the_stream_resumes_after_its_replica_dies(vault_server, pool):
 
     def wait_for(n: int) -> None:
         with got:
-            assert got.wait_for(lambda: len(seen) >= n, timeout=20), seen
+            assert got.wait_for(lambda: len(seen) >= n, timeout=PATIENCE_S), seen
 
-    assert opened.wait(20)
+    assert opened.wait(PATIENCE_S)
     admin.revoke(pool, "t0", reason="before")
     wait_for(1)
     opened.clear()
@@ -61,7 +61,7 @@ def test_the_stream_resumes_after_its_replica_dies(vault_server, pool):
     for i in (1, 2, 3):
         admin.revoke(pool, f"t{i}", reason="while-down")
     replica = vault_server.replica(port)
-    assert opened.wait(20), "the listener did not reconnect"
+    assert opened.wait(PATIENCE_S), "the listener did not reconnect"
     # ...and after it is back.
     admin.revoke(pool, "t4", reason="after")
     wait_for(5)
