@@ -69,24 +69,18 @@ async fn pools_endpoints() {
 
     // Huge body: 413 before any parsing; wrong content type: 415; broken JSON: 400.
     let big = "x".repeat(1024 * 1024 + 10);
-    let req = api
-        .request(Method::PUT, "/v1/pools/p3")
-        .header("content-type", "application/json")
-        .body(Body::from(big))
-        .unwrap();
-    api.send(req).await.problem(413, "payload_too_large");
+    api.send_json_text(Method::PUT, "/v1/pools/p3", big)
+        .await
+        .problem(413, "payload_too_large");
     let req = api
         .request(Method::PUT, "/v1/pools/p3")
         .header("content-type", "text/plain")
         .body(Body::from("{}"))
         .unwrap();
     api.send(req).await.problem(415, "unsupported_media_type");
-    let req = api
-        .request(Method::PUT, "/v1/pools/p3")
-        .header("content-type", "application/json")
-        .body(Body::from("{\"quota"))
-        .unwrap();
-    api.send(req).await.problem(400, "invalid_json");
+    api.send_json_text(Method::PUT, "/v1/pools/p3", "{\"quota")
+        .await
+        .problem(400, "invalid_json");
     // One JSON value and nothing after it: trailing characters are refused, not ignored, and
     // the refused request changed nothing.
     for (body, trailing) in [
@@ -94,12 +88,7 @@ async fn pools_endpoints() {
         (r#"{"quota_limit": 7}{"quota_limit": 8}"#, true),
         ("{\"quota_limit\": 7} \n\t ", false),
     ] {
-        let req = api
-            .request(Method::PUT, "/v1/pools/p3")
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        let a = api.send(req).await;
+        let a = api.send_json_text(Method::PUT, "/v1/pools/p3", body).await;
         if trailing {
             a.problem(400, "invalid_json");
             api.get("/v1/pools/p3").await.problem(404, "pool_not_found");
@@ -174,12 +163,9 @@ async fn token_endpoints() {
         r#"{"tokens":[{"id":"tr1","secret":"trailing-1"}]} xyz"#,
         r#"{"id":"tr2","secret":"trailing-2"}]"#,
     ] {
-        let req = api
-            .request(Method::POST, "/v1/pools/p/tokens")
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        api.send(req).await.problem(400, "invalid_json");
+        api.send_json_text(Method::POST, "/v1/pools/p/tokens", body)
+            .await
+            .problem(400, "invalid_json");
     }
     assert_eq!(api.get("/v1/pools/p/status").await.body["tokens"], before);
     api.get("/v1/pools/p/tokens/tr1")

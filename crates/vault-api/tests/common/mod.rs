@@ -76,14 +76,28 @@ impl Vault {
 
     /// A JSON request (no body when `body` is None).
     pub(crate) async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
-        let req = match body {
-            Some(b) => self
-                .request(method, path)
-                .header("content-type", "application/json")
-                .body(Body::from(b.to_string())),
-            None => self.request(method, path).body(Body::empty()),
-        };
-        self.send(req.unwrap()).await
+        match body {
+            Some(b) => self.send_json_text(method, path, b.to_string()).await,
+            None => {
+                let req = self.request(method, path).body(Body::empty()).unwrap();
+                self.send(req).await
+            }
+        }
+    }
+
+    /// A request whose body is `text` as given, sent as JSON (for bodies that are not).
+    pub(crate) async fn send_json_text(
+        &self,
+        method: Method,
+        path: &str,
+        text: impl Into<Body>,
+    ) -> Answer {
+        let req = self
+            .request(method, path)
+            .header("content-type", "application/json")
+            .body(text.into())
+            .unwrap();
+        self.send(req).await
     }
 
     pub(crate) async fn get(&self, path: &str) -> Answer {
