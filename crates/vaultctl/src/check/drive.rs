@@ -554,6 +554,7 @@ const CLIENT_REVOCATION_BOUND: Duration = Duration::from_secs(1);
 /// interrupts the checker once it has happened; the run is then judged as usual.
 #[derive(Clone)]
 pub(crate) struct Until {
+    duration: Duration,
     deadline: Instant,
     interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -564,9 +565,11 @@ impl Until {
             && !self.interrupted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Ends the load at `duration`, or at the first SIGINT/SIGTERM; a second one exits at once.
-    fn start(duration: Duration) -> Self {
+    /// Ends the load `duration` after [`Until::begin`], or at the first SIGINT/SIGTERM (even one
+    /// that came before the load began); a second one exits at once.
+    pub(crate) fn listen(duration: Duration) -> Self {
         let until = Until {
+            duration,
             deadline: Instant::now() + duration,
             interrupted: Arc::default(),
         };
@@ -597,12 +600,18 @@ impl Until {
         });
         until
     }
+
+    /// The load begins now: its duration counts from here (not from the setup before it).
+    fn begin(mut self) -> Self {
+        self.deadline = Instant::now() + self.duration;
+        self
+    }
 }
 
 /// Run the load until `plan.duration` ends or the checker is interrupted. Returns the client
 /// tokens it revoked.
-pub(crate) async fn run(v: Arc<Vault>, plan: &Plan) -> Vec<RevokedClient> {
-    let until = Until::start(plan.duration);
+pub(crate) async fn run(v: Arc<Vault>, plan: &Plan, until: Until) -> Vec<RevokedClient> {
+    let until = until.begin();
     let started = Instant::now();
     let revoked = Arc::new(Mutex::new(vec![]));
     let mut tasks = vec![];
