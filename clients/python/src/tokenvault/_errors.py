@@ -83,6 +83,7 @@ class PoolExhausted(Unavailable):
 
 _BY_CODE: Dict[str, Type[VaultError]] = {
     "invalid_request": InvalidRequest,
+    "invalid_json": InvalidRequest,
     "payload_too_large": InvalidRequest,
     "idempotency_mismatch": InvalidRequest,
     "unauthorized": Unauthorized,
@@ -95,6 +96,7 @@ _BY_CODE: Dict[str, Type[VaultError]] = {
     "lease_gone": LeaseGone,
     "pool_frozen": PoolFrozen,
     "pool_exhausted": PoolExhausted,
+    "too_many_connections": Unavailable,
 }
 
 _BY_STATUS: Dict[int, Type[VaultError]] = {
