@@ -247,11 +247,7 @@ async fn shutdown_ends_event_streams_instead_of_waiting_out_the_grace_period() {
     t.api.post("/v1/pools/p/freeze", json!({})).await;
     assert_eq!(sub.next().await.kind, "pool.frozen", "the stream is live");
 
-    let pid = v.child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    v.child.signal("TERM");
     // The stream ends (its client would reconnect elsewhere) and the process exits, far
     // sooner than the 60 s grace an open stream would otherwise hold it for.
     let ended = tokio::time::timeout(Duration::from_secs(30), sub.stream.next())

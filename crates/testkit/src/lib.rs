@@ -193,22 +193,19 @@ impl RedisServer {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    fn signal(&self, name: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .arg(sig)
-                .arg(c.id().to_string())
-                .status();
+            send_signal(c.id(), name);
         }
     }
 
     /// SIGSTOP: the server accepts connections but never answers (a stalled Redis).
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.signal("STOP");
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
+        self.signal("CONT");
     }
 
     /// Run a command with redis-cli and return its stdout.
@@ -394,6 +391,14 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
+/// Send process `pid` the signal `name` (`"INT"`, `"TERM"`, `"STOP"`, ...) with kill(1).
+fn send_signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
 /// A child process killed on drop; stdout+stderr go to a file readable with [`Child::output`].
 pub struct Child {
     child: Option<std::process::Child>,
@@ -463,10 +468,7 @@ impl Child {
     /// Send it a signal by name (`"INT"`, `"TERM"`), without waiting for anything.
     pub fn signal(&self, name: &str) {
         if let Some(c) = self.child.as_ref() {
-            let _ = Command::new("kill")
-                .arg(format!("-{name}"))
-                .arg(c.id().to_string())
-                .status();
+            send_signal(c.id(), name);
         }
     }
 

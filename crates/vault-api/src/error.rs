@@ -52,6 +52,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
     }
 
+    /// 400 for a body that is not one JSON value (a syntax error, cut short, trailing data).
+    pub fn invalid_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", detail)
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
     }

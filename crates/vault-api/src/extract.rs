@@ -64,14 +64,10 @@ impl JsonBytes {
         let mut de = serde_json::Deserializer::from_slice(&self.0);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(what, e))?;
         de.end().map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!(
-                    "{what}: {} (a body is one JSON value)",
-                    without_values(&e.to_string())
-                ),
-            )
+            ApiError::invalid_json(format!(
+                "{what}: {} (a body is one JSON value)",
+                without_values(&e.to_string())
+            ))
         })?;
         Ok(value)
     }
@@ -136,7 +132,7 @@ pub(crate) fn json_error(what: &str, e: serde_path_to_error::Error<serde_json::E
         without_values(&e.inner().to_string())
     );
     if e.inner().is_syntax() || e.inner().is_eof() {
-        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", detail)
+        ApiError::invalid_json(detail)
     } else {
         ApiError::invalid(detail)
     }

@@ -74,15 +74,40 @@ struct Admitted {
     ip: IpAddr,
 }
 
+/// Which cap a refused connection met.
+#[derive(Debug, Clone, Copy)]
+enum Cap {
+    Total,
+    PerAddr,
+}
+
+impl Cap {
+    /// The `reason` label of `tv_http_connections_refused_total` (named after the setting).
+    fn reason(self) -> &'static str {
+        match self {
+            Cap::Total => "max_connections",
+            Cap::PerAddr => "max_connections_per_addr",
+        }
+    }
+
+    /// What the cap counts, as the refusal's answer says it.
+    fn counts(self) -> &'static str {
+        match self {
+            Cap::Total => "in total",
+            Cap::PerAddr => "from one address",
+        }
+    }
+}
+
 impl Admission {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Cap> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.0 >= self.limits.max_connections.max(1) {
-            return Err("max_connections");
+            return Err(Cap::Total);
         }
         let from_ip = open.1.entry(ip).or_default();
         if *from_ip >= self.limits.max_connections_per_addr.max(1) {
-            return Err("max_connections_per_addr");
+            return Err(Cap::PerAddr);
         }
         *from_ip += 1;
         open.0 += 1;
@@ -147,7 +172,7 @@ impl Drop for Refusing {
 /// and close it, so the client can tell the cap from a crash. Only an HTTP/1 request head that
 /// arrives within [`REFUSAL_READ`] is answered; anything else (silence, HTTP/2, a head over
 /// [`REFUSAL_HEAD_MAX`]) is just closed.
-async fn refuse(mut stream: tokio::net::TcpStream, cap: &'static str) {
+async fn refuse(mut stream: tokio::net::TcpStream, cap: Cap) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut head = Vec::with_capacity(1024);
     let read_head = async {
@@ -173,7 +198,8 @@ async fn refuse(mut stream: tokio::net::TcpStream, cap: &'static str) {
         return; // HTTP/2 with prior knowledge: an HTTP/1 answer would be garbage to it
     }
     let detail = format!(
-        "this replica is at its cap of open connections {cap}; close idle ones or retry in {REFUSAL_RETRY_AFTER_S} s"
+        "this replica is at its cap of open connections {}; close idle ones or retry in {REFUSAL_RETRY_AFTER_S} s",
+        cap.counts()
     );
     let mut problem = crate::error::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -287,13 +313,9 @@ pub async fn serve(
         // client cannot hold the replica's descriptors.
         let admitted = match admission.admit(peer.ip()) {
             Ok(a) => a,
-            Err(reason) => {
-                refused(reason);
+            Err(cap) => {
+                refused(cap.reason());
                 if let Some(place) = Refusing::take(&refusing) {
-                    let cap = match reason {
-                        "max_connections_per_addr" => "from one address",
-                        _ => "in total",
-                    };
                     tokio::spawn(async move {
                         let _place = place;
                         refuse(stream, cap).await;

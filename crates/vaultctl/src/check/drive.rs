@@ -548,40 +548,27 @@ pub(crate) struct RevokedClient {
 /// How soon a client-token revocation must hold on every replica (the API's promise).
 const CLIENT_REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-/// When the load ends: at the end of the run's duration, or as soon as the checker is
-/// interrupted (SIGINT or SIGTERM). A caller that needs something to happen *during* the load
+/// Set at the checker's first SIGINT or SIGTERM: the load ends then, before its duration is up,
+/// and the run is judged as usual. A caller that needs something to happen *during* the load
 /// (a test killing a replica, an operator's failover drill) gives a generous duration and
-/// interrupts the checker once it has happened; the run is then judged as usual.
+/// interrupts the checker once it has happened.
 #[derive(Clone)]
-pub(crate) struct Until {
-    duration: Duration,
-    deadline: Instant,
-    interrupted: Arc<std::sync::atomic::AtomicBool>,
-}
+pub(crate) struct Interrupted(Arc<std::sync::atomic::AtomicBool>);
 
-impl Until {
-    fn going(&self) -> bool {
-        Instant::now() < self.deadline
-            && !self.interrupted.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Ends the load `duration` after [`Until::begin`], or at the first SIGINT/SIGTERM (even one
-    /// that came before the load began); a second one exits at once.
-    pub(crate) fn listen(duration: Duration) -> Self {
-        let until = Until {
-            duration,
-            deadline: Instant::now() + duration,
-            interrupted: Arc::default(),
-        };
-        let flag = until.interrupted.clone();
-        // Registered before the load starts, so an early signal is not the default (fatal) one.
+impl Interrupted {
+    /// Listen from now on (an interrupt before the load begins ends it at once); a second
+    /// interrupt exits at once.
+    pub(crate) fn listen() -> Self {
+        let flag = Interrupted(Arc::default());
+        // Registered here, so an early signal is not the default (fatal) one.
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) else {
-            return until;
+            return flag;
         };
+        let set = flag.0.clone();
         tokio::spawn(async move {
             for n in 0.. {
                 tokio::select! {
@@ -591,27 +578,45 @@ impl Until {
                 if n > 0 {
                     std::process::exit(130);
                 }
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                set.store(true, std::sync::atomic::Ordering::Relaxed);
                 println!(
                     "interrupted: the load ends now; then the final read and the verdict \
                      (interrupt again to quit without them)"
                 );
             }
         });
-        until
-    }
-
-    /// The load begins now: its duration counts from here (not from the setup before it).
-    fn begin(mut self) -> Self {
-        self.deadline = Instant::now() + self.duration;
-        self
+        flag
     }
 }
 
-/// Run the load until `plan.duration` ends or the checker is interrupted. Returns the client
+/// When the load ends: at its deadline, or when the checker is interrupted.
+#[derive(Clone)]
+struct Until {
+    deadline: Instant,
+    interrupted: Interrupted,
+}
+
+impl Until {
+    fn going(&self) -> bool {
+        Instant::now() < self.deadline
+            && !self
+                .interrupted
+                .0
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Run the load for `plan.duration`, or until the checker is interrupted. Returns the client
 /// tokens it revoked.
-pub(crate) async fn run(v: Arc<Vault>, plan: &Plan, until: Until) -> Vec<RevokedClient> {
-    let until = until.begin();
+pub(crate) async fn run(
+    v: Arc<Vault>,
+    plan: &Plan,
+    interrupted: Interrupted,
+) -> Vec<RevokedClient> {
+    let until = Until {
+        deadline: Instant::now() + plan.duration,
+        interrupted,
+    };
     let started = Instant::now();
     let revoked = Arc::new(Mutex::new(vec![]));
     let mut tasks = vec![];

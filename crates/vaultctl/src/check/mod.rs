@@ -92,7 +92,7 @@ pub(crate) async fn run(
     };
     let duration = secs(&args.duration)?;
     // Listening for an interrupt from the start: one during the set-up ends the load at once.
-    let until = drive::Until::listen(duration);
+    let interrupted = drive::Interrupted::listen();
     let seed = args.seed.unwrap_or_else(rand::random);
     let v = Arc::new(drive::Vault::new(
         args.urls.clone(),
@@ -142,7 +142,7 @@ pub(crate) async fn run(
         );
     }
 
-    let revoked = drive::run(v.clone(), &plan, until).await;
+    let revoked = drive::run(v.clone(), &plan, interrupted).await;
     let fin = drive::final_read(&v, &plan.pools, &revoked, secs(&args.final_patience)?).await?;
     let log = v.take_log();
     let violations = verify::verify(&rules, &log, &fin);
