@@ -1,7 +1,7 @@
 -- acquire.lua: lease one token of the pool.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::Acquire` (vault-core), read here as locals of the same names.
--- Returns {"lease":{...}} | {"err":"pool_not_found"|"pool_frozen"|"pool_exhausted"
+-- Returns [{"lease":{...}}, sealed secret] | {"err":"pool_not_found"|"pool_frozen"|"pool_exhausted"
 --   (with retry_after_ms)|"idempotency_conflict"|"idempotency_mismatch"|"invalid_request"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
@@ -9,7 +9,9 @@ ttl_ms = ttl_ms or setting(c, 'lease_ttl_s') * 1000
 if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
   return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
 end
-return do_acquire(c, {
+local out, id = do_acquire(c, {
   lease_id = lease_id, worker = worker, units = units, ttl_ms = ttl_ms,
   min_ttl_ms = min_token_ttl_ms or min_ttl_ms(c), session = session, idem = idem, idem_fp = idem_fp, exclude = '',
 })
+if type(out) == 'string' then return out end
+return reply_with_secret(out, id)

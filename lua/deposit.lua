@@ -2,11 +2,12 @@
 -- after deposit_reserve.lua checked the tokens and reserved their ids until `reserved_until`.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::Deposit` (vault-core), read here as locals of the same names.
--- `tokens` is a JSON array, each {id, secret_ct, key_id, fingerprint,
+-- `tokens` is a JSON array, each {id, key_id, fingerprint,
 --   expires_at (ms, 0 = never), quota_limit ("" = pool's), proxy (shown: credentials redacted),
 --   proxy_ct, proxy_key_id (the full proxy URL sealed, "" without credentials), binding_fp, labels (JSON text),
---   refresh_kind, refresh_ct, refresh_pub (JSON text)}. Secrets arrive encrypted (the refresh
---   credentials with the same key as the secret).
+--   refresh_kind, refresh_ct, refresh_pub (JSON text)}; `secrets` are their sealed secrets, as
+--   bytes, in the same order. Secrets arrive encrypted (the refresh credentials with the same
+--   key as the secret).
 -- A token already in the pool with the same secret is left as it is.
 -- Returns {"ids":[...] (every token's), "unchanged":[...] (those already in)}
 --   | {"err":"pool_not_found"|"conflict"}.
@@ -15,30 +16,42 @@ if c == nil then return fail('pool_not_found') end
 local toks = cjson.decode(tokens)
 local depositing = depositing_key()
 local ids, unchanged, fresh = {}, {}, {}
-for _, d in ipairs(toks) do
+for i, d in ipairs(toks) do
   ids[#ids + 1] = d.id
   local there = deposited(d)
   if not there then
     if there == nil or tonumber(redis.call('ZSCORE', depositing, d.id)) ~= reserved_until or reserved_until <= NOW then
       return fail('conflict', { detail = 'the reservation of token ' .. d.id .. ' lapsed before it was written; deposit again' })
     end
-    fresh[#fresh + 1] = d
+    fresh[#fresh + 1] = { d = d, i = i }
   else
     unchanged[#unchanged + 1] = d.id
   end
 end
-for _, d in ipairs(fresh) do
-  local seq = redis.call('INCR', seq_key())
-  redis.call('HSET', tkey(d.id), 'id', d.id, 'state', 'active', 'seq', seq,
-    'secret_ct', d.secret_ct, 'key_id', d.key_id, 'fingerprint', d.fingerprint,
-    'expires_at', d.expires_at, 'quota_limit', d.quota_limit, 'proxy', d.proxy,
-    'proxy_ct', d.proxy_ct, 'proxy_key_id', d.proxy_key_id,
-    'binding_fp', d.binding_fp, 'labels', d.labels, 'refresh_kind', d.refresh_kind,
-    'refresh_ct', d.refresh_ct, 'refresh_key_id', d.key_id, 'refresh_pub', d.refresh_pub,
-    'used', 0, 'reserved', 0, 'win_end', 0, 'leases', 0, 'cool_until', 0, 'strikes', 0,
-    'last_error', '', 'created_at', NOW, 'last_leased_at', 0, 'generation', 1)
-  redis.call('SADD', K.ids, d.id)
+for _, f in ipairs(fresh) do
+  local d = f.d
+  local n = redis.call('INCR', seq_key())
+  local id = '#' .. n
+  -- Only what differs from a fresh token's defaults: an absent counter is 0, an absent
+  -- generation 1, absent settings the pool's (every reader applies the same defaults).
+  local fv = { 'id', d.id, 'state', 'active', 'key_id', d.key_id, 'fingerprint', d.fingerprint,
+    'created_at', NOW }
+  local function opt(field, v) if v ~= nil and v ~= '' and v ~= 0 then fv[#fv + 1] = field; fv[#fv + 1] = v end end
+  opt('expires_at', d.expires_at)
+  opt('quota_limit', d.quota_limit)
+  opt('proxy', d.proxy)
+  opt('proxy_ct', d.proxy_ct)
+  opt('proxy_key_id', d.proxy_key_id)
+  opt('binding_fp', d.binding_fp)
+  if d.labels ~= '{}' then opt('labels', d.labels) end
+  if d.refresh_kind ~= 'none' then opt('refresh_kind', d.refresh_kind) end
+  opt('refresh_ct', d.refresh_ct)
+  if d.refresh_ct ~= '' then opt('refresh_key_id', d.key_id) end
+  if d.refresh_pub ~= '{}' then opt('refresh_pub', d.refresh_pub) end
+  redis.call('HSET', tkey(id), unpack(fv))
+  redis.call('SET', seckey(id), secrets[f.i])
+  redis.call('HSET', K.ids, d.id, id)
   redis.call('ZREM', depositing, d.id)
-  back_in_rotation(d.id, load_token(d.id), c)
+  back_in_rotation(id, load_token(id), c)
 end
 return reply({ ids = ids, unchanged = unchanged })

@@ -4,8 +4,7 @@
 -- Returns {"state"} | {"err":"pool_not_found"|"token_not_found"|"conflict"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local id = token_id
-local t = load_token(id)
+local id, t = find_token(token_id)
 if t == nil then return fail('token_not_found') end
 if t.state == 'revoked' or t.state == 'expired' then
   return fail('conflict', { detail = 'the token is ' .. t.state })

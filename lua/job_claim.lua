@@ -22,11 +22,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10))
     redis.call('ZADD', claimed, vis, job_id)
     put(id, t, 'job_id', job_id)
     local gen = t.generation or '1'
-    redis.call('HSET', job_key(job_id), 'token', id, 'gen', gen, 'attempts', num(t.refresh_attempts, 0))
+    -- `token` is the internal id (what the claim check reads), `token_id` the user's (what
+    -- the vault seals the new credential for).
+    redis.call('HSET', job_key(job_id), 'token', id, 'token_id', t.id, 'gen', gen, 'attempts', num(t.refresh_attempts, 0))
     -- Outlives the visibility timeout so a late completion is told "stale", not "gone".
     redis.call('PEXPIRE', job_key(job_id), visibility_ms * 2 + 60000)
     return reply({ job = {
-      job_id = job_id, token_id = id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
+      job_id = job_id, token_id = t.id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
       refresh_kind = t.refresh_kind, refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',
       refresh_pub = t.refresh_pub or '', proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
       binding_fp = t.binding_fp or '',

@@ -6,7 +6,7 @@
 -- Returns {"tokens":n,"op_id"} | {"err":"pool_not_found"|"conflict"}.
 -- Idempotency records and sessions are not tracked per pool; they expire on their own TTL.
 if load_cfg() == nil then return fail('pool_not_found') end
-local n = redis.call('SCARD', K.ids)
+local n = redis.call('HLEN', K.ids)
 if n > 0 and not force then
   return fail('conflict', { detail = 'the pool holds ' .. n .. ' tokens; use ?force=true to delete them too' })
 end

@@ -1,10 +1,10 @@
 -- pool_op.lua: one batch of the pool's running whole-pool operation, so that no script walks a
--- whole pool: up to `batch` tokens from the stored SSCAN cursor, then the cursor moves on; the
+-- whole pool: up to `batch` tokens from the stored HSCAN cursor (over `tokens`), then the cursor moves on; the
 -- batch that ends the scan finishes the operation. Any number of drivers may call it (the
 -- replica that started the operation, every janitor): each batch goes on where the last ended,
--- and every step is idempotent (SSCAN may return a token twice).
+-- and every step is idempotent (HSCAN may return a token twice).
 --   reconfigure  every token re-placed under the pool's current rules
---   rotate       active tokens deposited before it started (seq <= op_max_seq) and not
+--   rotate       active tokens deposited before it started (deposit_seq <= op_max_seq) and not
 --                refreshed since become deprecated, with a refresh job, revoked at the sunset
 --   cancel       the tokens rotation op_rotation deprecated are active again
 --   delete       every token, its leases and job records go; at the end the pool's keys
@@ -22,12 +22,13 @@ if c == nil or not op_running(c) or (mine ~= '' and c.op_id ~= mine) then
   return reply({ op = '', done = true, affected = last })
 end
 local op = c.op
-local res = redis.call('SSCAN', K.ids, c.op_cursor or '0', 'COUNT', batch)
-local cursor, ids = res[1], res[2]
+local res = redis.call('HSCAN', K.ids, c.op_cursor or '0', 'COUNT', batch)
+-- The user's token ids and their internal ids, in pairs.
+local cursor, pairs_found = res[1], res[2]
 local sunset_zset = sunset_key()
 
 local function deprecate(id, t)
-  if t.state ~= 'active' or num(t.seq, 0) > num(c.op_max_seq, 0)
+  if t.state ~= 'active' or deposit_seq(id) > num(c.op_max_seq, 0)
     or num(t.refreshed_at, 0) >= num(c.rotation_started_at, 0) then return 0 end
   put(id, t, 'state', 'deprecated')
   put(id, t, 'sunset_at', c.rotation_sunset_at)
@@ -49,24 +50,28 @@ local function restore(id, t)
   return 1
 end
 
-local function delete(id)
-  if redis.call('SREM', K.ids, id) == 0 then return 0 end
-  for _, lid in ipairs(redis.call('SMEMBERS', tlkey(id))) do redis.call('DEL', lkey(lid)) end
+local function delete(token_id, id)
+  if redis.call('HDEL', K.ids, token_id) == 0 then return 0 end
+  local lids = redis.call('SMEMBERS', tlkey(id))
+  if #lids > 0 then redis.call('HDEL', leasedata_key(), unpack(lids)) end
   local job = redis.call('HGET', tkey(id), 'job_id')
   if job and job ~= '' then redis.call('DEL', job_key(job)) end
-  redis.call('DEL', tkey(id), tlkey(id))
+  redis.call('DEL', tkey(id), seckey(id), tlkey(id))
   return 1
 end
 
 local affected = 0
-for _, id in ipairs(ids) do
+for i = 1, #pairs_found, 2 do
+  local id = pairs_found[i + 1]
   if op == 'delete' then
-    affected = affected + delete(id)
+    affected = affected + delete(pairs_found[i], id)
   else
     local t = load_token(id)
     if t ~= nil then
       if op == 'reconfigure' then
         if in_rotation(t) then due_add(id, t, c) end
+        -- Placed anew: the rules that decide where, and its ready score, may have changed.
+        t.at = nil
         reconcile(id, t, c)
         affected = affected + 1
       elseif op == 'rotate' then
@@ -87,7 +92,7 @@ end
 local op_fields = { 'op', 'op_id', 'op_cursor', 'op_affected', 'op_started_at', 'op_max_seq', 'op_rotation' }
 if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last_affected', total) end
 if op == 'delete' then
-  local keys = { K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, stats_key(), rate_key(), seq_key(),
+  local keys = { K.cfg, K.ready, K.cool, K.leases, leasedata_key(), K.exp, K.ids, K.jobs, stats_key(), rate_key(), seq_key(),
     depositing_key(), sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
   for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
     keys[#keys + 1] = vkey(view)

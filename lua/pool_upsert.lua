@@ -10,7 +10,7 @@ if existing ~= nil and op_running(existing) and existing.op ~= 'reconfigure' the
 end
 write_cfg(cjson.decode(fields))
 if existing == nil then
-  redis.call('HSET', K.cfg, 'frozen', '0', 'created_at', NOW)
+  redis.call('HSET', K.cfg, 'frozen', '0', 'created_at', NOW, 'layout_version', LAYOUT_VERSION)
   return reply({ created = true, op_id = '' })
 end
 return reply({ created = false, op_id = op_start('reconfigure') })

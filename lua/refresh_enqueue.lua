@@ -5,8 +5,7 @@
 -- A token already queued keeps its place (a token is enqueued at most once at a time).
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-local id = token_id
-local t = load_token(id)
+local id, t = find_token(token_id)
 if t == nil then return fail('token_not_found') end
 if not refreshable(t) then return fail('conflict', { detail = 'the token has no refresh method' }) end
 if t.state == 'revoked' then return fail('conflict', { detail = 'the token is revoked' }) end

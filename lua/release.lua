@@ -7,4 +7,4 @@ local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
 local err, l, t = do_release(c, lease_id, report)
 if err then return err end
-return reply({ token_id = l.token, state = t and t.view or 'deleted' })
+return reply({ token_id = t and t.id or l.token, state = t and t.view or 'deleted' })

@@ -1,7 +1,7 @@
 -- renew.lua: extend a live lease, optionally changing its reserved units.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::Renew` (vault-core), read here as locals of the same names.
--- Returns {"lease":{...}} | {"err":"pool_not_found"|"lease_gone"|"invalid_request"|
+-- Returns [{"lease":{...}}, sealed secret] | {"err":"pool_not_found"|"lease_gone"|"invalid_request"|
 --   "token_expiring"|"quota_exhausted"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
@@ -32,8 +32,8 @@ put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) + units - old_units))
 l.units = str(units)
 l.deadline = str(deadline)
 l.ttl_ms = str(ttl_ms)
-redis.call('HSET', lkey(lid), 'units', l.units, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms)
+lease_store(lid, l)
 redis.call('ZADD', K.leases, deadline, lid)
 if l.idem ~= nil and l.idem ~= '' then redis.call('PEXPIRE', idem_key(l.idem), ttl_ms) end
 reconcile(l.token, t, c)
-return reply({ lease = lease_view(lid, l, t) })
+return reply_with_secret({ lease = lease_view(lid, l, t) }, l.token)

@@ -10,7 +10,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, bat
   redis.call('ZREM', sk, id)
   local t = load_token(id)
   if t ~= nil and t.state == 'deprecated' then
-    out[#out + 1] = { token_id = id, leases_ended = revoke_token(id, c, 'sunset') }
+    out[#out + 1] = { token_id = t.id, leases_ended = revoke_token(id, c, 'sunset') }
   end
 end
 return reply({ revoked = out })

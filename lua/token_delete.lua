@@ -3,8 +3,7 @@
 -- Arguments: `scripts::TokenDelete` (vault-core), read here as locals of the same names.
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
 if load_cfg() == nil then return fail('pool_not_found') end
-local id = token_id
-local t = load_token(id)
+local id, t = find_token(token_id)
 if t == nil then return fail('token_not_found') end
 local ended = end_token_leases(id)
 exp_del(id, t)
@@ -13,6 +12,6 @@ redis.call('ZREM', K.cool, id)
 unschedule(id)
 redis.call('ZREM', sunset_key(), id)
 if t.view ~= nil then redis.call('SREM', vkey(t.view), id) end
-redis.call('SREM', K.ids, id)
-redis.call('DEL', tkey(id))
+redis.call('HDEL', K.ids, token_id)
+redis.call('DEL', tkey(id), seckey(id))
 return reply({ leases_ended = ended })

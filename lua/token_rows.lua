@@ -2,6 +2,7 @@
 -- fields, and their quota as the quota rule sees it now (`quota_now`), so no reader recomputes it.
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::TokenRows` (vault-core), read here as locals of the same names.
+-- `ids` are the user's token ids or internal ones (`#<n>`).
 -- Returns {"rows":[{"fields":[value|null, ...], "quota":{used, reserved, limit?, win_end}}|{}...]}
 --   in the order of the ids; a token that does not exist is {}.
 -- | {"err":"pool_not_found"}.
@@ -14,7 +15,10 @@ local read = {}
 for j = 1, #fields do read[j] = fields[j] end
 for j = 1, #QUOTA_FIELDS do read[#fields + j] = QUOTA_FIELDS[j] end
 local rows = {}
-for _, id in ipairs(ids) do
+for _, given in ipairs(ids) do
+  -- A user's token id, or an internal one (`#<n>`, as the view sets hold them).
+  local id = given
+  if string.sub(given, 1, 1) ~= '#' then id = internal_id(given) or '' end
   local vals = redis.call('HMGET', tkey(id), unpack(read))
   local t = {}
   for j = 1, #QUOTA_FIELDS do t[QUOTA_FIELDS[j]] = vals[#fields + j] or nil end

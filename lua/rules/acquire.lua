@@ -8,32 +8,37 @@ local SCAN_LIMIT = 16
 -- How many expired leases one acquire reclaims on its way (the janitor does the rest).
 local LAZY_REAP = 8
 
+-- The first eligible token of `ready` (at most SCAN_LIMIT looked at), or nil.
+local function first_eligible(c, o, need_ttl)
+  for _, id in ipairs(redis.call('ZRANGE', K.ready, 0, SCAN_LIMIT - 1)) do
+    if id ~= o.exclude then
+      local t = load_token_hot(id)
+      if t == nil then
+        redis.call('ZREM', K.ready, id)
+      elseif eligible(id, t, c, o.units, need_ttl) then
+        return id, t
+      end
+    end
+  end
+  return nil, nil
+end
+
 -- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, idem_fp,
--- exclude}.
+-- exclude}. Returns the answer table and the leased token's internal id (its sealed secret goes
+-- with the answer), or an encoded error.
 local function do_acquire(c, o)
-  local replayed = idem_replay(c, o)
-  if replayed ~= nil then return replayed end
+  local replayed, replayed_id = idem_replay(c, o)
+  if replayed ~= nil then return replayed, replayed_id end
   if frozen(c) then return fail('pool_frozen') end
-  -- Leases whose worker died come back here too, a few per call, so a pool never stays
-  -- exhausted by dead leases while the janitor is away.
-  reap_expired(c, LAZY_REAP)
 
   local need_ttl = o.ttl_ms
   if o.min_ttl_ms > need_ttl then need_ttl = o.min_ttl_ms end
   local chosen, ct = session_token(o, c, need_ttl)
-  if chosen == nil then
-    local cands = redis.call('ZRANGE', K.ready, 0, SCAN_LIMIT - 1)
-    for _, id in ipairs(cands) do
-      if id ~= o.exclude then
-        local t = load_token_hot(id)
-        if t == nil then
-          redis.call('ZREM', K.ready, id)
-        elseif eligible(id, t, c, o.units, need_ttl) then
-          chosen, ct = id, t
-          break
-        end
-      end
-    end
+  if chosen == nil then chosen, ct = first_eligible(c, o, need_ttl) end
+  -- Leases whose worker died come back here too, a few at a time, when nothing else is
+  -- leasable: a pool never stays exhausted by dead leases while the janitor is away.
+  if chosen == nil and #reap_expired(c, LAZY_REAP) > 0 then
+    chosen, ct = first_eligible(c, o, need_ttl)
   end
   if chosen == nil then
     return fail('pool_exhausted', { retry_after_ms = retry_after_ms() })
@@ -48,13 +53,11 @@ local function do_acquire(c, o)
   local l = { token = chosen, worker = o.worker, units = str(o.units), granted_at = str(NOW),
               deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }
-  redis.call('HSET', lkey(o.lease_id), 'token', l.token, 'worker', l.worker, 'units', l.units,
-    'granted_at', l.granted_at, 'deadline', l.deadline, 'ttl_ms', l.ttl_ms, 'idem', l.idem,
-    'idem_fp', l.idem_fp)
+  lease_store(o.lease_id, l)
   redis.call('ZADD', K.leases, deadline, o.lease_id)
   redis.call('SADD', tlkey(chosen), o.lease_id)
   idem_record(o)
   session_keep(o, chosen, c)
   reconcile(chosen, ct, c)
-  return reply({ lease = lease_view(o.lease_id, l, ct) })
+  return { lease = lease_view(o.lease_id, l, ct) }, chosen
 end

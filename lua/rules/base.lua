@@ -7,7 +7,7 @@
 --   keys[3] cool   zset  cooling tokens (score = back-at ms)
 --   keys[4] leases zset  live leases (score = deadline ms)
 --   keys[5] exp    zset  tokens in rotation by expires_at ms
---   keys[6] ids    set   every token id of the pool
+--   keys[6] tokens hash  every token of the pool: its id (as the user gave it) -> its internal id
 --   keys[7] jobs   zset  refresh jobs (score = visible-at ms)
 --   keys[8] base   the pool's key prefix `tv:{pool}:`; per-token/lease keys are built from it,
 --                  so they share the pool's hash slot (cluster-safe). It is never written as
@@ -15,6 +15,12 @@
 --                  call whose declared keys are not all on one node is refused whole by Redis
 --                  (TRYAGAIN) before it runs, so no function ever meets a half-moved pool.
 -- ARGV[1] is always "now" in unix ms, or "" to use Redis TIME (the one clock of the system).
+--
+-- Internal ids. A token is stored under a short internal id, `#<n>` (n from the pool's deposit
+-- counter, so it is also the token's deposit order), and every index (ready, cool, exp, due,
+-- sunset, job queues, view sets, leases) holds that id; the token's own id, as deposited, is its
+-- hash's `id` field and the key of `tokens`. Functions take and answer the user's ids; `#` is
+-- never in one, so the two cannot be confused.
 
 -- The call being served: set by `begin` at the start of every call (functions share this
 -- library's state, and Redis runs one call at a time).
@@ -55,32 +61,69 @@ local function hgetall(key)
   return h
 end
 
-local function tkey(id) return K.base .. 't:' .. id end
+-- The storage layout this library reads and writes, in the pool config's `layout_version`
+-- (absent: a pool written before internal ids, which `vaultctl migrate` converts).
+local LAYOUT_VERSION = '2'
 
--- Token `id` as a table of all its fields, or nil when there is no such token.
-local function load_token(id)
-  return hgetall(tkey(id))
+local function tkey(id) return K.base .. 't:' .. id end
+-- The token's sealed secret, as bytes (nonce, ciphertext, tag): in a key of its own so that the
+-- token hash stays small enough for a listpack, and read only when a lease hands it out.
+local function seckey(id) return K.base .. 'sec:' .. id end
+
+-- The internal id of the token the user calls `token_id`, or nil.
+local function internal_id(token_id)
+  local id = redis.call('HGET', K.ids, token_id)
+  if id then return id end
+  return nil
 end
 
--- The token fields the lease path (acquire, release, renew, placement) reads. Every value read
--- into Lua costs Redis time of its own, and a token hash has about 30 fields; so the lease path
--- reads these, and the first use of any other field loads the rest. A rule that reads a field
--- not listed here is still right, only slower; transitions that read most fields (refresh,
--- batches over a pool) use `load_token`, one read instead of two.
-local TOKEN_HOT = { 'state', 'view', 'expires_at', 'used', 'reserved', 'win_end', 'leases',
-  'cool_until', 'quota_limit', 'strikes', 'seq', 'last_leased_at', 'secret_ct', 'key_id', 'proxy',
-  'proxy_ct', 'proxy_key_id', 'binding_fp' }
+-- The deposit order of a token: the number in its internal id.
+local function deposit_seq(id) return tonumber(string.sub(id, 2)) end
 
--- Token `id` for the lease path (see TOKEN_HOT), or nil when there is no such token.
+-- What `reconcile` needs to know of a token as it was read: where it is placed (`at`) and what
+-- its ready score was made of, so that an index entry that would not change is not rewritten.
+local function loaded(t)
+  if t ~= nil then
+    rawset(t, '_lla0', t.last_leased_at)
+    rawset(t, '_state0', t.state)
+  end
+  return t
+end
+
+-- Token `id` (internal) as a table of all its fields, or nil when there is no such token.
+local function load_token(id)
+  return loaded(hgetall(tkey(id)))
+end
+
+-- The user's token `token_id`: its internal id and all its fields, or nil.
+local function find_token(token_id)
+  local id = internal_id(token_id)
+  if id == nil then return nil, nil end
+  local t = load_token(id)
+  if t == nil then return nil, nil end
+  return id, t
+end
+
+-- The token fields the lease path (acquire, release, renew, rotate and the rules they apply)
+-- reads: one HMGET instead of reading the whole hash into Lua. A unit test
+-- (`the_lease_path_reads_every_token_field_it_uses`, vault-core/src/scripts.rs) derives the fields
+-- the rules read from their code and fails when one is missing here; a field read anyway
+-- loads the rest of the hash (right, only slower).
+local TOKEN_HOT = { 'id', 'state', 'view', 'at', 'expires_at', 'used', 'reserved', 'win_end',
+  'leases', 'cool_until', 'quota_limit', 'strikes', 'last_leased_at', 'key_id', 'proxy',
+  'proxy_ct', 'proxy_key_id', 'binding_fp', 'refresh_kind' }
+
+-- Token `id` (internal) for the lease path (see TOKEN_HOT), or nil when there is no such token.
 local function load_token_hot(id)
   local key = tkey(id)
   local raw = redis.call('HMGET', key, unpack(TOKEN_HOT))
-  -- `state` is written at deposit: without it there is no token.
+  -- `id` is written at deposit: without it there is no token.
   if not raw[1] then return nil end
   local t = {}
   for i = 1, #TOKEN_HOT do
     if raw[i] then t[TOKEN_HOT[i]] = raw[i] end
   end
+  loaded(t)
   return setmetatable(t, { __index = function(tbl, field)
     setmetatable(tbl, nil)
     local all = redis.call('HGETALL', key)
@@ -92,7 +135,9 @@ local function load_token_hot(id)
   end })
 end
 
-local function lkey(lid) return K.base .. 'l:' .. lid end
+-- Live leases: one hash per pool, lease id -> the lease record (see `lease_record` in
+-- rules/leases.lua); the `leases` zset holds their deadlines.
+local function leasedata_key() return K.base .. 'leasedata' end
 
 local function tlkey(id) return K.base .. 'tl:' .. id end
 
@@ -114,13 +159,21 @@ local function depositing_key() return K.base .. 'depositing' end
 -- the same secret (by fingerprint: depositing it again changes nothing), nil when another token
 -- holds its id.
 local function deposited(d)
-  local fp = redis.call('HGET', tkey(d.id), 'fingerprint')
+  local id = internal_id(d.id)
+  if id == nil then return false end
+  local fp = redis.call('HGET', tkey(id), 'fingerprint')
   if not fp then return false end
   if fp == d.fingerprint then return true end
   return nil
 end
 
 local function reply(t) return cjson.encode(t) end
+
+-- An answer that hands out a sealed secret: the JSON, then the secret's bytes (vault-core puts
+-- them into the answer's `lease`; JSON cannot carry bytes).
+local function reply_with_secret(t, id)
+  return { cjson.encode(t), redis.call('GET', seckey(id)) or '' }
+end
 
 -- A value as Redis stores it. Integers (times in ms, counters) are written with '%d': Lua's
 -- tostring formats every number as a float ('%.14g'), three times slower (about half a

@@ -2,7 +2,8 @@
 -- client by the caller) names at most one lease while that lease lives: a retry gets it back, a
 -- different request under the same key is refused. The key lives as long as its lease.
 
--- The answer for a key already used (the lease again, or a refusal); nil for a new key.
+-- The answer for a key already used (the lease again with its token's internal id, or an
+-- encoded refusal); nil for a new key.
 local function idem_replay(c, o)
   if o.idem == '' then return nil end
   local existing = redis.call('GET', idem_key(o.idem))
@@ -12,7 +13,7 @@ local function idem_replay(c, o)
   if (l.idem_fp or '') ~= (o.idem_fp or '') then return fail('idempotency_mismatch') end
   local v = lease_view(existing, l, load_token_hot(l.token))
   v.replayed = true
-  return reply({ lease = v })
+  return { lease = v }, l.token
 end
 
 local function idem_record(o)

@@ -1,12 +1,34 @@
--- leases.lua: ending leases, and the lease-deadline rule.
+-- leases.lua: lease records, ending leases, and the lease-deadline rule.
+
+-- A lease is one field of the pool's `leasedata` hash: its id -> "<token> <units> <granted_at>
+-- <deadline> <ttl_ms> <idem_fp> <idem> <worker>" (the token's internal id; idempotency key and
+-- worker are printable ASCII without spaces, the worker last). One write per lease instead of a
+-- hash of its own, and readable with redis-cli.
+local function lease_record(l)
+  return table.concat({ l.token, l.units, l.granted_at, l.deadline, l.ttl_ms, l.idem_fp or '',
+    l.idem or '', l.worker or '' }, ' ')
+end
+
+local function lease_load(lid)
+  local v = redis.call('HGET', leasedata_key(), lid)
+  if not v then return nil end
+  local token, units, granted_at, deadline, ttl_ms, idem_fp, idem, worker =
+    string.match(v, '^(%S+) (%d+) (%d+) (%d+) (%d+) (%S*) (%S*) (.*)$')
+  return { token = token, units = units, granted_at = granted_at, deadline = deadline,
+           ttl_ms = ttl_ms, idem_fp = idem_fp, idem = idem, worker = worker }
+end
+
+local function lease_store(lid, l)
+  redis.call('HSET', leasedata_key(), lid, lease_record(l))
+end
 
 -- End one lease: its reserved units go back, `used_units` of them are counted as used.
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
--- `read` is the lease hash when the caller has just read it (saves reading it again).
+-- `read` is the lease when the caller has just read it (saves reading it again).
 local function end_lease(lid, used_units, read)
-  local l = read or hgetall(lkey(lid))
+  local l = read or lease_load(lid)
   if l == nil then return nil, nil end
-  redis.call('DEL', lkey(lid))
+  redis.call('HDEL', leasedata_key(), lid)
   redis.call('ZREM', K.leases, lid)
   redis.call('SREM', tlkey(l.token), lid)
   if l.idem ~= nil and l.idem ~= '' then
@@ -25,7 +47,7 @@ local function end_lease(lid, used_units, read)
 end
 
 -- End lease `lid` without a report (its deadline passed, or the pool's kill switch): all its
--- reserved units count as used. Returns the lease, or nil when it was already gone.
+-- reserved units count as used. Returns the lease and its token, or nil when it was already gone.
 local function reclaim_lease(lid, c)
   local l, t = end_lease(lid, nil)
   if l == nil then
@@ -33,15 +55,17 @@ local function reclaim_lease(lid, c)
     return nil
   end
   if t ~= nil and c ~= nil then reconcile(l.token, t, c) end
-  return l
+  return l, t
 end
 
 -- Reclaim each of `lids`; returns the {lease_id, token_id} of those that were live.
 local function reclaim_leases(c, lids)
   local ended = {}
   for _, lid in ipairs(lids) do
-    local l = reclaim_lease(lid, c)
-    if l ~= nil then ended[#ended + 1] = { lease_id = lid, token_id = l.token } end
+    local l, t = reclaim_lease(lid, c)
+    if l ~= nil then
+      ended[#ended + 1] = { lease_id = lid, token_id = t and t.id or l.token }
+    end
   end
   return ended
 end
@@ -50,7 +74,7 @@ end
 -- acquire, renew, release), and is reclaimed then.
 -- Lease `lid` while it is live; nil once it is gone (a lease past its deadline is reclaimed).
 local function live_lease(c, lid)
-  local l = hgetall(lkey(lid))
+  local l = lease_load(lid)
   if l == nil then return nil end
   if num(l.deadline, 0) <= NOW then
     reclaim_lease(lid, c)
@@ -73,12 +97,13 @@ local function end_token_leases(id)
   return ended
 end
 
--- What a lease answer carries (the secret stays encrypted; vault-api decrypts it).
+-- What a lease answer carries (the sealed secret goes beside it: `reply_with_secret`; vault-api
+-- decrypts it).
 local function lease_view(lid, l, t)
   return {
-    lease_id = lid, token_id = l.token, worker = l.worker or '', units = num(l.units, 1),
+    lease_id = lid, token_id = t.id, worker = l.worker or '', units = num(l.units, 1),
     granted_at = num(l.granted_at, 0), deadline = num(l.deadline, 0), ttl_ms = num(l.ttl_ms, 0),
-    secret_ct = t.secret_ct, key_id = t.key_id, expires_at = num(t.expires_at, 0),
+    key_id = t.key_id, expires_at = num(t.expires_at, 0),
     proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
     binding_fp = t.binding_fp or '',
   }

@@ -4,17 +4,9 @@
 -- Deprecated tokens stay leasable but sort after every active one.
 local DEPRECATED_OFFSET = 100000000000000
 
-local function set_view(id, t, view)
-  if t.view ~= view then
-    if t.view ~= nil and t.view ~= '' then redis.call('SREM', vkey(t.view), id) end
-    redis.call('SADD', vkey(view), id)
-    put(id, t, 'view', view)
-  end
-end
-
-local function ready_score(t, c)
+local function ready_score(id, t, c)
   local s
-  if c.strategy == 'pack' then s = num(t.seq, 0) else s = num(t.last_leased_at, 0) end
+  if c.strategy == 'pack' then s = deposit_seq(id) else s = num(t.last_leased_at, 0) end
   if t.state == 'deprecated' then s = s + DEPRECATED_OFFSET end
   return s
 end
@@ -22,13 +14,17 @@ end
 local function in_rotation(t) return t.state == 'active' or t.state == 'deprecated' end
 
 -- The one place that decides where a token belongs (ready / cool / neither) and its view state.
--- Called after every change to a token.
+-- Called after every change to a token. The token's `at` field says where it is ('r' ready,
+-- 'c' cool, 'n' neither; absent: not known, e.g. a reconfigured pool), so an index entry that
+-- is already right is not written again: a lease on a token that stays in `ready` rewrites its
+-- score only when the score changed.
 local function reconcile(id, t, c)
   local view = t.state
+  local where, back_at = 'n', 0
   if in_rotation(t) then
     roll_window(id, t)
     local leases = num(t.leases, 0)
-    local back_at = num(t.cool_until, 0)
+    back_at = num(t.cool_until, 0)
     if back_at <= NOW then back_at = 0 end
     local room = headroom(t, c)
     if room ~= nil and room <= 0 then
@@ -37,23 +33,38 @@ local function reconcile(id, t, c)
       if we > back_at then back_at = we end
     end
     if back_at > NOW then
-      redis.call('ZREM', K.ready, id)
-      redis.call('ZADD', K.cool, back_at, id)
+      where = 'c'
       if t.state == 'active' then
         if leases > 0 then view = 'leased' else view = 'cooling' end
       end
     else
-      redis.call('ZREM', K.cool, id)
-      if leases >= max_leases(c) then
-        redis.call('ZREM', K.ready, id)
-      else
-        redis.call('ZADD', K.ready, ready_score(t, c), id)
-      end
+      if leases < max_leases(c) then where = 'r' end
       if t.state == 'active' and leases > 0 then view = 'leased' end
     end
-  else
+  end
+  local was = t.at
+  if where == 'r' then
+    local score = ready_score(id, t, c)
+    if was ~= 'r' or score ~= ready_score(id, { last_leased_at = t._lla0, state = t._state0 }, c) then
+      redis.call('ZADD', K.ready, score, id)
+    end
+  elseif was == 'r' or was == nil then
     redis.call('ZREM', K.ready, id)
+  end
+  if where == 'c' then
+    redis.call('ZADD', K.cool, back_at, id)
+  elseif was == 'c' or was == nil then
     redis.call('ZREM', K.cool, id)
   end
-  set_view(id, t, view)
+  rawset(t, '_lla0', t.last_leased_at)
+  rawset(t, '_state0', t.state)
+  -- Where it is and its view state, in one write.
+  local fv = {}
+  if was ~= where then fv[#fv + 1] = 'at'; fv[#fv + 1] = where end
+  if t.view ~= view then
+    if t.view ~= nil and t.view ~= '' then redis.call('SREM', vkey(t.view), id) end
+    redis.call('SADD', vkey(view), id)
+    fv[#fv + 1] = 'view'; fv[#fv + 1] = view
+  end
+  if #fv > 0 then put_all(id, t, fv) end
 end

@@ -20,9 +20,9 @@ local function refresh_attempt_failed(id, t, c, err, retry_ms, max_attempts)
   redis.call('HINCRBY', stats_key(), 'refresh_fail', 1)
   if retry_ms == nil or attempts >= max_attempts then
     quarantine(id, t, c)
-    return { token_id = id, state = t.view, attempts = attempts, error = err }
+    return { token_id = t.id, state = t.view, attempts = attempts, error = err }
   end
   local retry_at = NOW + retry_ms
   redis.call('ZADD', queue_of(t), retry_at, id)
-  return { token_id = id, state = t.view, attempts = attempts, retry_at = retry_at, error = err }
+  return { token_id = t.id, state = t.view, attempts = attempts, retry_at = retry_at, error = err }
 end

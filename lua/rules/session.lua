@@ -5,7 +5,9 @@
 local function session_token(o, c, need_ttl)
   if o.session == '' then return nil, nil end
   local sid = redis.call('GET', session_key(o.session))
-  if sid and sid ~= o.exclude then
+  -- A session kept by a vault older than internal ids names a user's token id (no `#`): it is
+  -- let go, like an expired session.
+  if sid and string.sub(sid, 1, 1) == '#' and sid ~= o.exclude then
     local t = load_token_hot(sid)
     if eligible(sid, t, c, o.units, need_ttl) then return sid, t end
   end

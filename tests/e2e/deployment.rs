@@ -567,9 +567,9 @@ async fn safety_writes_wait_for_a_replica_when_configured() {
     let api = dep.api(&v);
     pool_p_with_a_and_b(&api).await;
     // The replica has the deposit: it was waited for.
-    assert!(!replica
-        .cli(&["EXISTS", &format!("{}:{{p}}:t:a", dep.prefix)])
-        .starts_with('0'));
+    assert!(replica
+        .cli(&["HEXISTS", &format!("{}:{{p}}:tokens", dep.prefix), "a"])
+        .starts_with('1'));
     let client = api
         .post(
             "/v1/clients",
@@ -802,7 +802,7 @@ async fn while_a_pools_slot_migrates_its_calls_are_refused_whole_then_served_by_
     };
     assert_eq!(
         target
-            .cli(&["EXISTS", &format!("{prefix}:{{p}}:l:{lease}")])
+            .cli(&["HEXISTS", &format!("{prefix}:{{p}}:leasedata"), &lease])
             .trim(),
         "1",
         "the lease is not on the new node"

@@ -378,3 +378,11 @@ pub(crate) fn installed(rel: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// The Redis key of token `id`'s hash: `<prefix>:{pool}:t:<internal id>`, the internal id read
+/// from the pool's `tokens` hash (for tests that look at what is stored).
+pub(crate) fn token_key(redis: &RedisServer, prefix: &str, pool: &str, id: &str) -> String {
+    let internal = redis.cli(&["HGET", &format!("{prefix}:{{{pool}}}:tokens"), id]);
+    assert!(!internal.trim().is_empty(), "no token {id} in pool {pool}");
+    format!("{prefix}:{{{pool}}}:t:{}", internal.trim())
+}

@@ -14,6 +14,7 @@ mod hardening;
 mod harness;
 mod http;
 mod keys;
+mod migration;
 mod monitoring;
 mod outage;
 mod python;

@@ -25,10 +25,11 @@ pub(crate) async fn dump_everything(url: &str) -> Vec<(String, String)> {
             .query_async(&mut c)
             .await
             .unwrap();
-        let vals: Vec<String> = match ty.as_str() {
+        // Bytes: a sealed secret is stored as bytes, not text.
+        let vals: Vec<Vec<u8>> = match ty.as_str() {
             "string" => vec![c.get(&k).await.unwrap()],
             "hash" => {
-                let h: Vec<String> = c.hgetall(&k).await.unwrap();
+                let h: Vec<Vec<u8>> = c.hgetall(&k).await.unwrap();
                 h
             }
             "set" => c.smembers(&k).await.unwrap(),
@@ -42,7 +43,10 @@ pub(crate) async fn dump_everything(url: &str) -> Vec<(String, String)> {
                     .query_async(&mut c)
                     .await
                     .unwrap();
-                rows.into_iter().flat_map(|(_, fields)| fields).collect()
+                rows.into_iter()
+                    .flat_map(|(_, fields)| fields)
+                    .map(String::into_bytes)
+                    .collect()
             }
             other => panic!("unexpected key type {other} for {k}"),
         };
@@ -53,7 +57,10 @@ pub(crate) async fn dump_everything(url: &str) -> Vec<(String, String)> {
             .await
             .unwrap();
         out.push((k.clone(), String::from_utf8_lossy(&dump).into_owned()));
-        out.extend(vals.into_iter().map(|v| (k.clone(), v)));
+        out.extend(
+            vals.into_iter()
+                .map(|v| (k.clone(), String::from_utf8_lossy(&v).into_owned())),
+        );
     }
     out
 }
@@ -102,12 +109,15 @@ async fn no_plaintext_secret_in_redis() {
         assert!(!value.contains("PLAINTEXT"), "plaintext secret under {key}");
     }
     // Metadata is readable where an operator looks.
-    let h = t
-        .redis
-        .cli(&["HGETALL", &format!("{}:{{sec}}:t:t0", t.dep.prefix)]);
-    for field in ["state", "fingerprint", "sha256:", "secret_ct", "key_id"] {
+    let key = crate::harness::token_key(&t.redis, &t.dep.prefix, "sec", "t0");
+    let h = t.redis.cli(&["HGETALL", &key]);
+    for field in ["state", "fingerprint", "sha256:", "key_id"] {
         assert!(h.contains(field), "{field} missing in:\n{h}");
     }
+    // The sealed secret is beside it, as bytes: nonce (12), ciphertext, tag (16).
+    let sealed = key.replace(":t:", ":sec:");
+    let len: usize = t.redis.cli(&["STRLEN", &sealed]).trim().parse().unwrap();
+    assert_eq!(len, 12 + secrets[0].len() + 16, "{sealed}");
     let meta = api.get("/v1/pools/sec/tokens/t1").await;
     assert_eq!(meta.body["refresh"]["client_id"], "cid");
     assert!(!meta.body.to_string().contains("PLAINTEXT"));
@@ -249,7 +259,7 @@ async fn master_key_rotation_with_reencrypt() {
     }
     let refresh_kid = t.redis.cli(&[
         "HGET",
-        &format!("{}:{{p}}:t:a", t.dep.prefix),
+        &crate::harness::token_key(&t.redis, &t.dep.prefix, "p", "a"),
         "refresh_key_id",
     ]);
     assert_eq!(
@@ -259,7 +269,7 @@ async fn master_key_rotation_with_reencrypt() {
     );
     let proxy_kid = t.redis.cli(&[
         "HGET",
-        &format!("{}:{{p}}:t:b", t.dep.prefix),
+        &crate::harness::token_key(&t.redis, &t.dep.prefix, "p", "b"),
         "proxy_key_id",
     ]);
     assert_eq!(proxy_kid.trim(), k2_id, "proxy credentials re-sealed too");

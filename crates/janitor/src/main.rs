@@ -15,8 +15,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match store.load_scripts().await {
-        Err(e @ vault_core::VaultError::ScriptsUnavailable(_)) => {
+    match store.prepare().await {
+        Err(e) if e.refuses_start() => {
             eprintln!("janitor: refusing to start: {e}");
             return std::process::ExitCode::FAILURE;
         }

@@ -491,8 +491,8 @@ impl Refresher {
 pub async fn run(cfg: RefresherConfig) -> anyhow::Result<()> {
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
-    match store.load_scripts().await {
-        Err(e @ VaultError::ScriptsUnavailable(_)) => {
+    match store.prepare().await {
+        Err(e) if e.refuses_start() => {
             return Err(anyhow::Error::new(e).context("refusing to start"))
         }
         Err(e) => tracing::warn!(error = %e, "redis not reachable at start-up; will keep trying"),

@@ -127,6 +127,16 @@ impl From<VaultError> for ApiError {
                     Some(5),
                 )
             }
+            VaultError::LayoutOutdated(_) => {
+                tracing::error!(error = %e, "storage layout outdated");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "Redis holds pools in an older storage layout; an operator runs \
+                     `vaultctl migrate`"
+                        .to_string(),
+                    Some(5),
+                )
+            }
             VaultError::Crypto(_) | VaultError::Internal(_) => {
                 tracing::error!(error = %e, "internal error");
                 (

@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use vault_core::{Store, VaultError};
+use vault_core::Store;
 
 use crate::config::ConnLimits;
 use crate::{router, ApiConfig, AppState};
@@ -29,7 +29,7 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     crate::routes::health::install_metrics();
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
     let store = Store::connect(&cfg.redis)?;
-    match store.load_scripts().await {
+    match store.prepare().await {
         Ok(()) => {
             tracing::info!(library = %vault_core::scripts::LIBRARY.name, "function library loaded");
             match store.complete_pool_configs().await {
@@ -38,7 +38,7 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
                 Err(e) => tracing::warn!(error = %e, "pool configs could not be completed"),
             }
         }
-        Err(e @ VaultError::ScriptsUnavailable(_)) => {
+        Err(e) if e.refuses_start() => {
             return Err(anyhow::Error::new(e).context("refusing to start"));
         }
         Err(e) => {

@@ -84,8 +84,6 @@ async fn every_api_transition_is_audited_with_its_actor_and_announced() {
             "pool.create",
             "pool.update",
             "token.deposit",
-            "token.deposit",
-            "token.deposit",
             "token.revoke",
             "lease.outcome",
             "token.quarantine",
@@ -110,6 +108,16 @@ async fn every_api_transition_is_audited_with_its_actor_and_announced() {
     }
     let revoke = trail.iter().find(|e| e.action == "token.revoke").unwrap();
     assert_eq!(revoke.detail.as_deref(), Some("leaked (1 leases ended)"));
+    // One entry for the deposit of three tokens, each listed with its secret's fingerprint.
+    let deposit = trail.iter().find(|e| e.action == "token.deposit").unwrap();
+    let listed = deposit.detail.as_deref().unwrap_or_default();
+    assert!(
+        listed.starts_with("sha256:")
+            && [" a, sha256:", " b, sha256:", " c (3 tokens)"]
+                .iter()
+                .all(|p| listed.contains(p)),
+        "{listed}"
+    );
 
     let events: Vec<(String, Option<String>, Option<String>)> = v
         .events()

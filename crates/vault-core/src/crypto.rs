@@ -115,6 +115,28 @@ pub struct Sealed {
     pub data: String,
 }
 
+impl Sealed {
+    /// The sealed bytes (nonce, ciphertext, tag), as the token's secret key stores them.
+    pub fn bytes(&self) -> Result<Vec<u8>, VaultError> {
+        Self::from_base64(&self.data)
+    }
+
+    /// The bytes of base64 `data` (a ciphertext as read before).
+    pub fn from_base64(data: &str) -> Result<Vec<u8>, VaultError> {
+        STANDARD
+            .decode(data)
+            .map_err(|_| VaultError::Crypto("stored ciphertext is not base64".into()))
+    }
+
+    /// From the bytes a token's secret key stores.
+    pub fn from_bytes(key_id: &str, bytes: &[u8]) -> Self {
+        Sealed {
+            key_id: key_id.to_string(),
+            data: STANDARD.encode(bytes),
+        }
+    }
+}
+
 fn aad(pool: &str, id: &str) -> Vec<u8> {
     format!("{pool}/{id}").into_bytes()
 }

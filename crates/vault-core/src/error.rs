@@ -46,6 +46,10 @@ pub enum VaultError {
     NotReplicated(String),
     #[error("Redis refuses Lua scripts ({0}); tokenvault needs Redis Functions (FUNCTION LOAD, FCALL) and never falls back to non-atomic commands")]
     ScriptsUnavailable(String),
+    /// Redis holds pools in the storage layout of an older tokenvault, which this one does not
+    /// read: `vaultctl migrate` converts them.
+    #[error("{0}")]
+    LayoutOutdated(String),
     #[error("cannot decrypt a stored secret: {0}")]
     Crypto(String),
     #[error("internal error: {0}")]
@@ -73,9 +77,16 @@ impl VaultError {
             Self::RedisBusy(_) => "redis_busy",
             Self::NotReplicated(_) => "not_replicated",
             Self::ScriptsUnavailable(_) => "scripts_unavailable",
+            Self::LayoutOutdated(_) => "layout_outdated",
             Self::Crypto(_) => "crypto_error",
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// Whether a process meeting this error at start-up must refuse to run (rather than start
+    /// and wait for Redis): Redis refuses functions, or holds an older layout.
+    pub fn refuses_start(&self) -> bool {
+        matches!(self, Self::ScriptsUnavailable(_) | Self::LayoutOutdated(_))
     }
 
     /// Map a script's `{"err": code, "detail": ...}` answer.

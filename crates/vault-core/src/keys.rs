@@ -91,7 +91,13 @@ impl PoolKeys {
     pub fn exp(&self) -> String {
         self.k("exp")
     }
+    /// Every token of the pool: its id (as deposited) → its internal id `#<n>`, which the
+    /// indexes hold and its keys are named after.
     pub fn ids(&self) -> String {
+        self.k("tokens")
+    }
+    /// The set of token ids of the layout before internal ids: only `vaultctl migrate` reads it.
+    pub fn old_ids(&self) -> String {
         self.k("ids")
     }
     pub fn jobs(&self) -> String {
@@ -108,13 +114,24 @@ impl PoolKeys {
     pub fn rate(&self) -> String {
         self.k("rate")
     }
-    pub fn token(&self, id: &str) -> String {
-        self.k(&format!("t:{id}"))
+    /// A token's hash, by its internal id (`#<n>`).
+    pub fn token(&self, internal_id: &str) -> String {
+        self.k(&format!("t:{internal_id}"))
     }
-    pub fn lease(&self, lease_id: &str) -> String {
+    /// A token's sealed secret (bytes), by its internal id.
+    pub fn secret(&self, internal_id: &str) -> String {
+        self.k(&format!("sec:{internal_id}"))
+    }
+    /// Live leases: lease id → its record (`lease_record` in `lua/rules/leases.lua`).
+    pub fn lease_data(&self) -> String {
+        self.k("leasedata")
+    }
+    /// A lease's hash in the layout before internal ids (`vaultctl migrate` reads it).
+    pub fn old_lease(&self, lease_id: &str) -> String {
         self.k(&format!("l:{lease_id}"))
     }
-    /// One claimed refresh job (`job_key` in `lua/rules/refresh.lua`).
+    /// One claimed refresh job (`job_key` in `lua/rules/refresh.lua`): `token` (internal id),
+    /// `token_id` (the user's), `gen`, `attempts`.
     pub fn job(&self, job_id: &str) -> String {
         self.k(&format!("job:{job_id}"))
     }
@@ -180,7 +197,7 @@ mod tests {
     fn pool_keys_share_one_hash_tag() {
         let k = Keys::new("tv").pool("scrape.a");
         assert_eq!(k.cfg(), "tv:{scrape.a}:cfg");
-        assert_eq!(k.token("x1"), "tv:{scrape.a}:t:x1");
+        assert_eq!(k.token("#1"), "tv:{scrape.a}:t:#1");
         for key in k.script_keys() {
             assert!(key.starts_with("tv:{scrape.a}:"), "{key}");
         }
@@ -208,7 +225,10 @@ mod tests {
             k.depositing(),
             k.xjobs(),
             k.token(""),
-            k.lease(""),
+            k.secret(""),
+            k.lease_data(),
+            k.old_ids(),
+            k.old_lease(""),
             k.job(""),
             k.view(""),
             k.token_leases(""),

@@ -345,14 +345,15 @@ impl Store {
         let done = self.deposit(pool, tokens).await?;
         let unchanged: std::collections::HashSet<&str> =
             done.unchanged.iter().map(String::as_str).collect();
-        for t in tokens.iter().filter(|t| !unchanged.contains(t.id.as_str())) {
+        let new: Vec<&SealedToken> = tokens
+            .iter()
+            .filter(|t| !unchanged.contains(t.id.as_str()))
+            .collect();
+        for t in &new {
             tracing::info!(pool, token_id = %t.id, fingerprint = %t.fingerprint, "token deposited");
-            self.record(&AuditEntry {
-                token_id: Some(t.id.clone()),
-                detail: Some(t.fingerprint.clone()),
-                ..actor.entry(Some(pool), "token.deposit")
-            })
-            .await;
+        }
+        if let Some(entry) = deposit_entry(actor, pool, &new) {
+            self.record(&entry).await;
         }
         Ok(done)
     }
@@ -391,5 +392,44 @@ impl Store {
         self.token_audit(actor, pool, id, "token.refresh_requested")
             .await;
         Ok(state)
+    }
+}
+
+/// Token ids a deposit's audit entry lists by name; the rest are counted.
+const DEPOSIT_AUDIT_LISTED: usize = 20;
+
+/// One audit entry per deposit, not one per token (an entry each cost Redis about 150 bytes a
+/// token): a single token is named with its fingerprint, as before; a batch lists its first
+/// tokens (fingerprint and id) and counts the rest. None when nothing new was deposited.
+fn deposit_entry(actor: &Actor, pool: &str, new: &[&SealedToken]) -> Option<AuditEntry> {
+    let entry = actor.entry(Some(pool), "token.deposit");
+    match new {
+        [] => None,
+        [one] => Some(AuditEntry {
+            token_id: Some(one.id.clone()),
+            detail: Some(one.fingerprint.clone()),
+            ..entry
+        }),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .take(DEPOSIT_AUDIT_LISTED)
+                .map(|t| format!("{} {}", t.fingerprint, t.id))
+                .collect();
+            let more = many.len() - listed.len();
+            let rest = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            Some(AuditEntry {
+                detail: Some(format!(
+                    "{}{rest} ({} tokens)",
+                    listed.join(", "),
+                    many.len()
+                )),
+                ..entry
+            })
+        }
     }
 }

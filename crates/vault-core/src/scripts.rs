@@ -80,7 +80,7 @@ pub trait Arg {
     const WIDTH: usize = 1;
     /// A list of every argument from here on (only last).
     const REST: bool = false;
-    fn add_to(&self, argv: &mut Vec<String>);
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>);
 }
 
 /// How a transition's argument is read in Lua (see [`Arg`]).
@@ -93,20 +93,20 @@ struct ArgSpec {
 
 impl Arg for String {
     const LUA: &'static str = "ARGV[{n}]";
-    fn add_to(&self, argv: &mut Vec<String>) {
-        argv.push(self.clone());
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        argv.push(self.clone().into_bytes());
     }
 }
 impl Arg for u64 {
     const LUA: &'static str = "tonumber(ARGV[{n}])";
-    fn add_to(&self, argv: &mut Vec<String>) {
-        argv.push(self.to_string());
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        argv.push(self.to_string().into_bytes());
     }
 }
 impl Arg for i64 {
     const LUA: &'static str = "tonumber(ARGV[{n}])";
-    fn add_to(&self, argv: &mut Vec<String>) {
-        argv.push(self.to_string());
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        argv.push(self.to_string().into_bytes());
     }
 }
 /// A number, `nil` in Lua when absent.
@@ -114,8 +114,8 @@ macro_rules! optional_number {
     ($($t:ty),*) => {$(
         impl Arg for Option<$t> {
             const LUA: &'static str = "tonumber(ARGV[{n}])";
-            fn add_to(&self, argv: &mut Vec<String>) {
-                argv.push(self.map(|v| v.to_string()).unwrap_or_default());
+            fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+                argv.push(self.map(|v| v.to_string()).unwrap_or_default().into_bytes());
             }
         }
     )*};
@@ -123,8 +123,8 @@ macro_rules! optional_number {
 optional_number!(u64, i64);
 impl Arg for bool {
     const LUA: &'static str = "ARGV[{n}] == '1'";
-    fn add_to(&self, argv: &mut Vec<String>) {
-        argv.push(if *self { "1" } else { "0" }.into());
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        argv.push(if *self { b"1" } else { b"0" }.to_vec());
     }
 }
 /// A worker's report, as release and rotate receive it: in Lua one table, the shape
@@ -146,7 +146,7 @@ impl Arg for ReportArgs {
         retry_after_ms = tonumber(ARGV[{n+2}]), remaining = tonumber(ARGV[{n+3}]), \
         reset_at = tonumber(ARGV[{n+4}]) }";
     const WIDTH: usize = 5;
-    fn add_to(&self, argv: &mut Vec<String>) {
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
         self.used.add_to(argv);
         self.outcome.add_to(argv);
         self.retry_ms.add_to(argv);
@@ -155,12 +155,25 @@ impl Arg for ReportArgs {
     }
 }
 
+/// Bytes as they are (a sealed secret: nonce, ciphertext, tag), a Lua string in the function.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Arg for Blob {
+    const LUA: &'static str = "ARGV[{n}]";
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        argv.push(self.0.clone());
+    }
+}
+
 /// A Lua list of the remaining arguments.
-impl Arg for Vec<String> {
+impl<T: Arg> Arg for Vec<T> {
     const LUA: &'static str = "";
     const REST: bool = true;
-    fn add_to(&self, argv: &mut Vec<String>) {
-        argv.extend(self.iter().cloned());
+    fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
+        for a in self {
+            a.add_to(argv);
+        }
     }
 }
 
@@ -169,7 +182,7 @@ pub trait Function {
     /// The `FCALL` name.
     fn name() -> &'static str;
     /// `ARGV[2..]` (`ARGV[1]` is the clock, added by the store).
-    fn argv(&self) -> Vec<String>;
+    fn argv(&self) -> Vec<Vec<u8>>;
 }
 
 /// The Lua lines that make a transition's arguments locals named as the Rust fields.
@@ -233,7 +246,7 @@ macro_rules! transitions {
                     $name.as_str()
                 }
                 #[allow(unused_mut)]
-                fn argv(&self) -> Vec<String> {
+                fn argv(&self) -> Vec<Vec<u8>> {
                     let mut argv = Vec::new();
                     $( Arg::add_to(&self.$field, &mut argv); )*
                     argv
@@ -268,9 +281,11 @@ transitions! {
     }
     /// A deposit's second step: write a batch of tokens reserved until `reserved_until`.
     DEPOSIT, Deposit => "deposit" {
-        /// JSON array of sealed tokens (`DepositToken`).
+        /// JSON array of sealed tokens without their secrets.
         tokens: String,
         reserved_until: i64,
+        /// The tokens' sealed secrets, in the same order.
+        secrets: Vec<Blob>,
     }
     /// Give back the reservations of a deposit that stopped.
     DEPOSIT_RELEASE, DepositRelease => "deposit_release" {
@@ -352,7 +367,7 @@ transitions! {
     /// Store a refreshed credential, checked against the claim.
     JOB_COMPLETE, JobComplete => "job_complete" {
         job_id: String,
-        secret_ct: String,
+        secret: Blob,
         key_id: String,
         fingerprint: String,
         /// Unix ms, 0 = never.
@@ -377,8 +392,8 @@ transitions! {
     /// Replace a token's ciphertexts with ones under the current master key (compare-and-set).
     RESEAL, Reseal => "reseal" {
         token_id: String,
-        secret_ct_read: String,
-        secret_ct: String,
+        secret_read: Blob,
+        secret: Blob,
         key_id: String,
         refresh_ct_read: String,
         /// "": leave it.
@@ -411,12 +426,23 @@ transitions! {
         /// "": whichever runs.
         op_id: String,
     }
+    /// Convert one batch of a pool written by a vault before internal ids (`vaultctl migrate`).
+    MIGRATE_LAYOUT, MigrateLayout => "migrate_layout" { batch: u64 }
     /// Read tokens' fields and their quota as the rule sees it now.
     TOKEN_ROWS, TokenRows => "token_rows" {
         /// JSON list of field names.
         fields: String,
         ids: Vec<String>,
     }
+}
+
+/// Functions that only read: registered `no-writes` and called with `FCALL_RO`, which Redis
+/// may also serve from a replica and never counts as a write.
+pub const READ_ONLY: &[&str] = &["token_rows"];
+
+/// Whether the function called `name` (its `FCALL` name) only reads.
+pub fn read_only(name: &str) -> bool {
+    READ_ONLY.iter().any(|f| name == LIBRARY.function(f))
 }
 
 /// Not a pool transition (it touches the vault-wide event stream, with its own keys).
@@ -442,8 +468,13 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         include_str!("../../../lua/publish_event.lua")
     ));
     for (file, _, _) in TRANSITIONS {
+        let flags = if READ_ONLY.contains(file) {
+            "'no-writes'"
+        } else {
+            ""
+        };
         code.push_str(&format!(
-            "redis.register_function('tv_{VER}_{file}', function(keys, args) begin(keys, args) return t_{file}() end)\n"
+            "redis.register_function{{function_name = 'tv_{VER}_{file}', callback = function(keys, args) begin(keys, args) return t_{file}() end, flags = {{{flags}}}}}\n"
         ));
     }
     code.push_str(&format!(
@@ -518,14 +549,24 @@ mod tests {
             report,
             new_lease_id: "l2".into(),
         };
-        assert_eq!(call.argv(), ["l1", "", "ok", "1500", "0", "", "l2"]);
+        let text = |argv: Vec<Vec<u8>>| -> Vec<String> {
+            argv.into_iter()
+                .map(|a| String::from_utf8(a).unwrap())
+                .collect()
+        };
+        assert_eq!(text(call.argv()), ["l1", "", "ok", "1500", "0", "", "l2"]);
         assert_eq!(Rotate::name(), ROTATE.as_str());
         let rows = TokenRows {
             fields: "[]".into(),
             ids: vec!["a".into(), "b".into()],
         };
-        assert_eq!(rows.argv(), ["[]", "a", "b"]);
-        assert_eq!(PoolDelete { force: true }.argv(), ["1"]);
+        assert_eq!(text(rows.argv()), ["[]", "a", "b"]);
+        assert_eq!(text(PoolDelete { force: true }.argv()), ["1"]);
+        let secret = JobComplete {
+            secret: Blob(vec![0, 255, 10]),
+            ..Default::default()
+        };
+        assert_eq!(secret.argv()[1], [0, 255, 10], "bytes go as they are");
         let spec = |name, lua, width, rest| ArgSpec {
             name,
             lua,
@@ -559,8 +600,72 @@ mod tests {
         assert_eq!(*ACQUIRE, format!("tv_{}_acquire", lib.version));
         assert!(!lib.code.contains(VER));
         assert_eq!(
-            lib.code.matches("redis.register_function(").count(),
+            lib.code.matches("redis.register_function").count(),
             TRANSITIONS.len() + 2
         );
+    }
+
+    /// The lease path reads a token with one HMGET of `TOKEN_HOT` (lua/rules/base.lua). Every
+    /// field the rules and the lease transitions read of a token (`t.<field>`, `ct.<field>`) must
+    /// be in that list, and every field in it must be read, so that a rule that starts reading a
+    /// new field cannot be silently slowed (or a list entry outlive its last reader).
+    #[test]
+    fn the_lease_path_reads_every_token_field_it_uses() {
+        // Read only by the refresh-job path, which loads whole tokens (`load_claim`,
+        // `refresh_attempt_failed`); `err` is `fail`'s own table, not a token.
+        const ELSEWHERE: [&str; 4] = ["job_id", "generation", "refresh_attempts", "err"];
+        let base = RULES[0].1;
+        let hot_start = base
+            .find("local TOKEN_HOT = {")
+            .expect("TOKEN_HOT in base.lua");
+        let hot_end = hot_start + base[hot_start..].find('}').unwrap();
+        let hot: Vec<&str> = base[hot_start..hot_end]
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .collect();
+        assert!(hot.contains(&"state") && hot.contains(&"key_id"), "{hot:?}");
+        let lease_path = ["acquire", "release", "renew", "rotate"];
+        let code: String = RULES
+            .iter()
+            .map(|(_, src)| *src)
+            .chain(
+                TRANSITIONS
+                    .iter()
+                    .filter(|(f, _, _)| lease_path.contains(f))
+                    .map(|(_, src, _)| *src),
+            )
+            .flat_map(str::lines)
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut read = std::collections::BTreeSet::new();
+        for var in ["t.", "ct."] {
+            for (at, _) in code.match_indices(var) {
+                let before = code[..at].chars().next_back().unwrap_or(' ');
+                if before.is_ascii_alphanumeric() || before == '_' || before == '.' {
+                    continue;
+                }
+                let field: String = code[at + var.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !field.starts_with('_') && !ELSEWHERE.contains(&field.as_str()) {
+                    read.insert(field);
+                }
+            }
+        }
+        for field in &read {
+            assert!(
+                hot.contains(&field.as_str()),
+                "the lease path reads token field `{field}`: add it to TOKEN_HOT"
+            );
+        }
+        for field in &hot {
+            assert!(
+                read.contains(*field),
+                "TOKEN_HOT lists `{field}`, which nothing on the lease path reads"
+            );
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! vaultctl: operator CLI. Offline commands need no server: generating a signing key and
 //! minting a client token with it (the bootstrap: the first admin token comes from here).
 //! `keys reencrypt` talks to Redis directly (it needs the master keys, which the API never
-//! hands out). `check` is the invariant checker: it drives a running vault and proves its rules
+//! hands out), and so does `migrate` (it converts what an older version stored). `check` is the invariant checker: it drives a running vault and proves its rules
 //! held (see `check/`).
 
 mod check;
@@ -56,6 +56,16 @@ enum Cmd {
     /// Drive a running vault with workers, an operator and a login worker, then prove from the
     /// log and a final read that no rule was broken. Exit status 2 on any violation.
     Check(check::CheckArgs),
+    /// Convert every pool stored by a tokenvault before internal token ids to this version's
+    /// layout, in short batches (talks to Redis directly). Stop every vault process of the old
+    /// version first; safe to run again after a stop, a no-op on converted pools.
+    Migrate {
+        /// Tokens converted per call (a call of 100 holds Redis for a few milliseconds).
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Print shell completions: `vaultctl completions bash > /etc/bash_completion.d/vaultctl`.
     Completions { shell: clap_complete::Shell },
 }
@@ -293,7 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let cipher = master.cipher().map_err(anyhow::Error::msg)?;
             let store = Store::connect(&redis)?;
-            store.load_scripts().await?;
+            store.prepare().await?;
             let pools = if all_pools {
                 store.pool_names().await?
             } else {
@@ -315,6 +325,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if failed {
                 bail!("some records are sealed with a key that is neither TV_MASTER_KEY nor in TV_MASTER_KEYS_OLD");
             }
+        }
+        Cmd::Migrate { batch, redis } => {
+            let store = Store::connect(&redis)?;
+            store.load_scripts().await?;
+            let pools = store.pool_names().await?;
+            let mut total = 0;
+            for p in &pools {
+                let started = std::time::Instant::now();
+                let n = store
+                    .migrate_layout(p, batch.clamp(1, 1000), |done, left| {
+                        if left > 0 {
+                            eprint!("\rpool {p}: {done} tokens converted, {left} left   ");
+                        }
+                    })
+                    .await
+                    .with_context(|| format!("converting pool {p} (run again to go on)"))?;
+                if n > 0 {
+                    eprintln!(
+                        "\rpool {p}: {n} tokens converted in {:.1} s          ",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                total += n;
+            }
+            store.check_layout().await?;
+            println!(
+                "{} pools in this version's layout ({total} tokens converted)",
+                pools.len()
+            );
         }
         Cmd::Keys(KeysCmd::Generate { out }) => {
             if out.exists() {

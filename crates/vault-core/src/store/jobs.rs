@@ -27,24 +27,15 @@ impl Store {
         Ok(v.job)
     }
 
-    /// One page of a pool's token ids (SSCAN); `None` cursor at the end.
+    /// One page of a pool's token ids (HSCAN of `tokens`); `None` cursor at the end.
     pub async fn token_ids_page(
         &self,
         pool: &str,
         cursor: u64,
         count: usize,
     ) -> Result<(Vec<String>, Option<u64>)> {
-        let (next, ids): (u64, Vec<String>) = self
-            .cmd(
-                redis::cmd("SSCAN")
-                    .arg(self.keys.pool(pool).ids())
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(count)
-                    .clone(),
-            )
-            .await?;
-        Ok((ids, (next != 0).then_some(next)))
+        self.hscan_page(&self.keys.pool(pool).ids(), cursor, count)
+            .await
     }
 
     /// Re-seal one token's ciphertexts under the current key (compare-and-set against what was
@@ -63,8 +54,8 @@ impl Store {
                 pool,
                 &scripts::Reseal {
                     token_id: id.to_string(),
-                    secret_ct_read: read.0.to_string(),
-                    secret_ct: secret.data.clone(),
+                    secret_read: scripts::Blob(Sealed::from_base64(read.0)?),
+                    secret: scripts::Blob(secret.bytes()?),
                     key_id: secret.key_id.clone(),
                     refresh_ct_read: read.1.to_string(),
                     refresh_ct: refresh.map(|r| r.data.clone()).unwrap_or_default(),
@@ -129,7 +120,7 @@ impl Store {
             .cmd(
                 redis::cmd("HMGET")
                     .arg(key)
-                    .arg("token")
+                    .arg("token_id")
                     .arg("attempts")
                     .clone(),
             )
@@ -153,7 +144,13 @@ impl Store {
                 pool,
                 &scripts::JobComplete {
                     job_id: job_id.to_string(),
-                    secret_ct: done.secret_ct.clone(),
+                    secret: scripts::Blob(
+                        Sealed {
+                            key_id: done.key_id.clone(),
+                            data: done.secret_ct.clone(),
+                        }
+                        .bytes()?,
+                    ),
                     key_id: done.key_id.clone(),
                     fingerprint: done.fingerprint.clone(),
                     expires_at: done.expires_at,

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use redis::aio::ConnectionManagerConfig;
 use serde::Deserialize;
 use serde_json::Value;
@@ -175,6 +177,12 @@ mod reply {
     #[derive(Deserialize)]
     pub(super) struct Completed {
         pub(super) completed: bool,
+    }
+    #[derive(Deserialize)]
+    pub(super) struct Migrated {
+        pub(super) converted: u64,
+        pub(super) left: u64,
+        pub(super) done: bool,
     }
     #[derive(Deserialize)]
     pub(super) struct Deleting {
@@ -437,12 +445,32 @@ impl Store {
         cursor: u64,
         limit: usize,
     ) -> Result<(Vec<String>, Option<u64>)> {
+        self.scan_page("SSCAN", key, cursor, limit).await
+    }
+
+    /// As [`Store::sscan_page`], for the fields of hash `key`.
+    async fn hscan_page(
+        &self,
+        key: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
+        self.scan_page("HSCAN", key, cursor, limit).await
+    }
+
+    async fn scan_page(
+        &self,
+        scan: &str,
+        key: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<u64>)> {
         let mut members = Vec::new();
         let mut cur = cursor;
         loop {
             let (next, batch): (u64, Vec<String>) = self
                 .cmd(
-                    redis::cmd("SSCAN")
+                    redis::cmd(scan)
                         .arg(key)
                         .arg(cur)
                         .arg("COUNT")
@@ -450,7 +478,12 @@ impl Store {
                         .clone(),
                 )
                 .await?;
-            members.extend(batch);
+            if scan == "HSCAN" {
+                // Field, value, field, value...: the fields.
+                members.extend(batch.into_iter().step_by(2));
+            } else {
+                members.extend(batch);
+            }
             cur = next;
             if cur == 0 || members.len() >= limit {
                 return Ok((members, (cur != 0).then_some(cur)));
@@ -515,20 +548,35 @@ impl Store {
         typed(F::name(), v)
     }
 
-    /// Call a transition and return its JSON answer as is.
+    /// Call a transition and return its JSON answer as is. A function that hands out a sealed
+    /// secret answers `[json, secret bytes]`: the bytes become the `secret_ct` (base64) of the
+    /// answer's `lease`.
     async fn call_raw<F: scripts::Function>(&self, pool: &str, call: &F) -> Result<Value> {
         let function = F::name();
         let keys = self.keys.pool(pool).script_keys();
         let now = self.now_arg();
-        let mut cmd = redis::cmd("FCALL");
+        let read_only = scripts::read_only(function);
+        let mut cmd = redis::cmd(if read_only { "FCALL_RO" } else { "FCALL" });
         cmd.arg(function)
             .arg(keys.len())
             .arg(&keys)
             .arg(&now)
             .arg(call.argv());
-        let raw: String = self.fcall_waiting(&cmd, self.waits(function)).await?;
-        serde_json::from_str(&raw)
-            .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))
+        let waits = !read_only && self.waits(function);
+        let (raw, secret): (Vec<u8>, Option<Vec<u8>>) =
+            match self.fcall_waiting::<redis::Value>(&cmd, waits).await? {
+                redis::Value::Array(mut parts) if parts.len() == 2 => {
+                    let secret = parts.pop().map(bytes_of);
+                    (parts.pop().map(bytes_of).unwrap_or_default(), secret)
+                }
+                other => (bytes_of(other), None),
+            };
+        let mut v: Value = serde_json::from_slice(&raw)
+            .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))?;
+        if let (Some(secret), Some(lease)) = (secret, v.get_mut("lease")) {
+            lease["secret_ct"] = Value::String(STANDARD.encode(secret));
+        }
+        Ok(v)
     }
 
     /// Send an `FCALL`; when Redis does not have the library (it restarted empty, a failover to
@@ -656,6 +704,14 @@ impl Store {
         .await
     }
 
+    /// What every process does at start-up: load the function library, then check that Redis
+    /// holds nothing in a layout this version does not read. An error for which
+    /// [`VaultError::refuses_start`] holds means the process must not run.
+    pub async fn prepare(&self) -> Result<()> {
+        self.load_scripts().await?;
+        self.check_layout().await
+    }
+
     /// Readiness: Redis answers, the function library is loaded (loaded again if Redis lost
     /// it) and `FCALL` is allowed.
     pub async fn check_ready(&self) -> Result<()> {
@@ -683,6 +739,16 @@ impl Store {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// A function's answer (a bulk or simple string) as bytes.
+fn bytes_of(v: redis::Value) -> Vec<u8> {
+    match v {
+        redis::Value::BulkString(b) => b,
+        redis::Value::SimpleString(s) => s.into_bytes(),
+        redis::Value::VerbatimString { text, .. } => text.into_bytes(),
+        _ => Vec::new(),
     }
 }
 

@@ -211,6 +211,72 @@ impl Store {
     /// functions read settings and never invent them) and this version's config layout (see
     /// `write_cfg` in lua/rules/base.lua). Returns how many pools were completed. Safe to run
     /// from several processes at once (each writes the same values).
+    /// Pools stored in the layout before internal ids (their config has no `layout_version`):
+    /// this vault does not read them. Every process checks at start-up and refuses to run
+    /// ([`VaultError::LayoutOutdated`], naming `vaultctl migrate`) rather than misread them.
+    pub async fn check_layout(&self) -> Result<()> {
+        let mut outdated = Vec::new();
+        for chunk in self.pool_names().await?.chunks(500) {
+            let groups = chunk
+                .iter()
+                .map(|pool| {
+                    redis::pipe()
+                        .cmd("HMGET")
+                        .arg(self.keys.pool(pool).cfg())
+                        .arg(&["frozen", "layout_version"])
+                        .clone()
+                })
+                .collect();
+            let rows = self.pipes(groups).await?;
+            for (pool, row) in chunk.iter().zip(rows) {
+                let row: Vec<Option<String>> = redis::from_redis_value(row).unwrap_or_default();
+                // No `frozen`: the pool's config is gone (deleted), nothing to read.
+                if row.first().is_some_and(Option::is_some)
+                    && row.get(1).is_none_or(Option::is_none)
+                {
+                    outdated.push(pool.clone());
+                }
+            }
+        }
+        if outdated.is_empty() {
+            return Ok(());
+        }
+        Err(VaultError::LayoutOutdated(format!(
+            "{} pool(s) ({}{}) are stored in the layout of a tokenvault before internal token \
+             ids, which this version does not read: stop every vault process of the old \
+             version, then run `vaultctl migrate` once with this deployment's TV_REDIS_URL and \
+             TV_PREFIX (it converts in short batches and can be run again after a stop)",
+            outdated.len(),
+            outdated
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            if outdated.len() > 5 { ", ..." } else { "" }
+        )))
+    }
+
+    /// Convert `pool` from the layout before internal ids, `batch` tokens per call (a call of
+    /// 100 tokens holds Redis for a few milliseconds), calling `progress` with the tokens
+    /// converted so far and those left after each call. Returns how many it converted.
+    pub async fn migrate_layout(
+        &self,
+        pool: &str,
+        batch: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64> {
+        let mut converted = 0;
+        loop {
+            let v: reply::Migrated = self.call(pool, &scripts::MigrateLayout { batch }).await?;
+            converted += v.converted;
+            progress(converted, v.left);
+            if v.done {
+                return Ok(converted);
+            }
+        }
+    }
+
     pub async fn complete_pool_configs(&self) -> Result<u64> {
         // Settings derived from others when a pool is written, and the layout field.
         const WRITTEN_SINCE: [&str; 3] = ["min_token_ttl_s", "refresh_margin_s", "layout"];
@@ -363,7 +429,7 @@ impl Store {
         p.cmd("ZCARD").arg(pk.exp());
         p.cmd("HGETALL").arg(pk.stats());
         p.cmd("TIME");
-        p.cmd("SRANDMEMBER").arg(pk.ids()).arg(sample.max(1));
+        p.cmd("HRANDFIELD").arg(pk.ids()).arg(sample.max(1));
         p.cmd("HMGET").arg(pk.cfg()).arg(&[
             "rotation_id",
             "rotation_started_at",

@@ -35,9 +35,23 @@ impl Store {
         }
         let mut done = Deposited::default();
         for (n, batch) in batches.iter().enumerate() {
+            // The secrets go as bytes beside the JSON (which cannot carry them).
+            let mut secrets = Vec::with_capacity(batch.len());
+            let mut described = Vec::with_capacity(batch.len());
+            for t in batch.iter() {
+                let sealed = Sealed {
+                    key_id: t.key_id.clone(),
+                    data: t.secret_ct.clone(),
+                };
+                secrets.push(scripts::Blob(sealed.bytes()?));
+                let mut v = serde_json::to_value(t).expect("tokens serialize");
+                v.as_object_mut().map(|o| o.remove("secret_ct"));
+                described.push(v);
+            }
             let write = scripts::Deposit {
-                tokens: serde_json::to_string(batch).expect("tokens serialize"),
+                tokens: Value::from(described).to_string(),
                 reserved_until,
+                secrets,
             };
             match self.call::<_, reply::Deposited>(pool, &write).await {
                 Ok(v) => {
@@ -71,19 +85,28 @@ impl Store {
         }
     }
 
-    /// The raw token hash (sealed secret included): for vault-api's own use, never answered.
+    /// The raw token hash and its sealed secret (base64, as `secret_ct`): for the vault's own
+    /// use (`vaultctl keys reencrypt`), never answered.
     pub async fn token_fields(&self, pool: &str, id: &str) -> Result<HashMap<String, String>> {
-        let f: HashMap<String, String> = self
-            .cmd(
-                redis::cmd("HGETALL")
-                    .arg(self.keys.pool(pool).token(id))
-                    .clone(),
-            )
+        let pk = self.keys.pool(pool);
+        let internal: Option<String> = self
+            .cmd(redis::cmd("HGET").arg(pk.ids()).arg(id).clone())
             .await?;
-        if f.is_empty() {
+        let Some(internal) = internal else {
             self.pool_get(pool).await?;
             return Err(VaultError::TokenNotFound);
+        };
+        let mut p = redis::pipe();
+        p.cmd("HGETALL").arg(pk.token(&internal));
+        p.cmd("GET").arg(pk.secret(&internal));
+        let (mut f, secret): (HashMap<String, String>, Option<Vec<u8>>) = self.pipe(p).await?;
+        if f.is_empty() {
+            return Err(VaultError::TokenNotFound);
         }
+        f.insert(
+            "secret_ct".into(),
+            Sealed::from_bytes("", &secret.unwrap_or_default()).data,
+        );
         Ok(f)
     }
 
@@ -137,11 +160,11 @@ impl Store {
         cursor: u64,
     ) -> Result<(Vec<TokenMeta>, Option<u64>)> {
         let pk = self.keys.pool(pool);
-        let set = match state {
-            Some(s) => pk.view(s),
-            None => pk.ids(),
+        // Internal ids from a view set, the user's ids from `tokens`: token_rows reads both.
+        let (ids, next) = match state {
+            Some(s) => self.sscan_page(&pk.view(s), cursor, limit).await?,
+            None => self.hscan_page(&pk.ids(), cursor, limit).await?,
         };
-        let (ids, next) = self.sscan_page(&set, cursor, limit).await?;
         // Called even for an empty page: it answers pool_not_found for an unknown pool.
         let rows = self.token_rows(pool, &TokenMeta::FIELDS, &ids).await?;
         let now = self.now_ms().await?;
