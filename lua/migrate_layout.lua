@@ -58,7 +58,7 @@ local function convert(token_id)
   end
   if old.view ~= nil and old.view ~= '' then
     redis.call('SREM', vkey(old.view), token_id)
-    redis.call('SADD', vkey(old.view), id)
+    move_view(id, nil, old.view)
   end
   local otl = K.base .. 'tl:' .. token_id
   for _, lid in ipairs(redis.call('SMEMBERS', otl)) do

@@ -11,7 +11,7 @@ redis.call('ZREM', K.ready, id)
 redis.call('ZREM', K.cool, id)
 unschedule(id)
 redis.call('ZREM', sunset_key(), id)
-if t.view ~= nil then redis.call('SREM', vkey(t.view), id) end
+move_view(id, t.view, nil)
 redis.call('HDEL', K.ids, token_id)
 redis.call('DEL', tkey(id), seckey(id))
 return reply({ leases_ended = ended })

@@ -10,15 +10,20 @@ local LAZY_REAP = 8
 
 -- The first eligible token of `ready` (at most SCAN_LIMIT looked at), or nil.
 local function first_eligible(c, o, need_ttl)
-  for _, id in ipairs(redis.call('ZRANGE', K.ready, 0, SCAN_LIMIT - 1)) do
-    if id ~= o.exclude then
-      local t = load_token_hot(id)
-      if t == nil then
-        redis.call('ZREM', K.ready, id)
-      elseif eligible(id, t, c, o.units, need_ttl) then
-        return id, t
+  -- The first few usually do; the rest of the scan is read only when they do not.
+  local from = 0
+  for _, upto in ipairs({ 3, SCAN_LIMIT - 1 }) do
+    for _, id in ipairs(redis.call('ZRANGE', K.ready, from, upto)) do
+      if id ~= o.exclude then
+        local t = load_token_hot(id)
+        if t == nil then
+          redis.call('ZREM', K.ready, id)
+        elseif eligible(id, t, c, o.units, need_ttl) then
+          return id, t
+        end
       end
     end
+    from = upto + 1
   end
   return nil, nil
 end
@@ -47,7 +52,7 @@ local function do_acquire(c, o)
   -- reserve
   local win_end = num(ct.win_end, 0)
   if win_end == 0 then win_end = NOW + window_ms(c) end
-  put_all(chosen, ct, { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
+  stage(ct, { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
     'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW })
   local deadline = NOW + o.ttl_ms
   local l = { token = chosen, worker = o.worker, units = str(o.units), granted_at = str(NOW),

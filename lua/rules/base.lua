@@ -24,7 +24,8 @@
 
 -- The call being served: set by `begin` at the start of every call (functions share this
 -- library's state, and Redis runs one call at a time).
-local KEYS, ARGV, K, NOW
+local KEYS, ARGV, NOW
+local K = {}
 
 local function clock()
   if ARGV[1] ~= nil and ARGV[1] ~= '' then return tonumber(ARGV[1]) end
@@ -34,8 +35,8 @@ end
 
 local function begin(keys, args)
   KEYS, ARGV = keys, args
-  K = { cfg = keys[1], ready = keys[2], cool = keys[3], leases = keys[4], exp = keys[5],
-        ids = keys[6], jobs = keys[7], base = keys[8] }
+  K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, K.base =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8]
   NOW = clock()
 end
 
@@ -113,6 +114,9 @@ local TOKEN_HOT = { 'id', 'state', 'view', 'at', 'expires_at', 'used', 'reserved
   'leases', 'cool_until', 'quota_limit', 'strikes', 'last_leased_at', 'key_id', 'proxy',
   'proxy_ct', 'proxy_key_id', 'binding_fp', 'refresh_kind' }
 
+local TOKEN_HOT_SET = {}
+for i = 1, #TOKEN_HOT do TOKEN_HOT_SET[TOKEN_HOT[i]] = true end
+
 -- Token `id` (internal) for the lease path (see TOKEN_HOT), or nil when there is no such token.
 local function load_token_hot(id)
   local key = tkey(id)
@@ -125,6 +129,8 @@ local function load_token_hot(id)
   end
   loaded(t)
   return setmetatable(t, { __index = function(tbl, field)
+    -- A listed field that is absent is at its default (not stored): nothing more to read.
+    if TOKEN_HOT_SET[field] or string.sub(field, 1, 1) == '_' then return nil end
     setmetatable(tbl, nil)
     local all = redis.call('HGETALL', key)
     -- Fields already in the table may have been changed by this call: they stay.
@@ -258,4 +264,19 @@ local function put_all(id, t, fv)
     t[fv[i]] = fv[i + 1]
   end
   redis.call('HSET', tkey(id), unpack(fv))
+end
+-- Set fields in the in-memory copy only: `reconcile`, which every transition calls after
+-- changing a token, writes them together with its own (one HSET for the whole change), with
+-- their values as they are then (a later `put` of the same field wins). Only for a change that
+-- `reconcile` follows in the same call.
+local function stage(t, fv)
+  local pending = rawget(t, '_pending')
+  if pending == nil then
+    pending = {}
+    rawset(t, '_pending', pending)
+  end
+  for i = 1, #fv, 2 do
+    rawset(t, fv[i], str(fv[i + 1]))
+    pending[#pending + 1] = fv[i]
+  end
 end

@@ -24,8 +24,9 @@ end
 
 -- End one lease: its reserved units go back, `used_units` of them are counted as used.
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
--- `read` is the lease when the caller has just read it (saves reading it again).
-local function end_lease(lid, used_units, read)
+-- `read` is the lease when the caller has just read it (saves reading it again). With `staged`
+-- the token's counters are left for the caller's `reconcile` to write.
+local function end_lease(lid, used_units, read, staged)
   local l = read or lease_load(lid)
   if l == nil then return nil, nil end
   redis.call('HDEL', leasedata_key(), lid)
@@ -40,8 +41,9 @@ local function end_lease(lid, used_units, read)
     local units = num(l.units, 1)
     if used_units == nil or used_units > units then used_units = units end
     roll_window(l.token, t)
-    put_all(l.token, t, { 'leases', math.max(0, num(t.leases, 0) - 1),
-      'reserved', math.max(0, num(t.reserved, 0) - units), 'used', num(t.used, 0) + used_units })
+    local fv = { 'leases', math.max(0, num(t.leases, 0) - 1),
+      'reserved', math.max(0, num(t.reserved, 0) - units), 'used', num(t.used, 0) + used_units }
+    if staged then stage(t, fv) else put_all(l.token, t, fv) end
   end
   return l, t
 end

@@ -42,7 +42,7 @@ local function do_release(c, lid, r)
   if r.used ~= nil and r.used > tonumber(units) then
     return fail('invalid_request', { detail = 'used (' .. r.used .. ') exceeds the lease\'s units (' .. units .. ')' })
   end
-  local l, t = end_lease(lid, r.used, live)
+  local l, t = end_lease(lid, r.used, live, true)
   if t ~= nil then
     apply_outcome(l.token, t, c, r)
     reconcile(l.token, t, c)

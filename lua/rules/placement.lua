@@ -4,6 +4,26 @@
 -- Deprecated tokens stay leasable but sort after every active one.
 local DEPRECATED_OFFSET = 100000000000000
 
+-- A token of view state `view` is in the set of that view, and, for the two views that refine
+-- `active` (`leased`, `cooling`), in `active` too. So a lease moves a token in one set
+-- (`leased`), not two; `active` alone is counted as active - leased - cooling
+-- (`view_counts` in vault-core's store). Moves token `id` from the sets of view `from` to those
+-- of `to` (nil: none), touching only the sets that differ.
+local function move_view(id, from, to)
+  if from == to then return end
+  local from_sub = from == 'leased' or from == 'cooling'
+  local to_sub = to == 'leased' or to == 'cooling'
+  local from_base, to_base = from, to
+  if from_sub then from_base = 'active' end
+  if to_sub then to_base = 'active' end
+  if from_sub then redis.call('SREM', vkey(from), id) end
+  if from_base ~= nil and from_base ~= '' and from_base ~= to_base then
+    redis.call('SREM', vkey(from_base), id)
+  end
+  if to_base ~= nil and to_base ~= from_base then redis.call('SADD', vkey(to_base), id) end
+  if to_sub then redis.call('SADD', vkey(to), id) end
+end
+
 local function ready_score(id, t, c)
   local s
   if c.strategy == 'pack' then s = deposit_seq(id) else s = num(t.last_leased_at, 0) end
@@ -58,12 +78,19 @@ local function reconcile(id, t, c)
   end
   rawset(t, '_lla0', t.last_leased_at)
   rawset(t, '_state0', t.state)
-  -- Where it is and its view state, in one write.
+  -- Where it is and its view state, in one write with what the transition staged.
   local fv = {}
+  local pending = rawget(t, '_pending')
+  if pending ~= nil then
+    rawset(t, '_pending', nil)
+    for _, f in ipairs(pending) do
+      fv[#fv + 1] = f
+      fv[#fv + 1] = rawget(t, f)
+    end
+  end
   if was ~= where then fv[#fv + 1] = 'at'; fv[#fv + 1] = where end
   if t.view ~= view then
-    if t.view ~= nil and t.view ~= '' then redis.call('SREM', vkey(t.view), id) end
-    redis.call('SADD', vkey(view), id)
+    move_view(id, t.view, view)
     fv[#fv + 1] = 'view'; fv[#fv + 1] = view
   end
   if #fv > 0 then put_all(id, t, fv) end

@@ -650,7 +650,8 @@ impl Haproxy {
     }
 }
 
-/// A Redis Cluster of `n` primaries (no replicas) on loopback ports, every slot assigned.
+/// A Redis Cluster of `n` primaries (no replicas) on loopback ports, every slot assigned (one
+/// primary holds them all when `n` is 1).
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
@@ -670,13 +671,18 @@ impl RedisCluster {
 
     pub fn start(n: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..n).map(|_| Self::node()).collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        let mut args: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        args.push("--cluster-yes");
-        Self::cluster_cli("create", &args);
+        if n == 1 {
+            // `redis-cli --cluster create` wants three primaries; one takes every slot itself.
+            nodes[0].cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        } else {
+            let addrs: Vec<String> = nodes
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port))
+                .collect();
+            let mut args: Vec<&str> = addrs.iter().map(String::as_str).collect();
+            args.push("--cluster-yes");
+            Self::cluster_cli("create", &args);
+        }
         let c = RedisCluster { nodes };
         assert!(
             wait_until(Duration::from_secs(30), || c

@@ -37,6 +37,30 @@ fn rotation_status(f: &[Option<String>], deprecated: u64, now_ms: i64) -> Option
     })
 }
 
+/// Token counts by view state from the sizes of the view sets (`SCARD`, in `VIEW_STATES`
+/// order). `v:active` holds every token whose state is active, `leased` and `cooling` included
+/// (so a lease moves a token in one set, not two: `view_sets` in lua/rules/placement.lua); the
+/// `active` view is what is left of it.
+fn view_counts(cards: &[u64]) -> BTreeMap<String, u64> {
+    let card = |state: &str| {
+        VIEW_STATES
+            .iter()
+            .position(|s| *s == state)
+            .and_then(|i| cards.get(i).copied())
+            .unwrap_or(0)
+    };
+    VIEW_STATES
+        .iter()
+        .map(|s| {
+            let n = match *s {
+                "active" => card("active").saturating_sub(card("leased") + card("cooling")),
+                other => card(other),
+            };
+            (s.to_string(), n)
+        })
+        .collect()
+}
+
 /// A pool's view from its config hash; None when the hash is empty (no such pool).
 fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
     // A pool whose deletion has started is gone (as `load_cfg` has it in Lua).
@@ -339,12 +363,8 @@ impl Store {
         for s in VIEW_STATES {
             p.cmd("SCARD").arg(pk.view(s));
         }
-        let counts: Vec<u64> = self.pipe(p).await?;
-        Ok(VIEW_STATES
-            .iter()
-            .map(|s| s.to_string())
-            .zip(counts)
-            .collect())
+        let cards: Vec<u64> = self.pipe(p).await?;
+        Ok(view_counts(&cards))
     }
 
     /// One page of pools with their token counts: up to `limit` names from `cursor` (SSCAN of
@@ -394,13 +414,14 @@ impl Store {
             let Some(mut view) = pool_view(name, &f) else {
                 continue;
             };
-            let mut counts = BTreeMap::new();
-            for (st, v) in VIEW_STATES.iter().zip(&row[1..]) {
-                let n: u64 = redis::from_redis_value(v.clone())
-                    .map_err(|e| VaultError::Internal(format!("token count: {e}")))?;
-                counts.insert(st.to_string(), n);
-            }
-            view.tokens = Some(counts);
+            let cards = row[1..]
+                .iter()
+                .map(|v| {
+                    redis::from_redis_value(v.clone())
+                        .map_err(|e| VaultError::Internal(format!("token count: {e}")))
+                })
+                .collect::<Result<Vec<u64>>>()?;
+            view.tokens = Some(view_counts(&cards));
             views.push(view);
         }
         views.sort_by(|a, b| a.name.cmp(&b.name));

@@ -168,10 +168,13 @@ impl Store {
         // Called even for an empty page: it answers pool_not_found for an unknown pool.
         let rows = self.token_rows(pool, &TokenMeta::FIELDS, &ids).await?;
         let now = self.now_ms().await?;
+        // `v:active` also holds the leased and cooling tokens (`view_counts`): a page of
+        // `?state=active` leaves them out, and may come out shorter than `limit`.
         let mut metas: Vec<TokenMeta> = rows
             .into_iter()
             .flatten()
             .filter_map(|(values, quota)| TokenMeta::from_row(&values, quota, now))
+            .filter(|m| state.is_none_or(|s| m.state == s))
             .collect();
         metas.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((metas, next))
