@@ -4,11 +4,15 @@
 //! 1. Calibration, one plain Redis: a closed loop of lease+release cycles through one vault-api,
 //!    `WORKERS` tasks over `POOLS` pools of 100 tokens (40-byte secrets, a label, an expiry; the
 //!    audit trail on). Per cycle: Redis CPU (`INFO cpu`), vault-api CPU and the load generator's
-//!    CPU (`/proc/<pid>/stat`), in µs: r, a, g.
+//!    CPU (`/proc/<pid>/stat`), in µs: r, a, g. Then the same with `FEW_WORKERS`: a Redis that
+//!    is less busy handles fewer requests per wake-up and spends more CPU on each, so the Redis
+//!    cost of a cycle is a line through the two (rate, r) points, r(rate).
+//!    Redis's CPU while idle (the vault attached, no load: cron, the cluster bus) is measured
+//!    first, for 5 s, and left out of r.
 //! 2. The model. Every process shares this machine's `cores`, so
 //!    cycles/s = cores × 10⁶ / (r + a + g), unless one process is the limit first: a Redis
 //!    primary runs commands on one thread (≤ 10⁶ / (r × its share of the pools) cycles/s).
-//!    Redis CPU of a primary = cycles/s × r × its share of the pools (its share of the load).
+//!    Redis CPU of a primary = its idle CPU + c × r(c), c = cycles/s × its share of the pools.
 //! 3. The check: a Redis Cluster of 1 and of 3 primaries under the same load. The measured
 //!    cycles/s and Redis CPU per node must land within 25 % of the model's prediction.
 //!
@@ -24,6 +28,7 @@ use vault_core::crypto::MasterKey;
 
 const POOLS: usize = 30;
 const WORKERS: usize = 32;
+const FEW_WORKERS: usize = 1;
 const RUN: Duration = Duration::from_secs(10);
 /// How far a measurement may land from the model's prediction.
 const TOLERANCE: f64 = 0.25;
@@ -177,8 +182,20 @@ async fn make_pools(s: &Setup) {
     }
 }
 
-/// What one run measured: cycles/s, and CPU µs per cycle of each Redis node, of vault-api and
-/// of this load generator.
+/// Each node's CPU (fraction of a core) with the vault attached and no load.
+async fn idle(ports: &[u16]) -> Vec<f64> {
+    const QUIET: Duration = Duration::from_secs(5);
+    let before: Vec<f64> = ports.iter().map(|p| redis_cpu(*p)).collect();
+    tokio::time::sleep(QUIET).await;
+    ports
+        .iter()
+        .zip(before)
+        .map(|(p, b)| (redis_cpu(*p) - b) / QUIET.as_secs_f64())
+        .collect()
+}
+
+/// What one run measured: cycles/s, and CPU µs per cycle of each Redis node (beyond its idle
+/// CPU), of vault-api and of this load generator.
 struct Run {
     cycles_per_s: f64,
     redis_cpu_per_node: Vec<f64>,
@@ -187,9 +204,9 @@ struct Run {
     gen_us: f64,
 }
 
-async fn load(s: &Setup, ports: &[u16]) -> Run {
+async fn load(s: &Setup, ports: &[u16], idle: &[f64], workers: usize) -> Run {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(WORKERS)
+        .pool_max_idle_per_host(workers)
         .build()
         .unwrap();
     let redis0: Vec<f64> = ports.iter().map(|p| redis_cpu(*p)).collect();
@@ -198,7 +215,7 @@ async fn load(s: &Setup, ports: &[u16]) -> Run {
     let started = Instant::now();
     let stop = started + RUN;
     let mut tasks = vec![];
-    for w in 0..WORKERS {
+    for w in 0..workers {
         let (http, base, token) = (http.clone(), s.base.clone(), s.token.clone());
         tasks.push(tokio::spawn(async move {
             let pool = format!("cap{}", w % POOLS);
@@ -237,10 +254,11 @@ async fn load(s: &Setup, ports: &[u16]) -> Run {
         .map(|(p, before)| redis_cpu(*p) - before)
         .collect();
     let per_cycle = |cpu_s: f64| cpu_s * 1e6 / cycles as f64;
+    let idle_s: f64 = idle.iter().sum::<f64>() * secs;
     Run {
         cycles_per_s: cycles as f64 / secs,
         redis_cpu_per_node: redis.iter().map(|c| c / secs).collect(),
-        redis_us: per_cycle(redis.iter().sum()),
+        redis_us: per_cycle(redis.iter().sum::<f64>() - idle_s),
         api_us: per_cycle(process_cpu(&s.vault_pid) - api0),
         gen_us: per_cycle(process_cpu("self") - gen0),
     }
@@ -299,13 +317,29 @@ async fn main() {
     let redis = RedisServer::start();
     let s = start_vault(&redis.url()).await;
     make_pools(&s).await;
-    let cal = load(&s, &[redis.port]).await;
+    let cal_idle = idle(&[redis.port]).await;
+    let cal = load(&s, &[redis.port], &cal_idle, WORKERS).await;
+    let light = load(&s, &[redis.port], &cal_idle, FEW_WORKERS).await;
     drop(s);
     let (r, a, g) = (cal.redis_us, cal.api_us, cal.gen_us);
     println!(
-        "calibration (one Redis): {:.0} cycles/s; CPU per cycle: Redis {r:.1} µs, vault-api {a:.1} µs, load generator {g:.1} µs",
-        cal.cycles_per_s
+        "calibration (one Redis), {WORKERS} workers: {:.0} cycles/s; CPU per cycle: Redis {r:.1} µs, vault-api {a:.1} µs, load generator {g:.1} µs; Redis idle {:.1} % of a core",
+        cal.cycles_per_s,
+        cal_idle[0] * 100.0
     );
+    println!(
+        "calibration, {FEW_WORKERS} workers: {:.0} cycles/s; Redis {:.1} µs per cycle",
+        light.cycles_per_s, light.redis_us
+    );
+    // Redis µs per cycle at `rate` cycles/s on one node: the line through the two points,
+    // held at their values outside them.
+    let points = [(light.cycles_per_s, light.redis_us), (cal.cycles_per_s, r)];
+    let r_at = |rate: f64| {
+        let (x0, y0) = points[0];
+        let (x1, y1) = points[1];
+        let t = ((rate - x0) / (x1 - x0)).clamp(0.0, 1.0);
+        y0 + t * (y1 - y0)
+    };
     println!(
         "model: a Redis primary serves at most {:.0} cycles/s (one thread at 100 %); on this machine cycles/s = {cores} × 10⁶ / {:.1} µs = {:.0}",
         1e6 / r,
@@ -320,9 +354,10 @@ async fn main() {
         let s = start_vault(&cluster.url()).await;
         make_pools(&s).await;
         let shares = pool_shares(&ports);
-        let run = load(&s, &ports).await;
+        let idle = idle(&ports).await;
+        let run = load(&s, &ports, &idle, WORKERS).await;
         let busiest = shares.iter().cloned().fold(0.0, f64::max);
-        let predicted = (cores * 1e6 / (r + a + g)).min(1e6 / (r * busiest));
+        let predicted = (cores * 1e6 / (r + a + g)).min(1e6 / (r_at(1e6 / r) * busiest));
         println!(
             "cluster of {n}: {:.0} cycles/s, predicted {predicted:.0}: {}; CPU per cycle here: Redis {:.1} µs, vault-api {:.1} µs, load generator {:.1} µs",
             run.cycles_per_s,
@@ -332,10 +367,12 @@ async fn main() {
             run.gen_us
         );
         for (i, (cpu, share)) in run.redis_cpu_per_node.iter().zip(&shares).enumerate() {
-            let predicted_cpu = run.cycles_per_s * r * share / 1e6;
+            let rate = run.cycles_per_s * share;
+            let predicted_cpu = idle[i] + rate * r_at(rate) / 1e6;
             println!(
-                "  node {i} ({:.0} % of the pools): Redis CPU {:.1} % of a core, predicted {:.1} %: {}",
+                "  node {i} ({:.0} % of the pools, idle {:.1} %): Redis CPU {:.1} % of a core, predicted {:.1} %: {}",
                 share * 100.0,
+                idle[i] * 100.0,
                 cpu * 100.0,
                 predicted_cpu * 100.0,
                 verdict(*cpu, predicted_cpu)

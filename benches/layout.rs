@@ -27,6 +27,10 @@ const JWTS: usize = 10_000;
 /// Leases held at once in a measuring round (under the small pool's 100 tokens).
 const HELD: usize = 90;
 const ROUNDS: usize = 20;
+/// Leases held at once to measure what a live lease costs.
+const LEASES: usize = 10_000;
+/// Empty pools created to measure what a pool costs.
+const POOLS: usize = 1_000;
 
 /// The lean pair: what a lease needs with no rule at all — the pool's settings, the clock, the
 /// first ready token, its fields, a lease record with its deadline, an answer — and its release.
@@ -297,6 +301,8 @@ async fn function_time(v: &Vault, redis: &RedisServer, pool: &str) -> [(f64, f64
 }
 
 struct Measured {
+    per_lease: f64,
+    per_pool: f64,
     per_token: f64,
     parts: Vec<(String, f64)>,
     jwt_per_token: f64,
@@ -370,7 +376,23 @@ async fn measure(bin_dir: &Path) -> Measured {
 
     let [small, floor] = function_time(&v, &redis, "small").await;
     let [big, floor_big] = function_time(&v, &redis, "big").await;
+
+    // A live lease: LEASES held on the big pool at once.
+    let before = used_memory(&redis);
+    for _ in 0..LEASES {
+        v.post("/v1/pools/big/leases", json!({"worker": "worker-1"}))
+            .await;
+    }
+    let per_lease = (used_memory(&redis) - before) / LEASES as f64;
+    // An empty pool.
+    let before = used_memory(&redis);
+    for p in 0..POOLS {
+        v.put(&format!("/v1/pools/empty{p}"), json!({})).await;
+    }
+    let per_pool = (used_memory(&redis) - before) / POOLS as f64;
     Measured {
+        per_lease,
+        per_pool,
         per_token,
         parts,
         jwt_per_token,
@@ -403,6 +425,10 @@ fn report(label: &str, m: &Measured) {
     println!(
         "(m) memory per token, 10,000 tokens with 1 KB JWT secrets: {:.0} B",
         m.jwt_per_token
+    );
+    println!(
+        "(m) memory per live lease ({LEASES} held): {:.0} B; per empty pool ({POOLS} created): {:.0} B",
+        m.per_lease, m.per_pool
     );
     let cycle = |(a, r): (f64, f64)| a + r;
     for (what, t, floor) in [

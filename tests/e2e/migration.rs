@@ -290,7 +290,7 @@ async fn migrating_a_large_pool_runs_in_short_calls() {
     redis.cli(&["SLOWLOG", "RESET"]);
     redis.cli(&["CONFIG", "RESETSTAT"]);
 
-    let out = migrate(&redis, "100");
+    let out = migrate(&redis, "50");
     assert!(
         out.contains(&format!("{} tokens converted", N + 8)),
         "{out}"
@@ -298,7 +298,7 @@ async fn migrating_a_large_pool_runs_in_short_calls() {
     let calls = redis.command_stat("fcall", "calls").expect("FCALL counted");
     let per_call = redis.command_stat("fcall", "usec_per_call").unwrap();
     eprintln!("{calls} calls, {per_call:.0} µs per call on average");
-    assert!(calls >= f64::from(N / 100), "{calls} calls");
+    assert!(calls >= f64::from(N / 50), "{calls} calls");
     let slow = redis.cli(&["SLOWLOG", "GET", "10"]);
     assert!(slow.trim().is_empty(), "commands over 50 ms:\n{slow}");
     assert_eq!(

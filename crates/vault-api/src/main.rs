@@ -1,3 +1,5 @@
+// The release build overflows rustc's default query depth on the server's nested async types.
+#![recursion_limit = "256"]
 use clap::Parser;
 use vault_api::ApiConfig;
 use vault_core::config::init_tracing;

@@ -282,7 +282,7 @@ impl Store {
     }
 
     /// Convert `pool` from the layout before internal ids, `batch` tokens per call (a call of
-    /// 100 tokens holds Redis for a few milliseconds), calling `progress` with the tokens
+    /// 50 tokens holds Redis for about 2.5 ms), calling `progress` with the tokens
     /// converted so far and those left after each call. Returns how many it converted.
     pub async fn migrate_layout(
         &self,
