@@ -52,7 +52,7 @@ end
 
 local function delete(token_id, id)
   if redis.call('HDEL', K.ids, token_id) == 0 then return 0 end
-  local lids = redis.call('SMEMBERS', tlkey(id))
+  local lids = token_lease_ids(id)
   if #lids > 0 then redis.call('HDEL', leasedata_key(), unpack(lids)) end
   local job = redis.call('HGET', tkey(id), 'job_id')
   if job and job ~= '' then redis.call('DEL', job_key(job)) end

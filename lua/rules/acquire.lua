@@ -52,15 +52,21 @@ local function do_acquire(c, o)
   -- reserve
   local win_end = num(ct.win_end, 0)
   if win_end == 0 then win_end = NOW + window_ms(c) end
-  stage(ct, { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
-    'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW })
+  local fv = { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
+    'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW }
+  if (ct.lid or '') == '' then
+    fv[#fv + 1] = 'lid'
+    fv[#fv + 1] = o.lease_id
+  else
+    redis.call('SADD', tlkey(chosen), o.lease_id)
+  end
+  stage(ct, fv)
   local deadline = NOW + o.ttl_ms
   local l = { token = chosen, worker = o.worker, units = str(o.units), granted_at = str(NOW),
               deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }
   lease_store(o.lease_id, l)
   redis.call('ZADD', K.leases, deadline, o.lease_id)
-  redis.call('SADD', tlkey(chosen), o.lease_id)
   idem_record(o)
   session_keep(o, chosen, c)
   reconcile(chosen, ct, c)

@@ -111,7 +111,7 @@ end
 -- the rules read from their code and fails when one is missing here; a field read anyway
 -- loads the rest of the hash (right, only slower).
 local TOKEN_HOT = { 'id', 'state', 'view', 'at', 'expires_at', 'used', 'reserved', 'win_end',
-  'leases', 'cool_until', 'quota_limit', 'strikes', 'last_leased_at', 'key_id', 'proxy',
+  'leases', 'lid', 'cool_until', 'quota_limit', 'strikes', 'last_leased_at', 'key_id', 'proxy',
   'proxy_ct', 'proxy_key_id', 'binding_fp', 'refresh_kind' }
 
 local TOKEN_HOT_SET = {}
@@ -145,7 +145,18 @@ end
 -- rules/leases.lua); the `leases` zset holds their deadlines.
 local function leasedata_key() return K.base .. 'leasedata' end
 
+-- A token's live leases: the first in its hash's `lid` field (written with the token's other
+-- changes, no command of its own: at the default of one lease per token that is every lease),
+-- the others in the set `tl:<id>`.
 local function tlkey(id) return K.base .. 'tl:' .. id end
+
+-- Every live lease id of token `id`.
+local function token_lease_ids(id)
+  local lids = redis.call('SMEMBERS', tlkey(id))
+  local first = redis.call('HGET', tkey(id), 'lid')
+  if first and first ~= '' then lids[#lids + 1] = first end
+  return lids
+end
 
 local function vkey(view) return K.base .. 'v:' .. view end
 

@@ -31,18 +31,22 @@ local function end_lease(lid, used_units, read, staged)
   if l == nil then return nil, nil end
   redis.call('HDEL', leasedata_key(), lid)
   redis.call('ZREM', K.leases, lid)
-  redis.call('SREM', tlkey(l.token), lid)
   if l.idem ~= nil and l.idem ~= '' then
     local ik = idem_key(l.idem)
     if redis.call('GET', ik) == lid then redis.call('DEL', ik) end
   end
   local t = load_token_hot(l.token)
+  if t == nil or t.lid ~= lid then redis.call('SREM', tlkey(l.token), lid) end
   if t ~= nil then
     local units = num(l.units, 1)
     if used_units == nil or used_units > units then used_units = units end
     roll_window(l.token, t)
     local fv = { 'leases', math.max(0, num(t.leases, 0) - 1),
       'reserved', math.max(0, num(t.reserved, 0) - units), 'used', num(t.used, 0) + used_units }
+    if t.lid == lid then
+      fv[#fv + 1] = 'lid'
+      fv[#fv + 1] = ''
+    end
     if staged then stage(t, fv) else put_all(l.token, t, fv) end
   end
   return l, t
@@ -93,7 +97,7 @@ end
 -- End every live lease of a token, counting their units as used. Returns the lease ids.
 local function end_token_leases(id)
   local ended = {}
-  for _, lid in ipairs(redis.call('SMEMBERS', tlkey(id))) do
+  for _, lid in ipairs(token_lease_ids(id)) do
     if end_lease(lid, nil) ~= nil then ended[#ended + 1] = lid end
   end
   return ended
