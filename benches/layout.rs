@@ -32,10 +32,12 @@ const LEASES: usize = 10_000;
 /// Empty pools created to measure what a pool costs.
 const POOLS: usize = 1_000;
 
-/// The lean pair: what a lease needs with no rule at all — the pool's settings, the clock, the
-/// first ready token, its fields, a lease record with its deadline, an answer — and its release.
-/// Scripts (`EVALSHA`), not functions, so that `INFO commandstats` counts them apart from the
-/// vault's `FCALL`s while both run interleaved, meeting Redis in the same state.
+/// The no-rule floor, as issue 12's measurements defined it (docs/BENCHMARKS.md, "the floor"): a
+/// lease-shaped pair that enforces nothing. Acquire reads 4 config fields, `TIME`, the first
+/// ready token and 7 of its fields, writes one `HSET` on it, an 8-field lease hash and the
+/// deadline, and answers JSON; release reads the lease hash, deletes it and its deadline, reads
+/// and writes the token, and answers JSON. Scripts (`EVALSHA`), not functions, so that `INFO
+/// commandstats` counts them apart from the vault's `FCALL`s while both run interleaved.
 const LEAN_ACQUIRE: &str = r#"
   local c = redis.call('HMGET', KEYS[1], 'lease_ttl_s', 'max_leases_per_token', 'quota_limit', 'frozen')
   local t = redis.call('TIME')
@@ -43,8 +45,8 @@ const LEAN_ACQUIRE: &str = r#"
   local id = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
   local f = redis.call('HMGET', KEYS[4] .. id, 'state', 'expires_at', 'used', 'reserved', 'leases', 'key_id', 'id')
   redis.call('HSET', KEYS[4] .. id, 'leases', 1, 'last_leased_at', now)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('HSET', KEYS[5], ARGV[1], id .. ' 1 ' .. now .. ' ' .. (now + 60000) .. ' 60000   w')
+  redis.call('HSET', KEYS[5] .. ARGV[1], 'token', id, 'worker', 'w', 'units', 1, 'granted_at', now,
+    'deadline', now + 60000, 'ttl_ms', 60000, 'idem', '', 'idem_fp', '')
   redis.call('ZADD', KEYS[3], now + 60000, ARGV[1])
   return cjson.encode({ lease_id = ARGV[1], token_id = f[7], deadline = now + 60000 })
 "#;
@@ -52,21 +54,21 @@ const LEAN_RELEASE: &str = r#"
   local c = redis.call('HMGET', KEYS[1], 'lease_ttl_s', 'max_leases_per_token', 'quota_limit', 'frozen')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local l = redis.call('HGET', KEYS[5], ARGV[1])
-  local id = string.match(l, '^(%S+)')
-  redis.call('HDEL', KEYS[5], ARGV[1])
+  local raw = redis.call('HGETALL', KEYS[5] .. ARGV[1])
+  local l = {}
+  for i = 1, #raw, 2 do l[raw[i]] = raw[i + 1] end
+  redis.call('DEL', KEYS[5] .. ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
-  local f = redis.call('HMGET', KEYS[4] .. id, 'state', 'used', 'reserved', 'leases')
-  redis.call('HSET', KEYS[4] .. id, 'leases', 0, 'used', 1)
-  redis.call('ZADD', KEYS[2], now, id)
-  return cjson.encode({ token_id = id, state = 'active' })
+  local f = redis.call('HMGET', KEYS[4] .. l.token, 'state', 'used', 'reserved', 'leases')
+  redis.call('HSET', KEYS[4] .. l.token, 'leases', 0, 'used', 1)
+  return cjson.encode({ token_id = l.token, state = 'active' })
 "#;
 const LEAN_KEYS: [&str; 5] = [
     "lean:{p}:cfg",
     "lean:{p}:ready",
     "lean:{p}:leases",
     "lean:{p}:t:",
-    "lean:{p}:leasedata",
+    "lean:{p}:l:",
 ];
 
 struct Vault {
