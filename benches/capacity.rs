@@ -5,8 +5,9 @@
 //!    `WORKERS` tasks over `POOLS` pools of 100 tokens (40-byte secrets, a label, an expiry; the
 //!    audit trail on). Per cycle: Redis CPU (`INFO cpu`), vault-api CPU and the load generator's
 //!    CPU (`/proc/<pid>/stat`), in µs: r, a, g. Then the same with `FEW_WORKERS`: a Redis that
-//!    is less busy handles fewer requests per wake-up and spends more CPU on each, so the Redis
-//!    cost of a cycle is a line through the two (rate, r) points, r(rate).
+//!    is less busy handles fewer requests per wake-up and spends more CPU on each. The Redis cost
+//!    of a cycle at c cycles/s is r(c) = r∞ + k / c (a cost per wake-up shared by the requests
+//!    that arrive together, and a cost per request), through the two calibration points.
 //!    Redis's CPU while idle (the vault attached, no load: cron, the cluster bus) is measured
 //!    first, for 5 s, and left out of r.
 //! 2. The model. Every process shares this machine's `cores`, so
@@ -22,9 +23,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{free_port, Child, RedisCluster, RedisServer};
-use vault_core::auth::{KeyRing, Scope};
-use vault_core::crypto::MasterKey;
+use testkit::{RedisCluster, RedisServer};
+
+mod common;
+use common::{bin_dir, random_text, BenchVault};
 
 const POOLS: usize = 30;
 const WORKERS: usize = 32;
@@ -64,117 +66,14 @@ fn redis_cpu(port: u16) -> f64 {
         .sum()
 }
 
-fn random_text(len: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut r = rand::thread_rng();
-    (0..len)
-        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
-        .collect()
-}
-
-struct Setup {
-    _vault: Child,
-    vault_pid: String,
-    base: String,
-    token: String,
-    _keys: tempfile::TempDir,
-}
-
-async fn start_vault(redis_url: &str) -> Setup {
-    let keys = tempfile::tempdir().unwrap();
-    std::fs::write(
-        keys.path().join("k1.pem"),
-        vault_core::auth::generate_key_pem(),
-    )
-    .unwrap();
-    let mut ring = KeyRing::empty("tokenvault", "tokenvault", 86_400);
-    ring.load(keys.path()).unwrap();
-    let token = ring
-        .mint(
-            "bench",
-            &[Scope::Admin, Scope::Lease, Scope::Deposit],
-            None,
-            3600,
-            vault_core::time::now_ms() / 1000,
-        )
-        .unwrap()
-        .0;
-    let port = free_port();
-    let bin = bin_dir().join("vault-api");
-    let vault = Child::spawn(
-        &bin,
-        &[],
-        &[
-            ("TV_REDIS_URL", redis_url.to_string()),
-            ("TV_MASTER_KEY", MasterKey::generate().to_base64()),
-            ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("TV_SIGNING_KEYS", keys.path().display().to_string()),
-            ("TV_MAX_CONNECTIONS_PER_ADDR", "4096".to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "vault-api not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let vault_pid = vault.id().to_string();
-    Setup {
-        _vault: vault,
-        vault_pid,
-        base,
-        token,
-        _keys: keys,
-    }
-}
-
-async fn send(
-    http: &reqwest::Client,
-    s: &Setup,
-    method: reqwest::Method,
-    path: &str,
-    body: Value,
-) -> Value {
-    let r = http
-        .request(method, format!("{}{path}", s.base))
-        .bearer_auth(&s.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
-}
-
-async fn make_pools(s: &Setup) {
-    let http = reqwest::Client::new();
+async fn make_pools(s: &BenchVault) {
     let expires = vault_core::time::rfc3339(vault_core::time::now_ms() + 30 * 86_400_000);
     for p in 0..POOLS {
-        send(
-            &http,
-            s,
-            reqwest::Method::PUT,
-            &format!("/v1/pools/cap{p}"),
-            json!({}),
-        )
-        .await;
+        s.put(&format!("/v1/pools/cap{p}"), json!({})).await;
         let tokens: Vec<Value> = (0..100)
             .map(|_| json!({"secret": random_text(40), "labels": {"team": "crawl"}, "expires_at": expires}))
             .collect();
-        send(
-            &http,
-            s,
-            reqwest::Method::POST,
+        s.post(
             &format!("/v1/pools/cap{p}/tokens"),
             json!({ "tokens": tokens }),
         )
@@ -204,13 +103,14 @@ struct Run {
     gen_us: f64,
 }
 
-async fn load(s: &Setup, ports: &[u16], idle: &[f64], workers: usize) -> Run {
+async fn load(s: &BenchVault, ports: &[u16], idle: &[f64], workers: usize) -> Run {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(workers)
         .build()
         .unwrap();
     let redis0: Vec<f64> = ports.iter().map(|p| redis_cpu(*p)).collect();
-    let api0 = process_cpu(&s.vault_pid);
+    let vault_pid = s.child.id().to_string();
+    let api0 = process_cpu(&vault_pid);
     let gen0 = process_cpu("self");
     let started = Instant::now();
     let stop = started + RUN;
@@ -259,17 +159,8 @@ async fn load(s: &Setup, ports: &[u16], idle: &[f64], workers: usize) -> Run {
         cycles_per_s: cycles as f64 / secs,
         redis_cpu_per_node: redis.iter().map(|c| c / secs).collect(),
         redis_us: per_cycle(redis.iter().sum::<f64>() - idle_s),
-        api_us: per_cycle(process_cpu(&s.vault_pid) - api0),
+        api_us: per_cycle(process_cpu(&vault_pid) - api0),
         gen_us: per_cycle(process_cpu("self") - gen0),
-    }
-}
-
-fn bin_dir() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    if root.join("release/vault-api").exists() {
-        root.join("release")
-    } else {
-        root.join("debug")
     }
 }
 
@@ -315,7 +206,7 @@ async fn main() {
 
     // 1. Calibration on one plain Redis.
     let redis = RedisServer::start();
-    let s = start_vault(&redis.url()).await;
+    let s = BenchVault::start(&bin_dir(), &redis.url()).await;
     make_pools(&s).await;
     let cal_idle = idle(&[redis.port]).await;
     let cal = load(&s, &[redis.port], &cal_idle, WORKERS).await;
@@ -331,15 +222,11 @@ async fn main() {
         "calibration, {FEW_WORKERS} workers: {:.0} cycles/s; Redis {:.1} µs per cycle",
         light.cycles_per_s, light.redis_us
     );
-    // Redis µs per cycle at `rate` cycles/s on one node: the line through the two points,
-    // held at their values outside them.
-    let points = [(light.cycles_per_s, light.redis_us), (cal.cycles_per_s, r)];
-    let r_at = |rate: f64| {
-        let (x0, y0) = points[0];
-        let (x1, y1) = points[1];
-        let t = ((rate - x0) / (x1 - x0)).clamp(0.0, 1.0);
-        y0 + t * (y1 - y0)
-    };
+    // Redis µs per cycle at `rate` cycles/s on one node: r∞ + k / rate through both points.
+    let k = (light.redis_us - r) / (1.0 / light.cycles_per_s - 1.0 / cal.cycles_per_s);
+    let r_inf = r - k / cal.cycles_per_s;
+    let r_at = |rate: f64| r_inf + k / rate.max(1.0);
+    println!("Redis per cycle at c cycles/s: r(c) = {r_inf:.1} µs + {k:.0} / c");
     println!(
         "model: a Redis primary serves at most {:.0} cycles/s (one thread at 100 %); on this machine cycles/s = {cores} × 10⁶ / {:.1} µs = {:.0}",
         1e6 / r,
@@ -351,7 +238,7 @@ async fn main() {
     for n in [1, 3] {
         let cluster = RedisCluster::start(n);
         let ports: Vec<u16> = cluster.nodes.iter().map(|s| s.port).collect();
-        let s = start_vault(&cluster.url()).await;
+        let s = BenchVault::start(&bin_dir(), &cluster.url()).await;
         make_pools(&s).await;
         let shares = pool_shares(&ports);
         let idle = idle(&ports).await;

@@ -15,12 +15,13 @@
 //! was compiled, so debug builds measure it as well as release ones.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
-use testkit::{free_port, Child, RedisServer};
-use vault_core::auth::{KeyRing, Scope};
-use vault_core::crypto::MasterKey;
+use testkit::RedisServer;
+
+mod common;
+use common::{bin_dir, random_text, BenchVault};
 
 const BIG: usize = 100_000;
 const JWTS: usize = 10_000;
@@ -71,37 +72,6 @@ const LEAN_KEYS: [&str; 5] = [
     "lean:{p}:l:",
 ];
 
-struct Vault {
-    _redis_child: Child,
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Vault {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let (status, v) = self.send(reqwest::Method::POST, path, body).await;
-        assert!(status < 300, "{path}: {status} {v}");
-        v
-    }
-    async fn put(&self, path: &str, body: Value) {
-        let (status, v) = self.send(reqwest::Method::PUT, path, body).await;
-        assert!(status < 300, "{path}: {status} {v}");
-    }
-}
-
 fn info_field(redis: &RedisServer, section: &str, line_prefix: &str) -> String {
     redis
         .cli(&["INFO", section])
@@ -143,15 +113,6 @@ fn memory_usage(redis: &RedisServer, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn random_text(len: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut r = rand::thread_rng();
-    (0..len)
-        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
-        .collect()
-}
-
 /// A JWT of about `len` bytes with an `exp` a month ahead.
 fn jwt(len: usize) -> String {
     use base64::Engine;
@@ -167,7 +128,7 @@ fn jwt(len: usize) -> String {
 
 /// Deposit `n` tokens, `per` per request (1,000 at most; 1 KB secrets fit 500 in a request's
 /// 1 MiB).
-async fn deposit(v: &Vault, pool: &str, n: usize, per: usize, secret: impl Fn() -> String) {
+async fn deposit(v: &BenchVault, pool: &str, n: usize, per: usize, secret: impl Fn() -> String) {
     let expires = vault_core::time::now_ms() + 30 * 86_400_000;
     for start in (0..n).step_by(per) {
         let tokens: Vec<Value> = (start..(start + per).min(n))
@@ -182,27 +143,6 @@ async fn deposit(v: &Vault, pool: &str, n: usize, per: usize, secret: impl Fn() 
         )
         .await;
     }
-}
-
-fn start(bin_dir: &Path, keys_dir: &Path, master: &str) -> (RedisServer, Child, String) {
-    let redis = RedisServer::start();
-    let port = free_port();
-    let child = Child::spawn(
-        &bin_dir.join("vault-api"),
-        &[],
-        &[
-            ("TV_REDIS_URL", redis.url()),
-            ("TV_MASTER_KEY", master.to_string()),
-            ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("TV_SIGNING_KEYS", keys_dir.display().to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(testkit::wait_until(Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
-    (redis, child, base)
 }
 
 /// The lean pair's keys (100 tokens of its own, in the same Redis) and its scripts' SHAs.
@@ -248,7 +188,7 @@ async fn lean_setup(c: &mut redis::aio::MultiplexedConnection) -> (String, Strin
 /// shares the cores with Redis, a call right after an HTTP request runs slower than one in a
 /// tight loop, and this way both meet Redis alike. Rounds of HELD leases, then their releases.
 /// Returns [vault (acquire, release), lean (acquire, release)], µs per call.
-async fn function_time(v: &Vault, redis: &RedisServer, pool: &str) -> [(f64, f64); 2] {
+async fn function_time(v: &BenchVault, redis: &RedisServer, pool: &str) -> [(f64, f64); 2] {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let (lean_acquire, lean_release) = lean_setup(&mut c).await;
@@ -316,32 +256,8 @@ struct Measured {
 }
 
 async fn measure(bin_dir: &Path) -> Measured {
-    let keys_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        keys_dir.path().join("k1.pem"),
-        vault_core::auth::generate_key_pem(),
-    )
-    .unwrap();
-    let mut ring = KeyRing::empty("tokenvault", "tokenvault", 86_400);
-    ring.load(keys_dir.path()).unwrap();
-    let token = ring
-        .mint(
-            "bench",
-            &[Scope::Admin, Scope::Lease, Scope::Deposit],
-            None,
-            3600,
-            vault_core::time::now_ms() / 1000,
-        )
-        .unwrap()
-        .0;
-    let master = MasterKey::generate().to_base64();
-    let (redis, child, base) = start(bin_dir, keys_dir.path(), &master);
-    let v = Vault {
-        _redis_child: child,
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let redis = RedisServer::start();
+    let v = BenchVault::start(bin_dir, &redis.url()).await;
     v.put("/v1/pools/small", json!({})).await;
     deposit(&v, "small", 100, 1000, || random_text(40)).await;
     v.put("/v1/pools/big", json!({})).await;
@@ -405,16 +321,6 @@ async fn measure(bin_dir: &Path) -> Measured {
     }
 }
 
-fn default_bin_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let release = root.join("release/vault-api");
-    if release.exists() {
-        root.join("release")
-    } else {
-        root.join("debug")
-    }
-}
-
 fn report(label: &str, m: &Measured) {
     println!("== {label}");
     println!(
@@ -463,7 +369,7 @@ async fn main() {
     let started = Instant::now();
     let this = std::env::var("TV_BENCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| default_bin_dir());
+        .unwrap_or_else(|_| bin_dir());
     let before = std::env::var("TV_BENCH_BEFORE").ok().map(PathBuf::from);
     // Alternate the builds so that a slower minute of the machine does not favour one.
     if let Some(dir) = &before {

@@ -231,37 +231,18 @@ impl Store {
         Ok(self.pool_get(name).await?.config)
     }
 
-    /// Complete every pool written by an older vault: the settings its config lacks (the
-    /// functions read settings and never invent them) and this version's config layout (see
-    /// `write_cfg` in lua/rules/base.lua). Returns how many pools were completed. Safe to run
-    /// from several processes at once (each writes the same values).
     /// Pools stored in the layout before internal ids (their config has no `layout_version`):
     /// this vault does not read them. Every process checks at start-up and refuses to run
     /// ([`VaultError::LayoutOutdated`], naming `vaultctl migrate`) rather than misread them.
     pub async fn check_layout(&self) -> Result<()> {
-        let mut outdated = Vec::new();
-        for chunk in self.pool_names().await?.chunks(500) {
-            let groups = chunk
-                .iter()
-                .map(|pool| {
-                    redis::pipe()
-                        .cmd("HMGET")
-                        .arg(self.keys.pool(pool).cfg())
-                        .arg(&["frozen", "layout_version"])
-                        .clone()
-                })
-                .collect();
-            let rows = self.pipes(groups).await?;
-            for (pool, row) in chunk.iter().zip(rows) {
-                let row: Vec<Option<String>> = redis::from_redis_value(row).unwrap_or_default();
-                // No `frozen`: the pool's config is gone (deleted), nothing to read.
-                if row.first().is_some_and(Option::is_some)
-                    && row.get(1).is_none_or(Option::is_none)
-                {
-                    outdated.push(pool.clone());
-                }
-            }
-        }
+        let outdated: Vec<String> = self
+            .config_fields_of_every_pool(&["frozen", "layout_version"])
+            .await?
+            .into_iter()
+            // No `frozen`: the pool's config is gone (deleted), nothing to read.
+            .filter(|(_, row)| row[0].is_some() && row[1].is_none())
+            .map(|(pool, _)| pool)
+            .collect();
         if outdated.is_empty() {
             return Ok(());
         }
@@ -301,10 +282,43 @@ impl Store {
         }
     }
 
+    /// Complete every pool written by an older vault: the settings its config lacks (the
+    /// functions read settings and never invent them) and this version's config layout (see
+    /// `write_cfg` in lua/rules/base.lua). Returns how many pools were completed. Safe to run
+    /// from several processes at once (each writes the same values).
     pub async fn complete_pool_configs(&self) -> Result<u64> {
         // Settings derived from others when a pool is written, and the layout field.
         const WRITTEN_SINCE: [&str; 3] = ["min_token_ttl_s", "refresh_margin_s", "layout"];
         let mut done = 0;
+        for (pool, row) in self.config_fields_of_every_pool(&WRITTEN_SINCE).await? {
+            if row
+                .iter()
+                .all(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
+            {
+                continue;
+            }
+            let Ok(cfg) = self.pool_config(&pool).await else {
+                continue;
+            };
+            // Settings only: the refresh record is the pool's own (a legacy one may still
+            // hold its client secret for `vaultctl keys reencrypt` to seal).
+            let mut fields = cfg.to_fields();
+            fields.retain(|k, _| {
+                !matches!(*k, "refresh" | "refresh_ct" | "refresh_key_id" | "probe")
+            });
+            let fields = serde_json::to_string(&fields).expect("config serializes");
+            let v: reply::Completed = self.call(&pool, &scripts::PoolComplete { fields }).await?;
+            done += u64::from(v.completed);
+        }
+        Ok(done)
+    }
+
+    /// `fields` of every pool's config (None where absent), read 500 pools per pipeline.
+    async fn config_fields_of_every_pool(
+        &self,
+        fields: &[&str],
+    ) -> Result<Vec<(String, Vec<Option<String>>)>> {
+        let mut out = Vec::new();
         for chunk in self.pool_names().await?.chunks(500) {
             let groups = chunk
                 .iter()
@@ -312,39 +326,17 @@ impl Store {
                     redis::pipe()
                         .cmd("HMGET")
                         .arg(self.keys.pool(pool).cfg())
-                        .arg(&WRITTEN_SINCE)
+                        .arg(fields)
                         .clone()
                 })
                 .collect();
-            let rows: Vec<Vec<Option<String>>> = self
-                .pipes(groups)
-                .await?
-                .into_iter()
-                .map(|v| redis::from_redis_value(v).unwrap_or_default())
-                .collect();
-            for (pool, row) in chunk.iter().zip(rows) {
-                if row
-                    .iter()
-                    .all(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
-                {
-                    continue;
-                }
-                let Ok(cfg) = self.pool_config(pool).await else {
-                    continue;
-                };
-                // Settings only: the refresh record is the pool's own (a legacy one may still
-                // hold its client secret for `vaultctl keys reencrypt` to seal).
-                let mut fields = cfg.to_fields();
-                fields.retain(|k, _| {
-                    !matches!(*k, "refresh" | "refresh_ct" | "refresh_key_id" | "probe")
-                });
-                let fields = serde_json::to_string(&fields).expect("config serializes");
-                let v: reply::Completed =
-                    self.call(pool, &scripts::PoolComplete { fields }).await?;
-                done += u64::from(v.completed);
+            for (pool, row) in chunk.iter().zip(self.pipes(groups).await?) {
+                let mut row: Vec<Option<String>> = redis::from_redis_value(row).unwrap_or_default();
+                row.resize(fields.len(), None);
+                out.push((pool.clone(), row));
             }
         }
-        Ok(done)
+        Ok(out)
     }
 
     /// Every pool name, sorted.

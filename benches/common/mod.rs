@@ -1,0 +1,127 @@
+//! What the REST benches (layout, capacity) share: a vault-api process with an operator's client
+//! token, and random secrets.
+
+// Each bench binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::{free_port, Child};
+use vault_core::auth::{KeyRing, Scope};
+use vault_core::crypto::MasterKey;
+
+/// A running vault-api and a client token that may create pools, deposit and lease.
+pub(crate) struct BenchVault {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) http: reqwest::Client,
+    _keys: tempfile::TempDir,
+}
+
+impl BenchVault {
+    /// Start `bin_dir`'s vault-api on `redis_url` and wait until it is ready.
+    pub(crate) async fn start(bin_dir: &Path, redis_url: &str) -> Self {
+        let keys = tempfile::tempdir().unwrap();
+        std::fs::write(
+            keys.path().join("k1.pem"),
+            vault_core::auth::generate_key_pem(),
+        )
+        .unwrap();
+        let mut ring = KeyRing::empty("tokenvault", "tokenvault", 86_400);
+        ring.load(keys.path()).unwrap();
+        let token = ring
+            .mint(
+                "bench",
+                &[Scope::Admin, Scope::Lease, Scope::Deposit],
+                None,
+                3600,
+                vault_core::time::now_ms() / 1000,
+            )
+            .unwrap()
+            .0;
+        let port = free_port();
+        let child = Child::spawn(
+            &bin_dir.join("vault-api"),
+            &[],
+            &[
+                ("TV_REDIS_URL", redis_url.to_string()),
+                ("TV_MASTER_KEY", MasterKey::generate().to_base64()),
+                ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                ("TV_SIGNING_KEYS", keys.path().display().to_string()),
+                ("TV_MAX_CONNECTIONS_PER_ADDR", "4096".to_string()),
+                ("RUST_LOG", "warn".to_string()),
+            ],
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vault-api not ready:\n{}",
+                child.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        BenchVault {
+            child,
+            base,
+            token,
+            http,
+            _keys: keys,
+        }
+    }
+
+    /// Send a JSON request; its answer, which must be a success.
+    pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: Value) -> Value {
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+}
+
+/// The directory of the binaries to measure: `target/release` when vault-api is built there,
+/// else `target/debug`.
+pub(crate) fn bin_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    if root.join("release/vault-api").exists() {
+        root.join("release")
+    } else {
+        root.join("debug")
+    }
+}
+
+/// `len` random letters and digits (a secret's worth of entropy for a bench).
+pub(crate) fn random_text(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::thread_rng();
+    (0..len)
+        .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
