@@ -87,3 +87,30 @@ async def test_async_events_mark_held_leases(vault_server, pool):
                 break
             await asyncio.sleep(0.02)
         assert lease.revoked is not None
+
+
+def test_a_lease_answered_after_its_revocation_was_heard_is_marked_at_once(monkeypatch):
+    """The revoke can end a lease whose answer is still on its way: the client hears the events
+    first, so it remembers them and marks the lease when it arrives (not after REMEMBER_S: a
+    token id deposited again later is a new token)."""
+    from tokenvault import _core
+    from tokenvault._models import Event, Lease
+
+    def lease(lease_id: str, token_id: str) -> Lease:
+        return Lease.from_answer({"lease_id": lease_id, "pool": "p", "token_id": token_id,
+                                  "secret": "s", "lease_expires_at": "2030-01-01T00:00:00Z",
+                                  "units": 1}, owner=None)
+
+    now = [1000.0]
+    monkeypatch.setattr(_core.time, "monotonic", lambda: now[0])
+    held = _core.HeldLeases()
+    held.apply(Event(type="token.revoked", pool="p", at=1, token_id="t1", reason="leaked"))
+    held.apply(Event(type="lease.revoked", pool="p", at=1, token_id="t2", lease_id="l9"))
+    late, other, by_lease = lease("l1", "t1"), lease("l2", "t3"), lease("l9", "t2")
+    for x in (late, other, by_lease):
+        held.add(x)
+    assert (late.revoked, other.revoked, by_lease.revoked) == ("leaked", None, "lease.revoked")
+    now[0] += _core.HeldLeases.REMEMBER_S + 1
+    again = lease("l3", "t1")
+    held.add(again)
+    assert again.revoked is None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
 from ._errors import Unavailable, VaultError, error_from_answer
@@ -113,15 +114,41 @@ def proxies_for(lease: Lease) -> Optional[str]:
 
 class HeldLeases:
     """The leases a client holds, so the events stream can mark the ones whose token is revoked
-    (``lease.revoked``); a lease-bound HTTP client refuses to send with a revoked lease."""
+    (``lease.revoked``); a lease-bound HTTP client refuses to send with a revoked lease.
+
+    A lease granted just before its token was revoked can reach the client after the events that
+    revoke it: the revocations heard in the last ``REMEMBER_S`` seconds are kept, and a lease
+    added meanwhile for a token or lease among them is marked at once. (Not longer: a token id
+    deleted and deposited again later is a new token.)"""
+
+    REMEMBER_S = 30.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._leases: "weakref.WeakValueDictionary[str, Lease]" = weakref.WeakValueDictionary()
+        # (pool, "token"|"lease", id) -> (when it was heard, the reason), oldest first.
+        self._revoked: "Dict[Tuple[str, str, str], Tuple[float, str]]" = {}
+
+    def _forget_old(self, now: float) -> None:
+        while self._revoked:
+            first = next(iter(self._revoked))
+            if now - self._revoked[first][0] <= self.REMEMBER_S:
+                return
+            del self._revoked[first]
+
+    def _revocation_of(self, lease: Lease) -> Optional[str]:
+        self._forget_old(time.monotonic())
+        for key in ((lease.pool, "token", lease.token_id), (lease.pool, "lease", lease.lease_id)):
+            if key in self._revoked:
+                return self._revoked[key][1]
+        return None
 
     def add(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.lease_id] = lease
+            reason = self._revocation_of(lease)
+        if reason is not None:
+            lease.revoked = reason
 
     def drop(self, lease_id: str) -> None:
         with self._lock:
@@ -131,7 +158,15 @@ class HeldLeases:
         """Mark the leases ``ev`` revokes; returns them."""
         if ev.type not in ("token.revoked", "lease.revoked"):
             return []
+        reason = ev.reason or ev.type
         with self._lock:
+            kind = "token" if ev.type == "token.revoked" else "lease"
+            ident = ev.token_id if kind == "token" else ev.lease_id
+            if ident:
+                now = time.monotonic()
+                self._forget_old(now)
+                self._revoked.pop((ev.pool, kind, ident), None)
+                self._revoked[(ev.pool, kind, ident)] = (now, reason)
             held = list(self._leases.values())
         hit = [
             lease for lease in held
@@ -140,7 +175,7 @@ class HeldLeases:
                  or (ev.type == "lease.revoked" and lease.lease_id == ev.lease_id))
         ]
         for lease in hit:
-            lease.revoked = ev.reason or ev.type
+            lease.revoked = reason
         return hit
 
 
