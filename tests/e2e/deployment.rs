@@ -542,7 +542,30 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
     assert!(promoted
         .cli(&["INFO", "replication"])
         .contains("role:master"));
-    more_load(promoted, fcalls(promoted), 1000, "on the new primary");
+    // Every write waits for a replica: the load goes on once the other replica follows the new
+    // primary (the sentinels re-point it). Said apart, so that a failure tells which it was.
+    let replication = || {
+        replicas
+            .iter()
+            .map(|r| format!("port {}:\n{}", r.port, r.cli(&["INFO", "replication"])))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        wait_until(FAR, || promoted
+            .cli(&["INFO", "replication"])
+            .contains("connected_slaves:1")),
+        "the other replica never followed the new primary:\n{}",
+        replication()
+    );
+    let since = fcalls(promoted);
+    if !wait_until(FAR, || fcalls(promoted) >= since + 1000) {
+        panic!(
+            "the load did not go on on the new primary: {} function calls, {since} before\n{}",
+            fcalls(promoted),
+            replication()
+        );
+    }
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await
         .unwrap();
