@@ -30,25 +30,14 @@ for i, d in ipairs(toks) do
 end
 for _, f in ipairs(fresh) do
   local d = f.d
-  local n = redis.call('INCR', seq_key())
-  local id = '#' .. n
-  -- Only what differs from a fresh token's defaults: an absent counter is 0, an absent
-  -- generation 1, absent settings the pool's (every reader applies the same defaults).
-  local fv = { 'id', d.id, 'state', 'active', 'key_id', d.key_id, 'fingerprint', d.fingerprint,
-    'created_at', NOW }
-  local function opt(field, v) if v ~= nil and v ~= '' and v ~= 0 then fv[#fv + 1] = field; fv[#fv + 1] = v end end
-  opt('expires_at', d.expires_at)
-  opt('quota_limit', d.quota_limit)
-  opt('proxy', d.proxy)
-  opt('proxy_ct', d.proxy_ct)
-  opt('proxy_key_id', d.proxy_key_id)
-  opt('binding_fp', d.binding_fp)
-  if d.labels ~= '{}' then opt('labels', d.labels) end
-  if d.refresh_kind ~= 'none' then opt('refresh_kind', d.refresh_kind) end
-  opt('refresh_ct', d.refresh_ct)
-  if d.refresh_ct ~= '' then opt('refresh_key_id', d.key_id) end
-  if d.refresh_pub ~= '{}' then opt('refresh_pub', d.refresh_pub) end
-  redis.call('HSET', tkey(id), unpack(fv))
+  local id = internal_of(redis.call('INCR', seq_key()))
+  redis.call('HSET', tkey(id), unpack(stored_fields({
+    id = d.id, state = 'active', key_id = d.key_id, fingerprint = d.fingerprint, created_at = NOW,
+    expires_at = d.expires_at, quota_limit = d.quota_limit, proxy = d.proxy, proxy_ct = d.proxy_ct,
+    proxy_key_id = d.proxy_key_id, binding_fp = d.binding_fp, labels = d.labels,
+    refresh_kind = d.refresh_kind, refresh_ct = d.refresh_ct, refresh_key_id = d.key_id,
+    refresh_pub = d.refresh_pub,
+  })))
   redis.call('SET', seckey(id), secrets[f.i])
   redis.call('HSET', K.ids, d.id, id)
   redis.call('ZREM', depositing, d.id)

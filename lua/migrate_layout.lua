@@ -34,18 +34,13 @@ local function unbase64(s)
   return table.concat(out)
 end
 
--- Values the old layout wrote for a fresh token, which this one leaves out (readers apply the
--- same defaults).
-local DEFAULT = { used = '0', reserved = '0', win_end = '0', leases = '0', cool_until = '0',
-  strikes = '0', last_leased_at = '0', generation = '1', expires_at = '0', labels = '{}',
-  refresh_kind = 'none', refresh_attempts = '0' }
 local INDEXES = { K.ready, K.cool, K.exp, due_key(), sunset_key(), K.jobs, xjobs_key() }
 
 local function convert(token_id)
   local okey = K.base .. 't:' .. token_id
   local old = hgetall(okey)
   if old == nil then return 0 end
-  local id = '#' .. (tonumber(old.seq) or redis.call('INCR', seq_key()))
+  local id = internal_of(tonumber(old.seq) or redis.call('INCR', seq_key()))
   local at = 'n'
   if redis.call('ZSCORE', K.ready, token_id) then at = 'r'
   elseif redis.call('ZSCORE', K.cool, token_id) then at = 'c' end
@@ -74,16 +69,11 @@ local function convert(token_id)
   if old.job_id ~= nil and old.job_id ~= '' and redis.call('EXISTS', job_key(old.job_id)) == 1 then
     redis.call('HSET', job_key(old.job_id), 'token', id, 'token_id', token_id)
   end
-  local fv = { 'at', at }
-  for k, v in pairs(old) do
-    if k ~= 'secret_ct' and k ~= 'seq' and v ~= '' and DEFAULT[k] ~= v
-      and not (k == 'refresh_key_id' and (old.refresh_ct or '') == '') then
-      fv[#fv + 1] = k
-      fv[#fv + 1] = v
-    end
-  end
-  redis.call('HSET', tkey(id), unpack(fv))
-  redis.call('SET', seckey(id), unbase64(old.secret_ct or ''))
+  local secret_ct = old.secret_ct or ''
+  old.secret_ct, old.seq, old.at = nil, nil, at
+  -- The old layout wrote every field of a fresh token; this one leaves out the defaults.
+  redis.call('HSET', tkey(id), unpack(stored_fields(old)))
+  redis.call('SET', seckey(id), unbase64(secret_ct))
   redis.call('HSET', K.ids, token_id, id)
   redis.call('DEL', okey, otl)
   return 1

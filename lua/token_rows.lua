@@ -18,7 +18,7 @@ local rows = {}
 for _, given in ipairs(ids) do
   -- A user's token id, or an internal one (`#<n>`, as the view sets hold them).
   local id = given
-  if string.sub(given, 1, 1) ~= '#' then id = internal_id(given) or '' end
+  if not is_internal(given) then id = internal_id(given) or '' end
   local vals = redis.call('HMGET', tkey(id), unpack(read))
   local t = {}
   for j = 1, #QUOTA_FIELDS do t[QUOTA_FIELDS[j]] = vals[#fields + j] or nil end

@@ -78,6 +78,11 @@ local function internal_id(token_id)
   return nil
 end
 
+-- The internal id of the token deposited `n`th, and whether `id` is one rather than a user's
+-- token id (which never holds `#`).
+local function internal_of(n) return '#' .. n end
+local function is_internal(id) return string.sub(id, 1, 1) == '#' end
+
 -- The deposit order of a token: the number in its internal id.
 local function deposit_seq(id) return tonumber(string.sub(id, 2)) end
 
@@ -200,6 +205,27 @@ local function str(v)
     return string.format('%d', v)
   end
   return tostring(v)
+end
+
+-- What a token's fields are when not stored: every reader applies these defaults (an absent
+-- counter is 0, an absent generation 1, no labels, no refresh), so a token is stored without them.
+local TOKEN_DEFAULTS = { used = '0', reserved = '0', win_end = '0', leases = '0',
+  cool_until = '0', strikes = '0', last_leased_at = '0', generation = '1', expires_at = '0',
+  labels = '{}', refresh_kind = 'none', refresh_attempts = '0', refresh_pub = '{}' }
+
+-- A token's `fields` (field -> value) as its hash stores them: {field1, value1, ...} without
+-- those at their defaults or empty (and no refresh key id without refresh credentials).
+local function stored_fields(fields)
+  local fv = {}
+  for k, v in pairs(fields) do
+    v = str(v)
+    if v ~= '' and TOKEN_DEFAULTS[k] ~= v
+      and not (k == 'refresh_key_id' and (fields.refresh_ct or '') == '') then
+      fv[#fv + 1] = k
+      fv[#fv + 1] = v
+    end
+  end
+  return fv
 end
 
 local function fail(code, extra)

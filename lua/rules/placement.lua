@@ -76,8 +76,8 @@ local function reconcile(id, t, c)
   elseif was == 'c' or was == nil then
     redis.call('ZREM', K.cool, id)
   end
-  rawset(t, '_lla0', t.last_leased_at)
-  rawset(t, '_state0', t.state)
+  -- What its ready score is made of now, for the next reconcile of this call.
+  loaded(t)
   -- Where it is and its view state, in one write with what the transition staged.
   local fv = {}
   local pending = rawget(t, '_pending')

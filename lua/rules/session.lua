@@ -7,7 +7,7 @@ local function session_token(o, c, need_ttl)
   local sid = redis.call('GET', session_key(o.session))
   -- A session kept by a vault older than internal ids names a user's token id (no `#`): it is
   -- let go, like an expired session.
-  if sid and string.sub(sid, 1, 1) == '#' and sid ~= o.exclude then
+  if sid and is_internal(sid) and sid ~= o.exclude then
     local t = load_token_hot(sid)
     if eligible(sid, t, c, o.units, need_ttl) then return sid, t end
   end

@@ -440,9 +440,13 @@ transitions! {
 /// may also serve from a replica and never counts as a write.
 pub const READ_ONLY: &[&str] = &["token_rows"];
 
+/// The `FCALL` names of [`READ_ONLY`], made once (asked on every call).
+static READ_ONLY_NAMES: LazyLock<Vec<String>> =
+    LazyLock::new(|| READ_ONLY.iter().map(|f| LIBRARY.function(f)).collect());
+
 /// Whether the function called `name` (its `FCALL` name) only reads.
 pub fn read_only(name: &str) -> bool {
-    READ_ONLY.iter().any(|f| name == LIBRARY.function(f))
+    READ_ONLY_NAMES.iter().any(|f| f == name)
 }
 
 /// Not a pool transition (it touches the vault-wide event stream, with its own keys).

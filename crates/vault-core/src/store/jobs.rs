@@ -144,13 +144,7 @@ impl Store {
                 pool,
                 &scripts::JobComplete {
                     job_id: job_id.to_string(),
-                    secret: scripts::Blob(
-                        Sealed {
-                            key_id: done.key_id.clone(),
-                            data: done.secret_ct.clone(),
-                        }
-                        .bytes()?,
-                    ),
+                    secret: scripts::Blob(Sealed::from_base64(&done.secret_ct)?),
                     key_id: done.key_id.clone(),
                     fingerprint: done.fingerprint.clone(),
                     expires_at: done.expires_at,

@@ -562,7 +562,7 @@ impl Store {
             .arg(&keys)
             .arg(&now)
             .arg(call.argv());
-        let waits = !read_only && self.waits(function);
+        let waits = self.waits(function);
         let (raw, secret): (Vec<u8>, Option<Vec<u8>>) =
             match self.fcall_waiting::<redis::Value>(&cmd, waits).await? {
                 redis::Value::Array(mut parts) if parts.len() == 2 => {
@@ -593,7 +593,7 @@ impl Store {
             return false;
         }
         if self.wait.scope == "all" {
-            return function != scripts::TOKEN_ROWS.as_str();
+            return !scripts::read_only(function);
         }
         [
             &scripts::REVOKE,

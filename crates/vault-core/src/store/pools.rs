@@ -39,7 +39,7 @@ fn rotation_status(f: &[Option<String>], deprecated: u64, now_ms: i64) -> Option
 
 /// Token counts by view state from the sizes of the view sets (`SCARD`, in `VIEW_STATES`
 /// order). `v:active` holds every token whose state is active, `leased` and `cooling` included
-/// (so a lease moves a token in one set, not two: `view_sets` in lua/rules/placement.lua); the
+/// (so a lease moves a token in one set, not two: `move_view` in lua/rules/placement.lua); the
 /// `active` view is what is left of it.
 fn view_counts(cards: &[u64]) -> BTreeMap<String, u64> {
     let card = |state: &str| {

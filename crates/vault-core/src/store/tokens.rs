@@ -39,11 +39,7 @@ impl Store {
             let mut secrets = Vec::with_capacity(batch.len());
             let mut described = Vec::with_capacity(batch.len());
             for t in batch.iter() {
-                let sealed = Sealed {
-                    key_id: t.key_id.clone(),
-                    data: t.secret_ct.clone(),
-                };
-                secrets.push(scripts::Blob(sealed.bytes()?));
+                secrets.push(scripts::Blob(Sealed::from_base64(&t.secret_ct)?));
                 let mut v = serde_json::to_value(t).expect("tokens serialize");
                 v.as_object_mut().map(|o| o.remove("secret_ct"));
                 described.push(v);
