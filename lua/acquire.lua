@@ -10,7 +10,7 @@ if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
   return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
 end
 local out, id = do_acquire(c, {
-  lease_id = lease_id, worker = worker, units = units, ttl_ms = ttl_ms,
+  lease_id = lease_id, worker = worker, units = units, costs = json_arg(costs), ttl_ms = ttl_ms,
   min_ttl_ms = min_token_ttl_ms or min_ttl_ms(c), session = session, idem = idem, idem_fp = idem_fp, exclude = '',
 })
 if type(out) == 'string' then return out end

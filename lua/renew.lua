@@ -21,14 +21,18 @@ if at > 0 and at < deadline then
 end
 local old_units = num(l.units, 1)
 units = units or old_units
-roll_window(l.token, t)
+roll_window(l.token, t, c)
 if units > old_units then
-  local room = headroom(t, c)
-  if room ~= nil and room < units - old_units then
-    return fail('quota_exhausted', { detail = 'the token has ' .. math.max(room, 0) .. ' more units in this window' })
+  local short, room = quota_short(t, c, { requests = units - old_units }, 'requests')
+  if short ~= nil then
+    local which = ''
+    if short.name ~= 'default' then which = ' (quota ' .. short.name .. ')' end
+    return fail('quota_exhausted', { detail = 'the token has ' .. math.max(room, 0) .. ' more units in this window' .. which })
   end
 end
-put(l.token, t, 'reserved', math.max(0, num(t.reserved, 0) + units - old_units))
+local fv = {}
+quota_rereserve(t, c, units - old_units, fv)
+if #fv > 0 then put_all(l.token, t, fv) end
 l.units = str(units)
 l.deadline = str(deadline)
 l.ttl_ms = str(ttl_ms)

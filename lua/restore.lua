@@ -14,9 +14,9 @@ if t.state == 'quarantined' then
   put(id, t, 'last_error', '')
   back_in_rotation(id, t, c)
 elseif in_rotation(t) and redis.call('ZSCORE', K.cool, id) then
-  put(id, t, 'cool_until', 0)
-  put(id, t, 'win_end', 0)
-  put(id, t, 'used', 0)
+  local fv = { 'cool_until', 0 }
+  quota_reset(t, c, fv)
+  put_all(id, t, fv)
   reconcile(id, t, c)
 else
   return fail('conflict', { detail = 'only a quarantined or cooling token can be restored; this one is ' .. t.view })

@@ -9,7 +9,7 @@ if c == nil then return fail('pool_not_found') end
 local err, l, t = do_release(c, lease_id, report)
 if err then return err end
 local out, id = do_acquire(c, {
-  lease_id = new_lease_id, worker = l.worker or '', units = num(l.units, 1),
+  lease_id = new_lease_id, worker = l.worker or '', units = num(l.units, 1), costs = l.costs,
   ttl_ms = num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000), min_ttl_ms = min_ttl_ms(c),
   session = '', idem = '', exclude = l.token,
 })

@@ -2,10 +2,11 @@
 -- KEYS: the pool keys (see rules/base.lua).
 -- Arguments: `scripts::TokenDelete` (vault-core), read here as locals of the same names.
 -- Returns {"leases_ended":[...]} | {"err":"pool_not_found"|"token_not_found"}.
-if load_cfg() == nil then return fail('pool_not_found') end
+local c = load_cfg()
+if c == nil then return fail('pool_not_found') end
 local id, t = find_token(token_id)
 if t == nil then return fail('token_not_found') end
-local ended = end_token_leases(id)
+local ended = end_token_leases(id, c)
 exp_del(id, t)
 redis.call('ZREM', K.ready, id)
 redis.call('ZREM', K.cool, id)

@@ -18,7 +18,7 @@ local function first_eligible(c, o, need_ttl)
         local t = load_token_hot(id)
         if t == nil then
           redis.call('ZREM', K.ready, id)
-        elseif eligible(id, t, c, o.units, need_ttl) then
+        elseif eligible(id, t, c, o.need, need_ttl) then
           return id, t
         end
       end
@@ -28,13 +28,18 @@ local function first_eligible(c, o, need_ttl)
   return nil, nil
 end
 
--- Acquire a lease. o = {lease_id, worker, units, ttl_ms, min_ttl_ms, session, idem, idem_fp,
--- exclude}. Returns the answer table and the leased token's internal id (its sealed secret goes
--- with the answer), or an encoded error.
+-- Acquire a lease. o = {lease_id, worker, units, costs (cost dimension -> estimate, or nil),
+-- ttl_ms, min_ttl_ms, session, idem, idem_fp, exclude}. Returns the answer table and the leased
+-- token's internal id (its sealed secret goes with the answer), or an encoded error.
 local function do_acquire(c, o)
   local replayed, replayed_id = idem_replay(c, o)
   if replayed ~= nil then return replayed, replayed_id end
   if frozen(c) then return fail('pool_frozen') end
+  local uncounted = uncounted_cost(c, o.costs)
+  if uncounted ~= nil then
+    return fail('invalid_request', { detail = 'costs.' .. uncounted .. ': no quota of this pool counts it' })
+  end
+  o.need = need_of(c, o.units, o.costs)
 
   local need_ttl = o.ttl_ms
   if o.min_ttl_ms > need_ttl then need_ttl = o.min_ttl_ms end
@@ -50,10 +55,8 @@ local function do_acquire(c, o)
   end
 
   -- reserve
-  local win_end = num(ct.win_end, 0)
-  if win_end == 0 then win_end = NOW + window_ms(c) end
-  local fv = { 'win_end', win_end, 'leases', num(ct.leases, 0) + 1,
-    'reserved', num(ct.reserved, 0) + o.units, 'last_leased_at', NOW }
+  local fv = { 'leases', num(ct.leases, 0) + 1, 'last_leased_at', NOW }
+  quota_reserve(ct, c, o.need, fv)
   if (ct.lid or '') == '' then
     fv[#fv + 1] = 'lid'
     fv[#fv + 1] = o.lease_id
@@ -62,7 +65,8 @@ local function do_acquire(c, o)
   end
   stage(ct, fv)
   local deadline = NOW + o.ttl_ms
-  local l = { token = chosen, worker = o.worker, units = str(o.units), granted_at = str(NOW),
+  local l = { token = chosen, worker = o.worker, units = str(o.units), costs = lease_costs(o.need),
+              granted_at = str(NOW),
               deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }
   lease_store(o.lease_id, l)

@@ -26,6 +26,9 @@
 -- library's state, and Redis runs one call at a time).
 local KEYS, ARGV, NOW
 local K = {}
+-- The token fields the lease path reads for this call's pool, when they are more than TOKEN_HOT
+-- (`use_quota_fields`); nil otherwise. Reset by `begin`.
+local HOT, HOT_SET
 
 local function clock()
   if ARGV[1] ~= nil and ARGV[1] ~= '' then return tonumber(ARGV[1]) end
@@ -38,6 +41,7 @@ local function begin(keys, args)
   K.cfg, K.ready, K.cool, K.leases, K.exp, K.ids, K.jobs, K.base =
     keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8]
   NOW = clock()
+  HOT, HOT_SET = nil, nil
 end
 
 local function num(v, d)
@@ -122,20 +126,33 @@ local TOKEN_HOT = { 'id', 'state', 'view', 'at', 'expires_at', 'used', 'reserved
 local TOKEN_HOT_SET = {}
 for i = 1, #TOKEN_HOT do TOKEN_HOT_SET[TOKEN_HOT[i]] = true end
 
+-- The token fields of the pool's extra quotas (config `c`): defined by the quota rule
+-- (rules/quota.lua), which owns how quotas are stored.
+local quota_fields_of
+
+local function use_quota_fields(c)
+  if c.quotas == nil or c.quotas == '' then return end
+  HOT, HOT_SET = {}, {}
+  for i = 1, #TOKEN_HOT do HOT[i] = TOKEN_HOT[i] end
+  for _, f in ipairs(quota_fields_of(c)) do HOT[#HOT + 1] = f end
+  for i = 1, #HOT do HOT_SET[HOT[i]] = true end
+end
+
 -- Token `id` (internal) for the lease path (see TOKEN_HOT), or nil when there is no such token.
 local function load_token_hot(id)
   local key = tkey(id)
-  local raw = redis.call('HMGET', key, unpack(TOKEN_HOT))
+  local hot, hot_set = HOT or TOKEN_HOT, HOT_SET or TOKEN_HOT_SET
+  local raw = redis.call('HMGET', key, unpack(hot))
   -- `id` is written at deposit: without it there is no token.
   if not raw[1] then return nil end
   local t = {}
-  for i = 1, #TOKEN_HOT do
-    if raw[i] then t[TOKEN_HOT[i]] = raw[i] end
+  for i = 1, #hot do
+    if raw[i] then t[hot[i]] = raw[i] end
   end
   loaded(t)
   return setmetatable(t, { __index = function(tbl, field)
     -- A listed field that is absent is at its default (not stored): nothing more to read.
-    if TOKEN_HOT_SET[field] or string.sub(field, 1, 1) == '_' then return nil end
+    if hot_set[field] or string.sub(field, 1, 1) == '_' then return nil end
     setmetatable(tbl, nil)
     local all = redis.call('HGETALL', key)
     -- Fields already in the table may have been changed by this call: they stay.
@@ -190,6 +207,12 @@ local function deposited(d)
 end
 
 local function reply(t) return cjson.encode(t) end
+
+-- An argument that is JSON, or "" for none (nil).
+local function json_arg(v)
+  if v == nil or v == '' then return nil end
+  return cjson.decode(v)
+end
 
 -- An answer that hands out a sealed secret: the JSON, then the secret's bytes (vault-core puts
 -- them into the answer's `lease`; JSON cannot carry bytes).
@@ -253,7 +276,8 @@ local function write_cfg(fields)
 end
 local CFG_FIELDS = { 'frozen', 'op', 'quota_limit', 'quota_window_s', 'quota_reserve',
   'max_leases_per_token', 'lease_ttl_s', 'max_lease_ttl_s', 'min_token_ttl_s', 'strategy',
-  'quarantine_after_strikes', 'session_ttl_s', 'refresh_margin_s', 'rotation_id' }
+  'quarantine_after_strikes', 'session_ttl_s', 'refresh_margin_s', 'rotation_id', 'quotas',
+  'cost_estimates' }
 local function load_cfg()
   local raw = redis.call('HMGET', K.cfg, unpack(CFG_FIELDS))
   -- `frozen` is written when a pool is created: without it there is no pool.
@@ -263,11 +287,13 @@ local function load_cfg()
     if raw[i] then c[CFG_FIELDS[i]] = raw[i] end
   end
   if c.op == 'delete' then return nil end
+  use_quota_fields(c)
   return c
 end
 local function load_cfg_all()
   local c = hgetall(K.cfg)
   if c ~= nil and c.op == 'delete' then return nil end
+  if c ~= nil then use_quota_fields(c) end
   return c
 end
 

@@ -3,9 +3,16 @@
 -- A lease is one field of the pool's `leasedata` hash: its id -> "<token> <units> <granted_at>
 -- <deadline> <ttl_ms> <idem_fp> <idem> <worker>" (the token's internal id; idempotency key and
 -- worker are printable ASCII without spaces, the worker last). One write per lease instead of a
--- hash of its own, and readable with redis-cli.
+-- hash of its own, and readable with redis-cli. A lease that reserved other cost dimensions
+-- than requests lists them after its units: "1,llm_tokens=1500".
 local function lease_record(l)
-  return table.concat({ l.token, l.units, l.granted_at, l.deadline, l.ttl_ms, l.idem_fp or '',
+  local units = l.units
+  if l.costs ~= nil then
+    local parts = { units }
+    for k, v in pairs(l.costs) do parts[#parts + 1] = k .. '=' .. str(v) end
+    units = table.concat(parts, ',')
+  end
+  return table.concat({ l.token, units, l.granted_at, l.deadline, l.ttl_ms, l.idem_fp or '',
     l.idem or '', l.worker or '' }, ' ')
 end
 
@@ -13,20 +20,46 @@ local function lease_load(lid)
   local v = redis.call('HGET', leasedata_key(), lid)
   if not v then return nil end
   local token, units, granted_at, deadline, ttl_ms, idem_fp, idem, worker =
-    string.match(v, '^(%S+) (%d+) (%d+) (%d+) (%d+) (%S*) (%S*) (.*)$')
-  return { token = token, units = units, granted_at = granted_at, deadline = deadline,
-           ttl_ms = ttl_ms, idem_fp = idem_fp, idem = idem, worker = worker }
+    string.match(v, '^(%S+) (%S+) (%d+) (%d+) (%d+) (%S*) (%S*) (.*)$')
+  local costs = nil
+  for k, n in string.gmatch(units, ',([%w_]+)=(%d+)') do
+    costs = costs or {}
+    costs[k] = tonumber(n)
+  end
+  return { token = token, units = string.match(units, '^%d+'), costs = costs,
+           granted_at = granted_at, deadline = deadline, ttl_ms = ttl_ms, idem_fp = idem_fp,
+           idem = idem, worker = worker }
+end
+
+-- What a lease reserved of the dimensions other than requests (`need` of the lease), or nil.
+local function lease_costs(need)
+  local costs = nil
+  for k, v in pairs(need) do
+    if k ~= 'requests' then
+      costs = costs or {}
+      costs[k] = v
+    end
+  end
+  return costs
+end
+
+-- What lease `l` reserved, by cost dimension.
+local function lease_need(l)
+  local need = { requests = num(l.units, 1) }
+  for k, v in pairs(l.costs or {}) do need[k] = v end
+  return need
 end
 
 local function lease_store(lid, l)
   redis.call('HSET', leasedata_key(), lid, lease_record(l))
 end
 
--- End one lease: its reserved units go back, `used_units` of them are counted as used.
+-- End one lease: what it reserved goes back, and what it used is counted (`used`: units by cost
+-- dimension, nil or a missing dimension: all it reserved; requests never above its units).
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
--- `read` is the lease when the caller has just read it (saves reading it again). With `staged`
+-- `c` is the pool's config (nil: the pool is being deleted). `read` is the lease when the caller has just read it (saves reading it again). With `staged`
 -- the token's counters are left for the caller's `reconcile` to write.
-local function end_lease(lid, used_units, read, staged)
+local function end_lease(c, lid, used, read, staged)
   local l = read or lease_load(lid)
   if l == nil then return nil, nil end
   redis.call('HDEL', leasedata_key(), lid)
@@ -38,11 +71,15 @@ local function end_lease(lid, used_units, read, staged)
   local t = load_token_hot(l.token)
   if t == nil or t.lid ~= lid then redis.call('SREM', tlkey(l.token), lid) end
   if t ~= nil then
-    local units = num(l.units, 1)
-    if used_units == nil or used_units > units then used_units = units end
-    roll_window(l.token, t)
-    local fv = { 'leases', math.max(0, num(t.leases, 0) - 1),
-      'reserved', math.max(0, num(t.reserved, 0) - units), 'used', num(t.used, 0) + used_units }
+    local need = lease_need(l)
+    used = used or {}
+    if used.requests ~= nil and used.requests > need.requests then used.requests = need.requests end
+    local fv = { 'leases', math.max(0, num(t.leases, 0) - 1) }
+    -- A pool being deleted (no config) counts nothing any more.
+    if c ~= nil then
+      roll_window(l.token, t, c)
+      quota_settle(t, c, need, used, fv)
+    end
     if t.lid == lid then
       fv[#fv + 1] = 'lid'
       fv[#fv + 1] = ''
@@ -55,7 +92,7 @@ end
 -- End lease `lid` without a report (its deadline passed, or the pool's kill switch): all its
 -- reserved units count as used. Returns the lease and its token, or nil when it was already gone.
 local function reclaim_lease(lid, c)
-  local l, t = end_lease(lid, nil)
+  local l, t = end_lease(c, lid, nil)
   if l == nil then
     redis.call('ZREM', K.leases, lid)
     return nil
@@ -95,10 +132,10 @@ local function reap_expired(c, max)
 end
 
 -- End every live lease of a token, counting their units as used. Returns the lease ids.
-local function end_token_leases(id)
+local function end_token_leases(id, c)
   local ended = {}
   for _, lid in ipairs(token_lease_ids(id)) do
-    if end_lease(lid, nil) ~= nil then ended[#ended + 1] = lid end
+    if end_lease(c, lid, nil) ~= nil then ended[#ended + 1] = lid end
   end
   return ended
 end
@@ -107,7 +144,7 @@ end
 -- decrypts it).
 local function lease_view(lid, l, t)
   return {
-    lease_id = lid, token_id = t.id, worker = l.worker or '', units = num(l.units, 1),
+    lease_id = lid, token_id = t.id, worker = l.worker or '', units = num(l.units, 1), costs = l.costs,
     granted_at = num(l.granted_at, 0), deadline = num(l.deadline, 0), ttl_ms = num(l.ttl_ms, 0),
     key_id = t.key_id, expires_at = num(t.expires_at, 0),
     proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',

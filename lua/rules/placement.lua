@@ -42,16 +42,12 @@ local function reconcile(id, t, c)
   local view = t.state
   local where, back_at = 'n', 0
   if in_rotation(t) then
-    roll_window(id, t)
+    roll_window(id, t, c)
     local leases = num(t.leases, 0)
     back_at = num(t.cool_until, 0)
     if back_at <= NOW then back_at = 0 end
-    local room = headroom(t, c)
-    if room ~= nil and room <= 0 then
-      local we = num(t.win_end, 0)
-      if we <= NOW then we = NOW + window_ms(c) end
-      if we > back_at then back_at = we end
-    end
+    local spent_until = quota_back_at(t, c)
+    if spent_until ~= nil and spent_until > back_at then back_at = spent_until end
     if back_at > NOW then
       where = 'c'
       if t.state == 'active' then

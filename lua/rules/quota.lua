@@ -1,54 +1,337 @@
--- quota.lua: the quota rule — units per token per fixed window, rotated out at `limit - reserve`.
+-- quota.lua: the quota rule — every quota of the pool holds per token: a lease is granted only
+-- when each quota has room for what it asks, its reservation is held while it lives, and what
+-- was used is settled when it ends; a token with a spent quota cools until that quota allows.
+--
+-- A pool's quotas: `default`, the one-quota shorthand (quota_limit, quota_window_s,
+-- quota_reserve; its window starts at first use, it counts requests, and a token's own
+-- quota_limit overrides its limit), then those of the config's `quotas` (JSON written by
+-- vault-core: {name, limit, window_s, kind, anchor_ms, reserve, cost, buckets}).
+--
+-- Window kinds:
+--   from_first_use  the window starts at the first reservation after the last one ended;
+--   clock_aligned   windows are [anchor + k·window, anchor + (k+1)·window): UTC midnight for a
+--                   daily window with anchor 0;
+--   sliding         the last `window` ms, counted in `buckets` sub-buckets of window/buckets ms.
+--                   A use is counted in the bucket of the moment its lease ended, and the count
+--                   covers the current bucket and the `buckets` before it: between one window and
+--                   one window plus a bucket. So it never counts less than the target's rolling
+--                   window (never lets a token past its limit) and holds back at most one
+--                   bucket's worth of uses too long.
+-- Token fields: `default` uses used / reserved / win_end (as pools with one quota always have);
+-- quota q uses `u:q` (used), `r:q` (reserved) and `w:q` (its window's end), or for a sliding
+-- quota `s:q`: "<first bucket number> <count> <count> ..." (consecutive buckets; bounded by
+-- `buckets` + 1 counts).
 
+-- The pool's quotas, made once per call.
+local function quotas_of(c)
+  local qs = rawget(c, '_quotas')
+  if qs ~= nil then return qs end
+  qs = { { name = 'default', limit = tonumber(c.quota_limit or ''),
+           window_ms = setting(c, 'quota_window_s') * 1000, kind = 'from_first_use', anchor = 0,
+           reserve = setting(c, 'quota_reserve'), cost = 'requests',
+           fu = 'used', fr = 'reserved', fw = 'win_end' } }
+  if c.quotas ~= nil and c.quotas ~= '' then
+    for _, q in ipairs(cjson.decode(c.quotas)) do
+      local e = { name = q.name, limit = q.limit, window_ms = q.window_s * 1000, kind = q.kind,
+                  anchor = q.anchor_ms or 0, reserve = q.reserve or 0, cost = q.cost,
+                  fu = 'u:' .. q.name, fr = 'r:' .. q.name, fw = 'w:' .. q.name }
+      if q.kind == 'sliding' then
+        e.buckets = q.buckets
+        e.bucket_ms = math.ceil(e.window_ms / q.buckets)
+        e.fu, e.fw = 's:' .. q.name, nil
+      end
+      qs[#qs + 1] = e
+    end
+  end
+  rawset(c, '_quotas', qs)
+  return qs
+end
+
+quota_fields_of = function(c)
+  local f = {}
+  for i, q in ipairs(quotas_of(c)) do
+    if i > 1 then
+      f[#f + 1] = q.fu
+      f[#f + 1] = q.fr
+      if q.fw then f[#f + 1] = q.fw end
+    end
+  end
+  return f
+end
+
+-- The `default` quota's window (a 429 without a reset time cools a token this long).
 local function window_ms(c) return setting(c, 'quota_window_s') * 1000 end
 
-local function limit_of(t, c)
-  if t.quota_limit ~= nil and t.quota_limit ~= '' then return tonumber(t.quota_limit) end
-  if c.quota_limit ~= nil and c.quota_limit ~= '' then return tonumber(c.quota_limit) end
+local function limit_of(t, q)
+  if q.name == 'default' and t.quota_limit ~= nil and t.quota_limit ~= '' then
+    return tonumber(t.quota_limit)
+  end
+  return q.limit
+end
+
+-- Sliding counts: the bucket numbers and counts of field value `v`, the current bucket, and the
+-- oldest bucket still counted.
+local function sliding_read(v, q)
+  local cur = math.floor(NOW / q.bucket_ms)
+  local first, counts = nil, {}
+  if v ~= nil and v ~= '' then
+    for n in string.gmatch(v, '%d+') do
+      if first == nil then first = tonumber(n) else counts[#counts + 1] = tonumber(n) end
+    end
+  end
+  return first or cur, counts, cur, cur - q.buckets
+end
+
+local function sliding_sum(v, q)
+  local first, counts, _, oldest = sliding_read(v, q)
+  local sum = 0
+  for i, n in ipairs(counts) do
+    if first + i - 1 >= oldest then sum = sum + n end
+  end
+  return sum
+end
+
+-- Field value `v` with `n` more uses in the current bucket (and no bucket too old to count).
+local function sliding_add(v, q, n)
+  local first, counts, cur, oldest = sliding_read(v, q)
+  local out = {}
+  local start = math.max(first, oldest)
+  for b = start, cur do
+    local i = b - first + 1
+    local k = counts[i] or 0
+    if b == cur then k = k + n end
+    out[#out + 1] = str(k)
+  end
+  -- Leading empty buckets carry nothing.
+  while #out > 1 and out[1] == '0' do
+    table.remove(out, 1)
+    start = start + 1
+  end
+  return str(start) .. ' ' .. table.concat(out, ' ')
+end
+
+-- When the oldest counted use of a sliding quota stops counting (nil: none counted).
+local function sliding_relief(v, q)
+  local first, counts, _, oldest = sliding_read(v, q)
+  for i, n in ipairs(counts) do
+    local b = first + i - 1
+    if b >= oldest and n > 0 then return (b + q.buckets + 1) * q.bucket_ms end
+  end
   return nil
 end
 
--- Units still grantable in the current window, or nil when unlimited.
-local function headroom(t, c)
-  local lim = limit_of(t, c)
+-- When the window that starts now (or the current clock window) ends.
+local function window_end(q)
+  if q.kind == 'clock_aligned' then
+    return q.anchor + (math.floor((NOW - q.anchor) / q.window_ms) + 1) * q.window_ms
+  end
+  return NOW + q.window_ms
+end
+
+-- Units of quota `q` used in its live window.
+local function used_of(t, q)
+  if q.kind == 'sliding' then return sliding_sum(t[q.fu], q) end
+  local we = num(t[q.fw], 0)
+  if we > 0 and NOW >= we then return 0 end
+  return num(t[q.fu], 0)
+end
+
+-- Units of quota `q` still grantable on token `t`, or nil when it has no limit.
+local function room_of(t, q)
+  local lim = limit_of(t, q)
   if lim == nil then return nil end
-  return lim - setting(c, 'quota_reserve') - num(t.used, 0) - num(t.reserved, 0)
+  return lim - q.reserve - used_of(t, q) - num(t[q.fr], 0)
 end
 
--- The quota window is fixed and starts at the first reservation after the last one ended.
-local function window_over(t)
-  local we = num(t.win_end, 0)
-  return we > 0 and NOW >= we
+-- What a lease asks of each cost dimension: `requests` its units, every other dimension the
+-- lease's estimate or the pool's default one.
+local function need_of(c, units, costs)
+  local need = { requests = units }
+  if c.cost_estimates ~= nil and c.cost_estimates ~= '' then
+    for k, v in pairs(cjson.decode(c.cost_estimates)) do need[k] = v end
+  end
+  if costs ~= nil then
+    for k, v in pairs(costs) do need[k] = v end
+  end
+  return need
 end
 
-local function roll_window(id, t)
-  if window_over(t) then put_all(id, t, { 'used', 0, 'win_end', 0 }) end
+-- A cost dimension of `costs` that no quota of the pool counts, or nil.
+local function uncounted_cost(c, costs)
+  if costs == nil then return nil end
+  for k in pairs(costs) do
+    local counted = false
+    for _, q in ipairs(quotas_of(c)) do
+      if q.cost == k then counted = true end
+    end
+    if not counted then return k end
+  end
+  return nil
 end
 
--- What a target said of the token's quota in its answer to a leased call: `remaining` units
--- until `reset_at` (ms). The target knows its own window: its end becomes the token's. Its count
--- can only raise the vault's, never lower it: reports of leases sharing a token arrive out of
--- order, and an older answer's `remaining` is higher than the truth by every call made since (so
--- trusting it would let the token past its quota). The count starts over when the window ends.
-local function count_target_quota(id, t, c, remaining, reset_at)
-  if reset_at ~= nil and reset_at > NOW then put(id, t, 'win_end', reset_at) end
+-- The first quota without room for `need`, and its room (nil when every quota has room). A
+-- quota with no room at all refuses even a lease that asks nothing of it. `only`: look only at
+-- the quotas counting that dimension.
+local function quota_short(t, c, need, only)
+  for _, q in ipairs(quotas_of(c)) do
+    if only == nil or q.cost == only then
+      local room = room_of(t, q)
+      if room ~= nil and (room <= 0 or room < (need[q.cost] or 0)) then return q, room end
+    end
+  end
+  return nil
+end
+
+-- When every spent quota of token `t` allows a lease again: nil when none is spent.
+local function quota_back_at(t, c)
+  local back = nil
+  for _, q in ipairs(quotas_of(c)) do
+    local room = room_of(t, q)
+    if room ~= nil and room <= 0 then
+      local at
+      if q.kind == 'sliding' then
+        at = sliding_relief(t[q.fu], q) or (NOW + q.bucket_ms)
+      else
+        at = num(t[q.fw], 0)
+        if at <= NOW then at = window_end(q) end
+      end
+      if back == nil or at > back then back = at end
+    end
+  end
+  return back
+end
+
+-- A window that is over counts nothing: recorded at the token's next transition.
+local function roll_window(id, t, c)
+  local fv = {}
+  for _, q in ipairs(quotas_of(c)) do
+    if q.kind ~= 'sliding' then
+      local we = num(t[q.fw], 0)
+      if we > 0 and NOW >= we then
+        fv[#fv + 1] = q.fu; fv[#fv + 1] = 0
+        fv[#fv + 1] = q.fw; fv[#fv + 1] = 0
+      end
+    end
+  end
+  if #fv > 0 then put_all(id, t, fv) end
+end
+
+-- Reserve `need` on every quota of token `t`: appended to `fv` (field, value, ...). A fixed
+-- window starts with its first reservation.
+local function quota_reserve(t, c, need, fv)
+  for _, q in ipairs(quotas_of(c)) do
+    local n = need[q.cost] or 0
+    if q.fw ~= nil and num(t[q.fw], 0) == 0 then
+      fv[#fv + 1] = q.fw; fv[#fv + 1] = window_end(q)
+    end
+    if n ~= 0 then
+      fv[#fv + 1] = q.fr; fv[#fv + 1] = num(t[q.fr], 0) + n
+    end
+  end
+end
+
+-- Change the `requests` reservation of token `t` by `delta` (a renew changing its units).
+local function quota_rereserve(t, c, delta, fv)
+  for _, q in ipairs(quotas_of(c)) do
+    if q.cost == 'requests' then
+      fv[#fv + 1] = q.fr; fv[#fv + 1] = math.max(0, num(t[q.fr], 0) + delta)
+    end
+  end
+end
+
+-- Settle a lease that reserved `need`: each reservation is given back and what was used is
+-- counted (`used` by dimension; a dimension not reported counts its whole reservation).
+-- Appended to `fv`.
+local function quota_settle(t, c, need, used, fv)
+  for _, q in ipairs(quotas_of(c)) do
+    local reserved = need[q.cost] or 0
+    local u = used[q.cost]
+    if u == nil then u = reserved end
+    if reserved ~= 0 then
+      fv[#fv + 1] = q.fr; fv[#fv + 1] = math.max(0, num(t[q.fr], 0) - reserved)
+    end
+    if u ~= 0 then
+      fv[#fv + 1] = q.fu
+      if q.kind == 'sliding' then
+        fv[#fv + 1] = sliding_add(t[q.fu], q, u)
+      else
+        fv[#fv + 1] = num(t[q.fu], 0) + u
+        if q.kind == 'clock_aligned' and num(t[q.fw], 0) == 0 then
+          fv[#fv + 1] = q.fw; fv[#fv + 1] = window_end(q)
+        end
+      end
+    end
+  end
+end
+
+-- Every window of token `t` starts over (an operator's restore).
+local function quota_reset(t, c, fv)
+  for _, q in ipairs(quotas_of(c)) do
+    fv[#fv + 1] = q.fu; fv[#fv + 1] = q.kind == 'sliding' and '' or 0
+    if q.fw ~= nil then fv[#fv + 1] = q.fw; fv[#fv + 1] = 0 end
+  end
+end
+
+-- What a target said of a quota in its answer to a leased call: `remaining` units until
+-- `reset_at` (ms). Its count can only raise the vault's, never lower it: reports of leases
+-- sharing a token arrive out of order, and an older answer's `remaining` is higher than the
+-- truth by every call made since (so trusting it would let the token past its quota). For the
+-- `default` quota the target's reset time becomes the window's end (the target knows its own
+-- window); a spent quota of another kind cools the token until then.
+local function count_target_quota(id, t, c, q, remaining, reset_at)
+  if q.name == 'default' and reset_at ~= nil and reset_at > NOW then
+    put(id, t, 'win_end', reset_at)
+  end
   if remaining == nil then return end
-  local lim = limit_of(t, c)
+  local lim = limit_of(t, q)
   if lim ~= nil then
-    local used = lim - remaining
-    if used > num(t.used, 0) then put(id, t, 'used', used) end
-  elseif remaining <= 0 then
-    -- No limit known to the vault, but the target says none is left: cool until its reset.
-    local back = reset_at or (NOW + window_ms(c))
+    local floor = lim - remaining - used_of(t, q)
+    if floor > 0 then
+      if q.kind == 'sliding' then
+        put(id, t, q.fu, sliding_add(t[q.fu], q, floor))
+      else
+        put(id, t, q.fu, used_of(t, q) + floor)
+        if q.name ~= 'default' and num(t[q.fw], 0) <= NOW then put(id, t, q.fw, window_end(q)) end
+      end
+    end
+  end
+  if remaining <= 0 and (lim == nil or q.name ~= 'default') then
+    -- The target says none is left: cool until its reset (or, knowing no limit, a window).
+    local back = reset_at or (NOW + q.window_ms)
     if back > num(t.cool_until, 0) then put(id, t, 'cool_until', back) end
   end
 end
 
--- The token's quota as it stands now, for readers (metadata, status), without writing: a window
--- that is over counts nothing used, as `roll_window` records at the token's next transition.
-local function quota_now(t, c)
-  local q = { used = num(t.used, 0), reserved = num(t.reserved, 0), limit = limit_of(t, c),
-              win_end = num(t.win_end, 0) }
-  if window_over(t) then q.used, q.win_end = 0, 0 end
-  return q
+-- One quota of the pool by name, or nil.
+local function quota_named(c, name)
+  for _, q in ipairs(quotas_of(c)) do
+    if q.name == name then return q end
+  end
+  return nil
+end
+
+-- Token `t`'s quota `q` as it stands now, for readers (metadata, status), without writing.
+local function one_quota_now(t, q)
+  local e = { used = used_of(t, q), reserved = num(t[q.fr], 0), limit = limit_of(t, q), win_end = 0 }
+  if q.kind == 'sliding' then
+    e.win_end = sliding_relief(t[q.fu], q) or 0
+  else
+    e.win_end = num(t[q.fw], 0)
+    if e.win_end <= NOW then e.win_end = 0 end
+  end
+  return e
+end
+
+-- The `default` quota now, and every other one (with its name), for readers.
+local function quota_now(t, c) return one_quota_now(t, quotas_of(c)[1]) end
+local function quotas_now(t, c)
+  local out = {}
+  for i, q in ipairs(quotas_of(c)) do
+    if i > 1 then
+      local e = one_quota_now(t, q)
+      e.name = q.name
+      out[#out + 1] = e
+    end
+  end
+  return out
 end

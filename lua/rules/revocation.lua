@@ -3,7 +3,7 @@
 
 -- Revoke token `id` (it exists and is not revoked yet). Returns the ids of the leases it ended.
 local function revoke_token(id, c, reason)
-  local ended = end_token_leases(id)
+  local ended = end_token_leases(id, c)
   local t = load_token(id)
   put(id, t, 'state', 'revoked')
   put(id, t, 'revoked_at', NOW)

@@ -135,23 +135,31 @@ pub struct ReportArgs {
     pub used: Option<u64>,
     pub outcome: String,
     pub retry_ms: Option<i64>,
-    /// The target's remaining count.
+    /// The target's remaining count (of the `default` quota).
     pub remaining: Option<u64>,
     /// When the target's window resets, unix ms.
     pub reset_at: Option<i64>,
+    /// What the call cost, by dimension other than requests (JSON object; "" = none: each
+    /// dimension counts what the lease reserved).
+    pub costs: String,
+    /// What the target said of named quotas: JSON `{name: {remaining?, reset_at? (ms)}}`, or "".
+    pub quotas: String,
 }
 
 impl Arg for ReportArgs {
     const LUA: &'static str = "{ used = tonumber(ARGV[{n}]), outcome = ARGV[{n+1}], \
         retry_after_ms = tonumber(ARGV[{n+2}]), remaining = tonumber(ARGV[{n+3}]), \
-        reset_at = tonumber(ARGV[{n+4}]) }";
-    const WIDTH: usize = 5;
+        reset_at = tonumber(ARGV[{n+4}]), costs = json_arg(ARGV[{n+5}]), \
+        quotas = json_arg(ARGV[{n+6}]) }";
+    const WIDTH: usize = 7;
     fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
         self.used.add_to(argv);
         self.outcome.add_to(argv);
         self.retry_ms.add_to(argv);
         self.remaining.add_to(argv);
         self.reset_at.add_to(argv);
+        self.costs.add_to(argv);
+        self.quotas.add_to(argv);
     }
 }
 
@@ -300,6 +308,9 @@ transitions! {
         worker: String,
         /// At least 1.
         units: u64,
+        /// Estimated cost by dimension other than requests (JSON object); "": the pool's
+        /// `cost_estimates`.
+        costs: String,
         /// None: the pool's `lease_ttl_s`.
         ttl_ms: Option<u64>,
         /// None: the pool's `min_token_ttl_s`.
@@ -547,6 +558,8 @@ mod tests {
             retry_ms: Some(1500),
             remaining: Some(0),
             reset_at: None,
+            costs: r#"{"llm_tokens":7}"#.into(),
+            quotas: String::new(),
         };
         let call = Rotate {
             lease_id: "l1".into(),
@@ -558,7 +571,20 @@ mod tests {
                 .map(|a| String::from_utf8(a).unwrap())
                 .collect()
         };
-        assert_eq!(text(call.argv()), ["l1", "", "ok", "1500", "0", "", "l2"]);
+        assert_eq!(
+            text(call.argv()),
+            [
+                "l1",
+                "",
+                "ok",
+                "1500",
+                "0",
+                "",
+                r#"{"llm_tokens":7}"#,
+                "",
+                "l2"
+            ]
+        );
         assert_eq!(Rotate::name(), ROTATE.as_str());
         let rows = TokenRows {
             fields: "[]".into(),
@@ -589,8 +615,9 @@ mod tests {
             "local lease_id = ARGV[2]\nlocal units = tonumber(ARGV[3])\nlocal force = ARGV[4] == '1'\n\
              local report = { used = tonumber(ARGV[5]), outcome = ARGV[6], \
              retry_after_ms = tonumber(ARGV[7]), remaining = tonumber(ARGV[8]), \
-             reset_at = tonumber(ARGV[9]) }\n\
-             local ids = {} for i = 10, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
+             reset_at = tonumber(ARGV[9]), costs = json_arg(ARGV[10]), \
+             quotas = json_arg(ARGV[11]) }\n\
+             local ids = {} for i = 12, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
         );
     }
 
@@ -656,6 +683,21 @@ mod tests {
                     .collect();
                 if !field.starts_with('_') && !ELSEWHERE.contains(&field.as_str()) {
                     read.insert(field);
+                }
+            }
+        }
+        // The quota rule reads its counters by name (`t[q.fu]`): the `default` quota's names
+        // are the literals of `fu = '...'` and its kin in quotas_of (the other quotas' fields
+        // are added to the read per pool, `use_quota_fields`).
+        for var in ["fu = '", "fr = '", "fw = '"] {
+            for (at, _) in code.match_indices(var) {
+                let name: String = code[at + var.len()..]
+                    .chars()
+                    .take_while(|c| *c != '\'')
+                    .collect();
+                // `'u:' .. q.name`: another quota's, not a field of its own.
+                if !name.ends_with(':') {
+                    read.insert(name);
                 }
             }
         }

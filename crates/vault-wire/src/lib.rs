@@ -68,6 +68,10 @@ pub struct Lease {
     /// RFC 3339: the lease ends then unless renewed.
     pub lease_expires_at: String,
     pub units: u64,
+    /// What the lease reserved of cost dimensions other than requests (pools whose quotas count
+    /// costs); report what the call really cost in the release's `costs`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub costs: std::collections::BTreeMap<String, u64>,
     pub binding: Binding,
     pub headers: LeaseHeaders,
 }
@@ -133,6 +137,7 @@ mod tests {
             token_expires_at: None,
             lease_expires_at: "2030-01-01T00:00:00Z".into(),
             units: 1,
+            costs: Default::default(),
             binding: Binding::default(),
             headers: LeaseHeaders {
                 authorization: "Bearer s3cr3t".into(),

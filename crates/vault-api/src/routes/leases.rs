@@ -41,6 +41,7 @@ fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiE
         token_expires_at: (g.expires_at > 0).then(|| rfc3339(g.expires_at)),
         lease_expires_at: rfc3339(g.deadline),
         units: g.units,
+        costs: g.costs,
         binding,
     })
 }
@@ -100,6 +101,7 @@ pub async fn acquire(
         lease_id: new_lease_id(),
         worker: input.worker.clone().unwrap_or_default(),
         units: input.units.unwrap_or(1),
+        costs: input.costs.clone(),
         ttl_ms: input.ttl_s.map(|t| t * 1000),
         min_ttl_ms: input.min_token_ttl_s.map(|t| t * 1000),
         session: input.session.clone().unwrap_or_default(),

@@ -15,6 +15,24 @@ pub struct Report {
     #[schema(value_type = Option<String>)]
     pub reset_at: Option<TimeInput>,
     pub detail: Option<String>,
+    /// What the call cost, by cost dimension other than requests (`used` counts requests). A
+    /// dimension not given counts what the lease reserved for it.
+    #[serde(default)]
+    pub costs: BTreeMap<String, u64>,
+    /// What the target said of the pool's named quotas (`remaining` and `reset_at` speak of
+    /// `default`): the vault's counts never stay below what the target counted.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, QuotaReport>,
+}
+
+/// What a target said of one quota in its answer.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaReport {
+    pub remaining: Option<u64>,
+    /// RFC 3339 or unix milliseconds.
+    #[schema(value_type = Option<String>)]
+    pub reset_at: Option<TimeInput>,
 }
 
 impl Report {
@@ -34,6 +52,26 @@ impl Report {
         if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(invalid("detail is longer than 1024 bytes"));
         }
+        check_costs("costs", &self.costs)?;
+        if self.quotas.len() > MAX_QUOTAS + 1 {
+            return Err(invalid(format!(
+                "quotas names at most {} quotas",
+                MAX_QUOTAS + 1
+            )));
+        }
+        for (name, q) in &self.quotas {
+            check_cost_name(&format!("quotas.{name}"), name)?;
+            if let Some(r) = q.reset_at {
+                if r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64 {
+                    return Err(invalid(format!(
+                        "quotas.{name}.reset_at must lie within 31 days from now"
+                    )));
+                }
+            }
+            if let Some(r) = q.remaining {
+                in_range(&format!("quotas.{name}.remaining"), r, 0, MAX_QUOTA)?;
+            }
+        }
         Ok(())
     }
 }
@@ -44,6 +82,10 @@ impl Report {
 pub struct AcquireInput {
     pub worker: Option<String>,
     pub units: Option<u64>,
+    /// Expected cost by cost dimension other than requests (default: the pool's
+    /// `cost_estimates`): reserved on every quota counting it, settled by the report.
+    #[serde(default)]
+    pub costs: BTreeMap<String, u64>,
     pub ttl_s: Option<u64>,
     pub min_token_ttl_s: Option<u64>,
     pub session: Option<String>,
@@ -58,6 +100,7 @@ impl AcquireInput {
         let what = serde_json::json!([
             self.worker,
             self.units,
+            self.costs,
             self.ttl_s,
             self.min_token_ttl_s,
             self.session
@@ -80,6 +123,7 @@ impl AcquireInput {
         if let Some(u) = self.units {
             in_range("units", u, 1, 1_000_000)?;
         }
+        check_costs("costs", &self.costs)?;
         if let Some(t) = self.ttl_s {
             in_range("ttl_s", t, 1, MAX_LEASE_TTL_S)?;
         }
@@ -120,6 +164,9 @@ pub struct LeaseGrant {
     pub token_id: String,
     pub worker: String,
     pub units: u64,
+    /// What it reserved of cost dimensions other than requests.
+    #[serde(default)]
+    pub costs: BTreeMap<String, u64>,
     pub granted_at: i64,
     pub deadline: i64,
     pub ttl_ms: i64,

@@ -74,6 +74,7 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
 
 mod lease;
 mod pool;
+mod quota;
 mod refresh_settings;
 mod sizing;
 mod status;
@@ -81,6 +82,7 @@ mod token;
 
 pub use lease::*;
 pub use pool::*;
+pub use quota::*;
 pub use refresh_settings::*;
 pub use sizing::*;
 pub use status::*;
@@ -125,6 +127,83 @@ mod tests {
                 .collect(),
         );
         assert_eq!(c, c2);
+    }
+
+    #[test]
+    fn quotas_are_checked_and_errors_name_the_quota() {
+        let k = cipher();
+        let check = |j: serde_json::Value| {
+            serde_json::from_value::<PoolConfigInput>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|i| i.validate(&k, "p").map_err(|e| e.to_string()))
+        };
+        let good = check(serde_json::json!({
+            "quota_limit": 5000,
+            "quotas": [
+                {"name": "rpm", "limit": 60, "window_s": 60, "kind": "sliding"},
+                {"name": "tpm", "limit": 90000, "window_s": 60, "cost": "llm_tokens", "reserve": 1000},
+                {"name": "rpd", "limit": 1000, "window_s": 86400, "kind": "clock_aligned",
+                 "anchor": "2026-01-01T08:00:00Z"}
+            ],
+            "cost_estimates": {"llm_tokens": 1500}
+        }))
+        .unwrap();
+        assert_eq!(good.quotas.len(), 3);
+        assert_eq!(good.quotas[0].buckets, Some(DEFAULT_BUCKETS));
+        assert_eq!(
+            good.quotas[2].anchor.as_deref(),
+            Some("2026-01-01T08:00:00Z")
+        );
+        // What is stored reads back the same.
+        let back = PoolConfig::from_fields(
+            &good
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        assert_eq!(good, back);
+        let err = |j: serde_json::Value, needle: &str| {
+            let e = check(j.clone()).expect_err(&j.to_string());
+            assert!(e.contains(needle), "{j}: {e}");
+        };
+        let q = |extra: serde_json::Value| {
+            let mut base = serde_json::json!({"name": "rpm", "limit": 60, "window_s": 60});
+            base.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::json!({"quotas": [base]})
+        };
+        err(q(serde_json::json!({"limit": 0})), "quotas.rpm.limit");
+        err(q(serde_json::json!({"window_s": 0})), "quotas.rpm.window_s");
+        err(q(serde_json::json!({"reserve": 60})), "quotas.rpm.reserve");
+        err(q(serde_json::json!({"kind": "weekly"})), "weekly");
+        err(q(serde_json::json!({"buckets": 6})), "quotas.rpm.buckets");
+        err(
+            q(serde_json::json!({"kind": "sliding", "buckets": 61})),
+            "quotas.rpm.buckets",
+        );
+        err(q(serde_json::json!({"anchor": 0})), "quotas.rpm.anchor");
+        err(q(serde_json::json!({"name": "Bad Name"})), "Bad Name");
+        err(q(serde_json::json!({"name": "default"})), "shorthand");
+        err(
+            q(serde_json::json!({"cost": "llm_tokens"})),
+            "cost_estimates.llm_tokens",
+        );
+        err(q(serde_json::json!({"unknown": 1})), "unknown");
+        err(
+            serde_json::json!({"quotas": [{"name": "a", "limit": 1, "window_s": 1},
+                                          {"name": "a", "limit": 2, "window_s": 1}]}),
+            "quotas.a",
+        );
+        err(
+            serde_json::json!({"cost_estimates": {"llm_tokens": 5}}),
+            "no quota counts llm_tokens",
+        );
+        let many: Vec<_> = (0..9)
+            .map(|i| serde_json::json!({"name": format!("q{i}"), "limit": 1, "window_s": 1}))
+            .collect();
+        err(serde_json::json!({ "quotas": many }), "at most 8");
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub struct PoolConfigInput {
     pub refresh_margin_s: Option<u64>,
     pub refresh_concurrency: Option<u32>,
     pub probe: Option<ProbeConfig>,
+    /// Quotas besides the shorthand's (`quota_limit`, named `default`): each its own limit,
+    /// window and cost dimension. A token is leased only when every quota has room.
+    pub quotas: Option<Vec<QuotaInput>>,
+    /// What a lease is expected to cost, by cost dimension a quota counts (other than
+    /// requests), when the lease does not say (`costs`). Settled by the report.
+    pub cost_estimates: Option<BTreeMap<String, u64>>,
 }
 
 /// Optional health probe: the refresher calls `url` with an idle token (through its bound
@@ -73,6 +79,9 @@ pub struct PoolConfig {
     /// Refresh jobs of this pool in flight at once, across every refresher.
     pub refresh_concurrency: u32,
     pub probe: Option<ProbeConfig>,
+    /// Quotas besides `default` (the shorthand's).
+    pub quotas: Vec<Quota>,
+    pub cost_estimates: BTreeMap<String, u64>,
 }
 
 impl PoolConfigInput {
@@ -99,6 +108,10 @@ impl PoolConfigInput {
 
     /// Every setting but `refresh`, checked, with its default where absent.
     fn settings(self) -> Result<PoolConfig, VaultError> {
+        let (quotas, cost_estimates) = validate_quotas(
+            self.quotas.unwrap_or_default(),
+            self.cost_estimates.unwrap_or_default(),
+        )?;
         let quota_limit = self
             .quota_limit
             .map(|l| in_range("quota_limit", l, 1, MAX_QUOTA))
@@ -181,6 +194,8 @@ impl PoolConfigInput {
                 1000,
             )? as u32,
             probe: self.probe,
+            quotas,
+            cost_estimates,
         })
         .and_then(|c| {
             if c.refresh_margin_s < c.min_token_ttl_s {
@@ -249,6 +264,7 @@ impl PoolConfig {
     pub fn to_fields(&self) -> BTreeMap<&'static str, String> {
         let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
         let secret = self.refresh.as_ref().and_then(|r| r.client_secret.as_ref());
+        let (quotas, cost_estimates) = quota_fields(&self.quotas, &self.cost_estimates);
         let sealed = |f: fn(&crate::crypto::Sealed) -> &String| {
             secret.map(|s| f(s).clone()).unwrap_or_default()
         };
@@ -293,6 +309,8 @@ impl PoolConfig {
                     .map(|p| serde_json::to_string(p).expect("probe serializes"))
                     .unwrap_or_default(),
             ),
+            ("quotas", quotas),
+            ("cost_estimates", cost_estimates),
         ])
     }
 
@@ -341,6 +359,11 @@ impl PoolConfig {
             ),
             refresh_concurrency: num("refresh_concurrency", d.refresh_concurrency.into()) as u32,
             probe: f.get("probe").and_then(|p| serde_json::from_str(p).ok()),
+            quotas: quotas_from_field(f.get("quotas")),
+            cost_estimates: f
+                .get("cost_estimates")
+                .and_then(|e| serde_json::from_str(e).ok())
+                .unwrap_or_default(),
         }
     }
 }

@@ -128,7 +128,11 @@ pub struct TokenMeta {
     pub id: String,
     pub state: String,
     pub expires_at: Option<String>,
+    /// The `default` quota (the pool's `quota_limit`, or the token's own).
     pub quota: QuotaView,
+    /// The pool's other quotas (`quotas` of its config), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaView>,
     pub leases: u64,
     pub binding: Binding,
     pub labels: BTreeMap<String, String>,
@@ -150,6 +154,9 @@ pub struct TokenMeta {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaView {
+    /// The quota's name (absent for `default`, shown as `quota`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub used: u64,
     pub reserved: u64,
     pub limit: Option<u64>,
@@ -164,13 +171,18 @@ pub struct QuotaNow {
     pub reserved: i64,
     /// The token's own limit, else the pool's; None = unlimited.
     pub limit: Option<u64>,
-    /// End of the live window, 0 = none.
+    /// End of the live window, 0 = none (a sliding window: when its oldest counted use stops
+    /// counting).
     pub win_end: i64,
+    /// None for `default`.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl From<QuotaNow> for QuotaView {
     fn from(q: QuotaNow) -> Self {
         QuotaView {
+            name: q.name,
             used: q.used.max(0) as u64,
             reserved: q.reserved.max(0) as u64,
             limit: q.limit,
@@ -211,7 +223,7 @@ impl TokenMeta {
 
     /// Build from the values of [`TokenMeta::FIELDS`] (in that order) and the token's quota as
     /// `token_rows.lua` read them. None when the token does not exist.
-    pub fn from_row(row: &[Option<String>], quota: QuotaNow, now_ms: i64) -> Option<Self> {
+    pub fn from_row(row: &[Option<String>], quotas: Vec<QuotaNow>, now_ms: i64) -> Option<Self> {
         let get = |k: &str| {
             Self::FIELDS
                 .iter()
@@ -228,7 +240,8 @@ impl TokenMeta {
             id: s("id"),
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),
-            quota: quota.into(),
+            quota: quotas.first().cloned()?.into(),
+            quotas: quotas.into_iter().skip(1).map(Into::into).collect(),
             leases: n("leases").max(0) as u64,
             binding: Binding {
                 proxy: opt_s("proxy"),

@@ -35,6 +35,8 @@ pub struct AcquireArgs {
     pub lease_id: String,
     pub worker: String,
     pub units: u64,
+    /// Expected cost by dimension other than requests (empty: the pool's estimates).
+    pub costs: BTreeMap<String, u64>,
     pub ttl_ms: Option<u64>,
     pub min_ttl_ms: Option<u64>,
     pub session: String,
@@ -215,6 +217,9 @@ mod reply {
     pub(super) struct TokenRow {
         pub(super) fields: Option<Vec<Option<String>>>,
         pub(super) quota: Option<crate::model::QuotaNow>,
+        /// The pool's other quotas (absent when it has none).
+        #[serde(default)]
+        pub(super) quotas: Vec<crate::model::QuotaNow>,
     }
     #[derive(Deserialize)]
     pub(super) struct Deposited {
@@ -316,6 +321,23 @@ fn report_args(r: &Report) -> scripts::ReportArgs {
         retry_ms: r.retry_after_s.map(|s| (s * 1000.0).round() as i64),
         remaining: r.remaining,
         reset_at: r.reset_at.map(|t| t.0),
+        costs: crate::model::costs_arg(&r.costs),
+        quotas: if r.quotas.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(
+                r.quotas
+                    .iter()
+                    .map(|(k, q)| {
+                        (
+                            k.clone(),
+                            serde_json::json!({"remaining": q.remaining, "reset_at": q.reset_at.map(|t| t.0)}),
+                        )
+                    })
+                    .collect(),
+            )
+            .to_string()
+        },
     }
 }
 

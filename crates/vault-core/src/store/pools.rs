@@ -566,7 +566,8 @@ impl Store {
         }
         let rows = self.token_rows(name, &["state"], ids).await?;
         let (mut used, mut limit) = (0f64, 0f64);
-        for (values, q) in rows.into_iter().flatten() {
+        for (values, quotas) in rows.into_iter().flatten() {
+            let q = &quotas[0];
             let state = values.first().cloned().flatten().unwrap_or_default();
             if !matches!(state.as_str(), "active" | "deprecated") {
                 continue;

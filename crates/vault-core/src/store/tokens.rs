@@ -130,20 +130,31 @@ impl Store {
             .ok_or(VaultError::TokenNotFound)
     }
 
-    /// Tokens' stored `fields` (in that order) and their quota as the quota rule reads it now
-    /// (`token_rows.lua`), one entry per id: None for a token that does not exist.
+    /// Tokens' stored `fields` (in that order) and their quotas as the quota rule reads them now
+    /// (`token_rows.lua`; `default` first, then the pool's others), one entry per id: None for a
+    /// token that does not exist.
     pub(super) async fn token_rows(
         &self,
         pool: &str,
         fields: &[&str],
         ids: &[String],
-    ) -> Result<Vec<Option<(Vec<Option<String>>, QuotaNow)>>> {
+    ) -> Result<Vec<Option<(Vec<Option<String>>, Vec<QuotaNow>)>>> {
         let call = scripts::TokenRows {
             fields: serde_json::to_string(fields).expect("field names serialize"),
             ids: ids.to_vec(),
         };
         let v: reply::TokenRows = self.call(pool, &call).await?;
-        Ok(v.rows.into_iter().map(|r| r.fields.zip(r.quota)).collect())
+        Ok(v.rows
+            .into_iter()
+            .map(|r| {
+                let others = r.quotas;
+                r.fields.zip(r.quota.map(|q| {
+                    let mut all = vec![q];
+                    all.extend(others);
+                    all
+                }))
+            })
+            .collect())
     }
 
     /// One page of token metadata, optionally only tokens in view state `state`.

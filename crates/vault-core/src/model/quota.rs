@@ -1,0 +1,312 @@
+//! Quotas beyond the one-quota shorthand: several windows and cost dimensions per pool.
+//! The rule itself is `lua/rules/quota.lua`; this is what a pool config says of it.
+
+use super::*;
+
+/// Most quotas a pool lists in `quotas` (each is read on every lease).
+pub const MAX_QUOTAS: usize = 8;
+/// Sub-buckets of a sliding window when a quota does not say.
+pub const DEFAULT_BUCKETS: u32 = 12;
+/// Bounds of a sliding window's sub-buckets: its memory per token and its accuracy.
+pub const MAX_BUCKETS: u32 = 60;
+/// The cost dimension every lease asks of: its `units`.
+pub const REQUESTS: &str = "requests";
+/// The shorthand's quota (`quota_limit`, `quota_window_s`, `quota_reserve`).
+pub const DEFAULT_QUOTA: &str = "default";
+
+/// How a quota's window moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// The window starts at the first lease after the last window ended (the shorthand's).
+    #[default]
+    FromFirstUse,
+    /// Windows start at `anchor` + k × `window_s`: with anchor 0, a daily window resets at UTC
+    /// midnight, an hourly one on the hour.
+    ClockAligned,
+    /// The last `window_s`, counted in `buckets` sub-buckets. Never counts less than the
+    /// target's rolling window; holds a use back at most one bucket (`window_s / buckets`) longer.
+    Sliding,
+}
+
+/// One quota as a pool config gives it.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaInput {
+    /// 1-32 characters of a-z 0-9 _ -, unique in the pool; `default` is the shorthand's.
+    pub name: String,
+    /// Units of `cost` one token may use per window.
+    pub limit: u64,
+    pub window_s: u64,
+    pub kind: Option<WindowKind>,
+    /// `clock_aligned` only: when a window starts (RFC 3339 or unix ms; default 0, the epoch).
+    #[schema(value_type = Option<String>)]
+    pub anchor: Option<TimeInput>,
+    /// Units kept back: the token leaves rotation at `limit - reserve` (default 0).
+    pub reserve: Option<u64>,
+    /// The dimension it counts: `requests` (a lease's units, the default) or a named cost such
+    /// as `llm_tokens`.
+    pub cost: Option<String>,
+    /// `sliding` only: sub-buckets (2-60, default 12).
+    pub buckets: Option<u32>,
+}
+
+/// One quota of a pool, checked and complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Quota {
+    pub name: String,
+    pub limit: u64,
+    pub window_s: u64,
+    pub kind: WindowKind,
+    /// `clock_aligned`: when windows start, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    #[serde(skip)]
+    pub anchor_ms: i64,
+    pub reserve: u64,
+    pub cost: String,
+    /// `sliding`: sub-buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u32>,
+}
+
+/// A quota as the functions read it (the config's `quotas` field).
+#[derive(Serialize)]
+struct StoredQuota<'a> {
+    name: &'a str,
+    limit: u64,
+    window_s: u64,
+    kind: WindowKind,
+    anchor_ms: i64,
+    reserve: u64,
+    cost: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    buckets: Option<u32>,
+}
+
+/// `[a-z0-9_-]{1,32}`: quota names and cost dimensions (they become token-hash field names).
+fn valid_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Check a cost dimension's name (`what` names where it was given).
+pub fn check_cost_name(what: &str, s: &str) -> Result<(), VaultError> {
+    if valid_key(s) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what}: cost dimensions are 1-32 characters of a-z 0-9 _ -"
+        )))
+    }
+}
+
+impl QuotaInput {
+    fn validate(self) -> Result<Quota, VaultError> {
+        let at = |field: &str| format!("quotas.{}.{field}", self.name);
+        if !valid_key(&self.name) {
+            return Err(invalid(format!(
+                "quota name {:?}: 1-32 characters of a-z 0-9 _ -",
+                self.name
+            )));
+        }
+        if self.name == DEFAULT_QUOTA {
+            return Err(invalid(
+                "quota name \"default\" is the shorthand's: set quota_limit, quota_window_s and quota_reserve for it",
+            ));
+        }
+        let limit = in_range(&at("limit"), self.limit, 1, MAX_QUOTA)?;
+        let window_s = in_range(&at("window_s"), self.window_s, 1, MAX_WINDOW_S)?;
+        let reserve = self.reserve.unwrap_or(0);
+        if reserve >= limit {
+            return Err(invalid(format!(
+                "{} ({reserve}) must be below its limit ({limit})",
+                at("reserve")
+            )));
+        }
+        let kind = self.kind.unwrap_or_default();
+        let cost = self.cost.unwrap_or_else(|| REQUESTS.to_string());
+        check_cost_name(&at("cost"), &cost)?;
+        let anchor_ms = match (kind, self.anchor) {
+            (WindowKind::ClockAligned, a) => a.map(|a| a.0).unwrap_or(0),
+            (_, None) => 0,
+            (_, Some(_)) => {
+                return Err(invalid(format!(
+                    "{}: only a clock_aligned window has an anchor",
+                    at("anchor")
+                )))
+            }
+        };
+        let buckets = match (kind, self.buckets) {
+            (WindowKind::Sliding, b) => Some(in_range(
+                &at("buckets"),
+                b.unwrap_or(DEFAULT_BUCKETS).into(),
+                2,
+                MAX_BUCKETS.into(),
+            )? as u32),
+            (_, None) => None,
+            (_, Some(_)) => {
+                return Err(invalid(format!(
+                    "{}: only a sliding window has buckets",
+                    at("buckets")
+                )))
+            }
+        };
+        Ok(Quota {
+            name: self.name,
+            limit,
+            window_s,
+            kind,
+            anchor: (kind == WindowKind::ClockAligned).then(|| rfc3339(anchor_ms)),
+            anchor_ms,
+            reserve,
+            cost,
+            buckets,
+        })
+    }
+}
+
+/// Check a pool's `quotas` and `cost_estimates` together: names unique, every cost dimension a
+/// quota counts (but requests) has an estimate, and every estimate is of a counted dimension.
+pub(super) fn validate_quotas(
+    quotas: Vec<QuotaInput>,
+    estimates: BTreeMap<String, u64>,
+) -> Result<(Vec<Quota>, BTreeMap<String, u64>), VaultError> {
+    if quotas.len() > MAX_QUOTAS {
+        return Err(invalid(format!(
+            "a pool has at most {MAX_QUOTAS} quotas besides quota_limit"
+        )));
+    }
+    let mut out: Vec<Quota> = Vec::with_capacity(quotas.len());
+    for q in quotas {
+        let q = q.validate()?;
+        if out.iter().any(|o| o.name == q.name) {
+            return Err(invalid(format!(
+                "quotas.{}: two quotas have this name",
+                q.name
+            )));
+        }
+        out.push(q);
+    }
+    for (dim, v) in &estimates {
+        check_cost_name(&format!("cost_estimates.{dim}"), dim)?;
+        if dim == REQUESTS {
+            return Err(invalid(
+                "cost_estimates.requests: a lease's requests are its units",
+            ));
+        }
+        if !out.iter().any(|q| &q.cost == dim) {
+            return Err(invalid(format!(
+                "cost_estimates.{dim}: no quota counts {dim}"
+            )));
+        }
+        in_range(&format!("cost_estimates.{dim}"), *v, 0, MAX_QUOTA)?;
+    }
+    if let Some(q) = out
+        .iter()
+        .find(|q| q.cost != REQUESTS && !estimates.contains_key(&q.cost))
+    {
+        return Err(invalid(format!(
+            "quotas.{}: it counts {}, so cost_estimates.{} must say what a lease is expected to cost",
+            q.name, q.cost, q.cost
+        )));
+    }
+    Ok((out, estimates))
+}
+
+/// The config fields `quotas` and `cost_estimates` as the functions read them ("" = none).
+pub(super) fn quota_fields(
+    quotas: &[Quota],
+    estimates: &BTreeMap<String, u64>,
+) -> (String, String) {
+    if quotas.is_empty() {
+        return (String::new(), String::new());
+    }
+    let stored: Vec<StoredQuota> = quotas
+        .iter()
+        .map(|q| StoredQuota {
+            name: &q.name,
+            limit: q.limit,
+            window_s: q.window_s,
+            kind: q.kind,
+            anchor_ms: q.anchor_ms,
+            reserve: q.reserve,
+            cost: &q.cost,
+            buckets: q.buckets,
+        })
+        .collect();
+    let estimates = if estimates.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(estimates).expect("estimates serialize")
+    };
+    (
+        serde_json::to_string(&stored).expect("quotas serialize"),
+        estimates,
+    )
+}
+
+/// Read the stored `quotas` field back.
+pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
+    #[derive(Deserialize)]
+    struct Stored {
+        name: String,
+        limit: u64,
+        window_s: u64,
+        kind: WindowKind,
+        #[serde(default)]
+        anchor_ms: i64,
+        #[serde(default)]
+        reserve: u64,
+        cost: String,
+        buckets: Option<u32>,
+    }
+    let Some(v) = v.filter(|v| !v.is_empty()) else {
+        return vec![];
+    };
+    serde_json::from_str::<Vec<Stored>>(v)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| Quota {
+            anchor: (s.kind == WindowKind::ClockAligned).then(|| rfc3339(s.anchor_ms)),
+            anchor_ms: s.anchor_ms,
+            name: s.name,
+            limit: s.limit,
+            window_s: s.window_s,
+            kind: s.kind,
+            reserve: s.reserve,
+            cost: s.cost,
+            buckets: s.buckets,
+        })
+        .collect()
+}
+
+/// Check a lease's or report's `costs`: named dimensions other than requests, bounded.
+pub fn check_costs(what: &str, costs: &BTreeMap<String, u64>) -> Result<(), VaultError> {
+    if costs.len() > MAX_QUOTAS {
+        return Err(invalid(format!(
+            "{what} names at most {MAX_QUOTAS} cost dimensions"
+        )));
+    }
+    for (k, v) in costs {
+        check_cost_name(&format!("{what}.{k}"), k)?;
+        if k == REQUESTS {
+            return Err(invalid(format!(
+                "{what}.requests: requests are given as units (used in a report)"
+            )));
+        }
+        in_range(&format!("{what}.{k}"), *v, 0, MAX_QUOTA)?;
+    }
+    Ok(())
+}
+
+/// `costs` as a function argument: a JSON object, or "" for none.
+pub fn costs_arg(costs: &BTreeMap<String, u64>) -> String {
+    if costs.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(costs).expect("costs serialize")
+    }
+}
