@@ -23,7 +23,7 @@ local old_units = num(l.units, 1)
 units = units or old_units
 roll_window(l.token, t, c)
 if units > old_units then
-  local short, room = quota_short(t, c, { requests = units - old_units }, 'requests')
+  local short, room = quota_short(t, c, units - old_units, nil, 'requests')
   if short ~= nil then
     local which = ''
     if short.name ~= 'default' then which = ' (quota ' .. short.name .. ')' end

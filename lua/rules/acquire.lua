@@ -18,7 +18,7 @@ local function first_eligible(c, o, need_ttl)
         local t = load_token_hot(id)
         if t == nil then
           redis.call('ZREM', K.ready, id)
-        elseif eligible(id, t, c, o.need, need_ttl) then
+        elseif eligible(id, t, c, o.units, o.costs, need_ttl) then
           return id, t
         end
       end
@@ -39,7 +39,7 @@ local function do_acquire(c, o)
   if uncounted ~= nil then
     return fail('invalid_request', { detail = 'costs.' .. uncounted .. ': no quota of this pool counts it' })
   end
-  o.need = need_of(c, o.units, o.costs)
+  o.costs = lease_costs(c, o.costs)
 
   local need_ttl = o.ttl_ms
   if o.min_ttl_ms > need_ttl then need_ttl = o.min_ttl_ms end
@@ -56,7 +56,7 @@ local function do_acquire(c, o)
 
   -- reserve
   local fv = { 'leases', num(ct.leases, 0) + 1, 'last_leased_at', NOW }
-  quota_reserve(ct, c, o.need, fv)
+  quota_reserve(ct, c, o.units, o.costs, fv)
   if (ct.lid or '') == '' then
     fv[#fv + 1] = 'lid'
     fv[#fv + 1] = o.lease_id
@@ -65,7 +65,7 @@ local function do_acquire(c, o)
   end
   stage(ct, fv)
   local deadline = NOW + o.ttl_ms
-  local l = { token = chosen, worker = o.worker, units = str(o.units), costs = lease_costs(o.need),
+  local l = { token = chosen, worker = o.worker, units = str(o.units), costs = o.costs,
               granted_at = str(NOW),
               deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }

@@ -1,17 +1,17 @@
 -- eligibility.lua: whether a token can take a lease now — every rule at once (rotation, TTL
 -- margin, quota, concurrency, cooldown) — and when one may next.
 
--- Is token `id` leasable now for a lease that asks `need` (units by cost dimension, `need_of`)
--- and needs `need_ttl_ms` of token life? Tokens that fail a pool-wide rule are moved out of
--- `ready` on the way (lazy repair).
-local function eligible(id, t, c, need, need_ttl_ms)
+-- Is token `id` leasable now for a lease of `units` requests and `costs` (`lease_costs`) that
+-- needs `need_ttl_ms` of token life? Tokens that fail a pool-wide rule are moved out of `ready`
+-- on the way (lazy repair).
+local function eligible(id, t, c, units, costs, need_ttl_ms)
   if t == nil or not in_rotation(t) then return false end
   if too_short_lived(t, c) then out_of_rotation(id, t, c); return false end
   roll_window(id, t, c)
   if num(t.cool_until, 0) > NOW or num(t.leases, 0) >= max_leases(c) then
     reconcile(id, t, c); return false
   end
-  local short, room = quota_short(t, c, need)
+  local short, room = quota_short(t, c, units, costs)
   if short ~= nil then
     if room <= 0 then reconcile(id, t, c) end
     return false

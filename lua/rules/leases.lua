@@ -22,44 +22,27 @@ local function lease_load(lid)
   local token, units, granted_at, deadline, ttl_ms, idem_fp, idem, worker =
     string.match(v, '^(%S+) (%S+) (%d+) (%d+) (%d+) (%S*) (%S*) (.*)$')
   local costs = nil
-  for k, n in string.gmatch(units, ',([%w_]+)=(%d+)') do
-    costs = costs or {}
-    costs[k] = tonumber(n)
+  if string.find(units, ',', 1, true) then
+    costs = {}
+    for k, n in string.gmatch(units, ',([%w_]+)=(%d+)') do costs[k] = tonumber(n) end
+    units = string.match(units, '^%d+')
   end
-  return { token = token, units = string.match(units, '^%d+'), costs = costs,
+  return { token = token, units = units, costs = costs,
            granted_at = granted_at, deadline = deadline, ttl_ms = ttl_ms, idem_fp = idem_fp,
            idem = idem, worker = worker }
 end
 
--- What a lease reserved of the dimensions other than requests (`need` of the lease), or nil.
-local function lease_costs(need)
-  local costs = nil
-  for k, v in pairs(need) do
-    if k ~= 'requests' then
-      costs = costs or {}
-      costs[k] = v
-    end
-  end
-  return costs
-end
-
--- What lease `l` reserved, by cost dimension.
-local function lease_need(l)
-  local need = { requests = num(l.units, 1) }
-  for k, v in pairs(l.costs or {}) do need[k] = v end
-  return need
-end
 
 local function lease_store(lid, l)
   redis.call('HSET', leasedata_key(), lid, lease_record(l))
 end
 
--- End one lease: what it reserved goes back, and what it used is counted (`used`: units by cost
--- dimension, nil or a missing dimension: all it reserved; requests never above its units).
+-- End one lease: what it reserved goes back, and what it used is counted (`used_units` requests
+-- and `used_costs` by dimension; nil or a dimension not given: all it reserved).
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
 -- `c` is the pool's config (nil: the pool is being deleted). `read` is the lease when the caller has just read it (saves reading it again). With `staged`
 -- the token's counters are left for the caller's `reconcile` to write.
-local function end_lease(c, lid, used, read, staged)
+local function end_lease(c, lid, used_units, used_costs, read, staged)
   local l = read or lease_load(lid)
   if l == nil then return nil, nil end
   redis.call('HDEL', leasedata_key(), lid)
@@ -71,14 +54,11 @@ local function end_lease(c, lid, used, read, staged)
   local t = load_token_hot(l.token)
   if t == nil or t.lid ~= lid then redis.call('SREM', tlkey(l.token), lid) end
   if t ~= nil then
-    local need = lease_need(l)
-    used = used or {}
-    if used.requests ~= nil and used.requests > need.requests then used.requests = need.requests end
     local fv = { 'leases', math.max(0, num(t.leases, 0) - 1) }
     -- A pool being deleted (no config) counts nothing any more.
     if c ~= nil then
       roll_window(l.token, t, c)
-      quota_settle(t, c, need, used, fv)
+      quota_settle(t, c, num(l.units, 1), l.costs, used_units, used_costs, fv)
     end
     if t.lid == lid then
       fv[#fv + 1] = 'lid'
@@ -92,7 +72,7 @@ end
 -- End lease `lid` without a report (its deadline passed, or the pool's kill switch): all its
 -- reserved units count as used. Returns the lease and its token, or nil when it was already gone.
 local function reclaim_lease(lid, c)
-  local l, t = end_lease(c, lid, nil)
+  local l, t = end_lease(c, lid)
   if l == nil then
     redis.call('ZREM', K.leases, lid)
     return nil
@@ -135,7 +115,7 @@ end
 local function end_token_leases(id, c)
   local ended = {}
   for _, lid in ipairs(token_lease_ids(id)) do
-    if end_lease(c, lid, nil) ~= nil then ended[#ended + 1] = lid end
+    if end_lease(c, lid) ~= nil then ended[#ended + 1] = lid end
   end
   return ended
 end

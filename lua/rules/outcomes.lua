@@ -1,14 +1,18 @@
 -- outcomes.lua: what a worker's report does to its token, and releasing a lease.
 
 -- Apply a worker's report about how the token fared. `r` = {outcome, retry_after_ms,
--- remaining, reset_at, quotas, detail}; numeric fields are nil when absent. `remaining` and
--- `reset_at` speak of the `default` quota, `quotas` (name -> {remaining, reset_at}) of any.
+-- remaining, reset_at, quotas, rate_limit, detail}; numeric fields are nil when absent.
+-- `remaining` and `reset_at` speak of the `default` quota, `quotas` (name -> {remaining,
+-- reset_at}) of any, `rate_limit` (header family -> the same) of the quotas that follow it.
 local function apply_outcome(id, t, c, r)
   if not in_rotation(t) then return end
   count_target_quota(id, t, c, quotas_of(c)[1], r.remaining, r.reset_at)
-  for name, s in pairs(r.quotas or {}) do
-    count_target_quota(id, t, c, quota_named(c, name), tonumber(s.remaining), tonumber(s.reset_at))
+  if r.quotas ~= nil then
+    for name, s in pairs(r.quotas) do
+      count_target_quota(id, t, c, quota_named(c, name), tonumber(s.remaining), tonumber(s.reset_at))
+    end
   end
+  if r.rate_limit ~= nil then count_target_headers(id, t, c, r.rate_limit) end
   local o = r.outcome
   if o == 'ok' then
     if num(t.strikes, 0) ~= 0 then put(id, t, 'strikes', 0) end
@@ -39,13 +43,16 @@ end
 -- What is wrong with report `r` for this pool (an encoded error), or nil: it may name only the
 -- pool's cost dimensions and quotas.
 local function report_error(c, r)
+  if r.costs == nil and r.quotas == nil then return nil end
   local uncounted = uncounted_cost(c, r.costs)
   if uncounted ~= nil then
     return fail('invalid_request', { detail = 'costs.' .. uncounted .. ': no quota of this pool counts it' })
   end
-  for name in pairs(r.quotas or {}) do
-    if quota_named(c, name) == nil then
-      return fail('invalid_request', { detail = 'quotas.' .. name .. ': this pool has no such quota' })
+  if r.quotas ~= nil then
+    for name in pairs(r.quotas) do
+      if quota_named(c, name) == nil then
+        return fail('invalid_request', { detail = 'quotas.' .. name .. ': this pool has no such quota' })
+      end
     end
   end
   return nil
@@ -63,9 +70,7 @@ local function do_release(c, lid, r)
   if r.used ~= nil and r.used > tonumber(units) then
     return fail('invalid_request', { detail = 'used (' .. r.used .. ') exceeds the lease\'s units (' .. units .. ')' })
   end
-  local used = { requests = r.used }
-  for k, v in pairs(r.costs or {}) do used[k] = v end
-  local l, t = end_lease(c, lid, used, live, true)
+  local l, t = end_lease(c, lid, r.used, r.costs, live, true)
   if t ~= nil then
     apply_outcome(l.token, t, c, r)
     reconcile(l.token, t, c)

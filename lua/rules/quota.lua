@@ -17,44 +17,88 @@
 --                   one window plus a bucket. So it never counts less than the target's rolling
 --                   window (never lets a token past its limit) and holds back at most one
 --                   bucket's worth of uses too long.
--- Token fields: `default` uses used / reserved / win_end (as pools with one quota always have);
--- quota q uses `u:q` (used), `r:q` (reserved) and `w:q` (its window's end), or for a sliding
--- quota `s:q`: "<first bucket number> <count> <count> ..." (consecutive buckets; bounded by
--- `buckets` + 1 counts).
+-- Token fields: `default` uses used / win_end (as pools with one quota always have); quota q
+-- uses `u:q` (used) and `w:q` (its window's end), or for a sliding quota `s:q`: "<first bucket
+-- number> <count> <count> ..." (consecutive buckets; bounded by `buckets` + 1 counts). What live
+-- leases reserve is kept once per cost dimension, whichever quotas count it: `reserved` for
+-- requests, `r:<dimension>` for a cost.
 
--- The pool's quotas, made once per call.
-local function quotas_of(c)
-  local qs = rawget(c, '_quotas')
-  if qs ~= nil then return qs end
-  qs = { { name = 'default', limit = tonumber(c.quota_limit or ''),
+-- Parsed quota lists, by the config values they were made from (kept across calls: a lease
+-- then parses nothing). Keyed by the config's own strings, which Lua interns, so a lookup
+-- compares pointers; a config that changes misses and is parsed again. Bounded: emptied when
+-- it holds more than QUOTA_CACHE_MAX lists.
+local QUOTA_CACHE, QUOTA_CACHE_SIZE, QUOTA_CACHE_MAX = {}, 0, 256
+
+local function reserved_field(cost)
+  if cost == 'requests' then return 'reserved' end
+  return 'r:' .. cost
+end
+
+-- The pool's quota list, its cost estimates (nil: none) and its cost dimensions (each
+-- {cost, fr}: what a lease reserves, once per dimension).
+local function parse_quotas(c)
+  local qs = { { name = 'default', limit = tonumber(c.quota_limit or ''),
            window_ms = setting(c, 'quota_window_s') * 1000, kind = 'from_first_use', anchor = 0,
            reserve = setting(c, 'quota_reserve'), cost = 'requests',
            fu = 'used', fr = 'reserved', fw = 'win_end' } }
+  local dims = { { cost = 'requests', fr = 'reserved' } }
   if c.quotas ~= nil and c.quotas ~= '' then
     for _, q in ipairs(cjson.decode(c.quotas)) do
       local e = { name = q.name, limit = q.limit, window_ms = q.window_s * 1000, kind = q.kind,
                   anchor = q.anchor_ms or 0, reserve = q.reserve or 0, cost = q.cost,
-                  fu = 'u:' .. q.name, fr = 'r:' .. q.name, fw = 'w:' .. q.name }
+                  fu = 'u:' .. q.name, fr = reserved_field(q.cost), fw = 'w:' .. q.name,
+                  sync = q.sync }
       if q.kind == 'sliding' then
         e.buckets = q.buckets
         e.bucket_ms = math.ceil(e.window_ms / q.buckets)
         e.fu, e.fw = 's:' .. q.name, nil
+        -- This call's sum of the counts, with the field value it was made from.
+        e.memo_v, e.memo_sum = '_sv:' .. q.name, '_ss:' .. q.name
       end
       qs[#qs + 1] = e
+      local known = false
+      for _, d in ipairs(dims) do
+        if d.cost == q.cost then known = true end
+      end
+      if not known then dims[#dims + 1] = { cost = q.cost, fr = e.fr } end
     end
   end
-  rawset(c, '_quotas', qs)
-  return qs
+  local estimates = nil
+  if c.cost_estimates ~= nil and c.cost_estimates ~= '' then estimates = cjson.decode(c.cost_estimates) end
+  return qs, estimates, dims
+end
+
+-- The pool's quotas (`default` first) and its cost estimates (nil: none).
+local function quotas_of(c)
+  local by_limit = QUOTA_CACHE[c.quotas or '']
+  local e = by_limit and by_limit[c.quota_limit or '']
+  if e ~= nil and e.w == c.quota_window_s and e.r == c.quota_reserve and e.e == c.cost_estimates then
+    return e.list, e.estimates, e.dims
+  end
+  local list, estimates, dims = parse_quotas(c)
+  if QUOTA_CACHE_SIZE >= QUOTA_CACHE_MAX then QUOTA_CACHE, QUOTA_CACHE_SIZE = {}, 0 end
+  by_limit = QUOTA_CACHE[c.quotas or '']
+  if by_limit == nil then
+    by_limit = {}
+    QUOTA_CACHE[c.quotas or ''] = by_limit
+  end
+  by_limit[c.quota_limit or ''] = { w = c.quota_window_s, r = c.quota_reserve, e = c.cost_estimates,
+                                    list = list, estimates = estimates, dims = dims }
+  QUOTA_CACHE_SIZE = QUOTA_CACHE_SIZE + 1
+  return list, estimates, dims
 end
 
 quota_fields_of = function(c)
+  local qs, _, dims = quotas_of(c)
   local f = {}
-  for i, q in ipairs(quotas_of(c)) do
+  for i, q in ipairs(qs) do
     if i > 1 then
       f[#f + 1] = q.fu
-      f[#f + 1] = q.fr
       if q.fw then f[#f + 1] = q.fw end
     end
+  end
+  for i, d in ipairs(dims) do
+    if i > 1 then f[#f + 1] = d.fr end
   end
   return f
 end
@@ -130,7 +174,16 @@ end
 
 -- Units of quota `q` used in its live window.
 local function used_of(t, q)
-  if q.kind == 'sliding' then return sliding_sum(t[q.fu], q) end
+  if q.kind == 'sliding' then
+    local v = t[q.fu]
+    if v ~= nil and rawget(t, q.memo_v) == v then return rawget(t, q.memo_sum) end
+    local sum = sliding_sum(v, q)
+    if v ~= nil then
+      rawset(t, q.memo_v, v)
+      rawset(t, q.memo_sum, sum)
+    end
+    return sum
+  end
   local we = num(t[q.fw], 0)
   if we > 0 and NOW >= we then return 0 end
   return num(t[q.fu], 0)
@@ -143,17 +196,22 @@ local function room_of(t, q)
   return lim - q.reserve - used_of(t, q) - num(t[q.fr], 0)
 end
 
--- What a lease asks of each cost dimension: `requests` its units, every other dimension the
--- lease's estimate or the pool's default one.
-local function need_of(c, units, costs)
-  local need = { requests = units }
-  if c.cost_estimates ~= nil and c.cost_estimates ~= '' then
-    for k, v in pairs(cjson.decode(c.cost_estimates)) do need[k] = v end
-  end
-  if costs ~= nil then
-    for k, v in pairs(costs) do need[k] = v end
-  end
-  return need
+-- What a lease reserves: `units` requests and `costs` (dimension -> units, the lease's estimate
+-- or the pool's `cost_estimates`), nil when the pool counts no cost. Resolved once, at acquire;
+-- the lease keeps it.
+local function lease_costs(c, given)
+  local _, estimates = quotas_of(c)
+  if estimates == nil then return given end
+  local costs = {}
+  for k, v in pairs(estimates) do costs[k] = v end
+  for k, v in pairs(given or {}) do costs[k] = v end
+  return costs
+end
+
+-- What a lease of `units` requests and `costs` takes of quota `q`.
+local function amount(q, units, costs)
+  if q.cost == 'requests' then return units end
+  return (costs and costs[q.cost]) or 0
 end
 
 -- A cost dimension of `costs` that no quota of the pool counts, or nil.
@@ -169,14 +227,14 @@ local function uncounted_cost(c, costs)
   return nil
 end
 
--- The first quota without room for `need`, and its room (nil when every quota has room). A
--- quota with no room at all refuses even a lease that asks nothing of it. `only`: look only at
--- the quotas counting that dimension.
-local function quota_short(t, c, need, only)
+-- The first quota without room for `units` requests and `costs`, and its room (nil when every
+-- quota has room). A quota with no room at all refuses even a lease that asks nothing of it.
+-- `only`: look only at the quotas counting that dimension.
+local function quota_short(t, c, units, costs, only)
   for _, q in ipairs(quotas_of(c)) do
     if only == nil or q.cost == only then
       local room = room_of(t, q)
-      if room ~= nil and (room <= 0 or room < (need[q.cost] or 0)) then return q, room end
+      if room ~= nil and (room <= 0 or room < amount(q, units, costs)) then return q, room end
     end
   end
   return nil
@@ -203,53 +261,57 @@ end
 
 -- A window that is over counts nothing: recorded at the token's next transition.
 local function roll_window(id, t, c)
-  local fv = {}
   for _, q in ipairs(quotas_of(c)) do
     if q.kind ~= 'sliding' then
       local we = num(t[q.fw], 0)
-      if we > 0 and NOW >= we then
-        fv[#fv + 1] = q.fu; fv[#fv + 1] = 0
-        fv[#fv + 1] = q.fw; fv[#fv + 1] = 0
-      end
+      if we > 0 and NOW >= we then put_all(id, t, { q.fu, 0, q.fw, 0 }) end
     end
   end
-  if #fv > 0 then put_all(id, t, fv) end
 end
 
--- Reserve `need` on every quota of token `t`: appended to `fv` (field, value, ...). A fixed
--- window starts with its first reservation.
-local function quota_reserve(t, c, need, fv)
-  for _, q in ipairs(quotas_of(c)) do
-    local n = need[q.cost] or 0
+-- Reserve `units` requests and `costs` on every quota of token `t`: appended to `fv` (field,
+-- value, ...). A fixed window starts with its first reservation.
+local function quota_reserve(t, c, units, costs, fv)
+  local qs, _, dims = quotas_of(c)
+  for _, q in ipairs(qs) do
     if q.fw ~= nil and num(t[q.fw], 0) == 0 then
       fv[#fv + 1] = q.fw; fv[#fv + 1] = window_end(q)
     end
+  end
+  for _, d in ipairs(dims) do
+    local n = amount(d, units, costs)
     if n ~= 0 then
-      fv[#fv + 1] = q.fr; fv[#fv + 1] = num(t[q.fr], 0) + n
+      fv[#fv + 1] = d.fr; fv[#fv + 1] = num(t[d.fr], 0) + n
     end
   end
 end
 
 -- Change the `requests` reservation of token `t` by `delta` (a renew changing its units).
 local function quota_rereserve(t, c, delta, fv)
-  for _, q in ipairs(quotas_of(c)) do
-    if q.cost == 'requests' then
-      fv[#fv + 1] = q.fr; fv[#fv + 1] = math.max(0, num(t[q.fr], 0) + delta)
-    end
-  end
+  fv[#fv + 1] = 'reserved'; fv[#fv + 1] = math.max(0, num(t.reserved, 0) + delta)
 end
 
--- Settle a lease that reserved `need`: each reservation is given back and what was used is
--- counted (`used` by dimension; a dimension not reported counts its whole reservation).
--- Appended to `fv`.
-local function quota_settle(t, c, need, used, fv)
-  for _, q in ipairs(quotas_of(c)) do
-    local reserved = need[q.cost] or 0
-    local u = used[q.cost]
-    if u == nil then u = reserved end
+-- Settle a lease that reserved `units` requests and `costs`: each reservation is given back and
+-- what was used is counted (`used_units` requests, never more than reserved, and `used_costs`
+-- by dimension; what is not reported counts its whole reservation). Appended to `fv`.
+local function quota_settle(t, c, units, costs, used_units, used_costs, fv)
+  local qs, _, dims = quotas_of(c)
+  for _, d in ipairs(dims) do
+    local reserved = amount(d, units, costs)
     if reserved ~= 0 then
-      fv[#fv + 1] = q.fr; fv[#fv + 1] = math.max(0, num(t[q.fr], 0) - reserved)
+      fv[#fv + 1] = d.fr; fv[#fv + 1] = math.max(0, num(t[d.fr], 0) - reserved)
     end
+  end
+  for _, q in ipairs(qs) do
+    local reserved = amount(q, units, costs)
+    local u
+    if q.cost == 'requests' then
+      u = used_units
+      if u ~= nil and u > units then u = units end
+    else
+      u = used_costs and used_costs[q.cost]
+    end
+    if u == nil then u = reserved end
     if u ~= 0 then
       fv[#fv + 1] = q.fu
       if q.kind == 'sliding' then
@@ -299,6 +361,15 @@ local function count_target_quota(id, t, c, q, remaining, reset_at)
     -- The target says none is left: cool until its reset (or, knowing no limit, a window).
     local back = reset_at or (NOW + q.window_ms)
     if back > num(t.cool_until, 0) then put(id, t, 'cool_until', back) end
+  end
+end
+
+-- What the target's rate-limit headers said (`rate_limit`: header family -> {remaining,
+-- reset_at}), counted on each quota that follows a family (`sync`).
+local function count_target_headers(id, t, c, rate_limit)
+  for _, q in ipairs(quotas_of(c)) do
+    local s = q.sync and rate_limit[q.sync]
+    if s then count_target_quota(id, t, c, q, tonumber(s.remaining), tonumber(s.reset_at)) end
   end
 end
 

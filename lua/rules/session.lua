@@ -9,7 +9,7 @@ local function session_token(o, c, need_ttl)
   -- let go, like an expired session.
   if sid and is_internal(sid) and sid ~= o.exclude then
     local t = load_token_hot(sid)
-    if eligible(sid, t, c, o.need, need_ttl) then return sid, t end
+    if eligible(sid, t, c, o.units, o.costs, need_ttl) then return sid, t end
   end
   return nil, nil
 end

@@ -144,14 +144,16 @@ pub struct ReportArgs {
     pub costs: String,
     /// What the target said of named quotas: JSON `{name: {remaining?, reset_at? (ms)}}`, or "".
     pub quotas: String,
+    /// What the target's headers said, by header family: JSON as `quotas`, or "".
+    pub rate_limit: String,
 }
 
 impl Arg for ReportArgs {
     const LUA: &'static str = "{ used = tonumber(ARGV[{n}]), outcome = ARGV[{n+1}], \
         retry_after_ms = tonumber(ARGV[{n+2}]), remaining = tonumber(ARGV[{n+3}]), \
         reset_at = tonumber(ARGV[{n+4}]), costs = json_arg(ARGV[{n+5}]), \
-        quotas = json_arg(ARGV[{n+6}]) }";
-    const WIDTH: usize = 7;
+        quotas = json_arg(ARGV[{n+6}]), rate_limit = json_arg(ARGV[{n+7}]) }";
+    const WIDTH: usize = 8;
     fn add_to(&self, argv: &mut Vec<Vec<u8>>) {
         self.used.add_to(argv);
         self.outcome.add_to(argv);
@@ -160,6 +162,7 @@ impl Arg for ReportArgs {
         self.reset_at.add_to(argv);
         self.costs.add_to(argv);
         self.quotas.add_to(argv);
+        self.rate_limit.add_to(argv);
     }
 }
 
@@ -560,6 +563,7 @@ mod tests {
             reset_at: None,
             costs: r#"{"llm_tokens":7}"#.into(),
             quotas: String::new(),
+            rate_limit: String::new(),
         };
         let call = Rotate {
             lease_id: "l1".into(),
@@ -581,6 +585,7 @@ mod tests {
                 "0",
                 "",
                 r#"{"llm_tokens":7}"#,
+                "",
                 "",
                 "l2"
             ]
@@ -616,8 +621,8 @@ mod tests {
              local report = { used = tonumber(ARGV[5]), outcome = ARGV[6], \
              retry_after_ms = tonumber(ARGV[7]), remaining = tonumber(ARGV[8]), \
              reset_at = tonumber(ARGV[9]), costs = json_arg(ARGV[10]), \
-             quotas = json_arg(ARGV[11]) }\n\
-             local ids = {} for i = 12, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
+             quotas = json_arg(ARGV[11]), rate_limit = json_arg(ARGV[12]) }\n\
+             local ids = {} for i = 13, #ARGV do ids[#ids + 1] = ARGV[i] end\n"
         );
     }
 

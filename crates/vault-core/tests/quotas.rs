@@ -303,3 +303,33 @@ async fn a_pool_with_only_the_shorthand_stores_and_answers_as_before() {
     let fields = e.redis.cli(&["HKEYS", &key]);
     assert!(!fields.contains(':'), "no field of another quota: {fields}");
 }
+
+#[tokio::test]
+async fn rate_limit_headers_count_on_the_quotas_that_follow_their_family() {
+    let e = pool(
+        json!([
+            {"name": "rpm", "limit": 100, "window_s": 60, "sync": "requests"},
+            {"name": "tpm", "limit": 10_000, "window_s": 60, "cost": "llm_tokens", "sync": "tokens"},
+        ]),
+        json!({"llm_tokens": 100}),
+    )
+    .await;
+    let l = lease_costing(&e, &[]).await.unwrap();
+    let seen = |remaining| QuotaReport {
+        remaining: Some(remaining),
+        reset_at: None,
+    };
+    let mut rate_limit = BTreeMap::new();
+    rate_limit.insert("requests".to_string(), seen(90));
+    rate_limit.insert("tokens".to_string(), seen(7000));
+    // A family no quota follows is ignored.
+    rate_limit.insert("ratelimit:burst".to_string(), seen(0));
+    let r = Report {
+        rate_limit,
+        ..Default::default()
+    };
+    e.store.release(&e.pool, &l.lease_id, &r).await.unwrap();
+    assert_eq!(counts(&e, "rpm").await, (10, 0));
+    assert_eq!(counts(&e, "tpm").await, (3000, 0));
+    lease_costing(&e, &[]).await.unwrap();
+}

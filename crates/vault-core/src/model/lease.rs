@@ -23,6 +23,11 @@ pub struct Report {
     /// `default`): the vault's counts never stay below what the target counted.
     #[serde(default)]
     pub quotas: BTreeMap<String, QuotaReport>,
+    /// What the target's rate-limit headers said, by header family (`tokens`, `requests`,
+    /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`): counted on each quota that names the
+    /// family in its `sync`; families no quota follows are ignored. The SDKs fill it.
+    #[serde(default)]
+    pub rate_limit: BTreeMap<String, QuotaReport>,
 }
 
 /// What a target said of one quota in its answer.
@@ -42,13 +47,7 @@ impl Report {
                 return Err(invalid("retry_after_s must be between 0 and 2678400"));
             }
         }
-        // A cooldown is bounded like `retry_after_s`. (The local clock is good enough for a
-        // 31-day sanity bound; the rules themselves compare against Redis time.)
-        if let Some(r) = self.reset_at {
-            if r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64 {
-                return Err(invalid("reset_at must lie within 31 days from now"));
-            }
-        }
+        check_reset_at("reset_at", self.reset_at)?;
         if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(invalid("detail is longer than 1024 bytes"));
         }
@@ -59,21 +58,57 @@ impl Report {
                 MAX_QUOTAS + 1
             )));
         }
+        if self.rate_limit.len() > 16 {
+            return Err(invalid("rate_limit names at most 16 header families"));
+        }
+        for (family, q) in &self.rate_limit {
+            check_family(&format!("rate_limit.{family}"), family)?;
+            q.check(&format!("rate_limit.{family}"))?;
+        }
         for (name, q) in &self.quotas {
             check_cost_name(&format!("quotas.{name}"), name)?;
-            if let Some(r) = q.reset_at {
-                if r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64 {
-                    return Err(invalid(format!(
-                        "quotas.{name}.reset_at must lie within 31 days from now"
-                    )));
-                }
-            }
-            if let Some(r) = q.remaining {
-                in_range(&format!("quotas.{name}.remaining"), r, 0, MAX_QUOTA)?;
-            }
+            q.check(&format!("quotas.{name}"))?;
         }
         Ok(())
     }
+}
+
+/// A cooldown is bounded like `retry_after_s`. (The local clock is good enough for a 31-day
+/// sanity bound; the rules themselves compare against Redis time.)
+fn check_reset_at(what: &str, reset_at: Option<TimeInput>) -> Result<(), VaultError> {
+    if reset_at.is_some_and(|r| r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64) {
+        return Err(invalid(format!("{what} must lie within 31 days from now")));
+    }
+    Ok(())
+}
+
+impl QuotaReport {
+    fn check(&self, what: &str) -> Result<(), VaultError> {
+        check_reset_at(&format!("{what}.reset_at"), self.reset_at)?;
+        if let Some(r) = self.remaining {
+            in_range(&format!("{what}.remaining"), r, 0, MAX_QUOTA)?;
+        }
+        Ok(())
+    }
+
+    /// As the functions read it.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"remaining": self.remaining, "reset_at": self.reset_at.map(|t| t.0)})
+    }
+}
+
+/// Quota reports by name or family, as a function argument: a JSON object, or "" for none.
+pub fn quota_reports_arg(reports: &BTreeMap<String, QuotaReport>) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    serde_json::Value::Object(
+        reports
+            .iter()
+            .map(|(k, q)| (k.clone(), q.to_json()))
+            .collect(),
+    )
+    .to_string()
 }
 
 /// Acquire body.

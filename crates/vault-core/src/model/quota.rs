@@ -49,6 +49,10 @@ pub struct QuotaInput {
     pub cost: Option<String>,
     /// `sliding` only: sub-buckets (2-60, default 12).
     pub buckets: Option<u32>,
+    /// The target's rate-limit header family that counts this quota (`requests`, `tokens`,
+    /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`; see the API reference): what the SDKs
+    /// read from the target's answers raises the vault's count to the target's.
+    pub sync: Option<String>,
 }
 
 /// One quota of a pool, checked and complete.
@@ -68,6 +72,9 @@ pub struct Quota {
     /// `sliding`: sub-buckets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buckets: Option<u32>,
+    /// The header family it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<String>,
 }
 
 /// A quota as the functions read it (the config's `quotas` field).
@@ -82,6 +89,8 @@ struct StoredQuota<'a> {
     cost: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     buckets: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<&'a str>,
 }
 
 /// `[a-z0-9_-]{1,32}`: quota names and cost dimensions (they become token-hash field names).
@@ -90,6 +99,22 @@ fn valid_key(s: &str) -> bool {
         && s.len() <= 32
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A rate-limit header family key (`tokens`, `ratelimit:<policy>`): `[a-z0-9_.:-]{1,64}`.
+pub fn check_family(what: &str, s: &str) -> Result<(), VaultError> {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.' | b':')
+        })
+    {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what}: a header family is 1-64 characters of a-z 0-9 _ - . :"
+        )))
+    }
 }
 
 /// Check a cost dimension's name (`what` names where it was given).
@@ -154,7 +179,11 @@ impl QuotaInput {
                 )))
             }
         };
+        if let Some(s) = &self.sync {
+            check_family(&at("sync"), s)?;
+        }
         Ok(Quota {
+            sync: self.sync,
             name: self.name,
             limit,
             window_s,
@@ -235,6 +264,7 @@ pub(super) fn quota_fields(
             reserve: q.reserve,
             cost: &q.cost,
             buckets: q.buckets,
+            sync: q.sync.as_deref(),
         })
         .collect();
     let estimates = if estimates.is_empty() {
@@ -262,6 +292,7 @@ pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
         reserve: u64,
         cost: String,
         buckets: Option<u32>,
+        sync: Option<String>,
     }
     let Some(v) = v.filter(|v| !v.is_empty()) else {
         return vec![];
@@ -279,6 +310,7 @@ pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
             reserve: s.reserve,
             cost: s.cost,
             buckets: s.buckets,
+            sync: s.sync,
         })
         .collect()
 }

@@ -322,22 +322,8 @@ fn report_args(r: &Report) -> scripts::ReportArgs {
         remaining: r.remaining,
         reset_at: r.reset_at.map(|t| t.0),
         costs: crate::model::costs_arg(&r.costs),
-        quotas: if r.quotas.is_empty() {
-            String::new()
-        } else {
-            serde_json::Value::Object(
-                r.quotas
-                    .iter()
-                    .map(|(k, q)| {
-                        (
-                            k.clone(),
-                            serde_json::json!({"remaining": q.remaining, "reset_at": q.reset_at.map(|t| t.0)}),
-                        )
-                    })
-                    .collect(),
-            )
-            .to_string()
-        },
+        quotas: crate::model::quota_reports_arg(&r.quotas),
+        rate_limit: crate::model::quota_reports_arg(&r.rate_limit),
     }
 }
 
