@@ -261,6 +261,61 @@ def target() -> Iterator[Served]:
     yield from running(Target())
 
 
+class LlmTarget(Served):
+    """An LLM-style API that limits each key per minute on requests and on tokens (each call
+    costs ``cost`` tokens), the way OpenAI-style providers do: a call past either limit gets
+    429; every answer carries ``x-ratelimit-remaining-requests`` / ``-tokens`` and their resets
+    as durations (``59s``). Its windows start at a key's first call."""
+
+    def __init__(self, rpm: int, tpm: int, cost: int) -> None:
+        self.rpm, self.tpm, self.cost = rpm, tpm, cost
+        self.valid: Set[str] = set()
+        #: key -> [window start, requests, tokens]
+        self.windows: Dict[str, List[float]] = {}
+        self.seen: List[tuple] = []
+        self.lock = threading.Lock()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                key = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+                now = time.time()
+                with target.lock:
+                    w = target.windows.get(key)
+                    if w is None or now >= w[0] + 60:
+                        w = target.windows[key] = [now, 0, 0]
+                    if key not in target.valid:
+                        status = 401
+                    elif w[1] + 1 > target.rpm or w[2] + target.cost > target.tpm:
+                        status = 429
+                    else:
+                        w[1] += 1
+                        w[2] += target.cost
+                        status = 200
+                    target.seen.append((now, key, status, self.path))
+                    reset = f"{max(0, int(w[0] + 60 - now))}s"
+                    headers = {"x-ratelimit-remaining-requests": str(target.rpm - int(w[1])),
+                               "x-ratelimit-remaining-tokens": str(target.tpm - int(w[2])),
+                               "x-ratelimit-reset-requests": reset,
+                               "x-ratelimit-reset-tokens": reset}
+                if status == 429:
+                    headers["Retry-After"] = "7"
+                body = json.dumps({"status": status, "usage": {"total_tokens": target.cost}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server, self.url = serve(Handler)
+
+
 class ForwardProxy(Served):
     """An HTTP forward proxy (absolute-URI requests) that records the requests it forwards."""
 

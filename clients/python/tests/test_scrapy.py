@@ -173,3 +173,35 @@ def test_requests_wait_out_a_vault_that_cannot_answer(vault_server, pool, tmp_pa
     assert result["stats"].get("tokenvault/unavailable", 0) > 0, result["stats"]
     assert vault.pool_status(pool)["leases_active"] == 0
     vault.close()
+
+
+def test_a_crawl_of_an_llm_style_api_stays_under_its_per_minute_limits(vault_server, pool,
+                                                                       tmp_path):
+    """Three keys, each allowed 15 requests and 900 tokens a minute by the target (60 a call),
+    40 pages at once, and a pool that fills one key before the next (`pack`): the vault's two
+    quotas per key hold both limits, and the middleware feeds the target's OpenAI-style headers
+    back, so not one call gets 429."""
+    from conftest import LlmTarget
+
+    target = LlmTarget(rpm=15, tpm=900, cost=60)
+    vault = Vault(vault_server.url, vault_server.admin)
+    vault.put_pool(pool, max_leases_per_token=2, strategy="pack",
+                   cost_estimates={"llm_tokens": 60}, quotas=[
+        {"name": "rpm", "limit": 15, "window_s": 60, "kind": "sliding", "sync": "requests"},
+        {"name": "tpm", "limit": 900, "window_s": 60, "cost": "llm_tokens", "sync": "tokens"},
+    ])
+    keys = {f"k{i}": f"llm-{pool}-{i}" for i in range(3)}
+    vault.deposit(pool, [{"id": k, "secret": v} for k, v in keys.items()])
+    target.valid.update(keys.values())
+    try:
+        result, log = crawl(vault_server, pool, target, tmp_path, pages=40)
+    finally:
+        target.stop()
+    assert sum(1 for r in result["rows"] if r["status"] == 200) == 40, (result, log)
+    assert [s for _, _, s, _ in target.seen if s != 200] == [], target.seen
+    for k in keys:
+        meta = vault._call("GET", f"/v1/pools/{pool}/tokens/{k}")
+        quotas = {q["name"]: q for q in meta["quotas"]}
+        assert quotas["rpm"]["used"] <= 15 and quotas["tpm"]["used"] <= 900, meta
+    assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()

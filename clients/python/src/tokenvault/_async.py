@@ -93,9 +93,10 @@ class AsyncVault:
                      units: Optional[int] = None, ttl_s: Optional[int] = None,
                      min_token_ttl_s: Optional[int] = None, session: Optional[str] = None,
                      wait_ms: Optional[int] = None,
-                     idempotency_key: Optional[str] = None) -> Lease:
+                     idempotency_key: Optional[str] = None,
+                     costs: Optional[Dict[str, int]] = None) -> Lease:
         body = _core.lease_body(worker or self.worker, units, ttl_s, min_token_ttl_s, session,
-                                wait_ms)
+                                wait_ms, costs)
         timeout = self._timeout + (wait_ms or 0) / 1000
         answer = await self._leasing("POST", _core.pool_path(pool, "leases"), body,
                                      idempotency_key or _core.new_idempotency_key(), timeout)

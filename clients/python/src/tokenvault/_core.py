@@ -34,11 +34,11 @@ def pool_path(pool: str, *rest: str) -> str:
 
 def lease_body(worker: Optional[str], units: Optional[int], ttl_s: Optional[int],
                min_token_ttl_s: Optional[int], session: Optional[str],
-               wait_ms: Optional[int]) -> Dict[str, Any]:
+               wait_ms: Optional[int], costs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
     body: Dict[str, Any] = {}
-    for name, value in (("worker", worker), ("units", units), ("ttl_s", ttl_s),
-                        ("min_token_ttl_s", min_token_ttl_s), ("session", session),
-                        ("wait_ms", wait_ms)):
+    for name, value in (("worker", worker), ("units", units), ("costs", costs or None),
+                        ("ttl_s", ttl_s), ("min_token_ttl_s", min_token_ttl_s),
+                        ("session", session), ("wait_ms", wait_ms)):
         if value is not None:
             body[name] = value
     return body

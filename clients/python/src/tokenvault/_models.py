@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
@@ -29,6 +30,13 @@ class Report:
     remaining: Optional[int] = None
     reset_at: Optional[int] = None
     detail: Optional[str] = None
+    #: What the call really cost, by cost dimension (``{"llm_tokens": 1234}``); a dimension left
+    #: out counts what the lease reserved for it.
+    costs: Optional[Dict[str, int]] = None
+    #: What the target said of the pool's named quotas: ``{name: {"remaining", "reset_at"}}``.
+    quotas: Optional[Dict[str, Dict[str, int]]] = None
+    #: What the target's rate-limit headers said, by header family (``rate_limit_families``).
+    rate_limit: Optional[Dict[str, Dict[str, int]]] = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -47,6 +55,10 @@ class Report:
             b["reset_at"] = self.reset_at
         if self.detail:
             b["detail"] = self.detail[:500]
+        for name in ("costs", "quotas", "rate_limit"):
+            value = getattr(self, name)
+            if value:
+                b[name] = value
         return b
 
 
@@ -68,11 +80,14 @@ class Lease:
     units: int
     binding: Binding
     headers: Dict[str, str]
+    #: What the lease reserved by cost dimension (pools whose quotas count costs).
+    costs: Dict[str, int] = field(default_factory=dict)
     #: Set when the events stream said this lease's token (or the lease) was revoked.
     revoked: Optional[str] = None
     #: What the target's rate-limit headers said last (reported on release).
     remaining: Optional[int] = None
     reset_at: Optional[int] = None
+    rate_limit: Dict[str, Dict[str, int]] = field(default_factory=dict)
     _owner: Any = field(default=None, compare=False)
     _ended: bool = field(default=False, compare=False)
 
@@ -89,35 +104,38 @@ class Lease:
             units=int(body["units"]),
             binding=Binding(proxy=b.get("proxy"), fingerprint=b.get("fingerprint")),
             headers=dict(body.get("headers") or {}),
+            costs={k: int(v) for k, v in (body.get("costs") or {}).items()},
             _owner=owner,
         )
 
     def _become(self, other: "Lease") -> None:
         """Take over ``other``'s identity (after a rotate gave a new lease)."""
         for name in ("lease_id", "token_id", "secret", "token_expires_at", "lease_expires_at",
-                     "units", "binding", "headers"):
+                     "units", "costs", "binding", "headers"):
             setattr(self, name, getattr(other, name))
         self.revoked = None
         self.remaining = None
         self.reset_at = None
+        self.rate_limit = {}
         self._ended = False
 
     def read_rate_limit(self, headers: Mapping[str, str]) -> None:
-        """Keep what ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` said, for the report."""
-        remaining = _header(headers, "x-ratelimit-remaining", "ratelimit-remaining")
-        if remaining is not None:
-            try:
-                self.remaining = max(0, int(float(remaining)))
-            except ValueError:
-                pass
-        reset = _header(headers, "x-ratelimit-reset", "ratelimit-reset")
-        if reset is not None:
-            self.reset_at = reset_at_ms(reset)
+        """Keep what the target's rate-limit headers said, for the report: every header family
+        (``rate_limit_families``), and ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (or the
+        IETF ``RateLimit-Remaining`` / ``-Reset``) as the ``default`` quota's."""
+        families = rate_limit_families(headers)
+        self.rate_limit.update(families)
+        seen = families.get("x-ratelimit") or families.get("ratelimit") or {}
+        if "remaining" in seen:
+            self.remaining = seen["remaining"]
+        if "reset_at" in seen:
+            self.reset_at = seen["reset_at"]
 
     def report(self, outcome: str = "ok", **kw: Any) -> Report:
         """A report for this lease carrying the rate-limit headers seen last."""
         kw.setdefault("remaining", self.remaining)
         kw.setdefault("reset_at", self.reset_at)
+        kw.setdefault("rate_limit", dict(self.rate_limit) or None)
         return Report(outcome=outcome, **kw)
 
     def __repr__(self) -> str:
@@ -188,6 +206,91 @@ def _header(headers: Mapping[str, str], *names: str) -> Optional[str]:
         if v is not None:
             return v
     return None
+
+
+def _count(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return max(0, int(float(value)))
+    except ValueError:
+        return None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def duration_s(value: str) -> Optional[float]:
+    """A reset given as a duration, as OpenAI-style APIs send it (``6m0s``, ``1.5s``, ``20ms``),
+    or as plain seconds; in seconds."""
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _family(remaining: Optional[str], reset_ms: Optional[int]) -> Dict[str, int]:
+    f: Dict[str, int] = {}
+    r = _count(remaining)
+    if r is not None:
+        f["remaining"] = r
+    if reset_ms is not None:
+        f["reset_at"] = reset_ms
+    return f
+
+
+def _in_s(seconds: Optional[float]) -> Optional[int]:
+    return None if seconds is None else int(time.time() * 1000 + seconds * 1000)
+
+
+# One item of the IETF structured `RateLimit` field: "policy";r=50;t=30
+_IETF_ITEM = re.compile(r'^\s*"?([A-Za-z0-9_.-]+)"?((?:\s*;\s*[a-z]+=[^;,]*)*)\s*$')
+
+
+def rate_limit_families(headers: Mapping[str, str]) -> Dict[str, Dict[str, int]]:
+    """What a target's answer says of its rate limits, by header family (a pool's quota follows
+    one with ``sync``): ``{family: {"remaining", "reset_at" (unix ms)}}``.
+
+    - ``x-ratelimit``: ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (GitHub and most APIs;
+      the reset in epoch seconds, or seconds from now when small);
+    - ``requests`` and ``tokens``: ``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``
+      and the ``-tokens`` pair (OpenAI-style; resets as durations like ``6m0s``);
+    - ``ratelimit``: the IETF draft's ``RateLimit-Remaining`` / ``RateLimit-Reset`` (seconds);
+    - ``ratelimit:<policy>``: each item of the IETF ``RateLimit`` field, ``"<policy>";r=..;t=..``.
+    """
+    out: Dict[str, Dict[str, int]] = {}
+
+    def put(key: str, f: Dict[str, int]) -> None:
+        if f:
+            out[key] = f
+
+    reset = _header(headers, "x-ratelimit-reset")
+    put("x-ratelimit", _family(_header(headers, "x-ratelimit-remaining"),
+                               reset_at_ms(reset) if reset is not None else None))
+    for kind in ("requests", "tokens"):
+        reset = _header(headers, f"x-ratelimit-reset-{kind}")
+        put(kind, _family(_header(headers, f"x-ratelimit-remaining-{kind}"),
+                          _in_s(duration_s(reset)) if reset is not None else None))
+    reset = _header(headers, "ratelimit-reset")
+    put("ratelimit", _family(_header(headers, "ratelimit-remaining"),
+                             _in_s(_count(reset)) if reset is not None else None))
+    field_value = _header(headers, "ratelimit")
+    if field_value is not None:
+        for item in field_value.split(","):
+            m = _IETF_ITEM.match(item)
+            if not m:
+                continue
+            params = dict(p.strip().split("=", 1) for p in m.group(2).split(";") if "=" in p)
+            t = _count(params.get("t"))
+            put("ratelimit:" + m.group(1).lower(),
+                _family(params.get("r"), _in_s(t) if t is not None else None))
+    return out
 
 
 def reset_at_ms(value: str) -> Optional[int]:

@@ -78,10 +78,14 @@ class Vault:
     def lease(self, pool: str, *, worker: Optional[str] = None, units: Optional[int] = None,
               ttl_s: Optional[int] = None, min_token_ttl_s: Optional[int] = None,
               session: Optional[str] = None, wait_ms: Optional[int] = None,
-              idempotency_key: Optional[str] = None) -> Lease:
-        """Lease a token of ``pool``. Raises PoolExhausted (with ``retry_after``), PoolFrozen..."""
+              idempotency_key: Optional[str] = None,
+              costs: Optional[Dict[str, int]] = None) -> Lease:
+        """Lease a token of ``pool``. Raises PoolExhausted (with ``retry_after``), PoolFrozen...
+
+        ``costs`` is what the call is expected to cost by cost dimension (a pool whose quotas
+        count, say, ``llm_tokens``); report what it really cost in ``Report.costs``."""
         body = _core.lease_body(worker or self.worker, units, ttl_s, min_token_ttl_s, session,
-                                wait_ms)
+                                wait_ms, costs)
         timeout = self._timeout + (wait_ms or 0) / 1000
         answer = self._leasing("POST", _core.pool_path(pool, "leases"), body,
                                idempotency_key or _core.new_idempotency_key(), timeout)
