@@ -3,11 +3,12 @@
 //! `send` sends a request through the lease's bound proxy with its headers; a 401 from the target
 //! rotates to another token (the vault refreshes the burned one) and sends again, a 429 reports
 //! the target's `Retry-After` (the token cools down) and sends again with another token — each
-//! once. The target's `X-RateLimit-Remaining` / `X-RateLimit-Reset` go into the next report. In
+//! once. What the target's rate-limit headers said goes into the next report (every header family
+//! a pool's quotas can follow: [`rate_limit_families`]). In
 //! the background the guard renews the lease at half its remaining time; dropped, it releases the
 //! lease (on the runtime it was made on).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,43 +31,163 @@ pub struct Report {
     pub remaining: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_at: Option<i64>,
+    /// What the call really cost by cost dimension (`llm_tokens`); a dimension left out counts
+    /// what the lease reserved.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub costs: BTreeMap<String, u64>,
+    /// What the target said of the pool's named quotas.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub quotas: BTreeMap<String, Family>,
+    /// What the target's rate-limit headers said, by header family ([`rate_limit_families`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limit: BTreeMap<String, Family>,
 }
 
-/// What the target's answers said of the token's quota.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What a target said of one of its limits: how much is left, and when it resets (unix ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Family {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<i64>,
+}
+
+impl Family {
+    fn is_empty(&self) -> bool {
+        self.remaining.is_none() && self.reset_at.is_none()
+    }
+}
+
+/// A duration as OpenAI-style APIs write resets (`6m0s`, `1.5s`, `20ms`), or plain seconds; in
+/// seconds.
+pub fn duration_s(v: &str) -> Option<f64> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s >= 0.0).then_some(s);
+    }
+    let (mut total, mut rest) = (0.0, v);
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+            .into_iter()
+            .find(|(u, _)| rest.starts_with(u))?;
+        total += n * scale;
+        rest = &rest[unit.len()..];
+    }
+    Some(total)
+}
+
+/// What a target's answer says of its rate limits, by header family (a pool's quota follows one
+/// with `sync`):
+/// - `x-ratelimit`: `X-RateLimit-Remaining` / `X-RateLimit-Reset` (epoch seconds, or seconds
+///   from now when small);
+/// - `requests`, `tokens`: `x-ratelimit-remaining-requests` / `x-ratelimit-reset-requests` and
+///   the `-tokens` pair (resets as durations: `6m0s`);
+/// - `ratelimit`: the IETF draft's `RateLimit-Remaining` / `RateLimit-Reset` (seconds);
+/// - `ratelimit:<policy>`: each item of the IETF `RateLimit` field, `"<policy>";r=..;t=..`.
+pub fn rate_limit_families(headers: &reqwest::header::HeaderMap) -> BTreeMap<String, Family> {
+    let text = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    let count = |v: Option<&str>| {
+        v.and_then(|v| v.parse::<f64>().ok())
+            .map(|n| n.max(0.0) as u64)
+    };
+    let in_s = |s: f64| now_ms() + (s * 1000.0) as i64;
+    let mut out = BTreeMap::new();
+    let mut put = |key: String, f: Family| {
+        if !f.is_empty() {
+            out.insert(key, f);
+        }
+    };
+    put(
+        "x-ratelimit".into(),
+        Family {
+            remaining: count(text("x-ratelimit-remaining")),
+            reset_at: text("x-ratelimit-reset")
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|r| *r >= 0.0)
+                // Epoch seconds when it looks like one (most APIs), else seconds from now.
+                .map(|r| {
+                    if r >= 1e9 {
+                        (r * 1000.0) as i64
+                    } else {
+                        in_s(r)
+                    }
+                }),
+        },
+    );
+    for kind in ["requests", "tokens"] {
+        put(
+            kind.into(),
+            Family {
+                remaining: count(text(&format!("x-ratelimit-remaining-{kind}"))),
+                reset_at: text(&format!("x-ratelimit-reset-{kind}"))
+                    .and_then(duration_s)
+                    .map(in_s),
+            },
+        );
+    }
+    put(
+        "ratelimit".into(),
+        Family {
+            remaining: count(text("ratelimit-remaining")),
+            reset_at: count(text("ratelimit-reset")).map(|s| in_s(s as f64)),
+        },
+    );
+    for item in text("ratelimit").unwrap_or_default().split(',') {
+        let mut parts = item.split(';').map(str::trim);
+        let Some(policy) = parts
+            .next()
+            .map(|p| p.trim_matches('"').to_ascii_lowercase())
+        else {
+            continue;
+        };
+        if policy.is_empty() || policy.contains('=') {
+            continue;
+        }
+        let mut f = Family::default();
+        for p in parts {
+            match p.split_once('=') {
+                Some(("r", v)) => f.remaining = count(Some(v)),
+                Some(("t", v)) => f.reset_at = count(Some(v)).map(|s| in_s(s as f64)),
+                _ => {}
+            }
+        }
+        put(format!("ratelimit:{policy}"), f);
+    }
+    out
+}
+
+/// What the target's answers said of the token's limits.
+#[derive(Debug, Clone, Default, PartialEq)]
 struct Seen {
-    remaining: Option<u64>,
-    reset_at: Option<i64>,
+    rate_limit: BTreeMap<String, Family>,
 }
 
 impl Seen {
     fn read(&mut self, headers: &reqwest::header::HeaderMap) {
-        let num = |names: &[&str]| {
-            names.iter().find_map(|n| {
-                headers
-                    .get(*n)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-        };
-        if let Some(r) = num(&["x-ratelimit-remaining", "ratelimit-remaining"]) {
-            self.remaining = Some(r.max(0.0) as u64);
-        }
-        if let Some(r) = num(&["x-ratelimit-reset", "ratelimit-reset"]).filter(|r| *r >= 0.0) {
-            // Epoch seconds when it looks like one (most APIs), else seconds from now.
-            self.reset_at = Some(if r >= 1e9 {
-                (r * 1000.0) as i64
-            } else {
-                now_ms() + (r * 1000.0) as i64
-            });
-        }
+        self.rate_limit.extend(rate_limit_families(headers));
     }
 
+    /// The report, with `X-RateLimit-*` (or the IETF `RateLimit-*`) as the `default` quota's.
     fn report(&self, outcome: Outcome) -> Report {
+        let default = self
+            .rate_limit
+            .get("x-ratelimit")
+            .or_else(|| self.rate_limit.get("ratelimit"))
+            .copied()
+            .unwrap_or_default();
         Report {
             outcome,
-            remaining: self.remaining,
-            reset_at: self.reset_at,
+            remaining: default.remaining,
+            reset_at: default.reset_at,
+            rate_limit: self.rate_limit.clone(),
             ..Default::default()
         }
     }
@@ -303,13 +424,17 @@ mod tests {
         h.insert("retry-after", "7".parse().unwrap());
         let mut seen = Seen::default();
         seen.read(&h);
-        assert_eq!(seen.remaining, Some(17));
-        assert_eq!(seen.reset_at, Some(1_900_000_000_000));
         let r = report_for(reqwest::StatusCode::TOO_MANY_REQUESTS, &h, &seen).unwrap();
         assert_eq!(
-            (r.outcome, r.retry_after_s),
-            (Outcome::RateLimited, Some(7))
+            (r.outcome, r.retry_after_s, r.remaining, r.reset_at),
+            (
+                Outcome::RateLimited,
+                Some(7),
+                Some(17),
+                Some(1_900_000_000_000)
+            )
         );
+        assert_eq!(r.rate_limit["x-ratelimit"].remaining, Some(17));
         assert_eq!(
             report_for(reqwest::StatusCode::UNAUTHORIZED, &h, &seen).map(|r| r.outcome),
             Some(Outcome::Unauthorized)
@@ -318,8 +443,35 @@ mod tests {
         // Seconds from now (the IETF draft's RateLimit-Reset).
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("ratelimit-reset", "60".parse().unwrap());
+        let mut seen = Seen::default();
         seen.read(&h);
-        let in_a_minute = seen.reset_at.unwrap() - now_ms();
+        let in_a_minute = seen.report(Outcome::Ok).reset_at.unwrap() - now_ms();
         assert!((59_000..=60_000).contains(&in_a_minute), "{in_a_minute}");
+    }
+
+    #[test]
+    fn every_header_family_is_read() {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "89000"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+            ("ratelimit", r#""burst";r=5;t=30, "daily";r=900;t=3600"#),
+        ] {
+            h.insert(k, v.parse().unwrap());
+        }
+        let f = rate_limit_families(&h);
+        let near = |at: Option<i64>, s: i64| (at.unwrap() - now_ms() - s * 1000).abs() < 5_000;
+        assert_eq!(f["requests"].remaining, Some(59));
+        assert!(near(f["tokens"].reset_at, 360));
+        assert_eq!(f["ratelimit:burst"].remaining, Some(5));
+        assert!(near(f["ratelimit:daily"].reset_at, 3600));
+        assert!(!f.contains_key("x-ratelimit"));
+        assert_eq!(duration_s("1h2m"), Some(3720.0));
+        assert_eq!(duration_s("20ms"), Some(0.02));
+        assert_eq!(duration_s("soon"), None);
+        assert_eq!(duration_s("5s and more"), None);
+        assert_eq!(duration_s(""), None);
     }
 }

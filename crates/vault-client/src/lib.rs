@@ -23,7 +23,7 @@
 //! one per task: 2,000 streams from one host get 256.
 
 mod guard;
-pub use guard::{LeaseGuard, Report};
+pub use guard::{duration_s, rate_limit_families, Family, LeaseGuard, Report};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,11 +150,23 @@ impl Client {
     }
 
     pub async fn lease(&self, pool: &str, worker: &str) -> Result<Lease> {
+        self.lease_costing(pool, worker, &Default::default()).await
+    }
+
+    /// Lease a token for a call expected to cost `costs` by cost dimension (pools whose quotas
+    /// count, say, `llm_tokens`); report what it really cost in [`Report::costs`].
+    pub async fn lease_costing(
+        &self,
+        pool: &str,
+        worker: &str,
+        costs: &std::collections::BTreeMap<String, u64>,
+    ) -> Result<Lease> {
+        let mut body = json!({ "worker": worker });
+        if !costs.is_empty() {
+            body["costs"] = json!(costs);
+        }
         Ok(self
-            .post(
-                &format!("/v1/pools/{pool}/leases"),
-                json!({ "worker": worker }),
-            )
+            .post(&format!("/v1/pools/{pool}/leases"), body)
             .await?
             .json()
             .await?)
