@@ -18,6 +18,7 @@ mod migration;
 mod monitoring;
 mod outage;
 mod python;
+mod quotas;
 mod refresh;
 mod rotation;
 mod secrets;
