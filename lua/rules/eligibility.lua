@@ -13,7 +13,7 @@ local function eligible(id, t, c, units, costs, need_ttl_ms)
   end
   local short, room = quota_short(t, c, units, costs)
   if short ~= nil then
-    if room <= 0 then reconcile(id, t, c) end
+    if room <= 0 then reconcile(id, t, c) else count_binding(short) end
     return false
   end
   local at = num(t.expires_at, 0)

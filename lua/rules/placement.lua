@@ -46,8 +46,11 @@ local function reconcile(id, t, c)
     local leases = num(t.leases, 0)
     back_at = num(t.cool_until, 0)
     if back_at <= NOW then back_at = 0 end
-    local spent_until = quota_back_at(t, c)
-    if spent_until ~= nil and spent_until > back_at then back_at = spent_until end
+    local spent_until, binding = quota_back_at(t, c)
+    if spent_until ~= nil and spent_until > back_at then
+      back_at = spent_until
+      if t.at ~= 'c' then count_binding(binding) end
+    end
     if back_at > NOW then
       where = 'c'
       if t.state == 'active' then

@@ -240,9 +240,16 @@ local function quota_short(t, c, units, costs, only)
   return nil
 end
 
--- When every spent quota of token `t` allows a lease again: nil when none is spent.
+-- Counts, per quota, how often it stood between a token and a lease (pool status names the one
+-- that binds most often): a lease refused for it, or a token it sent cooling.
+local function count_binding(q)
+  redis.call('HINCRBY', stats_key(), 'binds:' .. q.name, 1)
+end
+
+-- When every spent quota of token `t` allows a lease again, and the quota that keeps it out
+-- longest: nil when none is spent.
 local function quota_back_at(t, c)
-  local back = nil
+  local back, binding = nil, nil
   for _, q in ipairs(quotas_of(c)) do
     local room = room_of(t, q)
     if room ~= nil and room <= 0 then
@@ -253,10 +260,10 @@ local function quota_back_at(t, c)
         at = num(t[q.fw], 0)
         if at <= NOW then at = window_end(q) end
       end
-      if back == nil or at > back then back = at end
+      if back == nil or at > back then back, binding = at, q end
     end
   end
-  return back
+  return back, binding
 end
 
 -- A window that is over counts nothing: recorded at the token's next transition.

@@ -99,4 +99,10 @@ fn pool_gauges_of(pool: &str, st: Option<&PoolStatus>) {
     ] {
         metrics::gauge!(name, "pool" => pool.to_string()).set(value);
     }
+    for q in st.map(|s| s.quotas.as_slice()).unwrap_or_default() {
+        metrics::gauge!("tv_pool_quota_ratio", "pool" => pool.to_string(), "quota" => q.name.clone())
+            .set(q.used_ratio.unwrap_or(0.0));
+        metrics::gauge!("tv_pool_quota_binds", "pool" => pool.to_string(), "quota" => q.name.clone())
+            .set(q.binds as f64);
+    }
 }

@@ -333,3 +333,36 @@ async fn rate_limit_headers_count_on_the_quotas_that_follow_their_family() {
     assert_eq!(counts(&e, "tpm").await, (3000, 0));
     lease_costing(&e, &[]).await.unwrap();
 }
+
+#[tokio::test]
+async fn status_shows_every_quota_and_the_one_that_binds() {
+    let e = pool(
+        json!([
+            {"name": "rpm", "limit": 100, "window_s": 60},
+            {"name": "tpm", "limit": 1000, "window_s": 60, "cost": "llm_tokens"},
+        ]),
+        json!({"llm_tokens": 400}),
+    )
+    .await;
+    for _ in 0..2 {
+        let l = lease_costing(&e, &[]).await.unwrap();
+        release_costing(&e, &l.lease_id, &[]).await.unwrap();
+    }
+    // 800 of 1,000 tokens used: a 400 estimate no longer fits (refused for tpm), a smaller one
+    // does and spends it (the token cools for tpm).
+    exhausted(lease_costing(&e, &[]).await);
+    let l = lease_costing(&e, &[("llm_tokens", 200)]).await.unwrap();
+    release_costing(&e, &l.lease_id, &[]).await.unwrap();
+    let st = e.store.pool_status(&e.pool).await.unwrap();
+    let names: Vec<_> = st.quotas.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["rpm", "tpm"], "no default quota: nothing limits it");
+    let tpm = &st.quotas[1];
+    assert_eq!(
+        (tpm.cost.as_str(), tpm.used_ratio),
+        ("llm_tokens", Some(1.0))
+    );
+    assert_eq!(tpm.binds, 2);
+    assert_eq!(st.quotas[0].used_ratio, Some(0.03));
+    assert_eq!(st.binding_quota.as_deref(), Some("tpm"));
+    assert_eq!(st.quota_used_ratio, Some(1.0));
+}

@@ -58,6 +58,58 @@ pub fn tokens_needed(d: Demand, cap: TokenCapacity) -> TokensNeeded {
     }
 }
 
+impl super::PoolConfig {
+    /// N over every quota of the pool: each quota's need for the demand (its cost dimension's
+    /// rate: requests are `units_per_s`, a cost is `leases_per_s` × the pool's estimate), the
+    /// largest kept, with the name of the quota it comes from.
+    pub fn tokens_needed(&self, d: Demand, leases_per_s: f64) -> (TokensNeeded, Option<String>) {
+        let max_leases_per_token = self.max_leases_per_token as u64;
+        let mut quotas: Vec<(&str, Option<u64>, u64, f64)> = vec![(
+            super::DEFAULT_QUOTA,
+            self.quota_limit
+                .map(|l| l.saturating_sub(self.quota_reserve)),
+            self.quota_window_s,
+            d.units_per_s,
+        )];
+        for q in &self.quotas {
+            let rate = if q.cost == super::REQUESTS {
+                d.units_per_s
+            } else {
+                leases_per_s * self.cost_estimates.get(&q.cost).copied().unwrap_or(0) as f64
+            };
+            quotas.push((&q.name, Some(q.limit - q.reserve), q.window_s, rate));
+        }
+        let mut best = (
+            tokens_needed(
+                Demand {
+                    units_per_s: 0.0,
+                    ..d
+                },
+                TokenCapacity {
+                    quota_per_window: None,
+                    window_s: self.quota_window_s,
+                    max_leases_per_token,
+                },
+            ),
+            None,
+        );
+        for (name, quota_per_window, window_s, units_per_s) in quotas {
+            let n = tokens_needed(
+                Demand { units_per_s, ..d },
+                TokenCapacity {
+                    quota_per_window,
+                    window_s,
+                    max_leases_per_token,
+                },
+            );
+            if n.tokens_for_quota > best.0.tokens_for_quota {
+                best = (n, Some(name.to_string()));
+            }
+        }
+        best
+    }
+}
+
 fn ceil_u64(x: f64) -> u64 {
     // Rates are measured: a hair over a whole number is that number, not one more token.
     let x = (x - 1e-9).ceil();
@@ -108,6 +160,44 @@ mod tests {
             ..d
         };
         assert_eq!(tokens_needed(long, cap(Some(5000))).tokens_for_quota, 4);
+    }
+
+    #[test]
+    fn the_quota_that_needs_most_tokens_sizes_the_pool() {
+        let cfg: crate::model::PoolConfigInput = serde_json::from_value(serde_json::json!({
+            "quota_limit": 5000,
+            "quotas": [
+                {"name": "rpm", "limit": 60, "window_s": 60},
+                {"name": "tpm", "limit": 90000, "window_s": 60, "cost": "llm_tokens"},
+            ],
+            "cost_estimates": {"llm_tokens": 2000},
+        }))
+        .unwrap();
+        let cfg = cfg
+            .validate(
+                &crate::crypto::Cipher::new(&crate::crypto::MasterKey::generate()),
+                "p",
+            )
+            .unwrap();
+        // 2 leases/s: 120 requests a minute (rpm: 2 tokens), 240,000 llm_tokens a minute
+        // (tpm: 3 tokens), 7,200 requests an hour (default: 2 tokens).
+        let d = Demand {
+            units_per_s: 2.0,
+            concurrent: 1.0,
+            duration_s: None,
+        };
+        let (n, by) = cfg.tokens_needed(d, 2.0);
+        assert_eq!((n.tokens_needed, by.as_deref()), (3, Some("tpm")));
+        // Nothing measured: no quota needs a token.
+        let idle = Demand {
+            units_per_s: 0.0,
+            concurrent: 0.0,
+            duration_s: None,
+        };
+        assert_eq!(
+            cfg.tokens_needed(idle, 0.0),
+            (tokens_needed(idle, cap(None)), None)
+        );
     }
 
     #[test]

@@ -45,7 +45,12 @@ pub struct PoolStatus {
     pub avg_ttl_remaining_s: Option<f64>,
     pub utilization: f64,
     pub refresh_success_rate: Option<f64>,
+    /// The highest `used_ratio` of the pool's quotas (the one closest to spent).
     pub quota_used_ratio: Option<f64>,
+    /// Every quota of the pool (`default` when the pool or a token sets `quota_limit`).
+    pub quotas: Vec<QuotaStatus>,
+    /// The quota that kept tokens from leases most often; null until one has.
+    pub binding_quota: Option<String>,
     pub frozen: bool,
     /// Failed refresh attempts so far, and how many of them stored a credential too
     /// short-lived for the pool's margin.
@@ -63,6 +68,20 @@ pub struct PoolStatus {
     pub sizing: PoolSizing,
 }
 
+/// One quota of a pool, as status shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuotaStatus {
+    pub name: String,
+    /// The cost dimension it counts.
+    pub cost: String,
+    /// Used and reserved share of the limit over limited tokens in rotation: exact up to 1,000
+    /// tokens, a random sample of 1,000 above that.
+    pub used_ratio: Option<f64>,
+    /// How often it kept a token from a lease: a lease refused for it, or a token it sent
+    /// cooling until its window allows.
+    pub binds: u64,
+}
+
 /// How many tokens the pool's observed demand needs (`N = rate × window / quota per token`, and
 /// enough for the leases held at once), against how many it has.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -74,6 +93,8 @@ pub struct PoolSizing {
     pub observed_s: f64,
     #[serde(flatten)]
     pub needed: TokensNeeded,
+    /// The quota `tokens_for_quota` comes from (the one that needs the most tokens).
+    pub sized_by_quota: Option<String>,
     /// Tokens that serve leases over a window: active, leased, cooling and deprecated.
     pub tokens_in_rotation: u64,
     /// `tokens_in_rotation − tokens_needed`: negative when the pool is too small for its demand.

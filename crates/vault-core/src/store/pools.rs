@@ -472,23 +472,20 @@ impl Store {
         let capacity = leasable * view.config.max_leases_per_token as u64;
         let rate = super::LeaseRate::from_hash(&rate, now_ms);
         let cfg = &view.config;
-        let needed = crate::model::tokens_needed(
+        let (needed, sized_by_quota) = cfg.tokens_needed(
             crate::model::Demand {
                 units_per_s: rate.units_per_s,
                 concurrent: leases as f64,
                 duration_s: None,
             },
-            crate::model::TokenCapacity {
-                quota_per_window: cfg.quota_limit.map(|l| l.saturating_sub(cfg.quota_reserve)),
-                window_s: cfg.quota_window_s,
-                max_leases_per_token: cfg.max_leases_per_token as u64,
-            },
+            rate.leases_per_s,
         );
         let sizing = crate::model::PoolSizing {
             lease_rate_per_s: rate.leases_per_s,
             units_rate_per_s: rate.units_per_s,
             observed_s: rate.observed_s,
             needed,
+            sized_by_quota,
             tokens_in_rotation: leasable,
             headroom_tokens: (leasable as i64)
                 .saturating_sub(needed.tokens_needed.min(i64::MAX as u64) as i64),
@@ -501,7 +498,41 @@ impl Store {
         let ok = *stats.get("refresh_ok").unwrap_or(&0) as f64;
         let failed = *stats.get("refresh_fail").unwrap_or(&0) as f64;
         let refresh_success_rate = (ok + failed > 0.0).then(|| ok / (ok + failed));
-        let quota_used_ratio = self.quota_ratio(name, &sample).await?;
+        let ratios = self.quota_ratios(name, &sample).await?;
+        let quotas: Vec<crate::model::QuotaStatus> =
+            std::iter::once((crate::model::DEFAULT_QUOTA, crate::model::REQUESTS))
+                .chain(
+                    cfg.quotas
+                        .iter()
+                        .map(|q| (q.name.as_str(), q.cost.as_str())),
+                )
+                .enumerate()
+                .map(|(i, (name, cost))| crate::model::QuotaStatus {
+                    name: name.to_string(),
+                    cost: cost.to_string(),
+                    used_ratio: ratios.get(i).copied().flatten(),
+                    binds: stats
+                        .get(&format!("binds:{name}"))
+                        .copied()
+                        .unwrap_or(0)
+                        .max(0) as u64,
+                })
+                // `default` only when something limits it.
+                .filter(|q| {
+                    q.name != crate::model::DEFAULT_QUOTA
+                        || cfg.quota_limit.is_some()
+                        || q.used_ratio.is_some()
+                })
+                .collect();
+        let quota_used_ratio = quotas
+            .iter()
+            .filter_map(|q| q.used_ratio)
+            .max_by(f64::total_cmp);
+        let binding_quota = quotas
+            .iter()
+            .filter(|q| q.binds > 0)
+            .max_by_key(|q| q.binds)
+            .map(|q| q.name.clone());
         let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
         let field = |i: usize| rot.get(i).cloned().flatten().unwrap_or_default();
         let operation = (!field(6).is_empty()).then(|| crate::model::OperationStatus {
@@ -519,6 +550,8 @@ impl Store {
             utilization,
             refresh_success_rate,
             quota_used_ratio,
+            quotas,
+            binding_quota,
             frozen: view.frozen,
             refresh_failures: failed as u64,
             refresh_short_lived: *stats.get("refresh_short_lived").unwrap_or(&0) as u64,
@@ -558,27 +591,34 @@ impl Store {
         }))
     }
 
-    /// Used share of the quota over limited tokens in rotation: exact up to 1,000 tokens, a
-    /// random sample of 1,000 above that (status must not walk a 100k-token pool).
-    async fn quota_ratio(&self, name: &str, ids: &[String]) -> Result<Option<f64>> {
+    /// Used share of each quota (`default` first, then the pool's others in order) over limited
+    /// tokens in rotation: exact up to 1,000 tokens, a random sample of 1,000 above that (status
+    /// must not walk a 100k-token pool).
+    async fn quota_ratios(&self, name: &str, ids: &[String]) -> Result<Vec<Option<f64>>> {
         if ids.is_empty() {
-            return Ok(None);
+            return Ok(vec![]);
         }
         let rows = self.token_rows(name, &["state"], ids).await?;
-        let (mut used, mut limit) = (0f64, 0f64);
+        // (used, limit) per quota.
+        let mut sums: Vec<(f64, f64)> = vec![];
         for (values, quotas) in rows.into_iter().flatten() {
-            let q = &quotas[0];
             let state = values.first().cloned().flatten().unwrap_or_default();
             if !matches!(state.as_str(), "active" | "deprecated") {
                 continue;
             }
-            let Some(lim) = q.limit else {
-                continue;
-            };
-            used += (q.used.max(0) + q.reserved.max(0)) as f64;
-            limit += lim as f64;
+            sums.resize(sums.len().max(quotas.len()), (0.0, 0.0));
+            for (i, q) in quotas.iter().enumerate() {
+                let Some(lim) = q.limit else {
+                    continue;
+                };
+                sums[i].0 += (q.used.max(0) + q.reserved.max(0)) as f64;
+                sums[i].1 += lim as f64;
+            }
         }
-        Ok((limit > 0.0).then(|| (used / limit).min(1.0)))
+        Ok(sums
+            .into_iter()
+            .map(|(used, limit)| (limit > 0.0).then(|| (used / limit).min(1.0)))
+            .collect())
     }
 
     pub async fn freeze(
