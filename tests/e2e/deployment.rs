@@ -560,10 +560,21 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
     );
     let since = fcalls(promoted);
     if !wait_until(FAR, || fcalls(promoted) >= since + 1000) {
+        // What the new primary ran, and what the vaults and the checker said: a failure here
+        // was seen twice in full-suite runs and never alone.
+        let tail = |text: String| {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
         panic!(
-            "the load did not go on on the new primary: {} function calls, {since} before\n{}",
+            "the load did not go on on the new primary: {} function calls, {since} before\n{}\n\
+             new primary's commandstats:\n{}\nvault 1:\n{}\nvault 2:\n{}\nchecker:\n{}",
             fcalls(promoted),
-            replication()
+            replication(),
+            promoted.cli(&["INFO", "commandstats"]),
+            tail(vaults[0].child.output()),
+            tail(vaults[1].child.output()),
+            tail(run.output()),
         );
     }
     let out = tokio::task::spawn_blocking(move || judge(run))
