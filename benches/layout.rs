@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use testkit::RedisServer;
 
 mod common;
-use common::{bin_dir, random_text, BenchVault};
+use common::{bin_dir, call_stats, deposit, memory_usage, random_text, used_memory, BenchVault};
 
 const BIG: usize = 100_000;
 const JWTS: usize = 10_000;
@@ -72,47 +72,6 @@ const LEAN_KEYS: [&str; 5] = [
     "lean:{p}:l:",
 ];
 
-fn info_field(redis: &RedisServer, section: &str, line_prefix: &str) -> String {
-    redis
-        .cli(&["INFO", section])
-        .lines()
-        .find_map(|l| l.strip_prefix(line_prefix).map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn used_memory(redis: &RedisServer) -> f64 {
-    info_field(redis, "memory", "used_memory:")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// (calls, µs) of FCALL and of EVALSHA so far.
-fn call_stats(redis: &RedisServer) -> [(f64, f64); 2] {
-    let info = redis.cli(&["INFO", "commandstats"]);
-    ["cmdstat_fcall:", "cmdstat_evalsha:"].map(|name| {
-        let line = info
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_default();
-        let get = |k: &str| -> f64 {
-            line.split(',')
-                .find_map(|kv| kv.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        (get("calls="), get("usec="))
-    })
-}
-
-fn memory_usage(redis: &RedisServer, key: &str) -> f64 {
-    redis
-        .cli(&["MEMORY", "USAGE", key, "SAMPLES", "0"])
-        .trim()
-        .parse()
-        .unwrap_or(0.0)
-}
-
 /// A JWT of about `len` bytes with an `exp` a month ahead.
 fn jwt(len: usize) -> String {
     use base64::Engine;
@@ -124,25 +83,6 @@ fn jwt(len: usize) -> String {
     let claims = b64(&json!({"sub": random_text(12), "exp": exp, "scope": random_text(len / 2)}));
     let sig = random_text(len.saturating_sub(head.len() + claims.len() + 2).max(16));
     format!("{head}.{claims}.{sig}")
-}
-
-/// Deposit `n` tokens, `per` per request (1,000 at most; 1 KB secrets fit 500 in a request's
-/// 1 MiB).
-async fn deposit(v: &BenchVault, pool: &str, n: usize, per: usize, secret: impl Fn() -> String) {
-    let expires = vault_core::time::now_ms() + 30 * 86_400_000;
-    for start in (0..n).step_by(per) {
-        let tokens: Vec<Value> = (start..(start + per).min(n))
-            .map(|_| {
-                json!({"secret": secret(), "labels": {"team": "crawl"},
-                       "expires_at": vault_core::time::rfc3339(expires)})
-            })
-            .collect();
-        v.post(
-            &format!("/v1/pools/{pool}/tokens"),
-            json!({ "tokens": tokens }),
-        )
-        .await;
-    }
 }
 
 /// The lean pair's keys (100 tokens of its own, in the same Redis) and its scripts' SHAs.

@@ -1,5 +1,5 @@
-//! What the REST benches (layout, capacity) share: a vault-api process with an operator's client
-//! token, and random secrets.
+//! What the REST benches (layout, capacity, quotas) share: a vault-api process with an operator's client
+//! token, random secrets, deposits through the API, and what Redis reports of its memory and time.
 
 // Each bench binary compiles this module and uses part of it.
 #![allow(dead_code)]
@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use testkit::{free_port, Child};
+use serde_json::{json, Value};
+use testkit::{free_port, Child, RedisServer};
 use vault_core::auth::{KeyRing, Scope};
 use vault_core::crypto::MasterKey;
 
@@ -124,4 +124,70 @@ pub(crate) fn random_text(len: usize) -> String {
     (0..len)
         .map(|_| CHARS[r.gen_range(0..CHARS.len())] as char)
         .collect()
+}
+
+pub(crate) fn info_field(redis: &RedisServer, section: &str, line_prefix: &str) -> String {
+    redis
+        .cli(&["INFO", section])
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix).map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub(crate) fn used_memory(redis: &RedisServer) -> f64 {
+    info_field(redis, "memory", "used_memory:")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// (calls, µs) of FCALL and of EVALSHA so far.
+pub(crate) fn call_stats(redis: &RedisServer) -> [(f64, f64); 2] {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    ["cmdstat_fcall:", "cmdstat_evalsha:"].map(|name| {
+        let line = info
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default();
+        let get = |k: &str| -> f64 {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        (get("calls="), get("usec="))
+    })
+}
+
+pub(crate) fn memory_usage(redis: &RedisServer, key: &str) -> f64 {
+    redis
+        .cli(&["MEMORY", "USAGE", key, "SAMPLES", "0"])
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+/// Deposit `n` tokens, `per` per request (1,000 at most; 1 KB secrets fit 500 in a request's
+/// 1 MiB).
+pub(crate) async fn deposit(
+    v: &BenchVault,
+    pool: &str,
+    n: usize,
+    per: usize,
+    secret: impl Fn() -> String,
+) {
+    let expires = vault_core::time::now_ms() + 30 * 86_400_000;
+    for start in (0..n).step_by(per) {
+        let tokens: Vec<Value> = (start..(start + per).min(n))
+            .map(|_| {
+                json!({"secret": secret(), "labels": {"team": "crawl"},
+                       "expires_at": vault_core::time::rfc3339(expires)})
+            })
+            .collect();
+        v.post(
+            &format!("/v1/pools/{pool}/tokens"),
+            json!({ "tokens": tokens }),
+        )
+        .await;
+    }
 }

@@ -43,6 +43,9 @@ local function parse_quotas(c)
            fu = 'used', fr = 'reserved', fw = 'win_end' } }
   local dims = { { cost = 'requests', fr = 'reserved' } }
   if c.quotas ~= nil and c.quotas ~= '' then
+    -- Beside other quotas, an unlimited `default` counts nothing (fewer fields per token),
+    -- unless a token has a limit of its own.
+    qs[1].optional = qs[1].limit == nil
     for _, q in ipairs(cjson.decode(c.quotas)) do
       local e = { name = q.name, limit = q.limit, window_ms = q.window_s * 1000, kind = q.kind,
                   anchor = q.anchor_ms or 0, reserve = q.reserve or 0, cost = q.cost,
@@ -266,6 +269,11 @@ local function quota_back_at(t, c)
   return back, binding
 end
 
+-- Whether token `t` keeps counts for quota `q`.
+local function counted(t, q)
+  return not q.optional or (t.quota_limit ~= nil and t.quota_limit ~= '')
+end
+
 -- A window that is over counts nothing: recorded at the token's next transition.
 local function roll_window(id, t, c)
   for _, q in ipairs(quotas_of(c)) do
@@ -281,7 +289,7 @@ end
 local function quota_reserve(t, c, units, costs, fv)
   local qs, _, dims = quotas_of(c)
   for _, q in ipairs(qs) do
-    if q.fw ~= nil and num(t[q.fw], 0) == 0 then
+    if q.fw ~= nil and num(t[q.fw], 0) == 0 and counted(t, q) then
       fv[#fv + 1] = q.fw; fv[#fv + 1] = window_end(q)
     end
   end
@@ -319,7 +327,7 @@ local function quota_settle(t, c, units, costs, used_units, used_costs, fv)
       u = used_costs and used_costs[q.cost]
     end
     if u == nil then u = reserved end
-    if u ~= 0 then
+    if u ~= 0 and counted(t, q) then
       fv[#fv + 1] = q.fu
       if q.kind == 'sliding' then
         fv[#fv + 1] = sliding_add(t[q.fu], q, u)
