@@ -423,3 +423,58 @@ async fn every_vaultctl_command_works_against_a_running_vault() {
     let o = ctl.ok(&["completions", "bash"]).await;
     assert!(o.stdout.contains("vaultctl") && o.stdout.contains("deposit"));
 }
+
+/// A pool with several quotas: vaultctl shows each one, by name, in pool status, token get and
+/// the token list.
+#[tokio::test]
+async fn vaultctl_shows_every_quota() {
+    let t = one(&[]).await;
+    let ctl = Ctl {
+        url: t.vault.base.clone(),
+        token: t.dep.admin.clone(),
+    };
+    ctl.ok(&[
+        "pool",
+        "create",
+        "llm",
+        "--quota-limit",
+        "1000",
+        "--config",
+        r#"{"quotas": [{"name": "rpm", "limit": 60, "window_s": 60, "kind": "sliding"},
+                       {"name": "tpm", "limit": 90000, "window_s": 60, "cost": "llm_tokens"}],
+            "cost_estimates": {"llm_tokens": 1500}}"#,
+    ])
+    .await;
+    t.api
+        .post("/v1/pools/llm/tokens", json!({"id": "k1", "secret": "s1"}))
+        .await;
+    let l = t.api.post("/v1/pools/llm/leases", json!({})).await;
+    assert_eq!(l.status, 201, "{l:?}");
+    let lid = l.body["lease_id"].as_str().unwrap();
+    let r = t
+        .api
+        .post(
+            &format!("/v1/pools/llm/leases/{lid}/release"),
+            json!({"outcome": "ok", "costs": {"llm_tokens": 700}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let status = ctl.ok(&["pool", "status", "llm"]).await.stdout;
+    for row in [
+        "quotas.default.used_ratio",
+        "quotas.rpm.binds",
+        "quotas.tpm.cost",
+    ] {
+        assert!(status.contains(row), "{row} missing from:\n{status}");
+    }
+    let get = ctl.ok(&["token", "get", "llm", "k1"]).await.stdout;
+    assert!(
+        get.contains("quotas.tpm.used") && get.contains("700"),
+        "{get}"
+    );
+    let list = ctl.ok(&["token", "list", "llm"]).await.stdout;
+    assert!(
+        list.contains("1 / 1000, rpm 1 / 60, tpm 700 / 90000"),
+        "{list}"
+    );
+}

@@ -185,6 +185,17 @@ fn fields(v: &Value) -> Table {
                     walk(&key, x, rows);
                 }
             }
+            // A list of named things (a pool's or a token's quotas): a row group per name.
+            Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i["name"].is_string()) =>
+            {
+                for i in items {
+                    let key = format!("{prefix}.{}", text(&i["name"]));
+                    let mut rest = i.clone();
+                    rest.as_object_mut().map(|m| m.remove("name"));
+                    walk(&key, &rest, rows);
+                }
+            }
             other => rows.push((prefix.to_string(), text(other))),
         }
     }
@@ -444,11 +455,16 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     "fingerprint",
                 ]);
                 for x in v.as_array().into_iter().flatten() {
-                    let q = &x["quota"];
-                    let used = match q["limit"].as_u64() {
+                    let count = |q: &Value| match q["limit"].as_u64() {
                         Some(l) => format!("{} / {l}", text(&q["used"])),
                         None => text(&q["used"]),
                     };
+                    // The default quota, then each other one by name.
+                    let mut used = vec![count(&x["quota"])];
+                    for q in x["quotas"].as_array().into_iter().flatten() {
+                        used.push(format!("{} {}", text(&q["name"]), count(q)));
+                    }
+                    let used = used.join(", ");
                     t.add_row(vec![
                         text(&x["id"]),
                         text(&x["state"]),
