@@ -145,3 +145,31 @@ def test_dashboard_shows_a_pool_and_follows_a_revocation_live(vault_server, pool
     if shot:
         browser.save_screenshot(shot)
     vault.close()
+
+
+def test_dashboard_shows_every_quota(vault_server, pool, browser):
+    vault = Vault(vault_server.url, vault_server.admin)
+    vault.put_pool(pool, cost_estimates={"llm_tokens": 500}, quotas=[
+        {"name": "rpm", "limit": 10, "window_s": 60},
+        {"name": "tpm", "limit": 1000, "window_s": 60, "cost": "llm_tokens"},
+    ])
+    vault.deposit(pool, [{"id": "k1", "secret": "ui-quota"}])
+    with vault.lease(pool) as lease:
+        lease.release(lease.report(costs={"llm_tokens": 1000}))
+    # tpm is spent: the next lease is refused for it, which makes it the binding quota.
+    try:
+        vault.lease(pool)
+    except Exception as e:
+        assert type(e).__name__ == "PoolExhausted", e
+
+    browser.get(vault_server.url + "/ui")
+    type_into(browser, "#token", vault_server.admin)
+    click(browser, "#signin")
+    row = f'tr[data-pool="{pool}"]'
+    wait_text(browser, f'{row} [data-field="quotas"]',
+              lambda t: "rpm 10%" in t and "tpm 100%" in t)
+    wait_for(browser, f'{row} [data-binding="tpm"]')
+    click(browser, row)
+    wait_text(browser, f'tr[data-tokens-of="{pool}"] [data-field="quota"]',
+              lambda t: "rpm 1 / 10" in t and "tpm 1000 / 1000" in t)
+    vault.close()
