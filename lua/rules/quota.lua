@@ -23,6 +23,9 @@
 -- leases reserve is kept once per cost dimension, whichever quotas count it: `reserved` for
 -- requests, `r:<dimension>` for a cost.
 
+-- The loops over a pool's quotas below are numeric: `ipairs` costs a C call a step, and these
+-- run several times on every lease.
+
 -- Parsed quota lists, by the config values they were made from (kept across calls: a lease
 -- then parses nothing). Keyed by the config's own strings, which Lua interns, so a lookup
 -- compares pointers; a config that changes misses and is parsed again. Bounded: emptied when
@@ -60,7 +63,8 @@ local function parse_quotas(c)
       end
       qs[#qs + 1] = e
       local known = false
-      for _, d in ipairs(dims) do
+      for k = 1, #dims do
+        local d = dims[k]
         if d.cost == q.cost then known = true end
       end
       if not known then dims[#dims + 1] = { cost = q.cost, fr = e.fr } end
@@ -71,11 +75,15 @@ local function parse_quotas(c)
   return qs, estimates, dims
 end
 
--- The pool's quotas (`default` first) and its cost estimates (nil: none).
+-- The pool's quotas (`default` first) and its cost estimates (nil: none). Kept in the config
+-- table for the rest of the call (the rule asks for them several times a lease).
 local function quotas_of(c)
+  local m = c._q
+  if m ~= nil then return m.list, m.estimates, m.dims end
   local by_limit = QUOTA_CACHE[c.quotas or '']
   local e = by_limit and by_limit[c.quota_limit or '']
   if e ~= nil and e.w == c.quota_window_s and e.r == c.quota_reserve and e.e == c.cost_estimates then
+    c._q = e
     return e.list, e.estimates, e.dims
   end
   local list, estimates, dims = parse_quotas(c)
@@ -85,8 +93,10 @@ local function quotas_of(c)
     by_limit = {}
     QUOTA_CACHE[c.quotas or ''] = by_limit
   end
-  by_limit[c.quota_limit or ''] = { w = c.quota_window_s, r = c.quota_reserve, e = c.cost_estimates,
-                                    list = list, estimates = estimates, dims = dims }
+  e = { w = c.quota_window_s, r = c.quota_reserve, e = c.cost_estimates,
+        list = list, estimates = estimates, dims = dims }
+  by_limit[c.quota_limit or ''] = e
+  c._q = e
   QUOTA_CACHE_SIZE = QUOTA_CACHE_SIZE + 1
   return list, estimates, dims
 end
@@ -220,12 +230,13 @@ end
 -- A cost dimension of `costs` that no quota of the pool counts, or nil.
 local function uncounted_cost(c, costs)
   if costs == nil then return nil end
-  for k in pairs(costs) do
+  local all = quotas_of(c)
+  for dim in pairs(costs) do
     local counted = false
-    for _, q in ipairs(quotas_of(c)) do
-      if q.cost == k then counted = true end
+    for k = 1, #all do
+      if all[k].cost == dim then counted = true end
     end
-    if not counted then return k end
+    if not counted then return dim end
   end
   return nil
 end
@@ -234,7 +245,9 @@ end
 -- quota has room). A quota with no room at all refuses even a lease that asks nothing of it.
 -- `only`: look only at the quotas counting that dimension.
 local function quota_short(t, c, units, costs, only)
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     if only == nil or q.cost == only then
       local room = room_of(t, q)
       if room ~= nil and (room <= 0 or room < amount(q, units, costs)) then return q, room end
@@ -253,7 +266,9 @@ end
 -- longest: nil when none is spent.
 local function quota_back_at(t, c)
   local back, binding = nil, nil
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     local room = room_of(t, q)
     if room ~= nil and room <= 0 then
       local at
@@ -276,7 +291,9 @@ end
 
 -- A window that is over counts nothing: recorded at the token's next transition.
 local function roll_window(id, t, c)
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     if q.kind ~= 'sliding' then
       local we = num(t[q.fw], 0)
       if we > 0 and NOW >= we then put_all(id, t, { q.fu, 0, q.fw, 0 }) end
@@ -288,12 +305,14 @@ end
 -- value, ...). A fixed window starts with its first reservation.
 local function quota_reserve(t, c, units, costs, fv)
   local qs, _, dims = quotas_of(c)
-  for _, q in ipairs(qs) do
+  for k = 1, #qs do
+    local q = qs[k]
     if q.fw ~= nil and num(t[q.fw], 0) == 0 and counted(t, q) then
       fv[#fv + 1] = q.fw; fv[#fv + 1] = window_end(q)
     end
   end
-  for _, d in ipairs(dims) do
+  for k = 1, #dims do
+    local d = dims[k]
     local n = amount(d, units, costs)
     if n ~= 0 then
       fv[#fv + 1] = d.fr; fv[#fv + 1] = num(t[d.fr], 0) + n
@@ -311,13 +330,15 @@ end
 -- by dimension; what is not reported counts its whole reservation). Appended to `fv`.
 local function quota_settle(t, c, units, costs, used_units, used_costs, fv)
   local qs, _, dims = quotas_of(c)
-  for _, d in ipairs(dims) do
+  for k = 1, #dims do
+    local d = dims[k]
     local reserved = amount(d, units, costs)
     if reserved ~= 0 then
       fv[#fv + 1] = d.fr; fv[#fv + 1] = math.max(0, num(t[d.fr], 0) - reserved)
     end
   end
-  for _, q in ipairs(qs) do
+  for k = 1, #qs do
+    local q = qs[k]
     local reserved = amount(q, units, costs)
     local u
     if q.cost == 'requests' then
@@ -343,7 +364,9 @@ end
 
 -- Every window of token `t` starts over (an operator's restore).
 local function quota_reset(t, c, fv)
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     fv[#fv + 1] = q.fu; fv[#fv + 1] = q.kind == 'sliding' and '' or 0
     if q.fw ~= nil then fv[#fv + 1] = q.fw; fv[#fv + 1] = 0 end
   end
@@ -382,7 +405,9 @@ end
 -- What the target's rate-limit headers said (`rate_limit`: header family -> {remaining,
 -- reset_at}), counted on each quota that follows a family (`sync`).
 local function count_target_headers(id, t, c, rate_limit)
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     local s = q.sync and rate_limit[q.sync]
     if s then count_target_quota(id, t, c, q, tonumber(s.remaining), tonumber(s.reset_at)) end
   end
@@ -390,7 +415,9 @@ end
 
 -- One quota of the pool by name, or nil.
 local function quota_named(c, name)
-  for _, q in ipairs(quotas_of(c)) do
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
     if q.name == name then return q end
   end
   return nil

@@ -180,11 +180,20 @@ fn ms(v: &Value) -> Option<i64> {
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
+/// The checker pools' cost dimension (their second quota counts it).
+pub(crate) const WORK: &str = "work";
+/// What a lease is expected to cost of it when it does not say (the pools' `cost_estimates`).
+pub(crate) const WORK_ESTIMATE: u64 = 2;
+
 fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
     Some(Grant {
         lease_id: body.get("lease_id")?.as_str()?.to_string(),
         token_id: body.get("token_id")?.as_str()?.to_string(),
         units: body.get("units")?.as_u64()?,
+        cost: body
+            .pointer(&format!("/costs/{WORK}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
         ttl_ms,
         lease_expires_at: ms(body.get("lease_expires_at")?)?,
         token_expires_at: match body.get("token_expires_at") {
@@ -215,12 +224,21 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
         let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
         let units: u64 = rng.gen_range(1..=3);
         let ttl_s: i64 = [2, 5, 10][rng.gen_range(0..3)];
-        let body = json!({"worker": format!("check-{n}"), "units": units, "ttl_s": ttl_s});
+        let mut body = json!({"worker": format!("check-{n}"), "units": units, "ttl_s": ttl_s});
+        // Half the leases say what they expect to cost; the others take the pool's estimate.
+        let cost = if rng.gen_bool(0.5) {
+            let c = rng.gen_range(1..=3);
+            body["costs"] = json!({ WORK: c });
+            c
+        } else {
+            WORK_ESTIMATE
+        };
         let idem = uuid::Uuid::new_v4().to_string();
         let path = format!("/v1/pools/{pool}/leases");
         let a = send_retrying_once(&v, &mut rng, &path, &body, Some(&idem), |a| Op::Lease {
             pool: pool.clone(),
             units,
+            cost,
             grant: (a.status == 201)
                 .then(|| grant(&a.body, ttl_s * 1000))
                 .flatten(),
@@ -269,19 +287,26 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
             _ => "ok",
         };
         let used = rng.gen_range(0..=g.units);
-        let report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
+        let mut report = json!({"outcome": outcome, "used": used, "retry_after_s": 1});
+        // What the call cost, most of the time (never above what the lease reserved: a cost
+        // above it may legitimately take a token past its quota); otherwise its reservation.
+        let cost_used = rng.gen_bool(0.8).then(|| rng.gen_range(0..=g.cost));
+        if let Some(c) = cost_used {
+            report["costs"] = json!({ WORK: c });
+        }
         let release = Op::Release {
             pool: pool.clone(),
             lease_id: g.lease_id.clone(),
             token_id: g.token_id.clone(),
             used,
+            cost_used,
             outcome: outcome.into(),
             retry_after_ms: 1000,
         };
         // The 401-mid-job path, half of the time: report and take another token in one call.
         if outcome == "unauthorized" && rng.gen_bool(0.5) {
             let a = v.post(&format!("{lease_path}/rotate"), report).await;
-            record_rotate(&v, &a, release, &pool, g.units, ttl_s * 1000);
+            record_rotate(&v, &a, release, &pool, (g.units, g.cost), ttl_s * 1000);
             continue;
         }
         let path = format!("{lease_path}/release");
@@ -323,7 +348,8 @@ async fn send_retrying_once(
 /// A rotate is a release and a lease in one step: logged as both, at the same times. The
 /// release happened when the lease did, and also when only the new lease was refused (nothing
 /// eligible, pool frozen); a lease that is gone refuses both.
-fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, units: u64, ttl_ms: i64) {
+/// `asked`: the units and cost the new lease takes (the released one's).
+fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, asked: (u64, u64), ttl_ms: i64) {
     let released = a.status == 201 || a.code == "pool_exhausted" || a.code == "pool_frozen";
     let as_release = Answer {
         status: if released { 200 } else { a.status },
@@ -342,7 +368,8 @@ fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, units: u64, ttl
         a,
         Op::Lease {
             pool: pool.into(),
-            units,
+            units: asked.0,
+            cost: asked.1,
             grant: (a.status == 201).then(|| grant(&a.body, ttl_ms)).flatten(),
         },
     );
@@ -683,12 +710,21 @@ pub(crate) async fn final_read(
             }
             let page = get(path).await?;
             for t in page["tokens"].as_array().into_iter().flatten() {
+                let work = t["quotas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|q| q["name"] == WORK)
+                    .cloned()
+                    .unwrap_or_default();
                 p.tokens.insert(
                     t["id"].as_str().unwrap_or_default().to_string(),
                     FinalToken {
                         state: t["state"].as_str().unwrap_or_default().to_string(),
                         used: t["quota"]["used"].as_u64().unwrap_or(0),
                         reserved: t["quota"]["reserved"].as_u64().unwrap_or(0),
+                        work_used: work["used"].as_u64().unwrap_or(0),
+                        work_reserved: work["reserved"].as_u64().unwrap_or(0),
                     },
                 );
             }
@@ -756,6 +792,7 @@ mod tests {
             lease_id: "l".into(),
             token_id: "a".into(),
             used: 1,
+            cost_used: None,
             outcome: "unauthorized".into(),
             retry_after_ms: 1000,
         }
@@ -772,7 +809,7 @@ mod tests {
             (410, "lease_gone", 410),
             (0, "", 0),
         ] {
-            record_rotate(&v, &answer(status, code), release(), "p", 1, 5000);
+            record_rotate(&v, &answer(status, code), release(), "p", (1, 2), 5000);
             let log = v.take_log();
             assert_eq!(log.len(), 2);
             let (r, l) = (&log[0], &log[1]);

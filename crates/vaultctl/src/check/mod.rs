@@ -59,20 +59,28 @@ pub(crate) struct CheckArgs {
     pub(crate) keep: bool,
 }
 
-/// The checker pools' settings. The quota window outlasts any run, so each token has one window
-/// and consumption can be added up; tight pools run out and are refilled by deposits.
+/// The checker pools' settings: two quotas, requests (`quota_limit`) and the cost dimension
+/// `work` (a quota of its own, with an estimate per lease settled by the release). Their windows
+/// outlast any run, so each token has one window per quota and consumption can be added up;
+/// tight pools run out and are refilled by deposits.
 fn pool_config(n: usize) -> (serde_json::Value, Rules) {
     let quota_limit = [40, 400, 4000][n % 3];
     let rules = Rules {
         max_leases_per_token: 1 + (n % 2) as u64,
         quota_limit,
         quota_reserve: 2,
+        // Tighter than requests: most tokens run out of `work` first.
+        work_limit: quota_limit / 2,
+        work_reserve: 1,
         min_token_ttl_ms: 10_000,
     };
     let cfg = json!({
         "quota_limit": quota_limit,
         "quota_reserve": rules.quota_reserve,
         "quota_window_s": 31 * 86_400,
+        "quotas": [{"name": drive::WORK, "limit": rules.work_limit, "reserve": rules.work_reserve,
+                    "window_s": 31 * 86_400, "cost": drive::WORK}],
+        "cost_estimates": { drive::WORK: drive::WORK_ESTIMATE },
         "max_leases_per_token": rules.max_leases_per_token,
         "lease_ttl_s": 5,
         "max_lease_ttl_s": 30,

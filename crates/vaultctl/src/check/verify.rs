@@ -53,6 +53,9 @@ pub(crate) struct Grant {
     pub(crate) lease_id: String,
     pub(crate) token_id: String,
     pub(crate) units: u64,
+    /// What it reserved of the pools' cost dimension (`work`).
+    #[serde(default)]
+    pub(crate) cost: u64,
     pub(crate) ttl_ms: i64,
     pub(crate) lease_expires_at: i64,
     /// 0 = the token never expires.
@@ -65,6 +68,9 @@ pub(crate) enum Op {
     Lease {
         pool: String,
         units: u64,
+        /// What it asked of the cost dimension (its estimate, or the pool's).
+        #[serde(default)]
+        cost: u64,
         grant: Option<Grant>,
     },
     Renew {
@@ -78,6 +84,10 @@ pub(crate) enum Op {
         lease_id: String,
         token_id: String,
         used: u64,
+        /// What the call cost (never above the lease's reservation); None: not reported, the
+        /// reservation counts.
+        #[serde(default)]
+        cost_used: Option<u64>,
         /// ok | unauthorized | rate_limited
         outcome: String,
         retry_after_ms: u64,
@@ -128,6 +138,11 @@ pub(crate) struct Rules {
     pub(crate) max_leases_per_token: u64,
     pub(crate) quota_limit: u64,
     pub(crate) quota_reserve: u64,
+    /// The second quota, `work`, counting the cost dimension `work`.
+    #[serde(default)]
+    pub(crate) work_limit: u64,
+    #[serde(default)]
+    pub(crate) work_reserve: u64,
     pub(crate) min_token_ttl_ms: i64,
 }
 
@@ -150,6 +165,11 @@ pub(crate) struct FinalToken {
     pub(crate) state: String,
     pub(crate) used: u64,
     pub(crate) reserved: u64,
+    /// The `work` quota's count.
+    #[serde(default)]
+    pub(crate) work_used: u64,
+    #[serde(default)]
+    pub(crate) work_reserved: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,8 +205,10 @@ struct LeaseLife<'a> {
 
 struct LeaseHistory<'a> {
     leases: Vec<LeaseLife<'a>>,
-    /// Lease requests without an answer: they may have granted `units` on an unknown token.
+    /// Lease requests without an answer: they may have granted `units` (and `cost`) on an
+    /// unknown token.
     unknown_units: BTreeMap<&'a str, u64>,
+    unknown_cost: BTreeMap<&'a str, u64>,
 }
 
 impl<'a> LeaseHistory<'a> {
@@ -194,9 +216,15 @@ impl<'a> LeaseHistory<'a> {
         let mut leases = vec![];
         let mut by_id: HashMap<&str, usize> = HashMap::new();
         let mut unknown_units = BTreeMap::new();
+        let mut unknown_cost = BTreeMap::new();
         for r in log {
             match &r.op {
-                Op::Lease { pool, units, grant } => match grant {
+                Op::Lease {
+                    pool,
+                    units,
+                    cost,
+                    grant,
+                } => match grant {
                     Some(g) if r.done() => {
                         by_id.insert(&g.lease_id, leases.len());
                         leases.push(LeaseLife {
@@ -206,7 +234,10 @@ impl<'a> LeaseHistory<'a> {
                             later: vec![],
                         });
                     }
-                    _ if r.ambiguous() => *unknown_units.entry(pool.as_str()).or_default() += units,
+                    _ if r.ambiguous() => {
+                        *unknown_units.entry(pool.as_str()).or_default() += units;
+                        *unknown_cost.entry(pool.as_str()).or_default() += cost;
+                    }
                     _ => {}
                 },
                 Op::Renew { lease_id, .. } | Op::Release { lease_id, .. } => {
@@ -220,6 +251,7 @@ impl<'a> LeaseHistory<'a> {
         LeaseHistory {
             leases,
             unknown_units,
+            unknown_cost,
         }
     }
 }
@@ -264,32 +296,79 @@ fn concurrency(rules: &HashMap<String, Rules>, h: &LeaseHistory) -> Vec<Violatio
     out
 }
 
-/// Quota (the checker's pools use one window longer than the run): what a token's leases
-/// consumed can only be counted from below — a released lease its reported `used`, any other its
-/// units (it ended at its deadline, a revocation or a freeze, all of which count it whole) — and
-/// that lower bound may not exceed `limit − reserve`. The final read must lie between the lower
-/// bound and the upper one (every unanswered lease request on the pool granted): below it an
-/// acknowledged lease or release was lost; above it something was counted that never happened.
+/// One quota of the checker's pools: its name, what a lease takes of it (`granted`), what a
+/// release says was used (`reported`; None: the whole reservation), its cap and unknown
+/// grants, and the final read's (used, reserved).
+struct Dimension<'a> {
+    name: &'static str,
+    granted: fn(&Grant) -> u64,
+    reported: fn(&Op) -> Option<u64>,
+    cap: fn(&Rules) -> u64,
+    unknown: &'a BTreeMap<&'a str, u64>,
+    counted: fn(&FinalToken) -> (u64, u64),
+}
+
+/// Quota (the checker's pools use windows longer than the run; each of their two quotas is
+/// checked alike: `default` counting requests, `work` counting the cost dimension `work`): what a
+/// token's leases consumed can only be counted from below — a released lease what its release
+/// reported, any other what it reserved (it ended at its deadline, a revocation or a freeze, all
+/// of which count it whole) — and that lower bound may not exceed `limit − reserve`. The final
+/// read must lie between the lower bound and the upper one (every unanswered lease request on the
+/// pool granted): below it an acknowledged lease or release was lost; above it something was
+/// counted that never happened.
 fn quota(rules: &HashMap<String, Rules>, h: &LeaseHistory, fin: &Final) -> Vec<Violation> {
+    let requests = Dimension {
+        name: "default",
+        granted: |g| g.units,
+        reported: |op| match op {
+            Op::Release { used, .. } => Some(*used),
+            _ => None,
+        },
+        cap: |r| r.quota_limit.saturating_sub(r.quota_reserve),
+        unknown: &h.unknown_units,
+        counted: |t| (t.used, t.reserved),
+    };
+    let work = Dimension {
+        name: "work",
+        granted: |g| g.cost,
+        reported: |op| match op {
+            Op::Release { cost_used, .. } => *cost_used,
+            _ => None,
+        },
+        cap: |r| r.work_limit.saturating_sub(r.work_reserve),
+        unknown: &h.unknown_cost,
+        counted: |t| (t.work_used, t.work_reserved),
+    };
+    let mut out = quota_of(rules, h, fin, &requests);
+    out.extend(quota_of(rules, h, fin, &work));
+    out
+}
+
+fn quota_of(
+    rules: &HashMap<String, Rules>,
+    h: &LeaseHistory,
+    fin: &Final,
+    d: &Dimension,
+) -> Vec<Violation> {
     let mut low: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut high: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for l in &h.leases {
+        let reserved = (d.granted)(l.grant);
         // A lease may be released twice (a retry after a lost answer): one accepted release
-        // settles it; otherwise an unanswered one leaves it between `used` and its units.
+        // settles it; otherwise an unanswered one leaves it between what it reported and its
+        // reservation.
         let releases: Vec<(&Rec, u64)> = l
             .later
             .iter()
-            .filter_map(|r| match &r.op {
-                Op::Release { used, .. } => Some((*r, (*used).min(l.grant.units))),
-                _ => None,
-            })
+            .filter(|r| matches!(r.op, Op::Release { .. }))
+            .map(|r| (*r, (d.reported)(&r.op).unwrap_or(reserved).min(reserved)))
             .collect();
         let (lo, hi) = if let Some((_, used)) = releases.iter().find(|(r, _)| r.done()) {
             (*used, *used)
         } else if let Some((_, used)) = releases.iter().find(|(r, _)| r.ambiguous()) {
-            (*used, l.grant.units)
+            (*used, reserved)
         } else {
-            (l.grant.units, l.grant.units)
+            (reserved, reserved)
         };
         *low.entry((l.pool, &l.grant.token_id)).or_default() += lo;
         *high.entry((l.pool, &l.grant.token_id)).or_default() += hi;
@@ -297,27 +376,29 @@ fn quota(rules: &HashMap<String, Rules>, h: &LeaseHistory, fin: &Final) -> Vec<V
     let mut out = vec![];
     for (&(pool, token), &lo) in &low {
         let Some(r) = rules.get(pool) else { continue };
-        let cap = r.quota_limit.saturating_sub(r.quota_reserve);
+        let cap = (d.cap)(r);
+        let q = d.name;
         if lo > cap {
             out.push(violation(
                 "quota",
-                format!("{pool}/{token}: at least {lo} units consumed, limit − reserve is {cap}"),
+                format!("{pool}/{token}: at least {lo} units of quota {q} consumed, limit − reserve is {cap}"),
             ));
         }
         let Some(t) = fin.pools.get(pool).and_then(|p| p.tokens.get(token)) else {
             continue;
         };
-        let counted = t.used + t.reserved;
-        let hi = high[&(pool, token)] + h.unknown_units.get(pool).copied().unwrap_or(0);
+        let (used, reserved) = (d.counted)(t);
+        let counted = used + reserved;
+        let hi = high[&(pool, token)] + d.unknown.get(pool).copied().unwrap_or(0);
         if counted < lo {
             out.push(violation(
                 "lost_acknowledgement",
-                format!("{pool}/{token}: the vault counts {counted} units, the acknowledged leases and releases at least {lo}"),
+                format!("{pool}/{token}: the vault counts {counted} units of quota {q}, the acknowledged leases and releases at least {lo}"),
             ));
         } else if counted > hi {
             out.push(violation(
                 "quota",
-                format!("{pool}/{token}: the vault counts {counted} units, the leases it granted at most {hi}"),
+                format!("{pool}/{token}: the vault counts {counted} units of quota {q}, the leases it granted at most {hi}"),
             ));
         }
     }
@@ -550,6 +631,8 @@ mod tests {
                 max_leases_per_token: 1,
                 quota_limit: 10,
                 quota_reserve: 2,
+                work_limit: 10,
+                work_reserve: 2,
                 min_token_ttl_ms: 30_000,
             },
         )])
@@ -574,10 +657,12 @@ mod tests {
             Op::Lease {
                 pool: "p".into(),
                 units,
+                cost: 0,
                 grant: Some(Grant {
                     lease_id: id.into(),
                     token_id: token.into(),
                     units,
+                    cost: 0,
                     ttl_ms: 10_000,
                     lease_expires_at: 1_000_010_000,
                     token_expires_at: 1_000_040_000,
@@ -604,6 +689,7 @@ mod tests {
                 lease_id: id.into(),
                 token_id: token.into(),
                 used,
+                cost_used: None,
                 outcome: outcome.into(),
                 retry_after_ms: 1_000,
             },
@@ -619,6 +705,8 @@ mod tests {
                     state: state.to_string(),
                     used: *used,
                     reserved: 0,
+                    work_used: 0,
+                    work_reserved: 0,
                 },
             );
         }
@@ -664,6 +752,55 @@ mod tests {
             release(50, 60, 200, "l2", "a", 1, "ok"),
         ];
         assert_eq!(verify(&rules(), &log, &fin(&[("a", "active", 2)])), vec![]);
+    }
+
+    #[test]
+    fn a_cost_quota_is_checked_like_requests() {
+        // Leases reserving 4 of `work` each, released reporting 1: 3 reported + 4 unreleased.
+        let costly = |sent, id: &str| {
+            let mut r = lease(sent, sent + 1, id, "a", 1);
+            if let Op::Lease { cost, grant, .. } = &mut r.op {
+                *cost = 4;
+                grant.as_mut().unwrap().cost = 4;
+            }
+            r
+        };
+        let reported = |sent, id: &str, c| {
+            let mut r = release(sent, sent + 1, 200, id, "a", 1, "ok");
+            if let Op::Release { cost_used, .. } = &mut r.op {
+                *cost_used = Some(c);
+            }
+            r
+        };
+        let fin_work = |work_used| {
+            let mut f = fin(&[("a", "active", 2)]);
+            f.pools
+                .get_mut("p")
+                .unwrap()
+                .tokens
+                .get_mut("a")
+                .unwrap()
+                .work_used = work_used;
+            f
+        };
+        let log = vec![costly(0, "l1"), reported(2, "l1", 3), costly(4, "l2")];
+        assert!(verify(&rules(), &log, &fin_work(7)).is_empty());
+        // The vault counts the reservation, not what the release reported.
+        assert_eq!(kinds(&verify(&rules(), &log, &fin_work(8))), ["quota"]);
+        // The vault lost the acknowledged release's 3.
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin_work(4))),
+            ["lost_acknowledgement"]
+        );
+        // 3 + 4 + 4 > 10 − 2: past the `work` quota.
+        let mut log = log;
+        log.push(costly(6, "l3"));
+        let v = verify(&rules(), &log, &fin_work(11));
+        assert!(
+            v.iter()
+                .any(|v| v.invariant == "quota" && v.detail.contains("quota work")),
+            "{v:?}"
+        );
     }
 
     #[test]
