@@ -159,6 +159,28 @@ fn vaultctl_pool_size_applies_the_same_rule() {
         out.trim(),
         "tokens needed: 5 (for the quota: 1, for concurrency: 5)"
     );
+    // Several quotas: 2 rps against 5,000 an hour (2 tokens), 60 a minute (2), and 90,000
+    // tokens a minute at 1,500 a request (3,000/s: 180,000 a minute, 2 tokens) and 1,000 a day
+    // (172,800 a day: 173 tokens, which sizes the pool).
+    let (ok, out, err) = run(&[
+        "--rps",
+        "2",
+        "--quota",
+        "5000",
+        "--also",
+        "60/1m",
+        "--also",
+        "90000/1m@1500",
+        "--also",
+        "1000/1d",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "tokens needed: 173 (for the quota 1000/1d: 173, for concurrency: 0)"
+    );
+    let (ok, _, err) = run(&["--rps", "1", "--also", "60"]);
+    assert!(!ok && err.contains("LIMIT/WINDOW"), "{err}");
     let (ok, _, err) = run(&["--rps=-1", "--quota", "10"]);
     assert!(!ok && err.contains("non-negative"), "{err}");
     let (ok, _, err) = run(&["--rps", "1", "--quota", "10", "--reserve", "10"]);
