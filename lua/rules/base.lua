@@ -315,18 +315,45 @@ local function op_busy(c)
 end
 
 -- Set a token field in Redis and in the in-memory copy together.
+-- Whether `value` is what token field `field` reads as when it is absent (TOKEN_DEFAULTS; an
+-- empty `lid`; a zero quota count, window end or reservation, `u:`, `w:`, `r:`): such a value is
+-- removed rather than stored. An idle token then holds no zero counters, which keeps a token
+-- hash with a few quotas in a smaller allocation (BENCHMARKS, issue 23).
+local function at_default(field, value)
+  local d = TOKEN_DEFAULTS[field]
+  if d ~= nil then return value == d end
+  if field == 'lid' then return value == '' end
+  if value ~= '0' then return false end
+  local p = string.sub(field, 1, 2)
+  return p == 'u:' or p == 'w:' or p == 'r:'
+end
+
 local function put(id, t, field, value)
   t[field] = str(value)
-  redis.call('HSET', tkey(id), field, t[field])
+  if at_default(field, t[field]) then
+    redis.call('HDEL', tkey(id), field)
+  else
+    redis.call('HSET', tkey(id), field, t[field])
+  end
 end
--- Several fields at once, in one HSET (each call costs Redis CPU of its own): `fv` is
+-- Several fields at once, in one HSET (each call costs Redis CPU of its own; fields back at
+-- their defaults in one HDEL): `fv` is
 -- {field1, value1, field2, value2, ...}.
 local function put_all(id, t, fv)
+  local set, drop = {}, nil
   for i = 1, #fv, 2 do
-    fv[i + 1] = str(fv[i + 1])
-    t[fv[i]] = fv[i + 1]
+    local f, v = fv[i], str(fv[i + 1])
+    t[f] = v
+    if at_default(f, v) then
+      drop = drop or {}
+      drop[#drop + 1] = f
+    else
+      set[#set + 1] = f
+      set[#set + 1] = v
+    end
   end
-  redis.call('HSET', tkey(id), unpack(fv))
+  if #set > 0 then redis.call('HSET', tkey(id), unpack(set)) end
+  if drop ~= nil then redis.call('HDEL', tkey(id), unpack(drop)) end
 end
 -- Set fields in the in-memory copy only: `reconcile`, which every transition calls after
 -- changing a token, writes them together with its own (one HSET for the whole change), with
