@@ -207,6 +207,18 @@ def running(s: "Served") -> "Iterator[Served]":
     s.stop()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler that keeps the test output clean."""
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def bearer(self) -> str:
+        """The request's bearer token ("" without one)."""
+        auth = self.headers.get("Authorization", "")
+        return auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+
+
 class Target(Served):
     """A small third-party API that enforces the vault's tokens the way real ones do: an unknown
     or revoked token gets 401, a token past its quota gets 429 with Retry-After, and every
@@ -223,15 +235,11 @@ class Target(Served):
         self.lock = threading.Lock()
         target = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if target.delay_s:
                     time.sleep(target.delay_s)
-                auth = self.headers.get("Authorization", "")
-                token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+                token = self.bearer()
                 with target.lock:
                     if token not in target.valid or token in target.revoked:
                         status, extra = 401, {}
@@ -276,13 +284,9 @@ class LlmTarget(Served):
         self.lock = threading.Lock()
         target = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                auth = self.headers.get("Authorization", "")
-                key = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
+                key = self.bearer()
                 now = time.time()
                 with target.lock:
                     w = target.windows.get(key)

@@ -41,6 +41,21 @@ async fn release_costing(e: &Env, lease: &str, c: &[(&str, u64)]) -> Result<(), 
     e.store.release(&e.pool, lease, &r).await.map(|_| ())
 }
 
+/// Release with what the call cost and what the target said of named quotas.
+async fn release_reporting(
+    e: &Env,
+    lease: &str,
+    c: &[(&str, u64)],
+    quotas: BTreeMap<String, QuotaReport>,
+) {
+    let r = Report {
+        costs: costs(c),
+        quotas,
+        ..Default::default()
+    };
+    e.store.release(&e.pool, lease, &r).await.unwrap();
+}
+
 /// Token `a`'s quota `name`: (used, reserved).
 async fn counts(e: &Env, name: &str) -> (u64, u64) {
     let m = e.meta("a").await;
@@ -221,23 +236,13 @@ async fn the_targets_count_raises_the_vaults_and_its_reset_cools_the_token() {
             reset_at: None,
         },
     );
-    let r = Report {
-        costs: costs(&[("llm_tokens", 100)]),
-        quotas: quotas.clone(),
-        ..Default::default()
-    };
-    e.store.release(&e.pool, &l.lease_id, &r).await.unwrap();
+    release_reporting(&e, &l.lease_id, &[("llm_tokens", 100)], quotas.clone()).await;
     // The target counted 6,000 used; the vault had 100.
     assert_eq!(counts(&e, "tpm").await, (6000, 0));
     // An older answer saying more is left changes nothing.
     let l = lease_costing(&e, &[]).await.unwrap();
     quotas.get_mut("tpm").unwrap().remaining = Some(9000);
-    let r = Report {
-        costs: costs(&[("llm_tokens", 50)]),
-        quotas: quotas.clone(),
-        ..Default::default()
-    };
-    e.store.release(&e.pool, &l.lease_id, &r).await.unwrap();
+    release_reporting(&e, &l.lease_id, &[("llm_tokens", 50)], quotas.clone()).await;
     assert_eq!(counts(&e, "tpm").await, (6050, 0));
     // None left until 30 s from now: the token cools until then.
     let l = lease_costing(&e, &[]).await.unwrap();
@@ -248,11 +253,7 @@ async fn the_targets_count_raises_the_vaults_and_its_reset_cools_the_token() {
             reset_at: Some(vault_core::time::TimeInput(T0 + 30_000)),
         },
     );
-    let r = Report {
-        quotas,
-        ..Default::default()
-    };
-    e.store.release(&e.pool, &l.lease_id, &r).await.unwrap();
+    release_reporting(&e, &l.lease_id, &[], quotas).await;
     assert_eq!(counts(&e, "tpm").await, (10_000, 0));
     assert!(exhausted(lease_costing(&e, &[]).await).is_some());
 }
