@@ -35,10 +35,8 @@ local function do_acquire(c, o)
   local replayed, replayed_id = idem_replay(c, o)
   if replayed ~= nil then return replayed, replayed_id end
   if frozen(c) then return fail('pool_frozen') end
-  local uncounted = uncounted_cost(c, o.costs)
-  if uncounted ~= nil then
-    return fail('invalid_request', { detail = 'costs.' .. uncounted .. ': no quota of this pool counts it' })
-  end
+  local invalid = costs_error(c, o.costs)
+  if invalid ~= nil then return invalid end
   o.costs = lease_costs(c, o.costs)
 
   local need_ttl = o.ttl_ms

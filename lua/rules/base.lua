@@ -314,20 +314,19 @@ local function op_busy(c)
   return fail('conflict', { detail = 'a pool operation (' .. c.op .. ') is running; retry when it is done' })
 end
 
--- Set a token field in Redis and in the in-memory copy together.
 -- Whether `value` is what token field `field` reads as when it is absent (TOKEN_DEFAULTS; an
--- empty `lid`; a zero quota count, window end or reservation, `u:`, `w:`, `r:`): such a value is
--- removed rather than stored. An idle token then holds no zero counters, which keeps a token
--- hash with a few quotas in a smaller allocation (BENCHMARKS, issue 23).
+-- empty `lid` or sliding count, `s:`; a zero quota count, window end or reservation, `u:`, `w:`,
+-- `r:`): such a value is removed rather than stored. An idle token then holds no zero counters,
+-- which keeps a token hash with a few quotas in a smaller allocation (BENCHMARKS, issue 23).
 local function at_default(field, value)
   local d = TOKEN_DEFAULTS[field]
   if d ~= nil then return value == d end
-  if field == 'lid' then return value == '' end
-  if value ~= '0' then return false end
   local p = string.sub(field, 1, 2)
-  return p == 'u:' or p == 'w:' or p == 'r:'
+  if value == '' then return field == 'lid' or p == 's:' end
+  return value == '0' and (p == 'u:' or p == 'w:' or p == 'r:')
 end
 
+-- Set a token field in Redis and in the in-memory copy together.
 local function put(id, t, field, value)
   t[field] = str(value)
   if at_default(field, t[field]) then

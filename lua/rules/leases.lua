@@ -32,7 +32,6 @@ local function lease_load(lid)
            idem = idem, worker = worker }
 end
 
-
 local function lease_store(lid, l)
   redis.call('HSET', leasedata_key(), lid, lease_record(l))
 end
@@ -40,8 +39,9 @@ end
 -- End one lease: what it reserved goes back, and what it used is counted (`used_units` requests
 -- and `used_costs` by dimension; nil or a dimension not given: all it reserved).
 -- Returns the lease and the (updated, not yet reconciled) token, or nil when the lease is gone.
--- `c` is the pool's config (nil: the pool is being deleted). `read` is the lease when the caller has just read it (saves reading it again). With `staged`
--- the token's counters are left for the caller's `reconcile` to write.
+-- `c` is the pool's config (nil: the pool is being deleted). `read` is the lease when the caller
+-- has just read it (saves reading it again). With `staged` the token's counters are left for the
+-- caller's `reconcile` to write.
 local function end_lease(c, lid, used_units, used_costs, read, staged)
   local l = read or lease_load(lid)
   if l == nil then return nil, nil end

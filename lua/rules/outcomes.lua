@@ -44,10 +44,8 @@ end
 -- pool's cost dimensions and quotas.
 local function report_error(c, r)
   if r.costs == nil and r.quotas == nil then return nil end
-  local uncounted = uncounted_cost(c, r.costs)
-  if uncounted ~= nil then
-    return fail('invalid_request', { detail = 'costs.' .. uncounted .. ': no quota of this pool counts it' })
-  end
+  local invalid = costs_error(c, r.costs)
+  if invalid ~= nil then return invalid end
   if r.quotas ~= nil then
     for name in pairs(r.quotas) do
       if quota_named(c, name) == nil then

@@ -32,6 +32,8 @@
 -- it holds more than QUOTA_CACHE_MAX lists.
 local QUOTA_CACHE, QUOTA_CACHE_SIZE, QUOTA_CACHE_MAX = {}, 0, 256
 
+-- Where a token keeps what live leases reserve of `cost`: the `default` quota's `reserved` for
+-- requests (whichever quotas count them).
 local function reserved_field(cost)
   if cost == 'requests' then return 'reserved' end
   return 'r:' .. cost
@@ -44,7 +46,7 @@ local function parse_quotas(c)
            window_ms = setting(c, 'quota_window_s') * 1000, kind = 'from_first_use', anchor = 0,
            reserve = setting(c, 'quota_reserve'), cost = 'requests',
            fu = 'used', fr = 'reserved', fw = 'win_end' } }
-  local dims = { { cost = 'requests', fr = 'reserved' } }
+  local dims = { { cost = 'requests', fr = qs[1].fr } }
   if c.quotas ~= nil and c.quotas ~= '' then
     -- Beside other quotas, an unlimited `default` counts nothing (fewer fields per token),
     -- unless a token has a limit of its own.
@@ -227,8 +229,9 @@ local function amount(q, units, costs)
   return (costs and costs[q.cost]) or 0
 end
 
--- A cost dimension of `costs` that no quota of the pool counts, or nil.
-local function uncounted_cost(c, costs)
+-- The encoded error for `costs` (a lease's or a report's) naming a dimension no quota of the
+-- pool counts, or nil.
+local function costs_error(c, costs)
   if costs == nil then return nil end
   local all = quotas_of(c)
   for dim in pairs(costs) do
@@ -236,7 +239,9 @@ local function uncounted_cost(c, costs)
     for k = 1, #all do
       if all[k].cost == dim then counted = true end
     end
-    if not counted then return dim end
+    if not counted then
+      return fail('invalid_request', { detail = 'costs.' .. dim .. ': no quota of this pool counts it' })
+    end
   end
   return nil
 end
@@ -322,7 +327,8 @@ end
 
 -- Change the `requests` reservation of token `t` by `delta` (a renew changing its units).
 local function quota_rereserve(t, c, delta, fv)
-  fv[#fv + 1] = 'reserved'; fv[#fv + 1] = math.max(0, num(t.reserved, 0) + delta)
+  local f = quotas_of(c)[1].fr
+  fv[#fv + 1] = f; fv[#fv + 1] = math.max(0, num(t[f], 0) + delta)
 end
 
 -- Settle a lease that reserved `units` requests and `costs`: each reservation is given back and

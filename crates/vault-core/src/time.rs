@@ -44,6 +44,13 @@ pub fn expiry_ms(ms: i64) -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeInput(pub i64);
 
+/// Written as the unix milliseconds it stands for (what the functions read).
+impl serde::Serialize for TimeInput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for TimeInput {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

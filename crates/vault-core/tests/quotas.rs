@@ -34,11 +34,7 @@ async fn lease_costing(e: &Env, c: &[(&str, u64)]) -> Result<LeaseGrant, VaultEr
 }
 
 async fn release_costing(e: &Env, lease: &str, c: &[(&str, u64)]) -> Result<(), VaultError> {
-    let r = Report {
-        costs: costs(c),
-        ..Default::default()
-    };
-    e.store.release(&e.pool, lease, &r).await.map(|_| ())
+    release_reporting(e, lease, c, BTreeMap::new()).await
 }
 
 /// Release with what the call cost and what the target said of named quotas.
@@ -47,13 +43,13 @@ async fn release_reporting(
     lease: &str,
     c: &[(&str, u64)],
     quotas: BTreeMap<String, QuotaReport>,
-) {
+) -> Result<(), VaultError> {
     let r = Report {
         costs: costs(c),
         quotas,
         ..Default::default()
     };
-    e.store.release(&e.pool, lease, &r).await.unwrap();
+    e.store.release(&e.pool, lease, &r).await.map(|_| ())
 }
 
 /// Token `a`'s quota `name`: (used, reserved).
@@ -236,13 +232,17 @@ async fn the_targets_count_raises_the_vaults_and_its_reset_cools_the_token() {
             reset_at: None,
         },
     );
-    release_reporting(&e, &l.lease_id, &[("llm_tokens", 100)], quotas.clone()).await;
+    release_reporting(&e, &l.lease_id, &[("llm_tokens", 100)], quotas.clone())
+        .await
+        .unwrap();
     // The target counted 6,000 used; the vault had 100.
     assert_eq!(counts(&e, "tpm").await, (6000, 0));
     // An older answer saying more is left changes nothing.
     let l = lease_costing(&e, &[]).await.unwrap();
     quotas.get_mut("tpm").unwrap().remaining = Some(9000);
-    release_reporting(&e, &l.lease_id, &[("llm_tokens", 50)], quotas.clone()).await;
+    release_reporting(&e, &l.lease_id, &[("llm_tokens", 50)], quotas.clone())
+        .await
+        .unwrap();
     assert_eq!(counts(&e, "tpm").await, (6050, 0));
     // None left until 30 s from now: the token cools until then.
     let l = lease_costing(&e, &[]).await.unwrap();
@@ -253,7 +253,9 @@ async fn the_targets_count_raises_the_vaults_and_its_reset_cools_the_token() {
             reset_at: Some(vault_core::time::TimeInput(T0 + 30_000)),
         },
     );
-    release_reporting(&e, &l.lease_id, &[], quotas).await;
+    release_reporting(&e, &l.lease_id, &[], quotas)
+        .await
+        .unwrap();
     assert_eq!(counts(&e, "tpm").await, (10_000, 0));
     assert!(exhausted(lease_costing(&e, &[]).await).is_some());
 }

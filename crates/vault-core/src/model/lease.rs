@@ -31,7 +31,7 @@ pub struct Report {
 }
 
 /// What a target said of one quota in its answer.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaReport {
     pub remaining: Option<u64>,
@@ -66,7 +66,7 @@ impl Report {
             q.check(&format!("rate_limit.{family}"))?;
         }
         for (name, q) in &self.quotas {
-            check_cost_name(&format!("quotas.{name}"), name)?;
+            check_quota_name(&format!("quotas.{name}"), name)?;
             q.check(&format!("quotas.{name}"))?;
         }
         Ok(())
@@ -90,25 +90,6 @@ impl QuotaReport {
         }
         Ok(())
     }
-
-    /// As the functions read it.
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"remaining": self.remaining, "reset_at": self.reset_at.map(|t| t.0)})
-    }
-}
-
-/// Quota reports by name or family, as a function argument: a JSON object, or "" for none.
-pub fn quota_reports_arg(reports: &BTreeMap<String, QuotaReport>) -> String {
-    if reports.is_empty() {
-        return String::new();
-    }
-    serde_json::Value::Object(
-        reports
-            .iter()
-            .map(|(k, q)| (k.clone(), q.to_json()))
-            .collect(),
-    )
-    .to_string()
 }
 
 /// Acquire body.

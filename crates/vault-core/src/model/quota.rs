@@ -77,20 +77,22 @@ pub struct Quota {
     pub sync: Option<String>,
 }
 
-/// A quota as the functions read it (the config's `quotas` field).
-#[derive(Serialize)]
-struct StoredQuota<'a> {
-    name: &'a str,
+/// A quota as the functions read it (the config's `quotas` field), written and read back.
+#[derive(Serialize, Deserialize)]
+struct StoredQuota {
+    name: String,
     limit: u64,
     window_s: u64,
     kind: WindowKind,
+    #[serde(default)]
     anchor_ms: i64,
+    #[serde(default)]
     reserve: u64,
-    cost: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     buckets: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sync: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sync: Option<String>,
 }
 
 /// `[a-z0-9_-]{1,32}`: quota names and cost dimensions (they become token-hash field names).
@@ -119,11 +121,20 @@ pub fn check_family(what: &str, s: &str) -> Result<(), VaultError> {
 
 /// Check a cost dimension's name (`what` names where it was given).
 pub fn check_cost_name(what: &str, s: &str) -> Result<(), VaultError> {
+    check_key(what, s, "cost dimensions")
+}
+
+/// Check a quota's name (`what` names where it was given).
+pub fn check_quota_name(what: &str, s: &str) -> Result<(), VaultError> {
+    check_key(what, s, "quota names")
+}
+
+fn check_key(what: &str, s: &str, kind: &str) -> Result<(), VaultError> {
     if valid_key(s) {
         Ok(())
     } else {
         Err(invalid(format!(
-            "{what}: cost dimensions are 1-32 characters of a-z 0-9 _ -"
+            "{what}: {kind} are 1-32 characters of a-z 0-9 _ -"
         )))
     }
 }
@@ -131,12 +142,7 @@ pub fn check_cost_name(what: &str, s: &str) -> Result<(), VaultError> {
 impl QuotaInput {
     fn validate(self) -> Result<Quota, VaultError> {
         let at = |field: &str| format!("quotas.{}.{field}", self.name);
-        if !valid_key(&self.name) {
-            return Err(invalid(format!(
-                "quota name {:?}: 1-32 characters of a-z 0-9 _ -",
-                self.name
-            )));
-        }
+        check_quota_name(&format!("quota name {:?}", self.name), &self.name)?;
         if self.name == DEFAULT_QUOTA {
             return Err(invalid(
                 "quota name \"default\" is the shorthand's: set quota_limit, quota_window_s and quota_reserve for it",
@@ -256,48 +262,29 @@ pub(super) fn quota_fields(
     let stored: Vec<StoredQuota> = quotas
         .iter()
         .map(|q| StoredQuota {
-            name: &q.name,
+            name: q.name.clone(),
             limit: q.limit,
             window_s: q.window_s,
             kind: q.kind,
             anchor_ms: q.anchor_ms,
             reserve: q.reserve,
-            cost: &q.cost,
+            cost: q.cost.clone(),
             buckets: q.buckets,
-            sync: q.sync.as_deref(),
+            sync: q.sync.clone(),
         })
         .collect();
-    let estimates = if estimates.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(estimates).expect("estimates serialize")
-    };
     (
         serde_json::to_string(&stored).expect("quotas serialize"),
-        estimates,
+        map_arg(estimates),
     )
 }
 
 /// Read the stored `quotas` field back.
 pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
-    #[derive(Deserialize)]
-    struct Stored {
-        name: String,
-        limit: u64,
-        window_s: u64,
-        kind: WindowKind,
-        #[serde(default)]
-        anchor_ms: i64,
-        #[serde(default)]
-        reserve: u64,
-        cost: String,
-        buckets: Option<u32>,
-        sync: Option<String>,
-    }
     let Some(v) = v.filter(|v| !v.is_empty()) else {
         return vec![];
     };
-    serde_json::from_str::<Vec<Stored>>(v)
+    serde_json::from_str::<Vec<StoredQuota>>(v)
         .unwrap_or_default()
         .into_iter()
         .map(|s| Quota {
@@ -334,11 +321,12 @@ pub fn check_costs(what: &str, costs: &BTreeMap<String, u64>) -> Result<(), Vaul
     Ok(())
 }
 
-/// `costs` as a function argument: a JSON object, or "" for none.
-pub fn costs_arg(costs: &BTreeMap<String, u64>) -> String {
-    if costs.is_empty() {
+/// A map (a lease's or report's `costs`, a report's `quotas` or `rate_limit`) as a function
+/// argument: a JSON object, or "" for none.
+pub fn map_arg<T: Serialize>(m: &BTreeMap<String, T>) -> String {
+    if m.is_empty() {
         String::new()
     } else {
-        serde_json::to_string(costs).expect("costs serialize")
+        serde_json::to_string(m).expect("a map of names serializes")
     }
 }

@@ -11,7 +11,7 @@ impl Store {
                     lease_id: a.lease_id.clone(),
                     worker: a.worker.clone(),
                     units: a.units.max(1),
-                    costs: crate::model::costs_arg(&a.costs),
+                    costs: crate::model::map_arg(&a.costs),
                     ttl_ms: a.ttl_ms,
                     min_token_ttl_ms: a.min_ttl_ms,
                     session: a.session.clone(),

@@ -321,9 +321,9 @@ fn report_args(r: &Report) -> scripts::ReportArgs {
         retry_ms: r.retry_after_s.map(|s| (s * 1000.0).round() as i64),
         remaining: r.remaining,
         reset_at: r.reset_at.map(|t| t.0),
-        costs: crate::model::costs_arg(&r.costs),
-        quotas: crate::model::quota_reports_arg(&r.quotas),
-        rate_limit: crate::model::quota_reports_arg(&r.rate_limit),
+        costs: crate::model::map_arg(&r.costs),
+        quotas: crate::model::map_arg(&r.quotas),
+        rate_limit: crate::model::map_arg(&r.rate_limit),
     }
 }
 
