@@ -94,6 +94,10 @@ if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last
 if op == 'delete' then
   local keys = { K.cfg, K.ready, K.cool, K.leases, leasedata_key(), K.exp, K.ids, K.jobs, stats_key(), rate_key(), seq_key(),
     depositing_key(), sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
+  for _, name in ipairs(redis.call('ZRANGE', pipelines_key(), 0, -1)) do
+    for _, k in ipairs({ pl_key(name), pm_key(name), pr_key(name), pc_key(name) }) do keys[#keys + 1] = k end
+  end
+  for _, k in ipairs({ pipelines_key(), plshort_key(), plwork_key(), plnews_key() }) do keys[#keys + 1] = k end
   for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
     keys[#keys + 1] = vkey(view)
   end

@@ -11,7 +11,7 @@ if err then return err end
 local out, id = do_acquire(c, {
   lease_id = new_lease_id, worker = l.worker or '', units = num(l.units, 1), costs = l.costs,
   ttl_ms = num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000), min_ttl_ms = min_ttl_ms(c),
-  session = '', idem = '', exclude = l.token,
+  session = '', idem = '', exclude = l.token, pipeline = l.pipeline,
 })
 if type(out) == 'string' then out = cjson.decode(out) end
 out.released = { token_id = t and t.id or l.token, state = t and t.view or 'deleted' }

@@ -8,8 +8,10 @@ local id, t = find_token(token_id)
 if t == nil then return fail('token_not_found') end
 local ended = end_token_leases(id, c)
 exp_del(id, t)
-redis.call('ZREM', K.ready, id)
+redis.call('ZREM', ready_key(t), id)
 redis.call('ZREM', K.cool, id)
+-- A pipeline's token is replaced in its share.
+if (t.pl or '') ~= '' then share_left(id, t, c) end
 unschedule(id)
 redis.call('ZREM', sunset_key(), id)
 move_view(id, t.view, nil)

@@ -13,11 +13,11 @@ local function first_eligible(c, o, need_ttl)
   -- The first few usually do; the rest of the scan is read only when they do not.
   local from = 0
   for _, upto in ipairs({ 3, SCAN_LIMIT - 1 }) do
-    for _, id in ipairs(redis.call('ZRANGE', K.ready, from, upto)) do
+    for _, id in ipairs(redis.call('ZRANGE', o.ready, from, upto)) do
       if id ~= o.exclude then
         local t = load_token_hot(id)
         if t == nil then
-          redis.call('ZREM', K.ready, id)
+          redis.call('ZREM', o.ready, id)
         elseif eligible(id, t, c, o.units, o.costs, need_ttl) then
           return id, t
         end
@@ -29,12 +29,20 @@ local function first_eligible(c, o, need_ttl)
 end
 
 -- Acquire a lease. o = {lease_id, worker, units, costs (cost dimension -> estimate, or nil),
--- ttl_ms, min_ttl_ms, session, idem, idem_fp, exclude}. Returns the answer table and the leased
--- token's internal id (its sealed secret goes with the answer), or an encoded error.
+-- ttl_ms, min_ttl_ms, session, idem, idem_fp, exclude, pipeline ("" = the free part of the
+-- pool)}. Returns the answer table and the leased token's internal id (its sealed secret goes
+-- with the answer), or an encoded error.
 local function do_acquire(c, o)
   local replayed, replayed_id = idem_replay(c, o)
   if replayed ~= nil then return replayed, replayed_id end
   if frozen(c) then return fail('pool_frozen') end
+  o.pipeline = o.pipeline or ''
+  o.ready = K.ready
+  if o.pipeline ~= '' then
+    local closed = share_closed(o.pipeline)
+    if closed ~= nil then return closed end
+    o.ready = pr_key(o.pipeline)
+  end
   local invalid = costs_error(c, o.costs)
   if invalid ~= nil then return invalid end
   o.costs = lease_costs(c, o.costs)
@@ -63,7 +71,7 @@ local function do_acquire(c, o)
   end
   stage(ct, fv)
   local deadline = NOW + o.ttl_ms
-  local l = { token = chosen, worker = o.worker, units = str(o.units), costs = o.costs,
+  local l = { token = chosen, pipeline = o.pipeline, worker = o.worker, units = str(o.units), costs = o.costs,
               granted_at = str(NOW),
               deadline = str(deadline), ttl_ms = str(o.ttl_ms), idem = o.idem,
               idem_fp = o.idem_fp or '' }
@@ -71,6 +79,7 @@ local function do_acquire(c, o)
   redis.call('ZADD', K.leases, deadline, o.lease_id)
   idem_record(o)
   session_keep(o, chosen, c)
+  if o.pipeline ~= '' then share_count(o.pipeline, o.units) end
   reconcile(chosen, ct, c)
   return { lease = lease_view(o.lease_id, l, ct) }, chosen
 end

@@ -121,7 +121,7 @@ end
 -- loads the rest of the hash (right, only slower).
 local TOKEN_HOT = { 'id', 'state', 'view', 'at', 'expires_at', 'used', 'reserved', 'win_end',
   'leases', 'lid', 'cool_until', 'quota_limit', 'strikes', 'last_leased_at', 'key_id', 'proxy',
-  'proxy_ct', 'proxy_key_id', 'binding_fp', 'refresh_kind' }
+  'proxy_ct', 'proxy_key_id', 'binding_fp', 'refresh_kind', 'pl' }
 
 local TOKEN_HOT_SET = {}
 for i = 1, #TOKEN_HOT do TOKEN_HOT_SET[TOKEN_HOT[i]] = true end
@@ -129,6 +129,9 @@ for i = 1, #TOKEN_HOT do TOKEN_HOT_SET[TOKEN_HOT[i]] = true end
 -- The token fields of the pool's extra quotas (config `c`): defined by the quota rule
 -- (rules/quota.lua), which owns how quotas are stored.
 local quota_fields_of
+-- What happens when a pipeline's token leaves rotation: defined by the share rule
+-- (rules/pipeline.lua), called by `reconcile`.
+local share_left
 
 local function use_quota_fields(c)
   if c.quotas == nil or c.quotas == '' then return end
@@ -188,6 +191,25 @@ local function rate_key() return K.base .. 'rate' end
 local function idem_key(idem) return K.base .. 'idem:' .. idem end
 local function session_key(session) return K.base .. 's:' .. session end
 local function sunset_key() return K.base .. 'sunset' end
+-- Pipelines (rules/pipeline.lua): `pipelines` zset name -> deadline ms; per pipeline `pl:<name>`
+-- its record (hash), `pm:<name>` its tokens (set), `pr:<name>` its leasable tokens (zset, as
+-- `ready`), `pc:<name>` candidates while it is being assigned (zset, score = preference);
+-- `plshort` the pipelines under strength, `plwork` those being assigned or given back (sets),
+-- `plnews` what happened to shares, for vault-core to announce (list of JSON).
+local function pipelines_key() return K.base .. 'pipelines' end
+local function pl_key(name) return K.base .. 'pl:' .. name end
+local function pm_key(name) return K.base .. 'pm:' .. name end
+local function pr_key(name) return K.base .. 'pr:' .. name end
+local function pc_key(name) return K.base .. 'pc:' .. name end
+local function plshort_key() return K.base .. 'plshort' end
+local function plwork_key() return K.base .. 'plwork' end
+local function plnews_key() return K.base .. 'plnews' end
+-- The set of leasable tokens token `t` belongs in: its pipeline's, or the pool's free `ready`.
+local function ready_key(t)
+  local pl = t.pl
+  if pl ~= nil and pl ~= '' then return pr_key(pl) end
+  return K.ready
+end
 local function seq_key() return K.base .. 'seq' end
 -- Deposits in flight (zset: token id -> reservation deadline ms): a deposit reserves its ids
 -- (deposit_reserve.lua), then writes them (deposit.lua), each in batches so that no call runs
@@ -315,14 +337,14 @@ local function op_busy(c)
 end
 
 -- Whether `value` is what token field `field` reads as when it is absent (TOKEN_DEFAULTS; an
--- empty `lid` or sliding count, `s:`; a zero quota count, window end or reservation, `u:`, `w:`,
+-- empty `lid`, pipeline or sliding count, `s:`; a zero quota count, window end or reservation, `u:`, `w:`,
 -- `r:`): such a value is removed rather than stored. An idle token then holds no zero counters,
 -- which keeps a token hash with a few quotas in a smaller allocation (BENCHMARKS, issue 23).
 local function at_default(field, value)
   local d = TOKEN_DEFAULTS[field]
   if d ~= nil then return value == d end
   local p = string.sub(field, 1, 2)
-  if value == '' then return field == 'lid' or p == 's:' end
+  if value == '' then return field == 'lid' or field == 'pl' or p == 's:' end
   return value == '0' and (p == 'u:' or p == 'w:' or p == 'r:')
 end
 

@@ -4,7 +4,8 @@
 -- <deadline> <ttl_ms> <idem_fp> <idem> <worker>" (the token's internal id; idempotency key and
 -- worker are printable ASCII without spaces, the worker last). One write per lease instead of a
 -- hash of its own, and readable with redis-cli. A lease that reserved other cost dimensions
--- than requests lists them after its units: "1,llm_tokens=1500".
+-- than requests lists them after its units: "1,llm_tokens=1500"; one made through a pipeline
+-- names it after its token: "#12@crawl-a".
 local function lease_record(l)
   local units = l.units
   if l.costs ~= nil then
@@ -12,7 +13,9 @@ local function lease_record(l)
     for k, v in pairs(l.costs) do parts[#parts + 1] = k .. '=' .. str(v) end
     units = table.concat(parts, ',')
   end
-  return table.concat({ l.token, units, l.granted_at, l.deadline, l.ttl_ms, l.idem_fp or '',
+  local token = l.token
+  if l.pipeline ~= nil and l.pipeline ~= '' then token = token .. '@' .. l.pipeline end
+  return table.concat({ token, units, l.granted_at, l.deadline, l.ttl_ms, l.idem_fp or '',
     l.idem or '', l.worker or '' }, ' ')
 end
 
@@ -27,7 +30,9 @@ local function lease_load(lid)
     for k, n in string.gmatch(units, ',([%w_]+)=(%d+)') do costs[k] = tonumber(n) end
     units = string.match(units, '^%d+')
   end
-  return { token = token, units = units, costs = costs,
+  local pipeline = ''
+  if string.find(token, '@', 1, true) then token, pipeline = string.match(token, '^([^@]+)@(.*)$') end
+  return { token = token, pipeline = pipeline, units = units, costs = costs,
            granted_at = granted_at, deadline = deadline, ttl_ms = ttl_ms, idem_fp = idem_fp,
            idem = idem, worker = worker }
 end
@@ -128,6 +133,6 @@ local function lease_view(lid, l, t)
     granted_at = num(l.granted_at, 0), deadline = num(l.deadline, 0), ttl_ms = num(l.ttl_ms, 0),
     key_id = t.key_id, expires_at = num(t.expires_at, 0),
     proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
-    binding_fp = t.binding_fp or '',
+    binding_fp = t.binding_fp or '', pipeline = l.pipeline or '',
   }
 end

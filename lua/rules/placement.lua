@@ -1,5 +1,5 @@
--- placement.lua: where a token belongs after any change — ready, cooling (cooldowns and spent
--- quota) or neither — and its view state.
+-- placement.lua: where a token belongs after any change — ready (the pool's, or its pipeline's),
+-- cooling (cooldowns and spent quota) or neither — and its view state.
 
 -- Deprecated tokens stay leasable but sort after every active one.
 local DEPRECATED_OFFSET = 100000000000000
@@ -62,13 +62,14 @@ local function reconcile(id, t, c)
     end
   end
   local was = t.at
+  local rk = ready_key(t)
   if where == 'r' then
     local score = ready_score(id, t, c)
     if was ~= 'r' or score ~= ready_score(id, { last_leased_at = t._lla0, state = t._state0 }, c) then
-      redis.call('ZADD', K.ready, score, id)
+      redis.call('ZADD', rk, score, id)
     end
   elseif was == 'r' or was == nil then
-    redis.call('ZREM', K.ready, id)
+    redis.call('ZREM', rk, id)
   end
   if where == 'c' then
     redis.call('ZADD', K.cool, back_at, id)
@@ -93,4 +94,6 @@ local function reconcile(id, t, c)
     fv[#fv + 1] = 'view'; fv[#fv + 1] = view
   end
   if #fv > 0 then put_all(id, t, fv) end
+  -- A pipeline's token that left rotation leaves its share (which is refilled).
+  if t.pl ~= nil and t.pl ~= '' and not in_rotation(t) then share_left(id, t, c) end
 end

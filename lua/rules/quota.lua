@@ -454,3 +454,21 @@ local function quotas_now(t, c)
   end
   return out
 end
+
+-- How much of its quota token `t` has left, from 0 to 1: the lowest share of any limited quota
+-- (1 when none is limited). Pipelines prefer tokens with the most.
+local function quota_headroom(t, c)
+  local low = 1
+  local all = quotas_of(c)
+  for k = 1, #all do
+    local q = all[k]
+    local room = room_of(t, q)
+    if room ~= nil then
+      local per = limit_of(t, q) - q.reserve
+      local share = 0
+      if per > 0 then share = math.max(0, room) / per end
+      if share < low then low = share end
+    end
+  end
+  return low
+end

@@ -9,7 +9,9 @@ local function session_token(o, c, need_ttl)
   -- let go, like an expired session.
   if sid and is_internal(sid) and sid ~= o.exclude then
     local t = load_token_hot(sid)
-    if eligible(sid, t, c, o.units, o.costs, need_ttl) then return sid, t end
+    if t ~= nil and in_share(t, o.pipeline) and eligible(sid, t, c, o.units, o.costs, need_ttl) then
+      return sid, t
+    end
   end
   return nil, nil
 end

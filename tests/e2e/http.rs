@@ -332,6 +332,10 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/pools/{pool}/leases/{lease}/renew"),
     ("post", "/v1/pools/{pool}/leases/{lease}/release"),
     ("post", "/v1/pools/{pool}/leases/{lease}/rotate"),
+    ("get", "/v1/pools/{pool}/pipelines"),
+    ("put", "/v1/pools/{pool}/pipelines/{name}"),
+    ("get", "/v1/pools/{pool}/pipelines/{name}"),
+    ("delete", "/v1/pools/{pool}/pipelines/{name}"),
     ("get", "/v1/events"),
     ("post", "/v1/pools/{pool}/refresh-jobs/claim"),
     ("post", "/v1/pools/{pool}/refresh-jobs/{job}/complete"),
@@ -353,7 +357,8 @@ fn concrete(method: &str, path: &str) -> (Method, String) {
         .replace("{pool}", "p")
         .replace("{id}", "t")
         .replace("{lease}", "l")
-        .replace("{job}", "j");
+        .replace("{job}", "j")
+        .replace("{name}", "n");
     (
         Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
         url,

@@ -17,6 +17,7 @@ mod keys;
 mod migration;
 mod monitoring;
 mod outage;
+mod pipelines;
 mod python;
 mod quotas;
 mod refresh;

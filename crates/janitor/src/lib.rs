@@ -52,6 +52,7 @@ pub struct SweepStats {
     pub expired: u64,
     pub sunset: u64,
     pub enqueued: u64,
+    pub pipelines: u64,
 }
 
 /// Call `step` until it handles fewer than `batch` items; returns the total.
@@ -119,6 +120,9 @@ async fn sweep_pool(
     if due.sunset {
         let janitor = Actor::process("janitor");
         st.sunset += drain(batch, || store.sunset_due(&janitor, p, batch)).await?;
+    }
+    if due.pipelines {
+        st.pipelines += store.tend_pipelines(&Actor::process("janitor"), p).await? as u64;
     }
     Ok(())
 }

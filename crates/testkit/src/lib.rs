@@ -199,6 +199,18 @@ impl RedisServer {
         }
     }
 
+    /// Raise the server's CPU priority where the OS allows it (root): a test that bounds how
+    /// long a command runs (SLOWLOG) then measures the command, not the time the OS gave the
+    /// test's own busy processes instead. Returns whether it could.
+    pub fn prioritize(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| {
+            std::process::Command::new("renice")
+                .args(["-n", "-10", "-p", &c.id().to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    }
+
     /// SIGSTOP: the server accepts connections but never answers (a stalled Redis).
     pub fn pause(&self) {
         self.signal("STOP");

@@ -16,7 +16,7 @@ use vault_core::Store;
 use crate::auth::{authorize, Revocations};
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{audit, clients, health, jobs, leases, pools, tokens};
+use crate::routes::{audit, clients, health, jobs, leases, pipelines, pools, tokens};
 use vault_core::auth::KeyRing;
 
 /// Request bodies above this are refused with 413.
@@ -127,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(leases::renew))
         .routes(routes!(leases::release))
         .routes(routes!(leases::rotate))
+        .routes(routes!(pipelines::put, pipelines::get, pipelines::delete))
+        .routes(routes!(pipelines::list))
         .routes(routes!(jobs::claim))
         .routes(routes!(jobs::complete))
         .routes(routes!(jobs::fail))

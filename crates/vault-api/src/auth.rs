@@ -47,6 +47,9 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
         ("DELETE", "/pools/{pool}/tokens/{id}") => ADMIN,
         ("POST", r) if r.starts_with("/pools/{pool}/tokens/{id}/") => ADMIN,
         ("POST", r) if r.starts_with("/pools/{pool}/leases") => LEASE,
+        ("GET", "/pools/{pool}/pipelines") | ("GET", "/pools/{pool}/pipelines/{name}") => LEASE,
+        ("PUT", "/pools/{pool}/pipelines/{name}") => LEASE,
+        ("DELETE", "/pools/{pool}/pipelines/{name}") => LEASE,
         ("POST", r) if r.starts_with("/pools/{pool}/refresh-jobs/") => DEPOSIT,
         ("POST", "/clients") | ("POST", "/clients/revoke") | ("POST", "/introspect") => ADMIN,
         ("GET", "/audit") => AUDIT,
@@ -156,6 +159,15 @@ pub async fn authorize(
                 return Err(ApiError::forbidden(
                     "this client token is not allowed on this pool",
                 ));
+            }
+        }
+        if route.starts_with("/pools/{pool}/pipelines/") {
+            if let Some((_, name)) = params.iter().find(|(k, _)| *k == "name") {
+                if !principal.may_use_pipeline(name) {
+                    return Err(ApiError::forbidden(
+                        "this client token is not allowed on this pipeline",
+                    ));
+                }
             }
         }
     }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
     /// `WWW-Authenticate` value for 401s.
     pub www_authenticate: Option<String>,
+    /// `insufficient_capacity`: what a pipeline could have had.
+    pub capacity: Option<Box<vault_wire::CapacityShort>>,
 }
 
 /// RFC 9457 problem details (the wire type the SDK reads too).
@@ -27,6 +29,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after_s: None,
             www_authenticate: None,
+            capacity: None,
         }
     }
 
@@ -67,9 +70,9 @@ impl From<VaultError> for ApiError {
         use StatusCode as S;
         let code = e.code();
         let (status, detail, retry) = match &e {
-            VaultError::PoolNotFound | VaultError::TokenNotFound => {
-                (S::NOT_FOUND, e.to_string(), None)
-            }
+            VaultError::PoolNotFound
+            | VaultError::TokenNotFound
+            | VaultError::PipelineNotFound(_) => (S::NOT_FOUND, e.to_string(), None),
             VaultError::LeaseGone | VaultError::JobGone => (S::GONE, e.to_string(), None),
             VaultError::PoolFrozen => (S::LOCKED, e.to_string(), None),
             VaultError::PoolExhausted { retry_after_ms } => {
@@ -86,6 +89,8 @@ impl From<VaultError> for ApiError {
             VaultError::IdempotencyConflict
             | VaultError::StaleJob(_)
             | VaultError::Conflict(_)
+            | VaultError::PipelineNotReady(_)
+            | VaultError::InsufficientCapacity(_)
             | VaultError::TokenExpiring(_)
             | VaultError::QuotaExhausted(_) => (S::CONFLICT, e.to_string(), None),
             VaultError::Invalid(_) => (S::BAD_REQUEST, e.to_string(), None),
@@ -146,12 +151,17 @@ impl From<VaultError> for ApiError {
                 )
             }
         };
+        let capacity = match e {
+            VaultError::InsufficientCapacity(c) => Some(Box::new(c)),
+            _ => None,
+        };
         Self {
             status,
             code,
             detail,
             retry_after_s: retry,
             www_authenticate: None,
+            capacity,
         }
     }
 }
@@ -191,6 +201,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_string(),
+            capacity: self.capacity.map(|c| *c),
         };
         let mut res = (self.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         let h = res.headers_mut();

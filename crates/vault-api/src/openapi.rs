@@ -21,6 +21,7 @@ use utoipa::OpenApi;
         (name = "pools", description = "pool configuration, status, kill switch, emergency rotation (admin)"),
         (name = "tokens", description = "credentials: deposit (deposit), metadata and lifecycle (admin)"),
         (name = "leases", description = "what workers call (lease)"),
+        (name = "pipelines", description = "a job's sized, time-bounded share of a pool (lease)"),
         (name = "refresh-jobs", description = "external login workers (admin)"),
         (name = "events", description = "server-sent events (lease or admin)"),
         (name = "clients", description = "the vault's own client tokens (admin)"),
@@ -200,6 +201,18 @@ pub(crate) struct LeasePath {
     /// Lease id, as the lease answer gave it (1-64 printable ASCII characters).
     #[param(pattern = r"^[!-~]{1,64}$", min_length = 1, max_length = 64)]
     lease: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct PipelinePath {
+    /// Pool name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
+    pool: String,
+    /// Pipeline name: 1-64 characters of `A-Z a-z 0-9 _ . -` (not `.` or `..`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", min_length = 1, max_length = 64)]
+    name: String,
 }
 
 #[derive(utoipa::IntoParams)]

@@ -68,6 +68,9 @@ pub struct Claims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pools: Option<Vec<String>>,
+    /// The pipelines it may lease through (absent: any, and the free part of its pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipelines: Option<Vec<String>>,
 }
 
 /// An authenticated client.
@@ -80,6 +83,8 @@ pub struct Principal {
     pub scopes: BTreeSet<Scope>,
     /// `None` = every pool.
     pub pools: Option<Vec<String>>,
+    /// `None` = any pipeline, and leases outside pipelines; else only leases through these.
+    pub pipelines: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -92,6 +97,14 @@ impl Principal {
         self.pools
             .as_ref()
             .is_none_or(|p| p.iter().any(|x| x == pool))
+    }
+
+    /// Whether it may lease through pipeline `name` ("" = outside any pipeline), or create,
+    /// resize and end it.
+    pub fn may_use_pipeline(&self, name: &str) -> bool {
+        self.pipelines
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|x| x == name))
     }
 
     pub fn scope_string(&self) -> String {
@@ -252,6 +265,19 @@ impl KeyRing {
         ttl_s: i64,
         now_s: i64,
     ) -> Result<(String, String, i64), String> {
+        self.mint_limited(sub, scopes, pools, None, ttl_s, now_s)
+    }
+
+    /// Mint a client token limited to `pipelines` too (None: not limited).
+    pub fn mint_limited(
+        &self,
+        sub: &str,
+        scopes: &[Scope],
+        pools: Option<Vec<String>>,
+        pipelines: Option<Vec<String>>,
+        ttl_s: i64,
+        now_s: i64,
+    ) -> Result<(String, String, i64), String> {
         let (kid, key) = self
             .signer
             .as_ref()
@@ -274,6 +300,7 @@ impl KeyRing {
                 .collect::<Vec<_>>()
                 .join(" "),
             pools,
+            pipelines,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.clone());
@@ -336,6 +363,7 @@ impl KeyRing {
             iat: c.iat,
             scopes,
             pools: c.pools,
+            pipelines: c.pipelines,
         })
     }
 

@@ -24,6 +24,14 @@ pub enum VaultError {
     IdempotencyMismatch,
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    PipelineNotFound(String),
+    /// The pipeline's tokens are still being assigned.
+    #[error("{0}")]
+    PipelineNotReady(String),
+    /// The pool holds fewer eligible tokens than a pipeline needs.
+    #[error("the pool has {} of the tokens this pipeline needs ({} missing)", .0.could, .0.missing)]
+    InsufficientCapacity(vault_wire::CapacityShort),
     #[error("the refresh job is gone (completed, failed, or its token deleted)")]
     JobGone,
     #[error("stale refresh job: {0}")]
@@ -68,6 +76,9 @@ impl VaultError {
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::Conflict(_) => "conflict",
+            Self::PipelineNotFound(_) => "pipeline_not_found",
+            Self::PipelineNotReady(_) => "pipeline_not_ready",
+            Self::InsufficientCapacity(_) => "insufficient_capacity",
             Self::JobGone => "job_gone",
             Self::StaleJob(_) => "stale_job",
             Self::Invalid(_) => "invalid_request",
@@ -110,6 +121,8 @@ impl VaultError {
             "idempotency_conflict" => Self::IdempotencyConflict,
             "idempotency_mismatch" => Self::IdempotencyMismatch,
             "conflict" => Self::Conflict(detail),
+            "pipeline_not_found" => Self::PipelineNotFound(detail),
+            "pipeline_not_ready" => Self::PipelineNotReady(detail),
             "job_gone" => Self::JobGone,
             "stale_job" => Self::StaleJob(detail),
             "invalid_request" => Self::Invalid(detail),

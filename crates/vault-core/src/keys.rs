@@ -171,6 +171,38 @@ impl PoolKeys {
     pub fn xjobs(&self) -> String {
         self.k("xjobs")
     }
+    /// Pipelines by deadline (`pipelines_key` in `lua/rules/base.lua`).
+    pub fn pipelines(&self) -> String {
+        self.k("pipelines")
+    }
+    /// Pipelines under strength (a set of names).
+    pub fn pipelines_short(&self) -> String {
+        self.k("plshort")
+    }
+    /// Pipelines being assigned or given back (a set of names): the janitor drives them.
+    pub fn pipelines_work(&self) -> String {
+        self.k("plwork")
+    }
+    /// What happened to pipelines' shares, to announce (a list of JSON, oldest first).
+    pub fn pipeline_news(&self) -> String {
+        self.k("plnews")
+    }
+    /// A pipeline's record (`pl_key` in `lua/rules/base.lua`).
+    pub fn pipeline(&self, name: &str) -> String {
+        self.k(&format!("pl:{name}"))
+    }
+    /// A pipeline's leasable tokens (a zset, as `ready`).
+    pub fn pipeline_ready(&self, name: &str) -> String {
+        self.k(&format!("pr:{name}"))
+    }
+    /// A pipeline's candidates while it is being assigned (a zset by preference).
+    pub fn pipeline_candidates(&self, name: &str) -> String {
+        self.k(&format!("pc:{name}"))
+    }
+    /// A pipeline's tokens (a set of internal ids).
+    pub fn pipeline_tokens(&self, name: &str) -> String {
+        self.k(&format!("pm:{name}"))
+    }
 
     /// `KEYS` for every script, in the order `lua/rules/base.lua` names them. The last, the
     /// pool's prefix, never exists as a key: while the pool's slot migrates between cluster
@@ -234,6 +266,14 @@ mod tests {
             k.token_leases(""),
             k.idempotency(""),
             k.session(""),
+            k.pipelines(),
+            k.pipelines_short(),
+            k.pipelines_work(),
+            k.pipeline_news(),
+            k.pipeline(""),
+            k.pipeline_tokens(""),
+            k.pipeline_ready(""),
+            k.pipeline_candidates(""),
         ]
         .iter()
         .map(|key| key.strip_prefix(k.base()).unwrap().to_string())

@@ -62,6 +62,7 @@ pub const RULES: &[(&str, &str)] = &[
         "eligibility",
         include_str!("../../../lua/rules/eligibility.lua"),
     ),
+    ("pipeline", include_str!("../../../lua/rules/pipeline.lua")),
     ("session", include_str!("../../../lua/rules/session.lua")),
     (
         "idempotency",
@@ -324,6 +325,8 @@ transitions! {
         idem: String,
         /// Fingerprint of the request: a reused key must come with the same request.
         idem_fp: String,
+        /// "": the free part of the pool; else only that pipeline's tokens.
+        pipeline: String,
     }
     /// Extend a live lease, optionally changing its units.
     RENEW, Renew => "renew" {
@@ -442,6 +445,38 @@ transitions! {
     }
     /// Convert one batch of a pool written by a vault before internal ids (`vaultctl migrate`).
     MIGRATE_LAYOUT, MigrateLayout => "migrate_layout" { batch: u64 }
+    /// Create or resize a pipeline, or start a dry run (the tokens move in `pipeline_step`).
+    PIPELINE_PUT, PipelinePut => "pipeline_put" {
+        name: String,
+        /// Tokens it should hold (a dry run: tokens to find beyond those it holds).
+        want: u64,
+        /// Units one request takes (what a token must have room for).
+        units: u64,
+        /// Life a token must have left, ms.
+        min_life_ms: u64,
+        allow_partial: bool,
+        /// The demand it was sized from (JSON, kept for status).
+        demand: String,
+        /// Who asks (audit name).
+        actor: String,
+        duration_ms: u64,
+        dry: bool,
+        /// Pipelines a pool may have.
+        max_pipelines: u64,
+    }
+    /// One batch of whatever a pipeline needs now (assign, give back, top up, end).
+    PIPELINE_STEP, PipelineStep => "pipeline_step" { name: String, batch: u64 }
+    /// End a pipeline: its tokens go back in batches.
+    PIPELINE_END, PipelineEnd => "pipeline_end" { name: String }
+    /// Take what happened to the pool's pipelines, to announce it.
+    PIPELINE_NEWS, PipelineNews => "pipeline_news" { max: u64 }
+    /// Pipelines with their shares, sampled.
+    PIPELINE_VIEW, PipelineView => "pipeline_view" {
+        /// Tokens read per pipeline at most.
+        sample: u64,
+        /// None: every pipeline of the pool.
+        names: Vec<String>,
+    }
     /// Read tokens' fields and their quota as the rule sees it now.
     TOKEN_ROWS, TokenRows => "token_rows" {
         /// JSON list of field names.
@@ -452,7 +487,7 @@ transitions! {
 
 /// Functions that only read: registered `no-writes` and called with `FCALL_RO`, which Redis
 /// may also serve from a replica and never counts as a write.
-pub const READ_ONLY: &[&str] = &["token_rows"];
+pub const READ_ONLY: &[&str] = &["token_rows", "pipeline_view"];
 
 /// The `FCALL` names of [`READ_ONLY`], made once (asked on every call).
 static READ_ONLY_NAMES: LazyLock<Vec<String>> =
@@ -474,15 +509,18 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
         code.push_str(src);
         code.push('\n');
     }
-    // Each transition body becomes a local function (its top-level `return` returns from it).
+    // Each transition body becomes a function of the table `T` (its top-level `return` returns
+    // from it): fields, not locals, because Lua allows a chunk 200 locals and the rules use
+    // most of them.
+    code.push_str("local T = {}\n");
     for (file, src, args) in TRANSITIONS {
         code.push_str(&format!(
-            "local function t_{file}()\n{}{src}\nend\n",
+            "T.{file} = function()\n{}{src}\nend\n",
             arg_locals(args)
         ));
     }
     code.push_str(&format!(
-        "local function t_publish_event()\n{}\nend\n",
+        "T.publish_event = function()\n{}\nend\n",
         include_str!("../../../lua/publish_event.lua")
     ));
     for (file, _, _) in TRANSITIONS {
@@ -492,11 +530,11 @@ pub static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
             ""
         };
         code.push_str(&format!(
-            "redis.register_function{{function_name = 'tv_{VER}_{file}', callback = function(keys, args) begin(keys, args) return t_{file}() end, flags = {{{flags}}}}}\n"
+            "redis.register_function{{function_name = 'tv_{VER}_{file}', callback = function(keys, args) begin(keys, args) return T.{file}() end, flags = {{{flags}}}}}\n"
         ));
     }
     code.push_str(&format!(
-        "redis.register_function('tv_{VER}_publish_event', function(keys, args) KEYS, ARGV = keys, args return t_publish_event() end)\n\
+        "redis.register_function('tv_{VER}_publish_event', function(keys, args) KEYS, ARGV = keys, args return T.publish_event() end)\n\
          redis.register_function('tv_{VER}_ping', function() return 'ok' end)\n"
     ));
     let version = hex::encode(Sha256::digest(code.as_bytes()))[..12].to_string();

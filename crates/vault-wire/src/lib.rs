@@ -68,6 +68,9 @@ pub struct Lease {
     /// RFC 3339: the lease ends then unless renewed.
     pub lease_expires_at: String,
     pub units: u64,
+    /// The pipeline it was leased through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// What the lease reserved of cost dimensions other than requests (pools whose quotas count
     /// costs); report what the call really cost in the release's `costs`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -96,7 +99,9 @@ impl std::fmt::Debug for Lease {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Event {
     /// `token.revoked`, `lease.revoked`, `token.refreshed`, `token.quarantined`,
-    /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`.
+    /// `pool.frozen`, `pool.unfrozen`, `pool.rotating`, `pipeline.created`, `pipeline.resized`,
+    /// `pipeline.ended`, `pipeline.token_replaced`, `pipeline.under_strength`,
+    /// `pipeline.at_strength`.
     #[serde(rename = "type")]
     pub kind: String,
     pub pool: String,
@@ -108,6 +113,25 @@ pub struct Event {
     pub at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The pipeline it concerns (`pipeline.*` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// `pipeline.token_replaced`: the token that took `token_id`'s place (absent: none was free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+}
+
+/// What a pipeline could not get (`409 insufficient_capacity`, and a dry run's answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct CapacityShort {
+    /// Tokens it could have had.
+    pub could: u64,
+    /// Tokens missing.
+    pub missing: u64,
+    /// When the next tokens free up (a cooldown or lease ends, another pipeline's deadline);
+    /// RFC 3339, null when nothing is due.
+    pub next_free_at: Option<String>,
 }
 
 /// An error answer (RFC 9457 problem details); `code` is the stable machine-readable name.
@@ -121,6 +145,9 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
+    /// `insufficient_capacity`: what could be had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityShort>,
 }
 
 #[cfg(test)]
@@ -137,6 +164,7 @@ mod tests {
             token_expires_at: None,
             lease_expires_at: "2030-01-01T00:00:00Z".into(),
             units: 1,
+            pipeline: None,
             costs: Default::default(),
             binding: Binding::default(),
             headers: LeaseHeaders {

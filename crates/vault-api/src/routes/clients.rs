@@ -35,6 +35,9 @@ pub struct MintInput {
     #[schema(required = true)]
     scopes: Option<Vec<String>>,
     pools: Option<Vec<String>>,
+    /// Limit the token to leasing through these pipelines (and creating, resizing, ending
+    /// them); absent: not limited.
+    pipelines: Option<Vec<String>>,
     ttl_s: Option<i64>,
 }
 
@@ -75,6 +78,24 @@ pub async fn mint(
             check_pool_name(p)?;
         }
     }
+    if let Some(pipelines) = &input.pipelines {
+        if pipelines.len() > 100 {
+            return Err(ApiError::invalid("pipelines lists at most 100 names"));
+        }
+        for p in pipelines {
+            vault_core::model::check_pipeline_name(p)?;
+        }
+    }
+    if who.pipelines.is_some()
+        && !input
+            .pipelines
+            .as_ref()
+            .is_some_and(|ps| ps.iter().all(|p| who.may_use_pipeline(p)))
+    {
+        return Err(ApiError::forbidden(
+            "a pipeline-limited client can only mint tokens for its own pipelines",
+        ));
+    }
     // A pool-limited admin cannot mint a token wider than its own.
     if who.pools.is_some() {
         let inside = input
@@ -91,7 +112,14 @@ pub async fn mint(
     let now = s.store.now_ms().await? / 1000;
     let (token, jti, exp) = s
         .keys
-        .mint(&sub, &scopes, input.pools.clone(), ttl, now)
+        .mint_limited(
+            &sub,
+            &scopes,
+            input.pools.clone(),
+            input.pipelines.clone(),
+            ttl,
+            now,
+        )
         .map_err(ApiError::invalid)?;
     // Who may revoke it later depends on its pools.
     s.store

@@ -41,6 +41,7 @@ fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiE
         token_expires_at: (g.expires_at > 0).then(|| rfc3339(g.expires_at)),
         lease_expires_at: rfc3339(g.deadline),
         units: g.units,
+        pipeline: (!g.pipeline.is_empty()).then(|| g.pipeline.clone()),
         costs: g.costs,
         binding,
     })
@@ -69,8 +70,8 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
     responses(
         (status = 201, description = "a new lease", body = LeaseView),
         (status = 200, description = "the lease an earlier request with this Idempotency-Key got", body = LeaseView),
-        (status = 404, description = "`pool_not_found`", body = Problem),
-        (status = 409, description = "`idempotency_conflict`: the key's lease has ended", body = Problem),
+        (status = 404, description = "`pool_not_found`, `pipeline_not_found` (none, or it ended)", body = Problem),
+        (status = 409, description = "`idempotency_conflict`: the key's lease has ended; `pipeline_not_ready`: its tokens are still being assigned", body = Problem),
         (status = 422, description = "`idempotency_mismatch`: the key was used with a different request", body = Problem),
         (status = 423, description = "`pool_frozen`", body = Problem),
         (status = 503, description = "`pool_exhausted` (with `Retry-After`: when a token can next be eligible), `redis_unavailable` or `redis_busy` (the lease may still have been created: retry with the same `Idempotency-Key`)", body = Problem, headers(("Retry-After" = u64, description = "seconds"))),
@@ -85,6 +86,12 @@ pub async fn acquire(
 ) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
     let pool = pool_name(&pool)?;
     input.validate()?;
+    if !who.may_use_pipeline(input.pipeline.as_deref().unwrap_or("")) {
+        return Err(ApiError::forbidden(match &input.pipeline {
+            Some(_) => "this client token is not allowed on this pipeline",
+            None => "this client token leases only through its pipelines: name one",
+        }));
+    }
     // The key is the client's own: scoped by its token's jti, so another client sending the
     // same key gets nothing of this one's lease.
     let idem = match headers.get("idempotency-key") {
@@ -107,6 +114,7 @@ pub async fn acquire(
         session: input.session.clone().unwrap_or_default(),
         idempotency_key: idem,
         request_fp: input.fingerprint(),
+        pipeline: input.pipeline.clone().unwrap_or_default(),
     };
     let deadline = Instant::now() + Duration::from_millis(input.wait_ms.unwrap_or(0));
     loop {

@@ -5,6 +5,7 @@ pub mod clients;
 pub mod health;
 pub mod jobs;
 pub mod leases;
+pub mod pipelines;
 pub mod pools;
 pub mod tokens;
 pub mod ui;

@@ -106,6 +106,8 @@ pub struct AcquireInput {
     pub min_token_ttl_s: Option<u64>,
     pub session: Option<String>,
     pub wait_ms: Option<u64>,
+    /// Lease only from this pipeline's share (`PUT /v1/pools/{pool}/pipelines/{name}`).
+    pub pipeline: Option<String>,
 }
 
 impl AcquireInput {
@@ -119,7 +121,8 @@ impl AcquireInput {
             self.costs,
             self.ttl_s,
             self.min_token_ttl_s,
-            self.session
+            self.session,
+            self.pipeline
         ]);
         hex::encode(&sha2::Sha256::digest(what.to_string().as_bytes())[..8])
     }
@@ -135,6 +138,9 @@ impl AcquireInput {
         }
         if let Some(s) = &self.session {
             check_label("session", s, 128)?;
+        }
+        if let Some(p) = &self.pipeline {
+            super::check_pipeline_name(p)?;
         }
         if let Some(u) = self.units {
             in_range("units", u, 1, 1_000_000)?;
@@ -192,6 +198,9 @@ pub struct LeaseGrant {
     #[serde(flatten)]
     pub proxy: crate::crypto::SealedProxy,
     pub binding_fp: String,
+    /// The pipeline it was leased through ("" = none).
+    #[serde(default)]
+    pub pipeline: String,
     #[serde(default)]
     pub replayed: bool,
 }

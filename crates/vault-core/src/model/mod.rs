@@ -73,6 +73,7 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
 }
 
 mod lease;
+mod pipeline;
 mod pool;
 mod quota;
 mod refresh_settings;
@@ -81,6 +82,7 @@ mod status;
 mod token;
 
 pub use lease::*;
+pub use pipeline::*;
 pub use pool::*;
 pub use quota::*;
 pub use refresh_settings::*;

@@ -17,6 +17,7 @@ impl Store {
                     session: a.session.clone(),
                     idem: a.idempotency_key.clone(),
                     idem_fp: a.request_fp.clone(),
+                    pipeline: a.pipeline.clone(),
                 },
             )
             .await?;

@@ -27,6 +27,7 @@ pub use crate::refresh::{ClaimedJob, RefreshedToken};
 use crate::refresh::{RefreshResult, RetryPolicy};
 use crate::scripts;
 use crate::Result;
+pub use pipelines::{PipelineNews, PipelineStep, ShortRaw, PIPELINE_BATCH};
 pub use rate::{LeaseRate, RATE_MINUTES};
 
 /// What an acquire asks for.
@@ -44,6 +45,8 @@ pub struct AcquireArgs {
     pub idempotency_key: String,
     /// Fingerprint of what was asked: a reused key with another request is refused.
     pub request_fp: String,
+    /// "": the free part of the pool.
+    pub pipeline: String,
 }
 
 /// The token a release or rotate gave back, and its state afterwards.
@@ -89,6 +92,9 @@ pub struct PoolDue {
     pub expiring: bool,
     /// A deprecated token's sunset has come.
     pub sunset: bool,
+    /// A pipeline needs work: its deadline passed, it is under strength or being assigned or
+    /// given back, or what happened to shares waits to be announced.
+    pub pipelines: bool,
     /// A preemptive refresh is due.
     pub refresh: bool,
     /// A refresh job for the refresher is visible (claimable).
@@ -765,6 +771,7 @@ mod clients;
 mod events;
 mod jobs;
 mod leases;
+mod pipelines;
 mod pools;
 mod rate;
 mod sweeps;

@@ -115,6 +115,17 @@ impl Store {
             for key in indexes {
                 p.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
             }
+            if janitor {
+                // Pipelines: the first deadline, and any under strength, being worked, or news.
+                p.cmd("ZRANGE")
+                    .arg(pk.pipelines())
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES");
+                p.cmd("SCARD").arg(pk.pipelines_short());
+                p.cmd("SCARD").arg(pk.pipelines_work());
+                p.cmd("LLEN").arg(pk.pipeline_news());
+            }
             p.cmd("HMGET")
                 .arg(pk.cfg())
                 .arg(&["op", "lease_ttl_s", "min_token_ttl_s", "probe"]);
@@ -132,7 +143,7 @@ impl Store {
             r.first().map(|(_, s)| *s)
         };
         let due = |v: &redis::Value| first(v).is_some_and(|s| s <= now);
-        let per = if janitor { 6 } else { 3 };
+        let per = if janitor { 10 } else { 3 };
         Ok(rows
             .chunks(per)
             .map(|r| {
@@ -159,6 +170,10 @@ impl Store {
                     expiring: first(&r[2]).is_some_and(|s| s < now + min_ttl_ms),
                     sunset: due(&r[3]),
                     refresh: due(&r[4]),
+                    pipelines: due(&r[5])
+                        || r[6..9]
+                            .iter()
+                            .any(|v| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0) > 0),
                     ..Default::default()
                 }
             })
