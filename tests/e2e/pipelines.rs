@@ -128,7 +128,7 @@ async fn two_pipelines_and_free_leasing_never_cross() {
 /// under strength (event, status, metric) until the janitor finds a token.
 #[tokio::test]
 async fn a_lost_pipeline_token_is_replaced_and_announced() {
-    let t = one(&[]).await;
+    let t = one(&[("TV_POOL_METRICS_INTERVAL_S", "1")]).await;
     pool_of(&t.api, 4, json!({"quarantine_after_strikes": 1})).await;
     let p = t
         .api
@@ -205,6 +205,20 @@ async fn a_lost_pipeline_token_is_replaced_and_announced() {
         "{ev:?}"
     );
     assert_ne!(by, first);
+    // The gauge says so too (refreshed every second).
+    let gauge = || async {
+        let m = crate::harness::metrics_text(&t.vault.base).await;
+        crate::harness::sample(
+            &m,
+            "tv_pipeline_under_strength",
+            &["pool=\"p\"", "pipeline=\"job\""],
+        )
+    };
+    let end = Instant::now() + PATIENCE;
+    while gauge().await != Some(1.0) {
+        assert!(Instant::now() < end, "tv_pipeline_under_strength never 1");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let audit = t.api.get("/v1/audit?pool=p").await.body.to_string();
     assert!(audit.contains("pipeline.token_replaced"), "{audit}");
     assert!(audit.contains("pipeline.create"), "{audit}");
@@ -540,4 +554,39 @@ async fn a_pipeline_of_20000_tokens_moves_in_short_batches() {
     assert!(slowest < 50_000, "a call took {slowest} µs");
     let st = t.api.get("/v1/pools/p/status").await.body;
     assert_eq!(st["tokens"]["active"], N + 500, "{st}");
+}
+
+/// The Rust SDK creates a pipeline, works through it with a `Worker`, reads the shortfall as a
+/// typed error, and ends it.
+#[tokio::test]
+async fn the_rust_sdk_works_through_a_pipeline() {
+    let t = one(&[]).await;
+    pool_of(&t.api, 3, json!({})).await;
+    let c = vault_client::Client::new(&t.vault.base, &t.dep.admin);
+    let demand = vault_client::PipelineInput {
+        tokens: Some(2),
+        duration_s: 600,
+        ..Default::default()
+    };
+    let st = c.put_pipeline("p", "sdk", &demand).await.expect("created");
+    assert_eq!(st["tokens"], 2, "{st}");
+    let w = vault_client::Worker::start_in(c.clone(), "p", Some("sdk"), "w1")
+        .await
+        .unwrap();
+    let l = w.lease().await.unwrap();
+    assert_eq!(l.pipeline.as_deref(), Some("sdk"));
+    w.report(&l, vault_client::Outcome::Ok).await.unwrap();
+    w.finish().await.unwrap();
+    let big = vault_client::PipelineInput {
+        tokens: Some(5),
+        duration_s: 600,
+        ..Default::default()
+    };
+    match c.put_pipeline("p", "other", &big).await {
+        Err(vault_client::Error::InsufficientCapacity(s)) => {
+            assert_eq!((s.could, s.missing), (1, 4), "{s:?}")
+        }
+        other => panic!("expected a shortfall: {other:?}"),
+    }
+    assert_eq!(c.end_pipeline("p", "sdk").await.unwrap(), 2);
 }

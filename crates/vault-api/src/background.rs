@@ -59,16 +59,40 @@ async fn pool_gauges(
         match store.pool_status_sampled(&name, GAUGE_SAMPLE).await {
             Ok(st) => {
                 pool_gauges_of(&name, Some(&st));
+                for p in &st.pipelines {
+                    pipeline_gauges_of(&name, &p.name, Some(p));
+                    now.insert(format!("{name}/{}", p.name));
+                }
                 now.insert(name);
             }
             Err(vault_core::VaultError::PoolNotFound) => {}
             Err(e) => return Err(e),
         }
     }
+    // Pool names hold no `/`: `pool/pipeline` names a pipeline's series.
     for gone in shown.difference(&now) {
-        pool_gauges_of(gone, None);
+        match gone.split_once('/') {
+            Some((pool, pipeline)) => pipeline_gauges_of(pool, pipeline, None),
+            None => pool_gauges_of(gone, None),
+        }
     }
     Ok(now)
+}
+
+/// Set the `tv_pipeline_*` gauges of a pipeline; all to 0 when it is gone (`None`).
+fn pipeline_gauges_of(pool: &str, pipeline: &str, p: Option<&vault_core::model::PipelineStatus>) {
+    let v = |f: fn(&vault_core::model::PipelineStatus) -> f64| p.map_or(0.0, f);
+    for (name, value) in [
+        ("tv_pipeline_tokens", v(|p| p.tokens as f64)),
+        ("tv_pipeline_tokens_wanted", v(|p| p.tokens_wanted as f64)),
+        (
+            "tv_pipeline_under_strength",
+            v(|p| u8::from(p.under_strength) as f64),
+        ),
+    ] {
+        metrics::gauge!(name, "pool" => pool.to_string(), "pipeline" => pipeline.to_string())
+            .set(value);
+    }
 }
 
 /// Set the `tv_pool_*` gauges of `pool` from its status; all to 0 when the pool is gone (`None`).

@@ -49,6 +49,10 @@ pub enum Error {
     },
     #[error("the lease has ended")]
     LeaseGone,
+    /// A pipeline could not get its tokens: how many it could have, how many are missing, and
+    /// when the next free up. Nothing stayed assigned.
+    #[error("the pool is short of eligible tokens for this pipeline ({} missing)", .0.missing)]
+    InsufficientCapacity(CapacityShort),
     #[error("vault answered {status} {code}: {detail}")]
     Api {
         status: u16,
@@ -81,7 +85,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The wire types, shared with the server (`vault-wire`): a lease (its `Debug` leaves the secret
 /// out), its binding and ready-made headers, the outcome a worker reports, an error answer.
-pub use vault_wire::{Binding, Lease, LeaseHeaders, Outcome, Problem};
+pub use vault_wire::{
+    Binding, CapacityShort, Lease, LeaseHeaders, Outcome, PipelineInput, Problem,
+};
 
 /// One server-sent event.
 #[derive(Debug, Clone)]
@@ -115,13 +121,23 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response> {
-        let res = self
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self
             .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await?;
         if res.status().is_success() {
             return Ok(res);
         }
@@ -151,6 +167,57 @@ impl Client {
 
     pub async fn lease(&self, pool: &str, worker: &str) -> Result<Lease> {
         self.lease_costing(pool, worker, &Default::default()).await
+    }
+
+    /// Lease a token of pipeline `pipeline`'s share (see [`Client::put_pipeline`]).
+    pub async fn lease_in(&self, pool: &str, pipeline: &str, worker: &str) -> Result<Lease> {
+        let body = json!({ "worker": worker, "pipeline": pipeline });
+        Ok(self
+            .post(&format!("/v1/pools/{pool}/leases"), body)
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Create (or resize, and restart the deadline of) pipeline `name`: a share of `pool` sized
+    /// for `demand`, assigned before this returns. Its status as the vault answers it (`tokens`,
+    /// `tokens_wanted`, `under_strength`, `deadline`, ...). A pool short of eligible tokens:
+    /// [`Error::InsufficientCapacity`] (unless `demand.allow_partial`).
+    pub async fn put_pipeline(
+        &self,
+        pool: &str,
+        name: &str,
+        demand: &PipelineInput,
+    ) -> Result<Value> {
+        let body = serde_json::to_value(demand).expect("a demand serializes");
+        let path = format!("/v1/pools/{pool}/pipelines/{name}");
+        Ok(self
+            .send(reqwest::Method::PUT, &path, Some(body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Pipeline `name`'s status.
+    pub async fn pipeline(&self, pool: &str, name: &str) -> Result<Value> {
+        let path = format!("/v1/pools/{pool}/pipelines/{name}");
+        Ok(self
+            .send(reqwest::Method::GET, &path, None)
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// End pipeline `name` now: its tokens go back to the pool (leases out keep their
+    /// deadlines). Returns how many it held.
+    pub async fn end_pipeline(&self, pool: &str, name: &str) -> Result<u64> {
+        let path = format!("/v1/pools/{pool}/pipelines/{name}");
+        let v: Value = self
+            .send(reqwest::Method::DELETE, &path, None)
+            .await?
+            .json()
+            .await?;
+        Ok(v["tokens_returned"].as_u64().unwrap_or(0))
     }
 
     /// Lease a token for a call expected to cost `costs` by cost dimension (pools whose quotas
@@ -234,6 +301,9 @@ impl Client {
 async fn problem(res: reqwest::Response) -> Error {
     let status = res.status().as_u16();
     match res.json::<Problem>().await {
+        Ok(Problem {
+            capacity: Some(c), ..
+        }) => Error::InsufficientCapacity(c),
         Ok(p) => Error::Api {
             status,
             code: p.code,
@@ -399,6 +469,8 @@ impl Revoked {
 pub struct Worker {
     client: Client,
     pool: String,
+    /// Leases come from this pipeline's share (None: the free part of the pool).
+    pipeline: Option<String>,
     name: String,
     current: tokio::sync::Mutex<Option<Lease>>,
     revoked: Arc<Revoked>,
@@ -409,12 +481,23 @@ impl Worker {
     /// Start a worker on `pool`: subscribes to the pool's events first (so no revocation
     /// between now and the first lease can be missed), reconnecting with `Last-Event-ID`.
     pub async fn start(client: Client, pool: &str, name: &str) -> Result<Worker> {
+        Self::start_in(client, pool, None, name).await
+    }
+
+    /// As [`Worker::start`], leasing through `pipeline` when given.
+    pub async fn start_in(
+        client: Client,
+        pool: &str,
+        pipeline: Option<&str>,
+        name: &str,
+    ) -> Result<Worker> {
         let feed = client.follow(&[pool]).await?;
         let revoked: Arc<Revoked> = Arc::default();
         let listener = tokio::spawn(listen(feed, revoked.clone()));
         Ok(Worker {
             client,
             pool: pool.to_string(),
+            pipeline: pipeline.map(String::from),
             name: name.to_string(),
             current: Default::default(),
             revoked,
@@ -448,7 +531,10 @@ impl Worker {
             tracing::info!(token_id = %l.token_id, "lease revoked by the vault; taking a new one");
             *cur = None;
         }
-        let l = self.client.lease(&self.pool, &self.name).await?;
+        let l = match &self.pipeline {
+            Some(p) => self.client.lease_in(&self.pool, p, &self.name).await?,
+            None => self.client.lease(&self.pool, &self.name).await?,
+        };
         *cur = Some(l.clone());
         Ok(l)
     }

@@ -460,6 +460,7 @@ impl Store {
         dry: bool,
     ) -> Result<PipelinePut> {
         let cfg = self.pool_config(pool).await?;
+        use crate::model::PipelineDemand;
         let (size, sized_by) = input.size(&cfg)?;
         if dry {
             let have = self

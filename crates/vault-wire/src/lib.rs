@@ -121,6 +121,35 @@ pub struct Event {
     pub replaced_by: Option<String>,
 }
 
+/// `PUT /v1/pools/{pool}/pipelines/{name}`: the demand a pipeline is sized from, or an explicit
+/// token count. Sent again, it resizes the pipeline and restarts its deadline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PipelineInput {
+    /// Requests per second the job will make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<f64>,
+    /// How long the job runs, seconds: the pipeline ends this long after the request.
+    pub duration_s: u64,
+    /// Requests the job holds a token for at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u64>,
+    /// Quota units one request takes (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units_per_request: Option<u64>,
+    /// Life a token must have left to join (default: the pool's `min_token_ttl_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_token_ttl_s: Option<u64>,
+    /// Tokens to hold, instead of sizing from `rps` and `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    /// Take what is there when the pool holds fewer eligible tokens than needed (the pipeline
+    /// is then under strength and topped up as tokens free up), instead of a 409.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_partial: bool,
+}
+
 /// What a pipeline could not get (`409 insufficient_capacity`, and a dry run's answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use vault_core::auth::{Principal, Scope};
-use vault_core::model::{check_pipeline_name, PipelineInput, PipelineStatus};
+use vault_core::model::{check_pipeline_name, PipelineDemand, PipelineInput, PipelineStatus};
 use vault_core::ops::PipelinePut;
 
 use super::pool_name;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::sizing::Demand;
 use super::{in_range, invalid, valid_name, PoolConfig};
@@ -26,33 +26,8 @@ pub fn check_pipeline_name(name: &str) -> Result<(), VaultError> {
     }
 }
 
-/// `PUT /v1/pools/{pool}/pipelines/{name}`: the demand a pipeline is sized from, or an explicit
-/// token count. Sent again, it resizes the pipeline and restarts its deadline.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineInput {
-    /// Requests per second the job will make.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rps: Option<f64>,
-    /// How long the job runs, seconds: the pipeline ends this long after the request.
-    pub duration_s: u64,
-    /// Requests the job holds a token for at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<u64>,
-    /// Quota units one request takes (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub units_per_request: Option<u64>,
-    /// Life a token must have left to join (default: the pool's `min_token_ttl_s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_token_ttl_s: Option<u64>,
-    /// Tokens to hold, instead of sizing from `rps` and `concurrency`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<u64>,
-    /// Take what is there when the pool holds fewer eligible tokens than needed (the pipeline
-    /// is then under strength and topped up as tokens free up), instead of a 409.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_partial: bool,
-}
+/// `PUT /v1/pools/{pool}/pipelines/{name}` (a wire type: the SDK sends it).
+pub use vault_wire::PipelineInput;
 
 /// How a pipeline's size was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -65,8 +40,18 @@ pub struct PipelineSize {
     pub tokens_for_concurrency: u64,
 }
 
-impl PipelineInput {
-    pub fn validate(&self) -> Result<(), VaultError> {
+/// What the vault does with a pipeline's demand: checks it and sizes it.
+pub trait PipelineDemand {
+    fn validate(&self) -> Result<(), VaultError>;
+    /// Units one request takes (default 1).
+    fn units(&self) -> u64;
+    /// Its size on `cfg`, by the one sizing rule (pool status and `vaultctl pool size` use it
+    /// too), and the quota it is sized by.
+    fn size(&self, cfg: &PoolConfig) -> Result<(PipelineSize, Option<String>), VaultError>;
+}
+
+impl PipelineDemand for PipelineInput {
+    fn validate(&self) -> Result<(), VaultError> {
         in_range("duration_s", self.duration_s, 1, MAX_PIPELINE_DURATION_S)?;
         if let Some(r) = self.rps {
             if !r.is_finite() || r <= 0.0 || r > 1e7 {
@@ -101,13 +86,11 @@ impl PipelineInput {
         Ok(())
     }
 
-    pub fn units(&self) -> u64 {
+    fn units(&self) -> u64 {
         self.units_per_request.unwrap_or(1)
     }
 
-    /// Its size on `cfg`, by the one sizing rule (pool status and `vaultctl pool size` use it
-    /// too), and the quota it is sized by.
-    pub fn size(&self, cfg: &PoolConfig) -> Result<(PipelineSize, Option<String>), VaultError> {
+    fn size(&self, cfg: &PoolConfig) -> Result<(PipelineSize, Option<String>), VaultError> {
         if let Some(n) = self.tokens {
             return Ok((
                 PipelineSize {

@@ -66,6 +66,9 @@ pub struct PoolStatus {
     pub operation: Option<OperationStatus>,
     /// The observed lease rate and the tokens it needs.
     pub sizing: PoolSizing,
+    /// The pool's pipelines: their phase, size and deadline (counts by state, leases and
+    /// projections are in `GET /v1/pools/{pool}/pipelines`).
+    pub pipelines: Vec<super::PipelineStatus>,
 }
 
 /// One quota of a pool, as status shows it.

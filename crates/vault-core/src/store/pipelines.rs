@@ -2,7 +2,9 @@
 //! given back in batches.
 
 use super::*;
-use crate::model::{CapacityShort, PipelineInput, PipelineSize, PipelineStatus, MAX_PIPELINES};
+use crate::model::{
+    CapacityShort, PipelineDemand, PipelineInput, PipelineSize, PipelineStatus, MAX_PIPELINES,
+};
 
 /// Tokens one pipeline batch scans, assigns or gives back: ~50 µs each (an assignment re-checks
 /// and places each token), so about 1 ms a call

@@ -549,6 +549,8 @@ impl Store {
             .max_by_key(|q| q.binds)
             .map(|q| q.name.clone());
         let janitor = self.janitor_beat().await?.map(|b| b.status(now_ms));
+        // Pipelines by size only (their own status reads their tokens).
+        let pipelines = self.pipeline_status_sampled(name, cfg, &[], 0).await?;
         let field = |i: usize| rot.get(i).cloned().flatten().unwrap_or_default();
         let operation = (!field(6).is_empty()).then(|| crate::model::OperationStatus {
             kind: field(6),
@@ -558,6 +560,7 @@ impl Store {
         Ok(PoolStatus {
             janitor,
             operation,
+            pipelines,
             pool: name.to_string(),
             tokens,
             leases_active: leases,
