@@ -48,6 +48,9 @@ process = CrawlerProcess(settings={
     "TOKENVAULT_POOL": os.environ["TOKENVAULT_POOL"],
     "TOKENVAULT_PER_SLOT": os.environ.get("TOKENVAULT_PER_SLOT") == "1",
     "TOKENVAULT_WAIT_MS": int(os.environ.get("TOKENVAULT_WAIT_MS", "10000")),
+    "TOKENVAULT_PIPELINE": os.environ.get("TOKENVAULT_PIPELINE"),
+    "TOKENVAULT_PIPELINE_RPS": float(os.environ.get("TOKENVAULT_PIPELINE_RPS", "0")),
+    "TOKENVAULT_PIPELINE_DURATION_S": int(os.environ.get("TOKENVAULT_PIPELINE_DURATION_S", "0")),
 })
 crawler = process.create_crawler(Spider)
 process.crawl(crawler)

@@ -124,3 +124,27 @@ def test_many_threads_never_share_a_token(vault, pool):
         t.join(60)
     assert not errors
     assert vault.pool_status(pool)["leases_active"] == 0
+
+
+def test_a_pipeline_holds_its_share_and_a_short_pool_says_by_how_much(vault, pool):
+    from tokenvault import InsufficientCapacity, PipelineNotFound
+
+    vault.put_pool(pool)
+    vault.deposit(pool, [{"id": f"t{i}", "secret": f"s{i}"} for i in range(3)])
+    st = vault.put_pipeline(pool, "job", tokens=2, duration_s=600)
+    assert (st["tokens"], st["phase"]) == (2, "live"), st
+    lease = vault.lease(pool, pipeline="job")
+    assert lease.pipeline == "job"
+    # The free part of the pool is the one token left.
+    free = vault.lease(pool)
+    assert free.pipeline is None and free.token_id != lease.token_id
+    with pytest.raises(PoolExhausted):
+        vault.lease(pool)
+    vault.release(free)
+    with pytest.raises(InsufficientCapacity) as e:
+        vault.put_pipeline(pool, "big", tokens=3, duration_s=600)
+    assert (e.value.could, e.value.missing) == (1, 2), e.value.problem
+    assert vault.end_pipeline(pool, "job") == 2
+    with pytest.raises(PipelineNotFound):
+        vault.lease(pool, pipeline="job")
+    vault.release(lease)

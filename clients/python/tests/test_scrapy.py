@@ -18,11 +18,13 @@ HERE = Path(__file__).parent
 QUOTA = 12
 
 
-def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False, wait_ms=10000):
+def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False, wait_ms=10000,
+          extra_env=None):
     out = tmp_path / "crawl.json"
     env = {**os.environ, "TOKENVAULT_URL": vault_server.url, "TOKENVAULT_TOKEN": vault_server.admin,
            "TOKENVAULT_POOL": pool, "CRAWL_TARGET": target.url, "CRAWL_PAGES": str(pages),
-           "TOKENVAULT_PER_SLOT": "1" if per_slot else "0", "TOKENVAULT_WAIT_MS": str(wait_ms)}
+           "TOKENVAULT_PER_SLOT": "1" if per_slot else "0", "TOKENVAULT_WAIT_MS": str(wait_ms),
+           **(extra_env or {})}
     run = subprocess.run([sys.executable, str(HERE / "crawl.py"), str(out)], env=env,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -85,6 +87,36 @@ def test_a_crawl_finishes_without_a_revoked_token_or_going_past_quota(vault_serv
             per_token[tok] = per_token.get(tok, 0) + 1
     assert max(per_token.values()) <= QUOTA and len(per_token) >= 4, per_token
     assert vault.pool_status(pool)["leases_active"] == 0
+    vault.close()
+
+
+def test_a_crawl_through_a_pipeline_sized_from_its_settings(vault_server, pool, tmp_path):
+    """The middleware creates the crawl's pipeline at open from its rate and duration settings
+    (4 requests/s for 30 s at 12 requests per token: 10 tokens of the pool's 14), leases only
+    from it, keeps every token under the target's quota, and ends it at close."""
+    from conftest import Target
+    from tokenvault import PipelineNotFound
+
+    target = Target()
+    vault = Vault(vault_server.url, vault_server.admin)
+    make_pool(vault, pool, target, 14)
+    env = {"TOKENVAULT_PIPELINE": "crawl", "TOKENVAULT_PIPELINE_RPS": "4",
+           "TOKENVAULT_PIPELINE_DURATION_S": "30"}
+    try:
+        result, log = crawl(vault_server, pool, target, tmp_path, pages=60, extra_env=env)
+    finally:
+        target.stop()
+    assert sum(1 for r in result["rows"] if r["status"] == 200) == 60, (result, log)
+    assert all(st == 200 for _, _, st, _ in target.seen), target.seen
+    per_token = {}
+    for _, tok, _, _ in target.seen:
+        per_token[tok] = per_token.get(tok, 0) + 1
+    # Only the pipeline's ten tokens served, none past its quota.
+    assert len(per_token) <= 10 and max(per_token.values()) <= QUOTA, per_token
+    with pytest.raises(PipelineNotFound):
+        vault.pipeline(pool, "crawl")
+    actions = [e["action"] for e in vault._call("GET", "/v1/audit", params={"pool": pool})["events"]]
+    assert "pipeline.create" in actions and "pipeline.end" in actions, actions
     vault.close()
 
 

@@ -8,15 +8,17 @@
 """
 
 from ._async import AsyncVault
-from ._errors import (Conflict, Forbidden, InvalidRequest, LeaseGone, LeaseRevoked, NotFound,
-                      PoolExhausted, PoolFrozen, PoolNotFound, TokenNotFound, Unauthorized,
-                      Unavailable, VaultError)
+from ._errors import (Conflict, Forbidden, InsufficientCapacity, InvalidRequest, LeaseGone,
+                      LeaseRevoked, NotFound, PipelineNotFound, PipelineNotReady, PoolExhausted,
+                      PoolFrozen, PoolNotFound, TokenNotFound, Unauthorized, Unavailable,
+                      VaultError)
 from ._models import Binding, Event, Lease, Report
 from ._sync import Vault
 
 __all__ = [
-    "AsyncVault", "Binding", "Conflict", "Event", "Forbidden", "InvalidRequest", "Lease",
-    "LeaseGone", "LeaseRevoked", "NotFound", "PoolExhausted", "PoolFrozen", "PoolNotFound",
+    "AsyncVault", "Binding", "Conflict", "Event", "Forbidden", "InsufficientCapacity",
+    "InvalidRequest", "Lease", "LeaseGone", "LeaseRevoked", "NotFound", "PipelineNotFound",
+    "PipelineNotReady", "PoolExhausted", "PoolFrozen", "PoolNotFound",
     "Report", "TokenNotFound", "Unauthorized", "Unavailable", "Vault", "VaultError",
 ]
 __version__ = "0.1.0"

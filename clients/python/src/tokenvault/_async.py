@@ -94,9 +94,10 @@ class AsyncVault:
                      min_token_ttl_s: Optional[int] = None, session: Optional[str] = None,
                      wait_ms: Optional[int] = None,
                      idempotency_key: Optional[str] = None,
-                     costs: Optional[Dict[str, int]] = None) -> Lease:
+                     costs: Optional[Dict[str, int]] = None,
+                     pipeline: Optional[str] = None) -> Lease:
         body = _core.lease_body(worker or self.worker, units, ttl_s, min_token_ttl_s, session,
-                                wait_ms, costs)
+                                wait_ms, costs, pipeline)
         timeout = self._timeout + (wait_ms or 0) / 1000
         answer = await self._leasing("POST", _core.pool_path(pool, "leases"), body,
                                      idempotency_key or _core.new_idempotency_key(), timeout)
@@ -211,6 +212,29 @@ class AsyncVault:
 
     async def put_pool(self, pool: str, **config: Any) -> Dict[str, Any]:
         return _core.as_dict(await self._call("PUT", _core.pool_path(pool), json=config))
+
+    async def put_pipeline(self, pool: str, name: str, *, duration_s: int,
+                     rps: Optional[float] = None, concurrency: Optional[int] = None,
+                     units_per_request: Optional[int] = None,
+                     min_token_ttl_s: Optional[int] = None, tokens: Optional[int] = None,
+                     allow_partial: bool = False) -> Dict[str, Any]:
+        """Create (or resize, restarting its deadline) pipeline ``name``: a share of ``pool``
+        sized for ``rps`` x ``duration_s`` (and ``concurrency``), or ``tokens`` tokens. Its
+        tokens are assigned before this returns. Raises InsufficientCapacity when the pool is
+        short (unless ``allow_partial``)."""
+        body = _core.pipeline_body(duration_s, rps, concurrency, units_per_request,
+                                   min_token_ttl_s, tokens, allow_partial)
+        return _core.as_dict(await self._call("PUT", _core.pool_path(pool, "pipelines", name),
+                                              json=body))
+
+    async def pipeline(self, pool: str, name: str) -> Dict[str, Any]:
+        """Pipeline ``name``'s status (tokens, under_strength, rates, exhausts_at...)."""
+        return _core.as_dict(await self._call("GET", _core.pool_path(pool, "pipelines", name)))
+
+    async def end_pipeline(self, pool: str, name: str) -> int:
+        """End pipeline ``name``: its tokens go back to the pool. Returns how many it held."""
+        answer = await self._call("DELETE", _core.pool_path(pool, "pipelines", name))
+        return int(_core.as_dict(answer).get("tokens_returned", 0))
 
     async def pool_status(self, pool: str) -> Dict[str, Any]:
         return _core.as_dict(await self._call("GET", _core.pool_path(pool, "status")))

@@ -34,13 +34,29 @@ def pool_path(pool: str, *rest: str) -> str:
 
 def lease_body(worker: Optional[str], units: Optional[int], ttl_s: Optional[int],
                min_token_ttl_s: Optional[int], session: Optional[str],
-               wait_ms: Optional[int], costs: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+               wait_ms: Optional[int], costs: Optional[Dict[str, int]] = None,
+               pipeline: Optional[str] = None) -> Dict[str, Any]:
     body: Dict[str, Any] = {}
     for name, value in (("worker", worker), ("units", units), ("costs", costs or None),
                         ("ttl_s", ttl_s), ("min_token_ttl_s", min_token_ttl_s),
-                        ("session", session), ("wait_ms", wait_ms)):
+                        ("session", session), ("wait_ms", wait_ms), ("pipeline", pipeline)):
         if value is not None:
             body[name] = value
+    return body
+
+
+def pipeline_body(duration_s: int, rps: Optional[float], concurrency: Optional[int],
+                  units_per_request: Optional[int], min_token_ttl_s: Optional[int],
+                  tokens: Optional[int], allow_partial: bool) -> Dict[str, Any]:
+    """A pipeline's demand as ``PUT /v1/pools/{pool}/pipelines/{name}`` takes it."""
+    body: Dict[str, Any] = {"duration_s": duration_s}
+    for name, value in (("rps", rps), ("concurrency", concurrency),
+                        ("units_per_request", units_per_request),
+                        ("min_token_ttl_s", min_token_ttl_s), ("tokens", tokens)):
+        if value is not None:
+            body[name] = value
+    if allow_partial:
+        body["allow_partial"] = True
     return body
 
 

@@ -57,6 +57,39 @@ class Conflict(VaultError):
     """409: the state does not allow it now (a pool operation runs, a token exists...)."""
 
 
+class PipelineNotFound(NotFound):
+    """404: no such pipeline in the pool (never created, or ended)."""
+
+
+class PipelineNotReady(Conflict):
+    """409: the pipeline's tokens are still being assigned; retry when it is complete."""
+
+
+class InsufficientCapacity(Conflict):
+    """409: the pool holds fewer eligible tokens than the pipeline needs; nothing was assigned.
+
+    ``could`` (tokens it could have had), ``missing``, and ``next_free_at`` (RFC 3339, or None)
+    say by how much and until when."""
+
+    @property
+    def capacity(self) -> Dict[str, Any]:
+        c = self.problem.get("capacity")
+        return c if isinstance(c, dict) else {}
+
+    @property
+    def could(self) -> int:
+        return int(self.capacity.get("could", 0))
+
+    @property
+    def missing(self) -> int:
+        return int(self.capacity.get("missing", 0))
+
+    @property
+    def next_free_at(self) -> Optional[str]:
+        v = self.capacity.get("next_free_at")
+        return str(v) if v else None
+
+
 class LeaseGone(VaultError):
     """410: the lease ended (expired, released, or its token revoked)."""
 
@@ -92,6 +125,9 @@ _BY_CODE: Dict[str, Type[VaultError]] = {
     "token_not_found": TokenNotFound,
     "not_found": NotFound,
     "conflict": Conflict,
+    "pipeline_not_found": PipelineNotFound,
+    "pipeline_not_ready": PipelineNotReady,
+    "insufficient_capacity": InsufficientCapacity,
     "idempotency_conflict": Conflict,
     "lease_gone": LeaseGone,
     "pool_frozen": PoolFrozen,

@@ -82,6 +82,8 @@ class Lease:
     headers: Dict[str, str]
     #: What the lease reserved by cost dimension (pools whose quotas count costs).
     costs: Dict[str, int] = field(default_factory=dict)
+    #: The pipeline it was leased through, if any.
+    pipeline: Optional[str] = None
     #: Set when the events stream said this lease's token (or the lease) was revoked.
     revoked: Optional[str] = None
     #: What the target's rate-limit headers said last (reported on release).
@@ -105,13 +107,14 @@ class Lease:
             binding=Binding(proxy=b.get("proxy"), fingerprint=b.get("fingerprint")),
             headers=dict(body.get("headers") or {}),
             costs={k: int(v) for k, v in (body.get("costs") or {}).items()},
+            pipeline=body.get("pipeline"),
             _owner=owner,
         )
 
     def _become(self, other: "Lease") -> None:
         """Take over ``other``'s identity (after a rotate gave a new lease)."""
         for name in ("lease_id", "token_id", "secret", "token_expires_at", "lease_expires_at",
-                     "units", "costs", "binding", "headers"):
+                     "units", "costs", "pipeline", "binding", "headers"):
             setattr(self, name, getattr(other, name))
         self.revoked = None
         self.remaining = None

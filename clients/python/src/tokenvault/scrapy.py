@@ -17,6 +17,12 @@ Settings (all optional but the three above):
   pool's slot; or no answer at all), backing off from 0.25 s up to 10 s or the vault's
   ``Retry-After``, before it is dropped with a warning; other requests go on meanwhile.
 - ``TOKENVAULT_MAX_RETRIES`` (3): how often one request is rescheduled after a 401 or 429.
+- ``TOKENVAULT_PIPELINE``: lease only from a pipeline of this name, a share of the pool reserved
+  for this crawl: created when the spider opens, sized by the vault for
+  ``TOKENVAULT_PIPELINE_RPS`` requests per second for ``TOKENVAULT_PIPELINE_DURATION_S``
+  seconds (default: ``CLOSESPIDER_TIMEOUT``, else 3600) with ``CONCURRENT_REQUESTS`` held at
+  once (or ``TOKENVAULT_PIPELINE_TOKENS`` tokens), and ended when it closes. A pool too short
+  for it stops the crawl at open (``TOKENVAULT_PIPELINE_PARTIAL`` = True takes what is there).
 
 A 401 reports the token ``unauthorized`` (the vault refreshes it) and reschedules the request
 with another token; a 429 reports ``rate_limited`` with the target's ``Retry-After`` (the token
@@ -53,6 +59,23 @@ META_RETRIES = "tokenvault_retries"
 META_SKIP = "tokenvault_skip"
 
 
+def _pipeline_demand(s: Any) -> Dict[str, Any]:
+    """The demand a crawl's pipeline is created with, from its settings."""
+    duration = s.getint("TOKENVAULT_PIPELINE_DURATION_S", 0) or s.getint("CLOSESPIDER_TIMEOUT", 0) \
+        or 3600
+    demand: Dict[str, Any] = {"duration_s": duration,
+                              "allow_partial": s.getbool("TOKENVAULT_PIPELINE_PARTIAL", False)}
+    tokens = s.getint("TOKENVAULT_PIPELINE_TOKENS", 0)
+    if tokens:
+        demand["tokens"] = tokens
+    else:
+        rps = s.getfloat("TOKENVAULT_PIPELINE_RPS", 0.0)
+        if rps > 0:
+            demand["rps"] = rps
+        demand["concurrency"] = s.getint("CONCURRENT_REQUESTS", 16)
+    return demand
+
+
 class _Held:
     """A lease and how many of its units the requests sent with it used."""
 
@@ -65,9 +88,14 @@ class _Held:
 class TokenVaultMiddleware:
     def __init__(self, url: str, token: str, pool: str, *, per_slot: bool, slot_units: int,
                  wait_ms: int, max_retries: int, exhausted_timeout_s: float = 300.0,
-                 stats: Any = None) -> None:
+                 stats: Any = None, pipeline: Optional[str] = None,
+                 pipeline_demand: Optional[Dict[str, Any]] = None) -> None:
         self.vault = AsyncVault(url, token, worker="scrapy")
         self.pool = pool
+        #: The pipeline leases come from (None: the free part of the pool), and the demand it
+        #: is created with when the spider opens.
+        self.pipeline = pipeline
+        self.pipeline_demand = pipeline_demand or {}
         self.per_slot = per_slot
         self.slot_units = max(1, slot_units)
         self.wait_ms = wait_ms
@@ -100,7 +128,8 @@ class TokenVaultMiddleware:
                  wait_ms=s.getint("TOKENVAULT_WAIT_MS", 5000),
                  max_retries=s.getint("TOKENVAULT_MAX_RETRIES", 3),
                  exhausted_timeout_s=s.getfloat("TOKENVAULT_EXHAUSTED_TIMEOUT", 300.0),
-                 stats=crawler.stats)
+                 stats=crawler.stats, pipeline=s.get("TOKENVAULT_PIPELINE") or None,
+                 pipeline_demand=_pipeline_demand(s))
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
         return mw
@@ -110,6 +139,11 @@ class TokenVaultMiddleware:
             self.stats.inc_value(f"tokenvault/{key}")
 
     async def spider_opened(self, spider: Any) -> None:
+        if self.pipeline:
+            # Before anything leases: a share too small fails here, not mid-crawl.
+            st = await self.vault.put_pipeline(self.pool, self.pipeline, **self.pipeline_demand)
+            logger.info("tokenvault: pipeline %s holds %s of %s tokens until %s", self.pipeline,
+                        st.get("tokens"), st.get("tokens_wanted"), st.get("deadline"))
         opened = asyncio.Event()
 
         async def follow() -> None:
@@ -129,6 +163,9 @@ class TokenVaultMiddleware:
     async def spider_closed(self, spider: Any) -> None:
         for held in list(self._by_lease.values()):
             await self._end(held, None)
+        if self.pipeline:
+            with contextlib.suppress(VaultError):
+                await self.vault.end_pipeline(self.pool, self.pipeline)
         await self.vault.aclose()
         if self._follow is not None:
             self._follow.cancel()
@@ -140,10 +177,12 @@ class TokenVaultMiddleware:
             # A slot's many units are asked for without waiting: tokens may have less quota left
             # than that but still some, and a one-unit lease (waited for) uses it.
             with contextlib.suppress(PoolExhausted):
-                lease = await self.vault.lease(self.pool, units=self.slot_units, wait_ms=0)
+                lease = await self.vault.lease(self.pool, units=self.slot_units, wait_ms=0,
+                                               pipeline=self.pipeline)
         if lease is None:
             try:
-                lease = await self.vault.lease(self.pool, units=1, wait_ms=self.wait_ms)
+                lease = await self.vault.lease(self.pool, units=1, wait_ms=self.wait_ms,
+                                               pipeline=self.pipeline)
             except PoolExhausted:
                 self._inc("exhausted")
                 raise
