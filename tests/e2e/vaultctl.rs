@@ -478,3 +478,79 @@ async fn vaultctl_shows_every_quota() {
         "{list}"
     );
 }
+
+/// `vaultctl pipeline create|status|end`, and the shortfall in words.
+#[tokio::test]
+async fn vaultctl_creates_shows_and_ends_a_pipeline() {
+    let t = one(&[]).await;
+    let ctl = Ctl {
+        url: t.vault.base.clone(),
+        token: t.dep.admin.clone(),
+    };
+    ctl.ok(&["pool", "create", "p", "--quota-limit", "100"])
+        .await;
+    let toks: Vec<_> = (0..4)
+        .map(|i| json!({"id": format!("t{i}"), "secret": format!("s{i}")}))
+        .collect();
+    t.api
+        .post("/v1/pools/p/tokens", json!({ "tokens": toks }))
+        .await;
+    // 5 requests/s for 40 s at 100 a token: 2 tokens.
+    let made = ctl
+        .ok(&[
+            "pipeline",
+            "create",
+            "p",
+            "job",
+            "--rps",
+            "5",
+            "--duration",
+            "40",
+        ])
+        .await
+        .stdout;
+    assert!(made.contains("live (2 of 2 tokens"), "{made}");
+    let dry = ctl
+        .ok(&[
+            "--json",
+            "pipeline",
+            "create",
+            "p",
+            "other",
+            "--tokens",
+            "2",
+            "--duration",
+            "1h",
+            "--dry-run",
+        ])
+        .await
+        .json();
+    assert_eq!(dry["would_assign"], 2, "{dry}");
+    let short = ctl
+        .run(&[
+            "pipeline",
+            "create",
+            "p",
+            "big",
+            "--tokens",
+            "3",
+            "--duration",
+            "1h",
+        ])
+        .await;
+    assert!(!short.ok, "{}", short.stdout);
+    assert!(
+        short.stderr.contains("insufficient_capacity") && short.stderr.contains("1 missing"),
+        "{}",
+        short.stderr
+    );
+    let list = ctl.ok(&["pipeline", "status", "p"]).await.stdout;
+    assert!(list.contains("job") && list.contains("live"), "{list}");
+    let one = ctl
+        .ok(&["--json", "pipeline", "status", "p", "job"])
+        .await
+        .json();
+    assert_eq!(one["tokens"], 2, "{one}");
+    let ended = ctl.ok(&["pipeline", "end", "p", "job"]).await.stdout;
+    assert!(ended.contains("2 tokens back"), "{ended}");
+}

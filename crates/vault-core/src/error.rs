@@ -30,7 +30,7 @@ pub enum VaultError {
     #[error("{0}")]
     PipelineNotReady(String),
     /// The pool holds fewer eligible tokens than a pipeline needs.
-    #[error("the pool has {} of the tokens this pipeline needs ({} missing)", .0.could, .0.missing)]
+    #[error("{}", capacity_short(.0))]
     InsufficientCapacity(vault_wire::CapacityShort),
     #[error("the refresh job is gone (completed, failed, or its token deleted)")]
     JobGone,
@@ -62,6 +62,19 @@ pub enum VaultError {
     Crypto(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What a pipeline could not get, in words.
+fn capacity_short(c: &vault_wire::CapacityShort) -> String {
+    let next = c
+        .next_free_at
+        .as_ref()
+        .map(|t| format!("; the next free up at {t}"))
+        .unwrap_or_default();
+    format!(
+        "the pool has {} eligible tokens of those this pipeline needs: {} missing{next}",
+        c.could, c.missing
+    )
 }
 
 impl VaultError {

@@ -6,6 +6,7 @@
 
 mod check;
 mod operator;
+mod pipeline;
 mod remote;
 mod sizing;
 
@@ -41,6 +42,9 @@ enum Cmd {
     /// Tokens (the credentials in a pool): deposit, list, get, revoke, restore.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Pipelines (a job's sized, time-bounded share of a pool): create, status, end.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineOp),
     /// The audit trail.
     #[command(subcommand)]
     Audit(operator::AuditOp),
@@ -373,6 +377,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Audit(op) => operator::audit(op, &cli.remote).await?,
         Cmd::Events(op) => operator::events(op, &cli.remote).await?,
         Cmd::Client(op) => operator::client(op, &cli.remote).await?,
+        Cmd::Pipeline(op) => pipeline::pipeline(op, &cli.remote).await?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

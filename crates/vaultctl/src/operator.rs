@@ -155,7 +155,7 @@ pub(crate) enum ClientOp {
     },
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic)
@@ -163,7 +163,7 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "–".into(),
         Value::String(s) => s.clone(),
@@ -172,7 +172,7 @@ fn text(v: &Value) -> String {
 }
 
 /// A JSON object as a two-column table (nested objects flattened with dots).
-fn fields(v: &Value) -> Table {
+pub(crate) fn fields(v: &Value) -> Table {
     fn walk(prefix: &str, v: &Value, rows: &mut Vec<(String, String)>) {
         match v {
             Value::Object(m) if !m.is_empty() => {
@@ -208,7 +208,7 @@ fn fields(v: &Value) -> Table {
     t
 }
 
-fn show(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
+pub(crate) fn show(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {

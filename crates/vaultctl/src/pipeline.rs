@@ -1,0 +1,171 @@
+//! `vaultctl pipeline`: a job's sized, time-bounded share of a pool.
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::operator::{fields, show, table, text};
+use crate::remote::{seg, Remote, RemoteArgs};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PipelineOp {
+    /// Create (or resize, restarting its deadline) a pipeline sized for a demand: `--rps` for
+    /// `--duration` (and `--concurrency`), or `--tokens`. Its tokens are assigned before this
+    /// returns; a pool short of eligible tokens fails (409) and says by how much.
+    Create {
+        pool: String,
+        name: String,
+        /// Requests per second the job makes.
+        #[arg(long)]
+        rps: Option<f64>,
+        /// How long the job runs: 3600, 90m, 2h.
+        #[arg(long)]
+        duration: String,
+        /// Requests held at once.
+        #[arg(long)]
+        concurrency: Option<u64>,
+        /// Quota units one request takes.
+        #[arg(long)]
+        units_per_request: Option<u64>,
+        /// Life a token must have left to join (seconds).
+        #[arg(long)]
+        min_token_ttl_s: Option<u64>,
+        /// Hold this many tokens instead of sizing from the demand.
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// Take what is there when the pool is short (the pipeline is then under strength).
+        #[arg(long)]
+        allow_partial: bool,
+        /// Say what it would get now; assign nothing (admin).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A pipeline's status (every pipeline of the pool without a name).
+    Status { pool: String, name: Option<String> },
+    /// End a pipeline now: its tokens go back to the pool.
+    End { pool: String, name: String },
+}
+
+pub(crate) async fn pipeline(op: PipelineOp, a: &RemoteArgs) -> anyhow::Result<()> {
+    let r = Remote::new(a)?;
+    let path = |pool: &str, name: &str| format!("/v1/pools/{}/pipelines/{}", seg(pool), seg(name));
+    match op {
+        PipelineOp::Create {
+            pool,
+            name,
+            rps,
+            duration,
+            concurrency,
+            units_per_request,
+            min_token_ttl_s,
+            tokens,
+            allow_partial,
+            dry_run,
+        } => {
+            let mut body = json!({ "duration_s": crate::parse_ttl(&duration)? });
+            for (k, v) in [
+                ("rps", rps.map(Value::from)),
+                ("concurrency", concurrency.map(Value::from)),
+                ("units_per_request", units_per_request.map(Value::from)),
+                ("min_token_ttl_s", min_token_ttl_s.map(Value::from)),
+                ("tokens", tokens.map(Value::from)),
+            ] {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            if allow_partial {
+                body["allow_partial"] = json!(true);
+            }
+            let url = path(&pool, &name) + if dry_run { "?dry_run=true" } else { "" };
+            let v = r.put(&url, &body).await?;
+            show(a.json, &v, |v| {
+                if dry_run {
+                    format!("dry run: pipeline {name} of {pool}\n{}", fields(v))
+                } else {
+                    summary(v)
+                }
+            });
+        }
+        PipelineOp::Status {
+            pool,
+            name: Some(name),
+        } => {
+            let v = r.get(&path(&pool, &name)).await?;
+            show(a.json, &v, |v| format!("{}\n{}", summary(v), fields(v)));
+        }
+        PipelineOp::Status { pool, name: None } => {
+            let v = r
+                .get(&format!("/v1/pools/{}/pipelines", seg(&pool)))
+                .await?;
+            show(a.json, &v, |v| {
+                let mut t = table(&[
+                    "pipeline",
+                    "phase",
+                    "tokens",
+                    "wanted",
+                    "under strength",
+                    "rate asked",
+                    "rate observed",
+                    "exhausts at",
+                    "deadline",
+                ]);
+                for p in v.as_array().into_iter().flatten() {
+                    t.add_row(vec![
+                        text(&p["name"]),
+                        text(&p["phase"]),
+                        text(&p["tokens"]),
+                        text(&p["tokens_wanted"]),
+                        if p["under_strength"] == true {
+                            "yes"
+                        } else {
+                            ""
+                        }
+                        .into(),
+                        text(&p["rate_asked"]),
+                        format!("{:.2}", p["rate_observed"].as_f64().unwrap_or(0.0)),
+                        text(&p["exhausts_at"]),
+                        text(&p["deadline"]),
+                    ]);
+                }
+                t.to_string()
+            });
+        }
+        PipelineOp::End { pool, name } => {
+            let v = r
+                .call(reqwest::Method::DELETE, &path(&pool, &name), None)
+                .await?;
+            show(a.json, &v, |v| {
+                format!(
+                    "pipeline {name} ended: {} tokens back in pool {pool}",
+                    text(&v["tokens_returned"])
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One line on a pipeline: its size, state and deadline, and when its share runs out.
+fn summary(v: &Value) -> String {
+    let mut s = format!(
+        "pipeline {} of {}: {} ({} of {} tokens{}), until {}",
+        text(&v["name"]),
+        text(&v["pool"]),
+        text(&v["phase"]),
+        text(&v["tokens"]),
+        text(&v["tokens_wanted"]),
+        if v["under_strength"] == true {
+            ", under strength"
+        } else {
+            ""
+        },
+        text(&v["deadline"]),
+    );
+    if let (Some(at), Some(by)) = (v["exhausts_at"].as_str(), v["exhausts_by"].as_str()) {
+        s.push_str(&format!(
+            "\nexhausts its {by} at {at}, {} s before its deadline",
+            text(&v["exhausts_before_deadline_s"])
+        ));
+    }
+    s
+}
