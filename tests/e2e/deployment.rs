@@ -96,6 +96,17 @@ async fn the_checker_finds_every_rule_kept_across_three_replicas() {
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await
         .unwrap();
+    // Leases went through the pipeline too (and the shares invariant judged them).
+    let piped: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("leases through pipeline check-share: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        piped > 0,
+        "no lease through the pipeline:
+{out}"
+    );
     // Every kind of operation ran and was judged.
     for op in [
         "lease",

@@ -171,6 +171,8 @@ pub(crate) struct Plan {
     pub(crate) duration: Duration,
     pub(crate) seed: u64,
     pub(crate) min_token_ttl_s: u64,
+    /// The pipeline of the first pool, which half of that pool's leases go through.
+    pub(crate) pipeline: Option<String>,
 }
 
 /// Parse an RFC 3339 time from an answer into unix ms.
@@ -200,6 +202,10 @@ fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
             None | Some(Value::Null) => 0,
             Some(v) => ms(v)?,
         },
+        pipeline: body
+            .get("pipeline")
+            .and_then(Value::as_str)
+            .map(String::from),
     })
 }
 
@@ -225,6 +231,11 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
         let units: u64 = rng.gen_range(1..=3);
         let ttl_s: i64 = [2, 5, 10][rng.gen_range(0..3)];
         let mut body = json!({"worker": format!("check-{n}"), "units": units, "ttl_s": ttl_s});
+        if let Some(p) = plan.pipeline.as_ref().filter(|_| pool == plan.pools[0]) {
+            if rng.gen_bool(0.5) {
+                body["pipeline"] = json!(p);
+            }
+        }
         // Half the leases say what they expect to cost; the others take the pool's estimate.
         let cost = if rng.gen_bool(0.5) {
             let c = rng.gen_range(1..=3);

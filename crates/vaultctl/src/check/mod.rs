@@ -59,6 +59,9 @@ pub(crate) struct CheckArgs {
     pub(crate) keep: bool,
 }
 
+/// The pipeline the checker creates on its first pool.
+const PIPELINE: &str = "check-share";
+
 /// The checker pools' settings: two quotas, requests (`quota_limit`) and the cost dimension
 /// `work` (a quota of its own, with an estimate per lease settled by the release). Their windows
 /// outlast any run, so each token has one window per quota and consumption can be added up;
@@ -116,6 +119,7 @@ pub(crate) async fn run(
         duration,
         seed,
         min_token_ttl_s: 10,
+        pipeline: Some(PIPELINE.to_string()),
     };
     println!(
         "tokenvault check: {} pools, {} workers, {:?} against {} (seed {seed})",
@@ -149,6 +153,30 @@ pub(crate) async fn run(
             "depositing tokens into {pool} failed"
         );
     }
+
+    // A pipeline on the first pool: a third of its tokens (none expiring during the run), kept
+    // whole as tokens leave it.
+    let share = json!({
+        "tokens": (args.tokens / 3).max(1),
+        "duration_s": duration.as_secs() + 3600,
+        "min_token_ttl_s": 300,
+        "allow_partial": true,
+    });
+    let a = v
+        .call(
+            Method::PUT,
+            &format!("/v1/pools/{}/pipelines/{PIPELINE}", plan.pools[0]),
+            Some(&share),
+            None,
+            None,
+        )
+        .await;
+    anyhow::ensure!(
+        a.status == 201,
+        "creating pipeline {PIPELINE}: HTTP {} {}",
+        a.status,
+        a.body
+    );
 
     let revoked = drive::run(v.clone(), &plan, interrupted).await;
     let fin = drive::final_read(&v, &plan.pools, &revoked, secs(&args.final_patience)?).await?;
@@ -185,6 +213,13 @@ pub(crate) async fn run(
         let parts: Vec<String> = answers.iter().map(|(a, n)| format!("{a}: {n}")).collect();
         println!("  {kind:<14} {}", parts.join(", "));
     }
+    let through_pipeline = log
+        .iter()
+        .filter(
+            |r| matches!(&r.op, verify::Op::Lease { grant: Some(g), .. } if g.pipeline.is_some()),
+        )
+        .count();
+    println!("leases through pipeline {PIPELINE}: {through_pipeline}");
     let tokens: usize = fin.pools.values().map(|p| p.tokens.len()).sum();
     println!(
         "final read: {} pools, {tokens} tokens, {} revoked client tokens probed",

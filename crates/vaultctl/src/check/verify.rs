@@ -60,6 +60,9 @@ pub(crate) struct Grant {
     pub(crate) lease_expires_at: i64,
     /// 0 = the token never expires.
     pub(crate) token_expires_at: i64,
+    /// The pipeline it was leased through (None: the free part of the pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pipeline: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,6 +194,7 @@ pub(crate) fn verify(rules: &HashMap<String, Rules>, log: &[Rec], fin: &Final) -
     out.extend(ttl_margin(rules, log));
     out.extend(revocation(log, &leases));
     out.extend(acknowledged(log, fin));
+    out.extend(shares(log, &leases));
     out
 }
 
@@ -291,6 +295,94 @@ fn concurrency(rules: &HashMap<String, Rules>, h: &LeaseHistory) -> Vec<Violatio
                     r.max_leases_per_token
                 ),
             ));
+        }
+    }
+    out
+}
+
+/// Shares: a token assigned to a pipeline is leased only through it, and a token of the free
+/// part of the pool never through one. A token moves between the two only when something takes
+/// a token of the pipeline out of rotation (an `unauthorized` report or a revocation; the
+/// checker's pipeline takes no token that expires during a run): it leaves the share after such
+/// an event of its own (then comes back free after its refresh), and joins a share as the
+/// replacement of another's. So for each token, a lease through the pipeline followed by a free
+/// one needs such an event of that token in between, and a free lease followed by one through
+/// the pipeline needs such an event of some token of the pool before.
+fn shares(log: &[Rec], h: &LeaseHistory) -> Vec<Violation> {
+    // (pool, token) -> the times (sent, acked) its removal events may have taken effect.
+    let mut removals: HashMap<(&str, &str), Vec<(u64, u64)>> = HashMap::new();
+    for r in log.iter().filter(|r| r.done() || r.ambiguous()) {
+        let key = match &r.op {
+            Op::Release {
+                pool,
+                token_id,
+                outcome,
+                ..
+            } if outcome == "unauthorized" => (pool.as_str(), token_id.as_str()),
+            Op::Revoke { pool, token_id } | Op::RefreshDone { pool, token_id } => {
+                (pool.as_str(), token_id.as_str())
+            }
+            _ => continue,
+        };
+        removals
+            .entry(key)
+            .or_default()
+            .push((r.sent, r.acked_at()));
+    }
+    let mut first_in_pool: HashMap<&str, u64> = HashMap::new();
+    for ((pool, _), times) in &removals {
+        for (sent, _) in times {
+            let e = first_in_pool.entry(pool).or_insert(u64::MAX);
+            *e = (*e).min(*sent);
+        }
+    }
+    let piped: std::collections::HashSet<&str> = h
+        .leases
+        .iter()
+        .filter(|l| l.grant.pipeline.is_some())
+        .map(|l| l.pool)
+        .collect();
+    let mut by_token: BTreeMap<(&str, &str), Vec<&LeaseLife>> = BTreeMap::new();
+    for l in h.leases.iter().filter(|l| piped.contains(l.pool)) {
+        by_token
+            .entry((l.pool, &l.grant.token_id))
+            .or_default()
+            .push(l);
+    }
+    let mut out = vec![];
+    for ((pool, token), mut ls) in by_token {
+        ls.sort_by_key(|l| l.granted.sent);
+        for w in ls.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let (from, to) = (&a.grant.pipeline, &b.grant.pipeline);
+            if from == to {
+                continue;
+            }
+            let explained = match (from, to) {
+                // Left its share: an event of its own between the two grants.
+                (Some(_), _) => removals.get(&(pool, token)).is_some_and(|t| {
+                    t.iter().any(|(sent, acked)| {
+                        *sent < b.granted.acked_at() && *acked > a.granted.sent
+                    })
+                }),
+                // Joined one: some token of the pool left rotation before.
+                (None, Some(_)) => first_in_pool
+                    .get(pool)
+                    .is_some_and(|t| *t < b.granted.acked_at()),
+                (None, None) => true,
+            };
+            if !explained {
+                out.push(violation(
+                    "shares",
+                    format!(
+                        "{pool}/{token}: leased through {} ({}) then through {} ({}) with nothing moving it between them",
+                        from.as_deref().unwrap_or("the free pool"),
+                        a.grant.lease_id,
+                        to.as_deref().unwrap_or("the free pool"),
+                        b.grant.lease_id
+                    ),
+                ));
+            }
         }
     }
     out
@@ -666,6 +758,7 @@ mod tests {
                     ttl_ms: 10_000,
                     lease_expires_at: 1_000_010_000,
                     token_expires_at: 1_000_040_000,
+                    pipeline: None,
                 }),
             },
         )
@@ -718,6 +811,56 @@ mod tests {
 
     fn kinds(v: &[Violation]) -> Vec<&'static str> {
         v.iter().map(|v| v.invariant).collect()
+    }
+
+    /// `lease` through pipeline `share`.
+    fn lease_in(sent: u64, acked: u64, id: &str, token: &str, share: &str) -> Rec {
+        let mut r = lease(sent, acked, id, token, 1);
+        if let Op::Lease { grant: Some(g), .. } = &mut r.op {
+            g.pipeline = Some(share.into());
+        }
+        r
+    }
+
+    #[test]
+    fn a_token_crossing_between_a_share_and_the_free_pool_needs_a_reason() {
+        let rel = |sent, id: &str, tok: &str, outcome: &str| {
+            release(sent, sent + 5, 200, id, tok, 1, outcome)
+        };
+        // Through the pipeline, then free with nothing in between: broken.
+        let log = vec![
+            lease_in(0, 10, "l1", "t1", "a"),
+            rel(20, "l1", "t1", "ok"),
+            lease(30, 40, "l2", "t1", 1),
+            rel(50, "l2", "t1", "ok"),
+        ];
+        assert_eq!(
+            kinds(&verify(&rules(), &log, &fin(&[("t1", "active", 2)]))),
+            vec!["shares"]
+        );
+        // A 401 of its own took it out (and a refresh brought it back free): fine.
+        let log = vec![
+            lease_in(0, 10, "l1", "t1", "a"),
+            rel(20, "l1", "t1", "unauthorized"),
+            lease(30, 40, "l2", "t1", 1),
+            rel(50, "l2", "t1", "ok"),
+        ];
+        assert!(!kinds(&verify(&rules(), &log, &fin(&[("t1", "active", 2)]))).contains(&"shares"));
+        // Free, then in the share as another token's replacement: fine after that one's 401.
+        let log = vec![
+            lease(0, 10, "l1", "t1", 1),
+            rel(20, "l1", "t1", "ok"),
+            lease_in(21, 22, "l3", "t2", "a"),
+            rel(23, "l3", "t2", "unauthorized"),
+            lease_in(30, 40, "l2", "t1", "a"),
+            rel(50, "l2", "t1", "ok"),
+        ];
+        assert!(!kinds(&verify(
+            &rules(),
+            &log,
+            &fin(&[("t1", "active", 2), ("t2", "active", 1)])
+        ))
+        .contains(&"shares"));
     }
 
     #[test]
