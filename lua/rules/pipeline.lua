@@ -47,10 +47,11 @@ local function share_news(e)
   redis.call('LTRIM', plnews_key(), -PLNEWS_MAX, -1)
 end
 
--- Is free token `id` one pipeline `p` can take now: in the free `ready` set and eligible for a
--- lease of the pipeline's units with its life margin.
+-- Is free token `id` one pipeline `p` can take now: idle (no lease of the free part of the
+-- pool is out on it: a token is never leased through two shares at once), in the free `ready`
+-- set, and eligible for a lease of the pipeline's units with its life margin.
 local function share_candidate(id, t, c, p)
-  return t ~= nil and (t.pl or '') == '' and t.at == 'r'
+  return t ~= nil and (t.pl or '') == '' and t.at == 'r' and num(t.leases, 0) == 0
     and eligible(id, t, c, num(p.units, 1), nil, num(p.min_ttl_ms, 0))
 end
 
