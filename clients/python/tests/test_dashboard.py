@@ -173,3 +173,20 @@ def test_dashboard_shows_every_quota(vault_server, pool, browser):
     wait_text(browser, f'tr[data-tokens-of="{pool}"] [data-field="quota"]',
               lambda t: "rpm 1 / 10" in t and "tpm 1000 / 1000" in t)
     vault.close()
+
+
+def test_dashboard_shows_pipelines_and_one_under_strength(vault_server, pool, browser):
+    vault = Vault(vault_server.url, vault_server.admin)
+    vault.put_pool(pool)
+    vault.deposit(pool, [{"id": f"k{i}", "secret": f"ui-pipe-{i}"} for i in range(3)])
+    vault.put_pipeline(pool, "crawl", tokens=2, duration_s=600)
+    vault.put_pipeline(pool, "big", tokens=3, duration_s=600, allow_partial=True)
+
+    browser.get(vault_server.url + "/ui")
+    type_into(browser, "#token", vault_server.admin)
+    click(browser, "#signin")
+    row = f'tr[data-pool="{pool}"]'
+    wait_text(browser, f'{row} [data-field="pipelines"]',
+              lambda t: "crawl 2/2" in t and "big 1/3" in t)
+    wait_for(browser, f'{row} [data-under-strength="big"]')
+    vault.close()
