@@ -590,3 +590,110 @@ async fn the_rust_sdk_works_through_a_pipeline() {
     }
     assert_eq!(c.end_pipeline("p", "sdk").await.unwrap(), 2);
 }
+
+/// Inside a pipeline every rule holds as outside: the quota (a spent share answers
+/// `pool_exhausted` while free tokens remain), the kill switch, idempotency (a retried lease
+/// gets the same lease; the same key for another pipeline is refused), and a sticky session
+/// never crosses into or out of a share.
+#[tokio::test]
+async fn every_rule_holds_inside_a_pipeline() {
+    let t = one(&[]).await;
+    pool_of(
+        &t.api,
+        4,
+        json!({"quota_limit": 3, "quota_window_s": 3600, "max_leases_per_token": 1}),
+    )
+    .await;
+    let p = t
+        .api
+        .put(
+            "/v1/pools/p/pipelines/job",
+            json!({"tokens": 1, "duration_s": 600}),
+        )
+        .await;
+    assert_eq!(p.status, 201, "{p:?}");
+    // Idempotency: the same key answers the same lease; with another pipeline it is refused.
+    let key = [("Idempotency-Key", "k-1")];
+    let body = json!({"pipeline": "job"});
+    let l = t
+        .api
+        .call_with(
+            reqwest::Method::POST,
+            "/v1/pools/p/leases",
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(l.status, 201, "{l:?}");
+    let again = t
+        .api
+        .call_with(
+            reqwest::Method::POST,
+            "/v1/pools/p/leases",
+            Some(body),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), again.str("lease_id")),
+        (200, l.str("lease_id"))
+    );
+    t.api
+        .call_with(
+            reqwest::Method::POST,
+            "/v1/pools/p/leases",
+            Some(json!({})),
+            &key,
+        )
+        .await
+        .problem(422, "idempotency_mismatch");
+    // Concurrency: the share's one token is held.
+    t.api
+        .post("/v1/pools/p/leases", json!({"pipeline": "job"}))
+        .await
+        .problem(503, "pool_exhausted");
+    let share_token = l.str("token_id");
+    t.api
+        .post(
+            &format!("/v1/pools/p/leases/{}/release", l.str("lease_id")),
+            json!({"outcome": "ok"}),
+        )
+        .await;
+    // Quota: two more requests spend the share's token; then the share is exhausted while the
+    // free part still leases.
+    for _ in 0..2 {
+        assert_eq!(cycle(&t.api, Some("job")).await, Some(share_token.clone()));
+    }
+    t.api
+        .post("/v1/pools/p/leases", json!({"pipeline": "job"}))
+        .await
+        .problem(503, "pool_exhausted");
+    // A session started outside stays outside.
+    let s = t
+        .api
+        .post("/v1/pools/p/leases", json!({"session": "s1"}))
+        .await;
+    assert_eq!(s.status, 201, "{s:?}");
+    assert_ne!(s.str("token_id"), share_token);
+    t.api
+        .post(
+            &format!("/v1/pools/p/leases/{}/release", s.str("lease_id")),
+            json!({"outcome": "ok"}),
+        )
+        .await;
+    t.api
+        .post(
+            "/v1/pools/p/leases",
+            json!({"pipeline": "job", "session": "s1"}),
+        )
+        .await
+        .problem(503, "pool_exhausted");
+    // The kill switch holds for pipelines too.
+    t.api
+        .post("/v1/pools/p/freeze", json!({"reason": "drill"}))
+        .await;
+    t.api
+        .post("/v1/pools/p/leases", json!({"pipeline": "job"}))
+        .await
+        .problem(423, "pool_frozen");
+}
