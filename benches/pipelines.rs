@@ -17,47 +17,16 @@ use serde_json::json;
 use testkit::RedisServer;
 
 mod common;
-use common::{bin_dir, call_stats, deposit, random_text, BenchVault};
+use common::{
+    bin_dir, call_stats, deposit, lease_cycle_time, print_cycles, random_text, BenchVault,
+    CycleSide,
+};
 
 const TOKENS: usize = 200;
 /// Leases held at once in a round (under the 100 tokens of each side).
 const HELD: usize = 80;
 const ROUNDS: usize = 20;
 const BIG: usize = 20_500;
-
-/// FCALL µs per lease and per release, [through the pipeline, free].
-async fn lease_time(v: &BenchVault, redis: &RedisServer) -> [(f64, f64); 2] {
-    let mut sums = [[(0.0, 0.0); 2]; 2];
-    let fcall = |r: &RedisServer| call_stats(r)[0];
-    for _ in 0..ROUNDS {
-        for (side, body) in [json!({"pipeline": "job"}), json!({})]
-            .into_iter()
-            .enumerate()
-        {
-            let before = fcall(redis);
-            let mut lids = Vec::with_capacity(HELD);
-            for _ in 0..HELD {
-                let l = v.post("/v1/pools/p/leases", body.clone()).await;
-                lids.push(l["lease_id"].as_str().unwrap().to_string());
-            }
-            let mid = fcall(redis);
-            for lid in &lids {
-                v.post(
-                    &format!("/v1/pools/p/leases/{lid}/release"),
-                    json!({"outcome": "ok"}),
-                )
-                .await;
-            }
-            let after = fcall(redis);
-            for (phase, (a, b)) in [(before, mid), (mid, after)].into_iter().enumerate() {
-                sums[side][phase].0 += b.0 - a.0;
-                sums[side][phase].1 += b.1 - a.1;
-            }
-        }
-    }
-    let per = |(calls, us): (f64, f64)| us / calls;
-    [0, 1].map(|s| (per(sums[s][0]), per(sums[s][1])))
-}
 
 /// The longest call SLOWLOG kept (µs), then reset it.
 fn slowest(redis: &RedisServer) -> u64 {
@@ -118,22 +87,27 @@ async fn main() {
         json!({"tokens": TOKENS / 2, "duration_s": 3600}),
     )
     .await;
-    let [inside, free] = lease_time(&v, &redis).await;
-    let cycle = |(a, r): (f64, f64)| a + r;
-    for (what, t) in [("through a pipeline", inside), ("free leasing", free)] {
-        println!(
-            "(l) {what}: lease {:.1} µs + release {:.1} µs = {:.1} µs of Redis per cycle",
-            t.0,
-            t.1,
-            cycle(t)
-        );
-    }
-    println!(
-        "(l) pipeline / free: lease {:.2}x, release {:.2}x, cycle {:.2}x",
-        inside.0 / free.0,
-        inside.1 / free.1,
-        cycle(inside) / cycle(free)
-    );
+    let ok = |_| json!({"outcome": "ok"});
+    let t = lease_cycle_time(
+        &v,
+        &redis,
+        ROUNDS,
+        HELD,
+        &[
+            CycleSide {
+                pool: "p",
+                lease: json!({"pipeline": "job"}),
+                report: &ok,
+            },
+            CycleSide {
+                pool: "p",
+                lease: json!({}),
+                report: &ok,
+            },
+        ],
+    )
+    .await;
+    print_cycles("l", ("through a pipeline", t[0]), ("free leasing", t[1]));
     v.put("/v1/pools/big", json!({})).await;
     deposit(&v, "big", BIG, 1000, || random_text(40)).await;
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "1000"]);

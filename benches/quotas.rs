@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 use testkit::RedisServer;
 
 mod common;
-use common::{bin_dir, call_stats, deposit, memory_usage, random_text, used_memory, BenchVault};
+use common::{
+    bin_dir, deposit, lease_cycle_time, memory_usage, print_cycles, random_text, used_memory,
+    BenchVault, CycleSide,
+};
 
 const TOKENS: usize = 100;
 /// Leases held at once in a measuring round (under the pools' 100 tokens).
@@ -52,41 +55,6 @@ fn report(three: bool, i: usize) -> Value {
     } else {
         json!({"outcome": "ok", "remaining": 999_000, "reset_at": reset})
     }
-}
-
-/// FCALL µs per acquire and per release of each pool, rounds alternating between them:
-/// [(acquire, release) of `one`, of `three`].
-async fn function_time(v: &BenchVault, redis: &RedisServer) -> [(f64, f64); 2] {
-    // [pool][acquire, release]: (calls, µs)
-    let mut sums = [[(0.0, 0.0); 2]; 2];
-    let fcall = |r: &RedisServer| call_stats(r)[0];
-    let mut add = |pool: usize, phase: usize, a: (f64, f64), b: (f64, f64)| {
-        sums[pool][phase].0 += b.0 - a.0;
-        sums[pool][phase].1 += b.1 - a.1;
-    };
-    for _ in 0..ROUNDS {
-        for (p, name) in ["one", "three"].iter().enumerate() {
-            let before = fcall(redis);
-            let mut lids = Vec::with_capacity(HELD);
-            for _ in 0..HELD {
-                let l = v.post(&format!("/v1/pools/{name}/leases"), json!({})).await;
-                lids.push(l["lease_id"].as_str().unwrap().to_string());
-            }
-            let mid = fcall(redis);
-            for (i, lid) in lids.iter().enumerate() {
-                v.post(
-                    &format!("/v1/pools/{name}/leases/{lid}/release"),
-                    report(p == 1, i),
-                )
-                .await;
-            }
-            let after = fcall(redis);
-            add(p, 0, before, mid);
-            add(p, 1, mid, after);
-        }
-    }
-    let per = |(calls, us): (f64, f64)| us / calls;
-    [0, 1].map(|p| (per(sums[p][0]), per(sums[p][1])))
 }
 
 /// Memory per token of `MEMORY_TOKENS` tokens in pool `name`, each leased and released once,
@@ -124,22 +92,27 @@ async fn main() {
     v.put("/v1/pools/three", three_quotas()).await;
     deposit(&v, "one", TOKENS, 1000, || random_text(40)).await;
     deposit(&v, "three", TOKENS, 1000, || random_text(40)).await;
-    let [one, three] = function_time(&v, &redis).await;
-    let cycle = |(a, r): (f64, f64)| a + r;
-    for (what, t) in [("one quota", one), ("three quotas", three)] {
-        println!(
-            "(f) {what}: acquire {:.1} µs + release {:.1} µs = {:.1} µs per cycle",
-            t.0,
-            t.1,
-            cycle(t)
-        );
-    }
-    println!(
-        "(f) three quotas / one: acquire {:.2}x, release {:.2}x, cycle {:.2}x",
-        three.0 / one.0,
-        three.1 / one.1,
-        cycle(three) / cycle(one)
-    );
+    let (r1, r3) = (|i| report(false, i), |i| report(true, i));
+    let t = lease_cycle_time(
+        &v,
+        &redis,
+        ROUNDS,
+        HELD,
+        &[
+            CycleSide {
+                pool: "three",
+                lease: json!({}),
+                report: &r3,
+            },
+            CycleSide {
+                pool: "one",
+                lease: json!({}),
+                report: &r1,
+            },
+        ],
+    )
+    .await;
+    print_cycles("f", ("three quotas", t[0]), ("one quota", t[1]));
     let (m1, h1) = memory(&v, &redis, "mem1", one_quota()).await;
     let (m3, h3) = memory(&v, &redis, "mem3", three_quotas()).await;
     println!(

@@ -191,3 +191,72 @@ pub(crate) async fn deposit(
         .await;
     }
 }
+
+/// One side of a lease-cycle comparison: leases of `pool` with body `lease`, each released with
+/// `report(i)` (the i-th lease of a round).
+pub(crate) struct CycleSide<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) lease: Value,
+    pub(crate) report: &'a dyn Fn(usize) -> Value,
+}
+
+/// FCALL µs per lease and per release of each side, measured in `rounds` alternating rounds of
+/// `held` leases held at once (so the sides see the same machine): one (lease, release) a side.
+pub(crate) async fn lease_cycle_time(
+    v: &BenchVault,
+    redis: &RedisServer,
+    rounds: usize,
+    held: usize,
+    sides: &[CycleSide<'_>],
+) -> Vec<(f64, f64)> {
+    let mut sums = vec![[(0.0, 0.0); 2]; sides.len()];
+    let fcall = |r: &RedisServer| call_stats(r)[0];
+    for _ in 0..rounds {
+        for (s, side) in sides.iter().enumerate() {
+            let before = fcall(redis);
+            let mut lids = Vec::with_capacity(held);
+            for _ in 0..held {
+                let l = v
+                    .post(
+                        &format!("/v1/pools/{}/leases", side.pool),
+                        side.lease.clone(),
+                    )
+                    .await;
+                lids.push(l["lease_id"].as_str().unwrap().to_string());
+            }
+            let mid = fcall(redis);
+            for (i, lid) in lids.iter().enumerate() {
+                let path = format!("/v1/pools/{}/leases/{lid}/release", side.pool);
+                v.post(&path, (side.report)(i)).await;
+            }
+            let after = fcall(redis);
+            for (phase, (a, b)) in [(before, mid), (mid, after)].into_iter().enumerate() {
+                sums[s][phase].0 += b.0 - a.0;
+                sums[s][phase].1 += b.1 - a.1;
+            }
+        }
+    }
+    let per = |(calls, us): (f64, f64)| us / calls;
+    sums.iter().map(|s| (per(s[0]), per(s[1]))).collect()
+}
+
+/// Print two sides' (lease, release) Redis µs and the first over the second, tagged `tag`.
+pub(crate) fn print_cycles(tag: &str, a: (&str, (f64, f64)), b: (&str, (f64, f64))) {
+    let cycle = |(l, r): (f64, f64)| l + r;
+    for (what, t) in [a, b] {
+        println!(
+            "({tag}) {what}: lease {:.1} µs + release {:.1} µs = {:.1} µs of Redis per cycle",
+            t.0,
+            t.1,
+            cycle(t)
+        );
+    }
+    println!(
+        "({tag}) {} / {}: lease {:.2}x, release {:.2}x, cycle {:.2}x",
+        a.0,
+        b.0,
+        a.1 .0 / b.1 .0,
+        a.1 .1 / b.1 .1,
+        cycle(a.1) / cycle(b.1)
+    );
+}
