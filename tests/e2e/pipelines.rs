@@ -300,6 +300,12 @@ async fn a_short_pool_answers_409_with_exact_numbers() {
     assert_eq!(partial.body["tokens"], 5, "{partial:?}");
     assert_eq!(partial.body["tokens_wanted"], 8, "{partial:?}");
     assert_eq!(partial.body["under_strength"], true, "{partial:?}");
+    let ev = pipeline_events(&t.redis, &t.dep.prefix);
+    assert!(
+        ev.iter()
+            .any(|e| e["type"] == "pipeline.under_strength" && e["pipeline"] == "big"),
+        "{ev:?}"
+    );
     t.api
         .post("/v1/pools/p/leases", json!({}))
         .await

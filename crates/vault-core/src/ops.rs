@@ -509,6 +509,8 @@ impl Store {
         );
         self.pipeline_announced(actor, pool, name, action, &detail)
             .await;
+        // An assignment that came out short (allow_partial) left `pipeline.under_strength`.
+        self.pipeline_news_now(actor, pool).await;
         let status = self
             .pipeline_status(pool, &cfg, &[name.to_string()])
             .await?
