@@ -703,3 +703,39 @@ async fn every_rule_holds_inside_a_pipeline() {
         .await
         .problem(423, "pool_frozen");
 }
+
+/// What an operator reads of a pipeline: the rate observed against the rate asked, the quota
+/// used, and when the share runs out of quota at that rate, before its deadline.
+#[tokio::test]
+async fn a_pipeline_says_when_its_share_runs_out() {
+    let t = one(&[]).await;
+    pool_of(
+        &t.api,
+        4,
+        json!({"quota_limit": 20, "quota_window_s": 3600}),
+    )
+    .await;
+    // 1 request/s for an hour at 20 a token an hour: 2 tokens would not do; ask for 2 anyway.
+    let p = t
+        .api
+        .put(
+            "/v1/pools/p/pipelines/job",
+            json!({"tokens": 2, "duration_s": 3600}),
+        )
+        .await;
+    assert_eq!(p.status, 201, "{p:?}");
+    for _ in 0..10 {
+        cycle(&t.api, Some("job")).await.expect("a token");
+    }
+    let st = t.api.get("/v1/pools/p/pipelines/job").await.body;
+    assert_eq!(st["leases_granted"], 10, "{st}");
+    assert!(st["rate_observed"].as_f64().unwrap() > 0.0, "{st}");
+    let used = st["quota_used_ratio"].as_f64().unwrap();
+    assert!((used - 0.25).abs() < 1e-9, "10 of 40 units: {st}");
+    assert_eq!(st["exhausts_by"], "quota", "{st}");
+    assert!(
+        st["exhausts_before_deadline_s"].as_u64().unwrap() > 0,
+        "{st}"
+    );
+    assert_eq!(st["tokens_by_state"]["active"], 2, "{st}");
+}
