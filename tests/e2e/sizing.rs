@@ -94,10 +94,16 @@ async fn leases_of_every_replica_make_the_rate_status_sizes_the_pool_and_metrics
             ) == Some(3.0)
                 && sample(text, "tv_pool_tokens_needed{", &["pool=\"sz\""]).is_some()
                 && sample(text, "tv_pool_lease_rate{", &["pool=\"sz\""]).is_some_and(|r| r > 0.0)
+                && sample(
+                    text,
+                    "tv_pool_quota_ratio{",
+                    &["pool=\"sz\"", "quota=\"default\""],
+                )
+                .is_some_and(|r| r > 0.0)
         })
         .await;
     }
-    // A deleted pool's gauges fall to zero.
+    // A deleted pool's gauges fall to zero, its quotas' too.
     assert_eq!(a.delete("/v1/pools/sz?force=true").await.status, 204);
     metrics_until(&va.base, |text| {
         sample(
@@ -105,6 +111,11 @@ async fn leases_of_every_replica_make_the_rate_status_sizes_the_pool_and_metrics
             "tv_pool_tokens{",
             &["pool=\"sz\"", "state=\"active\""],
         ) == Some(0.0)
+            && sample(
+                text,
+                "tv_pool_quota_ratio{",
+                &["pool=\"sz\"", "quota=\"default\""],
+            ) == Some(0.0)
     })
     .await;
 }

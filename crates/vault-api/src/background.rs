@@ -63,17 +63,24 @@ async fn pool_gauges(
                     pipeline_gauges_of(&name, &p.name, Some(p));
                     now.insert(format!("{name}/{}", p.name));
                 }
+                for q in &st.quotas {
+                    now.insert(format!("{name}#{}", q.name));
+                }
                 now.insert(name);
             }
             Err(vault_core::VaultError::PoolNotFound) => {}
             Err(e) => return Err(e),
         }
     }
-    // Pool names hold no `/`: `pool/pipeline` names a pipeline's series.
+    // Pool names hold neither `/` nor `#`: `pool/pipeline` names a pipeline's series,
+    // `pool#quota` a quota's.
     for gone in shown.difference(&now) {
-        match gone.split_once('/') {
-            Some((pool, pipeline)) => pipeline_gauges_of(pool, pipeline, None),
-            None => pool_gauges_of(gone, None),
+        if let Some((pool, pipeline)) = gone.split_once('/') {
+            pipeline_gauges_of(pool, pipeline, None);
+        } else if let Some((pool, quota)) = gone.split_once('#') {
+            quota_gauges_of(pool, quota, None);
+        } else {
+            pool_gauges_of(gone, None);
         }
     }
     Ok(now)
@@ -124,9 +131,15 @@ fn pool_gauges_of(pool: &str, st: Option<&PoolStatus>) {
         metrics::gauge!(name, "pool" => pool.to_string()).set(value);
     }
     for q in st.map(|s| s.quotas.as_slice()).unwrap_or_default() {
-        metrics::gauge!("tv_pool_quota_ratio", "pool" => pool.to_string(), "quota" => q.name.clone())
-            .set(q.used_ratio.unwrap_or(0.0));
-        metrics::gauge!("tv_pool_quota_binds", "pool" => pool.to_string(), "quota" => q.name.clone())
-            .set(q.binds as f64);
+        quota_gauges_of(pool, &q.name, Some(q));
     }
+}
+
+/// Set the `tv_pool_quota_*` gauges of one quota; to 0 when it is gone (`None`: the pool was
+/// deleted, or its config no longer has the quota).
+fn quota_gauges_of(pool: &str, quota: &str, q: Option<&vault_core::model::QuotaStatus>) {
+    metrics::gauge!("tv_pool_quota_ratio", "pool" => pool.to_string(), "quota" => quota.to_string())
+        .set(q.and_then(|q| q.used_ratio).unwrap_or(0.0));
+    metrics::gauge!("tv_pool_quota_binds", "pool" => pool.to_string(), "quota" => quota.to_string())
+        .set(q.map_or(0.0, |q| q.binds as f64));
 }
