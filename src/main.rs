@@ -165,6 +165,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     };
     let cfg = ApiConfig {
         listen_addr: args.listen_addr,
+        grpc_listen_addr: None,
         redis: RedisArgs {
             redis_url: redis_url.clone(),
             prefix: args.prefix,

@@ -10,6 +10,7 @@ mod dev;
 mod events;
 mod fakes;
 mod fuzz;
+mod grpc;
 mod hardening;
 mod harness;
 mod http;

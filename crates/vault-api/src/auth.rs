@@ -58,12 +58,41 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
     })
 }
 
-fn bearer(req: &Request) -> Result<&str, AuthError> {
-    let h = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthError::Missing)?;
-    let v = h.to_str().map_err(|_| AuthError::Malformed)?;
+/// The caller of a request whatever its transport (REST header, gRPC metadata): its
+/// `authorization` value (None: absent; Err: not text) checked, with the failed-authentication
+/// limiter of the peer's address.
+pub fn caller(
+    s: &AppState,
+    peer: Option<IpAddr>,
+    authorization: Option<Result<&str, AuthError>>,
+) -> Result<Principal, ApiError> {
+    match authorization
+        .ok_or(AuthError::Missing)
+        .and_then(|v| v)
+        .and_then(bearer)
+        .and_then(|t| authenticate(s, t))
+    {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            if let Some(ip) = peer {
+                if let Some(wait_s) = s.auth_failures.blocked(ip) {
+                    tracing::warn!(%ip, "too many failed authentications");
+                    let mut err = ApiError::new(
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_auth_failures",
+                        "too many failed authentications from this address; retry later",
+                    );
+                    err.retry_after_s = Some(wait_s);
+                    return Err(err);
+                }
+                s.auth_failures.record(ip);
+            }
+            Err(ApiError::unauthorized(e))
+        }
+    }
+}
+
+fn bearer(v: &str) -> Result<&str, AuthError> {
     let (scheme, token) = v.split_once(' ').ok_or(AuthError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(AuthError::Malformed);
@@ -119,25 +148,11 @@ pub async fn authorize(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let principal = match bearer(&req).and_then(|t| authenticate(&s, t)) {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(ip) = peer {
-                if let Some(wait_s) = s.auth_failures.blocked(ip) {
-                    tracing::warn!(%ip, "too many failed authentications");
-                    let mut err = ApiError::new(
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
-                        "too_many_auth_failures",
-                        "too many failed authentications from this address; retry later",
-                    );
-                    err.retry_after_s = Some(wait_s);
-                    return Err(err);
-                }
-                s.auth_failures.record(ip);
-            }
-            return Err(ApiError::unauthorized(e));
-        }
-    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|h| h.to_str().map_err(|_| AuthError::Malformed));
+    let principal = caller(&s, peer, header)?;
     let route = matched.as_ref().map(|m| m.as_str()).unwrap_or("");
     let route = route.strip_prefix("/v1").unwrap_or(route);
     let scopes = allowed_scopes(req.method(), route)

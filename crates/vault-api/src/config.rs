@@ -21,6 +21,10 @@ pub struct ApiConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub listen_addr: SocketAddr,
+    /// Address of the gRPC listener (`proto/tokenvault/v1/vault.proto`, with the standard
+    /// health and reflection services); unset: no gRPC.
+    #[arg(long = "grpc-listen-addr", env = "TV_GRPC_LISTEN_ADDR")]
+    pub grpc_listen_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]

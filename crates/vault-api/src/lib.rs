@@ -13,6 +13,10 @@
 //! - [`server`]: bind, serve, graceful shutdown on SIGTERM/ctrl-c.
 //! - [`background`]: what a replica does besides answering: lease counts to Redis, pool gauges.
 
+// The lease future (its wait loop over the store) is deep; gRPC's boxed trait methods need
+// the compiler to look further than the default.
+#![recursion_limit = "256"]
+
 pub mod answers;
 pub mod app;
 pub mod auth;
@@ -21,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod grpc;
 pub mod openapi;
 pub mod routes;
 pub mod server;

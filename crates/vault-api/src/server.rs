@@ -387,10 +387,31 @@ pub async fn run(cfg: ApiConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, limits = ?cfg.conn, "vault-api listening");
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        vault_core::config::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(addr) = cfg.grpc_listen_addr {
+        let grpc = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (TV_GRPC_LISTEN_ADDR)"))?;
+        tracing::info!(addr = %grpc.local_addr()?, "gRPC listening");
+        let (state, stop) = (state.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::grpc::serve(state, grpc, stop).await {
+                tracing::error!(error = %e, "the gRPC listener stopped");
+            }
+        });
+    }
     serve(
         state,
         listener,
-        vault_core::config::shutdown_signal(),
+        stopped(stop_rx),
         Stopping {
             drain: Duration::from_millis(cfg.shutdown_drain_ms),
             grace: Duration::from_secs(cfg.shutdown_grace_s),

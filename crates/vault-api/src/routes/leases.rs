@@ -84,7 +84,32 @@ pub async fn acquire(
     headers: HeaderMap,
     Body(input): Body<AcquireInput>,
 ) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
-    let pool = pool_name(&pool)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let (replayed, lease) = lease(&s, &who, &pool, input, key).await?;
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(lease)))
+}
+
+/// A lease, whatever the transport (REST, gRPC): checks, the client's idempotency scope, the
+/// wait for a token. Returns whether an earlier request with the same key got it.
+pub(crate) async fn lease(
+    s: &AppState,
+    who: &Principal,
+    pool: &str,
+    input: AcquireInput,
+    idempotency_key: Option<&str>,
+) -> Result<(bool, LeaseView), ApiError> {
+    let pool = pool_name(pool)?;
     input.validate()?;
     if !who.may_use_pipeline(input.pipeline.as_deref().unwrap_or("")) {
         return Err(ApiError::forbidden(match &input.pipeline {
@@ -94,11 +119,8 @@ pub async fn acquire(
     }
     // The key is the client's own: scoped by its token's jti, so another client sending the
     // same key gets nothing of this one's lease.
-    let idem = match headers.get("idempotency-key") {
-        Some(v) => {
-            let k = v
-                .to_str()
-                .map_err(|_| ApiError::invalid("Idempotency-Key must be printable ASCII"))?;
+    let idem = match idempotency_key {
+        Some(k) => {
             check_label("Idempotency-Key", k, 128)?;
             format!("{}:{k}", who.jti)
         }
@@ -122,12 +144,8 @@ pub async fn acquire(
             Ok(g) => {
                 metrics::counter!("tv_leases_granted_total", "pool" => pool.to_string())
                     .increment(1);
-                let status = if g.replayed {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                };
-                return Ok((status, Json(lease_view(&s, pool, g)?)));
+                let replayed = g.replayed;
+                return Ok((replayed, lease_view(s, pool, g)?));
             }
             Err(e @ VaultError::PoolExhausted { .. }) if Instant::now() >= deadline => {
                 metrics::counter!("tv_pool_exhausted_total", "pool" => pool.to_string())
@@ -165,14 +183,24 @@ pub async fn renew(
     Path((pool, lease)): Path<(String, String)>,
     Body(input): Body<RenewInput>,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let pool = pool_name(&pool)?;
-    lease_id(&lease)?;
+    Ok(Json(renew_lease(&s, &pool, &lease, input).await?))
+}
+
+/// Extend a live lease, whatever the transport.
+pub(crate) async fn renew_lease(
+    s: &AppState,
+    pool: &str,
+    lease: &str,
+    input: RenewInput,
+) -> Result<LeaseView, ApiError> {
+    let pool = pool_name(pool)?;
+    lease_id(lease)?;
     input.validate()?;
     let g = s
         .store
-        .renew(pool, &lease, input.ttl_s.map(|t| t * 1000), input.units)
+        .renew(pool, lease, input.ttl_s.map(|t| t * 1000), input.units)
         .await?;
-    Ok(Json(lease_view(&s, pool, g)?))
+    lease_view(s, pool, g)
 }
 
 #[utoipa::path(
@@ -193,19 +221,30 @@ pub async fn release(
     Path((pool, lease)): Path<(String, String)>,
     Body(report): Body<Report>,
 ) -> Result<Json<crate::answers::Released>, ApiError> {
-    let pool = pool_name(&pool)?;
-    lease_id(&lease)?;
+    Ok(Json(release_lease(&s, &who, &pool, &lease, &report).await?))
+}
+
+/// End a lease with the worker's report, whatever the transport.
+pub(crate) async fn release_lease(
+    s: &AppState,
+    who: &Principal,
+    pool: &str,
+    lease: &str,
+    report: &Report,
+) -> Result<crate::answers::Released, ApiError> {
+    let pool = pool_name(pool)?;
+    lease_id(lease)?;
     report.validate()?;
     let r = s
         .store
-        .release_lease(&(&who).into(), pool, &lease, &report)
+        .release_lease(&who.into(), pool, lease, report)
         .await?;
-    Ok(Json(crate::answers::Released {
-        lease_id: lease,
+    Ok(crate::answers::Released {
+        lease_id: lease.to_string(),
         token_id: r.token_id,
         token_state: r.state,
         released: true,
-    }))
+    })
 }
 
 #[utoipa::path(
@@ -227,15 +266,28 @@ pub async fn rotate(
     Path((pool, lease)): Path<(String, String)>,
     Body(report): Body<Report>,
 ) -> Result<(StatusCode, Json<LeaseView>), ApiError> {
-    let pool = pool_name(&pool)?;
-    lease_id(&lease)?;
+    let (_, next) = rotate_lease(&s, &who, &pool, &lease, &report).await?;
+    Ok((StatusCode::CREATED, Json(next?)))
+}
+
+/// Report and lease another token in one step, whatever the transport: the released token,
+/// and the new lease or why there is none (the report was applied either way).
+pub(crate) async fn rotate_lease(
+    s: &AppState,
+    who: &Principal,
+    pool: &str,
+    lease: &str,
+    report: &Report,
+) -> Result<(vault_core::store::Released, Result<LeaseView, ApiError>), ApiError> {
+    let pool = pool_name(pool)?;
+    lease_id(lease)?;
     report.validate()?;
-    let (released, next) = s
-        .store
-        .rotate(pool, &lease, &report, &new_lease_id())
-        .await?;
+    let (released, next) = s.store.rotate(pool, lease, report, &new_lease_id()).await?;
     s.store
-        .record_outcome(&(&who).into(), pool, &lease, &released, &report)
+        .record_outcome(&who.into(), pool, lease, &released, report)
         .await;
-    Ok((StatusCode::CREATED, Json(lease_view(&s, pool, next?)?)))
+    let next = next
+        .map_err(ApiError::from)
+        .and_then(|g| lease_view(s, pool, g));
+    Ok((released, next))
 }

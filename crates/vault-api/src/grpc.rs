@@ -1,0 +1,289 @@
+//! The worker's side of the vault over gRPC (`proto/tokenvault/v1/vault.proto`), on a listener
+//! of its own (`TV_GRPC_LISTEN_ADDR`). Every call authenticates like REST (the same client
+//! tokens, scopes by the same table, pool and pipeline limits, failed-auth limiter) and runs the
+//! same function as its REST route (`routes::leases`), so the two cannot answer differently.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::http::Method;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use vault_core::auth::Principal;
+use vault_core::model::{AcquireInput, RenewInput, Report};
+use vault_core::time::TimeInput;
+
+use crate::error::ApiError;
+use crate::routes::leases;
+use crate::AppState;
+
+/// The code generated from `proto/`.
+pub mod pb {
+    tonic::include_proto!("tokenvault.v1");
+    /// The descriptor set that server reflection serves.
+    pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
+}
+
+use pb::vault_server::{Vault, VaultServer};
+
+/// Largest message a client may send (REST's body limit).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+pub struct VaultService {
+    state: AppState,
+}
+
+/// The REST answer of an error as a gRPC status: the code by the table in the API docs, the
+/// problem `code` as an `ErrorInfo` reason (domain `tokenvault`), `Retry-After` as `RetryInfo`.
+pub fn status_of(e: ApiError) -> Status {
+    let code = match (e.status.as_u16(), e.code) {
+        (_, "pool_exhausted") | (429, _) => Code::ResourceExhausted,
+        (400 | 413 | 422, _) => Code::InvalidArgument,
+        (401, _) => Code::Unauthenticated,
+        (403, _) => Code::PermissionDenied,
+        (404 | 410, _) => Code::NotFound,
+        (409 | 423, _) => Code::FailedPrecondition,
+        (503, _) => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut details = ErrorDetails::with_error_info(e.code, "tokenvault", HashMap::new());
+    if let Some(s) = e.retry_after_s {
+        details.set_retry_info(Some(Duration::from_secs(s)));
+    }
+    Status::with_error_details(code, e.detail, details)
+}
+
+impl VaultService {
+    pub fn server(state: AppState) -> VaultServer<Self> {
+        VaultServer::new(VaultService { state })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(4 * MAX_MESSAGE_BYTES)
+    }
+
+    /// The caller, authenticated and allowed to call what `route` names on `pool`, as the REST
+    /// middleware decides it (`auth::allowed_scopes`).
+    fn caller<T>(&self, req: &Request<T>, route: &str, pool: &str) -> Result<Principal, Status> {
+        let header = req.metadata().get("authorization").map(|v| {
+            v.to_str()
+                .map_err(|_| vault_core::auth::AuthError::Malformed)
+        });
+        let principal = crate::auth::caller(&self.state, req.remote_addr().map(|a| a.ip()), header)
+            .map_err(status_of)?;
+        let scopes = crate::auth::allowed_scopes(&Method::POST, route).unwrap_or(&[]);
+        if !scopes.iter().any(|s| principal.has(*s)) {
+            return Err(status_of(ApiError::forbidden(
+                "this call needs scope lease",
+            )));
+        }
+        if !principal.may_use_pool(pool) {
+            return Err(status_of(ApiError::forbidden(
+                "this client token is not allowed on this pool",
+            )));
+        }
+        Ok(principal)
+    }
+}
+
+/// An empty string as absent.
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn lease_of(v: crate::routes::leases::LeaseView) -> pb::Lease {
+    pb::Lease {
+        lease_id: v.lease_id,
+        pool: v.pool,
+        token_id: v.token_id,
+        token_expires_at: v.token_expires_at.unwrap_or_default(),
+        lease_expires_at: v.lease_expires_at,
+        units: v.units,
+        costs: v.costs.into_iter().collect(),
+        pipeline: v.pipeline.unwrap_or_default(),
+        binding: Some(pb::Binding {
+            proxy: v.binding.proxy.unwrap_or_default(),
+            fingerprint: v.binding.fingerprint.unwrap_or_default(),
+        }),
+        authorization: v.headers.authorization,
+        secret: v.secret,
+    }
+}
+
+/// A report as REST reads it (the same checks apply).
+fn report_of(r: Option<pb::Report>) -> Result<Report, Status> {
+    let r = r.unwrap_or_default();
+    let outcome = if r.outcome.is_empty() {
+        "ok".to_string()
+    } else {
+        r.outcome
+    };
+    let outcome =
+        serde_json::from_value(serde_json::Value::String(outcome.clone())).map_err(|_| {
+            status_of(ApiError::invalid(format!(
+                "outcome {outcome}: use ok, unauthorized, rate_limited, forbidden, suspect"
+            )))
+        })?;
+    Ok(Report {
+        used: r.used,
+        outcome,
+        retry_after_s: r.retry_after_s,
+        remaining: r.remaining,
+        reset_at: r.reset_at_ms.map(TimeInput),
+        detail: opt(r.detail),
+        costs: r.costs.into_iter().collect(),
+        ..Default::default()
+    })
+}
+
+#[tonic::async_trait]
+impl Vault for VaultService {
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let who = self.caller(&req, "/pools/{pool}/leases", &req.get_ref().pool)?;
+        let r = req.into_inner();
+        let input = AcquireInput {
+            worker: opt(r.worker),
+            units: r.units,
+            costs: r.costs.into_iter().collect(),
+            ttl_s: r.ttl_s,
+            min_token_ttl_s: r.min_token_ttl_s,
+            session: opt(r.session),
+            wait_ms: r.wait_ms,
+            pipeline: opt(r.pipeline),
+        };
+        let key = opt(r.idempotency_key);
+        let (replayed, lease) = leases::lease(&self.state, &who, &r.pool, input, key.as_deref())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::LeaseReply {
+            lease: Some(lease_of(lease)),
+            replayed,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        self.caller(
+            &req,
+            "/pools/{pool}/leases/{lease}/renew",
+            &req.get_ref().pool,
+        )?;
+        let r = req.into_inner();
+        let input = RenewInput {
+            ttl_s: r.ttl_s,
+            units: r.units,
+        };
+        let lease = leases::renew_lease(&self.state, &r.pool, &r.lease_id, input)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::LeaseReply {
+            lease: Some(lease_of(lease)),
+            replayed: false,
+        }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseReply>, Status> {
+        let who = self.caller(
+            &req,
+            "/pools/{pool}/leases/{lease}/release",
+            &req.get_ref().pool,
+        )?;
+        let r = req.into_inner();
+        let report = report_of(r.report)?;
+        let done = leases::release_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseReply {
+            token_id: done.token_id,
+            state: done.token_state,
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::RotateReply>, Status> {
+        let who = self.caller(
+            &req,
+            "/pools/{pool}/leases/{lease}/rotate",
+            &req.get_ref().pool,
+        )?;
+        let r = req.into_inner();
+        let report = report_of(r.report)?;
+        let (released, next) =
+            leases::rotate_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
+                .await
+                .map_err(status_of)?;
+        let lease = next.map_err(status_of)?;
+        Ok(Response::new(pb::RotateReply {
+            released: Some(pb::ReleaseReply {
+                token_id: released.token_id,
+                state: released.state,
+            }),
+            lease: Some(lease_of(lease)),
+        }))
+    }
+}
+
+/// Serve gRPC on `listener` until `shutdown`: the vault's service, `grpc.health.v1.Health`
+/// (SERVING while `/readyz` would answer 200, for load balancers) and server reflection.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Health follows readiness (Redis, the function library, the event subscription, drain).
+    let watched = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let ready = crate::routes::health::readyz(axum::extract::State(watched.clone()))
+                .await
+                .is_ok();
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status("tokenvault.v1.Vault", status)
+                .await;
+            reporter.set_service_status("", status).await;
+        }
+    });
+    tonic::transport::Server::builder()
+        // Bounded like the REST listener: streams per connection, idle connections, a call's
+        // time.
+        .max_concurrent_streams(Some(100))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(60))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(VaultService::server(state))
+        .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Accepted connections as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| s);
+        Some((next, l))
+    })
+}

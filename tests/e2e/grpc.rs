@@ -1,0 +1,300 @@
+//! Workers over gRPC (`proto/tokenvault/v1/vault.proto`): the same vault, the same answers as
+//! REST, errors as gRPC status codes with the problem code, health for load balancers.
+
+use serde_json::{json, Value};
+use testkit::{free_port, RedisServer};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+use vault_api::grpc::pb;
+
+use crate::harness::{Deployment, Vault};
+
+/// A vault with a gRPC listener too, and a connected client.
+async fn grpc_vault(dep: &Deployment) -> (Vault, pb::vault_client::VaultClient<Channel>, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let v = dep.vault(&[("TV_GRPC_LISTEN_ADDR", addr.as_str())]).await;
+    let url = format!("http://{addr}");
+    let channel = Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("the gRPC listener accepts");
+    (v, pb::vault_client::VaultClient::new(channel), url)
+}
+
+/// `msg` with `token` as its `authorization` metadata.
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    r
+}
+
+/// The problem code a status carries, and its retry delay.
+fn problem(s: &tonic::Status) -> (Code, String, Option<std::time::Duration>) {
+    (
+        s.code(),
+        s.get_details_error_info()
+            .map(|i| i.reason)
+            .unwrap_or_default(),
+        s.get_details_retry_info().and_then(|r| r.retry_delay),
+    )
+}
+
+/// The same scenario through REST and through gRPC, on two identical pools: the same tokens,
+/// answers, audit entries and events.
+#[tokio::test]
+async fn rest_and_grpc_answer_alike() {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let (v, mut g, _) = grpc_vault(&dep).await;
+    let api = dep.api(&v);
+    for pool in ["viarest", "viagrpc"] {
+        api.put(
+            &format!("/v1/pools/{pool}"),
+            json!({"quota_limit": 10, "quarantine_after_strikes": 1}),
+        )
+        .await;
+        api.post(
+            &format!("/v1/pools/{pool}/tokens"),
+            json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}]}),
+        )
+        .await;
+    }
+    // REST: lease (with a key, twice), renew, release unauthorized, lease, rotate.
+    let key = [("Idempotency-Key", "k1")];
+    let body = json!({"worker": "w", "units": 2});
+    let r1 = api
+        .call_with(
+            reqwest::Method::POST,
+            "/v1/pools/viarest/leases",
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    let r1b = api
+        .call_with(
+            reqwest::Method::POST,
+            "/v1/pools/viarest/leases",
+            Some(body),
+            &key,
+        )
+        .await;
+    let rl = r1.str("lease_id");
+    let rr = api
+        .post(
+            &format!("/v1/pools/viarest/leases/{rl}/renew"),
+            json!({"ttl_s": 30}),
+        )
+        .await;
+    let rrel = api
+        .post(
+            &format!("/v1/pools/viarest/leases/{rl}/release"),
+            json!({"outcome": "rate_limited", "retry_after_s": 60, "used": 1}),
+        )
+        .await;
+    let r2 = api
+        .post("/v1/pools/viarest/leases", json!({"worker": "w"}))
+        .await;
+    let rrot = api
+        .post(
+            &format!("/v1/pools/viarest/leases/{}/rotate", r2.str("lease_id")),
+            json!({"outcome": "forbidden"}),
+        )
+        .await;
+    // gRPC: the same.
+    let lease = |key: &str| pb::LeaseRequest {
+        pool: "viagrpc".into(),
+        worker: "w".into(),
+        units: Some(2),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let g1 = g
+        .lease(authed(lease("k1"), &dep.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let g1b = g
+        .lease(authed(lease("k1"), &dep.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let gl = g1.lease.clone().unwrap();
+    let gr = g
+        .renew(authed(
+            pb::RenewRequest {
+                pool: "viagrpc".into(),
+                lease_id: gl.lease_id.clone(),
+                ttl_s: Some(30),
+                units: None,
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let grel = g
+        .release(authed(
+            pb::ReleaseRequest {
+                pool: "viagrpc".into(),
+                lease_id: gl.lease_id.clone(),
+                report: Some(pb::Report {
+                    outcome: "rate_limited".into(),
+                    retry_after_s: Some(60.0),
+                    used: Some(1),
+                    ..Default::default()
+                }),
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let g2 = g
+        .lease(authed(
+            pb::LeaseRequest {
+                pool: "viagrpc".into(),
+                worker: "w".into(),
+                ..Default::default()
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    let grot = g
+        .rotate(authed(
+            pb::ReleaseRequest {
+                pool: "viagrpc".into(),
+                lease_id: g2.lease_id.clone(),
+                report: Some(pb::Report {
+                    outcome: "forbidden".into(),
+                    ..Default::default()
+                }),
+            },
+            &dep.admin,
+        ))
+        .await;
+    // The answers match, field by field (ids and times aside).
+    assert_eq!((r1.status.as_u16(), r1b.status.as_u16()), (201, 200));
+    assert!(!g1.replayed && g1b.replayed);
+    assert_eq!(r1b.str("lease_id"), rl);
+    assert_eq!(g1b.lease.unwrap().lease_id, gl.lease_id);
+    assert_eq!(r1.str("token_id"), gl.token_id);
+    assert_eq!(r1.body["units"], gl.units);
+    assert_eq!(r1.str("secret"), gl.secret);
+    assert_eq!(rr.body["units"], gr.lease.unwrap().units);
+    assert_eq!(rrel.str("token_id"), grel.token_id);
+    assert_eq!(rrel.str("token_state"), grel.state);
+    assert_eq!(r2.str("token_id"), g2.token_id);
+    // Rotating with every other token cooling: no token, the report applied, the same refusal.
+    rrot.problem(503, "pool_exhausted");
+    let err = grot.expect_err("no other token");
+    assert_eq!(problem(&err).0, Code::ResourceExhausted);
+    assert_eq!(problem(&err).1, "pool_exhausted");
+    assert!(problem(&err).2.is_some(), "{err:?}");
+    // The audit trails and events match.
+    let actions = |pool: &str| {
+        let api = api.clone();
+        let pool = pool.to_string();
+        async move {
+            let a = api.get(&format!("/v1/audit?pool={pool}")).await.body;
+            a["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["action"].clone(),
+                        e["outcome"].clone(),
+                        e["token_id"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (ra, ga) = (actions("viarest").await, actions("viagrpc").await);
+    assert!(ra.len() >= 4, "{ra:?}");
+    assert_eq!(ra, ga, "the audit trails differ");
+    let events = |pool: &str| -> Vec<Value> {
+        redis
+            .cli(&["XRANGE", &format!("{}:events", dep.prefix), "-", "+"])
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["pool"] == pool)
+            .map(|e| json!([e["type"], e["token_id"], e["reason"]]))
+            .collect()
+    };
+    let rest_events = events("viarest");
+    assert!(!rest_events.is_empty(), "the quarantine is announced");
+    assert_eq!(rest_events, events("viagrpc"));
+}
+
+/// Errors as gRPC codes with the problem code; a call without a valid token is refused;
+/// health answers SERVING.
+#[tokio::test]
+async fn grpc_errors_carry_the_problem_code_and_health_serves() {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let (v, mut g, url) = grpc_vault(&dep).await;
+    let api = dep.api(&v);
+    api.put("/v1/pools/p", json!({})).await;
+    let lease = |pool: &str| pb::LeaseRequest {
+        pool: pool.into(),
+        ..Default::default()
+    };
+    let e = g.lease(Request::new(lease("p"))).await.unwrap_err();
+    assert_eq!(problem(&e).0, Code::Unauthenticated, "{e:?}");
+    let e = g
+        .lease(authed(lease("p"), "not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(problem(&e).0, Code::Unauthenticated, "{e:?}");
+    let e = g
+        .lease(authed(lease("nope"), &dep.admin))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (problem(&e).0, problem(&e).1.as_str()),
+        (Code::NotFound, "pool_not_found")
+    );
+    let e = g.lease(authed(lease("p"), &dep.admin)).await.unwrap_err();
+    assert_eq!(
+        (problem(&e).0, problem(&e).1.as_str()),
+        (Code::ResourceExhausted, "pool_exhausted")
+    );
+    api.post("/v1/pools/p/freeze", json!({})).await;
+    let e = g.lease(authed(lease("p"), &dep.admin)).await.unwrap_err();
+    assert_eq!(
+        (problem(&e).0, problem(&e).1.as_str()),
+        (Code::FailedPrecondition, "pool_frozen")
+    );
+    // A deposit-only token may not lease.
+    let depositor = dep.token("d", &[vault_core::auth::Scope::Deposit], None);
+    let e = g.lease(authed(lease("p"), &depositor)).await.unwrap_err();
+    assert_eq!(problem(&e).0, Code::PermissionDenied, "{e:?}");
+    // Health, for load balancers.
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let end = std::time::Instant::now() + crate::harness::PATIENCE;
+    loop {
+        let s = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "tokenvault.v1.Vault".into(),
+            })
+            .await;
+        if s.as_ref().is_ok_and(|r| r.get_ref().status == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never SERVING: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
