@@ -137,17 +137,20 @@ class VaultUnderTest:
             "TV_SIGNING_KEYS": str(keys),
             "RUST_LOG": "warn",
         }
-        self.api = self.replica()
+        # The first replica serves gRPC too (tests/test_grpc.py).
+        self.grpc = f"127.0.0.1:{free_port()}"
+        self.api = self.replica(grpc=self.grpc)
         self.port = self.api.port
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = self.mint("py-admin", "admin,lease,deposit,audit")
 
-    def replica(self, port: Optional[int] = None) -> Process:
+    def replica(self, port: Optional[int] = None, grpc: Optional[str] = None) -> Process:
         """Another vault-api process on the same Redis and keys, listening on ``port`` or on
-        a free port (its ``port``), answering /readyz."""
+        a free port (its ``port``), answering /readyz; with gRPC on ``grpc`` when given."""
+        extra = {"TV_GRPC_LISTEN_ADDR": grpc} if grpc else {}
         return start_serving(
             lambda p: Process([str(BIN / "vault-api")],
-                              {**self.env, "TV_LISTEN_ADDR": f"127.0.0.1:{p}"}),
+                              {**self.env, **extra, "TV_LISTEN_ADDR": f"127.0.0.1:{p}"}),
             lambda p: self.ready(f"http://127.0.0.1:{p}"),
             "vault-api", port)
 
