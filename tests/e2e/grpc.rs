@@ -25,6 +25,13 @@ async fn grpc_vault(dep: &Deployment) -> (Vault, pb::vault_client::VaultClient<C
     (v, pb::vault_client::VaultClient::new(channel), url)
 }
 
+/// The next message of a server stream, waited for with patience.
+async fn next(s: &mut tonic::Streaming<pb::Event>) -> Result<Option<pb::Event>, tonic::Status> {
+    tokio::time::timeout(crate::harness::PATIENCE, s.message())
+        .await
+        .expect("an event in time")
+}
+
 /// `msg` with `token` as its `authorization` metadata.
 fn authed<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
@@ -297,4 +304,90 @@ async fn grpc_errors_carry_the_problem_code_and_health_serves() {
         assert!(std::time::Instant::now() < end, "never SERVING: {s:?}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// `Watch` streams a pool's events (a revocation and the lease it ended), resumes after an
+/// event id with what was missed, and ends when its client token is revoked.
+#[tokio::test]
+async fn watch_streams_revocations_resumes_and_ends_with_its_token() {
+    use vault_core::auth::Scope;
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let (v, mut g, _) = grpc_vault(&dep).await;
+    let api = dep.api(&v);
+    api.put("/v1/pools/p", json!({})).await;
+    api.post(
+        "/v1/pools/p/tokens",
+        json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}]}),
+    )
+    .await;
+    let watcher = dep.token("watch", &[Scope::Lease], Some(vec!["p".into()]));
+    let watch = |last: &str| pb::WatchRequest {
+        pools: vec!["p".into()],
+        last_event_id: last.into(),
+    };
+    let mut events = g
+        .watch(authed(watch(""), &watcher))
+        .await
+        .unwrap()
+        .into_inner();
+    // Subscribed: the first revocation is seen live (the watch is open once answered).
+    let l = api.post("/v1/pools/p/leases", json!({})).await;
+    let token = l.str("token_id");
+    api.post(
+        &format!("/v1/pools/p/tokens/{token}/revoke"),
+        json!({"reason": "leaked"}),
+    )
+    .await;
+    let first = next(&mut events).await.unwrap().expect("token.revoked");
+    assert_eq!(
+        (first.r#type.as_str(), first.token_id.as_str()),
+        ("token.revoked", token.as_str())
+    );
+    let second = next(&mut events).await.unwrap().expect("lease.revoked");
+    assert_eq!(
+        (second.r#type.as_str(), second.lease_id.as_str()),
+        ("lease.revoked", l.str("lease_id").as_str())
+    );
+    // Resuming after the first gets the second again, then what happened since.
+    let other = if token == "a" { "b" } else { "a" };
+    api.post(
+        &format!("/v1/pools/p/tokens/{other}/revoke"),
+        json!({"reason": "rotated"}),
+    )
+    .await;
+    let mut resumed = g
+        .watch(authed(watch(&first.id), &watcher))
+        .await
+        .unwrap()
+        .into_inner();
+    let r1 = next(&mut resumed).await.unwrap().unwrap();
+    let r2 = next(&mut resumed).await.unwrap().unwrap();
+    assert_eq!(r1.id, second.id);
+    assert_eq!(
+        (r2.r#type.as_str(), r2.token_id.as_str()),
+        ("token.revoked", other)
+    );
+    // A watcher without the pool is refused; the revoked watcher's stream ends.
+    let stranger = dep.token("x", &[Scope::Lease], Some(vec!["q".into()]));
+    let e = g.watch(authed(watch(""), &stranger)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let introspected = api.post("/v1/introspect", json!({"token": watcher})).await;
+    let r = api
+        .post(
+            "/v1/clients/revoke",
+            json!({"jti": introspected.str("jti")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let ended = tokio::time::timeout(crate::harness::PATIENCE, async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                _ => return true,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the watch outlived its revoked token");
 }

@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Extension;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use vault_core::auth::Principal;
@@ -138,16 +138,15 @@ fn sse(id: Option<&str>, e: &VaultEvent) -> Event {
 
 /// `events.lost`: some events after `after` are no longer kept. It carries no id, so a client's
 /// `Last-Event-ID` stays at the last real event.
-fn lost_notice(after: &str, at: i64) -> Event {
-    let e = VaultEvent {
+fn lost_event(after: &str, at: i64) -> VaultEvent {
+    VaultEvent {
         kind: "events.lost".into(),
         at,
         reason: Some(format!(
             "events after {after} are no longer kept; re-check held leases (renew answers 410 for revoked ones)"
         )),
         ..Default::default()
-    };
-    sse(None, &e)
+    }
 }
 
 #[utoipa::path(
@@ -168,7 +167,22 @@ pub async fn stream(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let wanted: Option<HashSet<String>> = match q.pools.as_deref().filter(|p| !p.is_empty()) {
+    let wanted = wanted_pools(&who, q.pools.as_deref())?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(resume_point(v.to_str().unwrap_or(""))?),
+        None => None,
+    };
+    let stream = feed(s, who, wanted, resume).map(|(id, e)| Ok(sse(id.as_deref(), &e)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The pools a subscriber asked for (`list`, comma-separated; all it may see when absent),
+/// each checked against its token.
+pub(crate) fn wanted_pools(
+    who: &Principal,
+    list: Option<&str>,
+) -> Result<Option<HashSet<String>>, ApiError> {
+    match list.filter(|p| !p.is_empty()) {
         Some(list) => {
             let mut set = HashSet::new();
             for p in list.split(',') {
@@ -180,28 +194,38 @@ pub async fn stream(
                 }
                 set.insert(p.to_string());
             }
-            Some(set)
+            Ok(Some(set))
         }
-        None => who.pools.clone().map(|p| p.into_iter().collect()),
-    };
-    let resume = match headers.get("last-event-id") {
-        Some(v) => {
-            let id = v.to_str().ok().filter(|id| parse_id(id).is_some());
-            Some(
-                id.ok_or_else(|| {
-                    ApiError::invalid("Last-Event-ID must be an event id like 1732500000000-0")
-                })?
-                .to_string(),
-            )
-        }
-        None => None,
-    };
+        None => Ok(who.pools.clone().map(|p| p.into_iter().collect())),
+    }
+}
+
+/// A resume point (`Last-Event-ID`), checked.
+pub(crate) fn resume_point(id: &str) -> Result<String, ApiError> {
+    if parse_id(id).is_none() {
+        return Err(ApiError::invalid(
+            "Last-Event-ID must be an event id like 1732500000000-0",
+        ));
+    }
+    Ok(id.to_string())
+}
+
+/// A subscriber's events, whatever the transport (SSE, gRPC `Watch`): those of `wanted` pools
+/// after `resume` (replayed from the stream, with an `events.lost` notice, id None, when some
+/// were trimmed), then live ones, with no gap and no duplicate. It ends within a second of its
+/// client token's revocation or expiry, and at shutdown.
+pub(crate) fn feed(
+    s: AppState,
+    who: Principal,
+    wanted: Option<HashSet<String>>,
+    resume: Option<String>,
+) -> impl Stream<Item = (Option<String>, VaultEvent)> {
     // Subscribe before reading the replay: nothing published in between can be missed.
     let mut rx = s.events.tx.subscribe();
     let mut closing = s.events.closing.subscribe();
     let mut auth_check = tokio::time::interval(Duration::from_secs(1));
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let stream = async_stream::stream! {
+    async_stream::stream! {
         let pass = |e: &VaultEvent| wanted.as_ref().is_none_or(|w| w.contains(&e.pool));
         let mut last_sent: Option<String> = resume.clone();
         let mut replay_from = resume;
@@ -216,7 +240,7 @@ pub async fn stream(
                     Err(_) => false,
                 };
                 if gap {
-                    yield Ok(lost_notice(&from, s.store.event_time().await));
+                    yield (None, lost_event(&from, s.store.event_time().await));
                 }
                 loop {
                     let batch = match s.store.events_after(&from, 500).await {
@@ -232,7 +256,7 @@ pub async fn stream(
                     for (id, e) in batch {
                         from = id.clone();
                         if pass(&e) {
-                            yield Ok(sse(Some(&id), &e));
+                            yield (Some(id.clone()), e);
                         }
                         last_sent = Some(id);
                     }
@@ -259,7 +283,7 @@ pub async fn stream(
                         continue;
                     }
                     if pass(e) {
-                        yield Ok(sse(Some(id), e));
+                        yield (Some(id.clone()), e.clone());
                     }
                     last_sent = Some(id.clone());
                 }
@@ -268,6 +292,5 @@ pub async fn stream(
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
-    };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    }
 }

@@ -63,21 +63,32 @@ impl VaultService {
     /// The caller, authenticated and allowed to call what `route` names on `pool`, as the REST
     /// middleware decides it (`auth::allowed_scopes`).
     fn caller<T>(&self, req: &Request<T>, route: &str, pool: &str) -> Result<Principal, Status> {
+        let principal = self.caller_of(req, &Method::POST, route)?;
+        if !principal.may_use_pool(pool) {
+            return Err(status_of(ApiError::forbidden(
+                "this client token is not allowed on this pool",
+            )));
+        }
+        Ok(principal)
+    }
+
+    /// The caller, authenticated and holding a scope that may call `method` `route`.
+    fn caller_of<T>(
+        &self,
+        req: &Request<T>,
+        method: &Method,
+        route: &str,
+    ) -> Result<Principal, Status> {
         let header = req.metadata().get("authorization").map(|v| {
             v.to_str()
                 .map_err(|_| vault_core::auth::AuthError::Malformed)
         });
         let principal = crate::auth::caller(&self.state, req.remote_addr().map(|a| a.ip()), header)
             .map_err(status_of)?;
-        let scopes = crate::auth::allowed_scopes(&Method::POST, route).unwrap_or(&[]);
+        let scopes = crate::auth::allowed_scopes(method, route).unwrap_or(&[]);
         if !scopes.iter().any(|s| principal.has(*s)) {
             return Err(status_of(ApiError::forbidden(
                 "this call needs scope lease",
-            )));
-        }
-        if !principal.may_use_pool(pool) {
-            return Err(status_of(ApiError::forbidden(
-                "this client token is not allowed on this pool",
             )));
         }
         Ok(principal)
@@ -134,8 +145,43 @@ fn report_of(r: Option<pb::Report>) -> Result<Report, Status> {
     })
 }
 
+/// Events as `Watch` sends them.
+type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Vault for VaultService {
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        use futures::StreamExt;
+        // The same route, scope and pool checks as `GET /v1/events`.
+        let who = self.caller_of(&req, &Method::GET, "/events")?;
+        let r = req.into_inner();
+        let pools = r.pools.join(",");
+        let wanted = crate::events::wanted_pools(&who, Some(&pools)).map_err(status_of)?;
+        let resume = match r.last_event_id.as_str() {
+            "" => None,
+            id => Some(crate::events::resume_point(id).map_err(status_of)?),
+        };
+        let events = crate::events::feed(self.state.clone(), who, wanted, resume).map(|(id, e)| {
+            Ok(pb::Event {
+                id: id.unwrap_or_default(),
+                r#type: e.kind,
+                pool: e.pool,
+                token_id: e.token_id.unwrap_or_default(),
+                lease_id: e.lease_id.unwrap_or_default(),
+                at: e.at,
+                reason: e.reason.unwrap_or_default(),
+                pipeline: e.pipeline.unwrap_or_default(),
+                replaced_by: e.replaced_by.unwrap_or_default(),
+            })
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
     async fn lease(
         &self,
         req: Request<pb::LeaseRequest>,
