@@ -288,6 +288,14 @@ async fn grpc_errors_carry_the_problem_code_and_health_serves() {
     let depositor = dep.token("d", &[vault_core::auth::Scope::Deposit], None);
     let e = g.lease(authed(lease("p"), &depositor)).await.unwrap_err();
     assert_eq!(problem(&e).0, Code::PermissionDenied, "{e:?}");
+    // Counted by method and code.
+    let m = crate::harness::metrics_text(&v.base).await;
+    let n = crate::harness::sample(
+        &m,
+        "tv_grpc_requests_total",
+        &["method=\"Lease\"", "code=\"NotFound\""],
+    );
+    assert_eq!(n, Some(1.0), "{m}");
     // Health, for load balancers.
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     let mut h = tonic_health::pb::health_client::HealthClient::new(channel);

@@ -145,6 +145,26 @@ fn report_of(r: Option<pb::Report>) -> Result<Report, Status> {
     })
 }
 
+/// Run one call, counted and timed by method and status code (`tv_grpc_requests_total`,
+/// `tv_grpc_request_duration_seconds`), in a span like the REST routes'.
+async fn observed<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let r = call.instrument(tracing::info_span!("grpc", method)).await;
+    let code = match &r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    };
+    metrics::counter!("tv_grpc_requests_total", "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
+    metrics::histogram!("tv_grpc_request_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    r
+}
+
 /// Events as `Watch` sends them.
 type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
 
@@ -156,124 +176,141 @@ impl Vault for VaultService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        use futures::StreamExt;
-        // The same route, scope and pool checks as `GET /v1/events`.
-        let who = self.caller_of(&req, &Method::GET, "/events")?;
-        let r = req.into_inner();
-        let pools = r.pools.join(",");
-        let wanted = crate::events::wanted_pools(&who, Some(&pools)).map_err(status_of)?;
-        let resume = match r.last_event_id.as_str() {
-            "" => None,
-            id => Some(crate::events::resume_point(id).map_err(status_of)?),
-        };
-        let events = crate::events::feed(self.state.clone(), who, wanted, resume).map(|(id, e)| {
-            Ok(pb::Event {
-                id: id.unwrap_or_default(),
-                r#type: e.kind,
-                pool: e.pool,
-                token_id: e.token_id.unwrap_or_default(),
-                lease_id: e.lease_id.unwrap_or_default(),
-                at: e.at,
-                reason: e.reason.unwrap_or_default(),
-                pipeline: e.pipeline.unwrap_or_default(),
-                replaced_by: e.replaced_by.unwrap_or_default(),
-            })
-        });
-        Ok(Response::new(Box::pin(events)))
+        observed("Watch", async move {
+            use futures::StreamExt;
+            // The same route, scope and pool checks as `GET /v1/events`.
+            let who = self.caller_of(&req, &Method::GET, "/events")?;
+            let r = req.into_inner();
+            let pools = r.pools.join(",");
+            let wanted = crate::events::wanted_pools(&who, Some(&pools)).map_err(status_of)?;
+            let resume = match r.last_event_id.as_str() {
+                "" => None,
+                id => Some(crate::events::resume_point(id).map_err(status_of)?),
+            };
+            let events =
+                crate::events::feed(self.state.clone(), who, wanted, resume).map(|(id, e)| {
+                    Ok(pb::Event {
+                        id: id.unwrap_or_default(),
+                        r#type: e.kind,
+                        pool: e.pool,
+                        token_id: e.token_id.unwrap_or_default(),
+                        lease_id: e.lease_id.unwrap_or_default(),
+                        at: e.at,
+                        reason: e.reason.unwrap_or_default(),
+                        pipeline: e.pipeline.unwrap_or_default(),
+                        replaced_by: e.replaced_by.unwrap_or_default(),
+                    })
+                });
+            Ok(Response::new(Box::pin(events) as Self::WatchStream))
+        })
+        .await
     }
 
     async fn lease(
         &self,
         req: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseReply>, Status> {
-        let who = self.caller(&req, "/pools/{pool}/leases", &req.get_ref().pool)?;
-        let r = req.into_inner();
-        let input = AcquireInput {
-            worker: opt(r.worker),
-            units: r.units,
-            costs: r.costs.into_iter().collect(),
-            ttl_s: r.ttl_s,
-            min_token_ttl_s: r.min_token_ttl_s,
-            session: opt(r.session),
-            wait_ms: r.wait_ms,
-            pipeline: opt(r.pipeline),
-        };
-        let key = opt(r.idempotency_key);
-        let (replayed, lease) = leases::lease(&self.state, &who, &r.pool, input, key.as_deref())
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(pb::LeaseReply {
-            lease: Some(lease_of(lease)),
-            replayed,
-        }))
+        observed("Lease", async move {
+            let who = self.caller(&req, "/pools/{pool}/leases", &req.get_ref().pool)?;
+            let r = req.into_inner();
+            let input = AcquireInput {
+                worker: opt(r.worker),
+                units: r.units,
+                costs: r.costs.into_iter().collect(),
+                ttl_s: r.ttl_s,
+                min_token_ttl_s: r.min_token_ttl_s,
+                session: opt(r.session),
+                wait_ms: r.wait_ms,
+                pipeline: opt(r.pipeline),
+            };
+            let key = opt(r.idempotency_key);
+            let (replayed, lease) =
+                leases::lease(&self.state, &who, &r.pool, input, key.as_deref())
+                    .await
+                    .map_err(status_of)?;
+            Ok(Response::new(pb::LeaseReply {
+                lease: Some(lease_of(lease)),
+                replayed,
+            }))
+        })
+        .await
     }
 
     async fn renew(
         &self,
         req: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::LeaseReply>, Status> {
-        self.caller(
-            &req,
-            "/pools/{pool}/leases/{lease}/renew",
-            &req.get_ref().pool,
-        )?;
-        let r = req.into_inner();
-        let input = RenewInput {
-            ttl_s: r.ttl_s,
-            units: r.units,
-        };
-        let lease = leases::renew_lease(&self.state, &r.pool, &r.lease_id, input)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(pb::LeaseReply {
-            lease: Some(lease_of(lease)),
-            replayed: false,
-        }))
+        observed("Renew", async move {
+            self.caller(
+                &req,
+                "/pools/{pool}/leases/{lease}/renew",
+                &req.get_ref().pool,
+            )?;
+            let r = req.into_inner();
+            let input = RenewInput {
+                ttl_s: r.ttl_s,
+                units: r.units,
+            };
+            let lease = leases::renew_lease(&self.state, &r.pool, &r.lease_id, input)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::LeaseReply {
+                lease: Some(lease_of(lease)),
+                replayed: false,
+            }))
+        })
+        .await
     }
 
     async fn release(
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseReply>, Status> {
-        let who = self.caller(
-            &req,
-            "/pools/{pool}/leases/{lease}/release",
-            &req.get_ref().pool,
-        )?;
-        let r = req.into_inner();
-        let report = report_of(r.report)?;
-        let done = leases::release_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
-            .await
-            .map_err(status_of)?;
-        Ok(Response::new(pb::ReleaseReply {
-            token_id: done.token_id,
-            state: done.token_state,
-        }))
+        observed("Release", async move {
+            let who = self.caller(
+                &req,
+                "/pools/{pool}/leases/{lease}/release",
+                &req.get_ref().pool,
+            )?;
+            let r = req.into_inner();
+            let report = report_of(r.report)?;
+            let done = leases::release_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::ReleaseReply {
+                token_id: done.token_id,
+                state: done.token_state,
+            }))
+        })
+        .await
     }
 
     async fn rotate(
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::RotateReply>, Status> {
-        let who = self.caller(
-            &req,
-            "/pools/{pool}/leases/{lease}/rotate",
-            &req.get_ref().pool,
-        )?;
-        let r = req.into_inner();
-        let report = report_of(r.report)?;
-        let (released, next) =
-            leases::rotate_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
-                .await
-                .map_err(status_of)?;
-        let lease = next.map_err(status_of)?;
-        Ok(Response::new(pb::RotateReply {
-            released: Some(pb::ReleaseReply {
-                token_id: released.token_id,
-                state: released.state,
-            }),
-            lease: Some(lease_of(lease)),
-        }))
+        observed("Rotate", async move {
+            let who = self.caller(
+                &req,
+                "/pools/{pool}/leases/{lease}/rotate",
+                &req.get_ref().pool,
+            )?;
+            let r = req.into_inner();
+            let report = report_of(r.report)?;
+            let (released, next) =
+                leases::rotate_lease(&self.state, &who, &r.pool, &r.lease_id, &report)
+                    .await
+                    .map_err(status_of)?;
+            let lease = next.map_err(status_of)?;
+            Ok(Response::new(pb::RotateReply {
+                released: Some(pb::ReleaseReply {
+                    token_id: released.token_id,
+                    state: released.state,
+                }),
+                lease: Some(lease_of(lease)),
+            }))
+        })
+        .await
     }
 }
 
