@@ -240,6 +240,36 @@ async fn rest_and_grpc_answer_alike() {
             .map(|e| json!([e["type"], e["token_id"], e["reason"]]))
             .collect()
     };
+    // The read side answers what REST answers.
+    let st = g
+        .pool_status(authed(
+            pb::PoolStatusRequest {
+                pool: "viagrpc".into(),
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rest_st = api.get("/v1/pools/viagrpc/status").await.body;
+    assert_eq!(json!(st.tokens), rest_st["tokens"]);
+    assert_eq!(st.leases_active, rest_st["leases_active"].as_u64().unwrap());
+    let as_json: Value = serde_json::from_str(&st.json).unwrap();
+    assert_eq!(as_json["tokens"], rest_st["tokens"]);
+    let meta = g
+        .token_meta(authed(
+            pb::TokenMetaRequest {
+                pool: "viagrpc".into(),
+                token_id: "a".into(),
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rest_meta = api.get("/v1/pools/viagrpc/tokens/a").await.body;
+    assert_eq!(serde_json::from_str::<Value>(&meta.json).unwrap(), rest_meta);
+    assert_eq!(meta.state, rest_meta["state"].as_str().unwrap());
     let rest_events = events("viarest");
     assert!(!rest_events.is_empty(), "the quarantine is announced");
     assert_eq!(rest_events, events("viagrpc"));

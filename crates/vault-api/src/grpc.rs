@@ -63,7 +63,18 @@ impl VaultService {
     /// The caller, authenticated and allowed to call what `route` names on `pool`, as the REST
     /// middleware decides it (`auth::allowed_scopes`).
     fn caller<T>(&self, req: &Request<T>, route: &str, pool: &str) -> Result<Principal, Status> {
-        let principal = self.caller_of(req, &Method::POST, route)?;
+        self.caller_at(req, &Method::POST, route, pool)
+    }
+
+    /// As [`VaultService::caller`], for `method` `route`.
+    fn caller_at<T>(
+        &self,
+        req: &Request<T>,
+        method: &Method,
+        route: &str,
+        pool: &str,
+    ) -> Result<Principal, Status> {
+        let principal = self.caller_of(req, method, route)?;
         if !principal.may_use_pool(pool) {
             return Err(status_of(ApiError::forbidden(
                 "this client token is not allowed on this pool",
@@ -202,6 +213,51 @@ impl Vault for VaultService {
                     })
                 });
             Ok(Response::new(Box::pin(events) as Self::WatchStream))
+        })
+        .await
+    }
+
+    async fn pool_status(
+        &self,
+        req: Request<pb::PoolStatusRequest>,
+    ) -> Result<Response<pb::PoolStatusReply>, Status> {
+        observed("PoolStatus", async move {
+            let pool = req.get_ref().pool.clone();
+            self.caller_at(&req, &Method::GET, "/pools/{pool}/status", &pool)?;
+            let st = crate::routes::pools::status_of(&self.state, &pool)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::PoolStatusReply {
+                json: serde_json::to_string(&st).unwrap_or_default(),
+                pool: st.pool,
+                tokens: st.tokens.into_iter().collect(),
+                leases_active: st.leases_active,
+                utilization: st.utilization,
+                quota_used_ratio: st.quota_used_ratio,
+                frozen: st.frozen,
+            }))
+        })
+        .await
+    }
+
+    async fn token_meta(
+        &self,
+        req: Request<pb::TokenMetaRequest>,
+    ) -> Result<Response<pb::TokenMetaReply>, Status> {
+        observed("TokenMeta", async move {
+            let (pool, id) = (req.get_ref().pool.clone(), req.get_ref().token_id.clone());
+            self.caller_at(&req, &Method::GET, "/pools/{pool}/tokens/{id}", &pool)?;
+            let t = crate::routes::tokens::meta_of(&self.state, &pool, &id)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::TokenMetaReply {
+                json: serde_json::to_string(&t).unwrap_or_default(),
+                token_id: t.id,
+                state: t.state,
+                expires_at: t.expires_at.unwrap_or_default(),
+                fingerprint: t.fingerprint,
+                leases: t.leases,
+            }))
         })
         .await
     }

@@ -153,7 +153,12 @@ pub async fn status(
     State(s): State<AppState>,
     Path(pool): Path<String>,
 ) -> Result<Json<PoolStatus>, ApiError> {
-    Ok(Json(s.store.pool_status(pool_name(&pool)?).await?))
+    Ok(Json(status_of(&s, &pool).await?))
+}
+
+/// A pool's status, whatever the transport.
+pub(crate) async fn status_of(s: &AppState, pool: &str) -> Result<PoolStatus, ApiError> {
+    Ok(s.store.pool_status(pool_name(pool)?).await?)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -160,8 +160,13 @@ pub async fn get(
     State(s): State<AppState>,
     Path((pool, id)): Path<(String, String)>,
 ) -> Result<Json<TokenMeta>, ApiError> {
-    ids(&pool, &id)?;
-    Ok(Json(s.store.token_get(&pool, &id).await?))
+    Ok(Json(meta_of(&s, &pool, &id).await?))
+}
+
+/// A token's metadata, whatever the transport.
+pub(crate) async fn meta_of(s: &AppState, pool: &str, id: &str) -> Result<TokenMeta, ApiError> {
+    ids(pool, id)?;
+    Ok(s.store.token_get(pool, id).await?)
 }
 
 #[utoipa::path(
