@@ -268,7 +268,10 @@ async fn rest_and_grpc_answer_alike() {
         .unwrap()
         .into_inner();
     let rest_meta = api.get("/v1/pools/viagrpc/tokens/a").await.body;
-    assert_eq!(serde_json::from_str::<Value>(&meta.json).unwrap(), rest_meta);
+    assert_eq!(
+        serde_json::from_str::<Value>(&meta.json).unwrap(),
+        rest_meta
+    );
     assert_eq!(meta.state, rest_meta["state"].as_str().unwrap());
     let rest_events = events("viarest");
     assert!(!rest_events.is_empty(), "the quarantine is announced");
@@ -428,4 +431,84 @@ async fn watch_streams_revocations_resumes_and_ends_with_its_token() {
     })
     .await;
     assert_eq!(ended, Ok(true), "the watch outlived its revoked token");
+}
+
+/// haproxy (deploy/haproxy.cfg) balances gRPC over two replicas: HTTP/2 to each, every call on
+/// its own, health checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_balances_grpc_calls_over_the_replicas() {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let (g1, g2) = (free_port(), free_port());
+    let a1 = format!("127.0.0.1:{g1}");
+    let a2 = format!("127.0.0.1:{g2}");
+    let v1 = dep.vault(&[("TV_GRPC_LISTEN_ADDR", a1.as_str())]).await;
+    let v2 = dep.vault(&[("TV_GRPC_LISTEN_ADDR", a2.as_str())]).await;
+    let port = |v: &Vault| v.base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    for g in [g1, g2] {
+        Channel::from_shared(format!("http://127.0.0.1:{g}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("gRPC on {g}: {e}"));
+    }
+    let haproxy = testkit::Haproxy::start_with_grpc(&[port(&v1), port(&v2)], &[g1, g2]);
+    let api = dep.api(&v1);
+    api.put("/v1/pools/p", json!({})).await;
+    api.post("/v1/pools/p/tokens", json!({"id": "a", "secret": "sa"}))
+        .await;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", haproxy.grpc_port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", haproxy.child.output()));
+    let mut g = pb::vault_client::VaultClient::new(channel);
+    // Calls until each replica has served some (HTTP/2 on both sides, each call balanced).
+    let end = std::time::Instant::now() + crate::harness::PATIENCE;
+    let calls = |base: String| async move {
+        let m = crate::harness::metrics_text(&base).await;
+        // Lease and Release alternate over two replicas: count both.
+        ["Lease", "Release"]
+            .iter()
+            .filter_map(|method| {
+                let label = format!("method=\"{method}\"");
+                crate::harness::sample(&m, "tv_grpc_requests_total", &[label.as_str()])
+            })
+            .sum::<f64>()
+    };
+    loop {
+        let l = g
+            .lease(authed(
+                pb::LeaseRequest {
+                    pool: "p".into(),
+                    ..Default::default()
+                },
+                &dep.admin,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}: {}", haproxy.child.output()))
+            .into_inner()
+            .lease
+            .unwrap();
+        g.release(authed(
+            pb::ReleaseRequest {
+                pool: "p".into(),
+                lease_id: l.lease_id,
+                report: None,
+            },
+            &dep.admin,
+        ))
+        .await
+        .unwrap();
+        if calls(v1.base.clone()).await >= 4.0 && calls(v2.base.clone()).await >= 4.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "one replica never got a call ({} and {}): {}",
+            calls(v1.base.clone()).await,
+            calls(v2.base.clone()).await,
+            haproxy.child.output()
+        );
+    }
 }
