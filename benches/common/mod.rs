@@ -24,6 +24,15 @@ pub(crate) struct BenchVault {
 impl BenchVault {
     /// Start `bin_dir`'s vault-api on `redis_url` and wait until it is ready.
     pub(crate) async fn start(bin_dir: &Path, redis_url: &str) -> Self {
+        Self::start_with(bin_dir, redis_url, &[]).await
+    }
+
+    /// As [`BenchVault::start`], with more environment.
+    pub(crate) async fn start_with(
+        bin_dir: &Path,
+        redis_url: &str,
+        extra: &[(&str, String)],
+    ) -> Self {
         let keys = tempfile::tempdir().unwrap();
         std::fs::write(
             keys.path().join("k1.pem"),
@@ -43,18 +52,16 @@ impl BenchVault {
             .unwrap()
             .0;
         let port = free_port();
-        let child = Child::spawn(
-            &bin_dir.join("vault-api"),
-            &[],
-            &[
-                ("TV_REDIS_URL", redis_url.to_string()),
-                ("TV_MASTER_KEY", MasterKey::generate().to_base64()),
-                ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-                ("TV_SIGNING_KEYS", keys.path().display().to_string()),
-                ("TV_MAX_CONNECTIONS_PER_ADDR", "4096".to_string()),
-                ("RUST_LOG", "warn".to_string()),
-            ],
-        );
+        let mut env = vec![
+            ("TV_REDIS_URL", redis_url.to_string()),
+            ("TV_MASTER_KEY", MasterKey::generate().to_base64()),
+            ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("TV_SIGNING_KEYS", keys.path().display().to_string()),
+            ("TV_MAX_CONNECTIONS_PER_ADDR", "4096".to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        let child = Child::spawn(&bin_dir.join("vault-api"), &[], &env);
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
