@@ -396,15 +396,25 @@ pub(crate) async fn deposit(
     pool: &str,
     count: usize,
 ) -> bool {
-    let now = vault_core::time::now_ms();
-    let tokens: Vec<Value> = (0..count)
+    let lives: Vec<i64> = (0..count)
         .map(|_| {
-            let life_s = if rng.gen_range(0..3) == 0 {
+            if rng.gen_range(0..3) == 0 {
                 plan.min_token_ttl_s as i64
                     + rng.gen_range(2..=plan.duration.as_secs().min(50) as i64 + 10)
             } else {
                 3600
-            };
+            }
+        })
+        .collect();
+    deposit_lives(v, pool, &lives).await
+}
+
+/// Deposit a token of each life in `lives` (seconds) into `pool`, logged.
+pub(crate) async fn deposit_lives(v: &Vault, pool: &str, lives: &[i64]) -> bool {
+    let now = vault_core::time::now_ms();
+    let tokens: Vec<Value> = lives
+        .iter()
+        .map(|life_s| {
             json!({
                 "id": format!("c{}", uuid::Uuid::new_v4().simple()),
                 "secret": format!("check-secret-{}", uuid::Uuid::new_v4().simple()),

@@ -154,10 +154,16 @@ pub(crate) async fn run(
         );
     }
 
-    // A pipeline on the first pool: a third of its tokens (none expiring during the run), kept
-    // whole as tokens leave it.
+    // A pipeline on the first pool, kept whole as tokens leave it: tokens of its own that
+    // outlast the run (the pool's other deposits may all expire within its first minute).
+    let share_tokens = (args.tokens / 3).max(1);
+    anyhow::ensure!(
+        drive::deposit_lives(&v, &plan.pools[0], &vec![3 * 3600; share_tokens]).await,
+        "depositing the pipeline's tokens into {} failed",
+        plan.pools[0]
+    );
     let share = json!({
-        "tokens": (args.tokens / 3).max(1),
+        "tokens": share_tokens,
         "duration_s": duration.as_secs() + 3600,
         "min_token_ttl_s": 300,
         "allow_partial": true,
