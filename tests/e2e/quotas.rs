@@ -270,10 +270,14 @@ async fn three_quotas_hold_against_a_target_that_enforces_them() {
                 .clone()
         };
         let (rpm, tpm, rpd) = (q("rpm"), q("tpm"), q("rpd"));
+        // No lease went past a limit: the target refused nothing (above). A count may end a
+        // little over a limit: a report's headers count the calls of the token's other leases
+        // still out, which their own reports count again (the safe direction), at most one per
+        // worker.
         for (quota, limit) in [(&rpm, RPM), (&tpm, TPM), (&rpd, RPD)] {
             assert_eq!(quota["reserved"], 0, "{quota}");
             assert!(
-                quota["used"].as_u64().unwrap() <= limit,
+                quota["used"].as_u64().unwrap() <= limit + WORKERS as u64,
                 "{quota} is past its limit {limit}"
             );
         }
@@ -287,7 +291,7 @@ async fn three_quotas_hold_against_a_target_that_enforces_them() {
         );
         // Every token was used up to a minute limit (the run went on until it had to).
         assert!(
-            rpm["used"].as_u64().unwrap() == RPM || tpm["used"].as_u64().unwrap() + ESTIMATE > TPM,
+            rpm["used"].as_u64().unwrap() >= RPM || tpm["used"].as_u64().unwrap() + ESTIMATE > TPM,
             "k{i} was not spent: {rpm} {tpm}"
         );
     }
