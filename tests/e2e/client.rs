@@ -28,13 +28,31 @@ async fn pool_of_three(t: &One) -> String {
 
 #[tokio::test]
 async fn worker_drops_a_revoked_token_and_rotates_on_401() {
+    worker_scenario(false).await;
+}
+
+/// The same worker over gRPC: leases, reports and rotates with gRPC calls, and hears of the
+/// revocation on a `Watch` stream.
+#[tokio::test]
+async fn worker_over_grpc_drops_a_revoked_token_and_rotates_on_401() {
+    worker_scenario(true).await;
+}
+
+async fn worker_scenario(over_grpc: bool) {
     let t = one(&[]).await;
-    let b = t.dep.vault(&[]).await;
+    let grpc_addr = format!("127.0.0.1:{}", testkit::free_port());
+    let b = t
+        .dep
+        .vault(&[("TV_GRPC_LISTEN_ADDR", grpc_addr.as_str())])
+        .await;
     let token = pool_of_three(&t).await;
     // The worker talks to replica B; the revocation is made on replica A.
-    let worker = Worker::start(Client::new(&b.base, &token), "p", "scraper-1")
-        .await
-        .unwrap();
+    let client = if over_grpc {
+        Client::grpc(&format!("http://{grpc_addr}"), &token).unwrap()
+    } else {
+        Client::new(&b.base, &token)
+    };
+    let worker = Worker::start(client, "p", "scraper-1").await.unwrap();
     let first = worker.lease().await.unwrap();
     assert_eq!(first.token_id, "a");
     assert_eq!(
@@ -81,6 +99,17 @@ async fn worker_drops_a_revoked_token_and_rotates_on_401() {
         t.api.get("/v1/pools/p/status").await.body["leases_active"],
         0
     );
+    // Every call took the transport asked for: the gRPC listener counted them, or nothing.
+    let m = crate::harness::metrics_text(&b.base).await;
+    let grpc_calls = ["Lease", "Rotate", "Release", "Watch"]
+        .iter()
+        .filter(|method| {
+            let label = format!("method=\"{method}\"");
+            crate::harness::sample(&m, "tv_grpc_requests_total", &["code=\"Ok\"", &label])
+                .is_some_and(|n| n >= 1.0)
+        })
+        .count();
+    assert_eq!(grpc_calls, if over_grpc { 4 } else { 0 }, "{m}");
 }
 
 #[tokio::test]
@@ -289,10 +318,37 @@ async fn the_sdk_example_runs() {
 /// are retryable; an unknown pool is not.
 #[tokio::test]
 async fn sdk_errors_say_whether_and_when_a_retry_can_help() {
-    let t = one(&[("TV_REDIS_TIMEOUT_MS", "300")]).await;
-    let client = Client::new(&t.vault.base, &pool_of_three(&t).await);
+    sdk_errors(false).await;
+}
+
+/// The same errors, over gRPC: read back from the status's `ErrorInfo` and `RetryInfo`.
+#[tokio::test]
+async fn sdk_errors_over_grpc_are_the_same() {
+    sdk_errors(true).await;
+}
+
+async fn sdk_errors(over_grpc: bool) {
+    let grpc_addr = format!("127.0.0.1:{}", testkit::free_port());
+    let t = one(&[
+        ("TV_REDIS_TIMEOUT_MS", "300"),
+        ("TV_GRPC_LISTEN_ADDR", grpc_addr.as_str()),
+    ])
+    .await;
+    let token = pool_of_three(&t).await;
+    let connect = |rest: &str, grpc: &str, token: &str| {
+        if over_grpc {
+            Client::grpc(&format!("http://{grpc}"), token).unwrap()
+        } else {
+            Client::new(rest, token)
+        }
+    };
+    let client = connect(&t.vault.base, &grpc_addr, &token);
     let e = client.lease("nope", "w").await.unwrap_err();
     assert!(e.retry_after().is_none(), "{e}");
+    assert!(
+        matches!(&e, vault_client::Error::Api { status: 403, .. }),
+        "a pool the token may not use: {e:?}"
+    );
 
     t.redis.pause();
     let stalled = client.lease("p", "w").await;
@@ -304,7 +360,8 @@ async fn sdk_errors_say_whether_and_when_a_retry_can_help() {
     );
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
 
-    let nobody = Client::new(&format!("http://127.0.0.1:{}", testkit::free_port()), "x");
+    let unused = format!("127.0.0.1:{}", testkit::free_port());
+    let nobody = connect(&format!("http://{unused}"), &unused, "x");
     let e = nobody.lease("p", "w").await.unwrap_err();
     assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "{e}");
 

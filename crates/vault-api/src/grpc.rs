@@ -17,12 +17,9 @@ use crate::error::ApiError;
 use crate::routes::leases;
 use crate::AppState;
 
-/// The code generated from `proto/`.
-pub mod pb {
-    tonic::include_proto!("tokenvault.v1");
-    /// The descriptor set that server reflection serves.
-    pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
-}
+/// The code generated from `proto/` (in `vault-wire`, shared with the SDK).
+pub use vault_wire::grpc::pb;
+use vault_wire::grpc::{ERROR_DOMAIN, HTTP_STATUS_KEY};
 
 use pb::vault_server::{Vault, VaultServer};
 
@@ -34,7 +31,8 @@ pub struct VaultService {
 }
 
 /// The REST answer of an error as a gRPC status: the code by the table in the API docs, the
-/// problem `code` as an `ErrorInfo` reason (domain `tokenvault`), `Retry-After` as `RetryInfo`.
+/// problem `code` as an `ErrorInfo` reason (domain `tokenvault`, with REST's status as
+/// metadata `http_status`), `Retry-After` as `RetryInfo`.
 pub fn status_of(e: ApiError) -> Status {
     let code = match (e.status.as_u16(), e.code) {
         (_, "pool_exhausted") | (429, _) => Code::ResourceExhausted,
@@ -46,7 +44,8 @@ pub fn status_of(e: ApiError) -> Status {
         (503, _) => Code::Unavailable,
         _ => Code::Internal,
     };
-    let mut details = ErrorDetails::with_error_info(e.code, "tokenvault", HashMap::new());
+    let status = HashMap::from([(HTTP_STATUS_KEY.to_string(), e.status.as_u16().to_string())]);
+    let mut details = ErrorDetails::with_error_info(e.code, ERROR_DOMAIN, status);
     if let Some(s) = e.retry_after_s {
         details.set_retry_info(Some(Duration::from_secs(s)));
     }
@@ -111,25 +110,6 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn lease_of(v: crate::routes::leases::LeaseView) -> pb::Lease {
-    pb::Lease {
-        lease_id: v.lease_id,
-        pool: v.pool,
-        token_id: v.token_id,
-        token_expires_at: v.token_expires_at.unwrap_or_default(),
-        lease_expires_at: v.lease_expires_at,
-        units: v.units,
-        costs: v.costs.into_iter().collect(),
-        pipeline: v.pipeline.unwrap_or_default(),
-        binding: Some(pb::Binding {
-            proxy: v.binding.proxy.unwrap_or_default(),
-            fingerprint: v.binding.fingerprint.unwrap_or_default(),
-        }),
-        authorization: v.headers.authorization,
-        secret: v.secret,
-    }
-}
-
 /// A report as REST reads it (the same checks apply).
 fn report_of(r: Option<pb::Report>) -> Result<Report, Status> {
     let r = r.unwrap_or_default();
@@ -152,8 +132,23 @@ fn report_of(r: Option<pb::Report>) -> Result<Report, Status> {
         reset_at: r.reset_at_ms.map(TimeInput),
         detail: opt(r.detail),
         costs: r.costs.into_iter().collect(),
-        ..Default::default()
+        quotas: families(r.quotas),
+        rate_limit: families(r.rate_limit),
     })
+}
+
+fn families(
+    m: HashMap<String, pb::QuotaReport>,
+) -> std::collections::BTreeMap<String, vault_core::model::QuotaReport> {
+    m.into_iter()
+        .map(|(k, q)| {
+            let q = vault_core::model::QuotaReport {
+                remaining: q.remaining,
+                reset_at: q.reset_at_ms.map(TimeInput),
+            };
+            (k, q)
+        })
+        .collect()
 }
 
 /// Run one call, counted and timed by method and status code (`tv_grpc_requests_total`,
@@ -199,19 +194,7 @@ impl Vault for VaultService {
                 id => Some(crate::events::resume_point(id).map_err(status_of)?),
             };
             let events =
-                crate::events::feed(self.state.clone(), who, wanted, resume).map(|(id, e)| {
-                    Ok(pb::Event {
-                        id: id.unwrap_or_default(),
-                        r#type: e.kind,
-                        pool: e.pool,
-                        token_id: e.token_id.unwrap_or_default(),
-                        lease_id: e.lease_id.unwrap_or_default(),
-                        at: e.at,
-                        reason: e.reason.unwrap_or_default(),
-                        pipeline: e.pipeline.unwrap_or_default(),
-                        replaced_by: e.replaced_by.unwrap_or_default(),
-                    })
-                });
+                crate::events::feed(self.state.clone(), who, wanted, resume).map(|e| Ok(e.into()));
             Ok(Response::new(Box::pin(events) as Self::WatchStream))
         })
         .await
@@ -285,7 +268,7 @@ impl Vault for VaultService {
                     .await
                     .map_err(status_of)?;
             Ok(Response::new(pb::LeaseReply {
-                lease: Some(lease_of(lease)),
+                lease: Some(lease.into()),
                 replayed,
             }))
         })
@@ -311,7 +294,7 @@ impl Vault for VaultService {
                 .await
                 .map_err(status_of)?;
             Ok(Response::new(pb::LeaseReply {
-                lease: Some(lease_of(lease)),
+                lease: Some(lease.into()),
                 replayed: false,
             }))
         })
@@ -363,7 +346,7 @@ impl Vault for VaultService {
                     token_id: released.token_id,
                     state: released.state,
                 }),
-                lease: Some(lease_of(lease)),
+                lease: Some(lease.into()),
             }))
         })
         .await

@@ -255,20 +255,33 @@ impl Client {
 
     /// Release with a full report (units used, the target's rate-limit figures).
     pub async fn release_with(&self, lease: &Lease, report: &Report) -> Result<()> {
-        let path = format!("/v1/pools/{}/leases/{}/release", lease.pool, lease.lease_id);
-        self.post(&path, serde_json::to_value(report).unwrap_or_default())
-            .await?;
-        Ok(())
+        match &self.transport {
+            #[cfg(feature = "grpc")]
+            crate::Transport::Grpc(stub) => {
+                crate::grpc::release(stub, &self.token, lease, report).await
+            }
+            crate::Transport::Rest => {
+                let path = format!("/v1/pools/{}/leases/{}/release", lease.pool, lease.lease_id);
+                self.post(&path, serde_json::to_value(report).unwrap_or_default())
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Report with a full report and take another token in the same call.
     pub async fn rotate_with(&self, lease: &Lease, report: &Report) -> Result<Lease> {
-        let path = format!("/v1/pools/{}/leases/{}/rotate", lease.pool, lease.lease_id);
-        Ok(self
-            .post(&path, serde_json::to_value(report).unwrap_or_default())
-            .await?
-            .json()
-            .await?)
+        match &self.transport {
+            #[cfg(feature = "grpc")]
+            crate::Transport::Grpc(stub) => {
+                crate::grpc::rotate(stub, &self.token, lease, report).await
+            }
+            crate::Transport::Rest => {
+                let path = format!("/v1/pools/{}/leases/{}/rotate", lease.pool, lease.lease_id);
+                let body = serde_json::to_value(report).unwrap_or_default();
+                Ok(self.post(&path, body).await?.json().await?)
+            }
+        }
     }
 }
 

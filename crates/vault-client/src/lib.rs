@@ -1,7 +1,8 @@
 //! vault-client: the Rust SDK for tokenvault workers.
 //!
 //! # Layout
-//! - [`Client`]: the REST calls a worker makes (lease, renew, release, rotate),
+//! - [`Client`]: the calls a worker makes (lease, renew, release, rotate), over REST
+//!   ([`Client::new`]) or gRPC ([`Client::grpc`], feature `grpc`),
 //!   [`Client::events`], a server-sent-events stream, and [`Client::follow`], an
 //!   [`EventFeed`] that reopens it with `Last-Event-ID` whenever it ends.
 //! - [`Worker`]: keeps one lease for a worker, renews nothing behind its back, rotates on a
@@ -22,6 +23,8 @@
 //! So share one [`Client`] (its connection pool) and one [`EventFeed`] per process, rather than
 //! one per task: 2,000 streams from one host get 256.
 
+#[cfg(feature = "grpc")]
+mod grpc;
 mod guard;
 pub use guard::{duration_s, rate_limit_families, Family, LeaseGuard, Report};
 
@@ -63,6 +66,14 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("the event stream is malformed: {0}")]
     Stream(String),
+    /// A gRPC call that never reached the vault (no connection, a balancer's refusal, a
+    /// deadline); the vault's own errors are the variants above, as over REST.
+    #[cfg(feature = "grpc")]
+    #[error("gRPC call failed: {0}")]
+    Grpc(Box<tonic::Status>),
+    /// A call this transport does not offer (pipeline management is REST only).
+    #[error("{0} is not offered over this transport; use a REST client")]
+    Unsupported(&'static str),
 }
 
 impl Error {
@@ -76,6 +87,15 @@ impl Error {
                 Some(Duration::from_secs(*retry_after_s))
             }
             Error::Http(e) if e.is_connect() || e.is_timeout() => Some(Duration::from_secs(1)),
+            #[cfg(feature = "grpc")]
+            Error::Grpc(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -97,15 +117,69 @@ pub struct Event {
     pub data: Value,
 }
 
-/// The REST client, authenticated with a client token (scope `lease`).
+/// A vault error as the SDK names it, whichever transport brought it: REST's status and problem
+/// code (over gRPC, from the status's `ErrorInfo`).
+fn classify(status: u16, code: String, detail: String, retry_after_s: u64) -> Error {
+    match (status, code.as_str()) {
+        (_, "pool_exhausted") => Error::Exhausted { retry_after_s },
+        (_, "lease_gone") => Error::LeaseGone,
+        (503, _) => Error::Unavailable {
+            code,
+            detail,
+            retry_after_s,
+        },
+        _ => Error::Api {
+            status,
+            code,
+            detail,
+        },
+    }
+}
+
+/// What a lease asks for.
+#[derive(Default)]
+pub(crate) struct LeaseAsk<'a> {
+    pub(crate) worker: &'a str,
+    pub(crate) pipeline: Option<&'a str>,
+    pub(crate) costs: std::collections::BTreeMap<String, u64>,
+}
+
+/// How a [`Client`]'s worker calls travel.
+#[derive(Clone)]
+enum Transport {
+    Rest,
+    #[cfg(feature = "grpc")]
+    Grpc(grpc::Stub),
+}
+
+/// The client, authenticated with a client token (scope `lease`): over REST ([`Client::new`])
+/// or gRPC ([`Client::grpc`]). Every method answers the same over either.
 #[derive(Clone)]
 pub struct Client {
+    /// The REST base URL (empty: a gRPC client without REST).
     base: String,
     http: reqwest::Client,
     token: String,
+    transport: Transport,
 }
 
 impl Client {
+    /// Over gRPC (`http://host:port` or `https://...`), on one HTTP/2 connection for every call
+    /// and event stream, connected at the first call. Pipeline management is REST only: add a
+    /// REST URL with [`Client::with_rest`] for it.
+    #[cfg(feature = "grpc")]
+    pub fn grpc(url: &str, client_token: &str) -> Result<Self> {
+        let mut c = Self::new("", client_token);
+        c.transport = Transport::Grpc(grpc::channel(url)?);
+        Ok(c)
+    }
+
+    /// The REST base URL for the calls gRPC does not offer (pipeline management).
+    pub fn with_rest(mut self, base_url: &str) -> Self {
+        self.base = base_url.trim_end_matches('/').to_string();
+        self
+    }
+
     pub fn new(base_url: &str, client_token: &str) -> Self {
         // Idle connections are dropped before the vault's own idle limit (30 s by default), so
         // a request never goes out on a connection the server is closing.
@@ -117,7 +191,16 @@ impl Client {
             base: base_url.trim_end_matches('/').to_string(),
             http,
             token: client_token.to_string(),
+            transport: Transport::Rest,
         }
+    }
+
+    /// The REST URL of `path`, or `Unsupported` on a gRPC client without one.
+    fn rest_url(&self, path: &str, call: &'static str) -> Result<String> {
+        if self.base.is_empty() {
+            return Err(Error::Unsupported(call));
+        }
+        Ok(format!("{}{path}", self.base))
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<reqwest::Response> {
@@ -132,7 +215,7 @@ impl Client {
     ) -> Result<reqwest::Response> {
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, self.rest_url(path, "pipeline management")?)
             .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
@@ -148,19 +231,11 @@ impl Client {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
         Err(match problem(res).await {
-            Error::Api { code, .. } if code == "pool_exhausted" => {
-                Error::Exhausted { retry_after_s }
-            }
-            Error::Api { code, .. } if code == "lease_gone" => Error::LeaseGone,
             Error::Api {
-                status: 503,
+                status,
                 code,
                 detail,
-            } => Error::Unavailable {
-                code,
-                detail,
-                retry_after_s,
-            },
+            } => classify(status, code, detail, retry_after_s),
             e => e,
         })
     }
@@ -171,12 +246,30 @@ impl Client {
 
     /// Lease a token of pipeline `pipeline`'s share (see [`Client::put_pipeline`]).
     pub async fn lease_in(&self, pool: &str, pipeline: &str, worker: &str) -> Result<Lease> {
-        let body = json!({ "worker": worker, "pipeline": pipeline });
-        Ok(self
-            .post(&format!("/v1/pools/{pool}/leases"), body)
-            .await?
-            .json()
-            .await?)
+        let ask = LeaseAsk {
+            worker,
+            pipeline: Some(pipeline),
+            ..Default::default()
+        };
+        self.lease_asking(pool, &ask).await
+    }
+
+    async fn lease_asking(&self, pool: &str, ask: &LeaseAsk<'_>) -> Result<Lease> {
+        match &self.transport {
+            #[cfg(feature = "grpc")]
+            Transport::Grpc(stub) => grpc::lease(stub, &self.token, pool, ask).await,
+            Transport::Rest => {
+                let mut body = json!({ "worker": ask.worker });
+                if let Some(p) = ask.pipeline {
+                    body["pipeline"] = json!(p);
+                }
+                if !ask.costs.is_empty() {
+                    body["costs"] = json!(ask.costs);
+                }
+                let path = format!("/v1/pools/{pool}/leases");
+                Ok(self.post(&path, body).await?.json().await?)
+            }
+        }
     }
 
     /// Create (or resize, and restart the deadline of) pipeline `name`: a share of `pool` sized
@@ -228,53 +321,55 @@ impl Client {
         worker: &str,
         costs: &std::collections::BTreeMap<String, u64>,
     ) -> Result<Lease> {
-        let mut body = json!({ "worker": worker });
-        if !costs.is_empty() {
-            body["costs"] = json!(costs);
-        }
-        Ok(self
-            .post(&format!("/v1/pools/{pool}/leases"), body)
-            .await?
-            .json()
-            .await?)
+        let ask = LeaseAsk {
+            worker,
+            costs: costs.clone(),
+            ..Default::default()
+        };
+        self.lease_asking(pool, &ask).await
     }
 
     pub async fn renew(&self, lease: &Lease, ttl_s: Option<u64>) -> Result<Lease> {
-        let body = ttl_s
-            .map(|t| json!({ "ttl_s": t }))
-            .unwrap_or_else(|| json!({}));
-        Ok(self
-            .post(
-                &format!("/v1/pools/{}/leases/{}/renew", lease.pool, lease.lease_id),
-                body,
-            )
-            .await?
-            .json()
-            .await?)
+        match &self.transport {
+            #[cfg(feature = "grpc")]
+            Transport::Grpc(stub) => grpc::renew(stub, &self.token, lease, ttl_s).await,
+            Transport::Rest => {
+                let body = ttl_s
+                    .map(|t| json!({ "ttl_s": t }))
+                    .unwrap_or_else(|| json!({}));
+                let path = format!("/v1/pools/{}/leases/{}/renew", lease.pool, lease.lease_id);
+                Ok(self.post(&path, body).await?.json().await?)
+            }
+        }
     }
 
     pub async fn release(&self, lease: &Lease, outcome: Outcome) -> Result<()> {
-        self.post(
-            &format!("/v1/pools/{}/leases/{}/release", lease.pool, lease.lease_id),
-            json!({ "outcome": outcome }),
-        )
-        .await?;
-        Ok(())
+        let report = Report {
+            outcome,
+            ..Default::default()
+        };
+        self.release_with(lease, &report).await
     }
 
     /// Report and get a different token in one call (the 401-mid-job path).
     pub async fn rotate(&self, lease: &Lease, outcome: Outcome) -> Result<Lease> {
-        let path = format!("/v1/pools/{}/leases/{}/rotate", lease.pool, lease.lease_id);
-        Ok(self
-            .post(&path, json!({ "outcome": outcome }))
-            .await?
-            .json()
-            .await?)
+        let report = Report {
+            outcome,
+            ..Default::default()
+        };
+        self.rotate_with(lease, &report).await
     }
 
     /// Subscribe to events of `pools` (all the token may see when empty), resuming after
     /// `last_event_id` when given.
     pub async fn events(&self, pools: &[&str], last_event_id: Option<&str>) -> Result<EventStream> {
+        #[cfg(feature = "grpc")]
+        if let Transport::Grpc(stub) = &self.transport {
+            let s = grpc::watch(stub, &self.token, pools, last_event_id).await?;
+            return Ok(EventStream {
+                inner: Inner::Grpc(Box::new(s)),
+            });
+        }
         let query = if pools.is_empty() {
             String::new()
         } else {
@@ -282,7 +377,7 @@ impl Client {
         };
         let mut req = self
             .http
-            .get(format!("{}/v1/events{query}", self.base))
+            .get(self.rest_url(&format!("/v1/events{query}"), "events")?)
             .bearer_auth(&self.token)
             .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
@@ -328,10 +423,16 @@ type SseStream = std::pin::Pin<
     >,
 >;
 
-/// A live server-sent-events stream, parsed by `eventsource-stream` (every line ending the
-/// standard allows, multi-line `data`, characters split across chunks).
+/// A live event stream: server-sent events parsed by `eventsource-stream` (every line ending
+/// the standard allows, multi-line `data`, characters split across chunks), or a gRPC `Watch`.
 pub struct EventStream {
-    inner: SseStream,
+    inner: Inner,
+}
+
+enum Inner {
+    Sse(SseStream),
+    #[cfg(feature = "grpc")]
+    Grpc(Box<tonic::Streaming<vault_wire::grpc::pb::Event>>),
 }
 
 impl EventStream {
@@ -339,15 +440,20 @@ impl EventStream {
         bytes: impl futures_util::Stream<Item = std::result::Result<B, reqwest::Error>> + Send + 'static,
     ) -> Self {
         EventStream {
-            inner: Box::pin(bytes.eventsource()),
+            inner: Inner::Sse(Box::pin(bytes.eventsource())),
         }
     }
 
     /// The next event; `None` when the server closed the stream. Keep-alive comments and
     /// events without a type are skipped.
     pub async fn next(&mut self) -> Option<Result<Event>> {
+        let sse = match &mut self.inner {
+            Inner::Sse(s) => s,
+            #[cfg(feature = "grpc")]
+            Inner::Grpc(s) => return grpc::next_event(s).await,
+        };
         loop {
-            let ev = match self.inner.next().await? {
+            let ev = match sse.next().await? {
                 Ok(ev) => ev,
                 Err(eventsource_stream::EventStreamError::Transport(e)) => {
                     return Some(Err(e.into()))

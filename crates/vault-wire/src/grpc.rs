@@ -1,0 +1,139 @@
+//! The gRPC contract (`proto/tokenvault/v1/vault.proto`, feature `grpc`): the generated client
+//! and server, and the one translation between its messages and the wire types, used by the
+//! server to answer and by the SDK to read, so the two transports hand out the same lease.
+
+use crate::{Binding, Event, Lease, LeaseHeaders};
+
+/// The code generated from `proto/`.
+pub mod pb {
+    tonic::include_proto!("tokenvault.v1");
+    /// The descriptor set that server reflection serves.
+    pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
+}
+
+/// The `ErrorInfo` domain of the vault's errors; the reason is the problem `code`.
+pub const ERROR_DOMAIN: &str = "tokenvault";
+/// The `ErrorInfo` metadata key holding the HTTP status REST answers for the same error.
+pub const HTTP_STATUS_KEY: &str = "http_status";
+
+/// An empty string as absent (proto3 has no null for strings).
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl From<Lease> for pb::Lease {
+    fn from(v: Lease) -> Self {
+        pb::Lease {
+            lease_id: v.lease_id,
+            pool: v.pool,
+            token_id: v.token_id,
+            token_expires_at: v.token_expires_at.unwrap_or_default(),
+            lease_expires_at: v.lease_expires_at,
+            units: v.units,
+            costs: v.costs.into_iter().collect(),
+            pipeline: v.pipeline.unwrap_or_default(),
+            binding: Some(pb::Binding {
+                proxy: v.binding.proxy.unwrap_or_default(),
+                fingerprint: v.binding.fingerprint.unwrap_or_default(),
+            }),
+            authorization: v.headers.authorization,
+            secret: v.secret,
+        }
+    }
+}
+
+impl From<pb::Lease> for Lease {
+    fn from(v: pb::Lease) -> Self {
+        let binding = v.binding.unwrap_or_default();
+        Lease {
+            lease_id: v.lease_id,
+            pool: v.pool,
+            token_id: v.token_id,
+            secret: v.secret,
+            token_expires_at: opt(v.token_expires_at),
+            lease_expires_at: v.lease_expires_at,
+            units: v.units,
+            pipeline: opt(v.pipeline),
+            costs: v.costs.into_iter().collect(),
+            binding: Binding {
+                proxy: opt(binding.proxy),
+                fingerprint: opt(binding.fingerprint),
+            },
+            headers: LeaseHeaders {
+                authorization: v.authorization,
+            },
+        }
+    }
+}
+
+/// An event with its stream id (None: a notice such as `events.lost`).
+impl From<(Option<String>, Event)> for pb::Event {
+    fn from((id, e): (Option<String>, Event)) -> Self {
+        pb::Event {
+            id: id.unwrap_or_default(),
+            r#type: e.kind,
+            pool: e.pool,
+            token_id: e.token_id.unwrap_or_default(),
+            lease_id: e.lease_id.unwrap_or_default(),
+            at: e.at,
+            reason: e.reason.unwrap_or_default(),
+            pipeline: e.pipeline.unwrap_or_default(),
+            replaced_by: e.replaced_by.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::Event> for (Option<String>, Event) {
+    fn from(e: pb::Event) -> Self {
+        (
+            opt(e.id),
+            Event {
+                kind: e.r#type,
+                pool: e.pool,
+                token_id: opt(e.token_id),
+                lease_id: opt(e.lease_id),
+                at: e.at,
+                reason: opt(e.reason),
+                pipeline: opt(e.pipeline),
+                replaced_by: opt(e.replaced_by),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_and_an_event_cross_grpc_unchanged() {
+        let l = Lease {
+            lease_id: "l".into(),
+            pool: "p".into(),
+            token_id: "t".into(),
+            secret: "s".into(),
+            token_expires_at: Some("2030-01-01T00:00:00Z".into()),
+            lease_expires_at: "2030-01-01T00:00:00Z".into(),
+            units: 2,
+            pipeline: Some("job".into()),
+            costs: [("llm".to_string(), 5)].into(),
+            binding: Binding {
+                proxy: Some("http://proxy:3128".into()),
+                fingerprint: None,
+            },
+            headers: LeaseHeaders {
+                authorization: "Bearer s".into(),
+            },
+        };
+        assert_eq!(Lease::from(pb::Lease::from(l.clone())), l);
+        let e = Event {
+            kind: "token.revoked".into(),
+            pool: "p".into(),
+            token_id: Some("t".into()),
+            at: 7,
+            ..Default::default()
+        };
+        let back: (Option<String>, Event) = pb::Event::from((Some("1-0".into()), e.clone())).into();
+        assert_eq!(back, (Some("1-0".into()), e));
+    }
+}
