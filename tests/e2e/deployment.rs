@@ -15,7 +15,7 @@ use crate::harness::{Deployment, Vault};
 const LOAD_CEILING: &str = "900s";
 
 /// Start `vaultctl check` against `urls`; it drives its load until [`judge`] stops it.
-fn checker(dep: &Deployment, urls: &[&str], extra: &[&str]) -> Child {
+pub(crate) fn checker(dep: &Deployment, urls: &[&str], extra: &[&str]) -> Child {
     let mut args = vec![
         "check",
         "--urls",
@@ -43,7 +43,7 @@ const FAR: Duration = Duration::from_secs(300);
 
 /// Wait until `node` has run `calls` more functions than `since`: the load goes on (after a
 /// kill, a restart, a failover) and has done that much more.
-fn more_load(node: &RedisServer, since: u64, calls: u64, what: &str) {
+pub(crate) fn more_load(node: &RedisServer, since: u64, calls: u64, what: &str) {
     load_grows(|| fcalls(node), since, calls, what);
 }
 
@@ -57,7 +57,7 @@ fn load_grows(count: impl Fn() -> u64, since: u64, calls: u64, what: &str) {
 }
 
 /// End the checker's load (SIGINT) and wait for its verdict: leases granted and no violation.
-fn judge(mut c: Child) -> String {
+pub(crate) fn judge(mut c: Child) -> String {
     c.signal("INT");
     let status = c.wait_exit(FAR);
     let out = c.output();
@@ -439,7 +439,7 @@ async fn pool_p_with_a_and_b(api: &crate::harness::Api) {
 }
 
 /// How many functions Redis has run.
-fn fcalls(redis: &RedisServer) -> u64 {
+pub(crate) fn fcalls(redis: &RedisServer) -> u64 {
     redis.command_stat("fcall", "calls").unwrap_or(0.0) as u64
 }
 

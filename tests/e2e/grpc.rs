@@ -434,9 +434,9 @@ async fn watch_streams_revocations_resumes_and_ends_with_its_token() {
 }
 
 /// haproxy (deploy/haproxy.cfg) balances gRPC over two replicas: HTTP/2 to each, every call on
-/// its own, health checked.
+/// its own, health checked; and the invariant checker finds no violation with workers over gRPC.
 #[tokio::test(flavor = "multi_thread")]
-async fn haproxy_balances_grpc_calls_over_the_replicas() {
+async fn haproxy_balances_grpc_calls_over_the_replicas_and_the_checker_holds_over_grpc() {
     let redis = RedisServer::start();
     let dep = Deployment::new(&redis);
     let (g1, g2) = (free_port(), free_port());
@@ -511,4 +511,29 @@ async fn haproxy_balances_grpc_calls_over_the_replicas() {
             haproxy.child.output()
         );
     }
+
+    // The invariant checker's workers over gRPC through haproxy (its operator on REST, also
+    // through haproxy): every rule holds across the two replicas.
+    let _janitor = dep.janitor(200);
+    let rest = format!("http://127.0.0.1:{}", haproxy.port);
+    let grpc = format!("http://127.0.0.1:{}", haproxy.grpc_port);
+    let leases_before = calls(v1.base.clone()).await + calls(v2.base.clone()).await;
+    let run = crate::deployment::checker(
+        &dep,
+        &[&rest],
+        &["--transport", "grpc", "--grpc-urls", &grpc],
+    );
+    let started = std::time::Instant::now();
+    crate::deployment::more_load(&redis, crate::deployment::fcalls(&redis), 1000, "over gRPC");
+    tokio::time::sleep(std::time::Duration::from_secs(5).saturating_sub(started.elapsed())).await;
+    let out = tokio::task::spawn_blocking(move || crate::deployment::judge(run))
+        .await
+        .unwrap();
+    assert!(out.contains("workers over gRPC"), "{out}");
+    // The workers' calls went over gRPC to both replicas.
+    let (n1, n2) = (calls(v1.base.clone()).await, calls(v2.base.clone()).await);
+    assert!(
+        n1 + n2 >= leases_before + 100.0 && n1 >= 50.0 && n2 >= 50.0,
+        "gRPC lease and release calls: {n1} and {n2}\n{out}"
+    );
 }

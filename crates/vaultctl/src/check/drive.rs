@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use super::transport::{GrpcWorkers, WorkerCall};
 use super::verify::{Final, FinalPool, FinalToken, Grant, Op, Rec};
 
 /// The vault URLs, one admin token, and the run's clock.
@@ -18,6 +19,8 @@ pub(crate) struct Vault {
     http: reqwest::Client,
     urls: Vec<String>,
     token: String,
+    /// Workers' calls go over gRPC when set (the operator and the final read stay on REST).
+    grpc: Option<GrpcWorkers>,
     next: AtomicUsize,
     t0: Instant,
     log: Mutex<Vec<Rec>>,
@@ -55,7 +58,12 @@ impl Answer {
 }
 
 impl Vault {
-    pub(crate) fn new(urls: Vec<String>, token: String, timeout: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        urls: Vec<String>,
+        token: String,
+        timeout: Duration,
+        grpc: Option<GrpcWorkers>,
+    ) -> anyhow::Result<Self> {
         Ok(Vault {
             http: reqwest::Client::builder()
                 .timeout(timeout)
@@ -66,6 +74,7 @@ impl Vault {
                 .map(|u| u.trim_end_matches('/').to_string())
                 .collect(),
             token,
+            grpc,
             next: AtomicUsize::new(0),
             t0: Instant::now(),
             log: Mutex::new(vec![]),
@@ -131,6 +140,11 @@ impl Vault {
             }
             Err(e) => (0, Value::Null, transport_error(&e)),
         };
+        self.answer(sent, status, body, error)
+    }
+
+    /// An answer received now to a request sent at `sent`.
+    fn answer(&self, sent: u64, status: u16, body: Value, error: String) -> Answer {
         let acked = (status != 0).then(|| self.now());
         let code = body
             .get("code")
@@ -145,6 +159,29 @@ impl Vault {
             error,
             body,
         }
+    }
+
+    /// A worker's call, over the run's transport.
+    async fn work(
+        &self,
+        call: &WorkerCall<'_>,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
+        let Some(grpc) = &self.grpc else {
+            return self
+                .call(
+                    Method::POST,
+                    &call.path(),
+                    Some(body),
+                    idempotency_key,
+                    None,
+                )
+                .await;
+        };
+        let sent = self.now();
+        let (status, body, error) = grpc.call(call, body, idempotency_key, &self.token).await;
+        self.answer(sent, status, body, error)
     }
 
     /// POST `body` to `path` with the admin token.
@@ -245,8 +282,8 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
             WORK_ESTIMATE
         };
         let idem = uuid::Uuid::new_v4().to_string();
-        let path = format!("/v1/pools/{pool}/leases");
-        let a = send_retrying_once(&v, &mut rng, &path, &body, Some(&idem), |a| Op::Lease {
+        let call = WorkerCall::Lease { pool: &pool };
+        let a = send_retrying_once(&v, &mut rng, &call, &body, Some(&idem), |a| Op::Lease {
             pool: pool.clone(),
             units,
             cost,
@@ -270,15 +307,17 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
             continue;
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
-        let lease_path = format!("/v1/pools/{pool}/leases/{}", g.lease_id);
+        let (pool_ref, lease_id) = (pool.as_str(), g.lease_id.as_str());
         let roll = rng.gen_range(0..100);
         if roll < 3 && ttl_s == 2 {
             continue; // abandoned: it ends at its deadline
         }
         if roll < 10 {
-            let a = v
-                .post(&format!("{lease_path}/renew"), json!({"ttl_s": ttl_s}))
-                .await;
+            let renew = WorkerCall::Renew {
+                pool: pool_ref,
+                lease_id,
+            };
+            let a = v.work(&renew, &json!({"ttl_s": ttl_s}), None).await;
             let rg = (a.status == 200)
                 .then(|| grant(&a.body, ttl_s * 1000))
                 .flatten();
@@ -316,12 +355,19 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
         };
         // The 401-mid-job path, half of the time: report and take another token in one call.
         if outcome == "unauthorized" && rng.gen_bool(0.5) {
-            let a = v.post(&format!("{lease_path}/rotate"), report).await;
+            let rotate = WorkerCall::Rotate {
+                pool: pool_ref,
+                lease_id,
+            };
+            let a = v.work(&rotate, &report, None).await;
             record_rotate(&v, &a, release, &pool, (g.units, g.cost), ttl_s * 1000);
             continue;
         }
-        let path = format!("{lease_path}/release");
-        send_retrying_once(&v, &mut rng, &path, &report, None, |_| release.clone()).await;
+        let call = WorkerCall::Release {
+            pool: pool_ref,
+            lease_id,
+        };
+        send_retrying_once(&v, &mut rng, &call, &report, None, |_| release.clone()).await;
     }
 }
 
@@ -332,23 +378,19 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
 async fn send_retrying_once(
     v: &Vault,
     rng: &mut StdRng,
-    path: &str,
+    call: &WorkerCall<'_>,
     body: &Value,
     idempotency_key: Option<&str>,
     op: impl Fn(&Answer) -> Op,
 ) -> Answer {
-    let a = v
-        .call(Method::POST, path, Some(body), idempotency_key, None)
-        .await;
+    let a = v.work(call, body, idempotency_key).await;
     v.record(&a, op(&a));
     if !a.lost() {
         return a;
     }
     v.retried.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(rng.gen_range(200..500))).await;
-    let a = v
-        .call(Method::POST, path, Some(body), idempotency_key, None)
-        .await;
+    let a = v.work(call, body, idempotency_key).await;
     v.record(&a, op(&a));
     if a.lost() {
         v.gave_up.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! Exits non-zero on any violation.
 
 mod drive;
+mod transport;
 pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,14 @@ pub(crate) struct CheckArgs {
     /// Vault base URLs, comma-separated (replicas, or one load balancer). Requests go round robin.
     #[arg(long, value_delimiter = ',', env = "TV_CHECK_URLS", required = true)]
     pub(crate) urls: Vec<String>,
+    /// How the workers lease, renew, report and rotate: `rest` (the URLs above) or `grpc` (the
+    /// gRPC URLs). The operator and the final read use REST either way.
+    #[arg(long, value_enum, default_value = "rest")]
+    pub(crate) transport: transport::Transport,
+    /// gRPC URLs (`http://host:port`, comma-separated: replicas' `TV_GRPC_LISTEN_ADDR`, or a
+    /// balancer), for `--transport grpc`.
+    #[arg(long, value_delimiter = ',', env = "TV_CHECK_GRPC_URLS")]
+    pub(crate) grpc_urls: Vec<String>,
     /// An admin client token (it creates, and at the end deletes, pools named `check-<run>-<n>`).
     #[arg(long, env = "TV_TOKEN", hide_env_values = true)]
     pub(crate) token: String,
@@ -105,10 +114,18 @@ pub(crate) async fn run(
     // Listening for an interrupt from the start: one during the set-up ends the load at once.
     let interrupted = drive::Interrupted::listen();
     let seed = args.seed.unwrap_or_else(rand::random);
+    let grpc = match args.transport {
+        transport::Transport::Rest => None,
+        transport::Transport::Grpc => Some(transport::GrpcWorkers::new(
+            &args.grpc_urls,
+            secs(&args.request_timeout)?,
+        )?),
+    };
     let v = Arc::new(drive::Vault::new(
         args.urls.clone(),
         args.token.clone(),
         secs(&args.request_timeout)?,
+        grpc,
     )?);
     let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let plan = drive::Plan {
@@ -121,8 +138,14 @@ pub(crate) async fn run(
         min_token_ttl_s: 10,
         pipeline: Some(PIPELINE.to_string()),
     };
+    let workers_at = match args.transport {
+        transport::Transport::Rest => String::new(),
+        transport::Transport::Grpc => {
+            format!(", workers over gRPC to {}", args.grpc_urls.join(", "))
+        }
+    };
     println!(
-        "tokenvault check: {} pools, {} workers, {:?} against {} (seed {seed})",
+        "tokenvault check: {} pools, {} workers, {:?} against {}{workers_at} (seed {seed})",
         plan.pools.len(),
         plan.workers,
         duration,
