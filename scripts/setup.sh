@@ -58,13 +58,15 @@ if [ "$for_tests" = 1 ]; then
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi
-  # Reinstalled when the pins change (a stamp of the requirements file's content).
+  # Reinstalled when the pins, the package's build or the gRPC contract change (its stubs are
+  # generated from proto/ when it is installed): a stamp of those files' content.
   stamp="$venv/.python-requirements.sha256"
-  want=$(sha256sum tests/python-requirements.txt clients/python/pyproject.toml | sha256sum | cut -c1-64)
+  want=$(sha256sum tests/python-requirements.txt clients/python/pyproject.toml \
+    clients/python/setup.py proto/tokenvault/v1/*.proto | sha256sum | cut -c1-64)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing the Python client and its test requirements into $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python-requirements.txt \
-      -e clients/python
+      -e 'clients/python[grpc]'
     echo "$want" > "$stamp"
   fi
 fi

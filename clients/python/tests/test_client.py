@@ -1,4 +1,5 @@
-"""The blocking client against a real vault: leases, reports, context manager, typed errors."""
+"""The blocking client against a real vault: leases, reports, context manager, typed errors; each
+test over REST and again with the worker's calls over gRPC (``Vault(..., grpc=...)``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from tokenvault import (InvalidRequest, LeaseGone, PoolExhausted, PoolFrozen, Po
                         Report, Unauthorized, Unavailable, Vault)
 
 
+@pytest.fixture(params=["rest", "grpc"])
+def transport(request):
+    return request.param
+
+
 @pytest.fixture
-def vault(vault_server):
-    with Vault(vault_server.url, vault_server.admin, worker="pytest") as v:
+def vault(vault_server, transport):
+    grpc = vault_server.grpc if transport == "grpc" else None
+    with Vault(vault_server.url, vault_server.admin, worker="pytest", grpc=grpc) as v:
         yield v
 
 
@@ -67,7 +74,7 @@ def test_a_worker_bug_is_reported_without_striking_the_token(vault, pool):
     assert st["tokens"]["active"] == 1 and st["tokens"]["quarantined"] == 0, st
 
 
-def test_problems_are_typed(vault, pool, vault_server):
+def test_problems_are_typed(vault, pool, vault_server, transport):
     with pytest.raises(PoolNotFound) as e:
         vault.lease("no-such-pool")
     assert e.value.status == 404 and e.value.code == "pool_not_found"
@@ -77,10 +84,13 @@ def test_problems_are_typed(vault, pool, vault_server):
     vault._call("POST", f"/v1/pools/{pool}/freeze", json={"reason": "test"})
     with pytest.raises(PoolFrozen):
         vault.lease(pool)
-    with Vault(vault_server.url, "not-a-token") as stranger:
+    over_grpc = transport == "grpc"
+    with Vault(vault_server.url, "not-a-token",
+               grpc=vault_server.grpc if over_grpc else None) as stranger:
         with pytest.raises(Unauthorized):
             stranger.lease(pool)
-    with Vault("http://127.0.0.1:9", "x", timeout=1) as nowhere:
+    with Vault("http://127.0.0.1:9", "x", timeout=1,
+               grpc="127.0.0.1:9" if over_grpc else None) as nowhere:
         with pytest.raises(Unavailable) as e:
             nowhere.lease(pool)
         assert e.value.code == "vault_unreachable"

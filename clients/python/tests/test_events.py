@@ -11,8 +11,10 @@ from conftest import PATIENCE_S, wait_until
 from tokenvault import AsyncVault, LeaseRevoked, Vault
 
 
-def test_a_held_lease_whose_token_is_revoked_is_dropped(vault_server, pool, target):
-    with Vault(vault_server.url, vault_server.admin) as vault:
+@pytest.mark.parametrize("over_grpc", [False, True], ids=["sse", "grpc-watch"])
+def test_a_held_lease_whose_token_is_revoked_is_dropped(vault_server, pool, target, over_grpc):
+    grpc = vault_server.grpc if over_grpc else None
+    with Vault(vault_server.url, vault_server.admin, grpc=grpc) as vault:
         vault.put_pool(pool)
         vault.deposit(pool, [{"id": "t1", "secret": "soon-revoked"}])
         target.valid.add("soon-revoked")

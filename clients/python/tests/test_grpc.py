@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import grpc
@@ -58,27 +59,35 @@ def test_a_generic_client_leases_and_releases_through_reflection(vault_server, p
 
 def test_stubs_generated_from_the_proto_files_lease_and_release(vault_server, pool_with_token,
                                                                  tmp_path):
-    # Generated flat (the proto's own directory as the include root): the package name
-    # `tokenvault` is the Python client's already.
+    # Generated flat (the proto's own directory as the include root), and run in a process of
+    # its own: this one holds the client's own stubs of the same messages (tokenvault.v1).
     src = PROTO / "tokenvault/v1"
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{src}",
                     f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
                     str(src / "vault.proto")], check=True)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import vault_pb2  # type: ignore
-        import vault_pb2_grpc  # type: ignore
-    finally:
-        sys.path.remove(str(tmp_path))
-    with grpc.insecure_channel(vault_server.grpc) as channel:
-        stub = vault_pb2_grpc.VaultStub(channel)
-        reply = stub.Lease(vault_pb2.LeaseRequest(pool=pool_with_token, worker="generated"),
-                           metadata=authed(vault_server), timeout=10)
-        assert reply.lease.authorization == "Bearer grpc-secret"
-        released = stub.Release(vault_pb2.ReleaseRequest(
-            pool=pool_with_token, lease_id=reply.lease.lease_id,
-            report=vault_pb2.Report(outcome="ok")), metadata=authed(vault_server), timeout=10)
-        assert released.token_id == "g1"
-        with pytest.raises(grpc.RpcError) as e:
-            stub.Lease(vault_pb2.LeaseRequest(pool=pool_with_token), timeout=10)
-        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import grpc
+        import vault_pb2, vault_pb2_grpc
+
+        target, token, pool = sys.argv[1:4]
+        auth = [("authorization", f"Bearer {token}")]
+        with grpc.insecure_channel(target) as channel:
+            stub = vault_pb2_grpc.VaultStub(channel)
+            reply = stub.Lease(vault_pb2.LeaseRequest(pool=pool, worker="generated"),
+                               metadata=auth, timeout=10)
+            released = stub.Release(vault_pb2.ReleaseRequest(
+                pool=pool, lease_id=reply.lease.lease_id,
+                report=vault_pb2.Report(outcome="ok")), metadata=auth, timeout=10)
+            try:
+                stub.Lease(vault_pb2.LeaseRequest(pool=pool), timeout=10)
+                refused = "none"
+            except grpc.RpcError as e:
+                refused = e.code().name
+        print(reply.lease.authorization, released.token_id, refused)
+    """))
+    out = subprocess.run([sys.executable, str(script), vault_server.grpc, vault_server.admin,
+                          pool_with_token], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert out.stdout.split() == ["Bearer", "grpc-secret", "g1", "UNAUTHENTICATED"], out

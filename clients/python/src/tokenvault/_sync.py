@@ -17,6 +17,10 @@ from ._models import Event, Lease, Report
 class Vault:
     """A tokenvault client: ``Vault("http://vault:8080", client_token)``.
 
+    With ``grpc="host:port"`` (the vault's ``TV_GRPC_LISTEN_ADDR``; ``grpc_secure`` for TLS), the
+    worker's calls (lease, renew, release, rotate, events) go over gRPC, with the same answers and
+    exceptions; the rest stays on REST. It needs ``pip install 'tokenvault[grpc]'``.
+
     Thread-safe (one ``httpx.Client`` underneath). Use as a context manager or call ``close``.
     """
 
@@ -24,7 +28,8 @@ class Vault:
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0,
                  worker: Optional[str] = None, transport: Optional[httpx.BaseTransport] = None,
-                 verify: Any = True) -> None:
+                 verify: Any = True, grpc: Optional[str] = None,
+                 grpc_secure: bool = False) -> None:
         self.url = url.rstrip("/")
         self.worker = worker
         self._timeout = timeout
@@ -37,6 +42,10 @@ class Vault:
             # The vault is reached directly; a proxy is for the target (see Lease.binding).
             trust_env=False,
         )
+        self._grpc = None
+        if grpc:
+            from ._grpc import GrpcCalls
+            self._grpc = GrpcCalls(grpc, token, timeout, secure=grpc_secure)
         self.held = _core.HeldLeases()
         self._watchers: List[threading.Thread] = []
         self._closed = threading.Event()
@@ -54,20 +63,29 @@ class Vault:
             return None
         return r.json()
 
-    def _leasing(self, method: str, path: str, body: Dict[str, Any], key: str,
+    def _work(self, kind: str, pool: str, lease_id: str, body: Dict[str, Any],
+              key: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """A worker's call (``lease``, ``renew``, ``release``, ``rotate``), over gRPC when the
+        client has it, else REST."""
+        if self._grpc is not None:
+            return self._grpc.call(kind, pool, lease_id, body, key, timeout)
+        path = (_core.pool_path(pool, "leases") if kind == "lease"
+                else _core.pool_path(pool, "leases", lease_id, kind))
+        headers = {"Idempotency-Key": key} if key else None
+        return _core.as_dict(self._call("POST", path, json=body, headers=headers,
+                                        timeout=timeout) or {})
+
+    def _leasing(self, kind: str, pool: str, lease_id: str, body: Dict[str, Any], key: str,
                  timeout: Optional[float] = None) -> Dict[str, Any]:
         """A call that creates a lease: a lost answer is asked again once, with the same
         Idempotency-Key (the vault answers the same lease, never a second one)."""
-        headers = {"Idempotency-Key": key}
         try:
-            return _core.as_dict(self._call(method, path, json=body, headers=headers,
-                                              timeout=timeout))
+            return self._work(kind, pool, lease_id, body, key, timeout)
         except VaultError as e:
             if not _core.answer_lost(e):
                 raise
             time.sleep(_core.LOST_ANSWER_RETRY_S)
-            return _core.as_dict(self._call(method, path, json=body, headers=headers,
-                                              timeout=timeout))
+            return self._work(kind, pool, lease_id, body, key, timeout)
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)
@@ -88,15 +106,14 @@ class Vault:
         body = _core.lease_body(worker or self.worker, units, ttl_s, min_token_ttl_s, session,
                                 wait_ms, costs, pipeline)
         timeout = self._timeout + (wait_ms or 0) / 1000
-        answer = self._leasing("POST", _core.pool_path(pool, "leases"), body,
+        answer = self._leasing("lease", pool, "", body,
                                idempotency_key or _core.new_idempotency_key(), timeout)
         return self._held_lease(answer)
 
     def renew(self, lease: Lease, *, ttl_s: Optional[int] = None,
               units: Optional[int] = None) -> Lease:
         body = {k: v for k, v in (("ttl_s", ttl_s), ("units", units)) if v is not None}
-        answer = self._call("POST", _core.pool_path(lease.pool, "leases", lease.lease_id, "renew"),
-                            json=body)
+        answer = self._work("renew", lease.pool, lease.lease_id, body)
         lease.lease_expires_at = answer["lease_expires_at"]
         lease.units = int(answer["units"])
         lease.token_expires_at = answer.get("token_expires_at")
@@ -105,8 +122,7 @@ class Vault:
     def release(self, lease: Lease, report: Optional[Report] = None) -> None:
         report = report or lease.report("ok")
         try:
-            self._call("POST", _core.pool_path(lease.pool, "leases", lease.lease_id, "release"),
-                       json=report.body())
+            self._work("release", lease.pool, lease.lease_id, report.body())
         finally:
             lease._ended = True
             self.held.drop(lease.lease_id)
@@ -117,8 +133,8 @@ class Vault:
         report = report or lease.report("unauthorized")
         old = lease.lease_id
         try:
-            answer = self._leasing("POST", _core.pool_path(lease.pool, "leases", old, "rotate"),
-                                   report.body(), _core.new_idempotency_key())
+            answer = self._leasing("rotate", lease.pool, old, report.body(),
+                                   _core.new_idempotency_key())
         except VaultError:
             lease._ended = True
             self.held.drop(old)
@@ -157,6 +173,25 @@ class Vault:
         last = last_event_id
         backoff = _core.EVENTS_BACKOFF_S[0]
         while not self._closed.is_set():
+            if self._grpc is not None:
+                try:
+                    stream = self._grpc.watch(pools, last)
+                    if on_open is not None:
+                        on_open()
+                    for event in stream:
+                        if event.id:
+                            last = event.id
+                        backoff = _core.EVENTS_BACKOFF_S[0]
+                        self.held.apply(event)
+                        yield event
+                        if self._closed.is_set():
+                            return
+                except Unavailable:
+                    pass
+                if self._closed.wait(backoff):
+                    return
+                backoff = min(backoff * 2, _core.EVENTS_BACKOFF_S[1])
+                continue
             headers = {"Last-Event-ID": last} if last else {}
             try:
                 with httpx_sse.connect_sse(
@@ -253,6 +288,8 @@ class Vault:
     def close(self) -> None:
         self._closed.set()
         self._http.close()
+        if self._grpc is not None:
+            self._grpc.close()
 
     def __enter__(self) -> "Vault":
         return self
