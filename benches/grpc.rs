@@ -30,7 +30,7 @@ enum Transport {
     Rest(reqwest::Client, String),
     /// Connections to spread the workers over (HTTP/2 multiplexes calls on one, but one
     /// connection is served by one task: a fleet opens several, as REST's pool does).
-    Grpc(Vec<pb::vault_client::VaultClient<Channel>>),
+    Grpc(Vec<Channel>),
 }
 
 impl Transport {
@@ -39,6 +39,23 @@ impl Transport {
         match self {
             Transport::Grpc(all) => Transport::Grpc(vec![all[n % all.len()].clone()]),
             rest => rest.clone(),
+        }
+    }
+
+    /// The transport's own cost, nearly alone: a health check (no Redis, no auth).
+    async fn health(&mut self) {
+        match self {
+            Transport::Rest(http, base) => {
+                let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+            }
+            Transport::Grpc(clients) => {
+                let mut h = tonic_health::pb::health_client::HealthClient::new(clients[0].clone());
+                h.check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .unwrap();
+            }
         }
     }
 
@@ -66,7 +83,7 @@ impl Transport {
                 assert!(r.status().is_success());
             }
             Transport::Grpc(clients) => {
-                let g = &mut clients[0];
+                let mut g = pb::vault_client::VaultClient::new(clients[0].clone());
                 let auth = MetadataValue::try_from(format!("Bearer {token}")).unwrap();
                 let mut req = tonic::Request::new(pb::LeaseRequest {
                     pool: "p".into(),
@@ -109,6 +126,17 @@ async fn run(
     d: Duration,
     pause: Duration,
 ) -> Vec<Duration> {
+    run_calls(t, token, workers, d, pause, false).await
+}
+
+async fn run_calls(
+    t: &Transport,
+    token: &str,
+    workers: usize,
+    d: Duration,
+    pause: Duration,
+    health: bool,
+) -> Vec<Duration> {
     let token = Arc::new(token.to_string());
     let end = Instant::now() + d;
     let mut tasks = tokio::task::JoinSet::new();
@@ -118,7 +146,11 @@ async fn run(
             let mut took = vec![];
             while Instant::now() < end {
                 let s = Instant::now();
-                t.cycle(&token).await;
+                if health {
+                    t.health().await;
+                } else {
+                    t.cycle(&token).await;
+                }
                 took.push(s.elapsed());
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
@@ -165,7 +197,7 @@ async fn main() {
             .connect()
             .await
             .unwrap();
-        clients.push(pb::vault_client::VaultClient::new(channel));
+        clients.push(channel);
     }
     let transports = [
         (
@@ -202,6 +234,27 @@ async fn main() {
         (sat[1].0 as f64 / sat[1].1) / (sat[0].0 as f64 / sat[0].1),
         per_core(1) / per_core(0)
     );
+    // The floor: what the transport alone costs a call (a health check: no Redis, no auth),
+    // beside what a cycle's two calls cost in all.
+    let mut floor = [(0usize, 0.0f64); 2];
+    for _ in 0..ROUNDS {
+        for (i, (_, t)) in transports.iter().enumerate() {
+            let cpu0 = cpu_s(pid);
+            let n = run_calls(t, &v.token, WORKERS, ROUND, Duration::ZERO, true)
+                .await
+                .len();
+            floor[i].0 += n;
+            floor[i].1 += cpu_s(pid) - cpu0;
+        }
+    }
+    for (i, (name, _)) in transports.iter().enumerate() {
+        let per_call = floor[i].1 / floor[i].0 as f64 * 1e6;
+        let cycle_call = sat[i].2 / sat[i].0 as f64 / 2.0 * 1e6;
+        println!(
+            "{name}: a health check costs vault-api {per_call:.0} µs; a cycle's call {cycle_call:.0} µs, of which {:.0} µs is past the transport",
+            cycle_call - per_call
+        );
+    }
     // Latency at half the REST saturation rate, the same offered load for both.
     let rate = sat[0].0 as f64 / sat[0].1 / 2.0;
     let pause = Duration::from_secs_f64(WORKERS as f64 / rate);

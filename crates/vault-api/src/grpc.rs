@@ -164,11 +164,34 @@ async fn observed<T>(
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
     };
-    metrics::counter!("tv_grpc_requests_total", "method" => method, "code" => format!("{code:?}"))
+    metrics::counter!("tv_grpc_requests_total", "method" => method, "code" => code_name(code))
         .increment(1);
     metrics::histogram!("tv_grpc_request_duration_seconds", "method" => method)
         .record(started.elapsed().as_secs_f64());
     r
+}
+
+/// A status code's name, as the metric's label (no allocation per call).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 /// Events as `Watch` sends them.
@@ -410,7 +433,12 @@ fn tokio_stream_of(
     listener: tokio::net::TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |l| async move {
-        let next = l.accept().await.map(|(s, _)| s);
+        // No Nagle: an HTTP/2 frame written after another stream's would wait for the client's
+        // delayed ACK (up to 40 ms).
+        let next = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
         Some((next, l))
     })
 }

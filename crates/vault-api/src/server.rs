@@ -311,6 +311,9 @@ pub async fn serve(
         };
         // Over a cap: answered 503 and closed, within a bounded budget of its own, so one
         // client cannot hold the replica's descriptors.
+        // Answers go out as written: Nagle's algorithm would hold a small write (an HTTP/2
+        // frame after another stream's) until the client's delayed ACK, up to 40 ms.
+        let _ = stream.set_nodelay(true);
         let admitted = match admission.admit(peer.ip()) {
             Ok(a) => a,
             Err(cap) => {
