@@ -265,6 +265,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let api = tokio::spawn(vault_api::server::serve(
         state,
         listener,
+        None,
         async move {
             let _ = api_stop.changed().await;
         },

@@ -468,11 +468,12 @@ async fn haproxy_balances_grpc_calls_over_the_replicas_and_the_checker_holds_ove
     let calls = |base: String| async move {
         let m = crate::harness::metrics_text(&base).await;
         // Lease and Release alternate over two replicas: count both.
+        // Every code counts (an exhausted pool answers RESOURCE_EXHAUSTED).
         ["Lease", "Release"]
             .iter()
-            .filter_map(|method| {
+            .map(|method| {
                 let label = format!("method=\"{method}\"");
-                crate::harness::sample(&m, "tv_grpc_requests_total", &[label.as_str()])
+                crate::harness::sample_sum(&m, "tv_grpc_requests_total", &[label.as_str()])
             })
             .sum::<f64>()
     };
@@ -534,6 +535,126 @@ async fn haproxy_balances_grpc_calls_over_the_replicas_and_the_checker_holds_ove
     let (n1, n2) = (calls(v1.base.clone()).await, calls(v2.base.clone()).await);
     assert!(
         n1 + n2 >= leases_before + 100.0 && n1 >= 50.0 && n2 >= 50.0,
-        "gRPC lease and release calls: {n1} and {n2}\n{out}"
+        "gRPC lease and release calls: {n1} and {n2}\n{out}\nhaproxy: {}",
+        haproxy.child.output()
     );
+}
+
+/// Open a raw HTTP/2 connection to `addr` (the client preface and an empty SETTINGS frame), as a
+/// gRPC channel does before its first call.
+async fn h2_connection(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    s
+}
+
+/// Read `s` until the server closes it (with patience); false when it stays open that long.
+async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(crate::harness::PATIENCE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// gRPC connections meet REST's bounds (one accept loop serves both listeners): one idle past
+/// `TV_IDLE_TIMEOUT_MS` is closed while one carrying a `Watch` stays open and live, and the
+/// per-address connection cap refuses the one over it.
+#[tokio::test]
+async fn grpc_connections_are_bounded_like_rests() {
+    let redis = RedisServer::start();
+    let dep = Deployment::new(&redis);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let v = dep
+        .vault(&[
+            ("TV_GRPC_LISTEN_ADDR", addr.as_str()),
+            ("TV_IDLE_TIMEOUT_MS", "300"),
+            ("TV_MAX_CONNECTIONS_PER_ADDR", "6"),
+        ])
+        .await;
+    let api = dep.api(&v);
+    api.put("/v1/pools/p", json!({})).await;
+    api.post("/v1/pools/p/tokens", json!({"id": "a", "secret": "sa"}))
+        .await;
+
+    // A Watch keeps its connection busy: it outlives many idle periods.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut g = pb::vault_client::VaultClient::new(channel);
+    let watch = pb::WatchRequest {
+        pools: vec!["p".into()],
+        last_event_id: String::new(),
+    };
+    let mut events = g
+        .watch(authed(watch, &dep.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    // An idle connection is closed (after its idle period, by the server).
+    let mut idle = h2_connection(&addr).await;
+    assert!(
+        closed_by_server(&mut idle).await,
+        "the idle connection stayed open"
+    );
+    // By now the watching connection has been open past the idle limit; it still delivers.
+    api.post("/v1/pools/p/tokens/a/revoke", json!({"reason": "test"}))
+        .await;
+    let e = next(&mut events).await.unwrap().expect("an event");
+    assert_eq!(
+        (e.r#type.as_str(), e.token_id.as_str()),
+        ("token.revoked", "a")
+    );
+    drop(events);
+    drop(g);
+
+    // The per-address cap: connections past it are closed at once, and counted.
+    let mut held = vec![];
+    let mut refused = None;
+    for _ in 0..12 {
+        let mut c = h2_connection(&addr).await;
+        // The server answers an admitted connection with its SETTINGS: it was taken in.
+        use tokio::io::AsyncReadExt;
+        let mut first = [0u8; 9];
+        match tokio::time::timeout(crate::harness::PATIENCE, c.read(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => held.push(c),
+            _ => {
+                refused = Some(held.len());
+                break;
+            }
+        }
+    }
+    let admitted = refused.expect("a connection over the cap was refused");
+    assert!(
+        admitted <= 6,
+        "{admitted} connections admitted from one address"
+    );
+    drop(held);
+    // Counted (read once the held connections are gone: the harness connects from the same
+    // address).
+    let end = std::time::Instant::now() + crate::harness::PATIENCE;
+    loop {
+        let m = crate::harness::metrics_text(&v.base).await;
+        let reason = "reason=\"max_connections_per_addr\"";
+        if crate::harness::sample_sum(&m, "tv_http_connections_refused_total", &[reason]) >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the refusal is not counted: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -357,6 +357,15 @@ pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> 
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// The sum of every series of `name` with `labels` (all its other labels' values together).
+pub(crate) fn sample_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The Prometheus text of the replica at `base`.
 pub(crate) async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))

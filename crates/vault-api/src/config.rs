@@ -157,6 +157,16 @@ pub struct ConnLimits {
         default_value_t = ConnLimits::DEFAULT.max_connections_per_addr
     )]
     pub max_connections_per_addr: usize,
+    /// Milliseconds a connection may stay open with no call or stream in progress; then it is
+    /// closed gracefully (GOAWAY for HTTP/2). HTTP/2 clients such as gRPC channels keep
+    /// connections between calls and open a new one at their next call. HTTP/1.1 keep-alive
+    /// connections are closed sooner, by the header read timeout.
+    #[arg(
+        long = "idle-timeout-ms",
+        env = "TV_IDLE_TIMEOUT_MS",
+        default_value_t = ConnLimits::DEFAULT.idle_timeout_ms
+    )]
+    pub idle_timeout_ms: u64,
     /// Largest header block accepted, in bytes.
     #[arg(long = "max-header-bytes", env = "TV_MAX_HEADER_BYTES", default_value_t = ConnLimits::DEFAULT.max_header_bytes)]
     pub max_header_bytes: usize,
@@ -177,6 +187,7 @@ impl ConnLimits {
         max_connections: 4096,
         max_connections_per_addr: 256,
         max_header_bytes: 64 * 1024,
+        idle_timeout_ms: 300_000,
     };
 
     pub fn header_read_timeout(&self) -> Duration {
@@ -184,6 +195,9 @@ impl ConnLimits {
     }
     pub fn first_byte_timeout(&self) -> Duration {
         Duration::from_millis(self.first_byte_timeout_ms.max(1))
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(1))
     }
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms.max(1))

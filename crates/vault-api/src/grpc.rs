@@ -376,13 +376,11 @@ impl Vault for VaultService {
     }
 }
 
-/// Serve gRPC on `listener` until `shutdown`: the vault's service, `grpc.health.v1.Health`
-/// (SERVING while `/readyz` would answer 200, for load balancers) and server reflection.
-pub async fn serve(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// The gRPC services, as one router the replica's accept loop serves on the gRPC listener (with
+/// REST's connection caps and timeouts, see `server::serve`): the vault's service,
+/// `grpc.health.v1.Health` (SERVING while `/readyz` would answer 200, for load balancers) and
+/// server reflection.
+pub fn app(state: AppState) -> anyhow::Result<axum::Router> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -412,33 +410,9 @@ pub async fn serve(
             reporter.set_service_status("", status).await;
         }
     });
-    tonic::transport::Server::builder()
-        // Bounded like the REST listener: streams per connection, idle connections, a call's
-        // time.
-        .max_concurrent_streams(Some(100))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .timeout(Duration::from_secs(60))
-        .add_service(health)
+    Ok(tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(VaultService::server(state))
-        .serve_with_incoming_shutdown(tokio_stream_of(listener), shutdown)
-        .await?;
-    Ok(())
-}
-
-/// Accepted connections as the stream tonic serves.
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        // No Nagle: an HTTP/2 frame written after another stream's would wait for the client's
-        // delayed ACK (up to 40 ms).
-        let next = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((next, l))
-    })
+        .into_axum_router())
 }

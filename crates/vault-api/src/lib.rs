@@ -22,6 +22,7 @@ pub mod app;
 pub mod auth;
 pub mod background;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -14,7 +14,6 @@ use anyhow::Context;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -257,15 +256,22 @@ pub struct Stopping {
     pub grace: Duration,
 }
 
-/// Serve until `shutdown` resolves, drain, then give in-flight requests their grace to finish.
+/// Serve REST on `listener` (and gRPC on `grpc`, when given) until `shutdown` resolves, drain,
+/// then give in-flight requests their grace to finish. Both listeners share one accept loop, so
+/// gRPC connections meet the same caps, first-byte timeout, idle limit and drain as REST's.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    grpc: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: Stopping,
     limits: ConnLimits,
 ) -> anyhow::Result<()> {
-    let app = router(state.clone());
+    let rest_app = router(state.clone());
+    let grpc_app = match &grpc {
+        Some(_) => Some(crate::grpc::app(state.clone())?),
+        None => None,
+    };
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -275,29 +281,34 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // Streams per connection, and dead peers found by pings.
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     let body_timeout = BodyReadTimeout(limits.body_read_timeout());
     let first_byte = limits.first_byte_timeout();
+    let idle = limits.idle_timeout();
     let admission = Arc::new(Admission {
         limits,
         open: Mutex::new((0, HashMap::new())),
     });
     let refusing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let graceful = GracefulShutdown::new();
+    // Connections hold a receiver each: told to close gracefully, and counted until they end.
+    let (close_all, closing) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut drain_end: Option<tokio::time::Instant> = None;
+    let accept_grpc = || async {
+        match &grpc {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (accepted, grpc_conn) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_grpc() => (accepted, true),
             _ = &mut shutdown, if drain_end.is_none() => {
                 if stopping.drain.is_zero() {
                     break;
@@ -309,11 +320,20 @@ pub async fn serve(
             }
             _ = tokio::time::sleep_until(drain_end.unwrap_or_else(tokio::time::Instant::now)), if drain_end.is_some() => break,
         };
-        // Over a cap: answered 503 and closed, within a bounded budget of its own, so one
-        // client cannot hold the replica's descriptors.
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         // Answers go out as written: Nagle's algorithm would hold a small write (an HTTP/2
         // frame after another stream's) until the client's delayed ACK, up to 40 ms.
         let _ = stream.set_nodelay(true);
+        // Over a cap: answered 503 and closed, within a bounded budget of its own, so one
+        // client cannot hold the replica's descriptors.
         let admitted = match admission.admit(peer.ip()) {
             Ok(a) => a,
             Err(cap) => {
@@ -327,15 +347,36 @@ pub async fn serve(
                 continue;
             }
         };
+        let app = match (&grpc_app, grpc_conn) {
+            (Some(g), true) => g.clone(),
+            _ => rest_app.clone(),
+        };
+        let local = stream.local_addr().ok();
+        let activity = crate::conn::Activity::new();
+        let calls = activity.clone();
         let svc = app
-            .clone()
             .map_request(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                // The peer as gRPC calls read it (`Request::remote_addr`).
+                req.extensions_mut()
+                    .insert(tonic::transport::server::TcpConnectInfo {
+                        local_addr: local,
+                        remote_addr: Some(peer),
+                    });
                 req.extensions_mut().insert(body_timeout);
                 req
+            })
+            .map_future(move |answer| {
+                // The call counts as in progress until its answer's body is sent or dropped.
+                let call = calls.begin();
+                async move {
+                    answer.await.map(|res: axum::response::Response| {
+                        res.map(|b| crate::conn::GuardedBody::wrap(b, call))
+                    })
+                }
             });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, stopping_rx) = (builder.clone(), closing.clone());
         tokio::spawn(async move {
             let _admitted = admitted;
             // A connection that never sends a byte is closed (hyper's header timeout only
@@ -349,20 +390,24 @@ pub async fn serve(
                     return;
                 }
             }
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc),
-            );
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .into_owned();
+            let close = |c: std::pin::Pin<&mut _>| {
+                hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
+            };
+            if let Err(e) = crate::conn::drive(conn, close, activity, idle, stopping_rx).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
     }
-    drop(listener);
+    drop((listener, grpc));
     tracing::info!("shutting down: finishing in-flight requests, ending event streams");
     state.events.close();
+    drop(closing);
+    let _ = close_all.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = close_all.closed() => {}
         _ = tokio::time::sleep(stopping.grace) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     // The last lease counts (best effort: the rate is an estimate).
@@ -371,6 +416,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Streams one HTTP/2 connection may have open at once (gRPC calls, event streams).
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The vault-api binary.
 pub async fn run(cfg: ApiConfig) -> anyhow::Result<()> {
@@ -390,31 +438,21 @@ pub async fn run(cfg: ApiConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_addr))?;
     tracing::info!(addr = %listener.local_addr()?, limits = ?cfg.conn, "vault-api listening");
-    // One signal stops both listeners.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        vault_core::config::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let grpc = match cfg.grpc_listen_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (TV_GRPC_LISTEN_ADDR)"))?;
+            tracing::info!(addr = %l.local_addr()?, "gRPC listening");
+            Some(l)
+        }
+        None => None,
     };
-    if let Some(addr) = cfg.grpc_listen_addr {
-        let grpc = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (TV_GRPC_LISTEN_ADDR)"))?;
-        tracing::info!(addr = %grpc.local_addr()?, "gRPC listening");
-        let (state, stop) = (state.clone(), stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = crate::grpc::serve(state, grpc, stop).await {
-                tracing::error!(error = %e, "the gRPC listener stopped");
-            }
-        });
-    }
     serve(
         state,
         listener,
-        stopped(stop_rx),
+        grpc,
+        vault_core::config::shutdown_signal(),
         Stopping {
             drain: Duration::from_millis(cfg.shutdown_drain_ms),
             grace: Duration::from_secs(cfg.shutdown_grace_s),

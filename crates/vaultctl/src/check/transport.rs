@@ -43,6 +43,10 @@ impl WorkerCall<'_> {
     }
 }
 
+/// Connections opened to each gRPC URL: workers are many processes in a real fleet, each with a
+/// connection of its own, and a balancer may keep one connection's calls on one replica.
+const CONNECTIONS_PER_URL: usize = 4;
+
 /// gRPC channels to the vault (replicas, or a balancer), used round robin.
 pub(crate) struct GrpcWorkers {
     stubs: Vec<pb::vault_client::VaultClient<Channel>>,
@@ -55,6 +59,7 @@ impl GrpcWorkers {
         anyhow::ensure!(!urls.is_empty(), "--transport grpc needs --grpc-urls");
         let stubs = urls
             .iter()
+            .flat_map(|u| std::iter::repeat_n(u, CONNECTIONS_PER_URL))
             .map(|u| {
                 let ep = Endpoint::from_shared(u.clone())?
                     .connect_timeout(timeout)
