@@ -865,7 +865,13 @@ mod tests {
     /// gone did neither; one without an answer may have done both.
     #[test]
     fn a_rotate_is_logged_as_the_release_and_the_lease_it_was() {
-        let v = Vault::new(vec!["http://x".into()], "t".into(), Duration::from_secs(1)).unwrap();
+        let v = Vault::new(
+            vec!["http://x".into()],
+            "t".into(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
         for (status, code, release_status) in [
             (503, "pool_exhausted", 200),
             (423, "pool_frozen", 200),
