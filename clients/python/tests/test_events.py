@@ -75,13 +75,28 @@ def test_the_stream_resumes_after_its_replica_dies(vault_server, pool):
 
 
 @pytest.mark.anyio
-async def test_async_events_mark_held_leases(vault_server, pool):
+@pytest.mark.parametrize("over_grpc", [False, True], ids=["sse", "grpc-watch"])
+async def test_async_events_mark_held_leases(vault_server, pool, over_grpc):
     import asyncio
 
-    async with AsyncVault(vault_server.url, vault_server.admin) as vault:
+    from tokenvault import PoolNotFound
+
+    grpc = vault_server.grpc if over_grpc else None
+    async with AsyncVault(vault_server.url, vault_server.admin, grpc=grpc) as vault:
         await vault.put_pool(pool)
-        await vault.deposit(pool, [{"id": "t1", "secret": "a1"}])
+        await vault.deposit(pool, [{"id": "t1", "secret": "a1"}, {"id": "t0", "secret": "a0"}])
+        # Leases, renews, rotates and errors the same way over either transport.
+        first = await vault.lease(pool)
+        await vault.renew(first, ttl_s=60)
+        before = first.lease_id
+        await vault.rotate(first, first.report("ok"))
+        assert first.lease_id != before
+        await vault.release(first)
+        with pytest.raises(PoolNotFound):
+            await vault.lease(pool + "-missing")
+        await vault.revoke(pool, "t0", reason="not this one")
         lease = await vault.lease(pool)
+        assert lease.token_id == "t1"
         await vault.watch([pool])
         await vault.revoke(pool, "t1", reason="async")
         for _ in range(500):

@@ -34,14 +34,17 @@ class _LeaseCall:
 
 
 class AsyncVault:
-    """``async with AsyncVault(url, token) as vault: async with vault.lease("pool") as lease:``"""
+    """``async with AsyncVault(url, token) as vault: async with vault.lease("pool") as lease:``
+
+    ``grpc="host:port"`` sends the worker's calls over gRPC, as for ``Vault``."""
 
     is_async = True
 
     def __init__(self, url: str, token: str, *, timeout: float = 10.0,
                  worker: Optional[str] = None,
                  transport: Optional[httpx.AsyncBaseTransport] = None,
-                 verify: Any = True) -> None:
+                 verify: Any = True, grpc: Optional[str] = None,
+                 grpc_secure: bool = False) -> None:
         self.url = url.rstrip("/")
         self.worker = worker
         self._timeout = timeout
@@ -50,6 +53,10 @@ class AsyncVault:
             headers={"Authorization": f"Bearer {token}", "User-Agent": _core.USER_AGENT},
             timeout=timeout, transport=transport, verify=verify, trust_env=False,
         )
+        self._grpc = None
+        if grpc:
+            from ._grpc import AsyncGrpcCalls
+            self._grpc = AsyncGrpcCalls(grpc, token, timeout, secure=grpc_secure)
         self.held = _core.HeldLeases()
         self._closed = asyncio.Event()
         self._watchers: List["asyncio.Task[None]"] = []
@@ -67,18 +74,27 @@ class AsyncVault:
             return None
         return r.json()
 
-    async def _leasing(self, method: str, path: str, body: Dict[str, Any], key: str,
-                       timeout: Optional[float] = None) -> Dict[str, Any]:
-        headers = {"Idempotency-Key": key}
+    async def _work(self, kind: str, pool: str, lease_id: str, body: Dict[str, Any],
+                    key: Optional[str] = None,
+                    timeout: Optional[float] = None) -> Dict[str, Any]:
+        """A worker's call, over gRPC when the client has it, else REST (see ``Vault._work``)."""
+        if self._grpc is not None:
+            return await self._grpc.call(kind, pool, lease_id, body, key, timeout)
+        path = (_core.pool_path(pool, "leases") if kind == "lease"
+                else _core.pool_path(pool, "leases", lease_id, kind))
+        headers = {"Idempotency-Key": key} if key else None
+        return _core.as_dict(await self._call("POST", path, json=body, headers=headers,
+                                              timeout=timeout) or {})
+
+    async def _leasing(self, kind: str, pool: str, lease_id: str, body: Dict[str, Any],
+                       key: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         try:
-            return _core.as_dict(await self._call(method, path, json=body, headers=headers,
-                                              timeout=timeout))
+            return await self._work(kind, pool, lease_id, body, key, timeout)
         except VaultError as e:
             if not _core.answer_lost(e):
                 raise
             await asyncio.sleep(_core.LOST_ANSWER_RETRY_S)
-            return _core.as_dict(await self._call(method, path, json=body, headers=headers,
-                                              timeout=timeout))
+            return await self._work(kind, pool, lease_id, body, key, timeout)
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)
@@ -99,15 +115,14 @@ class AsyncVault:
         body = _core.lease_body(worker or self.worker, units, ttl_s, min_token_ttl_s, session,
                                 wait_ms, costs, pipeline)
         timeout = self._timeout + (wait_ms or 0) / 1000
-        answer = await self._leasing("POST", _core.pool_path(pool, "leases"), body,
+        answer = await self._leasing("lease", pool, "", body,
                                      idempotency_key or _core.new_idempotency_key(), timeout)
         return self._held_lease(answer)
 
     async def renew(self, lease: Lease, *, ttl_s: Optional[int] = None,
                     units: Optional[int] = None) -> Lease:
         body = {k: v for k, v in (("ttl_s", ttl_s), ("units", units)) if v is not None}
-        answer = await self._call(
-            "POST", _core.pool_path(lease.pool, "leases", lease.lease_id, "renew"), json=body)
+        answer = await self._work("renew", lease.pool, lease.lease_id, body)
         lease.lease_expires_at = answer["lease_expires_at"]
         lease.units = int(answer["units"])
         lease.token_expires_at = answer.get("token_expires_at")
@@ -116,9 +131,7 @@ class AsyncVault:
     async def release(self, lease: Lease, report: Optional[Report] = None) -> None:
         report = report or lease.report("ok")
         try:
-            await self._call("POST",
-                             _core.pool_path(lease.pool, "leases", lease.lease_id, "release"),
-                             json=report.body())
+            await self._work("release", lease.pool, lease.lease_id, report.body())
         finally:
             lease._ended = True
             self.held.drop(lease.lease_id)
@@ -127,9 +140,8 @@ class AsyncVault:
         report = report or lease.report("unauthorized")
         old = lease.lease_id
         try:
-            answer = await self._leasing(
-                "POST", _core.pool_path(lease.pool, "leases", old, "rotate"), report.body(),
-                _core.new_idempotency_key())
+            answer = await self._leasing("rotate", lease.pool, old, report.body(),
+                                         _core.new_idempotency_key())
         except VaultError:
             lease._ended = True
             self.held.drop(old)
@@ -159,36 +171,56 @@ class AsyncVault:
         last = last_event_id
         backoff = _core.EVENTS_BACKOFF_S[0]
         while not self._closed.is_set():
-            headers = {"Last-Event-ID": last} if last else {}
-            try:
-                async with httpx_sse.aconnect_sse(
-                    self._http, "GET", "/v1/events", params=_core.events_params(pools),
-                    headers=headers,
-                    timeout=httpx.Timeout(self._timeout, read=_core.EVENTS_READ_TIMEOUT_S),
-                ) as es:
-                    r = es.response
-                    if r.status_code >= 400:
-                        await r.aread()
-                        _core.raise_for_answer(r.status_code, r.headers, r.content)
+            if self._grpc is not None:
+                try:
+                    stream = await self._grpc.watch(pools, last)
                     if on_open is not None:
                         on_open()
-                    async for sse in es.aiter_sse():
-                        ev = _core.event_from_sse(sse.event, sse.data, sse.id)
-                        if ev is None:
-                            continue
-                        if ev.id:
-                            last = ev.id
+                    async for event in stream:
+                        if event.id:
+                            last = event.id
                         backoff = _core.EVENTS_BACKOFF_S[0]
-                        self.held.apply(ev)
-                        yield ev
-            except (httpx.TransportError, httpx_sse.SSEError, Unavailable):
-                pass
+                        self.held.apply(event)
+                        yield event
+                except Unavailable:
+                    pass
+            else:
+                async for event in self._sse(pools, last, on_open):
+                    if event.id:
+                        last = event.id
+                    backoff = _core.EVENTS_BACKOFF_S[0]
+                    yield event
             try:
                 await asyncio.wait_for(self._closed.wait(), backoff)
                 return
             except asyncio.TimeoutError:
                 pass
             backoff = min(backoff * 2, _core.EVENTS_BACKOFF_S[1])
+
+    async def _sse(self, pools: Optional[List[str]], last: Optional[str],
+                   on_open: Optional[Callable[[], None]]) -> AsyncIterator[Event]:
+        """One SSE connection's events, until it ends or breaks (a refusal raises)."""
+        headers = {"Last-Event-ID": last} if last else {}
+        try:
+            async with httpx_sse.aconnect_sse(
+                self._http, "GET", "/v1/events", params=_core.events_params(pools),
+                headers=headers,
+                timeout=httpx.Timeout(self._timeout, read=_core.EVENTS_READ_TIMEOUT_S),
+            ) as es:
+                r = es.response
+                if r.status_code >= 400:
+                    await r.aread()
+                    _core.raise_for_answer(r.status_code, r.headers, r.content)
+                if on_open is not None:
+                    on_open()
+                async for sse in es.aiter_sse():
+                    ev = _core.event_from_sse(sse.event, sse.data, sse.id)
+                    if ev is None:
+                        continue
+                    self.held.apply(ev)
+                    yield ev
+        except (httpx.TransportError, httpx_sse.SSEError, Unavailable):
+            pass
 
     async def watch(self, pools: Optional[Iterable[str]] = None,
                     timeout: float = 10.0) -> "asyncio.Task[None]":
@@ -254,6 +286,8 @@ class AsyncVault:
         for t in self._watchers:
             t.cancel()
         await self._http.aclose()
+        if self._grpc is not None:
+            await self._grpc.close()
 
     async def __aenter__(self) -> "AsyncVault":
         return self
