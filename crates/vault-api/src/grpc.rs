@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use axum::http::Method;
 use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use vault_core::auth::Principal;
 use vault_core::model::{AcquireInput, RenewInput, Report};
 use vault_core::time::TimeInput;
@@ -19,7 +18,6 @@ use crate::AppState;
 
 /// The code generated from `proto/` (in `vault-wire`, shared with the SDK).
 pub use vault_wire::grpc::pb;
-use vault_wire::grpc::{ERROR_DOMAIN, HTTP_STATUS_KEY};
 
 use pb::vault_server::{Vault, VaultServer};
 
@@ -44,12 +42,12 @@ pub fn status_of(e: ApiError) -> Status {
         (503, _) => Code::Unavailable,
         _ => Code::Internal,
     };
-    let status = HashMap::from([(HTTP_STATUS_KEY.to_string(), e.status.as_u16().to_string())]);
-    let mut details = ErrorDetails::with_error_info(e.code, ERROR_DOMAIN, status);
-    if let Some(s) = e.retry_after_s {
-        details.set_retry_info(Some(Duration::from_secs(s)));
-    }
-    Status::with_error_details(code, e.detail, details)
+    let problem = vault_wire::grpc::Problem {
+        http_status: e.status.as_u16(),
+        code: e.code.to_string(),
+        retry_after: e.retry_after_s.map(Duration::from_secs),
+    };
+    problem.into_status(code, e.detail)
 }
 
 impl VaultService {

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic_types::StatusExt;
-use vault_wire::grpc::{pb, ERROR_DOMAIN, HTTP_STATUS_KEY};
+use vault_wire::grpc::pb;
 
 use crate::{Error, Event, Lease, LeaseAsk, Report, Result};
 
@@ -48,20 +47,17 @@ fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
 /// and the HTTP status); a status without one never reached the vault (no connection, a
 /// balancer's refusal).
 fn error_of(s: tonic::Status) -> Error {
-    match s.get_details_error_info() {
-        Some(info) if info.domain == ERROR_DOMAIN => {
-            let status = info
-                .metadata
-                .get(HTTP_STATUS_KEY)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(500);
-            let retry_after_s = s
-                .get_details_retry_info()
-                .and_then(|r| r.retry_delay)
-                .map_or(1, |d| d.as_secs());
-            crate::classify(status, info.reason, s.message().to_string(), retry_after_s)
+    match vault_wire::grpc::Problem::of(&s) {
+        Some(p) => {
+            let retry_after_s = p.retry_after.map_or(1, |d| d.as_secs());
+            crate::classify(
+                p.http_status,
+                p.code,
+                s.message().to_string(),
+                retry_after_s,
+            )
         }
-        _ => Error::Grpc(Box::new(s)),
+        None => Error::Grpc(Box::new(s)),
     }
 }
 

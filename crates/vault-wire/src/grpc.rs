@@ -16,6 +16,50 @@ pub const ERROR_DOMAIN: &str = "tokenvault";
 /// The `ErrorInfo` metadata key holding the HTTP status REST answers for the same error.
 pub const HTTP_STATUS_KEY: &str = "http_status";
 
+/// What the vault says in a failed call's status details, written by the server and read by the
+/// SDK and the checker: REST's HTTP status and problem code, and when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub http_status: u16,
+    pub code: String,
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Problem {
+    /// The status for this problem: gRPC `code`, `message` (the REST detail), an `ErrorInfo`
+    /// (reason: the problem code; domain [`ERROR_DOMAIN`]; REST's status under
+    /// [`HTTP_STATUS_KEY`]) and a `RetryInfo` when there is a retry time.
+    pub fn into_status(self, code: tonic::Code, message: String) -> tonic::Status {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let meta: std::collections::HashMap<String, String> =
+            [(HTTP_STATUS_KEY.to_string(), self.http_status.to_string())].into();
+        let mut details = ErrorDetails::with_error_info(self.code, ERROR_DOMAIN, meta);
+        if let Some(r) = self.retry_after {
+            details.set_retry_info(Some(r));
+        }
+        tonic::Status::with_error_details(code, message, details)
+    }
+
+    /// The vault's problem in `status`; None for a status the vault did not make (no
+    /// connection, a balancer's refusal, a deadline on the client's side).
+    pub fn of(status: &tonic::Status) -> Option<Problem> {
+        use tonic_types::StatusExt;
+        let info = status.get_details_error_info()?;
+        if info.domain != ERROR_DOMAIN {
+            return None;
+        }
+        Some(Problem {
+            http_status: info
+                .metadata
+                .get(HTTP_STATUS_KEY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500),
+            code: info.reason,
+            retry_after: status.get_details_retry_info().and_then(|r| r.retry_delay),
+        })
+    }
+}
+
 /// An empty string as absent (proto3 has no null for strings).
 fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -135,5 +179,22 @@ mod tests {
         };
         let back: (Option<String>, Event) = pb::Event::from((Some("1-0".into()), e.clone())).into();
         assert_eq!(back, (Some("1-0".into()), e));
+    }
+
+    #[test]
+    fn a_problem_survives_its_status() {
+        let p = Problem {
+            http_status: 503,
+            code: "pool_exhausted".into(),
+            retry_after: Some(std::time::Duration::from_secs(3)),
+        };
+        let s = p
+            .clone()
+            .into_status(tonic::Code::ResourceExhausted, "none left".into());
+        assert_eq!(Problem::of(&s), Some(p));
+        assert_eq!(
+            Problem::of(&tonic::Status::unavailable("no connection")),
+            None
+        );
     }
 }

@@ -171,25 +171,15 @@ class AsyncVault:
         last = last_event_id
         backoff = _core.EVENTS_BACKOFF_S[0]
         while not self._closed.is_set():
-            if self._grpc is not None:
-                try:
-                    stream = await self._grpc.watch(pools, last)
-                    if on_open is not None:
-                        on_open()
-                    async for event in stream:
-                        if event.id:
-                            last = event.id
-                        backoff = _core.EVENTS_BACKOFF_S[0]
-                        self.held.apply(event)
-                        yield event
-                except Unavailable:
-                    pass
-            else:
-                async for event in self._sse(pools, last, on_open):
+            try:
+                async for event in self._stream(pools, last, on_open):
                     if event.id:
                         last = event.id
                     backoff = _core.EVENTS_BACKOFF_S[0]
+                    self.held.apply(event)
                     yield event
+            except Unavailable:
+                pass
             try:
                 await asyncio.wait_for(self._closed.wait(), backoff)
                 return
@@ -197,9 +187,17 @@ class AsyncVault:
                 pass
             backoff = min(backoff * 2, _core.EVENTS_BACKOFF_S[1])
 
-    async def _sse(self, pools: Optional[List[str]], last: Optional[str],
-                   on_open: Optional[Callable[[], None]]) -> AsyncIterator[Event]:
-        """One SSE connection's events, until it ends or breaks (a refusal raises)."""
+    async def _stream(self, pools: Optional[List[str]], last: Optional[str],
+                      on_open: Optional[Callable[[], None]]) -> AsyncIterator[Event]:
+        """One event stream (gRPC ``Watch`` or SSE) until it ends or breaks; ``on_open`` once it
+        is open. Raises the vault's refusals."""
+        if self._grpc is not None:
+            stream = await self._grpc.watch(pools, last)
+            if on_open is not None:
+                on_open()
+            async for event in stream:
+                yield event
+            return
         headers = {"Last-Event-ID": last} if last else {}
         try:
             async with httpx_sse.aconnect_sse(
@@ -215,11 +213,9 @@ class AsyncVault:
                     on_open()
                 async for sse in es.aiter_sse():
                     ev = _core.event_from_sse(sse.event, sse.data, sse.id)
-                    if ev is None:
-                        continue
-                    self.held.apply(ev)
-                    yield ev
-        except (httpx.TransportError, httpx_sse.SSEError, Unavailable):
+                    if ev is not None:
+                        yield ev
+        except (httpx.TransportError, httpx_sse.SSEError):
             pass
 
     async def watch(self, pools: Optional[Iterable[str]] = None,

@@ -173,56 +173,50 @@ class Vault:
         last = last_event_id
         backoff = _core.EVENTS_BACKOFF_S[0]
         while not self._closed.is_set():
-            if self._grpc is not None:
-                try:
-                    stream = self._grpc.watch(pools, last)
-                    if on_open is not None:
-                        on_open()
-                    for event in stream:
-                        if event.id:
-                            last = event.id
-                        backoff = _core.EVENTS_BACKOFF_S[0]
-                        self.held.apply(event)
-                        yield event
-                        if self._closed.is_set():
-                            return
-                except Unavailable:
-                    pass
-                if self._closed.wait(backoff):
-                    return
-                backoff = min(backoff * 2, _core.EVENTS_BACKOFF_S[1])
-                continue
-            headers = {"Last-Event-ID": last} if last else {}
             try:
-                with httpx_sse.connect_sse(
-                    self._http, "GET", "/v1/events", params=_core.events_params(pools),
-                    headers=headers,
-                    timeout=httpx.Timeout(self._timeout, read=_core.EVENTS_READ_TIMEOUT_S),
-                ) as es:
-                    r = es.response
-                    if r.status_code >= 400:
-                        r.read()
-                        _core.raise_for_answer(r.status_code, r.headers, r.content)
-                    if on_open is not None:
-                        on_open()
-                    for sse in es.iter_sse():
-                        ev = _core.event_from_sse(sse.event, sse.data, sse.id)
-                        if ev is None:
-                            continue
-                        if ev.id:
-                            last = ev.id
-                        backoff = _core.EVENTS_BACKOFF_S[0]
-                        self.held.apply(ev)
-                        yield ev
-                        if self._closed.is_set():
-                            return
-            except (httpx.TransportError, httpx_sse.SSEError):
-                pass
+                for event in self._stream(pools, last, on_open):
+                    if event.id:
+                        last = event.id
+                    backoff = _core.EVENTS_BACKOFF_S[0]
+                    self.held.apply(event)
+                    yield event
+                    if self._closed.is_set():
+                        return
             except Unavailable:
                 pass
             if self._closed.wait(backoff):
                 return
             backoff = min(backoff * 2, _core.EVENTS_BACKOFF_S[1])
+
+    def _stream(self, pools: Optional[List[str]], last: Optional[str],
+                on_open: Optional[Callable[[], None]]) -> Iterator[Event]:
+        """One event stream (gRPC ``Watch`` or SSE) until it ends or breaks; ``on_open`` once it
+        is open. Raises the vault's refusals."""
+        if self._grpc is not None:
+            stream = self._grpc.watch(pools, last)
+            if on_open is not None:
+                on_open()
+            yield from stream
+            return
+        headers = {"Last-Event-ID": last} if last else {}
+        try:
+            with httpx_sse.connect_sse(
+                self._http, "GET", "/v1/events", params=_core.events_params(pools),
+                headers=headers,
+                timeout=httpx.Timeout(self._timeout, read=_core.EVENTS_READ_TIMEOUT_S),
+            ) as es:
+                r = es.response
+                if r.status_code >= 400:
+                    r.read()
+                    _core.raise_for_answer(r.status_code, r.headers, r.content)
+                if on_open is not None:
+                    on_open()
+                for sse in es.iter_sse():
+                    ev = _core.event_from_sse(sse.event, sse.data, sse.id)
+                    if ev is not None:
+                        yield ev
+        except (httpx.TransportError, httpx_sse.SSEError):
+            pass
 
     def watch(self, pools: Optional[Iterable[str]] = None,
               timeout: float = 10.0) -> threading.Thread:

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tonic::transport::{Channel, Endpoint};
-use tonic_types::StatusExt;
-use vault_wire::grpc::{pb, ERROR_DOMAIN, HTTP_STATUS_KEY};
+use vault_wire::grpc::pb;
 
 /// The transports `--transport` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -130,15 +129,10 @@ impl GrpcWorkers {
         };
         match answer {
             Ok((status, body)) => (status, body, String::new()),
-            Err(s) => match s.get_details_error_info() {
-                Some(info) if info.domain == ERROR_DOMAIN => {
-                    let status = info
-                        .metadata
-                        .get(HTTP_STATUS_KEY)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(500);
-                    let body = json!({"code": info.reason, "detail": s.message()});
-                    (status, body, String::new())
+            Err(s) => match vault_wire::grpc::Problem::of(&s) {
+                Some(p) => {
+                    let body = json!({"code": p.code, "detail": s.message()});
+                    (p.http_status, body, String::new())
                 }
                 _ => (
                     0,
