@@ -30,14 +30,7 @@ const BIG: usize = 20_500;
 
 /// The longest call SLOWLOG kept (µs), then reset it.
 fn slowest(redis: &RedisServer) -> u64 {
-    let log = redis.cli(&["SLOWLOG", "GET", "100000"]);
-    let lines: Vec<&str> = log.lines().map(str::trim).collect();
-    let max = lines
-        .windows(3)
-        .filter(|w| w[0].parse::<u64>().is_ok() && w[1].len() == 10 && w[1].parse::<u64>().is_ok())
-        .filter_map(|w| w[2].parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let (max, _) = redis.slowlog_longest();
     redis.cli(&["SLOWLOG", "RESET"]);
     max
 }

@@ -538,16 +538,7 @@ async fn a_pipeline_of_20000_tokens_moves_in_short_batches() {
         .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|v| v.split(',').next()?.parse().ok())
         .expect("FCALL calls counted");
-    let slow_n: u64 = t.redis.cli(&["SLOWLOG", "LEN"]).trim().parse().unwrap();
-    // An entry is its id, its unix time (10 digits), its duration in µs, then its arguments.
-    let log = t.redis.cli(&["SLOWLOG", "GET", "100000"]);
-    let lines: Vec<&str> = log.lines().map(str::trim).collect();
-    let slowest: u64 = lines
-        .windows(3)
-        .filter(|w| w[0].parse::<u64>().is_ok() && w[1].len() == 10 && w[1].parse::<u64>().is_ok())
-        .filter_map(|w| w[2].parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let (slowest, slow_n) = t.redis.slowlog_longest();
     eprintln!("{calls} calls, {slow_n} logged over 10 ms, the slowest {slowest} µs");
     assert!(
         calls > 2 * (N as u64) / 100,

@@ -225,6 +225,23 @@ impl RedisServer {
         redis_cli(self.port, args)
     }
 
+    /// The longest call SLOWLOG kept, in µs (0: none), and how many it kept.
+    pub fn slowlog_longest(&self) -> (u64, u64) {
+        // An entry is its id, its unix time (10 digits), its duration in µs, then its arguments.
+        let log = self.cli(&["SLOWLOG", "GET", "100000"]);
+        let lines: Vec<&str> = log.lines().map(str::trim).collect();
+        let longest = lines
+            .windows(3)
+            .filter(|w| {
+                w[0].parse::<u64>().is_ok() && w[1].len() == 10 && w[1].parse::<u64>().is_ok()
+            })
+            .filter_map(|w| w[2].parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let kept = self.cli(&["SLOWLOG", "LEN"]).trim().parse().unwrap_or(0);
+        (longest, kept)
+    }
+
     /// One field (`calls`, `usec`, `usec_per_call`) of `command`'s line in
     /// `INFO commandstats` (since the last `CONFIG RESETSTAT`); None before it first ran.
     pub fn command_stat(&self, command: &str, field: &str) -> Option<f64> {
