@@ -1,8 +1,9 @@
-//! Revocation propagation benchmark (reported, not asserted): 100 subscribers spread over two
+//! Revocation propagation benchmark (reported, not asserted): subscribers spread over the
 //! vault-api replicas, half on SSE (`/v1/events`) and half on gRPC `Watch`; tokens are revoked
 //! one at a time through the first replica, and each subscriber records when the
 //! `token.revoked` event arrives. The delay is measured from just before the revoke call to
-//! delivery, per transport.
+//! delivery, per transport, and per revocation from its first subscriber to its last. Two
+//! configurations: 100 subscribers on 2 replicas, 1,000 on 3.
 //!
 //!   cargo build --release --workspace --bins && cargo bench --bench events
 
@@ -15,8 +16,9 @@ use testkit::{bin_path, free_port, Child, RedisServer};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::crypto::MasterKey;
 
-const SUBSCRIBERS: usize = 100;
 const REVOCATIONS: usize = 50;
+/// (subscribers, replicas) of each run.
+const RUNS: [(usize, usize); 2] = [(100, 2), (1000, 3)];
 
 fn start_vault(
     redis: &RedisServer,
@@ -34,6 +36,8 @@ fn start_vault(
             ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
             ("TV_SIGNING_KEYS", keys_dir.display().to_string()),
             ("TV_GRPC_LISTEN_ADDR", grpc.clone()),
+            // Every subscriber connects from this one address.
+            ("TV_MAX_CONNECTIONS_PER_ADDR", "4096".to_string()),
             ("RUST_LOG", "warn".to_string()),
         ],
     );
@@ -64,10 +68,29 @@ async fn main() {
         .mint("bench", &[Scope::Admin], None, 3600, now)
         .unwrap()
         .0;
-    let (mut v1, b1, g1) = start_vault(&redis, &key, keys_dir.path());
-    let (mut v2, b2, g2) = start_vault(&redis, &key, keys_dir.path());
+    let mut vaults: Vec<(Child, String, String)> = vec![];
+    for (run, (subscribers, replicas)) in RUNS.into_iter().enumerate() {
+        while vaults.len() < replicas {
+            vaults.push(start_vault(&redis, &key, keys_dir.path()));
+        }
+        let bases: Vec<(String, String)> = vaults[..replicas]
+            .iter()
+            .map(|(_, b, g)| (b.clone(), g.clone()))
+            .collect();
+        propagation(&admin, &format!("p{run}"), subscribers, &bases).await;
+    }
+    for (mut v, _, _) in vaults {
+        v.kill();
+    }
+}
+
+/// Revoke [`REVOCATIONS`] tokens of a new pool `pool` through the first replica while
+/// `subscribers` follow it over the `replicas` (REST base, gRPC URL), and print the delays.
+async fn propagation(admin: &str, pool: &str, subscribers: usize, replicas: &[(String, String)]) {
+    let b1 = replicas[0].0.clone();
+    let admin = admin.to_string();
     let http = reqwest::Client::new();
-    http.put(format!("{b1}/v1/pools/p"))
+    http.put(format!("{b1}/v1/pools/{pool}"))
         .bearer_auth(&admin)
         .json(&json!({}))
         .send()
@@ -77,7 +100,7 @@ async fn main() {
         .map(|i| json!({"id": format!("t{i}"), "secret": format!("s{i}")}))
         .collect();
     let r = http
-        .post(format!("{b1}/v1/pools/p/tokens"))
+        .post(format!("{b1}/v1/pools/{pool}/tokens"))
         .bearer_auth(&admin)
         .json(&json!({ "tokens": tokens }))
         .send()
@@ -97,12 +120,12 @@ async fn main() {
             .push(Instant::now());
     };
     let mut subs = vec![];
-    for i in 0..SUBSCRIBERS {
+    for i in 0..subscribers {
         let arrivals = arrivals.clone();
-        if i % 4 < 2 {
-            let base = if i % 2 == 0 { b1.clone() } else { b2.clone() };
+        let (base, url) = replicas[i % replicas.len()].clone();
+        if (i / replicas.len()) % 2 == 0 {
             let mut stream = vault_client::Client::new(&base, &admin)
-                .events(&["p"], None)
+                .events(&[pool], None)
                 .await
                 .unwrap();
             subs.push(tokio::spawn(async move {
@@ -119,7 +142,6 @@ async fn main() {
                 }
             }));
         } else {
-            let url = if i % 2 == 0 { g1.clone() } else { g2.clone() };
             let channel = tonic::transport::Channel::from_shared(url)
                 .unwrap()
                 .connect()
@@ -127,7 +149,7 @@ async fn main() {
                 .unwrap();
             let mut client = vault_api::grpc::pb::vault_client::VaultClient::new(channel);
             let mut req = tonic::Request::new(vault_api::grpc::pb::WatchRequest {
-                pools: vec!["p".into()],
+                pools: vec![pool.into()],
                 last_event_id: String::new(),
             });
             req.metadata_mut()
@@ -152,7 +174,7 @@ async fn main() {
         let id = format!("t{i}");
         sent.insert(id.clone(), Instant::now());
         let r = http
-            .post(format!("{b1}/v1/pools/p/tokens/{id}/revoke"))
+            .post(format!("{b1}/v1/pools/{pool}/tokens/{id}/revoke"))
             .bearer_auth(&admin)
             .json(&json!({}))
             .send()
@@ -162,7 +184,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for s in subs {
-        tokio::time::timeout(Duration::from_secs(30), s)
+        tokio::time::timeout(Duration::from_secs(60), s)
             .await
             .expect("every subscriber got every event")
             .unwrap();
@@ -181,14 +203,33 @@ async fn main() {
         delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let p = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
         println!(
-            "revocation propagation, {} {transport} subscribers on 2 replicas, {REVOCATIONS} revocations ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            SUBSCRIBERS / 2,
+            "revocation propagation, {} {transport} subscribers on {} replicas, {REVOCATIONS} revocations ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            subscribers / 2,
+            replicas.len(),
             delays.len(),
             p(0.5),
             p(0.99),
             delays[delays.len() - 1]
         );
     }
-    v1.kill();
-    v2.kill();
+    // Per revocation, over every subscriber: when the first got it, and when the last did.
+    let (mut first, mut last): (Vec<f64>, Vec<f64>) = sent
+        .iter()
+        .map(|(id, at)| {
+            let got = ["SSE", "gRPC Watch"]
+                .iter()
+                .flat_map(|t| arrivals.get(&(*t, id.clone())).into_iter().flatten())
+                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0);
+            got.fold((f64::MAX, 0.0f64), |(lo, hi), d| (lo.min(d), hi.max(d)))
+        })
+        .unzip();
+    first.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    last.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = |v: &[f64]| v[v.len() / 2];
+    println!(
+        "  each revocation, {subscribers} subscribers: first got it after {:.2} ms (median), the last after {:.2} ms (median), {:.2} ms (worst)",
+        median(&first),
+        median(&last),
+        last[last.len() - 1]
+    );
 }

@@ -504,10 +504,7 @@ async fn a_pipeline_of_20000_tokens_moves_in_short_batches() {
     pool_of(&t.api, N + 500, json!({})).await;
     // Where the OS allows it, fewer of those interruptions.
     t.redis.prioritize();
-    t.redis
-        .cli(&["CONFIG", "SET", "slowlog-log-slower-than", "10000"]);
-    t.redis.cli(&["CONFIG", "SET", "slowlog-max-len", "100000"]);
-    t.redis.cli(&["SLOWLOG", "RESET"]);
+    t.redis.log_calls_over(10_000);
     t.redis.cli(&["CONFIG", "RESETSTAT"]);
     let s = Instant::now();
     let p = t
@@ -531,24 +528,17 @@ async fn a_pipeline_of_20000_tokens_moves_in_short_batches() {
     let e = t.api.delete("/v1/pools/p/pipelines/huge").await;
     assert_eq!(e.status, 200, "{e:?}");
     eprintln!("returned {N} tokens in {:?}", s.elapsed());
-    let calls: u64 = t
+    let calls = t
         .redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .expect("FCALL calls counted");
-    let (slowest, slow_n) = t.redis.slowlog_longest();
-    eprintln!("{calls} calls, {slow_n} logged over 10 ms, the slowest {slowest} µs");
+        .command_stat("fcall", "calls")
+        .expect("FCALL counted") as u64;
     assert!(
         calls > 2 * (N as u64) / 100,
         "the work was not batched: {calls} calls"
     );
-    assert!(
-        slow_n * 100 <= calls,
-        "{slow_n} of {calls} calls over 10 ms"
-    );
-    assert!(slowest < 50_000, "a call took {slowest} µs");
+    if let Err(slow) = t.redis.calls_were_short(calls, 10, 50_000) {
+        panic!("{slow}");
+    }
     let st = t.api.get("/v1/pools/p/status").await.body;
     assert_eq!(st["tokens"]["active"], N + 500, "{st}");
 }

@@ -225,6 +225,35 @@ impl RedisServer {
         redis_cli(self.port, args)
     }
 
+    /// From now on, log every command that takes `us` µs or more (and keep them all), for
+    /// [`RedisServer::calls_were_short`].
+    pub fn log_calls_over(&self, us: u64) {
+        self.cli(&["CONFIG", "SET", "slowlog-log-slower-than", &us.to_string()]);
+        self.cli(&["CONFIG", "SET", "slowlog-max-len", "100000"]);
+        self.cli(&["SLOWLOG", "RESET"]);
+    }
+
+    /// Whether work made of `calls` commands ran in short calls, as SLOWLOG saw it since
+    /// [`RedisServer::log_calls_over`]: at most `per_mille` ‰ of them logged, none taking
+    /// `ceiling_us` or more. SLOWLOG is wall time, and on a busy machine the scheduler stretches
+    /// a few short calls past any target, while work done in one long call (a whole pool's) takes
+    /// seconds whatever the load. Err says what was logged.
+    pub fn calls_were_short(
+        &self,
+        calls: u64,
+        per_mille: u64,
+        ceiling_us: u64,
+    ) -> Result<(), String> {
+        let (longest, logged) = self.slowlog_longest();
+        if logged * 1000 <= calls * per_mille && longest < ceiling_us {
+            return Ok(());
+        }
+        Err(format!(
+            "{logged} of {calls} calls logged as slow (at most {per_mille} per mille allowed), the longest {longest} µs (ceiling {ceiling_us}):\n{}",
+            self.cli(&["SLOWLOG", "GET", "10"])
+        ))
+    }
+
     /// The longest call SLOWLOG kept, in µs (0: none), and how many it kept.
     pub fn slowlog_longest(&self) -> (u64, u64) {
         // An entry is its id, its unix time (10 digits), its duration in µs, then its arguments.
