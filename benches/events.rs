@@ -204,7 +204,7 @@ async fn propagation(admin: &str, pool: &str, subscribers: usize, replicas: &[(S
         let p = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
         println!(
             "revocation propagation, {} {transport} subscribers on {} replicas, {REVOCATIONS} revocations ({} deliveries): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            subscribers / 2,
+            delays.len() / REVOCATIONS,
             replicas.len(),
             delays.len(),
             p(0.5),
