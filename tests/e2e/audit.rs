@@ -311,14 +311,21 @@ async fn janitor_sunset_revocations_are_audited() {
         |m| m["state"] == "revoked",
     )
     .await;
-    let trail = t.api.get("/v1/audit?pool=p").await.body;
-    let e = trail["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "token.revoke")
-        .cloned()
-        .unwrap();
+    // The entry is written right after the state changes (by the same operation, in a call of
+    // its own): wait for it too.
+    let revoke = |trail: &serde_json::Value| {
+        trail["events"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["action"] == "token.revoke").cloned())
+    };
+    let trail = wait_json(
+        &t.api,
+        "/v1/audit?pool=p",
+        crate::harness::PATIENCE,
+        |trail| revoke(trail).is_some(),
+    )
+    .await;
+    let e = revoke(&trail).unwrap();
     assert_eq!(
         (e["actor"].as_str(), e["token_id"].as_str()),
         (Some("janitor"), Some("old"))

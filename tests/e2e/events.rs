@@ -311,11 +311,18 @@ async fn a_revocation_is_announced_and_audited_alike_from_every_caller() {
         .await;
     assert_eq!(d.status, 200, "{d:?}");
     let _janitor = t.dep.janitor(50);
+    // The janitor's revoke is announced and audited right after the state changes (in calls of
+    // their own, events first): wait for its audit entry, the last of the three.
     crate::harness::wait_json(
         &t.api,
-        "/v1/pools/p/tokens/at-sunset",
+        "/v1/audit?pool=p",
         crate::harness::PATIENCE,
-        |m| m["state"] == "revoked",
+        |trail| {
+            trail["events"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|e| e["action"] == "token.revoke" && e["token_id"] == "at-sunset")
+            })
+        },
     )
     .await;
 

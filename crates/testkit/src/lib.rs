@@ -9,10 +9,15 @@
 //!   server but its keys (each uses a key prefix of its own).
 //! - [`Sentinel`]: a Redis Sentinel watching a primary.
 //! - [`Haproxy`]: the project's `deploy/haproxy.cfg` in front of replicas on loopback ports.
+//! - [`DelayProxy`]: a TCP link with a fixed delay each way that can be cut and healed (regions'
+//!   latency and partitions without netem).
 //! - [`Child`]: a spawned process killed on drop, with its output captured to a file.
 //! - [`Answer`]: an HTTP answer as the tests check it (status, problem+json, JSON body), whether
 //!   it came over a socket or from the router in-process.
 //! - [`free_port`], [`listens`], [`bin_path`], [`wait_until`].
+
+mod delay_proxy;
+pub use delay_proxy::DelayProxy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
