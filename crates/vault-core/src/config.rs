@@ -6,13 +6,14 @@ use clap::Args;
 
 use crate::crypto::MasterKey;
 
-/// Redis connection and key layout.
-#[derive(Debug, Clone, Args)]
+/// Redis connection and key layout. `Debug` shows the URL without its credentials.
+#[derive(Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL (redis://host:port/db or rediss:// for TLS).
     #[arg(
         long = "redis-url",
         env = "TV_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
@@ -92,6 +93,20 @@ impl Default for WaitArgs {
             timeout_ms: 1000,
             scope: "safety".into(),
         }
+    }
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("audit_max_entries", &self.audit_max_entries)
+            .field("events_max_entries", &self.events_max_entries)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("wait", &self.wait)
+            .finish()
     }
 }
 
@@ -228,4 +243,35 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod redis_args_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        redis: RedisArgs,
+    }
+
+    /// Neither `Debug` nor `--help` shows a Redis password.
+    #[test]
+    fn a_redis_urls_password_stays_out_of_debug_and_help() {
+        let cli =
+            Cli::try_parse_from(["x", "--redis-url", "redis://app:s3cret@redis:6379/0"]).unwrap();
+        let shown = format!("{:?}", cli.redis);
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redis:6379"),
+            "{shown}"
+        );
+        // `--help` names TV_REDIS_URL without printing its value.
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let url = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "redis_url")
+            .unwrap();
+        assert!(url.is_hide_env_values_set());
+    }
 }
