@@ -11,6 +11,7 @@ use tonic::{Code, Request, Response, Status};
 use vault_core::auth::Principal;
 use vault_core::model::{AcquireInput, RenewInput, Report};
 use vault_core::time::TimeInput;
+use vault_wire::grpc::opt;
 
 use crate::error::ApiError;
 use crate::routes::leases;
@@ -101,11 +102,6 @@ impl VaultService {
         }
         Ok(principal)
     }
-}
-
-/// An empty string as absent.
-fn opt(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
 }
 
 /// A report as REST reads it (the same checks apply).

@@ -61,7 +61,7 @@ impl Problem {
 }
 
 /// An empty string as absent (proto3 has no null for strings).
-fn opt(s: String) -> Option<String> {
+pub fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
