@@ -40,6 +40,7 @@ for _, f in ipairs(fresh) do
   })))
   redis.call('SET', seckey(id), secrets[f.i])
   redis.call('HSET', K.ids, d.id, id)
+  fp_add(id, d.fingerprint)
   redis.call('ZREM', depositing, d.id)
   back_in_rotation(id, load_token(id), c)
 end

@@ -21,6 +21,8 @@ exp_del(id, t)
 local gen = num(t.generation, 1) + 1
 redis.call('SET', seckey(id), secret)
 put(id, t, 'key_id', key_id)
+fp_del(id, t.fingerprint)
+fp_add(id, fingerprint)
 put(id, t, 'fingerprint', fingerprint)
 put(id, t, 'expires_at', expires_at)
 if refresh_ct ~= '' then

@@ -1,7 +1,8 @@
--- migrate_layout.lua: convert up to `batch` tokens of a pool written by a vault before internal
--- ids (layout 1: token hashes `t:<token id>` with the sealed secret in base64 inside, the `ids`
--- set, a hash per lease `l:<lease id>`, indexes holding token ids) to this layout (see
--- rules/base.lua). Run by `vaultctl migrate` in calls of a few milliseconds each, until it
+-- migrate_layout.lua: convert up to `batch` tokens of a pool to this layout (see
+-- rules/base.lua), from one written by a vault before internal ids (layout 1: token hashes
+-- `t:<token id>` with the sealed secret in base64 inside, the `ids` set, a hash per lease
+-- `l:<lease id>`, indexes holding token ids) or before the fingerprint index (layout 2: the
+-- index is built, the scan's cursor kept in the config's `migrate_cursor`). Run by `vaultctl migrate` in calls of a few milliseconds each, until it
 -- answers done; each call converts whole tokens, so a migration stopped midway goes on where it
 -- stopped. Vaults refuse to start on a pool not converted yet (`Store::check_layout`).
 -- KEYS: the pool keys (see rules/base.lua).
@@ -10,6 +11,22 @@
 local cfg = hgetall(K.cfg)
 if cfg == nil then return fail('pool_not_found') end
 if cfg.layout_version == LAYOUT_VERSION then return reply({ converted = 0, left = 0, done = true }) end
+if cfg.layout_version == '2' then
+  local scan = redis.call('HSCAN', K.ids, cfg.migrate_cursor or '0', 'COUNT', batch)
+  local indexed = 0
+  for i = 2, #scan[2], 2 do
+    local id = scan[2][i]
+    fp_add(id, redis.call('HGET', tkey(id), 'fingerprint'))
+    indexed = indexed + 1
+  end
+  if scan[1] ~= '0' then
+    redis.call('HSET', K.cfg, 'migrate_cursor', scan[1])
+    return reply({ converted = indexed, left = redis.call('HLEN', K.ids), done = false })
+  end
+  redis.call('HDEL', K.cfg, 'migrate_cursor')
+  redis.call('HSET', K.cfg, 'layout_version', LAYOUT_VERSION)
+  return reply({ converted = indexed, left = 0, done = true })
+end
 local old_ids = K.base .. 'ids'
 
 local B64 = {}
@@ -75,6 +92,7 @@ local function convert(token_id)
   redis.call('HSET', tkey(id), unpack(stored_fields(old)))
   redis.call('SET', seckey(id), unbase64(secret_ct))
   redis.call('HSET', K.ids, token_id, id)
+  fp_add(id, old.fingerprint)
   redis.call('DEL', okey, otl)
   return 1
 end

@@ -67,8 +67,9 @@ local function hgetall(key)
 end
 
 -- The storage layout this library reads and writes, in the pool config's `layout_version`
--- (absent: a pool written before internal ids, which `vaultctl migrate` converts).
-local LAYOUT_VERSION = '2'
+-- (absent: a pool written before internal ids; '2': before the fingerprint index; `vaultctl
+-- migrate` converts both).
+local LAYOUT_VERSION = '3'
 
 local function tkey(id) return K.base .. 't:' .. id end
 -- The token's sealed secret, as bytes (nonce, ciphertext, tag): in a key of its own so that the
@@ -226,6 +227,46 @@ local function deposited(d)
   if not fp then return false end
   if fp == d.fingerprint then return true end
   return nil
+end
+
+-- The fingerprint index (layout 3): hash `fps`, a secret's fingerprint -> the internal ids of the
+-- pool's tokens that hold it, space-separated (almost always one), so a credential revoked by
+-- fingerprint (a global revocation) is found in every pool without a scan.
+local function fps_key() return K.base .. 'fps' end
+
+local function fp_add(id, fp)
+  if fp == nil or fp == '' then return end
+  local have = redis.call('HGET', fps_key(), fp)
+  if not have then
+    redis.call('HSET', fps_key(), fp, id)
+    return
+  end
+  for x in string.gmatch(have, '%S+') do
+    if x == id then return end
+  end
+  redis.call('HSET', fps_key(), fp, have .. ' ' .. id)
+end
+
+local function fp_del(id, fp)
+  if fp == nil or fp == '' then return end
+  local have = redis.call('HGET', fps_key(), fp)
+  if not have then return end
+  local left = {}
+  for x in string.gmatch(have, '%S+') do
+    if x ~= id then left[#left + 1] = x end
+  end
+  if #left == 0 then
+    redis.call('HDEL', fps_key(), fp)
+  else
+    redis.call('HSET', fps_key(), fp, table.concat(left, ' '))
+  end
+end
+
+-- The internal ids of the pool's tokens whose secret has fingerprint `fp`.
+local function fp_ids(fp)
+  local out = {}
+  for x in string.gmatch(redis.call('HGET', fps_key(), fp) or '', '%S+') do out[#out + 1] = x end
+  return out
 end
 
 local function reply(t) return cjson.encode(t) end

@@ -163,6 +163,11 @@ impl PoolKeys {
     pub fn depositing(&self) -> String {
         self.k("depositing")
     }
+    /// The fingerprint index: a secret's fingerprint → the internal ids holding it
+    /// (`fps_key` in `lua/rules/base.lua`).
+    pub fn fingerprints(&self) -> String {
+        self.k("fps")
+    }
     /// Deposit order (the `pack` strategy's sequence).
     pub fn seq(&self) -> String {
         self.k("seq")
@@ -255,6 +260,7 @@ mod tests {
             k.due(),
             k.seq(),
             k.depositing(),
+            k.fingerprints(),
             k.xjobs(),
             k.token(""),
             k.secret(""),

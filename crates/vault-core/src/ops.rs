@@ -103,6 +103,27 @@ impl Store {
         Ok(revoked.len() as u64)
     }
 
+    /// Revoke, in every pool of this region, the tokens holding the credential of
+    /// `fingerprint` (a global revocation applied here), each announced and audited like
+    /// [`Store::revoke_token`]. Tokens already revoked are left as they are, so applying the
+    /// same revocation again announces nothing. Returns `(pool, token id, leases ended)` for
+    /// each token revoked now.
+    pub async fn revoke_credential(
+        &self,
+        actor: &Actor,
+        fingerprint: &str,
+        reason: &str,
+    ) -> Result<Vec<(String, String, usize)>> {
+        let mut out = Vec::new();
+        for pool in self.pool_names().await? {
+            for (id, ended) in self.revoke_fingerprint(&pool, fingerprint, reason).await? {
+                self.revoked(actor, &pool, &id, reason, &ended).await;
+                out.push((pool.clone(), id, ended.len()));
+            }
+        }
+        Ok(out)
+    }
+
     /// The side effects of one revocation.
     async fn revoked(&self, actor: &Actor, pool: &str, id: &str, reason: &str, ended: &[String]) {
         tracing::warn!(pool, token_id = %id, reason, leases_ended = ended.len(), actor = %actor.name, "token revoked");

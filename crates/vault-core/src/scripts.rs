@@ -342,6 +342,8 @@ transitions! {
     ROTATE, Rotate => "rotate" { lease_id: String, report: ReportArgs, new_lease_id: String }
     /// Revoke a token at once.
     REVOKE, Revoke => "revoke" { token_id: String, reason: String }
+    /// Revoke every token of the pool holding the secret of this fingerprint.
+    REVOKE_FINGERPRINT, RevokeFingerprint => "revoke_fingerprint" { fingerprint: String, reason: String }
     /// Put a quarantined or cooling token back into rotation.
     RESTORE, Restore => "restore" { token_id: String }
     /// Staged rotation of one token.
@@ -443,7 +445,7 @@ transitions! {
         /// "": whichever runs.
         op_id: String,
     }
-    /// Convert one batch of a pool written by a vault before internal ids (`vaultctl migrate`).
+    /// Convert one batch of a pool written in an older layout (`vaultctl migrate`).
     MIGRATE_LAYOUT, MigrateLayout => "migrate_layout" { batch: u64 }
     /// Create or resize a pipeline, or start a dry run (the tokens move in `pipeline_step`).
     PIPELINE_PUT, PipelinePut => "pipeline_put" {
@@ -551,6 +553,14 @@ mod tests {
 
     fn words(src: &str) -> impl Iterator<Item = &str> {
         src.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    }
+
+    /// The layout version is written twice (Lua writes it, Rust checks it at start-up): held
+    /// equal here.
+    #[test]
+    fn rust_and_lua_agree_on_the_layout_version() {
+        let lua = format!("local LAYOUT_VERSION = '{}'", crate::store::LAYOUT_VERSION);
+        assert!(LIBRARY.code.contains(&lua), "lua/rules/base.lua: {lua}");
     }
 
     /// A transition's arguments are named once, in its struct: its Lua reads them only as the

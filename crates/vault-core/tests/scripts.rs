@@ -384,6 +384,85 @@ async fn revoke_ends_leases_and_takes_the_token_out() {
     ));
 }
 
+/// A credential revoked by fingerprint is found through the index in every pool (two tokens of
+/// one pool may hold it), wherever it sits, and only while it holds that secret: a refresh
+/// moves its entry, a delete drops it. Applying the revocation again changes nothing.
+#[tokio::test]
+async fn a_credential_is_revoked_by_fingerprint_in_every_pool() {
+    let e = Env::new(json!({"max_leases_per_token": 2})).await;
+    let fp = |s: &str| vault_core::crypto::Secret::new(s).fingerprint();
+    e.deposit(json!([{"secret": "leaked", "id": "a"}, {"secret": "leaked", "id": "a2"},
+        {"secret": "fine", "id": "b"}, {"secret": "gone", "id": "c"},
+        {"secret": "old", "id": "d", "refresh": {"kind": "external"}}]))
+        .await;
+    let other: vault_core::model::PoolConfigInput = serde_json::from_value(json!({})).unwrap();
+    e.store
+        .pool_upsert("q", &other.validate(&e.cipher, "q").unwrap())
+        .await
+        .unwrap();
+    let sealed = serde_json::from_value::<TokenInput>(json!({"secret": "leaked", "id": "qa"}))
+        .unwrap()
+        .seal(&e.cipher, "q", None)
+        .unwrap();
+    e.store.deposit("q", &[sealed]).await.unwrap();
+    let actor = vault_core::ops::Actor::process("test");
+
+    // A deleted token leaves the index; a refreshed one moves to its new secret's entry.
+    e.store.token_delete("p", "c").await.unwrap();
+    assert!(e
+        .store
+        .revoke_credential(&actor, &fp("gone"), "x")
+        .await
+        .unwrap()
+        .is_empty());
+    e.store.refresh_enqueue("p", "d").await.unwrap();
+    let job = e.claim(true).await.expect("d's job");
+    e.complete(&job, "new", 3_600_000).await;
+    assert!(e
+        .store
+        .revoke_credential(&actor, &fp("old"), "x")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        e.store
+            .revoke_credential(&actor, &fp("new"), "x")
+            .await
+            .unwrap(),
+        vec![("p".to_string(), "d".to_string(), 0)]
+    );
+
+    // One of a, a2, b (the others are gone): its lease ends if it holds the leaked secret.
+    let lease = e.lease(1).await.unwrap();
+    let mut revoked = e
+        .store
+        .revoke_credential(&actor, &fp("leaked"), "leaked")
+        .await
+        .unwrap();
+    revoked.sort();
+    let expect = |t: &str| usize::from(t == lease.token_id);
+    assert_eq!(
+        revoked,
+        vec![
+            ("p".to_string(), "a".to_string(), expect("a")),
+            ("p".to_string(), "a2".to_string(), expect("a2")),
+            ("q".to_string(), "qa".to_string(), 0),
+        ]
+    );
+    for t in ["a", "a2"] {
+        assert_eq!(e.meta(t).await.state, "revoked");
+    }
+    assert_ne!(e.meta("b").await.state, "revoked");
+    assert!(
+        e.store
+            .revoke_credential(&actor, &fp("leaked"), "again")
+            .await
+            .unwrap()
+            .is_empty(),
+        "applied twice, nothing changes the second time"
+    );
+}
+
 #[tokio::test]
 async fn freeze_blocks_leases_and_can_end_them() {
     let e = Env::new(json!({})).await;

@@ -220,7 +220,7 @@ impl Store {
         pool: &str,
         max: usize,
     ) -> Result<Vec<(String, Vec<String>)>> {
-        let v: reply::Sunset = self
+        let v: reply::RevokedNow = self
             .call(pool, &scripts::SunsetTokens { batch: max as u64 })
             .await?;
         Ok(v.revoked

@@ -56,6 +56,10 @@ pub struct Released {
     pub state: String,
 }
 
+/// The storage layout this version reads and writes (`LAYOUT_VERSION` in lua/rules/base.lua,
+/// which a unit test holds equal): 3 = internal token ids and the fingerprint index.
+pub const LAYOUT_VERSION: &str = "3";
+
 /// Tokens one batch of a whole-pool operation handles: a few milliseconds of Redis time.
 pub const POOL_OP_BATCH: usize = 100;
 
@@ -264,15 +268,16 @@ mod reply {
         pub(super) resealed: bool,
     }
     #[derive(Deserialize)]
-    pub(super) struct SunsetToken {
+    pub(super) struct RevokedToken {
         pub(super) token_id: String,
         #[serde(deserialize_with = "lua_list")]
         pub(super) leases_ended: Vec<String>,
     }
+    /// Tokens a call revoked (sunset, fingerprint), each with the leases it ended.
     #[derive(Deserialize)]
-    pub(super) struct Sunset {
+    pub(super) struct RevokedNow {
         #[serde(deserialize_with = "lua_list")]
-        pub(super) revoked: Vec<SunsetToken>,
+        pub(super) revoked: Vec<RevokedToken>,
     }
     #[derive(Deserialize)]
     pub(super) struct Lease {

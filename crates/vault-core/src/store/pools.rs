@@ -246,26 +246,28 @@ impl Store {
         Ok(self.pool_get(name).await?.config)
     }
 
-    /// Pools stored in the layout before internal ids (their config has no `layout_version`):
-    /// this vault does not read them. Every process checks at start-up and refuses to run
-    /// ([`VaultError::LayoutOutdated`], naming `vaultctl migrate`) rather than misread them.
+    /// Pools stored in an older layout (their config's `layout_version` is absent — before
+    /// internal ids — or older than [`LAYOUT_VERSION`]): this vault does not read them. Every
+    /// process checks at start-up and refuses to run ([`VaultError::LayoutOutdated`], naming
+    /// `vaultctl migrate`) rather than misread them.
     pub async fn check_layout(&self) -> Result<()> {
         let outdated: Vec<String> = self
             .config_fields_of_every_pool(&["frozen", "layout_version"])
             .await?
             .into_iter()
             // No `frozen`: the pool's config is gone (deleted), nothing to read.
-            .filter(|(_, row)| row[0].is_some() && row[1].is_none())
+            .filter(|(_, row)| row[0].is_some() && row[1].as_deref() != Some(LAYOUT_VERSION))
             .map(|(pool, _)| pool)
             .collect();
         if outdated.is_empty() {
             return Ok(());
         }
         Err(VaultError::LayoutOutdated(format!(
-            "{} pool(s) ({}{}) are stored in the layout of a tokenvault before internal token \
-             ids, which this version does not read: stop every vault process of the old \
-             version, then run `vaultctl migrate` once with this deployment's TV_REDIS_URL and \
-             TV_PREFIX (it converts in short batches and can be run again after a stop)",
+            "{} pool(s) ({}{}) are stored in the layout of an older tokenvault (before internal \
+             token ids, or before the fingerprint index), which this version does not read: \
+             stop every vault process of the old version, then run `vaultctl migrate` once with \
+             this deployment's TV_REDIS_URL and TV_PREFIX (it converts in short batches and can \
+             be run again after a stop)",
             outdated.len(),
             outdated
                 .iter()
@@ -277,7 +279,7 @@ impl Store {
         )))
     }
 
-    /// Convert `pool` from the layout before internal ids, `batch` tokens per call (a call of
+    /// Convert `pool` from an older layout, `batch` tokens per call (a call of
     /// 50 tokens holds Redis for about 2.5 ms), calling `progress` with the tokens
     /// converted so far and those left after each call. Returns how many it converted.
     pub async fn migrate_layout(

@@ -201,6 +201,30 @@ impl Store {
 
     /// Revoke at once; returns the leases that ended (empty when it was already revoked).
     /// The revocation transition alone; [`Store::revoke_token`] also announces and audits it.
+    /// Revoke every token of `pool` whose secret has `fingerprint` and is not revoked yet.
+    /// Returns each token revoked now with the leases it ended (see
+    /// [`Store::revoke_credential`] for the version that announces them).
+    pub async fn revoke_fingerprint(
+        &self,
+        pool: &str,
+        fingerprint: &str,
+        reason: &str,
+    ) -> Result<Vec<(String, Vec<String>)>> {
+        let v: reply::RevokedNow = self
+            .call(
+                pool,
+                &scripts::RevokeFingerprint {
+                    fingerprint: fingerprint.into(),
+                    reason: reason.into(),
+                },
+            )
+            .await?;
+        Ok(v.revoked
+            .into_iter()
+            .map(|r| (r.token_id, r.leases_ended))
+            .collect())
+    }
+
     pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
         let v: reply::LeaseIdsEnded = self
             .call(
