@@ -179,6 +179,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             master_key: Some(master_key),
             old_master_keys: vec![],
         },
+        global: Default::default(),
         shutdown_grace_s: 10,
         shutdown_drain_ms: 0,
         pool_metrics_interval_s: 15,

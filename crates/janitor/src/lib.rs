@@ -38,7 +38,39 @@ pub struct JanitorConfig {
     #[arg(long = "batch", env = "TV_JANITOR_BATCH", default_value_t = 500)]
     pub batch: usize,
     #[command(flatten)]
+    pub global: vault_core::global::GlobalArgs,
+    #[command(flatten)]
     pub log: vault_core::config::LogArgs,
+}
+
+/// How often a janitor writes the global beat (the primary's clock) when it can reach the
+/// global primary: the resolution of every region's measured lag.
+const GLOBAL_BEAT: Duration = Duration::from_secs(1);
+
+/// With the global plane: write the beat every [`GLOBAL_BEAT`] and follow the global log
+/// (one janitor of the region follows; the others stand by). Both run until the process ends:
+/// an entry stopped midway is applied again from the resume point, harmlessly.
+pub fn spawn_global(store: &Store) {
+    let Some(global) = store.global().cloned() else {
+        return;
+    };
+    tracing::info!(region = %global.args().region, "following the global control plane");
+    let g = global.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GLOBAL_BEAT);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = g.beat().await {
+                tracing::debug!(error = %e, "global beat not written (primary out of reach?)");
+            }
+        }
+    });
+    tokio::spawn(vault_core::global::follow(
+        store.clone(),
+        global,
+        std::future::pending(),
+    ));
 }
 
 /// Batches of an unfinished pool operation one sweep runs per pool.

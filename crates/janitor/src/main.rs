@@ -8,8 +8,13 @@ use vault_core::Store;
 async fn main() -> std::process::ExitCode {
     let cfg = JanitorConfig::parse();
     vault_core::config::init_tracing(cfg.log.log_format);
+    let global = vault_core::global::Global::from_args(
+        &cfg.global,
+        &cfg.redis.prefix,
+        cfg.redis.timeout(),
+    );
     let store = match Store::connect(&cfg.redis) {
-        Ok(s) => s,
+        Ok(s) => s.with_global(global),
         Err(e) => {
             eprintln!("janitor: {e}");
             return std::process::ExitCode::FAILURE;
@@ -24,6 +29,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => {}
     }
     tracing::info!(interval_ms = cfg.interval_ms, "janitor running");
+    janitor::spawn_global(&store);
     janitor::run(
         store,
         Duration::from_millis(cfg.interval_ms.max(10)),

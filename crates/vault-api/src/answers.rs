@@ -12,6 +12,10 @@ use vault_core::model::{AuditEntry, Binding};
 pub struct Health {
     /// `ok` (the process is up) or `ready` (it can serve leases).
     pub status: &'static str,
+    /// With the global plane (`/readyz` only): this region's lag behind the global
+    /// revocations, and whether it is stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<vault_core::global::GlobalReport>,
 }
 
 /// A page of the audit trail, oldest first.
@@ -35,6 +39,32 @@ pub struct MintedToken {
 pub struct ClientRevoked {
     pub jti: String,
     pub revoked: bool,
+    /// With the global plane: the global entry that revokes it in every region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<vault_core::global::Written>,
+}
+
+/// `POST /v1/credentials/revoke`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialRevoked {
+    /// The secret's fingerprint: the credential, wherever it is deposited.
+    pub fingerprint: String,
+    /// `global` (written to the global plane, applied by every region's follower, this one
+    /// included) or `region` (no global plane: revoked in this region's pools now).
+    pub scope: &'static str,
+    /// With `scope: global`: the entry, its global time, and the region replicas that had it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<vault_core::global::Written>,
+    /// With `scope: region`: the tokens revoked, by pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<RevokedToken>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokedToken {
+    pub pool: String,
+    pub token_id: String,
+    pub leases_ended: usize,
 }
 
 /// Token introspection (RFC 7662): `active` false, or the token's claims.
@@ -113,6 +143,10 @@ pub struct Frozen {
     /// The leases the freeze ended (with `revoke_leases`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leases_ended: Option<Vec<EndedLease>>,
+    /// `"scope": "global"`: the global entry that freezes (or unfreezes) the pool of this name
+    /// in every region, this one included (through its follower, within milliseconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<vault_core::global::Written>,
 }
 
 /// An emergency rotation started.

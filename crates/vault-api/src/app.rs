@@ -16,7 +16,7 @@ use vault_core::Store;
 use crate::auth::{authorize, Revocations};
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{audit, clients, health, jobs, leases, pipelines, pools, tokens};
+use crate::routes::{audit, clients, credentials, health, jobs, leases, pipelines, pools, tokens};
 use vault_core::auth::KeyRing;
 
 /// Request bodies above this are refused with 413.
@@ -43,6 +43,8 @@ pub struct App {
     /// Set at SIGTERM when a drain period is configured: `/readyz` answers 503 so the load
     /// balancer stops sending new requests while this replica still serves them.
     pub draining: std::sync::atomic::AtomicBool,
+    /// This region's freshness with the global plane, when configured.
+    pub global: Option<Arc<vault_core::global::GlobalWatch>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -54,6 +56,16 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(store: Store, cipher: Cipher, keys: KeyRing, auth_failure_limit: u32) -> Self {
+        Self::with_global(store, cipher, keys, auth_failure_limit, None)
+    }
+
+    pub fn with_global(
+        store: Store,
+        cipher: Cipher,
+        keys: KeyRing,
+        auth_failure_limit: u32,
+        global: Option<Arc<vault_core::global::GlobalWatch>>,
+    ) -> Self {
         Self(Arc::new(App {
             store,
             cipher,
@@ -63,6 +75,7 @@ impl AppState {
             auth_failures: crate::auth::AuthFailures::new(auth_failure_limit),
             verified: Default::default(),
             draining: Default::default(),
+            global,
         }))
     }
 }
@@ -134,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(jobs::fail))
         .routes(routes!(clients::mint))
         .routes(routes!(clients::revoke))
+        .routes(routes!(credentials::revoke))
         .routes(routes!(clients::introspect))
         .routes(routes!(audit::read))
         .routes(routes!(crate::events::stream))

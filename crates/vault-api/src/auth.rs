@@ -52,6 +52,7 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
         ("DELETE", "/pools/{pool}/pipelines/{name}") => LEASE,
         ("POST", r) if r.starts_with("/pools/{pool}/refresh-jobs/") => DEPOSIT,
         ("POST", "/clients") | ("POST", "/clients/revoke") | ("POST", "/introspect") => ADMIN,
+        ("POST", "/credentials/revoke") => ADMIN,
         ("GET", "/audit") => AUDIT,
         ("GET", "/events") => LEASE,
         _ => return None,

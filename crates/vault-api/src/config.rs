@@ -30,6 +30,8 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub master_key: MasterKeyArgs,
     #[command(flatten)]
+    pub global: vault_core::global::GlobalArgs,
+    #[command(flatten)]
     pub conn: ConnLimits,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(

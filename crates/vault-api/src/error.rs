@@ -92,7 +92,20 @@ impl From<VaultError> for ApiError {
             | VaultError::PipelineNotReady(_)
             | VaultError::InsufficientCapacity(_)
             | VaultError::TokenExpiring(_)
-            | VaultError::QuotaExhausted(_) => (S::CONFLICT, e.to_string(), None),
+            | VaultError::QuotaExhausted(_)
+            | VaultError::CredentialRevoked(_) => (S::CONFLICT, e.to_string(), None),
+            VaultError::GlobalStateStale(_) => (S::SERVICE_UNAVAILABLE, e.to_string(), Some(5)),
+            VaultError::GlobalUnavailable(_) => {
+                tracing::warn!(error = %e, "global plane unavailable");
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "the global control plane (its Redis primary) cannot be reached from this \
+                     region right now, so the action is not global yet: retry (the call is safe \
+                     to repeat), or act from another region"
+                        .to_string(),
+                    Some(1),
+                )
+            }
             VaultError::Invalid(_) => (S::BAD_REQUEST, e.to_string(), None),
             VaultError::IdempotencyMismatch => (S::UNPROCESSABLE_ENTITY, e.to_string(), None),
             VaultError::RedisUnavailable(_) => {

@@ -27,7 +27,9 @@ use crate::{router, ApiConfig, AppState};
 pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     crate::routes::health::install_metrics();
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
-    let store = Store::connect(&cfg.redis)?;
+    let global =
+        vault_core::global::Global::from_args(&cfg.global, &cfg.redis.prefix, cfg.redis.timeout());
+    let store = Store::connect(&cfg.redis)?.with_global(global);
     match store.prepare().await {
         Ok(()) => {
             tracing::info!(library = %vault_core::scripts::LIBRARY.name, "function library loaded");
@@ -46,7 +48,11 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     }
     let keys = cfg.auth.key_ring()?;
     tracing::info!(signer = keys.signer_kid().unwrap_or("none (verify only)"), kids = ?keys.kids(), "client-token keys loaded");
-    let state = AppState::new(store, cipher, keys, cfg.auth.failure_limit);
+    let watch = store.global().map(|g| {
+        tracing::info!(region = %g.args().region, when_stale = ?g.args().when_stale, "global control plane on");
+        vault_core::global::GlobalWatch::spawn(store.clone(), g.args())
+    });
+    let state = AppState::with_global(store, cipher, keys, cfg.auth.failure_limit, watch);
     crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.clone());
     crate::background::spawn_tally_flush(state.store.clone());
     crate::background::spawn_pool_gauges(

@@ -52,6 +52,17 @@ pub enum VaultError {
     /// acknowledged it in time: a failover now could lose it.
     #[error("not acknowledged by enough replicas: {0}")]
     NotReplicated(String),
+    /// The global Redis primary (or the region's replica of it) cannot be reached: a global
+    /// action cannot be written now (nothing was changed).
+    #[error("the global control plane is unavailable: {0}")]
+    GlobalUnavailable(String),
+    /// This region's copy of the global state is older than `TV_GLOBAL_STALE_AFTER_S` and the
+    /// operator chose to refuse new leases then.
+    #[error("{0}")]
+    GlobalStateStale(String),
+    /// The credential was revoked everywhere: it may not be deposited again.
+    #[error("{0}")]
+    CredentialRevoked(String),
     #[error("Redis refuses Lua scripts ({0}); tokenvault needs Redis Functions (FUNCTION LOAD, FCALL) and never falls back to non-atomic commands")]
     ScriptsUnavailable(String),
     /// Redis holds pools in the storage layout of an older tokenvault, which this one does not
@@ -100,6 +111,9 @@ impl VaultError {
             Self::RedisUnavailable(_) => "redis_unavailable",
             Self::RedisBusy(_) => "redis_busy",
             Self::NotReplicated(_) => "not_replicated",
+            Self::GlobalUnavailable(_) => "global_unavailable",
+            Self::GlobalStateStale(_) => "global_state_stale",
+            Self::CredentialRevoked(_) => "credential_revoked",
             Self::ScriptsUnavailable(_) => "scripts_unavailable",
             Self::LayoutOutdated(_) => "layout_outdated",
             Self::Crypto(_) => "crypto_error",

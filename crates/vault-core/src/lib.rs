@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod global;
 pub mod keys;
 pub mod model;
 pub mod ops;

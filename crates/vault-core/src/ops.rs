@@ -358,15 +358,52 @@ impl Store {
         Ok(restored)
     }
 
+    /// Refuse client token `jti` until `until_s` (unix s): stored, told to every replica of
+    /// the region, audited. A revocation already in force is left as it is, unaudited (a global
+    /// one applied again).
+    pub async fn revoke_client_token(&self, actor: &Actor, jti: &str, until_s: i64) -> Result<()> {
+        if self.client_revoked_until(jti).await? >= Some(until_s) {
+            return Ok(());
+        }
+        self.revoke_client(jti, until_s).await?;
+        tracing::warn!(actor = %actor.name, jti = %jti, "client token revoked");
+        self.record(&AuditEntry {
+            detail: Some(format!("jti={jti}")),
+            ..actor.entry(None, "client.revoke")
+        })
+        .await;
+        Ok(())
+    }
+
     /// Deposit sealed tokens, all or nothing (tokens already in with the same secret are left
-    /// as they were, and not audited again).
+    /// as they were, and not audited again). With the global plane, a credential revoked
+    /// everywhere is refused (`credential_revoked`); one revoked while this deposit ran is
+    /// revoked here right after it landed, so a race with the region's follower loses nothing.
     pub async fn deposit_tokens(
         &self,
         actor: &Actor,
         pool: &str,
         tokens: &[SealedToken],
     ) -> Result<crate::model::Deposited> {
+        let fingerprints: Vec<String> = tokens.iter().map(|t| t.fingerprint.clone()).collect();
+        if let Some(g) = self.global() {
+            let revoked = g.revoked_fingerprints(&fingerprints).await?;
+            if !revoked.is_empty() {
+                return Err(crate::VaultError::CredentialRevoked(format!(
+                    "credential {} was revoked in every region; it cannot be deposited again",
+                    revoked.join(", ")
+                )));
+            }
+        }
         let done = self.deposit(pool, tokens).await?;
+        if let Some(g) = self.global() {
+            // The follower looks for the tokens of a revoked credential when it applies the
+            // revocation; a deposit that landed after that look is caught by this one.
+            for fp in g.revoked_fingerprints(&fingerprints).await? {
+                self.revoke_credential(actor, &fp, "revoked globally while being deposited")
+                    .await?;
+            }
+        }
         let unchanged: std::collections::HashSet<&str> =
             done.unchanged.iter().map(String::as_str).collect();
         let new: Vec<&SealedToken> = tokens

@@ -183,16 +183,26 @@ pub async fn revoke(
     }
     // Kept for the longest lifetime a client token may have: past that it is expired anyway.
     let until = s.store.now_ms().await? / 1000 + s.keys.max_ttl_s;
-    s.store.revoke_client(&jti, until).await?;
+    let actor = Actor::from(&who);
+    // Here first, at once; then everywhere (with the global plane), which this region's
+    // follower applies again as a no-op.
+    s.store.revoke_client_token(&actor, &jti, until).await?;
     s.revocations.insert(&jti, until);
-    tracing::warn!(actor = %who.sub, jti = %jti, "client token revoked");
-    s.store
-        .record(&AuditEntry {
-            detail: Some(format!("jti={jti}")),
-            ..Actor::from(&who).entry(None, "client.revoke")
-        })
-        .await;
-    Ok(Json(crate::answers::ClientRevoked { jti, revoked: true }))
+    let global = match s.store.global() {
+        Some(g) => {
+            let action = vault_core::global::GlobalAction::ClientRevoke {
+                jti: jti.clone(),
+                until_s: until,
+            };
+            Some(g.append(action, "client token revoked", &actor).await?)
+        }
+        None => None,
+    };
+    Ok(Json(crate::answers::ClientRevoked {
+        jti,
+        revoked: true,
+        global,
+    }))
 }
 
 /// RFC 7662: `{"token": ...}` as JSON or `token=...` as a form.

@@ -71,7 +71,10 @@ pub async fn metrics(State(s): State<AppState>) -> String {
     security(())
 )]
 pub async fn healthz() -> Json<crate::answers::Health> {
-    Json(crate::answers::Health { status: "ok" })
+    Json(crate::answers::Health {
+        status: "ok",
+        global: None,
+    })
 }
 
 /// Redis answers and runs our scripts: this replica can serve leases.
@@ -105,5 +108,8 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<crate::answers::He
             "the replica is not yet subscribed to revocations and events",
         ));
     }
-    Ok(Json(crate::answers::Health { status: "ready" }))
+    Ok(Json(crate::answers::Health {
+        status: "ready",
+        global: s.global.as_ref().map(|g| g.report()),
+    }))
 }

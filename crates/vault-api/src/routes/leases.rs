@@ -111,6 +111,9 @@ pub(crate) async fn lease(
 ) -> Result<(bool, LeaseView), ApiError> {
     let pool = pool_name(pool)?;
     input.validate()?;
+    if let Some(g) = &s.global {
+        g.check_lease()?;
+    }
     if !who.may_use_pipeline(input.pipeline.as_deref().unwrap_or("")) {
         return Err(ApiError::forbidden(match &input.pipeline {
             Some(_) => "this client token is not allowed on this pipeline",

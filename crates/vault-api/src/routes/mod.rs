@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod credentials;
 pub mod health;
 pub mod jobs;
 pub mod leases;

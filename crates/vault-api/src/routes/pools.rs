@@ -167,6 +167,36 @@ pub struct FreezeInput {
     #[serde(default)]
     revoke_leases: bool,
     reason: Option<String>,
+    /// `region` (default): this region's pool, now. `global`: the pool of this name in every
+    /// region (needs the global plane), through the global log.
+    #[serde(default)]
+    scope: ActionScope,
+}
+
+/// Where an action applies.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionScope {
+    #[default]
+    Region,
+    Global,
+}
+
+/// The global plane, for an action asked with `"scope": "global"`.
+fn global_plane(s: &AppState) -> Result<&vault_core::global::Global, ApiError> {
+    s.store.global().ok_or_else(|| {
+        ApiError::invalid(
+            "\"scope\": \"global\" needs the global control plane (TV_GLOBAL_REDIS_URL), which this vault is not configured with",
+        )
+    })
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnfreezeInput {
+    /// `region` (default) or `global`: lift a global freeze in every region.
+    #[serde(default)]
+    scope: ActionScope,
 }
 
 #[utoipa::path(
@@ -191,6 +221,21 @@ pub async fn freeze(
     if reason.len() > 1024 {
         return Err(ApiError::invalid("reason is longer than 1024 bytes"));
     }
+    if input.scope == ActionScope::Global {
+        let action = vault_core::global::GlobalAction::PoolFreeze {
+            pool: pool.to_string(),
+            revoke_leases: input.revoke_leases,
+        };
+        let written = global_plane(&s)?
+            .append(action, &reason, &(&who).into())
+            .await?;
+        return Ok(Json(crate::answers::Frozen {
+            pool: pool.to_string(),
+            frozen: true,
+            leases_ended: None,
+            global: Some(written),
+        }));
+    }
     let ended = s
         .store
         .freeze_pool(&(&who).into(), pool, input.revoke_leases, &reason)
@@ -206,6 +251,7 @@ pub async fn freeze(
         pool: pool.to_string(),
         frozen: true,
         leases_ended: Some(ended),
+        global: None,
     }))
 }
 
@@ -214,6 +260,7 @@ pub async fn freeze(
     path = "/pools/{pool}/unfreeze",
     tag = "pools",
     params(crate::openapi::PoolPath),
+    request_body = UnfreezeInput,
     responses(
         (status = 200, description = "leasing again", body = crate::answers::Frozen),
         (status = 404, description = "`pool_not_found`", body = Problem),
@@ -223,13 +270,27 @@ pub async fn unfreeze(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(pool): Path<String>,
+    Body(input): Body<UnfreezeInput>,
 ) -> Result<Json<crate::answers::Frozen>, ApiError> {
     let pool = pool_name(&pool)?;
-    s.store.unfreeze_pool(&(&who).into(), pool).await?;
+    let global = if input.scope == ActionScope::Global {
+        let action = vault_core::global::GlobalAction::PoolUnfreeze {
+            pool: pool.to_string(),
+        };
+        Some(
+            global_plane(&s)?
+                .append(action, "", &(&who).into())
+                .await?,
+        )
+    } else {
+        s.store.unfreeze_pool(&(&who).into(), pool).await?;
+        None
+    };
     Ok(Json(crate::answers::Frozen {
         pool: pool.to_string(),
         frozen: false,
         leases_ended: None,
+        global,
     }))
 }
 

@@ -78,6 +78,19 @@ impl Store {
         .await
     }
 
+    /// Until when client token `jti` is revoked (unix s), if it is.
+    pub async fn client_revoked_until(&self, jti: &str) -> Result<Option<i64>> {
+        let v: Option<f64> = self
+            .cmd(
+                redis::cmd("ZSCORE")
+                    .arg(self.keys.revoked_clients())
+                    .arg(jti)
+                    .clone(),
+            )
+            .await?;
+        Ok(v.map(|v| v as i64))
+    }
+
     /// Every revoked client-token id still in force, with its expiry.
     pub async fn revoked_clients(&self) -> Result<Vec<(String, i64)>> {
         let now = crate::time::now_ms() / 1000;

@@ -140,6 +140,8 @@ pub struct Store {
     wait: crate::config::WaitArgs,
     /// Leases this process granted since the last flush (the pools' observed rate).
     tally: Arc<rate::LeaseTally>,
+    /// The global control plane, when this region is one of several (`TV_GLOBAL_REDIS_URL`).
+    global: Option<crate::global::Global>,
 }
 
 impl std::fmt::Debug for Store {
@@ -373,7 +375,19 @@ impl Store {
             clock: None,
             wait: args.wait.clone(),
             tally: Arc::default(),
+            global: None,
         })
+    }
+
+    /// Join the global control plane (see [`crate::global`]).
+    pub fn with_global(mut self, global: Option<crate::global::Global>) -> Self {
+        self.global = global;
+        self
+    }
+
+    /// The global control plane, when configured.
+    pub fn global(&self) -> Option<&crate::global::Global> {
+        self.global.as_ref()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -511,7 +525,7 @@ impl Store {
     }
 
     /// A plain command (reads, the pool-name set).
-    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
+    pub(crate) async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
             cmd.query_async(&mut c)
