@@ -22,6 +22,7 @@ mod pipelines;
 mod python;
 mod quotas;
 mod refresh;
+mod regions;
 mod rotation;
 mod secrets;
 mod sizing;

@@ -319,7 +319,11 @@ impl Global {
     /// The plane `args` configure, or None when `TV_GLOBAL_REDIS_URL` is unset.
     pub fn from_args(args: &GlobalArgs, prefix: &str, timeout: Duration) -> Option<Global> {
         let url = args.url.as_deref().filter(|u| !u.is_empty())?;
-        let read = args.read_url.as_deref().filter(|u| !u.is_empty()).unwrap_or(url);
+        let read = args
+            .read_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .unwrap_or(url);
         Some(Global {
             args: Arc::new(args.clone()),
             keys: GlobalKeys {
@@ -354,7 +358,8 @@ impl Global {
             actor_jti: actor.jti.clone(),
             region: self.args.region.clone(),
         };
-        let json = serde_json::to_string(&entry).map_err(|e| VaultError::Internal(e.to_string()))?;
+        let json =
+            serde_json::to_string(&entry).map_err(|e| VaultError::Internal(e.to_string()))?;
         let (state_key, field, score) = entry.action.state(&self.keys);
         let keys = [self.keys.log(), state_key];
         let kind = entry.action.kind();
@@ -519,7 +524,10 @@ impl Global {
 
 /// The global time (ms) in an entry id.
 pub fn entry_ms(id: &str) -> i64 {
-    id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+    id.split('-')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether entry id `a` comes after `b`.

@@ -391,10 +391,12 @@ async fn revoke_ends_leases_and_takes_the_token_out() {
 async fn a_credential_is_revoked_by_fingerprint_in_every_pool() {
     let e = Env::new(json!({"max_leases_per_token": 2})).await;
     let fp = |s: &str| vault_core::crypto::Secret::new(s).fingerprint();
-    e.deposit(json!([{"secret": "leaked", "id": "a"}, {"secret": "leaked", "id": "a2"},
+    e.deposit(
+        json!([{"secret": "leaked", "id": "a"}, {"secret": "leaked", "id": "a2"},
         {"secret": "fine", "id": "b"}, {"secret": "gone", "id": "c"},
-        {"secret": "old", "id": "d", "refresh": {"kind": "external"}}]))
-        .await;
+        {"secret": "old", "id": "d", "refresh": {"kind": "external"}}]),
+    )
+    .await;
     let other: vault_core::model::PoolConfigInput = serde_json::from_value(json!({})).unwrap();
     e.store
         .pool_upsert("q", &other.validate(&e.cipher, "q").unwrap())

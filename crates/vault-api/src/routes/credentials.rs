@@ -27,7 +27,9 @@ pub struct CredentialRevokeInput {
 /// Whether `fp` has the shape of a fingerprint (`sha256:` + 12 lowercase hex).
 fn is_fingerprint(fp: &str) -> bool {
     fp.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 12 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -55,7 +57,11 @@ pub async fn revoke(
         ));
     }
     let reason = input.reason.unwrap_or_else(|| "credential revoked".into());
-    check_label("reason", &reason, 1024)?;
+    if reason.len() > 1024 || reason.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "reason must be at most 1024 bytes, without control characters",
+        ));
+    }
     let fingerprint = match (input.fingerprint, input.pool, input.token_id) {
         (Some(fp), None, None) => {
             if !is_fingerprint(&fp) {
@@ -101,11 +107,13 @@ pub async fn revoke(
                 global: None,
                 tokens: Some(
                     done.into_iter()
-                        .map(|(pool, token_id, leases_ended)| crate::answers::RevokedToken {
-                            pool,
-                            token_id,
-                            leases_ended,
-                        })
+                        .map(
+                            |(pool, token_id, leases_ended)| crate::answers::RevokedToken {
+                                pool,
+                                token_id,
+                                leases_ended,
+                            },
+                        )
                         .collect(),
                 ),
             }

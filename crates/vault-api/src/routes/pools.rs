@@ -277,11 +277,7 @@ pub async fn unfreeze(
         let action = vault_core::global::GlobalAction::PoolUnfreeze {
             pool: pool.to_string(),
         };
-        Some(
-            global_plane(&s)?
-                .append(action, "", &(&who).into())
-                .await?,
-        )
+        Some(global_plane(&s)?.append(action, "", &(&who).into()).await?)
     } else {
         s.store.unfreeze_pool(&(&who).into(), pool).await?;
         None

@@ -1,0 +1,432 @@
+//! Three regions on one machine, the way regions fail: each with its own Redis, vault-api and
+//! janitor; a global Redis primary in region 1 and a replica of it in regions 2 and 3, each
+//! reached over a link that delays every byte by 50 ms each way (testkit's `DelayProxy`: this
+//! kernel has no netem). Workers lease in every region while credentials, client tokens and a
+//! pool are revoked or frozen in region 1; a subscriber in region 3 measures when it learns.
+//! Then region 3's link is cut, revocations are made meanwhile, the link heals, and region 3
+//! must apply every one of them, none twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::{DelayProxy, RedisServer};
+use tokio::sync::mpsc;
+use vault_core::auth::Scope;
+
+use crate::harness::{Api, Deployment, Vault, PATIENCE};
+
+/// The delay of each inter-region link, each way.
+const LINK_DELAY: Duration = Duration::from_millis(50);
+/// Credentials revoked while every link is up, one at a time.
+const REVOCATIONS: usize = 100;
+/// Credentials revoked while region 3 is cut off.
+const DURING_CUT: usize = 10;
+/// How long region 3 stays cut off (the 30 s; `TV_TEST_REGION_CUT_S` to shorten).
+fn cut_for() -> Duration {
+    Duration::from_secs(
+        std::env::var("TV_TEST_REGION_CUT_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    )
+}
+
+struct Region {
+    _redis: RedisServer,
+    _global_replica: Option<RedisServer>,
+    dep: Deployment,
+    vault: Vault,
+    _janitor: testkit::Child,
+    api: Api,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Start region `name`: its Redis, and its vault and janitor on the global plane, reading the
+/// global state at `read_url` and writing it at `write_url`.
+async fn region(
+    base: &Deployment,
+    name: &str,
+    write_url: &str,
+    read: Option<RedisServer>,
+    extra: &[(&str, &str)],
+) -> Region {
+    let redis = RedisServer::start();
+    let dep = Deployment {
+        redis_url: redis.url(),
+        ..base.clone()
+    };
+    let read_url = read
+        .as_ref()
+        .map(|r| r.url())
+        .unwrap_or_else(|| write_url.to_string());
+    let mut env = vec![
+        ("TV_REGION", name),
+        ("TV_GLOBAL_REDIS_URL", write_url),
+        ("TV_GLOBAL_REDIS_READ_URL", read_url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let vault = dep.vault(&env).await;
+    let janitor = dep.janitor_with(200, &env);
+    let api = dep.api(&vault);
+    Region {
+        _redis: redis,
+        _global_replica: read,
+        dep,
+        vault,
+        _janitor: janitor,
+        api,
+    }
+}
+
+/// A replica of the global primary, reached through `link`.
+fn global_replica(link: &DelayProxy) -> RedisServer {
+    let r = RedisServer::start_with(&[&format!("replicaof 127.0.0.1 {}", link.port)]);
+    assert!(
+        testkit::wait_until(PATIENCE, || r
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")),
+        "the region's global replica did not sync"
+    );
+    r
+}
+
+/// Workers leasing and releasing in a loop until `stop`; counts leases granted.
+fn spawn_workers(api: Api, n: usize, stop: Arc<AtomicBool>, granted: Arc<AtomicU64>) {
+    for _ in 0..n {
+        let (api, stop, granted) = (api.clone(), stop.clone(), granted.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let l = api.post("/v1/pools/p/leases", json!({})).await;
+                if l.status == 201 {
+                    granted.fetch_add(1, Ordering::Relaxed);
+                    let id = l.str("lease_id");
+                    api.post(
+                        &format!("/v1/pools/p/leases/{id}/release"),
+                        json!({"outcome": "ok"}),
+                    )
+                    .await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partition() {
+    let global = RedisServer::start();
+    let base = Deployment::new(&global);
+    // Region 1 holds the primary; regions 2 and 3 reach it (replication and writes) over a
+    // delayed link each.
+    let link2 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
+    let link3 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
+    let far = |l: &DelayProxy| format!("redis://127.0.0.1:{}", l.port);
+    let r1 = region(&base, "r1", &global.url(), None, &[]).await;
+    let r2 = region(&base, "r2", &far(&link2), Some(global_replica(&link2)), &[]).await;
+    let stale_env = [
+        ("TV_GLOBAL_STALE_AFTER_S", "3"),
+        ("TV_GLOBAL_WHEN_STALE", "refuse"),
+    ];
+    let r3 = region(
+        &base,
+        "r3",
+        &far(&link3),
+        Some(global_replica(&link3)),
+        &stale_env,
+    )
+    .await;
+    let regions = [&r1, &r2, &r3];
+
+    // The same credentials deposited in every region (ids differ: the fingerprint is what is
+    // the same), plus tokens of their own that are never revoked.
+    let total = REVOCATIONS + DURING_CUT;
+    for (n, r) in regions.iter().enumerate() {
+        assert_eq!(
+            r.api
+                .put(
+                    "/v1/pools/p",
+                    json!({"max_leases_per_token": 4, "quota_limit": 1_000_000_000})
+                )
+                .await
+                .status,
+            201
+        );
+        let mut tokens: Vec<_> = (0..total)
+            .map(|i| json!({"id": format!("r{n}-c{i}"), "secret": format!("credential-{i:040}")}))
+            .collect();
+        tokens.extend(
+            (0..20).map(|i| json!({"id": format!("own{i}"), "secret": format!("own-{n}-{i}")})),
+        );
+        let d = r
+            .api
+            .post("/v1/pools/p/tokens", json!({"tokens": tokens}))
+            .await;
+        assert_eq!(d.status, 201, "{}", d.body);
+    }
+    // Every region caught up once (its follower wrote its freshness).
+    for r in regions {
+        crate::harness::wait_json(&r.api, "/readyz", PATIENCE, |b| {
+            b["global"]["lag_ms"].is_number() && b["global"]["stale"] == false
+        })
+        .await;
+    }
+
+    // Region 3's worker view: every event of pool p, with when it arrived.
+    let worker = base.token("w3", &[Scope::Lease], Some(vec!["p".into()]));
+    let mut stream = vault_client::Client::new(&r3.vault.base, &worker)
+        .events(&["p"], None)
+        .await
+        .expect("subscribed in region 3");
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, String, Instant)>();
+    tokio::spawn(async move {
+        while let Some(Ok(e)) = stream.next().await {
+            let token = e.data["token_id"].as_str().unwrap_or_default().to_string();
+            if tx.send((e.kind, token, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    // Wait for event `kind` about `token` ("" = any), counting everything that arrives.
+    let mut wait_for = async |kind: &str, token: &str| -> Instant {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let (k, t, at) = tokio::time::timeout(left, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("region 3 never saw {kind} {token}"))
+                .expect("region 3's stream open");
+            *seen.entry((k.clone(), t.clone())).or_default() += 1;
+            if k == kind && (token.is_empty() || t == token) {
+                return at;
+            }
+        }
+    };
+
+    // Workers lease in every region throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let granted: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::default()).collect();
+    for (r, g) in regions.iter().zip(&granted) {
+        let w = base.token("w", &[Scope::Lease], Some(vec!["p".into()]));
+        spawn_workers(
+            Api::new(&r.vault.base).with_token(&w),
+            2,
+            stop.clone(),
+            g.clone(),
+        );
+    }
+
+    // 1. Credentials revoked in region 1, one at a time.
+    let fp =
+        |i: usize| vault_core::crypto::Secret::new(&format!("credential-{i:040}")).fingerprint();
+    let mut revoke_lat = Vec::new();
+    for i in 0..REVOCATIONS {
+        let started = Instant::now();
+        let a = r1
+            .api
+            .post(
+                "/v1/credentials/revoke",
+                json!({"fingerprint": fp(i), "reason": "leaked"}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.body["scope"], "global");
+        let at = wait_for("token.revoked", &format!("r2-c{i}")).await;
+        revoke_lat.push(at - started);
+    }
+    revoke_lat.sort();
+    let (p50, p99) = (percentile(&revoke_lat, 0.5), percentile(&revoke_lat, 0.99));
+    println!(
+        "credential revoke r1 -> worker in r3: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {REVOCATIONS} (links {} ms each way)",
+        ms(p50),
+        ms(p99),
+        ms(*revoke_lat.last().unwrap()),
+        LINK_DELAY.as_millis()
+    );
+    assert!(p99 <= Duration::from_secs(1), "p99 {p99:?} over 1 s");
+    // Applied in every region: region 1 and 2 revoked their copies too.
+    for (n, r) in regions.iter().enumerate().take(2) {
+        let path = format!("/v1/pools/p/tokens/r{n}-c{}", REVOCATIONS - 1);
+        crate::harness::wait_json(&r.api, &path, PATIENCE, |b| b["state"] == "revoked").await;
+    }
+    // A revoked credential cannot come back, in any region.
+    let again = r2
+        .api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "back", "secret": format!("credential-{:040}", 0)}]}),
+        )
+        .await;
+    again.problem(409, "credential_revoked");
+
+    // 2. A client token revoked in region 1 is refused in region 3.
+    let mut client_lat = Vec::new();
+    for _ in 0..10 {
+        let jti_token = base.token("victim", &[Scope::Lease], Some(vec!["p".into()]));
+        let victim = Api::new(&r3.vault.base).with_token(&jti_token);
+        assert_eq!(victim.get("/v1/pools/p/status").await.status, 200);
+        let jti = crate::harness::key_ring(base.keys_dir.path())
+            .verify(&jti_token)
+            .unwrap()
+            .jti;
+        let started = Instant::now();
+        let a = r1.api.post("/v1/clients/revoke", json!({"jti": jti})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.body["global"]["entry_id"].is_string(), "{}", a.body);
+        let end = started + PATIENCE;
+        while victim.get("/v1/pools/p/status").await.status != 401 {
+            assert!(
+                Instant::now() < end,
+                "region 3 still accepts a revoked client token"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        client_lat.push(started.elapsed());
+    }
+    client_lat.sort();
+    println!(
+        "client-token revoke r1 -> refused in r3: p50 {:.1} ms, max {:.1} ms over 10",
+        ms(percentile(&client_lat, 0.5)),
+        ms(*client_lat.last().unwrap())
+    );
+    assert!(*client_lat.last().unwrap() <= Duration::from_secs(1));
+
+    // 3. A global freeze (and its lifting) reaches region 3's workers.
+    let mut freeze_lat = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let a = r1
+            .api
+            .post(
+                "/v1/pools/p/freeze",
+                json!({"scope": "global", "reason": "incident"}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        freeze_lat.push(wait_for("pool.frozen", "").await - started);
+        let a = r1
+            .api
+            .post("/v1/pools/p/unfreeze", json!({"scope": "global"}))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        wait_for("pool.unfrozen", "").await;
+    }
+    freeze_lat.sort();
+    println!(
+        "global freeze r1 -> worker in r3: p50 {:.1} ms, max {:.1} ms over 5",
+        ms(percentile(&freeze_lat, 0.5)),
+        ms(*freeze_lat.last().unwrap())
+    );
+    assert!(*freeze_lat.last().unwrap() <= Duration::from_secs(1));
+
+    // 4. Region 3 is cut off; revocations go on in region 1.
+    link3.cut();
+    let cut_at = Instant::now();
+    for i in REVOCATIONS..total {
+        let a = r1
+            .api
+            .post(
+                "/v1/credentials/revoke",
+                json!({"fingerprint": fp(i), "reason": "during the cut"}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    // Cut off, region 3 goes stale, says so, and (as configured) refuses new leases.
+    let stale = crate::harness::wait_json(&r3.api, "/readyz", PATIENCE, |b| {
+        b["global"]["stale"] == true
+    })
+    .await;
+    assert_eq!(stale["global"]["when_stale"], "refuse");
+    let refused = Api::new(&r3.vault.base)
+        .with_token(&worker)
+        .post("/v1/pools/p/leases", json!({}))
+        .await;
+    refused.problem(503, "global_state_stale");
+    // Region 2 is unaffected.
+    crate::harness::wait_json(&r2.api, "/readyz", PATIENCE, |b| {
+        b["global"]["stale"] == false
+    })
+    .await;
+    let left = cut_for().saturating_sub(cut_at.elapsed());
+    tokio::time::sleep(left).await;
+    for i in REVOCATIONS..total {
+        let t = r3.api.get(&format!("/v1/pools/p/tokens/r2-c{i}")).await;
+        assert_ne!(
+            t.body["state"], "revoked",
+            "applied in region 3 through a cut link?"
+        );
+    }
+
+    // 5. Healed: every revocation made meanwhile is applied, each once.
+    link3.heal();
+    let healed = Instant::now();
+    for i in REVOCATIONS..total {
+        wait_for("token.revoked", &format!("r2-c{i}")).await;
+    }
+    let caught_up = healed.elapsed();
+    println!(
+        "region 3 cut for {:.0} s with {DURING_CUT} revocations: all applied {:.0} ms after the link healed",
+        cut_for().as_secs_f64(),
+        ms(caught_up)
+    );
+    assert!(caught_up <= Duration::from_secs(10), "{caught_up:?}");
+    crate::harness::wait_json(&r3.api, "/readyz", PATIENCE, |b| {
+        b["global"]["stale"] == false
+    })
+    .await;
+    let again = Api::new(&r3.vault.base)
+        .with_token(&worker)
+        .post("/v1/pools/p/leases", json!({}))
+        .await;
+    assert_eq!(
+        again.status, 201,
+        "leasing again once caught up: {}",
+        again.body
+    );
+    stop.store(true, Ordering::Relaxed);
+
+    // Nothing applied twice: one `token.revoked` per credential in region 3, and one audit
+    // entry each.
+    for ((kind, token), n) in &seen {
+        if kind == "token.revoked" {
+            assert_eq!(*n, 1, "{token} revoked {n} times in region 3");
+        }
+    }
+    let revoked_events = seen.keys().filter(|(k, _)| k == "token.revoked").count();
+    assert_eq!(revoked_events, total);
+    let audit = r3.api.get("/v1/audit?pool=p&limit=1000").await;
+    let entries = audit.body["events"].as_array().expect("events").clone();
+    let revokes = entries
+        .iter()
+        .filter(|e| e["action"] == "token.revoke")
+        .count();
+    assert_eq!(
+        revokes, total,
+        "one audit entry per token revoked in region 3"
+    );
+    assert!(entries
+        .iter()
+        .filter(|e| e["action"] == "token.revoke")
+        .all(|e| e["actor"].as_str().unwrap_or_default().contains("from r1")));
+    // Workers leased in every region throughout.
+    for (n, g) in granted.iter().enumerate() {
+        assert!(
+            g.load(Ordering::Relaxed) > 0,
+            "region {} leased nothing",
+            n + 1
+        );
+    }
+    drop(r2.dep);
+}
