@@ -16,7 +16,8 @@ if cfg.layout_version == '2' then
   local indexed = 0
   for i = 2, #scan[2], 2 do
     local id = scan[2][i]
-    fp_add(id, redis.call('HGET', tkey(id), 'fingerprint'))
+    local t = redis.call('HMGET', tkey(id), 'fingerprint', 'state')
+    if t[2] ~= 'revoked' then fp_add(id, t[1]) end
     indexed = indexed + 1
   end
   if scan[1] ~= '0' then
@@ -92,7 +93,7 @@ local function convert(token_id)
   redis.call('HSET', tkey(id), unpack(stored_fields(old)))
   redis.call('SET', seckey(id), unbase64(secret_ct))
   redis.call('HSET', K.ids, token_id, id)
-  fp_add(id, old.fingerprint)
+  if old.state ~= 'revoked' then fp_add(id, old.fingerprint) end
   redis.call('DEL', okey, otl)
   return 1
 end

@@ -54,8 +54,9 @@ local function delete(token_id, id)
   if redis.call('HDEL', K.ids, token_id) == 0 then return 0 end
   local lids = token_lease_ids(id)
   if #lids > 0 then redis.call('HDEL', leasedata_key(), unpack(lids)) end
-  local job = redis.call('HGET', tkey(id), 'job_id')
-  if job and job ~= '' then redis.call('DEL', job_key(job)) end
+  local f = redis.call('HMGET', tkey(id), 'job_id', 'fingerprint')
+  if f[1] and f[1] ~= '' then redis.call('DEL', job_key(f[1])) end
+  if f[2] then fp_del(id, f[2]) end
   redis.call('DEL', tkey(id), seckey(id), tlkey(id))
   return 1
 end

@@ -229,43 +229,42 @@ local function deposited(d)
   return nil
 end
 
--- The fingerprint index (layout 3): hash `fps`, a secret's fingerprint -> the internal ids of the
--- pool's tokens that hold it, space-separated (almost always one), so a credential revoked by
--- fingerprint (a global revocation) is found in every pool without a scan.
+-- The fingerprint index (layout 3): which tokens of the pool hold the secret of a fingerprint, so
+-- a credential revoked by fingerprint (a global revocation) is found in every pool without a
+-- scan. Hash `fps`: fingerprint -> one internal id (almost always the only one); a secret held
+-- by more tokens has the others in the set `fpx:<fingerprint>`. Every change is O(1), however
+-- many tokens share a secret. A revoked token leaves the index (revocation is final).
 local function fps_key() return K.base .. 'fps' end
+local function fpx_key(fp) return K.base .. 'fpx:' .. fp end
 
 local function fp_add(id, fp)
   if fp == nil or fp == '' then return end
-  local have = redis.call('HGET', fps_key(), fp)
-  if not have then
-    redis.call('HSET', fps_key(), fp, id)
-    return
-  end
-  for x in string.gmatch(have, '%S+') do
-    if x == id then return end
-  end
-  redis.call('HSET', fps_key(), fp, have .. ' ' .. id)
+  if redis.call('HSETNX', fps_key(), fp, id) == 1 then return end
+  if redis.call('HGET', fps_key(), fp) ~= id then redis.call('SADD', fpx_key(fp), id) end
 end
 
 local function fp_del(id, fp)
   if fp == nil or fp == '' then return end
-  local have = redis.call('HGET', fps_key(), fp)
-  if not have then return end
-  local left = {}
-  for x in string.gmatch(have, '%S+') do
-    if x ~= id then left[#left + 1] = x end
-  end
-  if #left == 0 then
-    redis.call('HDEL', fps_key(), fp)
+  if redis.call('HGET', fps_key(), fp) == id then
+    local next_id = redis.call('SPOP', fpx_key(fp))
+    if next_id then
+      redis.call('HSET', fps_key(), fp, next_id)
+    else
+      redis.call('HDEL', fps_key(), fp)
+    end
   else
-    redis.call('HSET', fps_key(), fp, table.concat(left, ' '))
+    redis.call('SREM', fpx_key(fp), id)
   end
 end
 
--- The internal ids of the pool's tokens whose secret has fingerprint `fp`.
-local function fp_ids(fp)
-  local out = {}
-  for x in string.gmatch(redis.call('HGET', fps_key(), fp) or '', '%S+') do out[#out + 1] = x end
+-- Up to `max` internal ids of the pool's tokens whose secret has fingerprint `fp`.
+local function fp_ids(fp, max)
+  local first = redis.call('HGET', fps_key(), fp)
+  if not first then return {} end
+  local out = { first }
+  if max > 1 then
+    for _, x in ipairs(redis.call('SRANDMEMBER', fpx_key(fp), max - 1)) do out[#out + 1] = x end
+  end
   return out
 end
 

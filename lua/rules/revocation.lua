@@ -5,6 +5,7 @@
 local function revoke_token(id, c, reason)
   local ended = end_token_leases(id, c)
   local t = load_token(id)
+  fp_del(id, redis.call('HGET', tkey(id), 'fingerprint'))
   put(id, t, 'state', 'revoked')
   put(id, t, 'revoked_at', NOW)
   put(id, t, 'last_error', reason)

@@ -323,3 +323,69 @@ async fn migrating_a_large_pool_runs_in_short_calls() {
         "1924992000000"
     );
 }
+
+/// A store of layout 2 (internal ids, no fingerprint index) is refused, then `vaultctl migrate`
+/// builds the index in batches, and a credential revoked by fingerprint is found through it.
+#[tokio::test]
+async fn a_store_without_the_fingerprint_index_is_indexed_by_migrate() {
+    let redis = RedisServer::start();
+    let mut dep = Deployment::new(&redis);
+    dep.prefix = "tv".into();
+    let vault = dep.vault(&[]).await;
+    let api = dep.api(&vault);
+    api.put("/v1/pools/p", json!({})).await;
+    let tokens: Vec<Value> = (0..250)
+        .map(|i| json!({"id": format!("t{i}"), "secret": format!("secret-{i}")}))
+        .collect();
+    assert_eq!(
+        api.post("/v1/pools/p/tokens", json!({"tokens": tokens}))
+            .await
+            .status,
+        201
+    );
+    drop(vault);
+    // As a vault of layout 2 left it.
+    redis.cli(&["HSET", "tv:{p}:cfg", "layout_version", "2"]);
+    redis.cli(&["DEL", "tv:{p}:fps"]);
+
+    let mut refused = Child::spawn(
+        &bin_path("vault-api"),
+        &[],
+        &[
+            ("TV_REDIS_URL", redis.url()),
+            ("TV_PREFIX", "tv".to_string()),
+            ("TV_MASTER_KEY", dep.master_key.clone()),
+            ("TV_SIGNING_KEYS", dep.keys_dir.path().display().to_string()),
+            (
+                "TV_LISTEN_ADDR",
+                format!("127.0.0.1:{}", testkit::free_port()),
+            ),
+        ],
+    );
+    assert!(!refused.wait_exit(PATIENCE).success());
+    assert!(refused.output().contains("fingerprint index"));
+
+    let out = migrate(&redis, "100");
+    assert!(
+        out.contains("1 pools in this version's layout (250 tokens converted)"),
+        "{out}"
+    );
+    assert_eq!(redis.cli(&["HLEN", "tv:{p}:fps"]).trim(), "250");
+    assert_eq!(
+        redis.cli(&["HGET", "tv:{p}:cfg", "migrate_cursor"]).trim(),
+        ""
+    );
+    let vault = dep.vault(&[]).await;
+    let api = dep.api(&vault);
+    let fp = vault_core::crypto::Secret::new("secret-7").fingerprint();
+    let r = api
+        .post("/v1/credentials/revoke", json!({"fingerprint": fp}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["scope"], "region");
+    assert_eq!(r.body["tokens"][0]["token_id"], "t7");
+    assert_eq!(
+        api.get("/v1/pools/p/tokens/t7").await.body["state"],
+        "revoked"
+    );
+}

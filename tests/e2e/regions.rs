@@ -229,7 +229,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
 
     // 1. Credentials revoked in region 1, one at a time.
     let fp =
-        |i: usize| vault_core::crypto::Secret::new(&format!("credential-{i:040}")).fingerprint();
+        |i: usize| vault_core::crypto::Secret::new(format!("credential-{i:040}")).fingerprint();
     let mut revoke_lat = Vec::new();
     for i in 0..REVOCATIONS {
         let started = Instant::now();

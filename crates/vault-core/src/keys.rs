@@ -168,6 +168,11 @@ impl PoolKeys {
     pub fn fingerprints(&self) -> String {
         self.k("fps")
     }
+    /// The other tokens holding a secret already in [`PoolKeys::fingerprints`] (a set;
+    /// `fpx_key` in `lua/rules/base.lua`).
+    pub fn fingerprint_more(&self, fingerprint: &str) -> String {
+        self.k(&format!("fpx:{fingerprint}"))
+    }
     /// Deposit order (the `pack` strategy's sequence).
     pub fn seq(&self) -> String {
         self.k("seq")
@@ -261,6 +266,7 @@ mod tests {
             k.seq(),
             k.depositing(),
             k.fingerprints(),
+            k.fingerprint_more(""),
             k.xjobs(),
             k.token(""),
             k.secret(""),

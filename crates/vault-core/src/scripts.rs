@@ -343,7 +343,7 @@ transitions! {
     /// Revoke a token at once.
     REVOKE, Revoke => "revoke" { token_id: String, reason: String }
     /// Revoke every token of the pool holding the secret of this fingerprint.
-    REVOKE_FINGERPRINT, RevokeFingerprint => "revoke_fingerprint" { fingerprint: String, reason: String }
+    REVOKE_FINGERPRINT, RevokeFingerprint => "revoke_fingerprint" { fingerprint: String, reason: String, batch: u64 }
     /// Put a quarantined or cooling token back into rotation.
     RESTORE, Restore => "restore" { token_id: String }
     /// Staged rotation of one token.

@@ -463,6 +463,27 @@ async fn a_credential_is_revoked_by_fingerprint_in_every_pool() {
             .is_empty(),
         "applied twice, nothing changes the second time"
     );
+    // One secret under many ids: every index change is O(1), and the revocation runs in
+    // batches until all are revoked.
+    let many: Vec<_> = (0..250)
+        .map(|i| {
+            serde_json::from_value::<TokenInput>(json!({"secret": "shared", "id": format!("m{i}")}))
+                .unwrap()
+                .seal(&e.cipher, "q", None)
+                .unwrap()
+        })
+        .collect();
+    for chunk in many.chunks(50) {
+        e.store.deposit("q", chunk).await.unwrap();
+    }
+    e.store.token_delete("q", "m3").await.unwrap();
+    let revoked = e
+        .store
+        .revoke_credential(&actor, &fp("shared"), "shared")
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 249);
+    assert!(revoked.iter().all(|(p, id, _)| p == "q" && id != "m3"));
 }
 
 #[tokio::test]

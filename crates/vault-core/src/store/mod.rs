@@ -280,6 +280,9 @@ mod reply {
     pub(super) struct RevokedNow {
         #[serde(deserialize_with = "lua_list")]
         pub(super) revoked: Vec<RevokedToken>,
+        /// More to revoke (a batch of a fingerprint revocation).
+        #[serde(default)]
+        pub(super) more: bool,
     }
     #[derive(Deserialize)]
     pub(super) struct Lease {
