@@ -342,6 +342,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/v1/pools/{pool}/refresh-jobs/{job}/fail"),
     ("post", "/v1/clients"),
     ("post", "/v1/clients/revoke"),
+    ("post", "/v1/credentials/revoke"),
     ("post", "/v1/introspect"),
     ("get", "/.well-known/jwks.json"),
     ("get", "/v1/audit"),

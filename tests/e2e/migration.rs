@@ -379,7 +379,10 @@ async fn a_store_without_the_fingerprint_index_is_indexed_by_migrate() {
     let api = dep.api(&vault);
     let fp = vault_core::crypto::Secret::new("secret-7").fingerprint();
     let r = api
-        .post("/v1/credentials/revoke", json!({"fingerprint": fp}))
+        .post(
+            "/v1/credentials/revoke",
+            json!({"fingerprint": fp, "reason": "leaked"}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["scope"], "region");

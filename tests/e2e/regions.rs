@@ -132,7 +132,12 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     let link2 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
     let link3 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
     let far = |l: &DelayProxy| format!("redis://127.0.0.1:{}", l.port);
-    let r1 = region(&base, "r1", &global.url(), None, &[]).await;
+    // Region 1 answers a global action once both other regions' replicas have it.
+    let wait_env = [
+        ("TV_GLOBAL_WAIT_REGIONS", "2"),
+        ("TV_GLOBAL_WAIT_TIMEOUT_MS", "1000"),
+    ];
+    let r1 = region(&base, "r1", &global.url(), None, &wait_env).await;
     let r2 = region(&base, "r2", &far(&link2), Some(global_replica(&link2)), &[]).await;
     let stale_env = [
         ("TV_GLOBAL_STALE_AFTER_S", "3"),
@@ -242,6 +247,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
             .await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.body["scope"], "global");
+        assert_eq!(a.body["global"]["regions_acked"], 2, "{}", a.body);
         let at = wait_for("token.revoked", &format!("r2-c{i}")).await;
         revoke_lat.push(at - started);
     }
@@ -341,7 +347,8 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
                 json!({"fingerprint": fp(i), "reason": "during the cut"}),
             )
             .await;
-        assert_eq!(a.status, 200, "{}", a.body);
+        // Made, but only one of the two regions it waits for has it: said so.
+        a.problem(503, "not_replicated");
     }
     // Cut off, region 3 goes stale, says so, and (as configured) refuses new leases.
     let stale = crate::harness::wait_json(&r3.api, "/readyz", PATIENCE, |b| {
@@ -349,6 +356,9 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     })
     .await;
     assert_eq!(stale["global"]["when_stale"], "refuse");
+    let status = r3.api.get("/v1/pools/p/status").await;
+    assert_eq!(status.body["global"]["stale"], true, "{}", status.body);
+    assert_eq!(status.body["global"]["region"], "r3");
     let refused = Api::new(&r3.vault.base)
         .with_token(&worker)
         .post("/v1/pools/p/leases", json!({}))

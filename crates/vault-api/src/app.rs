@@ -147,7 +147,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(jobs::fail))
         .routes(routes!(clients::mint))
         .routes(routes!(clients::revoke))
-        .routes(routes!(credentials::revoke))
+        .routes(routes!(credentials::revoke_credential))
         .routes(routes!(clients::introspect))
         .routes(routes!(audit::read))
         .routes(routes!(crate::events::stream))

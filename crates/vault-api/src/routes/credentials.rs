@@ -21,6 +21,8 @@ pub struct CredentialRevokeInput {
     /// Instead of `fingerprint`: a token of this region, which stands for its secret.
     pool: Option<String>,
     token_id: Option<String>,
+    /// Why: in every region's audit trail and on the `token.revoked` events.
+    #[schema(required = true, max_length = 1024)]
     reason: Option<String>,
 }
 
@@ -46,7 +48,7 @@ fn is_fingerprint(fp: &str) -> bool {
         (status = 503, description = "`global_unavailable`: the global primary cannot be reached; `not_replicated`: fewer region replicas than TV_GLOBAL_WAIT_REGIONS had it in time", body = Problem),
     )
 )]
-pub async fn revoke(
+pub async fn revoke_credential(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
     Body(input): Body<CredentialRevokeInput>,
@@ -56,10 +58,12 @@ pub async fn revoke(
             "a credential is revoked in every pool: a pool-limited client may not",
         ));
     }
-    let reason = input.reason.unwrap_or_else(|| "credential revoked".into());
-    if reason.len() > 1024 || reason.chars().any(char::is_control) {
+    let reason = input
+        .reason
+        .ok_or_else(|| ApiError::invalid("reason is required"))?;
+    if reason.is_empty() || reason.len() > 1024 || reason.chars().any(char::is_control) {
         return Err(ApiError::invalid(
-            "reason must be at most 1024 bytes, without control characters",
+            "reason must be 1-1024 bytes, without control characters",
         ));
     }
     let fingerprint = match (input.fingerprint, input.pool, input.token_id) {

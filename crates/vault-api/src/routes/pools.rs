@@ -158,7 +158,9 @@ pub async fn status(
 
 /// A pool's status, whatever the transport.
 pub(crate) async fn status_of(s: &AppState, pool: &str) -> Result<PoolStatus, ApiError> {
-    Ok(s.store.pool_status(pool_name(pool)?).await?)
+    let mut st = s.store.pool_status(pool_name(pool)?).await?;
+    st.global = s.global.as_ref().map(|g| g.report());
+    Ok(st)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

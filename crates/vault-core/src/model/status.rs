@@ -69,6 +69,10 @@ pub struct PoolStatus {
     /// The pool's pipelines: their phase, size and deadline (counts by state, leases and
     /// projections are in `GET /v1/pools/{pool}/pipelines`).
     pub pipelines: Vec<super::PipelineStatus>,
+    /// With the global plane: this region's lag behind the global revocations, and whether it
+    /// is stale (what the replica answering saw).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<crate::global::GlobalReport>,
 }
 
 /// One quota of a pool, as status shows it.

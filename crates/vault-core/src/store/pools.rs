@@ -578,6 +578,7 @@ impl Store {
             warnings: view.warnings,
             rotation: rotation_status(&rot, tokens_deprecated, now_ms),
             sizing,
+            global: None,
         })
     }
 
