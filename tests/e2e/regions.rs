@@ -138,7 +138,30 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
         ("TV_GLOBAL_WAIT_TIMEOUT_MS", "1000"),
     ];
     let r1 = region(&base, "r1", &global.url(), None, &wait_env).await;
-    let r2 = region(&base, "r2", &far(&link2), Some(global_replica(&link2)), &[]).await;
+    // Region 2 also signs with a key of its own, which no other region holds.
+    let r2_keys = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        base.keys_dir.path().join("k1.pem"),
+        r2_keys.path().join("k1.pem"),
+    )
+    .unwrap();
+    std::fs::write(
+        r2_keys.path().join("r2.pem"),
+        vault_core::auth::generate_key_pem(),
+    )
+    .unwrap();
+    let base2 = Deployment {
+        keys_dir: Arc::new(r2_keys),
+        ..base.clone()
+    };
+    let r2 = region(
+        &base2,
+        "r2",
+        &far(&link2),
+        Some(global_replica(&link2)),
+        &[],
+    )
+    .await;
     let stale_env = [
         ("TV_GLOBAL_STALE_AFTER_S", "3"),
         ("TV_GLOBAL_WHEN_STALE", "refuse"),
@@ -307,6 +330,42 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
         ms(*client_lat.last().unwrap())
     );
     assert!(*client_lat.last().unwrap() <= Duration::from_secs(1));
+
+    // A client token minted in region 2, signed with region 2's own key, works in region 3
+    // (the key reaches it through the global plane) and, revoked from region 3, is refused in
+    // region 2.
+    let minted = r2
+        .api
+        .post(
+            "/v1/clients",
+            json!({"sub": "roaming", "scopes": ["lease"], "pools": ["p"]}),
+        )
+        .await;
+    assert_eq!(minted.status, 201, "{}", minted.body);
+    let roaming = minted.str("token");
+    let in_r3 = Api::new(&r3.vault.base).with_token(&roaming);
+    let end = Instant::now() + PATIENCE;
+    while in_r3.get("/v1/pools/p/status").await.status != 200 {
+        assert!(
+            Instant::now() < end,
+            "region 2's key never reached region 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoked = r3
+        .api
+        .post("/v1/clients/revoke", json!({"jti": minted.str("jti")}))
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let in_r2 = Api::new(&r2.vault.base).with_token(&roaming);
+    let end = Instant::now() + PATIENCE;
+    while in_r2.get("/v1/pools/p/status").await.status != 401 {
+        assert!(
+            Instant::now() < end,
+            "region 2 still accepts the token revoked in region 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // 3. A global freeze (and its lifting) reaches region 3's workers.
     let mut freeze_lat = Vec::new();

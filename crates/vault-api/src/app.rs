@@ -45,6 +45,9 @@ pub struct App {
     pub draining: std::sync::atomic::AtomicBool,
     /// This region's freshness with the global plane, when configured.
     pub global: Option<Arc<vault_core::global::GlobalWatch>>,
+    /// Verify-only keys other regions published to the global plane (see
+    /// `auth::spawn_global_keys`); tried when a token's `kid` is not one of ours.
+    pub other_regions_keys: std::sync::RwLock<Option<Arc<KeyRing>>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -76,6 +79,7 @@ impl AppState {
             verified: Default::default(),
             draining: Default::default(),
             global,
+            other_regions_keys: Default::default(),
         }))
     }
 }

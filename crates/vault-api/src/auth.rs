@@ -22,7 +22,8 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::StreamExt;
-use vault_core::auth::{AuthError, Principal, Scope};
+use std::sync::Arc;
+use vault_core::auth::{AuthError, KeyRing, Principal, Scope};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -116,7 +117,16 @@ pub fn authenticate(s: &AppState, token: &str) -> Result<Principal, AuthError> {
     let p = match cached {
         Some(p) => p,
         None => {
-            let p = s.keys.verify(token)?;
+            let p = match s.keys.verify(token) {
+                Err(AuthError::UnknownKey) => {
+                    let other = s.other_regions_keys.read().expect("key ring lock").clone();
+                    match other {
+                        Some(ring) => ring.verify(token)?,
+                        None => return Err(AuthError::UnknownKey),
+                    }
+                }
+                r => r?,
+            };
             let mut cache = s.verified.write().expect("token cache lock");
             if cache.len() >= VERIFIED_CACHE_MAX {
                 cache.retain(|_, p| p.exp > now_s);
@@ -132,6 +142,55 @@ pub fn authenticate(s: &AppState, token: &str) -> Result<Principal, AuthError> {
         return Err(AuthError::Revoked);
     }
     Ok(p)
+}
+
+/// How often a replica publishes its verification keys and re-reads the other regions'.
+const GLOBAL_KEYS_EVERY: Duration = Duration::from_secs(5);
+
+/// With the global plane: publish this replica's verification keys to the global primary and
+/// keep a verify-only ring of the other regions' keys (from the region's replica), so a client
+/// token minted in any region works in every region. A key id another region holds with a
+/// different key is logged and never trusted (ours wins here; theirs there).
+pub fn spawn_global_keys(s: AppState) {
+    let Some(global) = s.store.global().cloned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let ours = s.keys.public_keys();
+        let mut tick = tokio::time::interval(GLOBAL_KEYS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut known: Vec<(String, String)> = Vec::new();
+        loop {
+            tick.tick().await;
+            match global.publish_keys(&ours).await {
+                Ok(clashes) if !clashes.is_empty() => {
+                    tracing::error!(kids = ?clashes, "another region publishes a different key under these key ids; name keys uniquely across regions")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "verification keys not published (global primary out of reach?)")
+                }
+            }
+            let Ok(mut theirs) = global.verification_keys().await else {
+                continue;
+            };
+            theirs.retain(|(kid, _)| !ours.iter().any(|(k, _)| k == kid));
+            theirs.sort();
+            if theirs == known {
+                continue;
+            }
+            let mut ring = KeyRing::empty(&s.keys.issuer, &s.keys.audience, s.keys.max_ttl_s);
+            for (kid, x) in &theirs {
+                if let Err(e) = ring.add_public_x(kid, x) {
+                    tracing::warn!(error = %e, "a published verification key is unusable; skipped");
+                }
+            }
+            tracing::info!(kids = ?ring.kids(), "verification keys of other regions");
+            *s.other_regions_keys.write().expect("key ring lock") =
+                (!theirs.is_empty()).then(|| Arc::new(ring));
+            known = theirs;
+        }
+    });
 }
 
 /// Most verified tokens a replica remembers.

@@ -54,6 +54,7 @@ pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     });
     let state = AppState::with_global(store, cipher, keys, cfg.auth.failure_limit, watch);
     crate::auth::Revocations::spawn_listener(state.clone(), cfg.redis.clone());
+    crate::auth::spawn_global_keys(state.clone());
     crate::background::spawn_tally_flush(state.store.clone());
     crate::background::spawn_pool_gauges(
         state.store.clone(),

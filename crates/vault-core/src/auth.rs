@@ -218,6 +218,31 @@ impl KeyRing {
         Ok(())
     }
 
+    /// Add a verify-only key from its raw public key (base64url, as in a JWK's `x`): a key
+    /// another region published to the global plane.
+    pub fn add_public_x(&mut self, kid: &str, x: &str) -> Result<(), String> {
+        if !crate::model::valid_name(kid, 64) {
+            return Err(format!("key id {kid:?} is not a valid key id"));
+        }
+        let key = DecodingKey::from_ed_components(x).map_err(|e| format!("key {kid}: {e}"))?;
+        self.verifiers.insert(
+            kid.to_string(),
+            Verifier {
+                key,
+                x: x.to_string(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Every verification key: its id and raw public key (base64url).
+    pub fn public_keys(&self) -> Vec<(String, String)> {
+        self.verifiers
+            .iter()
+            .map(|(kid, v)| (kid.clone(), v.x.clone()))
+            .collect()
+    }
+
     /// Load a PEM file or every `*.pem` in a directory.
     pub fn load(&mut self, path: &Path) -> Result<(), String> {
         let files: Vec<std::path::PathBuf> = if path.is_dir() {

@@ -220,6 +220,10 @@ impl GlobalKeys {
     pub fn beat(&self) -> String {
         self.k("beat")
     }
+    /// Every region's client-token verification keys: kid → raw public key (base64url).
+    pub fn verification_keys(&self) -> String {
+        self.k("keys")
+    }
     /// Region keys.
     pub fn applied(&self) -> String {
         self.k("applied")
@@ -434,6 +438,46 @@ impl Global {
             .filter(|(_, f)| f.is_some())
             .map(|(fp, _)| fp.clone())
             .collect())
+    }
+
+    /// Publish this region's verification keys (kid → raw public key) to the primary, so that
+    /// a client token minted here verifies in every region. A kid another region published with
+    /// a different key is left as it is and returned (a naming clash the operator must fix).
+    pub async fn publish_keys(&self, keys: &[(String, String)]) -> Result<Vec<String>> {
+        let key = self.keys.verification_keys();
+        let keys = keys.to_vec();
+        self.write
+            .run(self.timeout, |mut c| async move {
+                let mut clashes = Vec::new();
+                for (kid, x) in keys {
+                    let _: i64 = redis::cmd("HSETNX")
+                        .arg(&key)
+                        .arg(&kid)
+                        .arg(&x)
+                        .query_async(&mut c)
+                        .await?;
+                    let held: Option<String> = redis::cmd("HGET")
+                        .arg(&key)
+                        .arg(&kid)
+                        .query_async(&mut c)
+                        .await?;
+                    if held.as_deref() != Some(x.as_str()) {
+                        clashes.push(kid);
+                    }
+                }
+                Ok(clashes)
+            })
+            .await
+    }
+
+    /// Every region's verification keys, from the region's replica.
+    pub async fn verification_keys(&self) -> Result<Vec<(String, String)>> {
+        let key = self.keys.verification_keys();
+        self.read
+            .run(self.timeout, |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await
     }
 
     /// Write the primary's clock into the beat (every janitor, every second).
