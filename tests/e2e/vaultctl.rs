@@ -554,3 +554,66 @@ async fn vaultctl_creates_shows_and_ends_a_pipeline() {
     let ended = ctl.ok(&["pipeline", "end", "p", "job"]).await.stdout;
     assert!(ended.contains("2 tokens back"), "{ended}");
 }
+
+/// A credential revoked by vaultctl, by fingerprint or by one of its tokens, in every pool
+/// holding it; `--global` without the global plane is refused with the vault's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn vaultctl_revokes_a_credential_in_every_pool() {
+    let t = one(&[]).await;
+    let ctl = Ctl {
+        url: t.vault.base.clone(),
+        token: t.dep.admin.clone(),
+    };
+    for p in ["a", "b"] {
+        ctl.ok(&["pool", "create", p]).await;
+        t.api
+            .post(
+                &format!("/v1/pools/{p}/tokens"),
+                json!({"tokens": [{"id": "leaked", "secret": "same-secret"}, {"id": "fine", "secret": format!("own-{p}")}]}),
+            )
+            .await;
+    }
+    let o = ctl
+        .ok(&[
+            "token",
+            "revoke-credential",
+            "a",
+            "leaked",
+            "--reason",
+            "in a log",
+        ])
+        .await;
+    assert!(
+        o.stdout.contains("revoked: 2 tokens (a/leaked, b/leaked)"),
+        "{}",
+        o.stdout
+    );
+    for p in ["a", "b"] {
+        let m = t.api.get(&format!("/v1/pools/{p}/tokens/leaked")).await;
+        assert_eq!(m.body["state"], "revoked");
+        let m = t.api.get(&format!("/v1/pools/{p}/tokens/fine")).await;
+        assert_ne!(m.body["state"], "revoked");
+    }
+    let fp = vault_core::crypto::Secret::new("own-a").fingerprint();
+    let o = ctl
+        .ok(&[
+            "token",
+            "revoke-credential",
+            "--fingerprint",
+            &fp,
+            "--reason",
+            "x",
+        ])
+        .await;
+    assert!(
+        o.stdout.contains("revoked: 1 tokens (a/fine)"),
+        "{}",
+        o.stdout
+    );
+    let o = ctl.run(&["pool", "freeze", "a", "--global"]).await;
+    assert!(
+        !o.ok && o.stderr.contains("TV_GLOBAL_REDIS_URL"),
+        "{}",
+        o.stderr
+    );
+}

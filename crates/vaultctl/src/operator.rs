@@ -19,9 +19,7 @@ pub(crate) enum PoolOp {
     /// Every pool with its tokens by state.
     List,
     /// A pool's status: tokens by state, leases, utilization, quota, sizing.
-    Status {
-        pool: String,
-    },
+    Status { pool: String },
     /// Kill switch: no new leases.
     Freeze {
         pool: String,
@@ -30,9 +28,15 @@ pub(crate) enum PoolOp {
         /// End the pool's live leases too.
         #[arg(long)]
         revoke_leases: bool,
+        /// The pool of this name in every region (needs the global control plane).
+        #[arg(long)]
+        global: bool,
     },
     Unfreeze {
         pool: String,
+        /// Lift a global freeze in every region.
+        #[arg(long)]
+        global: bool,
     },
     /// Emergency rotation: every current token deprecated and refreshed, revoked at the sunset.
     Rotate {
@@ -104,6 +108,18 @@ pub(crate) enum TokenOp {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Revoke a credential wherever it is deposited: every pool holding its secret (and, with
+    /// the global control plane, every region). Name it by `--fingerprint`, or by a token of
+    /// this vault (`<pool> <id>`), which stands for its secret.
+    RevokeCredential {
+        pool: Option<String>,
+        id: Option<String>,
+        /// `sha256:` + 12 hex, as token metadata and the audit trail show it.
+        #[arg(long, conflicts_with_all = ["pool", "id"])]
+        fingerprint: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
     /// Quarantined → active.
     Restore {
         pool: String,
@@ -153,6 +169,15 @@ pub(crate) enum ClientOp {
         #[arg(value_name = "TOKEN")]
         subject: String,
     },
+}
+
+/// An action's `scope` in its body.
+fn scope(global: bool) -> &'static str {
+    if global {
+        "global"
+    } else {
+        "region"
+    }
 }
 
 pub(crate) fn table(header: &[&str]) -> Table {
@@ -273,20 +298,30 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
             pool,
             reason,
             revoke_leases,
+            global,
         } => {
             let v = r
                 .post(
                     &format!("/v1/pools/{}/freeze", seg(&pool)),
-                    &json!({"reason": reason, "revoke_leases": revoke_leases}),
+                    &json!({"reason": reason, "revoke_leases": revoke_leases, "scope": scope(global)}),
                 )
                 .await?;
-            show(a.json, &v, |_| format!("pool {pool} frozen"));
+            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
+                Some(e) => format!("pool {pool} frozen in every region (global entry {e})"),
+                None => format!("pool {pool} frozen"),
+            });
         }
-        PoolOp::Unfreeze { pool } => {
+        PoolOp::Unfreeze { pool, global } => {
             let v = r
-                .post(&format!("/v1/pools/{}/unfreeze", seg(&pool)), &json!({}))
+                .post(
+                    &format!("/v1/pools/{}/unfreeze", seg(&pool)),
+                    &json!({"scope": scope(global)}),
+                )
                 .await?;
-            show(a.json, &v, |_| format!("pool {pool} unfrozen"));
+            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
+                Some(e) => format!("pool {pool} unfrozen in every region (global entry {e})"),
+                None => format!("pool {pool} unfrozen"),
+            });
         }
         PoolOp::Rotate {
             pool,
@@ -491,6 +526,37 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                 )
                 .await?;
             show(a.json, &v, |_| format!("token {id} of pool {pool} revoked"));
+        }
+        TokenOp::RevokeCredential {
+            pool,
+            id,
+            fingerprint,
+            reason,
+        } => {
+            let body = match (fingerprint, pool, id) {
+                (Some(fp), None, None) => json!({"fingerprint": fp, "reason": reason}),
+                (None, Some(pool), Some(id)) => {
+                    json!({"pool": pool, "token_id": id, "reason": reason})
+                }
+                _ => bail!("name the credential by --fingerprint, or by <pool> <id>"),
+            };
+            let v = r.post("/v1/credentials/revoke", &body).await?;
+            show(a.json, &v, |v| {
+                let fp = v["fingerprint"].as_str().unwrap_or_default();
+                match v["global"]["entry_id"].as_str() {
+                    Some(e) => format!(
+                        "credential {fp} revoked in every region (global entry {e}; each region's follower applies it)"
+                    ),
+                    None => {
+                        let tokens = v["tokens"].as_array().cloned().unwrap_or_default();
+                        let names: Vec<String> = tokens
+                            .iter()
+                            .map(|t| format!("{}/{}", t["pool"].as_str().unwrap_or(""), t["token_id"].as_str().unwrap_or("")))
+                            .collect();
+                        format!("credential {fp} revoked: {} tokens ({})", names.len(), names.join(", "))
+                    }
+                }
+            });
         }
         TokenOp::Restore { pool, id } => {
             let v = r
