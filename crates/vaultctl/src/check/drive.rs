@@ -677,6 +677,10 @@ impl Interrupted {
         });
         flag
     }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// When the load ends: at its deadline, or when the checker is interrupted.
@@ -688,11 +692,7 @@ struct Until {
 
 impl Until {
     fn going(&self) -> bool {
-        Instant::now() < self.deadline
-            && !self
-                .interrupted
-                .0
-                .load(std::sync::atomic::Ordering::Relaxed)
+        Instant::now() < self.deadline && !self.interrupted.is_set()
     }
 }
 

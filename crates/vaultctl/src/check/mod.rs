@@ -5,6 +5,7 @@
 //! Exits non-zero on any violation.
 
 mod drive;
+mod regions;
 mod transport;
 pub(crate) mod verify;
 
@@ -35,6 +36,12 @@ pub(crate) struct CheckArgs {
     /// balancer), for `--transport grpc`.
     #[arg(long, value_delimiter = ',', env = "TV_CHECK_GRPC_URLS")]
     pub(crate) grpc_urls: Vec<String>,
+    /// Another region's vault URL (with the global control plane on): the checker also proves
+    /// that credentials revoked through `--urls` are not granted there once that region could
+    /// have applied the revocation (its global time plus the region's measured lag). The token
+    /// must work in both regions.
+    #[arg(long, value_delimiter = ',', env = "TV_CHECK_REGION_URLS")]
+    pub(crate) region_urls: Vec<String>,
     /// An admin client token (it creates, and at the end deletes, pools named `check-<run>-<n>`).
     #[arg(long, env = "TV_TOKEN", hide_env_values = true)]
     pub(crate) token: String,
@@ -207,10 +214,39 @@ pub(crate) async fn run(
         a.body
     );
 
+    let across = args.region_urls.first().map(|other| {
+        let (home, other, token) = (args.urls[0].clone(), other.clone(), args.token.clone());
+        let pool = format!("check-{run_id}-global");
+        let timeout = secs(&args.request_timeout);
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            regions::run(
+                &home,
+                &other,
+                &token,
+                &pool,
+                duration,
+                timeout?,
+                interrupted,
+            )
+            .await
+        })
+    });
     let revoked = drive::run(v.clone(), &plan, interrupted).await;
+    let across = match across {
+        Some(t) => Some(t.await.context("the cross-region check stopped")??),
+        None => None,
+    };
     let fin = drive::final_read(&v, &plan.pools, &revoked, secs(&args.final_patience)?).await?;
     let log = v.take_log();
-    let violations = verify::verify(&rules, &log, &fin);
+    let mut violations = verify::verify(&rules, &log, &fin);
+    if let Some((summary, v)) = across {
+        println!(
+            "across regions ({}): {} credentials revoked globally, {} grants in the other region, its largest lag {} ms",
+            args.region_urls[0], summary.revoked, summary.grants, summary.max_lag_ms
+        );
+        violations.extend(v);
+    }
 
     if let Some(path) = &args.log {
         let mut f = std::io::BufWriter::new(
