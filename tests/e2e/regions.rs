@@ -163,7 +163,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     )
     .await;
     let stale_env = [
-        ("TV_GLOBAL_STALE_AFTER_S", "3"),
+        ("TV_GLOBAL_STALE_AFTER_S", "5"),
         ("TV_GLOBAL_WHEN_STALE", "refuse"),
     ];
     let r3 = region(
