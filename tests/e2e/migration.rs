@@ -47,6 +47,26 @@ fn migrate(redis: &RedisServer, batch: &str) -> String {
     m.output()
 }
 
+/// Start a vault-api on `redis` and expect it to refuse to run; what it said.
+fn refused_start(redis: &RedisServer, dep: &Deployment) -> String {
+    let mut refused = Child::spawn(
+        &bin_path("vault-api"),
+        &[],
+        &[
+            ("TV_REDIS_URL", redis.url()),
+            ("TV_PREFIX", "tv".to_string()),
+            ("TV_MASTER_KEY", dep.master_key.clone()),
+            ("TV_SIGNING_KEYS", dep.keys_dir.path().display().to_string()),
+            (
+                "TV_LISTEN_ADDR",
+                format!("127.0.0.1:{}", testkit::free_port()),
+            ),
+        ],
+    );
+    assert!(!refused.wait_exit(PATIENCE).success());
+    refused.output()
+}
+
 /// The fields of a token's metadata that do not depend on when they are read (a quota window or
 /// a cooldown that has ended since the fixture was written shows as over).
 fn stable(t: &Value) -> Value {
@@ -96,22 +116,7 @@ async fn a_store_of_the_previous_layout_is_refused_then_converted_and_served_as_
     assert_eq!(redis.cli(&["EXISTS", "tv:{p}:ids"]).trim(), "1");
 
     // The vault refuses the old layout and says what converts it.
-    let mut refused = Child::spawn(
-        &bin_path("vault-api"),
-        &[],
-        &[
-            ("TV_REDIS_URL", redis.url()),
-            ("TV_PREFIX", "tv".to_string()),
-            ("TV_MASTER_KEY", dep.master_key.clone()),
-            ("TV_SIGNING_KEYS", dep.keys_dir.path().display().to_string()),
-            (
-                "TV_LISTEN_ADDR",
-                format!("127.0.0.1:{}", testkit::free_port()),
-            ),
-        ],
-    );
-    assert!(!refused.wait_exit(PATIENCE).success());
-    let said = refused.output();
+    let said = refused_start(&redis, &dep);
     assert!(
         said.contains("vaultctl migrate") && said.contains("3 pool(s)"),
         "{said}"
@@ -348,22 +353,7 @@ async fn a_store_without_the_fingerprint_index_is_indexed_by_migrate() {
     redis.cli(&["HSET", "tv:{p}:cfg", "layout_version", "2"]);
     redis.cli(&["DEL", "tv:{p}:fps"]);
 
-    let mut refused = Child::spawn(
-        &bin_path("vault-api"),
-        &[],
-        &[
-            ("TV_REDIS_URL", redis.url()),
-            ("TV_PREFIX", "tv".to_string()),
-            ("TV_MASTER_KEY", dep.master_key.clone()),
-            ("TV_SIGNING_KEYS", dep.keys_dir.path().display().to_string()),
-            (
-                "TV_LISTEN_ADDR",
-                format!("127.0.0.1:{}", testkit::free_port()),
-            ),
-        ],
-    );
-    assert!(!refused.wait_exit(PATIENCE).success());
-    assert!(refused.output().contains("fingerprint index"));
+    assert!(refused_start(&redis, &dep).contains("fingerprint index"));
 
     let out = migrate(&redis, "100");
     assert!(
