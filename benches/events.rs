@@ -5,6 +5,10 @@
 //! delivery, per transport, and per revocation from its first subscriber to its last. Two
 //! configurations: 100 subscribers on 2 replicas, 1,000 on 3.
 //!
+//! Also the CPU each delivery costs, server side (the vault-api processes) and subscriber side
+//! (this bench's own clients), from `/proc`: with every process on the same cores, the last of
+//! N subscribers cannot get an event sooner than N deliveries' CPU divided by the cores.
+//!
 //!   cargo build --release --workspace --bins && cargo bench --bench events
 
 use std::collections::HashMap;
@@ -17,6 +21,22 @@ use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 use vault_core::crypto::MasterKey;
 
 const REVOCATIONS: usize = 50;
+
+/// CPU time (ms, user + system) process `pid` ("self" for this one) has used so far.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        rest.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime (fields 14 and 15 of stat), in clock ticks of 10 ms (CLK_TCK 100).
+    (ticks(11) + ticks(12)) * 10.0
+}
 /// (subscribers, replicas) of each run.
 const RUNS: [(usize, usize); 2] = [(100, 2), (1000, 3)];
 
@@ -52,6 +72,10 @@ fn start_vault(
     (child, base, format!("http://{grpc}"))
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -77,7 +101,11 @@ async fn main() {
             .iter()
             .map(|(_, b, g)| (b.clone(), g.clone()))
             .collect();
-        propagation(&admin, &format!("p{run}"), subscribers, &bases).await;
+        let pids: Vec<String> = vaults[..replicas]
+            .iter()
+            .map(|(c, _, _)| c.id().to_string())
+            .collect();
+        propagation(&admin, &format!("p{run}"), subscribers, &bases, &pids).await;
     }
     for (mut v, _, _) in vaults {
         v.kill();
@@ -86,7 +114,13 @@ async fn main() {
 
 /// Revoke [`REVOCATIONS`] tokens of a new pool `pool` through the first replica while
 /// `subscribers` follow it over the `replicas` (REST base, gRPC URL), and print the delays.
-async fn propagation(admin: &str, pool: &str, subscribers: usize, replicas: &[(String, String)]) {
+async fn propagation(
+    admin: &str,
+    pool: &str,
+    subscribers: usize,
+    replicas: &[(String, String)],
+    pids: &[String],
+) {
     let b1 = replicas[0].0.clone();
     let admin = admin.to_string();
     let http = reqwest::Client::new();
@@ -169,6 +203,8 @@ async fn propagation(admin: &str, pool: &str, subscribers: usize, replicas: &[(S
             }));
         }
     }
+    let servers_cpu = || pids.iter().map(|p| cpu_ms(p)).sum::<f64>();
+    let (servers0, self0) = (servers_cpu(), cpu_ms("self"));
     let mut sent = HashMap::new();
     for i in 0..REVOCATIONS {
         let id = format!("t{i}");
@@ -189,6 +225,15 @@ async fn propagation(admin: &str, pool: &str, subscribers: usize, replicas: &[(S
             .expect("every subscriber got every event")
             .unwrap();
     }
+    let deliveries = (REVOCATIONS * subscribers) as f64;
+    let server_us = (servers_cpu() - servers0) * 1000.0 / deliveries;
+    let client_us = (cpu_ms("self") - self0) * 1000.0 / deliveries;
+    println!(
+        "  CPU per delivery: {server_us:.1} µs in the vault-api replicas, {client_us:.1} µs in this bench's subscribers; {subscribers} deliveries of one event take {:.1} ms of CPU, {:.1} ms on this machine's {} cores at best",
+        (server_us + client_us) * subscribers as f64 / 1000.0,
+        (server_us + client_us) * subscribers as f64 / 1000.0 / cores() as f64,
+        cores()
+    );
     let arrivals = arrivals.lock().unwrap();
     for transport in ["SSE", "gRPC Watch"] {
         let mut delays: Vec<f64> = arrivals
