@@ -8,11 +8,10 @@ use vault_core::Store;
 async fn main() -> std::process::ExitCode {
     let cfg = JanitorConfig::parse();
     vault_core::config::init_tracing(cfg.log.log_format);
-    let global =
-        vault_core::global::Global::from_args(&cfg.global, &cfg.redis.prefix, cfg.redis.timeout());
-    let store = match Store::connect(&cfg.redis) {
-        Ok(s) => s.with_global(global),
-        Err(e) => {
+    let global = vault_core::global::Global::from_args(&cfg.global, &cfg.redis);
+    let store = match (Store::connect(&cfg.redis), global) {
+        (Ok(s), Ok(global)) => s.with_global(global),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("janitor: {e}");
             return std::process::ExitCode::FAILURE;
         }

@@ -27,8 +27,7 @@ use crate::{router, ApiConfig, AppState};
 pub async fn prepare(cfg: &ApiConfig) -> anyhow::Result<AppState> {
     crate::routes::health::install_metrics();
     let cipher = cfg.master_key.cipher().map_err(anyhow::Error::msg)?;
-    let global =
-        vault_core::global::Global::from_args(&cfg.global, &cfg.redis.prefix, cfg.redis.timeout());
+    let global = vault_core::global::Global::from_args(&cfg.global, &cfg.redis)?;
     let store = Store::connect(&cfg.redis)?.with_global(global);
     match store.prepare().await {
         Ok(()) => {

@@ -314,29 +314,57 @@ fn global_down(why: &str) -> VaultError {
 pub struct Global {
     args: Arc<GlobalArgs>,
     keys: GlobalKeys,
-    write: Arc<Link>,
+    /// The global primary, through the same connection layer as the region's Redis: a
+    /// `redis+sentinel://` URL follows the primary Sentinel names, as `TV_REDIS_URL` does.
+    write: Box<Store>,
     read: Arc<Link>,
     timeout: Duration,
 }
 
+/// A failure of the global primary, said as such (not as the region's Redis being down).
+fn on_primary(e: VaultError) -> VaultError {
+    match e {
+        VaultError::RedisUnavailable(m) | VaultError::RedisBusy(m) => {
+            VaultError::GlobalUnavailable(m)
+        }
+        other => other,
+    }
+}
+
 impl Global {
-    /// The plane `args` configure, or None when `TV_GLOBAL_REDIS_URL` is unset.
-    pub fn from_args(args: &GlobalArgs, prefix: &str, timeout: Duration) -> Option<Global> {
-        let url = args.url.as_deref().filter(|u| !u.is_empty())?;
+    /// The plane `args` configure (None when `TV_GLOBAL_REDIS_URL` is unset), with the region's
+    /// Redis settings `redis` for its budget and prefix. An unparsable URL is an error.
+    pub fn from_args(
+        args: &GlobalArgs,
+        redis: &crate::config::RedisArgs,
+    ) -> Result<Option<Global>> {
+        let Some(url) = args.url.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
         let read = args
             .read_url
             .as_deref()
             .filter(|u| !u.is_empty())
             .unwrap_or(url);
-        Some(Global {
+        let write = Store::connect(&crate::config::RedisArgs {
+            redis_url: url.to_string(),
+            // A global action may wait for region replicas (`WAIT`) within the same call.
+            redis_timeout_ms: redis.redis_timeout_ms + args.wait_timeout_ms,
+            redis_pool_size: 2,
+            wait: Default::default(),
+            ..redis.clone()
+        })
+        .map_err(|e| VaultError::Invalid(format!("TV_GLOBAL_REDIS_URL: {e}")))?
+        .with_errors_metric("tv_global_redis_errors_total");
+        Ok(Some(Global {
             args: Arc::new(args.clone()),
             keys: GlobalKeys {
-                prefix: prefix.to_string(),
+                prefix: redis.prefix.clone(),
             },
-            write: Arc::new(Link::new(url)),
+            write: Box::new(write),
             read: Arc::new(Link::new(read)),
-            timeout,
-        })
+            timeout: redis.timeout(),
+        }))
     }
 
     pub fn args(&self) -> &GlobalArgs {
@@ -365,40 +393,29 @@ impl Global {
         let json =
             serde_json::to_string(&entry).map_err(|e| VaultError::Internal(e.to_string()))?;
         let (state_key, field, score) = entry.action.state(&self.keys);
-        let keys = [self.keys.log(), state_key];
         let kind = entry.action.kind();
-        let max = self.args.log_max_entries.max(1000);
         let wait = self.args.wait_regions;
         let wait_ms = self.args.wait_timeout_ms;
-        // WAIT blocks its connection up to its timeout: the budget covers it.
-        let budget = self.timeout + Duration::from_millis(if wait > 0 { wait_ms } else { 0 });
-        let (entry_id, acks): (String, Option<i64>) = self
-            .write
-            .run(budget, |mut c| async move {
-                let id: String = redis::Script::new(APPEND)
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .arg(&json)
-                    .arg(kind)
-                    .arg(&field)
-                    .arg(&score)
-                    .arg(max)
-                    .invoke_async(&mut c)
-                    .await?;
-                let acks = if wait > 0 {
-                    Some(
-                        redis::cmd("WAIT")
-                            .arg(wait)
-                            .arg(wait_ms)
-                            .query_async(&mut c)
-                            .await?,
-                    )
-                } else {
-                    None
-                };
-                Ok((id, acks))
-            })
-            .await?;
+        // The script and WAIT on one connection (WAIT counts that connection's writes).
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(APPEND)
+            .arg(2)
+            .arg(self.keys.log())
+            .arg(state_key)
+            .arg(&json)
+            .arg(kind)
+            .arg(&field)
+            .arg(&score)
+            .arg(self.args.log_max_entries.max(1000));
+        let (entry_id, acks): (String, Option<i64>) = if wait > 0 {
+            p.cmd("WAIT").arg(wait).arg(wait_ms);
+            let (id, acks): (String, i64) = self.write.pipe(p).await.map_err(on_primary)?;
+            (id, Some(acks))
+        } else {
+            let (id,): (String,) = self.write.pipe(p).await.map_err(on_primary)?;
+            (id, None)
+        };
         tracing::warn!(kind, entry_id = %entry_id, actor = %actor.name, region = %self.args.region, "global action written");
         metrics::counter!("tv_global_actions_total", "kind" => kind).increment(1);
         if let Some(a) = acks {
@@ -445,29 +462,18 @@ impl Global {
     /// a different key is left as it is and returned (a naming clash the operator must fix).
     pub async fn publish_keys(&self, keys: &[(String, String)]) -> Result<Vec<String>> {
         let key = self.keys.verification_keys();
-        let keys = keys.to_vec();
-        self.write
-            .run(self.timeout, |mut c| async move {
-                let mut clashes = Vec::new();
-                for (kid, x) in keys {
-                    let _: i64 = redis::cmd("HSETNX")
-                        .arg(&key)
-                        .arg(&kid)
-                        .arg(&x)
-                        .query_async(&mut c)
-                        .await?;
-                    let held: Option<String> = redis::cmd("HGET")
-                        .arg(&key)
-                        .arg(&kid)
-                        .query_async(&mut c)
-                        .await?;
-                    if held.as_deref() != Some(x.as_str()) {
-                        clashes.push(kid);
-                    }
-                }
-                Ok(clashes)
-            })
-            .await
+        let mut p = redis::pipe();
+        for (kid, x) in keys {
+            p.cmd("HSETNX").arg(&key).arg(kid).arg(x).ignore();
+            p.cmd("HGET").arg(&key).arg(kid);
+        }
+        let held: Vec<Option<String>> = self.write.pipe(p).await.map_err(on_primary)?;
+        Ok(keys
+            .iter()
+            .zip(held)
+            .filter(|((_, x), h)| h.as_deref() != Some(x.as_str()))
+            .map(|((kid, _), _)| kid.clone())
+            .collect())
     }
 
     /// Every region's verification keys, from the region's replica.
@@ -482,15 +488,16 @@ impl Global {
 
     /// Write the primary's clock into the beat (every janitor, every second).
     pub async fn beat(&self) -> Result<()> {
-        let key = self.keys.beat();
         self.write
-            .run(self.timeout, |mut c| async move {
-                redis::Script::new(BEAT)
-                    .key(&key)
-                    .invoke_async::<()>(&mut c)
-                    .await
-            })
+            .cmd::<()>(
+                redis::cmd("EVAL")
+                    .arg(BEAT)
+                    .arg(1)
+                    .arg(self.keys.beat())
+                    .clone(),
+            )
             .await
+            .map_err(on_primary)
     }
 
     /// The last beat the region's replica holds (ms), if any.

@@ -142,6 +142,9 @@ pub struct Store {
     tally: Arc<rate::LeaseTally>,
     /// The global control plane, when this region is one of several (`TV_GLOBAL_REDIS_URL`).
     global: Option<crate::global::Global>,
+    /// The counter of failed calls: `tv_redis_errors_total`, or the global primary's own (its
+    /// partition is not this region's Redis failing).
+    errors_metric: &'static str,
 }
 
 impl std::fmt::Debug for Store {
@@ -379,7 +382,14 @@ impl Store {
             wait: args.wait.clone(),
             tally: Arc::default(),
             global: None,
+            errors_metric: "tv_redis_errors_total",
         })
+    }
+
+    /// Count failed calls in `metric` instead of `tv_redis_errors_total`.
+    pub(crate) fn with_errors_metric(mut self, metric: &'static str) -> Self {
+        self.errors_metric = metric;
+        self
     }
 
     /// Join the global control plane (see [`crate::global`]).
@@ -421,10 +431,10 @@ impl Store {
         };
         match &r {
             Err(VaultError::RedisBusy(_)) => {
-                metrics::counter!("tv_redis_errors_total", "kind" => "busy").increment(1)
+                metrics::counter!(self.errors_metric, "kind" => "busy").increment(1)
             }
             Err(VaultError::RedisUnavailable(_)) => {
-                metrics::counter!("tv_redis_errors_total", "kind" => "unavailable").increment(1);
+                metrics::counter!(self.errors_metric, "kind" => "unavailable").increment(1);
                 // Behind Sentinel: the primary may have moved.
                 self.conns.suspect();
             }
@@ -538,7 +548,7 @@ impl Store {
         .await
     }
 
-    async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
+    pub(crate) async fn pipe<T: redis::FromRedisValue>(&self, p: redis::Pipeline) -> Result<T> {
         self.timed(async {
             let mut c = self.conn().await?;
             p.query_async(&mut c)
