@@ -39,9 +39,30 @@ fn newer(id: &str, than: &str) -> bool {
     }
 }
 
+/// One event as every stream of the replica sends it: encoded once, not once per subscriber
+/// (at 1,000 subscribers the per-subscriber work is what a revocation's fan-out costs).
+pub(crate) struct Delivery {
+    pub(crate) event: VaultEvent,
+    /// The event as SSE's `data:` (compact JSON: no line breaks).
+    json: String,
+}
+
+impl Delivery {
+    fn new(event: VaultEvent) -> Arc<Delivery> {
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        Arc::new(Delivery { event, json })
+    }
+}
+
+/// An event of the live feed, with its stream id.
+struct LiveEvent {
+    id: String,
+    delivery: Arc<Delivery>,
+}
+
 /// The replica's fan-out of events.
 pub struct EventHub {
-    tx: broadcast::Sender<Arc<(String, VaultEvent)>>,
+    tx: broadcast::Sender<Arc<LiveEvent>>,
     /// The newest event this replica has fanned out (to catch up after a lost subscription).
     last_id: Mutex<Option<String>>,
     /// Set once the Redis subscription is live: until then the replica is not ready.
@@ -83,7 +104,10 @@ impl EventHub {
                 .record(delay_ms as f64 / 1000.0);
         }
         metrics::counter!("tv_events_total", "type" => e.kind.clone()).increment(1);
-        let _ = self.tx.send(Arc::new((id, e)));
+        let _ = self.tx.send(Arc::new(LiveEvent {
+            id,
+            delivery: Delivery::new(e),
+        }));
     }
 
     /// After (re)subscribing: fan out whatever was published while this replica was not
@@ -126,14 +150,12 @@ pub struct EventsQuery {
 
 /// One event on the wire; `id` is absent only for notices, which must not move a client's
 /// resume point.
-fn sse(id: Option<&str>, e: &VaultEvent) -> Event {
-    let ev = Event::default().event(&e.kind);
-    let ev = match id {
+fn sse(id: Option<&str>, d: &Delivery) -> Event {
+    let ev = Event::default().event(&d.event.kind).data(&d.json);
+    match id {
         Some(id) => ev.id(id),
         None => ev,
-    };
-    ev.json_data(e)
-        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+    }
 }
 
 /// `events.lost`: some events after `after` are no longer kept. It carries no id, so a client's
@@ -219,7 +241,7 @@ pub(crate) fn feed(
     who: Principal,
     wanted: Option<HashSet<String>>,
     resume: Option<String>,
-) -> impl Stream<Item = (Option<String>, VaultEvent)> {
+) -> impl Stream<Item = (Option<String>, Arc<Delivery>)> {
     // Subscribe before reading the replay: nothing published in between can be missed.
     let mut rx = s.events.tx.subscribe();
     let mut closing = s.events.closing.subscribe();
@@ -240,7 +262,7 @@ pub(crate) fn feed(
                     Err(_) => false,
                 };
                 if gap {
-                    yield (None, lost_event(&from, s.store.event_time().await));
+                    yield (None, Delivery::new(lost_event(&from, s.store.event_time().await)));
                 }
                 loop {
                     let batch = match s.store.events_after(&from, 500).await {
@@ -256,7 +278,7 @@ pub(crate) fn feed(
                     for (id, e) in batch {
                         from = id.clone();
                         if pass(&e) {
-                            yield (Some(id.clone()), e);
+                            yield (Some(id.clone()), Delivery::new(e));
                         }
                         last_sent = Some(id);
                     }
@@ -278,12 +300,13 @@ pub(crate) fn feed(
             };
             match received {
                 Ok(item) => {
-                    let (id, e) = &*item;
+                    let (id, d) = (&item.id, &item.delivery);
+                    let e = &d.event;
                     if last_sent.as_deref().is_some_and(|l| !newer(id, l)) {
                         continue;
                     }
                     if pass(e) {
-                        yield (Some(id.clone()), e.clone());
+                        yield (Some(id.clone()), d.clone());
                     }
                     last_sent = Some(id.clone());
                 }

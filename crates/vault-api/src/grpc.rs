@@ -210,8 +210,8 @@ impl Vault for VaultService {
                 "" => None,
                 id => Some(crate::events::resume_point(id).map_err(status_of)?),
             };
-            let events =
-                crate::events::feed(self.state.clone(), who, wanted, resume).map(|e| Ok(e.into()));
+            let events = crate::events::feed(self.state.clone(), who, wanted, resume)
+                .map(|(id, d)| Ok((id, d.event.clone()).into()));
             Ok(Response::new(Box::pin(events) as Self::WatchStream))
         })
         .await
