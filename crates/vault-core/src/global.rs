@@ -242,8 +242,9 @@ const APPEND: &str = include_str!("../../../lua/global/append.lua");
 /// The primary's clock into the beat key.
 const BEAT: &str = include_str!("../../../lua/global/beat.lua");
 
-/// A connection made on first use and made again after it fails: the global Redis may be out
-/// of reach (a partition) when a process starts, and the process must start anyway.
+/// The follower's connection for its blocking read of the log: one of its own (a blocking
+/// `XREAD` holds its connection while it waits, so it cannot share the store's multiplexed
+/// ones), made on first use and made again after it fails.
 struct Link {
     url: String,
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -317,7 +318,10 @@ pub struct Global {
     /// The global primary, through the same connection layer as the region's Redis: a
     /// `redis+sentinel://` URL follows the primary Sentinel names, as `TV_REDIS_URL` does.
     write: Box<Store>,
-    read: Arc<Link>,
+    /// The region's replica, through the same layer.
+    read: Box<Store>,
+    /// Its URL, for the follower's blocking reads.
+    read_url: String,
     timeout: Duration,
 }
 
@@ -346,23 +350,26 @@ impl Global {
             .as_deref()
             .filter(|u| !u.is_empty())
             .unwrap_or(url);
-        let write = Store::connect(&crate::config::RedisArgs {
-            redis_url: url.to_string(),
-            // A global action may wait for region replicas (`WAIT`) within the same call.
-            redis_timeout_ms: redis.redis_timeout_ms + args.wait_timeout_ms,
-            redis_pool_size: 2,
-            wait: Default::default(),
-            ..redis.clone()
-        })
-        .map_err(|e| VaultError::Invalid(format!("TV_GLOBAL_REDIS_URL: {e}")))?
-        .with_errors_metric("tv_global_redis_errors_total");
+        let connect = |setting: &str, url: &str, extra_ms: u64| {
+            Store::connect(&crate::config::RedisArgs {
+                redis_url: url.to_string(),
+                redis_timeout_ms: redis.redis_timeout_ms + extra_ms,
+                redis_pool_size: 2,
+                wait: Default::default(),
+                ..redis.clone()
+            })
+            .map(|s| Box::new(s.with_errors_metric("tv_global_redis_errors_total")))
+            .map_err(|e| VaultError::Invalid(format!("{setting}: {e}")))
+        };
         Ok(Some(Global {
             args: Arc::new(args.clone()),
             keys: GlobalKeys {
                 prefix: redis.prefix.clone(),
             },
-            write: Box::new(write),
-            read: Arc::new(Link::new(read)),
+            // A global action may wait for region replicas (`WAIT`) within the same call.
+            write: connect("TV_GLOBAL_REDIS_URL", url, args.wait_timeout_ms)?,
+            read: connect("TV_GLOBAL_REDIS_READ_URL", read, 0)?,
+            read_url: read.to_string(),
             timeout: redis.timeout(),
         }))
     }
@@ -437,18 +444,16 @@ impl Global {
         if fingerprints.is_empty() {
             return Ok(vec![]);
         }
-        let key = self.keys.credentials();
-        let fps = fingerprints.to_vec();
         let found: Vec<Option<String>> = self
             .read
-            .run(self.timeout, |mut c| async move {
+            .cmd(
                 redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg(&fps)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+                    .arg(self.keys.credentials())
+                    .arg(fingerprints)
+                    .clone(),
+            )
+            .await
+            .map_err(on_primary)?;
         Ok(fingerprints
             .iter()
             .zip(found)
@@ -478,12 +483,14 @@ impl Global {
 
     /// Every region's verification keys, from the region's replica.
     pub async fn verification_keys(&self) -> Result<Vec<(String, String)>> {
-        let key = self.keys.verification_keys();
         self.read
-            .run(self.timeout, |mut c| async move {
-                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
-            })
+            .cmd(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.verification_keys())
+                    .clone(),
+            )
             .await
+            .map_err(on_primary)
     }
 
     /// Write the primary's clock into the beat (every janitor, every second).
@@ -502,92 +509,108 @@ impl Global {
 
     /// The last beat the region's replica holds (ms), if any.
     async fn read_beat(&self) -> Result<Option<i64>> {
-        let key = self.keys.beat();
         self.read
-            .run(self.timeout, |mut c| async move {
-                redis::cmd("GET").arg(&key).query_async(&mut c).await
-            })
+            .cmd(redis::cmd("GET").arg(self.keys.beat()).clone())
             .await
+            .map_err(on_primary)
     }
 
-    /// Up to `count` entries after `after`, from the region's replica; with `block`, waits up
-    /// to that long for one.
-    async fn read_log(
+    /// The `XREAD` of up to `count` entries after `after` (waiting up to `block` for one).
+    fn xread(&self, after: &str, count: usize, block: Option<Duration>) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count);
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(self.keys.log()).arg(after);
+        cmd
+    }
+
+    /// Up to `count` entries after `after`, from the region's replica.
+    async fn read_log(&self, after: &str, count: usize) -> Result<Vec<LogEntry>> {
+        let v = self
+            .read
+            .cmd(self.xread(after, count, None))
+            .await
+            .map_err(on_primary)?;
+        Ok(log_entries(v))
+    }
+
+    /// As [`Global::read_log`], waiting up to `block` for an entry, on the follower's own
+    /// connection.
+    async fn wait_log(
         &self,
         conn: &Link,
         after: &str,
         count: usize,
-        block: Option<Duration>,
-    ) -> Result<Vec<(String, Option<GlobalEntry>)>> {
-        let key = self.keys.log();
-        let after = after.to_string();
-        let budget = self.timeout + block.unwrap_or_default();
-        let v: Option<redis::streams::StreamReadReply> = conn
-            .run(budget, |mut c| async move {
-                let mut cmd = redis::cmd("XREAD");
-                cmd.arg("COUNT").arg(count);
-                if let Some(b) = block {
-                    cmd.arg("BLOCK").arg(b.as_millis() as u64);
-                }
-                cmd.arg("STREAMS").arg(&key).arg(&after);
+        block: Duration,
+    ) -> Result<Vec<LogEntry>> {
+        let cmd = self.xread(after, count, Some(block));
+        let v = conn
+            .run(self.timeout + block, |mut c| async move {
                 cmd.query_async(&mut c).await
             })
             .await?;
-        let mut out = Vec::new();
-        for k in v.into_iter().flat_map(|r| r.keys) {
-            for id in k.ids {
-                let text: String = id.get("e").unwrap_or_default();
-                // An entry this version cannot read (a newer vault's): skipped, loudly.
-                let e = serde_json::from_str::<GlobalEntry>(&text)
-                    .inspect_err(|err| tracing::error!(entry_id = %id.id, error = %err, "global entry not understood; skipped"))
-                    .ok();
-                out.push((id.id, e));
-            }
-        }
-        Ok(out)
+        Ok(log_entries(v))
     }
 
     /// The id of the newest entry the log trimmed away ("0-0": none), from the replica.
     async fn trimmed_up_to(&self) -> Result<String> {
         let key = self.keys.log();
-        let info: Option<std::collections::HashMap<String, redis::Value>> = self
+        let exists: bool = self
             .read
-            .run(self.timeout, |mut c| async move {
-                match redis::cmd("XINFO")
-                    .arg("STREAM")
-                    .arg(&key)
-                    .query_async(&mut c)
-                    .await
-                {
-                    Ok(v) => Ok(Some(v)),
-                    // No log yet.
-                    Err(e) if e.to_string().contains("no such key") => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .await?;
+            .cmd(redis::cmd("EXISTS").arg(&key).clone())
+            .await
+            .map_err(on_primary)?;
+        if !exists {
+            return Ok("0-0".into());
+        }
+        let info: std::collections::HashMap<String, redis::Value> = self
+            .read
+            .cmd(redis::cmd("XINFO").arg("STREAM").arg(&key).clone())
+            .await
+            .map_err(on_primary)?;
         Ok(info
-            .and_then(|i| i.get("max-deleted-entry-id").cloned())
+            .get("max-deleted-entry-id")
+            .cloned()
             .and_then(|v| redis::from_redis_value::<String>(v).ok())
             .unwrap_or_else(|| "0-0".into()))
     }
 }
 
+/// An entry of the log: its id, and the entry (None: one this version cannot read).
+type LogEntry = (String, Option<GlobalEntry>);
+
+/// The entries of an `XREAD` answer, in order. An entry this version cannot read (a newer
+/// vault's) is logged and kept as None, so the resume point still moves past it.
+fn log_entries(v: Option<redis::streams::StreamReadReply>) -> Vec<LogEntry> {
+    let mut out = Vec::new();
+    for k in v.into_iter().flat_map(|r| r.keys) {
+        for id in k.ids {
+            let text: String = id.get("e").unwrap_or_default();
+            let e = serde_json::from_str::<GlobalEntry>(&text)
+                .inspect_err(|err| tracing::error!(entry_id = %id.id, error = %err, "global entry not understood; skipped"))
+                .ok();
+            out.push((id.id, e));
+        }
+    }
+    out
+}
+
+/// An entry id (`<ms>-<seq>`) as numbers, in the order Redis gives them.
+fn entry_id(id: &str) -> (u64, u64) {
+    let (m, q) = id.split_once('-').unwrap_or((id, "0"));
+    (m.parse().unwrap_or(0), q.parse().unwrap_or(0))
+}
+
 /// The global time (ms) in an entry id.
 pub fn entry_ms(id: &str) -> i64 {
-    id.split('-')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0)
+    entry_id(id).0 as i64
 }
 
 /// Whether entry id `a` comes after `b`.
 fn after(a: &str, b: &str) -> bool {
-    let parse = |s: &str| {
-        let (m, q) = s.split_once('-').unwrap_or((s, "0"));
-        (m.parse::<u64>().unwrap_or(0), q.parse::<u64>().unwrap_or(0))
-    };
-    parse(a) > parse(b)
+    entry_id(a) > entry_id(b)
 }
 
 /// Where a region stands with the global state, as its follower last wrote it.
@@ -655,7 +678,6 @@ impl Store {
                 Err(err) => return Err(err),
             },
         }
-        metrics::counter!("tv_global_applied_total", "kind" => e.action.kind()).increment(1);
         Ok(())
     }
 
@@ -794,15 +816,7 @@ const FOLLOWER_LOCK: Duration = Duration::from_secs(5);
 pub async fn follow(store: Store, global: Global, stop: impl Future<Output = ()>) {
     let me = uuid::Uuid::new_v4().to_string();
     // The blocking read gets a connection of its own: it holds it while it waits.
-    let blocking = Link::new(
-        global
-            .args
-            .read_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .or(global.args.url.as_deref())
-            .unwrap_or_default(),
-    );
+    let blocking = Link::new(&global.read_url);
     let mut stop = std::pin::pin!(stop);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -843,11 +857,9 @@ async fn follow_step(store: &Store, global: &Global, blocking: &Link, me: &str) 
         applied = resync(store, global, &applied).await?;
     }
     loop {
-        let entries = global
-            .read_log(&global.read, &applied, FOLLOW_BATCH, None)
-            .await?;
+        let entries = global.read_log(&applied, FOLLOW_BATCH).await?;
         let full = entries.len() == FOLLOW_BATCH;
-        applied = apply_entries(store, &keys, &applied, entries).await?;
+        applied = apply_entries(store, &applied, entries).await?;
         if !full {
             break;
         }
@@ -861,13 +873,11 @@ async fn follow_step(store: &Store, global: &Global, blocking: &Link, me: &str) 
                     .clone(),
             )
             .await?;
-        let lag_ms = (crate::time::now_ms() - b).max(0);
-        metrics::gauge!("tv_global_follower_lag_seconds").set(lag_ms as f64 / 1000.0);
     }
     let next = global
-        .read_log(blocking, &applied, FOLLOW_BATCH, Some(FOLLOW_BLOCK))
+        .wait_log(blocking, &applied, FOLLOW_BATCH, FOLLOW_BLOCK)
         .await?;
-    apply_entries(store, &keys, &applied, next).await?;
+    apply_entries(store, &applied, next).await?;
     Ok(())
 }
 
@@ -875,7 +885,6 @@ async fn follow_step(store: &Store, global: &Global, blocking: &Link, me: &str) 
 /// new resume point.
 async fn apply_entries(
     store: &Store,
-    keys: &GlobalKeys,
     from: &str,
     entries: Vec<(String, Option<GlobalEntry>)>,
 ) -> Result<String> {
@@ -888,9 +897,7 @@ async fn apply_entries(
         if let Some(e) = e {
             store.apply_global(&id, &e).await?;
         }
-        store
-            .cmd::<()>(redis::cmd("SET").arg(keys.applied()).arg(&id).clone())
-            .await?;
+        set_applied(store, &id).await?;
         applied = id;
     }
     Ok(applied)
@@ -901,41 +908,29 @@ async fn apply_entries(
 /// client token, every global freeze — and resume after the newest entry. Returns it.
 async fn resync(store: &Store, global: &Global, applied: &str) -> Result<String> {
     tracing::error!(applied, "the global log was trimmed past this region's resume point; resyncing from the global state");
-    metrics::counter!("tv_global_resyncs_total").increment(1);
     let k = &global.keys;
-    // The newest entry first: everything up to it is in the state read next.
-    let (last, credentials, clients, frozen) = global
-        .read
-        .run(global.timeout * 4, |mut c| {
-            let k = k.clone();
-            async move {
-                let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-                    .arg(k.log())
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut c)
-                    .await?;
-                let credentials: Vec<String> = redis::cmd("HKEYS")
-                    .arg(k.credentials())
-                    .query_async(&mut c)
-                    .await?;
-                let clients: Vec<(String, i64)> = redis::cmd("ZRANGE")
-                    .arg(k.clients())
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES")
-                    .query_async(&mut c)
-                    .await?;
-                let frozen: Vec<String> = redis::cmd("HKEYS")
-                    .arg(k.frozen())
-                    .query_async(&mut c)
-                    .await?;
-                Ok((last, credentials, clients, frozen))
-            }
-        })
-        .await?;
+    // The newest entry first: everything up to it is in the state read with it.
+    let mut p = redis::pipe();
+    p.cmd("XREVRANGE")
+        .arg(k.log())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1);
+    p.cmd("HKEYS").arg(k.credentials());
+    p.cmd("ZRANGE")
+        .arg(k.clients())
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES");
+    p.cmd("HKEYS").arg(k.frozen());
+    #[allow(clippy::type_complexity)]
+    let (last, credentials, clients, frozen): (
+        Vec<(String, Vec<(String, String)>)>,
+        Vec<String>,
+        Vec<(String, i64)>,
+        Vec<String>,
+    ) = global.read.pipe(p).await.map_err(on_primary)?;
     let Some((last_id, _)) = last.into_iter().next() else {
         return Ok(applied.to_string());
     };
@@ -967,15 +962,20 @@ async fn resync(store: &Store, global: &Global, applied: &str) -> Result<String>
             )
             .await?;
     }
+    set_applied(store, &last_id).await?;
+    Ok(last_id)
+}
+
+/// Move the region's resume point to entry `id`.
+async fn set_applied(store: &Store, id: &str) -> Result<()> {
     store
-        .cmd::<()>(
+        .cmd(
             redis::cmd("SET")
                 .arg(store.global_keys().applied())
-                .arg(&last_id)
+                .arg(id)
                 .clone(),
         )
-        .await?;
-    Ok(last_id)
+        .await
 }
 
 #[cfg(test)]
