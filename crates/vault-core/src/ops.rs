@@ -116,10 +116,29 @@ impl Store {
     ) -> Result<Vec<(String, String, usize)>> {
         let mut out = Vec::new();
         for pool in self.pool_names().await? {
-            for (id, ended) in self.revoke_fingerprint(&pool, fingerprint, reason).await? {
-                self.revoked(actor, &pool, &id, reason, &ended).await;
-                out.push((pool.clone(), id, ended.len()));
+            for (id, ended) in self
+                .revoke_credential_in(actor, &pool, fingerprint, reason)
+                .await?
+            {
+                out.push((pool.clone(), id, ended));
             }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::revoke_credential`] in one pool. Returns `(token id, leases ended)` for each
+    /// token revoked now.
+    async fn revoke_credential_in(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        fingerprint: &str,
+        reason: &str,
+    ) -> Result<Vec<(String, usize)>> {
+        let mut out = Vec::new();
+        for (id, ended) in self.revoke_fingerprint(pool, fingerprint, reason).await? {
+            self.revoked(actor, pool, &id, reason, &ended).await;
+            out.push((id, ended.len()));
         }
         Ok(out)
     }
@@ -398,10 +417,11 @@ impl Store {
         let done = self.deposit(pool, tokens).await?;
         if let Some(g) = self.global() {
             // The follower looks for the tokens of a revoked credential when it applies the
-            // revocation; a deposit that landed after that look is caught by this one.
+            // revocation; a deposit that landed after that look is caught by this one (in the
+            // pool it landed in: the follower saw every other).
             for fp in g.revoked_fingerprints(&fingerprints).await? {
-                self.revoke_credential(actor, &fp, "revoked globally while being deposited")
-                    .await?;
+                let reason = "revoked globally while being deposited";
+                self.revoke_credential_in(actor, pool, &fp, reason).await?;
             }
         }
         let unchanged: std::collections::HashSet<&str> =
