@@ -2,17 +2,18 @@
 //! latency and partitions between regions, on one machine whose kernel has no netem.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Forwards connections on `port` (127.0.0.1) to an upstream address, each chunk delivered
+/// Forwards connections on `port` (of 127.0.0.1, or the address it was started at) to an upstream address, each chunk delivered
 /// `delay` after it was read, in order, in both directions. [`DelayProxy::cut`] drops every
 /// connection and refuses new ones until [`DelayProxy::heal`].
 pub struct DelayProxy {
     pub port: u16,
+    ip: IpAddr,
     link: Arc<Link>,
 }
 
@@ -35,7 +36,12 @@ impl Link {
 impl DelayProxy {
     /// Start forwarding to `upstream` (`host:port`) with `delay` each way.
     pub fn start(upstream: &str, delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the proxy");
+        Self::start_at(Ipv4Addr::LOCALHOST.into(), upstream, delay)
+    }
+
+    /// Listen on address `ip` (e.g. a [`crate::Netns`]'s `host_addr`, for processes inside it).
+    pub fn start_at(ip: IpAddr, upstream: &str, delay: Duration) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("a port for the proxy");
         let port = listener.local_addr().unwrap().port();
         let link = Arc::new(Link::default());
         let (l, upstream) = (link.clone(), upstream.to_string());
@@ -66,12 +72,12 @@ impl DelayProxy {
                 pump(server, client, delay);
             }
         });
-        DelayProxy { port, link }
+        DelayProxy { port, ip, link }
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<ip>:<port>`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Take the link down: every connection through it is closed, new ones are refused.

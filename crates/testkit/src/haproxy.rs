@@ -1,10 +1,9 @@
 //! haproxy in front of vault-api replicas, with the project's own config.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ports::{free_port, start_on_free_port, wait_until};
-use crate::process::{listens, Child};
+use crate::process::{listens, system_binary, Child};
 
 /// haproxy with the project's `deploy/haproxy.cfg`, its addresses adapted to loopback ports (and
 /// its global connection cap to a test machine's descriptor limit), in front of 1 to 3 replicas.
@@ -74,7 +73,9 @@ impl Haproxy {
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
         let mut child = Child::spawn(
-            &Self::binary(),
+            &system_binary("haproxy").expect(
+                "haproxy is not installed: run scripts/setup.sh (apt-get install -y haproxy)",
+            ),
             &["-db", "-f", path.to_str().expect("utf-8 path")],
             &[],
         );
@@ -96,22 +97,5 @@ impl Haproxy {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Debian installs haproxy in /usr/sbin, which a non-root PATH may lack.
-    fn binary() -> PathBuf {
-        let on_path = std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("haproxy"))
-                .find(|f| f.is_file())
-        });
-        on_path.unwrap_or_else(|| {
-            let sbin = PathBuf::from("/usr/sbin/haproxy");
-            assert!(
-                sbin.is_file(),
-                "haproxy is not installed: run scripts/setup.sh (apt-get install -y haproxy)"
-            );
-            sbin
-        })
     }
 }

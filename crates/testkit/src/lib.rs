@@ -11,6 +11,8 @@
 //! - [`Haproxy`] (`haproxy`): the project's `deploy/haproxy.cfg` in front of replicas.
 //! - [`DelayProxy`] (`delay_proxy`): a TCP link with a fixed delay each way that can be cut and
 //!   healed (regions' latency and partitions without netem).
+//! - [`Netns`] (`netns`): a network namespace joined to the test's by a veth pair: a host
+//!   apart (root only).
 //! - [`Child`] (`process`): a spawned process killed on drop, with its output captured to a
 //!   file; [`listens`], [`bin_path`].
 //! - [`Answer`] (`answer`): an HTTP answer as the tests check it (status, problem+json, JSON
@@ -21,6 +23,7 @@ mod answer;
 mod cluster;
 mod delay_proxy;
 mod haproxy;
+mod netns;
 mod ports;
 mod process;
 mod redis;
@@ -30,7 +33,8 @@ pub use answer::Answer;
 pub use cluster::RedisCluster;
 pub use delay_proxy::DelayProxy;
 pub use haproxy::Haproxy;
+pub use netns::Netns;
 pub use ports::{free_port, wait_until};
-pub use process::{bin_path, listens, Child};
+pub use process::{bin_path, listens, listens_on, Child};
 pub use redis::{command_stat, shared_redis, RedisServer, SharedRedis};
 pub use sentinel::Sentinel;

@@ -2,15 +2,25 @@
 //! process holds a port.
 
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::Netns;
+
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`: tells a server just
 /// started from a stranger that took the port it was given.
 pub fn listens(pid: u32, port: u16) -> bool {
-    let local = format!("0100007F:{port:04X}");
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    listens_on(pid, Ipv4Addr::LOCALHOST, port)
+}
+
+/// Whether process `pid` holds the socket listening on `host`:`port`, in its own network
+/// namespace (the table read is the process's).
+pub fn listens_on(pid: u32, host: Ipv4Addr, port: u16) -> bool {
+    // The kernel prints the address as the u32 it stores (network order) in host order.
+    let local = format!("{:08X}:{port:04X}", u32::from_le_bytes(host.octets()));
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
     let inodes: Vec<String> = table
         .lines()
         .skip(1)
@@ -27,6 +37,22 @@ pub fn listens(pid: u32, port: u16) -> bool {
         std::fs::read_link(fd.path())
             .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
             .unwrap_or(false)
+    })
+}
+
+/// A system program by name: on PATH, else in /usr/sbin or /sbin, where Debian installs
+/// haproxy and ip and a non-root PATH may not look.
+pub(crate) fn system_binary(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    });
+    on_path.or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|f| f.is_file())
     })
 }
 
@@ -65,10 +91,23 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(program: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::spawn_in(None, program, args, env)
+    }
+
+    /// Spawn it inside network namespace `netns` (in this one when None).
+    pub fn spawn_in(
+        netns: Option<&Netns>,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("out.log");
         let f = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(program);
+        let mut cmd = match netns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        };
         cmd.args(args)
             .stdout(f.try_clone().unwrap())
             .stderr(f)

@@ -1,13 +1,14 @@
 //! Private redis-server processes, and the test process's shared one.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::netns::Netns;
 use crate::ports::{free_port, start_on_free_port, wait_until};
-use crate::process::{listens, send_signal};
+use crate::process::{listens_on, send_signal};
 
 /// A private redis-server process.
 pub struct RedisServer {
@@ -15,6 +16,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     pub(crate) child: Option<std::process::Child>,
+    /// Where it listens: loopback, or its namespace's address.
+    host: Ipv4Addr,
+    netns: Option<Arc<Netns>>,
 }
 
 impl RedisServer {
@@ -27,14 +31,26 @@ impl RedisServer {
         Self::start_on(free_port, extra_config)
     }
 
+    /// Start inside network namespace `ns`, listening on its address (and its loopback), open
+    /// to other hosts (no protected mode).
+    pub fn start_in(ns: &Arc<Netns>, extra_config: &[&str]) -> Self {
+        Self::start_with_net(free_port, extra_config, Some(ns.clone()))
+    }
+
     /// Start on a port `pick` chooses (see [`start_on_free_port`]).
     pub(crate) fn start_on(pick: fn() -> u16, extra_config: &[&str]) -> Self {
+        Self::start_with_net(pick, extra_config, None)
+    }
+
+    fn start_with_net(pick: fn() -> u16, extra_config: &[&str], netns: Option<Arc<Netns>>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = Self {
             port: 0,
             dir,
             extra: extra_config.iter().map(|s| s.to_string()).collect(),
             child: None,
+            host: netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |ns| ns.addr),
+            netns,
         };
         start_on_free_port(pick, |port| {
             s.port = port;
@@ -48,8 +64,12 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("redis.conf");
         let log = self.dir.path().join("redis.log");
+        let bind = match &self.netns {
+            Some(ns) => format!("bind {} 127.0.0.1\nprotected-mode no", ns.addr),
+            None => "bind 127.0.0.1\nprotected-mode yes".to_string(),
+        };
         let mut text = format!(
-            "port {}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsave \"\"\nappendonly no\nprotected-mode yes\nloglevel warning\n",
+            "port {}\n{bind}\ndir {}\nlogfile {}\nsave \"\"\nappendonly no\nloglevel warning\n",
             self.port,
             self.dir.path().display(),
             log.display()
@@ -59,7 +79,11 @@ impl RedisServer {
             text.push('\n');
         }
         std::fs::write(&conf, text).expect("write redis.conf");
-        let mut child = Command::new("redis-server")
+        let mut command = match &self.netns {
+            Some(ns) => ns.command("redis-server"),
+            None => Command::new("redis-server"),
+        };
+        let mut child = command
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -69,7 +93,7 @@ impl RedisServer {
                     "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
                 )
             });
-        if let Err(why) = await_serving(&mut child, self.port) {
+        if let Err(why) = await_serving(&mut child, self.host, self.port) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -80,7 +104,7 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
     }
 
     /// A replica of `primary`, waited for until its first sync is done.
@@ -143,7 +167,7 @@ impl RedisServer {
 
     /// Run a command with redis-cli and return its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli(self.host, self.port, args)
     }
 
     /// From now on, log every command that takes `us` µs or more (and keep them all), for
@@ -229,7 +253,7 @@ impl SharedRedis {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli(Ipv4Addr::LOCALHOST, self.port, args)
     }
 }
 
@@ -261,7 +285,7 @@ pub fn shared_redis() -> &'static SharedRedis {
                         .map_err(|e| format!(
                             "cannot start setpriv redis-server ({e}); install them: apt-get install -y util-linux redis-server"
                         ))?;
-                    await_serving(&mut child, port).map(|()| port)
+                    await_serving(&mut child, Ipv4Addr::LOCALHOST, port).map(|()| port)
                 });
                 let serving = started.is_ok();
                 let _ = tx.send(started);
@@ -280,10 +304,10 @@ pub fn shared_redis() -> &'static SharedRedis {
     })
 }
 
-/// Run a command with redis-cli against `port` and return its stdout.
-pub(crate) fn redis_cli(port: u16, args: &[&str]) -> String {
+/// Run a command with redis-cli against `host`:`port` and return its stdout.
+pub(crate) fn redis_cli(host: Ipv4Addr, port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
-        .arg("-p")
+        .args(["-h", &host.to_string(), "-p"])
         .arg(port.to_string())
         .args(args)
         .output()
@@ -294,7 +318,11 @@ pub(crate) fn redis_cli(port: u16, args: &[&str]) -> String {
 /// Wait until `child`, a redis-server, serves on `port`; the reason when it does not (it exited,
 /// most often because the port was taken, or it never answered). A PING answered on the port is
 /// not enough: another test's server may hold it.
-pub(crate) fn await_serving(child: &mut std::process::Child, port: u16) -> Result<(), String> {
+pub(crate) fn await_serving(
+    child: &mut std::process::Child,
+    host: Ipv4Addr,
+    port: u16,
+) -> Result<(), String> {
     let pid = child.id();
     let mut exited = None;
     let serving = wait_until(Duration::from_secs(30), || {
@@ -302,7 +330,7 @@ pub(crate) fn await_serving(child: &mut std::process::Child, port: u16) -> Resul
             exited = Some(status);
             return true;
         }
-        listens(pid, port) && redis_ping(port)
+        listens_on(pid, host, port) && redis_ping(host, port)
     });
     if let Some(status) = exited {
         return Err(format!("redis-server exited ({status})"));
@@ -316,8 +344,8 @@ pub(crate) fn await_serving(child: &mut std::process::Child, port: u16) -> Resul
 }
 
 /// A bare-bones RESP PING, so the helper needs no Redis client crate.
-pub(crate) fn redis_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+pub(crate) fn redis_ping(host: Ipv4Addr, port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -351,8 +379,8 @@ mod tests {
         assert_ne!(server.port, holder.port);
         assert_eq!(TAKEN.load(Ordering::SeqCst), 0, "the taken port was tried");
         let pid = server.child.as_ref().unwrap().id();
-        assert!(listens(pid, server.port));
-        assert!(redis_ping(server.port));
+        assert!(crate::listens(pid, server.port));
+        assert!(redis_ping(Ipv4Addr::LOCALHOST, server.port));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Redis Sentinel.
 
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::ports::{free_port, start_on_free_port};
@@ -42,7 +43,7 @@ impl Sentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server --sentinel starts");
-            await_serving(&mut child, port).map(|()| (port, child))
+            await_serving(&mut child, Ipv4Addr::LOCALHOST, port).map(|()| (port, child))
         })
         .map(|(port, child)| Sentinel {
             port,
@@ -53,7 +54,7 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli(Ipv4Addr::LOCALHOST, self.port, args)
     }
 
     /// The port of the primary this sentinel names now.
