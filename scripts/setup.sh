@@ -3,7 +3,7 @@
 # engine, also started privately by tests and `tokenvault dev`), haproxy (the load balancer the
 # deployment tests put in front of several replicas), Python for schemathesis (the API fuzz test)
 # and the Python client's tests, chromium with its driver (the dashboard's browser test), promtool
-# (the alert rules' tests) and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
+# (the alert rules' tests), iproute2 (network namespaces for the regions test) and a C toolchain for crates that build C. Rust itself comes from rustup (https://rustup.rs) if
 # cargo is missing.
 # `setup.sh dev` installs only what `scripts/dev.sh` needs (no haproxy, no schemathesis).
 set -euo pipefail
@@ -25,6 +25,8 @@ if [ "$for_tests" = 1 ]; then
   # The dashboard's browser test (clients/python/tests/test_dashboard.py).
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # The regions test puts each region in a network namespace (as root; on loopback otherwise).
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -28,6 +28,9 @@ pub(crate) struct Deployment {
     pub(crate) master_key: String,
     pub(crate) keys_dir: std::sync::Arc<tempfile::TempDir>,
     pub(crate) admin: String,
+    /// The network namespace its processes run in (a region apart); None = this one, on
+    /// loopback.
+    pub(crate) netns: Option<std::sync::Arc<testkit::Netns>>,
 }
 
 /// A key ring over a directory of PEM keys, as the vault loads it.
@@ -70,6 +73,7 @@ impl Deployment {
             master_key: MasterKey::generate().to_base64(),
             keys_dir: std::sync::Arc::new(keys_dir),
             admin,
+            netns: None,
         }
     }
 
@@ -136,16 +140,20 @@ impl Deployment {
     /// or was not ready in time.
     async fn start_vault(&self, port: u16, extra: &[(&str, &str)]) -> Result<Vault, String> {
         let mut env = self.env(extra);
-        env.push(("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")));
-        let mut child = Child::spawn(&bin_path("vault-api"), &[], &env);
-        let base = format!("http://127.0.0.1:{port}");
+        let host = self
+            .netns
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |ns| ns.addr);
+        env.push(("TV_LISTEN_ADDR", format!("{host}:{port}")));
+        let mut child = self.spawn("vault-api", &env);
+        let base = format!("http://{host}:{port}");
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + crate::harness::PATIENCE;
         loop {
             if child.try_wait().is_some() {
                 return Err(child.output());
             }
-            if testkit::listens(child.id(), port) {
+            if testkit::listens_on(child.id(), host, port) {
                 if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
                     if r.status() == StatusCode::OK {
                         break;
@@ -172,7 +180,7 @@ impl Deployment {
             env.retain(|(e, _)| e != k);
             env.push((Box::leak(k.to_string().into_boxed_str()), v.to_string()));
         }
-        Child::spawn(&bin_path("refresher"), &[], &env)
+        self.spawn("refresher", &env)
     }
 
     /// Start a janitor sweeping every `interval_ms`.
@@ -184,7 +192,12 @@ impl Deployment {
         let iv = interval_ms.to_string();
         let mut all = vec![("TV_JANITOR_INTERVAL_MS", iv.as_str())];
         all.extend_from_slice(extra);
-        Child::spawn(&bin_path("janitor"), &[], &self.env(&all))
+        self.spawn("janitor", &self.env(&all))
+    }
+
+    /// Start one of the workspace's binaries in this deployment's namespace.
+    fn spawn(&self, binary: &str, env: &[(&str, String)]) -> Child {
+        Child::spawn_in(self.netns.as_deref(), &bin_path(binary), &[], env)
     }
 }
 

@@ -1,18 +1,21 @@
-//! Three regions on one machine, the way regions fail: each with its own Redis, vault-api and
-//! janitor; a global Redis primary in region 1 and a replica of it in regions 2 and 3, each
-//! reached over a link that delays every byte by 50 ms each way (testkit's `DelayProxy`: this
-//! kernel has no netem). Workers lease in every region while credentials, client tokens and a
+//! Three regions on one machine, the way regions fail: each in a network namespace of its own
+//! with its own Redis, vault-api and janitor; a global Redis primary in region 1 and a replica
+//! of it in regions 2 and 3, each reached over a link that delays every byte by 50 ms each way
+//! (testkit's `DelayProxy` in the test's namespace, the only way between two regions: this
+//! kernel has no netem). Where namespaces cannot be made (not root), the regions share loopback
+//! and the test says so; everything else is the same. Workers lease in every region while credentials, client tokens and a
 //! pool are revoked or frozen in region 1; a subscriber in region 3 measures when it learns.
 //! Then region 3's link is cut, revocations are made meanwhile, the link heals, and region 3
 //! must apply every one of them, none twice.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::{DelayProxy, RedisServer};
+use testkit::{DelayProxy, Netns, RedisServer};
 use tokio::sync::mpsc;
 use vault_core::auth::Scope;
 
@@ -39,8 +42,22 @@ struct Region {
     global_replica: Option<RedisServer>,
     dep: Deployment,
     vault: Vault,
-    _janitor: testkit::Child,
+    janitor: testkit::Child,
+    /// The settings its processes were started with.
+    env: Vec<(String, String)>,
     api: Api,
+}
+
+impl Region {
+    /// Start its janitor (and so its follower) again, as it was.
+    fn restart_janitor(&mut self) {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.janitor = self.dep.janitor_with(200, &env);
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -51,18 +68,47 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Start region `name`: its Redis, and its vault and janitor on the global plane, reading the
-/// global state at `read_url` and writing it at `write_url`.
+/// Where `n` regions run: a network namespace each, or, where this machine cannot make them,
+/// all on loopback (printed, so a run's figures say which).
+fn hosts(n: usize) -> Vec<Option<Arc<Netns>>> {
+    let made: Result<Vec<Netns>, String> = (0..n).map(|_| Netns::create()).collect();
+    match made {
+        Ok(spaces) => {
+            let names: Vec<String> = spaces
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.addr))
+                .collect();
+            println!("regions in network namespaces: {}", names.join(", "));
+            spaces.into_iter().map(|s| Some(Arc::new(s))).collect()
+        }
+        Err(why) => {
+            println!("network namespaces unavailable ({why}): the regions share loopback");
+            vec![None; n]
+        }
+    }
+}
+
+/// A link from region `from` to `target` in another region: the delaying proxy, listening
+/// where processes in `from` can reach it.
+fn link(from: &Option<Arc<Netns>>, target: &RedisServer) -> DelayProxy {
+    let at = from.as_ref().map_or(Ipv4Addr::LOCALHOST, |ns| ns.host_addr);
+    DelayProxy::start_at(at.into(), &target.addr(), LINK_DELAY)
+}
+
+/// Start region `name` in `host`: its Redis, and its vault and janitor on the global plane,
+/// reading the global state at `read_url` and writing it at `write_url`.
 async fn region(
     base: &Deployment,
+    host: &Option<Arc<Netns>>,
     name: &str,
     write_url: &str,
     read: Option<RedisServer>,
     extra: &[(&str, &str)],
 ) -> Region {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_in(host.as_ref(), &[]);
     let dep = Deployment {
         redis_url: redis.url(),
+        netns: host.clone(),
         ..base.clone()
     };
     let read_url = read
@@ -83,14 +129,21 @@ async fn region(
         global_replica: read,
         dep,
         vault,
-        _janitor: janitor,
+        janitor,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         api,
     }
 }
 
-/// A replica of the global primary, reached through `link`.
-fn global_replica(link: &DelayProxy) -> RedisServer {
-    let r = RedisServer::start_with(&[&format!("replicaof 127.0.0.1 {}", link.port)]);
+/// A replica of the global primary in `host`, reached through `link`.
+fn global_replica(host: &Option<Arc<Netns>>, link: &DelayProxy) -> RedisServer {
+    let r = RedisServer::start_in(
+        host.as_ref(),
+        &[&format!("replicaof {}", link.addr().replace(':', " "))],
+    );
     assert!(
         testkit::wait_until(PATIENCE, || r
             .cli(&["INFO", "replication"])
@@ -125,19 +178,35 @@ fn spawn_workers(api: Api, n: usize, stop: Arc<AtomicBool>, granted: Arc<AtomicU
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partition() {
-    let global = RedisServer::start();
-    let base = Deployment::new(&global);
+    let hosts = hosts(3);
     // Region 1 holds the primary; regions 2 and 3 reach it (replication and writes) over a
     // delayed link each.
-    let link2 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
-    let link3 = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
-    let far = |l: &DelayProxy| format!("redis://127.0.0.1:{}", l.port);
+    let global = RedisServer::start_in(hosts[0].as_ref(), &[]);
+    let base = Deployment::new(&global);
+    let link2 = link(&hosts[1], &global);
+    let link3 = link(&hosts[2], &global);
+    let far = |l: &DelayProxy| format!("redis://{}", l.addr());
+    if let Some(ns3) = &hosts[2] {
+        // The link is the only way: from region 3, region 1's Redis answers through it and not
+        // directly.
+        let ping = |addr: &str| {
+            let (host, port) = addr.split_once(':').unwrap();
+            let out = ns3
+                .command("redis-cli")
+                .args(["-h", host, "-p", port, "PING"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("PONG")
+        };
+        assert!(ping(&link3.addr()), "region 3 cannot use its link");
+        assert!(!ping(&global.addr()), "region 3 reached region 1 directly");
+    }
     // Region 1 answers a global action once both other regions' replicas have it.
     let wait_env = [
         ("TV_GLOBAL_WAIT_REGIONS", "2"),
         ("TV_GLOBAL_WAIT_TIMEOUT_MS", "1000"),
     ];
-    let r1 = region(&base, "r1", &global.url(), None, &wait_env).await;
+    let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &wait_env).await;
     // Region 2 also signs with a key of its own, which no other region holds.
     let r2_keys = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -156,9 +225,10 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     };
     let r2 = region(
         &base2,
+        &hosts[1],
         "r2",
         &far(&link2),
-        Some(global_replica(&link2)),
+        Some(global_replica(&hosts[1], &link2)),
         &[],
     )
     .await;
@@ -168,9 +238,10 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     ];
     let r3 = region(
         &base,
+        &hosts[2],
         "r3",
         &far(&link3),
-        Some(global_replica(&link3)),
+        Some(global_replica(&hosts[2], &link3)),
         &stale_env,
     )
     .await;
@@ -523,12 +594,21 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
 /// could have applied them (their global time plus region 2's measured lag): 0 violations.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_checker_finds_no_violation_across_two_regions() {
-    let global = RedisServer::start();
+    let hosts = hosts(2);
+    let global = RedisServer::start_in(hosts[0].as_ref(), &[]);
     let base = Deployment::new(&global);
-    let link = DelayProxy::start(&format!("127.0.0.1:{}", global.port), LINK_DELAY);
-    let r1 = region(&base, "r1", &global.url(), None, &[]).await;
-    let far = format!("redis://127.0.0.1:{}", link.port);
-    let r2 = region(&base, "r2", &far, Some(global_replica(&link)), &[]).await;
+    let link = link(&hosts[1], &global);
+    let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &[]).await;
+    let far = format!("redis://{}", link.addr());
+    let r2 = region(
+        &base,
+        &hosts[1],
+        "r2",
+        &far,
+        Some(global_replica(&hosts[1], &link)),
+        &[],
+    )
+    .await;
     let mut checker = testkit::Child::spawn(
         &testkit::bin_path("vaultctl"),
         &[
@@ -561,4 +641,156 @@ async fn the_checker_finds_no_violation_across_two_regions() {
     assert!(revoked >= 10, "{across}");
     assert!(!across.contains(", 0 grants"), "{across}");
     println!("{across}");
+}
+
+/// A region further behind than the global log holds (its follower down while the log was
+/// trimmed past its resume point, as `TV_GLOBAL_LOG_MAX_ENTRIES` does to a long partition)
+/// resyncs from the global state: every credential and client token revoked meanwhile, the
+/// global freeze now in force, and the lifting of one whose unfreeze it never saw; each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_behind_the_trimmed_log_resyncs_from_the_global_state() {
+    let hosts = hosts(2);
+    let global = RedisServer::start_in(hosts[0].as_ref(), &[]);
+    let base = Deployment::new(&global);
+    let link = link(&hosts[1], &global);
+    let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &[]).await;
+    let far = format!("redis://{}", link.addr());
+    let replica = global_replica(&hosts[1], &link);
+    let mut r2 = region(&base, &hosts[1], "r2", &far, Some(replica), &[]).await;
+    let secret = |i: usize| format!("trimmed-credential-{i:040}");
+    for (n, r) in [&r1, &r2].iter().enumerate() {
+        for pool in ["p", "q", "f"] {
+            assert_eq!(
+                r.api
+                    .put(&format!("/v1/pools/{pool}"), json!({}))
+                    .await
+                    .status,
+                201
+            );
+        }
+        let tokens: Vec<_> = (0..10)
+            .map(|i| json!({"id": format!("r{n}-c{i}"), "secret": secret(i)}))
+            .collect();
+        let d = r
+            .api
+            .post("/v1/pools/p/tokens", json!({"tokens": tokens}))
+            .await;
+        assert_eq!(d.status, 201, "{}", d.body);
+    }
+    // Pool f frozen everywhere while region 2 follows.
+    let a = r1
+        .api
+        .post(
+            "/v1/pools/f/freeze",
+            json!({"scope": "global", "reason": "incident"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    crate::harness::wait_json(&r2.api, "/v1/pools/f/status", PATIENCE, |b| {
+        b["frozen"] == true
+    })
+    .await;
+
+    // Region 2's follower stops; meanwhile f is unfrozen, credentials and a client token are
+    // revoked, q is frozen, and the log is trimmed past all of it.
+    r2.janitor.kill();
+    let victim = base.token("victim", &[Scope::Lease], Some(vec!["p".into()]));
+    let in_r2 = Api::new(&r2.vault.base).with_token(&victim);
+    assert_eq!(in_r2.get("/v1/pools/p/status").await.status, 200);
+    let jti = crate::harness::key_ring(base.keys_dir.path())
+        .verify(&victim)
+        .unwrap()
+        .jti;
+    let fp = |i: usize| vault_core::crypto::Secret::new(secret(i)).fingerprint();
+    let actions = [
+        ("/v1/pools/f/unfreeze", json!({"scope": "global"})),
+        (
+            "/v1/credentials/revoke",
+            json!({"fingerprint": fp(0), "reason": "leaked"}),
+        ),
+        (
+            "/v1/credentials/revoke",
+            json!({"fingerprint": fp(1), "reason": "leaked"}),
+        ),
+        (
+            "/v1/credentials/revoke",
+            json!({"fingerprint": fp(2), "reason": "leaked"}),
+        ),
+        ("/v1/clients/revoke", json!({"jti": jti})),
+        (
+            "/v1/pools/q/freeze",
+            json!({"scope": "global", "reason": "incident"}),
+        ),
+    ];
+    for (path, body) in actions {
+        let a = r1.api.post(path, body).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+    // What the cap does to a log longer than it, at once: only the newest entry is left.
+    let log = format!("{}:global:log", base.prefix);
+    global.cli(&["XTRIM", &log, "MAXLEN", "1"]);
+    assert_eq!(global.cli(&["XLEN", &log]).trim(), "1");
+    // Region 2 has applied none of it yet.
+    assert_eq!(in_r2.get("/v1/pools/p/status").await.status, 200);
+    assert_eq!(
+        r2.api.get("/v1/pools/p/tokens/r1-c0").await.body["state"],
+        "active"
+    );
+
+    r2.restart_janitor();
+    crate::harness::wait_json(&r2.api, "/v1/pools/q/status", PATIENCE, |b| {
+        b["frozen"] == true
+    })
+    .await;
+    crate::harness::wait_json(&r2.api, "/v1/pools/f/status", PATIENCE, |b| {
+        b["frozen"] == false
+    })
+    .await;
+    for i in 0..10 {
+        let t = r2.api.get(&format!("/v1/pools/p/tokens/r1-c{i}")).await;
+        let want = if i < 3 { "revoked" } else { "active" };
+        assert_eq!(t.body["state"], want, "r1-c{i}: {}", t.body);
+    }
+    assert_eq!(in_r2.get("/v1/pools/p/status").await.status, 401);
+    let out = r2.janitor.output();
+    assert!(out.contains("resyncing from the global state"), "{out}");
+    // Each once: one audit entry per revoked token, one freeze of q, one unfreeze of f.
+    let mut entries = Vec::new();
+    for pool in ["p", "q", "f"] {
+        let audit = r2
+            .api
+            .get(&format!("/v1/audit?pool={pool}&limit=1000"))
+            .await;
+        entries.extend(audit.body["events"].as_array().expect("events").clone());
+    }
+    let count = |action: &str, pool: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["pool"] == pool)
+            .count()
+    };
+    assert_eq!(count("token.revoke", "p"), 3, "{entries:#?}");
+    assert_eq!(count("pool.freeze", "q"), 1, "{entries:#?}");
+    assert_eq!(count("pool.freeze", "f"), 1, "{entries:#?}");
+    assert_eq!(count("pool.unfreeze", "f"), 1, "{entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["action"] == "token.revoke")
+            .all(|e| e["actor"] == "resync (global, from the global state)"),
+        "{entries:#?}"
+    );
+    // Following again from the newest entry: a new action still arrives.
+    let a = r1
+        .api
+        .post(
+            "/v1/credentials/revoke",
+            json!({"fingerprint": fp(3), "reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    crate::harness::wait_json(&r2.api, "/v1/pools/p/tokens/r1-c3", PATIENCE, |b| {
+        b["state"] == "revoked"
+    })
+    .await;
 }

@@ -134,8 +134,8 @@ mod tests {
             }
         };
         assert_ne!(a.addr, b.addr);
-        let in_a = RedisServer::start_in(&a, &[]);
-        let in_b = RedisServer::start_in(&b, &[]);
+        let in_a = RedisServer::start_in(Some(&a), &[]);
+        let in_b = RedisServer::start_in(Some(&b), &[]);
         assert!(in_a.cli(&["PING"]).contains("PONG"));
         assert!(in_b.cli(&["PING"]).contains("PONG"));
         let ping_from_a = |host: Ipv4Addr, port: u16| {
@@ -151,7 +151,7 @@ mod tests {
         // Through the test's namespace, where a proxy joins them.
         let link = crate::DelayProxy::start_at(
             a.host_addr.into(),
-            &format!("{}:{}", b.addr, in_b.port),
+            &in_b.addr(),
             std::time::Duration::ZERO,
         );
         assert!(ping_from_a(a.host_addr, link.port));

@@ -33,8 +33,9 @@ impl RedisServer {
 
     /// Start inside network namespace `ns`, listening on its address (and its loopback), open
     /// to other hosts (no protected mode).
-    pub fn start_in(ns: &Arc<Netns>, extra_config: &[&str]) -> Self {
-        Self::start_with_net(free_port, extra_config, Some(ns.clone()))
+    /// (In this namespace, on loopback, when `ns` is None.)
+    pub fn start_in(ns: Option<&Arc<Netns>>, extra_config: &[&str]) -> Self {
+        Self::start_with_net(free_port, extra_config, ns.cloned())
     }
 
     /// Start on a port `pick` chooses (see [`start_on_free_port`]).
@@ -104,7 +105,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}:{}", self.host, self.port)
+        format!("redis://{}", self.addr())
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 
     /// A replica of `primary`, waited for until its first sync is done.

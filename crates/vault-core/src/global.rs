@@ -234,6 +234,11 @@ impl GlobalKeys {
     pub fn follower(&self) -> String {
         self.k("follower")
     }
+    /// Pools this region froze because of a global freeze (a set): what a resync unfreezes
+    /// when the global state no longer has them frozen, the unfreeze itself trimmed away.
+    pub fn frozen_here(&self) -> String {
+        self.k("frozen_here")
+    }
 }
 
 /// Writes an entry and the state it sets in one step, on the primary: the log and the state
@@ -554,8 +559,11 @@ impl Global {
         Ok(log_entries(v))
     }
 
-    /// The id of the newest entry the log trimmed away ("0-0": none), from the replica.
-    async fn trimmed_up_to(&self) -> Result<String> {
+    /// The oldest entry left in the log when older ones were trimmed away (None: none were),
+    /// from the replica. (`max-deleted-entry-id` would be exact, but only `XDEL` moves it, not
+    /// the trimming `XADD MAXLEN` does; `entries-added` above the length says entries were
+    /// trimmed, since nothing deletes them otherwise.)
+    async fn log_start_if_trimmed(&self) -> Result<Option<String>> {
         let key = self.keys.log();
         let exists: bool = self
             .read
@@ -563,18 +571,25 @@ impl Global {
             .await
             .map_err(on_primary)?;
         if !exists {
-            return Ok("0-0".into());
+            return Ok(None);
         }
         let info: std::collections::HashMap<String, redis::Value> = self
             .read
             .cmd(redis::cmd("XINFO").arg("STREAM").arg(&key).clone())
             .await
             .map_err(on_primary)?;
-        Ok(info
-            .get("max-deleted-entry-id")
-            .cloned()
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .unwrap_or_else(|| "0-0".into()))
+        let number = |field: &str| {
+            info.get(field)
+                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                .unwrap_or(0)
+        };
+        if number("entries-added") <= number("length") {
+            return Ok(None);
+        }
+        let first: Option<(String, redis::Value)> = info
+            .get("first-entry")
+            .and_then(|v| redis::from_redis_value(v.clone()).ok());
+        Ok(first.map(|(id, _)| id))
     }
 }
 
@@ -665,20 +680,33 @@ impl Store {
                 pool,
                 revoke_leases,
             } => match self.pool_get(pool).await {
-                Ok(v) if !v.frozen => {
-                    self.freeze_pool(&actor, pool, *revoke_leases, &e.reason)
-                        .await?;
+                Ok(v) => {
+                    self.mark_frozen_here(pool, true).await?;
+                    if !v.frozen {
+                        self.freeze_pool(&actor, pool, *revoke_leases, &e.reason)
+                            .await?;
+                    }
                 }
-                Ok(_) | Err(VaultError::PoolNotFound) => {}
+                Err(VaultError::PoolNotFound) => {}
                 Err(err) => return Err(err),
             },
-            GlobalAction::PoolUnfreeze { pool } => match self.pool_get(pool).await {
-                Ok(v) if v.frozen => self.unfreeze_pool(&actor, pool).await?,
-                Ok(_) | Err(VaultError::PoolNotFound) => {}
-                Err(err) => return Err(err),
-            },
+            GlobalAction::PoolUnfreeze { pool } => {
+                match self.pool_get(pool).await {
+                    Ok(v) if v.frozen => self.unfreeze_pool(&actor, pool).await?,
+                    Ok(_) | Err(VaultError::PoolNotFound) => {}
+                    Err(err) => return Err(err),
+                }
+                self.mark_frozen_here(pool, false).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Record (or forget) that this region's pool is frozen by a global freeze.
+    async fn mark_frozen_here(&self, pool: &str, frozen: bool) -> Result<()> {
+        let key = self.global_keys().frozen_here();
+        let cmd = if frozen { "SADD" } else { "SREM" };
+        self.cmd(redis::cmd(cmd).arg(key).arg(pool).clone()).await
     }
 
     /// Whether this process holds (or now takes) the region's follower lock for `ttl`.
@@ -852,8 +880,11 @@ async fn follow_step(store: &Store, global: &Global, blocking: &Link, me: &str) 
         .unwrap_or_else(|| "0-0".into());
     // Read first: every entry made before this beat is on the replica already.
     let beat = global.read_beat().await?;
-    let trimmed = global.trimmed_up_to().await?;
-    if after(&trimmed, &applied) {
+    // Entries older than the log's start were trimmed: if the resume point is among them,
+    // some this region never applied may be too. (When it was the very last one trimmed, the
+    // resync was not needed: harmless, it applies nothing new.)
+    let start = global.log_start_if_trimmed().await?;
+    if start.is_some_and(|start| after(&start, &applied)) {
         applied = resync(store, global, &applied).await?;
     }
     loop {
@@ -905,7 +936,8 @@ async fn apply_entries(
 
 /// The log was trimmed past this region's resume point (a partition longer than the log
 /// holds): apply the whole global state instead — every revoked credential, every revoked
-/// client token, every global freeze — and resume after the newest entry. Returns it.
+/// client token, every global freeze, and the unfreeze of every pool frozen here by a global
+/// freeze that is no longer in force — and resume after the newest entry. Returns it.
 async fn resync(store: &Store, global: &Global, applied: &str) -> Result<String> {
     tracing::error!(applied, "the global log was trimmed past this region's resume point; resyncing from the global state");
     let k = &global.keys;
@@ -937,9 +969,10 @@ async fn resync(store: &Store, global: &Global, applied: &str) -> Result<String>
     let e = |action| GlobalEntry {
         action,
         reason: "global resync".into(),
-        actor: "follower".into(),
+        // Who did it and where is in the trimmed entry, not in the state: said as such.
+        actor: "resync".into(),
         actor_jti: None,
-        region: global.args.region.clone(),
+        region: "the global state".into(),
     };
     for fingerprint in credentials {
         store
@@ -949,6 +982,19 @@ async fn resync(store: &Store, global: &Global, applied: &str) -> Result<String>
     for (jti, until_s) in clients {
         store
             .apply_global(&last_id, &e(GlobalAction::ClientRevoke { jti, until_s }))
+            .await?;
+    }
+    // Pools frozen here by a global freeze whose unfreeze was trimmed away: unfrozen.
+    let here: Vec<String> = store
+        .cmd(
+            redis::cmd("SMEMBERS")
+                .arg(store.global_keys().frozen_here())
+                .clone(),
+        )
+        .await?;
+    for pool in here.into_iter().filter(|p| !frozen.contains(p)) {
+        store
+            .apply_global(&last_id, &e(GlobalAction::PoolUnfreeze { pool }))
             .await?;
     }
     for pool in frozen {
