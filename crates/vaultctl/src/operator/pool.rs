@@ -1,0 +1,196 @@
+//! `vaultctl pool`: create, list, show, update, freeze, delete pools.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::remote::{seg, Remote, RemoteArgs};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoolOp {
+    /// Create or replace a pool's config (PUT semantics; defaults fill what is not given).
+    Create(PoolCreate),
+    /// Every pool with its tokens by state.
+    List,
+    /// A pool's status: tokens by state, leases, utilization, quota, sizing.
+    Status { pool: String },
+    /// Kill switch: no new leases.
+    Freeze {
+        pool: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// End the pool's live leases too.
+        #[arg(long)]
+        revoke_leases: bool,
+        /// The pool of this name in every region (needs the global control plane).
+        #[arg(long)]
+        global: bool,
+    },
+    Unfreeze {
+        pool: String,
+        /// Lift a global freeze in every region.
+        #[arg(long)]
+        global: bool,
+    },
+    /// Emergency rotation: every current token deprecated and refreshed, revoked at the sunset.
+    Rotate {
+        pool: String,
+        /// How long deprecated tokens stay leasable: 3600, 30m, 1h.
+        #[arg(long, default_value = "1h")]
+        sunset: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PoolCreate {
+    pub(crate) pool: String,
+    /// The config as JSON (`{"quota_limit": 5000, ...}`), `@file` or `@-` for stdin; the
+    /// flags below override its fields.
+    #[arg(long)]
+    pub(crate) config: Option<String>,
+    #[arg(long)]
+    pub(crate) quota_limit: Option<u64>,
+    #[arg(long)]
+    pub(crate) quota_window_s: Option<u64>,
+    #[arg(long)]
+    pub(crate) quota_reserve: Option<u64>,
+    #[arg(long)]
+    pub(crate) max_leases_per_token: Option<u32>,
+    #[arg(long)]
+    pub(crate) lease_ttl_s: Option<u64>,
+    /// lru or pack.
+    #[arg(long)]
+    pub(crate) strategy: Option<String>,
+}
+
+/// An action's `scope` in its body.
+fn scope(global: bool) -> &'static str {
+    if global {
+        "global"
+    } else {
+        "region"
+    }
+}
+
+use vault_core::model::VIEW_STATES as STATES;
+
+pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
+    let r = Remote::new(a)?;
+    match op {
+        PoolOp::Create(c) => {
+            let mut cfg = match c.config.as_deref() {
+                Some(src) => read_json_arg(src)?,
+                None => Map::new(),
+            };
+            let flags = [
+                ("quota_limit", c.quota_limit.map(Value::from)),
+                ("quota_window_s", c.quota_window_s.map(Value::from)),
+                ("quota_reserve", c.quota_reserve.map(Value::from)),
+                (
+                    "max_leases_per_token",
+                    c.max_leases_per_token.map(Value::from),
+                ),
+                ("lease_ttl_s", c.lease_ttl_s.map(Value::from)),
+                ("strategy", c.strategy.map(Value::from)),
+            ];
+            for (k, v) in flags {
+                if let Some(v) = v {
+                    cfg.insert(k.into(), v);
+                }
+            }
+            let v = r
+                .put(&format!("/v1/pools/{}", seg(&c.pool)), &Value::Object(cfg))
+                .await?;
+            show(a.json, &v, |v| format!("pool {}\n{}", c.pool, fields(v)));
+        }
+        PoolOp::List => {
+            let mut all = r.pages("/v1/pools", "pools", usize::MAX).await?;
+            all.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
+            let v = Value::Array(all);
+            show(a.json, &v, |v| {
+                let mut header = vec!["pool"];
+                header.extend(STATES);
+                header.push("frozen");
+                let mut t = table(&header);
+                for p in v.as_array().into_iter().flatten() {
+                    let mut row = vec![text(&p["name"])];
+                    row.extend(STATES.iter().map(|s| text(&p["tokens"][*s])));
+                    row.push(if p["frozen"] == true { "yes" } else { "" }.into());
+                    t.add_row(row);
+                }
+                t.to_string()
+            });
+        }
+        PoolOp::Status { pool } => {
+            let v = r.get(&format!("/v1/pools/{}/status", seg(&pool))).await?;
+            show(a.json, &v, |v| fields(v).to_string());
+        }
+        PoolOp::Freeze {
+            pool,
+            reason,
+            revoke_leases,
+            global,
+        } => {
+            let v = r
+                .post(
+                    &format!("/v1/pools/{}/freeze", seg(&pool)),
+                    &json!({"reason": reason, "revoke_leases": revoke_leases, "scope": scope(global)}),
+                )
+                .await?;
+            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
+                Some(e) => format!("pool {pool} frozen in every region (global entry {e})"),
+                None => format!("pool {pool} frozen"),
+            });
+        }
+        PoolOp::Unfreeze { pool, global } => {
+            let v = r
+                .post(
+                    &format!("/v1/pools/{}/unfreeze", seg(&pool)),
+                    &json!({"scope": scope(global)}),
+                )
+                .await?;
+            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
+                Some(e) => format!("pool {pool} unfrozen in every region (global entry {e})"),
+                None => format!("pool {pool} unfrozen"),
+            });
+        }
+        PoolOp::Rotate {
+            pool,
+            sunset,
+            reason,
+        } => {
+            let sunset_s = crate::parse_ttl(&sunset)?;
+            let v = r
+                .post(
+                    &format!("/v1/pools/{}/rotate", seg(&pool)),
+                    &json!({"sunset_s": sunset_s, "reason": reason}),
+                )
+                .await?;
+            show(a.json, &v, |v| {
+                format!(
+                    "rotation {} of pool {pool}: {} tokens deprecated, revoked at {} unless refreshed",
+                    text(&v["rotation_id"]),
+                    text(&v["tokens"]),
+                    text(&v["sunset_at"])
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `{...}` as given, or the JSON of `@file` / `@-`.
+fn read_json_arg(src: &str) -> anyhow::Result<Map<String, Value>> {
+    let text = match src.strip_prefix('@') {
+        Some("-") => std::io::read_to_string(std::io::stdin())?,
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => src.to_string(),
+    };
+    match serde_json::from_str(&text).context("--config is not JSON")? {
+        Value::Object(m) => Ok(m),
+        _ => bail!("--config must be a JSON object"),
+    }
+}
