@@ -2,7 +2,7 @@
 //! and revoking client tokens; an external login worker completing refresh jobs. Every request
 //! goes into the log with its timing and answer; nothing here judges the answers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,194 +11,12 @@ use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::transport::{GrpcWorkers, WorkerCall};
-use super::verify::{Final, FinalPool, FinalToken, Grant, Op, Rec};
+use super::transport::WorkerCall;
+use super::verify::{Final, FinalPool, FinalToken, Grant, Op};
 
-/// The vault URLs, one admin token, and the run's clock.
-pub(crate) struct Vault {
-    http: reqwest::Client,
-    urls: Vec<String>,
-    token: String,
-    /// Workers' calls go over gRPC when set (the operator and the final read stay on REST).
-    grpc: Option<GrpcWorkers>,
-    next: AtomicUsize,
-    t0: Instant,
-    log: Mutex<Vec<Rec>>,
-    /// Worker requests whose answer was lost and that were sent once more.
-    pub(crate) retried: std::sync::atomic::AtomicU64,
-    /// Of those, the ones whose second attempt was lost too.
-    pub(crate) gave_up: std::sync::atomic::AtomicU64,
-}
-
-/// One answer (or none).
-pub(crate) struct Answer {
-    pub(crate) sent: u64,
-    pub(crate) acked: Option<u64>,
-    pub(crate) status: u16,
-    pub(crate) code: String,
-    /// The transport error when there was no answer.
-    pub(crate) error: String,
-    pub(crate) body: Value,
-}
-
-impl Answer {
-    fn rec(&self, op: Op) -> Rec {
-        Rec {
-            sent: self.sent,
-            acked: self.acked,
-            status: self.status,
-            code: self.code.clone(),
-            error: self.error.clone(),
-            op,
-        }
-    }
-    fn lost(&self) -> bool {
-        super::verify::answer_lost(self.status, &self.code)
-    }
-}
-
-impl Vault {
-    pub(crate) fn new(
-        urls: Vec<String>,
-        token: String,
-        timeout: Duration,
-        grpc: Option<GrpcWorkers>,
-    ) -> anyhow::Result<Self> {
-        Ok(Vault {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .build()?,
-            urls: urls
-                .into_iter()
-                .map(|u| u.trim_end_matches('/').to_string())
-                .collect(),
-            token,
-            grpc,
-            next: AtomicUsize::new(0),
-            t0: Instant::now(),
-            log: Mutex::new(vec![]),
-            retried: Default::default(),
-            gave_up: Default::default(),
-        })
-    }
-
-    fn now(&self) -> u64 {
-        self.t0.elapsed().as_micros() as u64
-    }
-
-    pub(crate) fn urls(&self) -> &[String] {
-        &self.urls
-    }
-
-    /// Send one request to the next URL (round robin), with `token` or the admin token.
-    pub(crate) async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        idempotency_key: Option<&str>,
-        token: Option<&str>,
-    ) -> Answer {
-        let url = &self.urls[self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len()];
-        self.call_at(url, method, path, body, idempotency_key, token)
-            .await
-    }
-
-    async fn call_at(
-        &self,
-        url: &str,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        idempotency_key: Option<&str>,
-        token: Option<&str>,
-    ) -> Answer {
-        let mut req = self
-            .http
-            .request(method, format!("{url}{path}"))
-            .bearer_auth(token.unwrap_or(&self.token));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let sent = self.now();
-        let (status, body, error) = match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(b) => (
-                        status,
-                        serde_json::from_slice(&b).unwrap_or(Value::Null),
-                        String::new(),
-                    ),
-                    // The answer was cut off: as good as no answer.
-                    Err(e) => (0, Value::Null, transport_error(&e)),
-                }
-            }
-            Err(e) => (0, Value::Null, transport_error(&e)),
-        };
-        self.answer(sent, status, body, error)
-    }
-
-    /// An answer received now to a request sent at `sent`.
-    fn answer(&self, sent: u64, status: u16, body: Value, error: String) -> Answer {
-        let acked = (status != 0).then(|| self.now());
-        let code = body
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        Answer {
-            sent,
-            acked,
-            status,
-            code,
-            error,
-            body,
-        }
-    }
-
-    /// A worker's call, over the run's transport.
-    async fn work(
-        &self,
-        call: &WorkerCall<'_>,
-        body: &Value,
-        idempotency_key: Option<&str>,
-    ) -> Answer {
-        let Some(grpc) = &self.grpc else {
-            return self
-                .call(
-                    Method::POST,
-                    &call.path(),
-                    Some(body),
-                    idempotency_key,
-                    None,
-                )
-                .await;
-        };
-        let sent = self.now();
-        let (status, body, error) = grpc.call(call, body, idempotency_key, &self.token).await;
-        self.answer(sent, status, body, error)
-    }
-
-    /// POST `body` to `path` with the admin token.
-    async fn post(&self, path: &str, body: Value) -> Answer {
-        self.call(Method::POST, path, Some(&body), None, None).await
-    }
-
-    fn record(&self, a: &Answer, op: Op) {
-        self.log.lock().unwrap().push(a.rec(op));
-    }
-
-    pub(crate) fn take_log(&self) -> Vec<Rec> {
-        let mut log = std::mem::take(&mut *self.log.lock().unwrap());
-        log.sort_by_key(|r| r.sent);
-        log
-    }
-}
+use super::operator::{login_worker, operator};
+use super::vault::Answer;
+pub(crate) use super::vault::Vault;
 
 /// What the run does, decided up front.
 #[derive(Clone)]
@@ -244,19 +62,6 @@ fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
             .and_then(Value::as_str)
             .map(String::from),
     })
-}
-
-/// A transport error with its causes: reqwest's own message ("error sending request") says
-/// nothing of whether the connection was refused, reset or timed out.
-fn transport_error(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// A worker: lease, use a little, sometimes renew, report. A lease or release without an answer
@@ -428,211 +233,12 @@ fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, asked: (u64, u6
     );
 }
 
-/// Deposit `count` tokens into `pool`: a third of them expire within the run's first minute
-/// (they cross the TTL margin while it lasts, even when it is interrupted early; the operator
-/// deposits more as it goes), the rest in an hour.
-pub(crate) async fn deposit(
-    v: &Vault,
-    plan: &Plan,
-    rng: &mut StdRng,
-    pool: &str,
-    count: usize,
-) -> bool {
-    let lives: Vec<i64> = (0..count)
-        .map(|_| {
-            if rng.gen_range(0..3) == 0 {
-                plan.min_token_ttl_s as i64
-                    + rng.gen_range(2..=plan.duration.as_secs().min(50) as i64 + 10)
-            } else {
-                3600
-            }
-        })
-        .collect();
-    deposit_lives(v, pool, &lives).await
-}
-
-/// Deposit a token of each life in `lives` (seconds) into `pool`, logged.
-pub(crate) async fn deposit_lives(v: &Vault, pool: &str, lives: &[i64]) -> bool {
-    let now = vault_core::time::now_ms();
-    let tokens: Vec<Value> = lives
-        .iter()
-        .map(|life_s| {
-            json!({
-                "id": format!("c{}", uuid::Uuid::new_v4().simple()),
-                "secret": format!("check-secret-{}", uuid::Uuid::new_v4().simple()),
-                "expires_at": vault_core::time::rfc3339(now + life_s * 1000),
-            })
-        })
-        .collect();
-    let ids = tokens
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect();
-    let a = v
-        .post(
-            &format!("/v1/pools/{pool}/tokens"),
-            json!({ "tokens": tokens }),
-        )
-        .await;
-    v.record(
-        &a,
-        Op::Deposit {
-            pool: pool.into(),
-            ids,
-        },
-    );
-    a.status == 201
-}
-
-/// The operator: every ~100 ms one of revoke a token, freeze then unfreeze a pool, deposit,
-/// or mint a client token and revoke it.
-async fn operator(
-    v: Arc<Vault>,
-    plan: Plan,
-    until: Until,
-    revoked_clients: Arc<Mutex<Vec<RevokedClient>>>,
-) {
-    let mut rng = StdRng::seed_from_u64(plan.seed ^ 0x5eed);
-    while until.going() {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
-        let pool = plan.pools[rng.gen_range(0..plan.pools.len())].clone();
-        match rng.gen_range(0..10) {
-            0 | 1 => {
-                // Revoke a token in rotation.
-                let a = v
-                    .call(
-                        Method::GET,
-                        &format!("/v1/pools/{pool}/tokens?state=active&limit=20"),
-                        None,
-                        None,
-                        None,
-                    )
-                    .await;
-                let ids: Vec<String> = a.body["tokens"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|t| t["id"].as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if ids.is_empty() {
-                    continue;
-                }
-                let id = ids[rng.gen_range(0..ids.len())].clone();
-                let a = v
-                    .post(
-                        &format!("/v1/pools/{pool}/tokens/{id}/revoke"),
-                        json!({"reason": "check"}),
-                    )
-                    .await;
-                v.record(&a, Op::Revoke { pool, token_id: id });
-            }
-            2 => {
-                let revoke_leases = rng.gen_bool(0.5);
-                let a = v
-                    .post(
-                        &format!("/v1/pools/{pool}/freeze"),
-                        json!({"revoke_leases": revoke_leases, "reason": "check"}),
-                    )
-                    .await;
-                v.record(
-                    &a,
-                    Op::Freeze {
-                        pool: pool.clone(),
-                        revoke_leases,
-                    },
-                );
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
-                // Unfreeze until it is acknowledged: a pool left frozen would starve the run.
-                for _ in 0..5 {
-                    let a = v
-                        .call(
-                            Method::POST,
-                            &format!("/v1/pools/{pool}/unfreeze"),
-                            None,
-                            None,
-                            None,
-                        )
-                        .await;
-                    v.record(&a, Op::Unfreeze { pool: pool.clone() });
-                    if a.status == 200 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            3 => {
-                let a = v.post("/v1/clients", json!({"sub": "check-client", "scopes": ["lease"], "pools": [pool], "ttl_s": 3600}))
-                    .await;
-                let (Some(token), Some(jti)) = (a.body["token"].as_str(), a.body["jti"].as_str())
-                else {
-                    continue;
-                };
-                let a = v.post("/v1/clients/revoke", json!({"jti": jti})).await;
-                v.record(&a, Op::ClientRevoke { jti: jti.into() });
-                if a.status == 200 || a.status == 204 {
-                    revoked_clients.lock().unwrap().push(RevokedClient {
-                        jti: jti.to_string(),
-                        token: token.to_string(),
-                        pool: pool.clone(),
-                        acked: Instant::now(),
-                    });
-                }
-            }
-            _ => {
-                deposit(&v, &plan, &mut rng, &pool, 2).await;
-            }
-        }
-    }
-}
-
-/// An external login worker: claims refresh jobs and completes them with a fresh secret.
-async fn login_worker(v: Arc<Vault>, plan: Plan, until: Until) {
-    while until.going() {
-        let mut idle = true;
-        for pool in &plan.pools {
-            let a = v
-                .post(&format!("/v1/pools/{pool}/refresh-jobs/claim"), json!({}))
-                .await;
-            if a.status != 200 {
-                continue;
-            }
-            let (Some(job), Some(token)) = (a.body["job_id"].as_str(), a.body["token_id"].as_str())
-            else {
-                continue;
-            };
-            idle = false;
-            let expires = vault_core::time::rfc3339(vault_core::time::now_ms() + 3_600_000);
-            let a = v
-                .call(
-                    Method::POST,
-                    &format!("/v1/pools/{pool}/refresh-jobs/{job}/complete"),
-                    Some(&json!({"secret": format!("refreshed-{}", uuid::Uuid::new_v4().simple()), "expires_at": expires})),
-                    None,
-                    None,
-                )
-                .await;
-            v.record(
-                &a,
-                Op::RefreshDone {
-                    pool: pool.clone(),
-                    token_id: token.into(),
-                },
-            );
-        }
-        if idle {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// A client token the operator revoked, and when the vault acknowledged that.
 pub(crate) struct RevokedClient {
-    jti: String,
-    token: String,
-    pool: String,
-    acked: Instant,
+    pub(super) jti: String,
+    pub(super) token: String,
+    pub(super) pool: String,
+    pub(super) acked: Instant,
 }
 
 /// How soon a client-token revocation must hold on every replica (the API's promise).
@@ -685,13 +291,13 @@ impl Interrupted {
 
 /// When the load ends: at its deadline, or when the checker is interrupted.
 #[derive(Clone)]
-struct Until {
+pub(super) struct Until {
     deadline: Instant,
     interrupted: Interrupted,
 }
 
 impl Until {
-    fn going(&self) -> bool {
+    pub(super) fn going(&self) -> bool {
         Instant::now() < self.deadline && !self.interrupted.is_set()
     }
 }

@@ -5,8 +5,10 @@
 //! Exits non-zero on any violation.
 
 mod drive;
+mod operator;
 mod regions;
 mod transport;
+mod vault;
 pub(crate) mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -179,7 +181,7 @@ pub(crate) async fn run(
         );
         rules.insert(pool.clone(), r);
         anyhow::ensure!(
-            drive::deposit(&v, &plan, &mut rng, pool, args.tokens).await,
+            operator::deposit(&v, &plan, &mut rng, pool, args.tokens).await,
             "depositing tokens into {pool} failed"
         );
     }
@@ -188,7 +190,7 @@ pub(crate) async fn run(
     // outlast the run (the pool's other deposits may all expire within its first minute).
     let share_tokens = (args.tokens / 3).max(1);
     anyhow::ensure!(
-        drive::deposit_lives(&v, &plan.pools[0], &vec![3 * 3600; share_tokens]).await,
+        operator::deposit_lives(&v, &plan.pools[0], &vec![3 * 3600; share_tokens]).await,
         "depositing the pipeline's tokens into {} failed",
         plan.pools[0]
     );
