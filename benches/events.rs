@@ -166,7 +166,7 @@ async fn propagation(
                 let mut seen = 0;
                 while let Some(Ok(e)) = stream.next().await {
                     if e.kind == "token.revoked" {
-                        let id = e.data["token_id"].as_str().unwrap_or_default().to_string();
+                        let id = e.data.token_id.unwrap_or_default();
                         record(&arrivals, "SSE", id);
                         seen += 1;
                         if seen == REVOCATIONS {

@@ -230,8 +230,8 @@ async fn follow(base: String, token: String, seen: std::sync::Arc<std::sync::Mut
         s.reconnects = feed.reconnects();
         let Ok(e) = next else { continue };
         if e.kind == "token.revoked" {
-            let f = |k: &str| e.data[k].as_str().unwrap_or_default().to_string();
-            s.revoked.insert((f("pool"), f("token_id")));
+            let token = e.data.token_id.clone().unwrap_or_default();
+            s.revoked.insert((e.data.pool.clone(), token));
         }
     }
 }

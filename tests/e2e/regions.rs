@@ -290,7 +290,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, String, Instant)>();
     tokio::spawn(async move {
         while let Some(Ok(e)) = stream.next().await {
-            let token = e.data["token_id"].as_str().unwrap_or_default().to_string();
+            let token = e.data.token_id.unwrap_or_default();
             if tx.send((e.kind, token, Instant::now())).is_err() {
                 return;
             }

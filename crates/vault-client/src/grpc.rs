@@ -189,7 +189,7 @@ pub(crate) async fn next_event(s: &mut tonic::Streaming<pb::Event>) -> Option<Re
             Some(Ok(Event {
                 id: id.unwrap_or_default(),
                 kind: e.kind.clone(),
-                data: serde_json::to_value(&e).unwrap_or_default(),
+                data: e,
             }))
         }
         Ok(None) => None,

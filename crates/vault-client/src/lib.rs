@@ -23,18 +23,17 @@
 //! So share one [`Client`] (its connection pool) and one [`EventFeed`] per process, rather than
 //! one per task: 2,000 streams from one host get 256.
 
+mod events;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod guard;
+mod worker;
+pub use events::{Event, EventFeed, EventStream};
 pub use guard::{duration_s, rate_limit_families, Family, LeaseGuard, Report};
+pub use worker::Worker;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 /// Errors of the SDK. `detail` is the vault's problem+json detail (never a secret).
@@ -108,14 +107,6 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub use vault_wire::{
     Binding, CapacityShort, Lease, LeaseHeaders, Outcome, PipelineInput, Problem,
 };
-
-/// One server-sent event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub id: String,
-    pub kind: String,
-    pub data: Value,
-}
 
 /// A vault error as the SDK names it, whichever transport brought it: REST's status and problem
 /// code (over gRPC, from the status's `ErrorInfo`).
@@ -367,7 +358,7 @@ impl Client {
         if let Transport::Grpc(stub) = &self.transport {
             let s = grpc::watch(stub, &self.token, pools, last_event_id).await?;
             return Ok(EventStream {
-                inner: Inner::Grpc(Box::new(s)),
+                inner: events::Inner::Grpc(Box::new(s)),
             });
         }
         let query = if pools.is_empty() {
@@ -409,342 +400,5 @@ async fn problem(res: reqwest::Response) -> Error {
             code: String::new(),
             detail: String::new(),
         },
-    }
-}
-
-type SseStream = std::pin::Pin<
-    Box<
-        dyn futures_util::Stream<
-                Item = std::result::Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
-
-/// A live event stream: server-sent events parsed by `eventsource-stream` (every line ending
-/// the standard allows, multi-line `data`, characters split across chunks), or a gRPC `Watch`.
-pub struct EventStream {
-    inner: Inner,
-}
-
-enum Inner {
-    Sse(SseStream),
-    #[cfg(feature = "grpc")]
-    Grpc(Box<tonic::Streaming<vault_wire::grpc::pb::Event>>),
-}
-
-impl EventStream {
-    fn over<B: AsRef<[u8]>>(
-        bytes: impl futures_util::Stream<Item = std::result::Result<B, reqwest::Error>> + Send + 'static,
-    ) -> Self {
-        EventStream {
-            inner: Inner::Sse(Box::pin(bytes.eventsource())),
-        }
-    }
-
-    /// The next event; `None` when the server closed the stream. Keep-alive comments and
-    /// events without a type are skipped.
-    pub async fn next(&mut self) -> Option<Result<Event>> {
-        let sse = match &mut self.inner {
-            Inner::Sse(s) => s,
-            #[cfg(feature = "grpc")]
-            Inner::Grpc(s) => return grpc::next_event(s).await,
-        };
-        loop {
-            let ev = match sse.next().await? {
-                Ok(ev) => ev,
-                Err(eventsource_stream::EventStreamError::Transport(e)) => {
-                    return Some(Err(e.into()))
-                }
-                Err(e) => return Some(Err(Error::Stream(e.to_string()))),
-            };
-            if ev.event.is_empty() || ev.event == "message" {
-                continue;
-            }
-            return Some(Ok(Event {
-                id: ev.id,
-                kind: ev.event,
-                data: serde_json::from_str(&ev.data).unwrap_or(Value::Null),
-            }));
-        }
-    }
-}
-
-/// Events for as long as the caller reads them: [`Client::follow`]. When the stream ends or
-/// breaks, it is opened again with `Last-Event-ID` (backing off from 200 ms up to 30 s), so
-/// nothing the vault still keeps is missed. Notices such as `events.lost` carry no id: the
-/// resume point stays at the last real event.
-pub struct EventFeed {
-    client: Client,
-    pools: Vec<String>,
-    stream: Option<EventStream>,
-    last_id: Option<String>,
-    backoff: Duration,
-    reconnects: u64,
-    /// A stream was opened once: opening another is a reconnection, after the backoff.
-    opened: bool,
-}
-
-const FEED_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(30));
-
-impl Client {
-    /// Subscribe to events of `pools` (all the token may see when empty) and keep following
-    /// them. The first subscription is made here: from the moment this returns, nothing published
-    /// is missed.
-    pub async fn follow(&self, pools: &[&str]) -> Result<EventFeed> {
-        let mut feed = self.feed(pools);
-        feed.stream = Some(self.events(pools, None).await?);
-        feed.opened = true;
-        Ok(feed)
-    }
-
-    /// As [`Client::follow`], but subscribing at the first [`EventFeed::next`], where an
-    /// unreachable vault is retried like a lost stream.
-    pub fn feed(&self, pools: &[&str]) -> EventFeed {
-        EventFeed {
-            client: self.clone(),
-            pools: pools.iter().map(|p| p.to_string()).collect(),
-            stream: None,
-            last_id: None,
-            backoff: FEED_BACKOFF.0,
-            reconnects: 0,
-            opened: false,
-        }
-    }
-}
-
-impl EventFeed {
-    /// The next event. An error is a reconnection the vault refused (a 4xx: the client token is
-    /// revoked, expired or not allowed); calling again tries again, after the backoff.
-    pub async fn next(&mut self) -> Result<Event> {
-        loop {
-            if let Some(stream) = self.stream.as_mut() {
-                if let Some(Ok(e)) = stream.next().await {
-                    if !e.id.is_empty() {
-                        self.last_id = Some(e.id.clone());
-                    }
-                    return Ok(e);
-                }
-                self.stream = None;
-            }
-            if self.opened {
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(FEED_BACKOFF.1);
-                self.reconnects += 1;
-            }
-            self.opened = true;
-            let pools: Vec<&str> = self.pools.iter().map(String::as_str).collect();
-            match self.client.events(&pools, self.last_id.as_deref()).await {
-                Ok(s) => {
-                    self.stream = Some(s);
-                    self.backoff = FEED_BACKOFF.0;
-                }
-                Err(e @ Error::Api { status, .. }) if (400..500).contains(&status) => {
-                    return Err(e)
-                }
-                Err(e) => tracing::warn!(error = %e, "event stream lost; retrying"),
-            }
-        }
-    }
-
-    /// How often the stream had to be opened again.
-    pub fn reconnects(&self) -> u64 {
-        self.reconnects
-    }
-}
-
-/// Token and lease ids the vault announced revoked.
-#[derive(Default)]
-struct Revoked {
-    ids: Mutex<HashSet<String>>,
-    /// The vault said events were lost (`events.lost`): a revocation may have been among
-    /// them, so the current lease is checked with the vault before it is used again.
-    recheck: AtomicBool,
-}
-
-impl Revoked {
-    fn hit(&self, lease: &Lease) -> bool {
-        let ids = self.ids.lock().expect("revoked lock");
-        ids.contains(&lease.lease_id) || ids.contains(&lease.token_id)
-    }
-}
-
-/// One worker's lease, kept across requests and dropped as soon as it is revoked.
-pub struct Worker {
-    client: Client,
-    pool: String,
-    /// Leases come from this pipeline's share (None: the free part of the pool).
-    pipeline: Option<String>,
-    name: String,
-    current: tokio::sync::Mutex<Option<Lease>>,
-    revoked: Arc<Revoked>,
-    listener: tokio::task::JoinHandle<()>,
-}
-
-impl Worker {
-    /// Start a worker on `pool`: subscribes to the pool's events first (so no revocation
-    /// between now and the first lease can be missed), reconnecting with `Last-Event-ID`.
-    pub async fn start(client: Client, pool: &str, name: &str) -> Result<Worker> {
-        Self::start_in(client, pool, None, name).await
-    }
-
-    /// As [`Worker::start`], leasing through `pipeline` when given.
-    pub async fn start_in(
-        client: Client,
-        pool: &str,
-        pipeline: Option<&str>,
-        name: &str,
-    ) -> Result<Worker> {
-        let feed = client.follow(&[pool]).await?;
-        let revoked: Arc<Revoked> = Arc::default();
-        let listener = tokio::spawn(listen(feed, revoked.clone()));
-        Ok(Worker {
-            client,
-            pool: pool.to_string(),
-            pipeline: pipeline.map(String::from),
-            name: name.to_string(),
-            current: Default::default(),
-            revoked,
-            listener,
-        })
-    }
-
-    /// The lease for the next request: the current one unless the vault revoked it, else a
-    /// new one.
-    pub async fn lease(&self) -> Result<Lease> {
-        let mut cur = self.current.lock().await;
-        // The flag is only consumed while a lease is held, and the lease only copied then.
-        let recheck = cur.is_some() && self.revoked.recheck.swap(false, Ordering::SeqCst);
-        if let Some(held) = cur.as_ref().filter(|_| recheck).cloned() {
-            match self.client.renew(&held, None).await {
-                Ok(renewed) => *cur = Some(renewed),
-                Err(Error::LeaseGone) => {
-                    tracing::info!(token_id = %held.token_id, "lease ended while events were lost; taking a new one");
-                    *cur = None;
-                }
-                Err(e) => {
-                    self.revoked.recheck.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
-            }
-        }
-        if let Some(l) = cur.as_ref() {
-            if !self.revoked.hit(l) {
-                return Ok(l.clone());
-            }
-            tracing::info!(token_id = %l.token_id, "lease revoked by the vault; taking a new one");
-            *cur = None;
-        }
-        let l = match &self.pipeline {
-            Some(p) => self.client.lease_in(&self.pool, p, &self.name).await?,
-            None => self.client.lease(&self.pool, &self.name).await?,
-        };
-        *cur = Some(l.clone());
-        Ok(l)
-    }
-
-    /// Has the vault announced this lease (or its token) revoked?
-    pub fn is_revoked(&self, lease: &Lease) -> bool {
-        self.revoked.hit(lease)
-    }
-
-    /// Report a request made with `lease`. `Unauthorized` rotates at once to a different token
-    /// (the caller retries the same request with [`Worker::lease`]); other outcomes other than
-    /// `Ok` give the lease back with the report.
-    pub async fn report(&self, lease: &Lease, outcome: Outcome) -> Result<()> {
-        let mut cur = self.current.lock().await;
-        let is_current = cur.as_ref().is_some_and(|c| c.lease_id == lease.lease_id);
-        match outcome {
-            Outcome::Ok => Ok(()),
-            Outcome::Unauthorized if is_current => {
-                *cur = None;
-                let next = self.client.rotate(lease, outcome).await;
-                *cur = next.as_ref().ok().cloned();
-                next.map(drop)
-            }
-            _ => {
-                if is_current {
-                    *cur = None;
-                }
-                match self.client.release(lease, outcome).await {
-                    Ok(()) | Err(Error::LeaseGone) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            }
-        }
-    }
-
-    /// Give the current lease back and stop listening.
-    pub async fn finish(self) -> Result<()> {
-        self.listener.abort();
-        if let Some(l) = self.current.lock().await.take() {
-            match self.client.release(&l, Outcome::Ok).await {
-                Ok(()) | Err(Error::LeaseGone) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
-}
-
-/// Mark what the pool's events revoke, for as long as the worker lives.
-async fn listen(mut feed: EventFeed, revoked: Arc<Revoked>) {
-    loop {
-        let e = match feed.next().await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "the vault refused the event stream; retrying");
-                continue;
-            }
-        };
-        if e.kind == "events.lost" {
-            tracing::warn!("the vault lost events for this worker; re-checking the lease");
-            revoked.recheck.store(true, Ordering::SeqCst);
-            continue;
-        }
-        let id = match e.kind.as_str() {
-            "token.revoked" | "token.quarantined" => e.data["token_id"].as_str(),
-            "lease.revoked" => e.data["lease_id"].as_str(),
-            _ => None,
-        };
-        if let Some(id) = id {
-            revoked
-                .ids
-                .lock()
-                .expect("revoked lock")
-                .insert(id.to_string());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the hand-written parser got wrong: a character split across chunks, `\r\n` line
-    /// endings, multi-line `data`, comments.
-    #[tokio::test]
-    async fn events_are_parsed_by_the_standard() {
-        let text = ": keep-alive\r\n\r\nid: 1-0\r\nevent: token.revoked\r\ndata: {\"reason\":\r\ndata: \"caf\u{e9}\"}\r\n\r\nid: 2-0\nevent: pool.frozen\ndata: {}\n\n";
-        let bytes = text.as_bytes();
-        // Split inside the two bytes of "é".
-        let cut = text.find('\u{e9}').unwrap() + 1;
-        let chunks: Vec<std::result::Result<Vec<u8>, reqwest::Error>> =
-            vec![Ok(bytes[..cut].to_vec()), Ok(bytes[cut..].to_vec())];
-        let mut s = EventStream::over(futures_util::stream::iter(chunks));
-        let e = s.next().await.unwrap().unwrap();
-        assert_eq!((e.id.as_str(), e.kind.as_str()), ("1-0", "token.revoked"));
-        assert_eq!(e.data["reason"], "caf\u{e9}");
-        let e = s.next().await.unwrap().unwrap();
-        assert_eq!((e.id.as_str(), e.kind.as_str()), ("2-0", "pool.frozen"));
-        assert!(s.next().await.is_none());
     }
 }

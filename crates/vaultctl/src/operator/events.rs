@@ -36,19 +36,18 @@ pub(crate) async fn events(op: EventsOp, a: &RemoteArgs) -> anyhow::Result<()> {
     loop {
         let ev = feed.next().await.map_err(refused)?;
         if a.json {
-            println!("{}", ev.data);
+            println!("{}", serde_json::to_string(&ev.data)?);
         } else {
             let d = &ev.data;
-            let at = d["at"]
-                .as_i64()
-                .map(vault_core::time::rfc3339)
-                .unwrap_or_default();
-            let what = [&d["pool"], &d["token_id"], &d["lease_id"]]
-                .iter()
-                .filter_map(|v| v.as_str())
+            let at = vault_core::time::rfc3339(d.at);
+            let what = [Some(&d.pool), d.token_id.as_ref(), d.lease_id.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter(|v| !v.is_empty())
+                .map(String::as_str)
                 .collect::<Vec<_>>()
                 .join(" ");
-            let reason = d["reason"].as_str().unwrap_or("");
+            let reason = d.reason.as_deref().unwrap_or("");
             println!("{at}  {:<18} {what}  {reason}", ev.kind);
         }
         seen += 1;
