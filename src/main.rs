@@ -120,8 +120,10 @@ async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
     let cfg: PoolConfigInput = serde_json::from_value(serde_json::json!({
         "quota_limit": 1000, "quota_reserve": 10, "max_leases_per_token": 2, "lease_ttl_s": 60
     }))?;
+    // Through the operations, like any other change: audited as the dev command's.
+    let dev = vault_core::ops::Actor::process("tokenvault dev");
     store
-        .pool_upsert("demo", &cfg.validate(&state.cipher, "demo")?)
+        .upsert_pool(&dev, "demo", &cfg.validate(&state.cipher, "demo")?)
         .await?;
     let tokens: Vec<TokenInput> = (1..=5)
         .map(|i| {
@@ -138,7 +140,7 @@ async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
         .iter()
         .map(|t| t.seal(&state.cipher, "demo", None))
         .collect::<Result<Vec<_>, _>>()?;
-    store.deposit("demo", &sealed).await?;
+    store.deposit_tokens(&dev, "demo", &sealed).await?;
     Ok(())
 }
 

@@ -132,22 +132,22 @@ async fn sweep_pool(
     // a bounded number of batches per sweep.
     if due.operation {
         for _ in 0..OP_STEPS_PER_SWEEP {
-            if store.pool_op_step(p, "").await?.done {
+            if store.step_pool_operation(p, "").await?.done {
                 break;
             }
         }
     }
     if due.leases {
         st.reaped += drain(batch, || async {
-            Ok(store.reap_leases(p, batch).await?.len() as u64)
+            Ok(store.sweep_expired_leases(p, batch).await?.len() as u64)
         })
         .await?;
     }
     if due.cooled {
-        st.returned += drain(batch, || store.return_cooled(p, batch)).await?;
+        st.returned += drain(batch, || store.sweep_cooled_tokens(p, batch)).await?;
     }
     if due.expiring {
-        st.expired += drain(batch, || store.expire_tokens(p, batch)).await?;
+        st.expired += drain(batch, || store.sweep_expired_tokens(p, batch)).await?;
     }
     if due.sunset {
         let janitor = Actor::process("janitor");

@@ -203,7 +203,7 @@ impl Refresher {
     /// Queue the pool's due refreshes, claim what this process has room for, start probes.
     async fn poll_pool(self: Arc<Self>, pool: &str, due: PoolDue) -> vault_core::Result<()> {
         if due.refresh {
-            self.store.enqueue_due(pool, 1000).await?;
+            self.store.enqueue_due_refreshes(pool, 1000).await?;
         }
         let pcfg = match self.store.pool_config(pool).await {
             Ok(c) => c,
@@ -215,7 +215,7 @@ impl Refresher {
             while let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 let claimed = self
                     .store
-                    .job_claim(
+                    .claim_refresh_job(
                         pool,
                         false,
                         self.cfg.visibility_ms,
@@ -236,6 +236,11 @@ impl Refresher {
         Ok(())
     }
 
+    /// Who the refresher acts as in the audit trail.
+    fn actor() -> Actor {
+        Actor::process("refresher")
+    }
+
     /// Perform one claimed job and record its result.
     pub async fn handle(&self, pool: &str, job: ClaimedJob) {
         let span = tracing::info_span!("refresh", pool, token_id = %job.token_id, attempt = job.attempts + 1);
@@ -249,35 +254,44 @@ impl Refresher {
             Err(RefreshError::Transient(msg)) => {
                 let delay = retry.backoff(job.attempts + 1).as_millis() as u64;
                 self.store
-                    .job_fail(pool, &job.job_id, &msg, Some(delay), retry.max_attempts)
+                    .fail_refresh_job(
+                        &Self::actor(),
+                        pool,
+                        &job.job_id,
+                        &msg,
+                        Some(delay),
+                        retry.max_attempts,
+                    )
                     .await
             }
             Err(RefreshError::Permanent(msg)) => {
                 self.store
-                    .job_fail(pool, &job.job_id, &msg, None, retry.max_attempts)
+                    .fail_refresh_job(
+                        &Self::actor(),
+                        pool,
+                        &job.job_id,
+                        &msg,
+                        None,
+                        retry.max_attempts,
+                    )
                     .await
             }
         };
         match recorded {
-            Ok(r) => {
-                match (&r.error, r.quarantined()) {
-                    (None, _) => {
-                        tracing::info!(fingerprint = ?r.fingerprint, generation = ?r.generation, "token refreshed")
-                    }
-                    (Some(e), true) if job.attempts + 1 >= retry.max_attempts => {
-                        tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed on its last attempt: quarantining")
-                    }
-                    (Some(e), true) => {
-                        tracing::warn!(error = %e, "refresh failed permanently: quarantining")
-                    }
-                    (Some(e), false) => {
-                        tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed, will retry")
-                    }
+            Ok(r) => match (&r.error, r.quarantined()) {
+                (None, _) => {
+                    tracing::info!(fingerprint = ?r.fingerprint, generation = ?r.generation, "token refreshed")
                 }
-                self.store
-                    .record_refresh(&Actor::process("refresher"), pool, &r)
-                    .await;
-            }
+                (Some(e), true) if job.attempts + 1 >= retry.max_attempts => {
+                    tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed on its last attempt: quarantining")
+                }
+                (Some(e), true) => {
+                    tracing::warn!(error = %e, "refresh failed permanently: quarantining")
+                }
+                (Some(e), false) => {
+                    tracing::warn!(error = %e, attempts = job.attempts + 1, "refresh failed, will retry")
+                }
+            },
             Err(VaultError::StaleJob(_)) | Err(VaultError::JobGone) => {
                 tracing::info!(
                     "job was taken over or its token changed meanwhile; result discarded"
@@ -390,7 +404,14 @@ impl Refresher {
             rotated,
         )?;
         self.store
-            .job_complete(pool, &job.job_id, job.attempts, &sealed, &self.cfg.retry())
+            .complete_refresh_job(
+                &Self::actor(),
+                pool,
+                &job.job_id,
+                job.attempts,
+                &sealed,
+                &self.cfg.retry(),
+            )
             .await
     }
 
@@ -426,7 +447,7 @@ impl Refresher {
             ttl_ms: Some(ttl_ms),
             ..Default::default()
         };
-        let lease = match self.store.acquire(pool, &args).await {
+        let lease = match self.store.lease_token(pool, &args).await {
             Ok(l) => l,
             Err(VaultError::PoolExhausted { .. }) | Err(VaultError::PoolFrozen) => return Ok(()),
             Err(e) => return Err(e),
@@ -478,7 +499,7 @@ impl Refresher {
         // audited the same way.
         match self
             .store
-            .release_lease(&Actor::process("refresher"), pool, &lease.lease_id, &report)
+            .release_lease(&Self::actor(), pool, &lease.lease_id, &report)
             .await
         {
             Ok(_) | Err(VaultError::LeaseGone) => Ok(()),

@@ -346,7 +346,8 @@ impl Revocations {
             "Redis lacks client revocations this replica knows (data lost?); writing them back"
         );
         for (jti, until) in lost {
-            if let Err(e) = s.store.revoke_client(&jti, until).await {
+            let repair = vault_core::ops::Actor::process("vault-api (restoring a lost revocation)");
+            if let Err(e) = s.store.revoke_client_token(&repair, &jti, until).await {
                 tracing::warn!(error = %e, "cannot write a client revocation back");
                 return;
             }

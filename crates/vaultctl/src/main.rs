@@ -182,7 +182,10 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
         Ok(None) if !sealed.data.is_empty() => r.current += 1,
         Ok(None) => {}
         Ok(Some(new)) => {
-            if store.pool_reseal(pool, (&json, &sealed.data), &new).await? {
+            if store
+                .reseal_pool_refresh(pool, (&json, &sealed.data), &new)
+                .await?
+            {
                 r.resealed += 1;
             } else {
                 r.changed += 1;
@@ -242,7 +245,7 @@ async fn reencrypt(store: &Store, cipher: &Cipher, pool: &str) -> anyhow::Result
                 }
                 Ok((secret, refresh, proxy)) => {
                     if store
-                        .reseal(
+                        .reseal_token(
                             pool,
                             &id,
                             (&ct, &rct, &pct),
@@ -338,7 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for p in &pools {
                 let started = std::time::Instant::now();
                 let n = store
-                    .migrate_layout(p, batch.clamp(1, 1000), |done, left| {
+                    .migrate_pool_layout(p, batch.clamp(1, 1000), |done, left| {
                         if left > 0 {
                             eprint!("\rpool {p}: {done} tokens converted, {left} left   ");
                         }

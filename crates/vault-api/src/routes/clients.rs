@@ -6,7 +6,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use vault_core::auth::{Principal, Scope};
-use vault_core::model::{check_label, check_pool_name, AuditEntry};
+use vault_core::model::{check_label, check_pool_name};
 use vault_core::time::rfc3339;
 
 use crate::error::ApiError;
@@ -121,18 +121,17 @@ pub async fn mint(
             now,
         )
         .map_err(ApiError::invalid)?;
-    // Who may revoke it later depends on its pools.
-    s.store
-        .client_record(&jti, input.pools.as_deref(), exp - now)
-        .await?;
-    tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
     let detail = format!("sub={sub} scopes={} jti={jti}", names.join(","));
     s.store
-        .record(&AuditEntry {
-            detail: Some(detail),
-            ..Actor::from(&who).entry(None, "client.mint")
-        })
-        .await;
+        .record_minted_client(
+            &Actor::from(&who),
+            &jti,
+            input.pools.as_deref(),
+            exp - now,
+            detail,
+        )
+        .await?;
+    tracing::info!(actor = %who.sub, sub = %sub, jti = %jti, scopes = ?names, "client token minted");
     Ok((
         StatusCode::CREATED,
         Json(crate::answers::MintedToken {

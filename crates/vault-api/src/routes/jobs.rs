@@ -48,7 +48,11 @@ pub async fn claim(
     if !(1..=3600).contains(&vis) {
         return Err(ApiError::invalid("visibility_s must be between 1 and 3600"));
     }
-    let Some(job) = s.store.job_claim(pool, true, vis * 1000, None).await? else {
+    let Some(job) = s
+        .store
+        .claim_refresh_job(pool, true, vis * 1000, None)
+        .await?
+    else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
@@ -121,9 +125,15 @@ pub async fn complete(
     )?;
     let r = s
         .store
-        .job_complete(pool, &job, attempts, &sealed, &RetryPolicy::EXTERNAL)
+        .complete_refresh_job(
+            &(&who).into(),
+            pool,
+            &job,
+            attempts,
+            &sealed,
+            &RetryPolicy::EXTERNAL,
+        )
         .await?;
-    s.store.record_refresh(&(&who).into(), pool, &r).await;
     tracing::info!(pool, token_id = %token_id, fingerprint = %secret.fingerprint(), generation = ?r.generation, outcome = r.outcome(), "refresh job completed by an external worker");
     Ok(Json(answer(&job, &r)))
 }
@@ -180,7 +190,8 @@ pub async fn fail(
     }
     let r = s
         .store
-        .job_fail(
+        .fail_refresh_job(
+            &(&who).into(),
             pool,
             &job,
             &error,
@@ -188,6 +199,5 @@ pub async fn fail(
             RetryPolicy::EXTERNAL.max_attempts,
         )
         .await?;
-    s.store.record_refresh(&(&who).into(), pool, &r).await;
     Ok(Json(answer(&job, &r)))
 }

@@ -143,7 +143,7 @@ pub(crate) async fn lease(
     };
     let deadline = Instant::now() + Duration::from_millis(input.wait_ms.unwrap_or(0));
     loop {
-        match s.store.acquire(pool, &args).await {
+        match s.store.lease_token(pool, &args).await {
             Ok(g) => {
                 metrics::counter!("tv_leases_granted_total", "pool" => pool.to_string())
                     .increment(1);
@@ -201,7 +201,7 @@ pub(crate) async fn renew_lease(
     input.validate()?;
     let g = s
         .store
-        .renew(pool, lease, input.ttl_s.map(|t| t * 1000), input.units)
+        .renew_lease(pool, lease, input.ttl_s.map(|t| t * 1000), input.units)
         .await?;
     lease_view(s, pool, g)
 }
@@ -285,10 +285,10 @@ pub(crate) async fn rotate_lease(
     let pool = pool_name(pool)?;
     lease_id(lease)?;
     report.validate()?;
-    let (released, next) = s.store.rotate(pool, lease, report, &new_lease_id()).await?;
-    s.store
-        .record_outcome(&who.into(), pool, lease, &released, report)
-        .await;
+    let (released, next) = s
+        .store
+        .rotate_lease(&who.into(), pool, lease, report, &new_lease_id())
+        .await?;
     let next = next
         .map_err(ApiError::from)
         .and_then(|g| lease_view(s, pool, g));

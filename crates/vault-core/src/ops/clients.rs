@@ -1,4 +1,4 @@
-//! Client-token revocation and the record of a refresh job's result.
+//! Client tokens (minted, revoked) and the record of a refresh job's result.
 
 use super::*;
 use crate::model::{AuditEntry, VaultEvent};
@@ -6,6 +6,26 @@ use crate::refresh::RefreshResult;
 use crate::{Result, Store};
 
 impl Store {
+    /// Record a client token minted by `actor`: its pools (None = every pool, which decides who
+    /// may revoke it later) until it expires in `ttl_s`, and the audit entry (`detail` names it:
+    /// subject, scopes, jti; never the token).
+    pub async fn record_minted_client(
+        &self,
+        actor: &Actor,
+        jti: &str,
+        pools: Option<&[String]>,
+        ttl_s: i64,
+        detail: String,
+    ) -> Result<()> {
+        self.client_record(jti, pools, ttl_s).await?;
+        self.record(&AuditEntry {
+            detail: Some(detail),
+            ..actor.entry(None, "client.mint")
+        })
+        .await;
+        Ok(())
+    }
+
     /// Refuse client token `jti` until `until_s` (unix s): stored, told to every replica of
     /// the region, audited. A revocation already in force is left as it is, unaudited (a global
     /// one applied again).

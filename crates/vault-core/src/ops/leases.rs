@@ -1,11 +1,48 @@
-//! Operations on leases: ending one with the worker's report, and recording the outcome.
+//! Operations on leases: granting, renewing, rotating and ending one with the worker's report,
+//! and recording the outcome. Granting and renewing are the hot path: no audit entry, no event
+//! (a lease is not an administrative act); their metrics are the caller's.
 
 use super::*;
+use crate::model::LeaseGrant;
 use crate::model::{AuditEntry, Outcome, Report, VaultEvent};
-use crate::store::Released;
+use crate::store::{AcquireArgs, Released};
 use crate::{Result, Store};
 
 impl Store {
+    /// Lease a token of `pool` under every rule (quota, concurrency, TTL margin, revocation,
+    /// binding), or say why none is eligible.
+    pub async fn lease_token(&self, pool: &str, args: &AcquireArgs) -> Result<LeaseGrant> {
+        self.acquire(pool, args).await
+    }
+
+    /// Extend a live lease (`ttl_ms`), optionally taking `units` more of its quotas.
+    pub async fn renew_lease(
+        &self,
+        pool: &str,
+        lease_id: &str,
+        ttl_ms: Option<u64>,
+        units: Option<u64>,
+    ) -> Result<LeaseGrant> {
+        self.renew(pool, lease_id, ttl_ms, units).await
+    }
+
+    /// Apply the worker's report and lease another token in one step, recording the report as
+    /// [`Store::release_lease`] does. Returns what was released and the new lease, or why there
+    /// is none (the report stands either way).
+    pub async fn rotate_lease(
+        &self,
+        actor: &Actor,
+        pool: &str,
+        lease_id: &str,
+        report: &Report,
+        new_lease_id: &str,
+    ) -> Result<(Released, Result<LeaseGrant>)> {
+        let (released, next) = self.rotate(pool, lease_id, report, new_lease_id).await?;
+        self.record_outcome(actor, pool, lease_id, &released, report)
+            .await;
+        Ok((released, next))
+    }
+
     /// End a lease with the worker's report (the outcome applied to its token), and record it:
     /// every outcome is counted, every one other than a plain `ok` is audited, and a token it
     /// quarantined is announced and audited — whoever reports (a worker, the refresher's probe).

@@ -2,12 +2,35 @@
 //! metric — made in one place, whoever triggers it (an API client, the janitor, the refresher),
 //! so the same transition looks the same in the audit trail and on the event stream wherever it
 //! came from.
+//!
+//! These are the only way to change state from outside this crate: the raw transitions on
+//! [`Store`] (one per Lua function) are `pub(crate)`. A binary that changes a pool does it
+//! through its operation, audited:
+//!
+//! ```no_run
+//! # #![recursion_limit = "256"]
+//! # async fn f(store: vault_core::Store, cfg: vault_core::model::PoolConfig) -> vault_core::Result<()> {
+//! let actor = vault_core::ops::Actor::process("example");
+//! store.upsert_pool(&actor, "p", &cfg).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! and cannot call the raw transition beneath it:
+//!
+//! ```compile_fail,E0624
+//! # #![recursion_limit = "256"]
+//! # async fn f(store: vault_core::Store, cfg: vault_core::model::PoolConfig) -> vault_core::Result<()> {
+//! store.pool_upsert("p", &cfg).await?;
+//! # Ok(()) }
+//! ```
 
 mod clients;
+mod jobs;
 mod leases;
 mod pipelines;
 mod pools;
 mod tokens;
+mod upkeep;
 
 use crate::auth::Principal;
 use crate::model::{AuditEntry, VaultEvent};

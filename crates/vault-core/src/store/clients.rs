@@ -4,7 +4,7 @@ use super::*;
 
 impl Store {
     /// Remember a minted client token's pools (None = every pool) until it expires.
-    pub async fn client_record(
+    pub(crate) async fn client_record(
         &self,
         jti: &str,
         pools: Option<&[String]>,
@@ -39,7 +39,7 @@ impl Store {
     }
 
     /// Store a revoked client-token id until `until_s` and tell every replica.
-    pub async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
+    pub(crate) async fn revoke_client(&self, jti: &str, until_s: i64) -> Result<()> {
         let mut p = redis::pipe();
         p.cmd("ZADD")
             .arg(self.keys.revoked_clients())

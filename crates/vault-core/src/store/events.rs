@@ -5,7 +5,7 @@ use super::*;
 impl Store {
     /// Append `events` to the event stream and publish each, in order, [`EVENT_BATCH`] per
     /// call.
-    pub async fn publish_events(&self, events: &[VaultEvent]) -> Result<()> {
+    pub(crate) async fn publish_events(&self, events: &[VaultEvent]) -> Result<()> {
         let key = self.keys.events();
         for batch in events.chunks(EVENT_BATCH) {
             let mut cmd = redis::cmd("FCALL");

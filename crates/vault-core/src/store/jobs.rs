@@ -5,7 +5,7 @@ use super::*;
 impl Store {
     /// Claim the next visible job of `pool` (the external queue when `external`), hidden for
     /// `visibility_ms`. `None` when nothing is visible or `limit` jobs are already in flight.
-    pub async fn job_claim(
+    pub(crate) async fn job_claim(
         &self,
         pool: &str,
         external: bool,
@@ -40,7 +40,7 @@ impl Store {
 
     /// Re-seal one token's ciphertexts under the current key (compare-and-set against what was
     /// read). Returns false when the token changed meanwhile (nothing written).
-    pub async fn reseal(
+    pub(crate) async fn reseal(
         &self,
         pool: &str,
         id: &str,
@@ -90,7 +90,7 @@ impl Store {
 
     /// Rewrite the pool's default refresh settings (JSON and sealed client secret), compare-and-
     /// set against what [`Store::pool_refresh_raw`] read. False when they changed meanwhile.
-    pub async fn pool_reseal(
+    pub(crate) async fn pool_reseal(
         &self,
         pool: &str,
         read: (&str, &str),
@@ -131,7 +131,7 @@ impl Store {
     /// Store a refreshed credential for a claimed job (sealed by the caller). A credential too
     /// short-lived for the pool's margin is stored but counts as a failed attempt (retried
     /// after `retry.backoff`, quarantined at `retry.max_attempts`): see the result's `error`.
-    pub async fn job_complete(
+    pub(crate) async fn job_complete(
         &self,
         pool: &str,
         job_id: &str,
@@ -161,7 +161,7 @@ impl Store {
 
     /// Record a failed attempt: retry after `retry_after_ms`, or quarantine (`None`, or the
     /// `max_attempts`-th failure).
-    pub async fn job_fail(
+    pub(crate) async fn job_fail(
         &self,
         pool: &str,
         job_id: &str,
@@ -185,7 +185,7 @@ impl Store {
 
     /// Emergency rotation: deprecate every active token, queue their refresh, revoke at
     /// `sunset_ms` what was not refreshed. Returns (rotation id, tokens deprecated).
-    pub async fn pool_rotate(
+    pub(crate) async fn pool_rotate(
         &self,
         pool: &str,
         sunset_ms: i64,
@@ -207,7 +207,7 @@ impl Store {
     }
 
     /// Roll an emergency rotation back; returns how many tokens are active again.
-    pub async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
+    pub(crate) async fn pool_rotate_cancel(&self, pool: &str) -> Result<u64> {
         let v: reply::OpStarted = self.call(pool, &scripts::PoolRotateCancel {}).await?;
         Ok(self.pool_op_finish(pool, &v.op_id).await?.affected)
     }
@@ -215,7 +215,7 @@ impl Store {
     /// Revoke deprecated tokens past their sunset; returns the token ids.
     /// Revoke up to `max` deprecated tokens whose sunset passed. Returns each token with the
     /// leases it ended (see [`Store::sunset_due`] for the version that announces them).
-    pub async fn sunset_tokens(
+    pub(crate) async fn sunset_tokens(
         &self,
         pool: &str,
         max: usize,

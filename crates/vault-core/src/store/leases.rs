@@ -3,7 +3,7 @@
 use super::*;
 
 impl Store {
-    pub async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
+    pub(crate) async fn acquire(&self, pool: &str, a: &AcquireArgs) -> Result<LeaseGrant> {
         let v: reply::Lease = self
             .call(
                 pool,
@@ -25,7 +25,7 @@ impl Store {
         Ok(v.lease)
     }
 
-    pub async fn renew(
+    pub(crate) async fn renew(
         &self,
         pool: &str,
         lease_id: &str,
@@ -45,7 +45,12 @@ impl Store {
         Ok(v.lease)
     }
 
-    pub async fn release(&self, pool: &str, lease_id: &str, report: &Report) -> Result<Released> {
+    pub(crate) async fn release(
+        &self,
+        pool: &str,
+        lease_id: &str,
+        report: &Report,
+    ) -> Result<Released> {
         let call = scripts::Release {
             lease_id: lease_id.to_string(),
             report: report_args(report),
@@ -55,7 +60,7 @@ impl Store {
 
     /// Release `lease_id` with `report` and lease another token in one step. When no other
     /// token is eligible the release still happened and the answer is `PoolExhausted`.
-    pub async fn rotate(
+    pub(crate) async fn rotate(
         &self,
         pool: &str,
         lease_id: &str,

@@ -476,3 +476,6 @@ mod tests {
         assert!(typed::<reply::Deposited>("f", serde_json::json!({"ids": ["a"]})).is_err());
     }
 }
+
+#[cfg(test)]
+mod script_tests;

@@ -87,7 +87,7 @@ impl Store {
     /// Record a pipeline's demand and size (or a dry run's); returns whether it was created.
     /// The tokens move in [`Store::pipeline_step`].
     #[allow(clippy::too_many_arguments)]
-    pub async fn pipeline_put(
+    pub(crate) async fn pipeline_put(
         &self,
         pool: &str,
         name: &str,
@@ -119,7 +119,7 @@ impl Store {
     }
 
     /// One batch of whatever pipeline `name` needs now.
-    pub async fn pipeline_step(&self, pool: &str, name: &str) -> Result<PipelineStep> {
+    pub(crate) async fn pipeline_step(&self, pool: &str, name: &str) -> Result<PipelineStep> {
         self.call(
             pool,
             &scripts::PipelineStep {
@@ -131,7 +131,7 @@ impl Store {
     }
 
     /// Steps until pipeline `name` needs nothing more now (live, gone, failed).
-    pub async fn pipeline_settle(&self, pool: &str, name: &str) -> Result<PipelineStep> {
+    pub(crate) async fn pipeline_settle(&self, pool: &str, name: &str) -> Result<PipelineStep> {
         loop {
             let step = self.pipeline_step(pool, name).await?;
             if step.done {
@@ -141,7 +141,7 @@ impl Store {
     }
 
     /// Start ending pipeline `name`; returns how many tokens it holds (they go back in steps).
-    pub async fn pipeline_end(&self, pool: &str, name: &str) -> Result<u64> {
+    pub(crate) async fn pipeline_end(&self, pool: &str, name: &str) -> Result<u64> {
         #[derive(Deserialize)]
         struct Ended {
             have: u64,

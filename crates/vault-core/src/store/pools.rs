@@ -82,7 +82,7 @@ fn pool_view(name: &str, f: &HashMap<String, String>) -> Option<PoolView> {
 
 impl Store {
     /// Create or replace a pool's config. Returns true when it was created.
-    pub async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
+    pub(crate) async fn pool_upsert(&self, name: &str, cfg: &PoolConfig) -> Result<bool> {
         let fields = serde_json::to_string(&cfg.to_fields()).expect("config serializes");
         let v: reply::Upserted = self.call(name, &scripts::PoolUpsert { fields }).await?;
         // The name set is a separate slot; the cfg hash is the truth, this is the index.
@@ -182,7 +182,7 @@ impl Store {
 
     /// One batch of the pool's running whole-pool operation (see `lua/pool_op.lua`).
     /// `op_id`: the operation the caller drives ("" = whichever runs).
-    pub async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
+    pub(crate) async fn pool_op_step(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
         let v: reply::Batch = self
             .call(
                 pool,
@@ -217,7 +217,7 @@ impl Store {
     /// (other pools' calls go between them). It runs in a task of its own, so a caller that
     /// goes away (a client hanging up) does not stop it half-way; a replica that dies leaves
     /// it to the janitors, who drive every unfinished operation on.
-    pub async fn pool_op_finish(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
+    pub(crate) async fn pool_op_finish(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
         let (store, pool, op_id) = (self.clone(), pool.to_string(), op_id.to_string());
         tokio::spawn(async move {
             loop {
@@ -282,7 +282,7 @@ impl Store {
     /// Convert `pool` from an older layout, `batch` tokens per call (a call of
     /// 50 tokens holds Redis for about 2.5 ms), calling `progress` with the tokens
     /// converted so far and those left after each call. Returns how many it converted.
-    pub async fn migrate_layout(
+    pub(crate) async fn migrate_layout(
         &self,
         pool: &str,
         batch: u64,
@@ -438,7 +438,7 @@ impl Store {
     }
 
     /// Delete a pool. Without `force` it must hold no tokens. Returns the tokens deleted.
-    pub async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
+    pub(crate) async fn pool_delete(&self, name: &str, force: bool) -> Result<u64> {
         let v: reply::Deleting = self.call(name, &scripts::PoolDelete { force }).await?;
         self.pool_op_finish(name, &v.op_id).await?;
         Ok(v.tokens)
@@ -642,7 +642,7 @@ impl Store {
             .collect())
     }
 
-    pub async fn freeze(
+    pub(crate) async fn freeze(
         &self,
         pool: &str,
         revoke_leases: bool,
@@ -670,7 +670,7 @@ impl Store {
         }
     }
 
-    pub async fn unfreeze(&self, pool: &str) -> Result<()> {
+    pub(crate) async fn unfreeze(&self, pool: &str) -> Result<()> {
         self.call::<_, Value>(pool, &scripts::Unfreeze {})
             .await
             .map(drop)

@@ -3,21 +3,21 @@
 use super::*;
 
 impl Store {
-    pub async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
+    pub(crate) async fn reap_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
         let v: reply::Reaped = self
             .call(pool, &scripts::ReapLeases { batch: max as u64 })
             .await?;
         Ok(v.reaped)
     }
 
-    pub async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
+    pub(crate) async fn return_cooled(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Returned = self
             .call(pool, &scripts::ReturnCooled { batch: max as u64 })
             .await?;
         Ok(v.returned)
     }
 
-    pub async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
+    pub(crate) async fn expire_tokens(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Moved = self
             .call(pool, &scripts::ExpireTokens { batch: max as u64 })
             .await?;
@@ -25,7 +25,7 @@ impl Store {
     }
 
     /// Queue the refresh of tokens whose preemptive refresh is due; returns how many.
-    pub async fn enqueue_due(&self, pool: &str, max: usize) -> Result<u64> {
+    pub(crate) async fn enqueue_due(&self, pool: &str, max: usize) -> Result<u64> {
         let v: reply::Enqueued = self
             .call(pool, &scripts::EnqueueDue { batch: max as u64 })
             .await?;

@@ -14,7 +14,7 @@ impl Store {
     /// reservations back; one stopped for good (the process died) lets go at their deadline.
     /// Tokens already in the pool with the same secret are left as they are, so a deposit that
     /// stopped while writing (Redis failing midway) completes when it is tried again.
-    pub async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Deposited> {
+    pub(crate) async fn deposit(&self, pool: &str, tokens: &[SealedToken]) -> Result<Deposited> {
         let reserved_until = self.now_ms().await? + DEPOSIT_RESERVATION_MS;
         let batches: Vec<&[SealedToken]> = tokens.chunks(DEPOSIT_BATCH).collect();
         for (n, batch) in batches.iter().enumerate() {
@@ -191,7 +191,7 @@ impl Store {
         Ok((metas, next))
     }
 
-    pub async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
+    pub(crate) async fn token_delete(&self, pool: &str, id: &str) -> Result<Vec<String>> {
         let v: reply::LeaseIdsEnded = self
             .call(
                 pool,
@@ -208,7 +208,7 @@ impl Store {
     /// Revoke every token of `pool` whose secret has `fingerprint`, [`FINGERPRINT_BATCH`] a call and is not revoked yet.
     /// Returns each token revoked now with the leases it ended (see
     /// [`Store::revoke_credential`] for the version that announces them).
-    pub async fn revoke_fingerprint(
+    pub(crate) async fn revoke_fingerprint(
         &self,
         pool: &str,
         fingerprint: &str,
@@ -233,7 +233,7 @@ impl Store {
         }
     }
 
-    pub async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
+    pub(crate) async fn revoke(&self, pool: &str, id: &str, reason: &str) -> Result<Vec<String>> {
         let v: reply::LeaseIdsEnded = self
             .call(
                 pool,
@@ -246,7 +246,7 @@ impl Store {
         Ok(v.leases_ended)
     }
 
-    pub async fn restore(&self, pool: &str, id: &str) -> Result<String> {
+    pub(crate) async fn restore(&self, pool: &str, id: &str) -> Result<String> {
         let v: reply::State = self
             .call(
                 pool,
@@ -258,7 +258,12 @@ impl Store {
         Ok(v.state)
     }
 
-    pub async fn deprecate(&self, pool: &str, id: &str, sunset_ms: Option<i64>) -> Result<String> {
+    pub(crate) async fn deprecate(
+        &self,
+        pool: &str,
+        id: &str,
+        sunset_ms: Option<i64>,
+    ) -> Result<String> {
         let v: reply::State = self
             .call(
                 pool,
@@ -271,7 +276,7 @@ impl Store {
         Ok(v.state)
     }
 
-    pub async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
+    pub(crate) async fn refresh_enqueue(&self, pool: &str, id: &str) -> Result<String> {
         let v: reply::State = self
             .call(
                 pool,

@@ -1,18 +1,21 @@
 //! What the script tests share: a real redis-server per test, the store on it with a pinned
 //! clock, and a pool configured by the test.
-// Each test binary uses part of it.
+
 #![allow(dead_code)]
+
+mod quotas;
+mod scripts;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use crate::config::RedisArgs;
+use crate::crypto::{Cipher, MasterKey};
+use crate::model::{Outcome, PoolConfigInput, Report, TokenInput};
+use crate::refresh::RetryPolicy;
+use crate::store::AcquireArgs;
+use crate::{Store, VaultError};
 use testkit::RedisServer;
-use vault_core::config::RedisArgs;
-use vault_core::crypto::{Cipher, MasterKey};
-use vault_core::model::{Outcome, PoolConfigInput, Report, TokenInput};
-use vault_core::refresh::RetryPolicy;
-use vault_core::store::AcquireArgs;
-use vault_core::{Store, VaultError};
 
 pub(crate) const T0: i64 = 1_800_000_000_000;
 
@@ -77,10 +80,7 @@ impl Env {
         self.store.deposit(&self.pool, &sealed).await.unwrap().ids
     }
 
-    pub(crate) async fn lease(
-        &self,
-        units: u64,
-    ) -> Result<vault_core::model::LeaseGrant, VaultError> {
+    pub(crate) async fn lease(&self, units: u64) -> Result<crate::model::LeaseGrant, VaultError> {
         self.lease_with(AcquireArgs {
             units,
             ..Default::default()
@@ -91,7 +91,7 @@ impl Env {
     pub(crate) async fn lease_with(
         &self,
         mut a: AcquireArgs,
-    ) -> Result<vault_core::model::LeaseGrant, VaultError> {
+    ) -> Result<crate::model::LeaseGrant, VaultError> {
         a.lease_id = uuid::Uuid::new_v4().to_string();
         a.units = a.units.max(1);
         self.store.acquire(&self.pool, &a).await
@@ -115,7 +115,7 @@ impl Env {
     }
 
     /// The next visible refresh job (external queue or the refresher's), if any.
-    pub(crate) async fn claim(&self, external: bool) -> Option<vault_core::store::ClaimedJob> {
+    pub(crate) async fn claim(&self, external: bool) -> Option<crate::store::ClaimedJob> {
         self.store
             .job_claim(&self.pool, external, 60_000, None)
             .await
@@ -125,15 +125,15 @@ impl Env {
     /// Complete `job` with a new secret that expires `lives_ms` from now.
     pub(crate) async fn complete(
         &self,
-        job: &vault_core::store::ClaimedJob,
+        job: &crate::store::ClaimedJob,
         secret: &str,
         lives_ms: i64,
-    ) -> vault_core::refresh::RefreshResult {
-        let done = vault_core::store::RefreshedToken::seal(
+    ) -> crate::refresh::RefreshResult {
+        let done = crate::store::RefreshedToken::seal(
             &self.cipher,
             &self.pool,
             &job.token_id,
-            &vault_core::crypto::Secret::new(secret),
+            &crate::crypto::Secret::new(secret),
             Some(self.clock.load(Ordering::SeqCst) + lives_ms),
             None,
         )
@@ -144,12 +144,12 @@ impl Env {
             .unwrap()
     }
 
-    pub(crate) async fn meta(&self, id: &str) -> vault_core::model::TokenMeta {
+    pub(crate) async fn meta(&self, id: &str) -> crate::model::TokenMeta {
         self.store.token_get(&self.pool, id).await.unwrap()
     }
 }
 
-pub(crate) fn exhausted(r: Result<vault_core::model::LeaseGrant, VaultError>) -> Option<u64> {
+pub(crate) fn exhausted(r: Result<crate::model::LeaseGrant, VaultError>) -> Option<u64> {
     match r {
         Err(VaultError::PoolExhausted { retry_after_ms }) => retry_after_ms,
         other => panic!("expected pool_exhausted, got {other:?}"),

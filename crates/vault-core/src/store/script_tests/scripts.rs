@@ -2,12 +2,11 @@
 //! redis-server started for this test binary. The scripts' clock is pinned, so window resets,
 //! TTL edges and cooldowns are exact.
 
-mod common;
-use common::*;
+use super::*;
+use crate::model::{Outcome, Report, TokenInput};
+use crate::store::AcquireArgs;
+use crate::VaultError;
 use serde_json::json;
-use vault_core::model::{Outcome, Report, TokenInput};
-use vault_core::store::AcquireArgs;
-use vault_core::VaultError;
 
 #[tokio::test]
 async fn quota_stops_exactly_at_limit_minus_reserve_and_release_returns_units() {
@@ -180,7 +179,7 @@ async fn jwt_exp_is_taken_and_malformed_jwt_refused() {
     e.deposit(json!([{"secret": jwt, "id": "j"}])).await;
     assert_eq!(
         e.meta("j").await.expires_at.unwrap(),
-        vault_core::time::rfc3339(exp_s * 1000)
+        crate::time::rfc3339(exp_s * 1000)
     );
     let bad: TokenInput =
         serde_json::from_value(json!({"secret": format!("{}.@@@.sig", b64(r#"{"alg":"RS256"}"#))}))
@@ -228,7 +227,7 @@ async fn strikes_quarantine_and_restore() {
 }
 
 /// LRU hands out each token in turn; take leases until we hold `id`.
-async fn pick(e: &Env, id: &str) -> vault_core::model::LeaseGrant {
+async fn pick(e: &Env, id: &str) -> crate::model::LeaseGrant {
     loop {
         let l = e.lease(1).await.unwrap();
         if l.token_id == id {
@@ -256,10 +255,7 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
     e.store.release("p", &la.lease_id, &r).await.unwrap();
     let m = e.meta("a").await;
     assert_eq!(m.state, "cooling");
-    assert_eq!(
-        m.cooling_until.unwrap(),
-        vault_core::time::rfc3339(T0 + 30_000)
-    );
+    assert_eq!(m.cooling_until.unwrap(), crate::time::rfc3339(T0 + 30_000));
     let lb = pick(&e, "b").await;
     assert_eq!(
         e.release(&lb.lease_id, None, Outcome::Unauthorized)
@@ -280,7 +276,7 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
     let la = pick(&e, "a").await;
     let r = Report {
         remaining: Some(7),
-        reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)),
+        reset_at: Some(crate::time::TimeInput(T0 + 500_000)),
         ..Default::default()
     };
     e.store.release("p", &la.lease_id, &r).await.unwrap();
@@ -288,7 +284,7 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
     assert_eq!(m.quota.used, 93);
     assert_eq!(
         m.quota.window_resets_at.unwrap(),
-        vault_core::time::rfc3339(T0 + 500_000)
+        crate::time::rfc3339(T0 + 500_000)
     );
     // Two leases of the token; the one whose last answer is older reports last. Its `remaining`
     // is stale (calls were made since): it must not lower the count.
@@ -296,7 +292,7 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
     let report = |remaining| Report {
         used: Some(1),
         remaining: Some(remaining),
-        reset_at: Some(vault_core::time::TimeInput(T0 + 500_000)),
+        reset_at: Some(crate::time::TimeInput(T0 + 500_000)),
         ..Default::default()
     };
     e.store
@@ -320,14 +316,14 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
         outcome: Outcome::RateLimited,
         retry_after_s: Some(7.0),
         remaining: Some(1),
-        reset_at: Some(vault_core::time::TimeInput(T0 + 30_000 + 400_000)),
+        reset_at: Some(crate::time::TimeInput(T0 + 30_000 + 400_000)),
         ..Default::default()
     };
     e.store.release("p", &l.lease_id, &r).await.unwrap();
     let m = e.meta("a").await;
     assert_eq!(
         m.cooling_until.unwrap(),
-        vault_core::time::rfc3339(T0 + 30_000 + 7_000)
+        crate::time::rfc3339(T0 + 30_000 + 7_000)
     );
 }
 
@@ -390,14 +386,14 @@ async fn revoke_ends_leases_and_takes_the_token_out() {
 #[tokio::test]
 async fn a_credential_is_revoked_by_fingerprint_in_every_pool() {
     let e = Env::new(json!({"max_leases_per_token": 2})).await;
-    let fp = |s: &str| vault_core::crypto::Secret::new(s).fingerprint();
+    let fp = |s: &str| crate::crypto::Secret::new(s).fingerprint();
     e.deposit(
         json!([{"secret": "leaked", "id": "a"}, {"secret": "leaked", "id": "a2"},
         {"secret": "fine", "id": "b"}, {"secret": "gone", "id": "c"},
         {"secret": "old", "id": "d", "refresh": {"kind": "external"}}]),
     )
     .await;
-    let other: vault_core::model::PoolConfigInput = serde_json::from_value(json!({})).unwrap();
+    let other: crate::model::PoolConfigInput = serde_json::from_value(json!({})).unwrap();
     e.store
         .pool_upsert("q", &other.validate(&e.cipher, "q").unwrap())
         .await
@@ -407,7 +403,7 @@ async fn a_credential_is_revoked_by_fingerprint_in_every_pool() {
         .seal(&e.cipher, "q", None)
         .unwrap();
     e.store.deposit("q", &[sealed]).await.unwrap();
-    let actor = vault_core::ops::Actor::process("test");
+    let actor = crate::ops::Actor::process("test");
 
     // A deleted token leaves the index; a refreshed one moves to its new secret's entry.
     e.store.token_delete("p", "c").await.unwrap();
@@ -844,8 +840,8 @@ async fn refresh_jobs_queue_once_hide_while_claimed_and_check_generations() {
         .is_none());
 
     // j1 succeeds; a duplicate completion is refused.
-    let secret = vault_core::crypto::Secret::new("fresh");
-    let done = vault_core::store::RefreshedToken::seal(
+    let secret = crate::crypto::Secret::new("fresh");
+    let done = crate::store::RefreshedToken::seal(
         &e.cipher,
         "p",
         &j1.token_id,
@@ -1090,7 +1086,7 @@ fn sealed_tokens(
     e: &Env,
     ids: impl Iterator<Item = usize>,
     secret: &str,
-) -> Vec<vault_core::model::SealedToken> {
+) -> Vec<crate::model::SealedToken> {
     ids.map(|i| {
         let t: TokenInput = serde_json::from_value(
             json!({"id": format!("t{i}"), "secret": format!("{secret}-{i}")}),
@@ -1112,8 +1108,8 @@ fn fcalls_since_reset(e: &Env) -> usize {
 /// (not one round trip per lease).
 #[tokio::test]
 async fn a_freeze_announces_every_ended_lease_in_order_in_a_few_calls() {
-    use vault_core::ops::Actor;
-    use vault_core::store::{EVENT_BATCH, POOL_OP_BATCH};
+    use crate::ops::Actor;
+    use crate::store::{EVENT_BATCH, POOL_OP_BATCH};
     const N: usize = 250;
     let e = Env::new(json!({})).await;
     let tokens: Vec<_> = (0..N)
@@ -1162,10 +1158,10 @@ async fn a_freeze_announces_every_ended_lease_in_order_in_a_few_calls() {
 /// of it, and no reservation behind.
 #[tokio::test]
 async fn a_large_deposit_lands_whole_or_not_at_all_in_short_calls() {
-    use vault_core::model::MAX_DEPOSIT;
-    use vault_core::store::DEPOSIT_BATCH;
+    use crate::model::MAX_DEPOSIT;
+    use crate::store::DEPOSIT_BATCH;
     let e = Env::new(json!({})).await;
-    let keys = vault_core::keys::Keys::new(e.prefix.as_str());
+    let keys = crate::keys::Keys::new(e.prefix.as_str());
     let (ids, depositing) = (keys.pool("p").ids(), keys.pool("p").depositing());
     let card = |key: &str, cmd: &str| -> usize { e.redis.cli(&[cmd, key]).trim().parse().unwrap() };
     e.store
@@ -1231,7 +1227,7 @@ async fn a_large_deposit_lands_whole_or_not_at_all_in_short_calls() {
 /// completes when tried again: what is in stays as it is, the rest is written.
 #[tokio::test]
 async fn a_deposit_stopped_midway_completes_when_tried_again() {
-    use vault_core::store::DEPOSIT_BATCH;
+    use crate::store::DEPOSIT_BATCH;
     let e = Env::new(json!({})).await;
     let tokens = sealed_tokens(&e, 0..3 * DEPOSIT_BATCH, "s");
     e.store
@@ -1257,9 +1253,9 @@ async fn a_deposit_stopped_midway_completes_when_tried_again() {
 /// once the reservation lapses.
 #[tokio::test]
 async fn racing_deposits_each_land_whole_or_not_at_all() {
-    use vault_core::store::DEPOSIT_BATCH;
+    use crate::store::DEPOSIT_BATCH;
     let e = Env::new(json!({})).await;
-    let keys = vault_core::keys::Keys::new(e.prefix.as_str());
+    let keys = crate::keys::Keys::new(e.prefix.as_str());
     let depositing = keys.pool("p").depositing();
     // Eight deposits of four batches each, every one overlapping its neighbours.
     let size = 4 * DEPOSIT_BATCH;

@@ -2,14 +2,13 @@
 //! reserved by leases and settled by reports, and the target's own counts, against a real
 //! redis-server with the scripts' clock pinned.
 
-mod common;
 use std::collections::BTreeMap;
 
-use common::*;
+use super::*;
+use crate::model::{LeaseGrant, Outcome, QuotaReport, Report};
+use crate::store::AcquireArgs;
+use crate::VaultError;
 use serde_json::json;
-use vault_core::model::{LeaseGrant, Outcome, QuotaReport, Report};
-use vault_core::store::AcquireArgs;
-use vault_core::VaultError;
 
 /// A one-token pool with `quotas` (and room for many leases at once).
 async fn pool(quotas: serde_json::Value, estimates: serde_json::Value) -> Env {
@@ -147,7 +146,7 @@ async fn a_lease_needs_room_in_every_quota_and_waits_for_the_last_one_to_allow()
         .unwrap();
     assert_eq!(
         rpd.window_resets_at.as_deref(),
-        Some(vault_core::time::rfc3339(midnight).as_str())
+        Some(crate::time::rfc3339(midnight).as_str())
     );
     e.advance(midnight - now);
     e.store.return_cooled(&e.pool, 100).await.unwrap();
@@ -250,7 +249,7 @@ async fn the_targets_count_raises_the_vaults_and_its_reset_cools_the_token() {
         "tpm".to_string(),
         QuotaReport {
             remaining: Some(0),
-            reset_at: Some(vault_core::time::TimeInput(T0 + 30_000)),
+            reset_at: Some(crate::time::TimeInput(T0 + 30_000)),
         },
     );
     release_reporting(&e, &l.lease_id, &[], quotas)
