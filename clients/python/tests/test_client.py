@@ -107,32 +107,43 @@ def test_rotate_gives_the_same_object_a_new_token(vault, pool):
 
 
 def test_many_threads_never_share_a_token(vault, pool):
-    """Concurrency limit 1: no two threads hold the same token at once."""
+    """Concurrency limit 1: no two threads hold the same token at once. Four threads hold their
+    first lease together (a barrier), so every token is busy at once while the others ask."""
     vault.put_pool(pool, max_leases_per_token=1)
     vault.deposit(pool, [{"id": f"t{i}", "secret": f"s{i}"} for i in range(4)])
     holding = set()
     lock = threading.Lock()
     errors = []
+    peak = [0]
+    together = threading.Barrier(4, timeout=120)
+    granted = [0]
 
-    def work() -> None:
-        for _ in range(15):
+    def work(n: int) -> None:
+        for i in range(15):
             try:
-                with vault.lease(pool, wait_ms=2000) as lease:
+                # Far: a busy machine is slow, not wrong; an exhausted pool is a failure here.
+                with vault.lease(pool, wait_ms=30000) as lease:
                     with lock:
                         if lease.token_id in holding:
                             errors.append(f"{lease.token_id} held twice")
                         holding.add(lease.token_id)
+                        peak[0] = max(peak[0], len(holding))
+                        granted[0] += 1
+                    if n < 4 and i == 0:
+                        together.wait()
                     with lock:
                         holding.discard(lease.token_id)
-            except PoolExhausted:
-                pass
+            except Exception as e:  # noqa: BLE001 - every failure is the test's
+                errors.append(repr(e))
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert not errors
+        t.join(300)
+    assert not errors, errors
+    assert granted[0] == 8 * 15
+    assert peak[0] == 4
     assert vault.pool_status(pool)["leases_active"] == 0
 
 

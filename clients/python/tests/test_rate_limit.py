@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tokenvault import Vault
-from tokenvault._models import duration_s, rate_limit_families
+from tokenvault._headers import duration_s, rate_limit_families
 
 
 def test_every_header_family_is_read():

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Generator, Iterable, List
 import httpx
 import httpx_sse
 
-from . import _core
+from . import _core, _http
 from ._errors import LeaseGone, Unavailable, VaultError
 from ._models import Event, Lease, Report
 
@@ -95,6 +95,14 @@ class AsyncVault:
                 raise
             await asyncio.sleep(_core.LOST_ANSWER_RETRY_S)
             return await self._work(kind, pool, lease_id, body, key, timeout)
+
+    def session_for(self, lease: Lease, **kw: Any) -> Any:
+        """A ``requests.Session`` bound to ``lease`` (``lease.session()``; blocking)."""
+        return _http.LeaseSession(lease, **kw)
+
+    def client_for(self, lease: Lease, **kw: Any) -> _http.AsyncLeaseClient:
+        """An ``httpx.AsyncClient`` bound to ``lease`` (``lease.client()``)."""
+        return _http.AsyncLeaseClient(lease, **kw)
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)

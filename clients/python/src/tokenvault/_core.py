@@ -12,7 +12,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
 from ._errors import Unavailable, VaultError, error_from_answer
-from ._models import Event, Lease, Report, retry_after_s
+from ._headers import retry_after_s
+from ._models import Event, Lease, Report
 
 USER_AGENT = "tokenvault-python/0.1.0"
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import httpx
 import httpx_sse
 
-from . import _core
+from . import _core, _http
 from ._errors import LeaseGone, Unavailable, VaultError
 from ._models import Event, Lease, Report
 
@@ -86,6 +86,14 @@ class Vault:
                 raise
             time.sleep(_core.LOST_ANSWER_RETRY_S)
             return self._work(kind, pool, lease_id, body, key, timeout)
+
+    def session_for(self, lease: Lease, **kw: Any) -> Any:
+        """A ``requests.Session`` bound to ``lease`` (``lease.session()``)."""
+        return _http.LeaseSession(lease, **kw)
+
+    def client_for(self, lease: Lease, **kw: Any) -> _http.LeaseClient:
+        """An ``httpx.Client`` bound to ``lease`` (``lease.client()``)."""
+        return _http.LeaseClient(lease, **kw)
 
     def _held_lease(self, answer: Dict[str, Any]) -> Lease:
         lease = Lease.from_answer(answer, self)
