@@ -140,24 +140,17 @@ enum KeysCmd {
     },
 }
 
-/// "3600", "90s", "30m", "12h", "7d" → seconds.
+/// A duration in whole seconds: plain seconds (`3600`) or humantime's notation (`90s`, `30m`,
+/// `12h`, `7d`, `1h 30m`).
 pub(crate) fn parse_ttl(s: &str) -> anyhow::Result<i64> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
-    let n: i64 = num
-        .parse()
-        .with_context(|| format!("bad ttl {s:?}: use e.g. 3600, 30m, 12h, 7d"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => bail!("bad ttl unit in {s:?}: use s, m, h or d"),
+    let s = s.trim();
+    let secs = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok()
+    } else {
+        humantime::parse_duration(s).ok().map(|d| d.as_secs())
     };
-    Ok(n * mult)
+    secs.and_then(|n| i64::try_from(n).ok())
+        .with_context(|| format!("bad duration {s:?}: use e.g. 3600, 90s, 30m, 12h, 7d"))
 }
 
 /// What a re-encryption pass did.
@@ -440,7 +433,12 @@ mod tests {
         assert_eq!(super::parse_ttl("30m").unwrap(), 1800);
         assert_eq!(super::parse_ttl("1h").unwrap(), 3600);
         assert_eq!(super::parse_ttl("7d").unwrap(), 604_800);
-        assert!(super::parse_ttl("1w").is_err());
+        assert_eq!(super::parse_ttl("1h 30m").unwrap(), 5400);
         assert!(super::parse_ttl("h").is_err());
+        assert!(super::parse_ttl("3x").is_err());
+        assert!(super::parse_ttl("").is_err());
+        // Too large for the seconds the vault takes: refused, not wrapped.
+        assert!(super::parse_ttl("99999999999999999999").is_err());
+        assert!(super::parse_ttl("10000000000000000000s").is_err());
     }
 }
