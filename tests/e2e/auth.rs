@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use vault_core::auth::{generate_key_pem, KeyRing, Scope};
 
 use crate::harness::{key_ring, now_ms, one, Api, One};
-use testkit::wait_until;
 
 /// One request per route family, with a body that would succeed for an admin.
 fn families() -> Vec<(Method, &'static str, Option<Value>)> {
@@ -401,11 +400,12 @@ async fn revocation_reaches_another_replica_within_a_second_also_after_a_redis_r
     // B writes back what the empty Redis lost, so a replica started now refuses it too.
     let stored = format!("{}:revoked", t.dep.prefix);
     assert!(
-        wait_until(crate::harness::PATIENCE, || !t
+        crate::harness::eventually(crate::harness::PATIENCE, async || !t
             .redis
             .cli(&["ZSCORE", &stored, &jti])
             .trim()
-            .is_empty()),
+            .is_empty())
+        .await,
         "the lost revocation was not written back"
     );
     let c = t.dep.vault(&[]).await;
@@ -509,7 +509,7 @@ async fn staged_key_rotation_with_no_failed_request() {
             replicas.write().unwrap().push(v.base.clone());
             if let Some(ok) = ok {
                 let before = ok.load(Ordering::Relaxed);
-                let served = crate::harness::eventually(crate::harness::PATIENCE, || {
+                let served = crate::harness::eventually(crate::harness::PATIENCE, async || {
                     ok.load(Ordering::Relaxed) >= before + 10
                 })
                 .await;

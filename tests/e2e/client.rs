@@ -70,7 +70,9 @@ async fn worker_scenario(over_grpc: bool) {
         .post("/v1/pools/p/tokens/a/revoke", json!({"reason": "leaked"}))
         .await;
     assert!(
-        eventually(Duration::from_secs(1), || worker.is_revoked(&in_flight)).await,
+        eventually(Duration::from_secs(1), async || worker
+            .is_revoked(&in_flight))
+        .await,
         "the event reaches the worker within 1 s"
     );
     assert_eq!(in_flight.secret, "sa", "...finishes with what it has");
@@ -129,7 +131,7 @@ async fn worker_rechecks_its_lease_when_events_were_lost() {
         token_id: "b".into(),
         ..held.clone()
     };
-    assert!(eventually(Duration::from_secs(2), || worker.is_revoked(&b_lease)).await);
+    assert!(eventually(Duration::from_secs(2), async || worker.is_revoked(&b_lease)).await);
 
     // The worker's replica goes away; meanwhile its token is revoked and the event trimmed.
     b.child.terminate(Duration::from_secs(10));

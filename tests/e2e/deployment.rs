@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::{bin_path, wait_until, Child, RedisServer, Sentinel};
+use testkit::{bin_path, Child, RedisServer, Sentinel};
 
 use crate::harness::{Deployment, Vault};
 
@@ -43,14 +43,14 @@ const FAR: Duration = Duration::from_secs(300);
 
 /// Wait until `node` has run `calls` more functions than `since`: the load goes on (after a
 /// kill, a restart, a failover) and has done that much more.
-pub(crate) fn more_load(node: &RedisServer, since: u64, calls: u64, what: &str) {
-    load_grows(|| fcalls(node), since, calls, what);
+pub(crate) async fn more_load(node: &RedisServer, since: u64, calls: u64, what: &str) {
+    load_grows(|| fcalls(node), since, calls, what).await;
 }
 
 /// Wait until the function-call counter `count` has grown `calls` past `since`.
-fn load_grows(count: impl Fn() -> u64, since: u64, calls: u64, what: &str) {
+async fn load_grows(count: impl Fn() -> u64, since: u64, calls: u64, what: &str) {
     assert!(
-        wait_until(FAR, || count() >= since + calls),
+        crate::harness::eventually(FAR, async || count() >= since + calls).await,
         "the load did not go on {what}: {} function calls, {since} before",
         count()
     );
@@ -91,7 +91,7 @@ async fn the_checker_finds_every_rule_kept_across_three_replicas() {
     // At least 8 s of load (the operator acts every ~100 ms, so every kind of action comes up)
     // and 1,500 function calls, however long the machine takes for them.
     let started = Instant::now();
-    more_load(&redis, 0, 1500, "on three replicas");
+    more_load(&redis, 0, 1500, "on three replicas").await;
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await
@@ -146,7 +146,7 @@ async fn kill_redis_under_load(
         &["--request-timeout", "3s", "--final-patience", "60s"],
     );
     // Under load: leases being granted.
-    more_load(&redis, 0, 500, "before the kill");
+    more_load(&redis, 0, 500, "before the kill").await;
     redis.stop();
     let api = dep.api(&vaults[0]);
     let start = Instant::now();
@@ -159,7 +159,7 @@ async fn kill_redis_under_load(
     );
     redis.restart();
     // The load goes on against the restarted Redis (its counters start again from 0).
-    more_load(&redis, 0, 1000, "after the restart");
+    more_load(&redis, 0, 1000, "after the restart").await;
     (redis, dep, vaults, run)
 }
 
@@ -303,7 +303,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         &[&lb],
         &["--log", log.to_str().unwrap(), "--request-timeout", "10s"],
     );
-    more_load(&redis, 0, 500, "through haproxy");
+    more_load(&redis, 0, 500, "through haproxy").await;
 
     // Under the load, the refresher holding a claimed job dies; the second one takes it over.
     assert_eq!(
@@ -313,7 +313,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         202
     );
     assert!(
-        wait_until(FAR, || !idp.calls().is_empty()),
+        crate::harness::eventually(FAR, async || !idp.calls().is_empty()).await,
         "the refresher did not call the provider:\n{}",
         refresher_a.output()
     );
@@ -327,7 +327,7 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
 
     // SIGKILL a replica and start it again on its port.
     replicas[0].child.kill();
-    more_load(&redis, fcalls(&redis), 1000, "after a replica was killed");
+    more_load(&redis, fcalls(&redis), 1000, "after a replica was killed").await;
     replicas[0] = dep.vault_at(ports[0], &drain).await;
 
     // SIGTERM another: it drains (readyz 503, still serving), then exits cleanly.
@@ -363,7 +363,8 @@ async fn behind_haproxy_replicas_die_drain_and_restart_without_breaking_a_rule()
         fcalls(&redis),
         1000,
         "after the drained replica came back",
-    );
+    )
+    .await;
 
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await
@@ -465,11 +466,14 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
     let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port, 2)).collect();
     // Every sentinel knows the replica and the two other sentinels before anything fails.
     assert!(
-        wait_until(Duration::from_secs(30), || sentinels.iter().all(|s| {
-            let m = s.cli(&["SENTINEL", "master", Sentinel::SERVICE]);
-            sentinel_field(&m, "num-other-sentinels").as_deref() == Some("2")
-                && sentinel_field(&m, "num-slaves").as_deref() == Some("2")
-        })),
+        crate::harness::eventually(Duration::from_secs(30), async || sentinels.iter().all(
+            |s| {
+                let m = s.cli(&["SENTINEL", "master", Sentinel::SERVICE]);
+                sentinel_field(&m, "num-other-sentinels").as_deref() == Some("2")
+                    && sentinel_field(&m, "num-slaves").as_deref() == Some("2")
+            }
+        ))
+        .await,
         "the sentinels did not discover each other and the replica"
     );
     let mut dep = Deployment::new(&primary);
@@ -510,14 +514,15 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
         &vaults.iter().map(|v| v.base.as_str()).collect::<Vec<_>>(),
         &["--request-timeout", "3s", "--final-patience", "60s"],
     );
-    more_load(&primary, 0, 500, "before the failover");
+    more_load(&primary, 0, 500, "before the failover").await;
     let killed = Instant::now();
     primary.stop();
     let ports = [replicas[0].port, replicas[1].port];
     assert!(
-        wait_until(FAR, || sentinels[0]
+        crate::harness::eventually(FAR, async || sentinels[0]
             .primary_port()
-            .is_some_and(|p| ports.contains(&p))),
+            .is_some_and(|p| ports.contains(&p)))
+        .await,
         "the sentinels did not promote a replica"
     );
     let promoted_after = killed.elapsed();
@@ -563,14 +568,15 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
             .join("\n")
     };
     assert!(
-        wait_until(FAR, || promoted
+        crate::harness::eventually(FAR, async || promoted
             .cli(&["INFO", "replication"])
-            .contains("connected_slaves:1")),
+            .contains("connected_slaves:1"))
+        .await,
         "the other replica never followed the new primary:\n{}",
         replication()
     );
     let since = fcalls(promoted);
-    if !wait_until(FAR, || fcalls(promoted) >= since + 1000) {
+    if !crate::harness::eventually(FAR, async || fcalls(promoted) >= since + 1000).await {
         // What the new primary ran, and what the vaults and the checker said: a failure here
         // was seen twice in full-suite runs and never alone.
         let tail = |text: String| {
@@ -677,7 +683,7 @@ async fn on_a_redis_cluster_pools_spread_over_every_primary_and_every_rule_holds
     );
     // Every primary serves its share of the pools, for a while.
     for node in &cluster.nodes {
-        more_load(node, 0, 300, "on every primary");
+        more_load(node, 0, 300, "on every primary").await;
     }
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await
@@ -939,7 +945,7 @@ async fn a_live_reshard_under_load_loses_nothing() {
     );
     // The checker's pools exist and every primary that holds slots is serving them.
     for node in &cluster.nodes[..new] {
-        more_load(node, 0, 100, "on every primary");
+        more_load(node, 0, 100, "on every primary").await;
     }
     let prefix = dep.prefix.clone();
     let moved = tokio::task::spawn_blocking({
@@ -980,11 +986,11 @@ async fn a_live_reshard_under_load_loses_nothing() {
     // The new primary serves the pools moved to it (it got the library at its first call), and
     // the load goes on after the last move.
     let newcomer = &cluster.nodes[new];
-    more_load(newcomer, 0, 1, "on the new primary");
+    more_load(newcomer, 0, 1, "on the new primary").await;
     // Counted over the whole cluster: pool names hash unevenly, and after the moves one primary
     // may hold a single pool, or none the checker still leases from (it happened).
     let cluster_calls = || cluster.nodes.iter().map(fcalls).sum::<u64>();
-    load_grows(cluster_calls, cluster_calls(), 500, "after the moves");
+    load_grows(cluster_calls, cluster_calls(), 500, "after the moves").await;
     let refused = refused_in_mid_move(&cluster);
     let out = tokio::task::spawn_blocking(move || judge(run))
         .await

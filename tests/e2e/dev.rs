@@ -16,7 +16,7 @@ async fn dev_mode_serves_the_demo_pool_with_the_printed_token() {
         &["dev", "--listen-addr", &format!("127.0.0.1:{port}")],
         &[("RUST_LOG", "warn".into())],
     );
-    let started = eventually(crate::harness::PATIENCE, || {
+    let started = eventually(crate::harness::PATIENCE, async || {
         dev.output().contains("export TV_TOKEN=")
     })
     .await;
@@ -74,7 +74,9 @@ async fn dev_mode_without_redis_server_says_how_to_install_it() {
         ],
         &[("PATH", empty.path().display().to_string())],
     );
-    let exited = testkit::wait_until(crate::harness::PATIENCE, || dev.try_wait().is_some());
+    let exited =
+        crate::harness::eventually(crate::harness::PATIENCE, async || dev.try_wait().is_some())
+            .await;
     assert!(exited, "dev mode kept running:\n{}", dev.output());
     let status = dev.try_wait().unwrap();
     assert!(!status.success());

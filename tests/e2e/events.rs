@@ -254,7 +254,10 @@ async fn shutdown_ends_event_streams_instead_of_waiting_out_the_grace_period() {
         .await
         .expect("the stream ends at shutdown");
     assert!(ended.is_none(), "{ended:?}");
-    let exited = testkit::wait_until(Duration::from_secs(30), || v.child.try_wait().is_some());
+    let exited = crate::harness::eventually(Duration::from_secs(30), async || {
+        v.child.try_wait().is_some()
+    })
+    .await;
     assert!(exited, "{}", v.child.output());
     assert!(v.child.try_wait().unwrap().success());
 }

@@ -525,7 +525,8 @@ async fn haproxy_balances_grpc_calls_over_the_replicas_and_the_checker_holds_ove
         &["--transport", "grpc", "--grpc-urls", &grpc],
     );
     let started = std::time::Instant::now();
-    crate::deployment::more_load(&redis, crate::deployment::fcalls(&redis), 1000, "over gRPC");
+    crate::deployment::more_load(&redis, crate::deployment::fcalls(&redis), 1000, "over gRPC")
+        .await;
     tokio::time::sleep(std::time::Duration::from_secs(5).saturating_sub(started.elapsed())).await;
     let out = tokio::task::spawn_blocking(move || crate::deployment::judge(run))
         .await

@@ -23,7 +23,7 @@ async fn expired_leases_end_at_their_deadline_without_a_janitor() {
         .await;
     let past = |l: &crate::harness::Answer| {
         let deadline = crate::harness::ms(&l.body, "lease_expires_at");
-        async move { eventually(crate::harness::PATIENCE, || now_ms() > deadline + 5).await }
+        async move { eventually(crate::harness::PATIENCE, async || now_ms() > deadline + 5).await }
     };
 
     let l1 = api.post("/v1/pools/p/leases", json!({})).await;
@@ -135,7 +135,10 @@ async fn idle_connections_cannot_exhaust_a_replica() {
     }
     let mut newcomer = idle_connections(&addr, [127, 0, 0, 6], 1).await;
     assert!(closed(&mut newcomer[0], Duration::from_secs(60)).await);
-    assert!(eventually_async(Duration::from_secs(60), || async { ready().await == 200 }).await);
+    assert!(
+        crate::harness::eventually(Duration::from_secs(60), async || { ready().await == 200 })
+            .await
+    );
 
     let m = crate::harness::metrics_text(&t.vault.base).await;
     for (reason, at_least) in [
@@ -220,7 +223,7 @@ async fn a_connection_over_the_cap_is_answered_503_too_many_connections() {
     // Its connections closed, the address is served again.
     drop(held);
     assert!(
-        eventually_async(Duration::from_secs(60), || async {
+        crate::harness::eventually(Duration::from_secs(60), async || {
             client()
                 .get(format!("{}/readyz", t.vault.base))
                 .send()
@@ -236,24 +239,6 @@ async fn a_connection_over_the_cap_is_answered_503_too_many_connections() {
         &["reason=\"max_connections_per_addr\""],
     );
     assert!(n >= Some(2.0), "{n:?}\n{m}");
-}
-
-/// Poll an async condition until it holds or `deadline` passes.
-async fn eventually_async<F, Fut>(deadline: Duration, f: F) -> bool
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = std::time::Instant::now() + deadline;
-    loop {
-        if f().await {
-            return true;
-        }
-        if std::time::Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A body trickled in too slowly gets 408 at the body deadline instead of holding the request.
@@ -631,7 +616,7 @@ async fn sweeps_cost_follows_the_work_due_not_the_pools() {
     let beat = || t.redis.cli(&["GET", &format!("{}:janitor", t.dep.prefix)]);
     let beats = std::sync::Mutex::new(std::collections::HashSet::new());
     assert!(
-        eventually(Duration::from_secs(60), || {
+        eventually(Duration::from_secs(60), async || {
             let mut b = beats.lock().unwrap();
             b.insert(beat());
             b.len() > 4

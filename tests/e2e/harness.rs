@@ -318,32 +318,30 @@ pub(crate) async fn wait_json(
     deadline: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    let end = std::time::Instant::now() + deadline;
-    loop {
-        let a = api.get(path).await;
-        if pred(&a.body) {
-            return a.body;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "condition not reached on {path}: {}",
-            a.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut last = Value::Null;
+    let reached = eventually(deadline, async || {
+        last = api.get(path).await.body;
+        pred(&last)
+    })
+    .await;
+    assert!(reached, "condition not reached on {path}: {last}");
+    last
 }
 
-/// Poll `cond` until it holds (async, so servers in this test process keep running); returns
-/// whether it did before `deadline`.
-pub(crate) async fn eventually(deadline: Duration, cond: impl Fn() -> bool) -> bool {
+/// The tests' one poll-until: check `cond` every 20 ms until it holds; returns whether it did
+/// before `deadline`. Async (a condition that is plain code is `async || ...`), so nothing this
+/// test process serves stops while it waits.
+pub(crate) async fn eventually(deadline: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + deadline;
-    while !cond() {
+    loop {
+        if cond().await {
+            return true;
+        }
         if std::time::Instant::now() > end {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    true
 }
 
 /// Unix ms now (same machine, same clock as Redis TIME).

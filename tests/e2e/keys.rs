@@ -102,7 +102,8 @@ async fn key_count_returns_to_baseline() {
     expected.push(format!("{}:{{k}}:rate", t.dep.prefix));
     expected.sort();
     let _janitor = t.dep.janitor(100);
-    let settled = testkit::wait_until(crate::harness::PATIENCE, || keys() == expected);
+    let settled =
+        crate::harness::eventually(crate::harness::PATIENCE, async || keys() == expected).await;
     assert!(settled, "keys now:\n{:?}\nexpected:\n{expected:?}", keys());
     let st = api.get("/v1/pools/k/status").await;
     assert_eq!(st.body["leases_active"], 0);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testkit::{bin_path, wait_until, Child, RedisServer};
+use testkit::{bin_path, Child, RedisServer};
 
 use crate::harness::{one, sample, Deployment};
 
@@ -96,7 +96,10 @@ async fn refuses_to_start_when_redis_refuses_scripts() {
         ],
     );
     assert!(
-        wait_until(crate::harness::PATIENCE, || child.try_wait().is_some()),
+        crate::harness::eventually(crate::harness::PATIENCE, async || child
+            .try_wait()
+            .is_some())
+        .await,
         "vault-api kept running"
     );
     let status = child.try_wait().unwrap();

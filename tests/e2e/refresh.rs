@@ -206,7 +206,7 @@ async fn a_killed_refresher_loses_nothing_and_the_token_is_refreshed_once() {
     let mut a = t.dep.refresher(&env);
     t.api.post("/v1/pools/p/tokens/a/refresh", json!({})).await;
     // Refresher A is mid-job: its request is held by the endpoint.
-    assert!(eventually(T, || idp.calls().len() == 1).await);
+    assert!(eventually(T, async || idp.calls().len() == 1).await);
     a.kill();
     let _b = t.dep.refresher(&env);
     let m = wait_json(&t.api, "/v1/pools/p/tokens/a", T, |m| m["generation"] == 2).await;

@@ -139,15 +139,16 @@ async fn region(
 }
 
 /// A replica of the global primary in `host`, reached through `link`.
-fn global_replica(host: &Option<Arc<Netns>>, link: &DelayProxy) -> RedisServer {
+async fn global_replica(host: &Option<Arc<Netns>>, link: &DelayProxy) -> RedisServer {
     let r = RedisServer::start_in(
         host.as_ref(),
         &[&format!("replicaof {}", link.addr().replace(':', " "))],
     );
     assert!(
-        testkit::wait_until(PATIENCE, || r
+        crate::harness::eventually(PATIENCE, async || r
             .cli(&["INFO", "replication"])
-            .contains("master_link_status:up")),
+            .contains("master_link_status:up"))
+        .await,
         "the region's global replica did not sync"
     );
     r
@@ -228,7 +229,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
         &hosts[1],
         "r2",
         &far(&link2),
-        Some(global_replica(&hosts[1], &link2)),
+        Some(global_replica(&hosts[1], &link2).await),
         &[],
     )
     .await;
@@ -241,7 +242,7 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
         &hosts[2],
         "r3",
         &far(&link3),
-        Some(global_replica(&hosts[2], &link3)),
+        Some(global_replica(&hosts[2], &link3).await),
         &stale_env,
     )
     .await;
@@ -605,7 +606,7 @@ async fn the_checker_finds_no_violation_across_two_regions() {
         &hosts[1],
         "r2",
         &far,
-        Some(global_replica(&hosts[1], &link)),
+        Some(global_replica(&hosts[1], &link).await),
         &[],
     )
     .await;
@@ -655,7 +656,7 @@ async fn a_region_behind_the_trimmed_log_resyncs_from_the_global_state() {
     let link = link(&hosts[1], &global);
     let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &[]).await;
     let far = format!("redis://{}", link.addr());
-    let replica = global_replica(&hosts[1], &link);
+    let replica = global_replica(&hosts[1], &link).await;
     let mut r2 = region(&base, &hosts[1], "r2", &far, Some(replica), &[]).await;
     let secret = |i: usize| format!("trimmed-credential-{i:040}");
     for (n, r) in [&r1, &r2].iter().enumerate() {

@@ -65,7 +65,10 @@ async fn emergency_rotation_under_load() {
     }
     // The rotation starts under load.
     assert!(
-        eventually(Duration::from_secs(60), || grants.lock().unwrap().len()
+        eventually(Duration::from_secs(60), async || grants
+            .lock()
+            .unwrap()
+            .len()
             >= 20)
         .await
     );
@@ -93,7 +96,7 @@ async fn emergency_rotation_under_load() {
     let deposited = now_ms();
     let _refresher = t.dep.refresher(&[]);
     // Load goes on past the sunset, until fresh tokens were leased after their deposit.
-    let ran = eventually(Duration::from_secs(60), || {
+    let ran = eventually(Duration::from_secs(60), async || {
         let g = grants.lock().unwrap();
         now_ms() > sunset + 500
             && g.len() > 200

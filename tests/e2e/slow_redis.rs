@@ -165,7 +165,8 @@ async fn a_slow_redis_makes_answers_wait_or_say_busy_never_unavailable() {
     for i in 0..2 * STALLS_PER_KIND {
         let before = grants.load(Ordering::Relaxed);
         assert!(
-            eventually(Duration::from_secs(60), || grants.load(Ordering::Relaxed)
+            eventually(Duration::from_secs(60), async || grants
+                .load(Ordering::Relaxed)
                 >= before + 20)
             .await,
             "no progress after stall {i}: {:?}",
@@ -191,7 +192,8 @@ async fn a_slow_redis_makes_answers_wait_or_say_busy_never_unavailable() {
     }
     let before = grants.load(Ordering::Relaxed);
     assert!(
-        eventually(Duration::from_secs(60), || grants.load(Ordering::Relaxed)
+        eventually(Duration::from_secs(60), async || grants
+            .load(Ordering::Relaxed)
             >= before + 20)
         .await
     );
