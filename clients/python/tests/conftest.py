@@ -81,12 +81,14 @@ def start_serving(spawn: Callable[[int], "Process"], serving: Callable[[int], bo
     for _ in range(3 if port is None else 1):
         p = port or free_port()
         proc = spawn(p)
-        end = time.monotonic() + PATIENCE_S
-        while time.monotonic() < end and proc.proc.poll() is None:
-            if listens(proc.proc.pid, p) and serving(p):
-                proc.port = p
-                return proc
-            time.sleep(0.02)
+        try:
+            wait_until(PATIENCE_S, lambda: proc.proc.poll() is not None
+                       or (listens(proc.proc.pid, p) and serving(p)), f"{what} on port {p}")
+        except AssertionError:
+            pass
+        if proc.proc.poll() is None and listens(proc.proc.pid, p):
+            proc.port = p
+            return proc
         proc.stop()
         failures.append(f"port {p}: {proc.output()[-2000:]}")
     raise AssertionError(f"{what} did not start:\n" + "\n---\n".join(failures))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PATIENCE_S, wait_until
 from tokenvault import Vault
 
 HERE = Path(__file__).parent
@@ -53,8 +54,7 @@ def test_a_crawl_finishes_without_a_revoked_token_or_going_past_quota(vault_serv
     def revoke_mid_crawl() -> None:
         # Once 10 requests reached the target, revoke the token of the latest one (the vault
         # first, then the target starts refusing it, as a real provider would).
-        while len(target.seen) < 10:
-            threading.Event().wait(0.01)
+        wait_until(PATIENCE_S, lambda: len(target.seen) >= 10, "10 requests at the target")
         secret = target.seen[-1][1]
         tid = next(k for k, v in secrets.items() if v == secret)
         vault.revoke(pool, tid, reason="leaked")
