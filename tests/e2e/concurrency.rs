@@ -263,7 +263,12 @@ async fn chaos(apis: Arc<Vec<Api>>, log: Arc<Mutex<Log>>, token_ids: HashMap<Str
     }
     // Freeze race2 while a lease of chaos' own is live: the freeze ends it (410 afterwards) and
     // refuses new leases (423) until the unfreeze.
+    let end = std::time::Instant::now() + crate::harness::PATIENCE;
     let held = loop {
+        assert!(
+            std::time::Instant::now() < end,
+            "race2 never granted chaos a lease"
+        );
         let sent = now_ms();
         let a = apis[0]
             .post("/v1/pools/race2/leases", json!({"worker": "chaos"}))

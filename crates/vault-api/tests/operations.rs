@@ -33,11 +33,14 @@ async fn every_api_transition_is_audited_with_its_actor_and_announced() {
     )
     .await;
     // A lease on `a`, then `a` revoked: its lease ends with it.
-    let lease = loop {
+    // Bounded: the pool picks among three tokens, so 200 tries without `a` is a bug, not luck.
+    let mut on_a = None;
+    for _ in 0..200 {
         let l = v.ok(M::POST, "/v1/pools/p/leases", json!({})).await;
         let id = l["lease_id"].as_str().unwrap().to_string();
         if l["token_id"] == "a" {
-            break id;
+            on_a = Some(id);
+            break;
         }
         v.ok(
             M::POST,
@@ -45,7 +48,8 @@ async fn every_api_transition_is_audited_with_its_actor_and_announced() {
             json!({"used": 0}),
         )
         .await;
-    };
+    }
+    let lease = on_a.expect("token a was never leased in 200 tries");
     v.ok(
         M::POST,
         "/v1/pools/p/tokens/a/revoke",
