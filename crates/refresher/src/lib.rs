@@ -308,10 +308,10 @@ impl Refresher {
         pool: &str,
         job: &ClaimedJob,
     ) -> Result<(Refreshed, RefreshSecrets), RefreshError> {
-        let provider = providers::for_kind(&job.refresh_kind).ok_or_else(|| {
+        let provider = providers::for_kind(job.refresh_kind).ok_or_else(|| {
             RefreshError::Permanent(format!(
                 "refresh kind {} is not run by the refresher",
-                job.refresh_kind
+                job.refresh_kind.as_str()
             ))
         })?;
         // The token's own credentials (what a rotated refresh token is stored with) and, for
@@ -320,7 +320,12 @@ impl Refresher {
             RefreshError::Permanent(format!("cannot read refresh credentials: {}", e.code()))
         })?;
         let (settings, secrets) = self
-            .with_pool_defaults(pool, job.settings(), own.clone())
+            .with_pool_defaults(
+                pool,
+                job.settings()
+                    .map_err(|e| RefreshError::Permanent(e.to_string()))?,
+                own.clone(),
+            )
             .await?;
         let proxy = job.proxy_url(&self.cipher, pool).map_err(|e| {
             RefreshError::Permanent(format!("cannot read the bound proxy: {}", e.code()))
@@ -360,7 +365,7 @@ impl Refresher {
             .ok_or_else(|| {
                 RefreshError::Permanent(format!(
                     "the token takes its refresh settings from the pool, which has none for {}",
-                    settings.kind
+                    settings.kind.as_str()
                 ))
             })?;
         if secrets.client_secret.is_none() {

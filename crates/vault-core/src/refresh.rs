@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use crate::crypto::{jwt_exp_ms, refresh_aad_id, Cipher, Sealed, Secret};
 use crate::error::VaultError;
-use crate::model::RefreshPublic;
 pub use crate::model::RefreshSecrets;
+use crate::model::{RefreshKind, RefreshPublic};
 
 /// A claimed refresh job: what the refresher or an external login worker needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,24 +15,49 @@ pub struct ClaimedJob {
     pub token_id: String,
     pub generation: u64,
     pub attempts: u32,
-    pub refresh_kind: String,
+    pub refresh_kind: RefreshKind,
     pub refresh_ct: String,
     pub refresh_key_id: String,
-    /// JSON text of the public refresh settings.
+    /// JSON text of the public refresh settings (read with [`ClaimedJob::settings`]).
     pub refresh_pub: String,
     #[serde(flatten)]
     pub proxy: crate::crypto::SealedProxy,
     pub binding_fp: String,
-    /// JSON text.
+    /// JSON text (read with [`ClaimedJob::labels`]).
     pub labels: String,
     pub expires_at: i64,
     pub visible_at: i64,
 }
 
 impl ClaimedJob {
-    /// The public refresh settings (token URL, client id, scope).
-    pub fn settings(&self) -> RefreshPublic {
-        serde_json::from_str(&self.refresh_pub).unwrap_or_default()
+    /// The public refresh settings (token URL, client id, scope); a token stored without any
+    /// has only its kind. Settings that do not decode are an error, never a silent default.
+    pub fn settings(&self) -> Result<RefreshPublic, VaultError> {
+        if self.refresh_pub.is_empty() {
+            return Ok(RefreshPublic {
+                kind: self.refresh_kind,
+                ..Default::default()
+            });
+        }
+        serde_json::from_str(&self.refresh_pub).map_err(|e| {
+            VaultError::Internal(format!(
+                "token {}: stored refresh settings do not decode: {e}",
+                self.token_id
+            ))
+        })
+    }
+
+    /// The token's labels (none stored: empty); labels that do not decode are an error.
+    pub fn labels(&self) -> Result<std::collections::BTreeMap<String, String>, VaultError> {
+        if self.labels.is_empty() {
+            return Ok(Default::default());
+        }
+        serde_json::from_str(&self.labels).map_err(|e| {
+            VaultError::Internal(format!(
+                "token {}: stored labels do not decode: {e}",
+                self.token_id
+            ))
+        })
     }
 
     /// The bound proxy in full ("" = none): the job's holder must reach the provider through

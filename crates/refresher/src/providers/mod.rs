@@ -9,7 +9,7 @@ mod oauth2_refresh_token;
 use std::time::Duration;
 
 use vault_core::crypto::Secret;
-use vault_core::model::{ClientAuth, RefreshPublic};
+use vault_core::model::{ClientAuth, RefreshKind, RefreshPublic};
 use vault_core::refresh::RefreshSecrets;
 
 pub use oauth2_client_credentials::ClientCredentials;
@@ -44,11 +44,11 @@ pub trait Provider: Sync {
 }
 
 /// The provider for a refresh kind, if the refresher performs that kind itself.
-pub fn for_kind(kind: &str) -> Option<&'static dyn Provider> {
+pub fn for_kind(kind: RefreshKind) -> Option<&'static dyn Provider> {
     match kind {
-        "oauth2_refresh_token" => Some(&RefreshTokenGrant),
-        "oauth2_client_credentials" => Some(&ClientCredentials),
-        _ => None,
+        RefreshKind::Oauth2RefreshToken => Some(&RefreshTokenGrant),
+        RefreshKind::Oauth2ClientCredentials => Some(&ClientCredentials),
+        RefreshKind::External | RefreshKind::None => None,
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn claim(
     // The login worker acts through the token's proxy: it gets the URL in full, like a lease.
     let proxy = job.proxy_url(&s.cipher, pool)?;
     let body = crate::answers::ClaimedJob {
-        labels: serde_json::from_str(&job.labels).unwrap_or_default(),
+        labels: job.labels()?,
         binding: vault_core::model::Binding {
             proxy: opt(&proxy),
             fingerprint: opt(&job.binding_fp),

@@ -75,7 +75,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// The public part of a refresh method (what metadata shows).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefreshPublic {
-    pub kind: String,
+    pub kind: RefreshKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,11 +105,11 @@ impl RefreshPublic {
         let url_ok = self.token_url.as_deref().is_some_and(|u| {
             (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
         });
-        match self.kind.as_str() {
-            "oauth2_refresh_token" if !url_ok || !refresh_token => Err(invalid(
+        match self.kind {
+            RefreshKind::Oauth2RefreshToken if !url_ok || !refresh_token => Err(invalid(
                 "refresh kind oauth2_refresh_token needs token_url (http/https) and refresh_token",
             )),
-            "oauth2_client_credentials"
+            RefreshKind::Oauth2ClientCredentials
                 if !url_ok || self.client_id.is_none() || !client_secret =>
             {
                 Err(invalid("refresh kind oauth2_client_credentials needs token_url (http/https), client_id and client_secret"))
@@ -204,7 +204,7 @@ impl PoolRefresh {
 impl RefreshInput {
     pub fn public(&self, kind: RefreshKind) -> RefreshPublic {
         RefreshPublic {
-            kind: kind.as_str().into(),
+            kind,
             token_url: self.token_url.clone(),
             client_id: self.client_id.clone(),
             scope: self.scope.clone(),
@@ -220,24 +220,21 @@ impl RefreshInput {
         own: Option<&RefreshInput>,
         pool: Option<&PoolRefresh>,
     ) -> Result<RefreshPublic, VaultError> {
-        let pool_kind = pool.map(|p| p.settings.kind.as_str());
+        let pool_kind = pool.map(|p| p.settings.kind);
         let kind = match (own.and_then(|r| r.kind), pool_kind) {
-            (Some(k), _) => k.as_str(),
+            (Some(k), _) => k,
             (None, Some(k)) => k,
             (None, None) if own.is_some() => {
                 return Err(invalid(
                     "refresh.kind is required: the pool has no refresh settings to inherit",
                 ))
             }
-            (None, None) => "none",
+            (None, None) => RefreshKind::None,
         };
         let mut public = match own {
-            Some(r) => RefreshPublic {
-                kind: kind.into(),
-                ..r.public(RefreshKind::None)
-            },
+            Some(r) => r.public(kind),
             None => RefreshPublic {
-                kind: kind.into(),
+                kind,
                 ..Default::default()
             },
         };
@@ -246,7 +243,7 @@ impl RefreshInput {
             own.is_some_and(|r| r.refresh_token.is_some()),
         );
         let effective = match pool {
-            Some(p) if p.settings.kind == kind && kind != "none" => {
+            Some(p) if p.settings.kind == kind && kind != RefreshKind::None => {
                 public.inherits_pool = true;
                 client_secret |= p.client_secret.is_some();
                 public.clone().over(&p.settings)

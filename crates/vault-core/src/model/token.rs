@@ -261,7 +261,7 @@ impl TokenMeta {
             refresh: get("refresh_pub")
                 .and_then(|r| serde_json::from_str(r).ok())
                 .unwrap_or_else(|| RefreshPublic {
-                    kind: "none".into(),
+                    kind: RefreshKind::None,
                     ..Default::default()
                 }),
             key_id: s("key_id"),
@@ -327,12 +327,12 @@ impl TokenInput {
                     .data
             })
             .unwrap_or_default();
-        let refresh_pub = if refresh.kind == "none" {
+        let refresh_pub = if refresh.kind == RefreshKind::None {
             String::new()
         } else {
             serde_json::to_string(&refresh).expect("refresh settings serialize")
         };
-        let refresh_kind = refresh.kind;
+        let refresh_kind = refresh.kind.as_str().to_string();
         Ok(SealedToken {
             fingerprint: self.secret.fingerprint(),
             secret_ct: sealed.data,
