@@ -88,13 +88,9 @@ async fn main() {
     let key = MasterKey::generate();
     let cipher = Cipher::new(&key);
     let store = Store::connect(&RedisArgs {
-        redis_url: redis.url(),
-        prefix: "bench".into(),
         redis_timeout_ms: 5000,
-        audit_max_entries: 100_000,
-        events_max_entries: 100_000,
         redis_pool_size: 8,
-        wait: Default::default(),
+        ..RedisArgs::new(redis.url(), "bench")
     })
     .unwrap();
     store.load_scripts().await.unwrap();

@@ -34,13 +34,8 @@ const RUN: Duration = Duration::from_secs(5);
 
 fn store_for(redis: &RedisServer, prefix: &str) -> Store {
     Store::connect(&RedisArgs {
-        redis_url: redis.url(),
-        prefix: prefix.into(),
         redis_timeout_ms: 5000,
-        audit_max_entries: 100_000,
-        events_max_entries: 100_000,
-        redis_pool_size: 16,
-        wait: Default::default(),
+        ..RedisArgs::new(redis.url(), prefix)
     })
     .unwrap()
 }

@@ -168,15 +168,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let cfg = ApiConfig {
         listen_addr: args.listen_addr,
         grpc_listen_addr: None,
-        redis: RedisArgs {
-            redis_url: redis_url.clone(),
-            prefix: args.prefix,
-            redis_timeout_ms: 2000,
-            audit_max_entries: 100_000,
-            events_max_entries: 100_000,
-            redis_pool_size: 16,
-            wait: Default::default(),
-        },
+        redis: RedisArgs::new(redis_url.clone(), args.prefix),
         master_key: MasterKeyArgs {
             master_key: Some(master_key),
             old_master_keys: vec![],

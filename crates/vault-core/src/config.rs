@@ -14,11 +14,11 @@ pub struct RedisArgs {
         long = "redis-url",
         env = "TV_REDIS_URL",
         hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379"
+        default_value = RedisArgs::DEFAULT_URL
     )]
     pub redis_url: String,
     /// Prefix of every Redis key.
-    #[arg(long, env = "TV_PREFIX", default_value = "tv")]
+    #[arg(long, env = "TV_PREFIX", default_value = RedisArgs::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Budget for one Redis operation (connect and answer together). It is the only
     /// Redis timeout: past it a request answers 503 `redis_busy`; a Redis that cannot be reached
@@ -26,21 +26,21 @@ pub struct RedisArgs {
     #[arg(
         long = "redis-timeout-ms",
         env = "TV_REDIS_TIMEOUT_MS",
-        default_value_t = 2000
+        default_value_t = RedisArgs::DEFAULT_TIMEOUT_MS
     )]
     pub redis_timeout_ms: u64,
     /// Audit entries kept per stream (approximately; older ones are trimmed).
     #[arg(
         long = "audit-max-entries",
         env = "TV_AUDIT_MAX_ENTRIES",
-        default_value_t = 100_000
+        default_value_t = RedisArgs::DEFAULT_KEPT_ENTRIES
     )]
     pub audit_max_entries: u64,
     /// Events kept for replay by `Last-Event-ID` (approximately).
     #[arg(
         long = "events-max-entries",
         env = "TV_EVENTS_MAX_ENTRIES",
-        default_value_t = 100_000
+        default_value_t = RedisArgs::DEFAULT_KEPT_ENTRIES
     )]
     pub events_max_entries: u64,
     /// Redis connections per process, used round robin (each carries many calls at once and is
@@ -48,7 +48,7 @@ pub struct RedisArgs {
     #[arg(
         long = "redis-pool-size",
         env = "TV_REDIS_POOL_SIZE",
-        default_value_t = 16
+        default_value_t = RedisArgs::DEFAULT_POOL_SIZE
     )]
     pub redis_pool_size: usize,
     #[command(flatten)]
@@ -72,7 +72,7 @@ pub struct WaitArgs {
     #[arg(
         long = "redis-wait-timeout-ms",
         env = "TV_REDIS_WAIT_TIMEOUT_MS",
-        default_value_t = 1000
+        default_value_t = WaitArgs::DEFAULT_TIMEOUT_MS
     )]
     pub timeout_ms: u64,
     /// Which writes wait: `safety` (revocations, freezes, deposits, rotations and client-token
@@ -80,18 +80,33 @@ pub struct WaitArgs {
     #[arg(
         long = "redis-wait-for",
         env = "TV_REDIS_WAIT_FOR",
-        default_value = "safety",
-        value_parser = ["safety", "all"]
+        value_enum,
+        default_value_t = WaitFor::Safety
     )]
-    pub scope: String,
+    pub scope: WaitFor,
+}
+
+/// Which writes wait for replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WaitFor {
+    /// Revocations, freezes, deposits, rotations and client-token revocations.
+    #[default]
+    Safety,
+    /// Every write, leases and reports too.
+    All,
+}
+
+impl WaitArgs {
+    pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 }
 
 impl Default for WaitArgs {
+    /// The defaults `--help` shows (waiting for no replica).
     fn default() -> Self {
         WaitArgs {
             replicas: 0,
-            timeout_ms: 1000,
-            scope: "safety".into(),
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            scope: WaitFor::default(),
         }
     }
 }
@@ -111,6 +126,26 @@ impl std::fmt::Debug for RedisArgs {
 }
 
 impl RedisArgs {
+    pub const DEFAULT_URL: &'static str = "redis://127.0.0.1:6379";
+    pub const DEFAULT_PREFIX: &'static str = "tv";
+    pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
+    pub const DEFAULT_KEPT_ENTRIES: u64 = 100_000;
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+
+    /// Settings for the Redis at `redis_url` under `prefix`, everything else at the defaults
+    /// `--help` shows (the same constants). Change a field with `RedisArgs { .., ..new(..) }`.
+    pub fn new(redis_url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        RedisArgs {
+            redis_url: redis_url.into(),
+            prefix: prefix.into(),
+            redis_timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            audit_max_entries: Self::DEFAULT_KEPT_ENTRIES,
+            events_max_entries: Self::DEFAULT_KEPT_ENTRIES,
+            redis_pool_size: Self::DEFAULT_POOL_SIZE,
+            wait: WaitArgs::default(),
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms.max(1))
     }

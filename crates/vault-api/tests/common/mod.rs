@@ -27,14 +27,15 @@ pub(crate) use testkit::Answer;
 impl Vault {
     pub(crate) async fn start() -> Vault {
         let store = Store::connect(&RedisArgs {
-            redis_url: testkit::shared_redis().url(),
-            // The test's own keys on the shared server.
-            prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
             redis_timeout_ms: 5000,
             audit_max_entries: 10_000,
             events_max_entries: 10_000,
             redis_pool_size: 2,
-            wait: Default::default(),
+            // The test's own keys on the shared server.
+            ..RedisArgs::new(
+                testkit::shared_redis().url(),
+                format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
+            )
         })
         .unwrap();
         store.load_scripts().await.unwrap();

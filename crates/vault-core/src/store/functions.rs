@@ -102,7 +102,7 @@ impl Store {
         if self.wait.replicas == 0 {
             return false;
         }
-        if self.wait.scope == "all" {
+        if self.wait.scope == crate::config::WaitFor::All {
             return !scripts::read_only(function);
         }
         [

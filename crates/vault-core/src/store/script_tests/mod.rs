@@ -40,13 +40,8 @@ impl Env {
         let redis = RedisServer::start();
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         let args = RedisArgs {
-            redis_url: redis.url(),
-            prefix: prefix.clone(),
-            redis_timeout_ms: 2000,
-            audit_max_entries: 100_000,
-            events_max_entries: 100_000,
             redis_pool_size: 4,
-            wait: Default::default(),
+            ..RedisArgs::new(redis.url(), prefix.clone())
         };
         let clock = Arc::new(AtomicI64::new(T0));
         let store = Store::connect(&args).unwrap().with_clock(clock.clone());
