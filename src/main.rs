@@ -4,13 +4,13 @@
 //! the janitor and the refresher in one process, seeds a demo pool and prints how to lease from it.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use vault_api::ApiConfig;
-use vault_core::config::{MasterKeyArgs, RedisArgs};
+use vault_core::config::MasterKeyArgs;
 use vault_core::crypto::MasterKey;
 use vault_core::model::{PoolConfigInput, TokenInput};
 
@@ -59,57 +59,22 @@ struct DevArgs {
     log: vault_core::config::LogArgs,
 }
 
-/// A redis-server child, stopped when dropped.
-struct PrivateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_private_redis() -> anyhow::Result<(PrivateRedis, String)> {
-    let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
+/// A private redis-server for the session (testkit's, the one the tests use): stopped, and its
+/// directory removed, on exit.
+fn start_private_redis() -> anyhow::Result<(testkit::RedisServer, String)> {
+    let installed = Command::new("redis-server")
+        .arg("--version")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+        .status();
+    if matches!(&installed, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        bail!(
             "redis-server is not installed. Install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`, \
              macOS: `brew install redis`) or point TV_REDIS_URL at a running Redis"
-        ),
-        Err(e) => return Err(e).context("cannot start redis-server"),
-    };
-    let redis = PrivateRedis { child, _dir: dir };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if std::time::Instant::now() > deadline {
-            bail!("redis-server did not start listening on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        );
     }
-    Ok((redis, format!("redis://127.0.0.1:{port}")))
+    let redis = testkit::RedisServer::try_start().map_err(anyhow::Error::msg)?;
+    let url = redis.url();
+    Ok((redis, url))
 }
 
 async fn seed(state: &vault_api::AppState) -> anyhow::Result<()> {
@@ -165,29 +130,26 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             p
         }
     };
-    let cfg = ApiConfig {
-        listen_addr: args.listen_addr,
-        grpc_listen_addr: None,
-        redis: RedisArgs::new(redis_url.clone(), args.prefix),
-        master_key: MasterKeyArgs {
-            master_key: Some(master_key),
-            old_master_keys: vec![],
-        },
-        global: Default::default(),
-        shutdown_grace_s: 10,
-        shutdown_drain_ms: 0,
-        pool_metrics_interval_s: 15,
-        pool_metrics_max_pools: 500,
-        conn: vault_api::config::ConnLimits::default(),
-        log: args.log.clone(),
-        auth: vault_api::config::AuthArgs {
-            signing_keys: Some(signing_keys),
-            issuer: "tokenvault".into(),
-            audience: "tokenvault".into(),
-            max_ttl_s: 30 * 86_400,
-            failure_limit: 60,
-        },
+    // The API's settings through its own parser, so every default is the binary's (and a TV_*
+    // variable set for it applies here too); only what dev mode decides is given.
+    let listen = args.listen_addr.to_string();
+    let signing = signing_keys.display().to_string();
+    let mut cfg = ApiConfig::try_parse_from([
+        "vault-api",
+        "--listen-addr",
+        &listen,
+        "--redis-url",
+        &redis_url,
+        "--prefix",
+        &args.prefix,
+        "--signing-keys",
+        &signing,
+    ])?;
+    cfg.master_key = MasterKeyArgs {
+        master_key: Some(master_key),
+        old_master_keys: vec![],
     };
+    cfg.log = args.log.clone();
     let state = vault_api::server::prepare(&cfg).await?;
     state
         .store
@@ -240,10 +202,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut janitor_stop = stop_rx.clone();
+    let janitor_cfg =
+        janitor::JanitorConfig::try_parse_from(["janitor", "--redis-url", &redis_url])?;
     let janitor = tokio::spawn(janitor::run(
         state.store.clone(),
-        Duration::from_secs(1),
-        500,
+        Duration::from_millis(janitor_cfg.interval_ms),
+        janitor_cfg.batch,
         async move {
             let _ = janitor_stop.changed().await;
         },

@@ -31,6 +31,12 @@ impl RedisServer {
         Self::start_on(free_port, extra_config)
     }
 
+    /// Start one, or say why it could not (not installed, never served): for a program that
+    /// reports errors instead of panicking (`tokenvault dev`).
+    pub fn try_start() -> Result<Self, String> {
+        Self::try_start_with_net(free_port, &[], None)
+    }
+
     /// Start inside network namespace `ns`, listening on its address (and its loopback), open
     /// to other hosts (no protected mode).
     /// (In this namespace, on loopback, when `ns` is None.)
@@ -44,7 +50,16 @@ impl RedisServer {
     }
 
     fn start_with_net(pick: fn() -> u16, extra_config: &[&str], netns: Option<Arc<Netns>>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::try_start_with_net(pick, extra_config, netns)
+            .unwrap_or_else(|why| panic!("redis-server did not start:\n{why}"))
+    }
+
+    fn try_start_with_net(
+        pick: fn() -> u16,
+        extra_config: &[&str],
+        netns: Option<Arc<Netns>>,
+    ) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
         let mut s = Self {
             port: 0,
             dir,
@@ -56,9 +71,8 @@ impl RedisServer {
         start_on_free_port(pick, |port| {
             s.port = port;
             s.spawn()
-        })
-        .unwrap_or_else(|why| panic!("redis-server did not start:\n{why}"));
-        s
+        })?;
+        Ok(s)
     }
 
     /// Start redis-server on `self.port`; the reason when it does not serve there.
@@ -79,7 +93,7 @@ impl RedisServer {
             text.push_str(line);
             text.push('\n');
         }
-        std::fs::write(&conf, text).expect("write redis.conf");
+        std::fs::write(&conf, text).map_err(|e| format!("cannot write redis.conf: {e}"))?;
         let mut command = match &self.netns {
             Some(ns) => ns.command("redis-server"),
             None => Command::new("redis-server"),
@@ -89,11 +103,11 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
+            .map_err(|e| {
+                format!(
                     "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
                 )
-            });
+            })?;
         if let Err(why) = await_serving(&mut child, self.host, self.port) {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
