@@ -99,7 +99,7 @@ if op == 'delete' then
     for _, k in ipairs({ pl_key(name), pm_key(name), pr_key(name), pc_key(name) }) do keys[#keys + 1] = k end
   end
   for _, k in ipairs({ pipelines_key(), plshort_key(), plwork_key(), plnews_key() }) do keys[#keys + 1] = k end
-  for _, view in ipairs({ 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }) do
+  for _, view in ipairs(VIEW_STATES) do
     keys[#keys + 1] = vkey(view)
   end
   -- UNLINK: large index keys are freed off Redis's main thread.

@@ -31,6 +31,12 @@ local function ready_score(id, t, c)
   return s
 end
 
+-- Every view state, a view set each (`leased` and `cooling` refine `active`). vault-core's
+-- `VIEW_STATES` is held equal to this list by a test.
+local VIEW_STATES = { 'active', 'leased', 'cooling', 'refreshing', 'quarantined', 'deprecated', 'revoked', 'expired' }
+
+-- The in-rotation rule: the states a token is leased from. vault-core's `ROTATION_STATES` is
+-- held equal to it by a test.
 local function in_rotation(t) return t.state == 'active' or t.state == 'deprecated' end
 
 -- The one place that decides where a token belongs (ready / cool / neither) and its view state.

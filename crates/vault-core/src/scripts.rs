@@ -563,6 +563,45 @@ mod tests {
         assert!(LIBRARY.code.contains(&lua), "lua/rules/base.lua: {lua}");
     }
 
+    /// The view states and the in-rotation rule's states are written in Lua (which keeps the
+    /// sets) and in Rust (which counts them): held equal here.
+    #[test]
+    fn rust_and_lua_agree_on_the_view_states_and_the_rotation_states() {
+        let quoted = |xs: &[&str]| {
+            xs.iter()
+                .map(|v| format!("'{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let views = format!(
+            "local VIEW_STATES = {{ {} }}",
+            quoted(&crate::model::VIEW_STATES)
+        );
+        assert!(
+            LIBRARY.code.contains(&views),
+            "lua/rules/placement.lua: {views}"
+        );
+        let rotation = crate::model::ROTATION_STATES
+            .iter()
+            .map(|s| format!("t.state == '{s}'"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let rule = format!("local function in_rotation(t) return {rotation} end");
+        assert!(
+            LIBRARY.code.contains(&rule),
+            "lua/rules/placement.lua: {rule}"
+        );
+        let refinements = crate::model::ACTIVE_REFINEMENTS;
+        let sub = format!(
+            "local from_sub = from == '{}' or from == '{}'",
+            refinements[0], refinements[1]
+        );
+        assert!(
+            LIBRARY.code.contains(&sub),
+            "lua/rules/placement.lua: {sub}"
+        );
+    }
+
     /// A transition's arguments are named once, in its struct: its Lua reads them only as the
     /// locals of those names (never `ARGV[n]`), uses every one, and none hides a rule.
     #[test]

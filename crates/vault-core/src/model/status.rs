@@ -24,7 +24,20 @@ pub struct AuditEntry {
 /// An event pushed to workers (`GET /v1/events`).
 pub use vault_wire::Event as VaultEvent;
 
-/// Every view state a token can be in, as counted by status.
+/// The states a token is leased from (Lua's `in_rotation`, lua/rules/placement.lua; held
+/// equal by a test).
+pub const ROTATION_STATES: [&str; 2] = ["active", "deprecated"];
+
+/// The view states that refine `active`: an active token leased, or cooling down.
+pub const ACTIVE_REFINEMENTS: [&str; 2] = ["leased", "cooling"];
+
+/// The view states of tokens in rotation: [`ROTATION_STATES`] and the refinements of `active`.
+pub fn in_rotation_views() -> impl Iterator<Item = &'static str> {
+    ROTATION_STATES.into_iter().chain(ACTIVE_REFINEMENTS)
+}
+
+/// Every view state a token can be in, as counted by status (Lua's `VIEW_STATES`,
+/// lua/rules/placement.lua; held equal by a test).
 pub const VIEW_STATES: [&str; 8] = [
     "active",
     "leased",

@@ -482,10 +482,7 @@ impl Store {
             (sum / exp_n as f64 - now_ms as f64 / 1000.0).max(0.0)
         });
         let tokens_deprecated = tokens["deprecated"];
-        let leasable: u64 = ["active", "leased", "cooling", "deprecated"]
-            .iter()
-            .map(|s| tokens[*s])
-            .sum();
+        let leasable: u64 = crate::model::in_rotation_views().map(|s| tokens[s]).sum();
         let capacity = leasable * view.config.max_leases_per_token as u64;
         let rate = super::LeaseRate::from_hash(&rate, now_ms);
         let cfg = &view.config;
