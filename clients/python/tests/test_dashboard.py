@@ -190,3 +190,22 @@ def test_dashboard_shows_pipelines_and_one_under_strength(vault_server, pool, br
               lambda t: "crawl 2/2" in t and "big 1/3" in t)
     wait_for(browser, f'{row} [data-under-strength="big"]')
     vault.close()
+
+
+def test_the_api_reference_shows_the_lease_operation_and_its_problem_codes(vault_server, browser):
+    """GET /docs: the reference page, built from /openapi.json with its assets served by the
+    vault itself (nothing from a CDN), lists the lease operation; opened, it shows its answers
+    with their problem codes."""
+    with urllib.request.urlopen(vault_server.url + "/docs/") as r:
+        page = r.read().decode()
+    assert "http://" not in page and "https://" not in page
+    browser.get(vault_server.url + "/docs")
+    lease_op = "#operations-leases-leases_acquire"
+    wait_for(browser, lease_op)
+    text = wait_text(browser, lease_op + " .opblock-summary-path", lambda t: t != "")
+    assert text.replace("\u200b", "") == "/v1/pools/{pool}/leases"
+    click(browser, lease_op + " .opblock-summary-control")
+    answers = wait_text(browser, lease_op + " .responses-table",
+                        lambda t: "pool_exhausted" in t)
+    for code in ("201", "423", "503", "pool_frozen", "Retry-After"):
+        assert code in answers, answers

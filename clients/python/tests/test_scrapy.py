@@ -19,8 +19,11 @@ HERE = Path(__file__).parent
 QUOTA = 12
 
 
-def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False, wait_ms=10000,
+def crawl(vault_server, pool, target, tmp_path, pages, per_slot=False, wait_ms=30000,
           extra_env=None):
+    """Run crawl.py against ``target`` through the vault. A request waits up to ``wait_ms`` (the
+    API's longest) for a token: on a busy machine the leases ahead of it are slow to come back,
+    and a wait cut short drops a page, which these tests count."""
     out = tmp_path / "crawl.json"
     env = {**os.environ, "TOKENVAULT_URL": vault_server.url, "TOKENVAULT_TOKEN": vault_server.admin,
            "TOKENVAULT_POOL": pool, "CRAWL_TARGET": target.url, "CRAWL_PAGES": str(pages),

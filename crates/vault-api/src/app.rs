@@ -175,6 +175,9 @@ pub fn router(state: AppState) -> Router {
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
         .route("/ui", get(crate::routes::ui::page))
+        .route("/docs", get(crate::routes::docs::root))
+        .route("/docs/", get(crate::routes::docs::page))
+        .route("/docs/{*file}", get(crate::routes::docs::asset))
         .route("/", get(crate::routes::ui::root))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

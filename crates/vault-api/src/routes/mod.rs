@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod clients;
 pub mod credentials;
+pub mod docs;
 pub mod health;
 pub mod jobs;
 pub mod leases;
