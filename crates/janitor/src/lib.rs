@@ -47,7 +47,7 @@ pub struct JanitorConfig {
 /// global primary: the resolution of every region's measured lag.
 const GLOBAL_BEAT: Duration = Duration::from_secs(1);
 
-/// With the global plane: write the beat every [`GLOBAL_BEAT`] and follow the global log
+/// With the global plane: write the beat every `GLOBAL_BEAT` (1 s) and follow the global log
 /// (one janitor of the region follows; the others stand by). Both run until the process ends:
 /// an entry stopped midway is applied again from the resume point, harmlessly.
 pub fn spawn_global(store: &Store) {

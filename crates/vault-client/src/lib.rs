@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`Client`]: the calls a worker makes (lease, renew, release, rotate), over REST
-//!   ([`Client::new`]) or gRPC ([`Client::grpc`], feature `grpc`),
+//!   ([`Client::new`]) or gRPC (`Client::grpc`, feature `grpc`),
 //!   [`Client::events`], a server-sent-events stream, and [`Client::follow`], an
 //!   [`EventFeed`] that reopens it with `Last-Event-ID` whenever it ends.
 //! - [`Worker`]: keeps one lease for a worker, renews nothing behind its back, rotates on a
@@ -144,7 +144,7 @@ enum Transport {
 }
 
 /// The client, authenticated with a client token (scope `lease`): over REST ([`Client::new`])
-/// or gRPC ([`Client::grpc`]). Every method answers the same over either.
+/// or gRPC (`Client::grpc`). Every method answers the same over either.
 #[derive(Clone)]
 pub struct Client {
     /// The REST base URL (empty: a gRPC client without REST).

@@ -45,7 +45,7 @@ impl Keys {
         format!("{}:client:{jti}", self.prefix)
     }
 
-    /// `tv:janitor`: the janitors' heartbeat ("<last sweep ms> <interval ms>", expiring).
+    /// `tv:janitor`: the janitors' heartbeat (`"<last sweep ms> <interval ms>"`, expiring).
     pub fn janitor(&self) -> String {
         format!("{}:janitor", self.prefix)
     }

@@ -37,7 +37,7 @@ pub struct GlobalReport {
 }
 
 impl GlobalWatch {
-    /// Start watching the region's freshness (every [`WATCH_EVERY`]), with the gauges
+    /// Start watching the region's freshness (every `WATCH_EVERY`, 250 ms), with the gauges
     /// `tv_global_lag_seconds` and `tv_global_stale`.
     pub fn spawn(store: Store, args: &GlobalArgs) -> Arc<GlobalWatch> {
         let w = Arc::new(GlobalWatch {
