@@ -7,6 +7,9 @@
 //! The token endpoint is a small axum server in this process answering at once; Redis, the
 //! refresher and this process share the machine.
 
+// The operations' futures (a deposit checks the global plane, writes, announces) nest deeply.
+#![recursion_limit = "256"]
+
 use std::time::{Duration, Instant};
 
 use axum::routing::post;

@@ -14,6 +14,9 @@
 //! TV_BENCH_ONLY=c, c100, deposit or freeze runs one measurement alone (see main).
 //! The load generator shares the machine with Redis and the replicas.
 
+// The operations' futures (a deposit checks the global plane, writes, announces) nest deeply.
+#![recursion_limit = "256"]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -16,19 +16,50 @@ pub enum Strategy {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigInput {
+    /// Units each token may use per quota window (the `default` quota). Absent: no such quota.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub quota_limit: Option<u64>,
+    /// The `default` quota's window, seconds. Default 3600.
+    #[schema(minimum = 1, maximum = 2_678_400)]
     pub quota_window_s: Option<u64>,
+    /// Units of the `default` quota kept back: a token leaves rotation at `quota_limit −
+    /// quota_reserve`. Default 0; below `quota_limit`.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub quota_reserve: Option<u64>,
+    /// Leases one token may hold at once (its concurrency limit). Default 1.
+    #[schema(minimum = 1, maximum = 10_000)]
     pub max_leases_per_token: Option<u32>,
+    /// A lease's life when the lease does not ask for one, seconds. Default 60; at most
+    /// `max_lease_ttl_s`.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub lease_ttl_s: Option<u64>,
+    /// The longest lease (asked for or renewed to), seconds. Default 3600.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub max_lease_ttl_s: Option<u64>,
+    /// Life a token must have left to be leased, seconds (the TTL margin). Default
+    /// `lease_ttl_s + 30`.
+    #[schema(minimum = 0, maximum = 2_678_400)]
     pub min_token_ttl_s: Option<u64>,
+    /// Which eligible token a lease gets: `lru` (least recently leased; default) or `pack`.
     pub strategy: Option<Strategy>,
+    /// Strikes (`suspect` outcomes, failed probes) after which a token is quarantined.
+    /// Default 3.
+    #[schema(minimum = 1, maximum = 1000)]
     pub quarantine_after_strikes: Option<u32>,
+    /// How long a sticky session keeps its token after its last lease, seconds. Default 600.
+    #[schema(minimum = 1, maximum = 86_400)]
     pub session_ttl_s: Option<u64>,
+    /// Default refresh settings of the pool's tokens: `{"kind", "token_url"?, "client_id"?,
+    /// "client_secret"?, "scope"?, "client_auth"?}` as a token's own `refresh`. The client
+    /// secret is sealed and never answered (only its fingerprint).
     pub refresh: Option<serde_json::Value>,
+    /// Refresh a token this long before it expires, seconds. Default `min_token_ttl_s + 30`.
+    #[schema(minimum = 0, maximum = 2_678_400)]
     pub refresh_margin_s: Option<u64>,
+    /// Refresh jobs of this pool in flight at once, across every refresher. Default 4.
+    #[schema(minimum = 1, maximum = 1000)]
     pub refresh_concurrency: Option<u32>,
+    /// A health probe the refresher runs with idle tokens. Absent: none.
     pub probe: Option<ProbeConfig>,
     /// Quotas besides the shorthand's (`quota_limit`, named `default`): each its own limit,
     /// window and cost dimension. A token is leased only when every quota has room.
@@ -43,10 +74,17 @@ pub struct PoolConfigInput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
+    /// The URL called (GET, with the token as a bearer credential, through its bound proxy);
+    /// http or https, at most 2048 bytes.
+    #[schema(max_length = 2048)]
     pub url: String,
+    /// The status a healthy token gets. Default 200.
     #[serde(default = "default_expect_status")]
+    #[schema(minimum = 100, maximum = 599)]
     pub expect_status: u16,
+    /// Seconds between probes of the pool. Default 60.
     #[serde(default = "default_probe_interval")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub interval_s: u64,
 }
 
@@ -61,16 +99,25 @@ fn default_probe_interval() -> u64 {
 /// A pool's effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PoolConfig {
+    /// Units each token may use per window of the `default` quota; null: no such quota.
     pub quota_limit: Option<u64>,
+    /// The `default` quota's window, seconds.
     pub quota_window_s: u64,
+    /// Units of the `default` quota kept back (a token leaves rotation at limit − reserve).
     pub quota_reserve: u64,
+    /// Leases one token may hold at once.
     pub max_leases_per_token: u32,
+    /// A lease's life when it does not ask for one, seconds.
     pub lease_ttl_s: u64,
+    /// The longest lease, seconds.
     pub max_lease_ttl_s: u64,
     /// Life a token must have left to be leased (default `lease_ttl_s + 30`).
     pub min_token_ttl_s: u64,
+    /// Which eligible token a lease gets (`lru` or `pack`).
     pub strategy: Strategy,
+    /// Strikes after which a token is quarantined.
     pub quarantine_after_strikes: u32,
+    /// How long a sticky session keeps its token after its last lease, seconds.
     pub session_ttl_s: u64,
     /// Default refresh settings of the pool's tokens.
     pub refresh: Option<PoolRefresh>,
@@ -78,9 +125,11 @@ pub struct PoolConfig {
     pub refresh_margin_s: u64,
     /// Refresh jobs of this pool in flight at once, across every refresher.
     pub refresh_concurrency: u32,
+    /// The health probe the refresher runs; null: none.
     pub probe: Option<ProbeConfig>,
     /// Quotas besides `default` (the shorthand's).
     pub quotas: Vec<Quota>,
+    /// What a lease is expected to cost by cost dimension, when it does not say.
     pub cost_estimates: BTreeMap<String, u64>,
 }
 
@@ -386,3 +435,48 @@ pub struct PoolView {
 }
 
 pub use vault_wire::Binding;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds the document states are literals (the schema attributes take nothing else):
+    /// held equal here to the constants `validate` checks against.
+    #[test]
+    fn the_documented_bounds_are_the_checked_ones() {
+        let schema =
+            serde_json::to_value(<PoolConfigInput as utoipa::PartialSchema>::schema()).unwrap();
+        let bound = |field: &str, which: &str| {
+            schema["properties"][field][which]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{field}.{which} is not declared: {schema}"))
+                as u64
+        };
+        for (field, max) in [
+            ("quota_limit", super::super::MAX_QUOTA),
+            ("quota_reserve", super::super::MAX_QUOTA),
+            ("quota_window_s", super::super::MAX_WINDOW_S),
+            ("min_token_ttl_s", super::super::MAX_WINDOW_S),
+            ("refresh_margin_s", super::super::MAX_WINDOW_S),
+            ("lease_ttl_s", super::super::MAX_LEASE_TTL_S),
+            ("max_lease_ttl_s", super::super::MAX_LEASE_TTL_S),
+        ] {
+            assert_eq!(bound(field, "maximum"), max, "{field}");
+        }
+        // An optional reference carries its description inside its `oneOf`.
+        let description = |field: &str| {
+            let p = &schema["properties"][field];
+            p["description"].is_string()
+                || p["oneOf"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|v| v["description"].is_string()))
+        };
+        for field in schema["properties"].as_object().unwrap().keys() {
+            assert!(
+                description(field),
+                "{field} has no description: {}",
+                schema["properties"][field]
+            );
+        }
+    }
+}
