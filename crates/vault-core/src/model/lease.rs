@@ -96,15 +96,33 @@ impl QuotaReport {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireInput {
+    /// Who leases (a label in the audit trail and the lease's record): 1-128 printable ASCII
+    /// characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub worker: Option<String>,
+    /// Units of every quota the lease reserves (settled by the report's `used`). Default 1.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub units: Option<u64>,
     /// Expected cost by cost dimension other than requests (default: the pool's
     /// `cost_estimates`): reserved on every quota counting it, settled by the report.
     #[serde(default)]
     pub costs: BTreeMap<String, u64>,
+    /// The lease's life, seconds. Default: the pool's `lease_ttl_s`; at most its
+    /// `max_lease_ttl_s`.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_s: Option<u64>,
+    /// Life the token must have left, seconds, when this lease needs more than the pool's
+    /// `min_token_ttl_s`.
+    #[schema(minimum = 0, maximum = 2_678_400)]
     pub min_token_ttl_s: Option<u64>,
+    /// A sticky session: leases with the same session get the same token while it stays
+    /// eligible (for the pool's `session_ttl_s` after the last). 1-128 printable ASCII
+    /// characters.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     pub session: Option<String>,
+    /// How long to wait for a token when none is eligible, ms, instead of answering 503
+    /// `pool_exhausted` at once. Default 0.
+    #[schema(minimum = 0, maximum = 30_000)]
     pub wait_ms: Option<u64>,
     /// Lease only from this pipeline's share (`PUT /v1/pools/{pool}/pipelines/{name}`).
     pub pipeline: Option<String>,
@@ -163,7 +181,12 @@ impl AcquireInput {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewInput {
+    /// The lease's new life from now, seconds. Default: the pool's `lease_ttl_s`; at most its
+    /// `max_lease_ttl_s`.
+    #[schema(minimum = 1, maximum = 604_800)]
     pub ttl_s: Option<u64>,
+    /// Units more to reserve of every quota (a long job that is using more). Default 0.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub units: Option<u64>,
 }
 
@@ -217,5 +240,22 @@ impl LeaseGrant {
             proxy: opt(self.proxy.open(cipher, pool, &self.token_id)?),
             fingerprint: opt(self.binding_fp.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    /// The bounds the document states are the ones `validate` checks.
+    #[test]
+    fn the_lease_bodies_are_documented_with_their_bounds() {
+        let acquire = crate::model::documented_schema::<AcquireInput>();
+        let renew = crate::model::documented_schema::<RenewInput>();
+        let max = |s: &serde_json::Value, f: &str| s["properties"][f]["maximum"].as_u64();
+        assert_eq!(max(&acquire, "wait_ms"), Some(MAX_WAIT_MS));
+        assert_eq!(max(&acquire, "ttl_s"), Some(MAX_LEASE_TTL_S));
+        assert_eq!(max(&acquire, "min_token_ttl_s"), Some(MAX_WINDOW_S));
+        assert_eq!(max(&renew, "ttl_s"), Some(MAX_LEASE_TTL_S));
     }
 }

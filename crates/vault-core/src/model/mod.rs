@@ -90,6 +90,21 @@ pub use sizing::*;
 pub use status::*;
 pub use token::*;
 
+/// `T`'s schema as the document shows it, after asserting that every property says what it
+/// is (an optional reference carries its description inside its `oneOf`).
+#[cfg(test)]
+pub(crate) fn documented_schema<T: utoipa::PartialSchema>() -> serde_json::Value {
+    let schema = serde_json::to_value(T::schema()).unwrap();
+    for (field, p) in schema["properties"].as_object().expect("properties") {
+        let described = p["description"].is_string()
+            || p["oneOf"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|v| v["description"].is_string()));
+        assert!(described, "{field} has no description: {p}");
+    }
+    schema
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
