@@ -21,11 +21,20 @@ pub struct Binding {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
+    /// The call worked: the token's strikes are cleared.
     #[default]
     Ok,
+    /// The target refused the credential (401): the token leaves rotation and is refreshed
+    /// (or handed to login workers); never leased again as it is.
     Unauthorized,
+    /// The target said too many (429): the token cools down until `retry_after_s` (or
+    /// `reset_at`, or the end of its quota window).
     RateLimited,
+    /// The target forbade the call (403): a strike; `quarantine_after_strikes` strikes
+    /// quarantine the token.
     Forbidden,
+    /// Something looked wrong with the token (a captcha, an odd answer): a strike, as
+    /// `forbidden`.
     Suspect,
 }
 

@@ -6,14 +6,27 @@ use super::*;
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
+    /// Units of the lease's reservation really used (at most what it reserved); the rest goes
+    /// back to every quota. Default: all it reserved.
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub used: Option<u64>,
+    /// How the call with the token went. Default `ok`.
     #[serde(default)]
     pub outcome: Outcome,
+    /// With `rate_limited`: the target's `Retry-After`, seconds; the token cools down until
+    /// then (without it, until `reset_at` or the end of its quota window).
+    #[schema(minimum = 0, maximum = 2_678_400)]
     pub retry_after_s: Option<f64>,
+    /// What the target said is left of the token's `default` quota: the vault's count never
+    /// stays below what the target counted.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub remaining: Option<u64>,
-    /// RFC 3339 or unix milliseconds.
+    /// When the target said the `default` quota resets: RFC 3339 or unix milliseconds, within
+    /// 31 days from now.
     #[schema(value_type = Option<String>)]
     pub reset_at: Option<TimeInput>,
+    /// What went wrong, in the worker's words (audited): at most 1024 bytes, never a secret.
+    #[schema(max_length = 1024)]
     pub detail: Option<String>,
     /// What the call cost, by cost dimension other than requests (`used` counts requests). A
     /// dimension not given counts what the lease reserved for it.
@@ -34,8 +47,10 @@ pub struct Report {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaReport {
+    /// What the target said is left of this quota.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub remaining: Option<u64>,
-    /// RFC 3339 or unix milliseconds.
+    /// When the target said it resets: RFC 3339 or unix milliseconds, within 31 days.
     #[schema(value_type = Option<String>)]
     pub reset_at: Option<TimeInput>,
 }
@@ -48,6 +63,9 @@ impl Report {
             }
         }
         check_reset_at("reset_at", self.reset_at)?;
+        if let Some(r) = self.remaining {
+            in_range("remaining", r, 0, MAX_QUOTA)?;
+        }
         if self.detail.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(invalid("detail is longer than 1024 bytes"));
         }
@@ -257,5 +275,9 @@ mod schema_tests {
         assert_eq!(max(&acquire, "ttl_s"), Some(MAX_LEASE_TTL_S));
         assert_eq!(max(&acquire, "min_token_ttl_s"), Some(MAX_WINDOW_S));
         assert_eq!(max(&renew, "ttl_s"), Some(MAX_LEASE_TTL_S));
+        let report = crate::model::documented_schema::<Report>();
+        assert_eq!(max(&report, "retry_after_s"), Some(MAX_WINDOW_S));
+        assert_eq!(max(&report, "remaining"), Some(MAX_QUOTA));
+        crate::model::documented_schema::<QuotaReport>();
     }
 }
