@@ -12,7 +12,13 @@ pub mod grpc;
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
+    /// The proxy the token must be used through: an `http`, `https`, `socks5` or `socks5h`
+    /// URL, at most 1024 bytes (sealed at rest; it may hold credentials).
+    #[cfg_attr(feature = "schema", schema(max_length = 1024))]
     pub proxy: Option<String>,
+    /// The browser or client fingerprint the token must be used with (free text, at most
+    /// 1024 bytes).
+    #[cfg_attr(feature = "schema", schema(max_length = 1024))]
     pub fingerprint: Option<String>,
 }
 

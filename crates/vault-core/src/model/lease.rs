@@ -279,5 +279,12 @@ mod schema_tests {
         assert_eq!(max(&report, "retry_after_s"), Some(MAX_WINDOW_S));
         assert_eq!(max(&report, "remaining"), Some(MAX_QUOTA));
         crate::model::documented_schema::<QuotaReport>();
+        let token = crate::model::documented_schema::<crate::model::TokenInput>();
+        let secret_max = token["properties"]["secret"]["maxLength"].as_u64();
+        assert_eq!(secret_max, Some(crate::model::MAX_SECRET_BYTES as u64));
+        crate::model::documented_schema::<crate::model::Binding>();
+        let quota = crate::model::documented_schema::<crate::model::QuotaInput>();
+        assert_eq!(max(&quota, "window_s"), Some(MAX_WINDOW_S));
+        assert_eq!(max(&quota, "limit"), Some(MAX_QUOTA));
     }
 }

@@ -34,20 +34,27 @@ pub enum WindowKind {
 #[serde(deny_unknown_fields)]
 pub struct QuotaInput {
     /// 1-32 characters of a-z 0-9 _ -, unique in the pool; `default` is the shorthand's.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
     pub name: String,
     /// Units of `cost` one token may use per window.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub limit: u64,
+    /// The window's length, seconds.
+    #[schema(minimum = 1, maximum = 2_678_400)]
     pub window_s: u64,
+    /// How windows are placed in time. Default `from_first_use`.
     pub kind: Option<WindowKind>,
     /// `clock_aligned` only: when a window starts (RFC 3339 or unix ms; default 0, the epoch).
     #[schema(value_type = Option<String>)]
     pub anchor: Option<TimeInput>,
     /// Units kept back: the token leaves rotation at `limit - reserve` (default 0).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub reserve: Option<u64>,
     /// The dimension it counts: `requests` (a lease's units, the default) or a named cost such
     /// as `llm_tokens`.
     pub cost: Option<String>,
     /// `sliding` only: sub-buckets (2-60, default 12).
+    #[schema(minimum = 2, maximum = 60)]
     pub buckets: Option<u32>,
     /// The target's rate-limit header family that counts this quota (`requests`, `tokens`,
     /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`; see the API reference): what the SDKs

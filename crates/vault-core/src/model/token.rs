@@ -38,15 +38,27 @@ pub struct Deposited {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
-    #[schema(value_type = String, format = Password)]
+    /// The credential (a bearer token, JWT, session key, API key): 1-16384 bytes of printable
+    /// ASCII, since it travels in an HTTP header. Sealed at rest; never answered except to the
+    /// lease that holds it.
+    #[schema(value_type = String, format = Password, min_length = 1, max_length = 16384)]
     pub secret: Secret,
+    /// The token's id in its pool: 1-128 characters of A-Z a-z 0-9 _ . -. Default: derived
+    /// from the secret, so depositing the same secret again finds it.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")]
     pub id: Option<String>,
-    /// RFC 3339 or unix milliseconds; a JWT's `exp` when absent.
+    /// When the credential expires: RFC 3339 or unix milliseconds; a JWT's `exp` when absent;
+    /// never, for an opaque secret without one.
     #[schema(value_type = Option<String>)]
     pub expires_at: Option<TimeInput>,
+    /// This token's own `default` quota limit, below or above the pool's. Default: the pool's.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub quota_limit: Option<u64>,
+    /// The proxy and browser fingerprint the token must be used with; handed to every lease.
     pub binding: Option<Binding>,
+    /// Free labels (an account name, a plan): at most 32, keys 1-64 bytes, values up to 256.
     pub labels: Option<BTreeMap<String, String>>,
+    /// How the token is refreshed; absent: as its pool says (or not at all).
     pub refresh: Option<RefreshInput>,
 }
 
