@@ -76,15 +76,21 @@ impl std::fmt::Debug for LeaseHeaders {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Lease {
+    /// The lease's id: renew, release and rotate name it.
     pub lease_id: String,
+    /// The pool it was leased from.
     pub pool: String,
+    /// The leased token's id in its pool (its fingerprint is in the token's metadata).
     pub token_id: String,
+    /// The credential itself, to use until the lease ends. Never logged or stored by the
+    /// clients; release the lease when done.
     #[cfg_attr(feature = "schema", schema(format = Password))]
     pub secret: String,
     /// RFC 3339; null when the token does not expire.
     pub token_expires_at: Option<String>,
     /// RFC 3339: the lease ends then unless renewed.
     pub lease_expires_at: String,
+    /// Units of every quota the lease reserved (report what was used on release).
     pub units: u64,
     /// The pipeline it was leased through, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,7 +99,10 @@ pub struct Lease {
     /// costs); report what the call really cost in the release's `costs`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub costs: std::collections::BTreeMap<String, u64>,
+    /// The proxy and fingerprint the token must be used with (the proxy in full, credentials
+    /// included).
     pub binding: Binding,
+    /// Headers to send with the token, ready made (`Authorization: Bearer <secret>`).
     pub headers: LeaseHeaders,
 }
 
@@ -122,13 +131,18 @@ pub struct Event {
     /// `pipeline.at_strength`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The pool it concerns.
     pub pool: String,
+    /// The token it concerns (`token.*`, and the token of a `lease.revoked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// The lease it concerns (`lease.revoked`: drop it, its token is no longer yours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
     /// When it happened (unix ms; for revocations, when the revoke took effect).
     pub at: i64,
+    /// Why (a revocation's or freeze's reason as its author gave it; `events.lost` says what
+    /// to do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The pipeline it concerns (`pipeline.*` events).

@@ -426,6 +426,7 @@ mod pipelines;
 mod pools;
 mod rate;
 mod reply;
+mod status;
 mod sweeps;
 mod tokens;
 mod upstream;
