@@ -590,26 +590,50 @@ async fn a_revocation_in_one_region_reaches_every_region_and_survives_a_partitio
     drop(r2.dep);
 }
 
-/// `vaultctl check` with the global plane on, across two regions: its usual load and rules in
-/// region 1, and credentials revoked globally there never granted in region 2 once region 2
-/// could have applied them (their global time plus region 2's measured lag): 0 violations.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_checker_finds_no_violation_across_two_regions() {
+/// Two regions (in namespaces where the machine allows): the global primary in region 1,
+/// region 2 reaching it over a delayed link. Field order is drop order: regions first.
+struct TwoRegions {
+    r2: Region,
+    r1: Region,
+    base: Deployment,
+    _link: DelayProxy,
+    global: RedisServer,
+    _hosts: Vec<Option<Arc<Netns>>>,
+}
+
+async fn two_regions() -> TwoRegions {
     let hosts = hosts(2);
     let global = RedisServer::start_in(hosts[0].as_ref(), &[]);
     let base = Deployment::new(&global);
     let link = link(&hosts[1], &global);
     let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &[]).await;
     let far = format!("redis://{}", link.addr());
-    let r2 = region(
-        &base,
-        &hosts[1],
-        "r2",
-        &far,
-        Some(global_replica(&hosts[1], &link).await),
-        &[],
-    )
-    .await;
+    let replica = global_replica(&hosts[1], &link).await;
+    let r2 = region(&base, &hosts[1], "r2", &far, Some(replica), &[]).await;
+    TwoRegions {
+        r2,
+        r1,
+        base,
+        _link: link,
+        global,
+        _hosts: hosts,
+    }
+}
+
+/// `vaultctl check` with the global plane on, across two regions: its usual load and rules in
+/// region 1, and credentials revoked globally there never granted in region 2 once region 2
+/// could have applied them (their global time plus region 2's measured lag): 0 violations.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checker_finds_no_violation_across_two_regions() {
+    // Every part bound: one left to `..` would be dropped (stopped) here.
+    let TwoRegions {
+        base,
+        r1,
+        r2,
+        _link,
+        global: _global,
+        _hosts,
+    } = two_regions().await;
     let mut checker = testkit::Child::spawn(
         &testkit::bin_path("vaultctl"),
         &[
@@ -650,14 +674,14 @@ async fn the_checker_finds_no_violation_across_two_regions() {
 /// global freeze now in force, and the lifting of one whose unfreeze it never saw; each once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_behind_the_trimmed_log_resyncs_from_the_global_state() {
-    let hosts = hosts(2);
-    let global = RedisServer::start_in(hosts[0].as_ref(), &[]);
-    let base = Deployment::new(&global);
-    let link = link(&hosts[1], &global);
-    let r1 = region(&base, &hosts[0], "r1", &global.url(), None, &[]).await;
-    let far = format!("redis://{}", link.addr());
-    let replica = global_replica(&hosts[1], &link).await;
-    let mut r2 = region(&base, &hosts[1], "r2", &far, Some(replica), &[]).await;
+    let TwoRegions {
+        global,
+        base,
+        r1,
+        mut r2,
+        _link,
+        _hosts,
+    } = two_regions().await;
     let secret = |i: usize| format!("trimmed-credential-{i:040}");
     for (n, r) in [&r1, &r2].iter().enumerate() {
         for pool in ["p", "q", "f"] {
