@@ -286,5 +286,12 @@ mod schema_tests {
         let quota = crate::model::documented_schema::<crate::model::QuotaInput>();
         assert_eq!(max(&quota, "window_s"), Some(MAX_WINDOW_S));
         assert_eq!(max(&quota, "limit"), Some(MAX_QUOTA));
+        crate::model::documented_schema::<crate::model::QuotaStatus>();
+        crate::model::documented_schema::<crate::model::PoolSizing>();
+        crate::model::documented_schema::<crate::model::TokensNeeded>();
+        crate::model::documented_schema::<crate::model::RotationStatus>();
+        crate::model::documented_schema::<crate::model::OperationStatus>();
+        crate::model::documented_schema::<crate::model::JanitorStatus>();
+        crate::model::documented_schema::<crate::model::PoolStatus>();
     }
 }

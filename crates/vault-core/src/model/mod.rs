@@ -95,7 +95,14 @@ pub use token::*;
 #[cfg(test)]
 pub(crate) fn documented_schema<T: utoipa::PartialSchema>() -> serde_json::Value {
     let schema = serde_json::to_value(T::schema()).unwrap();
-    for (field, p) in schema["properties"].as_object().expect("properties") {
+    // A struct with a flattened part is an `allOf` of objects (a referenced part is checked
+    // as its own type).
+    let parts: Vec<&serde_json::Value> = match schema["allOf"].as_array() {
+        Some(all) => all.iter().collect(),
+        None => vec![&schema],
+    };
+    let properties = parts.iter().filter_map(|p| p["properties"].as_object());
+    for (field, p) in properties.flatten() {
         let described = p["description"].is_string()
             || p["oneOf"]
                 .as_array()

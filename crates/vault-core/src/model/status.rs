@@ -52,11 +52,18 @@ pub const VIEW_STATES: [&str; 8] = [
 /// `GET /v1/pools/{pool}/status`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
+    /// The pool's name.
     pub pool: String,
+    /// Tokens by view state (`active`, `leased`, `cooling`, `refreshing`, `quarantined`,
+    /// `deprecated`, `revoked`, `expired`); `active` counts the idle ones.
     pub tokens: BTreeMap<String, u64>,
+    /// Leases live now.
     pub leases_active: u64,
+    /// Average life left of the tokens that expire, seconds; null when none does.
     pub avg_ttl_remaining_s: Option<f64>,
+    /// Live leases over what the tokens in rotation may hold at once (0 to 1).
     pub utilization: f64,
+    /// Share of refresh attempts that stored a new credential (0 to 1); null before the first.
     pub refresh_success_rate: Option<f64>,
     /// The highest `used_ratio` of the pool's quotas (the one closest to spent).
     pub quota_used_ratio: Option<f64>,
@@ -64,10 +71,12 @@ pub struct PoolStatus {
     pub quotas: Vec<QuotaStatus>,
     /// The quota that kept tokens from leases most often; null until one has.
     pub binding_quota: Option<String>,
+    /// The kill switch is on: no lease is granted until the pool is unfrozen.
     pub frozen: bool,
     /// Failed refresh attempts so far, and how many of them stored a credential too
     /// short-lived for the pool's margin.
     pub refresh_failures: u64,
+    /// Refreshes whose new credential was too short-lived for the pool's margin.
     pub refresh_short_lived: u64,
     /// The pool's margin warnings (as `GET /v1/pools/{pool}` has them).
     pub warnings: Vec<String>,
@@ -91,6 +100,7 @@ pub struct PoolStatus {
 /// One quota of a pool, as status shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaStatus {
+    /// The quota's name (`default` for the shorthand's).
     pub name: String,
     /// The cost dimension it counts.
     pub cost: String,
@@ -110,7 +120,9 @@ pub struct PoolSizing {
     pub lease_rate_per_s: f64,
     /// Quota units those leases reserved per second.
     pub units_rate_per_s: f64,
+    /// How long the rates were observed, seconds (up to the last few minutes).
     pub observed_s: f64,
+    /// The tokens that demand needs, for its quota and its concurrency.
     #[serde(flatten)]
     pub needed: TokensNeeded,
     /// The quota `tokens_for_quota` comes from (the one that needs the most tokens).
@@ -126,6 +138,7 @@ pub struct PoolSizing {
 pub struct OperationStatus {
     /// `reconfigure`, `rotate` or `cancel`.
     pub kind: String,
+    /// When it started, RFC 3339.
     pub started_at: String,
     /// Tokens changed so far.
     pub tokens_done: u64,
@@ -134,6 +147,7 @@ pub struct OperationStatus {
 /// The janitors' heartbeat as status shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JanitorStatus {
+    /// When a janitor last finished a sweep, RFC 3339.
     pub last_sweep_at: String,
     /// The last sweep is recent (within three sweep intervals, plus 2 s of slack). Leases of
     /// dead workers are also reclaimed by the next acquire without a janitor; cooled tokens,
@@ -160,9 +174,13 @@ impl JanitorBeat {
 /// Progress of an emergency rotation.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RotationStatus {
+    /// The rotation's id.
     pub id: String,
+    /// When it started, RFC 3339.
     pub started_at: String,
+    /// When the tokens it deprecated and nobody refreshed are revoked, RFC 3339.
     pub sunset_at: String,
+    /// Why, as its author gave it.
     pub reason: String,
     /// Tokens it deprecated.
     pub tokens: u64,
