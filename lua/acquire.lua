@@ -6,10 +6,7 @@
 --   "pipeline_not_found"|"pipeline_not_ready"}.
 local c = load_cfg()
 if c == nil then return fail('pool_not_found') end
-ttl_ms = ttl_ms or setting(c, 'lease_ttl_s') * 1000
-if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
-  return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
-end
+ttl_ms = lease_ttl(c, ttl_ms, setting(c, 'lease_ttl_s') * 1000)
 local out, id = do_acquire(c, {
   lease_id = lease_id, worker = worker, units = units, costs = json_arg(costs), ttl_ms = ttl_ms,
   min_ttl_ms = min_token_ttl_ms or min_ttl_ms(c), session = session, idem = idem, idem_fp = idem_fp, exclude = '',

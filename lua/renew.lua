@@ -10,10 +10,7 @@ local l = live_lease(c, lid)
 if l == nil then return fail('lease_gone') end
 local t = load_token_hot(l.token)
 if t == nil or not in_rotation(t) then return fail('lease_gone') end
-ttl_ms = ttl_ms or num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000)
-if ttl_ms > setting(c, 'max_lease_ttl_s') * 1000 then
-  return fail('invalid_request', { detail = 'ttl_s exceeds the pool\'s max_lease_ttl_s (' .. c.max_lease_ttl_s .. ')' })
-end
+ttl_ms = lease_ttl(c, ttl_ms, num(l.ttl_ms, setting(c, 'lease_ttl_s') * 1000))
 local deadline = NOW + ttl_ms
 local at = num(t.expires_at, 0)
 if at > 0 and at < deadline then

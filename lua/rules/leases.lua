@@ -6,6 +6,13 @@
 -- hash of its own, and readable with redis-cli. A lease that reserved other cost dimensions
 -- than requests lists them after its units: "1,llm_tokens=1500"; one made through a pipeline
 -- names it after its token: "#12@crawl-a".
+-- The lease-length rule: the life a lease gets is what was asked (else `default_ms`), cut to
+-- the pool's `max_lease_ttl_s` (a worker asking for more gets the most the pool allows, and
+-- sees it in the lease's `expires_at`).
+local function lease_ttl(c, asked_ms, default_ms)
+  return math.min(asked_ms or default_ms, setting(c, 'max_lease_ttl_s') * 1000)
+end
+
 local function lease_record(l)
   local units = l.units
   if l.costs ~= nil then

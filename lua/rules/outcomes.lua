@@ -21,7 +21,7 @@ local function apply_outcome(id, t, c, r)
     -- quota window ends (a spent quota already keeps the token out until then, see
     -- count_target_quota), so it decides only when there is no Retry-After.
     local back = nil
-    if r.retry_after_ms ~= nil then back = NOW + r.retry_after_ms else back = r.reset_at end
+    if r.retry_after_ms ~= nil then back = NOW + r.retry_after_ms else back = target_reset(r.reset_at) end
     if back == nil then
       local we = num(t.win_end, 0)
       if we > NOW then back = we else back = NOW + window_ms(c) end

@@ -378,6 +378,14 @@ local function quota_reset(t, c, fv)
   end
 end
 
+-- A target's reset time, bounded like a Retry-After: a time more than 31 days ahead counts
+-- as 31 days, so that no report parks a token for years.
+local MAX_TARGET_RESET_MS = 31 * 86400 * 1000
+local function target_reset(reset_at)
+  if reset_at == nil then return nil end
+  return math.min(reset_at, NOW + MAX_TARGET_RESET_MS)
+end
+
 -- What a target said of a quota in its answer to a leased call: `remaining` units until
 -- `reset_at` (ms). Its count can only raise the vault's, never lower it: reports of leases
 -- sharing a token arrive out of order, and an older answer's `remaining` is higher than the
@@ -385,6 +393,7 @@ end
 -- `default` quota the target's reset time becomes the window's end (the target knows its own
 -- window); a spent quota of another kind cools the token until then.
 local function count_target_quota(id, t, c, q, remaining, reset_at)
+  reset_at = target_reset(reset_at)
   if q.name == 'default' and reset_at ~= nil and reset_at > NOW then
     put(id, t, 'win_end', reset_at)
   end

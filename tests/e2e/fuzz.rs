@@ -38,7 +38,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
             "-H",
             &auth,
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,only_documented_503",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,only_documented_503,schema_valid_requests_are_accepted",
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
@@ -49,6 +49,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
             "1",
             "--seed",
             "1",
+
         ],
         &[
             ("SCHEMATHESIS_HOOKS", "hooks".into()),

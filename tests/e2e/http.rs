@@ -112,12 +112,20 @@ async fn lease_endpoints() {
         )
         .await;
     assert_eq!(renew.status, 200);
-    api.post(
-        &format!("/v1/pools/p/leases/{}/renew", w.str("lease_id")),
-        json!({"ttl_s": 601}),
-    )
-    .await
-    .problem(400, "invalid_request");
+    // Longer than the pool's max_lease_ttl_s (600): cut to it, one step past the 120 s above.
+    let longer = api
+        .post(
+            &format!("/v1/pools/p/leases/{}/renew", w.str("lease_id")),
+            json!({"ttl_s": 601}),
+        )
+        .await;
+    assert_eq!(longer.status, 200, "{longer:?}");
+    let past_120 = crate::harness::ms(&longer.body, "lease_expires_at")
+        - crate::harness::ms(&renew.body, "lease_expires_at");
+    assert!(
+        (480_000 - 60_000..=480_000 + 60_000).contains(&past_120),
+        "a renew of 601 s on a 600 s pool ended {past_120} ms after the 120 s one"
+    );
     api.post(&format!("/v1/pools/p/leases/{lid}/release"), json!({}))
         .await
         .problem(410, "lease_gone");
@@ -172,7 +180,7 @@ async fn lease_endpoints() {
         json!({"units": 0}),
         json!({"units": -1}),
         json!({"ttl_s": 0}),
-        json!({"ttl_s": 601}),
+        json!({"ttl_s": 604_801}),
         json!({"wait_ms": 999999}),
         json!({"worker": ""}),
         json!({"unknown": 1}),

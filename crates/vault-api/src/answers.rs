@@ -21,6 +21,7 @@ pub struct Health {
 /// A page of the audit trail, oldest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPage {
+    /// The entries, oldest first.
     pub events: Vec<AuditEntry>,
     /// Pass as `after` for the next page; null when this page was the last.
     pub next: Option<String>,
@@ -29,15 +30,20 @@ pub struct AuditPage {
 /// A client token just minted (shown once; the vault keeps only its `jti`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MintedToken {
+    /// The client token (a JWT): send it as `Authorization: Bearer`. Shown only now.
     pub token: String,
+    /// Its id: what revocation names.
     pub jti: String,
+    /// When it expires (RFC 3339).
     pub expires_at: String,
 }
 
 /// A client token revoked.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClientRevoked {
+    /// The revoked token's id.
     pub jti: String,
+    /// Always true: the token is refused from now on (revoking twice is no error).
     pub revoked: bool,
     /// With the global plane: the global entry that revokes it in every region.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,34 +66,47 @@ pub struct CredentialRevoked {
     pub tokens: Option<Vec<RevokedToken>>,
 }
 
+/// A token a credential revocation revoked.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RevokedToken {
+    /// The pool the token is in.
     pub pool: String,
+    /// The token's id.
     pub token_id: String,
+    /// Leases the revocation ended.
     pub leases_ended: usize,
 }
 
 /// Token introspection (RFC 7662): `active` false, or the token's claims.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct Introspection {
+    /// Whether the token is valid now: signed by this vault, not expired, not revoked.
     pub active: bool,
+    /// Who it was minted for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Its scopes, space-separated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// When it expires, unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
+    /// When it was minted, unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Its id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Its issuer (`TV_JWT_ISSUER`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Its audience (`TV_JWT_AUDIENCE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
     /// The pools the token may use; absent = every pool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pools: Option<Vec<String>>,
+    /// `Bearer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<&'static str>,
 }
@@ -95,10 +114,13 @@ pub struct Introspection {
 /// A refresh job claimed by an external login worker.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClaimedJob {
+    /// The job's id: complete or fail it by this id.
     pub job_id: String,
+    /// The token to log in again.
     pub token_id: String,
     /// The token's binding in full (the proxy with its credentials): the login goes through it.
     pub binding: Binding,
+    /// The token's labels (an account name, say: what the login needs).
     pub labels: BTreeMap<String, String>,
     /// Failed attempts so far.
     pub attempts: u32,
@@ -109,10 +131,13 @@ pub struct ClaimedJob {
 /// What a completed or failed refresh job did to its token.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobResult {
+    /// The job's id.
     pub job_id: String,
+    /// The token it refreshed.
     pub token_id: String,
     /// The token's generation when a new secret was stored.
     pub generation: Option<u64>,
+    /// The token's state now (`active` when back in rotation).
     pub state: String,
     /// Why the token is not back in rotation; null when it is.
     pub error: Option<String>,
@@ -121,24 +146,31 @@ pub struct JobResult {
 /// A lease released.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Released {
+    /// The lease's id.
     pub lease_id: String,
+    /// The token it held.
     pub token_id: String,
     /// The token's state after the report.
     pub token_state: String,
+    /// Always true: the lease is over.
     pub released: bool,
 }
 
 /// A lease ended by a transition (freeze, revoke).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EndedLease {
+    /// The lease's id.
     pub lease_id: String,
+    /// The token it held.
     pub token_id: String,
 }
 
 /// A pool frozen or unfrozen.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Frozen {
+    /// The pool's name.
     pub pool: String,
+    /// Whether it is frozen now.
     pub frozen: bool,
     /// The leases the freeze ended (with `revoke_leases`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,16 +184,20 @@ pub struct Frozen {
 /// An emergency rotation started.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotationStarted {
+    /// The pool's name.
     pub pool: String,
+    /// The rotation's id (in the audit trail and pool status).
     pub rotation_id: String,
     /// Tokens deprecated.
     pub tokens: u64,
+    /// When tokens still deprecated are revoked (RFC 3339).
     pub sunset_at: String,
 }
 
 /// An emergency rotation rolled back.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotationCancelled {
+    /// The pool's name.
     pub pool: String,
     /// Deprecated tokens made current again.
     pub restored: u64,
@@ -170,7 +206,9 @@ pub struct RotationCancelled {
 /// A token's state after a transition.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenState {
+    /// The token's id.
     pub token_id: String,
+    /// Its state now.
     pub state: String,
     /// The leases a revoke ended.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -124,9 +124,9 @@ async fn measure(
     res
 }
 
-/// The whole HTTP surface, and its OpenAPI document built from the same handlers.
-pub fn router(state: AppState) -> Router {
-    let v1 = OpenApiRouter::new()
+/// The documented routes: `/v1` (behind client-token authorization) and the public ones.
+fn documented_routes(state: Option<AppState>) -> OpenApiRouter<AppState> {
+    let mut v1 = OpenApiRouter::new()
         .routes(routes!(pools::list))
         .routes(routes!(pools::upsert, pools::get, pools::delete))
         .routes(routes!(pools::status))
@@ -154,18 +154,28 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(credentials::revoke_credential))
         .routes(routes!(clients::introspect))
         .routes(routes!(audit::read))
-        .routes(routes!(crate::events::stream))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authorize,
-        ));
-    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(crate::events::stream));
+    if let Some(state) = state {
+        v1 = v1.route_layer(axum::middleware::from_fn_with_state(state, authorize));
+    }
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
         .routes(routes!(clients::jwks))
         .routes(routes!(health::healthz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::readyz))
-        .split_for_parts();
+}
+
+/// The OpenAPI document served at `/openapi.json`, from the same handlers the router serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut api = documented_routes(None).into_openapi();
+    crate::openapi::finish(&mut api);
+    api
+}
+
+/// The whole HTTP surface, and its OpenAPI document built from the same handlers.
+pub fn router(state: AppState) -> Router {
+    let (router, mut api) = documented_routes(Some(state.clone())).split_for_parts();
     crate::openapi::finish(&mut api);
     // Rendered once: the document never changes while the process runs.
     let doc = axum::body::Bytes::from(serde_json::to_vec(&api).unwrap_or_default());

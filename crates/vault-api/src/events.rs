@@ -26,6 +26,33 @@ use crate::error::ApiError;
 use crate::extract::Query;
 use crate::AppState;
 
+/// One server-sent event as the stream carries it (the SSE fields; `data` holds the event in
+/// JSON). Documentation only.
+pub struct EventStreamItem;
+
+impl utoipa::PartialSchema for EventStreamItem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        serde_json::from_value(serde_json::json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "description": "One server-sent event.",
+            "properties": {
+                "event": {"type": "string", "description": "The event's `type`."},
+                "id": {"type": "string", "description": "Its stream id (`<ms>-<seq>`): send it as `Last-Event-ID` to resume after it. Absent on `events.lost`, which must not move the resume point."},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/Event"},
+                    "description": "The event, in JSON.",
+                },
+            },
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for EventStreamItem {}
+
 /// `<ms>-<seq>` stream ids, comparable.
 fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;
@@ -144,7 +171,8 @@ impl EventHub {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Comma-separated pools; all the token may see when absent.
+    /// Comma-separated pool names; all the token may see when absent or empty.
+    #[param(value_type = Option<Vec<vault_core::model::Name>>, style = Form, explode = false)]
     pools: Option<String>,
 }
 
@@ -171,16 +199,18 @@ fn lost_event(after: &str, at: i64) -> VaultEvent {
     }
 }
 
+/// Subscribe to events (server-sent events): revocations, freezes, refreshes, quota and
+/// lease changes, optionally for some pools, resumable with `Last-Event-ID`.
 #[utoipa::path(
     get,
     path = "/events",
     tag = "events",
     params(
         EventsQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "resume after this event id (`<ms>-<seq>`, as the last event received had it; `<ms>` alone stands for `<ms>-0`)", pattern = "^[0-9]{1,19}(-[0-9]{1,19})?$"),
     ),
     responses(
-        (status = 200, description = "server-sent events; each `data` is a VaultEvent", body = vault_core::model::VaultEvent, content_type = "text/event-stream"),
+        (status = 200, description = "server-sent events: each `data` is an `Event` in JSON", body = EventStreamItem, content_type = "text/event-stream"),
     )
 )]
 pub async fn stream(
@@ -223,13 +253,18 @@ pub(crate) fn wanted_pools(
 }
 
 /// A resume point (`Last-Event-ID`), checked.
+/// A bare `<ms>` stands for `<ms>-0`, as in Redis stream ranges.
 pub(crate) fn resume_point(id: &str) -> Result<String, ApiError> {
-    if parse_id(id).is_none() {
+    let id = match id.parse::<u64>() {
+        Ok(ms) => format!("{ms}-0"),
+        Err(_) => id.to_string(),
+    };
+    if parse_id(&id).is_none() {
         return Err(ApiError::invalid(
             "Last-Event-ID must be an event id like 1732500000000-0",
         ));
     }
-    Ok(id.to_string())
+    Ok(id)
 }
 
 /// A subscriber's events, whatever the transport (SSE, gRPC `Watch`): those of `wanted` pools

@@ -61,7 +61,8 @@ impl JsonBytes {
     /// body is one JSON value and nothing else: anything but whitespace after it is refused
     /// (`invalid_json`), never silently dropped.
     pub fn parse<T: DeserializeOwned>(&self, what: &str) -> Result<T, ApiError> {
-        let mut de = serde_json::Deserializer::from_slice(&self.0);
+        let body = whole_numbers_as_integers(&self.0);
+        let mut de = serde_json::Deserializer::from_slice(&body);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(what, e))?;
         de.end().map_err(|e| {
             ApiError::invalid_json(format!(
@@ -100,6 +101,65 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
             ));
         }
         Ok(body)
+    }
+}
+
+/// Largest whole number a JSON float spells exactly (2^53).
+const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
+/// The body with every whole number written with a fraction or an exponent (`3.0`, `1e3`)
+/// written as an integer. JSON Schema counts `3.0` as an `integer`, which is what the API
+/// document says those fields are; serde would refuse it. Strings are left as they are, and
+/// so is a number that is not whole or not exact (past 2^53). Works on the bytes, not on a
+/// parsed value, so the strict parse that follows still sees every duplicate key.
+fn whole_numbers_as_integers(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut copied, mut in_string) = (0, 0, false);
+    while i < body.len() {
+        let c = body[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if !(c == b'-' || c.is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < body.len() && matches!(body[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+            i += 1;
+        }
+        let token = &body[start..i];
+        if !token.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+            continue;
+        }
+        let whole = std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_EXACT_FLOAT);
+        if let Some(f) = whole {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+            out.extend_from_slice(&body[copied..start]);
+            out.extend_from_slice((f as i64).to_string().as_bytes());
+            copied = i;
+        }
+    }
+    match out {
+        Some(mut out) => {
+            out.extend_from_slice(&body[copied..]);
+            std::borrow::Cow::Owned(out)
+        }
+        None => std::borrow::Cow::Borrowed(body),
     }
 }
 
@@ -158,6 +218,39 @@ fn without_values(msg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_numbers_are_integers_and_strings_are_untouched() {
+        let norm = |s: &str| {
+            String::from_utf8(super::whole_numbers_as_integers(s.as_bytes()).into_owned()).unwrap()
+        };
+        assert_eq!(
+            norm(r#"{"a":1970.0,"b":-2.0e3}"#),
+            r#"{"a":1970,"b":-2000}"#
+        );
+        assert_eq!(
+            norm(r#"{"a":1.5,"b":1e300,"c":7}"#),
+            r#"{"a":1.5,"b":1e300,"c":7}"#
+        );
+        assert_eq!(
+            norm(r#"{"s":"3.0 \"4.0\"","n":[0.0, -0.0]}"#),
+            r#"{"s":"3.0 \"4.0\"","n":[0, 0]}"#
+        );
+        // Not JSON stays not JSON: the parse that follows refuses it.
+        assert_eq!(norm("{1.0.0"), "{1.0.0");
+        #[derive(serde::Deserialize, Debug, Default)]
+        struct T {
+            #[allow(dead_code)]
+            n: u64,
+        }
+        let body = super::JsonBytes(r#"{"n":3.0,"n":4}"#.into());
+        assert!(
+            body.parse::<T>("body").is_err(),
+            "a duplicate key still refused"
+        );
+        let body = super::JsonBytes(r#"{"n":3.0}"#.into());
+        assert_eq!(body.parse::<T>("body").unwrap().n, 3);
+    }
+
     #[test]
     fn error_messages_lose_their_values() {
         let m =

@@ -16,7 +16,7 @@ use utoipa::OpenApi;
                        under quota, concurrency, expiry, revocation and binding rules. Errors \
                        are application/problem+json with a stable `code`."
     ),
-    components(schemas(crate::error::Problem)),
+    components(schemas(crate::error::Problem, vault_core::model::VaultEvent)),
     tags(
         (name = "pools", description = "pool configuration, status, kill switch, emergency rotation (admin)"),
         (name = "tokens", description = "credentials: deposit (deposit), metadata and lifecycle (admin)"),
@@ -225,4 +225,73 @@ pub(crate) struct JobPath {
     /// Refresh job id, as the claim gave it (1-64 printable ASCII characters).
     #[param(pattern = r"^[!-~]{1,64}$", min_length = 1, max_length = 64)]
     job: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every operation, parameter and schema property of `/openapi.json` says what it is: the
+    /// document is the reference users read (`/docs`).
+    #[test]
+    fn every_operation_parameter_and_property_is_described() {
+        let doc = serde_json::to_value(crate::app::openapi_document()).unwrap();
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let described = |k: &str| op[k].as_str().is_some_and(|s| !s.trim().is_empty());
+                if !described("summary") && !described("description") {
+                    missing.push(format!("operation {method} {path}"));
+                }
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if !is_described(p) {
+                        missing.push(format!("parameter {} of {method} {path}", p["name"]));
+                    }
+                }
+            }
+        }
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            undescribed_properties(name, schema, &mut missing);
+        }
+        assert!(
+            missing.is_empty(),
+            "{} without a description:\n{}",
+            missing.len(),
+            missing.join("\n")
+        );
+    }
+
+    fn is_described(v: &Value) -> bool {
+        v["description"]
+            .as_str()
+            .is_some_and(|s| !s.trim().is_empty())
+            || ["oneOf", "allOf", "anyOf"].iter().any(|k| {
+                v[k].as_array()
+                    .is_some_and(|o| o.iter().any(|p| p["description"].is_string()))
+            })
+    }
+
+    /// Properties of `schema` (and of its `allOf`/`oneOf` parts and inline objects) that have
+    /// no description.
+    fn undescribed_properties(at: &str, schema: &Value, missing: &mut Vec<String>) {
+        for (field, p) in schema["properties"].as_object().into_iter().flatten() {
+            if !is_described(p) {
+                missing.push(format!("property {at}.{field}"));
+            }
+            undescribed_properties(&format!("{at}.{field}"), p, missing);
+            undescribed_properties(&format!("{at}.{field}[]"), &p["items"], missing);
+        }
+        for k in ["allOf", "oneOf", "anyOf"] {
+            for part in schema[k].as_array().into_iter().flatten() {
+                undescribed_properties(at, part, missing);
+            }
+        }
+        if schema["additionalProperties"].is_object() {
+            undescribed_properties(
+                &format!("{at}{{}}"),
+                &schema["additionalProperties"],
+                missing,
+            );
+        }
+    }
 }

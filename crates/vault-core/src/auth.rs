@@ -21,7 +21,9 @@ pub const CLOCK_LEEWAY_S: u64 = 5;
 use serde::{Deserialize, Serialize};
 
 /// What a client token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Workers: lease, renew, release, rotate; read their pools' status.
@@ -414,17 +416,23 @@ impl KeyRing {
 /// A JSON Web Key Set (RFC 7517): the public keys that verify client tokens.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Jwks {
+    /// The keys that verify client tokens, one per `kid`.
     pub keys: Vec<Jwk>,
 }
 
 /// One Ed25519 public key (RFC 8037).
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Jwk {
+    /// Key type: `OKP`.
     pub kty: &'static str,
+    /// Curve: `Ed25519`.
     pub crv: &'static str,
+    /// Algorithm: `EdDSA`.
     pub alg: &'static str,
+    /// Use: `sig`.
     #[serde(rename = "use")]
     pub use_: &'static str,
+    /// Key id: the `kid` header of the tokens it verifies.
     pub kid: String,
     /// The public key, base64url without padding.
     pub x: String,

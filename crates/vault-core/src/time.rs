@@ -76,6 +76,39 @@ impl<'de> Deserialize<'de> for TimeInput {
     }
 }
 
+/// RFC 3339 with a year from 1970 (what the vault takes: nothing before the epoch).
+pub(crate) const RFC3339_FROM_1970: &str = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// Documented as what it takes: an RFC 3339 `date-time` from 1970 to 9999, or unix ms.
+impl utoipa::PartialSchema for TimeInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                    .pattern(Some(RFC3339_FROM_1970))
+                    .description(Some(
+                        "RFC 3339, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+                    )),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(0))
+                    .maximum(Some(MAX_MS))
+                    .description(Some("unix milliseconds")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeInput {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,15 @@ pub mod grpc;
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// The proxy the token must be used through: an `http`, `https`, `socks5` or `socks5h`
-    /// URL, at most 1024 bytes (sealed at rest; it may hold credentials).
-    #[cfg_attr(feature = "schema", schema(max_length = 1024))]
+    /// URL with a host (and optionally `user:password@` and a port), at most 1024 characters
+    /// (sealed at rest; it may hold credentials).
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            max_length = 1024,
+            pattern = r"^(https?|socks5h?)://([A-Za-z0-9._~!$&'()*+,;=-]+(:[A-Za-z0-9._~!$&'()*+,;=-]*)?@)?[A-Za-z0-9.-]+(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?/?$"
+        )
+    )]
     pub proxy: Option<String>,
     /// The browser or client fingerprint the token must be used with (free text, at most
     /// 1024 bytes).
@@ -159,22 +166,34 @@ pub struct Event {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PipelineInput {
-    /// Requests per second the job will make.
+    /// Requests per second the job will make (above 0, at most 10,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(exclusive_minimum = 0, maximum = 10_000_000)
+    )]
     pub rps: Option<f64>,
-    /// How long the job runs, seconds: the pipeline ends this long after the request.
+    /// How long the job runs, seconds (1 s to 31 days): the pipeline ends this long after the
+    /// request.
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 2_678_400))]
     pub duration_s: u64,
-    /// Requests the job holds a token for at once.
+    /// Requests the job holds a token for at once (1-1,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000))]
     pub concurrency: Option<u64>,
-    /// Quota units one request takes (default 1).
+    /// Quota units one request takes (1-1,000,000,000; default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000_000))]
     pub units_per_request: Option<u64>,
-    /// Life a token must have left to join (default: the pool's `min_token_ttl_s`).
+    /// Life a token must have left to join, seconds (at most 7 days; default: the pool's
+    /// `min_token_ttl_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 604_800))]
     pub min_token_ttl_s: Option<u64>,
-    /// Tokens to hold, instead of sizing from `rps` and `concurrency`.
+    /// Tokens to hold (1-1,000,000), instead of sizing from `rps` and `concurrency`: give
+    /// either this or the demand (`rps` and/or `concurrency`), not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000))]
     pub tokens: Option<u64>,
     /// Take what is there when the pool holds fewer eligible tokens than needed (the pipeline
     /// is then under strength and topped up as tokens free up), instead of a 409.
@@ -202,9 +221,14 @@ pub struct Problem {
     /// `urn:tokenvault:problem:<code>`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
     pub title: String,
+    /// The HTTP status code.
     pub status: u16,
+    /// What went wrong, for a person (never a secret).
     pub detail: String,
+    /// The stable machine-readable name: `invalid_request`, `pool_not_found`,
+    /// `pool_exhausted`, ...
     pub code: String,
     /// `insufficient_capacity`: what could be had.
     #[serde(default, skip_serializing_if = "Option::is_none")]

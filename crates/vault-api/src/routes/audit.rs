@@ -17,18 +17,23 @@ use crate::AppState;
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// The pool's trail; without it, the vault-wide one (client tokens, pool deletions).
+    #[param(value_type = Option<vault_core::model::Name>)]
     pool: Option<String>,
-    /// From this time (RFC 3339 or unix ms).
+    /// From this time: RFC 3339 (from 1970) or unix milliseconds.
+    #[param(value_type = Option<vault_core::time::TimeInput>)]
     since: Option<String>,
-    /// After this entry id (the `next` of the previous page).
+    /// After this entry id (the `next` of the previous page), `<ms>-<seq>`.
+    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     after: Option<String>,
     /// At most this many entries (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The latest `limit` entries (of those from `since` or `after`) instead of the first ones;
     /// still oldest first, and `next` is null. What `vaultctl audit tail` shows.
     newest: Option<bool>,
 }
 
+/// Read the audit trail, oldest first from a point, filtered by pool, action or actor.
 #[utoipa::path(
     get,
     path = "/audit",

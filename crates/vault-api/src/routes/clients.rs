@@ -14,6 +14,8 @@ use crate::extract::Body;
 use crate::AppState;
 use vault_core::ops::Actor;
 
+/// The public keys that verify the vault's client tokens (RFC 7517), for services that check
+/// them themselves.
 #[utoipa::path(
     get,
     path = "/.well-known/jwks.json",
@@ -30,17 +32,33 @@ pub async fn jwks(State(s): State<AppState>) -> Json<vault_core::auth::Jwks> {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintInput {
-    #[schema(required = true, max_length = 128)]
+    /// Who the token is for (1-128 printable ASCII characters): its `sub`, the actor in the
+    /// audit trail.
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[!-~]+$"
+    )]
     sub: Option<String>,
-    #[schema(required = true)]
+    /// What it may do (at least one).
+    #[schema(required = true, min_items = 1, value_type = Vec<vault_core::auth::Scope>)]
     scopes: Option<Vec<String>>,
+    /// Limit the token to these pools; absent: every pool.
+    #[schema(value_type = Option<Vec<vault_core::model::Name>>)]
     pools: Option<Vec<String>>,
     /// Limit the token to leasing through these pipelines (and creating, resizing, ending
-    /// them); absent: not limited.
+    /// them), at most 100; absent: not limited.
+    #[schema(value_type = Option<Vec<vault_core::model::Name>>, max_items = 100)]
     pipelines: Option<Vec<String>>,
+    /// Its lifetime, seconds (default 3600; at most the vault's
+    /// `TV_CLIENT_TOKEN_MAX_TTL_S`, 30 days unless set).
+    #[schema(minimum = 1, maximum = 2_592_000)]
     ttl_s: Option<i64>,
 }
 
+/// Mint a client token (a signed JWT) with scopes, pools and a lifetime. It is shown once.
 #[utoipa::path(
     post,
     path = "/clients",
@@ -145,10 +163,19 @@ pub async fn mint(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeInput {
-    #[schema(required = true, max_length = 128)]
+    /// The client token's id (its `jti`, as minting answered it).
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[!-~]+$"
+    )]
     jti: Option<String>,
 }
 
+/// Revoke a client token by its `jti`: refused by every replica (and every region, with the
+/// global plane) within a second.
 #[utoipa::path(
     post,
     path = "/clients/revoke",
@@ -258,5 +285,6 @@ fn form_urlencoded(body: &[u8]) -> serde_json::Map<String, Value> {
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[allow(dead_code)] // documents the body; the handler accepts both encodings
 pub(crate) struct IntrospectInput {
+    /// The client token to look at.
     token: String,
 }

@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use vault_core::auth::Principal;
-use vault_core::model::check_label;
 use vault_core::ops::Actor;
 
 use crate::error::{ApiError, Problem};
@@ -13,18 +12,54 @@ use crate::extract::Body;
 use crate::routes::pool_name;
 use crate::AppState;
 
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRevokeInput {
-    /// The secret's fingerprint (`sha256:` + 12 hex, as token metadata and audit show it).
     fingerprint: Option<String>,
-    /// Instead of `fingerprint`: a token of this region, which stands for its secret.
     pool: Option<String>,
     token_id: Option<String>,
-    /// Why: in every region's audit trail and on the `token.revoked` events.
-    #[schema(required = true, max_length = 1024)]
     reason: Option<String>,
 }
+
+/// The body as the API document states it: the credential named one way or the other, never
+/// both (what the handler checks).
+pub struct CredentialRevokeBody;
+
+impl utoipa::PartialSchema for CredentialRevokeBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let reason = serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": vault_core::model::MAX_REASON_CHARS,
+            "pattern": vault_core::model::REASON_PATTERN,
+            "description": "Why: in every region's audit trail and on the `token.revoked` events (no control characters).",
+        });
+        let fingerprint = serde_json::json!({
+            "type": "string", "pattern": "^sha256:[0-9a-f]{12}$",
+            "description": "The secret's fingerprint (`sha256:` + 12 hex, as token metadata and audit show it).",
+        });
+        let pool = serde_json::json!({
+            "allOf": [{"$ref": "#/components/schemas/Name"}],
+            "description": "A pool of this region holding a token with the secret.",
+        });
+        let token_id = serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.-]+$",
+            "description": "The token's id in `pool`: it stands for its secret.",
+        });
+        serde_json::from_value(serde_json::json!({
+            "description": "The credential to revoke everywhere: by `fingerprint`, or by `pool` and `token_id`.",
+            "oneOf": [
+                {"type": "object", "additionalProperties": false,
+                 "required": ["fingerprint", "reason"],
+                 "properties": {"fingerprint": fingerprint, "reason": reason}},
+                {"type": "object", "additionalProperties": false,
+                 "required": ["pool", "token_id", "reason"],
+                 "properties": {"pool": pool, "token_id": token_id, "reason": reason}},
+            ],
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for CredentialRevokeBody {}
 
 /// Whether `fp` has the shape of a fingerprint (`sha256:` + 12 lowercase hex).
 fn is_fingerprint(fp: &str) -> bool {
@@ -35,11 +70,13 @@ fn is_fingerprint(fp: &str) -> bool {
     })
 }
 
+/// Revoke a credential everywhere: by its fingerprint, or by a pool and token id that stand
+/// for it. Every token with that secret, in every pool (and every region), is revoked.
 #[utoipa::path(
     post,
     path = "/credentials/revoke",
     tag = "tokens",
-    request_body = CredentialRevokeInput,
+    request_body = CredentialRevokeBody,
     responses(
         (status = 200, description = "revoked: with the global plane, written to the global log and applied by every region's follower (this one's within milliseconds); without it, revoked in this region's pools now", body = crate::answers::CredentialRevoked),
         (status = 400, description = "`invalid_request`: neither or both of `fingerprint` and `pool`+`token_id`, or a malformed fingerprint", body = Problem),
@@ -61,11 +98,10 @@ pub async fn revoke_credential(
     let reason = input
         .reason
         .ok_or_else(|| ApiError::invalid("reason is required"))?;
-    if reason.is_empty() || reason.len() > 1024 || reason.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "reason must be 1-1024 bytes, without control characters",
-        ));
+    if reason.is_empty() {
+        return Err(ApiError::invalid("reason must not be empty"));
     }
+    vault_core::model::check_reason(&reason)?;
     let fingerprint = match (input.fingerprint, input.pool, input.token_id) {
         (Some(fp), None, None) => {
             if !is_fingerprint(&fp) {
@@ -77,7 +113,7 @@ pub async fn revoke_credential(
         }
         (None, Some(pool), Some(id)) => {
             let pool = pool_name(&pool)?;
-            check_label("token_id", &id, 256)?;
+            vault_core::model::check_token_id(&id)?;
             s.store.token_get(pool, &id).await?.fingerprint
         }
         _ => {

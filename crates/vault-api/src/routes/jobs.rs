@@ -22,10 +22,15 @@ use vault_core::auth::Principal;
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimInput {
-    /// How long the job stays hidden from other workers (default 300 s: a login takes time).
+    /// How long the job stays hidden from other workers, seconds (1-3600; default 300: a
+    /// login takes time).
+    #[schema(minimum = 1, maximum = 3600)]
     visibility_s: Option<u64>,
 }
 
+/// Claim the next refresh job (for external login workers): the token to log in again, with
+/// its current secret and the pool's refresh settings, hidden from other claimers for
+/// `visibility_s`.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/refresh-jobs/claim",
@@ -75,15 +80,19 @@ pub async fn claim(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteInput {
-    #[schema(value_type = String, format = Password, required = true)]
+    /// The new secret (1-16384 printable ASCII characters: it travels in an HTTP header),
+    /// stored encrypted.
+    #[schema(value_type = String, format = Password, required = true, min_length = 1, max_length = 16384, pattern = "^[ -~]+$")]
     secret: Option<Secret>,
-    /// RFC 3339 or unix milliseconds.
-    #[schema(value_type = Option<String>)]
+    /// When the new secret expires: RFC 3339 or unix milliseconds (default: read from a JWT's
+    /// `exp`, else never).
     expires_at: Option<TimeInput>,
-    #[schema(value_type = Option<String>, format = Password)]
+    /// A new refresh token, when the login gave one (replaces the old one).
+    #[schema(value_type = Option<String>, format = Password, min_length = 1, max_length = 16384, pattern = "^[ -~]+$")]
     refresh_token: Option<Secret>,
 }
 
+/// Finish a claimed job with the new secret: stored encrypted, the token back in rotation.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/refresh-jobs/{job}/complete",
@@ -109,6 +118,9 @@ pub async fn complete(
         .secret
         .ok_or_else(|| ApiError::invalid("secret is required"))?;
     vault_core::model::check_secret(secret.expose())?;
+    if let Some(rt) = &input.refresh_token {
+        vault_core::model::check_secret(rt.expose())?;
+    }
     // The token id is only known to the claim; sealing needs it, so look the job up first.
     let (token_id, attempts) = s.store.job_token(pool, &job).await?;
     let rotated = input.refresh_token.map(|rt| RefreshSecrets {
@@ -152,12 +164,17 @@ fn answer(job: &str, r: &RefreshResult) -> crate::answers::JobResult {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailInput {
-    /// What went wrong (default "external login failed").
+    /// What went wrong, at most 512 characters (default "external login failed").
+    #[schema(max_length = 512)]
     error: Option<String>,
-    /// Retry after this long; absent = permanent (the token is quarantined).
+    /// Retry after this long, seconds (at most 86400); absent = permanent (the token is
+    /// quarantined).
+    #[schema(minimum = 0, maximum = 86_400)]
     retry_after_s: Option<u64>,
 }
 
+/// Report that a claimed job failed: retried later with backoff, or the token quarantined
+/// when `permanent`.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/refresh-jobs/{job}/fail",
@@ -182,8 +199,8 @@ pub async fn fail(
     let error = input
         .error
         .unwrap_or_else(|| "external login failed".into());
-    if error.len() > 512 {
-        return Err(ApiError::invalid("error is longer than 512 bytes"));
+    if error.chars().count() > 512 {
+        return Err(ApiError::invalid("error is longer than 512 characters"));
     }
     if input.retry_after_s.is_some_and(|r| r > 86_400) {
         return Err(ApiError::invalid("retry_after_s must be at most 86400"));

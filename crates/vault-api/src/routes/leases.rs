@@ -58,13 +58,16 @@ fn new_lease_id() -> String {
 /// How long to sleep between attempts while a request waits (`wait_ms`) for a token.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
+/// Lease a token: the one call workers make. Every rule is checked in one step (quota,
+/// concurrency, expiry margin, revocation, freeze, binding); with `wait_ms` the request waits
+/// for a token instead of answering 503.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/leases",
     tag = "leases",
     params(
         crate::openapi::PoolPath,
-        ("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key gets the same lease"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key gets the same lease (1-128 printable ASCII characters)", min_length = 1, max_length = 128, pattern = "^[!-~]+$"),
     ),
     request_body = vault_core::model::AcquireInput,
     responses(
@@ -168,6 +171,7 @@ pub(crate) async fn lease(
     }
 }
 
+/// Extend a live lease by the pool's lease TTL (or `ttl_s`), spending more quota when asked.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/leases/{lease}/renew",
@@ -206,6 +210,8 @@ pub(crate) async fn renew_lease(
     lease_view(s, pool, g)
 }
 
+/// End a lease with the worker's report: the outcome (`ok`, `rate_limited`, `unauthorized`,
+/// ...) decides what happens to the token.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/leases/{lease}/release",
@@ -250,6 +256,7 @@ pub(crate) async fn release_lease(
     })
 }
 
+/// Report on a lease and lease another token in one step (after a 401 or 429, say).
 #[utoipa::path(
     post,
     path = "/pools/{pool}/leases/{lease}/rotate",

@@ -29,6 +29,8 @@ fn names<'a>(pool: &'a str, name: &'a str) -> Result<(&'a str, &'a str), ApiErro
     Ok((pool, name))
 }
 
+/// Create or resize a pipeline: a job's share of the pool, sized in tokens and bounded in
+/// time. Leases that name it draw only on its tokens.
 #[utoipa::path(
     put,
     path = "/pools/{pool}/pipelines/{name}",
@@ -79,6 +81,7 @@ pub async fn put(
     )
 }
 
+/// Every pipeline of a pool.
 #[utoipa::path(
     get,
     path = "/pools/{pool}/pipelines",
@@ -98,6 +101,7 @@ pub async fn list(
     Ok(Json(s.store.pipeline_status(pool, &cfg, &[]).await?))
 }
 
+/// One pipeline: its tokens, leases, deadline and state.
 #[utoipa::path(
     get,
     path = "/pools/{pool}/pipelines/{name}",
@@ -128,11 +132,13 @@ pub async fn get(
 /// What ending a pipeline did.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct PipelineEnded {
+    /// The pipeline's name.
     pub pipeline: String,
     /// Tokens it held, now back in the pool (leases out on them keep their deadlines).
     pub tokens_returned: u64,
 }
 
+/// End a pipeline: its tokens go back to the pool.
 #[utoipa::path(
     delete,
     path = "/pools/{pool}/pipelines/{name}",

@@ -13,6 +13,8 @@ use crate::error::{ApiError, Problem};
 use crate::extract::{Body, Path, Query};
 use crate::AppState;
 
+/// Create or replace a pool's configuration (quota, concurrency, expiry margin, refresh,
+/// binding, probe). Tokens and leases are kept; the new rules apply to the next lease.
 #[utoipa::path(
     put,
     path = "/pools/{pool}",
@@ -49,6 +51,7 @@ pub async fn upsert(
 #[into_params(parameter_in = Query)]
 pub struct PoolListQuery {
     /// Pools per page, 1-1000 (default 100); a page holds about that many (SSCAN steps).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<u64>,
@@ -57,6 +60,7 @@ pub struct PoolListQuery {
 /// One page of pools.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct PoolPage {
+    /// The pools, each with its token counts by state.
     pools: Vec<vault_core::model::PoolView>,
     /// Pass as `cursor` for the next page; null at the end.
     next_cursor: Option<String>,
@@ -91,6 +95,7 @@ pub async fn list(
     }))
 }
 
+/// A pool's configuration (secrets in it, such as a client secret, are never shown).
 #[utoipa::path(
     get,
     path = "/pools/{pool}",
@@ -112,10 +117,13 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// Delete it even while it holds tokens (their leases end). Default false.
     #[serde(default)]
     force: bool,
 }
 
+/// Delete a pool with every key it has. Refused while it holds tokens unless `force=true`,
+/// which ends their leases too.
 #[utoipa::path(
     delete,
     path = "/pools/{pool}",
@@ -139,6 +147,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A pool's state at a glance: tokens by state, leases, quota use, sizing, rotation and
+/// migration progress, the janitor's last pass.
 #[utoipa::path(
     get,
     path = "/pools/{pool}/status",
@@ -166,8 +176,13 @@ pub(crate) async fn status_of(s: &AppState, pool: &str) -> Result<PoolStatus, Ap
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FreezeInput {
+    /// End the live leases too (their workers are told), instead of letting them run out.
+    /// Default false.
     #[serde(default)]
     revoke_leases: bool,
+    /// Why, for the audit trail and the `pool.frozen` event (at most 1024 characters, no
+    /// control characters).
+    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     reason: Option<String>,
     /// `region` (default): this region's pool, now. `global`: the pool of this name in every
     /// region (needs the global plane), through the global log.
@@ -187,7 +202,10 @@ pub enum ActionScope {
 /// The global plane, for an action asked with `"scope": "global"`.
 fn global_plane(s: &AppState) -> Result<&vault_core::global::Global, ApiError> {
     s.store.global().ok_or_else(|| {
-        ApiError::invalid(
+        // A well-formed request this deployment cannot carry out: 422, not 400.
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "global_not_configured",
             "\"scope\": \"global\" needs the global control plane (TV_GLOBAL_REDIS_URL), which this vault is not configured with",
         )
     })
@@ -201,6 +219,8 @@ pub struct UnfreezeInput {
     scope: ActionScope,
 }
 
+/// The kill switch: new leases answer 423 `pool_frozen` at once on every replica (live leases
+/// run out unless revoked). `"scope":"global"` freezes the pool of that name in every region.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/freeze",
@@ -210,6 +230,7 @@ pub struct UnfreezeInput {
     responses(
         (status = 200, description = "frozen: new leases answer 423", body = crate::answers::Frozen),
         (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 422, description = "`global_not_configured`: `\"scope\":\"global\"` on a vault without the global plane", body = Problem),
     )
 )]
 pub async fn freeze(
@@ -220,9 +241,7 @@ pub async fn freeze(
 ) -> Result<Json<crate::answers::Frozen>, ApiError> {
     let pool = pool_name(&pool)?;
     let reason = input.reason.unwrap_or_default();
-    if reason.len() > 1024 {
-        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
-    }
+    vault_core::model::check_reason(&reason)?;
     if input.scope == ActionScope::Global {
         let action = vault_core::global::GlobalAction::PoolFreeze {
             pool: pool.to_string(),
@@ -257,6 +276,7 @@ pub async fn freeze(
     }))
 }
 
+/// Lift the kill switch: the pool leases again (a global freeze is lifted everywhere).
 #[utoipa::path(
     post,
     path = "/pools/{pool}/unfreeze",
@@ -266,6 +286,7 @@ pub async fn freeze(
     responses(
         (status = 200, description = "leasing again", body = crate::answers::Frozen),
         (status = 404, description = "`pool_not_found`", body = Problem),
+        (status = 422, description = "`global_not_configured`: `\"scope\":\"global\"` on a vault without the global plane", body = Problem),
     )
 )]
 pub async fn unfreeze(
@@ -295,8 +316,13 @@ pub async fn unfreeze(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateInput {
-    #[schema(required = true)]
+    /// How long deprecated tokens have to be refreshed before they are revoked, seconds
+    /// (1 s to 30 days).
+    #[schema(required = true, nullable = false, minimum = 1, maximum = 2_592_000)]
     sunset_s: Option<u64>,
+    /// Why, for the audit trail (default "emergency rotation"; at most 1024 characters, no
+    /// control characters).
+    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     reason: Option<String>,
 }
 
@@ -328,9 +354,7 @@ pub async fn rotate(
         return Err(ApiError::invalid("sunset_s must be between 1 and 2592000"));
     }
     let reason = input.reason.unwrap_or_else(|| "emergency rotation".into());
-    if reason.len() > 1024 {
-        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
-    }
+    vault_core::model::check_reason(&reason)?;
     let (rotation_id, tokens, sunset) = s
         .store
         .rotate_pool(&(&who).into(), pool, sunset_s, &reason)
@@ -344,6 +368,7 @@ pub async fn rotate(
     Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
+/// Cancel a running rotation: deprecated tokens go back in rotation, queued refreshes stay.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/rotate/cancel",

@@ -17,9 +17,12 @@ use axum::Extension;
 use vault_core::auth::Principal;
 
 /// A batch deposit: `{"tokens":[...]}` and nothing else.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Batch {
+#[schema(as = DepositBatch)]
+pub(crate) struct Batch {
+    /// The tokens (1-1000), deposited all or nothing.
+    #[schema(min_items = 1, max_items = 1000)]
     tokens: Vec<TokenInput>,
 }
 
@@ -45,6 +48,8 @@ fn parse_deposit(body: &JsonBytes) -> Result<Vec<TokenInput>, ApiError> {
     Ok(tokens)
 }
 
+/// Deposit one token, or many under `tokens`: encrypted at rest, all or nothing. A secret
+/// already revoked globally is refused.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/tokens",
@@ -54,7 +59,7 @@ fn parse_deposit(body: &JsonBytes) -> Result<Vec<TokenInput>, ApiError> {
     responses(
         (status = 201, description = "deposited, all or nothing; tokens already in with the same secret are left as they were (`unchanged`)", body = vault_core::model::Deposited),
         (status = 404, description = "`pool_not_found`", body = Problem),
-        (status = 409, description = "`conflict`: a token with this id exists", body = Problem),
+        (status = 409, description = "`conflict`: a token with this id exists, or a token's `refresh` leaves out `kind` and the pool has no refresh settings to take it from", body = Problem),
     )
 )]
 pub async fn deposit(
@@ -89,19 +94,29 @@ pub async fn deposit(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only tokens in this view state: `active`, `leased`, `cooling`, `refreshing`,
+    /// `quarantined`, `deprecated`, `revoked` or `expired`. Default: all.
+    #[param(
+        pattern = "^(active|leased|cooling|refreshing|quarantined|deprecated|revoked|expired)$"
+    )]
     state: Option<String>,
+    /// Tokens per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page (default 0: the start).
     cursor: Option<u64>,
 }
 
 /// One page of token metadata.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct TokenPage {
+    /// The tokens' metadata.
     tokens: Vec<vault_core::model::TokenMeta>,
     /// Pass as `cursor` for the next page; null at the end.
     next_cursor: Option<String>,
 }
 
+/// A page of a pool's token metadata, optionally of one state. Secrets are never listed.
 #[utoipa::path(
     get,
     path = "/pools/{pool}/tokens",
@@ -146,6 +161,7 @@ fn ids(pool: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One token's metadata: state, expiry, labels, quota use, leases, strikes, fingerprint.
 #[utoipa::path(
     get,
     path = "/pools/{pool}/tokens/{id}",
@@ -169,6 +185,7 @@ pub(crate) async fn meta_of(s: &AppState, pool: &str, id: &str) -> Result<TokenM
     Ok(s.store.token_get(pool, id).await?)
 }
 
+/// Delete a token: its leases end and it is gone from every index.
 #[utoipa::path(
     delete,
     path = "/pools/{pool}/tokens/{id}",
@@ -192,9 +209,14 @@ pub async fn delete(
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonInput {
+    /// Why, for the audit trail and the `token.revoked` event (default "revoked"; at most
+    /// 1024 characters, no control characters).
+    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     reason: Option<String>,
 }
 
+/// Revoke a token in this pool: never leased again, its leases end, workers are told
+/// (`token.revoked`).
 #[utoipa::path(
     post,
     path = "/pools/{pool}/tokens/{id}/revoke",
@@ -214,9 +236,7 @@ pub async fn revoke(
 ) -> Result<Json<crate::answers::TokenState>, ApiError> {
     ids(&pool, &id)?;
     let reason = input.reason.unwrap_or_else(|| "revoked".into());
-    if reason.len() > 1024 {
-        return Err(ApiError::invalid("reason is longer than 1024 bytes"));
-    }
+    vault_core::model::check_reason(&reason)?;
     let ended = s
         .store
         .revoke_token(&(&who).into(), &pool, &id, &reason)
@@ -232,10 +252,10 @@ pub async fn revoke(
 #[serde(deny_unknown_fields)]
 pub struct DeprecateInput {
     /// RFC 3339 or unix milliseconds.
-    #[schema(value_type = Option<String>)]
     sunset_at: Option<TimeInput>,
 }
 
+/// Deprecate a token: leased only when no current token is eligible.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/tokens/{id}/deprecate",
@@ -265,6 +285,7 @@ pub async fn deprecate(
     }))
 }
 
+/// Put a quarantined or cooling token back in rotation.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/tokens/{id}/restore",
@@ -290,6 +311,7 @@ pub async fn restore(
     }))
 }
 
+/// Queue a refresh now (OAuth2 grant or an external login job), as a 401 would.
 #[utoipa::path(
     post,
     path = "/pools/{pool}/tokens/{id}/refresh",
@@ -324,7 +346,5 @@ pub async fn refresh(
 #[allow(dead_code)] // documents the body; the handler parses it by hand for clearer errors
 pub(crate) enum DepositBody {
     One(Box<vault_core::model::TokenInput>),
-    Many {
-        tokens: Vec<vault_core::model::TokenInput>,
-    },
+    Many(Batch),
 }

@@ -195,8 +195,11 @@ pub struct GlobalEntry {
 /// had it when it was answered (when `TV_GLOBAL_WAIT_REGIONS` asks to wait).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Written {
+    /// The global log's entry id (`<global ms>-<seq>`): entries apply in this order.
     pub entry_id: String,
+    /// When the global primary wrote it, unix ms (its clock).
     pub at: i64,
+    /// Region replicas that had it when answered (only with `TV_GLOBAL_WAIT_REGIONS`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regions_acked: Option<i64>,
 }

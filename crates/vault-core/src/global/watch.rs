@@ -27,12 +27,15 @@ const WATCH_EVERY: Duration = Duration::from_millis(250);
 /// What status and `/readyz` say of the global plane.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GlobalReport {
+    /// This region's name (`TV_REGION`).
     pub region: String,
     /// How old this region's copy of the global state is (ms); None: never caught up yet.
     pub lag_ms: Option<i64>,
+    /// Whether the lag is past `stale_after_s` (or it never caught up).
     pub stale: bool,
     /// `serve` or `refuse`: what leasing does while stale.
     pub when_stale: WhenStale,
+    /// `TV_GLOBAL_STALE_AFTER_S`: the lag, seconds, past which the state counts as stale.
     pub stale_after_s: i64,
 }
 

@@ -21,9 +21,8 @@ pub struct Report {
     /// stays below what the target counted.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub remaining: Option<u64>,
-    /// When the target said the `default` quota resets: RFC 3339 or unix milliseconds, within
-    /// 31 days from now.
-    #[schema(value_type = Option<String>)]
+    /// When the target said the `default` quota resets: RFC 3339 or unix milliseconds (a time
+    /// more than 31 days ahead counts as 31 days from now).
     pub reset_at: Option<TimeInput>,
     /// What went wrong, in the worker's words (audited): at most 1024 bytes, never a secret.
     #[schema(max_length = 1024)]
@@ -31,15 +30,18 @@ pub struct Report {
     /// What the call cost, by cost dimension other than requests (`used` counts requests). A
     /// dimension not given counts what the lease reserved for it.
     #[serde(default)]
+    #[schema(schema_with = super::quota::costs_schema)]
     pub costs: BTreeMap<String, u64>,
     /// What the target said of the pool's named quotas (`remaining` and `reset_at` speak of
     /// `default`): the vault's counts never stay below what the target counted.
     #[serde(default)]
+    #[schema(schema_with = super::quota::quota_reports_schema)]
     pub quotas: BTreeMap<String, QuotaReport>,
     /// What the target's rate-limit headers said, by header family (`tokens`, `requests`,
     /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`): counted on each quota that names the
     /// family in its `sync`; families no quota follows are ignored. The SDKs fill it.
     #[serde(default)]
+    #[schema(schema_with = super::quota::rate_limit_reports_schema)]
     pub rate_limit: BTreeMap<String, QuotaReport>,
 }
 
@@ -50,8 +52,8 @@ pub struct QuotaReport {
     /// What the target said is left of this quota.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub remaining: Option<u64>,
-    /// When the target said it resets: RFC 3339 or unix milliseconds, within 31 days.
-    #[schema(value_type = Option<String>)]
+    /// When the target said it resets: RFC 3339 or unix milliseconds (a time more than 31 days
+    /// ahead counts as 31 days from now).
     pub reset_at: Option<TimeInput>,
 }
 
@@ -62,7 +64,6 @@ impl Report {
                 return Err(invalid("retry_after_s must be between 0 and 2678400"));
             }
         }
-        check_reset_at("reset_at", self.reset_at)?;
         if let Some(r) = self.remaining {
             in_range("remaining", r, 0, MAX_QUOTA)?;
         }
@@ -91,18 +92,8 @@ impl Report {
     }
 }
 
-/// A cooldown is bounded like `retry_after_s`. (The local clock is good enough for a 31-day
-/// sanity bound; the rules themselves compare against Redis time.)
-fn check_reset_at(what: &str, reset_at: Option<TimeInput>) -> Result<(), VaultError> {
-    if reset_at.is_some_and(|r| r.0 > crate::time::now_ms() + (MAX_WINDOW_S * 1000) as i64) {
-        return Err(invalid(format!("{what} must lie within 31 days from now")));
-    }
-    Ok(())
-}
-
 impl QuotaReport {
     fn check(&self, what: &str) -> Result<(), VaultError> {
-        check_reset_at(&format!("{what}.reset_at"), self.reset_at)?;
         if let Some(r) = self.remaining {
             in_range(&format!("{what}.remaining"), r, 0, MAX_QUOTA)?;
         }
@@ -124,6 +115,7 @@ pub struct AcquireInput {
     /// Expected cost by cost dimension other than requests (default: the pool's
     /// `cost_estimates`): reserved on every quota counting it, settled by the report.
     #[serde(default)]
+    #[schema(schema_with = super::quota::costs_schema)]
     pub costs: BTreeMap<String, u64>,
     /// The lease's life, seconds. Default: the pool's `lease_ttl_s`; at most its
     /// `max_lease_ttl_s`.
@@ -143,6 +135,7 @@ pub struct AcquireInput {
     #[schema(minimum = 0, maximum = 30_000)]
     pub wait_ms: Option<u64>,
     /// Lease only from this pipeline's share (`PUT /v1/pools/{pool}/pipelines/{name}`).
+    #[schema(value_type = Option<Name>)]
     pub pipeline: Option<String>,
 }
 

@@ -32,6 +32,45 @@ pub fn valid_name(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
+/// [`valid_name`] as a JSON Schema pattern (with `maxLength`): the characters, and not only
+/// dots unless three or more (`.` and `..` are path segments).
+pub const NAME_PATTERN: &str = r"^([A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})$";
+
+/// A pool or pipeline name, as documented wherever one is taken.
+pub struct Name;
+
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(NAME_PATTERN))
+            .description(Some(
+                "1-64 characters of `A-Z a-z 0-9 _ . -`, not `.` or `..`",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Name {}
+
+/// Most characters of a reason (freeze, revoke, rotation).
+pub const MAX_REASON_CHARS: usize = 1024;
+/// A reason's characters: no control characters (it goes into logs, audit and events).
+pub const REASON_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+
+/// An operator's reason for an action: at most [`MAX_REASON_CHARS`] characters, none a
+/// control character.
+pub fn check_reason(reason: &str) -> Result<(), VaultError> {
+    if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "reason must be at most {MAX_REASON_CHARS} characters, without control characters"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_pool_name(name: &str) -> Result<(), VaultError> {
     if valid_name(name, 64) {
         Ok(())
@@ -118,6 +157,68 @@ mod tests {
 
     fn cipher() -> Cipher {
         Cipher::new(&crate::crypto::MasterKey::generate())
+    }
+
+    /// The documented patterns say what the checks accept: names, times.
+    #[test]
+    fn declared_patterns_match_the_checks() {
+        let name = regex::Regex::new(NAME_PATTERN).unwrap();
+        for s in [
+            "a", "pool-1", "A.b_c", ".a", "a.", "...", "....", "-", "_", ".", "..", "a b", "", "é",
+            "a/b", "a,b", "a\n",
+        ] {
+            assert_eq!(name.is_match(s), valid_name(s, 64), "{s:?}");
+        }
+        let reason = regex::Regex::new(REASON_PATTERN).unwrap();
+        for s in [
+            "",
+            "leaked in a log",
+            "é ü 漢",
+            "a\nb",
+            "\u{7f}",
+            "\u{85}",
+            "tab\t",
+        ] {
+            assert_eq!(reason.is_match(s), check_reason(s).is_ok(), "{s:?}");
+        }
+        let binding = serde_json::to_value(<Binding as utoipa::PartialSchema>::schema()).unwrap();
+        let proxy =
+            regex::Regex::new(binding["properties"]["proxy"]["pattern"].as_str().unwrap()).unwrap();
+        for s in [
+            "http://proxy:8080",
+            "https://u:p@10.0.0.1:3128/",
+            "socks5h://a.b",
+            "socks5://-",
+            "http://x:65535",
+            "http://.",
+            "http://a:b",
+            "ftp://a",
+            "http://",
+            "http://a b",
+            "http://x:65536",
+        ] {
+            if proxy.is_match(s) {
+                assert!(
+                    token::check_proxy(s).is_ok(),
+                    "{s:?} is declared valid and refused"
+                );
+            }
+        }
+        assert!(proxy.is_match("https://u:p@10.0.0.1:3128/"));
+        let time = regex::Regex::new(crate::time::RFC3339_FROM_1970).unwrap();
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2023-11-14T22:13:20.5+01:00",
+            "9999-12-31T23:59:59Z",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14",
+            "",
+            "yesterday",
+            "0999-01-01T00:00:00Z",
+        ] {
+            let parses = serde_json::from_value::<TimeInput>(serde_json::json!(s)).is_ok();
+            assert_eq!(time.is_match(s), parses, "{s:?}");
+        }
     }
 
     #[test]

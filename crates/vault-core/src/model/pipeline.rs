@@ -133,7 +133,9 @@ pub use vault_wire::CapacityShort;
 /// `GET /v1/pools/{pool}/pipelines/{name}`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PipelineStatus {
+    /// The pipeline's name, unique in its pool.
     pub name: String,
+    /// The pool it draws on.
     pub pool: String,
     /// `assigning` (not leasable yet), `live`, `resizing`, `ending`.
     pub phase: String,
@@ -152,19 +154,27 @@ pub struct PipelineStatus {
     pub demand: PipelineInput,
     /// Requests per second asked (`rps`), and leased since it went live.
     pub rate_asked: Option<f64>,
+    /// Leases per second granted since it went live.
     pub rate_observed: f64,
+    /// Leases granted since it went live.
     pub leases_granted: u64,
     /// Share of its tokens' quota used now (requests; 0..1; null when unlimited).
     pub quota_used_ratio: Option<f64>,
     /// When its share runs out of quota or of token life at the observed rate (null: not
     /// before its deadline), and which runs out.
     pub exhausts_at: Option<String>,
+    /// What runs out first at `exhausts_at`: `quota`, or `life` (its tokens come too
+    /// close to expiring).
     pub exhausts_by: Option<String>,
     /// Seconds between `exhausts_at` and the deadline.
     pub exhausts_before_deadline_s: Option<u64>,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// The client (`sub` of its token) that created it.
     pub created_by: String,
+    /// The client that last resized it.
     pub updated_by: String,
+    /// When it ends by itself unless put again (RFC 3339): its tokens go back to the pool.
     pub deadline: String,
     /// What the last resize could not get (it was given back), if it fell short.
     pub last_shortfall: Option<CapacityShort>,

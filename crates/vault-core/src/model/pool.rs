@@ -33,7 +33,8 @@ pub struct PoolConfigInput {
     /// `max_lease_ttl_s`.
     #[schema(minimum = 1, maximum = 604_800)]
     pub lease_ttl_s: Option<u64>,
-    /// The longest lease (asked for or renewed to), seconds. Default 3600.
+    /// The longest lease (asked for or renewed to; a longer one is cut to it), seconds.
+    /// Default 3600.
     #[schema(minimum = 1, maximum = 604_800)]
     pub max_lease_ttl_s: Option<u64>,
     /// Life a token must have left to be leased, seconds (the TTL margin). Default
@@ -52,8 +53,10 @@ pub struct PoolConfigInput {
     /// Default refresh settings of the pool's tokens: `{"kind", "token_url"?, "client_id"?,
     /// "client_secret"?, "scope"?, "client_auth"?}` as a token's own `refresh`. The client
     /// secret is sealed and never answered (only its fingerprint).
+    #[schema(value_type = Option<PoolRefreshInput>)]
     pub refresh: Option<serde_json::Value>,
-    /// Refresh a token this long before it expires, seconds. Default `min_token_ttl_s + 30`.
+    /// Refresh a token this long before it expires, seconds: at least `min_token_ttl_s`.
+    /// Default `min_token_ttl_s + 30`.
     #[schema(minimum = 0, maximum = 2_678_400)]
     pub refresh_margin_s: Option<u64>,
     /// Refresh jobs of this pool in flight at once, across every refresher. Default 4.
@@ -62,10 +65,11 @@ pub struct PoolConfigInput {
     /// A health probe the refresher runs with idle tokens. Absent: none.
     pub probe: Option<ProbeConfig>,
     /// Quotas besides the shorthand's (`quota_limit`, named `default`): each its own limit,
-    /// window and cost dimension. A token is leased only when every quota has room.
+    /// window and cost dimension. A token is leased only when every quota has room. At most
+    /// 8, names unique.
+    #[schema(max_items = 8)]
     pub quotas: Option<Vec<QuotaInput>>,
-    /// What a lease is expected to cost, by cost dimension a quota counts (other than
-    /// requests), when the lease does not say (`costs`). Settled by the report.
+    #[schema(schema_with = super::quota::cost_estimates_schema)]
     pub cost_estimates: Option<BTreeMap<String, u64>>,
 }
 
@@ -76,7 +80,7 @@ pub struct PoolConfigInput {
 pub struct ProbeConfig {
     /// The URL called (GET, with the token as a bearer credential, through its bound proxy);
     /// http or https, at most 2048 bytes.
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: String,
     /// The status a healthy token gets. Default 200.
     #[serde(default = "default_expect_status")]
@@ -420,12 +424,16 @@ impl PoolConfig {
 /// A pool as `GET /v1/pools/{pool}` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolView {
+    /// The pool's name.
     pub name: String,
     #[serde(flatten)]
     pub config: PoolConfig,
+    /// Whether the kill switch is on: new leases answer 423 `pool_frozen`.
     pub frozen: bool,
+    /// Why it was frozen, as the freeze said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen_reason: Option<String>,
+    /// In a pool list: its tokens by view state (absent from `GET /v1/pools/{pool}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<BTreeMap<String, u64>>,
     /// Lifetime of the last credential a refresh stored, in seconds (what the provider issues).

@@ -45,36 +45,45 @@ pub struct QuotaInput {
     /// How windows are placed in time. Default `from_first_use`.
     pub kind: Option<WindowKind>,
     /// `clock_aligned` only: when a window starts (RFC 3339 or unix ms; default 0, the epoch).
-    #[schema(value_type = Option<String>)]
     pub anchor: Option<TimeInput>,
-    /// Units kept back: the token leaves rotation at `limit - reserve` (default 0).
+    /// Units kept back: the token leaves rotation at `limit - reserve` (below `limit`;
+    /// default 0).
     #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
     pub reserve: Option<u64>,
     /// The dimension it counts: `requests` (a lease's units, the default) or a named cost such
-    /// as `llm_tokens`.
+    /// as `llm_tokens` (1-32 characters of a-z 0-9 _ -).
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
     pub cost: Option<String>,
     /// `sliding` only: sub-buckets (2-60, default 12).
     #[schema(minimum = 2, maximum = 60)]
     pub buckets: Option<u32>,
     /// The target's rate-limit header family that counts this quota (`requests`, `tokens`,
     /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`; see the API reference): what the SDKs
-    /// read from the target's answers raises the vault's count to the target's.
+    /// read from the target's answers raises the vault's count to the target's. 1-64
+    /// characters of a-z 0-9 _ - . :
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_.:-]+$")]
     pub sync: Option<String>,
 }
 
 /// One quota of a pool, checked and complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Quota {
+    /// Its name, unique in the pool (`default` for the `quota_limit` shorthand).
     pub name: String,
+    /// Units of `cost` one token may use per window.
     pub limit: u64,
+    /// The window's length, seconds.
     pub window_s: u64,
+    /// How windows are placed in time.
     pub kind: WindowKind,
     /// `clock_aligned`: when windows start, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor: Option<String>,
     #[serde(skip)]
     pub anchor_ms: i64,
+    /// Units kept back: the token leaves rotation at `limit - reserve`.
     pub reserve: u64,
+    /// The dimension it counts: `requests` (a lease's units) or a named cost.
     pub cost: String,
     /// `sliding`: sub-buckets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,6 +316,88 @@ pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
             sync: s.sync,
         })
         .collect()
+}
+
+/// The schema of a map keyed by names matching `key` (up to `max_key` characters, never
+/// `not_key`), with at most `max` entries of `value`: what the checks of `costs`, `quotas` and
+/// `rate_limit` accept, stated in the API document.
+fn named_map_schema(
+    key: &str,
+    max_key: usize,
+    not_key: Option<&str>,
+    max: usize,
+    value: serde_json::Value,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let mut names =
+        serde_json::json!({"type": "string", "pattern": key, "minLength": 1, "maxLength": max_key});
+    if let Some(k) = not_key {
+        names["not"] = serde_json::json!({"const": k});
+    }
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "propertyNames": names,
+        "maxProperties": max,
+        "additionalProperties": value,
+        "description": description,
+    }))
+    .expect("a valid schema")
+}
+
+/// `costs` of a lease or report: cost dimension -> units (never `requests`).
+pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    named_map_schema(
+        "^[a-z0-9_-]+$",
+        32,
+        Some(REQUESTS),
+        MAX_QUOTAS,
+        serde_json::json!({"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}),
+        "Units by cost dimension other than requests (`llm_tokens`, say; 1-32 characters of \
+         a-z 0-9 _ -, at most 8): what a lease reserves, or what a call cost. A dimension not \
+         given counts what the lease reserved for it.",
+    )
+}
+
+/// A pool's `cost_estimates`: cost dimension -> units a lease is expected to cost.
+pub fn cost_estimates_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    named_map_schema(
+        "^[a-z0-9_-]+$",
+        32,
+        Some(REQUESTS),
+        MAX_QUOTAS,
+        serde_json::json!({"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}),
+        "What a lease is expected to cost, by cost dimension a quota counts (other than \
+         requests), when the lease does not say (`costs`); settled by the report. Every \
+         quota that counts a named cost needs its estimate here, and every estimate a quota \
+         that counts it.",
+    )
+}
+
+/// A report's `quotas`: quota name -> what the target said of it.
+pub fn quota_reports_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    named_map_schema(
+        "^[a-z0-9_-]+$",
+        32,
+        None,
+        MAX_QUOTAS + 1,
+        serde_json::json!({"$ref": "#/components/schemas/QuotaReport"}),
+        "What the target said of the pool's quotas, by quota name (`remaining` and `reset_at` \
+         of the body speak of `default`): the vault's counts never stay below the target's.",
+    )
+}
+
+/// A report's `rate_limit`: header family -> what the target's headers said.
+pub fn rate_limit_reports_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    named_map_schema(
+        "^[a-z0-9_.:-]+$",
+        64,
+        None,
+        16,
+        serde_json::json!({"$ref": "#/components/schemas/QuotaReport"}),
+        "What the target's rate-limit headers said, by header family (`tokens`, `requests`, \
+         `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`; at most 16): counted on each quota \
+         that names the family in its `sync`. The SDKs fill it.",
+    )
 }
 
 /// Check a lease's or report's `costs`: named dimensions other than requests, bounded.

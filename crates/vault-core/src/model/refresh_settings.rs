@@ -2,12 +2,17 @@
 
 use super::*;
 
+/// How a token gets a new secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RefreshKind {
+    /// OAuth2 refresh-token grant (RFC 6749 §6) at `token_url`.
     Oauth2RefreshToken,
+    /// OAuth2 client-credentials grant (RFC 6749 §4.4) at `token_url`.
     Oauth2ClientCredentials,
+    /// A refresh job claimed by an external login worker (`/refresh-jobs/claim`).
     External,
+    /// Never refreshed: a burned token is quarantined.
     #[default]
     None,
 }
@@ -45,12 +50,20 @@ impl std::fmt::Debug for RefreshSecrets {
 pub struct RefreshInput {
     /// The grant; a token may leave it out to use its pool's (see [`PoolRefresh`]).
     pub kind: Option<RefreshKind>,
+    /// The OAuth2 token endpoint (`http://` or `https://`, at most 2048 characters); required
+    /// by both OAuth2 grants.
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub token_url: Option<String>,
+    /// The refresh token (`oauth2_refresh_token`; each token brings its own). Sealed at rest,
+    /// never answered; replaced when the endpoint rotates it.
     #[schema(value_type = Option<String>, format = Password)]
     pub refresh_token: Option<Secret>,
+    /// The OAuth2 client id (required by `oauth2_client_credentials`).
     pub client_id: Option<String>,
+    /// The OAuth2 client secret. Sealed at rest, never answered (only its fingerprint).
     #[schema(value_type = Option<String>, format = Password)]
     pub client_secret: Option<Secret>,
+    /// The `scope` asked for at the token endpoint (space-separated); none by default.
     pub scope: Option<String>,
     /// How the client authenticates at the token endpoint: `basic` (default) or `body`.
     pub client_auth: Option<ClientAuth>,
@@ -75,13 +88,18 @@ impl<'de> Deserialize<'de> for Secret {
 /// The public part of a refresh method (what metadata shows).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefreshPublic {
+    /// The grant (`none`: never refreshed).
     pub kind: RefreshKind,
+    /// The OAuth2 token endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_url: Option<String>,
+    /// The OAuth2 client id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// The `scope` asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// How the client authenticates at the token endpoint: `basic` or `body`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuth>,
     /// The token takes what it does not set itself from its pool's `refresh`, read at each
@@ -119,6 +137,51 @@ impl RefreshPublic {
     }
 }
 
+/// A pool's `refresh` as the API document states it: one shape per grant, with what that
+/// grant needs required (the checks of `RefreshPublic::check` for a pool). Documentation only:
+/// the body is read as [`RefreshInput`].
+pub struct PoolRefreshInput;
+
+impl utoipa::PartialSchema for PoolRefreshInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let common = serde_json::json!({
+            "token_url": {"type": "string", "pattern": "^https?://", "maxLength": 2048,
+                "description": "The OAuth2 token endpoint (`http://` or `https://`)."},
+            "client_id": {"type": "string", "description": "The OAuth2 client id."},
+            "client_secret": {"type": "string", "format": "password",
+                "description": "The OAuth2 client secret: sealed at rest, never answered (only its fingerprint)."},
+            "scope": {"type": "string", "description": "The `scope` asked for at the token endpoint."},
+            "client_auth": {"type": "string", "enum": ["basic", "body"],
+                "description": "How the client authenticates at the token endpoint (default `basic`)."},
+        });
+        let shape = |kinds: &[&str], required: &[&str], what: &str| {
+            let mut props = common.clone();
+            props["kind"] =
+                serde_json::json!({"type": "string", "enum": kinds, "description": what});
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": required,
+                "properties": props,
+            })
+        };
+        let schema = serde_json::json!({
+            "description": "Default refresh settings of the pool's tokens (a token's own `refresh` takes what it leaves out from here).",
+            "oneOf": [
+                shape(&["oauth2_refresh_token"], &["kind", "token_url"],
+                    "Refresh-token grant: each token brings its own refresh token."),
+                shape(&["oauth2_client_credentials"], &["kind", "token_url", "client_id", "client_secret"],
+                    "Client-credentials grant."),
+                shape(&["external", "none"], &["kind"],
+                    "External login workers, or no refresh."),
+            ],
+        });
+        serde_json::from_value(schema).expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for PoolRefreshInput {}
+
 /// A pool's default refresh settings, as stored and shown: the public part, and the client
 /// secret's fingerprint. The secret itself is sealed in the pool's config record and never
 /// answered.
@@ -126,6 +189,7 @@ impl RefreshPublic {
 pub struct PoolRefresh {
     #[serde(flatten)]
     pub settings: RefreshPublic,
+    /// The `sha256:` fingerprint of the pool's client secret (the secret is never answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_fingerprint: Option<String>,
     #[serde(skip)]
@@ -225,9 +289,10 @@ impl RefreshInput {
             (Some(k), _) => k,
             (None, Some(k)) => k,
             (None, None) if own.is_some() => {
-                return Err(invalid(
-                    "refresh.kind is required: the pool has no refresh settings to inherit",
-                ))
+                // Valid against another pool: a conflict with this pool's settings.
+                return Err(VaultError::Conflict(
+                    "refresh.kind is required: the pool has no refresh settings to inherit".into(),
+                ));
             }
             (None, None) => RefreshKind::None,
         };

@@ -7,17 +7,25 @@ use super::*;
 pub struct AuditEntry {
     /// Stream id (`<ms>-<seq>`): the cursor for the next page.
     pub id: String,
+    /// When it happened (RFC 3339, milliseconds).
     pub at: String,
     /// The client token's `sub` (or `refresher`, `janitor`). Any admin can choose a `sub`
     /// when minting, so `actor_jti` is what identifies the token that acted.
     pub actor: String,
     /// The `jti` of the client token that acted (absent for the vault's own processes).
     pub actor_jti: Option<String>,
+    /// What was done: `token.deposit`, `token.revoke`, `lease.outcome`, `pool.freeze`,
+    /// `client.mint`, ...
     pub action: String,
+    /// The pool it was done to, if any.
     pub pool: Option<String>,
+    /// The token it was done to, if any (never its secret).
     pub token_id: Option<String>,
+    /// The lease it concerns, if any.
     pub lease_id: Option<String>,
+    /// How it went, where that varies (a release's outcome, a refresh's result, ...).
     pub outcome: Option<String>,
+    /// More: a reason given, a fingerprint, counts (never a secret).
     pub detail: Option<String>,
 }
 

@@ -41,7 +41,7 @@ pub struct TokenInput {
     /// The credential (a bearer token, JWT, session key, API key): 1-16384 bytes of printable
     /// ASCII, since it travels in an HTTP header. Sealed at rest; never answered except to the
     /// lease that holds it.
-    #[schema(value_type = String, format = Password, min_length = 1, max_length = 16384)]
+    #[schema(value_type = String, format = Password, min_length = 1, max_length = 16384, pattern = "^[ -~]+$")]
     pub secret: Secret,
     /// The token's id in its pool: 1-128 characters of A-Z a-z 0-9 _ . -. Default: derived
     /// from the secret, so depositing the same secret again finds it.
@@ -49,14 +49,13 @@ pub struct TokenInput {
     pub id: Option<String>,
     /// When the credential expires: RFC 3339 or unix milliseconds; a JWT's `exp` when absent;
     /// never, for an opaque secret without one.
-    #[schema(value_type = Option<String>)]
     pub expires_at: Option<TimeInput>,
     /// This token's own `default` quota limit, below or above the pool's. Default: the pool's.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
     pub quota_limit: Option<u64>,
     /// The proxy and browser fingerprint the token must be used with; handed to every lease.
     pub binding: Option<Binding>,
-    /// Free labels (an account name, a plan): at most 32, keys 1-64 bytes, values up to 256.
+    #[schema(schema_with = labels_schema)]
     pub labels: Option<BTreeMap<String, String>>,
     /// How the token is refreshed; absent: as its pool says (or not at all).
     pub refresh: Option<RefreshInput>,
@@ -121,10 +120,10 @@ impl TokenInput {
             if labels.len() > 32
                 || labels
                     .iter()
-                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+                    .any(|(k, v)| k.is_empty() || k.chars().count() > 64 || v.chars().count() > 256)
             {
                 return Err(invalid(
-                    "labels: at most 32, keys 1-64 bytes, values up to 256 bytes",
+                    "labels: at most 32, keys 1-64 characters, values up to 256",
                 ));
             }
         }
@@ -134,44 +133,83 @@ impl TokenInput {
 
 pub use vault_wire::Outcome;
 
+/// A deposit's `labels`, as the API document states them (what `TokenInput::validate` checks).
+fn labels_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(serde_json::json!({
+        "type": ["object", "null"],
+        "description": "Free labels (an account name, a plan): at most 32, keys 1-64 characters, values up to 256.",
+        "maxProperties": 32,
+        "propertyNames": {"type": "string", "minLength": 1, "maxLength": 64},
+        "additionalProperties": {"type": "string", "maxLength": 256},
+    }))
+    .expect("a valid schema")
+}
+
 /// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenMeta {
+    /// The token's id, unique in its pool.
     pub id: String,
+    /// Its state: `active`, `leased`, `cooling`, `refreshing`, `quarantined`, `deprecated`,
+    /// `revoked` or `expired`.
     pub state: String,
+    /// When the secret expires (RFC 3339); null = never.
     pub expires_at: Option<String>,
     /// The `default` quota (the pool's `quota_limit`, or the token's own).
     pub quota: QuotaView,
     /// The pool's other quotas (`quotas` of its config), by name.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaView>,
+    /// Leases live on it now.
     pub leases: u64,
+    /// The proxy and fingerprint it must be used with (the proxy's credentials are never shown).
     pub binding: Binding,
+    /// The labels it was deposited with.
     pub labels: BTreeMap<String, String>,
+    /// `sha256:` and the first 12 hex digits of the secret's SHA-256: how logs, audit and
+    /// global revocation name the credential.
     pub fingerprint: String,
+    /// Strikes since it was last healthy (`suspect` outcomes, failed probes); at the pool's
+    /// `quarantine_after_strikes` it is quarantined.
     pub strikes: u64,
+    /// Why its last refresh or probe failed, if it did.
     pub last_error: Option<String>,
+    /// When it was deposited (RFC 3339).
     pub created_at: Option<String>,
+    /// When it was last leased (RFC 3339); null = never.
     pub last_leased_at: Option<String>,
+    /// While `cooling` (after `rate_limited`): when it may be leased again (RFC 3339).
     pub cooling_until: Option<String>,
+    /// While `deprecated` by a rotation: when it is revoked unless refreshed (RFC 3339).
     pub sunset_at: Option<String>,
+    /// When it was revoked (RFC 3339); null unless `revoked`.
     pub revoked_at: Option<String>,
+    /// How it is refreshed (`kind` `none` when it is not); secrets never shown.
     pub refresh: RefreshPublic,
+    /// The id of the master key its secret is encrypted with at rest.
     pub key_id: String,
     /// Bumped by every successful refresh (1 = the deposited secret).
     pub generation: u64,
+    /// When it was last refreshed (RFC 3339); null = never.
     pub refreshed_at: Option<String>,
+    /// Failed refresh attempts since the last success (the next waits longer; past the
+    /// limit it is quarantined).
     pub refresh_attempts: u64,
 }
 
+/// A quota's use on one token.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuotaView {
     /// The quota's name (absent for `default`, shown as `quota`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Units spent in the current window.
     pub used: u64,
+    /// Units held by live leases (`units` of a lease, spent or given back at release).
     pub reserved: u64,
+    /// Units allowed per window (the token's own limit, else the pool's); null = unlimited.
     pub limit: Option<u64>,
+    /// When the current window ends and its units count again (RFC 3339); null = no window running.
     pub window_resets_at: Option<String>,
 }
 

@@ -325,6 +325,22 @@ async fn outcomes_rate_limited_unauthorized_and_target_remaining() {
         m.cooling_until.unwrap(),
         crate::time::rfc3339(T0 + 30_000 + 7_000)
     );
+    // A 429 whose reset time is years ahead (a target's bug, or a hostile worker) cools the
+    // token 31 days at most.
+    e.advance(7_000);
+    assert_eq!(e.store.return_cooled("p", 10).await.unwrap(), 1);
+    let l = pick(&e, "a").await;
+    let r = Report {
+        outcome: Outcome::RateLimited,
+        reset_at: Some(crate::time::TimeInput(crate::time::MAX_MS)),
+        ..Default::default()
+    };
+    e.store.release("p", &l.lease_id, &r).await.unwrap();
+    let m = e.meta("a").await;
+    assert_eq!(
+        m.cooling_until.unwrap(),
+        crate::time::rfc3339(T0 + 37_000 + 31 * 86_400_000)
+    );
 }
 
 #[tokio::test]
@@ -570,6 +586,27 @@ async fn reaper_counts_dead_leases_as_used() {
 }
 
 #[tokio::test]
+async fn a_lease_longer_than_the_pool_allows_is_cut_to_its_max() {
+    let e = Env::new(json!({"lease_ttl_s": 10, "max_lease_ttl_s": 100})).await;
+    e.deposit(json!([{"secret": "s1", "id": "a"}])).await;
+    let l = e
+        .lease_with(crate::store::AcquireArgs {
+            ttl_ms: Some(500_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(l.deadline, T0 + 100_000);
+    e.advance(1_000);
+    let r = e
+        .store
+        .renew("p", &l.lease_id, Some(900_000), None)
+        .await
+        .unwrap();
+    assert_eq!(r.deadline, T0 + 101_000);
+}
+
+#[tokio::test]
 async fn renew_extends_and_checks_token_life_and_quota() {
     let e = Env::new(json!({"quota_limit": 5, "lease_ttl_s": 10, "max_lease_ttl_s": 100})).await;
     e.deposit(json!([{"secret": "s1", "id": "a", "expires_at": T0 + 60_000}]))
@@ -582,9 +619,10 @@ async fn renew_extends_and_checks_token_life_and_quota() {
         .await
         .unwrap();
     assert_eq!(r.deadline, T0 + 25_000);
+    // Longer than the pool's max_lease_ttl_s: cut to it (and then past the token's life).
     assert!(matches!(
         e.store.renew("p", &l.lease_id, Some(101_000), None).await,
-        Err(VaultError::Invalid(_))
+        Err(VaultError::TokenExpiring(_))
     ));
     assert!(matches!(
         e.store.renew("p", &l.lease_id, None, Some(6)).await,
