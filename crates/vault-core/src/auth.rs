@@ -21,9 +21,8 @@ pub const CLOCK_LEEWAY_S: u64 = 5;
 use serde::{Deserialize, Serialize};
 
 /// What a client token may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Workers: lease, renew, release, rotate; read their pools' status.
@@ -414,14 +413,16 @@ impl KeyRing {
 }
 
 /// A JSON Web Key Set (RFC 7517): the public keys that verify client tokens.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Jwks {
     /// The keys that verify client tokens, one per `kid`.
     pub keys: Vec<Jwk>,
 }
 
 /// One Ed25519 public key (RFC 8037).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Jwk {
     /// Key type: `OKP`.
     pub kty: &'static str,

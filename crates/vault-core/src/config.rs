@@ -2,92 +2,96 @@
 
 use std::time::Duration;
 
-use clap::Args;
-
 use crate::crypto::MasterKey;
 
 /// Redis connection and key layout. `Debug` shows the URL without its credentials.
-#[derive(Clone, Args)]
+#[derive(Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RedisArgs {
     /// Redis URL (redis://host:port/db or rediss:// for TLS).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "redis-url",
         env = "TV_REDIS_URL",
         hide_env_values = true,
         default_value = RedisArgs::DEFAULT_URL
-    )]
+    ))]
     pub redis_url: String,
     /// Prefix of every Redis key.
-    #[arg(long, env = "TV_PREFIX", default_value = RedisArgs::DEFAULT_PREFIX)]
+    #[cfg_attr(feature = "cli", arg(long, env = "TV_PREFIX", default_value = RedisArgs::DEFAULT_PREFIX))]
     pub prefix: String,
     /// Budget for one Redis operation (connect and answer together). It is the only
     /// Redis timeout: past it a request answers 503 `redis_busy`; a Redis that cannot be reached
     /// or refuses answers 503 `redis_unavailable` as soon as that is known.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "redis-timeout-ms",
         env = "TV_REDIS_TIMEOUT_MS",
         default_value_t = RedisArgs::DEFAULT_TIMEOUT_MS
-    )]
+    ))]
     pub redis_timeout_ms: u64,
     /// Audit entries kept per stream (approximately; older ones are trimmed).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "audit-max-entries",
         env = "TV_AUDIT_MAX_ENTRIES",
         default_value_t = RedisArgs::DEFAULT_KEPT_ENTRIES
-    )]
+    ))]
     pub audit_max_entries: u64,
     /// Events kept for replay by `Last-Event-ID` (approximately).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "events-max-entries",
         env = "TV_EVENTS_MAX_ENTRIES",
         default_value_t = RedisArgs::DEFAULT_KEPT_ENTRIES
-    )]
+    ))]
     pub events_max_entries: u64,
     /// Redis connections per process, used round robin (each carries many calls at once and is
     /// replaced in the background when it breaks).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "redis-pool-size",
         env = "TV_REDIS_POOL_SIZE",
         default_value_t = RedisArgs::DEFAULT_POOL_SIZE
-    )]
+    ))]
     pub redis_pool_size: usize,
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub wait: WaitArgs,
 }
 
 /// Replica-acknowledged writes (`WAIT`): with Sentinel (or any replica), a write the primary
 /// acknowledged can be lost when the primary fails before a replica has it. These settings make
 /// the vault answer such writes only once `replicas` replicas have them.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct WaitArgs {
     /// Replicas that must acknowledge a write before the vault answers it; 0 = do not wait.
-    #[arg(
-        long = "redis-wait-replicas",
-        env = "TV_REDIS_WAIT_REPLICAS",
-        default_value_t = 0
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "redis-wait-replicas",
+            env = "TV_REDIS_WAIT_REPLICAS",
+            default_value_t = 0
+        )
     )]
     pub replicas: u32,
     /// How long to wait for them; past it the answer is 503 `not_replicated` (the write is made
     /// on the primary; the call is safe to repeat).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "redis-wait-timeout-ms",
         env = "TV_REDIS_WAIT_TIMEOUT_MS",
         default_value_t = WaitArgs::DEFAULT_TIMEOUT_MS
-    )]
+    ))]
     pub timeout_ms: u64,
     /// Which writes wait: `safety` (revocations, freezes, deposits, rotations and client-token
     /// revocations) or `all` (leases and reports too).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "redis-wait-for",
         env = "TV_REDIS_WAIT_FOR",
         value_enum,
         default_value_t = WaitFor::Safety
-    )]
+    ))]
     pub scope: WaitFor,
 }
 
 /// Which writes wait for replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum WaitFor {
     /// Revocations, freezes, deposits, rotations and client-token revocations.
     #[default]
@@ -182,18 +186,25 @@ impl RedisArgs {
 }
 
 /// The master key for secrets at rest.
-#[derive(Clone, Args)]
+#[derive(Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct MasterKeyArgs {
     /// AES-256 master key, base64 of 32 bytes (generate: `openssl rand -base64 32`).
-    #[arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "master-key", env = "TV_MASTER_KEY", hide_env_values = true)
+    )]
     pub master_key: Option<String>,
     /// Previous master keys (comma-separated base64), still accepted for decryption until
     /// `vaultctl keys reencrypt` has re-sealed every record with the current one.
-    #[arg(
-        long = "master-keys-old",
-        env = "TV_MASTER_KEYS_OLD",
-        hide_env_values = true,
-        value_delimiter = ','
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "master-keys-old",
+            env = "TV_MASTER_KEYS_OLD",
+            hide_env_values = true,
+            value_delimiter = ','
+        )
     )]
     pub old_master_keys: Vec<String>,
 }
@@ -229,7 +240,8 @@ impl MasterKeyArgs {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -239,14 +251,18 @@ pub enum LogFormat {
 }
 
 /// Logging settings every binary shares.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct LogArgs {
     /// Log format: text or json (filter with RUST_LOG).
-    #[arg(
-        long = "log-format",
-        env = "TV_LOG_FORMAT",
-        value_enum,
-        default_value_t
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "log-format",
+            env = "TV_LOG_FORMAT",
+            value_enum,
+            default_value_t
+        )
     )]
     pub log_format: LogFormat,
 }
@@ -280,14 +296,14 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod redis_args_tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(Parser)]
+    #[cfg_attr(feature = "cli", derive(clap::Parser))]
     struct Cli {
-        #[command(flatten)]
+        #[cfg_attr(feature = "cli", command(flatten))]
         redis: RedisArgs,
     }
 

@@ -77,9 +77,11 @@ impl<'de> Deserialize<'de> for TimeInput {
 }
 
 /// RFC 3339 with a year from 1970 (what the vault takes: nothing before the epoch).
+#[cfg(feature = "schema")]
 pub(crate) const RFC3339_FROM_1970: &str = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// Documented as what it takes: an RFC 3339 `date-time` from 1970 to 9999, or unix ms.
+#[cfg(feature = "schema")]
 impl utoipa::PartialSchema for TimeInput {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{
@@ -107,6 +109,7 @@ impl utoipa::PartialSchema for TimeInput {
     }
 }
 
+#[cfg(feature = "schema")]
 impl utoipa::ToSchema for TimeInput {}
 
 #[cfg(test)]

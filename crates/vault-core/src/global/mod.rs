@@ -35,14 +35,13 @@ pub use client::Global;
 pub use follow::{follow, Freshness};
 pub use watch::{GlobalReport, GlobalWatch};
 
-use clap::Args;
 use serde::{Deserialize, Serialize};
 
 /// What the vault does when its region's copy of the global state is older than
 /// `TV_GLOBAL_STALE_AFTER_S`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WhenStale {
     /// Keep leasing with what the region has (availability first).
@@ -54,64 +53,89 @@ pub enum WhenStale {
 
 /// The global plane's settings. Without `TV_GLOBAL_REDIS_URL` the vault runs in one region,
 /// exactly as without them. `Debug` shows the URLs without credentials.
-#[derive(Clone, Args, Default)]
+#[derive(Clone, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct GlobalArgs {
     /// The global Redis primary, where global actions are written (redis://host:port).
-    #[arg(
-        long = "global-redis-url",
-        env = "TV_GLOBAL_REDIS_URL",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-redis-url",
+            env = "TV_GLOBAL_REDIS_URL",
+            hide_env_values = true
+        )
     )]
     pub url: Option<String>,
     /// This region's replica of the global Redis, which every check and the follower read
     /// (default: the primary itself, for the primary's own region).
-    #[arg(
-        long = "global-redis-read-url",
-        env = "TV_GLOBAL_REDIS_READ_URL",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-redis-read-url",
+            env = "TV_GLOBAL_REDIS_READ_URL",
+            hide_env_values = true
+        )
     )]
     pub read_url: Option<String>,
     /// This region's name, in audit entries and status.
-    #[arg(long = "region", env = "TV_REGION", default_value = "default")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "region", env = "TV_REGION", default_value = "default")
+    )]
     pub region: String,
     /// Region replicas of the global Redis that must have a global action before it is
     /// answered (`WAIT`); 0 = answered once the global primary has it.
-    #[arg(
-        long = "global-wait-regions",
-        env = "TV_GLOBAL_WAIT_REGIONS",
-        default_value_t = 0
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-wait-regions",
+            env = "TV_GLOBAL_WAIT_REGIONS",
+            default_value_t = 0
+        )
     )]
     pub wait_regions: u32,
     /// How long a global action waits for them; past it the answer is 503 `not_replicated`
     /// (the action is made and will be applied everywhere; repeating it is harmless).
-    #[arg(
-        long = "global-wait-timeout-ms",
-        env = "TV_GLOBAL_WAIT_TIMEOUT_MS",
-        default_value_t = 2000
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-wait-timeout-ms",
+            env = "TV_GLOBAL_WAIT_TIMEOUT_MS",
+            default_value_t = 2000
+        )
     )]
     pub wait_timeout_ms: u64,
     /// Past this age of the region's copy of the global state, it is stale (status, metric,
     /// alert; and with `--global-when-stale refuse`, new leases are refused).
-    #[arg(
-        long = "global-stale-after-s",
-        env = "TV_GLOBAL_STALE_AFTER_S",
-        default_value_t = 30
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-stale-after-s",
+            env = "TV_GLOBAL_STALE_AFTER_S",
+            default_value_t = 30
+        )
     )]
     pub stale_after_s: u64,
     /// What leasing does while the global state is stale.
-    #[arg(
-        long = "global-when-stale",
-        env = "TV_GLOBAL_WHEN_STALE",
-        value_enum,
-        default_value = "serve"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-when-stale",
+            env = "TV_GLOBAL_WHEN_STALE",
+            value_enum,
+            default_value = "serve"
+        )
     )]
     pub when_stale: WhenStale,
     /// Global actions kept in the log (approximately); a region further behind resyncs from
     /// the global state instead.
-    #[arg(
-        long = "global-log-max-entries",
-        env = "TV_GLOBAL_LOG_MAX_ENTRIES",
-        default_value_t = 100_000
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "global-log-max-entries",
+            env = "TV_GLOBAL_LOG_MAX_ENTRIES",
+            default_value_t = 100_000
+        )
     )]
     pub log_max_entries: u64,
 }
@@ -193,7 +217,8 @@ pub struct GlobalEntry {
 
 /// A global action as written: its entry id (`<global ms>-<seq>`) and the region replicas that
 /// had it when it was answered (when `TV_GLOBAL_WAIT_REGIONS` asks to wait).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Written {
     /// The global log's entry id (`<global ms>-<seq>`): entries apply in this order.
     pub entry_id: String,

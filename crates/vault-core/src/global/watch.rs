@@ -25,7 +25,8 @@ pub struct GlobalWatch {
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// What status and `/readyz` say of the global plane.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GlobalReport {
     /// This region's name (`TV_REGION`).
     pub region: String,

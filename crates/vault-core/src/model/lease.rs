@@ -3,54 +3,62 @@
 use super::*;
 
 /// Release / rotate body.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// Units of the lease's reservation really used (at most what it reserved); the rest goes
     /// back to every quota. Default: all it reserved.
-    #[schema(minimum = 0, maximum = 1_000_000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 1_000_000))]
     pub used: Option<u64>,
     /// How the call with the token went. Default `ok`.
     #[serde(default)]
     pub outcome: Outcome,
     /// With `rate_limited`: the target's `Retry-After`, seconds; the token cools down until
     /// then (without it, until `reset_at` or the end of its quota window).
-    #[schema(minimum = 0, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 2_678_400))]
     pub retry_after_s: Option<f64>,
     /// What the target said is left of the token's `default` quota: the vault's count never
     /// stays below what the target counted.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 0, maximum = 1_000_000_000_000_u64)
+    )]
     pub remaining: Option<u64>,
     /// When the target said the `default` quota resets: RFC 3339 or unix milliseconds (a time
     /// more than 31 days ahead counts as 31 days from now).
     pub reset_at: Option<TimeInput>,
     /// What went wrong, in the worker's words (audited): at most 1024 bytes, never a secret.
-    #[schema(max_length = 1024)]
+    #[cfg_attr(feature = "schema", schema(max_length = 1024))]
     pub detail: Option<String>,
     /// What the call cost, by cost dimension other than requests (`used` counts requests). A
     /// dimension not given counts what the lease reserved for it.
     #[serde(default)]
-    #[schema(schema_with = super::quota::costs_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = super::quota::costs_schema))]
     pub costs: BTreeMap<String, u64>,
     /// What the target said of the pool's named quotas (`remaining` and `reset_at` speak of
     /// `default`): the vault's counts never stay below what the target counted.
     #[serde(default)]
-    #[schema(schema_with = super::quota::quota_reports_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = super::quota::quota_reports_schema))]
     pub quotas: BTreeMap<String, QuotaReport>,
     /// What the target's rate-limit headers said, by header family (`tokens`, `requests`,
     /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`): counted on each quota that names the
     /// family in its `sync`; families no quota follows are ignored. The SDKs fill it.
     #[serde(default)]
-    #[schema(schema_with = super::quota::rate_limit_reports_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = super::quota::rate_limit_reports_schema))]
     pub rate_limit: BTreeMap<String, QuotaReport>,
 }
 
 /// What a target said of one quota in its answer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QuotaReport {
     /// What the target said is left of this quota.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 0, maximum = 1_000_000_000_000_u64)
+    )]
     pub remaining: Option<u64>,
     /// When the target said it resets: RFC 3339 or unix milliseconds (a time more than 31 days
     /// ahead counts as 31 days from now).
@@ -102,40 +110,47 @@ impl QuotaReport {
 }
 
 /// Acquire body.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AcquireInput {
     /// Who leases (a label in the audit trail and the lease's record): 1-128 printable ASCII
     /// characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")
+    )]
     pub worker: Option<String>,
     /// Units of every quota the lease reserves (settled by the report's `used`). Default 1.
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000))]
     pub units: Option<u64>,
     /// Expected cost by cost dimension other than requests (default: the pool's
     /// `cost_estimates`): reserved on every quota counting it, settled by the report.
     #[serde(default)]
-    #[schema(schema_with = super::quota::costs_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = super::quota::costs_schema))]
     pub costs: BTreeMap<String, u64>,
     /// The lease's life, seconds. Default: the pool's `lease_ttl_s`; at most its
     /// `max_lease_ttl_s`.
-    #[schema(minimum = 1, maximum = 604_800)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub ttl_s: Option<u64>,
     /// Life the token must have left, seconds, when this lease needs more than the pool's
     /// `min_token_ttl_s`.
-    #[schema(minimum = 0, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 2_678_400))]
     pub min_token_ttl_s: Option<u64>,
     /// A sticky session: leases with the same session get the same token while it stays
     /// eligible (for the pool's `session_ttl_s` after the last). 1-128 printable ASCII
     /// characters.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")
+    )]
     pub session: Option<String>,
     /// How long to wait for a token when none is eligible, ms, instead of answering 503
     /// `pool_exhausted` at once. Default 0.
-    #[schema(minimum = 0, maximum = 30_000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 30_000))]
     pub wait_ms: Option<u64>,
     /// Lease only from this pipeline's share (`PUT /v1/pools/{pool}/pipelines/{name}`).
-    #[schema(value_type = Option<Name>)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Name>))]
     pub pipeline: Option<String>,
 }
 
@@ -189,15 +204,16 @@ impl AcquireInput {
 }
 
 /// Renew body.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewInput {
     /// The lease's new life from now, seconds. Default: the pool's `lease_ttl_s`; at most its
     /// `max_lease_ttl_s`.
-    #[schema(minimum = 1, maximum = 604_800)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub ttl_s: Option<u64>,
     /// Units more to reserve of every quota (a long job that is using more). Default 0.
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000))]
     pub units: Option<u64>,
 }
 
@@ -254,7 +270,7 @@ impl LeaseGrant {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "schema"))]
 mod schema_tests {
     use super::*;
 

@@ -39,6 +39,7 @@ pub const NAME_PATTERN: &str = r"^([A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\
 /// A pool or pipeline name, as documented wherever one is taken.
 pub struct Name;
 
+#[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Name {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::schema::ObjectBuilder::new()
@@ -53,6 +54,7 @@ impl utoipa::PartialSchema for Name {
     }
 }
 
+#[cfg(feature = "schema")]
 impl utoipa::ToSchema for Name {}
 
 /// Most characters of a reason (freeze, revoke, rotation).
@@ -132,6 +134,7 @@ pub use token::*;
 /// `T`'s schema as the document shows it, after asserting that every property says what it
 /// is (an optional reference carries its description inside its `oneOf`).
 #[cfg(test)]
+#[cfg(feature = "schema")]
 pub(crate) fn documented_schema<T: utoipa::PartialSchema>() -> serde_json::Value {
     let schema = serde_json::to_value(T::schema()).unwrap();
     // A struct with a flattened part is an `allOf` of objects (a referenced part is checked
@@ -160,6 +163,7 @@ mod tests {
     }
 
     /// The documented patterns say what the checks accept: names, times.
+    #[cfg(feature = "schema")]
     #[test]
     fn declared_patterns_match_the_checks() {
         let name = regex::Regex::new(NAME_PATTERN).unwrap();

@@ -30,7 +30,8 @@ pub fn check_pipeline_name(name: &str) -> Result<(), VaultError> {
 pub use vault_wire::PipelineInput;
 
 /// How a pipeline's size was decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PipelineSize {
     /// Tokens it holds when whole.
     pub tokens: u64,
@@ -131,7 +132,8 @@ impl PipelineDemand for PipelineInput {
 pub use vault_wire::CapacityShort;
 
 /// `GET /v1/pools/{pool}/pipelines/{name}`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PipelineStatus {
     /// The pipeline's name, unique in its pool.
     pub name: String,
@@ -181,7 +183,8 @@ pub struct PipelineStatus {
 }
 
 /// A dry run's answer (`?dry_run=true`): what an assignment would get now; nothing is assigned.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PipelineDryRun {
     /// The size the demand asks for.
     pub size: PipelineSize,

@@ -2,7 +2,8 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// Least recently leased first: spreads load over every token.
@@ -13,82 +14,90 @@ pub enum Strategy {
 }
 
 /// `PUT /v1/pools/{pool}` body. Every field optional; absent means the default (PUT replaces).
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigInput {
     /// Units each token may use per quota window (the `default` quota). Absent: no such quota.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 1, maximum = 1_000_000_000_000_u64)
+    )]
     pub quota_limit: Option<u64>,
     /// The `default` quota's window, seconds. Default 3600.
-    #[schema(minimum = 1, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 2_678_400))]
     pub quota_window_s: Option<u64>,
     /// Units of the `default` quota kept back: a token leaves rotation at `quota_limit −
     /// quota_reserve`. Default 0; below `quota_limit`.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 0, maximum = 1_000_000_000_000_u64)
+    )]
     pub quota_reserve: Option<u64>,
     /// Leases one token may hold at once (its concurrency limit). Default 1.
-    #[schema(minimum = 1, maximum = 10_000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 10_000))]
     pub max_leases_per_token: Option<u32>,
     /// A lease's life when the lease does not ask for one, seconds. Default 60; at most
     /// `max_lease_ttl_s`.
-    #[schema(minimum = 1, maximum = 604_800)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub lease_ttl_s: Option<u64>,
     /// The longest lease (asked for or renewed to; a longer one is cut to it), seconds.
     /// Default 3600.
-    #[schema(minimum = 1, maximum = 604_800)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub max_lease_ttl_s: Option<u64>,
     /// Life a token must have left to be leased, seconds (the TTL margin). Default
     /// `lease_ttl_s + 30`.
-    #[schema(minimum = 0, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 2_678_400))]
     pub min_token_ttl_s: Option<u64>,
     /// Which eligible token a lease gets: `lru` (least recently leased; default) or `pack`.
     pub strategy: Option<Strategy>,
     /// Strikes (`suspect` outcomes, failed probes) after which a token is quarantined.
     /// Default 3.
-    #[schema(minimum = 1, maximum = 1000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1000))]
     pub quarantine_after_strikes: Option<u32>,
     /// How long a sticky session keeps its token after its last lease, seconds. Default 600.
-    #[schema(minimum = 1, maximum = 86_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 86_400))]
     pub session_ttl_s: Option<u64>,
     /// Default refresh settings of the pool's tokens: `{"kind", "token_url"?, "client_id"?,
     /// "client_secret"?, "scope"?, "client_auth"?}` as a token's own `refresh`. The client
     /// secret is sealed and never answered (only its fingerprint).
-    #[schema(value_type = Option<PoolRefreshInput>)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<PoolRefreshInput>))]
     pub refresh: Option<serde_json::Value>,
     /// Refresh a token this long before it expires, seconds: at least `min_token_ttl_s`.
     /// Default `min_token_ttl_s + 30`.
-    #[schema(minimum = 0, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 2_678_400))]
     pub refresh_margin_s: Option<u64>,
     /// Refresh jobs of this pool in flight at once, across every refresher. Default 4.
-    #[schema(minimum = 1, maximum = 1000)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1000))]
     pub refresh_concurrency: Option<u32>,
     /// A health probe the refresher runs with idle tokens. Absent: none.
     pub probe: Option<ProbeConfig>,
     /// Quotas besides the shorthand's (`quota_limit`, named `default`): each its own limit,
     /// window and cost dimension. A token is leased only when every quota has room. At most
     /// 8, names unique.
-    #[schema(max_items = 8)]
+    #[cfg_attr(feature = "schema", schema(max_items = 8))]
     pub quotas: Option<Vec<QuotaInput>>,
-    #[schema(schema_with = super::quota::cost_estimates_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = super::quota::cost_estimates_schema))]
     pub cost_estimates: Option<BTreeMap<String, u64>>,
 }
 
 /// Optional health probe: the refresher calls `url` with an idle token (through its bound
 /// proxy) every `interval_s`; an answer other than `expect_status` is a strike.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     /// The URL called (GET, with the token as a bearer credential, through its bound proxy);
     /// http or https, at most 2048 bytes.
-    #[schema(max_length = 2048, pattern = "^https?://")]
+    #[cfg_attr(feature = "schema", schema(max_length = 2048, pattern = "^https?://"))]
     pub url: String,
     /// The status a healthy token gets. Default 200.
     #[serde(default = "default_expect_status")]
-    #[schema(minimum = 100, maximum = 599)]
+    #[cfg_attr(feature = "schema", schema(minimum = 100, maximum = 599))]
     pub expect_status: u16,
     /// Seconds between probes of the pool. Default 60.
     #[serde(default = "default_probe_interval")]
-    #[schema(minimum = 1, maximum = 86_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 86_400))]
     pub interval_s: u64,
 }
 
@@ -101,7 +110,8 @@ fn default_probe_interval() -> u64 {
 }
 
 /// A pool's effective configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolConfig {
     /// Units each token may use per window of the `default` quota; null: no such quota.
     pub quota_limit: Option<u64>,
@@ -422,7 +432,8 @@ impl PoolConfig {
 }
 
 /// A pool as `GET /v1/pools/{pool}` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolView {
     /// The pool's name.
     pub name: String,
@@ -444,7 +455,7 @@ pub struct PoolView {
 
 pub use vault_wire::Binding;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "schema"))]
 mod tests {
     use super::*;
 

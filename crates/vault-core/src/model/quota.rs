@@ -15,7 +15,8 @@ pub const REQUESTS: &str = "requests";
 pub const DEFAULT_QUOTA: &str = "default";
 
 /// How a quota's window moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WindowKind {
     /// The window starts at the first lease after the last window ended (the shorthand's).
@@ -30,17 +31,24 @@ pub enum WindowKind {
 }
 
 /// One quota as a pool config gives it.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QuotaInput {
     /// 1-32 characters of a-z 0-9 _ -, unique in the pool; `default` is the shorthand's.
-    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")
+    )]
     pub name: String,
     /// Units of `cost` one token may use per window.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 1, maximum = 1_000_000_000_000_u64)
+    )]
     pub limit: u64,
     /// The window's length, seconds.
-    #[schema(minimum = 1, maximum = 2_678_400)]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 2_678_400))]
     pub window_s: u64,
     /// How windows are placed in time. Default `from_first_use`.
     pub kind: Option<WindowKind>,
@@ -48,25 +56,35 @@ pub struct QuotaInput {
     pub anchor: Option<TimeInput>,
     /// Units kept back: the token leaves rotation at `limit - reserve` (below `limit`;
     /// default 0).
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 0, maximum = 1_000_000_000_000_u64)
+    )]
     pub reserve: Option<u64>,
     /// The dimension it counts: `requests` (a lease's units, the default) or a named cost such
     /// as `llm_tokens` (1-32 characters of a-z 0-9 _ -).
-    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")
+    )]
     pub cost: Option<String>,
     /// `sliding` only: sub-buckets (2-60, default 12).
-    #[schema(minimum = 2, maximum = 60)]
+    #[cfg_attr(feature = "schema", schema(minimum = 2, maximum = 60))]
     pub buckets: Option<u32>,
     /// The target's rate-limit header family that counts this quota (`requests`, `tokens`,
     /// `x-ratelimit`, `ratelimit`, `ratelimit:<policy>`; see the API reference): what the SDKs
     /// read from the target's answers raises the vault's count to the target's. 1-64
     /// characters of a-z 0-9 _ - . :
-    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_.:-]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_.:-]+$")
+    )]
     pub sync: Option<String>,
 }
 
 /// One quota of a pool, checked and complete.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Quota {
     /// Its name, unique in the pool (`default` for the `quota_limit` shorthand).
     pub name: String,
@@ -321,6 +339,7 @@ pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
 /// The schema of a map keyed by names matching `key` (up to `max_key` characters, never
 /// `not_key`), with at most `max` entries of `value`: what the checks of `costs`, `quotas` and
 /// `rate_limit` accept, stated in the API document.
+#[cfg(feature = "schema")]
 fn named_map_schema(
     key: &str,
     max_key: usize,
@@ -345,6 +364,7 @@ fn named_map_schema(
 }
 
 /// `costs` of a lease or report: cost dimension -> units (never `requests`).
+#[cfg(feature = "schema")]
 pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     named_map_schema(
         "^[a-z0-9_-]+$",
@@ -359,6 +379,7 @@ pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>
 }
 
 /// A pool's `cost_estimates`: cost dimension -> units a lease is expected to cost.
+#[cfg(feature = "schema")]
 pub fn cost_estimates_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     named_map_schema(
         "^[a-z0-9_-]+$",
@@ -374,6 +395,7 @@ pub fn cost_estimates_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema
 }
 
 /// A report's `quotas`: quota name -> what the target said of it.
+#[cfg(feature = "schema")]
 pub fn quota_reports_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     named_map_schema(
         "^[a-z0-9_-]+$",
@@ -387,6 +409,7 @@ pub fn quota_reports_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema:
 }
 
 /// A report's `rate_limit`: header family -> what the target's headers said.
+#[cfg(feature = "schema")]
 pub fn rate_limit_reports_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     named_map_schema(
         "^[a-z0-9_.:-]+$",

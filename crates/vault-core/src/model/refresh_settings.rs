@@ -3,7 +3,8 @@
 use super::*;
 
 /// How a token gets a new secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RefreshKind {
     /// OAuth2 refresh-token grant (RFC 6749 §6) at `token_url`.
@@ -45,23 +46,24 @@ impl std::fmt::Debug for RefreshSecrets {
 
 /// How a token is refreshed. `refresh_token` and `client_secret` are secrets: sealed at rest,
 /// never answered.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RefreshInput {
     /// The grant; a token may leave it out to use its pool's (see [`PoolRefresh`]).
     pub kind: Option<RefreshKind>,
     /// The OAuth2 token endpoint (`http://` or `https://`, at most 2048 characters); required
     /// by both OAuth2 grants.
-    #[schema(max_length = 2048, pattern = "^https?://")]
+    #[cfg_attr(feature = "schema", schema(max_length = 2048, pattern = "^https?://"))]
     pub token_url: Option<String>,
     /// The refresh token (`oauth2_refresh_token`; each token brings its own). Sealed at rest,
     /// never answered; replaced when the endpoint rotates it.
-    #[schema(value_type = Option<String>, format = Password)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<String>, format = Password))]
     pub refresh_token: Option<Secret>,
     /// The OAuth2 client id (required by `oauth2_client_credentials`).
     pub client_id: Option<String>,
     /// The OAuth2 client secret. Sealed at rest, never answered (only its fingerprint).
-    #[schema(value_type = Option<String>, format = Password)]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<String>, format = Password))]
     pub client_secret: Option<Secret>,
     /// The `scope` asked for at the token endpoint (space-separated); none by default.
     pub scope: Option<String>,
@@ -69,7 +71,8 @@ pub struct RefreshInput {
     pub client_auth: Option<ClientAuth>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic with client_id:client_secret (RFC 6749 §2.3.1).
@@ -86,7 +89,8 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 /// The public part of a refresh method (what metadata shows).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RefreshPublic {
     /// The grant (`none`: never refreshed).
     pub kind: RefreshKind,
@@ -142,6 +146,7 @@ impl RefreshPublic {
 /// the body is read as [`RefreshInput`].
 pub struct PoolRefreshInput;
 
+#[cfg(feature = "schema")]
 impl utoipa::PartialSchema for PoolRefreshInput {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         let common = serde_json::json!({
@@ -180,12 +185,14 @@ impl utoipa::PartialSchema for PoolRefreshInput {
     }
 }
 
+#[cfg(feature = "schema")]
 impl utoipa::ToSchema for PoolRefreshInput {}
 
 /// A pool's default refresh settings, as stored and shown: the public part, and the client
 /// secret's fingerprint. The secret itself is sealed in the pool's config record and never
 /// answered.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolRefresh {
     #[serde(flatten)]
     pub settings: RefreshPublic,
@@ -193,7 +200,7 @@ pub struct PoolRefresh {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_fingerprint: Option<String>,
     #[serde(skip)]
-    #[schema(ignore)]
+    #[cfg_attr(feature = "schema", schema(ignore))]
     pub client_secret: Option<crate::crypto::Sealed>,
 }
 

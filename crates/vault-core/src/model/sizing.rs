@@ -24,7 +24,8 @@ pub struct TokenCapacity {
 }
 
 /// Tokens needed, and which limit asks for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokensNeeded {
     /// The larger of the two below.
     pub tokens_needed: u64,

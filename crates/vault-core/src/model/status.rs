@@ -3,7 +3,8 @@
 use super::*;
 
 /// One audit event. Never carries a secret: tokens appear by id and `sha256:` fingerprint.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Stream id (`<ms>-<seq>`): the cursor for the next page.
     pub id: String,
@@ -58,7 +59,8 @@ pub const VIEW_STATES: [&str; 8] = [
 ];
 
 /// `GET /v1/pools/{pool}/status`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     /// The pool's name.
     pub pool: String,
@@ -106,7 +108,8 @@ pub struct PoolStatus {
 }
 
 /// One quota of a pool, as status shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct QuotaStatus {
     /// The quota's name (`default` for the shorthand's).
     pub name: String,
@@ -122,7 +125,8 @@ pub struct QuotaStatus {
 
 /// How many tokens the pool's observed demand needs (`N = rate × window / quota per token`, and
 /// enough for the leases held at once), against how many it has.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolSizing {
     /// Leases granted per second by every replica over the last minutes (`observed_s`).
     pub lease_rate_per_s: f64,
@@ -142,7 +146,8 @@ pub struct PoolSizing {
 }
 
 /// A whole-pool operation in progress: it runs in batches of a few milliseconds each.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct OperationStatus {
     /// `reconfigure`, `rotate` or `cancel`.
     pub kind: String,
@@ -153,7 +158,8 @@ pub struct OperationStatus {
 }
 
 /// The janitors' heartbeat as status shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct JanitorStatus {
     /// When a janitor last finished a sweep, RFC 3339.
     pub last_sweep_at: String,
@@ -180,7 +186,8 @@ impl JanitorBeat {
 }
 
 /// Progress of an emergency rotation.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RotationStatus {
     /// The rotation's id.
     pub id: String,

@@ -25,7 +25,8 @@ pub struct SealedToken {
 }
 
 /// What a deposit did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Deposited {
     /// Every token's id, in the order given.
     pub ids: Vec<String>,
@@ -35,27 +36,34 @@ pub struct Deposited {
 }
 
 /// One token in a deposit request.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenInput {
     /// The credential (a bearer token, JWT, session key, API key): 1-16384 bytes of printable
     /// ASCII, since it travels in an HTTP header. Sealed at rest; never answered except to the
     /// lease that holds it.
-    #[schema(value_type = String, format = Password, min_length = 1, max_length = 16384, pattern = "^[ -~]+$")]
+    #[cfg_attr(feature = "schema", schema(value_type = String, format = Password, min_length = 1, max_length = 16384, pattern = "^[ -~]+$"))]
     pub secret: Secret,
     /// The token's id in its pool: 1-128 characters of A-Z a-z 0-9 _ . -. Default: derived
     /// from the secret, so depositing the same secret again finds it.
-    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_.-]+$")
+    )]
     pub id: Option<String>,
     /// When the credential expires: RFC 3339 or unix milliseconds; a JWT's `exp` when absent;
     /// never, for an opaque secret without one.
     pub expires_at: Option<TimeInput>,
     /// This token's own `default` quota limit, below or above the pool's. Default: the pool's.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_u64)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 1, maximum = 1_000_000_000_000_u64)
+    )]
     pub quota_limit: Option<u64>,
     /// The proxy and browser fingerprint the token must be used with; handed to every lease.
     pub binding: Option<Binding>,
-    #[schema(schema_with = labels_schema)]
+    #[cfg_attr(feature = "schema", schema(schema_with = labels_schema))]
     pub labels: Option<BTreeMap<String, String>>,
     /// How the token is refreshed; absent: as its pool says (or not at all).
     pub refresh: Option<RefreshInput>,
@@ -134,6 +142,7 @@ impl TokenInput {
 pub use vault_wire::Outcome;
 
 /// A deposit's `labels`, as the API document states them (what `TokenInput::validate` checks).
+#[cfg(feature = "schema")]
 fn labels_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     serde_json::from_value(serde_json::json!({
         "type": ["object", "null"],
@@ -146,7 +155,8 @@ fn labels_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
 }
 
 /// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokenMeta {
     /// The token's id, unique in its pool.
     pub id: String,
@@ -198,7 +208,8 @@ pub struct TokenMeta {
 }
 
 /// A quota's use on one token.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct QuotaView {
     /// The quota's name (absent for `default`, shown as `quota`).
     #[serde(skip_serializing_if = "Option::is_none")]
