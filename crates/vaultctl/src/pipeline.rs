@@ -1,9 +1,9 @@
 //! `vaultctl pipeline`: a job's sized, time-bounded share of a pool.
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use vault_core::model::{PipelineInput, PipelineStatus};
 
-use crate::operator::{fields, show, table, text};
+use crate::operator::{cell, fields, show, table, text, typed};
 use crate::remote::{seg, Remote, RemoteArgs};
 
 #[derive(Debug, Subcommand)]
@@ -61,43 +61,38 @@ pub(crate) async fn pipeline(op: PipelineOp, a: &RemoteArgs) -> anyhow::Result<(
             allow_partial,
             dry_run,
         } => {
-            let mut body = json!({ "duration_s": crate::parse_ttl(&duration)? });
-            for (k, v) in [
-                ("rps", rps.map(Value::from)),
-                ("concurrency", concurrency.map(Value::from)),
-                ("units_per_request", units_per_request.map(Value::from)),
-                ("min_token_ttl_s", min_token_ttl_s.map(Value::from)),
-                ("tokens", tokens.map(Value::from)),
-            ] {
-                if let Some(v) = v {
-                    body[k] = v;
-                }
-            }
-            if allow_partial {
-                body["allow_partial"] = json!(true);
-            }
+            let body = PipelineInput {
+                rps,
+                duration_s: u64::try_from(crate::parse_ttl(&duration)?)?,
+                concurrency,
+                units_per_request,
+                min_token_ttl_s,
+                tokens,
+                allow_partial,
+            };
             let url = path(&pool, &name) + if dry_run { "?dry_run=true" } else { "" };
-            let v = r.put(&url, &body).await?;
-            show(a.json, &v, |v| {
-                if dry_run {
-                    format!("dry run: pipeline {name} of {pool}\n{}", fields(v))
-                } else {
-                    summary(v)
-                }
-            });
+            let v = r.put(&url, &serde_json::to_value(&body)?).await?;
+            let human = if dry_run {
+                format!("dry run: pipeline {name} of {pool}\n{}", fields(&v))
+            } else {
+                summary(&typed(&v)?)
+            };
+            show(a.json, &v, |_| human);
         }
         PipelineOp::Status {
             pool,
             name: Some(name),
         } => {
             let v = r.get(&path(&pool, &name)).await?;
-            show(a.json, &v, |v| format!("{}\n{}", summary(v), fields(v)));
+            let human = format!("{}\n{}", summary(&typed(&v)?), fields(&v));
+            show(a.json, &v, |_| human);
         }
         PipelineOp::Status { pool, name: None } => {
             let v = r
                 .get(&format!("/v1/pools/{}/pipelines", seg(&pool)))
                 .await?;
-            show(a.json, &v, |v| {
+            let pipelines: Vec<PipelineStatus> = typed(&v)?;
+            show(a.json, &v, |_| {
                 let mut t = table(&[
                     "pipeline",
                     "phase",
@@ -109,22 +104,17 @@ pub(crate) async fn pipeline(op: PipelineOp, a: &RemoteArgs) -> anyhow::Result<(
                     "exhausts at",
                     "deadline",
                 ]);
-                for p in v.as_array().into_iter().flatten() {
+                for p in &pipelines {
                     t.add_row(vec![
-                        text(&p["name"]),
-                        text(&p["phase"]),
-                        text(&p["tokens"]),
-                        text(&p["tokens_wanted"]),
-                        if p["under_strength"] == true {
-                            "yes"
-                        } else {
-                            ""
-                        }
-                        .into(),
-                        text(&p["rate_asked"]),
-                        format!("{:.2}", p["rate_observed"].as_f64().unwrap_or(0.0)),
-                        text(&p["exhausts_at"]),
-                        text(&p["deadline"]),
+                        p.name.clone(),
+                        p.phase.clone(),
+                        p.tokens.to_string(),
+                        p.tokens_wanted.to_string(),
+                        if p.under_strength { "yes" } else { "" }.into(),
+                        cell(p.rate_asked),
+                        format!("{:.2}", p.rate_observed),
+                        cell(p.exhausts_at.as_ref()),
+                        p.deadline.clone(),
                     ]);
                 }
                 t.to_string()
@@ -146,25 +136,25 @@ pub(crate) async fn pipeline(op: PipelineOp, a: &RemoteArgs) -> anyhow::Result<(
 }
 
 /// One line on a pipeline: its size, state and deadline, and when its share runs out.
-fn summary(v: &Value) -> String {
+fn summary(p: &PipelineStatus) -> String {
     let mut s = format!(
         "pipeline {} of {}: {} ({} of {} tokens{}), until {}",
-        text(&v["name"]),
-        text(&v["pool"]),
-        text(&v["phase"]),
-        text(&v["tokens"]),
-        text(&v["tokens_wanted"]),
-        if v["under_strength"] == true {
+        p.name,
+        p.pool,
+        p.phase,
+        p.tokens,
+        p.tokens_wanted,
+        if p.under_strength {
             ", under strength"
         } else {
             ""
         },
-        text(&v["deadline"]),
+        p.deadline,
     );
-    if let (Some(at), Some(by)) = (v["exhausts_at"].as_str(), v["exhausts_by"].as_str()) {
+    if let (Some(at), Some(by)) = (&p.exhausts_at, &p.exhausts_by) {
         s.push_str(&format!(
             "\nexhausts its {by} at {at}, {} s before its deadline",
-            text(&v["exhausts_before_deadline_s"])
+            cell(p.exhausts_before_deadline_s)
         ));
     }
     s

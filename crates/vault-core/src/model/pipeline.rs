@@ -131,8 +131,8 @@ impl PipelineDemand for PipelineInput {
 /// What a pipeline could not get: the answer of a 409 `insufficient_capacity` (and of a dry run).
 pub use vault_wire::CapacityShort;
 
-/// `GET /v1/pools/{pool}/pipelines/{name}`.
-#[derive(Debug, Clone, Serialize)]
+/// `GET /v1/pools/{pool}/pipelines/{name}` (vaultctl reads it back).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PipelineStatus {
     /// The pipeline's name, unique in its pool.

@@ -154,8 +154,9 @@ fn labels_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     .expect("a valid schema")
 }
 
-/// Token metadata as the API shows it. Never carries a secret, only its fingerprint.
-#[derive(Debug, Clone, Serialize)]
+/// Token metadata as the API shows it (vaultctl reads it back). Never carries a secret, only
+/// its fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokenMeta {
     /// The token's id, unique in its pool.
@@ -168,7 +169,7 @@ pub struct TokenMeta {
     /// The `default` quota (the pool's `quota_limit`, or the token's own).
     pub quota: QuotaView,
     /// The pool's other quotas (`quotas` of its config), by name.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaView>,
     /// Leases live on it now.
     pub leases: u64,
@@ -208,7 +209,7 @@ pub struct TokenMeta {
 }
 
 /// A quota's use on one token.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct QuotaView {
     /// The quota's name (absent for `default`, shown as `quota`).

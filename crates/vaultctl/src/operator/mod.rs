@@ -26,6 +26,25 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t
 }
 
+/// The vault's answer read as the type the server wrote (shared with it, so the two cannot
+/// drift apart).
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> anyhow::Result<T> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "the vault's answer is not a {}: {e}",
+            std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("known answer")
+        )
+    })
+}
+
+/// An optional value as a table cell.
+pub(crate) fn cell<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "–".into(), |v| v.to_string())
+}
+
 pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "–".into(),

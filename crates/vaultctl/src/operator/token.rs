@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::remote::{seg, Problem, Remote, RemoteArgs};
+use vault_core::model::{QuotaView, TokenMeta};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenOp {
@@ -185,7 +186,8 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
             }
             let all = r.pages(&path, "tokens", limit).await?;
             let v = Value::Array(all);
-            show(a.json, &v, |v| {
+            let tokens: Vec<TokenMeta> = typed(&v)?;
+            show(a.json, &v, |_| {
                 let mut t = table(&[
                     "id",
                     "state",
@@ -194,24 +196,23 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     "expires",
                     "fingerprint",
                 ]);
-                for x in v.as_array().into_iter().flatten() {
-                    let count = |q: &Value| match q["limit"].as_u64() {
-                        Some(l) => format!("{} / {l}", text(&q["used"])),
-                        None => text(&q["used"]),
+                for x in &tokens {
+                    let count = |q: &QuotaView| match q.limit {
+                        Some(l) => format!("{} / {l}", q.used),
+                        None => q.used.to_string(),
                     };
                     // The default quota, then each other one by name.
-                    let mut used = vec![count(&x["quota"])];
-                    for q in x["quotas"].as_array().into_iter().flatten() {
-                        used.push(format!("{} {}", text(&q["name"]), count(q)));
+                    let mut used = vec![count(&x.quota)];
+                    for q in &x.quotas {
+                        used.push(format!("{} {}", cell(q.name.as_ref()), count(q)));
                     }
-                    let used = used.join(", ");
                     t.add_row(vec![
-                        text(&x["id"]),
-                        text(&x["state"]),
-                        used,
-                        text(&x["leases"]),
-                        x["expires_at"].as_str().unwrap_or("never").to_string(),
-                        text(&x["fingerprint"]),
+                        x.id.clone(),
+                        x.state.clone(),
+                        used.join(", "),
+                        x.leases.to_string(),
+                        x.expires_at.clone().unwrap_or_else(|| "never".into()),
+                        x.fingerprint.clone(),
                     ]);
                 }
                 t.to_string()
