@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use utoipa::ToSchema;
-use vault_core::model::{AuditEntry, Binding};
+use vault_core::model::Binding;
 
 /// `GET /healthz`, `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -18,14 +18,7 @@ pub struct Health {
     pub global: Option<vault_core::global::GlobalReport>,
 }
 
-/// A page of the audit trail, oldest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
-    /// The entries, oldest first.
-    pub events: Vec<AuditEntry>,
-    /// Pass as `after` for the next page; null when this page was the last.
-    pub next: Option<String>,
-}
+pub use vault_core::model::AuditPage;
 
 /// A client token just minted (shown once; the vault keeps only its `jti`).
 #[derive(Debug, Serialize, ToSchema)]

@@ -2,8 +2,18 @@
 
 use super::*;
 
+/// A page of the audit trail, oldest first (`GET /v1/audit`; vaultctl reads it back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    /// The entries, oldest first.
+    pub events: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; null when this page was the last.
+    pub next: Option<String>,
+}
+
 /// One audit event. Never carries a secret: tokens appear by id and `sha256:` fingerprint.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Stream id (`<ms>-<seq>`): the cursor for the next page.

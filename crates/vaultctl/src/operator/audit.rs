@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use serde_json::Value;
+use vault_core::model::{AuditEntry, AuditPage};
 
 use super::*;
 use crate::remote::{seg, Remote, RemoteArgs};
@@ -25,18 +25,19 @@ pub(crate) enum AuditOp {
     },
 }
 
-fn audit_row(t: &mut Table, e: &Value) {
-    let outcome = [&e["outcome"], &e["detail"]]
-        .iter()
-        .filter_map(|v| v.as_str())
+fn audit_row(t: &mut Table, e: &AuditEntry) {
+    let outcome = [&e.outcome, &e.detail]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
         .collect::<Vec<_>>()
         .join(" ");
     t.add_row(vec![
-        text(&e["at"]),
-        text(&e["actor"]),
-        text(&e["action"]),
-        e["pool"].as_str().unwrap_or("").to_string(),
-        e["token_id"].as_str().unwrap_or("").to_string(),
+        e.at.clone(),
+        e.actor.clone(),
+        e.action.clone(),
+        e.pool.clone().unwrap_or_default(),
+        e.token_id.clone().unwrap_or_default(),
         outcome,
     ]);
 }
@@ -58,16 +59,13 @@ pub(crate) async fn audit(op: AuditOp, a: &RemoteArgs) -> anyhow::Result<()> {
         base.push_str(&format!("since={since_ms}&"));
     }
     // The latest `lines` entries since then, in one read; -f follows on from the newest.
-    let page = r.get(&format!("{base}newest=true&limit={lines}")).await?;
-    let latest = page["events"].as_array().cloned().unwrap_or_default();
-    let mut after: Option<String> = latest
-        .last()
-        .and_then(|e| e["id"].as_str())
-        .map(str::to_string);
-    let print = |entries: &[Value]| {
+    let page: AuditPage = typed(&r.get(&format!("{base}newest=true&limit={lines}")).await?)?;
+    let latest = page.events;
+    let mut after: Option<String> = latest.last().map(|e| e.id.clone());
+    let print = |entries: &[AuditEntry]| {
         if a.json {
             for e in entries {
-                println!("{e}");
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
             }
         } else if !entries.is_empty() {
             let mut t = table(&["at", "actor", "action", "pool", "token", "outcome / detail"]);
@@ -87,11 +85,10 @@ pub(crate) async fn audit(op: AuditOp, a: &RemoteArgs) -> anyhow::Result<()> {
             Some(id) => format!("{base}after={id}&limit=1000"),
             None => format!("{base}limit=1000"),
         };
-        let page = r.get(&q).await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if let Some(last) = events.last() {
-            after = last["id"].as_str().map(str::to_string).or(after);
+        let page: AuditPage = typed(&r.get(&q).await?)?;
+        if let Some(last) = page.events.last() {
+            after = Some(last.id.clone());
         }
-        print(&events);
+        print(&page.events);
     }
 }
