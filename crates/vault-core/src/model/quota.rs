@@ -363,15 +363,23 @@ fn named_map_schema(
     .expect("a valid schema")
 }
 
-/// `costs` of a lease or report: cost dimension -> units (never `requests`).
+/// A map of units by cost dimension other than requests, described by `description`.
 #[cfg(feature = "schema")]
-pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+fn cost_map_schema(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     named_map_schema(
         "^[a-z0-9_-]+$",
         32,
         Some(REQUESTS),
         MAX_QUOTAS,
         serde_json::json!({"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}),
+        description,
+    )
+}
+
+/// `costs` of a lease or report: cost dimension -> units (never `requests`).
+#[cfg(feature = "schema")]
+pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    cost_map_schema(
         "Units by cost dimension other than requests (`llm_tokens`, say; 1-32 characters of \
          a-z 0-9 _ -, at most 8): what a lease reserves, or what a call cost. A dimension not \
          given counts what the lease reserved for it.",
@@ -381,12 +389,7 @@ pub fn costs_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>
 /// A pool's `cost_estimates`: cost dimension -> units a lease is expected to cost.
 #[cfg(feature = "schema")]
 pub fn cost_estimates_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    named_map_schema(
-        "^[a-z0-9_-]+$",
-        32,
-        Some(REQUESTS),
-        MAX_QUOTAS,
-        serde_json::json!({"type": "integer", "minimum": 0, "maximum": MAX_QUOTA}),
+    cost_map_schema(
         "What a lease is expected to cost, by cost dimension a quota counts (other than \
          requests), when the lease does not say (`costs`); settled by the report. Every \
          quota that counts a named cost needs its estimate here, and every estimate a quota \
