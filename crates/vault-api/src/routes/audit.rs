@@ -33,7 +33,7 @@ pub struct AuditQuery {
     newest: Option<bool>,
 }
 
-/// Read the audit trail, oldest first from a point, filtered by pool, action or actor.
+/// Read the audit trail (a pool's, or the vault-wide one), oldest first from a point.
 #[utoipa::path(
     get,
     path = "/audit",

@@ -34,13 +34,7 @@ pub async fn jwks(State(s): State<AppState>) -> Json<vault_core::auth::Jwks> {
 pub struct MintInput {
     /// Who the token is for (1-128 printable ASCII characters): its `sub`, the actor in the
     /// audit trail.
-    #[schema(
-        required = true,
-        nullable = false,
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[!-~]+$"
-    )]
+    #[schema(required = true, value_type = vault_core::model::Label)]
     sub: Option<String>,
     /// What it may do (at least one).
     #[schema(required = true, min_items = 1, value_type = Vec<vault_core::auth::Scope>)]
@@ -164,13 +158,7 @@ pub async fn mint(
 #[serde(deny_unknown_fields)]
 pub struct RevokeInput {
     /// The client token's id (its `jti`, as minting answered it).
-    #[schema(
-        required = true,
-        nullable = false,
-        min_length = 1,
-        max_length = 128,
-        pattern = "^[!-~]+$"
-    )]
+    #[schema(required = true, value_type = vault_core::model::Label)]
     jti: Option<String>,
 }
 

@@ -67,7 +67,7 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
     tag = "leases",
     params(
         crate::openapi::PoolPath,
-        ("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key gets the same lease (1-128 printable ASCII characters)", min_length = 1, max_length = 128, pattern = "^[!-~]+$"),
+        ("Idempotency-Key" = Option<vault_core::model::Label>, Header, nullable = false, description = "a retried request with the same key gets the same lease (1-128 printable ASCII characters)"),
     ),
     request_body = vault_core::model::AcquireInput,
     responses(

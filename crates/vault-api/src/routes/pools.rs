@@ -182,7 +182,7 @@ pub struct FreezeInput {
     revoke_leases: bool,
     /// Why, for the audit trail and the `pool.frozen` event (at most 1024 characters, no
     /// control characters).
-    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    #[schema(value_type = Option<vault_core::model::Reason>)]
     reason: Option<String>,
     /// `region` (default): this region's pool, now. `global`: the pool of this name in every
     /// region (needs the global plane), through the global log.
@@ -322,7 +322,7 @@ pub struct RotateInput {
     sunset_s: Option<u64>,
     /// Why, for the audit trail (default "emergency rotation"; at most 1024 characters, no
     /// control characters).
-    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    #[schema(value_type = Option<vault_core::model::Reason>)]
     reason: Option<String>,
 }
 

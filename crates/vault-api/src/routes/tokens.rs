@@ -211,7 +211,7 @@ pub async fn delete(
 pub struct ReasonInput {
     /// Why, for the audit trail and the `token.revoked` event (default "revoked"; at most
     /// 1024 characters, no control characters).
-    #[schema(max_length = 1024, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    #[schema(value_type = Option<vault_core::model::Reason>)]
     reason: Option<String>,
 }
 

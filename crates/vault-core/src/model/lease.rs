@@ -116,10 +116,7 @@ impl QuotaReport {
 pub struct AcquireInput {
     /// Who leases (a label in the audit trail and the lease's record): 1-128 printable ASCII
     /// characters.
-    #[cfg_attr(
-        feature = "schema",
-        schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")
-    )]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Label>))]
     pub worker: Option<String>,
     /// Units of every quota the lease reserves (settled by the report's `used`). Default 1.
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1_000_000))]
@@ -129,8 +126,8 @@ pub struct AcquireInput {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schema(schema_with = super::quota::costs_schema))]
     pub costs: BTreeMap<String, u64>,
-    /// The lease's life, seconds. Default: the pool's `lease_ttl_s`; at most its
-    /// `max_lease_ttl_s`.
+    /// The lease's life, seconds. Default: the pool's `lease_ttl_s`; a longer one than its
+    /// `max_lease_ttl_s` is cut to that.
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub ttl_s: Option<u64>,
     /// Life the token must have left, seconds, when this lease needs more than the pool's
@@ -140,10 +137,7 @@ pub struct AcquireInput {
     /// A sticky session: leases with the same session get the same token while it stays
     /// eligible (for the pool's `session_ttl_s` after the last). 1-128 printable ASCII
     /// characters.
-    #[cfg_attr(
-        feature = "schema",
-        schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")
-    )]
+    #[cfg_attr(feature = "schema", schema(value_type = Option<Label>))]
     pub session: Option<String>,
     /// How long to wait for a token when none is eligible, ms, instead of answering 503
     /// `pool_exhausted` at once. Default 0.
@@ -208,8 +202,8 @@ impl AcquireInput {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewInput {
-    /// The lease's new life from now, seconds. Default: the pool's `lease_ttl_s`; at most its
-    /// `max_lease_ttl_s`.
+    /// The lease's new life from now, seconds. Default: the pool's `lease_ttl_s`; a longer one
+    /// than its `max_lease_ttl_s` is cut to that.
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 604_800))]
     pub ttl_s: Option<u64>,
     /// Units more to reserve of every quota (a long job that is using more). Default 0.

@@ -36,31 +36,95 @@ pub fn valid_name(s: &str, max: usize) -> bool {
 /// dots unless three or more (`.` and `..` are path segments).
 pub const NAME_PATTERN: &str = r"^([A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.{3,})$";
 
+/// The schema of a string of `min..=max` characters matching `pattern` (the string types the
+/// API document names: [`Name`], [`Label`], [`Reason`]).
+#[cfg(feature = "schema")]
+fn string_schema(
+    min: usize,
+    max: usize,
+    pattern: &str,
+    description: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length((min > 0).then_some(min))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .into()
+}
+
 /// A pool or pipeline name, as documented wherever one is taken.
 pub struct Name;
 
 #[cfg(feature = "schema")]
 impl utoipa::PartialSchema for Name {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(64))
-            .pattern(Some(NAME_PATTERN))
-            .description(Some(
-                "1-64 characters of `A-Z a-z 0-9 _ . -`, not `.` or `..`",
-            ))
-            .into()
+        string_schema(
+            1,
+            64,
+            NAME_PATTERN,
+            "1-64 characters of `A-Z a-z 0-9 _ . -`, not `.` or `..`",
+        )
     }
 }
 
 #[cfg(feature = "schema")]
 impl utoipa::ToSchema for Name {}
 
+/// Most characters of a [`Label`].
+pub const MAX_LABEL_CHARS: usize = 128;
+/// [`check_label`]'s characters as a JSON Schema pattern: printable ASCII, no spaces.
+pub const LABEL_PATTERN: &str = "^[!-~]+$";
+
+/// A label (a client's `sub` or `jti`, a worker, a session, an idempotency key), as
+/// documented wherever one is taken: what `check_label(.., MAX_LABEL_CHARS)` accepts.
+pub struct Label;
+
+#[cfg(feature = "schema")]
+impl utoipa::PartialSchema for Label {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            1,
+            MAX_LABEL_CHARS,
+            LABEL_PATTERN,
+            "1-128 printable ASCII characters, no spaces",
+        )
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::ToSchema for Label {}
+
+/// An `http://` or `https://` URL of at most 2048 bytes: what a token endpoint or a probe
+/// may be (documented as `pattern: ^https?://`, `maxLength: 2048`).
+pub fn is_http_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
+}
+
 /// Most characters of a reason (freeze, revoke, rotation).
 pub const MAX_REASON_CHARS: usize = 1024;
 /// A reason's characters: no control characters (it goes into logs, audit and events).
 pub const REASON_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*$";
+
+/// An operator's reason for an action, as documented wherever one is taken: what
+/// [`check_reason`] accepts.
+pub struct Reason;
+
+#[cfg(feature = "schema")]
+impl utoipa::PartialSchema for Reason {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            0,
+            MAX_REASON_CHARS,
+            REASON_PATTERN,
+            "at most 1024 characters, no control characters",
+        )
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::ToSchema for Reason {}
 
 /// An operator's reason for an action: at most [`MAX_REASON_CHARS`] characters, none a
 /// control character.
@@ -172,6 +236,14 @@ mod tests {
             "a/b", "a,b", "a\n",
         ] {
             assert_eq!(name.is_match(s), valid_name(s, 64), "{s:?}");
+        }
+        let label = regex::Regex::new(LABEL_PATTERN).unwrap();
+        for s in ["w-1", "a:b@c/d", "~", "", "a b", "é", "tab\t"] {
+            assert_eq!(
+                label.is_match(s),
+                check_label("label", s, MAX_LABEL_CHARS).is_ok(),
+                "{s:?}"
+            );
         }
         let reason = regex::Regex::new(REASON_PATTERN).unwrap();
         for s in [

@@ -209,9 +209,7 @@ impl PoolConfigInput {
             None => default_refresh_margin_s(min_token_ttl_s),
         };
         if let Some(p) = &self.probe {
-            if !(p.url.starts_with("http://") || p.url.starts_with("https://"))
-                || p.url.len() > 2048
-            {
+            if !is_http_url(&p.url) {
                 return Err(invalid("probe.url must be an http(s) URL"));
             }
             in_range("probe.expect_status", p.expect_status.into(), 100, 599)?;

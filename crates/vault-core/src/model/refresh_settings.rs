@@ -124,9 +124,7 @@ impl RefreshPublic {
 
     /// The refresh rule: what each grant needs, on the settings a token is refreshed with.
     fn check(&self, client_secret: bool, refresh_token: bool) -> Result<(), VaultError> {
-        let url_ok = self.token_url.as_deref().is_some_and(|u| {
-            (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048
-        });
+        let url_ok = self.token_url.as_deref().is_some_and(is_http_url);
         match self.kind {
             RefreshKind::Oauth2RefreshToken if !url_ok || !refresh_token => Err(invalid(
                 "refresh kind oauth2_refresh_token needs token_url (http/https) and refresh_token",
