@@ -209,12 +209,8 @@ impl IntoResponse for ApiError {
         metrics::counter!("tv_problems_total", "code" => self.code).increment(1);
         let title = self.status.canonical_reason().unwrap_or("Error");
         let body = Problem {
-            kind: format!("urn:tokenvault:problem:{}", self.code),
-            title: title.to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code.to_string(),
             capacity: self.capacity.map(|c| *c),
+            ..Problem::new(self.status.as_u16(), title, self.code, self.detail)
         };
         let mut res = (self.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         let h = res.headers_mut();

@@ -296,12 +296,12 @@ impl Client {
     /// deadlines). Returns how many it held.
     pub async fn end_pipeline(&self, pool: &str, name: &str) -> Result<u64> {
         let path = format!("/v1/pools/{pool}/pipelines/{name}");
-        let v: Value = self
+        let ended: vault_wire::PipelineEnded = self
             .send(reqwest::Method::DELETE, &path, None)
             .await?
             .json()
             .await?;
-        Ok(v["tokens_returned"].as_u64().unwrap_or(0))
+        Ok(ended.tokens_returned)
     }
 
     /// Lease a token for a call expected to cost `costs` by cost dimension (pools whose quotas

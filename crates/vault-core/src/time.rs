@@ -11,6 +11,13 @@ pub fn rfc3339(ms: i64) -> String {
     dt.format(&Rfc3339).unwrap_or_default()
 }
 
+/// An RFC 3339 time as unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 /// `Some(rfc3339)` for a positive timestamp, `None` for 0 (= not set).
 pub fn rfc3339_opt(ms: i64) -> Option<String> {
     (ms > 0).then(|| rfc3339(ms))
@@ -63,9 +70,9 @@ impl<'de> Deserialize<'de> for TimeInput {
             serde::de::Error::custom("expected an RFC 3339 time or integer unix milliseconds")
         })? {
             Raw::Ms(ms) => ms,
-            Raw::Text(s) => OffsetDateTime::parse(&s, &Rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                .map_err(|_| serde::de::Error::custom("not an RFC 3339 time"))?,
+            Raw::Text(s) => {
+                parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom("not an RFC 3339 time"))?
+            }
         };
         if !(0..=MAX_MS).contains(&ms) {
             return Err(serde::de::Error::custom(

@@ -201,6 +201,16 @@ pub struct PipelineInput {
     pub allow_partial: bool,
 }
 
+/// What ending a pipeline did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct PipelineEnded {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Tokens it held, now back in the pool (leases out on them keep their deadlines).
+    pub tokens_returned: u64,
+}
+
 /// What a pipeline could not get (`409 insufficient_capacity`, and a dry run's answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
@@ -233,6 +243,20 @@ pub struct Problem {
     /// `insufficient_capacity`: what could be had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityShort>,
+}
+
+impl Problem {
+    /// The problem `code` answered with HTTP `status` (whose reason phrase is `title`).
+    pub fn new(status: u16, title: &str, code: &str, detail: String) -> Problem {
+        Problem {
+            kind: format!("urn:tokenvault:problem:{code}"),
+            title: title.to_string(),
+            status,
+            detail,
+            code: code.to_string(),
+            capacity: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! `vaultctl pipeline`: a job's sized, time-bounded share of a pool.
 
 use clap::Subcommand;
-use vault_core::model::{PipelineInput, PipelineStatus};
+use vault_core::model::{PipelineEnded, PipelineInput, PipelineStatus};
 
-use crate::operator::{cell, fields, show, table, text, typed};
+use crate::operator::{cell, fields, show, show_as, table, typed};
 use crate::remote::{seg, Remote, RemoteArgs};
 
 #[derive(Debug, Subcommand)]
@@ -124,12 +124,12 @@ pub(crate) async fn pipeline(op: PipelineOp, a: &RemoteArgs) -> anyhow::Result<(
             let v = r
                 .call(reqwest::Method::DELETE, &path(&pool, &name), None)
                 .await?;
-            show(a.json, &v, |v| {
+            show_as(a.json, &v, |e: PipelineEnded| {
                 format!(
                     "pipeline {name} ended: {} tokens back in pool {pool}",
-                    text(&v["tokens_returned"])
+                    e.tokens_returned
                 )
-            });
+            })?;
         }
     }
     Ok(())

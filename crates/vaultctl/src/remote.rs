@@ -100,14 +100,13 @@ impl Remote {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    /// The items of a paged listing (`field` of each page, `next_cursor` to the next), up to
-    /// `most`, asking for at most 1,000 a page.
-    pub(crate) async fn pages(
+    /// The items of a paged listing (pages of `P`, each naming the next), up to `most`, asking
+    /// for at most 1,000 a page.
+    pub(crate) async fn pages<P: vault_core::model::Paged>(
         &self,
         path: &str,
-        field: &str,
         most: usize,
-    ) -> anyhow::Result<Vec<Value>> {
+    ) -> anyhow::Result<Vec<P::Item>> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
@@ -116,9 +115,10 @@ impl Remote {
             if let Some(c) = &cursor {
                 q.push_str(&format!("&cursor={c}"));
             }
-            let page = self.get(&q).await?;
-            all.extend(page[field].as_array().cloned().unwrap_or_default());
-            cursor = page["next_cursor"].as_str().map(str::to_string);
+            let page: P = crate::operator::typed(&self.get(&q).await?)?;
+            let (items, next) = page.into_parts();
+            all.extend(items);
+            cursor = next;
             if cursor.is_none() {
                 break;
             }
@@ -129,6 +129,15 @@ impl Remote {
 
     pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A POST answered as the type `T` the server writes.
+    pub(crate) async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        crate::operator::typed(&self.post(path, body).await?)
     }
 
     pub(crate) async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {

@@ -255,7 +255,7 @@ pub async fn introspect(
             iss: Some(s.keys.issuer.clone()),
             aud: Some(s.keys.audience.clone()),
             pools: p.pools,
-            token_type: Some("Bearer"),
+            token_type: Some("Bearer".into()),
         },
         Err(_) => crate::answers::Introspection::default(),
     }))

@@ -131,7 +131,7 @@ pub async fn revoke_credential(
             let written = g.append(action, &reason, &actor).await?;
             crate::answers::CredentialRevoked {
                 fingerprint,
-                scope: "global",
+                scope: crate::answers::ActionScope::Global,
                 global: Some(written),
                 tokens: None,
             }
@@ -143,7 +143,7 @@ pub async fn revoke_credential(
                 .await?;
             crate::answers::CredentialRevoked {
                 fingerprint,
-                scope: "region",
+                scope: crate::answers::ActionScope::Region,
                 global: None,
                 tokens: Some(
                     done.into_iter()

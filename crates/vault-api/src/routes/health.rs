@@ -72,7 +72,7 @@ pub async fn metrics(State(s): State<AppState>) -> String {
 )]
 pub async fn healthz() -> Json<crate::answers::Health> {
     Json(crate::answers::Health {
-        status: "ok",
+        status: "ok".into(),
         global: None,
     })
 }
@@ -109,7 +109,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<crate::answers::He
         ));
     }
     Ok(Json(crate::answers::Health {
-        status: "ready",
+        status: "ready".into(),
         global: s.global.as_ref().map(|g| g.report()),
     }))
 }

@@ -129,14 +129,7 @@ pub async fn get(
         })
 }
 
-/// What ending a pipeline did.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct PipelineEnded {
-    /// The pipeline's name.
-    pub pipeline: String,
-    /// Tokens it held, now back in the pool (leases out on them keep their deadlines).
-    pub tokens_returned: u64,
-}
+use crate::answers::PipelineEnded;
 
 /// End a pipeline: its tokens go back to the pool.
 #[utoipa::path(

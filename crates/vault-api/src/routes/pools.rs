@@ -57,14 +57,7 @@ pub struct PoolListQuery {
     cursor: Option<u64>,
 }
 
-/// One page of pools.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct PoolPage {
-    /// The pools, each with its token counts by state.
-    pools: Vec<vault_core::model::PoolView>,
-    /// Pass as `cursor` for the next page; null at the end.
-    next_cursor: Option<String>,
-}
+use crate::answers::PoolPage;
 
 /// The pools the client token may see, a page at a time.
 #[utoipa::path(
@@ -190,14 +183,7 @@ pub struct FreezeInput {
     scope: ActionScope,
 }
 
-/// Where an action applies.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionScope {
-    #[default]
-    Region,
-    Global,
-}
+pub use crate::answers::ActionScope;
 
 /// The global plane, for an action asked with `"scope": "global"`.
 fn global_plane(s: &AppState) -> Result<&vault_core::global::Global, ApiError> {

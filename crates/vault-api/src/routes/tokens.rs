@@ -107,14 +107,7 @@ pub struct ListQuery {
     cursor: Option<u64>,
 }
 
-/// One page of token metadata.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct TokenPage {
-    /// The tokens' metadata.
-    tokens: Vec<vault_core::model::TokenMeta>,
-    /// Pass as `cursor` for the next page; null at the end.
-    next_cursor: Option<String>,
-}
+use crate::answers::TokenPage;
 
 /// A page of a pool's token metadata, optionally of one state. Secrets are never listed.
 #[utoipa::path(

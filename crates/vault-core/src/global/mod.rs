@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the vault does when its region's copy of the global state is older than
 /// `TV_GLOBAL_STALE_AFTER_S`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -217,7 +217,7 @@ pub struct GlobalEntry {
 
 /// A global action as written: its entry id (`<global ms>-<seq>`) and the region replicas that
 /// had it when it was answered (when `TV_GLOBAL_WAIT_REGIONS` asks to wait).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Written {
     /// The global log's entry id (`<global ms>-<seq>`): entries apply in this order.

@@ -25,7 +25,7 @@ pub struct GlobalWatch {
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// What status and `/readyz` say of the global plane.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GlobalReport {
     /// This region's name (`TV_REGION`).

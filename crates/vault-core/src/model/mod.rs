@@ -177,6 +177,7 @@ fn in_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, VaultError> {
     Ok(v)
 }
 
+mod answers;
 mod lease;
 mod pipeline;
 mod pool;
@@ -186,6 +187,7 @@ mod sizing;
 mod status;
 mod token;
 
+pub use answers::*;
 pub use lease::*;
 pub use pipeline::*;
 pub use pool::*;
@@ -364,6 +366,19 @@ mod tests {
                 .collect(),
         );
         assert_eq!(good, back);
+        // What the API answers reads back the same (clients read it as this type), and the
+        // anchor shown keeps its milliseconds.
+        let answered: PoolConfig =
+            serde_json::from_value(serde_json::to_value(&good).unwrap()).unwrap();
+        assert_eq!(good, answered);
+        let odd = check(
+            serde_json::json!({"quotas": [{"name": "rpd", "limit": 1, "window_s": 86400,
+            "kind": "clock_aligned", "anchor": 1_767_254_400_123_i64}]}),
+        )
+        .unwrap();
+        assert_eq!(odd.quotas[0].anchor_ms(), 1_767_254_400_123);
+        let (stored, _) = quota::quota_fields(&odd.quotas, &odd.cost_estimates);
+        assert_eq!(quota::quotas_from_field(Some(&stored)), odd.quotas);
         let err = |j: serde_json::Value, needle: &str| {
             let e = check(j.clone()).expect_err(&j.to_string());
             assert!(e.contains(needle), "{j}: {e}");

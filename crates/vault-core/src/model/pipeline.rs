@@ -27,7 +27,7 @@ pub fn check_pipeline_name(name: &str) -> Result<(), VaultError> {
 }
 
 /// `PUT /v1/pools/{pool}/pipelines/{name}` (a wire type: the SDK sends it).
-pub use vault_wire::PipelineInput;
+pub use vault_wire::{PipelineEnded, PipelineInput};
 
 /// How a pipeline's size was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -110,7 +110,7 @@ fn default_probe_interval() -> u64 {
 }
 
 /// A pool's effective configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolConfig {
     /// Units each token may use per window of the `default` quota; null: no such quota.
@@ -430,7 +430,7 @@ impl PoolConfig {
 }
 
 /// A pool as `GET /v1/pools/{pool}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolView {
     /// The pool's name.

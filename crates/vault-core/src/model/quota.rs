@@ -83,7 +83,7 @@ pub struct QuotaInput {
 }
 
 /// One quota of a pool, checked and complete.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Quota {
     /// Its name, unique in the pool (`default` for the `quota_limit` shorthand).
@@ -94,11 +94,9 @@ pub struct Quota {
     pub window_s: u64,
     /// How windows are placed in time.
     pub kind: WindowKind,
-    /// `clock_aligned`: when windows start, RFC 3339.
+    /// `clock_aligned`: when windows start, RFC 3339 (millisecond precision).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor: Option<String>,
-    #[serde(skip)]
-    pub anchor_ms: i64,
     /// Units kept back: the token leaves rotation at `limit - reserve`.
     pub reserve: u64,
     /// The dimension it counts: `requests` (a lease's units) or a named cost.
@@ -109,6 +107,17 @@ pub struct Quota {
     /// The header family it follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<String>,
+}
+
+impl Quota {
+    /// Where its windows start, unix ms (0 unless `clock_aligned`): the anchor as shown, which
+    /// has the millisecond precision it was stored with.
+    pub fn anchor_ms(&self) -> i64 {
+        self.anchor
+            .as_deref()
+            .and_then(crate::time::parse_rfc3339)
+            .unwrap_or(0)
+    }
 }
 
 /// A quota as the functions read it (the config's `quotas` field), written and read back.
@@ -229,7 +238,6 @@ impl QuotaInput {
             window_s,
             kind,
             anchor: (kind == WindowKind::ClockAligned).then(|| rfc3339(anchor_ms)),
-            anchor_ms,
             reserve,
             cost,
             buckets,
@@ -300,7 +308,7 @@ pub(super) fn quota_fields(
             limit: q.limit,
             window_s: q.window_s,
             kind: q.kind,
-            anchor_ms: q.anchor_ms,
+            anchor_ms: q.anchor_ms(),
             reserve: q.reserve,
             cost: q.cost.clone(),
             buckets: q.buckets,
@@ -323,7 +331,6 @@ pub(super) fn quotas_from_field(v: Option<&String>) -> Vec<Quota> {
         .into_iter()
         .map(|s| Quota {
             anchor: (s.kind == WindowKind::ClockAligned).then(|| rfc3339(s.anchor_ms)),
-            anchor_ms: s.anchor_ms,
             name: s.name,
             limit: s.limit,
             window_s: s.window_s,

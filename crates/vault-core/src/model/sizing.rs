@@ -1,7 +1,7 @@
 //! Pool sizing: how many tokens a demand needs. One rule, used by pool status (from the observed
 //! lease rate) and by `vaultctl pool size` (before a job starts).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A demand on a pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,7 +24,7 @@ pub struct TokenCapacity {
 }
 
 /// Tokens needed, and which limit asks for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokensNeeded {
     /// The larger of the two below.

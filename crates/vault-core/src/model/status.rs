@@ -69,7 +69,7 @@ pub const VIEW_STATES: [&str; 8] = [
 ];
 
 /// `GET /v1/pools/{pool}/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     /// The pool's name.
@@ -118,7 +118,7 @@ pub struct PoolStatus {
 }
 
 /// One quota of a pool, as status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct QuotaStatus {
     /// The quota's name (`default` for the shorthand's).
@@ -135,7 +135,7 @@ pub struct QuotaStatus {
 
 /// How many tokens the pool's observed demand needs (`N = rate × window / quota per token`, and
 /// enough for the leases held at once), against how many it has.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PoolSizing {
     /// Leases granted per second by every replica over the last minutes (`observed_s`).
@@ -156,7 +156,7 @@ pub struct PoolSizing {
 }
 
 /// A whole-pool operation in progress: it runs in batches of a few milliseconds each.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct OperationStatus {
     /// `reconfigure`, `rotate` or `cancel`.
@@ -168,7 +168,7 @@ pub struct OperationStatus {
 }
 
 /// The janitors' heartbeat as status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct JanitorStatus {
     /// When a janitor last finished a sweep, RFC 3339.
@@ -196,7 +196,7 @@ impl JanitorBeat {
 }
 
 /// Progress of an emergency rotation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RotationStatus {
     /// The rotation's id.

@@ -25,7 +25,7 @@ pub struct SealedToken {
 }
 
 /// What a deposit did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Deposited {
     /// Every token's id, in the order given.

@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::Method;
 use serde_json::{json, Value};
+use vault_core::model::{PoolStatus, TokenPage};
 
 use super::transport::WorkerCall;
 use super::verify::{Final, FinalPool, FinalToken, Grant, Op};
@@ -30,37 +32,27 @@ pub(crate) struct Plan {
     pub(crate) pipeline: Option<String>,
 }
 
-/// Parse an RFC 3339 time from an answer into unix ms.
-fn ms(v: &Value) -> Option<i64> {
-    let s = v.as_str()?;
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
-}
-
 /// The checker pools' cost dimension (their second quota counts it).
 pub(crate) const WORK: &str = "work";
 /// What a lease is expected to cost of it when it does not say (the pools' `cost_estimates`).
 pub(crate) const WORK_ESTIMATE: u64 = 2;
 
-fn grant(body: &Value, ttl_ms: i64) -> Option<Grant> {
+/// What a lease answer granted (None: the answer is not a lease).
+fn grant(a: &Answer, ttl_ms: i64) -> Option<Grant> {
+    let lease: vault_wire::Lease = a.read()?;
+    let ms = vault_core::time::parse_rfc3339;
     Some(Grant {
-        lease_id: body.get("lease_id")?.as_str()?.to_string(),
-        token_id: body.get("token_id")?.as_str()?.to_string(),
-        units: body.get("units")?.as_u64()?,
-        cost: body
-            .pointer(&format!("/costs/{WORK}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        cost: lease.costs.get(WORK).copied().unwrap_or(0),
         ttl_ms,
-        lease_expires_at: ms(body.get("lease_expires_at")?)?,
-        token_expires_at: match body.get("token_expires_at") {
-            None | Some(Value::Null) => 0,
-            Some(v) => ms(v)?,
+        lease_expires_at: ms(&lease.lease_expires_at)?,
+        token_expires_at: match &lease.token_expires_at {
+            None => 0,
+            Some(t) => ms(t)?,
         },
-        pipeline: body
-            .get("pipeline")
-            .and_then(Value::as_str)
-            .map(String::from),
+        lease_id: lease.lease_id,
+        token_id: lease.token_id,
+        units: lease.units,
+        pipeline: lease.pipeline,
     })
 }
 
@@ -92,9 +84,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
             pool: pool.clone(),
             units,
             cost,
-            grant: (a.status == 201)
-                .then(|| grant(&a.body, ttl_s * 1000))
-                .flatten(),
+            grant: (a.status == 201).then(|| grant(a, ttl_s * 1000)).flatten(),
         })
         .await;
         match a.status {
@@ -108,7 +98,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
                 continue;
             }
         }
-        let Some(g) = grant(&a.body, ttl_s * 1000) else {
+        let Some(g) = grant(&a, ttl_s * 1000) else {
             continue;
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
@@ -123,9 +113,7 @@ async fn worker(v: Arc<Vault>, plan: Plan, n: usize, until: Until) {
                 lease_id,
             };
             let a = v.work(&renew, &json!({"ttl_s": ttl_s}), None).await;
-            let rg = (a.status == 200)
-                .then(|| grant(&a.body, ttl_s * 1000))
-                .flatten();
+            let rg = (a.status == 200).then(|| grant(&a, ttl_s * 1000)).flatten();
             v.record(
                 &a,
                 Op::Renew {
@@ -228,7 +216,7 @@ fn record_rotate(v: &Vault, a: &Answer, release: Op, pool: &str, asked: (u64, u6
             pool: pool.into(),
             units: asked.0,
             cost: asked.1,
-            grant: (a.status == 201).then(|| grant(&a.body, ttl_ms)).flatten(),
+            grant: (a.status == 201).then(|| grant(a, ttl_ms)).flatten(),
         },
     );
 }
@@ -349,11 +337,17 @@ pub(crate) async fn final_read(
     patience: Duration,
 ) -> anyhow::Result<Final> {
     let deadline = Instant::now() + patience;
-    let get = |path: String| async move {
+    async fn get<T: serde::de::DeserializeOwned>(
+        v: &Vault,
+        path: String,
+        deadline: Instant,
+    ) -> anyhow::Result<T> {
         loop {
             let a = v.call(Method::GET, &path, None, None, None).await;
             if a.status == 200 {
-                return Ok(a.body);
+                return a
+                    .read()
+                    .with_context(|| format!("GET {path}: not the answer the vault writes"));
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
@@ -363,12 +357,12 @@ pub(crate) async fn final_read(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    };
+    }
     let mut fin = Final::default();
     for pool in pools {
-        let status = get(format!("/v1/pools/{pool}/status")).await?;
+        let status: PoolStatus = get(v, format!("/v1/pools/{pool}/status"), deadline).await?;
         let mut p = FinalPool {
-            frozen: status["frozen"].as_bool().unwrap_or(false),
+            frozen: status.frozen,
             ..Default::default()
         };
         let mut cursor: Option<String> = None;
@@ -377,31 +371,21 @@ pub(crate) async fn final_read(
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
-            let page = get(path).await?;
-            for t in page["tokens"].as_array().into_iter().flatten() {
-                let work = t["quotas"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|q| q["name"] == WORK)
-                    .cloned()
-                    .unwrap_or_default();
+            let page: TokenPage = get(v, path, deadline).await?;
+            for t in page.tokens {
+                let work = t.quotas.iter().find(|q| q.name.as_deref() == Some(WORK));
                 p.tokens.insert(
-                    t["id"].as_str().unwrap_or_default().to_string(),
+                    t.id,
                     FinalToken {
-                        state: t["state"].as_str().unwrap_or_default().to_string(),
-                        used: t["quota"]["used"].as_u64().unwrap_or(0),
-                        reserved: t["quota"]["reserved"].as_u64().unwrap_or(0),
-                        work_used: work["used"].as_u64().unwrap_or(0),
-                        work_reserved: work["reserved"].as_u64().unwrap_or(0),
+                        state: t.state,
+                        used: t.quota.used,
+                        reserved: t.quota.reserved,
+                        work_used: work.map_or(0, |q| q.used),
+                        work_reserved: work.map_or(0, |q| q.reserved),
                     },
                 );
             }
-            cursor = match &page["next_cursor"] {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            };
+            cursor = page.next_cursor;
             if cursor.is_none() {
                 break;
             }

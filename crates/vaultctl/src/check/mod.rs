@@ -194,12 +194,13 @@ pub(crate) async fn run(
         "depositing the pipeline's tokens into {} failed",
         plan.pools[0]
     );
-    let share = json!({
-        "tokens": share_tokens,
-        "duration_s": duration.as_secs() + 3600,
-        "min_token_ttl_s": 300,
-        "allow_partial": true,
-    });
+    let share = serde_json::to_value(vault_core::model::PipelineInput {
+        tokens: Some(share_tokens as u64),
+        duration_s: duration.as_secs() + 3600,
+        min_token_ttl_s: Some(300),
+        allow_partial: true,
+        ..Default::default()
+    })?;
     let a = v
         .call(
             Method::PUT,

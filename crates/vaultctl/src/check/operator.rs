@@ -13,6 +13,7 @@ use super::verify::Op;
 
 use super::drive::*;
 use super::vault::Vault;
+use vault_core::model::{ClaimedJob, MintedToken, TokenPage};
 
 /// Deposit `count` tokens into `pool`: a third of them expire within the run's first minute
 /// (they cross the TTL margin while it lasts, even when it is interrupted early; the operator
@@ -40,19 +41,20 @@ pub(crate) async fn deposit(
 /// Deposit a token of each life in `lives` (seconds) into `pool`, logged.
 pub(crate) async fn deposit_lives(v: &Vault, pool: &str, lives: &[i64]) -> bool {
     let now = vault_core::time::now_ms();
-    let tokens: Vec<Value> = lives
+    let ids: Vec<String> = lives
         .iter()
-        .map(|life_s| {
+        .map(|_| format!("c{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    let tokens: Vec<Value> = ids
+        .iter()
+        .zip(lives)
+        .map(|(id, life_s)| {
             json!({
-                "id": format!("c{}", uuid::Uuid::new_v4().simple()),
+                "id": id,
                 "secret": format!("check-secret-{}", uuid::Uuid::new_v4().simple()),
                 "expires_at": vault_core::time::rfc3339(now + life_s * 1000),
             })
         })
-        .collect();
-    let ids = tokens
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
         .collect();
     let a = v
         .post(
@@ -94,13 +96,9 @@ pub(super) async fn operator(
                         None,
                     )
                     .await;
-                let ids: Vec<String> = a.body["tokens"]
-                    .as_array()
-                    .map(|t| {
-                        t.iter()
-                            .filter_map(|t| t["id"].as_str().map(String::from))
-                            .collect()
-                    })
+                let ids: Vec<String> = a
+                    .read::<TokenPage>()
+                    .map(|p| p.tokens.into_iter().map(|t| t.id).collect())
                     .unwrap_or_default();
                 if ids.is_empty() {
                     continue;
@@ -151,16 +149,15 @@ pub(super) async fn operator(
             3 => {
                 let a = v.post("/v1/clients", json!({"sub": "check-client", "scopes": ["lease"], "pools": [pool], "ttl_s": 3600}))
                     .await;
-                let (Some(token), Some(jti)) = (a.body["token"].as_str(), a.body["jti"].as_str())
-                else {
+                let Some(MintedToken { token, jti, .. }) = a.read() else {
                     continue;
                 };
                 let a = v.post("/v1/clients/revoke", json!({"jti": jti})).await;
-                v.record(&a, Op::ClientRevoke { jti: jti.into() });
+                v.record(&a, Op::ClientRevoke { jti: jti.clone() });
                 if a.status == 200 || a.status == 204 {
                     revoked_clients.lock().unwrap().push(RevokedClient {
-                        jti: jti.to_string(),
-                        token: token.to_string(),
+                        jti,
+                        token,
                         pool: pool.clone(),
                         acked: Instant::now(),
                     });
@@ -184,7 +181,11 @@ pub(super) async fn login_worker(v: Arc<Vault>, plan: Plan, until: Until) {
             if a.status != 200 {
                 continue;
             }
-            let (Some(job), Some(token)) = (a.body["job_id"].as_str(), a.body["token_id"].as_str())
+            let Some(ClaimedJob {
+                job_id: job,
+                token_id: token,
+                ..
+            }) = a.read()
             else {
                 continue;
             };
@@ -203,7 +204,7 @@ pub(super) async fn login_worker(v: Arc<Vault>, plan: Plan, until: Until) {
                 &a,
                 Op::RefreshDone {
                     pool: pool.clone(),
-                    token_id: token.into(),
+                    token_id: token,
                 },
             );
         }

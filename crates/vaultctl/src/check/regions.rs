@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::vault::read;
 use super::verify::Violation;
+use vault_core::model::{CredentialRevoked, Health, TokenMeta};
 
 /// Credentials the pool holds in both regions.
 const CREDENTIALS: usize = 24;
@@ -156,7 +158,8 @@ pub(crate) async fn run(
         tasks.push(tokio::spawn(async move {
             while going() {
                 let (s, v) = b.send(reqwest::Method::GET, "/readyz", None).await;
-                if let (200, Some(lag)) = (s, v["global"]["lag_ms"].as_i64()) {
+                let lag = read::<Health>(&v).and_then(|h| h.global?.lag_ms);
+                if let (200, Some(lag)) = (s, lag) {
                     max_lag.fetch_max(lag, Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -179,12 +182,11 @@ pub(crate) async fn run(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-                let id = v["token_id"].as_str().unwrap_or_default().to_string();
-                grants.lock().unwrap().push((id, sent));
-                if let Some(lid) = v["lease_id"].as_str() {
+                if let Some(lease) = read::<vault_wire::Lease>(&v) {
+                    grants.lock().unwrap().push((lease.token_id, sent));
                     b.send(
                         reqwest::Method::POST,
-                        &format!("/v1/pools/{pool}/leases/{lid}/release"),
+                        &format!("/v1/pools/{pool}/leases/{}/release", lease.lease_id),
                         Some(json!({"outcome": "ok"})),
                     )
                     .await;
@@ -211,8 +213,8 @@ pub(crate) async fn run(
                 Some(json!({"pool": pool, "token_id": id, "reason": "vaultctl check"})),
             )
             .await;
-        match (s, v["global"]["at"].as_i64()) {
-            (200, Some(at)) => revoked.push((id, at)),
+        match (s, read::<CredentialRevoked>(&v).and_then(|c| c.global)) {
+            (200, Some(g)) => revoked.push((id, g.at)),
             (200, None) => violations.push(Violation {
                 invariant: "global_revocation",
                 detail: format!("{}: the credential revoke was not global: {v}", a.base),
@@ -240,13 +242,18 @@ pub(crate) async fn run(
                         None,
                     )
                     .await;
-                if v["state"] == "revoked" {
+                let state = read::<TokenMeta>(&v).map(|t| t.state);
+                if state.as_deref() == Some("revoked") {
                     break;
                 }
                 if Instant::now() > deadline {
                     violations.push(Violation {
                         invariant: "global_revocation_applied",
-                        detail: format!("{pool}/{id}: still {} in {}", v["state"], c.base),
+                        detail: format!(
+                            "{pool}/{id}: still {} in {}",
+                            state.as_deref().unwrap_or("unknown"),
+                            c.base
+                        ),
                     });
                     break;
                 }
@@ -262,7 +269,8 @@ pub(crate) async fn run(
                 Some(json!({"tokens": [{"id": format!("again{i}"), "secret": secret(i)}]})),
             )
             .await;
-        if s != 409 || v["code"] != "credential_revoked" {
+        let code = read::<vault_wire::Problem>(&v).map(|p| p.code);
+        if s != 409 || code.as_deref() != Some("credential_revoked") {
             violations.push(Violation {
                 invariant: "global_deposit",
                 detail: format!(

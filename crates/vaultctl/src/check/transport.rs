@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tonic::transport::{Channel, Endpoint};
 use vault_wire::grpc::pb;
 
@@ -117,7 +117,13 @@ impl GrpcWorkers {
                 let msg = release(pool, lease_id, body);
                 stub.release(request(msg, token, timeout)).await.map(|r| {
                     let r = r.into_inner();
-                    (200, json!({"token_id": r.token_id, "token_state": r.state}))
+                    let released = vault_core::model::Released {
+                        lease_id: lease_id.to_string(),
+                        token_id: r.token_id,
+                        token_state: r.state,
+                        released: true,
+                    };
+                    (200, serde_json::to_value(released).unwrap_or_default())
                 })
             }
             WorkerCall::Rotate { pool, lease_id } => {
@@ -131,7 +137,17 @@ impl GrpcWorkers {
             Ok((status, body)) => (status, body, String::new()),
             Err(s) => match vault_wire::grpc::Problem::of(&s) {
                 Some(p) => {
-                    let body = json!({"code": p.code, "detail": s.message()});
+                    let title = reqwest::StatusCode::from_u16(p.http_status)
+                        .ok()
+                        .and_then(|c| c.canonical_reason())
+                        .unwrap_or("Error");
+                    let problem = vault_wire::Problem::new(
+                        p.http_status,
+                        title,
+                        &p.code,
+                        s.message().to_string(),
+                    );
+                    let body = serde_json::to_value(problem).unwrap_or_default();
                     (p.http_status, body, String::new())
                 }
                 _ => (

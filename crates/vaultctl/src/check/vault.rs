@@ -38,6 +38,11 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
+    /// The body read as the type `T` the vault writes; None when it is not one.
+    pub(crate) fn read<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        read(&self.body)
+    }
+
     pub(super) fn rec(&self, op: Op) -> Rec {
         Rec {
             sent: self.sent,
@@ -142,11 +147,9 @@ impl Vault {
     /// An answer received now to a request sent at `sent`.
     pub(super) fn answer(&self, sent: u64, status: u16, body: Value, error: String) -> Answer {
         let acked = (status != 0).then(|| self.now());
-        let code = body
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let code = read::<vault_wire::Problem>(&body)
+            .map(|p| p.code)
+            .unwrap_or_default();
         Answer {
             sent,
             acked,
@@ -194,6 +197,11 @@ impl Vault {
         log.sort_by_key(|r| r.sent);
         log
     }
+}
+
+/// An answer read as the type `T` the vault writes; None when it is not one.
+pub(crate) fn read<T: serde::de::DeserializeOwned>(v: &Value) -> Option<T> {
+    T::deserialize(v).ok()
 }
 
 /// A transport error with its causes: reqwest's own message ("error sending request") says

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
+use vault_core::model::{ClientRevoked, MintedToken};
 
 use super::*;
 use crate::remote::{Remote, RemoteArgs};
@@ -34,22 +35,25 @@ pub(crate) async fn client(op: ClientOp, a: &RemoteArgs) -> anyhow::Result<()> {
             if a.json {
                 println!("{v}");
             } else {
-                eprintln!(
-                    "jti {}, expires {}",
-                    text(&v["jti"]),
-                    text(&v["expires_at"])
-                );
-                println!("{}", text(&v["token"]));
+                let minted: MintedToken = typed(&v)?;
+                eprintln!("jti {}, expires {}", minted.jti, minted.expires_at);
+                println!("{}", minted.token);
             }
             Ok(())
         }
         ClientOp::Revoke { jti } => {
             let r = Remote::new(a)?;
             let v = r.post("/v1/clients/revoke", &json!({ "jti": jti })).await?;
-            show(a.json, &v, |_| {
-                format!("client token {jti} revoked: every replica refuses it within a second")
-            });
-            Ok(())
+            show_as(a.json, &v, |c: ClientRevoked| match c.global {
+                Some(g) => format!(
+                    "client token {} revoked in every region (global entry {})",
+                    c.jti, g.entry_id
+                ),
+                None => format!(
+                    "client token {} revoked: every replica refuses it within a second",
+                    c.jti
+                ),
+            })
         }
         ClientOp::Introspect { subject } => {
             let r = Remote::new(a)?;

@@ -97,3 +97,18 @@ pub(crate) fn show(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> Stri
         println!("{}", human(v));
     }
 }
+
+/// The answer `v` as the vault wrote it (`--json`), or read as the type `T` the server wrote and
+/// told in words.
+pub(crate) fn show_as<T: serde::de::DeserializeOwned>(
+    json_out: bool,
+    v: &Value,
+    human: impl FnOnce(T) -> String,
+) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{}", human(typed(v)?));
+    }
+    Ok(())
+}

@@ -67,15 +67,15 @@ pub(crate) struct PoolCreate {
 }
 
 /// An action's `scope` in its body.
-fn scope(global: bool) -> &'static str {
+fn scope(global: bool) -> ActionScope {
     if global {
-        "global"
+        ActionScope::Global
     } else {
-        "region"
+        ActionScope::Region
     }
 }
 
-use vault_core::model::VIEW_STATES as STATES;
+use vault_core::model::{ActionScope, Frozen, PoolPage, RotationStarted, VIEW_STATES as STATES};
 
 pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
     let r = Remote::new(a)?;
@@ -107,18 +107,21 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
             show(a.json, &v, |v| format!("pool {}\n{}", c.pool, fields(v)));
         }
         PoolOp::List => {
-            let mut all = r.pages("/v1/pools", "pools", usize::MAX).await?;
-            all.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
-            let v = Value::Array(all);
-            show(a.json, &v, |v| {
+            let mut all = r.pages::<PoolPage>("/v1/pools", usize::MAX).await?;
+            all.sort_by(|x, y| x.name.cmp(&y.name));
+            show(a.json, &serde_json::to_value(&all)?, |_| {
                 let mut header = vec!["pool"];
                 header.extend(STATES);
                 header.push("frozen");
                 let mut t = table(&header);
-                for p in v.as_array().into_iter().flatten() {
-                    let mut row = vec![text(&p["name"])];
-                    row.extend(STATES.iter().map(|s| text(&p["tokens"][*s])));
-                    row.push(if p["frozen"] == true { "yes" } else { "" }.into());
+                for p in &all {
+                    let mut row = vec![p.name.clone()];
+                    row.extend(
+                        STATES
+                            .iter()
+                            .map(|s| cell(p.tokens.as_ref().and_then(|n| n.get(*s)))),
+                    );
+                    row.push(if p.frozen { "yes" } else { "" }.into());
                     t.add_row(row);
                 }
                 t.to_string()
@@ -140,10 +143,16 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     &json!({"reason": reason, "revoke_leases": revoke_leases, "scope": scope(global)}),
                 )
                 .await?;
-            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
-                Some(e) => format!("pool {pool} frozen in every region (global entry {e})"),
-                None => format!("pool {pool} frozen"),
-            });
+            show_as(a.json, &v, |f: Frozen| match f.global {
+                Some(g) => format!(
+                    "pool {pool} frozen in every region (global entry {})",
+                    g.entry_id
+                ),
+                None => format!(
+                    "pool {pool} frozen ({} leases ended)",
+                    f.leases_ended.map_or(0, |l| l.len())
+                ),
+            })?;
         }
         PoolOp::Unfreeze { pool, global } => {
             let v = r
@@ -152,10 +161,13 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     &json!({"scope": scope(global)}),
                 )
                 .await?;
-            show(a.json, &v, |v| match v["global"]["entry_id"].as_str() {
-                Some(e) => format!("pool {pool} unfrozen in every region (global entry {e})"),
+            show_as(a.json, &v, |f: Frozen| match f.global {
+                Some(g) => format!(
+                    "pool {pool} unfrozen in every region (global entry {})",
+                    g.entry_id
+                ),
                 None => format!("pool {pool} unfrozen"),
-            });
+            })?;
         }
         PoolOp::Rotate {
             pool,
@@ -169,14 +181,12 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     &json!({"sunset_s": sunset_s, "reason": reason}),
                 )
                 .await?;
-            show(a.json, &v, |v| {
+            show_as(a.json, &v, |r: RotationStarted| {
                 format!(
                     "rotation {} of pool {pool}: {} tokens deprecated, revoked at {} unless refreshed",
-                    text(&v["rotation_id"]),
-                    text(&v["tokens"]),
-                    text(&v["sunset_at"])
+                    r.rotation_id, r.tokens, r.sunset_at
                 )
-            });
+            })?;
         }
     }
     Ok(())

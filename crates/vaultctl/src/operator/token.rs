@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::remote::{seg, Problem, Remote, RemoteArgs};
-use vault_core::model::{QuotaView, TokenMeta};
+use vault_core::model::{CredentialRevoked, QuotaView, TokenPage, TokenState};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenOp {
@@ -89,8 +89,8 @@ struct Deposited {
 
 impl Deposited {
     /// Count a deposit answer for `sent` tokens: those it names `unchanged` were already in.
-    fn tally(&mut self, answer: &Value, sent: u64) {
-        let unchanged = answer["unchanged"].as_array().map_or(0, Vec::len) as u64;
+    fn tally(&mut self, answer: &vault_core::model::Deposited, sent: u64) {
+        let unchanged = answer.unchanged.len() as u64;
         self.deposited += sent.saturating_sub(unchanged);
         self.already_there += unchanged.min(sent);
     }
@@ -184,9 +184,8 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
             if let Some(s) = &state {
                 path.push_str(&format!("?state={}", seg(s)));
             }
-            let all = r.pages(&path, "tokens", limit).await?;
-            let v = Value::Array(all);
-            let tokens: Vec<TokenMeta> = typed(&v)?;
+            let tokens = r.pages::<TokenPage>(&path, limit).await?;
+            let v = serde_json::to_value(&tokens)?;
             show(a.json, &v, |_| {
                 let mut t = table(&[
                     "id",
@@ -231,7 +230,13 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     &json!({ "reason": reason }),
                 )
                 .await?;
-            show(a.json, &v, |_| format!("token {id} of pool {pool} revoked"));
+            show_as(a.json, &v, |t: TokenState| {
+                format!(
+                    "token {} of pool {pool} revoked ({} leases ended)",
+                    t.token_id,
+                    t.leases_ended.map_or(0, |l| l.len())
+                )
+            })?;
         }
         TokenOp::RevokeCredential {
             pool,
@@ -247,22 +252,24 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                 _ => bail!("name the credential by --fingerprint, or by <pool> <id>"),
             };
             let v = r.post("/v1/credentials/revoke", &body).await?;
-            show(a.json, &v, |v| {
-                let fp = v["fingerprint"].as_str().unwrap_or_default();
-                match v["global"]["entry_id"].as_str() {
-                    Some(e) => format!(
-                        "credential {fp} revoked in every region (global entry {e}; each region's follower applies it)"
+            show_as(a.json, &v, |c: CredentialRevoked| {
+                let fp = c.fingerprint;
+                match c.global {
+                    Some(g) => format!(
+                        "credential {fp} revoked in every region (global entry {}; each region's follower applies it)",
+                        g.entry_id
                     ),
                     None => {
-                        let tokens = v["tokens"].as_array().cloned().unwrap_or_default();
-                        let names: Vec<String> = tokens
+                        let names: Vec<String> = c
+                            .tokens
+                            .unwrap_or_default()
                             .iter()
-                            .map(|t| format!("{}/{}", t["pool"].as_str().unwrap_or(""), t["token_id"].as_str().unwrap_or("")))
+                            .map(|t| format!("{}/{}", t.pool, t.token_id))
                             .collect();
                         format!("credential {fp} revoked: {} tokens ({})", names.len(), names.join(", "))
                     }
                 }
-            });
+            })?;
         }
         TokenOp::Restore { pool, id } => {
             let v = r
@@ -271,9 +278,9 @@ pub(crate) async fn token(op: TokenOp, a: &RemoteArgs) -> anyhow::Result<()> {
                     &json!({}),
                 )
                 .await?;
-            show(a.json, &v, |v| {
-                format!("token {id} of pool {pool}: {}", text(&v["state"]))
-            });
+            show_as(a.json, &v, |t: TokenState| {
+                format!("token {id} of pool {pool}: {}", t.state)
+            })?;
         }
     }
     Ok(())
@@ -303,11 +310,11 @@ async fn deposit_batch(
     };
     let path = format!("/v1/pools/{}/tokens", seg(pool));
     let tokens: Vec<Value> = pending.iter().map(|(_, t)| t.clone()).collect();
-    match r.post(&path, &json!({ "tokens": tokens })).await {
+    match r.post_as(&path, &json!({ "tokens": tokens })).await {
         Ok(answer) => done.tally(&answer, tokens.len() as u64),
         Err(e) if e.downcast_ref::<Problem>().is_some_and(|p| p.status == 409) => {
             for (_, t) in pending.iter() {
-                match r.post(&path, &json!({ "tokens": [t] })).await {
+                match r.post_as(&path, &json!({ "tokens": [t] })).await {
                     Ok(answer) => done.tally(&answer, 1),
                     Err(e) if e.downcast_ref::<Problem>().is_some_and(|p| p.status == 409) => {
                         done.already_there += 1
