@@ -170,6 +170,27 @@ async fn bad_tokens_are_refused_on_every_route_family() {
         keys_before,
         "refused requests changed nothing"
     );
+    // Every refusal is counted by its reason (what the auth-failure alert watches).
+    let m = crate::harness::metrics_text(&t.vault.base).await;
+    let routes = families().len() as f64;
+    for (reason, tokens) in [
+        ("missing", 1.0),
+        // "not a JWT", and `alg: none` (no algorithm the JWT library knows).
+        ("malformed", 2.0),
+        ("signature", 1.0),
+        ("unknown_key", 1.0),
+        ("expired", 1.0),
+        ("not_yet_valid", 1.0),
+        ("wrong_audience", 2.0),
+        ("algorithm", 1.0),
+    ] {
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(
+            crate::harness::sample(&m, "tv_client_auth_failures_total", &[&label]),
+            Some(tokens * routes),
+            "{reason}:\n{m}"
+        );
+    }
 }
 
 #[tokio::test]

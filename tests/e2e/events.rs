@@ -101,6 +101,17 @@ async fn a_revoke_on_one_replica_reaches_a_worker_on_another() {
         count >= 2.0,
         "propagation recorded on replica B:\n{metrics}"
     );
+    // The revocation is counted once, by the replica that made it.
+    let made = crate::harness::metrics_text(&t.vault.base).await;
+    assert_eq!(
+        crate::harness::sample(&made, "tv_token_revocations_total", &["pool=\"p\""]),
+        Some(1.0),
+        "{made}"
+    );
+    assert_eq!(
+        crate::harness::sample(&metrics, "tv_token_revocations_total", &[]),
+        None
+    );
 }
 
 /// A vault with pool `p` holding tokens `a` and `b`.

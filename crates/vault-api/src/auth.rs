@@ -76,6 +76,8 @@ pub fn caller(
     {
         Ok(p) => Ok(p),
         Err(e) => {
+            // Every refused client token, REST or gRPC: what the auth-failure alert watches.
+            metrics::counter!("tv_client_auth_failures_total", "reason" => e.kind()).increment(1);
             if let Some(ip) = peer {
                 if let Some(wait_s) = s.auth_failures.blocked(ip) {
                     tracing::warn!(%ip, "too many failed authentications");

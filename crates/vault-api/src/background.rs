@@ -127,6 +127,23 @@ fn pool_gauges_of(pool: &str, st: Option<&PoolStatus>) {
             "tv_pool_headroom_tokens",
             v(|s| s.sizing.headroom_tokens as f64),
         ),
+        // The last full minute's busiest and median token (the lease-skew alert).
+        (
+            "tv_pool_token_leases_per_minute_max",
+            v(|s| {
+                s.lease_skew
+                    .as_ref()
+                    .map_or(0.0, |k| k.busiest_leases as f64)
+            }),
+        ),
+        (
+            "tv_pool_token_leases_per_minute_median",
+            v(|s| {
+                s.lease_skew
+                    .as_ref()
+                    .map_or(0.0, |k| k.median_leases as f64)
+            }),
+        ),
     ] {
         metrics::gauge!(name, "pool" => pool.to_string()).set(value);
     }

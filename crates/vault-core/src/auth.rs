@@ -142,6 +142,25 @@ pub enum AuthError {
     Revoked,
 }
 
+impl AuthError {
+    /// A short stable name for the refusal: the `reason` label of
+    /// `tv_client_auth_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Algorithm => "algorithm",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Signature => "signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::Claims(_) => "claims",
+            AuthError::Revoked => "revoked",
+        }
+    }
+}
+
 struct Verifier {
     key: DecodingKey,
     /// base64url of the raw public key, for the JWKS.

@@ -114,6 +114,11 @@ impl PoolKeys {
     pub fn rate(&self) -> String {
         self.k("rate")
     }
+    /// Leases granted per token in one minute (a zset: token id → leases), for the lease-skew
+    /// figures of status; each expires a few minutes after its minute.
+    pub fn heat(&self, minute: i64) -> String {
+        self.k(&format!("heat:{minute}"))
+    }
     /// A token's hash, by its internal id (`#<n>`).
     pub fn token(&self, internal_id: &str) -> String {
         self.k(&format!("t:{internal_id}"))

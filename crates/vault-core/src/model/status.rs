@@ -108,6 +108,9 @@ pub struct PoolStatus {
     pub operation: Option<OperationStatus>,
     /// The observed lease rate and the tokens it needs.
     pub sizing: PoolSizing,
+    /// How unevenly the last full minute's leases fell on the tokens; null when none was
+    /// leased in it.
+    pub lease_skew: Option<LeaseSkew>,
     /// The pool's pipelines: their phase, size and deadline (counts by state, leases and
     /// projections are in `GET /v1/pools/{pool}/pipelines`).
     pub pipelines: Vec<super::PipelineStatus>,
@@ -115,6 +118,24 @@ pub struct PoolStatus {
     /// is stale (what the replica answering saw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub global: Option<crate::global::GlobalReport>,
+}
+
+/// How unevenly one minute's leases fell on a pool's tokens (counted by every replica, flushed
+/// every few seconds): one token leased far more than the median one may be used by something
+/// that should not have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct LeaseSkew {
+    /// The start of the minute counted (the last full one), RFC 3339.
+    pub minute_at: String,
+    /// Tokens leased at least once in it.
+    pub tokens_leased: u64,
+    /// The token leased most.
+    pub busiest_token: String,
+    /// Its leases in the minute.
+    pub busiest_leases: u64,
+    /// Leases of the median token among those leased in the minute.
+    pub median_leases: u64,
 }
 
 /// One quota of a pool, as status shows it.

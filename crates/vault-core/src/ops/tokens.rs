@@ -82,6 +82,9 @@ impl Store {
         ended: &[String],
     ) {
         tracing::warn!(pool, token_id = %id, reason, leases_ended = ended.len(), actor = %actor.name, "token revoked");
+        // Each revocation is made (and counted) by one process: the sum over processes is
+        // the revocation rate the mass-invalidation alert watches.
+        metrics::counter!("tv_token_revocations_total", "pool" => pool.to_string()).increment(1);
         let ev = VaultEvent {
             kind: "token.revoked".into(),
             pool: pool.into(),

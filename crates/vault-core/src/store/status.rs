@@ -185,7 +185,9 @@ impl Store {
             started_at: crate::time::rfc3339(field(7).parse().unwrap_or(0)),
             tokens_done: field(8).parse().unwrap_or(0),
         });
+        let lease_skew = self.lease_skew(name, now_ms).await?;
         Ok(PoolStatus {
+            lease_skew,
             janitor,
             operation,
             pipelines,

@@ -5,6 +5,7 @@
 
 mod quotas;
 mod scripts;
+mod status;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
