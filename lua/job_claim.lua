@@ -15,7 +15,7 @@ if in_flight_limit ~= nil and redis.call('ZCARD', claimed) >= in_flight_limit th
 local vis = NOW + visibility_ms
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10)) do
   local t = load_token(id)
-  if t == nil or not refreshable(t) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
+  if t == nil or not claimable(t, external) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
     redis.call('ZREM', q, id)
   else
     redis.call('ZADD', q, vis, id)
@@ -29,7 +29,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10))
     redis.call('PEXPIRE', job_key(job_id), visibility_ms * 2 + 60000)
     return reply({ job = {
       job_id = job_id, token_id = t.id, generation = tonumber(gen), attempts = num(t.refresh_attempts, 0),
-      refresh_kind = t.refresh_kind, refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',
+      refresh_kind = t.refresh_kind or 'none', refresh_ct = t.refresh_ct or '', refresh_key_id = t.refresh_key_id or '',
       refresh_pub = t.refresh_pub or '', proxy = t.proxy or '', proxy_ct = t.proxy_ct or '', proxy_key_id = t.proxy_key_id or '',
       binding_fp = t.binding_fp or '',
       labels = t.labels or '{}', expires_at = num(t.expires_at, 0), visible_at = vis,

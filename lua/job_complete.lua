@@ -50,6 +50,8 @@ put(id, t, 'refresh_attempts', 0)
 -- A refreshed deprecated token is current again: its sunset no longer applies, and it counts
 -- toward the emergency rotation that deprecated it.
 redis.call('ZREM', sunset_key(), id)
+local rotated = t.rotation == SCHEDULED
+redis.call('SREM', rotating_key(), id)
 if t.rotation ~= nil and t.rotation ~= '' then
   if t.rotation == c.rotation_id then redis.call('HINCRBY', K.cfg, 'rotation_refreshed', 1) end
   put(id, t, 'rotation', '')
@@ -58,4 +60,4 @@ end
 put(id, t, 'state', 'active')
 redis.call('HINCRBY', stats_key(), 'refresh_ok', 1)
 back_in_rotation(id, t, c)
-return reply({ token_id = t.id, generation = gen, state = t.view })
+return reply({ token_id = t.id, generation = gen, state = t.view, rotated = rotated })

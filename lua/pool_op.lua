@@ -71,6 +71,8 @@ for i = 1, #pairs_found, 2 do
     if t ~= nil then
       if op == 'reconfigure' then
         if in_rotation(t) then due_add(id, t, c) end
+        -- Tokens of a pool older than scheduled rotation are indexed by age here.
+        age_index(id, t)
         -- Placed anew: the rules that decide where, and its ready score, may have changed.
         t.at = nil
         reconcile(id, t, c)
@@ -94,7 +96,7 @@ local op_fields = { 'op', 'op_id', 'op_cursor', 'op_affected', 'op_started_at', 
 if op ~= 'delete' then redis.call('HSET', K.cfg, 'op_last_id', c.op_id, 'op_last_affected', total) end
 if op == 'delete' then
   local keys = { K.cfg, K.ready, K.cool, K.leases, leasedata_key(), K.exp, K.ids, K.jobs, stats_key(), rate_key(), seq_key(),
-    depositing_key(), fps_key(), sunset_zset, due_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
+    depositing_key(), fps_key(), sunset_zset, due_key(), aged_key(), rotating_key(), xjobs_key(), K.jobs .. ':claimed', xjobs_key() .. ':claimed' }
   for _, name in ipairs(redis.call('ZRANGE', pipelines_key(), 0, -1)) do
     for _, k in ipairs({ pl_key(name), pm_key(name), pr_key(name), pc_key(name) }) do keys[#keys + 1] = k end
   end

@@ -192,6 +192,10 @@ local function rate_key() return K.base .. 'rate' end
 local function idem_key(idem) return K.base .. 'idem:' .. idem end
 local function session_key(session) return K.base .. 's:' .. session end
 local function sunset_key() return K.base .. 'sunset' end
+-- Scheduled rotation (rules/age.lua): `aged` tokens in rotation by the time their age counts
+-- from (deposit or last refresh, ms); `rotating` the tokens being rotated on schedule now.
+local function aged_key() return K.base .. 'aged' end
+local function rotating_key() return K.base .. 'rotating' end
 -- Pipelines (rules/pipeline.lua): `pipelines` zset name -> deadline ms; per pipeline `pl:<name>`
 -- its record (hash), `pm:<name>` its tokens (set), `pr:<name>` its leasable tokens (zset, as
 -- `ready`), `pc:<name>` candidates while it is being assigned (zset, score = preference);

@@ -37,11 +37,18 @@ local function enqueue_job(id, t)
   redis.call('ZADD', queue_of(t), 'NX', NOW, id)
 end
 
--- Forget every refresh schedule of a token (revoked, deleted, quarantined).
+-- Forget every refresh schedule of a token (revoked, deleted, quarantined), its age too.
 local function unschedule(id)
   redis.call('ZREM', K.jobs, id)
   redis.call('ZREM', xjobs_key(), id)
   redis.call('ZREM', due_key(), id)
+  age_forget(id)
+end
+
+-- Whether a refresh job of token `t` may be claimed from the `external` queue or the
+-- refresher's: a token with a grant, or (by the login workers) one rotated on schedule without.
+local function claimable(t, external)
+  return refreshable(t) or (external and t.rotation == SCHEDULED)
 end
 
 -- Take a token out of rotation because it is (nearly) expired or came back 401:
@@ -66,6 +73,7 @@ local function back_in_rotation(id, t, c)
   else
     exp_add(id, t)
     due_add(id, t, c)
+    age_index(id, t)
     reconcile(id, t, c)
   end
 end

@@ -83,6 +83,8 @@ pub struct SweepStats {
     pub returned: u64,
     pub expired: u64,
     pub sunset: u64,
+    /// Tokens whose scheduled rotation started.
+    pub rotated: u64,
     pub enqueued: u64,
     pub pipelines: u64,
 }
@@ -153,6 +155,10 @@ async fn sweep_pool(
         let janitor = Actor::process("janitor");
         st.sunset += drain(batch, || store.sunset_due(&janitor, p, batch)).await?;
     }
+    if due.aged {
+        let janitor = Actor::process("janitor");
+        st.rotated += drain(batch, || store.rotate_aged_tokens(&janitor, p, batch)).await?;
+    }
     if due.pipelines {
         st.pipelines += store.tend_pipelines(&Actor::process("janitor"), p).await? as u64;
     }
@@ -183,7 +189,7 @@ pub async fn run(
                     Ok(st) => {
                         if st != SweepStats::default() {
                             tracing::info!(reaped = st.reaped, returned = st.returned, expired = st.expired,
-                                sunset = st.sunset, enqueued = st.enqueued, "sweep");
+                                sunset = st.sunset, rotated = st.rotated, enqueued = st.enqueued, "sweep");
                         }
                         if let Err(e) = store.janitor_beat_write(interval).await {
                             tracing::warn!(error = %e, "heartbeat not written");

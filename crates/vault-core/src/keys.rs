@@ -144,6 +144,14 @@ impl PoolKeys {
     pub fn sunset(&self) -> String {
         self.k("sunset")
     }
+    /// Tokens in rotation by the time their age counts from (`aged_key` in lua/rules/base.lua).
+    pub fn aged(&self) -> String {
+        self.k("aged")
+    }
+    /// Tokens being rotated on schedule now (`rotating_key` in lua/rules/base.lua).
+    pub fn rotating(&self) -> String {
+        self.k("rotating")
+    }
     /// Refreshable tokens by the time their refresh is due (`due_key` in `lua/rules/refresh.lua`).
     pub fn due(&self) -> String {
         self.k("due")
@@ -291,6 +299,8 @@ mod tests {
             k.pipeline_tokens(""),
             k.pipeline_ready(""),
             k.pipeline_candidates(""),
+            k.aged(),
+            k.rotating(),
         ]
         .iter()
         .map(|key| key.strip_prefix(k.base()).unwrap().to_string())

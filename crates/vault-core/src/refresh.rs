@@ -178,6 +178,9 @@ pub struct RefreshResult {
     /// Why the attempt failed; `None` when the token was refreshed.
     #[serde(default)]
     pub error: Option<String>,
+    /// The token was being rotated on schedule and this refresh replaced it.
+    #[serde(default)]
+    pub rotated: bool,
     /// The stored credential's fingerprint (never the credential); set by the caller.
     #[serde(skip)]
     pub fingerprint: Option<String>,

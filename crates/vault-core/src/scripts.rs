@@ -47,6 +47,7 @@ pub const RULES: &[(&str, &str)] = &[
         "placement",
         include_str!("../../../lua/rules/placement.lua"),
     ),
+    ("age", include_str!("../../../lua/rules/age.lua")),
     ("refresh", include_str!("../../../lua/rules/refresh.lua")),
     (
         "quarantine",
@@ -372,6 +373,14 @@ transitions! {
     EXPIRE_TOKENS, ExpireTokens => "expire_tokens" { batch: u64 }
     /// Revoke deprecated tokens whose sunset came.
     SUNSET_TOKENS, SunsetTokens => "sunset_tokens" { batch: u64 }
+    /// Start the scheduled rotation of tokens past the pool's maximum age.
+    ROTATE_AGED, RotateAged => "rotate_aged" { batch: u64 }
+    /// How many tokens reach the pool's maximum age, by day.
+    ROTATION_CALENDAR, RotationCalendar => "rotation_calendar" {
+        /// The first day's midnight (UTC), unix ms.
+        from_ms: i64,
+        days: u64,
+    }
     /// Queue the refresh of tokens whose preemptive refresh is due.
     ENQUEUE_DUE, EnqueueDue => "enqueue_due" { batch: u64 }
     /// Claim the next visible refresh job.
@@ -489,7 +498,7 @@ transitions! {
 
 /// Functions that only read: registered `no-writes` and called with `FCALL_RO`, which Redis
 /// may also serve from a replica and never counts as a write.
-pub const READ_ONLY: &[&str] = &["token_rows", "pipeline_view"];
+pub const READ_ONLY: &[&str] = &["token_rows", "pipeline_view", "rotation_calendar"];
 
 /// The `FCALL` names of [`READ_ONLY`], made once (asked on every call).
 static READ_ONLY_NAMES: LazyLock<Vec<String>> =
@@ -735,8 +744,14 @@ mod tests {
     #[test]
     fn the_lease_path_reads_every_token_field_it_uses() {
         // Read only by the refresh-job path, which loads whole tokens (`load_claim`,
-        // `refresh_attempt_failed`); `err` is `fail`'s own table, not a token.
-        const ELSEWHERE: [&str; 4] = ["job_id", "generation", "refresh_attempts", "err"];
+        // `refresh_attempt_failed`, `claimable`); `err` is `fail`'s own table, not a token.
+        const ELSEWHERE: [&str; 5] = [
+            "job_id",
+            "generation",
+            "refresh_attempts",
+            "rotation",
+            "err",
+        ];
         let base = RULES[0].1;
         let hot_start = base
             .find("local TOKEN_HOT = {")

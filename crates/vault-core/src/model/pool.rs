@@ -79,6 +79,9 @@ pub struct PoolConfigInput {
     pub quotas: Option<Vec<QuotaInput>>,
     #[cfg_attr(feature = "schema", schema(schema_with = super::quota::cost_estimates_schema))]
     pub cost_estimates: Option<BTreeMap<String, u64>>,
+    /// Scheduled rotation: each token is rotated in stages when its age reaches `max_age_s`.
+    /// Absent: tokens are rotated only when they expire, fail or an operator rotates the pool.
+    pub rotation: Option<RotationSchedule>,
 }
 
 /// Optional health probe: the refresher calls `url` with an idle token (through its bound
@@ -145,6 +148,8 @@ pub struct PoolConfig {
     pub quotas: Vec<Quota>,
     /// What a lease is expected to cost by cost dimension, when it does not say.
     pub cost_estimates: BTreeMap<String, u64>,
+    /// Scheduled rotation; null: none.
+    pub rotation: Option<RotationSchedule>,
 }
 
 impl PoolConfigInput {
@@ -257,6 +262,7 @@ impl PoolConfigInput {
             probe: self.probe,
             quotas,
             cost_estimates,
+            rotation: self.rotation.map(RotationSchedule::validate).transpose()?,
         })
         .and_then(|c| {
             if c.refresh_margin_s < c.min_token_ttl_s {
@@ -373,6 +379,9 @@ impl PoolConfig {
             ("quotas", quotas),
             ("cost_estimates", cost_estimates),
         ])
+        .into_iter()
+        .chain(RotationSchedule::fields(self.rotation.as_ref()))
+        .collect()
     }
 
     /// Read a stored config back. Missing fields take the defaults; a pool written before every
@@ -421,6 +430,7 @@ impl PoolConfig {
             refresh_concurrency: num("refresh_concurrency", d.refresh_concurrency.into()) as u32,
             probe: f.get("probe").and_then(|p| serde_json::from_str(p).ok()),
             quotas: quotas_from_field(f.get("quotas")),
+            rotation: RotationSchedule::from_fields(f),
             cost_estimates: f
                 .get("cost_estimates")
                 .and_then(|e| serde_json::from_str(e).ok())

@@ -61,6 +61,23 @@ impl Store {
             )
         })
         .await;
+        if r.rotated {
+            self.record(&AuditEntry {
+                token_id: Some(r.token_id.clone()),
+                detail: r.fingerprint.clone(),
+                ..actor.entry(Some(pool), "token.rotated")
+            })
+            .await;
+            let ev = VaultEvent {
+                kind: "token.rotated".into(),
+                pool: pool.into(),
+                token_id: Some(r.token_id.clone()),
+                at: self.event_time().await,
+                reason: Some("scheduled rotation: replaced".into()),
+                ..Default::default()
+            };
+            self.announce(ev, &[]).await;
+        }
         let kind = match r.outcome() {
             "refreshed" => "token.refreshed",
             "quarantined" => "token.quarantined",

@@ -29,6 +29,7 @@ mod jobs;
 mod leases;
 mod pipelines;
 mod pools;
+mod schedule;
 mod tokens;
 mod upkeep;
 

@@ -30,6 +30,7 @@ use crate::Result;
 pub use pipelines::{PipelineNews, PipelineStep, ShortRaw, PIPELINE_BATCH};
 pub use rate::{LeaseRate, RATE_MINUTES};
 use reply::typed;
+pub use schedule::RotationStart;
 
 /// What an acquire asks for.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +98,8 @@ pub struct PoolDue {
     pub expiring: bool,
     /// A deprecated token's sunset has come.
     pub sunset: bool,
+    /// A token reached the pool's maximum age (scheduled rotation).
+    pub aged: bool,
     /// A pipeline needs work: its deadline passed, it is under strength or being assigned or
     /// given back, or what happened to shares waits to be announced.
     pub pipelines: bool,
@@ -426,6 +429,7 @@ mod pipelines;
 mod pools;
 mod rate;
 mod reply;
+mod schedule;
 mod status;
 mod sweeps;
 mod tokens;

@@ -50,7 +50,14 @@ impl Store {
             let mut p = redis::pipe();
             let pk = self.keys.pool(name);
             let indexes = if janitor {
-                vec![pk.leases(), pk.cool(), pk.exp(), pk.sunset(), pk.due()]
+                vec![
+                    pk.leases(),
+                    pk.cool(),
+                    pk.exp(),
+                    pk.sunset(),
+                    pk.due(),
+                    pk.aged(),
+                ]
             } else {
                 vec![pk.due(), pk.jobs()]
             };
@@ -68,9 +75,13 @@ impl Store {
                 p.cmd("SCARD").arg(pk.pipelines_work());
                 p.cmd("LLEN").arg(pk.pipeline_news());
             }
-            p.cmd("HMGET")
-                .arg(pk.cfg())
-                .arg(&["op", "lease_ttl_s", "min_token_ttl_s", "probe"]);
+            p.cmd("HMGET").arg(pk.cfg()).arg(&[
+                "op",
+                "lease_ttl_s",
+                "min_token_ttl_s",
+                "probe",
+                "scheduled_max_age_s",
+            ]);
             groups.push(p);
         }
         let mut rows = self.pipes(groups).await?;
@@ -85,7 +96,7 @@ impl Store {
             r.first().map(|(_, s)| *s)
         };
         let due = |v: &redis::Value| first(v).is_some_and(|s| s <= now);
-        let per = if janitor { 10 } else { 3 };
+        let per = if janitor { 11 } else { 3 };
         Ok(rows
             .chunks(per)
             .map(|r| {
@@ -105,6 +116,10 @@ impl Store {
                     .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
                     .collect();
                 let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s as f64 * 1000.0;
+                let max_age_ms = field(4)
+                    .and_then(|a| a.parse::<f64>().ok())
+                    .filter(|a| *a > 0.0)
+                    .map(|a| a * 1000.0);
                 PoolDue {
                     operation: field(0).is_some_and(|o| !o.is_empty()),
                     leases: due(&r[0]),
@@ -112,8 +127,10 @@ impl Store {
                     expiring: first(&r[2]).is_some_and(|s| s < now + min_ttl_ms),
                     sunset: due(&r[3]),
                     refresh: due(&r[4]),
-                    pipelines: due(&r[5])
-                        || r[6..9]
+                    aged: max_age_ms
+                        .is_some_and(|age| first(&r[5]).is_some_and(|s| s + age <= now)),
+                    pipelines: due(&r[6])
+                        || r[7..10]
                             .iter()
                             .any(|v| redis::from_redis_value::<u64>(v.clone()).unwrap_or(0) > 0),
                     ..Default::default()

@@ -145,3 +145,25 @@ pub(super) struct RevokedNow {
 pub(super) struct Lease {
     pub(super) lease: crate::model::LeaseGrant,
 }
+
+/// `rotate_aged`.
+#[derive(Deserialize)]
+pub(super) struct RotationsStarted {
+    #[serde(deserialize_with = "lua_list")]
+    pub(super) started: Vec<crate::store::RotationStart>,
+    pub(super) in_flight: u64,
+}
+
+/// `rotation_calendar`.
+#[derive(Deserialize)]
+pub(super) struct Calendar {
+    pub(super) scheduled: bool,
+    #[serde(default)]
+    pub(super) in_flight: u64,
+    #[serde(default)]
+    pub(super) overdue: u64,
+    #[serde(default)]
+    pub(super) next_due_ms: i64,
+    #[serde(default, deserialize_with = "lua_list")]
+    pub(super) days: Vec<u64>,
+}

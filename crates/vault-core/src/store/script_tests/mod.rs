@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod quotas;
+mod schedule;
 mod scripts;
 mod status;
 
