@@ -213,3 +213,127 @@ async fn rotation_can_be_cancelled() {
     );
     assert!(t.api.get("/v1/pools/p/status").await.body["rotation"].is_null());
 }
+
+/// Scheduled rotation through the real binaries: the calendar over REST and vaultctl, the
+/// janitor rotating at most `max_in_flight` at once, a login worker replacing tokens that have
+/// no grant, the events and audit entries, and the metric.
+#[tokio::test]
+async fn scheduled_rotation_follows_its_calendar_through_the_binaries() {
+    let t = one(&[("TV_POOL_METRICS_INTERVAL_S", "1")]).await;
+    let a = t
+        .api
+        .put(
+            "/v1/pools/p",
+            json!({"rotation": {"max_age_s": 3, "overlap_s": 600, "max_in_flight": 1}}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "a", "secret": "sa"}, {"id": "b", "secret": "sb"}, {"id": "c", "secret": "sc"}]}),
+        )
+        .await;
+    assert_eq!(t.api.get("/v1/pools/p/tokens/a").await.body["age_s"], 0);
+    // The calendar: three tokens due within seconds (today, or tomorrow just before midnight).
+    let cal = t.api.get("/v1/pools/p/rotations?days=2").await;
+    assert_eq!(cal.status, 200, "{cal:?}");
+    let due: u64 = cal.body["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["due"].as_u64().unwrap())
+        .sum();
+    assert_eq!((due, &cal.body["overdue"]), (3, &json!(0)), "{cal:?}");
+    assert_eq!(cal.body["schedule"]["max_in_flight"], 1);
+    t.api
+        .get("/v1/pools/p/rotations?days=0")
+        .await
+        .problem(400, "invalid_request");
+    let vaultctl = |args: &[&str]| {
+        let out = std::process::Command::new(testkit::bin_path("vaultctl"))
+            .args(args)
+            .env("TV_URL", &t.vault.base)
+            .env("TV_TOKEN", &t.dep.admin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = vaultctl(&["pool", "rotations", "p", "--days", "2"]);
+    assert!(shown.contains("at most 1 at once"), "{shown}");
+    let json_out: Value =
+        serde_json::from_str(&vaultctl(&["pool", "rotations", "p", "--json"])).unwrap();
+    assert_eq!(json_out["days"].as_array().unwrap().len(), 30);
+
+    // The janitor starts one rotation at a time; the others wait their turn.
+    let _janitor = t.dep.janitor(100);
+    let st = wait_json(&t.api, "/v1/pools/p/status", Duration::from_secs(60), |s| {
+        s["rotation_schedule"]["in_flight"] == 1 && s["rotation_schedule"]["overdue"] == 2
+    })
+    .await;
+    assert_eq!(st["tokens"]["deprecated"], 1, "{st}");
+    let m = wait_metric(&t.vault.base, "tv_tokens_rotation_due", 3.0).await;
+    assert!(m, "tv_tokens_rotation_due never showed 3");
+    // A login worker replaces each token as its turn comes (none has a grant).
+    let mut replaced = std::collections::HashSet::new();
+    let done = eventually(Duration::from_secs(120), async || {
+        let j = t
+            .api
+            .post("/v1/pools/p/refresh-jobs/claim", json!({}))
+            .await;
+        if j.status == 200 {
+            let id = j.str("token_id");
+            let c = t
+                .api
+                .post(
+                    &format!("/v1/pools/p/refresh-jobs/{}/complete", j.str("job_id")),
+                    json!({"secret": format!("new-{id}-{}", now_ms())}),
+                )
+                .await;
+            assert_eq!(c.status, 200, "{c:?}");
+            assert_eq!(c.body["state"], "active", "{c:?}");
+            replaced.insert(id);
+        }
+        replaced.len() == 3
+    })
+    .await;
+    assert!(done, "replaced only {replaced:?}");
+    // Announced and audited: each start and each replacement.
+    let mut events = vault_client::Client::new(&t.vault.base, &t.dep.admin)
+        .events(&["p"], Some("0"))
+        .await
+        .expect("subscribed");
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 6 {
+        let e = tokio::time::timeout(crate::harness::PATIENCE, events.next())
+            .await
+            .expect("an event")
+            .expect("stream open")
+            .expect("readable");
+        if let ("token.rotation_due" | "token.rotated", Some(id)) =
+            (e.kind.as_str(), e.data.token_id)
+        {
+            seen.insert((e.kind, id));
+        }
+    }
+    let trail = t.api.get("/v1/audit?pool=p&limit=1000").await.body;
+    for action in ["token.rotation_due", "token.rotated"] {
+        let n = trail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .count();
+        assert!(n >= 3, "{action}: {n} in {trail}");
+    }
+}
+
+/// Wait until the replica's `/metrics` shows `name` for pool `p` at `value`.
+async fn wait_metric(base: &str, name: &str, value: f64) -> bool {
+    eventually(Duration::from_secs(60), async || {
+        let m = crate::harness::metrics_text(base).await;
+        crate::harness::sample(&m, name, &["pool=\"p\""]) == Some(value)
+    })
+    .await
+}

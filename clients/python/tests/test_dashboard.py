@@ -192,6 +192,20 @@ def test_dashboard_shows_pipelines_and_one_under_strength(vault_server, pool, br
     vault.close()
 
 
+def test_dashboard_shows_the_rotation_calendar(vault_server, pool, browser):
+    vault = Vault(vault_server.url, vault_server.admin)
+    # Rotated every 3 days: the tokens deposited now are due within the week.
+    vault.put_pool(pool, rotation={"max_age_s": 3 * 86400, "overlap_s": 3600})
+    vault.deposit(pool, [{"id": f"r{i}", "secret": f"ui-rot-{i}"} for i in range(4)])
+
+    browser.get(vault_server.url + "/ui")
+    type_into(browser, "#token", vault_server.admin)
+    click(browser, "#signin")
+    wait_text(browser, f'tr[data-pool="{pool}"] [data-field="rotation"]',
+              lambda t: t == "0 rotating, 0 waiting, 4 due in 7 days")
+    vault.close()
+
+
 def test_the_api_reference_shows_the_lease_operation_and_its_problem_codes(vault_server, browser):
     """GET /docs: the reference page, built from /openapi.json with its assets served by the
     vault itself (nothing from a CDN), lists the lease operation; opened, it shows its answers

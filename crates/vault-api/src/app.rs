@@ -130,6 +130,7 @@ fn documented_routes(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(pools::list))
         .routes(routes!(pools::upsert, pools::get, pools::delete))
         .routes(routes!(pools::status))
+        .routes(routes!(pools::rotations))
         .routes(routes!(pools::freeze))
         .routes(routes!(pools::unfreeze))
         .routes(routes!(pools::rotate))

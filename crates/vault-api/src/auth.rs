@@ -40,6 +40,7 @@ pub fn allowed_scopes(method: &Method, route: &str) -> Option<&'static [Scope]> 
     Some(match (m, route) {
         ("GET", "/pools") => ANY,
         ("GET", "/pools/{pool}") | ("GET", "/pools/{pool}/status") => LEASE,
+        ("GET", "/pools/{pool}/rotations") => LEASE,
         ("PUT", "/pools/{pool}") | ("DELETE", "/pools/{pool}") => ADMIN,
         ("POST", "/pools/{pool}/freeze") | ("POST", "/pools/{pool}/unfreeze") => ADMIN,
         ("POST", "/pools/{pool}/rotate") | ("POST", "/pools/{pool}/rotate/cancel") => ADMIN,

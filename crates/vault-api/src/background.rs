@@ -127,6 +127,15 @@ fn pool_gauges_of(pool: &str, st: Option<&PoolStatus>) {
             "tv_pool_headroom_tokens",
             v(|s| s.sizing.headroom_tokens as f64),
         ),
+        // Tokens past their maximum age not replaced yet: waiting their turn or being rotated.
+        (
+            "tv_tokens_rotation_due",
+            v(|s| {
+                s.rotation_schedule
+                    .as_ref()
+                    .map_or(0.0, |c| (c.overdue + c.in_flight) as f64)
+            }),
+        ),
         // The last full minute's busiest and median token (the lease-skew alert).
         (
             "tv_pool_token_leases_per_minute_max",

@@ -159,6 +159,42 @@ pub async fn status(
     Ok(Json(status_of(&s, &pool).await?))
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CalendarQuery {
+    /// Days covered from today (UTC), 1-366. Default 30.
+    #[param(minimum = 1, maximum = 366)]
+    days: Option<u64>,
+}
+
+/// The pool's rotation calendar: with a scheduled `rotation`, how many tokens reach their
+/// maximum age on each day, how many are past it and waiting their turn, and how many are
+/// being rotated now.
+#[utoipa::path(
+    get,
+    path = "/pools/{pool}/rotations",
+    tag = "pools",
+    params(crate::openapi::PoolPath, CalendarQuery),
+    responses(
+        (status = 200, description = "what is due when (`schedule` null: the pool rotates nothing on schedule)", body = vault_core::model::RotationCalendar),
+        (status = 404, description = "`pool_not_found`", body = Problem),
+    )
+)]
+pub async fn rotations(
+    State(s): State<AppState>,
+    Path(pool): Path<String>,
+    crate::extract::Query(q): crate::extract::Query<CalendarQuery>,
+) -> Result<Json<vault_core::model::RotationCalendar>, ApiError> {
+    let days = q.days.unwrap_or(30);
+    if !(1..=vault_core::model::MAX_CALENDAR_DAYS).contains(&days) {
+        return Err(ApiError::invalid("days must be between 1 and 366"));
+    }
+    Ok(Json(
+        s.store.rotation_calendar(pool_name(&pool)?, days).await?,
+    ))
+}
+
 /// A pool's status, whatever the transport.
 pub(crate) async fn status_of(s: &AppState, pool: &str) -> Result<PoolStatus, ApiError> {
     let mut st = s.store.pool_status(pool_name(pool)?).await?;

@@ -111,6 +111,9 @@ pub struct PoolStatus {
     /// How unevenly the last full minute's leases fell on the tokens; null when none was
     /// leased in it.
     pub lease_skew: Option<LeaseSkew>,
+    /// With a scheduled `rotation`: tokens being rotated, past their age, and due in each of
+    /// the next 7 days (`GET /v1/pools/{pool}/rotations` shows more days); null without.
+    pub rotation_schedule: Option<RotationCalendar>,
     /// The pool's pipelines: their phase, size and deadline (counts by state, leases and
     /// projections are in `GET /v1/pools/{pool}/pipelines`).
     pub pipelines: Vec<super::PipelineStatus>,

@@ -206,6 +206,9 @@ pub struct TokenMeta {
     /// Failed refresh attempts since the last success (the next waits longer; past the
     /// limit it is quarantined).
     pub refresh_attempts: u64,
+    /// Its age, seconds: since its last refresh, else its deposit (what a pool's scheduled
+    /// `rotation` counts against `max_age_s`).
+    pub age_s: u64,
 }
 
 /// A quota's use on one token.
@@ -298,7 +301,12 @@ impl TokenMeta {
         let n = |k: &str| get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as i64;
         let opt_s = |k: &str| get(k).filter(|v| !v.is_empty()).map(String::from);
         let cool = n("cool_until");
+        let aged_from = match n("refreshed_at") {
+            0 => n("created_at"),
+            r => r,
+        };
         Some(TokenMeta {
+            age_s: (now_ms.saturating_sub(aged_from).max(0) / 1000) as u64,
             id: s("id"),
             state: s("view"),
             expires_at: rfc3339_opt(n("expires_at")),

@@ -38,6 +38,16 @@ impl Store {
         days: u64,
     ) -> Result<crate::model::RotationCalendar> {
         let view = self.pool_get(pool).await?;
+        self.calendar_of(pool, view.config.rotation, days).await
+    }
+
+    /// [`Store::rotation_calendar`] of a pool whose schedule the caller read.
+    pub(super) async fn calendar_of(
+        &self,
+        pool: &str,
+        schedule: Option<crate::model::RotationSchedule>,
+        days: u64,
+    ) -> Result<crate::model::RotationCalendar> {
         let now = self.now_ms().await?;
         let today = now.div_euclid(86_400_000) * 86_400_000;
         let days = days.clamp(1, crate::model::MAX_CALENDAR_DAYS);
@@ -50,7 +60,7 @@ impl Store {
                 },
             )
             .await?;
-        let schedule = view.config.rotation.filter(|_| v.scheduled);
+        let schedule = schedule.filter(|_| v.scheduled);
         Ok(crate::model::RotationCalendar {
             pool: pool.to_string(),
             in_flight: v.in_flight,

@@ -186,7 +186,12 @@ impl Store {
             tokens_done: field(8).parse().unwrap_or(0),
         });
         let lease_skew = self.lease_skew(name, now_ms).await?;
+        let rotation_schedule = match &view.config.rotation {
+            Some(s) => Some(self.calendar_of(name, Some(s.clone()), 7).await?),
+            None => None,
+        };
         Ok(PoolStatus {
+            rotation_schedule,
             lease_skew,
             janitor,
             operation,

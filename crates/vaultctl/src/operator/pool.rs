@@ -15,6 +15,14 @@ pub(crate) enum PoolOp {
     List,
     /// A pool's status: tokens by state, leases, utilization, quota, sizing.
     Status { pool: String },
+    /// The rotation calendar: with a scheduled `rotation`, tokens reaching their maximum age
+    /// on each day, past it, and being rotated now.
+    Rotations {
+        pool: String,
+        /// Days from today (UTC), 1-366.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
     /// Kill switch: no new leases.
     Freeze {
         pool: String,
@@ -75,7 +83,9 @@ fn scope(global: bool) -> ActionScope {
     }
 }
 
-use vault_core::model::{ActionScope, Frozen, PoolPage, RotationStarted, VIEW_STATES as STATES};
+use vault_core::model::{
+    ActionScope, Frozen, PoolPage, RotationCalendar, RotationStarted, VIEW_STATES as STATES,
+};
 
 pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
     let r = Remote::new(a)?;
@@ -130,6 +140,12 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
         PoolOp::Status { pool } => {
             let v = r.get(&format!("/v1/pools/{}/status", seg(&pool))).await?;
             show(a.json, &v, |v| fields(v).to_string());
+        }
+        PoolOp::Rotations { pool, days } => {
+            let v = r
+                .get(&format!("/v1/pools/{}/rotations?days={days}", seg(&pool)))
+                .await?;
+            show_as(a.json, &v, |c: RotationCalendar| calendar(&c))?;
         }
         PoolOp::Freeze {
             pool,
@@ -190,6 +206,34 @@ pub(crate) async fn pool(op: PoolOp, a: &RemoteArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A rotation calendar in words and a table of the days with tokens due.
+fn calendar(c: &RotationCalendar) -> String {
+    let Some(s) = &c.schedule else {
+        return format!(
+            "pool {} rotates nothing on schedule (set its `rotation`: {{\"max_age_s\": ...}})",
+            c.pool
+        );
+    };
+    let mut out = format!(
+        "pool {}: each token rotated at {} s of age, kept {} s while replaced, at most {} at once
+         being rotated: {}   past their age, waiting: {}   next due: {}
+",
+        c.pool,
+        s.max_age_s,
+        s.overlap_s,
+        s.max_in_flight,
+        c.in_flight,
+        c.overdue,
+        c.next_due_at.as_deref().unwrap_or("–"),
+    );
+    let mut t = table(&["day (UTC)", "tokens due"]);
+    for d in c.days.iter().filter(|d| d.due > 0) {
+        t.add_row(vec![d.date.clone(), d.due.to_string()]);
+    }
+    out.push_str(&t.to_string());
+    out
 }
 
 /// `{...}` as given, or the JSON of `@file` / `@-`.
