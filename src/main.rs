@@ -249,8 +249,10 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Dev(a) => {
-            vault_core::config::init_tracing(a.log.log_format);
-            dev(a).await
+            let telemetry = vault_core::config::init_tracing(a.log.log_format, "tokenvault-dev");
+            let r = dev(a).await;
+            telemetry.shutdown();
+            r
         }
     };
     match r {

@@ -27,4 +27,5 @@ mod rotation;
 mod secrets;
 mod sizing;
 mod slow_redis;
+mod traces;
 mod vaultctl;

@@ -7,7 +7,7 @@ use vault_core::Store;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cfg = JanitorConfig::parse();
-    vault_core::config::init_tracing(cfg.log.log_format);
+    let _telemetry = vault_core::config::init_tracing(cfg.log.log_format, "tokenvault-janitor");
     let global = vault_core::global::Global::from_args(&cfg.global, &cfg.redis);
     let store = match (Store::connect(&cfg.redis), global) {
         (Ok(s), Ok(global)) => s.with_global(global),

@@ -443,6 +443,7 @@ impl Refresher {
     /// Lease an idle token like a worker would, call the probe URL through its bound proxy,
     /// and report: the expected status is `ok`, anything else is a strike (`suspect`). A
     /// network failure is not the token's fault and is reported as unused.
+    #[tracing::instrument(name = "probe", skip_all, fields(pool = %pool))]
     pub async fn probe(&self, pool: &str, probe: &ProbeConfig) -> vault_core::Result<()> {
         let ttl_ms = self.cfg.http_timeout_ms + 5000;
         let args = AcquireArgs {
@@ -478,10 +479,14 @@ impl Refresher {
                     used: Some(0),
                     ..Default::default()
                 },
-                Ok(http) => match http
-                    .get(&probe.url)
+                Ok(http) => match providers::with_trace_context(http.get(&probe.url))
                     .bearer_auth(secret.expose())
                     .send()
+                    .instrument(tracing::info_span!(
+                        "probe.call",
+                        otel.kind = "client",
+                        server.address = %providers::host_of(&probe.url),
+                    ))
                     .await
                 {
                     Ok(res) if res.status().as_u16() == probe.expect_status => Report::default(),

@@ -408,5 +408,11 @@ pub fn app(state: AppState) -> anyhow::Result<axum::Router> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(VaultService::server(state))
-        .into_axum_router())
+        .into_axum_router()
+        // A call's span, its parent the caller's `traceparent` metadata, as over REST.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_grpc()
+                .make_span_with(crate::trace::request_span)
+                .on_response(crate::trace::record_status),
+        ))
 }

@@ -30,6 +30,7 @@ pub mod grpc;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod trace;
 
 pub use app::{router, AppState};
 pub use config::ApiConfig;

@@ -34,12 +34,14 @@ pub(crate) fn channel(url: &str) -> Result<Stub> {
     Ok(pb::vault_client::VaultClient::new(ep.connect_lazy()))
 }
 
-/// A call's request with the client token in its metadata.
+/// A call's request with the client token and the caller's trace context in its metadata.
 fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
+    let mut headers = vault_wire::trace::headers();
     if let Ok(v) = format!("Bearer {token}").parse() {
-        req.metadata_mut().insert("authorization", v);
+        headers.insert("authorization", v);
     }
+    *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
     req
 }
 

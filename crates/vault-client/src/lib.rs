@@ -207,7 +207,8 @@ impl Client {
         let mut req = self
             .http
             .request(method, self.rest_url(path, "pipeline management")?)
-            .bearer_auth(&self.token);
+            .bearer_auth(&self.token)
+            .headers(vault_wire::trace::headers());
         if let Some(b) = body {
             req = req.json(&b);
         }

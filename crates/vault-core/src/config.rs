@@ -267,18 +267,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// Install the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON lines.
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
+pub use crate::telemetry::init_tracing;
 
 /// Resolves on SIGTERM or ctrl-c: every binary's graceful-shutdown trigger.
 pub async fn shutdown_signal() {

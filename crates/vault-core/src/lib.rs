@@ -24,6 +24,7 @@ pub mod ops;
 pub mod refresh;
 pub mod scripts;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 
 pub use error::VaultError;

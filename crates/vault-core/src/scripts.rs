@@ -194,6 +194,8 @@ impl<T: Arg> Arg for Vec<T> {
 pub trait Function {
     /// The `FCALL` name.
     fn name() -> &'static str;
+    /// The transition's file stem in `lua/` (`acquire`): what its trace span is named after.
+    fn transition() -> &'static str;
     /// `ARGV[2..]` (`ARGV[1]` is the clock, added by the store).
     fn argv(&self) -> Vec<Vec<u8>>;
 }
@@ -257,6 +259,9 @@ macro_rules! transitions {
             impl Function for $args {
                 fn name() -> &'static str {
                     $name.as_str()
+                }
+                fn transition() -> &'static str {
+                    $file
                 }
                 #[allow(unused_mut)]
                 fn argv(&self) -> Vec<Vec<u8>> {

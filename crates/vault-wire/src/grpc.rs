@@ -82,6 +82,8 @@ impl From<Lease> for pb::Lease {
             }),
             authorization: v.headers.authorization,
             secret: v.secret,
+            fingerprint: v.fingerprint,
+            trace_id: v.trace_id.unwrap_or_default(),
         }
     }
 }
@@ -106,6 +108,8 @@ impl From<pb::Lease> for Lease {
             headers: LeaseHeaders {
                 authorization: v.authorization,
             },
+            fingerprint: v.fingerprint,
+            trace_id: opt(v.trace_id),
         }
     }
 }
@@ -123,6 +127,7 @@ impl From<(Option<String>, Event)> for pb::Event {
             reason: e.reason.unwrap_or_default(),
             pipeline: e.pipeline.unwrap_or_default(),
             replaced_by: e.replaced_by.unwrap_or_default(),
+            trace_id: e.trace_id.unwrap_or_default(),
         }
     }
 }
@@ -140,6 +145,7 @@ impl From<pb::Event> for (Option<String>, Event) {
                 reason: opt(e.reason),
                 pipeline: opt(e.pipeline),
                 replaced_by: opt(e.replaced_by),
+                trace_id: opt(e.trace_id),
             },
         )
     }
@@ -168,6 +174,8 @@ mod tests {
             headers: LeaseHeaders {
                 authorization: "Bearer s".into(),
             },
+            fingerprint: "sha256:0123456789ab".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         };
         assert_eq!(Lease::from(pb::Lease::from(l.clone())), l);
         let e = Event {
@@ -175,6 +183,7 @@ mod tests {
             pool: "p".into(),
             token_id: Some("t".into()),
             at: 7,
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             ..Default::default()
         };
         let back: (Option<String>, Event) = pb::Event::from((Some("1-0".into()), e.clone())).into();

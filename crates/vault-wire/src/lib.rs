@@ -7,6 +7,30 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "grpc")]
 pub mod grpc;
 
+/// W3C trace context on outgoing requests.
+#[cfg(feature = "trace")]
+pub mod trace {
+    /// The caller's trace context as `traceparent` (and `tracestate`) headers: its current
+    /// `tracing` span's (through tracing-opentelemetry), else the current OpenTelemetry
+    /// context, written by the propagator the application installed (none: no header). Only
+    /// the ids travel, never a span's attributes.
+    pub fn headers() -> http::HeaderMap {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let cx = tracing::Span::current().context();
+        let cx = if cx.span().span_context().is_valid() {
+            cx
+        } else {
+            opentelemetry::Context::current()
+        };
+        let mut headers = http::HeaderMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut headers))
+        });
+        headers
+    }
+}
+
 /// Where a token came from and how it must be used (sticky identity).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
@@ -111,6 +135,14 @@ pub struct Lease {
     pub binding: Binding,
     /// Headers to send with the token, ready made (`Authorization: Bearer <secret>`).
     pub headers: LeaseHeaders,
+    /// The credential's `sha256:` fingerprint: how the audit trail, events and revocations
+    /// name it (never the credential).
+    #[serde(default)]
+    pub fingerprint: String,
+    /// The W3C trace id (32 hex digits) of the lease call: the caller's `traceparent`'s, or
+    /// the one the vault started. Links the worker's trace to the vault's spans and audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -124,6 +156,8 @@ impl std::fmt::Debug for Lease {
             .field("lease_expires_at", &self.lease_expires_at)
             .field("units", &self.units)
             .field("binding", &self.binding)
+            .field("fingerprint", &self.fingerprint)
+            .field("trace_id", &self.trace_id)
             .finish()
     }
 }
@@ -158,6 +192,9 @@ pub struct Event {
     /// `pipeline.token_replaced`: the token that took `token_id`'s place (absent: none was free).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<String>,
+    /// The W3C trace id (32 hex digits) of the request or job that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `PUT /v1/pools/{pool}/pipelines/{name}`: the demand a pipeline is sized from, or an explicit
@@ -279,6 +316,8 @@ mod tests {
             headers: LeaseHeaders {
                 authorization: "Bearer s3cr3t".into(),
             },
+            fingerprint: "sha256:0123456789ab".into(),
+            trace_id: None,
         };
         let shown = format!("{l:?} {:?}", l.headers);
         assert!(!shown.contains("s3cr3t"), "{shown}");

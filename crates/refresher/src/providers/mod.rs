@@ -89,7 +89,26 @@ fn clip(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
+/// `req` with the current span's trace context as its `traceparent` (W3C), so a provider that
+/// traces joins the refresh's trace. Nothing else of the span travels.
+pub fn with_trace_context(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.headers(vault_wire::trace::headers())
+}
+
+/// The host of `url`, for a span (never the path or query, which may carry credentials).
+pub fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// POST the grant to the token endpoint (RFC 6749 §3.2) and classify the answer.
+#[tracing::instrument(
+    name = "idp.token",
+    skip_all,
+    fields(otel.kind = "client", server.address = %settings.token_url.as_deref().map(host_of).unwrap_or_default())
+)]
 pub async fn exchange(
     http: &reqwest::Client,
     provider: &dyn Provider,
@@ -127,20 +146,24 @@ pub async fn exchange(
         }
         (None, _, _) => {}
     }
-    let res = req.form(&form).send().await.map_err(|e| {
-        // reqwest's message names the URL, never the form body.
-        let what = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
-            "connection failed"
-        } else {
-            "request failed"
-        };
-        RefreshError::Transient(format!(
-            "token endpoint {what}: {}",
-            clip(&with_causes(&e.without_url()))
-        ))
-    })?;
+    let res = with_trace_context(req)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| {
+            // reqwest's message names the URL, never the form body.
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "connection failed"
+            } else {
+                "request failed"
+            };
+            RefreshError::Transient(format!(
+                "token endpoint {what}: {}",
+                clip(&with_causes(&e.without_url()))
+            ))
+        })?;
     let status = res.status();
     let body = res
         .bytes()

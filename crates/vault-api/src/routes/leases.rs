@@ -31,6 +31,8 @@ fn lease_view(s: &AppState, pool: &str, g: LeaseGrant) -> Result<LeaseView, ApiE
     let binding = g.binding(&s.cipher, pool)?;
     let plain = secret.expose().to_string();
     Ok(LeaseView {
+        fingerprint: secret.fingerprint(),
+        trace_id: vault_core::telemetry::current_trace_id(),
         headers: vault_wire::LeaseHeaders {
             authorization: format!("Bearer {plain}"),
         },

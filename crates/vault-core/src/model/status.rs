@@ -38,6 +38,10 @@ pub struct AuditEntry {
     pub outcome: Option<String>,
     /// More: a reason given, a fingerprint, counts (never a secret).
     pub detail: Option<String>,
+    /// The W3C trace id (32 hex digits) of the request or job that did it: its `traceparent`'s,
+    /// or the one the vault started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// An event pushed to workers (`GET /v1/events`).

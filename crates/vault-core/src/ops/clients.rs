@@ -9,6 +9,7 @@ impl Store {
     /// Record a client token minted by `actor`: its pools (None = every pool, which decides who
     /// may revoke it later) until it expires in `ttl_s`, and the audit entry (`detail` names it:
     /// subject, scopes, jti; never the token).
+    #[tracing::instrument(name = "ops.record_minted_client", skip_all)]
     pub async fn record_minted_client(
         &self,
         actor: &Actor,
@@ -29,6 +30,7 @@ impl Store {
     /// Refuse client token `jti` until `until_s` (unix s): stored, told to every replica of
     /// the region, audited. A revocation already in force is left as it is, unaudited (a global
     /// one applied again).
+    #[tracing::instrument(name = "ops.revoke_client_token", skip_all)]
     pub async fn revoke_client_token(&self, actor: &Actor, jti: &str, until_s: i64) -> Result<()> {
         if self.client_revoked_until(jti).await? >= Some(until_s) {
             return Ok(());

@@ -8,12 +8,14 @@ use crate::{Result, Store};
 
 impl Store {
     /// Queue refresh jobs for up to `max` tokens of `pool` that are due (near expiry, burned).
+    #[tracing::instrument(name = "ops.enqueue_due_refreshes", skip_all, fields(pool = %pool))]
     pub async fn enqueue_due_refreshes(&self, pool: &str, max: usize) -> Result<u64> {
         self.enqueue_due(pool, max).await
     }
 
     /// Claim the next job of `pool` for `visibility_ms` (external: one meant for login
     /// workers), at most `limit` attempts in flight; None when there is none.
+    #[tracing::instrument(name = "ops.claim_refresh_job", skip_all, fields(pool = %pool))]
     pub async fn claim_refresh_job(
         &self,
         pool: &str,
@@ -25,6 +27,7 @@ impl Store {
     }
 
     /// Complete a claimed job with the new secret, and record the result.
+    #[tracing::instrument(name = "ops.complete_refresh_job", skip_all, fields(pool = %pool))]
     pub async fn complete_refresh_job(
         &self,
         actor: &Actor,
@@ -43,6 +46,7 @@ impl Store {
 
     /// Fail a claimed job (retried after `retry_after_ms`, or quarantined when None or at
     /// `max_attempts`), and record the result.
+    #[tracing::instrument(name = "ops.fail_refresh_job", skip_all, fields(pool = %pool))]
     pub async fn fail_refresh_job(
         &self,
         actor: &Actor,

@@ -11,11 +11,13 @@ use crate::{Result, Store};
 impl Store {
     /// Lease a token of `pool` under every rule (quota, concurrency, TTL margin, revocation,
     /// binding), or say why none is eligible.
+    #[tracing::instrument(name = "ops.lease_token", skip_all, fields(pool = %pool))]
     pub async fn lease_token(&self, pool: &str, args: &AcquireArgs) -> Result<LeaseGrant> {
         self.acquire(pool, args).await
     }
 
     /// Extend a live lease (`ttl_ms`), optionally taking `units` more of its quotas.
+    #[tracing::instrument(name = "ops.renew_lease", skip_all, fields(pool = %pool))]
     pub async fn renew_lease(
         &self,
         pool: &str,
@@ -29,6 +31,7 @@ impl Store {
     /// Apply the worker's report and lease another token in one step, recording the report as
     /// [`Store::release_lease`] does. Returns what was released and the new lease, or why there
     /// is none (the report stands either way).
+    #[tracing::instrument(name = "ops.rotate_lease", skip_all, fields(pool = %pool))]
     pub async fn rotate_lease(
         &self,
         actor: &Actor,
@@ -46,6 +49,7 @@ impl Store {
     /// End a lease with the worker's report (the outcome applied to its token), and record it:
     /// every outcome is counted, every one other than a plain `ok` is audited, and a token it
     /// quarantined is announced and audited — whoever reports (a worker, the refresher's probe).
+    #[tracing::instrument(name = "ops.release_lease", skip_all, fields(pool = %pool))]
     pub async fn release_lease(
         &self,
         actor: &Actor,
@@ -59,6 +63,7 @@ impl Store {
     }
 
     /// The record of a report (release, or the release half of a rotate).
+    #[tracing::instrument(name = "ops.record_outcome", skip_all, fields(pool = %pool))]
     pub async fn record_outcome(
         &self,
         actor: &Actor,

@@ -60,6 +60,7 @@ impl Actor {
             actor_jti: self.jti.clone(),
             action: action.into(),
             pool: pool.map(String::from),
+            trace_id: crate::telemetry::current_trace_id(),
             ..Default::default()
         }
     }
@@ -85,7 +86,10 @@ impl Store {
 
     /// Publish `first`, then a `lease.revoked` for each `(token id, lease id)` it ended, so
     /// every holder learns at once. Failures are logged (the transition stands).
-    pub async fn announce(&self, first: VaultEvent, leases: &[(Option<String>, String)]) {
+    pub async fn announce(&self, mut first: VaultEvent, leases: &[(Option<String>, String)]) {
+        if first.trace_id.is_none() {
+            first.trace_id = crate::telemetry::current_trace_id();
+        }
         let ended = leases.iter().map(|(token_id, lease_id)| VaultEvent {
             kind: "lease.revoked".into(),
             token_id: token_id.clone().or_else(|| first.token_id.clone()),

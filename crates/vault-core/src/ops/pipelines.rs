@@ -9,6 +9,7 @@ impl Store {
     /// rule) and assign its tokens in batches; with `dry`, only say what it would get. Audited
     /// and announced as `pipeline.created` / `pipeline.resized`. A pool short of eligible
     /// tokens: `InsufficientCapacity` (nothing stays assigned, unless `allow_partial`).
+    #[tracing::instrument(name = "ops.put_pipeline", skip_all, fields(pool = %pool))]
     pub async fn put_pipeline(
         &self,
         actor: &Actor,
@@ -81,6 +82,7 @@ impl Store {
 
     /// End pipeline `name` now: its tokens go back to the pool (leases out keep their own
     /// deadlines). Audited and announced. Returns how many tokens it held.
+    #[tracing::instrument(name = "ops.end_pipeline", skip_all, fields(pool = %pool))]
     pub async fn end_pipeline(&self, actor: &Actor, pool: &str, name: &str) -> Result<u64> {
         let held = self.pipeline_end(pool, name).await?;
         self.pipeline_settle(pool, name).await?;
@@ -93,6 +95,7 @@ impl Store {
     /// What the janitor does for a pool's pipelines: each that needs a step (its deadline
     /// passed, under strength, being assigned or given back) is worked until it needs nothing
     /// more now, and what happened to shares is announced. Returns the pipelines worked.
+    #[tracing::instrument(name = "ops.tend_pipelines", skip_all, fields(pool = %pool))]
     pub async fn tend_pipelines(&self, actor: &Actor, pool: &str) -> Result<usize> {
         let (names, news) = self.pipelines_due(pool).await?;
         for name in &names {

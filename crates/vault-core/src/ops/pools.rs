@@ -8,6 +8,7 @@ use crate::{Result, Store};
 
 impl Store {
     /// Create or replace a pool's config. Returns whether it was created.
+    #[tracing::instrument(name = "ops.upsert_pool", skip_all, fields(pool = %pool))]
     pub async fn upsert_pool(&self, actor: &Actor, pool: &str, cfg: &PoolConfig) -> Result<bool> {
         let created = self.pool_upsert(pool, cfg).await?;
         let action = if created {
@@ -20,6 +21,7 @@ impl Store {
     }
 
     /// Delete a pool (with its tokens when `force`). Returns how many tokens went with it.
+    #[tracing::instrument(name = "ops.delete_pool", skip_all, fields(pool = %pool))]
     pub async fn delete_pool(&self, actor: &Actor, pool: &str, force: bool) -> Result<u64> {
         let deleted = self.pool_delete(pool, force).await?;
         self.record(&AuditEntry {
@@ -32,6 +34,7 @@ impl Store {
 
     /// The kill switch: no lease is granted from now on; with `revoke_leases` the live ones
     /// end too, each announced.
+    #[tracing::instrument(name = "ops.freeze_pool", skip_all, fields(pool = %pool))]
     pub async fn freeze_pool(
         &self,
         actor: &Actor,
@@ -61,6 +64,7 @@ impl Store {
         Ok(ended)
     }
 
+    #[tracing::instrument(name = "ops.unfreeze_pool", skip_all, fields(pool = %pool))]
     pub async fn unfreeze_pool(&self, actor: &Actor, pool: &str) -> Result<()> {
         self.unfreeze(pool).await?;
         self.record(&actor.entry(Some(pool), "pool.unfreeze")).await;
@@ -77,6 +81,7 @@ impl Store {
     /// Emergency rotation: every current token deprecated, refreshed in the background, revoked
     /// `sunset_s` from now unless refreshed. Returns the rotation id, how many tokens it covers
     /// and the sunset (unix ms).
+    #[tracing::instrument(name = "ops.rotate_pool", skip_all, fields(pool = %pool))]
     pub async fn rotate_pool(
         &self,
         actor: &Actor,
@@ -107,6 +112,7 @@ impl Store {
     }
 
     /// Roll the running emergency rotation back. Returns how many tokens were restored.
+    #[tracing::instrument(name = "ops.cancel_rotation", skip_all, fields(pool = %pool))]
     pub async fn cancel_rotation(&self, actor: &Actor, pool: &str) -> Result<u64> {
         let restored = self.pool_rotate_cancel(pool).await?;
         self.record(&AuditEntry {

@@ -9,6 +9,7 @@ use crate::Result;
 impl Store {
     /// Start the scheduled rotation of up to `max` tokens of `pool` past its maximum age (the
     /// pool's `max_in_flight` bounds how many are in rotation at once). Returns how many started.
+    #[tracing::instrument(name = "ops.rotate_aged_tokens", skip_all, fields(pool = %pool))]
     pub async fn rotate_aged_tokens(&self, actor: &Actor, pool: &str, max: usize) -> Result<u64> {
         let (started, _) = self.rotate_aged(pool, max).await?;
         for s in &started {

@@ -10,6 +10,7 @@ impl Store {
     /// Revoke a token: out of rotation for good, its leases end; `token.revoked` and a
     /// `lease.revoked` per ended lease are published, and the revocation is audited. Returns
     /// the ids of the leases it ended.
+    #[tracing::instrument(name = "ops.revoke_token", skip_all, fields(pool = %pool))]
     pub async fn revoke_token(
         &self,
         actor: &Actor,
@@ -24,6 +25,7 @@ impl Store {
 
     /// Revoke up to `max` deprecated tokens whose sunset passed, each announced and audited
     /// like [`Store::revoke_token`]. Returns how many were revoked.
+    #[tracing::instrument(name = "ops.sunset_due", skip_all, fields(pool = %pool))]
     pub async fn sunset_due(&self, actor: &Actor, pool: &str, max: usize) -> Result<u64> {
         let revoked = self.sunset_tokens(pool, max).await?;
         for (id, ended) in &revoked {
@@ -37,6 +39,7 @@ impl Store {
     /// [`Store::revoke_token`]. Tokens already revoked are left as they are, so applying the
     /// same revocation again announces nothing. Returns `(pool, token id, leases ended)` for
     /// each token revoked now.
+    #[tracing::instrument(name = "ops.revoke_credential", skip_all)]
     pub async fn revoke_credential(
         &self,
         actor: &Actor,
@@ -108,6 +111,7 @@ impl Store {
     /// as they were, and not audited again). With the global plane, a credential revoked
     /// everywhere is refused (`credential_revoked`); one revoked while this deposit ran is
     /// revoked here right after it landed, so a race with the region's follower loses nothing.
+    #[tracing::instrument(name = "ops.deposit_tokens", skip_all, fields(pool = %pool))]
     pub async fn deposit_tokens(
         &self,
         actor: &Actor,
@@ -149,6 +153,7 @@ impl Store {
         Ok(done)
     }
 
+    #[tracing::instrument(name = "ops.delete_token", skip_all, fields(pool = %pool))]
     pub async fn delete_token(&self, actor: &Actor, pool: &str, id: &str) -> Result<()> {
         self.token_delete(pool, id).await?;
         self.token_audit(actor, pool, id, "token.delete").await;
@@ -158,6 +163,7 @@ impl Store {
 
     /// Staged rotation of one token: leased only when nothing else is, revoked at the sunset.
     /// Returns its state.
+    #[tracing::instrument(name = "ops.deprecate_token", skip_all, fields(pool = %pool))]
     pub async fn deprecate_token(
         &self,
         actor: &Actor,
@@ -171,6 +177,7 @@ impl Store {
     }
 
     /// Back into rotation (a quarantined or cooling token). Returns its state.
+    #[tracing::instrument(name = "ops.restore_token", skip_all, fields(pool = %pool))]
     pub async fn restore_token(&self, actor: &Actor, pool: &str, id: &str) -> Result<String> {
         let state = self.restore(pool, id).await?;
         self.token_audit(actor, pool, id, "token.restore").await;
@@ -178,6 +185,7 @@ impl Store {
     }
 
     /// Queue a refresh now. Returns the token's state.
+    #[tracing::instrument(name = "ops.request_refresh", skip_all, fields(pool = %pool))]
     pub async fn request_refresh(&self, actor: &Actor, pool: &str, id: &str) -> Result<String> {
         let state = self.refresh_enqueue(pool, id).await?;
         self.token_audit(actor, pool, id, "token.refresh_requested")

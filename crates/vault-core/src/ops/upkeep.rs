@@ -10,26 +10,31 @@ use crate::{Result, Store};
 
 impl Store {
     /// End up to `max` leases of `pool` past their TTL.
+    #[tracing::instrument(name = "ops.sweep_expired_leases", skip_all, fields(pool = %pool))]
     pub async fn sweep_expired_leases(&self, pool: &str, max: usize) -> Result<Vec<EndedLease>> {
         self.reap_leases(pool, max).await
     }
 
     /// Return up to `max` tokens of `pool` whose cooldown is over.
+    #[tracing::instrument(name = "ops.sweep_cooled_tokens", skip_all, fields(pool = %pool))]
     pub async fn sweep_cooled_tokens(&self, pool: &str, max: usize) -> Result<u64> {
         self.return_cooled(pool, max).await
     }
 
     /// Move up to `max` tokens of `pool` past their expiry out of rotation.
+    #[tracing::instrument(name = "ops.sweep_expired_tokens", skip_all, fields(pool = %pool))]
     pub async fn sweep_expired_tokens(&self, pool: &str, max: usize) -> Result<u64> {
         self.expire_tokens(pool, max).await
     }
 
     /// Work the next batch of `pool`'s running operation (a rotation, a delete).
+    #[tracing::instrument(name = "ops.step_pool_operation", skip_all, fields(pool = %pool))]
     pub async fn step_pool_operation(&self, pool: &str, op_id: &str) -> Result<PoolOp> {
         self.pool_op_step(pool, op_id).await
     }
 
     /// Bring `pool` to the current layout, `batch` tokens a call; `progress(done, total)`.
+    #[tracing::instrument(name = "ops.migrate_pool_layout", skip_all, fields(pool = %pool))]
     pub async fn migrate_pool_layout(
         &self,
         pool: &str,
@@ -41,6 +46,7 @@ impl Store {
 
     /// Replace a token's sealed values with the same ones sealed under the current key, if
     /// they are still what was `read` (a concurrent change wins). Returns whether it did.
+    #[tracing::instrument(name = "ops.reseal_token", skip_all, fields(pool = %pool))]
     pub async fn reseal_token(
         &self,
         pool: &str,
@@ -54,6 +60,7 @@ impl Store {
     }
 
     /// The same for a pool's refresh settings (its client secret).
+    #[tracing::instrument(name = "ops.reseal_pool_refresh", skip_all, fields(pool = %pool))]
     pub async fn reseal_pool_refresh(
         &self,
         pool: &str,

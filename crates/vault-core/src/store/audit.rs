@@ -24,6 +24,7 @@ impl Store {
             ("lease_id", &e.lease_id),
             ("outcome", &e.outcome),
             ("detail", &e.detail),
+            ("trace_id", &e.trace_id),
         ];
         for (field, v) in optional {
             if let Some(v) = v {
@@ -72,6 +73,7 @@ impl Store {
                     lease_id: f.remove("lease_id"),
                     outcome: f.remove("outcome"),
                     detail: f.remove("detail"),
+                    trace_id: f.remove("trace_id"),
                 }
             })
             .collect())

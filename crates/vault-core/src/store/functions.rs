@@ -2,6 +2,7 @@
 //! functions — typed answers, a reload when Redis lost the library, `WAIT` for replicas.
 
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::reply::typed;
 use super::*;
@@ -73,14 +74,28 @@ impl Store {
             .arg(&now)
             .arg(call.argv());
         let waits = self.waits(function);
-        let (raw, secret): (Vec<u8>, Option<Vec<u8>>) =
-            match self.fcall_waiting::<redis::Value>(&cmd, waits).await? {
-                redis::Value::Array(mut parts) if parts.len() == 2 => {
-                    let secret = parts.pop().map(bytes_of);
-                    (parts.pop().map(bytes_of).unwrap_or_default(), secret)
-                }
-                other => (bytes_of(other), None),
-            };
+        // The call's span: the function and the pool, never an argument (they hold sealed
+        // secrets and ids only, but the span has no need of them).
+        let span = tracing::info_span!(
+            "redis.function",
+            otel.name = %format!("FCALL {}", F::transition()),
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "FCALL",
+            tv.function = F::transition(),
+            tv.pool = pool,
+        );
+        let (raw, secret): (Vec<u8>, Option<Vec<u8>>) = match self
+            .fcall_waiting::<redis::Value>(&cmd, waits)
+            .instrument(span)
+            .await?
+        {
+            redis::Value::Array(mut parts) if parts.len() == 2 => {
+                let secret = parts.pop().map(bytes_of);
+                (parts.pop().map(bytes_of).unwrap_or_default(), secret)
+            }
+            other => (bytes_of(other), None),
+        };
         let mut v: Value = serde_json::from_slice(&raw)
             .map_err(|e| VaultError::Internal(format!("script answer is not JSON: {e}")))?;
         if let (Some(secret), Some(lease)) = (secret, v.get_mut("lease")) {
