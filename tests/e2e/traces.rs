@@ -218,3 +218,45 @@ async fn a_lease_is_traced_from_route_to_redis_under_the_callers_trace() {
         }
     }
 }
+
+/// The Rust SDK sends the caller's trace context: a lease made while a context is current comes
+/// back with its trace id (REST and gRPC).
+#[tokio::test]
+async fn the_sdk_propagates_the_callers_trace_context() {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let grpc = format!("127.0.0.1:{}", testkit::free_port());
+    let t = one(&[("TV_GRPC_LISTEN_ADDR", grpc.as_str())]).await;
+    t.api
+        .put("/v1/pools/p", json!({"max_leases_per_token": 10}))
+        .await;
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "t1", "secret": "sdk-traced"}]}),
+        )
+        .await;
+    let rest = vault_client::Client::new(&t.vault.base, &t.dep.admin);
+    let over_grpc =
+        vault_client::Client::grpc(&format!("http://{grpc}"), &t.dep.admin).expect("a gRPC client");
+    for client in [&rest, &over_grpc] {
+        let (trace, parent) = ids();
+        let caller = SpanContext::new(
+            TraceId::from_hex(&trace).unwrap(),
+            SpanId::from_hex(&parent).unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let _current = opentelemetry::Context::new()
+            .with_remote_span_context(caller)
+            .attach();
+        let lease = client.lease("p", "sdk").await.expect("a lease");
+        assert_eq!(lease.trace_id.as_deref(), Some(trace.as_str()));
+        assert!(lease.fingerprint.starts_with("sha256:"));
+    }
+}

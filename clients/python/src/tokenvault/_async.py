@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Callable, Dict, Generator, Iterable, List
 import httpx
 import httpx_sse
 
-from . import _core, _http
+from . import _core, _http, _trace
 from ._errors import LeaseGone, Unavailable, VaultError
 from ._models import Event, Lease, Report
 
@@ -64,6 +64,7 @@ class AsyncVault:
     async def _call(self, method: str, path: str, *, json: Any = None, params: Any = None,
                     headers: Optional[Dict[str, str]] = None,
                     timeout: Optional[float] = None) -> Any:
+        headers = {**_trace.headers(), **(headers or {})}
         try:
             r = await self._http.request(method, path, json=json, params=params, headers=headers,
                                          timeout=timeout if timeout is not None else self._timeout)

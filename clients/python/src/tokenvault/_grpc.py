@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # pragma: no cover - the grpc extra is optional
     raise ImportError(f"gRPC needs the grpc extra: pip install 'tokenvault[grpc]' ({e})") from None
 
-from . import _core
+from . import _core, _trace
 from ._errors import VaultError, error_from_answer
 from ._models import Event
 
@@ -67,6 +67,7 @@ def _lease(lease: Any) -> Dict[str, Any]:
         "binding": {"proxy": lease.binding.proxy or None,
                     "fingerprint": lease.binding.fingerprint or None},
         "headers": {"Authorization": lease.authorization},
+        "fingerprint": lease.fingerprint, "trace_id": lease.trace_id or None,
     }
 
 
@@ -133,7 +134,7 @@ class GrpcCalls:
         method = getattr(self._stub, _METHODS[kind])
         try:
             reply = method(_request(kind, pool, lease_id, body, idempotency_key),
-                           metadata=self._metadata,
+                           metadata=self._metadata + tuple(_trace.headers().items()),
                            timeout=timeout if timeout is not None else self._timeout)
         except grpc.RpcError as e:
             raise _error(e) from None
@@ -180,7 +181,7 @@ class AsyncGrpcCalls:
         method = getattr(self._stub, _METHODS[kind])
         try:
             reply = await method(_request(kind, pool, lease_id, body, idempotency_key),
-                                 metadata=self._metadata,
+                                 metadata=self._metadata + tuple(_trace.headers().items()),
                                  timeout=timeout if timeout is not None else self._timeout)
         except grpc.RpcError as e:
             raise _error(e) from None

@@ -84,6 +84,10 @@ class Lease:
     costs: Dict[str, int] = field(default_factory=dict)
     #: The pipeline it was leased through, if any.
     pipeline: Optional[str] = None
+    #: The credential's ``sha256:`` fingerprint: how the audit trail and revocations name it.
+    fingerprint: str = ""
+    #: The trace id of the lease call (the caller's, with the ``otel`` extra; else the vault's).
+    trace_id: Optional[str] = None
     #: Set when the events stream said this lease's token (or the lease) was revoked.
     revoked: Optional[str] = None
     #: What the target's rate-limit headers said last (reported on release).
@@ -108,13 +112,15 @@ class Lease:
             headers=dict(body.get("headers") or {}),
             costs={k: int(v) for k, v in (body.get("costs") or {}).items()},
             pipeline=body.get("pipeline"),
+            fingerprint=body.get("fingerprint") or "",
+            trace_id=body.get("trace_id"),
             _owner=owner,
         )
 
     def _become(self, other: "Lease") -> None:
         """Take over ``other``'s identity (after a rotate gave a new lease)."""
         for name in ("lease_id", "token_id", "secret", "token_expires_at", "lease_expires_at",
-                     "units", "costs", "pipeline", "binding", "headers"):
+                     "units", "costs", "pipeline", "binding", "headers", "fingerprint", "trace_id"):
             setattr(self, name, getattr(other, name))
         self.revoked = None
         self.remaining = None

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import httpx
 import httpx_sse
 
-from . import _core, _http
+from . import _core, _http, _trace
 from ._errors import LeaseGone, Unavailable, VaultError
 from ._models import Event, Lease, Report
 
@@ -53,6 +53,7 @@ class Vault:
     # -- plumbing -------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, json: Any = None, params: Any = None,
               headers: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Any:
+        headers = {**_trace.headers(), **(headers or {})}
         try:
             r = self._http.request(method, path, json=json, params=params, headers=headers,
                                    timeout=timeout if timeout is not None else self._timeout)
