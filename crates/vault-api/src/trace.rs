@@ -80,6 +80,11 @@ fn parse_traceparent(s: &str, tracestate: &str) -> Option<opentelemetry::trace::
     ))
 }
 
+/// Record the answer's status on the request's span (`TraceLayer::on_response`).
+pub fn record_status<B>(res: &Response<B>, _latency: Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", res.status().as_u16());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,9 +118,4 @@ mod tests {
             assert!(parse_traceparent(&bad, "").is_none(), "{bad}");
         }
     }
-}
-
-/// Record the answer's status on the request's span (`TraceLayer::on_response`).
-pub fn record_status<B>(res: &Response<B>, _latency: Duration, span: &tracing::Span) {
-    span.record("http.response.status_code", res.status().as_u16());
 }
