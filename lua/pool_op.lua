@@ -101,6 +101,9 @@ if op == 'delete' then
     for _, k in ipairs({ pl_key(name), pm_key(name), pr_key(name), pc_key(name) }) do keys[#keys + 1] = k end
   end
   for _, k in ipairs({ pipelines_key(), plshort_key(), plwork_key(), plnews_key() }) do keys[#keys + 1] = k end
+  -- The per-minute lease counts of the last minutes (store/rate.rs keeps 3; they expire anyway).
+  local minute = math.floor(NOW / 60000)
+  for m = minute - 4, minute + 1 do keys[#keys + 1] = heat_key(m) end
   for _, view in ipairs(VIEW_STATES) do
     keys[#keys + 1] = vkey(view)
   end

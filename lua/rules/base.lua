@@ -189,6 +189,8 @@ local function vkey(view) return K.base .. 'v:' .. view end
 local function stats_key() return K.base .. 'stats' end
 -- Leases granted per minute (written by vault-api in batches, read by status; see store/rate.rs).
 local function rate_key() return K.base .. 'rate' end
+-- Leases per token in one minute (written by vault-api with the rate, read by status).
+local function heat_key(minute) return K.base .. 'heat:' .. minute end
 local function idem_key(idem) return K.base .. 'idem:' .. idem end
 local function session_key(session) return K.base .. 's:' .. session end
 local function sunset_key() return K.base .. 'sunset' end

@@ -36,6 +36,8 @@ pub(crate) enum Mode {
 pub(crate) struct Call {
     pub form: HashMap<String, String>,
     pub authorization: Option<String>,
+    /// The W3C trace context the caller sent.
+    pub traceparent: Option<String>,
     /// Absolute-form request target: the call came through a proxy.
     pub via_proxy: bool,
     pub at_ms: i64,
@@ -162,6 +164,10 @@ async fn token(
             form: form.clone(),
             authorization: headers
                 .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from),
+            traceparent: headers
+                .get("traceparent")
                 .and_then(|v| v.to_str().ok())
                 .map(String::from),
             via_proxy: uri.scheme().is_some(),

@@ -324,6 +324,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/pools/{pool}"),
     ("delete", "/v1/pools/{pool}"),
     ("get", "/v1/pools/{pool}/status"),
+    ("get", "/v1/pools/{pool}/rotations"),
     ("post", "/v1/pools/{pool}/freeze"),
     ("post", "/v1/pools/{pool}/unfreeze"),
     ("post", "/v1/pools/{pool}/rotate"),

@@ -201,6 +201,22 @@ async fn a_lease_is_traced_from_route_to_redis_under_the_callers_trace() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(revoke["trace_id"], trace2.as_str(), "{trail}");
+    // So does its event.
+    let mut events = vault_client::Client::new(&t.vault.base, &t.dep.admin)
+        .events(&["p"], Some("0"))
+        .await
+        .expect("subscribed");
+    loop {
+        let e = tokio::time::timeout(crate::harness::PATIENCE, events.next())
+            .await
+            .expect("the revocation's event")
+            .expect("stream open")
+            .expect("readable");
+        if e.kind == "token.revoked" {
+            assert_eq!(e.data.trace_id.as_deref(), Some(trace2.as_str()));
+            break;
+        }
+    }
 
     // Nothing secret in any span: not the credential, not a client token.
     let revoked_spans = eventually(Duration::from_secs(60), async || {
@@ -259,4 +275,49 @@ async fn the_sdk_propagates_the_callers_trace_context() {
         assert_eq!(lease.trace_id.as_deref(), Some(trace.as_str()));
         assert!(lease.fingerprint.starts_with("sha256:"));
     }
+}
+
+/// The refresher's job is a trace: its call to the token endpoint carries `traceparent`, and
+/// the refresh's audit entry names the same trace.
+#[tokio::test]
+async fn the_refreshers_token_request_carries_its_trace() {
+    use crate::fakes::{Fake, Mode};
+    let idp = Fake::start(Mode::Ok {
+        rotate: false,
+        expires_in: 3600,
+    })
+    .await;
+    let t = one(&[]).await;
+    let _refresher = t.dep.refresher(&[]);
+    t.api.put("/v1/pools/p", json!({})).await;
+    t.api
+        .post(
+            "/v1/pools/p/tokens",
+            json!({"tokens": [{"id": "r", "secret": "old", "refresh": {"kind": "oauth2_refresh_token",
+                "token_url": idp.url("/token"), "refresh_token": "rt"}}]}),
+        )
+        .await;
+    t.api.post("/v1/pools/p/tokens/r/refresh", json!({})).await;
+    crate::harness::wait_json(
+        &t.api,
+        "/v1/pools/p/tokens/r",
+        crate::harness::PATIENCE,
+        |m| m["generation"].as_u64() >= Some(2),
+    )
+    .await;
+    let tp = idp.calls()[0]
+        .traceparent
+        .clone()
+        .expect("traceparent sent to the IdP");
+    let fields: Vec<&str> = tp.split('-').collect();
+    assert_eq!((fields.len(), fields[0]), (4, "00"), "{tp}");
+    let trail = t.api.get("/v1/audit?pool=p&limit=100").await.body;
+    let refresh = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "token.refresh")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(refresh["trace_id"], fields[1], "{trail}");
 }

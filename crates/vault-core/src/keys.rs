@@ -301,6 +301,7 @@ mod tests {
             k.pipeline_candidates(""),
             k.aged(),
             k.rotating(),
+            k.heat(0).trim_end_matches('0').to_string(),
         ]
         .iter()
         .map(|key| key.strip_prefix(k.base()).unwrap().to_string())
