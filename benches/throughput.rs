@@ -11,7 +11,9 @@
 //!       Redis's own time per script call from INFO commandstats);
 //!   (d) Redis memory per token at 100,000 tokens;
 //!   (e) cycles/s through haproxy (deploy/haproxy.cfg) in front of 1, 2 and 3 replicas.
-//! TV_BENCH_ONLY=c, c100, deposit or freeze runs one measurement alone (see main).
+//! TV_BENCH_ONLY=c, c100, deposit, freeze or trace runs one measurement alone (see main); trace
+//! compares HTTP cycles/s of replicas with tracing off, on (spans made, not exported) and
+//! exporting to a local OTLP/HTTP sink, side by side.
 //! The load generator shares the machine with Redis and the replicas.
 
 // The operations' futures (a deposit checks the global plane, writes, announces) nest deeply.
@@ -396,19 +398,27 @@ fn start_vault(
     key: &str,
     keys_dir: &std::path::Path,
 ) -> (Child, String) {
+    start_vault_with(redis, prefix, key, keys_dir, &[])
+}
+
+fn start_vault_with(
+    redis: &RedisServer,
+    prefix: &str,
+    key: &str,
+    keys_dir: &std::path::Path,
+    extra: &[(&str, String)],
+) -> (Child, String) {
     let port = free_port();
-    let child = Child::spawn(
-        &bin_path("vault-api"),
-        &[],
-        &[
-            ("TV_REDIS_URL", redis.url()),
-            ("TV_PREFIX", prefix.to_string()),
-            ("TV_MASTER_KEY", key.to_string()),
-            ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("TV_SIGNING_KEYS", keys_dir.display().to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    );
+    let mut env = vec![
+        ("TV_REDIS_URL", redis.url()),
+        ("TV_PREFIX", prefix.to_string()),
+        ("TV_MASTER_KEY", key.to_string()),
+        ("TV_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("TV_SIGNING_KEYS", keys_dir.display().to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let child = Child::spawn(&bin_path("vault-api"), &[], &env);
     let base = format!("http://127.0.0.1:{port}");
     assert!(testkit::wait_until(Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -447,32 +457,16 @@ async fn main() {
         _ => {}
     }
     println!("concurrency {CONCURRENCY}, {RUN:?} per measurement\n");
+    let keys_dir = signing_keys();
+    if std::env::var("TV_BENCH_ONLY").as_deref() == Ok("trace") {
+        return tracing_cost(&redis, &key.to_base64(), keys_dir.path()).await;
+    }
     let raw = raw_ceiling(&store, "bench").await;
     println!(
         "(a) raw transitions (acquire+release called from the store, no HTTP): {:.0} cycles/s, p50 {:.2} ms, p99 {:.2} ms",
         raw.cycles_per_s, raw.p50_ms, raw.p99_ms
     );
 
-    // Workers authenticate like real ones: a lease-scoped client token on every request.
-    let keys_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        keys_dir.path().join("k1.pem"),
-        vault_core::auth::generate_key_pem(),
-    )
-    .unwrap();
-    let mut ring = vault_core::auth::KeyRing::empty("tokenvault", "tokenvault", 86_400);
-    ring.load(keys_dir.path()).unwrap();
-    let token = ring
-        .mint(
-            "bench",
-            &[vault_core::auth::Scope::Lease],
-            None,
-            3600,
-            vault_core::time::now_ms() / 1000,
-        )
-        .unwrap()
-        .0;
-    TOKEN.set(token).unwrap();
     let (mut v1, b1) = start_vault(&redis, "bench", &key.to_base64(), keys_dir.path());
     let one = http_closed(std::slice::from_ref(&b1)).await;
     println!(
@@ -515,6 +509,78 @@ async fn main() {
     v2.kill();
     v3.kill();
     lease_cost(&redis, &store, &cipher).await;
+}
+
+/// A signing key for the replicas, and the lease-scoped client token every HTTP request of the
+/// benchmark carries (workers authenticate like real ones).
+fn signing_keys() -> tempfile::TempDir {
+    let keys_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        keys_dir.path().join("k1.pem"),
+        vault_core::auth::generate_key_pem(),
+    )
+    .unwrap();
+    let mut ring = vault_core::auth::KeyRing::empty("tokenvault", "tokenvault", 86_400);
+    ring.load(keys_dir.path()).unwrap();
+    let token = ring
+        .mint(
+            "bench",
+            &[vault_core::auth::Scope::Lease],
+            None,
+            3600,
+            vault_core::time::now_ms() / 1000,
+        )
+        .unwrap()
+        .0;
+    TOKEN.set(token).unwrap();
+    keys_dir
+}
+
+/// What tracing costs the lease path: one replica with tracing off (`OTEL_SDK_DISABLED`), one
+/// making spans without exporting them (the default), one exporting over OTLP/HTTP to a sink
+/// on this machine; measured in turn, three rounds, so drift hits all three alike.
+async fn tracing_cost(redis: &RedisServer, key: &str, keys_dir: &std::path::Path) {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_url = format!("http://{}", sink.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(|| async { "" }));
+        axum::serve(sink, app).await
+    });
+    let variants: [(&str, Vec<(&str, String)>); 3] = [
+        ("off", vec![("OTEL_SDK_DISABLED", "true".into())]),
+        ("spans, no export", vec![]),
+        (
+            "spans exported",
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", sink_url)],
+        ),
+    ];
+    let mut replicas = vec![];
+    for (name, env) in &variants {
+        let (child, base) = start_vault_with(redis, "bench", key, keys_dir, env);
+        replicas.push((*name, child, base));
+    }
+    let mut results: Vec<Vec<f64>> = vec![vec![]; replicas.len()];
+    for _round in 0..3 {
+        for (i, (_, _, base)) in replicas.iter().enumerate() {
+            results[i].push(http_closed(std::slice::from_ref(base)).await.cycles_per_s);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let off = median(&mut results[0].clone());
+    for (i, (name, _, _)) in replicas.iter().enumerate() {
+        let m = median(&mut results[i]);
+        println!(
+            "(trace) HTTP, 1 replica, tracing {name}: median {m:.0} cycles/s of {:?} ({:.1}% of off)",
+            results[i].iter().map(|c| c.round()).collect::<Vec<_>>(),
+            100.0 * m / off
+        );
+    }
+    for (_, mut child, _) in replicas {
+        child.kill();
+    }
 }
 
 /// (e): cycles/s through haproxy (the project's `deploy/haproxy.cfg`) in front of 1, 2 and 3

@@ -6,8 +6,9 @@
 //! Spans are exported over OTLP/HTTP (protobuf) only when the standard settings ask for it:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), with the other
 //! `OTEL_*` settings (headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`,
-//! `OTEL_BSP_*`) as the OpenTelemetry SDK reads them; `OTEL_SDK_DISABLED=true` or
-//! `OTEL_TRACES_EXPORTER=none` turn export off. Without them nothing leaves the process.
+//! `OTEL_BSP_*`) as the OpenTelemetry SDK reads them; `OTEL_TRACES_EXPORTER=none` turns export
+//! off. Without them nothing leaves the process. `OTEL_SDK_DISABLED=true` turns tracing off
+//! altogether: no spans are made and answers carry no trace id.
 //!
 //! What a span may hold: names, pool names, ids, fingerprints, counts and status codes. Never a
 //! secret, a client token or a header value (the spans here record none; see the tracing test).
@@ -62,22 +63,28 @@ pub fn init_tracing(format: LogFormat, service: &'static str) -> Telemetry {
         .with_target("vault_core", tracing::Level::INFO)
         .with_target("refresher", tracing::Level::INFO)
         .with_target("janitor", tracing::Level::INFO);
+    let traces = (!sdk_disabled()).then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("tokenvault"))
+            .with_filter(spans)
+    });
     let _ = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("tokenvault"))
-                .with_filter(spans),
-        )
+        .with(traces)
         .try_init();
     Telemetry { provider }
+}
+
+/// `OTEL_SDK_DISABLED=true`: no spans at all.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// The OTLP/HTTP exporter the `OTEL_*` settings ask for, if any.
 #[cfg(feature = "otlp")]
 fn otlp_exporter() -> Option<opentelemetry_otlp::SpanExporter> {
     let set = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    if sdk_disabled()
         || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
     {
         return None;
