@@ -203,7 +203,10 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(crate::trace::request_span)
-                .on_response(crate::trace::record_status),
+                .on_response(crate::trace::record_status)
+                // A 5xx is an answer (`pool_exhausted`, `redis_unavailable`), counted in
+                // /metrics and problem codes; not an error line each.
+                .on_failure(()),
         )
         .with_state(state)
 }

@@ -413,6 +413,7 @@ pub fn app(state: AppState) -> anyhow::Result<axum::Router> {
         .layer(
             tower_http::trace::TraceLayer::new_for_grpc()
                 .make_span_with(crate::trace::request_span)
-                .on_response(crate::trace::record_status),
+                .on_response(crate::trace::record_status)
+                .on_failure(()),
         ))
 }
