@@ -591,14 +591,24 @@ async fn behind_sentinel_the_vault_follows_a_failover_and_loses_no_acknowledged_
                 .join("\n")
         };
         let other = replicas.iter().find(|r| r.port != new_primary).unwrap();
+        // Which answers the vaults gave meanwhile, by problem code.
+        let mut problems = String::new();
+        for v in &vaults {
+            let m = crate::harness::metrics_text(&v.base).await;
+            problems.push_str(&format!("{}:\n", v.base));
+            for l in m.lines().filter(|l| l.starts_with("tv_problems_total")) {
+                problems.push_str(&format!("  {l}\n"));
+            }
+        }
         panic!(
             "the load did not go on on the new primary: {} function calls, {since} before\n{}\n\
-             new primary's commandstats:\n{}\nthe other replica's:\n{}\nvault 1:\n{}\n\
-             vault 2:\n{}\nchecker:\n{}",
+             new primary's commandstats:\n{}\nthe other replica's:\n{}\nproblems answered:\n{}\n\
+             vault 1:\n{}\nvault 2:\n{}\nchecker:\n{}",
             fcalls(promoted),
             replication(),
             stats(promoted),
             stats(other),
+            problems,
             tail(vaults[0].child.output()),
             tail(vaults[1].child.output()),
             tail(run.output()),
