@@ -15,7 +15,7 @@ if in_flight_limit ~= nil and redis.call('ZCARD', claimed) >= in_flight_limit th
 local vis = NOW + visibility_ms
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', q, '-inf', NOW, 'LIMIT', 0, 10)) do
   local t = load_token(id)
-  if t == nil or not claimable(t, external) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
+  if t == nil or not renewable(t) or t.state == 'revoked' or t.state == 'expired' or t.state == 'quarantined' then
     redis.call('ZREM', q, id)
   else
     redis.call('ZADD', q, vis, id)

@@ -41,15 +41,10 @@ for i = 1, #due, 2 do
     put(id, t, 'sunset_at', sunset)
     redis.call('ZADD', sunset_key(), sunset, id)
     redis.call('SADD', rk, id)
-    local by_login = not refreshable(t)
-    if by_login then
-      redis.call('ZADD', xjobs_key(), 'NX', NOW, id)
-    else
-      enqueue_job(id, t)
-    end
+    enqueue_job(id, t)
     reconcile(id, t, c)
     started[#started + 1] = { token_id = t.id, aged_from = from, sunset_at = sunset,
-      login_workers = by_login or t.refresh_kind == 'external' }
+      login_workers = by_login_workers(t) }
   end
 end
 return reply({ started = started, in_flight = redis.call('SCARD', rk) })

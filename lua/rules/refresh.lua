@@ -14,8 +14,15 @@ local function xjobs_key() return K.base .. 'xjobs' end
 
 local function job_key(job_id) return K.base .. 'job:' .. job_id end
 
+-- Whether the external login workers renew token `t`: an `external` grant, or no grant at all
+-- while it is rotated on schedule (rules/age.lua). Everything else the refresher renews.
+local function by_login_workers(t)
+  return t.refresh_kind == 'external' or (not refreshable(t) and t.rotation == SCHEDULED)
+end
+
+-- The queue of `t`'s refresh jobs: where they are queued, claimed, completed and failed.
 local function queue_of(t)
-  if t.refresh_kind == 'external' then return xjobs_key() end
+  if by_login_workers(t) then return xjobs_key() end
   return K.jobs
 end
 
@@ -45,10 +52,10 @@ local function unschedule(id)
   age_forget(id)
 end
 
--- Whether a refresh job of token `t` may be claimed from the `external` queue or the
--- refresher's: a token with a grant, or (by the login workers) one rotated on schedule without.
-local function claimable(t, external)
-  return refreshable(t) or (external and t.rotation == SCHEDULED)
+-- Whether a refresh job of token `t` may be claimed: it has a grant, or the login workers
+-- renew it.
+local function renewable(t)
+  return refreshable(t) or by_login_workers(t)
 end
 
 -- Take a token out of rotation because it is (nearly) expired or came back 401:

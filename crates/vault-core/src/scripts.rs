@@ -749,7 +749,9 @@ mod tests {
     #[test]
     fn the_lease_path_reads_every_token_field_it_uses() {
         // Read only by the refresh-job path, which loads whole tokens (`load_claim`,
-        // `refresh_attempt_failed`, `claimable`); `err` is `fail`'s own table, not a token.
+        // `refresh_attempt_failed`, `renewable`; `by_login_workers` reads `rotation` only of a
+        // token without a grant, which the lease path never queues); `err` is `fail`'s own
+        // table, not a token.
         const ELSEWHERE: [&str; 5] = [
             "job_id",
             "generation",

@@ -162,6 +162,21 @@ async fn a_token_not_replaced_within_the_overlap_is_revoked_at_its_sunset() {
         (other, job)
     };
     assert!(e.complete(&ja, "s1-new", DAY).await.rotated);
+    // Its job left the login workers' queue and its claim their in-flight count; `b`'s stays.
+    let pk = e.store.keys().pool("p");
+    let internal = e.redis.cli(&["HGET", &pk.ids(), "a"]);
+    assert_eq!(
+        e.redis
+            .cli(&["ZSCORE", &pk.xjobs(), internal.trim()])
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        e.redis
+            .cli(&["ZCARD", &format!("{}:claimed", pk.xjobs())])
+            .trim(),
+        "1"
+    );
     e.advance(30_000);
     assert_eq!(e.store.sunset_due(&janitor, "p", 10).await.unwrap(), 1);
     assert_eq!(e.meta("a").await.state, "active");
