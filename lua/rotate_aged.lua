@@ -27,7 +27,7 @@ local started = {}
 if room <= 0 then return reply({ started = started, in_flight = redis.call('SCARD', rk) }) end
 local ak = aged_key()
 local sunset = NOW + s.overlap_ms
-local due = redis.call('ZRANGEBYSCORE', ak, '-inf', NOW - s.max_age_ms, 'WITHSCORES', 'LIMIT', 0, math.min(batch, room))
+local due = redis.call('ZRANGEBYSCORE', ak, '-inf', aged_by(s, NOW), 'WITHSCORES', 'LIMIT', 0, math.min(batch, room))
 for i = 1, #due, 2 do
   local id, from = due[i], tonumber(due[i + 1])
   local t = load_token(id)

@@ -29,6 +29,12 @@ local function age_forget(id)
   redis.call('SREM', rotating_key(), id)
 end
 
+-- The rule itself, both ways: a token whose age counts from `from` is due at `due_at`; the
+-- tokens due by `at` are those whose age counts from `aged_by` or earlier (what the `aged`
+-- index is searched with). Rust's twin: `RotationSchedule::rotation_due_at`.
+local function due_at(s, from) return from + s.max_age_ms end
+local function aged_by(s, at) return at - s.max_age_ms end
+
 -- The pool's schedule: max age and overlap in ms, and the tokens rotated at once; nil when the
 -- pool rotates nothing on schedule.
 local function rotation_schedule(c)

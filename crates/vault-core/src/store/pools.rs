@@ -111,15 +111,16 @@ impl Store {
                         ..Default::default()
                     };
                 }
-                let fields: HashMap<String, String> = [("lease_ttl_s", 1), ("min_token_ttl_s", 2)]
-                    .into_iter()
-                    .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
-                    .collect();
-                let min_ttl_ms = PoolConfig::from_fields(&fields).min_token_ttl_s as f64 * 1000.0;
-                let max_age_ms = field(4)
-                    .and_then(|a| a.parse::<f64>().ok())
-                    .filter(|a| *a > 0.0)
-                    .map(|a| a * 1000.0);
+                let fields: HashMap<String, String> = [
+                    ("lease_ttl_s", 1),
+                    ("min_token_ttl_s", 2),
+                    ("scheduled_max_age_s", 4),
+                ]
+                .into_iter()
+                .filter_map(|(k, i)| field(i).map(|v| (k.to_string(), v)))
+                .collect();
+                let cfg = PoolConfig::from_fields(&fields);
+                let min_ttl_ms = cfg.min_token_ttl_s as f64 * 1000.0;
                 PoolDue {
                     operation: field(0).is_some_and(|o| !o.is_empty()),
                     leases: due(&r[0]),
@@ -127,8 +128,10 @@ impl Store {
                     expiring: first(&r[2]).is_some_and(|s| s < now + min_ttl_ms),
                     sunset: due(&r[3]),
                     refresh: due(&r[4]),
-                    aged: max_age_ms
-                        .is_some_and(|age| first(&r[5]).is_some_and(|s| s + age <= now)),
+                    aged: cfg.rotation.as_ref().is_some_and(|s| {
+                        first(&r[5])
+                            .is_some_and(|from| s.rotation_due_at(from as i64) as f64 <= now)
+                    }),
                     pipelines: due(&r[6])
                         || r[7..10]
                             .iter()

@@ -38,17 +38,20 @@ impl Store {
         days: u64,
     ) -> Result<crate::model::RotationCalendar> {
         let view = self.pool_get(pool).await?;
-        self.calendar_of(pool, view.config.rotation, days).await
+        let now = self.now_ms().await?;
+        self.calendar_of(pool, view.config.rotation, days, now)
+            .await
     }
 
-    /// [`Store::rotation_calendar`] of a pool whose schedule the caller read.
+    /// [`Store::rotation_calendar`] of a pool whose schedule the caller read, at `now` (unix
+    /// ms, by the one clock).
     pub(super) async fn calendar_of(
         &self,
         pool: &str,
         schedule: Option<crate::model::RotationSchedule>,
         days: u64,
+        now: i64,
     ) -> Result<crate::model::RotationCalendar> {
-        let now = self.now_ms().await?;
         let today = now.div_euclid(86_400_000) * 86_400_000;
         let days = days.clamp(1, crate::model::MAX_CALENDAR_DAYS);
         let v: reply::Calendar = self

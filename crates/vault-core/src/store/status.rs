@@ -187,7 +187,7 @@ impl Store {
         });
         let lease_skew = self.lease_skew(name, now_ms).await?;
         let rotation_schedule = match &view.config.rotation {
-            Some(s) => Some(self.calendar_of(name, Some(s.clone()), 7).await?),
+            Some(s) => Some(self.calendar_of(name, Some(s.clone()), 7, now_ms).await?),
             None => None,
         };
         Ok(PoolStatus {
